@@ -1,0 +1,15 @@
+"""The ``fpi`` command line: a thin skin over the library.
+
+Each command lives in its own module, parses its options, calls one library
+function and renders the result. Errors are caught once, in ``_app``.
+"""
+
+from fpi.cli._app import app
+
+# Importing the command modules registers their commands on ``app``.
+from fpi.cli import ingest as _ingest  # noqa: F401  isort: skip
+from fpi.cli import simulate as _simulate  # noqa: F401  isort: skip
+from fpi.cli import train as _train  # noqa: F401  isort: skip
+from fpi.cli import diagnose as _diagnose  # noqa: F401  isort: skip
+
+__all__ = ["app"]

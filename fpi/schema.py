@@ -1,0 +1,266 @@
+"""The fpi trace format, version 1, as code: names, dtypes, classes, value rules.
+
+This module is the single place that knows the shape of a turn. Ingest
+validates against it, the simulator writes it, features read it. The user-facing
+description is ``docs/traces.md``.
+
+The *canonical frame* is one row per turn, sorted by ``session_id`` then
+``turn_index``, with one nested struct column per stage (null when the stage is
+absent: absent means unknown, not failed). Its exact dtypes are
+:data:`TURN_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import polars as pl
+
+#: Version of the trace format this module describes.
+FORMAT_VERSION: Final = 1
+
+# ---------------------------------------------------------------------------
+# Classes
+# ---------------------------------------------------------------------------
+
+#: The failure-point classes, in pipeline order (``correct`` first).
+CLASSES: Final[tuple[str, ...]] = ("correct", "false_wake", "asr", "nlu", "er", "result")
+
+#: Accepted spellings of each class (compared after lower-casing and trimming;
+#: ``-`` and spaces count as ``_``).
+LABEL_ALIASES: Final[dict[str, str]] = {
+    "correct": "correct",
+    "ok": "correct",
+    "none": "correct",
+    "no_failure": "correct",
+    "false_wake": "false_wake",
+    "falsewake": "false_wake",
+    "wake": "false_wake",
+    "asr": "asr",
+    "nlu": "nlu",
+    "er": "er",
+    "entity": "er",
+    "entity_resolution": "er",
+    "result": "result",
+}
+
+#: The pipeline stages, in order.
+STAGES: Final[tuple[str, ...]] = ("wake", "asr", "nlu", "er", "result")
+
+#: The ``stage`` values a stage event may carry.
+EVENT_STAGES: Final[tuple[str, ...]] = (*STAGES, "feedback", "label", "device")
+
+#: Feature / attribution groups: one per pipeline stage plus dialogue context.
+COMPONENTS: Final[tuple[str, ...]] = ("wake", "asr", "nlu", "er", "result", "context")
+
+#: Which component each failure class blames (``correct`` blames none).
+CLASS_COMPONENT: Final[dict[str, str | None]] = {
+    "correct": None,
+    "false_wake": "wake",
+    "asr": "asr",
+    "nlu": "nlu",
+    "er": "er",
+    "result": "result",
+}
+
+RESULT_STATUSES: Final[tuple[str, ...]] = ("success", "error", "no_action", "clarification")
+ENTITY_STATUSES: Final[tuple[str, ...]] = ("resolved", "unresolved", "ambiguous")
+EXPLICIT_FEEDBACK: Final[tuple[str, ...]] = ("positive", "negative")
+
+
+def normalize_label(value: str | None) -> str | None:
+    """Map a label spelling to its class, or ``None`` if it is not a known class.
+
+    >>> normalize_label(" Entity-Resolution ")
+    'er'
+    """
+    if value is None:
+        return None
+    key = value.strip().lower().replace("-", "_").replace(" ", "_")
+    return LABEL_ALIASES.get(key)
+
+
+def normalize_label_expr(expr: pl.Expr) -> pl.Expr:
+    """Polars version of :func:`normalize_label`: unknown spellings become null."""
+    key = expr.str.strip_chars().str.to_lowercase().str.replace_all(r"[-\s]", "_")
+    return key.replace_strict(LABEL_ALIASES, default=None, return_dtype=pl.String)
+
+
+# ---------------------------------------------------------------------------
+# Dtypes of the canonical frame
+# ---------------------------------------------------------------------------
+
+NBEST_ITEM: Final = pl.Struct({"text": pl.String, "confidence": pl.Float64})
+NLU_ALTERNATIVE: Final = pl.Struct(
+    {"domain": pl.String, "intent": pl.String, "confidence": pl.Float64}
+)
+NLU_SLOT: Final = pl.Struct({"name": pl.String, "value": pl.String, "confidence": pl.Float64})
+ER_ENTITY: Final = pl.Struct(
+    {
+        "slot": pl.String,
+        "mention": pl.String,
+        "resolved_id": pl.String,
+        "resolved_name": pl.String,
+        "score": pl.Float64,
+        "status": pl.String,
+    }
+)
+
+DEVICE: Final = pl.Struct(
+    {"type": pl.String, "has_screen": pl.Boolean, "locale": pl.String, "app_version": pl.String}
+)
+WAKE: Final = pl.Struct(
+    {"detected": pl.Boolean, "score": pl.Float64, "device_directed_score": pl.Float64}
+)
+ASR: Final = pl.Struct(
+    {
+        "text": pl.String,
+        "confidence": pl.Float64,
+        "nbest": pl.List(NBEST_ITEM),
+        "audio_ms": pl.Float64,
+        "latency_ms": pl.Float64,
+    }
+)
+NLU: Final = pl.Struct(
+    {
+        "domain": pl.String,
+        "intent": pl.String,
+        "confidence": pl.Float64,
+        "alternatives": pl.List(NLU_ALTERNATIVE),
+        "slots": pl.List(NLU_SLOT),
+    }
+)
+ER: Final = pl.Struct({"entities": pl.List(ER_ENTITY), "latency_ms": pl.Float64})
+RESULT: Final = pl.Struct(
+    {
+        "status": pl.String,
+        "action": pl.String,
+        "response_text": pl.String,
+        "latency_ms": pl.Float64,
+    }
+)
+FEEDBACK: Final = pl.Struct({"barge_in": pl.Boolean, "explicit": pl.String})
+LABEL: Final = pl.Struct(
+    {"failure_point": pl.String, "annotator": pl.String, "failure_point_2": pl.String}
+)
+
+#: Struct dtype of each nested block, by top-level field name.
+BLOCKS: Final[dict[str, pl.Struct]] = {
+    "device": DEVICE,
+    "wake": WAKE,
+    "asr": ASR,
+    "nlu": NLU,
+    "er": ER,
+    "result": RESULT,
+    "feedback": FEEDBACK,
+    "label": LABEL,
+}
+
+#: The canonical frame: exact column names, order and dtypes.
+#: ``extra`` holds unknown fields as a JSON object keyed by dotted path
+#: (``{"asr.model_version": "7b", "user_tier": "gold"}``), or null.
+TURN_SCHEMA: Final = pl.Schema(
+    {
+        "schema_version": pl.Int64,
+        "session_id": pl.String,
+        "turn_index": pl.Int64,
+        "timestamp": pl.Datetime("us", "UTC"),
+        **BLOCKS,
+        "extra": pl.String,
+    }
+)
+
+#: Columns that identify a turn.
+KEY_COLUMNS: Final[tuple[str, str]] = ("session_id", "turn_index")
+
+
+def empty_frame() -> pl.DataFrame:
+    """A canonical frame with no rows."""
+    return pl.DataFrame(schema=TURN_SCHEMA)
+
+
+def conform(frame: pl.DataFrame) -> pl.DataFrame:
+    """Cast ``frame`` to :data:`TURN_SCHEMA`: missing columns become null, order fixed.
+
+    Raises :class:`fpi.errors.SchemaError` when a column cannot be cast.
+    """
+    from fpi.errors import SchemaError
+
+    exprs: list[pl.Expr] = []
+    for name, dtype in TURN_SCHEMA.items():
+        if name in frame.columns:
+            exprs.append(pl.col(name).cast(dtype, strict=False) if frame.schema[name] != dtype
+                         else pl.col(name))
+        else:
+            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+    try:
+        return frame.select(exprs)
+    except pl.exceptions.PolarsError as exc:  # pragma: no cover - depends on input
+        raise SchemaError(f"frame does not fit the trace format: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# Value rules
+# ---------------------------------------------------------------------------
+
+#: Fields whose values must lie in [0, 1] (dotted paths; ``[]`` marks a list element).
+UNIT_INTERVAL_FIELDS: Final[tuple[str, ...]] = (
+    "wake.score",
+    "wake.device_directed_score",
+    "asr.confidence",
+    "asr.nbest[].confidence",
+    "nlu.confidence",
+    "nlu.alternatives[].confidence",
+    "nlu.slots[].confidence",
+    "er.entities[].score",
+)
+
+#: Fields that must be non-negative milliseconds.
+NON_NEGATIVE_FIELDS: Final[tuple[str, ...]] = (
+    "asr.audio_ms",
+    "asr.latency_ms",
+    "er.latency_ms",
+    "result.latency_ms",
+)
+
+#: Fields restricted to a set of values (null is always allowed).
+ENUM_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "result.status": RESULT_STATUSES,
+    "er.entities[].status": ENTITY_STATUSES,
+    "feedback.explicit": EXPLICIT_FEEDBACK,
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule a record can break; ``id`` is what the rejects file names."""
+
+    id: str
+    description: str
+
+
+#: Every rule a record can be rejected for, by id. Ingest uses exactly these ids.
+RULES: Final[dict[str, Rule]] = {
+    r.id: r
+    for r in (
+        Rule("invalid_utf8", "the line is not valid UTF-8"),
+        Rule("invalid_json", "the line is not a valid JSON value"),
+        Rule("not_an_object", "the record is not a JSON object"),
+        Rule("unreadable", "the file or part of it could not be read (truncated or corrupt)"),
+        Rule("missing_session_id", "session_id is required and must be a non-empty string"),
+        Rule("bad_turn_index", "turn_index is required and must be an integer >= 0"),
+        Rule("missing_wake", "the wake stage is required"),
+        Rule("bad_type", "a field has the wrong type (e.g. text where a number belongs)"),
+        Rule("out_of_range", "a confidence or score is outside [0, 1]"),
+        Rule("negative_duration", "a latency or duration is negative"),
+        Rule("bad_enum", "a field is not one of its allowed values"),
+        Rule("bad_timestamp", "timestamp is not an ISO 8601 date-time"),
+        Rule("bad_label", "label.failure_point (or failure_point_2) is not one of the six classes"),
+        Rule("bad_schema_version", "schema_version is not 1"),
+        Rule("bad_event", "a stage event lacks session_id, turn_index, a known stage or data"),
+        Rule("duplicate_event", "a turn has two events for the same stage"),
+        Rule("event_without_wake", "a turn's events include no wake event"),
+        Rule("duplicate_turn", "(session_id, turn_index) was already seen; the first is kept"),
+    )
+}

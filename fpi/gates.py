@@ -1,0 +1,351 @@
+"""CI gates on a diagnosis summary: parse, evaluate, render as JUnit XML.
+
+A gate is one comparison, ``KEY OP BOUND``::
+
+    asr.estimate <= 0.06
+    er.estimate <= baseline + 0.01        # baseline: the same key in --baseline's summary
+    failure.high < 0.25                   # failure: any failure (1 - correct)
+    nlu.change <= 0.02                    # change against the baseline night
+    macro_f1 >= 0.70                      # labelled nights only
+    asr.estimate <= baseline.asr.estimate * 1.25
+
+KEY is ``<class>.<field>`` (class one of the six classes or ``failure``; field
+one of :data:`FIELDS`), or one of :data:`SCALAR_KEYS`. BOUND is arithmetic
+(``+ - * /``, parentheses) over numbers, ``baseline``, ``baseline.<key>`` and
+other keys. A gate file (TOML) holds ``[[gate]]`` tables with ``expr`` and
+optional ``name`` and ``warn`` (a stricter expression or bound: violating it
+only warns).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from fpi.errors import InputError
+from fpi.schema import CLASSES
+
+#: Fields of ``<class>.<field>`` keys (``change*`` need a baseline).
+FIELDS: tuple[str, ...] = (
+    "estimate", "low", "high", "count", "count_rate", "change", "change_low", "change_high",
+)
+#: Keys that are not per class.
+SCALAR_KEYS: tuple[str, ...] = ("turns", "macro_f1", "accuracy")
+GATE_CLASSES: tuple[str, ...] = (*CLASSES, "failure")
+
+_OPS: dict[type[ast.cmpop], tuple[str, Callable[[float, float], bool]]] = {
+    ast.LtE: ("<=", operator.le),
+    ast.Lt: ("<", operator.lt),
+    ast.GtE: (">=", operator.ge),
+    ast.Gt: (">", operator.gt),
+}
+_BINOPS: dict[type[ast.operator], Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+}
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return None if head is None else f"{head}.{node.attr}"
+    return None
+
+
+def _check_key(key: str, expr: str) -> None:
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] in SCALAR_KEYS:
+        return
+    if len(parts) == 2 and parts[0] in GATE_CLASSES and parts[1] in FIELDS:
+        return
+    raise InputError(
+        f"gate {expr!r}: unknown key {key!r}; use <class>.<field> with class in "
+        f"{', '.join(GATE_CLASSES)} and field in {', '.join(FIELDS)}, or one of "
+        f"{', '.join(SCALAR_KEYS)}"
+    )
+
+
+def _check_bound(node: ast.AST, expr: str) -> bool:
+    """Validate a bound expression; returns whether it uses the baseline."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) \
+            and not isinstance(node.value, bool):
+        return False
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        return _check_bound(node.operand, expr)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left = _check_bound(node.left, expr)
+        return _check_bound(node.right, expr) or left
+    name = _dotted(node)
+    if name is not None:
+        if name == "baseline":
+            return True
+        if name.startswith("baseline."):
+            _check_key(name.removeprefix("baseline."), expr)
+            return True
+        _check_key(name, expr)
+        return False
+    raise InputError(f"gate {expr!r}: the bound may only use numbers, keys, 'baseline' and + - * /")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One parsed gate. ``warn`` is an optional stricter gate on the same key."""
+
+    expr: str
+    key: str
+    op: str
+    bound: ast.expr
+    name: str
+    uses_baseline: bool
+    warn: Gate | None = None
+
+
+def parse_gate(text: str, *, name: str | None = None, warn: str | float | None = None) -> Gate:
+    """Parse ``'asr.estimate <= 0.06'`` into a :class:`Gate`.
+
+    ``warn`` is either a full expression on the same key or just a bound (number
+    or expression) with the same operator. Raises :class:`fpi.errors.InputError`
+    with a one-line reason for anything it cannot parse.
+    """
+    expr = " ".join(str(text).split())
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise InputError(
+            f"gate {expr!r}: not of the form 'KEY OP BOUND' (e.g. 'asr.estimate <= 0.06')"
+        ) from None
+    if not (isinstance(tree, ast.Compare) and len(tree.ops) == 1
+            and type(tree.ops[0]) in _OPS):
+        raise InputError(
+            f"gate {expr!r}: need exactly one comparison (<=, <, >=, >), "
+            "e.g. 'asr.estimate <= 0.06'"
+        )
+    key = _dotted(tree.left)
+    if key is None:
+        raise InputError(f"gate {expr!r}: the left side must be a key such as asr.estimate")
+    _check_key(key, expr)
+    uses = _check_bound(tree.comparators[0], expr)
+    if key.split(".")[-1].startswith("change"):
+        uses = True
+    op = _OPS[type(tree.ops[0])][0]
+    warn_gate = None
+    if warn is not None:
+        wtext = str(warn)
+        if not any(o in wtext for o in ("<", ">")):
+            wtext = f"{key} {op} {wtext}"
+        warn_gate = parse_gate(wtext, name=f"{name or expr} (warn)")
+        if warn_gate.key != key:
+            raise InputError(f"gate {expr!r}: its warn bound must be on the same key ({key})")
+    return Gate(expr=expr, key=key, op=op, bound=tree.comparators[0], name=name or expr,
+                uses_baseline=uses or bool(warn_gate and warn_gate.uses_baseline),
+                warn=warn_gate)
+
+
+def load_gates(path: str | Path) -> list[Gate]:
+    """Read a TOML gate file: ``[[gate]]`` tables with ``expr``, optional ``name`` and ``warn``.
+
+    A top-level ``gates = ["asr.estimate <= 0.06", ...]`` list is accepted too.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{p}: gate file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not valid TOML: {exc}") from None
+    out: list[Gate] = []
+    for i, s in enumerate(data.get("gates", []), start=1):
+        if not isinstance(s, str):
+            raise InputError(f"{p}: gates[{i}] must be a string such as 'asr.estimate <= 0.06'")
+        out.append(_in_file(p, f"gates[{i}]", lambda s=s: parse_gate(s)))
+    tables = data.get("gate", [])
+    if not isinstance(tables, list):
+        raise InputError(f"{p}: use [[gate]] tables (an array of tables)")
+    for i, t in enumerate(tables, start=1):
+        if not isinstance(t, dict) or not isinstance(t.get("expr"), str):
+            raise InputError(f"{p}: [[gate]] number {i} needs expr = \"KEY OP BOUND\"")
+        unknown = set(t) - {"expr", "name", "warn", "description"}
+        if unknown:
+            raise InputError(f"{p}: [[gate]] number {i}: unknown field(s) {sorted(unknown)}")
+        out.append(_in_file(p, f"[[gate]] number {i}",
+                            lambda t=t: parse_gate(t["expr"], name=t.get("name"),
+                                                   warn=t.get("warn"))))
+    if not out:
+        raise InputError(f"{p}: no gates found (expected [[gate]] tables with expr = ...)")
+    return out
+
+
+def _in_file(path: Path, where: str, fn: Callable[[], Gate]) -> Gate:
+    try:
+        return fn()
+    except InputError as exc:
+        raise InputError(f"{path}: {where}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+
+
+def lookup(summary: Mapping[str, Any], key: str) -> tuple[float | None, float | None, float | None]:
+    """``(value, low, high)`` of a gate key in a summary document (``None`` if absent)."""
+    parts = key.split(".")
+    if len(parts) == 1:
+        if key == "turns":
+            v = summary.get("turns")
+            return (None if v is None else float(v)), None, None
+        labels = summary.get("labels") or {}
+        v = labels.get(key)
+        return (None if v is None else float(v)), None, None
+    cls, field = parts
+    if field.startswith("change"):
+        changes = ((summary.get("baseline") or {}).get("changes") or {})
+        entry = changes.get(cls)
+        if entry is None:
+            return None, None, None
+        f = {"change": "change", "change_low": "low", "change_high": "high"}[field]
+        return float(entry[f]), float(entry["low"]), float(entry["high"])
+    entry = (summary.get("rates") or {}).get(cls) if cls != "failure" else summary.get("failure")
+    if entry is None or entry.get(field) is None:
+        return None, None, None
+    lo, hi = entry.get("low"), entry.get("high")
+    return float(entry[field]), (None if lo is None else float(lo)), \
+        (None if hi is None else float(hi))
+
+
+def _eval_bound(node: ast.AST, key: str, summary: Mapping[str, Any],
+                baseline: Mapping[str, Any] | None, expr: str) -> float:
+    if isinstance(node, ast.Constant):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp):
+        v = _eval_bound(node.operand, key, summary, baseline, expr)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp):
+        a = _eval_bound(node.left, key, summary, baseline, expr)
+        b = _eval_bound(node.right, key, summary, baseline, expr)
+        try:
+            return _BINOPS[type(node.op)](a, b)
+        except ZeroDivisionError:
+            return math.nan
+    name = _dotted(node) or ""
+    source, k = summary, name
+    if name == "baseline" or name.startswith("baseline."):
+        if baseline is None:
+            raise InputError(f"gate {expr!r}: uses 'baseline' but no --baseline summary was given")
+        source, k = baseline, (key if name == "baseline" else name.removeprefix("baseline."))
+    v, _, _ = lookup(source, k)
+    if v is None:
+        where = "the baseline summary" if source is baseline else "the summary"
+        raise InputError(f"gate {expr!r}: {k} is not in {where}")
+    return v
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The outcome of one gate: status PASS, WARN or FAIL and the figures behind it."""
+
+    name: str
+    expr: str
+    key: str
+    op: str
+    value: float
+    bound: float
+    low: float | None
+    high: float | None
+    status: str
+    warn_bound: float | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the summary's ``gates`` entries)."""
+        return {
+            "name": self.name, "expr": self.expr, "key": self.key, "op": self.op,
+            "value": _r(self.value), "bound": _r(self.bound),
+            "warn_bound": None if self.warn_bound is None else _r(self.warn_bound),
+            "low": None if self.low is None else _r(self.low),
+            "high": None if self.high is None else _r(self.high),
+            "status": self.status, "message": self.message,
+        }
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.4g}" if abs(x) >= 1 or x == 0 else f"{x:.4f}"
+
+
+def evaluate_gates(gates: Sequence[Gate], summary: Mapping[str, Any],
+                   baseline: Mapping[str, Any] | None = None) -> list[GateResult]:
+    """Evaluate each gate on ``summary`` (and ``baseline`` for ``baseline`` terms)."""
+    results: list[GateResult] = []
+    for g in gates:
+        value, lo, hi = lookup(summary, g.key)
+        if value is None:
+            hint = " (needs --baseline)" if g.key.split(".")[-1].startswith("change") else ""
+            if g.key in ("macro_f1", "accuracy"):
+                hint = " (needs labelled input)"
+            raise InputError(f"gate {g.expr!r}: {g.key} is not in the summary{hint}")
+        bound = _eval_bound(g.bound, g.key, summary, baseline, g.expr)
+        ok = _compare(value, g.op, bound)
+        warn_bound = None
+        status = PASS if ok else FAIL
+        if g.warn is not None:
+            warn_bound = _eval_bound(g.warn.bound, g.key, summary, baseline, g.warn.expr)
+            if ok and not _compare(value, g.warn.op, warn_bound):
+                status = WARN
+        interval = "" if lo is None or hi is None else f" [{_fmt(lo)}, {_fmt(hi)}]"
+        verdict = {PASS: "ok", WARN: f"beyond warn bound {_fmt(warn_bound)}",
+                   FAIL: "violated"}[status]
+        msg = f"{g.key} = {_fmt(value)}{interval}, bound {g.op} {_fmt(bound)}: {verdict}"
+        results.append(GateResult(g.name, g.expr, g.key, g.op, value, bound, lo, hi, status,
+                                  warn_bound, msg))
+    return results
+
+
+def _compare(value: float, op: str, bound: float) -> bool:
+    if math.isnan(bound):
+        return False
+    return {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}[op](
+        value, bound)
+
+
+def overall_status(results: Sequence[GateResult | Mapping[str, Any]]) -> str:
+    """``none`` (no gates), ``pass``, ``warn`` or ``fail``."""
+    statuses = [r.status if isinstance(r, GateResult) else r["status"] for r in results]
+    if not statuses:
+        return "none"
+    if FAIL in statuses:
+        return "fail"
+    return "warn" if WARN in statuses else "pass"
+
+
+def junit_xml(results: Sequence[Mapping[str, Any]], *, suite: str = "fpi.gates") -> str:
+    """JUnit XML with one test case per gate (FAIL -> failure; WARN passes, noted in output)."""
+    fails = sum(r["status"] == FAIL for r in results)
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             f'<testsuites name={quoteattr(suite)} tests="{len(results)}" failures="{fails}">',
+             f'  <testsuite name={quoteattr(suite)} tests="{len(results)}" failures="{fails}" '
+             'errors="0" skipped="0">']
+    for r in results:
+        lines.append(f'    <testcase classname={quoteattr(suite)} name={quoteattr(r["name"])}>')
+        if r["status"] == FAIL:
+            lines.append(f'      <failure message={quoteattr(r["message"])} type="GateFailed">'
+                         f'{escape(r["expr"])}</failure>')
+        lines.append(f'      <system-out>{escape(r["status"] + ": " + r["message"])}</system-out>')
+        lines.append("    </testcase>")
+    lines += ["  </testsuite>", "</testsuites>", ""]
+    return "\n".join(lines)

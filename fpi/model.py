@@ -79,6 +79,7 @@ class TrainResult:
 
     path: Path
     manifest: dict[str, Any]
+    bundle: ModelBundle
 
     @property
     def heldout(self) -> dict[str, Any]:
@@ -307,27 +308,39 @@ class _Parts:
     test: np.ndarray
 
 
-def _split_sessions(sessions: pl.Series, first_ts: pl.Series, *, split: Split, seed: int,
-                    test_size: float, valid_size: float, calib_size: float
-                    ) -> tuple[set[str], set[str], set[str], set[str]]:
-    """Assign whole sessions to train / valid / calib / test."""
-    n = len(sessions)
+#: Names of the parts :func:`assign_parts` puts sessions in.
+PARTS: Final = ("train", "valid", "calibration", "test")
+
+
+def assign_parts(turns: pl.DataFrame, *, split: Split = "session", seed: int = 0,
+                 test_size: float = 0.2, valid_size: float = 0.1,
+                 calib_size: float = 0.1) -> pl.DataFrame:
+    """Assign whole sessions to the parts ``train``, ``valid``, ``calibration``, ``test``.
+
+    ``split="session"``: a seeded random choice of sessions. ``split="time"``: the
+    newest sessions (by first timestamp) are the test part, the next newest the
+    validation and calibration parts. A session is never in two parts.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``session_id`` and ``part``, one row per session, sorted by ``session_id``.
+    """
+    sess = turns.group_by("session_id").agg(pl.col("timestamp").min()).sort("session_id")
+    n = sess.height
     if n < 4:
         raise InputError(f"only {n} labelled session(s): training needs at least 4 sessions "
                          "(sessions are never split across training and held-out parts)")
+    n_test = max(1, round(n * test_size))
     if split == "session":
         order = np.random.default_rng(seed).permutation(n)
-        ids = sessions.to_numpy()[order]
-        n_test = max(1, round(n * test_size))
+        ids = sess["session_id"].to_numpy()[order]
         test, rest = ids[:n_test], ids[n_test:]
     elif split == "time":
-        # oldest sessions train, newest are held out; ties broken by session id
-        frame = pl.DataFrame({"s": sessions, "t": first_ts}).sort("t", "s", nulls_last=False)
-        ids = frame["s"].to_numpy()
-        n_test = max(1, round(n * test_size))
-        test, rest = ids[n - n_test:], ids[: n - n_test]
-        # validation and calibration parts come from the most recent training sessions
-        rest = rest[::-1]
+        ids = sess.sort("timestamp", "session_id")["session_id"].to_numpy()
+        # oldest sessions train, newest are held out; validation and calibration parts
+        # come from the most recent training sessions
+        test, rest = ids[n - n_test:], ids[: n - n_test][::-1]
     else:
         raise InputError(f"unknown split {split!r}: use 'session' or 'time'")
     n_valid = max(1, round(n * valid_size))
@@ -337,7 +350,10 @@ def _split_sessions(sessions: pl.Series, first_ts: pl.Series, *, split: Split, s
     if len(train_ids) == 0:
         raise InputError(f"only {n} labelled sessions: too few to carve training, validation, "
                          "calibration and held-out parts")
-    return set(train_ids), set(valid), set(calib), set(test)
+    frames = [pl.DataFrame({"session_id": ids_, "part": name},
+                           schema={"session_id": pl.String, "part": pl.String})
+              for ids_, name in zip((train_ids, valid, calib, test), PARTS, strict=True)]
+    return pl.concat(frames).sort("session_id")
 
 
 def _class_weights(y: np.ndarray, power: float) -> np.ndarray:
@@ -476,12 +492,12 @@ def train(
     lab_mask = pl.Series(labelled)
     lab_turns = turns.filter(lab_mask)
     feats = features.filter(lab_mask)
-    sess = lab_turns.group_by("session_id").agg(pl.col("timestamp").min()).sort("session_id")
-    tr_s, va_s, ca_s, te_s = _split_sessions(
-        sess["session_id"], sess["timestamp"], split=split, seed=seed, test_size=test_size,
-        valid_size=valid_size, calib_size=calib_size)
-    sid = lab_turns["session_id"]
-    parts = _Parts(*(sid.is_in(list(s)).to_numpy() for s in (tr_s, va_s, ca_s, te_s)))
+    assigned = assign_parts(lab_turns, split=split, seed=seed, test_size=test_size,
+                            valid_size=valid_size, calib_size=calib_size)
+    part = lab_turns.select("session_id").join(assigned, on="session_id", how="left",
+                                               maintain_order="left")["part"]
+    parts = _Parts(*((part == name).to_numpy() for name in PARTS))
+    n_sessions = {name: int((assigned["part"] == name).sum()) for name in PARTS}
 
     full_params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed, "num_threads": threads,
                    "deterministic": True, "force_col_wise": True}
@@ -507,6 +523,7 @@ def train(
     booster, text, calib, metrics, _ = fit(FEATURES, levels)
     files = {MODEL_FILE: text}
     nc_block: dict[str, Any] | None = None
+    nc_booster: lgb.Booster | None = None
     baselines_heldout: dict[str, Any] = {}
     if no_context:
         nc_feats = context_free(FEATURES)
@@ -526,8 +543,8 @@ def train(
     second = labels_to_index(lab_turns["label"].struct.field("failure_point_2"))
     human = human_agreement(y_lab[parts.test], second[parts.test], metrics["per_class"])
 
-    def count(mask: np.ndarray, s: set[str]) -> dict[str, Any]:
-        return {"turns": int(mask.sum()), "sessions": len(s),
+    def count(mask: np.ndarray, name: str) -> dict[str, Any]:
+        return {"turns": int(mask.sum()), "sessions": n_sessions[name],
                 "per_class": {c: int(n) for c, n in
                               zip(CLASSES, np.bincount(y_lab[mask], minlength=len(CLASSES)),
                                   strict=True)}}
@@ -555,8 +572,9 @@ def train(
             "turns": turns.height,
             "labelled_turns": int(labelled.sum()),
             "split": split, "seed": seed, "threads": threads, "test_size": test_size,
-            "counts": {"train": count(parts.train, tr_s), "valid": count(parts.valid, va_s),
-                       "calibration": count(parts.calib, ca_s), "test": count(parts.test, te_s)},
+            "counts": {"train": count(parts.train, "train"), "valid": count(parts.valid, "valid"),
+                       "calibration": count(parts.calib, "calibration"),
+                       "test": count(parts.test, "test")},
             "class_prior": {c: round(float(n) / len(y_lab), 6) for c, n in
                             zip(CLASSES, counts, strict=True)},
         },
@@ -573,7 +591,8 @@ def train(
     files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
     out = Path(out_dir)
     _write_bundle(out, files)
-    return TrainResult(out, manifest)
+    bundle = ModelBundle(manifest, booster, nc_booster if no_context else None, out)
+    return TrainResult(out, manifest, bundle)
 
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:

@@ -1,1 +1,151 @@
-"""Placeholder: replaced by the train command module."""
+"""``fpi train`` and ``fpi evaluate``: fit the failure-point model and measure it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fpi.cli._app import app, err_console, out_console
+from fpi.errors import InputError
+from fpi.schema import CLASSES
+
+
+def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1f}%" if pct else f"{x:.3f}"
+
+
+def _metrics_table(doc: dict[str, Any], title: str) -> Table:
+    """Per-class table: the model, its baselines and the second annotator side by side."""
+    base = doc.get("baselines") or {}
+    human = doc.get("human") or {}
+    table = Table(title=title, title_justify="left")
+    for col in ("class", "support", "precision", "recall", "F1"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    cols = [name for name in ("rules", "no_context") if name in base]
+    for name in cols:
+        table.add_column(f"F1 {name.replace('_', '-')}", justify="right")
+    if human:
+        table.add_column("F1 human", justify="right")
+        table.add_column("% of human", justify="right")
+    for c in CLASSES:
+        m = doc["per_class"][c]
+        row = [c, str(m["support"]), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"])]
+        row += [_fmt(base[name]["per_class"][c]["f1"]) for name in cols]
+        if human:
+            h = human["per_class"][c]
+            row += [_fmt(h["f1"]), _fmt(h.get("model_pct_of_human"), pct=True)]
+        table.add_row(*row)
+    row = ["macro", str(sum(doc["per_class"][c]["support"] for c in CLASSES)), "", "",
+           _fmt(doc["macro_f1"])]
+    row += [_fmt(base[name]["macro_f1"]) for name in cols]
+    if human:
+        row += [_fmt(human.get("macro_f1")), ""]
+    table.add_row(*row, style="bold")
+    return table
+
+
+def _confusion_table(doc: dict[str, Any]) -> Table:
+    table = Table(title="confusion (rows true, columns predicted)", title_justify="left")
+    table.add_column("true \\ predicted")
+    for c in CLASSES:
+        table.add_column(c, justify="right")
+    for c, row in zip(CLASSES, doc["confusion"], strict=True):
+        table.add_row(c, *(str(v) for v in row))
+    return table
+
+
+def _render(doc: dict[str, Any], title: str) -> None:
+    out_console.print(_metrics_table(doc, title))
+    out_console.print(_confusion_table(doc))
+    out_console.print(
+        f"accuracy {_fmt(doc['accuracy'])}   macro-F1 {_fmt(doc['macro_f1'])}   "
+        f"calibration error (ECE) {_fmt(doc.get('calibration_error'))}"
+    )
+
+
+def _read(inputs: list[Path]) -> Any:
+    from fpi.ingest import read_traces
+
+    frame, report = read_traces(inputs)
+    if report.rejected:
+        err_console.print(f"{report.rejected} record(s) rejected while reading the input")
+    return frame
+
+
+@app.command()
+def train(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Labelled trace files, directories or globs (any input form, or ingested Parquet).",
+        show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model bundle directory to write.",
+                                      show_default=False)],
+    seed: Annotated[int, typer.Option(help="Random seed (split, bagging).")] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="LightGBM threads (part of the "
+                                                     "reproducibility key).")] = 1,
+    split: Annotated[str, typer.Option(help="Held-out split: 'session' (random sessions) or "
+                                            "'time' (newest sessions).")] = "session",
+    test_size: Annotated[float, typer.Option(help="Fraction of sessions held out for the "
+                                                  "reported metrics.")] = 0.2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON "
+                                                        "on stdout.")] = False,
+) -> None:
+    """Train the failure-point model on labelled turns and write a model bundle.
+
+    Sessions are split whole into training, validation (early stopping), calibration
+    and held-out parts; the held-out metrics are printed next to the two baselines
+    (the first-bad-stage rule and the model without dialogue context) and, where a
+    second annotator's labels exist, human agreement. Same data + seed + threads give
+    a byte-identical model.
+    """
+    from fpi.model import train as train_model
+
+    if split not in ("session", "time"):
+        raise InputError(f"--split must be 'session' or 'time', not {split!r}")
+    frame = _read(inputs)
+    err_console.print(f"training on {frame.height} turns ...")
+    result = train_model(frame, out, seed=seed, threads=threads, split=split,  # type: ignore[arg-type]
+                         test_size=test_size)
+    doc = result.to_dict()
+    counts = doc["training"]["counts"]
+    err_console.print(
+        f"wrote {result.path}: trained on {counts['train']['turns']} turns, held out "
+        f"{counts['test']['turns']} turns in {counts['test']['sessions']} sessions"
+    )
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        _render(doc, "held-out metrics")
+
+
+@app.command()
+def evaluate(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Labelled trace files, directories or globs.", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.",
+                                        show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as a stable JSON "
+                                                        "document on stdout.")] = False,
+) -> None:
+    """Measure a model bundle on labelled turns.
+
+    Prints per-class precision, recall, F1 and support, macro-F1, accuracy, the
+    confusion matrix and calibration error, with the rule baseline, the no-context
+    model and (where label.failure_point_2 exists) human agreement side by side.
+    """
+    from fpi.evaluate import evaluate as evaluate_model
+    from fpi.model import load_bundle
+
+    bundle = load_bundle(model)
+    frame = _read(inputs)
+    result = evaluate_model(frame, bundle)
+    doc = result.to_dict()
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        _render(doc, f"evaluation of {model} on {doc['n_turns']} labelled turns")

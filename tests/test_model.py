@@ -1,0 +1,231 @@
+"""Training, the bundle and its errors: determinism, no session leak, round trip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from test_features import make_turns
+
+from fpi.errors import InputError, ModelError, SchemaError
+from fpi.features import FEATURES, build_features, context_free
+from fpi.model import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    NO_CONTEXT_FILE,
+    PARTS,
+    TrainResult,
+    assign_parts,
+    load_bundle,
+    train,
+)
+from fpi.schema import CLASSES, COMPONENTS
+
+FAST = {"num_boost_round": 25, "early_stopping_rounds": 5}
+
+
+@pytest.fixture(scope="session")
+def turns() -> pl.DataFrame:
+    return make_turns(150, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("bundle") / "model"
+    return train(turns, out, seed=0, threads=1, **FAST)
+
+
+def test_bundle_files_and_manifest(trained: TrainResult) -> None:
+    names = sorted(p.name for p in trained.path.iterdir())
+    assert names == sorted([MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE])
+    m = json.loads((trained.path / MANIFEST_FILE).read_text())
+    for key in ("fpi_version", "format_version", "classes", "features", "params", "calibration",
+                "training", "heldout", "baselines", "no_context", "files"):
+        assert key in m, key
+    assert m["classes"] == list(CLASSES)
+    assert [f["name"] for f in m["features"]] == [f.name for f in FEATURES]
+    assert {f["group"] for f in m["features"]} == set(COMPONENTS)
+    domain = next(f for f in m["features"] if f["name"] == "nlu_domain")
+    assert domain["kind"] == "categorical" and "smart_home" in domain["levels"]
+    assert m["params"]["deterministic"] is True and m["params"]["num_threads"] == 1
+    assert m["training"]["fingerprint"].startswith("sha256:")
+    assert set(m["training"]["counts"]) == {"train", "valid", "calibration", "test"}
+    assert m["heldout"]["confusion"] == m["heldout"]["metrics"]["confusion"]
+    assert set(m["baselines"]["heldout"]) == {"rules", "no_context"}
+    assert set(m["baselines"]["rules"]["thresholds"]) >= {"wake", "asr", "nlu", "er"}
+    assert "pickle" not in (trained.path / MODEL_FILE).read_text()[:200]
+
+
+def test_model_learns_the_fixture(trained: TrainResult) -> None:
+    assert trained.heldout["macro_f1"] > 0.9
+
+
+def test_training_is_byte_identical(turns: pl.DataFrame, trained: TrainResult,
+                                    tmp_path: Path) -> None:
+    again = train(turns, tmp_path / "again", seed=0, threads=1, **FAST)
+    for name in (MODEL_FILE, NO_CONTEXT_FILE, MANIFEST_FILE):
+        assert (again.path / name).read_bytes() == (trained.path / name).read_bytes(), name
+
+
+def test_another_seed_gives_another_split(turns: pl.DataFrame) -> None:
+    a = assign_parts(turns, seed=0)
+    b = assign_parts(turns, seed=1)
+    assert not a.equals(b)
+
+
+@pytest.mark.parametrize("split", ["session", "time"])
+def test_no_session_on_both_sides(turns: pl.DataFrame, split: str) -> None:
+    parts = assign_parts(turns, split=split, seed=3)  # type: ignore[arg-type]
+    assert parts["session_id"].is_unique().all()
+    assert set(parts["session_id"]) == set(turns["session_id"])
+    assert set(parts["part"]) == set(PARTS)
+    per_turn = turns.join(parts, on="session_id")
+    assert per_turn.group_by("session_id").agg(pl.col("part").n_unique())["part"].max() == 1
+    if split == "time":
+        first = turns.group_by("session_id").agg(pl.col("timestamp").min()).join(
+            parts, on="session_id")
+        newest_train = first.filter(pl.col("part") == "train")["timestamp"].max()
+        oldest_test = first.filter(pl.col("part") == "test")["timestamp"].min()
+        assert newest_train < oldest_test
+
+
+def test_counts_add_up(trained: TrainResult, turns: pl.DataFrame) -> None:
+    counts = trained.manifest["training"]["counts"]
+    assert sum(c["turns"] for c in counts.values()) == turns.height
+    assert sum(c["sessions"] for c in counts.values()) == turns["session_id"].n_unique()
+
+
+def test_round_trip_same_predictions(trained: TrainResult, turns: pl.DataFrame,
+                                     tmp_path: Path) -> None:
+    feats = build_features(turns)
+    moved = tmp_path / "moved"
+    shutil.copytree(trained.path, moved)
+    loaded = load_bundle(moved)
+    p = loaded.predict_proba(feats)
+    assert p.shape == (turns.height, len(CLASSES))
+    np.testing.assert_array_equal(p, trained.bundle.predict_proba(feats))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert loaded.features == FEATURES
+    assert loaded.predict(feats).dtype == pl.String
+    nc = loaded.predict_proba_no_context(feats)
+    assert nc.shape == p.shape and loaded.no_context_features == context_free(FEATURES)
+
+
+def test_contributions_sum_to_the_margin(trained: TrainResult, turns: pl.DataFrame) -> None:
+    feats = build_features(turns.head(20))
+    c = trained.bundle.contributions(feats)
+    assert c.shape == (20, len(CLASSES), len(FEATURES) + 1)
+    np.testing.assert_allclose(c.sum(axis=2), trained.bundle.raw_margin(feats), atol=1e-9)
+
+
+def test_calibrated_rates_track_the_truth(trained: TrainResult, turns: pl.DataFrame) -> None:
+    p = trained.bundle.predict_proba(build_features(turns))
+    truth = turns["label"].struct.field("failure_point").value_counts(normalize=True)
+    rates = dict(zip(truth["failure_point"], truth["proportion"], strict=True))
+    for i, c in enumerate(CLASSES):
+        assert abs(p[:, i].mean() - rates[c]) < 0.05, c
+
+
+def test_unseen_category_is_missing_not_a_crash(trained: TrainResult,
+                                                turns: pl.DataFrame) -> None:
+    feats = build_features(turns.head(5)).with_columns(
+        nlu_domain=pl.lit("never_seen_domain"), device_type=pl.lit(None, dtype=pl.String))
+    assert np.isfinite(trained.bundle.predict_proba(feats)).all()
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+def test_no_labels_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"none of the .* turns has a label"):
+        train(make_turns(10, labels=False), tmp_path / "m", **FAST)
+
+
+def test_too_few_of_a_class_names_it(turns: pl.DataFrame, tmp_path: Path) -> None:
+    rare = turns.filter(pl.col("label").struct.field("failure_point") == "result").head(3)
+    rest = turns.filter(pl.col("label").struct.field("failure_point") != "result")
+    with pytest.raises(InputError, match=r"'result' has 3"):
+        train(pl.concat([rest, rare]).sort("session_id", "turn_index"), tmp_path / "m", **FAST)
+
+
+def test_too_few_sessions(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="session"):
+        train(make_turns(3), tmp_path / "m", min_class_count=0, **FAST)
+
+
+def test_refuses_to_clobber_a_non_bundle_dir(turns: pl.DataFrame, tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "thesis.tex").write_text("keep me")
+    with pytest.raises(ModelError, match="not a model bundle"):
+        train(turns, target, **FAST)
+    assert (target / "thesis.tex").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["precious"]  # no temp dir left behind
+
+
+def test_retrain_replaces_a_bundle(turns: pl.DataFrame, trained: TrainResult,
+                                   tmp_path: Path) -> None:
+    target = tmp_path / "m"
+    shutil.copytree(trained.path, target)
+    train(turns, target, seed=1, **FAST)
+    assert json.loads((target / MANIFEST_FILE).read_text())["training"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def _copy(trained: TrainResult, tmp_path: Path) -> Path:
+    target = tmp_path / "m"
+    shutil.copytree(trained.path, target)
+    return target
+
+
+def test_missing_bundle_and_files(trained: TrainResult, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no model bundle"):
+        load_bundle(tmp_path / "nope")
+    target = _copy(trained, tmp_path)
+    (target / MODEL_FILE).unlink()
+    with pytest.raises(ModelError, match=r"model.txt is missing"):
+        load_bundle(target)
+    (target / MANIFEST_FILE).unlink()
+    with pytest.raises(ModelError, match=r"manifest.json is missing"):
+        load_bundle(target)
+
+
+def test_other_major_version(trained: TrainResult, tmp_path: Path) -> None:
+    target = _copy(trained, tmp_path)
+    m = json.loads((target / MANIFEST_FILE).read_text())
+    m["format_version"] = "2.0"
+    (target / MANIFEST_FILE).write_text(json.dumps(m))
+    with pytest.raises(ModelError, match=r"format 2.0.*retrain"):
+        load_bundle(target)
+
+
+def test_damaged_bundle(trained: TrainResult, tmp_path: Path) -> None:
+    target = _copy(trained, tmp_path)
+    text = (target / MODEL_FILE).read_text()
+    (target / MODEL_FILE).write_text(text.replace("Tree=1", "Tree=x", 1))
+    with pytest.raises(ModelError, match="damaged"):
+        load_bundle(target)
+    (target / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(ModelError, match="damaged"):
+        load_bundle(target)
+
+
+def test_bundle_features_not_matching_the_data(trained: TrainResult, turns: pl.DataFrame,
+                                               tmp_path: Path) -> None:
+    target = _copy(trained, tmp_path)
+    m = json.loads((target / MANIFEST_FILE).read_text())
+    m["features"][0]["name"] = "feature_from_the_future"
+    (target / MANIFEST_FILE).write_text(json.dumps(m))
+    bundle = load_bundle(target)
+    with pytest.raises(SchemaError, match="feature_from_the_future"):
+        bundle.check_compatible(turns)
+    with pytest.raises(SchemaError, match="feature_from_the_future"):
+        bundle.predict_proba(build_features(turns.head(3)))
+    with pytest.raises(SchemaError, match="lacks column"):
+        trained.bundle.check_compatible(turns.drop("nlu"))

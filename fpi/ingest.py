@@ -1,0 +1,612 @@
+"""Read voice-assistant traces in any supported form into the canonical frame.
+
+Two entry points:
+
+* :func:`read_traces` returns the canonical frame (one row per turn, sorted by
+  ``session_id`` then ``turn_index``, dtypes :data:`fpi.schema.TURN_SCHEMA`) and
+  an :class:`IngestReport`.
+* :func:`ingest` streams the same result into a Parquet file with memory bounded
+  by one block, for inputs larger than memory (``fpi ingest`` uses it).
+
+Bad records never stop a run: each goes to the rejects (file, line, rule,
+message, raw text) and is counted. Only a missing path, an empty input or
+"nothing good left" raise :class:`~fpi.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import polars as pl
+import pyarrow.parquet as pq
+
+from fpi.errors import InputError, StrictRejects
+from fpi.files import atomic_path
+from fpi.ingest_parse import parse_block
+from fpi.ingest_sources import (
+    FORMATS,
+    Block,
+    Broken,
+    EventAssembler,
+    Source,
+    SourceProblem,
+    csv_blocks,
+    detect,
+    expand_paths,
+    is_canonical_parquet,
+    line_blocks,
+    parquet_blocks,
+    parquet_frames,
+)
+from fpi.ingest_validate import ROW_COL, validate
+from fpi.schema import CLASSES, KEY_COLUMNS, RULES, empty_frame
+
+__all__ = ["FORMATS", "IngestReport", "Reject", "ingest", "read_traces", "rejects_path_for"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes of JSON Lines parsed at once: big enough for pyarrow to run at full
+#: speed, small enough that memory stays far below the 3 GB budget.
+BLOCK_BYTES = 64 << 20
+
+#: How many rejects an :class:`IngestReport` carries when they also went to a file.
+REPORT_REJECT_SAMPLE = 100
+
+#: Stages whose presence the report counts, in pipeline order.
+PRESENCE_STAGES: tuple[str, ...] = ("device", "wake", "asr", "nlu", "er", "result", "feedback",
+                                    "label")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One record set aside: where it came from, the rule it broke and its raw text.
+
+    ``line`` is 1-based (for CSV the row as a spreadsheet shows it, header = 1;
+    for Parquet the row number; 0 when a whole file could not be opened).
+    ``involved`` lists every ``file:line`` that made up a stage-event turn.
+    """
+
+    file: str
+    line: int
+    rule: str
+    message: str
+    raw: str
+    involved: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written to the rejects file."""
+        out = asdict(self)
+        out["involved"] = list(self.involved)
+        if not self.involved:
+            del out["involved"]
+        return out
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What an ingest read, kept and set aside.
+
+    ``records_read == turns_kept + rejected`` always holds. A record is a turn
+    record (a line, a CSV row or a Parquet row) or, for stage events, one
+    assembled turn or one unusable event line.
+    """
+
+    files: tuple[str, ...]
+    formats: dict[str, str]  #: file -> detected form
+    records_read: int
+    turns_kept: int
+    rejected: int
+    rejects_by_rule: dict[str, int]
+    sessions: int
+    stage_presence: dict[str, float]  #: stage -> share of kept turns where it is present
+    label_counts: dict[str, int]  #: class -> turns with that gold label, plus "unlabeled"
+    rejects_path: str | None
+    output_path: str | None = None
+    #: All rejects when no rejects file was written, else the first few.
+    rejects: tuple[Reject, ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the ``fpi ingest --json`` summary)."""
+        out = asdict(self)
+        out["files"] = list(self.files)
+        out["rejects"] = [r.to_dict() for r in self.rejects]
+        return out
+
+
+def rejects_path_for(output: str | os.PathLike[str]) -> Path:
+    """Default rejects file next to ``output``: ``turns.parquet`` -> ``turns.rejects.jsonl``."""
+    out = Path(output)
+    stem = out.name.removesuffix(".parquet") if out.name.endswith(".parquet") else out.stem
+    return out.with_name(f"{stem}.rejects.jsonl")
+
+
+# ---------------------------------------------------------------------------
+# Rejects
+# ---------------------------------------------------------------------------
+
+
+class _Rejects:
+    """Counts rejects, writes them to the rejects file as they come, keeps some for the report.
+
+    Duplicate-turn rejects are only found at the end of a run; they wait in
+    ``held`` until their raw text is known.
+    """
+
+    def __init__(self, handle: IO[bytes] | None) -> None:
+        self.handle = handle
+        self.by_rule: dict[str, int] = {}
+        self.kept: list[Reject] = []
+        self.held: list[Reject] = []
+        self.count = 0
+
+    def add(self, reject: Reject, hold: bool = False) -> None:
+        assert reject.rule in RULES, reject.rule
+        self.count += 1
+        self.by_rule[reject.rule] = self.by_rule.get(reject.rule, 0) + 1
+        if hold:
+            self.held.append(reject)
+        else:
+            self._emit(reject)
+
+    def release(self, raws: list[str]) -> None:
+        """Emit the held rejects with their raw texts, in order."""
+        for r, raw in zip(self.held, raws, strict=True):
+            self._emit(Reject(r.file, r.line, r.rule, r.message, raw, r.involved))
+        self.held = []
+
+    def _emit(self, reject: Reject) -> None:
+        if self.handle is not None:
+            self.handle.write(orjson.dumps(reject.to_dict()) + b"\n")
+            if len(self.kept) < REPORT_REJECT_SAMPLE:
+                self.kept.append(reject)
+        else:
+            self.kept.append(reject)
+
+
+# ---------------------------------------------------------------------------
+# Sinks: where good rows go
+# ---------------------------------------------------------------------------
+
+
+class _Sink:
+    """Receives validated canonical batches; keeps a small per-row summary (keys, where
+    the row came from, which stages are present, its label) for the global checks."""
+
+    def __init__(self) -> None:
+        self.keys: list[pl.DataFrame] = []
+        self.rows = 0
+
+    def add(self, frame: pl.DataFrame, keys: pl.DataFrame) -> None:
+        self.keys.append(
+            keys.with_columns(
+                *[frame.get_column(s).is_not_null().alias(f"has_{s}") for s in PRESENCE_STAGES],
+                frame.get_column("label").struct.field("failure_point").alias("gold"),
+            )
+        )
+        self.rows += frame.height
+        self.write(frame)
+
+    def write(self, frame: pl.DataFrame) -> None:
+        raise NotImplementedError
+
+    def all_keys(self) -> pl.DataFrame:
+        if not self.keys:
+            return pl.DataFrame(schema={"session_id": pl.String, "turn_index": pl.Int64,
+                                        "file_id": pl.Int64, "line": pl.Int64,
+                                        **{f"has_{s}": pl.Boolean for s in PRESENCE_STAGES},
+                                        "gold": pl.String})
+        if len(self.keys) > 1:
+            self.keys = [pl.concat(self.keys, rechunk=True)]
+        return self.keys[0]
+
+
+class _MemorySink(_Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[pl.DataFrame] = []
+
+    def write(self, frame: pl.DataFrame) -> None:
+        self.frames.append(frame)
+
+
+class _ParquetSink(_Sink):
+    """Writes each batch as it comes, so memory holds one batch, not the input."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.writer = pq.ParquetWriter(path, empty_frame().to_arrow().schema,
+                                       compression="zstd", compression_level=1)
+
+    def write(self, frame: pl.DataFrame) -> None:
+        self.writer.write_table(frame.to_arrow(), row_group_size=len(frame) or 1)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ---------------------------------------------------------------------------
+# The ingest run
+# ---------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, sources: list[Source], rejects: _Rejects, sink: _Sink,
+                 progress: Progress | None, block_bytes: int) -> None:
+        self.sources = sources
+        self.files = [str(s.path) for s in sources]
+        self.rejects = rejects
+        self.sink = sink
+        self.progress = progress
+        self.stats = _Stats(0, 0, dict.fromkeys(PRESENCE_STAGES, 0.0), {})
+        self.block_bytes = block_bytes
+        self.records = 0
+        self.total_bytes = sum(s.path.stat().st_size for s in sources)
+        self.done_bytes = 0
+
+    # -- rejects --------------------------------------------------------
+    def _reject(self, file_id: int, line: int, rule: str, message: str, raw: str = "",
+                involved: Sequence[str] = (), hold: bool = False) -> None:
+        self.rejects.add(Reject(self.files[file_id], line, rule, message, raw, tuple(involved)),
+                         hold=hold)
+
+    def _problem(self, p: SourceProblem) -> None:
+        self._reject(p.file_id, p.line, p.rule, p.message, p.raw, p.involved)
+
+    # -- main loop ------------------------------------------------------
+    def run(self) -> None:
+        events = EventAssembler(self.files)
+        for file_id, source in enumerate(self.sources):
+            before = self.records + events.records
+            rejected_before = self.rejects.count
+            if source.format == "events":
+                for p in events.add(source, file_id):
+                    self._problem(p)
+            elif source.format == "parquet" and is_canonical_parquet(source.path):
+                self._canonical_parquet(source, file_id)
+            else:
+                items: Iterator[Block | SourceProblem]
+                if source.format == "jsonl":
+                    items = line_blocks(source, file_id, self.block_bytes)
+                elif source.format == "csv":
+                    items = csv_blocks(source, file_id)
+                else:
+                    items = parquet_blocks(source, file_id)
+                for item in items:
+                    if isinstance(item, SourceProblem):
+                        self.records += 1
+                        self._problem(item)
+                    else:
+                        self._block(item)
+            self.done_bytes += source.path.stat().st_size
+            if self.progress:
+                self.progress(self.done_bytes, self.total_bytes)
+            if source.format != "events" and self.records == before and \
+                    self.rejects.count == rejected_before:
+                log.warning("%s: no records (the file is empty)", source.path)
+        for p in events.problems:
+            self._problem(p)
+        events.problems.clear()
+        for block in events.blocks():
+            self._block(block, count=False)
+        for p in events.problems:
+            self._problem(p)
+        self.records += events.records
+
+    def _block(self, block: Block, count: bool = True) -> None:
+        parsed = parse_block(block.data)
+        if count:
+            self.records += parsed.records
+        for p in parsed.problems:
+            self._line_reject(block, p.index, p.rule, p.message)
+        if parsed.frame is None or parsed.frame.height == 0:
+            return
+        good, problems = validate(parsed.frame)
+        row_lines = parsed.row_lines
+        for rp in problems:
+            index = row_lines[rp.row] if row_lines is not None else rp.row
+            self._line_reject(block, index, rp.rule, rp.message)
+        if good.height == 0:
+            return
+        index_col = good.get_column(ROW_COL)
+        if row_lines is not None:
+            index_col = pl.Series(row_lines, dtype=pl.Int64).gather(index_col)
+        if block.locs is None:
+            file_ids = pl.repeat(block.file_id, good.height, dtype=pl.Int64, eager=True)
+            lines = index_col.cast(pl.Int64) + block.first_line
+        else:
+            locs = pl.DataFrame(block.locs, schema={"file_id": pl.Int64, "line": pl.Int64},
+                                orient="row")
+            picked = locs[index_col.cast(pl.Int64)]
+            file_ids, lines = picked.get_column("file_id"), picked.get_column("line")
+        keys = good.select(*KEY_COLUMNS).with_columns(file_id=file_ids, line=lines)
+        self.sink.add(good.drop(ROW_COL), keys)
+
+    def _line_reject(self, block: Block, index: int, rule: str, message: str) -> None:
+        file_id, line = block.loc(index)
+        involved = block.involved[index] if block.involved is not None else ()
+        self._reject(file_id, line, rule, message, block.raw(index), involved)
+
+    def _canonical_parquet(self, source: Source, file_id: int) -> None:
+        """Fast path for Parquet already in the canonical layout: validate, no re-parse."""
+        row = 1
+        try:
+            for frame in parquet_frames(source):
+                self.records += frame.height
+                good, problems = validate(frame)
+                for rp in problems:
+                    raw = frame[rp.row].select(pl.struct(pl.all()).struct.json_encode()).item()
+                    self._reject(file_id, row + rp.row, rp.rule, rp.message, raw)
+                if good.height:
+                    keys = good.select(
+                        *KEY_COLUMNS,
+                        pl.lit(file_id, dtype=pl.Int64).alias("file_id"),
+                        (pl.col(ROW_COL).cast(pl.Int64) + row).alias("line"),
+                    )
+                    self.sink.add(good.drop(ROW_COL), keys)
+                row += frame.height
+        except Broken as exc:
+            self.records += 1
+            self._reject(file_id, row, "unreadable", str(exc), "")
+
+    # -- global checks --------------------------------------------------
+    def duplicates(self) -> tuple[pl.Series, bool]:
+        """Positions (in write order) of repeated keys, and whether the rest is sorted."""
+        keys = self.sink.all_keys().with_row_index("pos")
+        first = keys.select(pl.struct(*KEY_COLUMNS).is_first_distinct()).to_series()
+        dups = keys.filter(~first)
+        if dups.height:
+            originals = keys.filter(first).join(dups.select(*KEY_COLUMNS), on=list(KEY_COLUMNS),
+                                                how="semi")
+            where = {
+                (r["session_id"], r["turn_index"]): f"{self.files[r['file_id']]}:{r['line']}"
+                for r in originals.iter_rows(named=True)
+            }
+            for r in dups.iter_rows(named=True):
+                self._reject(
+                    r["file_id"], r["line"], "duplicate_turn", hold=True, message=
+                    f"(session_id, turn_index) = ({r['session_id']!r}, {r['turn_index']}) was "
+                    f"already read at {where[(r['session_id'], r['turn_index'])]}; "
+                    "the first is kept",
+                )
+        kept = keys.filter(first)
+        self.stats = _Stats.of(kept)
+        ordered = kept.select(
+            (
+                (pl.col("session_id") > pl.col("session_id").shift())
+                | ((pl.col("session_id") == pl.col("session_id").shift())
+                   & (pl.col("turn_index") > pl.col("turn_index").shift()))
+            ).fill_null(True).all()
+        ).item()
+        return dups.get_column("pos"), bool(ordered)
+
+
+@dataclass(frozen=True)
+class _Stats:
+    sessions: int
+    turns: int
+    presence: dict[str, float]
+    labels: dict[str, int]
+
+    @staticmethod
+    def of(kept: pl.DataFrame) -> _Stats:
+        n = kept.height
+        row = kept.select(
+            *[pl.col(f"has_{s}").sum().alias(s) for s in PRESENCE_STAGES],
+            pl.col("session_id").n_unique().alias("__sessions"),
+        ).row(0, named=True)
+        counts = dict(kept.get_column("gold").fill_null("unlabeled").value_counts().iter_rows())
+        labels = {c: int(counts.get(c, 0)) for c in (*CLASSES, "unlabeled")}
+        return _Stats(int(row["__sessions"]), n,
+                      {s: (row[s] / n if n else 0.0) for s in PRESENCE_STAGES}, labels)
+
+
+def _sources(paths: Any, format: str | None, exclude: Sequence[Path]) -> list[Source]:
+    files = expand_paths(paths, exclude)
+    sources = []
+    for path in files:
+        try:
+            sources.append(detect(path, format))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if all(s.path.stat().st_size == 0 for s in sources):
+        names = ", ".join(str(s.path) for s in sources)
+        raise InputError(f"{names}: empty input (no records to read)")
+    return sources
+
+
+def _report(run: _Run, rejects: _Rejects, rejects_path: Path | None,
+            output: Path | None) -> IngestReport:
+    stats = run.stats
+    return IngestReport(
+        files=tuple(run.files),
+        formats={str(s.path): s.format for s in run.sources},
+        records_read=run.records,
+        turns_kept=stats.turns,
+        rejected=rejects.count,
+        rejects_by_rule=dict(sorted(rejects.by_rule.items())),
+        sessions=stats.sessions,
+        stage_presence=stats.presence,
+        label_counts=stats.labels,
+        rejects_path=str(rejects_path) if rejects_path else None,
+        output_path=str(output) if output else None,
+        rejects=tuple(rejects.kept),
+    )
+
+
+def _nothing_left(run: _Run, rejects_path: Path | None) -> InputError:
+    names = ", ".join(run.files)
+    if run.records == 0:
+        return InputError(f"{names}: empty input (no records to read)")
+    where = f"; see {rejects_path}" if rejects_path else ""
+    top = ", ".join(f"{k} {v}" for k, v in sorted(run.rejects.by_rule.items()))
+    return InputError(f"{names}: no valid turns: all {run.records} records were rejected "
+                      f"({top}){where}")
+
+
+def _progress(progress: bool | Progress | None) -> Progress | None:
+    if callable(progress):
+        return progress
+    if progress:
+        return lambda done, total: log.info("ingest: %d of %d bytes", done, total)
+    return None
+
+
+@contextlib.contextmanager
+def _rejects_file(path: Path | None) -> Iterator[IO[bytes] | None]:
+    if path is None:
+        yield None
+        return
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        yield fh
+
+
+def read_traces(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    format: str | None = None,
+    rejects_path: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    progress: bool | Progress | None = False,
+    block_bytes: int = BLOCK_BYTES,
+) -> tuple[pl.DataFrame, IngestReport]:
+    """Read traces into the canonical frame.
+
+    Parameters
+    ----------
+    paths
+        Files, directories (searched recursively) and glob patterns, in any of
+        the supported forms (turn JSON Lines plain/.gz/.zst, Parquet, CSV with
+        dotted columns, stage-event JSON Lines); the form is detected per file.
+    format
+        Force the form of every file: ``jsonl``, ``parquet``, ``csv`` or ``events``.
+    rejects_path
+        Also write the rejects there (JSON Lines, atomically). Without it the
+        report carries every reject in ``report.rejects``.
+    strict
+        Raise :class:`~fpi.errors.StrictRejects` (after writing the rejects) if
+        any record was rejected.
+    progress
+        A ``callback(bytes_done, bytes_total)``, or True to log progress.
+
+    Returns
+    -------
+    (frame, report)
+        The canonical frame (``TURN_SCHEMA``, sorted by session and turn) and an
+        :class:`IngestReport`.
+    """
+    rpath = Path(rejects_path) if rejects_path is not None else None
+    sources = _sources(paths, format, [rpath] if rpath else [])
+    sink = _MemorySink()
+    with _rejects_file(rpath) as fh:
+        rejects = _Rejects(fh)
+        run = _Run(sources, rejects, sink, _progress(progress), block_bytes)
+        run.run()
+        frame = pl.concat(sink.frames, rechunk=False) if sink.frames else empty_frame()
+        dup_pos, _ = run.duplicates()
+        if dup_pos.len():
+            raws = (frame[dup_pos].select(pl.struct(pl.all()).struct.json_encode())
+                    .to_series().to_list())
+            rejects.release(raws)
+            frame = frame.with_row_index("__pos").filter(~pl.col("__pos").is_in(dup_pos)
+                                                          ).drop("__pos")
+        frame = frame.sort(list(KEY_COLUMNS)).rechunk()
+    if frame.height == 0:
+        # Raised only now, so that the rejects file (the reason why) is kept.
+        raise _nothing_left(run, rpath)
+    report = _report(run, rejects, rpath, None)
+    if strict and rejects.count:
+        raise _strict_error(report)
+    return frame, report
+
+
+def _strict_error(report: IngestReport) -> StrictRejects:
+    top = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())
+    where = f" (see {report.rejects_path})" if report.rejects_path else ""
+    exc = StrictRejects(f"{report.rejected} of {report.records_read} records were rejected "
+                        f"under --strict: {top}{where}")
+    exc.report = report  # type: ignore[attr-defined]
+    return exc
+
+
+def ingest(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    rejects_path: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    progress: bool | Progress | None = False,
+    block_bytes: int = BLOCK_BYTES,
+) -> IngestReport:
+    """Ingest traces straight into a canonical Parquet file, in bounded memory.
+
+    Same inputs and rules as :func:`read_traces`. ``output`` is replaced
+    atomically; the rejects go to ``rejects_path`` (default: next to the output,
+    ``turns.parquet`` -> ``turns.rejects.jsonl``). Raises
+    :class:`~fpi.errors.StrictRejects` after writing both files when ``strict``
+    and any record was rejected.
+    """
+    out = Path(output)
+    rpath = Path(rejects_path) if rejects_path is not None else rejects_path_for(out)
+    sources = _sources(paths, format, [out, rpath])
+    nothing_left: InputError | None = None
+    with _rejects_file(rpath) as fh:
+        rejects = _Rejects(fh)
+        scratch = Path(tempfile.mkdtemp(prefix=".fpi-ingest-", dir=out.parent))
+        try:
+            first_tmp = scratch / "batches.parquet"
+            sink = _ParquetSink(first_tmp)
+            run = _Run(sources, rejects, sink, _progress(progress), block_bytes)
+            try:
+                run.run()
+            finally:
+                sink.close()
+            if sink.rows == 0:
+                # Keep the rejects file (it says why), write no output.
+                nothing_left = _nothing_left(run, rpath)
+            else:
+                with atomic_path(out) as final_tmp:
+                    dup_pos, ordered = run.duplicates()
+                    if dup_pos.len():
+                        raws = (pl.scan_parquet(first_tmp).with_row_index("__pos")
+                                .filter(pl.col("__pos").is_in(dup_pos)).drop("__pos")
+                                .select(pl.struct(pl.all()).struct.json_encode()).collect()
+                                .to_series().to_list())
+                        rejects.release(raws)
+                    if ordered and not dup_pos.len():
+                        # Already in order (the usual case for logs written session by
+                        # session): the batches file is the output, no second pass.
+                        os.replace(first_tmp, final_tmp)
+                    else:
+                        _sort_rewrite(first_tmp, final_tmp, dup_pos)
+        finally:
+            for p in scratch.iterdir():
+                p.unlink()
+            scratch.rmdir()
+    if nothing_left is not None:
+        raise nothing_left
+    report = _report(run, rejects, rpath, out)
+    if strict and rejects.count:
+        raise _strict_error(report)
+    return report
+
+
+def _sort_rewrite(src: Path, dst: Path, drop_pos: pl.Series) -> None:
+    """Drop repeated turns and sort by (session_id, turn_index) into ``dst``."""
+    lf = pl.scan_parquet(src)
+    if drop_pos.len():
+        lf = lf.with_row_index("__pos").filter(~pl.col("__pos").is_in(drop_pos)).drop("__pos")
+    lf.sort(list(KEY_COLUMNS), maintain_order=True).sink_parquet(
+        dst, compression="zstd", compression_level=1
+    )

@@ -1,0 +1,275 @@
+"""Parse blocks of JSON Lines into raw frames, setting unreadable records aside.
+
+The fast path hands a whole block (tens of MB of complete lines) to
+``pyarrow.json`` with the canonical schema, so a clean block costs one
+multi-threaded C++ parse. Only when a block fails (bad JSON, a field of the
+wrong type, invalid UTF-8, two values on one line) is it parsed again line by
+line with orjson to find and set aside the bad lines; the rest of the block
+still goes through pyarrow. Unknown fields are kept in an ``extra`` column.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.json as pj
+
+from fpi.schema import BLOCKS, TURN_SCHEMA
+
+log = logging.getLogger(__name__)
+
+#: Column carrying unknown fields (JSON object text) out of the fallback parser.
+EXTRA_COL = "__extra"
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """A line of a block that could not become a record."""
+
+    index: int  #: 0-based line index within the block
+    rule: str
+    message: str
+
+
+@dataclass
+class ParsedBlock:
+    """The result of parsing one block of JSON Lines."""
+
+    frame: pl.DataFrame | None  #: one row per good record (raw, not yet validated)
+    row_lines: list[int] | None  #: block line index of each row; None when row i is line i
+    problems: list[LineProblem]
+    records: int  #: non-blank lines in the block
+
+
+# ---------------------------------------------------------------------------
+# Schemas
+# ---------------------------------------------------------------------------
+
+
+def _arrow_type(dtype: pl.DataType) -> pa.DataType:
+    """The pyarrow type ``pyarrow.json`` can convert to (no large_* types)."""
+    if isinstance(dtype, pl.Struct):
+        return pa.struct([pa.field(f.name, _arrow_type(f.dtype)) for f in dtype.fields])
+    if isinstance(dtype, pl.List):
+        return pa.list_(_arrow_type(dtype.inner))
+    mapping: dict[Any, pa.DataType] = {
+        pl.String: pa.string(),
+        pl.Float64: pa.float64(),
+        pl.Int64: pa.int64(),
+        pl.Boolean: pa.bool_(),
+    }
+    return mapping[dtype.base_type()]
+
+
+#: Fields the JSON reader converts; ``timestamp`` stays text, parsed later by Polars
+#: so that one bad timestamp rejects one record, not the whole block.
+_KNOWN_FIELDS: dict[str, pl.DataType] = {
+    name: (pl.String() if name == "timestamp" else dtype)
+    for name, dtype in TURN_SCHEMA.items()
+    if name != "extra"
+}
+
+FAST_SCHEMA = pa.schema([pa.field(n, _arrow_type(d)) for n, d in _KNOWN_FIELDS.items()])
+FALLBACK_SCHEMA = pa.schema([*FAST_SCHEMA, pa.field(EXTRA_COL, pa.string())])
+
+
+def _read(data: bytes, schema: pa.Schema, unexpected: str) -> pa.Table:
+    return pj.read_json(
+        io.BytesIO(data),
+        read_options=pj.ReadOptions(block_size=1 << 24),
+        parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Block parsing
+# ---------------------------------------------------------------------------
+
+
+def parse_block(data: bytes) -> ParsedBlock:
+    """Parse ``data`` (complete lines of JSON Lines) into a raw frame and problems."""
+    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    try:
+        data.decode("utf-8")
+        table = _read(data, FAST_SCHEMA, "infer")
+    except (UnicodeDecodeError, pa.ArrowInvalid) as exc:
+        log.debug("block of %d lines needs the line-by-line parser: %s", n_lines, exc)
+        return _parse_lines(data)
+    if table.num_rows == n_lines:
+        return ParsedBlock(pl.from_arrow(table), None, [], n_lines)  # type: ignore[arg-type]
+    # Blank lines are skipped by pyarrow; anything else (two objects on one line)
+    # breaks the row -> line mapping, so take the careful path.
+    lines = data.split(b"\n")
+    nonblank = [i for i, ln in enumerate(lines[:n_lines]) if ln.strip()]
+    if table.num_rows == len(nonblank):
+        return ParsedBlock(pl.from_arrow(table), nonblank, [], len(nonblank))  # type: ignore[arg-type]
+    return _parse_lines(data)
+
+
+def _parse_lines(data: bytes) -> ParsedBlock:
+    """Careful path: one line at a time with orjson (only for blocks that failed).
+
+    A Python loop per line is the price of pinpointing the bad ones; clean blocks
+    never come here.
+    """
+    problems: list[LineProblem] = []
+    good: list[bytes] = []
+    good_idx: list[int] = []
+    records = 0
+    for i, line in enumerate(data.split(b"\n")):
+        if not line.strip():
+            continue
+        records += 1
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(LineProblem(i, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}"))
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            problems.append(LineProblem(i, "invalid_json", f"invalid JSON: {exc}"))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(
+                LineProblem(i, "not_an_object", f"a JSON {type(obj).__name__}, not an object")
+            )
+            continue
+        bad = check_types(obj)
+        if bad is not None:
+            problems.append(LineProblem(i, *bad))
+            continue
+        good.append(orjson.dumps(split_extra(obj)))
+        good_idx.append(i)
+    if not good:
+        return ParsedBlock(None, [], problems, records)
+    try:
+        table = _read(b"\n".join(good), FALLBACK_SCHEMA, "error")
+    except pa.ArrowInvalid:
+        # Should not happen after check_types; parse one by one rather than crash.
+        tables = []
+        kept = []
+        for i, text in zip(good_idx, good, strict=True):
+            try:
+                tables.append(_read(text, FALLBACK_SCHEMA, "error"))
+                kept.append(i)
+            except pa.ArrowInvalid as exc:
+                problems.append(LineProblem(i, "bad_type", str(exc)))
+        good_idx = kept
+        if not tables:
+            return ParsedBlock(None, [], problems, records)
+        table = pa.concat_tables(tables)
+    return ParsedBlock(pl.from_arrow(table), good_idx, problems, records)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# Per-record checks (careful path only)
+# ---------------------------------------------------------------------------
+
+#: Rule for a wrong type, by top-level field (default ``bad_type``).
+_TYPE_RULE = {
+    "schema_version": "bad_schema_version",
+    "session_id": "missing_session_id",
+    "turn_index": "bad_turn_index",
+    "timestamp": "bad_timestamp",
+    "label.failure_point": "bad_label",
+    "label.failure_point_2": "bad_label",
+}
+
+_PY_TYPES: dict[Any, str] = {
+    pl.String: "a string",
+    pl.Float64: "a number",
+    pl.Int64: "an integer",
+    pl.Boolean: "true or false",
+}
+
+
+def _bad_path(value: Any, dtype: pl.DataType, path: str) -> tuple[str, str] | None:
+    """First path under ``value`` whose type does not fit ``dtype``, with what was expected."""
+    if value is None:
+        return None
+    if isinstance(dtype, pl.Struct):
+        if not isinstance(value, dict):
+            return path, "an object"
+        for field in dtype.fields:
+            found = _bad_path(value.get(field.name), field.dtype, f"{path}.{field.name}")
+            if found:
+                return found
+        return None
+    if isinstance(dtype, pl.List):
+        if not isinstance(value, list):
+            return path, "a list"
+        for item in value:
+            found = _bad_path(item, dtype.inner, f"{path}[]")
+            if found:
+                return found
+        return None
+    base = dtype.base_type()
+    if base == pl.String:
+        ok = isinstance(value, str)
+    elif base == pl.Float64:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif base == pl.Int64:
+        ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    else:
+        ok = isinstance(value, bool)
+    return None if ok else (path, _PY_TYPES[base])
+
+
+def check_types(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """``(rule, message)`` for the first known field of ``obj`` with a wrong type, else None."""
+    for name, dtype in _KNOWN_FIELDS.items():
+        found = _bad_path(obj.get(name), dtype, name)
+        if found:
+            path, expected = found
+            top = path.replace("[]", "")
+            rule = _TYPE_RULE.get(top) or _TYPE_RULE.get(top.split(".")[0], "bad_type")
+            if top == "turn_index" and isinstance(obj.get("turn_index"), float):
+                expected = "an integer >= 0"
+            return rule, f"{path} must be {expected}, got {_short(obj, path)}"
+    return None
+
+
+def _short(obj: dict[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        part = part.removesuffix("[]")
+        value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, list) and part != path.split(".")[-1].removesuffix("[]"):
+            value = next((v for v in value if v is not None), None)
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def split_extra(obj: dict[str, Any]) -> dict[str, Any]:
+    """Known fields of ``obj``, with unknown ones in ``__extra`` (JSON keyed by dotted path)."""
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in _KNOWN_FIELDS:
+            if key in BLOCKS and isinstance(value, dict):
+                fields = BLOCKS[key].to_schema()
+                known[key] = {k: v for k, v in value.items() if k in fields}
+                for k, v in value.items():
+                    if k not in fields and v is not None:
+                        extra[f"{key}.{k}"] = v
+            else:
+                known[key] = value
+        elif key != "extra" and value is not None:
+            extra[key] = value
+    if isinstance(obj.get("extra"), str):
+        # A canonical frame written back out carries its extras as a JSON string.
+        try:
+            parsed = orjson.loads(obj["extra"])
+            if isinstance(parsed, dict):
+                extra = {**parsed, **extra}
+        except orjson.JSONDecodeError:
+            extra["extra"] = obj["extra"]
+    known[EXTRA_COL] = orjson.dumps(extra).decode() if extra else None
+    return known

@@ -1,0 +1,641 @@
+"""Find trace files, tell their form, and turn each into blocks of JSON Lines.
+
+Every input form ends up as :class:`Block` objects: a run of JSON Lines text
+plus where each line came from. Turn JSON Lines files are cut into big blocks of
+whole lines straight from the (decompressed) byte stream; CSV rows, Parquet rows
+and assembled stage events are re-encoded as one JSON object per line so that
+one parser and one set of rules serve every form.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from fpi.errors import InputError
+from fpi.schema import BLOCKS, EVENT_STAGES, TURN_SCHEMA
+
+log = logging.getLogger(__name__)
+
+#: Input forms ``--format`` accepts (compression is always detected from the bytes).
+FORMATS: tuple[str, ...] = ("jsonl", "parquet", "csv", "events")
+_FORMAT_ALIASES = {"jsonl.gz": "jsonl", "jsonl.zst": "jsonl", "ndjson": "jsonl", "json": "jsonl",
+                   "events.gz": "events", "events.jsonl": "events", "pq": "parquet"}
+
+_COMPRESSED = (".gz", ".zst", ".zstd")
+_TRACE_SUFFIXES = (".jsonl", ".ndjson", ".parquet", ".pq", ".csv")
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+#: Lines per block for forms that are re-encoded line by line.
+SYNTHETIC_BLOCK_LINES = 50_000
+
+
+class Broken(Exception):
+    """A byte stream ended early or is corrupt; what was read before it is still good."""
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """A record set aside before parsing: unreadable bytes, a bad event, a broken turn."""
+
+    file_id: int
+    line: int
+    rule: str
+    message: str
+    raw: str
+    involved: tuple[str, ...] = ()
+
+
+@dataclass
+class Block:
+    """A run of JSON Lines and where each line came from.
+
+    Either every line comes from one file (``file_id`` and ``first_line``; line
+    ``i`` of the block is line ``first_line + i`` of the file, and its raw text is
+    the line itself), or ``locs``/``raws`` give each line's source and raw text
+    (CSV rows, Parquet rows, assembled stage events).
+    """
+
+    data: bytes
+    file_id: int = 0
+    first_line: int = 1
+    locs: list[tuple[int, int]] | None = None
+    raws: list[str] | None = None
+    involved: list[list[str]] | None = None
+    _lines: list[bytes] | None = field(default=None, repr=False)
+
+    def loc(self, index: int) -> tuple[int, int]:
+        """``(file_id, line)`` of block line ``index``."""
+        if self.locs is not None:
+            return self.locs[index]
+        return self.file_id, self.first_line + index
+
+    def raw(self, index: int) -> str:
+        """Raw text of block line ``index`` (only called for rejected lines)."""
+        if self.raws is not None:
+            return self.raws[index]
+        if self._lines is None:
+            self._lines = self.data.split(b"\n")
+        return self._lines[index].decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file and its detected form."""
+
+    path: Path
+    format: str  #: one of :data:`FORMATS`
+    compression: str | None  #: "gzip", "zstd" or None
+
+
+# ---------------------------------------------------------------------------
+# Finding files
+# ---------------------------------------------------------------------------
+
+
+def _is_trace_name(path: Path) -> bool:
+    name = path.name.lower()
+    if name.startswith(".") or name.endswith(".rejects.jsonl"):
+        return False
+    for suffix in _COMPRESSED:
+        name = name.removesuffix(suffix)
+    return name.endswith(_TRACE_SUFFIXES)
+
+
+def expand_paths(paths: str | Path | Sequence[str | Path], exclude: Sequence[Path] = ()
+                 ) -> list[Path]:
+    """Files named by ``paths`` (files, directories searched recursively, globs), in order.
+
+    Raises :class:`InputError` for a path that does not exist, a glob with no
+    match, a directory with no trace files, or no paths at all.
+    """
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    if not items:
+        raise InputError("no input given: name one or more trace files, directories or globs")
+    skip = {p.resolve() for p in exclude}
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_trace_name(p)
+                           and p.resolve() not in skip)
+            if not found:
+                raise InputError(
+                    f"{path}: no trace files in this directory (looked for "
+                    f"{', '.join('*' + s for s in _TRACE_SUFFIXES)}, optionally .gz/.zst)"
+                )
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True)
+                           if Path(p).is_file() and Path(p).resolve() not in skip)
+            if not found:
+                raise InputError(f"{item}: no file matches this pattern")
+            out.extend(found)
+        else:
+            raise InputError(f"{path}: no such file or directory")
+    # The same file named twice would only produce duplicate turns.
+    seen: set[Path] = set()
+    unique = []
+    for p in out:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+def detect(path: Path, forced: str | None = None) -> Source:
+    """Tell the form of ``path`` from ``forced``, its magic bytes, suffix and first line."""
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    compression = ("gzip" if magic[:2] == _GZIP_MAGIC
+                   else "zstd" if magic == _ZSTD_MAGIC else None)
+    if forced is not None:
+        fmt = _FORMAT_ALIASES.get(forced.lower(), forced.lower())
+        if fmt not in FORMATS:
+            raise InputError(f"unknown format {forced!r}: use one of {', '.join(FORMATS)}")
+        return Source(path, fmt, compression)
+    if magic == b"PAR1":
+        return Source(path, "parquet", None)
+    name = path.name.lower()
+    for suffix in _COMPRESSED:
+        name = name.removesuffix(suffix)
+    if name.endswith((".parquet", ".pq")):
+        return Source(path, "parquet", None)
+    if name.endswith((".csv", ".tsv")):
+        return Source(path, "csv", compression)
+    first = _first_line(path, compression)
+    if name.endswith((".jsonl", ".ndjson", ".json")) or first.lstrip().startswith(b"{"):
+        return Source(path, "events" if _looks_like_event(first) or ".events." in name
+                      else "jsonl", compression)
+    if b"session_id" in first:
+        return Source(path, "csv", compression)
+    if not first.strip():
+        return Source(path, "jsonl", compression)
+    raise InputError(
+        f"{path}: cannot tell the format (not JSON Lines, Parquet or CSV); use --format"
+    )
+
+
+def _first_line(path: Path, compression: str | None) -> bytes:
+    buf = b""
+    try:
+        for chunk in byte_chunks(path, compression, chunk_size=1 << 16):
+            buf += chunk
+            lines = [ln for ln in buf.split(b"\n")[:-1] if ln.strip()]
+            if lines:
+                return lines[0]
+            if len(buf) > 1 << 20:
+                break
+    except Broken:
+        pass
+    return buf.strip().split(b"\n")[0] if buf.strip() else b""
+
+
+def _looks_like_event(line: bytes) -> bool:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "stage" in obj and "data" in obj and "wake" not in obj
+
+
+# ---------------------------------------------------------------------------
+# Byte streams
+# ---------------------------------------------------------------------------
+
+
+def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22
+                ) -> Iterator[bytes]:
+    """Decompressed bytes of ``path`` in chunks; raises :class:`Broken` where it breaks.
+
+    Decompression is done by hand (not ``gzip.open``) so that everything before a
+    truncation or corruption is still delivered.
+    """
+    with path.open("rb") as fh:
+        if compression is None:
+            while chunk := fh.read(chunk_size):
+                yield chunk
+            return
+        if compression == "gzip":
+            dec: Any = zlib.decompressobj(wbits=31)
+            error: type[Exception] = zlib.error
+            new: Callable[[], Any] = lambda: zlib.decompressobj(wbits=31)  # noqa: E731
+        else:
+            dec = zstandard.ZstdDecompressor().decompressobj()
+            error = zstandard.ZstdError
+            new = lambda: zstandard.ZstdDecompressor().decompressobj()  # noqa: E731
+        pending = b""
+        while True:
+            comp = pending or fh.read(chunk_size)
+            pending = b""
+            if not comp:
+                break
+            try:
+                out = dec.decompress(comp)
+            except error as exc:
+                raise Broken(f"corrupt {compression} data: {exc}") from None
+            if out:
+                yield out
+            if dec.eof:
+                # Concatenated members/frames: start a new decompressor on the rest.
+                rest = dec.unused_data
+                dec = new()
+                pending = rest if rest.strip(b"\x00") else b""
+                if not pending:
+                    more = fh.read(chunk_size)
+                    if not more:
+                        return
+                    pending = more
+        if not dec.eof:
+            raise Broken(f"truncated {compression} file: it ends before the end of the "
+                         "compressed stream (the lines before the break were kept)")
+
+
+def line_blocks(source: Source, file_id: int, block_size: int
+                ) -> Iterator[Block | SourceProblem]:
+    """Blocks of whole lines from a JSON Lines file.
+
+    Yields :class:`Block` objects, and at a break in the stream one
+    ``unreadable`` :class:`SourceProblem` for the rest.
+    """
+    parts: list[bytes] = []
+    size = 0
+    line = 1
+    try:
+        for chunk in byte_chunks(source.path, source.compression):
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= block_size:
+                buf = b"".join(parts)
+                cut = buf.rfind(b"\n")
+                if cut < 0:
+                    parts, size = [buf], len(buf)
+                    continue
+                data, rest = buf[: cut + 1], buf[cut + 1 :]
+                yield Block(data, file_id, line)
+                line += data.count(b"\n")
+                parts, size = [rest], len(rest)
+    except Broken as exc:
+        buf = b"".join(parts)
+        cut = buf.rfind(b"\n")
+        if cut >= 0:
+            yield Block(buf[: cut + 1], file_id, line)
+            line += buf[: cut + 1].count(b"\n")
+        partial = buf[cut + 1 :].decode("utf-8", errors="replace")
+        yield SourceProblem(file_id, line, "unreadable", str(exc), partial[:2000])
+        return
+    buf = b"".join(parts)
+    if buf:
+        yield Block(buf, file_id, line)
+
+
+# ---------------------------------------------------------------------------
+# CSV with dotted columns
+# ---------------------------------------------------------------------------
+
+
+def _leaf_types() -> dict[str, pl.DataType]:
+    """Dotted path -> dtype for every known field (lists are leaves: JSON-encoded in CSV)."""
+    out: dict[str, pl.DataType] = {}
+    for name, dtype in TURN_SCHEMA.items():
+        if isinstance(dtype, pl.Struct):
+            for f in dtype.fields:
+                out[f"{name}.{f.name}"] = f.dtype
+        else:
+            out[name] = dtype
+    return out
+
+
+_LEAVES = _leaf_types()
+_TRUE = {"true", "1", "yes", "t", "y"}
+_FALSE = {"false", "0", "no", "f", "n"}
+
+
+def _csv_value(path: str, text: str) -> Any:
+    """A CSV cell as the JSON value the field expects; left as text when it does not fit
+    (the parser then rejects it with ``bad_type`` and the field name)."""
+    dtype = _LEAVES.get(path)
+    if dtype is None:
+        if path in BLOCKS or path == "extra":
+            return text if path == "extra" else _json_or_text(text)
+        return text
+    if isinstance(dtype, pl.List | pl.Struct):
+        return _json_or_text(text)
+    base = dtype.base_type()
+    try:
+        if base == pl.Float64:
+            return float(text)
+        if base == pl.Int64:
+            return int(text)
+    except ValueError:
+        return text
+    if base == pl.Boolean:
+        low = text.strip().lower()
+        return True if low in _TRUE else False if low in _FALSE else text
+    return text
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+REQUIRED_CSV_COLUMNS = ("session_id", "turn_index")
+
+
+def csv_blocks(source: Source, file_id: int
+               ) -> Iterator[Block | SourceProblem]:
+    """Blocks from a CSV file with dotted column names (``asr.confidence``).
+
+    Each row becomes one JSON object (a per-row Python step: CSV is an
+    interchange form for human-sized files; the bulk forms are JSON Lines and
+    Parquet). Row numbers are as a spreadsheet shows them: the header is row 1.
+    """
+    parts: list[bytes] = []
+    broken: SourceProblem | None = None
+    try:
+        parts.extend(byte_chunks(source.path, source.compression))
+    except Broken as exc:
+        data = b"".join(parts)
+        cut = data.rfind(b"\n")
+        broken = SourceProblem(file_id, data[: cut + 1].count(b"\n") + 1, "unreadable", str(exc),
+                               data[cut + 1 :].decode("utf-8", errors="replace")[:2000])
+        parts = [data[: cut + 1]]
+    data = b"".join(parts)
+    if not data.strip():
+        if broken:
+            yield broken
+        return
+    bad_utf8: list[SourceProblem] = []
+    line_map: list[int] | None = None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        # Drop the undecodable lines (rejected on their own) and keep the rest.
+        kept = []
+        line_map = []
+        for i, ln in enumerate(data.split(b"\n")):
+            try:
+                ln.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad_utf8.append(SourceProblem(file_id, i + 1, "invalid_utf8",
+                                              f"invalid UTF-8 at byte {exc.start}",
+                                              ln.decode("utf-8", errors="replace")))
+                continue
+            kept.append(ln)
+            line_map.append(i + 1)
+        data = b"\n".join(kept)
+    try:
+        frame = pl.read_csv(io.BytesIO(data), infer_schema=False)
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{source.path}: not a readable CSV file: {str(exc).splitlines()[0]}"
+                         ) from None
+    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in frame.columns]
+    if not any(c == "wake" or c.startswith("wake.") for c in frame.columns):
+        missing.append("wake.* (e.g. wake.detected)")
+    if missing:
+        raise InputError(f"{source.path}: CSV is missing required column(s): {', '.join(missing)}")
+    yield from bad_utf8
+    columns = frame.columns
+    locs: list[tuple[int, int]] = []
+    raws: list[str] = []
+    lines: list[bytes] = []
+    for i, values in enumerate(frame.iter_rows()):
+        record: dict[str, Any] = {}
+        for col, text in zip(columns, values, strict=True):
+            if text is None or text == "":
+                continue
+            head, _, tail = col.partition(".")
+            if tail and head in BLOCKS:
+                record.setdefault(head, {})
+                if isinstance(record[head], dict):
+                    record[head][tail] = _csv_value(col, text)
+            else:
+                record[col] = _csv_value(col, text)
+        row_no = i + 2 if line_map is None else line_map[min(i + 1, len(line_map) - 1)]
+        lines.append(orjson.dumps(record))
+        raws.append(orjson.dumps(dict(zip(columns, values, strict=True))).decode())
+        locs.append((file_id, row_no))
+        if len(lines) >= SYNTHETIC_BLOCK_LINES:
+            yield Block(b"\n".join(lines), file_id, 0, locs, raws)
+            lines, locs, raws = [], [], []
+    if lines:
+        yield Block(b"\n".join(lines), file_id, 0, locs, raws)
+    if broken:
+        yield broken
+
+
+# ---------------------------------------------------------------------------
+# Parquet
+# ---------------------------------------------------------------------------
+
+
+def is_canonical_parquet(path: Path) -> bool:
+    """Whether ``path`` was written by ``fpi ingest`` (exactly the canonical dtypes)."""
+    try:
+        return pl.read_parquet_schema(path) == TURN_SCHEMA
+    except Exception:  # unreadable files are reported by the reader
+        return False
+
+
+def parquet_frames(source: Source, batch_rows: int = 100_000) -> Iterator[pl.DataFrame]:
+    """Record batches of a Parquet file as Polars frames; raises :class:`Broken`."""
+    try:
+        pf = pq.ParquetFile(source.path)
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            yield pl.from_arrow(pa.Table.from_batches([batch]))  # type: ignore[misc]
+    except (OSError, pa.ArrowException) as exc:
+        raise Broken(f"unreadable Parquet: {exc}") from None
+
+
+def parquet_blocks(source: Source, file_id: int) -> Iterator[Block | SourceProblem]:
+    """Blocks from a Parquet file that is not in the canonical layout.
+
+    Each row is encoded as JSON by Polars (vectorized) and parsed like a JSON
+    Lines record, so nested or flat, typed or not, every rule applies the same way.
+    """
+    row = 1
+    try:
+        for frame in parquet_frames(source, SYNTHETIC_BLOCK_LINES):
+            frame = _unflatten(frame)
+            texts = frame.select(pl.struct(pl.all()).struct.json_encode()).to_series().to_list()
+            n = len(texts)
+            yield Block("\n".join(texts).encode(), file_id, row,
+                        locs=[(file_id, row + i) for i in range(n)], raws=texts)
+            row += n
+    except Broken as exc:
+        yield SourceProblem(file_id, row, "unreadable", str(exc), "")
+
+
+def _unflatten(frame: pl.DataFrame) -> pl.DataFrame:
+    """Gather flat dotted columns (``asr.confidence``) into structs."""
+    dotted: dict[str, list[str]] = {}
+    for c in frame.columns:
+        head, _, tail = c.partition(".")
+        if tail and head in BLOCKS and head not in frame.columns:
+            dotted.setdefault(head, []).append(c)
+    if not dotted:
+        return frame
+    new = [
+        pl.struct([pl.col(c).alias(c.partition(".")[2]) for c in cols]).alias(head)
+        for head, cols in dotted.items()
+    ]
+    return frame.drop([c for cols in dotted.values() for c in cols]).with_columns(new)
+
+
+# ---------------------------------------------------------------------------
+# Stage events
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Event:
+    stage: str
+    data: Any
+    timestamp: Any
+    file_id: int
+    line: int
+    raw: str
+
+
+@dataclass
+class EventAssembler:
+    """Collects stage events from any number of files, then assembles turns.
+
+    Events can come in any order from any file, so turns are only assembled once
+    every event file has been read (events are held in memory until then).
+    """
+
+    files: list[str]
+    turns: dict[tuple[str, int], list[_Event]] = field(default_factory=dict)
+    problems: list[SourceProblem] = field(default_factory=list)
+    records: int = 0
+
+    def add(self, source: Source, file_id: int) -> Iterator[SourceProblem]:
+        """Read one events file; yields an ``unreadable`` problem at a break."""
+        tail = b""
+        line = 1
+        try:
+            for chunk in byte_chunks(source.path, source.compression):
+                buf = tail + chunk
+                cut = buf.rfind(b"\n")
+                if cut < 0:
+                    tail = buf
+                    continue
+                line = self._lines(buf[: cut + 1], file_id, line)
+                tail = buf[cut + 1 :]
+        except Broken as exc:
+            self.records += 1
+            yield SourceProblem(file_id, line, "unreadable", str(exc),
+                                tail.decode("utf-8", errors="replace")[:2000])
+            return
+        if tail.strip():
+            self._lines(tail, file_id, line)
+
+    def _lines(self, data: bytes, file_id: int, line: int) -> int:
+        # Per-line Python: events must be grouped by turn across files anyway.
+        for text in data.split(b"\n")[: data.count(b"\n") + (0 if data.endswith(b"\n") else 1)]:
+            if text.strip():
+                self._one(text, file_id, line)
+            line += 1
+        return line
+
+    def _one(self, text: bytes, file_id: int, line: int) -> None:
+        try:
+            raw = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._problem(file_id, line, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}",
+                          text.decode("utf-8", errors="replace"))
+            return
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            self._problem(file_id, line, "invalid_json", f"invalid JSON: {exc}", raw)
+            return
+        if not isinstance(obj, dict):
+            self._problem(file_id, line, "not_an_object",
+                          f"a JSON {type(obj).__name__}, not an object", raw)
+            return
+        sid, ti, stage, data = (obj.get("session_id"), obj.get("turn_index"), obj.get("stage"),
+                                obj.get("data"))
+        why = None
+        if not isinstance(sid, str) or not sid.strip():
+            why = "session_id is missing or not a non-empty string"
+        elif not isinstance(ti, int) or isinstance(ti, bool) or ti < 0:
+            why = "turn_index is missing or not an integer >= 0"
+        elif stage not in EVENT_STAGES:
+            why = f"stage {stage!r} is not one of {', '.join(EVENT_STAGES)}"
+        elif not isinstance(data, dict):
+            why = "data is missing or not an object"
+        if why:
+            self._problem(file_id, line, "bad_event", why, raw)
+            return
+        self.turns.setdefault((sid, ti), []).append(
+            _Event(stage, data, obj.get("timestamp"), file_id, line, raw))
+
+    def _problem(self, file_id: int, line: int, rule: str, msg: str, raw: str) -> None:
+        self.records += 1
+        self.problems.append(SourceProblem(file_id, line, rule, msg, raw))
+
+    def blocks(self) -> Iterator[Block]:
+        """Assembled turns as blocks; turns with duplicate or no wake events as problems.
+
+        A turn's timestamp is its wake event's timestamp.
+        """
+        lines: list[bytes] = []
+        locs: list[tuple[int, int]] = []
+        raws: list[str] = []
+        involved: list[list[str]] = []
+        for (sid, ti), events in self.turns.items():
+            self.records += 1
+            events.sort(key=lambda e: (e.file_id, e.line))
+            where = [f"{self.files[e.file_id]}:{e.line}" for e in events]
+            raw = "\n".join(e.raw for e in events)
+            stages = [e.stage for e in events]
+            dup = sorted({s for s in stages if stages.count(s) > 1})
+            first = events[0]
+            if dup:
+                at = ", ".join(w for e, w in zip(events, where, strict=True) if e.stage in dup)
+                self.problems.append(SourceProblem(
+                    first.file_id, first.line, "duplicate_event",
+                    f"turn ({sid!r}, {ti}) has more than one {'/'.join(dup)} event: {at}",
+                    raw, tuple(where)))
+                continue
+            wake = next((e for e in events if e.stage == "wake"), None)
+            if wake is None:
+                self.problems.append(SourceProblem(
+                    first.file_id, first.line, "event_without_wake",
+                    f"turn ({sid!r}, {ti}) has events but no wake event: {', '.join(where)}",
+                    raw, tuple(where)))
+                continue
+            record: dict[str, Any] = {"session_id": sid, "turn_index": ti,
+                                      "timestamp": wake.timestamp}
+            for e in events:
+                record[e.stage] = e.data
+            lines.append(orjson.dumps(record))
+            locs.append((wake.file_id, wake.line))
+            raws.append(raw)
+            involved.append(where)
+            if len(lines) >= SYNTHETIC_BLOCK_LINES:
+                yield Block(b"\n".join(lines), 0, 0, locs, raws, involved)
+                lines, locs, raws, involved = [], [], [], []
+        self.turns.clear()
+        if lines:
+            yield Block(b"\n".join(lines), 0, 0, locs, raws, involved)

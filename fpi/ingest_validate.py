@@ -1,0 +1,307 @@
+"""Validate raw turn frames against the trace format with vectorized Polars rules.
+
+A raw frame comes out of a parser: the canonical columns (``timestamp`` may
+still be text) plus any unknown columns or struct fields. :func:`validate`
+returns the canonical rows that pass every rule and, for the rows that do not,
+the first rule each broke with a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import polars as pl
+
+from fpi.ingest_parse import EXTRA_COL
+from fpi.schema import (
+    BLOCKS,
+    ENUM_FIELDS,
+    NON_NEGATIVE_FIELDS,
+    TURN_SCHEMA,
+    UNIT_INTERVAL_FIELDS,
+    normalize_label_expr,
+)
+
+#: Row position in the raw frame, carried through validation.
+ROW_COL = "__row"
+
+_TIMESTAMP_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.f%#z",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f%#z",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M%#z",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d",
+)
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """A row that broke a rule: its position in the raw frame, rule id and message."""
+
+    row: int
+    rule: str
+    message: str
+
+
+# ---------------------------------------------------------------------------
+# Field access
+# ---------------------------------------------------------------------------
+
+
+def _field_expr(path: str) -> tuple[pl.Expr, str | None]:
+    """Expression for a dotted path; for ``a.b[].c``: the list ``a.b`` and element field ``c``."""
+    head, _, elem = path.partition("[].")
+    parts = head.split(".")
+    expr = pl.col(parts[0])
+    for part in parts[1:]:
+        expr = expr.struct.field(part)
+    return expr, (elem or None)
+
+
+def _any(path: str, cond: Any) -> pl.Expr:
+    """``cond(value)`` for a scalar path, or "any element" for a list path."""
+    expr, elem = _field_expr(path)
+    if elem is None:
+        return cond(expr).fill_null(False)
+    return (
+        expr.list.eval(cond(pl.element().struct.field(elem)).fill_null(False))
+        .list.any()
+        .fill_null(False)
+    )
+
+
+def parse_timestamp(expr: pl.Expr) -> pl.Expr:
+    """Parse ISO 8601 text to Datetime(us, UTC); naive times are taken as UTC."""
+    return pl.coalesce(
+        [
+            expr.str.to_datetime(fmt, strict=False, time_unit="us", time_zone="UTC")
+            for fmt in _TIMESTAMP_FORMATS
+        ]
+    )
+
+
+def _timestamp(frame: pl.DataFrame) -> pl.Expr:
+    dtype = frame.schema["timestamp"]
+    col = pl.col("timestamp")
+    if dtype == pl.String:
+        # The common form first; the slower alternatives only if some value needs them.
+        first = col.str.to_datetime(_TIMESTAMP_FORMATS[0], strict=False, time_unit="us",
+                                    time_zone="UTC")
+        needs_more = frame.select((col.is_not_null() & first.is_null()).any()).item()
+        return parse_timestamp(col) if needs_more else first
+    if isinstance(dtype, pl.Datetime):
+        as_utc = (col.dt.replace_time_zone("UTC") if dtype.time_zone is None
+                  else col.dt.convert_time_zone("UTC"))
+        return as_utc.dt.cast_time_unit("us")
+    return pl.lit(None, dtype=pl.Datetime("us", "UTC"))
+
+
+# ---------------------------------------------------------------------------
+# Conforming
+# ---------------------------------------------------------------------------
+
+
+def _conform_struct(expr: pl.Expr, src: pl.DataType, dst: pl.Struct) -> pl.Expr:
+    """Rebuild ``expr`` as ``dst`` by field *name* (extra fields dropped, missing ones null)."""
+    if src == dst:
+        return expr
+    if not isinstance(src, pl.Struct):
+        return pl.lit(None, dtype=dst)
+    have = {f.name: f.dtype for f in src.fields}
+    fields = []
+    for f in dst.fields:
+        if f.name not in have:
+            fields.append(pl.lit(None, dtype=f.dtype).alias(f.name))
+            continue
+        sub = expr.struct.field(f.name)
+        if isinstance(f.dtype, pl.Struct):
+            sub = _conform_struct(sub, have[f.name], f.dtype)
+        elif isinstance(f.dtype, pl.List) and isinstance(f.dtype.inner, pl.Struct):
+            src_inner = have[f.name]
+            if isinstance(src_inner, pl.List) and src_inner.inner != f.dtype.inner:
+                sub = sub.list.eval(
+                    _conform_struct(pl.element(), src_inner.inner, f.dtype.inner)
+                )
+            sub = sub.cast(f.dtype, strict=False)
+        elif have[f.name] != f.dtype:
+            sub = sub.cast(f.dtype, strict=False)
+        fields.append(sub.alias(f.name))
+    return pl.when(expr.is_not_null()).then(pl.struct(fields)).otherwise(None)
+
+
+def _json_value(expr: pl.Expr) -> pl.Expr:
+    """JSON text of each value (vectorized: encode a one-field struct, strip the wrapper)."""
+    return pl.struct(expr.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
+
+
+def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
+    """The ``extra`` column: unknown fields as a JSON object keyed by dotted path, or null."""
+    parts: list[pl.Expr] = []
+    schema = frame.schema
+    for name, dtype in schema.items():
+        if name in (ROW_COL, EXTRA_COL) or dtype == pl.Null:
+            continue
+        if name == "extra" and dtype == pl.String:
+            # Extras already gathered by an earlier ingest, written back out as text.
+            body = pl.col(name).str.strip_chars().str.strip_prefix("{").str.strip_suffix("}")
+            parts.append(pl.when(body.str.len_chars() > 0).then(body))
+            continue
+        if name in BLOCKS and isinstance(dtype, pl.Struct):
+            known = set(BLOCKS[name].to_schema())
+            for field in dtype.fields:
+                if field.name in known or field.dtype == pl.Null:
+                    continue
+                value = pl.col(name).struct.field(field.name)
+                key = orjson.dumps(f"{name}.{field.name}").decode()
+                parts.append(
+                    pl.when(value.is_not_null()).then(pl.lit(key + ":") + _json_value(value))
+                )
+            continue
+        if name in TURN_SCHEMA:
+            continue
+        key = orjson.dumps(name).decode()
+        value = pl.col(name)
+        parts.append(pl.when(value.is_not_null()).then(pl.lit(key + ":") + _json_value(value)))
+    if EXTRA_COL in schema:
+        body = pl.col(EXTRA_COL).str.strip_prefix("{").str.strip_suffix("}")
+        parts.append(pl.when(body.str.len_chars() > 0).then(body))
+    if not parts:
+        return pl.lit(None, dtype=pl.String)
+    joined = pl.concat_str(parts, separator=",", ignore_nulls=True)
+    return pl.when(joined.is_null() | (joined == "")).then(None).otherwise("{" + joined + "}")
+
+
+# ---------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------
+
+
+def _checks(frame: pl.DataFrame, ts: pl.Expr) -> list[tuple[str, str, pl.Expr]]:
+    """(rule, field, condition) in the order a record's first broken rule is reported."""
+    checks: list[tuple[str, str, pl.Expr]] = []
+    sv = pl.col("schema_version")
+    checks.append(("bad_schema_version", "schema_version", (sv.is_not_null() & (sv != 1))))
+    sid = pl.col("session_id")
+    checks.append(("missing_session_id", "session_id",
+                   sid.is_null() | (sid.str.strip_chars().str.len_chars() == 0)))
+    ti = pl.col("turn_index")
+    checks.append(("bad_turn_index", "turn_index", ti.is_null() | (ti < 0)))
+    checks.append(("missing_wake", "wake", pl.col("wake").is_null()))
+    if frame.schema["timestamp"] not in (pl.Null,):
+        checks.append(("bad_timestamp", "timestamp",
+                       pl.col("timestamp").is_not_null() & ts.is_null()))
+    for path in UNIT_INTERVAL_FIELDS:
+        checks.append(("out_of_range", path,
+                       _any(path, lambda e: (e < 0) | (e > 1) | e.is_nan())))
+    for path in NON_NEGATIVE_FIELDS:
+        checks.append(("negative_duration", path, _any(path, lambda e: e < 0)))
+    for path, allowed in ENUM_FIELDS.items():
+        values = pl.Series(list(allowed), dtype=pl.String)
+        checks.append(("bad_enum", path,
+                       _any(path, lambda e, v=values: e.is_not_null() & ~e.is_in(v))))
+    for name in ("failure_point", "failure_point_2"):
+        raw = pl.col("label").struct.field(name)
+        checks.append(("bad_label", f"label.{name}",
+                       (raw.is_not_null() & normalize_label_expr(raw).is_null()).fill_null(False)))
+    return checks
+
+
+_DETAIL = {
+    "bad_schema_version": "must be 1 (the only trace format version)",
+    "missing_session_id": "is required and must be a non-empty string",
+    "bad_turn_index": "is required and must be an integer >= 0",
+    "missing_wake": "the wake stage is required",
+    "bad_timestamp": "is not an ISO 8601 date-time (e.g. 2026-11-20T18:03:12.481Z)",
+    "out_of_range": "is outside [0, 1]",
+    "negative_duration": "must be >= 0 milliseconds",
+    "bad_label": "is not one of correct, false_wake, asr, nlu, er, result (or an alias)",
+}
+
+
+def _message(rule: str, path: str, row: dict[str, Any]) -> str:
+    if rule == "missing_wake":
+        return "wake is missing: the wake stage is required"
+    if rule == "bad_enum":
+        detail = "must be one of " + ", ".join(ENUM_FIELDS[path])
+    else:
+        detail = _DETAIL[rule]
+    value: Any = row
+    if "[]" not in path:
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        text = orjson.dumps(value, default=str).decode()
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return f"{path} {detail} (got {text})"
+    return f"{path} {detail}"
+
+
+def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
+    """Split a raw frame into canonical good rows and problems.
+
+    Returns the good rows as a canonical frame (``TURN_SCHEMA`` columns, labels
+    normalized, timestamps parsed) plus :data:`ROW_COL` (the raw row position),
+    and one :class:`RowProblem` per rejected row.
+    """
+    frame = frame.with_row_index(ROW_COL)
+    for name in ("schema_version", "session_id", "turn_index", "timestamp"):
+        if name not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=TURN_SCHEMA[name]).alias(name))
+    ts = _timestamp(frame)
+    extra = _extra_expr(frame)
+    conformed = [
+        _conform_struct(pl.col(name), frame.schema[name], dtype).alias(name)
+        if name in frame.columns
+        else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in BLOCKS.items()
+    ]
+    frame = frame.with_columns(
+        pl.col("schema_version").cast(pl.Int64, strict=False),
+        pl.col("turn_index").cast(pl.Int64, strict=False),
+        pl.col("session_id").cast(pl.String, strict=False),
+        ts.alias("__ts"),
+        extra.alias("__extra_out"),
+        *conformed,
+    )
+    checks = _checks(frame, pl.col("__ts"))
+    rule_expr = pl.when(checks[0][2]).then(pl.lit(checks[0][0]))
+    field_expr = pl.when(checks[0][2]).then(pl.lit(checks[0][1]))
+    for rule, path, cond in checks[1:]:
+        rule_expr = rule_expr.when(cond).then(pl.lit(rule))
+        field_expr = field_expr.when(cond).then(pl.lit(path))
+    frame = frame.with_columns(
+        rule_expr.otherwise(None).alias("__rule"), field_expr.otherwise(None).alias("__field")
+    )
+    bad = frame.filter(pl.col("__rule").is_not_null())
+    problems: list[RowProblem] = []
+    if bad.height:
+        for row in bad.select([ROW_COL, "__rule", "__field", *BLOCKS, "schema_version",
+                               "session_id", "turn_index", "timestamp"]).iter_rows(named=True):
+            message = _message(row["__rule"], row["__field"], row)
+            problems.append(RowProblem(row[ROW_COL], row["__rule"], message))
+        frame = frame.filter(pl.col("__rule").is_null())
+    label = pl.col("label")
+    good = frame.select(
+        pl.col("schema_version").fill_null(1),
+        "session_id",
+        "turn_index",
+        pl.col("__ts").alias("timestamp"),
+        *[n for n in BLOCKS if n != "label"],
+        pl.when(label.is_not_null())
+        .then(
+            pl.struct(
+                normalize_label_expr(label.struct.field("failure_point")).alias("failure_point"),
+                label.struct.field("annotator"),
+                normalize_label_expr(label.struct.field("failure_point_2")).alias(
+                    "failure_point_2"
+                ),
+            )
+        )
+        .alias("label"),
+        pl.col("__extra_out").alias("extra"),
+        ROW_COL,
+    )
+    return good, problems

@@ -21,29 +21,44 @@ def _fmt(x: float | None, pct: bool = False) -> str:
 
 
 def _metrics_table(doc: dict[str, Any], title: str) -> Table:
-    """Per-class table: the model, its baselines and the second annotator side by side."""
-    base = doc.get("baselines") or {}
-    human = doc.get("human") or {}
+    """The model's per-class precision, recall, F1 and support."""
     table = Table(title=title, title_justify="left")
     for col in ("class", "support", "precision", "recall", "F1"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    cols = [name for name in ("rules", "no_context") if name in base]
-    for name in cols:
-        table.add_column(f"F1 {name.replace('_', '-')}", justify="right")
-    if human:
-        table.add_column("F1 human", justify="right")
-        table.add_column("% of human", justify="right")
+        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
     for c in CLASSES:
         m = doc["per_class"][c]
-        row = [c, str(m["support"]), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"])]
+        table.add_row(c, str(m["support"]), _fmt(m["precision"]), _fmt(m["recall"]),
+                      _fmt(m["f1"]))
+    total = sum(doc["per_class"][c]["support"] for c in CLASSES)
+    table.add_row("macro", str(total), "", "", _fmt(doc["macro_f1"]), style="bold")
+    return table
+
+
+def _comparison_table(doc: dict[str, Any]) -> Table | None:
+    """Per-class F1 of the model, its baselines and the second annotator, side by side."""
+    base = doc.get("baselines") or {}
+    human = doc.get("human") or {}
+    cols = [name for name in ("rules", "no_context") if name in base]
+    if not cols and not human:
+        return None
+    table = Table(title="F1 side by side", title_justify="left",
+                  caption="rules: first-bad-stage rule; no-context: the model without "
+                          "dialogue context; human: second annotator vs gold")
+    table.add_column("class", no_wrap=True)
+    table.add_column("model", justify="right")
+    for name in cols:
+        table.add_column(name.replace("_", "-"), justify="right")
+    if human:
+        table.add_column("human", justify="right")
+        table.add_column("% of human", justify="right", no_wrap=True)
+    for c in CLASSES:
+        row = [c, _fmt(doc["per_class"][c]["f1"])]
         row += [_fmt(base[name]["per_class"][c]["f1"]) for name in cols]
         if human:
             h = human["per_class"][c]
             row += [_fmt(h["f1"]), _fmt(h.get("model_pct_of_human"), pct=True)]
         table.add_row(*row)
-    row = ["macro", str(sum(doc["per_class"][c]["support"] for c in CLASSES)), "", "",
-           _fmt(doc["macro_f1"])]
-    row += [_fmt(base[name]["macro_f1"]) for name in cols]
+    row = ["macro", _fmt(doc["macro_f1"])] + [_fmt(base[name]["macro_f1"]) for name in cols]
     if human:
         row += [_fmt(human.get("macro_f1")), ""]
     table.add_row(*row, style="bold")
@@ -62,6 +77,9 @@ def _confusion_table(doc: dict[str, Any]) -> Table:
 
 def _render(doc: dict[str, Any], title: str) -> None:
     out_console.print(_metrics_table(doc, title))
+    comparison = _comparison_table(doc)
+    if comparison is not None:
+        out_console.print(comparison)
     out_console.print(_confusion_table(doc))
     out_console.print(
         f"accuracy {_fmt(doc['accuracy'])}   macro-F1 {_fmt(doc['macro_f1'])}   "

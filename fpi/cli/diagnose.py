@@ -1,1 +1,136 @@
-"""Placeholder: replaced by the diagnose command module."""
+"""``fpi diagnose`` and ``fpi explain``: score a night, gate it, report it; explain one turn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fpi.cli._app import app, err_console, out_console
+from fpi.errors import ExitStatus, InputError
+
+
+@app.command()
+def diagnose(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Trace files, directories or globs (any form `fpi ingest` reads), or one "
+             "ingested Parquet file.", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory "
+                                        "(`fpi train --out`).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for predictions.parquet, "
+                                      "summary.json, report.md, report.html.",
+                                      show_default=False)],
+    baseline: Annotated[Path | None, typer.Option(
+        help="A previous run's summary.json: change per class, and `baseline` in gates.")] = None,
+    gate: Annotated[list[str] | None, typer.Option(
+        "--gate", help="A CI gate, e.g. 'asr.estimate <= 0.06' or "
+                       "'er.estimate <= baseline + 0.01' (repeatable).")] = None,
+    gates: Annotated[Path | None, typer.Option(
+        "--gates", help="TOML file of gates ([[gate]] tables with expr, name, warn).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Also write the gates as JUnit XML.")] = None,
+    redact: Annotated[bool, typer.Option(
+        "--redact", help="Mask utterance and response text in the reports.")] = False,
+    attribution: Annotated[str, typer.Option(
+        help="Exact TreeSHAP attribution: 'sample' (stratified sample), 'all' (every turn) "
+             "or 'none'.")] = "sample",
+    attribution_sample: Annotated[int | None, typer.Option(
+        min=6, help="Sample size for --attribution sample (deterministic; overrides the "
+                    "budget).")] = None,
+    attribution_budget: Annotated[float, typer.Option(
+        min=0.1, help="Seconds of attribution to spend when no sample size is given.")] = 15.0,
+    examples: Annotated[int, typer.Option(
+        min=0, max=50, help="Example turns per failure point in the reports.")] = 3,
+    min_support: Annotated[int, typer.Option(
+        min=1, help="Smallest slice (turns) that is reported and tested.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the sample.")] = 0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print summary.json on stdout (same exit codes).")] = False,
+) -> None:
+    """Diagnose a night of logs: failure rates with intervals, slices, attribution, gates.
+
+    Writes DIR/predictions.parquet, DIR/summary.json, DIR/report.md and DIR/report.html.
+    Exit codes: 0 every gate passed (or no gates), 1 a gate failed, 2 a usage, input or
+    model error.
+    """
+    from fpi.diagnose import diagnose as run
+    from fpi.report import render_json, render_terminal
+
+    if attribution not in ("sample", "all", "none"):
+        raise InputError(f"--attribution must be sample, all or none, not {attribution!r}")
+    with err_console.status("diagnosing...") as status:
+        result = run(
+            inputs, model=model, out_dir=out, baseline=baseline, gates=gate or (),
+            gates_file=gates, junit=junit, attribution=attribution,
+            attribution_sample=attribution_sample, attribution_budget=attribution_budget,
+            redact=redact, examples=examples, min_support=min_support, seed=seed,
+            progress=lambda step, n: status.update(f"{step}: {n:,} turns"),
+        )
+    render_terminal(result.summary, err_console)
+    err_console.print(f"reports in {escape(str(out))}/ (report.md, report.html, summary.json)")
+    if as_json:
+        out_console.print(render_json(result.summary), end="", markup=False, highlight=False)
+    if result.exit_status != ExitStatus.OK:
+        failed = [g for g in result.summary["gates"] if g["status"] == "FAIL"]
+        for g in failed:
+            err_console.print(f"[bold red]gate failed:[/] {escape(g['name'])}: "
+                              f"{escape(g['message'])}", soft_wrap=True)
+        raise typer.Exit(int(result.exit_status))
+
+
+@app.command()
+def explain(
+    inputs: Annotated[list[Path], typer.Argument(help="Trace files holding the turn's session.",
+                                                 show_default=False)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.",
+                                        show_default=False)],
+    session: Annotated[str, typer.Option("--session", help="The turn's session_id.",
+                                         show_default=False)],
+    turn: Annotated[int, typer.Option("--turn", min=0, help="The turn's turn_index.",
+                                      show_default=False)],
+    top: Annotated[int, typer.Option(min=1, max=50, help="Features to list.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")
+                       ] = False,
+) -> None:
+    """Explain one turn's call: class probabilities, each component's contribution, top features.
+
+    Contributions are exact TreeSHAP values on the model's log-odds scale.
+    """
+    from fpi.diagnose import explain as run
+
+    e = run(inputs, model=model, session_id=session, turn_index=turn, top=top)
+    if as_json:
+        out_console.print(json.dumps(e.to_dict(), indent=2, ensure_ascii=False), markup=False,
+                          highlight=False)
+        return
+    t = e.turn
+    out_console.print(f"[bold]{escape(e.session_id)}[/] turn {e.turn_index}: "
+                      f"[bold]{e.predicted}[/] (p = {e.probabilities[e.predicted]:.3f})")
+    out_console.print(f"  heard      {escape(repr(t['heard']['text']))} "
+                      f"(runner-up {escape(repr(t['heard']['runner_up']))})")
+    u = t["understood"]
+    out_console.print(f"  understood {escape(str(u['domain']))} / {escape(str(u['intent']))}")
+    out_console.print(f"  answered   {escape(str(t['answered']['status']))}: "
+                      f"{escape(repr(t['answered']['response']))}")
+    probs = Table(title="class probabilities and contributions (log-odds)",
+                  title_justify="left")
+    probs.add_column("class")
+    probs.add_column("p", justify="right")
+    comps = list(next(iter(e.components.values())))
+    for c in comps:
+        probs.add_column(c, justify="right")
+    for cls, p in e.probabilities.items():
+        style = "bold" if cls == e.predicted else None
+        probs.add_row(cls, f"{p:.3f}", *(f"{e.components[cls][c]:+.2f}" for c in comps),
+                      style=style)
+    out_console.print(probs)
+    feats = Table(title=f"top features toward {e.predicted}", title_justify="left")
+    for col in ("feature", "component", "value", "contribution"):
+        feats.add_column(col, justify="right" if col == "contribution" else "left")
+    for f in e.features:
+        feats.add_row(f["name"], f["component"], escape(str(f["value"])),
+                      f"{f['contribution']:+.3f}")
+    out_console.print(feats)

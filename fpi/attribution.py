@@ -1,0 +1,212 @@
+"""Per-component attribution from exact TreeSHAP values.
+
+``ModelBundle.contributions`` returns LightGBM's ``pred_contrib``: exact
+TreeSHAP values on the raw (margin) scale, the same numbers as shap's
+``TreeExplainer``, one per feature plus a bias, for every class. Each feature
+belongs to one component (``Feature.group``), so summing a turn's values by
+group says how much each component's logs pushed the call toward the class it
+was given.
+
+Exact values for every turn of a big night do not fit a nightly budget on a
+small machine, so by default they are computed for a *stratified sample*: the
+same number of turns per predicted class (every class represented, rare ones
+in full), drawn with seeded random keys (bottom-k per class, so a streaming
+caller can keep a bounded reservoir), and sized from a time budget. Per-class,
+per-component and per-slice means are then estimated with inverse-probability
+weights ``N_class / sampled_class`` and normal intervals. ``all`` computes every
+turn; ``none`` skips attribution.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+
+from fpi.schema import CLASSES, COMPONENTS
+
+MODES: tuple[str, ...] = ("sample", "all", "none")
+#: Column names of the grouped contributions: one per component, then the bias.
+GROUP_COLUMNS: tuple[str, ...] = (*COMPONENTS, "bias")
+
+
+class _Feature(Protocol):
+    name: str
+    group: str
+
+
+class _Bundle(Protocol):
+    features: Sequence[Any]
+
+    def contributions(self, features: pl.DataFrame) -> np.ndarray: ...
+
+
+def group_matrix(features: Sequence[_Feature]) -> np.ndarray:
+    """(n_features + 1, n_components + 1) 0/1 matrix summing features into groups (+ bias)."""
+    m = np.zeros((len(features) + 1, len(GROUP_COLUMNS)))
+    for i, f in enumerate(features):
+        m[i, COMPONENTS.index(f.group)] = 1.0
+    m[-1, -1] = 1.0
+    return m
+
+
+def grouped(contrib: np.ndarray, features: Sequence[_Feature]) -> np.ndarray:
+    """Sum ``(n, k, F + 1)`` contributions into ``(n, k, len(GROUP_COLUMNS))`` groups."""
+    return contrib @ group_matrix(features)
+
+
+def for_class(values: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Pick each row's slice ``values[i, classes[i]]`` from an ``(n, k, g)`` array."""
+    return values[np.arange(len(values)), classes]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Measured attribution throughput, to size a sample from a time budget."""
+
+    rows: int
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / max(self.seconds, 1e-9)
+
+
+def measure(bundle: _Bundle, features: pl.DataFrame, rows: int = 400) -> Timing:
+    """Time exact contributions on up to ``rows`` rows of ``features``."""
+    part = features.head(rows)
+    t0 = time.perf_counter()
+    bundle.contributions(part)
+    return Timing(part.height, time.perf_counter() - t0)
+
+
+def sample_size(timing: Timing, budget_seconds: float, *, minimum: int = 120,
+                maximum: int = 200_000) -> int:
+    """How many turns fit ``budget_seconds`` of attribution at the measured throughput."""
+    return int(min(max(timing.rows_per_second * budget_seconds, minimum), maximum))
+
+
+def per_class_quota(total: int, n_classes: int = len(CLASSES)) -> int:
+    """Equal allocation per predicted class: rare classes are kept in full."""
+    return max(1, math.ceil(total / n_classes))
+
+
+def bottom_k(keys: np.ndarray, pred: np.ndarray, quota: int) -> np.ndarray:
+    """Indices of the ``quota`` smallest keys within each predicted class (sorted)."""
+    order = np.lexsort((keys, pred))
+    sorted_pred = pred[order]
+    starts = np.searchsorted(sorted_pred, sorted_pred, side="left")
+    rank = np.arange(len(order)) - starts
+    return np.sort(order[rank < quota])
+
+
+def _mean_ci(x: np.ndarray, z: float) -> dict[str, float | None]:
+    m = len(x)
+    if m == 0:
+        return {"mean": None, "low": None, "high": None}
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(m)) if m > 1 else 0.0
+    return {"mean": round(mean, 5), "low": round(mean - z * se, 5),
+            "high": round(mean + z * se, 5)}
+
+
+def summarize(
+    values: np.ndarray,
+    pred: np.ndarray,
+    predicted_counts: np.ndarray,
+    *,
+    mode: str,
+    slices: pl.DataFrame | None = None,
+    slice_targets: Sequence[dict[str, Any]] = (),
+    z: float = 1.96,
+) -> dict[str, Any]:
+    """Per-class, per-component and per-slice attribution estimates with intervals.
+
+    Parameters
+    ----------
+    values : (m, len(GROUP_COLUMNS)) each attributed turn's grouped contributions
+        toward its own predicted class (log-odds).
+    pred : (m,) predicted class index of each attributed turn.
+    predicted_counts : (k,) how many turns of the night were predicted as each class.
+    mode : ``sample`` or ``all`` (recorded in the result).
+    slices : (m rows) slice columns of the attributed turns, for ``slice_targets``.
+    slice_targets : entries with ``dimension``, ``value``, ``class`` (the flagged slices).
+    z : normal quantile of the intervals.
+    """
+    k = len(CLASSES)
+    comps = list(COMPONENTS)
+    sampled = np.bincount(pred, minlength=k)[:k]
+    by_class: dict[str, Any] = {}
+    for ci, c in enumerate(CLASSES):
+        rows = values[pred == ci]
+        by_class[c] = {
+            "turns_predicted": int(predicted_counts[ci]),
+            "turns_attributed": int(sampled[ci]),
+            "components": {g: _mean_ci(rows[:, j], z) for j, g in enumerate(comps)},
+            "bias": None if len(rows) == 0 else round(float(rows[:, -1].mean()), 5),
+        }
+    # Share of the positive evidence for failure calls, by component: weighted
+    # over classes by how many turns the night predicted of each.
+    pos = np.clip(values[:, : len(comps)], 0, None)
+    share = pos / np.clip(pos.sum(axis=1, keepdims=True), 1e-12, None)
+    fail = pred > 0
+    weights = np.where(sampled[pred] > 0, predicted_counts[pred] / np.maximum(sampled[pred], 1), 0)
+    by_component: dict[str, Any] = {}
+    total_w = float(weights[fail].sum())
+    for j, g in enumerate(comps):
+        if total_w <= 0:
+            by_component[g] = {"share": None, "low": None, "high": None}
+            continue
+        # stratified estimator: sum_c W_c mean_c, variance sum_c W_c^2 var_c / m_c
+        est, var = 0.0, 0.0
+        for ci in range(1, k):
+            sel = share[pred == ci, j]
+            if len(sel) == 0:
+                continue
+            wc = predicted_counts[ci] / total_w if mode == "sample" else len(sel) / total_w
+            est += wc * float(sel.mean())
+            if len(sel) > 1:
+                var += wc**2 * float(sel.var(ddof=1)) / len(sel)
+        se = math.sqrt(var)
+        by_component[g] = {"share": round(float(est), 5),
+                           "low": round(float(max(est - z * se, 0)), 5),
+                           "high": round(float(min(est + z * se, 1)), 5)}
+    by_slice: list[dict[str, Any]] = []
+    if slices is not None:
+        for t in slice_targets:
+            ci = CLASSES.index(t["class"])
+            mask = (slices[t["dimension"]] == t["value"]).to_numpy() & (pred == ci)
+            rows = values[mask]
+            by_slice.append({
+                "dimension": t["dimension"], "value": t["value"], "class": t["class"],
+                "turns_attributed": int(mask.sum()),
+                "components": {g: _mean_ci(rows[:, j], z) for j, g in enumerate(comps)},
+            })
+    return {
+        "mode": mode,
+        "turns_attributed": len(values),
+        "scale": "log-odds (raw margin), toward each turn's predicted class",
+        "by_class": by_class,
+        "by_component": by_component,
+        "by_slice": by_slice,
+    }
+
+
+def top_features(row: np.ndarray, features: Sequence[_Feature], values: dict[str, Any],
+                 n: int = 5) -> list[dict[str, Any]]:
+    """The ``n`` features with the largest absolute contribution in one (F + 1,) row."""
+    idx = np.argsort(-np.abs(row[:-1]), kind="stable")[:n]
+    out = []
+    for i in idx:
+        f = features[int(i)]
+        v = values.get(f.name)
+        if isinstance(v, float):
+            v = round(v, 4)
+        out.append({"name": f.name, "component": f.group, "value": v,
+                    "contribution": round(float(row[i]), 4)})
+    return out

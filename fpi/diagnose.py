@@ -1,0 +1,632 @@
+"""Diagnose a night of logs: predictions, rates, slices, attribution, gates and reports.
+
+The data flow, in bounded memory whatever the size of the night:
+
+1. the inputs become one canonical Parquet file (``fpi.ingest.ingest``, bounded
+   memory), unless they already are one, sorted;
+2. it is read back in batches of whole sessions (context features need a turn's
+   neighbours); each batch gets features, calibrated probabilities and, for
+   ``--attribution all``, exact TreeSHAP contributions. Only per-turn
+   probabilities, ids, slice values, a bounded attribution reservoir and a few
+   example candidates are kept;
+3. rates (:mod:`fpi.aggregate`), attribution (:mod:`fpi.attribution`), gates
+   (:mod:`fpi.gates`) and the summary document are computed from those;
+4. ``predictions.parquet``, ``summary.json``, ``report.md`` and ``report.html``
+   are written atomically (:mod:`fpi.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fpi import __version__
+from fpi import attribution as attr
+from fpi.aggregate import _z, compare_rates, estimate_rates, slice_columns, slice_rates
+from fpi.errors import ExitStatus, InputError, ModelError
+from fpi.evaluate import labels_to_index, macro_f1_score
+from fpi.features import build_features
+from fpi.files import atomic_path, write_text_atomic
+from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
+from fpi.report import SUMMARY_SCHEMA_VERSION, write_reports
+from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS, TURN_SCHEMA
+
+log = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+#: Turns per batch (whole sessions are kept together, so batches run a little over).
+BATCH_TURNS = 200_000
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+
+def _as_list(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    if isinstance(inputs, str | os.PathLike):
+        return [os.fspath(inputs)]
+    return [os.fspath(p) for p in inputs]
+
+
+def _canonical_parquet(paths: list[str]) -> Path | None:
+    """The input itself when it is one canonical Parquet file sorted by session and turn."""
+    if len(paths) != 1 or not paths[0].endswith(".parquet") or not Path(paths[0]).is_file():
+        return None
+    try:
+        lf = pl.scan_parquet(paths[0])
+        if lf.collect_schema() != TURN_SCHEMA:
+            return None
+        keys = lf.select(KEY_COLUMNS).collect()
+    except pl.exceptions.PolarsError:
+        return None
+    if keys.height == 0:
+        return None
+    sid, tix = keys["session_id"], keys["turn_index"]
+    prev_sid, prev_tix = sid.shift(1), tix.shift(1)
+    ordered = ((sid > prev_sid) | ((sid == prev_sid) & (tix > prev_tix))).fill_null(True).all()
+    return Path(paths[0]) if ordered else None
+
+
+def _batches(path: Path, batch_turns: int) -> Iterator[pl.DataFrame]:
+    """Batches of whole sessions from a sorted canonical Parquet file."""
+    lf = pl.scan_parquet(path)
+    total = lf.select(pl.len()).collect().item()
+    carry: pl.DataFrame | None = None
+    for offset in range(0, total, batch_turns):
+        chunk = lf.slice(offset, batch_turns).collect()
+        if carry is not None and carry.height:
+            chunk = pl.concat([carry, chunk])
+        if offset + batch_turns < total:
+            # the last session may continue in the next chunk: hold it back
+            last = chunk["session_id"][-1]
+            tail = chunk["session_id"] == last
+            carry = chunk.filter(tail)
+            chunk = chunk.filter(~tail)
+        else:
+            carry = None
+        if chunk.height:
+            yield chunk
+    if carry is not None and carry.height:
+        yield carry
+
+
+def _load_baseline(baseline: str | os.PathLike[str] | Mapping[str, Any] | None
+                   ) -> dict[str, Any] | None:
+    if baseline is None or isinstance(baseline, Mapping):
+        return None if baseline is None else dict(baseline)
+    p = Path(baseline)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{p}: baseline summary not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: baseline is not a summary.json ({exc})") from None
+    if not isinstance(doc, dict) or "rates" not in doc or "schema_version" not in doc:
+        raise InputError(f"{p}: baseline is not an fpi summary.json (no rates/schema_version)")
+    if doc["schema_version"] != SUMMARY_SCHEMA_VERSION:
+        raise InputError(f"{p}: baseline summary schema {doc['schema_version']} is not "
+                         f"{SUMMARY_SCHEMA_VERSION}: re-run fpi diagnose on the baseline night")
+    return doc
+
+
+def _parse_gates(gates: Sequence[str | Gate], gates_file: str | os.PathLike[str] | None
+                 ) -> list[Gate]:
+    out = [g if isinstance(g, Gate) else parse_gate(g) for g in gates]
+    if gates_file is not None:
+        out += load_gates(gates_file)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Streaming accumulation
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Acc:
+    """What the streaming pass keeps: per-turn small columns, bounded samples."""
+
+    ids: list[pl.DataFrame] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)
+    slices: list[pl.DataFrame] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)  # --attribution all
+    reservoir: pl.DataFrame | None = None  # features + _key + _pred + _row + slices
+    examples: pl.DataFrame | None = None  # canonical rows + features + _prob + _pred + _next
+    rows: int = 0
+
+
+def _turn_view(turns: pl.DataFrame) -> pl.DataFrame:
+    """The columns an example shows, plus the next turn's text (same session)."""
+    asr, nlu, res, fb = (pl.col(c) for c in ("asr", "nlu", "result", "feedback"))
+    return turns.select(
+        "session_id", "turn_index",
+        asr.struct.field("text").alias("heard_text"),
+        asr.struct.field("confidence").alias("heard_confidence"),
+        asr.struct.field("nbest").alias("heard_nbest"),
+        nlu.struct.field("domain").alias("nlu_domain"),
+        nlu.struct.field("intent").alias("nlu_intent"),
+        nlu.struct.field("confidence").alias("nlu_confidence"),
+        nlu.struct.field("slots").alias("nlu_slots"),
+        pl.col("er").struct.field("entities").alias("er_entities"),
+        res.struct.field("status").alias("result_status"),
+        res.struct.field("action").alias("result_action"),
+        res.struct.field("response_text").alias("result_response"),
+        fb.struct.field("barge_in").alias("next_barge_in"),
+        fb.struct.field("explicit").alias("next_explicit"),
+        asr.struct.field("text").shift(-1).over("session_id").alias("next_text"),
+        pl.col("label").struct.field("failure_point").alias("label"),
+    )
+
+
+def _keep_examples(acc: _Acc, view: pl.DataFrame, feats: pl.DataFrame, probs: np.ndarray,
+                   pred: np.ndarray, per_class: int) -> None:
+    if per_class <= 0:
+        return
+    pmax = probs[np.arange(len(pred)), pred]
+    cand = view.with_columns(
+        feats.drop(KEY_COLUMNS).to_struct("_feats"),
+        pl.Series("_prob", pmax), pl.Series("_pred", pred.astype(np.int64)))
+    cand = cand.filter(pl.col("_pred") > 0)
+    if acc.examples is not None:
+        cand = pl.concat([acc.examples, cand], how="vertical_relaxed")
+    acc.examples = (cand.sort(["_prob", "session_id", "turn_index"],
+                              descending=[True, False, False])
+                    .group_by("_pred", maintain_order=True).head(per_class))
+
+
+def _stream(path: Path, bundle: Any, *, mode: str, batch_turns: int, quota_fn: Callable[
+        [pl.DataFrame], int], examples: int, seed: int,
+        progress: Callable[[int], None] | None) -> _Acc:
+    acc = _Acc()
+    rng = np.random.default_rng(seed)
+    quota: int | None = None
+    for batch in _batches(path, batch_turns):
+        feats = build_features(batch)
+        probs = bundle.predict_proba(feats)
+        pred = probs.argmax(axis=1)
+        n = batch.height
+        acc.ids.append(batch.select(KEY_COLUMNS))
+        acc.probs.append(probs)
+        sl = slice_columns(batch)
+        acc.slices.append(sl)
+        acc.labels.append(labels_to_index(batch["label"].struct.field("failure_point")))
+        if mode == "all":
+            contrib = bundle.contributions(feats)
+            acc.values.append(attr.for_class(attr.grouped(contrib, bundle.features), pred))
+        elif mode == "sample":
+            if quota is None:
+                quota = quota_fn(feats)
+            keys = rng.random(n)
+            keep = attr.bottom_k(keys, pred, quota)
+            # slice columns prefixed: a feature may share a dimension's name
+            cand = pl.concat([feats[keep], sl[keep].select(pl.all().name.prefix("_slice_"))],
+                             how="horizontal").with_columns(
+                pl.Series("_key", keys[keep]), pl.Series("_pred", pred[keep].astype(np.int64)),
+                pl.Series("_row", np.arange(acc.rows, acc.rows + n)[keep]))
+            if acc.reservoir is not None:
+                cand = pl.concat([acc.reservoir, cand])
+            sel = attr.bottom_k(cand["_key"].to_numpy(), cand["_pred"].to_numpy(), quota)
+            acc.reservoir = cand[sel]
+        _keep_examples(acc, _turn_view(batch), feats, probs, pred, examples)
+        acc.rows += n
+        if progress is not None:
+            progress(acc.rows)
+    return acc
+
+
+# ---------------------------------------------------------------------------
+# Examples
+# ---------------------------------------------------------------------------
+
+
+def _runner_up(text: str | None, nbest: list[dict[str, Any]] | None) -> str | None:
+    for alt in nbest or []:
+        if alt.get("text") is not None and alt.get("text") != text:
+            return str(alt["text"])
+    return None
+
+
+def _example(row: Mapping[str, Any], probs_row: float, pred: int, contrib: np.ndarray,
+             features: Sequence[Any], redact: bool) -> dict[str, Any]:
+    def txt(v: Any) -> Any:
+        return REDACTED if redact and v is not None else v
+
+    grouped = contrib @ attr.group_matrix(features)
+    return {
+        "session_id": row["session_id"],
+        "turn_index": int(row["turn_index"]),
+        "predicted": CLASSES[pred],
+        "probability": round(float(probs_row), 6),
+        "label": row["label"],
+        "heard": {"text": txt(row["heard_text"]), "confidence": row["heard_confidence"],
+                  "runner_up": txt(_runner_up(row["heard_text"], row["heard_nbest"]))},
+        "understood": {"domain": row["nlu_domain"], "intent": row["nlu_intent"],
+                       "confidence": row["nlu_confidence"],
+                       "slots": [{"name": s["name"], "value": txt(s["value"])}
+                                 for s in row["nlu_slots"] or []]},
+        "resolved": [{"mention": txt(e["mention"]), "resolved_name": e["resolved_name"],
+                      "status": e["status"], "score": e["score"]}
+                     for e in row["er_entities"] or []],
+        "answered": {"status": row["result_status"], "action": row["result_action"],
+                     "response": txt(row["result_response"])},
+        "next": {"barge_in": row["next_barge_in"], "explicit": row["next_explicit"],
+                 "text": txt(row["next_text"])},
+        "components": {g: round(float(grouped[j]), 4) for j, g in enumerate(COMPONENTS)},
+        "features": attr.top_features(contrib, features, row["_feats"], n=5),
+    }
+
+
+def _examples(acc: _Acc, bundle: Any, redact: bool) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {c: [] for c in CLASSES[1:]}
+    if acc.examples is None or acc.examples.height == 0:
+        return out
+    ex = acc.examples.sort(["_pred", "_prob", "session_id", "turn_index"],
+                           descending=[False, True, False, False])
+    contrib = bundle.contributions(ex.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()))
+    for i, row in enumerate(ex.iter_rows(named=True)):
+        p = int(row["_pred"])
+        out[CLASSES[p]].append(_example(row, row["_prob"], p, contrib[i, p], bundle.features,
+                                        redact))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiagnoseResult:
+    """What :func:`diagnose` produced: the summary document and the files written."""
+
+    summary: dict[str, Any]
+    out_dir: Path
+    files: dict[str, Path]
+
+    @property
+    def gate_status(self) -> str:
+        """``none``, ``pass``, ``warn`` or ``fail``."""
+        return str(self.summary["gate_status"])
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """0 unless a gate failed (1)."""
+        return ExitStatus.GATE_FAILED if self.gate_status == "fail" else ExitStatus.OK
+
+
+def _load_model(model: Any) -> Any:
+    if isinstance(model, str | os.PathLike):
+        from fpi.model import load_bundle
+
+        return load_bundle(model)
+    return model
+
+
+def _model_info(bundle: Any) -> dict[str, Any]:
+    m = bundle.manifest
+    tr = m.get("training", {})
+    metrics = (m.get("heldout") or {}).get("metrics") or {}
+    return {
+        "fingerprint": tr.get("fingerprint"),
+        "fpi_version": m.get("fpi_version"),
+        "format_version": m.get("format_version"),
+        "training_turns": tr.get("labelled_turns", tr.get("turns")),
+        "class_prior": tr.get("class_prior"),
+        "heldout": {"macro_f1": metrics.get("macro_f1"), "accuracy": metrics.get("accuracy")},
+    }
+
+
+def diagnose(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    model: str | os.PathLike[str] | Any,
+    out_dir: str | os.PathLike[str],
+    baseline: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    gates: Sequence[str | Gate] = (),
+    gates_file: str | os.PathLike[str] | None = None,
+    junit: str | os.PathLike[str] | None = None,
+    attribution: str = "sample",
+    attribution_sample: int | None = None,
+    attribution_budget: float = 15.0,
+    redact: bool = False,
+    examples: int = 3,
+    confidence: float = 0.95,
+    n_boot: int = 200,
+    min_support: int = 50,
+    seed: int = 0,
+    batch_turns: int = BATCH_TURNS,
+    format: str | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> DiagnoseResult:
+    """Diagnose ``inputs`` with a model bundle and write the reports into ``out_dir``.
+
+    Parameters
+    ----------
+    inputs : trace files, directories or globs (any form ``fpi ingest`` reads) or
+        one canonical Parquet file.
+    model : bundle directory (``fpi train --out``) or a loaded ``ModelBundle``.
+    out_dir : where ``predictions.parquet``, ``summary.json``, ``report.md`` and
+        ``report.html`` go (each written atomically).
+    baseline : a previous run's ``summary.json`` (path or dict): per-class change
+        and ``baseline`` terms in gates.
+    gates, gates_file : gate expressions (:mod:`fpi.gates`) and/or a TOML file of gates.
+    junit : also write the gates as JUnit XML there.
+    attribution : ``sample`` (exact TreeSHAP on a stratified sample), ``all`` or ``none``.
+    attribution_sample : sample size (overrides ``attribution_budget``; deterministic).
+    attribution_budget : seconds of attribution to spend when no size is given.
+    redact : mask utterance and response text in the examples.
+    examples : example turns per failure class.
+    confidence, n_boot, min_support, seed : interval level, bootstrap replicates,
+        minimum slice size, and the seed of every random draw.
+    batch_turns : turns per streamed batch (memory vs. overhead).
+    progress : optional ``callback(step, turns_done)``.
+
+    Returns
+    -------
+    DiagnoseResult
+        Check ``.exit_status``: the library does not raise when a gate fails.
+
+    Raises
+    ------
+    InputError, SchemaError, ModelError
+        Bad inputs, gates or baseline; data that does not fit the model; a bad bundle.
+    """
+    if attribution not in attr.MODES:
+        raise InputError(f"--attribution must be one of {', '.join(attr.MODES)}, "
+                         f"not {attribution!r}")
+    paths = _as_list(inputs)
+    if not paths:
+        raise InputError("no input given")
+    gate_list = _parse_gates(gates, gates_file)
+    base = _load_baseline(baseline)
+    if base is None and any(g.uses_baseline for g in gate_list):
+        g = next(g for g in gate_list if g.uses_baseline)
+        raise InputError(f"gate {g.expr!r} compares with the baseline: give --baseline "
+                         "PREVIOUS/summary.json")
+    bundle = _load_model(model)
+    classes = tuple(bundle.classes)
+    if classes != CLASSES:
+        raise ModelError(f"model classes {classes} are not {CLASSES}: retrain with fpi train")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def note(step: str, n: int) -> None:
+        if progress is not None:
+            progress(step, n)
+
+    t0 = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix=".fpi-diagnose-", dir=out))
+    try:
+        source = _canonical_parquet(paths)
+        if source is not None:
+            n_rows = pl.scan_parquet(source).select(pl.len()).collect().item()
+            ingest_info: dict[str, Any] = {"records_read": n_rows, "turns_kept": n_rows,
+                                           "rejected": 0, "rejects_by_rule": {},
+                                           "rejects_file": None}
+        else:
+            from fpi.ingest import ingest
+
+            source = scratch / "turns.parquet"
+            rejects = out / "rejects.jsonl"
+            rep = ingest(paths, source, format=format, rejects_path=rejects)
+            ingest_info = {"records_read": rep.records_read, "turns_kept": rep.turns_kept,
+                           "rejected": rep.rejected, "rejects_by_rule": dict(rep.rejects_by_rule),
+                           "rejects_file": rejects.name if rep.rejected else None}
+            if not rep.rejected:
+                rejects.unlink(missing_ok=True)
+        timings["read"] = time.perf_counter() - t0
+        bundle.check_compatible(pl.scan_parquet(source))
+
+        timing_info: dict[str, Any] = {"budget_seconds": None, "rows_per_second": None}
+
+        def quota_fn(feats: pl.DataFrame) -> int:
+            if attribution_sample is not None:
+                return attr.per_class_quota(attribution_sample)
+            t = attr.measure(bundle, feats)
+            timing_info.update(budget_seconds=attribution_budget,
+                               rows_per_second=round(t.rows_per_second, 1))
+            return attr.per_class_quota(attr.sample_size(t, attribution_budget))
+
+        t1 = time.perf_counter()
+        acc = _stream(source, bundle, mode=attribution, batch_turns=batch_turns,
+                      quota_fn=quota_fn, examples=examples, seed=seed,
+                      progress=(lambda n: note("predict", n)))
+        timings["features_predict"] = time.perf_counter() - t1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    t2 = time.perf_counter()
+    ids = pl.concat(acc.ids)
+    probs = np.vstack(acc.probs)
+    pred = probs.argmax(axis=1)
+    slices = pl.concat(acc.slices)
+    labels = np.concatenate(acc.labels)
+    prior = bundle.manifest["training"]["class_prior"]
+    train_prior = np.array([prior[c] for c in CLASSES], dtype=np.float64)
+    confusion = (bundle.manifest.get("heldout") or {}).get("confusion")
+    conf_arr = None if confusion is None else np.asarray(confusion, dtype=np.float64)
+    rates = estimate_rates(probs, train_prior=train_prior, confusion=conf_arr,
+                           groups=ids["session_id"].to_numpy(), confidence=confidence,
+                           n_boot=n_boot, seed=seed)
+    rates_dict = rates.to_dict()
+    slice_doc = slice_rates(slices, probs, rates, train_prior=train_prior,
+                            min_support=min_support)
+    timings["aggregate"] = time.perf_counter() - t2
+
+    # Attribution
+    t3 = time.perf_counter()
+    n = len(pred)
+    predicted_counts = np.bincount(pred, minlength=len(CLASSES))
+    contrib_cols = np.full((n, len(attr.GROUP_COLUMNS)), np.nan)
+    z = _z(confidence)
+    if attribution == "all":
+        values = np.vstack(acc.values)
+        contrib_cols[:] = values
+        attr_doc = attr.summarize(values, pred, predicted_counts, mode="all", slices=slices,
+                                  slice_targets=slice_doc["top"], z=z)
+    elif attribution == "sample" and acc.reservoir is not None:
+        res = acc.reservoir.sort("_row")
+        feat_names = [f.name for f in bundle.features]
+        rpred = res["_pred"].to_numpy()
+        contrib = bundle.contributions(res.select([*KEY_COLUMNS, *feat_names]))
+        values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
+        contrib_cols[res["_row"].to_numpy()] = values
+        attr_doc = attr.summarize(values, rpred, predicted_counts, mode="sample",
+                                  slices=res.select(pl.col(f"_slice_{c}").alias(c)
+                                                    for c in slices.columns),
+                                  slice_targets=slice_doc["top"], z=z)
+    else:
+        attr_doc = attr.summarize(np.zeros((0, len(attr.GROUP_COLUMNS))),
+                                  np.zeros(0, dtype=np.int64), predicted_counts, mode="none")
+    attr_doc.update(requested_sample=attribution_sample, **timing_info)
+    timings["attribution"] = time.perf_counter() - t3
+    example_doc = _examples(acc, bundle, redact)
+
+    labelled = labels >= 0
+    label_doc = None
+    if labelled.any():
+        y, p = labels[labelled], pred[labelled]
+        label_doc = {
+            "turns": int(labelled.sum()),
+            "accuracy": round(float(np.mean(y == p)), 6),
+            "macro_f1": round(macro_f1_score(y, p), 6),
+            "true_rates": {c: round(float(np.mean(y == i)), 6) for i, c in enumerate(CLASSES)},
+        }
+
+    failure = {
+        "estimate": round(1 - rates_dict["correct"]["estimate"], 6),
+        "low": round(1 - rates_dict["correct"]["high"], 6),
+        "high": round(1 - rates_dict["correct"]["low"], 6),
+        "count": int(n - rates_dict["correct"]["count"]),
+        "count_rate": round(1 - rates_dict["correct"]["count_rate"], 6),
+    }
+    summary: dict[str, Any] = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "fpi_version": __version__,
+        "inputs": [Path(p).name for p in paths],
+        "turns": n,
+        "sessions": int(ids["session_id"].n_unique()),
+        "ingest": ingest_info,
+        "model": _model_info(bundle),
+        "method": {
+            "estimator": "em-prior-adjustment",
+            "interval": "union of session-bootstrap EM and Dirichlet-confusion ACC percentiles",
+            "confidence": confidence,
+            "bootstrap": n_boot,
+            "seed": seed,
+        },
+        "rates": rates_dict,
+        "failure": failure,
+        "labels": label_doc,
+        "slices": slice_doc,
+        "attribution": attr_doc,
+        "baseline": None,
+        "gates": [],
+        "gate_status": "none",
+        "examples": example_doc,
+        "redacted": redact,
+    }
+    if base is not None:
+        summary["baseline"] = {
+            "inputs": base.get("inputs", []),
+            "turns": base.get("turns"),
+            "changes": compare_rates(rates_dict, base["rates"], confidence=confidence),
+        }
+    results = [r.to_dict() for r in evaluate_gates(gate_list, summary, base)]
+    summary["gates"] = results
+    summary["gate_status"] = overall_status(results)
+
+    t4 = time.perf_counter()
+    pred_frame = ids.with_columns(
+        pl.Series("predicted", np.asarray(CLASSES, dtype=object)[pred], dtype=pl.String),
+        *[pl.Series(f"p_{c}", probs[:, i]) for i, c in enumerate(CLASSES)],
+        *[pl.Series(f"contrib_{g}", contrib_cols[:, j], nan_to_null=True)
+          for j, g in enumerate(attr.GROUP_COLUMNS)],
+    )
+    files: dict[str, Path] = {"predictions": out / "predictions.parquet"}
+    with atomic_path(files["predictions"]) as tmp:
+        pred_frame.write_parquet(tmp)
+    files.update(write_reports(summary, out))
+    if junit is not None:
+        files["junit"] = write_text_atomic(junit, junit_xml(results))
+    timings["write"] = time.perf_counter() - t4
+    log.info("diagnose timings: %s", {k: round(v, 2) for k, v in timings.items()})
+    return DiagnoseResult(summary=summary, out_dir=out, files=files)
+
+
+# ---------------------------------------------------------------------------
+# One turn
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One turn's call: probabilities, per-component contributions, top features."""
+
+    session_id: str
+    turn_index: int
+    predicted: str
+    probabilities: dict[str, float]
+    #: class -> component -> contribution (log-odds), plus ``bias``
+    components: dict[str, dict[str, float]]
+    features: list[dict[str, Any]]
+    turn: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"session_id": self.session_id, "turn_index": self.turn_index,
+                "predicted": self.predicted, "probabilities": self.probabilities,
+                "components": self.components, "features": self.features, "turn": self.turn}
+
+
+def explain(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    model: str | os.PathLike[str] | Any,
+    session_id: str,
+    turn_index: int,
+    top: int = 8,
+) -> Explanation:
+    """Explain the call on one turn (its session supplies the context features)."""
+    from fpi.ingest import read_traces
+
+    bundle = _load_model(model)
+    turns, _ = read_traces(_as_list(inputs))
+    bundle.check_compatible(turns)
+    session = turns.filter(pl.col("session_id") == session_id)
+    if session.height == 0:
+        raise InputError(f"session {session_id!r} is not in the input")
+    pos = session["turn_index"].to_list()
+    if turn_index not in pos:
+        raise InputError(f"session {session_id!r} has no turn {turn_index} "
+                         f"(its turns: {', '.join(map(str, pos[:20]))})")
+    i = pos.index(turn_index)
+    feats = build_features(session)
+    probs = bundle.predict_proba(feats)[i]
+    contrib = bundle.contributions(feats[i: i + 1])[0]
+    p = int(probs.argmax())
+    g = contrib @ attr.group_matrix(bundle.features)
+    row = {**_turn_view(session).row(i, named=True), "_feats": feats.row(i, named=True)}
+    ex = _example(row, probs[p], p, contrib[p], bundle.features, redact=False)
+    return Explanation(
+        session_id=session_id, turn_index=turn_index, predicted=CLASSES[p],
+        probabilities={c: round(float(probs[k]), 6) for k, c in enumerate(CLASSES)},
+        components={c: {col: round(float(g[k, j]), 4) for j, col in
+                        enumerate(attr.GROUP_COLUMNS)} for k, c in enumerate(CLASSES)},
+        features=attr.top_features(contrib[p], bundle.features, row["_feats"], n=top),
+        turn={k: v for k, v in ex.items() if k not in ("components", "features")},
+    )

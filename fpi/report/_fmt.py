@@ -1,0 +1,64 @@
+"""Number and text formatting shared by the renderers (deterministic, locale-free)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fpi.schema import CLASSES
+
+#: Human names of the classes, for headings.
+CLASS_TITLES: dict[str, str] = {
+    "correct": "correct",
+    "false_wake": "false wake",
+    "asr": "ASR",
+    "nlu": "NLU",
+    "er": "entity resolution (ER)",
+    "result": "result",
+    "failure": "any failure",
+}
+FAILURE_CLASSES: tuple[str, ...] = CLASSES[1:]
+STATUS_ICON: dict[str, str] = {"PASS": "✅", "WARN": "⚠️", "FAIL": "❌"}
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    """``0.0612`` -> ``6.12%``; ``None`` -> ``n/a``."""
+    if x is None:
+        return "n/a"
+    return f"{100 * float(x):.{digits}f}%"
+
+
+def pp(x: float | None, digits: int = 2) -> str:
+    """A change in percentage points, signed: ``+1.30 pp``."""
+    if x is None:
+        return "n/a"
+    return f"{100 * float(x):+.{digits}f} pp"
+
+
+def num(x: Any, digits: int = 4) -> str:
+    """Compact number: integers with thousands separators, floats to ``digits`` significant."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{float(x):.{digits}g}"
+
+
+def interval(lo: float | None, hi: float | None) -> str:
+    """``[5.10%, 7.02%]``."""
+    return f"[{pct(lo)}, {pct(hi)}]"
+
+
+def gate_value(key: str, x: float | None) -> str:
+    """Gate figures: rates as percentages, counts as integers."""
+    if x is None:
+        return "n/a"
+    field = key.split(".")[-1]
+    if field in ("count", "turns") or key == "turns":
+        return f"{round(x):,}"
+    if key in ("macro_f1", "accuracy"):
+        return f"{x:.4f}"
+    if field.startswith("change"):
+        return pp(x)
+    return pct(x)

@@ -1,0 +1,87 @@
+"""``report.html``: one self-contained file, inline CSS and SVG, every log string escaped.
+
+Rendered with Jinja2 and ``autoescape=True`` (so a ``<script>`` in an utterance
+is shown, never run) and a Content-Security-Policy that forbids any fetch. Size
+does not grow with the number of turns: only aggregates and a bounded number of
+example turns are embedded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from fpi.report import svg
+from fpi.report._fmt import CLASS_TITLES, FAILURE_CLASSES, gate_value, num, pct, pp
+from fpi.schema import COMPONENTS
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("fpi", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=False,
+    lstrip_blocks=False,
+)
+
+
+def _charts(s: Mapping[str, Any]) -> dict[str, Markup | None]:
+    rates = s["rates"]
+    changes = (s.get("baseline") or {}).get("changes") or {}
+    base_rates = {c: v["baseline"] for c, v in changes.items()}
+    rate_bars = [
+        svg.Bar(CLASS_TITLES[c], rates[c]["estimate"], rates[c]["low"], rates[c]["high"],
+                reference=base_rates.get(c))
+        for c in FAILURE_CLASSES
+    ]
+    title = "Failure rate by failure point" + (" (amber: baseline)" if base_rates else "")
+    out: dict[str, Markup | None] = {"rates_chart": svg.bar_chart(rate_bars, title=title)}
+    if changes:
+        bars = [svg.Bar(CLASS_TITLES[c], changes[c]["change"], changes[c]["low"],
+                        changes[c]["high"],
+                        color=svg.RED if changes[c]["significant"] and changes[c]["change"] > 0
+                        else (svg.GREEN if changes[c]["significant"] else svg.GREY))
+                for c in FAILURE_CLASSES if c in changes]
+        out["change_chart"] = svg.bar_chart(bars, title="Trend: change vs baseline",
+                                            fmt="signed")
+    else:
+        out["change_chart"] = None
+    top = (s.get("slices") or {}).get("top") or []
+    out["slices_chart"] = svg.bar_chart(
+        [svg.Bar(f"{t['dimension']}={t['value']} · {t['class']}", t["rate"],
+                 reference=t["rest_rate"], color=svg.RED) for t in top],
+        title="Slices with excess failures (amber: rest of night)", reference_label="rest",
+        label_width=260) if top else None
+    a = s.get("attribution") or {}
+    share = a.get("by_component") or {}
+    if a.get("turns_attributed") and any(v.get("share") is not None for v in share.values()):
+        out["attr_chart"] = svg.bar_chart(
+            [svg.Bar(g, share[g]["share"] or 0.0, share[g]["low"], share[g]["high"])
+             for g in COMPONENTS if g in share],
+            title="Share of evidence for failure calls, by component")
+    else:
+        out["attr_chart"] = None
+    return out
+
+
+def render_html(summary: Mapping[str, Any]) -> str:
+    """Render the summary document as one self-contained HTML page."""
+    a = summary.get("attribution") or {}
+    how = ("every turn" if a.get("mode") == "all"
+           else f"stratified sample of {a.get('turns_attributed', 0):,} turns")
+    template = _ENV.get_template("report.html.j2")
+    return template.render(
+        s=summary,
+        inputs=", ".join(summary.get("inputs", [])) or "input",
+        conf_pct=round(100 * summary.get("method", {}).get("confidence", 0.95)),
+        changes=(summary.get("baseline") or {}).get("changes") or {},
+        order=(*FAILURE_CLASSES, "correct"),
+        failure_classes=FAILURE_CLASSES,
+        components=COMPONENTS,
+        titles=CLASS_TITLES,
+        attr_how=how,
+        pct=pct, pp=pp, gv=gate_value, num=lambda x: num(x, 3),
+        **_charts(summary),
+    )

@@ -1,0 +1,233 @@
+"""``report.md``: GitHub-flavoured Markdown for a CI job summary or a pull-request comment."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from fpi.report._fmt import (
+    CLASS_TITLES,
+    FAILURE_CLASSES,
+    STATUS_ICON,
+    gate_value,
+    interval,
+    num,
+    pct,
+    pp,
+)
+from fpi.schema import CLASSES, COMPONENTS
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def md(text: Any) -> str:
+    """Log text made inert in Markdown: HTML-escaped, Markdown punctuation backslashed,
+    newlines flattened (a log string must never become markup, a link or a table cell)."""
+    if text is None:
+        return "–"
+    s = " ".join(str(text).split())
+    s = html.escape(s, quote=True)
+    # & is already an entity; escape the rest of Markdown's active characters
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def _quote(text: Any) -> str:
+    return "–" if text is None else f"“{md(text)}”"
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """Render the summary document as GitHub-flavoured Markdown."""
+    out: list[str] = []
+    inputs = ", ".join(md(i) for i in summary.get("inputs", [])) or "input"
+    out.append(f"# fpi diagnosis: {inputs}")
+    out.append("")
+    status = summary.get("gate_status", "none")
+    gates = summary.get("gates", [])
+    if status == "none":
+        out.append("**Gates:** none configured.")
+    else:
+        failed = sum(g["status"] == "FAIL" for g in gates)
+        warned = sum(g["status"] == "WARN" for g in gates)
+        icon = {"pass": "✅ PASS", "warn": "⚠️ WARN", "fail": "❌ FAIL"}[status]
+        out.append(f"**Gates: {icon}** ({failed} failed, {warned} warned, {len(gates)} in all)")
+    out.append("")
+    model = summary.get("model", {})
+    conf = summary.get("method", {}).get("confidence", 0.95)
+    out.append(
+        f"{summary['turns']:,} turns in {summary.get('sessions', 0):,} sessions · "
+        f"model `{md(str(model.get('fingerprint', ''))[:12])}` · "
+        f"{round(100 * conf)}% intervals"
+        + (" · text redacted" if summary.get("redacted") else "")
+    )
+    out.append("")
+    if gates:
+        out += ["## Gates", "", "| | gate | value | interval | bound | status |",
+                "|---|---|---:|---|---:|---|"]
+        for g in gates:
+            iv = "" if g["low"] is None else (
+                f"[{gate_value(g['key'], g['low'])}, {gate_value(g['key'], g['high'])}]")
+            out.append(
+                f"| {STATUS_ICON[g['status']]} | {md(g['name'])} | "
+                f"{gate_value(g['key'], g['value'])} | {iv} | "
+                f"{g['op']} {gate_value(g['key'], g['bound'])} | {g['status']} |"
+            )
+        out.append("")
+    out += _rates(summary)
+    out += _slices(summary)
+    out += _attribution(summary)
+    out += _examples(summary)
+    out.append("---")
+    out.append(
+        f"<sub>fpi {md(summary.get('fpi_version', ''))} · summary schema "
+        f"{summary.get('schema_version')} · estimator: "
+        f"{md(summary.get('method', {}).get('estimator', ''))}"
+        "</sub>"
+    )
+    out.append("")
+    return "\n".join(out)
+
+
+def _rates(summary: Mapping[str, Any]) -> list[str]:
+    rates = summary["rates"]
+    changes = (summary.get("baseline") or {}).get("changes") or {}
+    head = "| failure point | estimate | interval | argmax count | argmax rate |"
+    sep = "|---|---:|---|---:|---:|"
+    if changes:
+        head += " change vs baseline | change interval |"
+        sep += "---:|---|"
+    out = ["## Failure rates", "",
+           "Estimated rate of each failure point, adjusted for the night's class mix "
+           "(EM prior adjustment), beside the plain count of argmax predictions.", "",
+           head, sep]
+    for c in (*FAILURE_CLASSES, "correct"):
+        r = rates[c]
+        line = (f"| {CLASS_TITLES[c]} | **{pct(r['estimate'])}** | {interval(r['low'], r['high'])}"
+                f" | {r['count']:,} | {pct(r['count_rate'])} |")
+        if changes:
+            ch = changes.get(c)
+            flag = " ⬆️" if ch and ch["significant"] and ch["change"] > 0 else (
+                " ⬇️" if ch and ch["significant"] else "")
+            line += (f" {pp(ch['change'])}{flag} | [{pp(ch['low'])}, {pp(ch['high'])}] |"
+                     if ch else " | |")
+        out.append(line)
+    f = summary.get("failure")
+    if f:
+        out.append(f"| *any failure* | *{pct(f['estimate'])}* | {interval(f['low'], f['high'])}"
+                   f" | {f['count']:,} | {pct(f['count_rate'])} |" + (" | |" if changes else ""))
+    out.append("")
+    labels = summary.get("labels")
+    if labels:
+        out.append(f"Labelled turns: {labels['turns']:,} · accuracy {labels['accuracy']:.4f} · "
+                   f"macro F1 {labels['macro_f1']:.4f}")
+        out.append("")
+    return out
+
+
+def _slices(summary: Mapping[str, Any]) -> list[str]:
+    s = summary.get("slices") or {}
+    out = ["## Where: slices with excess failures", ""]
+    top = s.get("top", [])
+    if not top:
+        out.append(f"No slice has significantly more failures than the rest of the night "
+                   f"(slices of at least {s.get('min_support', 0)} turns; "
+                   f"{md(s.get('correction', ''))} at {s.get('alpha', 0)}).")
+        out.append("")
+        return out
+    out.append(f"Slices of at least {s['min_support']} turns, one-sided tests against the rest "
+               f"of the night, {s['correction']} false discovery rate {s['alpha']} "
+               f"over {s['tests']} tests.")
+    out += ["", "| slice | failure point | turns | rate | rest of night | excess failures | q |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for t in top:
+        out.append(f"| {md(t['dimension'])} = {md(t['value'])} | {CLASS_TITLES[t['class']]} | "
+                   f"{t['turns']:,} | {pct(t['rate'])} | {pct(t['rest_rate'])} | "
+                   f"{t['excess_failures']:,.0f} | {t['q_value']:.2g} |")
+    out.append("")
+    return out
+
+
+def _attribution(summary: Mapping[str, Any]) -> list[str]:
+    a = summary.get("attribution") or {}
+    out = ["## Why: attribution by component", ""]
+    if a.get("mode", "none") == "none" or not a.get("turns_attributed"):
+        out += ["Attribution was not computed (`--attribution none`).", ""]
+        return out
+    how = ("every turn" if a["mode"] == "all"
+           else f"a stratified sample of {a['turns_attributed']:,} turns")
+    out.append(f"Exact TreeSHAP contributions ({how}), summed by component: mean log-odds "
+               "pushing each turn toward its predicted class.")
+    out += ["", "| predicted as | turns | " + " | ".join(COMPONENTS) + " |",
+            "|---|---:|" + "---:|" * len(COMPONENTS)]
+    for c in FAILURE_CLASSES:
+        bc = a["by_class"].get(c)
+        if not bc or not bc["turns_attributed"]:
+            continue
+        cells = []
+        for g in COMPONENTS:
+            v = bc["components"][g]
+            cells.append("–" if v["mean"] is None else f"{v['mean']:+.2f}")
+        out.append(f"| {CLASS_TITLES[c]} | {bc['turns_predicted']:,} | " + " | ".join(cells)
+                   + " |")
+    share = a.get("by_component") or {}
+    if any(v.get("share") is not None for v in share.values()):
+        out.append("")
+        out.append("Share of the evidence for failure calls: " + ", ".join(
+            f"{g} {pct(v['share'], 1)} [{pct(v['low'], 1)}, {pct(v['high'], 1)}]"
+            for g, v in share.items() if v.get("share") is not None))
+    out.append("")
+    return out
+
+
+def _examples(summary: Mapping[str, Any]) -> list[str]:
+    ex = summary.get("examples") or {}
+    out = ["## Examples for reviewers", ""]
+    if not any(ex.get(c) for c in CLASSES):
+        out += ["No example turns (`--examples 0`).", ""]
+        return out
+    for c in FAILURE_CLASSES:
+        turns = ex.get(c) or []
+        if not turns:
+            continue
+        out.append(f"### {CLASS_TITLES[c]}")
+        out.append("")
+        for t in turns:
+            out.append("<details>")
+            out.append(f"<summary>session {md(t['session_id'])} · turn {t['turn_index']} · "
+                       f"p({c}) = {t['probability']:.3f}</summary>")
+            out.append("")
+            out += _turn_lines(t)
+            out.append("")
+            out.append("</details>")
+            out.append("")
+    return out
+
+
+def _turn_lines(t: Mapping[str, Any]) -> list[str]:
+    h, u, a, nx = t["heard"], t["understood"], t["answered"], t["next"]
+    slots = ", ".join(f"{md(s['name'])}={md(s['value'])}" for s in u.get("slots") or []) or "–"
+    ents = "; ".join(
+        f"{md(e['mention'])} → {md(e['resolved_name'])} ({md(e['status'])})"
+        for e in t.get("resolved") or []) or "–"
+    lines = [
+        f"- **heard:** {_quote(h['text'])} (confidence {num(h['confidence'], 3)}; "
+        f"runner-up {_quote(h['runner_up'])})",
+        f"- **understood:** {md(u['domain'])} / {md(u['intent'])} "
+        f"(confidence {num(u['confidence'], 3)}); slots: {slots}",
+        f"- **resolved:** {ents}",
+        f"- **answered:** {md(a['status'])}: {_quote(a['response'])}",
+        f"- **next:** barge-in {num(nx['barge_in'])}, feedback {md(nx['explicit'])}, "
+        f"next turn {_quote(nx['text'])}",
+    ]
+    if t.get("label"):
+        lines.append(f"- **label:** {md(t['label'])}")
+    comps = t.get("components") or {}
+    if comps:
+        lines.append("- **components:** " + ", ".join(
+            f"{g} {v:+.2f}" for g, v in sorted(comps.items(), key=lambda kv: -abs(kv[1]))))
+    feats = t.get("features") or []
+    if feats:
+        lines.append("- **features:** " + ", ".join(
+            f"`{f['name']}`={md(f['value'])} ({f['contribution']:+.2f})" for f in feats))
+    return lines

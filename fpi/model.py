@@ -21,8 +21,9 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -80,6 +81,9 @@ class TrainResult:
     path: Path
     manifest: dict[str, Any]
     bundle: ModelBundle
+    #: Wall seconds per step (features, model, no_context, rules, write); not in the
+    #: manifest, which must not depend on the clock.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def heldout(self) -> dict[str, Any]:
@@ -475,8 +479,15 @@ def train(
     """
     if not 0 < test_size < 1:
         raise InputError(f"test size must be between 0 and 1, got {test_size}")
-    if features is None:
-        features = build_features(turns)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
     y_all = labels_to_index(turns["label"].struct.field("failure_point"))
     labelled = y_all >= 0
     if not labelled.any():
@@ -489,6 +500,9 @@ def train(
         listed = ", ".join(f"{c!r} has {n}" for c, n in few)
         raise InputError(f"too few labelled examples to learn: {listed} (need at least "
                          f"{min_class_count} per class)")
+    if features is None:
+        features = build_features(turns)
+    lap("features")
     lab_mask = pl.Series(labelled)
     lab_turns = turns.filter(lab_mask)
     feats = features.filter(lab_mask)
@@ -521,6 +535,7 @@ def train(
     levels = _levels(feats.filter(pl.Series(parts.train)), FEATURES)
     log.info("training on %d turns (%d features)", int(parts.train.sum()), len(FEATURES))
     booster, text, calib, metrics, _ = fit(FEATURES, levels)
+    lap("model")
     files = {MODEL_FILE: text}
     nc_block: dict[str, Any] | None = None
     nc_booster: lgb.Booster | None = None
@@ -532,11 +547,13 @@ def train(
         nc_block = {"features": [f.name for f in nc_feats], "calibration": nc_calib.to_dict(),
                     "best_iteration": nc_booster.current_iteration()}
         baselines_heldout["no_context"] = _brief(nc_metrics)
+        lap("no_context")
     rules = fit_rule_baseline(feats.filter(pl.Series(parts.train)), y_lab[parts.train],
                               seed=seed)
     rule_metrics = classification_metrics(
         y_lab[parts.test], rules.predict(feats.filter(pl.Series(parts.test))))
     baselines_heldout["rules"] = _brief(rule_metrics)
+    lap("rules")
 
     from fpi.evaluate import human_agreement
 
@@ -591,8 +608,9 @@ def train(
     files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
     out = Path(out_dir)
     _write_bundle(out, files)
+    lap("write")
     bundle = ModelBundle(manifest, booster, nc_booster if no_context else None, out)
-    return TrainResult(out, manifest, bundle)
+    return TrainResult(out, manifest, bundle, timings)
 
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:

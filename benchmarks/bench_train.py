@@ -1,0 +1,79 @@
+"""Train on a million simulated turns: wall time and peak memory.
+
+Usage::
+
+    python benchmarks/bench_train.py [--turns 1000000] [--threads 2] [--seed 0]
+
+The turns are simulated first, in a separate process, into a canonical Parquet
+file (not timed). Then this process reads it (the ingest fast path), builds the
+features and trains the model and its no-context baseline, and writes the
+bundle: that is what is timed. Peak memory is this process's maximum resident
+set size (it includes the data, the features and LightGBM). Target: under 5
+minutes and 8 GB on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _simulate(path: Path, turns: int, seed: int) -> None:
+    code = (
+        "import sys; from fpi.simulate import write_simulation; "
+        "write_simulation(sys.argv[1], turns=int(sys.argv[2]), seed=int(sys.argv[3]), "
+        "format='parquet')"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path), str(turns), str(seed)], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=1_000_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, help="reuse this simulated Parquet file")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="fpi-bench-train-") as tmp:
+        data = args.data or Path(tmp) / "turns.parquet"
+        if args.data is None:
+            t = time.perf_counter()
+            _simulate(data, args.turns, args.seed)
+            print(f"simulated {args.turns} turns in {time.perf_counter() - t:.1f} s (not timed)",
+                  file=sys.stderr)
+
+        from fpi.ingest import read_traces
+        from fpi.model import train
+
+        start = time.perf_counter()
+        turns, _ = read_traces(data)
+        read_s = time.perf_counter() - start
+        result = train(turns, Path(tmp) / "model", seed=args.seed, threads=args.threads)
+        wall = time.perf_counter() - start
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+        counts = result.manifest["training"]["counts"]
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+              f"python {platform.python_version()}")
+        print(f"turns: {turns.height} ({counts['train']['turns']} train, "
+              f"{counts['test']['turns']} held out); threads: {args.threads}")
+        print(f"read: {read_s:.1f} s; " + "; ".join(f"{k}: {v:.1f} s"
+                                                   for k, v in result.timings.items()))
+        print(f"best iterations: model {result.manifest['params']['best_iteration']}, "
+              f"no-context {result.manifest['no_context']['best_iteration']}")
+        print(f"wall time (read + features + train both models + rules + write): {wall:.1f} s "
+              f"(target < 300 s)")
+        print(f"peak memory (max RSS): {peak_gb:.2f} GB (target < 8 GB)")
+        print(f"held-out macro-F1: {result.heldout['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

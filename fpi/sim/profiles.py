@@ -1,0 +1,79 @@
+"""Simulation profiles: the baseline assistant and named regressions.
+
+A profile changes exactly one mechanism of the simulated pipeline. Every random
+draw is made the same way whatever the profile (common random numbers), so a
+regression night and its baseline with the same seed differ only where the
+mechanism acted and in what followed from it (the users' reactions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Knobs of one simulated night. Defaults are the baseline assistant.
+
+    Attributes
+    ----------
+    name, description
+        Identification; the description says what changes and by how much.
+    asr_extra_difficulty
+        Acoustic difficulty added per device type (raises ASR error rates and
+        lowers ASR confidence, as a worse acoustic model would).
+    er_outage_catalogue, er_outage_rate
+        Share of entity lookups in one catalogue that fail (index unavailable).
+    result_error_extra
+        Extra probability of a service error, per domain (``"*"``: every domain).
+    false_wake_mult
+        Multiplier of the false-wake rate per device type.
+    expected
+        The documented effect: ``{class: (scope, low, high)}`` bounds on the
+        ratio of the class rate under this profile to the baseline rate, where
+        scope is ``"all"`` or ``"device=<type>"`` / ``"domain=<name>"``. Tests check it.
+    """
+
+    name: str
+    description: str
+    asr_extra_difficulty: dict[str, float] = field(default_factory=dict)
+    er_outage_catalogue: str | None = None
+    er_outage_rate: float = 0.0
+    result_error_extra: dict[str, float] = field(default_factory=dict)
+    false_wake_mult: dict[str, float] = field(default_factory=dict)
+    expected: dict[str, tuple[str, float, float]] = field(default_factory=dict)
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("baseline", "The assistant as it usually behaves."),
+        Profile(
+            "asr_farfield",
+            "ASR regression on far-field speakers: +0.45 acoustic difficulty on `speaker` "
+            "devices (more misrecognised content words and names, lower ASR confidence).",
+            asr_extra_difficulty={"speaker": 0.45},
+            expected={"asr": ("device=speaker", 2.0, 4.0)},
+        ),
+        Profile(
+            "er_outage_music",
+            "Entity-resolution outage for music: 60% of music catalogue lookups fail "
+            "(entity unresolved, slow lookup).",
+            er_outage_catalogue="music",
+            er_outage_rate=0.6,
+            expected={"er": ("domain=music", 4.0, 30.0)},
+        ),
+        Profile(
+            "result_outage",
+            "Result-service outage: +8 points of service errors in every domain.",
+            result_error_extra={"*": 0.08},
+            expected={"result": ("all", 2.5, 6.0)},
+        ),
+        Profile(
+            "false_wake_tv",
+            "False-wake surge on TV sticks: false-wake rate x4 on `tv` devices.",
+            false_wake_mult={"tv": 4.0},
+            expected={"false_wake": ("device=tv", 2.5, 4.5)},
+        ),
+    )
+}

@@ -1,0 +1,562 @@
+"""The simulated assistant's world: intents, catalogues, phrasings, confusions.
+
+Everything here is static data plus tables derived from it once (at first use):
+the template table (every phrasing and its ASR-corrupted variants), the mention
+table (every way an entity can reach NLU: its name, aliases, mishearings), the
+NLU keyword cues read off each template's *text*, and the fuzzy-match scores of
+every mention against every catalogue entry (the ER and NLU gazetteers). The
+engine (:mod:`fpi.sim.engine`) then works on integer ids into these tables, so
+the per-turn work is numpy, not Python string handling.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from rapidfuzz import fuzz
+from rapidfuzz.process import cdist
+
+# ---------------------------------------------------------------------------
+# Devices, locales, acoustic environments
+# ---------------------------------------------------------------------------
+
+DEVICE_TYPES: tuple[str, ...] = ("speaker", "screen", "phone", "car", "tv")
+DEVICE_HAS_SCREEN = np.array([False, True, True, True, True])
+#: Share of sessions per device type.
+DEVICE_WEIGHTS = np.array([0.36, 0.18, 0.22, 0.10, 0.14])
+#: How far the microphone is from the user (0 near .. 1 far): drives ASR difficulty.
+DEVICE_FARFIELD = np.array([0.8, 0.6, 0.05, 0.35, 0.9])
+
+LOCALES: tuple[str, ...] = ("en-US", "en-GB", "en-IN", "en-AU")
+LOCALE_WEIGHTS = np.array([0.62, 0.18, 0.12, 0.08])
+#: Accent mismatch with the acoustic model (the model is mostly US-trained).
+LOCALE_ACCENT = np.array([0.0, 0.08, 0.18, 0.1])
+
+APP_VERSIONS: tuple[str, ...] = ("4.2.1", "4.3.0", "4.3.2", "5.0.0")
+APP_WEIGHTS = np.array([0.15, 0.3, 0.4, 0.15])
+
+#: Hidden acoustic environments; never written to the traces.
+ENVIRONMENTS: tuple[str, ...] = ("quiet", "tv_on", "kitchen", "car_noise")
+#: Acoustic difficulty each environment adds.
+ENV_NOISE = np.array([0.0, 0.3, 0.22, 0.28])
+#: Rate of background speech that can trigger a false wake, per environment.
+ENV_BACKGROUND = np.array([0.15, 1.0, 0.35, 0.3])
+#: P(environment | device): rows are devices, columns environments.
+ENV_GIVEN_DEVICE = np.array(
+    [
+        [0.5, 0.2, 0.3, 0.0],  # speaker
+        [0.45, 0.2, 0.35, 0.0],  # screen
+        [0.6, 0.15, 0.1, 0.15],  # phone
+        [0.1, 0.0, 0.0, 0.9],  # car
+        [0.35, 0.65, 0.0, 0.0],  # tv stick: the TV is often playing
+    ]
+)
+
+# ---------------------------------------------------------------------------
+# Intents
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One intent: its domain, the catalogue its slot resolves against, its slot name."""
+
+    name: str
+    domain: str
+    catalogue: str | None  # entity catalogue of the slot (None: no slot)
+    slot: str | None
+    resolves: bool  # whether ER resolves the slot (timers are parsed, not resolved)
+
+
+INTENTS: tuple[Intent, ...] = (
+    Intent("TurnOnIntent", "smart_home", "device", "device", True),
+    Intent("TurnOffIntent", "smart_home", "device", "device", True),
+    Intent("OpenIntent", "smart_home", "device", "device", True),
+    Intent("PlayMusicIntent", "music", "music", "music", True),
+    Intent("PlayVideoIntent", "video", "video", "title", True),
+    Intent("PlayAudiobookIntent", "audiobook", "audiobook", "title", True),
+    Intent("GetWeatherIntent", "weather", "city", "city", True),
+    Intent("AddToListIntent", "shopping", "item", "item", True),
+    Intent("SetTimerIntent", "timer", "duration", "duration", False),
+    Intent("QuestionIntent", "knowledge", "topic", "topic", True),
+    Intent("UnsupportedIntent", "unsupported", None, None, False),
+    Intent("StopIntent", "global", None, None, False),
+    Intent("FallbackIntent", "unknown", None, None, False),
+)
+INTENT_INDEX = {it.name: i for i, it in enumerate(INTENTS)}
+K = len(INTENTS)
+I_STOP = INTENT_INDEX["StopIntent"]
+I_FALLBACK = INTENT_INDEX["FallbackIntent"]
+I_UNSUPPORTED = INTENT_INDEX["UnsupportedIntent"]
+I_TIMER = INTENT_INDEX["SetTimerIntent"]
+I_VIDEO = INTENT_INDEX["PlayVideoIntent"]
+I_AUDIOBOOK = INTENT_INDEX["PlayAudiobookIntent"]
+I_MUSIC = INTENT_INDEX["PlayMusicIntent"]
+I_WEATHER = INTENT_INDEX["GetWeatherIntent"]
+
+#: Domains in a fixed order (truth and profile breakdowns use these names).
+DOMAINS: tuple[str, ...] = tuple(dict.fromkeys(it.domain for it in INTENTS))
+INTENT_DOMAIN = np.array([DOMAINS.index(it.domain) for it in INTENTS])
+
+#: Goal mix per device type (rows devices, columns intents; Fallback never a goal,
+#: Stop only arises as a reaction).
+_GOAL_MIX = {
+    #            on    off   open  music video book  wthr  shop  timer quest unsup
+    "speaker": (0.10, 0.08, 0.02, 0.22, 0.02, 0.06, 0.13, 0.09, 0.13, 0.09, 0.06),
+    "screen": (0.07, 0.05, 0.02, 0.14, 0.17, 0.05, 0.11, 0.08, 0.14, 0.11, 0.06),
+    "phone": (0.05, 0.04, 0.02, 0.15, 0.05, 0.07, 0.14, 0.14, 0.11, 0.17, 0.06),
+    "car": (0.02, 0.01, 0.04, 0.33, 0.0, 0.14, 0.16, 0.07, 0.02, 0.13, 0.08),
+    "tv": (0.04, 0.03, 0.0, 0.12, 0.50, 0.05, 0.07, 0.02, 0.03, 0.08, 0.06),
+}
+GOAL_MIX = np.zeros((len(DEVICE_TYPES), K))
+for _d, _row in _GOAL_MIX.items():
+    GOAL_MIX[DEVICE_TYPES.index(_d), : len(_row)] = np.array(_row) / sum(_row)
+
+# ---------------------------------------------------------------------------
+# Catalogues: entity -> display name, spoken aliases, handcrafted mishearings
+# ---------------------------------------------------------------------------
+
+# (catalogue, id, display name, spoken aliases (first is the usual), mishearings)
+_ENTITIES: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    # smart home devices
+    ("device", "sh-01", "Kitchen lights", ("kitchen lights", "kitchen light"),
+     ("chicken lights", "kitchen flights")),
+    ("device", "sh-02", "Living room lamp", ("living room lamp", "lamp in the living room"),
+     ("living room lamb", "giving room lamp")),
+    ("device", "sh-03", "Bedroom light", ("bedroom light", "bedroom lights"),
+     ("bad room light", "bedroom night")),
+    ("device", "sh-04", "Bedroom lamp", ("bedroom lamp",), ("bedroom camp",)),
+    ("device", "sh-05", "Garage door", ("garage door",), ("garbage store", "garage floor")),
+    ("device", "sh-06", "Front door lock", ("front door", "front door lock"),
+     ("front drawer", "fun door")),
+    ("device", "sh-07", "Thermostat", ("thermostat", "heating"), ("thermos tat", "heating pad")),
+    ("device", "sh-08", "Hallway light", ("hallway light", "hall light"),
+     ("holloway light", "hallway lied")),
+    ("device", "sh-09", "Porch light", ("porch light",), ("torch light", "porsche light")),
+    ("device", "sh-10", "Bathroom fan", ("bathroom fan",), ("bathroom van", "bath rum fan")),
+    ("device", "sh-11", "Office lamp", ("office lamp",), ("office camp", "offers lamp")),
+    ("device", "sh-12", "Blinds", ("blinds", "the blinds"), ("lines", "blind")),
+    ("device", "sh-13", "Patio heater", ("patio heater",), ("patty o heater", "radio heater")),
+    ("device", "sh-14", "Back door", ("back door",), ("black door", "bach door")),
+    # music
+    ("music", "mu-01", "Adele", ("adele",), ("a dell", "adel")),
+    ("music", "mu-02", "Taylor Swift", ("taylor swift",), ("tailor swift", "taylor's lift")),
+    ("music", "mu-03", "The Beatles", ("the beatles", "beatles"), ("the needles", "the beetles")),
+    ("music", "mu-04", "Queen", ("queen",), ("green", "quinn")),
+    ("music", "mu-05", "Coldplay", ("coldplay",), ("cold play", "gold play")),
+    ("music", "mu-06", "Beyoncé", ("beyonce",), ("beyond say", "be on say")),
+    ("music", "mu-07", "Ed Sheeran", ("ed sheeran",), ("ed shearing", "head sheeran")),
+    ("music", "mu-08", "Miles Davis", ("miles davis",), ("miles davies", "mild davis")),
+    ("music", "mu-09", "Nina Simone", ("nina simone",), ("nina simon", "nine us simone")),
+    ("music", "mu-10", "Bob Marley", ("bob marley",), ("bob barley", "bob marly")),
+    ("music", "mu-11", "Daft Punk", ("daft punk",), ("daft funk", "deft punk")),
+    ("music", "mu-12", "Fleetwood Mac", ("fleetwood mac",), ("fleet wood mack", "fleetwood")),
+    ("music", "mu-13", "Radiohead", ("radiohead",), ("radio head", "radio ahead")),
+    ("music", "mu-14", "ABBA", ("abba",), ("aba", "aber")),
+    ("music", "mu-15", "Bach", ("bach", "johann sebastian bach"), ("back", "batch")),
+    ("music", "mu-16", "Lizzo", ("lizzo",), ("liz oh", "lisa")),
+    ("music", "mu-17", "Drake", ("drake",), ("drape", "rake")),
+    ("music", "mu-18", "Arctic Monkeys", ("arctic monkeys",), ("arctic mountains", "artic monkey")),
+    ("music", "mu-19", "Jazz for a rainy day", ("rainy day jazz", "jazz for a rainy day"),
+     ("brainy day jazz",)),
+    ("music", "mu-20", "Lo-fi beats", ("lo-fi beats", "lofi beats"), ("low five beats",)),
+    # video
+    ("video", "vi-01", "Harry Potter and the Philosopher's Stone (film)", ("harry potter",),
+     ("hairy potter", "harry porter")),
+    ("video", "vi-02", "The Hobbit (film)", ("the hobbit",), ("the habit", "the rabbit")),
+    ("video", "vi-03", "Dune (1984)", ("dune", "the old dune"), ("june", "doom")),
+    ("video", "vi-04", "Dune (2021)", ("dune", "the new dune"), ("june", "doom")),
+    ("video", "vi-05", "Little Women (2019)", ("little women",), ("little woman", "brittle women")),
+    ("video", "vi-06", "The Martian (film)", ("the martian",), ("the marshall", "the martin")),
+    ("video", "vi-07", "Gone Girl (film)", ("gone girl",), ("gone curl", "gun girl")),
+    ("video", "vi-08", "Jurassic Park (film)", ("jurassic park",), ("jurassic bark",)),
+    ("video", "vi-09", "Frozen", ("frozen",), ("chosen", "frozen two")),
+    ("video", "vi-10", "Toy Story", ("toy story",), ("toys story", "tory story")),
+    ("video", "vi-11", "The Office", ("the office",), ("the offers", "the orifice")),
+    ("video", "vi-12", "Star Wars", ("star wars",), ("star worse", "start wars")),
+    ("video", "vi-13", "Finding Nemo", ("finding nemo",), ("finding emo", "find in nemo")),
+    ("video", "vi-14", "Inception", ("inception",), ("in session", "reception")),
+    ("video", "vi-15", "Top Gun", ("top gun",), ("top fun", "pop gun")),
+    ("video", "vi-16", "Pride and Prejudice (film)", ("pride and prejudice",),
+     ("pride and prejudiced",)),
+    # audiobooks
+    ("audiobook", "ab-01", "Harry Potter and the Philosopher's Stone (audiobook)",
+     ("harry potter",), ("hairy potter", "harry porter")),
+    ("audiobook", "ab-02", "The Hobbit (audiobook)", ("the hobbit",), ("the habit", "the rabbit")),
+    ("audiobook", "ab-03", "Dune (audiobook)", ("dune",), ("june", "doom")),
+    ("audiobook", "ab-04", "Little Women (audiobook)", ("little women",), ("little woman",)),
+    ("audiobook", "ab-05", "The Martian (audiobook)", ("the martian",), ("the marshall",)),
+    ("audiobook", "ab-06", "Gone Girl (audiobook)", ("gone girl",), ("gone curl",)),
+    ("audiobook", "ab-07", "Pride and Prejudice (audiobook)", ("pride and prejudice",),
+     ("pride and prejudiced",)),
+    ("audiobook", "ab-08", "Atomic Habits", ("atomic habits",),
+     ("atomic rabbits", "a comic habits")),
+    ("audiobook", "ab-09", "Educated", ("educated",), ("educate it", "dedicated")),
+    ("audiobook", "ab-10", "Becoming", ("becoming",), ("be coming", "beckoning")),
+    ("audiobook", "ab-11", "Sapiens", ("sapiens",), ("say pins", "sapient")),
+    ("audiobook", "ab-12", "The Alchemist", ("the alchemist",), ("the chemist", "the al chemist")),
+    ("audiobook", "ab-13", "Born a Crime", ("born a crime",), ("born of crime", "porn a crime")),
+    # weather cities
+    ("city", "ci-01", "Paris", ("paris",), ("parish", "harris")),
+    ("city", "ci-02", "London", ("london",), ("lunden", "london town")),
+    ("city", "ci-03", "Boston", ("boston",), ("austin", "bostin")),
+    ("city", "ci-04", "Austin", ("austin",), ("boston", "ostin")),
+    ("city", "ci-05", "Dallas", ("dallas",), ("alice", "dallas texas")),
+    ("city", "ci-06", "Denver", ("denver",), ("dover", "then were")),
+    ("city", "ci-07", "Dover", ("dover",), ("denver", "dover")),
+    ("city", "ci-08", "Seattle", ("seattle",), ("settle", "see at all")),
+    ("city", "ci-09", "Sydney", ("sydney",), ("sidney", "kidney")),
+    ("city", "ci-10", "Mumbai", ("mumbai", "bombay"), ("mum bye", "bombay")),
+    ("city", "ci-11", "Dublin", ("dublin",), ("doubling", "double in")),
+    ("city", "ci-12", "Berlin", ("berlin",), ("burling", "merlin")),
+    ("city", "ci-13", "Rome", ("rome",), ("roam", "home")),
+    ("city", "ci-14", "Chicago", ("chicago",), ("she cargo", "chicago illinois")),
+    # shopping items
+    ("item", "it-01", "Milk", ("milk",), ("mill", "silk")),
+    ("item", "it-02", "Eggs", ("eggs",), ("legs", "ex")),
+    ("item", "it-03", "Bread", ("bread",), ("bred", "red")),
+    ("item", "it-04", "Paper towels", ("paper towels",), ("paper trails", "pay per towels")),
+    ("item", "it-05", "Coffee", ("coffee",), ("toffee", "copy")),
+    ("item", "it-06", "Toffee", ("toffee",), ("coffee",)),
+    ("item", "it-07", "Bananas", ("bananas",), ("banana", "band honors")),
+    ("item", "it-08", "Batteries", ("batteries",), ("bad trees", "batter ease")),
+    ("item", "it-09", "Dish soap", ("dish soap",), ("fish soap", "dish soup")),
+    ("item", "it-10", "Olive oil", ("olive oil",), ("all of oil", "olive toil")),
+    ("item", "it-11", "Cereal", ("cereal",), ("serial", "surreal")),
+    ("item", "it-12", "Rice", ("rice",), ("ice", "price")),
+    ("item", "it-13", "Ice", ("ice",), ("rice", "eyes")),
+    # timer durations (parsed by NLU, not resolved by ER)
+    ("duration", "du-01", "5 minutes", ("five minutes",), ("nine minutes", "fine minutes")),
+    ("duration", "du-02", "10 minutes", ("ten minutes",), ("two minutes", "then minutes")),
+    ("duration", "du-03", "15 minutes", ("fifteen minutes",), ("fifty minutes",)),
+    ("duration", "du-04", "50 minutes", ("fifty minutes",), ("fifteen minutes",)),
+    ("duration", "du-05", "1 hour", ("one hour", "an hour"), ("one our", "on hour")),
+    ("duration", "du-06", "30 seconds", ("thirty seconds",), ("thirteen seconds",)),
+    ("duration", "du-07", "20 minutes", ("twenty minutes",), ("twenty one minutes",)),
+    ("duration", "du-08", "2 minutes", ("two minutes",), ("ten minutes", "to minutes")),
+    # knowledge topics
+    ("topic", "kn-01", "Mount Everest", ("mount everest",), ("mount ever rest", "mount everett")),
+    ("topic", "kn-02", "Eiffel Tower", ("the eiffel tower",),
+     ("the awful tower", "the eiffel power")),
+    ("topic", "kn-03", "Albert Einstein", ("albert einstein", "einstein"),
+     ("albert one stein", "albert eisenstein")),
+    ("topic", "kn-04", "The Moon", ("the moon",), ("the noon", "the mood")),
+    ("topic", "kn-05", "Abraham Lincoln", ("abraham lincoln",), ("abraham lincoln's",)),
+    ("topic", "kn-06", "Nile", ("the nile",), ("denial", "the mile")),
+    ("topic", "kn-07", "William Shakespeare", ("shakespeare",), ("shake spear", "shakes beer")),
+    ("topic", "kn-08", "Marie Curie", ("marie curie",), ("mary curry", "marie query")),
+    ("topic", "kn-09", "Jupiter", ("jupiter",), ("jew peter", "juniper")),
+    ("topic", "kn-10", "Great Barrier Reef", ("the great barrier reef",),
+     ("the great barrier grief",)),
+)
+
+CATALOGUES: tuple[str, ...] = ("device", "music", "video", "audiobook", "city", "item",
+                               "duration", "topic")
+
+# ---------------------------------------------------------------------------
+# Phrasings. "{e}" is the entity slot. Unsupported requests may name a city.
+# ---------------------------------------------------------------------------
+
+_TEMPLATES: dict[str, tuple[tuple[str, float], ...]] = {
+    "TurnOnIntent": (("turn on the {e}", 3), ("switch on the {e}", 1), ("{e} on", 1),
+                     ("can you turn on the {e}", 1), ("please turn the {e} on", 1)),
+    "TurnOffIntent": (("turn off the {e}", 3), ("switch off the {e}", 1), ("{e} off", 1),
+                      ("shut off the {e}", 1)),
+    "OpenIntent": (("open the {e}", 3), ("can you open the {e}", 1), ("unlock the {e}", 1)),
+    "PlayMusicIntent": (("play {e}", 4), ("play some {e}", 2), ("put on {e}", 1),
+                        ("i want to listen to {e}", 1), ("play music by {e}", 1),
+                        ("can you play {e}", 1)),
+    "PlayVideoIntent": (("play {e}", 4), ("watch {e}", 2), ("i want to watch {e}", 1),
+                        ("put on the movie {e}", 1), ("show me {e}", 1)),
+    "PlayAudiobookIntent": (("play {e}", 3), ("read {e}", 2), ("play the audiobook {e}", 1),
+                            ("read me {e}", 1), ("continue my book {e}", 1)),
+    "GetWeatherIntent": (("what's the weather in {e}", 4), ("weather in {e}", 2),
+                         ("will it rain in {e} tomorrow", 1), ("how cold is it in {e}", 1),
+                         ("what's the weather like", 3), ("is it going to rain", 1)),
+    "AddToListIntent": (("add {e} to my shopping list", 3), ("put {e} on the list", 1),
+                        ("add {e}", 1), ("i need {e}", 1)),
+    "SetTimerIntent": (("set a timer for {e}", 4), ("timer {e}", 1), ("start a {e} timer", 1),
+                       ("wake me up in {e}", 1)),
+    "QuestionIntent": (("how tall is {e}", 1), ("who was {e}", 1), ("tell me about {e}", 2),
+                       ("how far away is {e}", 1), ("what is {e}", 1)),
+    "UnsupportedIntent": (("order a pizza", 2), ("call me an uber", 1),
+                          ("what's my bank balance", 1), ("book a flight to {e}", 2),
+                          ("translate this into klingon", 1), ("do my homework", 1),
+                          ("book a table for two", 1), ("send money to mom", 1),
+                          ("find me a hotel in {e}", 1)),
+    "StopIntent": (("stop", 4), ("cancel", 2), ("never mind", 1), ("shut up", 1),
+                   ("stop it", 1), ("no stop", 1)),
+}
+#: Which catalogue fills "{e}" of an unsupported phrasing.
+_UNSUPPORTED_CATALOGUE = "city"
+
+#: What the TV or people nearby say; only ever heard through a false wake.
+BACKGROUND_PHRASES: tuple[str, ...] = (
+    "and now the weather for the weekend", "i told you to put it on the table",
+    "play it again", "turn it off i said", "we should order pizza tonight",
+    "the kitchen is a mess", "what time is the game", "stop talking", "next up the news",
+    "did you see that", "open the door for him", "who was that", "add it to the list",
+    "set the table please", "you never listen", "the lights are on", "hello there",
+    "tell me about your day", "music to my ears", "i need a break",
+    "that's the office", "okay", "no", "yeah right", "what",
+)
+
+#: Function words ASR may drop or swap; the phrase still means the same.
+_FUNCTION_EDITS: tuple[tuple[str, str], ...] = (
+    ("the ", ""), ("can you ", ""), ("please ", ""), ("to my ", "to the "), ("some ", "sum "),
+    (" for ", " for a "), ("a ", "the "), ("me ", ""), ("in ", "and "), ("what's ", "what is "),
+)
+#: Content-word confusions: these change what the words mean.
+_CONTENT_EDITS: tuple[tuple[str, str], ...] = (
+    ("turn on", "turn off"), ("turn off", "turn on"), ("switch on", "switch off"),
+    ("switch off", "switch on"), (" on", " off"), (" off", " on"), ("open", "hope in"),
+    ("unlock", "and lock"), ("play ", "pay "), ("put on", "put off"),
+    ("watch ", "wash "), ("read ", "red "), ("listen to", "lessen to"),
+    ("weather", "whether"), ("rain", "train"), ("cold", "called"), ("add ", "had "),
+    ("i need", "i knead"), ("timer", "time are"), ("wake me up", "make me up"),
+    ("how tall", "how tell"), ("who was", "who does"), ("tell me about", "tell me a bit"),
+    ("what is", "what if"), ("stop", "top"), ("cancel", "counsel"), ("order", "order"),
+    ("book a", "look a"), ("show me", "show"), ("movie", "moody"), ("audiobook", "audio look"),
+    ("shopping list", "shopping lift"), ("continue", "can you"), ("shut", "shop"),
+)
+
+# ---------------------------------------------------------------------------
+# NLU: keyword cues read off the text (the gazetteer does the rest)
+# ---------------------------------------------------------------------------
+
+#: (regex on the text around the slot, intent, weight)
+_CUES: tuple[tuple[str, str, float], ...] = (
+    (r"\bturn on\b|\bswitch on\b|\bturn the \{e\} on\b|\{e\} on$", "TurnOnIntent", 1.0),
+    (r"\bturn off\b|\bswitch off\b|\bshut off\b|\{e\} off$|turn it off", "TurnOffIntent", 1.0),
+    (r"\bopen\b|\bunlock\b", "OpenIntent", 1.0),
+    (r"\bthe lights\b", "TurnOnIntent", 0.4),
+    (r"\bplay\b|\bput on\b", "PlayMusicIntent", 0.6),
+    (r"\bplay\b|\bput on\b", "PlayVideoIntent", 0.6),
+    (r"\bplay\b", "PlayAudiobookIntent", 0.6),
+    (r"\blisten\b|\bmusic\b", "PlayMusicIntent", 0.8),
+    (r"\bwatch\b|\bmovie\b|\bshow me\b", "PlayVideoIntent", 0.9),
+    (r"\baudiobook\b|\bread\b|\bmy book\b", "PlayAudiobookIntent", 0.9),
+    (r"\bweather\b|\brain\b|\bcold\b|\bforecast\b", "GetWeatherIntent", 1.0),
+    (r"\bshopping list\b|\bthe list\b|\badd\b|\bi need\b", "AddToListIntent", 0.9),
+    (r"\btimer\b|\bwake me\b", "SetTimerIntent", 1.0),
+    (r"\bhow tall\b|\bwho was\b|\btell me about\b|\bhow far\b|\bwhat is\b", "QuestionIntent", 0.9),
+    (r"\border\b|\bbook a\b|\bcall me\b|\bbank\b|\btranslate\b|\bhomework\b|\bsend money\b"
+     r"|\bhotel\b|\bpizza\b", "UnsupportedIntent", 1.1),
+    (r"^stop\b|^cancel\b|^never mind\b|^shut up\b|\bstop talking\b|^no stop\b", "StopIntent", 1.3),
+    (r"\bflight\b", "UnsupportedIntent", 0.3),
+)
+#: Score the fallback intent gets: an utterance matching nothing falls back.
+FALLBACK_SCORE = 0.55
+#: Weight of the gazetteer (fuzzy match of the slot text against a catalogue).
+GAZ_WEIGHT = 0.9
+
+
+def nlu_cues(text: str) -> np.ndarray:
+    """Keyword cue scores of a phrasing (with ``{e}`` in place of the slot), one per intent."""
+    cue = np.zeros(K)
+    for pattern, intent, weight in _CUE_RE:
+        if pattern.search(text):
+            k = INTENT_INDEX[intent]
+            cue[k] = max(cue[k], weight)
+    return cue
+
+
+_CUE_RE = tuple((re.compile(p), i, w) for p, i, w in _CUES)
+
+
+# ---------------------------------------------------------------------------
+# Derived tables
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Integer-indexed tables the engine works on (built once by :func:`tables`)."""
+
+    # entities
+    ent_catalogue: np.ndarray  # (E,) catalogue index
+    ent_id: tuple[str, ...]
+    ent_name: tuple[str, ...]
+    ent_goal_ok: np.ndarray  # (E,) bool: can be a goal entity
+    cat_entities: tuple[np.ndarray, ...]  # per catalogue, entity indices
+    # mentions (ways an entity reaches NLU)
+    men_text: tuple[str, ...]
+    men_entity: np.ndarray  # (M,) entity it was spoken for
+    men_kind: np.ndarray  # (M,) 0 name/alias as spoken by users, 1 mishearing
+    ent_aliases: tuple[np.ndarray, ...]  # per entity, mention ids of its spoken aliases
+    ent_mishear: tuple[np.ndarray, ...]  # per entity, mention ids of its mishearings
+    men_same_meaning: np.ndarray  # (M,) entity the mention *denotes* if it is an alias, else -1
+    # fuzzy scores: mention x entity (ER) and mention x catalogue max (NLU gazetteer)
+    sim: np.ndarray  # (M, E) float32 in [0, 1]
+    gaz: np.ndarray  # (M, n_catalogues)
+    # templates
+    tpl_text: tuple[str, ...]
+    tpl_intent: np.ndarray  # (T,) intent the base phrasing expresses
+    tpl_has_slot: np.ndarray  # (T,) bool
+    tpl_func: np.ndarray  # (T,) id of the function-word variant (itself if none)
+    tpl_content: np.ndarray  # (T,) id of the content-word variant (itself if none)
+    tpl_cue: np.ndarray  # (T, K) NLU cues read off the text
+    tpl_words: np.ndarray  # (T,) word count without the slot
+    intent_templates: tuple[np.ndarray, ...]  # per intent, base template ids
+    intent_template_p: tuple[np.ndarray, ...]
+    background_templates: np.ndarray  # template ids of background phrases
+    # NLU/ER helpers
+    intent_catalogue: np.ndarray  # (K,) catalogue NLU/ER use for the slot, or -1
+    goal_catalogue: np.ndarray  # (K,) catalogue a goal's "{e}" is drawn from, or -1
+    men_words: np.ndarray  # (M,) word count
+
+
+def _edit(text: str, edits: tuple[tuple[str, str], ...]) -> str:
+    """Apply the first edit whose words occur in ``text`` (whole words only)."""
+    for old, new in edits:
+        pattern = r"(?<![\w{])" + re.escape(old.strip()) + r"(?![\w}])"
+        match = re.search(pattern, text)
+        if match and old != new:
+            out = text[: match.start()] + new.strip() + text[match.end() :]
+            return " ".join(out.split())
+    return text
+
+
+def _func_variant(text: str) -> str:
+    return _edit(text, _FUNCTION_EDITS)
+
+
+def _content_variant(text: str) -> str:
+    return _edit(text, _CONTENT_EDITS)
+
+
+def _auto_mishearings(alias: str) -> list[str]:
+    """A generic sound-alike: one consonant voiced/unvoiced (fuzzy match often recovers it)."""
+    swaps = {"b": "p", "p": "b", "d": "t", "t": "d", "g": "k", "k": "g", "v": "f", "f": "v",
+             "s": "z", "m": "n", "n": "m"}
+    for i in range(len(alias) - 1, -1, -1):
+        ch = alias[i]
+        if ch in swaps:
+            return [alias[:i] + swaps[ch] + alias[i + 1 :]]
+    return []
+
+
+@lru_cache(maxsize=1)
+def tables() -> Tables:
+    """Build (once) the integer tables of the world."""
+    cat_index = {c: i for i, c in enumerate(CATALOGUES)}
+    ent_catalogue = np.array([cat_index[e[0]] for e in _ENTITIES])
+    ent_id = tuple(e[1] for e in _ENTITIES)
+    ent_name = tuple(e[2] for e in _ENTITIES)
+    n_ent = len(_ENTITIES)
+
+    men_text: list[str] = []
+    men_entity: list[int] = []
+    men_kind: list[int] = []
+    index: dict[str, int] = {}
+
+    def mention(text: str, ent: int, kind: int) -> int:
+        key = f"{ent}|{text}"
+        if key not in index:
+            index[key] = len(men_text)
+            men_text.append(text)
+            men_entity.append(ent)
+            men_kind.append(kind)
+        return index[key]
+
+    aliases: list[np.ndarray] = []
+    mishear: list[np.ndarray] = []
+    for e, (_cat, _eid, _name, als, mis) in enumerate(_ENTITIES):
+        aliases.append(np.array([mention(a, e, 0) for a in als]))
+        extra = _auto_mishearings(als[0])
+        mishear.append(np.array([mention(m, e, 1) for m in (*mis, *extra) if m not in als]))
+
+    # every string a user can say for an entity, and what it denotes
+    match_names = [(a, e) for e, ent in enumerate(_ENTITIES) for a in ent[3]]
+    names = [a for a, _ in match_names]
+    owner = np.array([e for _, e in match_names])
+    raw = cdist(men_text, names, scorer=fuzz.ratio, dtype=np.float32) / 100.0
+    sim = np.zeros((len(men_text), n_ent), dtype=np.float32)
+    for j, e in enumerate(owner):
+        np.maximum(sim[:, e], raw[:, j], out=sim[:, e])
+    gaz = np.zeros((len(men_text), len(CATALOGUES)))
+    for c in range(len(CATALOGUES)):
+        cols = np.flatnonzero(ent_catalogue == c)
+        gaz[:, c] = sim[:, cols].max(axis=1)
+    men_same = np.array(
+        [men_entity[m] if men_kind[m] == 0 else -1 for m in range(len(men_text))]
+    )
+
+    # templates: base phrasings, their function- and content-word variants, background
+    tpl_text: list[str] = []
+    tpl_intent: list[int] = []
+    tpl_index: dict[str, int] = {}
+
+    def template(text: str, intent: int) -> int:
+        if text not in tpl_index:
+            tpl_index[text] = len(tpl_text)
+            tpl_text.append(text)
+            tpl_intent.append(intent)
+        return tpl_index[text]
+
+    intent_templates: list[np.ndarray] = []
+    intent_template_p: list[np.ndarray] = []
+    for it in INTENTS:
+        rows = _TEMPLATES.get(it.name, ())
+        ids = [template(t, INTENT_INDEX[it.name]) for t, _ in rows]
+        w = np.array([w for _, w in rows], dtype=float)
+        intent_templates.append(np.array(ids, dtype=np.int64))
+        intent_template_p.append(w / w.sum() if len(w) else w)
+    background = np.array([template(t, I_FALLBACK) for t in BACKGROUND_PHRASES])
+    template("{e}", I_FALLBACK)  # the bare slot: renders a mention on its own
+    # ASR variants, two generations deep (a content error on top of a dropped
+    # function word, and vice versa); deeper variants point to themselves.
+    func: dict[int, int] = {}
+    content: dict[int, int] = {}
+    frontier = list(range(len(tpl_text)))
+    for _ in range(2):
+        new: list[int] = []
+        for t in frontier:
+            for table, edit in ((func, _func_variant), (content, _content_variant)):
+                before = len(tpl_text)
+                table[t] = template(edit(tpl_text[t]), tpl_intent[t])
+                if len(tpl_text) > before:
+                    new.append(table[t])
+        frontier = new
+    func_arr = np.array([func.get(t, t) for t in range(len(tpl_text))])
+    content_arr = np.array([content.get(t, t) for t in range(len(tpl_text))])
+    tpl_cue = np.stack([nlu_cues(t) for t in tpl_text])
+    tpl_words = np.array([len(t.replace("{e}", "").split()) for t in tpl_text])
+
+    intent_catalogue = np.array(
+        [cat_index[it.catalogue] if it.catalogue else -1 for it in INTENTS]
+    )
+    unsupported_cat = cat_index[_UNSUPPORTED_CATALOGUE]
+    goal_ok = np.ones(n_ent, dtype=bool)
+
+    return Tables(
+        ent_catalogue=ent_catalogue,
+        ent_id=ent_id,
+        ent_name=ent_name,
+        ent_goal_ok=goal_ok,
+        cat_entities=tuple(np.flatnonzero(ent_catalogue == c) for c in range(len(CATALOGUES))),
+        men_text=tuple(men_text),
+        men_entity=np.array(men_entity),
+        men_kind=np.array(men_kind),
+        ent_aliases=tuple(aliases),
+        ent_mishear=tuple(mishear),
+        men_same_meaning=men_same,
+        sim=sim,
+        gaz=gaz,
+        tpl_text=tuple(tpl_text),
+        tpl_intent=np.array(tpl_intent),
+        tpl_has_slot=np.array(["{e}" in t for t in tpl_text]),
+        tpl_func=func_arr,
+        tpl_content=content_arr,
+        tpl_cue=tpl_cue,
+        tpl_words=tpl_words,
+        intent_templates=tuple(intent_templates),
+        intent_template_p=tuple(intent_template_p),
+        background_templates=background,
+        intent_catalogue=intent_catalogue,
+        goal_catalogue=np.where(np.arange(K) == I_UNSUPPORTED, unsupported_cat, intent_catalogue),
+        men_words=np.array([len(t.split()) for t in men_text]),
+    )

@@ -97,9 +97,10 @@ def _batches(path: Path, batch_turns: int) -> Iterator[pl.DataFrame]:
         else:
             carry = None
         if chunk.height:
-            yield chunk
+            # one chunk per column: list operations in features must see aligned chunks
+            yield chunk.rechunk()
     if carry is not None and carry.height:
-        yield carry
+        yield carry.rechunk()
 
 
 def _load_baseline(baseline: str | os.PathLike[str] | Mapping[str, Any] | None
@@ -184,7 +185,8 @@ def _keep_examples(acc: _Acc, view: pl.DataFrame, feats: pl.DataFrame, probs: np
         cand = pl.concat([acc.examples, cand], how="vertical_relaxed")
     acc.examples = (cand.sort(["_prob", "session_id", "turn_index"],
                               descending=[True, False, False])
-                    .group_by("_pred", maintain_order=True).head(per_class))
+                    .group_by("_pred", maintain_order=True).head(per_class)
+                    .select(cand.columns))
 
 
 def _stream(path: Path, bundle: Any, *, mode: str, batch_turns: int, quota_fn: Callable[

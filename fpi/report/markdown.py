@@ -19,7 +19,8 @@ from fpi.report._fmt import (
 )
 from fpi.schema import CLASSES, COMPONENTS
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+# < > & are HTML entities by then; # and quotes are inert inside a line
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()+!|~])")
 
 
 def md(text: Any) -> str:
@@ -28,9 +29,13 @@ def md(text: Any) -> str:
     if text is None:
         return "–"
     s = " ".join(str(text).split())
-    s = html.escape(s, quote=True)
-    # & is already an entity; escape the rest of Markdown's active characters
+    s = html.escape(s, quote=False)
     return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def _short(fingerprint: Any) -> str:
+    """First 12 hex digits of a ``sha256:...`` fingerprint."""
+    return re.sub(r"[^0-9a-f]", "", str(fingerprint or "").removeprefix("sha256:"))[:12]
 
 
 def _quote(text: Any) -> str:
@@ -57,7 +62,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     conf = summary.get("method", {}).get("confidence", 0.95)
     out.append(
         f"{summary['turns']:,} turns in {summary.get('sessions', 0):,} sessions · "
-        f"model `{md(str(model.get('fingerprint', ''))[:12])}` · "
+        f"model `{_short(model.get('fingerprint'))}` · "
         f"{round(100 * conf)}% intervals"
         + (" · text redacted" if summary.get("redacted") else "")
     )

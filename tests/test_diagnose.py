@@ -1,0 +1,254 @@
+"""fpi diagnose / explain end to end: files, exit codes, escaping, redaction, golden reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from test_features import make_turns
+from typer.testing import CliRunner
+
+from fpi.attribution import GROUP_COLUMNS
+from fpi.cli import app
+from fpi.diagnose import diagnose, explain
+from fpi.errors import InputError
+from fpi.model import load_bundle, train
+from fpi.schema import CLASSES
+
+runner = CliRunner()
+GOLDEN = Path(__file__).parent / "golden"
+PAYLOAD = '<script>alert("pwn")</script> & \'q\' <b>bold</b> [x](https://evil.example)'
+BAD_LOCALE = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model, trained once (few rounds, one thread)."""
+    out = tmp_path_factory.mktemp("diag-model") / "model"
+    train(make_turns(300, seed=0), out, seed=0, threads=1, num_boost_round=25,
+          early_stopping_rounds=5)
+    return out
+
+
+def _hostile(frame: pl.DataFrame) -> pl.DataFrame:
+    """Log text full of markup: every response, and one locale for a big slice."""
+    n = frame.height
+    loc = np.where(np.arange(n) % 3 == 0, BAD_LOCALE, "en-US")
+    return frame.with_columns(
+        pl.col("result").struct.with_fields(pl.lit(PAYLOAD).alias("response_text")),
+        pl.col("device").struct.with_fields(pl.Series(loc).alias("locale")),
+    )
+
+
+@pytest.fixture(scope="session")
+def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("diag-night") / "night.parquet"
+    _hostile(make_turns(160, seed=1)).write_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def run(night: Path, bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("diag-run") / "out"
+    return diagnose([night], model=bundle_dir, out_dir=out, attribution_sample=60, n_boot=50,
+                    min_support=20)
+
+
+def test_writes_every_output(run) -> None:
+    out = run.out_dir
+    for name in ("predictions.parquet", "summary.json", "report.md", "report.html"):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    pred = pl.read_parquet(out / "predictions.parquet")
+    assert pred.columns[:3] == ["session_id", "turn_index", "predicted"]
+    assert [f"p_{c}" for c in CLASSES] == pred.columns[3:9]
+    assert [f"contrib_{g}" for g in GROUP_COLUMNS] == pred.columns[9:]
+    probs = pred.select(f"p_{c}" for c in CLASSES).to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    attributed = pred.filter(pl.col("contrib_bias").is_not_null())
+    assert attributed.height == run.summary["attribution"]["turns_attributed"]
+    # stratified: every predicted class present is represented in the sample
+    assert set(attributed["predicted"]) == set(pred["predicted"])
+
+
+def test_summary_keys_are_stable(run) -> None:
+    s = json.loads((run.out_dir / "summary.json").read_text())
+    assert s == run.summary
+    assert s["schema_version"] == 1
+    for key in ("turns", "sessions", "rates", "failure", "attribution", "slices", "gates",
+                "gate_status", "baseline", "examples", "model", "method", "ingest", "labels"):
+        assert key in s, key
+    for c in CLASSES:
+        r = s["rates"][c]
+        assert {"estimate", "low", "high", "count"} <= set(r)
+        assert r["low"] <= r["estimate"] <= r["high"]
+    assert sum(s["rates"][c]["count"] for c in CLASSES) == s["turns"]
+    assert s["labels"]["turns"] == s["turns"]  # make_turns is labelled
+    # most true rates inside their intervals (no shift here: same generator as training)
+    true = s["labels"]["true_rates"]
+    inside = sum(s["rates"][c]["low"] <= true[c] <= s["rates"][c]["high"] for c in CLASSES)
+    assert inside >= 5
+
+
+def test_html_escapes_log_text_and_fetches_nothing(run) -> None:
+    html = (run.out_dir / "report.html").read_text()
+    assert PAYLOAD not in html and "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&#34;pwn&#34;)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html  # the locale slice, escaped
+    assert "<img" not in html
+    assert "http://" not in html and "https://" not in html.replace(
+        "https://evil.example", "")  # only the escaped log text itself
+    assert "<link" not in html and "@import" not in html and "url(" not in html
+    assert "<svg" in html
+    assert len(html.encode()) < 2_000_000
+
+
+def test_markdown_escapes_log_text(run) -> None:
+    md = (run.out_dir / "report.md").read_text()
+    assert "<script>" not in md and "<img" not in md and "](https" not in md
+    assert "&lt;script&gt;" in md
+    assert "## Failure rates" in md and "| ASR |" in md
+
+
+def test_redact_masks_text(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    res = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="none", n_boot=20,
+                   redact=True)
+    for name in ("summary.json", "report.md", "report.html"):
+        text = (tmp_path / name).read_text()
+        assert "pwn" not in text, name
+        assert "garbage store" not in text, name
+    ex = next(e for c in CLASSES[1:] for e in res.summary["examples"][c])
+    assert ex["answered"]["response"] == "[redacted]"
+    assert res.summary["attribution"]["mode"] == "none"
+
+
+def test_attribution_all_matches_the_margin(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    res = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="all", n_boot=20)
+    pred = pl.read_parquet(tmp_path / "predictions.parquet")
+    assert pred["contrib_bias"].null_count() == 0
+    assert res.summary["attribution"]["turns_attributed"] == pred.height
+    # grouped contributions sum to the raw margin of the predicted class
+    from fpi.features import build_features
+
+    bundle = load_bundle(bundle_dir)
+    margin = bundle.raw_margin(build_features(pl.read_parquet(night)))
+    idx = pred["predicted"].replace_strict({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    total = pred.select(f"contrib_{g}" for g in GROUP_COLUMNS).to_numpy().sum(axis=1)
+    np.testing.assert_allclose(total, margin[np.arange(len(idx)), idx], atol=1e-6)
+
+
+def test_batches_of_whole_sessions_give_the_same_answer(night: Path, bundle_dir: Path,
+                                                         tmp_path: Path, run) -> None:
+    small = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="none",
+                     n_boot=50, min_support=20, batch_turns=37)
+    a = pl.read_parquet(tmp_path / "predictions.parquet").drop(pl.selectors.starts_with("contrib"))
+    b = pl.read_parquet(run.out_dir / "predictions.parquet").drop(
+        pl.selectors.starts_with("contrib"))
+    assert a.equals(b)
+    assert small.summary["rates"] == run.summary["rates"]
+
+
+def test_raw_jsonl_input_goes_through_ingest(bundle_dir: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "night.jsonl"
+    frame = make_turns(40, seed=3)
+    lines = frame.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
+    raw.write_text("\n".join([*lines.write_ndjson().splitlines(), "{not json"]) + "\n")
+    res = diagnose([raw], model=bundle_dir, out_dir=tmp_path / "out", attribution="none",
+                   n_boot=20)
+    assert res.summary["turns"] == frame.height
+    assert res.summary["ingest"]["rejected"] == 1
+    assert (tmp_path / "out" / "rejects.jsonl").is_file()
+
+
+# ---------------------------------------------------------------------------
+# CLI and exit codes
+# ---------------------------------------------------------------------------
+
+
+def _cli(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_exit_codes(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    base = ["diagnose", night, "--model", bundle_dir, "--attribution", "none", "--examples", "0"]
+    ok = _cli(*base, "--out", tmp_path / "a", "--gate", "turns >= 1")
+    assert ok.exit_code == 0, ok.output
+    fail = _cli(*base, "--out", tmp_path / "b", "--gate", "failure.estimate <= 0.01",
+                "--junit", tmp_path / "b" / "gates.xml")
+    assert fail.exit_code == 1, fail.output
+    assert "gate failed: failure.estimate <= 0.01" in fail.stderr
+    assert 'failures="1"' in (tmp_path / "b" / "gates.xml").read_text()
+    js = _cli(*base, "--out", tmp_path / "c", "--json", "--gate", "failure.estimate <= 0.01")
+    assert js.exit_code == 1
+    doc = json.loads(js.stdout)
+    assert doc["gate_status"] == "fail" and doc["gates"][0]["status"] == "FAIL"
+    # baseline comparison and a baseline gate
+    cmp_ = _cli(*base, "--out", tmp_path / "d", "--baseline", tmp_path / "a" / "summary.json",
+                "--gate", "asr.estimate <= baseline + 0.01", "--json")
+    assert cmp_.exit_code == 0, cmp_.output
+    doc = json.loads(cmp_.stdout)
+    assert doc["baseline"]["changes"]["asr"]["change"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--gate", "asr.estimate <="], "not of the form"),
+        (["--gate", "asr.estimate <= baseline"], "give --baseline"),
+        (["--baseline", "nope/summary.json"], "baseline summary not found"),
+        (["--gates", "nope.toml"], "gate file not found"),
+        (["--attribution", "some"], "--attribution must be"),
+    ],
+)
+def test_cli_usage_errors_exit_2(night: Path, bundle_dir: Path, tmp_path: Path,
+                                 extra: list[str], fragment: str) -> None:
+    res = _cli("diagnose", night, "--model", bundle_dir, "--out", tmp_path, *extra)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_cli_bad_model_and_input_exit_2(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    res = _cli("diagnose", night, "--model", tmp_path / "no-model", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and res.stderr.startswith("error:")
+    res = _cli("diagnose", tmp_path / "missing.jsonl", "--model", bundle_dir, "--out",
+               tmp_path / "o")
+    assert res.exit_code == 2 and "missing.jsonl" in res.stderr
+
+
+def test_explain(night: Path, bundle_dir: Path) -> None:
+    sid = pl.read_parquet(night)["session_id"][0]
+    e = explain([night], model=bundle_dir, session_id=sid, turn_index=0)
+    assert e.predicted in CLASSES
+    assert sum(e.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert set(e.components[e.predicted]) == set(GROUP_COLUMNS)
+    assert e.features and e.features[0]["component"] in GROUP_COLUMNS
+    res = _cli("explain", night, "--model", bundle_dir, "--session", sid, "--turn", "0")
+    assert res.exit_code == 0, res.output
+    assert e.predicted in res.stdout and "contributions" in res.stdout
+    bad = _cli("explain", night, "--model", bundle_dir, "--session", sid, "--turn", "99")
+    assert bad.exit_code == 2 and "has no turn 99" in bad.stderr
+    with pytest.raises(InputError, match="not in the input"):
+        explain([night], model=bundle_dir, session_id="nobody", turn_index=0)
+
+
+# ---------------------------------------------------------------------------
+# Golden files (fixed seed). Regenerate with FPI_UPDATE_GOLDEN=1 when a change is intended.
+# ---------------------------------------------------------------------------
+
+
+def test_golden_summary_and_markdown(run) -> None:
+    for name in ("summary.json", "report.md"):
+        got = (run.out_dir / name).read_text()
+        golden = GOLDEN / f"diagnose_{name}"
+        if os.environ.get("FPI_UPDATE_GOLDEN") == "1" or not golden.exists():
+            golden.parent.mkdir(exist_ok=True)
+            golden.write_text(got)
+        assert got == golden.read_text(), (
+            f"{name} differs from {golden}; if the change is intended, re-run with "
+            "FPI_UPDATE_GOLDEN=1")

@@ -136,35 +136,18 @@ def rejects_path_for(output: str | os.PathLike[str]) -> Path:
 
 
 class _Rejects:
-    """Counts rejects, writes them to the rejects file as they come, keeps some for the report.
-
-    Duplicate-turn rejects are only found at the end of a run; they wait in
-    ``held`` until their raw text is known.
-    """
+    """Counts rejects, writes them to the rejects file as they come, keeps some for the report."""
 
     def __init__(self, handle: IO[bytes] | None) -> None:
         self.handle = handle
         self.by_rule: dict[str, int] = {}
         self.kept: list[Reject] = []
-        self.held: list[Reject] = []
         self.count = 0
 
-    def add(self, reject: Reject, hold: bool = False) -> None:
+    def add(self, reject: Reject) -> None:
         assert reject.rule in RULES, reject.rule
         self.count += 1
         self.by_rule[reject.rule] = self.by_rule.get(reject.rule, 0) + 1
-        if hold:
-            self.held.append(reject)
-        else:
-            self._emit(reject)
-
-    def release(self, raws: list[str]) -> None:
-        """Emit the held rejects with their raw texts, in order."""
-        for r, raw in zip(self.held, raws, strict=True):
-            self._emit(Reject(r.file, r.line, r.rule, r.message, raw, r.involved))
-        self.held = []
-
-    def _emit(self, reject: Reject) -> None:
         if self.handle is not None:
             self.handle.write(orjson.dumps(reject.to_dict()) + b"\n")
             if len(self.kept) < REPORT_REJECT_SAMPLE:
@@ -249,6 +232,8 @@ class _Run:
         self.sink = sink
         self.progress = progress
         self.stats = _Stats(0, 0, dict.fromkeys(PRESENCE_STAGES, 0.0), {})
+        self.seen: dict[int, int] = {}
+        self.first_seen: dict[tuple[Any, Any], str] = {}
         self.block_bytes = block_bytes
         self.records = 0
         self.total_bytes = sum(s.path.stat().st_size for s in sources)
@@ -256,9 +241,8 @@ class _Run:
 
     # -- rejects --------------------------------------------------------
     def _reject(self, file_id: int, line: int, rule: str, message: str, raw: str = "",
-                involved: Sequence[str] = (), hold: bool = False) -> None:
-        self.rejects.add(Reject(self.files[file_id], line, rule, message, raw, tuple(involved)),
-                         hold=hold)
+                involved: Sequence[str] = ()) -> None:
+        self.rejects.add(Reject(self.files[file_id], line, rule, message, raw, tuple(involved)))
 
     def _problem(self, p: SourceProblem) -> None:
         self._reject(p.file_id, p.line, p.rule, p.message, p.raw, p.involved)
@@ -330,7 +314,14 @@ class _Run:
             picked = locs[index_col.cast(pl.Int64)]
             file_ids, lines = picked.get_column("file_id"), picked.get_column("line")
         keys = good.select(*KEY_COLUMNS).with_columns(file_id=file_ids, line=lines)
-        self.sink.add(good.drop(ROW_COL), keys)
+        dup = self._duplicates(keys)
+        for i in dup:
+            index = int(index_col[i])
+            self._line_reject(block, index, "duplicate_turn", self._dup_message(keys, i))
+        if dup:
+            mask = pl.Series(range(good.height)).is_in(pl.Series(dup).implode()).not_()
+            good, keys = good.filter(mask), keys.filter(mask)
+        self._add(good.drop(ROW_COL), keys)
 
     def _line_reject(self, block: Block, index: int, rule: str, message: str) -> None:
         file_id, line = block.loc(index)
@@ -344,42 +335,85 @@ class _Run:
             for frame in parquet_frames(source):
                 self.records += frame.height
                 good, problems = validate(frame)
+                def raw(i: int, frame: pl.DataFrame = frame) -> str:
+                    return str(frame[i].select(pl.struct(pl.all()).struct.json_encode()).item())
+
                 for rp in problems:
-                    raw = frame[rp.row].select(pl.struct(pl.all()).struct.json_encode()).item()
-                    self._reject(file_id, row + rp.row, rp.rule, rp.message, raw)
+                    self._reject(file_id, row + rp.row, rp.rule, rp.message, raw(rp.row))
                 if good.height:
                     keys = good.select(
                         *KEY_COLUMNS,
                         pl.lit(file_id, dtype=pl.Int64).alias("file_id"),
                         (pl.col(ROW_COL).cast(pl.Int64) + row).alias("line"),
                     )
-                    self.sink.add(good.drop(ROW_COL), keys)
+                    dup = self._duplicates(keys)
+                    for i in dup:
+                        src_row = int(good[i, ROW_COL])
+                        self._reject(file_id, row + src_row, "duplicate_turn",
+                                     self._dup_message(keys, i), raw(src_row))
+                    if dup:
+                        mask = pl.Series(range(good.height)).is_in(pl.Series(dup).implode()).not_()
+                        good, keys = good.filter(mask), keys.filter(mask)
+                    self._add(good.drop(ROW_COL), keys)
                 row += frame.height
         except Broken as exc:
             self.records += 1
             self._reject(file_id, row, "unreadable", str(exc), "")
 
     # -- global checks --------------------------------------------------
-    def duplicates(self) -> tuple[pl.Series, bool]:
-        """Positions (in write order) of repeated keys, and whether the rest is sorted."""
-        keys = self.sink.all_keys().with_row_index("pos")
-        first = keys.select(pl.struct(*KEY_COLUMNS).is_first_distinct()).to_series()
-        dups = keys.filter(~first)
-        if dups.height:
-            originals = keys.filter(first).join(dups.select(*KEY_COLUMNS), on=list(KEY_COLUMNS),
-                                                how="semi")
-            where = {
-                (r["session_id"], r["turn_index"]): f"{self.files[r['file_id']]}:{r['line']}"
-                for r in originals.iter_rows(named=True)
-            }
-            for r in dups.iter_rows(named=True):
-                self._reject(
-                    r["file_id"], r["line"], "duplicate_turn", hold=True, message=
-                    f"(session_id, turn_index) = ({r['session_id']!r}, {r['turn_index']}) was "
-                    f"already read at {where[(r['session_id'], r['turn_index'])]}; "
-                    "the first is kept",
-                )
-        kept = keys.filter(first)
+    def _duplicates(self, keys: pl.DataFrame) -> list[int]:
+        """Rows of ``keys`` whose (session_id, turn_index) was already read; the first wins.
+
+        Checked block by block, so a duplicate is rejected with its own raw text
+        and never written. A 64-bit hash per key (the only per-turn state kept
+        besides the small key frame) finds candidates; a hit is confirmed on the
+        real key, so a hash collision never rejects a turn.
+        """
+        hashes = keys.select(pl.struct(*KEY_COLUMNS).hash(seed=7)).to_series().to_list()
+        seen = self.seen
+        base = self.sink.rows
+        key_rows: list[tuple[Any, ...]] | None = None
+        dup: list[int] = []
+        written = 0
+        for i, h in enumerate(hashes):
+            pos = seen.get(h)
+            if pos is not None:
+                if key_rows is None:
+                    key_rows = keys.select(*KEY_COLUMNS).rows()
+                first = self._key_at(pos, keys, base, key_rows, dup)
+                if first[:2] == key_rows[i]:
+                    dup.append(i)
+                    self.first_seen[key_rows[i]] = first[2]
+                    continue
+            else:
+                seen[h] = base + written
+            written += 1
+        return dup
+
+    def _key_at(self, pos: int, keys: pl.DataFrame, base: int, key_rows: list[tuple[Any, ...]],
+                dup: list[int]) -> tuple[Any, Any, str]:
+        """(session_id, turn_index, "file:line") of the kept row at global position ``pos``."""
+        if pos >= base:  # earlier in this same block: skip the rows already found repeated
+            i = pos - base
+            for d in dup:
+                if d <= i:
+                    i += 1
+            return (*key_rows[i], f"{self.files[keys[i, 'file_id']]}:{keys[i, 'line']}")
+        r = self.sink.all_keys().row(pos, named=True)
+        return r["session_id"], r["turn_index"], f"{self.files[r['file_id']]}:{r['line']}"
+
+    def _dup_message(self, keys: pl.DataFrame, i: int) -> str:
+        sid, ti = keys[i, "session_id"], keys[i, "turn_index"]
+        return (f"(session_id, turn_index) = ({sid!r}, {ti}) was already read at "
+                f"{self.first_seen[(sid, ti)]}; the first is kept")
+
+    def _add(self, good: pl.DataFrame, keys: pl.DataFrame) -> None:
+        if good.height:
+            self.sink.add(good, keys)
+
+    def finish(self) -> bool:
+        """Summarize what was kept; return whether it is already sorted by key."""
+        kept = self.sink.all_keys()
         self.stats = _Stats.of(kept)
         ordered = kept.select(
             (
@@ -388,7 +422,7 @@ class _Run:
                    & (pl.col("turn_index") > pl.col("turn_index").shift()))
             ).fill_null(True).all()
         ).item()
-        return dups.get_column("pos"), bool(ordered)
+        return bool(ordered)
 
 
 @dataclass(frozen=True)
@@ -513,14 +547,11 @@ def read_traces(
         run = _Run(sources, rejects, sink, _progress(progress), block_bytes)
         run.run()
         frame = pl.concat(sink.frames, rechunk=False) if sink.frames else empty_frame()
-        dup_pos, _ = run.duplicates()
-        if dup_pos.len():
-            raws = (frame[dup_pos].select(pl.struct(pl.all()).struct.json_encode())
-                    .to_series().to_list())
-            rejects.release(raws)
-            frame = frame.with_row_index("__pos").filter(~pl.col("__pos").is_in(dup_pos)
-                                                          ).drop("__pos")
-        frame = frame.sort(list(KEY_COLUMNS)).rechunk()
+        sink.frames.clear()
+        if run.finish():
+            frame = frame.rechunk()
+        else:
+            frame = frame.sort(list(KEY_COLUMNS), maintain_order=True).rechunk()
     if frame.height == 0:
         # Raised only now, so that the rejects file (the reason why) is kept.
         raise _nothing_left(run, rpath)
@@ -577,19 +608,12 @@ def ingest(
                 nothing_left = _nothing_left(run, rpath)
             else:
                 with atomic_path(out) as final_tmp:
-                    dup_pos, ordered = run.duplicates()
-                    if dup_pos.len():
-                        raws = (pl.scan_parquet(first_tmp).with_row_index("__pos")
-                                .filter(pl.col("__pos").is_in(dup_pos)).drop("__pos")
-                                .select(pl.struct(pl.all()).struct.json_encode()).collect()
-                                .to_series().to_list())
-                        rejects.release(raws)
-                    if ordered and not dup_pos.len():
+                    if run.finish():
                         # Already in order (the usual case for logs written session by
                         # session): the batches file is the output, no second pass.
                         os.replace(first_tmp, final_tmp)
                     else:
-                        _sort_rewrite(first_tmp, final_tmp, dup_pos)
+                        _sort_rewrite(first_tmp, final_tmp)
         finally:
             for p in scratch.iterdir():
                 p.unlink()
@@ -602,11 +626,8 @@ def ingest(
     return report
 
 
-def _sort_rewrite(src: Path, dst: Path, drop_pos: pl.Series) -> None:
-    """Drop repeated turns and sort by (session_id, turn_index) into ``dst``."""
-    lf = pl.scan_parquet(src)
-    if drop_pos.len():
-        lf = lf.with_row_index("__pos").filter(~pl.col("__pos").is_in(drop_pos)).drop("__pos")
-    lf.sort(list(KEY_COLUMNS), maintain_order=True).sink_parquet(
+def _sort_rewrite(src: Path, dst: Path) -> None:
+    """Sort the written batches by (session_id, turn_index) into ``dst``."""
+    pl.scan_parquet(src).sort(list(KEY_COLUMNS), maintain_order=True).sink_parquet(
         dst, compression="zstd", compression_level=1
     )

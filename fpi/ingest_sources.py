@@ -497,7 +497,7 @@ def _unflatten(frame: pl.DataFrame) -> pl.DataFrame:
         pl.struct([pl.col(c).alias(c.partition(".")[2]) for c in cols]).alias(head)
         for head, cols in dotted.items()
     ]
-    return frame.drop([c for cols in dotted.values() for c in cols]).with_columns(new)
+    return frame.with_columns(new).drop([c for cols in dotted.values() for c in cols])
 
 
 # ---------------------------------------------------------------------------
@@ -513,6 +513,11 @@ class _Event:
     file_id: int
     line: int
     raw: str
+    extra: dict[str, Any]
+
+
+#: Keys of a stage event itself; any other key is a turn-level unknown field.
+_EVENT_KEYS = frozenset({"session_id", "turn_index", "stage", "timestamp", "data"})
 
 
 @dataclass
@@ -588,7 +593,8 @@ class EventAssembler:
             self._problem(file_id, line, "bad_event", why, raw)
             return
         self.turns.setdefault((sid, ti), []).append(
-            _Event(stage, data, obj.get("timestamp"), file_id, line, raw))
+            _Event(stage, data, obj.get("timestamp"), file_id, line, raw,
+                   {k: v for k, v in obj.items() if k not in _EVENT_KEYS}))
 
     def _problem(self, file_id: int, line: int, rule: str, msg: str, raw: str) -> None:
         self.records += 1
@@ -625,8 +631,10 @@ class EventAssembler:
                     f"turn ({sid!r}, {ti}) has events but no wake event: {', '.join(where)}",
                     raw, tuple(where)))
                 continue
-            record: dict[str, Any] = {"session_id": sid, "turn_index": ti,
-                                      "timestamp": wake.timestamp}
+            record: dict[str, Any] = {}
+            for e in events:
+                record.update(e.extra)  # turn-level unknown fields, kept in ``extra``
+            record.update(session_id=sid, turn_index=ti, timestamp=wake.timestamp)
             for e in events:
                 record[e.stage] = e.data
             lines.append(orjson.dumps(record))

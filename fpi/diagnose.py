@@ -297,6 +297,9 @@ class DiagnoseResult:
     summary: dict[str, Any]
     out_dir: Path
     files: dict[str, Path]
+    #: wall seconds per step (read, features_predict, aggregate, attribution, write);
+    #: kept out of the summary so reports stay reproducible
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def gate_status(self) -> str:
@@ -495,8 +498,8 @@ def diagnose(
         attr_doc = attr.summarize(np.zeros((0, len(attr.GROUP_COLUMNS))),
                                   np.zeros(0, dtype=np.int64), predicted_counts, mode="none")
     attr_doc.update(requested_sample=attribution_sample, **timing_info)
-    timings["attribution"] = time.perf_counter() - t3
     example_doc = _examples(acc, bundle, redact)
+    timings["attribution"] = time.perf_counter() - t3
 
     labelled = labels >= 0
     label_doc = None
@@ -567,7 +570,7 @@ def diagnose(
         files["junit"] = write_text_atomic(junit, junit_xml(results))
     timings["write"] = time.perf_counter() - t4
     log.info("diagnose timings: %s", {k: round(v, 2) for k, v in timings.items()})
-    return DiagnoseResult(summary=summary, out_dir=out, files=files)
+    return DiagnoseResult(summary=summary, out_dir=out, files=files, timings=timings)
 
 
 # ---------------------------------------------------------------------------

@@ -19,7 +19,9 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -30,7 +32,7 @@ import pyarrow.parquet as pq
 
 from fpi.errors import InputError, StrictRejects
 from fpi.files import atomic_path
-from fpi.ingest_parse import parse_block
+from fpi.ingest_parse import ParsedBlock, parse_block
 from fpi.ingest_sources import (
     FORMATS,
     Block,
@@ -56,6 +58,11 @@ log = logging.getLogger(__name__)
 #: Bytes of JSON Lines parsed at once: big enough for pyarrow to run at full
 #: speed, small enough that memory stays far below the 3 GB budget.
 BLOCK_BYTES = 64 << 20
+
+#: Blocks parsed ahead of the one being validated. pyarrow and Polars release
+#: the GIL, so parsing the next blocks overlaps validating and writing this one;
+#: memory holds at most this many blocks (plus one being written).
+PARSE_AHEAD = 2
 
 #: How many rejects an :class:`IngestReport` carries when they also went to a file.
 REPORT_REJECT_SAMPLE = 100
@@ -210,12 +217,24 @@ class _ParquetSink(_Sink):
         self.path = path
         self.writer = pq.ParquetWriter(path, empty_frame().to_arrow().schema,
                                        compression="zstd", compression_level=1)
+        # One background writer: encoding a row group overlaps the next block's work.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpi-write")
+        self.pending: Future[None] | None = None
 
     def write(self, frame: pl.DataFrame) -> None:
-        self.writer.write_table(frame.to_arrow(), row_group_size=len(frame) or 1)
+        table = frame.to_arrow()
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.pool.submit(self.writer.write_table, table,
+                                        row_group_size=len(table) or 1)
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            if self.pending is not None:
+                self.pending.result()
+        finally:
+            self.pool.shutdown()
+            self.writer.close()
 
 
 # ---------------------------------------------------------------------------
@@ -266,12 +285,12 @@ class _Run:
                     items = csv_blocks(source, file_id)
                 else:
                     items = parquet_blocks(source, file_id)
-                for item in items:
+                for item, parsed in self._parse_ahead(items):
                     if isinstance(item, SourceProblem):
                         self.records += 1
                         self._problem(item)
                     else:
-                        self._block(item)
+                        self._block(item, parsed=parsed)
             self.done_bytes += source.path.stat().st_size
             if self.progress:
                 self.progress(self.done_bytes, self.total_bytes)
@@ -287,8 +306,30 @@ class _Run:
             self._problem(p)
         self.records += events.records
 
-    def _block(self, block: Block, count: bool = True) -> None:
-        parsed = parse_block(block.data)
+    def _parse_ahead(self, items: Iterator[Block | SourceProblem]
+                     ) -> Iterator[tuple[Block | SourceProblem, ParsedBlock | None]]:
+        """Items in order, each block with its parse started :data:`PARSE_AHEAD` early."""
+        pending: deque[tuple[Block | SourceProblem, Future[ParsedBlock] | None]] = deque()
+        with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="fpi-parse") as pool:
+            try:
+                for item in items:
+                    fut = pool.submit(parse_block, item.data) if isinstance(item, Block) else None
+                    pending.append((item, fut))
+                    while len(pending) > PARSE_AHEAD:
+                        done, fut = pending.popleft()
+                        yield done, fut.result() if fut else None
+                while pending:
+                    done, fut = pending.popleft()
+                    yield done, fut.result() if fut else None
+            finally:
+                for _, fut in pending:
+                    if fut:
+                        fut.cancel()
+
+    def _block(self, block: Block, count: bool = True, parsed: ParsedBlock | None = None
+               ) -> None:
+        if parsed is None:
+            parsed = parse_block(block.data)
         if count:
             self.records += parsed.records
         for p in parsed.problems:

@@ -247,6 +247,15 @@ def _short(obj: dict[str, Any], path: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _flatten(value: Any, key: str, out: dict[str, Any]) -> None:
+    """Unknown objects are kept leaf by leaf under dotted keys (lists kept whole)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(v, f"{key}.{k}", out)
+    elif value is not None:
+        out[key] = value
+
+
 def split_extra(obj: dict[str, Any]) -> dict[str, Any]:
     """Known fields of ``obj``, with unknown ones in ``__extra`` (JSON keyed by dotted path)."""
     known: dict[str, Any] = {}
@@ -257,12 +266,12 @@ def split_extra(obj: dict[str, Any]) -> dict[str, Any]:
                 fields = BLOCKS[key].to_schema()
                 known[key] = {k: v for k, v in value.items() if k in fields}
                 for k, v in value.items():
-                    if k not in fields and v is not None:
-                        extra[f"{key}.{k}"] = v
+                    if k not in fields:
+                        _flatten(v, f"{key}.{k}", extra)
             else:
                 known[key] = value
-        elif key != "extra" and value is not None:
-            extra[key] = value
+        elif key != "extra":
+            _flatten(value, key, extra)
     if isinstance(obj.get("extra"), str):
         # A canonical frame written back out carries its extras as a JSON string.
         try:

@@ -138,6 +138,17 @@ def _json_value(expr: pl.Expr) -> pl.Expr:
     return pl.struct(expr.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
 
 
+def _leaves(expr: pl.Expr, dtype: pl.DataType, key: str) -> list[tuple[str, pl.Expr]]:
+    """Dotted keys and values of the leaves under an unknown field (objects are flattened,
+    lists kept whole)."""
+    if dtype == pl.Null:
+        return []
+    if isinstance(dtype, pl.Struct):
+        return [leaf for f in dtype.fields
+                for leaf in _leaves(expr.struct.field(f.name), f.dtype, f"{key}.{f.name}")]
+    return [(key, expr)]
+
+
 def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
     """The ``extra`` column: unknown fields as a JSON object keyed by dotted path, or null."""
     parts: list[pl.Expr] = []
@@ -152,20 +163,18 @@ def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
             continue
         if name in BLOCKS and isinstance(dtype, pl.Struct):
             known = set(BLOCKS[name].to_schema())
-            for field in dtype.fields:
-                if field.name in known or field.dtype == pl.Null:
-                    continue
-                value = pl.col(name).struct.field(field.name)
-                key = orjson.dumps(f"{name}.{field.name}").decode()
-                parts.append(
-                    pl.when(value.is_not_null()).then(pl.lit(key + ":") + _json_value(value))
-                )
+            leaves = [leaf for f in dtype.fields if f.name not in known
+                      for leaf in _leaves(pl.col(name).struct.field(f.name), f.dtype,
+                                          f"{name}.{f.name}")]
+        elif name in TURN_SCHEMA:
             continue
-        if name in TURN_SCHEMA:
-            continue
-        key = orjson.dumps(name).decode()
-        value = pl.col(name)
-        parts.append(pl.when(value.is_not_null()).then(pl.lit(key + ":") + _json_value(value)))
+        else:
+            leaves = _leaves(pl.col(name), dtype, name)
+        for key, value in leaves:
+            quoted = orjson.dumps(key).decode()
+            parts.append(
+                pl.when(value.is_not_null()).then(pl.lit(quoted + ":") + _json_value(value))
+            )
     if EXTRA_COL in schema:
         body = pl.col(EXTRA_COL).str.strip_prefix("{").str.strip_suffix("}")
         parts.append(pl.when(body.str.len_chars() > 0).then(body))

@@ -180,12 +180,19 @@ def test_label_aliases_are_normalized(tmp_path: Path, spelling: str) -> None:
 
 def test_unknown_fields_are_kept_in_extra(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
-    path.write_text(json.dumps(good(0, user_tier="gold", asr={"text": "x", "model": "7b"},
-                                    ctx={"n": [1, 2]})) + "\n")
+    rec = good(0, user_tier="gold", asr={"text": "x", "model": "7b", "meta": {"gpu": True}},
+               ctx={"n": [1, 2], "app": {"build": 7}})
+    expected = {"asr.model": "7b", "asr.meta.gpu": True, "user_tier": "gold", "ctx.n": [1, 2],
+                "ctx.app.build": 7}
+    path.write_text(json.dumps(rec) + "\n")
     frame, report = read_traces(path)
     assert report.rejected == 0
-    assert json.loads(frame.item(0, "extra")) == {"asr.model": "7b", "user_tier": "gold",
-                                                  "ctx": {"n": [1, 2]}}
+    assert json.loads(frame.item(0, "extra")) == expected
+    # the careful (line by line) path keeps them the same way
+    path.write_text(json.dumps(rec) + "\n" + "{oops\n")
+    frame, report = read_traces(path)
+    assert report.rejected == 1
+    assert json.loads(frame.item(0, "extra")) == expected
 
 
 def test_mixed_types_of_an_unknown_field_are_not_an_error(tmp_path: Path) -> None:

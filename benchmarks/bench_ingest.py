@@ -1,0 +1,117 @@
+"""Benchmark ``fpi ingest`` against the bare JSON readers on the same file.
+
+Writes N realistic turn records (about 1.2 KB each, nested as in the trace
+format, from ``fpi.simulate``) as JSON Lines, then times, each in its own fresh
+subprocess so that peak memory is the reader's alone:
+
+* ``polars.read_ndjson`` (bare, no validation),
+* ``pyarrow.json.read_json`` (bare, no validation),
+* orjson, one ``loads`` per line (parsing only, nothing kept),
+* ``fpi ingest`` (parsing, every rule, rejects, sorted canonical Parquet out).
+
+Prints seconds, peak RSS (GB) and the ratio to pyarrow. Usage::
+
+    python benchmarks/bench_ingest.py --turns 1000000 [--data-dir /work/bench_data]
+
+The data file is kept between runs (rewritten with ``--regenerate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_CHILD = r"""
+import json, resource, sys, time
+kind, path, out = sys.argv[1], sys.argv[2], sys.argv[3]
+t0 = time.perf_counter()
+if kind == "polars":
+    import polars as pl
+    n = pl.read_ndjson(path).height
+elif kind == "pyarrow":
+    import pyarrow.json as pj
+    n = pj.read_json(path).num_rows
+elif kind == "orjson":
+    import orjson
+    n = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            orjson.loads(line)
+            n += 1
+elif kind == "fpi":
+    from fpi.ingest import ingest
+    n = ingest(path, out).turns_kept
+else:
+    raise SystemExit(f"unknown reader {kind}")
+seconds = time.perf_counter() - t0
+# VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the parent.
+peak_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"rows": n, "seconds": seconds, "peak_gb": peak_kb * 1024 / 1e9}))
+"""
+
+READERS = ("polars", "pyarrow", "orjson", "fpi")
+
+
+def make_data(path: Path, turns: int) -> None:
+    """Write ``turns`` simulated turn records as JSON Lines (kept for later runs)."""
+    from fpi.simulate import write_simulation
+
+    t0 = time.perf_counter()
+    tmp = path.with_suffix(".tmp.jsonl")
+    write_simulation(tmp, turns=turns, seed=0, format="jsonl")
+    tmp.rename(path)
+    Path(str(tmp) + ".truth.json").unlink(missing_ok=True)
+    size = path.stat().st_size
+    print(f"wrote {turns:,} turns, {size / 1e9:.2f} GB ({size / turns:.0f} B/turn) "
+          f"in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
+
+
+def run_reader(kind: str, path: Path, out: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path), str(out)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--turns", type=int, default=1_000_000)
+    ap.add_argument("--data-dir", type=Path, default=Path("/work/bench_data"))
+    ap.add_argument("--regenerate", action="store_true")
+    ap.add_argument("--readers", default=",".join(READERS),
+                    help="comma-separated subset of: " + ", ".join(READERS))
+    args = ap.parse_args()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    path = args.data_dir / f"turns-{args.turns}.jsonl"
+    if args.regenerate or not path.exists():
+        make_data(path, args.turns)
+    out = args.data_dir / f"turns-{args.turns}.parquet"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}; file {path.stat().st_size / 1e9:.2f} GB", flush=True)
+    results: dict[str, dict[str, float]] = {}
+    for kind in args.readers.split(","):
+        results[kind] = run_reader(kind, path, out)
+        print(f"  {kind}: {results[kind]}", flush=True)
+    base = results.get("pyarrow", {}).get("seconds")
+    print()
+    print(f"{'reader':<22}{'seconds':>10}{'peak GB':>10}{'x pyarrow':>11}")
+    for kind, r in results.items():
+        if "error" in r:
+            print(f"{kind:<22}  error: {r['error']}")
+            continue
+        ratio = f"{r['seconds'] / base:.2f}" if base else "-"
+        label = {"polars": "polars.read_ndjson", "pyarrow": "pyarrow.json.read_json",
+                 "orjson": "orjson per line", "fpi": "fpi ingest"}[kind]
+        print(f"{label:<22}{r['seconds']:>10.1f}{r['peak_gb']:>10.2f}{ratio:>11}")
+
+
+if __name__ == "__main__":
+    main()

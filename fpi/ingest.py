@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow.parquet as pq
@@ -215,8 +216,9 @@ class _ParquetSink(_Sink):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
+        # lz4: the cheapest codec to write; dictionary pages do most of the shrinking.
         self.writer = pq.ParquetWriter(path, empty_frame().to_arrow().schema,
-                                       compression="zstd", compression_level=1)
+                                       compression="lz4")
         # One background writer: encoding a row group overlaps the next block's work.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpi-write")
         self.pending: Future[None] | None = None
@@ -242,6 +244,38 @@ class _ParquetSink(_Sink):
 # ---------------------------------------------------------------------------
 
 
+class _SeenKeys:
+    """Hashes of the keys written so far with their positions, as sorted runs.
+
+    New runs are merged into older ones of similar size (like an LSM tree), so a
+    lookup is a few vectorized binary searches and the memory is 16 bytes a turn.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def lookup(self, hashes: np.ndarray) -> np.ndarray:
+        """Position of an earlier key with the same hash, or -1."""
+        out = np.full(len(hashes), -1, dtype=np.int64)
+        for run_hashes, run_pos in self.runs:
+            idx = np.searchsorted(run_hashes, hashes)
+            idx[idx == len(run_hashes)] = 0
+            hit = run_hashes[idx] == hashes
+            out[hit] = run_pos[idx[hit]]
+        return out
+
+    def add(self, hashes: np.ndarray, positions: np.ndarray) -> None:
+        if not len(hashes):
+            return
+        order = np.argsort(hashes, kind="stable")
+        self.runs.append((hashes[order], positions[order]))
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
+            (h2, p2), (h1, p1) = self.runs.pop(), self.runs.pop()
+            h, p = np.concatenate([h1, h2]), np.concatenate([p1, p2])
+            order = np.argsort(h, kind="stable")
+            self.runs.append((h[order], p[order]))
+
+
 class _Run:
     def __init__(self, sources: list[Source], rejects: _Rejects, sink: _Sink,
                  progress: Progress | None, block_bytes: int) -> None:
@@ -251,7 +285,7 @@ class _Run:
         self.sink = sink
         self.progress = progress
         self.stats = _Stats(0, 0, dict.fromkeys(PRESENCE_STAGES, 0.0), {})
-        self.seen: dict[int, int] = {}
+        self.seen = _SeenKeys()
         self.first_seen: dict[tuple[Any, Any], str] = {}
         self.block_bytes = block_bytes
         self.records = 0
@@ -313,7 +347,8 @@ class _Run:
         with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="fpi-parse") as pool:
             try:
                 for item in items:
-                    fut = pool.submit(parse_block, item.data) if isinstance(item, Block) else None
+                    fut = (pool.submit(parse_block, item.data, item.n_lines)
+                           if isinstance(item, Block) else None)
                     pending.append((item, fut))
                     while len(pending) > PARSE_AHEAD:
                         done, fut = pending.popleft()
@@ -329,7 +364,7 @@ class _Run:
     def _block(self, block: Block, count: bool = True, parsed: ParsedBlock | None = None
                ) -> None:
         if parsed is None:
-            parsed = parse_block(block.data)
+            parsed = parse_block(block.data, block.n_lines)
         if count:
             self.records += parsed.records
         for p in parsed.problems:
@@ -406,42 +441,36 @@ class _Run:
         """Rows of ``keys`` whose (session_id, turn_index) was already read; the first wins.
 
         Checked block by block, so a duplicate is rejected with its own raw text
-        and never written. A 64-bit hash per key (the only per-turn state kept
-        besides the small key frame) finds candidates; a hit is confirmed on the
-        real key, so a hash collision never rejects a turn.
+        and never written. Earlier blocks are searched through 64-bit key hashes
+        (:class:`_SeenKeys`, vectorized); a hash hit is confirmed on the real key,
+        so a collision never rejects a turn. Repeats inside the block are found
+        on the exact keys.
         """
-        hashes = keys.select(pl.struct(*KEY_COLUMNS).hash(seed=7)).to_series().to_list()
-        seen = self.seen
-        base = self.sink.rows
-        key_rows: list[tuple[Any, ...]] | None = None
-        dup: list[int] = []
-        written = 0
-        for i, h in enumerate(hashes):
-            pos = seen.get(h)
-            if pos is not None:
-                if key_rows is None:
-                    key_rows = keys.select(*KEY_COLUMNS).rows()
-                first = self._key_at(pos, keys, base, key_rows, dup)
-                if first[:2] == key_rows[i]:
-                    dup.append(i)
-                    self.first_seen[key_rows[i]] = first[2]
-                    continue
-            else:
-                seen[h] = base + written
-            written += 1
-        return dup
-
-    def _key_at(self, pos: int, keys: pl.DataFrame, base: int, key_rows: list[tuple[Any, ...]],
-                dup: list[int]) -> tuple[Any, Any, str]:
-        """(session_id, turn_index, "file:line") of the kept row at global position ``pos``."""
-        if pos >= base:  # earlier in this same block: skip the rows already found repeated
-            i = pos - base
-            for d in dup:
-                if d <= i:
-                    i += 1
-            return (*key_rows[i], f"{self.files[keys[i, 'file_id']]}:{keys[i, 'line']}")
-        r = self.sink.all_keys().row(pos, named=True)
-        return r["session_id"], r["turn_index"], f"{self.files[r['file_id']]}:{r['line']}"
+        hashes = keys.select(pl.struct(*KEY_COLUMNS).hash(seed=7)).to_series().to_numpy()
+        first_in_block = keys.select(pl.struct(*KEY_COLUMNS).is_first_distinct()
+                                     ).to_series().to_numpy()
+        prior = self.seen.lookup(hashes)
+        dup = ~first_in_block
+        suspects = np.nonzero((prior >= 0) | dup)[0]
+        if len(suspects):
+            frame = self.sink.all_keys()
+            for i in suspects.tolist():
+                key = (keys[i, "session_id"], keys[i, "turn_index"])
+                if prior[i] >= 0:
+                    r = frame.row(int(prior[i]), named=True)
+                    if (r["session_id"], r["turn_index"]) == key:
+                        dup[i] = True
+                        self.first_seen[key] = f"{self.files[r['file_id']]}:{r['line']}"
+                        continue
+                if dup[i] and key not in self.first_seen:
+                    j = int(np.nonzero(((keys.get_column("session_id") == key[0])
+                                        & (keys.get_column("turn_index") == key[1])
+                                        ).to_numpy())[0][0])
+                    self.first_seen[key] = f"{self.files[keys[j, 'file_id']]}:{keys[j, 'line']}"
+        kept = ~dup
+        n_kept = int(kept.sum())
+        self.seen.add(hashes[kept], np.arange(self.sink.rows, self.sink.rows + n_kept))
+        return np.nonzero(dup)[0].tolist()
 
     def _dup_message(self, keys: pl.DataFrame, i: int) -> str:
         sid, ti = keys[i, "session_id"], keys[i, "turn_index"]
@@ -670,5 +699,5 @@ def ingest(
 def _sort_rewrite(src: Path, dst: Path) -> None:
     """Sort the written batches by (session_id, turn_index) into ``dst``."""
     pl.scan_parquet(src).sort(list(KEY_COLUMNS), maintain_order=True).sink_parquet(
-        dst, compression="zstd", compression_level=1
+        dst, compression="lz4"
     )

@@ -10,7 +10,7 @@ still goes through pyarrow. Unknown fields are kept in an ``extra`` column.
 
 from __future__ import annotations
 
-import io
+import codecs
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -79,9 +79,9 @@ FAST_SCHEMA = pa.schema([pa.field(n, _arrow_type(d)) for n, d in _KNOWN_FIELDS.i
 FALLBACK_SCHEMA = pa.schema([*FAST_SCHEMA, pa.field(EXTRA_COL, pa.string())])
 
 
-def _read(data: bytes, schema: pa.Schema, unexpected: str) -> pa.Table:
+def _read(data: bytes | memoryview, schema: pa.Schema, unexpected: str) -> pa.Table:
     return pj.read_json(
-        io.BytesIO(data),
+        pa.BufferReader(data),
         read_options=pj.ReadOptions(block_size=1 << 24),
         parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected),
     )
@@ -92,24 +92,27 @@ def _read(data: bytes, schema: pa.Schema, unexpected: str) -> pa.Table:
 # ---------------------------------------------------------------------------
 
 
-def parse_block(data: bytes) -> ParsedBlock:
+def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedBlock:
     """Parse ``data`` (complete lines of JSON Lines) into a raw frame and problems."""
-    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    if n_lines is None:
+        raw = bytes(data)
+        n_lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)
     try:
-        data.decode("utf-8")
+        # pyarrow does not check UTF-8; this does, without copying.
+        codecs.utf_8_decode(data, "strict", True)
         table = _read(data, FAST_SCHEMA, "infer")
     except (UnicodeDecodeError, pa.ArrowInvalid) as exc:
         log.debug("block of %d lines needs the line-by-line parser: %s", n_lines, exc)
-        return _parse_lines(data)
+        return _parse_lines(bytes(data))
     if table.num_rows == n_lines:
         return ParsedBlock(pl.from_arrow(table), None, [], n_lines)  # type: ignore[arg-type]
     # Blank lines are skipped by pyarrow; anything else (two objects on one line)
     # breaks the row -> line mapping, so take the careful path.
-    lines = data.split(b"\n")
+    lines = bytes(data).split(b"\n")
     nonblank = [i for i, ln in enumerate(lines[:n_lines]) if ln.strip()]
     if table.num_rows == len(nonblank):
         return ParsedBlock(pl.from_arrow(table), nonblank, [], len(nonblank))  # type: ignore[arg-type]
-    return _parse_lines(data)
+    return _parse_lines(bytes(data))
 
 
 def _parse_lines(data: bytes) -> ParsedBlock:

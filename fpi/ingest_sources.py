@@ -69,12 +69,14 @@ class Block:
     (CSV rows, Parquet rows, assembled stage events).
     """
 
-    data: bytes
+    data: bytes | memoryview
     file_id: int = 0
     first_line: int = 1
     locs: list[tuple[int, int]] | None = None
     raws: list[str] | None = None
     involved: list[list[str]] | None = None
+    #: Number of lines (newline count, plus one for a last line without newline).
+    n_lines: int | None = None
     _lines: list[bytes] | None = field(default=None, repr=False)
 
     def loc(self, index: int) -> tuple[int, int]:
@@ -88,7 +90,7 @@ class Block:
         if self.raws is not None:
             return self.raws[index]
         if self._lines is None:
-            self._lines = self.data.split(b"\n")
+            self._lines = bytes(self.data).split(b"\n")
         return self._lines[index].decode("utf-8", errors="replace")
 
 
@@ -276,20 +278,24 @@ def line_blocks(source: Source, file_id: int, block_size: int
     parts: list[bytes] = []
     size = 0
     line = 1
+    # Plain files are read a whole block at a time; blocks are views into the
+    # buffer (no copy), each ending at its last newline.
+    chunk_size = block_size if source.compression is None else 1 << 22
     try:
-        for chunk in byte_chunks(source.path, source.compression):
+        for chunk in byte_chunks(source.path, source.compression, chunk_size):
             parts.append(chunk)
             size += len(chunk)
             if size >= block_size:
-                buf = b"".join(parts)
+                buf = parts[0] if len(parts) == 1 else b"".join(parts)
                 cut = buf.rfind(b"\n")
                 if cut < 0:
                     parts, size = [buf], len(buf)
                     continue
-                data, rest = buf[: cut + 1], buf[cut + 1 :]
-                yield Block(data, file_id, line)
-                line += data.count(b"\n")
-                parts, size = [rest], len(rest)
+                n = buf.count(b"\n", 0, cut + 1)
+                yield Block(memoryview(buf)[: cut + 1], file_id, line, n_lines=n)
+                line += n
+                parts = [buf[cut + 1 :]]
+                size = len(parts[0])
     except Broken as exc:
         buf = b"".join(parts)
         cut = buf.rfind(b"\n")

@@ -9,6 +9,8 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fpi.errors import InputError, StrictRejects
 from fpi.ingest import ingest, read_traces, rejects_path_for
@@ -237,3 +239,28 @@ def test_nothing_good_left_is_an_input_error_and_keeps_the_rejects(tmp_path: Pat
         ingest(src, out)
     assert out.read_text() == "old"  # untouched
     assert len(rejects_path_for(out).read_text().splitlines()) == 2
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3)), min_size=1,
+                     max_size=30),
+       block_bytes=st.sampled_from([1, 150, 400, 1 << 20]))
+def test_duplicates_first_wins_across_and_within_blocks(tmp_path: Path, keys: list[tuple[str, int]],
+                                                        block_bytes: int) -> None:
+    src = tmp_path / "t.jsonl"
+    src.write_text("".join(json.dumps(good(i, s)) + "\n" for s, i in keys))
+    rejects = tmp_path / "r.jsonl"
+    frame, report = read_traces(src, rejects_path=rejects, block_bytes=block_bytes)
+    first: dict[tuple[str, int], int] = {}
+    repeats = []
+    for line, key in enumerate(keys, start=1):
+        if key in first:
+            repeats.append((line, first[key]))
+        else:
+            first[key] = line
+    assert frame.select("session_id", "turn_index").rows() == sorted(first)
+    rows = [json.loads(x) for x in rejects.read_text().splitlines()]
+    assert sorted((r["line"], int(r["message"].split("t.jsonl:")[1].split(";")[0]))
+                  for r in rows) == repeats
+    assert report.records_read == len(keys)

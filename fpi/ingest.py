@@ -325,6 +325,8 @@ class _Run:
                         self._problem(item)
                     else:
                         self._block(item, parsed=parsed)
+                        if self.progress and item.src_pos:
+                            self.progress(self.done_bytes + item.src_pos, self.total_bytes)
             self.done_bytes += source.path.stat().st_size
             if self.progress:
                 self.progress(self.done_bytes, self.total_bytes)

@@ -77,6 +77,8 @@ class Block:
     involved: list[list[str]] | None = None
     #: Number of lines (newline count, plus one for a last line without newline).
     n_lines: int | None = None
+    #: How far into its source file (in file bytes) reading had got: for progress.
+    src_pos: int = 0
     _lines: list[bytes] | None = field(default=None, repr=False)
 
     def loc(self, index: int) -> tuple[int, int]:
@@ -221,16 +223,19 @@ def _looks_like_event(line: bytes) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22
-                ) -> Iterator[bytes]:
+def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22,
+                position: list[int] | None = None) -> Iterator[bytes]:
     """Decompressed bytes of ``path`` in chunks; raises :class:`Broken` where it breaks.
 
     Decompression is done by hand (not ``gzip.open``) so that everything before a
-    truncation or corruption is still delivered.
+    truncation or corruption is still delivered. ``position[0]``, when given,
+    follows how far into the (compressed) file reading has got, for progress.
     """
     with path.open("rb") as fh:
         if compression is None:
             while chunk := fh.read(chunk_size):
+                if position is not None:
+                    position[0] = fh.tell()
                 yield chunk
             return
         if compression == "gzip":
@@ -245,6 +250,8 @@ def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22
         while True:
             comp = pending or fh.read(chunk_size)
             pending = b""
+            if position is not None:
+                position[0] = fh.tell()
             if not comp:
                 break
             try:
@@ -281,8 +288,9 @@ def line_blocks(source: Source, file_id: int, block_size: int
     # Plain files are read a whole block at a time; blocks are views into the
     # buffer (no copy), each ending at its last newline.
     chunk_size = block_size if source.compression is None else 1 << 22
+    position = [0]
     try:
-        for chunk in byte_chunks(source.path, source.compression, chunk_size):
+        for chunk in byte_chunks(source.path, source.compression, chunk_size, position):
             parts.append(chunk)
             size += len(chunk)
             if size >= block_size:
@@ -292,7 +300,8 @@ def line_blocks(source: Source, file_id: int, block_size: int
                     parts, size = [buf], len(buf)
                     continue
                 n = buf.count(b"\n", 0, cut + 1)
-                yield Block(memoryview(buf)[: cut + 1], file_id, line, n_lines=n)
+                yield Block(memoryview(buf)[: cut + 1], file_id, line, n_lines=n,
+                            src_pos=position[0])
                 line += n
                 parts = [buf[cut + 1 :]]
                 size = len(parts[0])

@@ -59,27 +59,25 @@ def ingest_command(
 
     Exit status: 0 ok, 2 bad input (nothing usable), 3 rejects under --strict.
     """
-    total = 0
-    for item in inputs:
-        p = Path(item)
-        if p.is_file():
-            total += p.stat().st_size
-    show = total >= PROGRESS_MIN_BYTES and err_console.is_terminal
     progress_bar = Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TimeRemainingColumn(), console=err_console, transient=True, disable=not show,
+        TimeRemainingColumn(), console=err_console, transient=True,
     )
-    with progress_bar:
-        task = progress_bar.add_task("ingesting", total=None)
+    task = progress_bar.add_task("ingesting", total=None)
 
-        def on_progress(done: int, total_bytes: int) -> None:
-            progress_bar.update(task, completed=done, total=total_bytes)
+    def on_progress(done: int, total_bytes: int) -> None:
+        # Only worth a bar when the input takes more than a moment, on a terminal.
+        if total_bytes < PROGRESS_MIN_BYTES or not err_console.is_terminal:
+            return
+        if not progress_bar.live.is_started:
+            progress_bar.start()
+        progress_bar.update(task, completed=done, total=total_bytes)
 
-        try:
-            report = ingest(inputs, output, format=format, rejects_path=rejects,
-                            progress=on_progress)
-        finally:
-            progress_bar.stop()
+    try:
+        report = ingest(inputs, output, format=format, rejects_path=rejects,
+                        progress=on_progress)
+    finally:
+        progress_bar.stop()
     render(report, as_json)
     if strict and report.rejected:
         top = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())

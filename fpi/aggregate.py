@@ -13,12 +13,13 @@ changed):
   matrix, row-normalised (``P(predicted | true)``).
 
 The interval has to cover the model's error as well as sampling noise, so it
-is the union of two percentile bootstraps: EM over sessions (Poisson weights
-per session: turns of a session are not independent) and ACC with the held-out
+is the union of three percentile bootstraps: EM over sessions (Poisson weights
+per session: turns of a session are not independent); ACC with the held-out
 confusion rows redrawn from their Dirichlet posterior (the confusion matrix was
-measured on a finite held-out set) plus the same session noise. Where the two
-estimators disagree, which is what a shift that is not pure label shift looks
-like, the interval widens to span both.
+measured on a finite held-out set) plus the same session noise; and the
+unadjusted mean probability. Where the estimators disagree, which is what a
+shift that is not pure label shift looks like (the logs of every class drift,
+and EM over-corrects), the interval widens to span them.
 
 Each slice with enough turns gets its own EM estimate; slice tests are one-sided
 two-proportion tests against the rest of the night, corrected for multiple
@@ -182,9 +183,11 @@ def _r(x: float, nd: int = 6) -> float:
 def _session_codes(groups: np.ndarray | Sequence[Any] | None, n: int) -> np.ndarray:
     if groups is None:
         return np.arange(n)
-    arr = pl.Series(groups).cast(pl.String).to_physical()
-    # rank-dense codes without a Python loop
-    return pl.Series(arr).rank("dense").cast(pl.Int64).to_numpy() - 1
+    arr = np.asarray(groups)
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.unique(arr, return_inverse=True)[1].reshape(-1)
+    # rank-dense codes of strings without a Python loop
+    return pl.Series(groups).cast(pl.String).rank("dense").cast(pl.Int64).to_numpy() - 1
 
 
 def estimate_rates(
@@ -198,6 +201,7 @@ def estimate_rates(
     max_boot_rows: int = 20_000,
     seed: int = 0,
     classes: tuple[str, ...] = CLASSES,
+    include_unadjusted: bool = True,
 ) -> RateTable:
     """Estimate each class's rate in a night, with an interval.
 
@@ -214,6 +218,8 @@ def estimate_rates(
         of sessions and its deviations are scaled by ``sqrt(subset / n)``
         (standard errors of a mean shrink as ``1/sqrt(n)``), so its cost is flat.
     seed : bootstrap seed: same inputs and seed give the same interval.
+    include_unadjusted : also span the unadjusted mean probability's bootstrap band
+        (model error under drift that is not label shift; see the module docstring).
     """
     p = np.asarray(probs, np.float64)
     n, k = p.shape
@@ -253,16 +259,27 @@ def estimate_rates(
 
     em_dev = np.empty((n_boot, k))
     q_dev = np.empty((n_boot, k))
+    mean_dev = np.empty((n_boot, k))
     q_sub = onehot_counts.mean(axis=0)
+    mean_sub = ps.mean(axis=0)
     for b in range(n_boot):
         w = rng.poisson(1.0, ns).astype(np.float64)[sc]
         if w.sum() == 0:
             w = np.ones(len(rows))
         em_dev[b] = em_prior(ps, base, weights=w, init=em_sub, tol=1e-6) - em_sub
         q_dev[b] = (w @ onehot_counts) / w.sum() - q_sub
+        mean_dev[b] = (w @ ps) / w.sum() - mean_sub
     em_boot = em + scale * em_dev
     lows = np.quantile(em_boot, alpha / 2, axis=0)
     highs = np.quantile(em_boot, 1 - alpha / 2, axis=0)
+    if include_unadjusted:
+        # The unadjusted calibrated mean is biased toward the training mix under pure
+        # label shift, but EM over-corrects when the logs themselves drift (p(x|y)
+        # changes, e.g. lower ASR confidence everywhere). The truth lies between, so
+        # the interval spans both: it widens exactly when the two disagree.
+        mean_boot = mean_prob + scale * mean_dev
+        lows = np.minimum(lows, np.quantile(mean_boot, alpha / 2, axis=0))
+        highs = np.maximum(highs, np.quantile(mean_boot, 1 - alpha / 2, axis=0))
     if acc is not None and confusion is not None:
         conf = np.asarray(confusion, np.float64)
         acc_boot = np.empty((n_boot, k))
@@ -360,6 +377,7 @@ def slice_rates(
         g = (
             indexed.group_by(dim)
             .agg(pl.len().alias("turns"), pl.col("_row"))
+            .with_columns(pl.col(dim).cast(pl.String))  # lexical ties, whatever the dtype
             .sort(["turns", dim], descending=[True, False])
         )
         supported = g.filter(pl.col("turns") >= min_support)

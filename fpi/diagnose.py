@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -139,14 +138,35 @@ def _parse_gates(gates: Sequence[str | Gate], gates_file: str | os.PathLike[str]
 class _Acc:
     """What the streaming pass keeps: per-turn small columns, bounded samples."""
 
-    ids: list[pl.DataFrame] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
-    slices: list[pl.DataFrame] = field(default_factory=list)
+    sessions: list[np.ndarray] = field(default_factory=list)  # int32 session numbers
+    #: slice values as small integer codes (4 bytes a turn), and their categories
+    slice_codes: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    slice_cats: dict[str, dict[str, int]] = field(default_factory=dict)
     labels: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)  # --attribution all
     reservoir: pl.DataFrame | None = None  # features + _key + _pred + _row + slices
     examples: pl.DataFrame | None = None  # canonical rows + features + _prob + _pred + _next
     rows: int = 0
+    n_sessions: int = 0
+    quota: int | None = None
+
+    def add_slices(self, sl: pl.DataFrame) -> None:
+        """Encode a batch's slice values against the categories seen so far."""
+        for dim in sl.columns:
+            cats = self.slice_cats.setdefault(dim, {})
+            for v in sl[dim].unique(maintain_order=True).to_list():
+                cats.setdefault(v, len(cats))
+            codes = sl[dim].replace_strict(cats, return_dtype=pl.UInt32).to_numpy()
+            self.slice_codes.setdefault(dim, []).append(codes)
+
+    def slices_frame(self) -> pl.DataFrame:
+        """All turns' slice values as Categorical columns (gathered from the codes)."""
+        cols = {}
+        for dim, cats in self.slice_cats.items():
+            values = pl.Series(dim, list(cats), dtype=pl.Categorical)
+            cols[dim] = values.gather(np.concatenate(self.slice_codes[dim]))
+        return pl.DataFrame(cols)
 
 
 def _turn_view(turns: pl.DataFrame) -> pl.DataFrame:
@@ -177,10 +197,16 @@ def _keep_examples(acc: _Acc, view: pl.DataFrame, feats: pl.DataFrame, probs: np
     if per_class <= 0:
         return
     pmax = probs[np.arange(len(pred)), pred]
+    # only each failure class's most confident turns of this batch can make the cut
+    rows = []
+    for c in range(1, probs.shape[1]):
+        idx = np.flatnonzero(pred == c)
+        rows.append(idx[np.argsort(-pmax[idx], kind="stable")[:per_class]])
+    keep = np.sort(np.concatenate(rows))
+    view, feats, pmax, pred = view[keep], feats[keep], pmax[keep], pred[keep]
     cand = view.with_columns(
         feats.drop(KEY_COLUMNS).to_struct("_feats"),
         pl.Series("_prob", pmax), pl.Series("_pred", pred.astype(np.int64)))
-    cand = cand.filter(pl.col("_pred") > 0)
     if acc.examples is not None:
         cand = pl.concat([acc.examples, cand], how="vertical_relaxed")
     acc.examples = (cand.sort(["_prob", "session_id", "turn_index"],
@@ -189,44 +215,73 @@ def _keep_examples(acc: _Acc, view: pl.DataFrame, feats: pl.DataFrame, probs: np
                     .select(cand.columns))
 
 
+def _prediction_frame(batch: pl.DataFrame, probs: np.ndarray, pred: np.ndarray) -> pl.DataFrame:
+    return batch.select(KEY_COLUMNS).with_columns(
+        pl.Series("predicted", np.asarray(CLASSES, dtype=object)[pred], dtype=pl.String),
+        *[pl.Series(f"p_{c}", probs[:, i]) for i, c in enumerate(CLASSES)],
+    )
+
+
 def _stream(path: Path, bundle: Any, *, mode: str, batch_turns: int, quota_fn: Callable[
-        [pl.DataFrame], int], examples: int, seed: int,
+        [pl.DataFrame], int], examples: int, seed: int, predictions: Path,
         progress: Callable[[int], None] | None) -> _Acc:
+    import pyarrow.parquet as pq
+
     acc = _Acc()
     rng = np.random.default_rng(seed)
-    quota: int | None = None
-    for batch in _batches(path, batch_turns):
-        feats = build_features(batch)
-        probs = bundle.predict_proba(feats)
-        pred = probs.argmax(axis=1)
-        n = batch.height
-        acc.ids.append(batch.select(KEY_COLUMNS))
-        acc.probs.append(probs)
-        sl = slice_columns(batch)
-        acc.slices.append(sl)
-        acc.labels.append(labels_to_index(batch["label"].struct.field("failure_point")))
-        if mode == "all":
-            contrib = bundle.contributions(feats)
-            acc.values.append(attr.for_class(attr.grouped(contrib, bundle.features), pred))
-        elif mode == "sample":
-            if quota is None:
-                quota = quota_fn(feats)
-            keys = rng.random(n)
-            keep = attr.bottom_k(keys, pred, quota)
-            # slice columns prefixed: a feature may share a dimension's name
-            cand = pl.concat([feats[keep], sl[keep].select(pl.all().name.prefix("_slice_"))],
-                             how="horizontal").with_columns(
-                pl.Series("_key", keys[keep]), pl.Series("_pred", pred[keep].astype(np.int64)),
-                pl.Series("_row", np.arange(acc.rows, acc.rows + n)[keep]))
-            if acc.reservoir is not None:
-                cand = pl.concat([acc.reservoir, cand])
-            sel = attr.bottom_k(cand["_key"].to_numpy(), cand["_pred"].to_numpy(), quota)
-            acc.reservoir = cand[sel]
-        _keep_examples(acc, _turn_view(batch), feats, probs, pred, examples)
-        acc.rows += n
-        if progress is not None:
-            progress(acc.rows)
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in _batches(path, batch_turns):
+            _one_batch(acc, batch, bundle, mode, quota_fn, examples, rng, acc.quota)
+            table = _prediction_frame(batch, acc.probs[-1], acc.probs[-1].argmax(axis=1)
+                                      ).to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(predictions, table.schema, compression="zstd")
+            writer.write_table(table)
+            if progress is not None:
+                progress(acc.rows)
+    finally:
+        if writer is not None:
+            writer.close()
     return acc
+
+
+def _one_batch(acc: _Acc, batch: pl.DataFrame, bundle: Any, mode: str,
+               quota_fn: Callable[[pl.DataFrame], int], examples: int,
+               rng: np.random.Generator, quota: int | None) -> None:
+    """Features, probabilities and what the run keeps, for one batch of whole sessions."""
+    feats = build_features(batch)
+    probs = bundle.predict_proba(feats)
+    pred = probs.argmax(axis=1)
+    n = batch.height
+    acc.probs.append(probs)
+    sess = batch["session_id"].rle_id().cast(pl.Int32).to_numpy() + acc.n_sessions
+    acc.sessions.append(sess)
+    acc.n_sessions = int(sess[-1]) + 1
+    sl = slice_columns(batch)
+    acc.add_slices(sl)
+    acc.labels.append(labels_to_index(batch["label"].struct.field("failure_point"))
+                      .astype(np.int8))
+    if mode == "all":
+        contrib = bundle.contributions(feats)
+        acc.values.append(attr.for_class(attr.grouped(contrib, bundle.features), pred))
+    elif mode == "sample":
+        if quota is None:
+            quota = quota_fn(feats)
+        keys = rng.random(n)
+        keep = attr.bottom_k(keys, pred, quota)
+        # slice columns prefixed: a feature may share a dimension's name
+        cand = pl.concat([feats[keep], sl[keep].select(pl.all().name.prefix("_slice_"))],
+                         how="horizontal").with_columns(
+            pl.Series("_key", keys[keep]), pl.Series("_pred", pred[keep].astype(np.int64)),
+            pl.Series("_row", np.arange(acc.rows, acc.rows + n)[keep]))
+        if acc.reservoir is not None:
+            cand = pl.concat([acc.reservoir, cand])
+        sel = attr.bottom_k(cand["_key"].to_numpy(), cand["_pred"].to_numpy(), quota)
+        acc.reservoir = cand[sel]
+    acc.quota = quota
+    _keep_examples(acc, _turn_view(batch), feats, probs, pred, examples)
+    acc.rows += n
 
 
 # ---------------------------------------------------------------------------
@@ -288,6 +343,19 @@ def _examples(acc: _Acc, bundle: Any, redact: bool) -> dict[str, list[dict[str, 
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
+
+
+def _write_predictions(streamed: Path, rows: np.ndarray, values: np.ndarray,
+                       target: Path) -> None:
+    """Join the attributed rows' contributions onto the streamed predictions (streaming)."""
+    contrib = pl.DataFrame({
+        "_row": rows.astype(np.uint32),
+        **{f"contrib_{g}": values[:, j] for j, g in enumerate(attr.GROUP_COLUMNS)},
+    }, schema={"_row": pl.UInt32, **{f"contrib_{g}": pl.Float64 for g in attr.GROUP_COLUMNS}})
+    lf = (pl.scan_parquet(streamed).with_row_index("_row")
+          .join(contrib.lazy(), on="_row", how="left", maintain_order="left").drop("_row"))
+    with atomic_path(target) as tmp:
+        lf.sink_parquet(tmp, compression="zstd")
 
 
 @dataclass(frozen=True)
@@ -414,8 +482,9 @@ def diagnose(
             progress(step, n)
 
     t0 = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix=".fpi-diagnose-", dir=out))
-    try:
+    # scratch space beside the outputs (same filesystem: atomic renames), removed at the end
+    with tempfile.TemporaryDirectory(prefix=".fpi-diagnose-", dir=out) as tmp_name:
+        scratch = Path(tmp_name)
         source = _canonical_parquet(paths)
         if source is not None:
             n_rows = pl.scan_parquet(source).select(pl.len()).collect().item()
@@ -447,130 +516,129 @@ def diagnose(
             return attr.per_class_quota(attr.sample_size(t, attribution_budget))
 
         t1 = time.perf_counter()
+        scratch_predictions = scratch / "predictions.parquet"
         acc = _stream(source, bundle, mode=attribution, batch_turns=batch_turns,
                       quota_fn=quota_fn, examples=examples, seed=seed,
+                      predictions=scratch_predictions,
                       progress=(lambda n: note("predict", n)))
+        if source.parent == scratch:
+            source.unlink()  # the ingested copy is no longer needed
         timings["features_predict"] = time.perf_counter() - t1
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
-    t2 = time.perf_counter()
-    ids = pl.concat(acc.ids)
-    probs = np.vstack(acc.probs)
-    pred = probs.argmax(axis=1)
-    slices = pl.concat(acc.slices)
-    labels = np.concatenate(acc.labels)
-    prior = bundle.manifest["training"]["class_prior"]
-    train_prior = np.array([prior[c] for c in CLASSES], dtype=np.float64)
-    confusion = (bundle.manifest.get("heldout") or {}).get("confusion")
-    conf_arr = None if confusion is None else np.asarray(confusion, dtype=np.float64)
-    rates = estimate_rates(probs, train_prior=train_prior, confusion=conf_arr,
-                           groups=ids["session_id"].to_numpy(), confidence=confidence,
-                           n_boot=n_boot, seed=seed)
-    rates_dict = rates.to_dict()
-    slice_doc = slice_rates(slices, probs, rates, train_prior=train_prior,
-                            min_support=min_support)
-    timings["aggregate"] = time.perf_counter() - t2
+        t2 = time.perf_counter()
+        probs = np.vstack(acc.probs)
+        acc.probs.clear()
+        pred = probs.argmax(axis=1)
+        sessions = np.concatenate(acc.sessions)
+        slices = acc.slices_frame()
+        labels = np.concatenate(acc.labels)
+        prior = bundle.manifest["training"]["class_prior"]
+        train_prior = np.array([prior[c] for c in CLASSES], dtype=np.float64)
+        confusion = (bundle.manifest.get("heldout") or {}).get("confusion")
+        conf_arr = None if confusion is None else np.asarray(confusion, dtype=np.float64)
+        rates = estimate_rates(probs, train_prior=train_prior, confusion=conf_arr,
+                               groups=sessions, confidence=confidence,
+                               n_boot=n_boot, seed=seed)
+        rates_dict = rates.to_dict()
+        slice_doc = slice_rates(slices, probs, rates, train_prior=train_prior,
+                                min_support=min_support)
+        timings["aggregate"] = time.perf_counter() - t2
 
-    # Attribution
-    t3 = time.perf_counter()
-    n = len(pred)
-    predicted_counts = np.bincount(pred, minlength=len(CLASSES))
-    contrib_cols = np.full((n, len(attr.GROUP_COLUMNS)), np.nan)
-    z = _z(confidence)
-    if attribution == "all":
-        values = np.vstack(acc.values)
-        contrib_cols[:] = values
-        attr_doc = attr.summarize(values, pred, predicted_counts, mode="all", slices=slices,
-                                  slice_targets=slice_doc["top"], z=z)
-    elif attribution == "sample" and acc.reservoir is not None:
-        res = acc.reservoir.sort("_row")
-        feat_names = [f.name for f in bundle.features]
-        rpred = res["_pred"].to_numpy()
-        contrib = bundle.contributions(res.select([*KEY_COLUMNS, *feat_names]))
-        values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
-        contrib_cols[res["_row"].to_numpy()] = values
-        attr_doc = attr.summarize(values, rpred, predicted_counts, mode="sample",
-                                  slices=res.select(pl.col(f"_slice_{c}").alias(c)
-                                                    for c in slices.columns),
-                                  slice_targets=slice_doc["top"], z=z)
-    else:
-        attr_doc = attr.summarize(np.zeros((0, len(attr.GROUP_COLUMNS))),
-                                  np.zeros(0, dtype=np.int64), predicted_counts, mode="none")
-    attr_doc.update(requested_sample=attribution_sample, **timing_info)
-    example_doc = _examples(acc, bundle, redact)
-    timings["attribution"] = time.perf_counter() - t3
+        # Attribution
+        t3 = time.perf_counter()
+        n = len(pred)
+        predicted_counts = np.bincount(pred, minlength=len(CLASSES))
+        contrib_rows = np.zeros(0, dtype=np.int64)
+        contrib_values = np.zeros((0, len(attr.GROUP_COLUMNS)))
+        z = _z(confidence)
+        if attribution == "all":
+            values = np.vstack(acc.values)
+            contrib_rows, contrib_values = np.arange(n), values
+            attr_doc = attr.summarize(values, pred, predicted_counts, mode="all", slices=slices,
+                                      slice_targets=slice_doc["top"], z=z)
+        elif attribution == "sample" and acc.reservoir is not None:
+            res = acc.reservoir.sort("_row")
+            feat_names = [f.name for f in bundle.features]
+            rpred = res["_pred"].to_numpy()
+            contrib = bundle.contributions(res.select([*KEY_COLUMNS, *feat_names]))
+            values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
+            contrib_rows, contrib_values = res["_row"].to_numpy(), values
+            attr_doc = attr.summarize(values, rpred, predicted_counts, mode="sample",
+                                      slices=res.select(pl.col(f"_slice_{c}").alias(c)
+                                                        for c in slices.columns),
+                                      slice_targets=slice_doc["top"], z=z)
+        else:
+            attr_doc = attr.summarize(np.zeros((0, len(attr.GROUP_COLUMNS))),
+                                      np.zeros(0, dtype=np.int64), predicted_counts, mode="none")
+        attr_doc.update(requested_sample=attribution_sample, **timing_info)
+        example_doc = _examples(acc, bundle, redact)
+        timings["attribution"] = time.perf_counter() - t3
 
-    labelled = labels >= 0
-    label_doc = None
-    if labelled.any():
-        y, p = labels[labelled], pred[labelled]
-        label_doc = {
-            "turns": int(labelled.sum()),
-            "accuracy": round(float(np.mean(y == p)), 6),
-            "macro_f1": round(macro_f1_score(y, p), 6),
-            "true_rates": {c: round(float(np.mean(y == i)), 6) for i, c in enumerate(CLASSES)},
+        labelled = labels >= 0
+        label_doc = None
+        if labelled.any():
+            y, p = labels[labelled], pred[labelled]
+            label_doc = {
+                "turns": int(labelled.sum()),
+                "accuracy": round(float(np.mean(y == p)), 6),
+                "macro_f1": round(macro_f1_score(y, p), 6),
+                "true_rates": {c: round(float(np.mean(y == i)), 6) for i, c in enumerate(CLASSES)},
+            }
+
+        failure = {
+            "estimate": round(1 - rates_dict["correct"]["estimate"], 6),
+            "low": round(1 - rates_dict["correct"]["high"], 6),
+            "high": round(1 - rates_dict["correct"]["low"], 6),
+            "count": int(n - rates_dict["correct"]["count"]),
+            "count_rate": round(1 - rates_dict["correct"]["count_rate"], 6),
         }
-
-    failure = {
-        "estimate": round(1 - rates_dict["correct"]["estimate"], 6),
-        "low": round(1 - rates_dict["correct"]["high"], 6),
-        "high": round(1 - rates_dict["correct"]["low"], 6),
-        "count": int(n - rates_dict["correct"]["count"]),
-        "count_rate": round(1 - rates_dict["correct"]["count_rate"], 6),
-    }
-    summary: dict[str, Any] = {
-        "schema_version": SUMMARY_SCHEMA_VERSION,
-        "fpi_version": __version__,
-        "inputs": [Path(p).name for p in paths],
-        "turns": n,
-        "sessions": int(ids["session_id"].n_unique()),
-        "ingest": ingest_info,
-        "model": _model_info(bundle),
-        "method": {
-            "estimator": "em-prior-adjustment",
-            "interval": "union of session-bootstrap EM and Dirichlet-confusion ACC percentiles",
-            "confidence": confidence,
-            "bootstrap": n_boot,
-            "seed": seed,
-        },
-        "rates": rates_dict,
-        "failure": failure,
-        "labels": label_doc,
-        "slices": slice_doc,
-        "attribution": attr_doc,
-        "baseline": None,
-        "gates": [],
-        "gate_status": "none",
-        "examples": example_doc,
-        "redacted": redact,
-    }
-    if base is not None:
-        summary["baseline"] = {
-            "inputs": base.get("inputs", []),
-            "turns": base.get("turns"),
-            "changes": compare_rates(rates_dict, base["rates"], confidence=confidence),
+        summary: dict[str, Any] = {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "fpi_version": __version__,
+            "inputs": [Path(p).name for p in paths],
+            "turns": n,
+            "sessions": acc.n_sessions,
+            "ingest": ingest_info,
+            "model": _model_info(bundle),
+            "method": {
+                "estimator": "em-prior-adjustment",
+                "interval": "union of session-bootstrap EM, Dirichlet-confusion ACC and unadjusted "
+                        "mean percentiles",
+                "confidence": confidence,
+                "bootstrap": n_boot,
+                "seed": seed,
+            },
+            "rates": rates_dict,
+            "failure": failure,
+            "labels": label_doc,
+            "slices": slice_doc,
+            "attribution": attr_doc,
+            "baseline": None,
+            "gates": [],
+            "gate_status": "none",
+            "examples": example_doc,
+            "redacted": redact,
         }
-    results = [r.to_dict() for r in evaluate_gates(gate_list, summary, base)]
-    summary["gates"] = results
-    summary["gate_status"] = overall_status(results)
+        if base is not None:
+            summary["baseline"] = {
+                "inputs": base.get("inputs", []),
+                "turns": base.get("turns"),
+                "changes": compare_rates(rates_dict, base["rates"], confidence=confidence),
+            }
+        results = [r.to_dict() for r in evaluate_gates(gate_list, summary, base)]
+        summary["gates"] = results
+        summary["gate_status"] = overall_status(results)
 
-    t4 = time.perf_counter()
-    pred_frame = ids.with_columns(
-        pl.Series("predicted", np.asarray(CLASSES, dtype=object)[pred], dtype=pl.String),
-        *[pl.Series(f"p_{c}", probs[:, i]) for i, c in enumerate(CLASSES)],
-        *[pl.Series(f"contrib_{g}", contrib_cols[:, j], nan_to_null=True)
-          for j, g in enumerate(attr.GROUP_COLUMNS)],
-    )
-    files: dict[str, Path] = {"predictions": out / "predictions.parquet"}
-    with atomic_path(files["predictions"]) as tmp:
-        pred_frame.write_parquet(tmp)
-    files.update(write_reports(summary, out))
-    if junit is not None:
-        files["junit"] = write_text_atomic(junit, junit_xml(results))
-    timings["write"] = time.perf_counter() - t4
-    log.info("diagnose timings: %s", {k: round(v, 2) for k, v in timings.items()})
-    return DiagnoseResult(summary=summary, out_dir=out, files=files, timings=timings)
+        t4 = time.perf_counter()
+        files: dict[str, Path] = {"predictions": out / "predictions.parquet"}
+        _write_predictions(scratch_predictions, contrib_rows, contrib_values,
+                           files["predictions"])
+        files.update(write_reports(summary, out))
+        if junit is not None:
+            files["junit"] = write_text_atomic(junit, junit_xml(results))
+        timings["write"] = time.perf_counter() - t4
+        log.info("diagnose timings: %s", {k: round(v, 2) for k, v in timings.items()})
+        return DiagnoseResult(summary=summary, out_dir=out, files=files, timings=timings)
 
 
 # ---------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class Timing:
         return self.rows / max(self.seconds, 1e-9)
 
 
-def measure(bundle: _Bundle, features: pl.DataFrame, rows: int = 400) -> Timing:
+def measure(bundle: _Bundle, features: pl.DataFrame, rows: int = 100) -> Timing:
     """Time exact contributions on up to ``rows`` rows of ``features``."""
     part = features.head(rows)
     t0 = time.perf_counter()

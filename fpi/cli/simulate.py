@@ -39,7 +39,7 @@ def simulate(
         bool, typer.Option("--list-profiles", help="List the profiles and exit.")
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the run's truth (counts, rates) as JSON on stdout.")
+        bool, typer.Option("--json", help="Print the truth (counts, rates) as JSON.")
     ] = False,
 ) -> None:
     """Simulate voice-assistant traces with known failure points.

@@ -74,6 +74,7 @@ RESPONSES: tuple[str, ...] = (
     "What would you like me to do with that?",  # 19
     "It's mild with light clouds where you are.",  # 20
     "Which one?",  # 21
+    "Here's what I found on the web about {x}.",  # 22
 )
 #: Success response per intent (index into RESPONSES).
 _SUCCESS_RESPONSE = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 12])
@@ -134,17 +135,30 @@ class _Static:
                 self.tpl_pad[k, : len(ids)] = ids
                 self.tpl_pad[k, len(ids) :] = ids[-1]
                 self.tpl_cum[k, : len(ids)] = np.cumsum(p)
+        # phrasings that say unmistakably which intent is meant ("watch X", "read X"):
+        # what users switch to after being misunderstood
+        self.tpl_cum_specific = self.tpl_cum.copy()
+        for k, ids in enumerate(t.intent_templates):
+            if not len(ids):
+                continue
+            cue = t.tpl_cue[ids]
+            others = np.delete(cue, k, axis=1).max(axis=1)
+            specific = (cue[:, k] > 0) & (cue[:, k] - others >= 0.2)
+            if specific.any():
+                p = np.where(specific, t.intent_template_p[k], 0.0)
+                p = p / p.sum()
+                self.tpl_cum_specific[k, : len(ids)] = np.cumsum(p)
         # padded catalogue membership for ER
         n_cat = len(W.CATALOGUES)
         self.cat_pad = np.full((n_cat, _CAT_WIDTH), -1, dtype=np.int64)
-        for c, ents in enumerate(t.cat_entities):
+        for c, ents in enumerate(t.cat_indexed):
             self.cat_pad[c, : len(ents)] = ents
         # goal entity per intent: catalogue members
         self.stop_tpls = t.intent_templates[W.I_STOP]
         # a mention is "genuinely ambiguous" in a catalogue when two entries match it exactly
         exact = t.sim >= 0.999
         self.men_dup = np.zeros((len(t.men_text), n_cat), dtype=bool)
-        for c, ents in enumerate(t.cat_entities):
+        for c, ents in enumerate(t.cat_indexed):
             self.men_dup[:, c] = exact[:, ents].sum(axis=1) >= 2
         # what a duration mention denotes (timers are parsed, not resolved)
         dur = t.cat_entities[W.CATALOGUES.index("duration")]
@@ -217,8 +231,8 @@ def _pipeline(
     user = ~fw
     has_slot = truth_men >= 0
     e_func = user & (u[:, U["func"]] < 0.05 + 0.3 * difficulty)
-    e_content = user & (u[:, U["content"]] < 0.006 + 0.07 * difficulty)
-    e_entity = user & has_slot & (u[:, U["entity"]] < 0.02 + 0.2 * difficulty)
+    e_content = user & (u[:, U["content"]] < 0.02 + 0.15 * difficulty)
+    e_entity = user & has_slot & (u[:, U["entity"]] < 0.07 + 0.42 * difficulty)
     e_trunc = user & has_slot & ~e_entity & (u[:, U["trunc"]] < 0.002 + 0.012 * difficulty)
     tpl = truth_tpl.copy()
     tpl = np.where(e_content, t.tpl_content[tpl], tpl)
@@ -239,7 +253,7 @@ def _pipeline(
         2.5
         + calib
         - 2.0 * difficulty
-        - 1.0 * e_content
+        - 1.4 * e_content
         - 1.0 * e_entity
         - 1.4 * e_trunc
         - 0.25 * e_func
@@ -254,7 +268,7 @@ def _pipeline(
     # mishearing of the heard entity. More alternatives and closer scores when hard.
     n_alt = np.minimum(3, (u[:, U["nb_n"]] * (1.0 + 3.2 * difficulty)).astype(np.int64))
     n_alt = np.where(any_err & (n_alt == 0) & (u[:, U["nb_truth"]] < 0.5), 1, n_alt)
-    truth_first = any_err & (u[:, U["nb_truth"]] < 0.6)
+    truth_first = any_err & (u[:, U["nb_truth"]] < 0.7)
     alt_men_other = _ragged_pick(
         t.ent_mishear, np.where(men >= 0, t.men_entity[np.maximum(men, 0)], 0), u[:, U["nb_pick"]]
     )
@@ -308,7 +322,7 @@ def _pipeline(
     score = score + prior[dev]
     # NLU noise: an imperfect model (Gumbel noise makes the argmax a softmax draw)
     gumbel = -np.log(-np.log(np.clip(ug, 1e-12, 1.0 - 1e-12)))
-    score = score + 0.11 * gumbel
+    score = score + 0.17 * gumbel
     order = np.argsort(-score, axis=1)
     nlu_int = order[:, 0]
     temp = np.array([5.0, 6.5, 7.5, 9.0])[app]  # newer NLU models are more overconfident
@@ -333,7 +347,7 @@ def _pipeline(
     sims = sims + 0.03 * zc[:, : sims.shape[1]] * valid_m
     # fault: the best entry is missing from the index (stale shard)
     ordm = np.argsort(-sims, axis=1)
-    fault_miss = resolves & (u[:, U["er_fault"]] < 0.03)
+    fault_miss = resolves & (u[:, U["er_fault"]] < 0.1)
     first = np.where(fault_miss, ordm[:, 1], ordm[:, 0])
     second = np.where(fault_miss, ordm[:, 2], ordm[:, 1])
     best_s = sims[np.arange(n), first]
@@ -392,6 +406,12 @@ def _pipeline(
     unres = resolves & (er_status == 1)
     amb = resolves & (er_status == 2)
     ok_ent = resolves & (er_status == 0)
+    # shopping lists take an unknown item as free text, questions go to web search
+    free_text = unres & ~outage & np.isin(nlu_int, [W.INTENT_INDEX["AddToListIntent"],
+                                                     W.INTENT_INDEX["QuestionIntent"]])
+    resp = np.where(free_text, np.where(nlu_int == W.I_QUESTION, 22, 7), resp)
+    resp_x_men = np.where(free_text, men, resp_x_men)
+    unres = unres & ~free_text
     status = np.where(unres, np.where(u[:, U["unres_kind"]] < 0.6, 1, 2), status)
     resp = np.where(unres, 14 + (u[:, U["res_text"]] < 0.35), resp)
     resp_x_men = np.where(unres, men, resp_x_men)
@@ -404,12 +424,12 @@ def _pipeline(
     action_ent = np.where(ok_ent, best_e, action_ent)
     # service errors and wrong content, once there is something to act on
     serviceable = acted & ~is_stop
-    p_err = 0.012 + prof.result_err[dom] + np.where(dom == W.DOMAINS.index("knowledge"), 0.01, 0.0)
+    p_err = 0.04 + prof.result_err[dom] + np.where(dom == W.DOMAINS.index("knowledge"), 0.01, 0.0)
     svc_err = serviceable & (u[:, U["res_err"]] < p_err)
     status = np.where(svc_err, 1, status)
     resp = np.where(svc_err, 17 + (u[:, U["res_text"]] < 0.4), resp)
     acted &= ~svc_err
-    p_wrong = np.array([0.004, 0.01, 0.02, 0.02, 0.005, 0.003, 0.004, 0.03, 0.0, 0.0, 0.0])[dom]
+    p_wrong = np.array([0.012, 0.03, 0.05, 0.05, 0.012, 0.012, 0.012, 0.07, 0.0, 0.0, 0.0])[dom]
     wrong = acted & ~is_stop & (action_ent >= 0) & (u[:, U["res_wrong"]] < p_wrong)
     other = _ragged_pick(
         st.t.cat_entities,
@@ -432,7 +452,14 @@ def _pipeline(
     # ---- gold label: compare each stage's output with the user's goal ----------
     truth_resolves = st.intent_resolves[truth_int] & (truth_ent >= 0)
     nlu_ok = nlu_int == truth_int
-    er_ok = ~truth_resolves | (ok_ent & (er_resolved == truth_ent)) | (amb & genuine_dup)
+    truth_indexed = t.ent_indexed[np.maximum(truth_ent, 0)]
+    said_right = (men >= 0) & (t.men_kind[men0] == 0) & (t.men_entity[men0] == truth_ent)
+    er_ok = (
+        ~truth_resolves
+        | (ok_ent & (er_resolved == truth_ent))
+        | (amb & genuine_dup)
+        | (resolves & (er_status == 1) & ~outage & ~truth_indexed & said_right)
+    )
     er_ok = er_ok & ~(~truth_resolves & resolves & (truth_int != W.I_UNSUPPORTED))
     value_ok = np.where(truth_int == W.I_TIMER, timer_val == truth_ent, True)
     slot_missing = st.intent_has_slot[truth_int] & (truth_ent >= 0) & ~slot_present
@@ -527,9 +554,9 @@ class _ProfileArrays:
 
 #: Probability a session is only background noise (one false wake), per environment;
 #: multiplied per device by the profile.
-_BG_SESSION = 0.04
+_BG_SESSION = 0.16
 #: Probability a user turn is preceded by a false wake, per unit of background.
-_FW_IN_SESSION = 0.012
+_FW_IN_SESSION = 0.05
 
 
 def run_batch(
@@ -581,9 +608,13 @@ def run_batch(
         goal_ent[idx] = np.where(cat >= 0, ent, -1)
         choose_mention(idx, u_alias)
 
-    def rephrase(idx: np.ndarray, u_tpl: np.ndarray, u_alias: np.ndarray) -> None:
+    def rephrase(idx: np.ndarray, u_tpl: np.ndarray, u_alias: np.ndarray,
+                 specific: np.ndarray | None = None) -> None:
         gi = goal_int[idx]
-        j = (u_tpl[idx][:, None] > st.tpl_cum[gi]).sum(axis=1)
+        cum = st.tpl_cum[gi]
+        if specific is not None:
+            cum = np.where(specific[idx][:, None], st.tpl_cum_specific[gi], cum)
+        j = (u_tpl[idx][:, None] > cum).sum(axis=1)
         goal_tpl[idx] = st.tpl_pad[gi, np.minimum(j, st.tpl_pad.shape[1] - 1)]
 
     def choose_mention(idx: np.ndarray, u_alias: np.ndarray) -> None:
@@ -645,11 +676,16 @@ def run_batch(
                       truth_men, truth_int, truth_ent, u, z, zc_all[idx], ug_all[idx])
 
         # ---- the user's experience and reaction -----------------------------
-        satisfied = r["outcome_ok"] & ~r["clarified"] & (truth_int != W.I_UNSUPPORTED)
+        # served: right and done (an unservable request or a question back is not done)
+        satisfied = r["outcome_ok"] & (r["status"] == 0)
         goal_turn = kind == GOAL
         failed = goal_turn & ~satisfied
         fw_acted = (kind == FALSE_WAKE) & r["did_action"]
-        p_barge = np.where(failed, 0.3, 0.05) + np.where(fw_acted, 0.25, 0.0)
+        # wrong content starting to play is interrupted more than a spoken apology
+        wrong_action = failed & r["did_action"]
+        p_barge = np.where(failed, np.where(wrong_action, 0.45, 0.25), 0.05) + np.where(
+            fw_acted, 0.25, 0.0
+        )
         barge = u[:, U["barge"]] < p_barge
         ue = u[:, U["explicit"]]
         p_neg = np.where(failed & (r["label"] != 0), 0.11, 0.004)
@@ -692,7 +728,7 @@ def run_batch(
         # goal turn, satisfied: a new goal (sometimes a similar one) or the end
         cont = satisfied & goal_turn & (react < 0.62 - 0.04 * pos)
         alive &= ~(satisfied & goal_turn & ~cont)
-        similar = cont & (react2 < 0.22)
+        similar = cont & (react2 < 0.16)
         new_goal_mask |= cont
         similar_mask |= similar
         think = np.where(cont, np.where(similar, 7000.0, 22000.0) * zg * zg, think)
@@ -714,8 +750,8 @@ def run_batch(
         alive &= ~(gave_up & (react < 0.6))
         new_goal_mask |= gave_up & (react >= 0.6)
         live = unhappy & ~gave_up
-        # rephrase .40, repeat .20, stop+retry .10, stop+end .06, abandon .14, new goal .10
-        cut = np.array([0.40, 0.60, 0.70, 0.76, 0.90, 1.0])
+        # rephrase .46, repeat .20, stop+retry .10, stop+end .06, abandon .10, new goal .08
+        cut = np.array([0.46, 0.66, 0.76, 0.82, 0.92, 1.0])
         choice = (react[:, None] > cut[None, :]).sum(axis=1)
         # a clarification question is answered by rephrasing
         choice = np.where(r["clarified"], 0, choice)
@@ -786,7 +822,11 @@ def run_batch(
         reph[gslots[rephrase_mask]] = True
         ridx = np.flatnonzero(reph)
         if len(ridx):
-            rephrase(ridx, u_all[:, U["new_tpl"]], u_all[:, U["new_alias"]])
+            # misunderstood users mostly say it more explicitly
+            explicit_next = np.zeros(S, dtype=bool)
+            explicit_next[gslots[rephrase_mask & failed]] = True
+            explicit_next &= u_all[:, U["similar"]] < 0.75
+            rephrase(ridx, u_all[:, U["new_tpl"]], u_all[:, U["new_alias"]], explicit_next)
             # after a clarification, users tend to name the thing differently
             choose_mention(ridx, (u_all[:, U["new_alias"]] + 0.5) % 1.0)
         active[gslots[~alive]] = False

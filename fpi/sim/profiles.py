@@ -31,7 +31,9 @@ class Profile:
     expected
         The documented effect: ``{class: (scope, low, high)}`` bounds on the
         ratio of the class rate under this profile to the baseline rate, where
-        scope is ``"all"`` or ``"device=<type>"`` / ``"domain=<name>"``. Tests check it.
+        scope is ``"all"`` or ``"device=<type>"`` / ``"domain=<name>"`` (the domain NLU
+        assigned). Measured on 200,000 turns (seed 1); tests check it. Classes not listed
+        move by less than 15% (what the change pre-empts downstream, users' reactions).
     """
 
     name: str
@@ -53,7 +55,7 @@ PROFILES: dict[str, Profile] = {
             "ASR regression on far-field speakers: +0.45 acoustic difficulty on `speaker` "
             "devices (more misrecognised content words and names, lower ASR confidence).",
             asr_extra_difficulty={"speaker": 0.45},
-            expected={"asr": ("device=speaker", 2.0, 4.0)},
+            expected={"asr": ("device=speaker", 1.55, 1.95)},
         ),
         Profile(
             "er_outage_music",
@@ -61,19 +63,20 @@ PROFILES: dict[str, Profile] = {
             "(entity unresolved, slow lookup).",
             er_outage_catalogue="music",
             er_outage_rate=0.6,
-            expected={"er": ("domain=music", 4.0, 30.0)},
+            # misheard names ER used to recover now fail too: their failure point is asr
+            expected={"er": ("domain=music", 5.5, 8.0), "asr": ("all", 1.03, 1.2)},
         ),
         Profile(
             "result_outage",
             "Result-service outage: +8 points of service errors in every domain.",
             result_error_extra={"*": 0.08},
-            expected={"result": ("all", 2.5, 6.0)},
+            expected={"result": ("all", 1.95, 2.45)},
         ),
         Profile(
             "false_wake_tv",
             "False-wake surge on TV sticks: false-wake rate x4 on `tv` devices.",
             false_wake_mult={"tv": 4.0},
-            expected={"false_wake": ("device=tv", 2.5, 4.5)},
+            expected={"false_wake": ("device=tv", 3.4, 4.3)},
         ),
     )
 }

@@ -33,12 +33,12 @@ import pyarrow.parquet as pq
 
 from fpi.errors import InputError, StrictRejects
 from fpi.files import atomic_path
+from fpi.ingest_events import EventCollector
 from fpi.ingest_parse import ParsedBlock, parse_block
 from fpi.ingest_sources import (
     FORMATS,
     Block,
     Broken,
-    EventAssembler,
     Source,
     SourceProblem,
     csv_blocks,
@@ -302,13 +302,18 @@ class _Run:
 
     # -- main loop ------------------------------------------------------
     def run(self) -> None:
-        events = EventAssembler(self.files)
+        events = EventCollector(self.files)
         for file_id, source in enumerate(self.sources):
             before = self.records + events.records
             rejected_before = self.rejects.count
             if source.format == "events":
-                for p in events.add(source, file_id):
-                    self._problem(p)
+                for item in line_blocks(source, file_id, self.block_bytes):
+                    if isinstance(item, SourceProblem):
+                        self.records += 1
+                        self._problem(item)
+                    else:
+                        for p in events.add_block(item):
+                            self._problem(p)
             elif source.format == "parquet" and is_canonical_parquet(source.path):
                 self._canonical_parquet(source, file_id)
             else:
@@ -333,13 +338,11 @@ class _Run:
             if source.format != "events" and self.records == before and \
                     self.rejects.count == rejected_before:
                 log.warning("%s: no records (the file is empty)", source.path)
-        for p in events.problems:
-            self._problem(p)
-        events.problems.clear()
-        for block in events.blocks():
-            self._block(block, count=False)
-        for p in events.problems:
-            self._problem(p)
+        for assembled in events.assemble():
+            if isinstance(assembled, SourceProblem):
+                self._problem(assembled)
+            else:
+                self._block(assembled[0], count=False, parsed=assembled[1])
         self.records += events.records
 
     def _parse_ahead(self, items: Iterator[Block | SourceProblem]

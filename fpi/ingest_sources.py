@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from fpi.errors import InputError
-from fpi.schema import BLOCKS, EVENT_STAGES, TURN_SCHEMA
+from fpi.schema import BLOCKS, TURN_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class Block:
     file_id: int = 0
     first_line: int = 1
     locs: list[tuple[int, int]] | None = None
-    raws: list[str] | None = None
-    involved: list[list[str]] | None = None
+    raws: Sequence[str] | None = None
+    involved: Sequence[Sequence[str]] | None = None
     #: Number of lines (newline count, plus one for a last line without newline).
     n_lines: int | None = None
     #: How far into its source file (in file bytes) reading had got: for progress.
@@ -513,152 +513,3 @@ def _unflatten(frame: pl.DataFrame) -> pl.DataFrame:
         for head, cols in dotted.items()
     ]
     return frame.with_columns(new).drop([c for cols in dotted.values() for c in cols])
-
-
-# ---------------------------------------------------------------------------
-# Stage events
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Event:
-    stage: str
-    data: Any
-    timestamp: Any
-    file_id: int
-    line: int
-    raw: str
-    extra: dict[str, Any]
-
-
-#: Keys of a stage event itself; any other key is a turn-level unknown field.
-_EVENT_KEYS = frozenset({"session_id", "turn_index", "stage", "timestamp", "data"})
-
-
-@dataclass
-class EventAssembler:
-    """Collects stage events from any number of files, then assembles turns.
-
-    Events can come in any order from any file, so turns are only assembled once
-    every event file has been read (events are held in memory until then).
-    """
-
-    files: list[str]
-    turns: dict[tuple[str, int], list[_Event]] = field(default_factory=dict)
-    problems: list[SourceProblem] = field(default_factory=list)
-    records: int = 0
-
-    def add(self, source: Source, file_id: int) -> Iterator[SourceProblem]:
-        """Read one events file; yields an ``unreadable`` problem at a break."""
-        tail = b""
-        line = 1
-        try:
-            for chunk in byte_chunks(source.path, source.compression):
-                buf = tail + chunk
-                cut = buf.rfind(b"\n")
-                if cut < 0:
-                    tail = buf
-                    continue
-                line = self._lines(buf[: cut + 1], file_id, line)
-                tail = buf[cut + 1 :]
-        except Broken as exc:
-            self.records += 1
-            yield SourceProblem(file_id, line, "unreadable", str(exc),
-                                tail.decode("utf-8", errors="replace")[:2000])
-            return
-        if tail.strip():
-            self._lines(tail, file_id, line)
-
-    def _lines(self, data: bytes, file_id: int, line: int) -> int:
-        # Per-line Python: events must be grouped by turn across files anyway.
-        for text in data.split(b"\n")[: data.count(b"\n") + (0 if data.endswith(b"\n") else 1)]:
-            if text.strip():
-                self._one(text, file_id, line)
-            line += 1
-        return line
-
-    def _one(self, text: bytes, file_id: int, line: int) -> None:
-        try:
-            raw = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self._problem(file_id, line, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}",
-                          text.decode("utf-8", errors="replace"))
-            return
-        try:
-            obj = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            self._problem(file_id, line, "invalid_json", f"invalid JSON: {exc}", raw)
-            return
-        if not isinstance(obj, dict):
-            self._problem(file_id, line, "not_an_object",
-                          f"a JSON {type(obj).__name__}, not an object", raw)
-            return
-        sid, ti, stage, data = (obj.get("session_id"), obj.get("turn_index"), obj.get("stage"),
-                                obj.get("data"))
-        why = None
-        if not isinstance(sid, str) or not sid.strip():
-            why = "session_id is missing or not a non-empty string"
-        elif not isinstance(ti, int) or isinstance(ti, bool) or ti < 0:
-            why = "turn_index is missing or not an integer >= 0"
-        elif stage not in EVENT_STAGES:
-            why = f"stage {stage!r} is not one of {', '.join(EVENT_STAGES)}"
-        elif not isinstance(data, dict):
-            why = "data is missing or not an object"
-        if why:
-            self._problem(file_id, line, "bad_event", why, raw)
-            return
-        self.turns.setdefault((sid, ti), []).append(
-            _Event(stage, data, obj.get("timestamp"), file_id, line, raw,
-                   {k: v for k, v in obj.items() if k not in _EVENT_KEYS}))
-
-    def _problem(self, file_id: int, line: int, rule: str, msg: str, raw: str) -> None:
-        self.records += 1
-        self.problems.append(SourceProblem(file_id, line, rule, msg, raw))
-
-    def blocks(self) -> Iterator[Block]:
-        """Assembled turns as blocks; turns with duplicate or no wake events as problems.
-
-        A turn's timestamp is its wake event's timestamp.
-        """
-        lines: list[bytes] = []
-        locs: list[tuple[int, int]] = []
-        raws: list[str] = []
-        involved: list[list[str]] = []
-        for (sid, ti), events in self.turns.items():
-            self.records += 1
-            events.sort(key=lambda e: (e.file_id, e.line))
-            where = [f"{self.files[e.file_id]}:{e.line}" for e in events]
-            raw = "\n".join(e.raw for e in events)
-            stages = [e.stage for e in events]
-            dup = sorted({s for s in stages if stages.count(s) > 1})
-            first = events[0]
-            if dup:
-                at = ", ".join(w for e, w in zip(events, where, strict=True) if e.stage in dup)
-                self.problems.append(SourceProblem(
-                    first.file_id, first.line, "duplicate_event",
-                    f"turn ({sid!r}, {ti}) has more than one {'/'.join(dup)} event: {at}",
-                    raw, tuple(where)))
-                continue
-            wake = next((e for e in events if e.stage == "wake"), None)
-            if wake is None:
-                self.problems.append(SourceProblem(
-                    first.file_id, first.line, "event_without_wake",
-                    f"turn ({sid!r}, {ti}) has events but no wake event: {', '.join(where)}",
-                    raw, tuple(where)))
-                continue
-            record: dict[str, Any] = {}
-            for e in events:
-                record.update(e.extra)  # turn-level unknown fields, kept in ``extra``
-            record.update(session_id=sid, turn_index=ti, timestamp=wake.timestamp)
-            for e in events:
-                record[e.stage] = e.data
-            lines.append(orjson.dumps(record))
-            locs.append((wake.file_id, wake.line))
-            raws.append(raw)
-            involved.append(where)
-            if len(lines) >= SYNTHETIC_BLOCK_LINES:
-                yield Block(b"\n".join(lines), 0, 0, locs, raws, involved)
-                lines, locs, raws, involved = [], [], [], []
-        self.turns.clear()
-        if lines:
-            yield Block(b"\n".join(lines), 0, 0, locs, raws, involved)

@@ -1,0 +1,372 @@
+"""Stage events: one JSON object per stage per turn, from any files, in any order.
+
+Events are parsed in blocks by ``pyarrow.json`` (``data`` read as the union of
+every stage's fields, which share no name with two types), kept as an Arrow
+frame of fixed columns, and assembled into turns with Polars joins once every
+file has been read: one ``wake`` frame joined with one frame per other stage.
+Turns with a repeated stage or without a wake event are rejected whole, with
+every ``file:line`` involved. Assembled turns then go through the same
+validation as turn records.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.json as pj
+
+from fpi.ingest_parse import (
+    EXTRA_COL,
+    LineProblem,
+    ParsedBlock,
+    _arrow_type,
+    _bad_path,
+    _flatten,
+)
+from fpi.ingest_sources import Block, SourceProblem
+from fpi.ingest_validate import _leaves
+from fpi.schema import BLOCKS, EVENT_STAGES, KEY_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+def _union() -> pl.Struct:
+    fields: dict[str, pl.DataType] = {}
+    for dtype in BLOCKS.values():
+        for f in dtype.fields:
+            assert fields.setdefault(f.name, f.dtype) == f.dtype, f.name
+    return pl.Struct(fields)
+
+
+#: ``data`` as read: every field any stage has (the names never clash in type).
+DATA_UNION: pl.Struct = _union()
+_EVENT_KEYS = ("session_id", "turn_index", "stage", "timestamp", "data")
+_FAST = pa.schema([
+    pa.field("session_id", pa.string()), pa.field("turn_index", pa.int64()),
+    pa.field("stage", pa.string()), pa.field("timestamp", pa.string()),
+    pa.field("data", _arrow_type(DATA_UNION)),
+])
+#: Per-event unknown fields: inside ``data`` (``EXTRA_COL``, keyed ``<stage>.<name>``)
+#: and next to it (``_TOP_COL``), as JSON object text.
+_TOP_COL = "__extra_top"
+_FALLBACK = pa.schema([*_FAST, pa.field(EXTRA_COL, pa.string()), pa.field(_TOP_COL, pa.string())])
+
+#: Columns of every collected event frame.
+EVENT_COLUMNS = pl.Schema({
+    "session_id": pl.String, "turn_index": pl.Int64, "stage": pl.String,
+    "timestamp": pl.String, "data": DATA_UNION, EXTRA_COL: pl.String, _TOP_COL: pl.String,
+    "file_id": pl.Int64, "line": pl.Int64,
+})
+
+#: Turns assembled per validation batch.
+ASSEMBLE_BATCH = 100_000
+
+
+def _json_value(expr: pl.Expr) -> pl.Expr:
+    return pl.struct(expr.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
+
+
+def _fixed(frame: pl.DataFrame) -> pl.DataFrame:
+    """Reduce a parsed event frame to :data:`EVENT_COLUMNS` (minus file/line).
+
+    Unknown fields (inside ``data``, keyed ``<stage>.<name>``, or next to it) go
+    to a per-event ``__extra`` JSON object body.
+    """
+    data_parts: list[pl.Expr] = []
+    top_parts: list[pl.Expr] = []
+    data_type = frame.schema["data"]
+    known = set(DATA_UNION.to_schema())
+    if isinstance(data_type, pl.Struct):
+        for f in data_type.fields:
+            if f.name in known:
+                continue
+            for sub, value in _leaves(pl.col("data").struct.field(f.name), f.dtype, f.name):
+                name = orjson.dumps("." + sub).decode()[1:]  # '.name"', JSON-escaped
+                data_parts.append(pl.when(value.is_not_null()).then(
+                    pl.concat_str([pl.lit('"'), pl.col("stage"), pl.lit(name + ":"),
+                                   _json_value(value)])))
+    for name, dtype in frame.schema.items():
+        if name in _EVENT_KEYS or name in (EXTRA_COL, _TOP_COL):
+            continue
+        for key, value in _leaves(pl.col(name), dtype, name):
+            quoted = orjson.dumps(key).decode()
+            top_parts.append(pl.when(value.is_not_null()).then(
+                pl.lit(quoted + ":") + _json_value(value)))
+    for col, parts in ((EXTRA_COL, data_parts), (_TOP_COL, top_parts)):
+        if col in frame.columns:
+            body = pl.col(col).str.strip_prefix("{").str.strip_suffix("}")
+            parts.append(pl.when(body.str.len_chars() > 0).then(body))
+
+    def joined(parts: list[pl.Expr]) -> pl.Expr:
+        if not parts:
+            return pl.lit(None, dtype=pl.String)
+        text = pl.concat_str(parts, separator=",", ignore_nulls=True)
+        return pl.when(text == "").then(None).otherwise(text)
+    data = pl.col("data")
+    if data_type != DATA_UNION:
+        have = set(data_type.to_schema()) if isinstance(data_type, pl.Struct) else set()
+        data = pl.when(data.is_not_null()).then(pl.struct([
+            (data.struct.field(f.name) if f.name in have else pl.lit(None, dtype=f.dtype))
+            .alias(f.name) for f in DATA_UNION.fields]))
+    return frame.select(
+        "session_id", "turn_index", "stage", "timestamp", data.alias("data"),
+        joined(data_parts).alias(EXTRA_COL), joined(top_parts).alias(_TOP_COL),
+    )
+
+
+@dataclass
+class _Poison:
+    key: tuple[str, int]
+    file_id: int
+    line: int
+    rule: str
+    message: str
+
+
+def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], list[LineProblem],
+                                             list[tuple[int, tuple[str, int], str, str]]]:
+    """Careful path for a block that failed: one line at a time with orjson.
+
+    Returns the good events, their block line indices, unreadable lines and
+    events whose ``data`` has a wrong type (their whole turn will be rejected).
+    """
+    problems: list[LineProblem] = []
+    poisoned: list[tuple[int, tuple[str, int], str, str]] = []
+    good: list[bytes] = []
+    idx: list[int] = []
+    from fpi.ingest_parse import _TYPE_RULE, _short
+    for i, line in enumerate(data.split(b"\n")):
+        if not line.strip():
+            continue
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(LineProblem(i, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}"))
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            problems.append(LineProblem(i, "invalid_json", f"invalid JSON: {exc}"))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(
+                LineProblem(i, "not_an_object", f"a JSON {type(obj).__name__}, not an object"))
+            continue
+        why = _event_problem(obj)
+        if why:
+            problems.append(LineProblem(i, "bad_event", why))
+            continue
+        stage, payload = obj["stage"], obj["data"]
+        key = (obj["session_id"], obj["turn_index"])
+        found = _bad_path(payload, BLOCKS[stage], stage)
+        ts = obj.get("timestamp")
+        if found is None and ts is not None and not isinstance(ts, str):
+            found = ("timestamp", "a string")
+        if found:
+            path, expected = found
+            rule = _TYPE_RULE.get(path.replace("[]", ""), "bad_type")
+            shown = _short({"timestamp": ts} if path == "timestamp" else {stage: payload}, path)
+            poisoned.append((i, key, rule, f"{path} must be {expected}, got {shown}"))
+            continue
+        fields = BLOCKS[stage].to_schema()
+        extra: dict[str, Any] = {}
+        for k, v in payload.items():
+            if k not in fields:
+                _flatten(v, f"{stage}.{k}", extra)
+        top: dict[str, Any] = {}
+        for k, v in obj.items():
+            if k not in _EVENT_KEYS:
+                _flatten(v, k, top)
+        good.append(orjson.dumps({
+            "session_id": key[0], "turn_index": key[1], "stage": stage, "timestamp": ts,
+            "data": {k: v for k, v in payload.items() if k in fields},
+            EXTRA_COL: orjson.dumps(extra).decode() if extra else None,
+            _TOP_COL: orjson.dumps(top).decode() if top else None,
+        }))
+        idx.append(i)
+    if not good:
+        return None, [], problems, poisoned
+    table = pj.read_json(pa.BufferReader(b"\n".join(good)), parse_options=pj.ParseOptions(
+        explicit_schema=_FALLBACK, unexpected_field_behavior="error"))
+    return pl.from_arrow(table), idx, problems, poisoned  # type: ignore[return-value]
+
+
+def _event_problem(obj: dict[str, Any]) -> str | None:
+    sid, ti, stage, data = (obj.get(k) for k in ("session_id", "turn_index", "stage", "data"))
+    if not isinstance(sid, str) or not sid.strip():
+        return "session_id is missing or not a non-empty string"
+    if not isinstance(ti, int) or isinstance(ti, bool) or ti < 0 or ti >= 2**63:
+        return "turn_index is missing or not an integer >= 0"
+    if stage not in EVENT_STAGES:
+        return f"stage {stage!r} is not one of {', '.join(EVENT_STAGES)}"
+    if not isinstance(data, dict):
+        return "data is missing or not an object"
+    return None
+
+
+class _Lazy(Sequence[Any]):
+    """Per-row values computed only when asked (for the few rejected rows)."""
+
+    def __init__(self, n: int, get: Any) -> None:
+        self.n, self.get = n, get
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.get(i)
+
+
+@dataclass
+class EventCollector:
+    """Collects stage events from any number of files, then assembles turns."""
+
+    files: list[str]
+    frames: list[pl.DataFrame] = field(default_factory=list)
+    poisoned: list[_Poison] = field(default_factory=list)
+    records: int = 0
+
+    def add_block(self, block: Block) -> Iterator[SourceProblem]:
+        """Parse one block of an events file; yields the lines that cannot be events."""
+        data = block.data
+        n = block.n_lines
+        frame: pl.DataFrame | None = None
+        row_lines: list[int] | None = None
+        problems: list[LineProblem] = []
+        try:
+            codecs.utf_8_decode(data, "strict", True)
+            table = pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(
+                explicit_schema=_FAST, unexpected_field_behavior="infer"))
+            raw = None
+            if n is None or table.num_rows != n:
+                raw = bytes(data).split(b"\n")
+                row_lines = [i for i, ln in enumerate(raw) if ln.strip()]
+                if len(row_lines) != table.num_rows:
+                    raise pa.ArrowInvalid("rows do not match lines")
+            frame = pl.from_arrow(table)  # type: ignore[assignment]
+        except (UnicodeDecodeError, pa.ArrowInvalid):
+            frame, row_lines, problems, poison = _parse_event_lines(bytes(data))
+            for i, key, rule, msg in poison:
+                file_id, line = block.loc(i)
+                self.poisoned.append(_Poison(key, file_id, line, rule, msg))
+        for p in problems:
+            self.records += 1
+            file_id, line = block.loc(p.index)
+            yield SourceProblem(file_id, line, p.rule, p.message, block.raw(p.index))
+        if frame is None or frame.height == 0:
+            return
+        lines = (pl.Series(row_lines, dtype=pl.Int64) if row_lines is not None
+                 else pl.int_range(0, frame.height, dtype=pl.Int64, eager=True))
+        self.frames.append(_fixed(frame).with_columns(
+            file_id=pl.lit(block.file_id, dtype=pl.Int64),
+            line=lines + block.first_line,
+        ))
+
+    def assemble(self) -> Iterator[SourceProblem | tuple[Block, ParsedBlock]]:
+        """Turns from every event read: rejects for broken turns, then validated batches."""
+        if not self.frames:
+            for p in self.poisoned:
+                self.records += 1
+                yield SourceProblem(p.file_id, p.line, p.rule, p.message, "")
+            return
+        ev = pl.concat(self.frames, how="vertical_relaxed")
+        self.frames.clear()
+        sid, ti = pl.col("session_id"), pl.col("turn_index")
+        why = (
+            pl.when(sid.is_null() | (sid.str.strip_chars() == ""))
+            .then(pl.lit("session_id is missing or not a non-empty string"))
+            .when(ti.is_null() | (ti < 0))
+            .then(pl.lit("turn_index is missing or not an integer >= 0"))
+            .when(~pl.col("stage").is_in(pl.Series(EVENT_STAGES, dtype=pl.String).implode())
+                  | pl.col("stage").is_null())
+            .then(pl.lit("stage is missing or not one of " + ", ".join(EVENT_STAGES)))
+            .when(pl.col("data").is_null())
+            .then(pl.lit("data is missing or not an object"))
+        )
+        ev = ev.with_columns(why.alias("__why"))
+        bad = ev.filter(pl.col("__why").is_not_null())
+        for r in bad.iter_rows(named=True):
+            self.records += 1
+            raw = orjson.dumps({k: r[k] for k in ("session_id", "turn_index", "stage",
+                                                    "timestamp")}).decode()
+            yield SourceProblem(r["file_id"], r["line"], "bad_event", r["__why"], raw)
+        ev = ev.filter(pl.col("__why").is_null()).drop("__why")
+        is_wake = pl.col("stage") == "wake"
+        # Unknown fields in the order a turn record would give them: stage blocks in
+        # pipeline order, then the turn-level ones.
+        rank = pl.col("stage").replace_strict({s: i for i, s in enumerate(BLOCKS)},
+                                              return_dtype=pl.Int64)
+        # One pass over the events: each stage's data becomes its turn's column.
+        turns = ev.group_by(*KEY_COLUMNS).agg(
+            pl.col("timestamp").filter(is_wake).first(),
+            *[pl.col("data").filter(pl.col("stage") == s).first().alias(s) for s in BLOCKS],
+            pl.col(EXTRA_COL).sort_by(rank).drop_nulls().str.join(",").alias("__d"),
+            pl.col(_TOP_COL).sort_by(rank).drop_nulls().str.join(",").alias("__t"),
+            pl.col("file_id").filter(is_wake).first(),
+            pl.col("line").filter(is_wake).first(),
+            pl.col("file_id").alias("where_file"),
+            pl.col("line").alias("where_line"),
+            pl.col("stage").alias("stages"),
+            (pl.col("stage").n_unique() < pl.len()).alias("repeated"),
+        )
+        del ev
+        poison = (pl.DataFrame([(p.key[0], p.key[1], p.rule, p.message, p.file_id, p.line)
+                                for p in self.poisoned],
+                               schema={"session_id": pl.String, "turn_index": pl.Int64,
+                                       "p_rule": pl.String, "p_msg": pl.String,
+                                       "p_file": pl.Int64, "p_line": pl.Int64}, orient="row")
+                  .unique(subset=list(KEY_COLUMNS), keep="first", maintain_order=True))
+        turns = turns.join(poison, on=list(KEY_COLUMNS), how="full", coalesce=True)
+        self.records += turns.height
+        is_broken = (pl.col("p_rule").is_not_null() | pl.col("repeated").fill_null(False)
+                     | pl.col("wake").is_null())
+        for r in turns.filter(is_broken).iter_rows(named=True):
+            locs = sorted(zip(r["where_file"] or [], r["where_line"] or [], strict=True))
+            if r["p_rule"]:
+                locs = sorted({*locs, (r["p_file"], r["p_line"])})
+            involved = [f"{self.files[f]}:{n}" for f, n in locs]
+            key = f"({r['session_id']!r}, {r['turn_index']})"
+            stages = r["stages"] or []
+            if r["p_rule"]:
+                rule, msg = r["p_rule"], f"turn {key}: {r['p_msg']}"
+            elif r["repeated"]:
+                rule = "duplicate_event"
+                twice = sorted({s for s in stages if stages.count(s) > 1})
+                msg = (f"turn {key} has more than one {'/'.join(twice)} event: "
+                       f"{', '.join(involved)}")
+            else:
+                rule = "event_without_wake"
+                msg = f"turn {key} has events but no wake event: {', '.join(involved)}"
+            yield SourceProblem(locs[0][0], locs[0][1], rule, msg,
+                                orjson.dumps({"stages": stages}).decode(), tuple(involved))
+        extra = pl.concat_str([pl.when(pl.col("__d") != "").then(pl.col("__d")),
+                               pl.when(pl.col("__t") != "").then(pl.col("__t"))],
+                              separator=",", ignore_nulls=True)
+        turns = (turns.filter(~is_broken)
+                 .with_columns(pl.when(extra.is_not_null() & (extra != ""))
+                               .then("{" + extra + "}").alias(EXTRA_COL))
+                 .drop("__d", "__t", "stages", "repeated", "p_rule", "p_msg", "p_file", "p_line")
+                 .sort("file_id", "line"))
+        for start in range(0, turns.height, ASSEMBLE_BATCH):
+            batch = turns.slice(start, ASSEMBLE_BATCH)
+            locs = list(zip(batch.get_column("file_id").to_list(),
+                            batch.get_column("line").to_list(), strict=True))
+            frame = batch.drop("file_id", "line", "where_file", "where_line")
+
+            def raw(i: int, frame: pl.DataFrame = frame) -> str:
+                return str(frame[i].select(pl.struct(pl.all()).struct.json_encode()).item())
+
+            def involved(i: int, batch: pl.DataFrame = batch) -> list[str]:
+                locs = sorted(zip(batch[i, "where_file"], batch[i, "where_line"], strict=True))
+                return [f"{self.files[f]}:{n}" for f, n in locs]
+
+            block = Block(b"", 0, 0, locs=locs, raws=_Lazy(batch.height, raw),  # type: ignore[arg-type]
+                          involved=_Lazy(batch.height, involved))  # type: ignore[arg-type]
+            yield block, ParsedBlock(frame, None, [], batch.height)

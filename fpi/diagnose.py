@@ -678,9 +678,17 @@ def explain(
     from fpi.ingest import read_traces
 
     bundle = _load_model(model)
-    turns, _ = read_traces(_as_list(inputs))
-    bundle.check_compatible(turns)
-    session = turns.filter(pl.col("session_id") == session_id)
+    paths = _as_list(inputs)
+    canonical = _canonical_parquet(paths)
+    if canonical is not None:
+        # ingested Parquet: read only the session's rows
+        lf = pl.scan_parquet(canonical)
+        bundle.check_compatible(lf)
+        session = lf.filter(pl.col("session_id") == session_id).collect()
+    else:
+        turns, _ = read_traces(paths)
+        bundle.check_compatible(turns)
+        session = turns.filter(pl.col("session_id") == session_id)
     if session.height == 0:
         raise InputError(f"session {session_id!r} is not in the input")
     pos = session["turn_index"].to_list()

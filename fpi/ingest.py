@@ -307,6 +307,7 @@ class _Run:
             before = self.records + events.records
             rejected_before = self.rejects.count
             if source.format == "events":
+                events.sources[file_id] = source
                 for item in line_blocks(source, file_id, self.block_bytes):
                     if isinstance(item, SourceProblem):
                         self.records += 1

@@ -30,7 +30,7 @@ from fpi.ingest_parse import (
     _bad_path,
     _flatten,
 )
-from fpi.ingest_sources import Block, SourceProblem
+from fpi.ingest_sources import Block, Source, SourceProblem, line_blocks
 from fpi.ingest_validate import _leaves
 from fpi.schema import BLOCKS, EVENT_STAGES, KEY_COLUMNS
 
@@ -229,9 +229,36 @@ class EventCollector:
     """Collects stage events from any number of files, then assembles turns."""
 
     files: list[str]
+    sources: dict[int, Source] = field(default_factory=dict)
     frames: list[pl.DataFrame] = field(default_factory=list)
     poisoned: list[_Poison] = field(default_factory=list)
     records: int = 0
+
+    def _fetch_lines(self, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
+        """Raw text of the given (file_id, line)s: one pass over each file concerned."""
+        out: dict[tuple[int, int], str] = {}
+        by_file: dict[int, set[int]] = {}
+        for file_id, line in wanted:
+            by_file.setdefault(file_id, set()).add(line)
+        for file_id, lines in by_file.items():
+            source = self.sources.get(file_id)
+            if source is None:
+                continue
+            last = max(lines)
+            number = 0
+            try:
+                for block in line_blocks(source, file_id, 1 << 24):
+                    if isinstance(block, SourceProblem):
+                        break
+                    for i, text in enumerate(bytes(block.data).split(b"\n")):
+                        number = block.first_line + i
+                        if number in lines:
+                            out[(file_id, number)] = text.decode("utf-8", errors="replace")
+                    if number >= last:
+                        break
+            except OSError:  # the file went away: the rejects keep their file and line
+                continue
+        return out
 
     def add_block(self, block: Block) -> Iterator[SourceProblem]:
         """Parse one block of an events file; yields the lines that cannot be events."""
@@ -292,11 +319,12 @@ class EventCollector:
         )
         ev = ev.with_columns(why.alias("__why"))
         bad = ev.filter(pl.col("__why").is_not_null())
+        # Rejects here name lines; their raw text is read back from the files at the end.
+        pending: list[tuple[SourceProblem, list[tuple[int, int]]]] = []
         for r in bad.iter_rows(named=True):
             self.records += 1
-            raw = orjson.dumps({k: r[k] for k in ("session_id", "turn_index", "stage",
-                                                    "timestamp")}).decode()
-            yield SourceProblem(r["file_id"], r["line"], "bad_event", r["__why"], raw)
+            loc = (r["file_id"], r["line"])
+            pending.append((SourceProblem(*loc, "bad_event", r["__why"], ""), [loc]))
         ev = ev.filter(pl.col("__why").is_null()).drop("__why")
         is_wake = pl.col("stage") == "wake"
         # Unknown fields in the order a turn record would give them: stage blocks in
@@ -344,8 +372,14 @@ class EventCollector:
             else:
                 rule = "event_without_wake"
                 msg = f"turn {key} has events but no wake event: {', '.join(involved)}"
-            yield SourceProblem(locs[0][0], locs[0][1], rule, msg,
-                                orjson.dumps({"stages": stages}).decode(), tuple(involved))
+            pending.append((SourceProblem(locs[0][0], locs[0][1], rule, msg, "",
+                                          tuple(involved)), locs))
+        texts = self._fetch_lines({loc for _, locs in pending for loc in locs})
+        for problem, locs in pending:
+            raw = "\n".join(texts.get(loc, "") for loc in locs)
+            yield SourceProblem(problem.file_id, problem.line, problem.rule, problem.message,
+                                raw, problem.involved)
+        del pending, texts
         extra = pl.concat_str([pl.when(pl.col("__d") != "").then(pl.col("__d")),
                                pl.when(pl.col("__t") != "").then(pl.col("__t"))],
                               separator=",", ignore_nulls=True)

@@ -133,6 +133,9 @@ def test_event_rules_name_every_line_involved(tmp_path: Path) -> None:
     assert by_rule["event_without_wake"]["involved"] == [f"{fa}:2", f"{fb}:1"]
     assert by_rule["duplicate_event"]["involved"] == [f"{fa}:3", f"{fb}:2"]
     assert f"{fb}:2" in by_rule["duplicate_event"]["message"]
+    assert by_rule["duplicate_event"]["raw"].splitlines() == [a.splitlines()[2],
+                                                             b.splitlines()[1]]
+    assert by_rule["bad_event"]["raw"] == a.splitlines()[3]
     assert report.records_read == 4  # 3 assembled turns + 1 unusable event line
 
 

@@ -80,7 +80,7 @@ class Reject:
     """One record set aside: where it came from, the rule it broke and its raw text.
 
     ``line`` is 1-based (for CSV the row as a spreadsheet shows it, header = 1;
-    for Parquet the row number; 0 when a whole file could not be opened).
+    for Parquet the row number, 1 when the whole file could not be opened).
     ``involved`` lists every ``file:line`` that made up a stage-event turn.
     """
 

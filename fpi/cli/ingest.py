@@ -24,7 +24,7 @@ def ingest_command(
     inputs: Annotated[
         list[str],
         typer.Argument(help="Trace files, directories (searched recursively) or glob patterns.",
-                       show_default=False),
+                       show_default=False, metavar="INPUT"),
     ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Canonical Parquet file to write.")

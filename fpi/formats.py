@@ -13,7 +13,7 @@ Conventions (the trace format, docs/traces.md):
   where the fields came from: ``{"asr.model_version": "7"}`` becomes
   ``"asr": {..., "model_version": "7"}``; in CSV each key is its own dotted
   column; in stage events a stage-prefixed key goes into that stage's ``data``
-  and any other key onto the ``wake`` event (next to ``data``).
+  and any other key onto the ``wake`` event, next to ``data``, under its dotted name.
 - JSON Lines and events write null fields as ``null`` (absent means unknown).
 - Parquet holds the canonical frame itself (with its ``extra`` column): the
   fast path ingest reads back without validation.
@@ -153,7 +153,12 @@ def turn_lines(batch: pl.DataFrame) -> list[str]:
 
     def patch(obj: dict[str, Any], fields: dict[str, Any]) -> None:
         for key, value in fields.items():
-            _place(obj, key, value)
+            head = key.partition(".")[0]
+            if head in BLOCKS and obj.get(head) is None:
+                # an absent stage stays absent: keep the field under its dotted name
+                obj[key] = value
+            else:
+                _place(obj, key, value)
 
     return _patch_lines(lines, batch.get_column("extra").to_list(), patch)
 
@@ -185,18 +190,28 @@ def csv_frame(batch: pl.DataFrame) -> pl.DataFrame:
     flat = batch.select(exprs)
     extra = batch.get_column("extra")
     if extra.null_count() < len(extra):
+        # field names from the union of the objects; values as text (a CSV cell is
+        # text: strings as they are, anything else as its JSON)
         decoded = extra.str.json_decode(infer_schema_length=None)
-        if isinstance(decoded.dtype, pl.Struct):
-            parts = decoded.struct.unnest()
-            for name in parts.columns:
-                col = parts.get_column(name)
-                if isinstance(col.dtype, (pl.Struct, pl.List)):
-                    col = pl.select(pl.struct(col).struct.json_encode()).to_series()
-                    col = col.str.slice(len(name) + 4).str.head(-1)  # strip {"name":...}
-                if name in flat.columns:
-                    raise SchemaError(f"extra field {name!r} collides with a trace-format column")
-                flat = flat.with_columns(col.alias(name))
+        names = [f.name for f in decoded.dtype.fields] if isinstance(
+            decoded.dtype, pl.Struct) else []
+        for name in names:
+            if name in flat.columns:
+                raise SchemaError(f"extra field {name!r} collides with a trace-format column")
+            if "'" in name or "\\" in name:
+                values = [None if e is None else _text_value(orjson.loads(e).get(name))
+                          for e in extra.to_list()]
+                col = pl.Series(name, values, dtype=pl.String)
+            else:
+                col = extra.str.json_path_match(f"$['{name}']")
+            flat = flat.with_columns(col.alias(name))
     return flat
+
+
+def _text_value(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
 
 
 def event_lines(batch: pl.DataFrame) -> list[str]:
@@ -247,8 +262,12 @@ def event_lines(batch: pl.DataFrame) -> list[str]:
     stages = events.get_column("_stage").to_list()
     stage_names = set(EVENT_ORDER)
 
+    rows = events.get_column("_row").to_list()
+    present = {(r, s) for r, s in zip(rows, stages, strict=True)}
+
     def patch_for(i: int) -> Any:
         stage = stages[i]
+        row = rows[i]
 
         def patch(obj: dict[str, Any], fields: dict[str, Any]) -> None:
             for key, value in fields.items():
@@ -257,8 +276,10 @@ def event_lines(batch: pl.DataFrame) -> list[str]:
                     if obj.get("data") is None:
                         obj["data"] = {}
                     _place(obj["data"], rest, value)
-                elif head not in stage_names and stage == "wake":
-                    _place(obj, key, value)
+                elif stage == "wake" and (head not in stage_names or (row, head) not in present):
+                    # turn-level unknown fields, and those of a stage with no event,
+                    # ride on the wake event under their dotted name
+                    obj[key] = value
 
         return patch
 
@@ -332,7 +353,8 @@ class TurnWriter(contextlib.AbstractContextManager["TurnWriter"]):
         if self.format == "jsonl.gz" or compressed_events:
             level = self.compression_level or 6
             # mtime=0: the same data gives the same bytes
-            self._stream = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=level,
+            self._stream = gzip.GzipFile(filename="", fileobj=self._raw, mode="wb",
+                                         compresslevel=level,
                                          mtime=0)
         elif self.format == "jsonl.zst":
             import zstandard

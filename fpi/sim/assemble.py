@@ -86,13 +86,13 @@ def second_annotator(r: dict[str, np.ndarray]) -> np.ndarray:
     alt = neighbour[gold]
     asr_g, nlu_g, er_g, res_g, ok_g, fw_g = (gold == 2), (gold == 3), (gold == 4), (gold == 5), (
         gold == 0), (gold == 1)
-    flip = np.where(asr_g & r["e_entity"] & ~r["nlu_ok"], 0.08, flip)
-    flip = np.where(asr_g & r["e_entity"] & r["nlu_ok"], 0.1, flip)
+    flip = np.where(asr_g & r["e_entity"] & ~r["nlu_ok"], 0.11, flip)
+    flip = np.where(asr_g & r["e_entity"] & r["nlu_ok"], 0.13, flip)
     alt = np.where(asr_g & r["e_entity"], np.where(r["nlu_ok"], 4, 3), alt)
-    flip = np.where(asr_g & r["e_content"], 0.09, flip)
+    flip = np.where(asr_g & r["e_content"], 0.12, flip)
     alt = np.where(asr_g & r["e_content"], 3, alt)
     media = np.isin(r["truth_int"], [W.I_VIDEO, W.I_AUDIOBOOK, W.I_MUSIC])
-    flip = np.where(nlu_g & media, 0.09, np.where(nlu_g, 0.05, flip))
+    flip = np.where(nlu_g & media, 0.13, np.where(nlu_g, 0.09, flip))
     alt = np.where(nlu_g, np.where(v < 0.6, 4, 2), alt)
     flip = np.where(er_g, 0.065, flip)
     alt = np.where(er_g, np.where(v < 0.6, 5, 2), alt)
@@ -104,7 +104,7 @@ def second_annotator(r: dict[str, np.ndarray]) -> np.ndarray:
     unclear_ok = ok_g & (r["clarified"] | (r["truth_int"] == W.I_UNSUPPORTED))
     flip = np.where(unclear_ok, 0.06, flip)
     alt = np.where(unclear_ok, np.where(v < 0.5, 3, 5), alt)
-    flip = np.where(fw_g, np.where(r["did_action"], 0.05, 0.1), flip)
+    flip = np.where(fw_g, np.where(r["did_action"], 0.07, 0.13), flip)
     alt = np.where(fw_g, 0, alt)
     # everything else: rare slips to any failure class
     plain_ok = ok_g & ~recovered & ~unclear_ok

@@ -1,0 +1,238 @@
+"""Writers of every input form: round trips through fpi.ingest, and the written text itself."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import json
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from fpi.errors import InputError
+from fpi.formats import FORMATS, TurnWriter, infer_format, write_turns
+from fpi.ingest import read_traces
+from fpi.schema import TURN_SCHEMA
+from fpi.simulate import simulate, simulate_frame
+
+SUFFIX = {
+    "jsonl": "t.jsonl",
+    "jsonl.gz": "t.jsonl.gz",
+    "jsonl.zst": "t.jsonl.zst",
+    "parquet": "t.parquet",
+    "csv": "t.csv",
+    "events": "t.events.jsonl",
+}
+
+
+@pytest.fixture(scope="module")
+def frame() -> pl.DataFrame:
+    return simulate_frame(1_500, seed=12)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_through_ingest(frame: pl.DataFrame, fmt: str, tmp_path) -> None:
+    path = write_turns(frame, tmp_path / SUFFIX[fmt])
+    back, report = read_traces(path)
+    assert report.rejected == 0
+    assert_frame_equal(back, frame)
+
+
+def test_gzipped_events_round_trip(frame: pl.DataFrame, tmp_path) -> None:
+    path = write_turns(frame, tmp_path / "e.events.jsonl.gz")
+    assert infer_format(path) == "events"
+    with gzip.open(path, "rt") as fh:
+        assert json.loads(fh.readline())["stage"] == "device"
+    back, _ = read_traces(path)
+    assert_frame_equal(back, frame)
+
+
+def test_jsonl_text(frame: pl.DataFrame, tmp_path) -> None:
+    path = write_turns(frame, tmp_path / "t.jsonl")
+    lines = path.read_text().splitlines()
+    assert len(lines) == frame.height
+    first = json.loads(lines[0])
+    assert first["timestamp"].endswith("Z")
+    assert dt.datetime.fromisoformat(first["timestamp"]) == frame["timestamp"][0]
+    # extra fields go back where they came from, not into an "extra" key
+    extra = json.loads(frame["extra"].drop_nulls()[0])
+    row = json.loads(lines[frame["extra"].is_not_null().arg_max()])
+    assert "extra" not in row
+    for key, value in extra.items():
+        node = row
+        for part in key.split("."):
+            node = node[part]
+        assert node == value
+
+
+def test_events_text(frame: pl.DataFrame, tmp_path) -> None:
+    path = write_turns(frame, tmp_path / "t.events.jsonl")
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    present = sum(frame[c].is_not_null().sum() for c in
+                  ("device", "wake", "asr", "nlu", "er", "result", "feedback", "label"))
+    assert len(events) == present
+    assert {e["stage"] for e in events} == {"device", "wake", "asr", "nlu", "er", "result",
+                                            "feedback", "label"}
+    assert set(events[0]) == {"session_id", "turn_index", "stage", "timestamp", "data"}
+    # within a turn, stage times follow the pipeline
+    turn = [e for e in events if (e["session_id"], e["turn_index"]) ==
+            (events[0]["session_id"], events[0]["turn_index"])]
+    times = {e["stage"]: e["timestamp"] for e in turn}
+    assert times["wake"] <= times["asr"] <= times["nlu"] <= times["result"]
+
+
+def test_csv_text(frame: pl.DataFrame, tmp_path) -> None:
+    path = write_turns(frame, tmp_path / "t.csv")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == frame.height
+    assert {"asr.confidence", "asr.nbest", "nlu.alternatives", "er.entities",
+            "label.failure_point", "asr.model_version", "client.network"} <= set(rows[0])
+    nbest = json.loads(rows[0]["asr.nbest"])
+    assert nbest[0]["text"] == rows[0]["asr.text"]
+    assert "extra" not in rows[0]
+
+
+def test_streaming_equals_whole(tmp_path) -> None:
+    batches = list(simulate(3_000, seed=3, batch_size=800))
+    assert len(batches) > 2
+    for fmt in ("jsonl", "csv", "events", "jsonl.gz"):
+        streamed = tmp_path / f"s.{SUFFIX[fmt]}"
+        whole = tmp_path / f"w.{SUFFIX[fmt]}"
+        with TurnWriter(streamed) as w:
+            for b in batches:
+                w.write(b)
+        write_turns(pl.concat(batches), whole)
+        assert streamed.read_bytes() == whole.read_bytes(), fmt
+
+
+def test_parquet_streaming_round_trip(tmp_path) -> None:
+    batches = list(simulate(2_000, seed=4, batch_size=500))
+    with TurnWriter(tmp_path / "p.parquet") as w:
+        for b in batches:
+            w.write(b)
+    assert_frame_equal(pl.read_parquet(tmp_path / "p.parquet"), pl.concat(batches))
+
+
+def test_writes_are_atomic(frame: pl.DataFrame, tmp_path) -> None:
+    target = tmp_path / "a.jsonl"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), TurnWriter(target) as w:
+        w.write(frame.head(10))
+        raise RuntimeError("boom")
+    assert target.read_text() == "old\n"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("a.jsonl", "jsonl"), ("a.ndjson", "jsonl"), ("a.jsonl.gz", "jsonl.gz"),
+     ("a.jsonl.zst", "jsonl.zst"), ("a.parquet", "parquet"), ("a.csv", "csv"),
+     ("night.events.jsonl", "events"), ("night.events.jsonl.gz", "events")],
+)
+def test_infer_format(name: str, fmt: str) -> None:
+    assert infer_format(name) == fmt
+
+
+def test_unknown_suffix_is_an_input_error(tmp_path) -> None:
+    with pytest.raises(InputError, match="cannot tell the format"):
+        write_turns(pl.DataFrame(schema=TURN_SCHEMA), tmp_path / "a.xml")
+    with pytest.raises(InputError, match="unknown format"):
+        write_turns(pl.DataFrame(schema=TURN_SCHEMA), tmp_path / "a.jsonl", format="xml")
+
+
+# ---------------------------------------------------------------------------
+# Property: any canonical frame survives every writer and ingest
+# ---------------------------------------------------------------------------
+
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12
+)
+_unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+_ms = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
+_ts = st.datetimes(
+    min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1),
+    timezones=st.just(dt.UTC),
+)
+
+
+@st.composite
+def _turn(draw: st.DrawFn, i: int) -> dict:
+    nbest = draw(st.lists(st.fixed_dictionaries({"text": _text, "confidence": _unit}),
+                          max_size=3))
+    extra = draw(st.one_of(st.none(), st.dictionaries(
+        st.sampled_from(["asr.model_version", "client.network", "user_tier"]),
+        st.one_of(_text, st.integers(-5, 5), st.booleans()), min_size=1)))
+    return {
+        "schema_version": 1,
+        "session_id": draw(st.sampled_from(["s-1", "s-2", "s é,\"3"])),
+        "turn_index": i,
+        "timestamp": draw(st.one_of(st.none(), _ts)),
+        "device": draw(st.one_of(st.none(), st.fixed_dictionaries(
+            {"type": _text, "has_screen": st.booleans(), "locale": _text,
+             "app_version": st.one_of(st.none(), _text)}))),
+        "wake": {"detected": draw(st.booleans()), "score": draw(st.one_of(st.none(), _unit)),
+                 "device_directed_score": draw(_unit)},
+        "asr": draw(st.one_of(st.none(), st.fixed_dictionaries(
+            {"text": _text, "confidence": _unit, "nbest": st.just(nbest), "audio_ms": _ms,
+             "latency_ms": st.one_of(st.none(), _ms)}))),
+        "nlu": None,
+        "er": draw(st.one_of(st.none(), st.fixed_dictionaries({
+            "entities": st.lists(st.fixed_dictionaries(
+                {"slot": _text, "mention": _text, "resolved_id": st.one_of(st.none(), _text),
+                 "resolved_name": st.one_of(st.none(), _text), "score": _unit,
+                 "status": st.sampled_from(["resolved", "unresolved", "ambiguous"])}),
+                min_size=1, max_size=2),
+            "latency_ms": _ms}))),
+        "result": draw(st.one_of(st.none(), st.fixed_dictionaries(
+            {"status": st.sampled_from(["success", "error", "no_action", "clarification"]),
+             "action": st.one_of(st.none(), _text), "response_text": _text,
+             "latency_ms": _ms}))),
+        "feedback": draw(st.one_of(st.none(), st.fixed_dictionaries(
+            {"barge_in": st.booleans(),
+             "explicit": st.one_of(st.none(), st.sampled_from(["positive", "negative"]))}))),
+        "label": draw(st.one_of(st.none(), st.fixed_dictionaries(
+            {"failure_point": st.sampled_from(["correct", "asr", "er"]),
+             "annotator": _text,
+             "failure_point_2": st.one_of(st.none(), st.sampled_from(["nlu", "result"]))}))),
+        "extra": None if extra is None else json.dumps(extra, sort_keys=True),
+    }
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> pl.DataFrame:
+    n = draw(st.integers(1, 5))
+    rows = [draw(_turn(i)) for i in range(n)]
+    return pl.DataFrame(rows, schema=TURN_SCHEMA).sort("session_id", "turn_index")
+
+
+def _normalised_extra(frame: pl.DataFrame, *, as_text: bool = False) -> pl.DataFrame:
+    """Extra as parsed JSON objects (key order is not part of the contract).
+
+    CSV cells are text, so unknown CSV columns come back as strings (``as_text``).
+    """
+
+    def norm(s: str) -> str:
+        obj = json.loads(s)
+        if as_text:
+            obj = {k: v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}
+        return json.dumps(obj, sort_keys=True)
+
+    return frame.with_columns(pl.col("extra").map_elements(norm, return_dtype=pl.String))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(frame=_frames())
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "events", "parquet"])
+def test_any_frame_round_trips(frame: pl.DataFrame, fmt: str, tmp_path) -> None:
+    path = write_turns(frame, tmp_path / SUFFIX[fmt])
+    back, report = read_traces(path)
+    assert report.rejected == 0, report.rejects_by_rule
+    text = fmt == "csv"
+    assert_frame_equal(_normalised_extra(back, as_text=text),
+                       _normalised_extra(frame, as_text=text))

@@ -473,11 +473,11 @@ def is_canonical_parquet(path: Path) -> bool:
 def parquet_frames(source: Source, batch_rows: int = 100_000) -> Iterator[pl.DataFrame]:
     """Record batches of a Parquet file as Polars frames; raises :class:`Broken`."""
     try:
-        pf = pq.ParquetFile(source.path)
-        for batch in pf.iter_batches(batch_size=batch_rows):
-            yield pl.from_arrow(pa.Table.from_batches([batch]))  # type: ignore[misc]
-    except (OSError, pa.ArrowException) as exc:
-        raise Broken(f"unreadable Parquet: {exc}") from None
+        pq.ParquetFile(source.path)  # a clear error for a damaged file, before streaming
+        # Polars' streaming reader: faster than pyarrow's batches, memory bounded.
+        yield from pl.scan_parquet(source.path).collect_batches(chunk_size=batch_rows)
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        raise Broken(f"unreadable Parquet: {str(exc).splitlines()[0]}") from None
 
 
 def parquet_blocks(source: Source, file_id: int) -> Iterator[Block | SourceProblem]:

@@ -45,6 +45,21 @@ def num(x: Any, digits: int = 4) -> str:
     return f"{float(x):.{digits}g}"
 
 
+def dash(x: Any) -> Any:
+    """``None`` shown as an en dash; anything else unchanged."""
+    return "–" if x is None else x
+
+
+def signed(x: float, digits: int = 2) -> str:
+    """``+1.23`` / ``-0.40``; a value that rounds to zero is ``+0.00``, never ``-0.00``."""
+    return f"{round(float(x), digits) + 0.0:+.{digits}f}"
+
+
+def qvalue(q: float) -> str:
+    """A q-value: two significant digits, tiny ones as an upper bound."""
+    return "< 1e-16" if q < 1e-16 else f"{q:.2g}"
+
+
 def interval(lo: float | None, hi: float | None) -> str:
     """``[5.10%, 7.02%]``."""
     return f"[{pct(lo)}, {pct(hi)}]"

@@ -15,7 +15,17 @@ import jinja2
 from markupsafe import Markup
 
 from fpi.report import svg
-from fpi.report._fmt import CLASS_TITLES, FAILURE_CLASSES, gate_value, num, pct, pp
+from fpi.report._fmt import (
+    CLASS_TITLES,
+    FAILURE_CLASSES,
+    dash,
+    gate_value,
+    num,
+    pct,
+    pp,
+    qvalue,
+    signed,
+)
 from fpi.schema import COMPONENTS
 
 _ENV = jinja2.Environment(
@@ -82,6 +92,6 @@ def render_html(summary: Mapping[str, Any]) -> str:
         components=COMPONENTS,
         titles=CLASS_TITLES,
         attr_how=how,
-        pct=pct, pp=pp, gv=gate_value, num=lambda x: num(x, 3),
+        pct=pct, pp=pp, gv=gate_value, num=lambda x: num(x, 3), dash=dash, qv=qvalue, sg=signed,
         **_charts(summary),
     )

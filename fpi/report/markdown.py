@@ -16,6 +16,8 @@ from fpi.report._fmt import (
     num,
     pct,
     pp,
+    qvalue,
+    signed,
 )
 from fpi.schema import CLASSES, COMPONENTS
 
@@ -104,7 +106,9 @@ def _rates(summary: Mapping[str, Any]) -> list[str]:
         sep += "---:|---|"
     out = ["## Failure rates", "",
            "Estimated rate of each failure point, adjusted for the night's class mix "
-           "(EM prior adjustment), beside the plain count of argmax predictions.", "",
+           "(EM prior adjustment), beside the plain count of argmax predictions. "
+           "Intervals cover sampling noise and model error; they widen when the "
+           "adjusted, unadjusted and confusion-corrected estimates disagree.", "",
            head, sep]
     for c in (*FAILURE_CLASSES, "correct"):
         r = rates[c]
@@ -148,7 +152,7 @@ def _slices(summary: Mapping[str, Any]) -> list[str]:
     for t in top:
         out.append(f"| {md(t['dimension'])} = {md(t['value'])} | {CLASS_TITLES[t['class']]} | "
                    f"{t['turns']:,} | {pct(t['rate'])} | {pct(t['rest_rate'])} | "
-                   f"{t['excess_failures']:,.0f} | {t['q_value']:.2g} |")
+                   f"{t['excess_failures']:,.0f} | {qvalue(t['q_value'])} |")
     out.append("")
     return out
 
@@ -172,7 +176,7 @@ def _attribution(summary: Mapping[str, Any]) -> list[str]:
         cells = []
         for g in COMPONENTS:
             v = bc["components"][g]
-            cells.append("–" if v["mean"] is None else f"{v['mean']:+.2f}")
+            cells.append("–" if v["mean"] is None else signed(v["mean"]))
         out.append(f"| {CLASS_TITLES[c]} | {bc['turns_predicted']:,} | " + " | ".join(cells)
                    + " |")
     share = a.get("by_component") or {}
@@ -230,9 +234,9 @@ def _turn_lines(t: Mapping[str, Any]) -> list[str]:
     comps = t.get("components") or {}
     if comps:
         lines.append("- **components:** " + ", ".join(
-            f"{g} {v:+.2f}" for g, v in sorted(comps.items(), key=lambda kv: -abs(kv[1]))))
+            f"{g} {signed(v)}" for g, v in sorted(comps.items(), key=lambda kv: -abs(kv[1]))))
     feats = t.get("features") or []
     if feats:
         lines.append("- **features:** " + ", ".join(
-            f"`{f['name']}`={md(f['value'])} ({f['contribution']:+.2f})" for f in feats))
+            f"`{f['name']}`={md(f['value'])} ({signed(f['contribution'])})" for f in feats))
     return lines

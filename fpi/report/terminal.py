@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fpi.report._fmt import CLASS_TITLES, FAILURE_CLASSES, gate_value, pct, pp
+from fpi.report._fmt import FAILURE_CLASSES, gate_value, pct, pp
 
 _STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
 
@@ -28,7 +28,7 @@ def render_terminal(summary: Mapping[str, Any], console: Console) -> None:
         t.add_column("vs baseline", justify="right")
     for c in (*FAILURE_CLASSES, "correct"):
         r = summary["rates"][c]
-        row = [CLASS_TITLES[c], pct(r["estimate"]), f"[{pct(r['low'])}, {pct(r['high'])}]",
+        row = [c, pct(r["estimate"]), f"[{pct(r['low'])}, {pct(r['high'])}]",
                f"{r['count']:,}"]
         if changes:
             ch = changes.get(c)

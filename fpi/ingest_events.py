@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.json as pj
 
 from fpi.ingest_parse import (
+    _NULL_LINE,
     EXTRA_COL,
     LineProblem,
     ParsedBlock,
@@ -269,6 +270,8 @@ class EventCollector:
         problems: list[LineProblem] = []
         try:
             codecs.utf_8_decode(data, "strict", True)
+            if _NULL_LINE.search(data) or bytes(data[:64]).lstrip().startswith(b"null"):
+                raise pa.ArrowInvalid("a line is a bare null")  # see ingest_parse
             table = pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(
                 explicit_schema=_FAST, unexpected_field_behavior="infer"))
             raw = None

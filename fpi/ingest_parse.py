@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,10 @@ def _read(data: bytes | memoryview, schema: pa.Schema, unexpected: str) -> pa.Ta
 # ---------------------------------------------------------------------------
 
 
+#: A line that is a bare JSON ``null`` (checked before pyarrow sees the block).
+_NULL_LINE = re.compile(rb"\n[ \t\r]*null")
+
+
 def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedBlock:
     """Parse ``data`` (complete lines of JSON Lines) into a raw frame and problems."""
     if n_lines is None:
@@ -100,6 +105,10 @@ def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedB
     try:
         # pyarrow does not check UTF-8; this does, without copying.
         codecs.utf_8_decode(data, "strict", True)
+        if _NULL_LINE.search(data) or bytes(data[:64]).lstrip().startswith(b"null"):
+            # pyarrow reads a bare ``null`` line as an empty record (and crashes on a
+            # block of only such lines): the careful path rejects it as not an object.
+            raise pa.ArrowInvalid("a line is a bare null")
         table = _read(data, FAST_SCHEMA, "infer")
     except (UnicodeDecodeError, pa.ArrowInvalid) as exc:
         log.debug("block of %d lines needs the line-by-line parser: %s", n_lines, exc)

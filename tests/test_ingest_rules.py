@@ -267,3 +267,21 @@ def test_duplicates_first_wins_across_and_within_blocks(tmp_path: Path, keys: li
     assert sorted((r["line"], int(r["message"].split("t.jsonl:")[1].split(";")[0]))
                   for r in rows) == repeats
     assert report.records_read == len(keys)
+
+
+@pytest.mark.parametrize("bare", [b"null", b"  null ", b"null\nnull"])
+def test_bare_null_lines_are_not_objects(tmp_path: Path, bare: bytes) -> None:
+    # pyarrow reads such a line as an empty record, and crashes on a block of only those.
+    turns = tmp_path / "t.jsonl"
+    turns.write_bytes(bare + b"\n" + json.dumps(good(0)).encode() + b"\n")
+    events = tmp_path / "e.jsonl"
+    events.write_bytes(bare + b"\n" + json.dumps({"session_id": "s", "turn_index": 0,
+                                                   "stage": "wake", "data": {}}).encode() + b"\n")
+    for path, fmt in ((turns, None), (events, "events")):
+        frame, report = read_traces(path, format=fmt)
+        assert frame.height == 1
+        assert report.rejects_by_rule == {"not_an_object": bare.count(b"null")}
+    only = tmp_path / "only.jsonl"
+    only.write_bytes(bare + b"\n")
+    with pytest.raises(InputError, match="not_an_object"):
+        read_traces(only)

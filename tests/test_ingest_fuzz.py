@@ -1,0 +1,108 @@
+"""Messy input never crashes ingest: every record is either kept or rejected, once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fpi.errors import InputError
+from fpi.ingest import read_traces
+from fpi.schema import RULES
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=3),
+    max_leaves=6,
+)
+
+PATHS = ["session_id", "turn_index", "timestamp", "schema_version", "wake", "wake.score",
+         "asr", "asr.confidence", "asr.nbest", "nlu.slots", "er.entities", "result.status",
+         "feedback.explicit", "label.failure_point", "label", "extra", "new.field"]
+
+
+def base(i: int) -> dict[str, Any]:
+    return {"session_id": f"s{i % 3}", "turn_index": i, "timestamp": "2026-11-20T18:03:12Z",
+            "wake": {"detected": True, "score": 0.5}, "asr": {"text": "x", "confidence": 0.5,
+                                                              "nbest": []},
+            "label": {"failure_point": "asr"}}
+
+
+def mutate(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    head, _, tail = path.partition(".")
+    if tail:
+        if not isinstance(record.get(head), dict):
+            record[head] = {}
+        record[head][tail] = value
+    else:
+        record[head] = value
+    return record
+
+
+line_kinds = st.one_of(
+    st.builds(lambda i: json.dumps(base(i)).encode(), st.integers(0, 40)),
+    st.builds(lambda i, p, v: json.dumps(mutate(base(i), p, v)).encode(),
+              st.integers(0, 40), st.sampled_from(PATHS), json_values),
+    st.binary(max_size=30),
+    st.builds(lambda v: json.dumps(v).encode(), json_values),
+)
+
+
+def check_counts(paths: Any, **kw: Any) -> None:
+    try:
+        frame, report = read_traces(paths, **kw)
+    except InputError:
+        return  # nothing good left (or nothing at all): a clean one-line error
+    assert report.records_read == report.turns_kept + report.rejected
+    assert frame.height == report.turns_kept
+    assert set(report.rejects_by_rule) <= set(RULES)
+    assert len(report.rejects) == report.rejected
+    assert frame.select("session_id", "turn_index").is_unique().all()
+
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(lines=st.lists(line_kinds, min_size=1, max_size=25), block=st.sampled_from([64, 1 << 20]))
+def test_messy_json_lines(tmp_path: Path, lines: list[bytes], block: int) -> None:
+    path = tmp_path / "messy.jsonl"
+    path.write_bytes(b"\n".join(ln.replace(b"\n", b" ") for ln in lines) + b"\n")
+    check_counts(path, block_bytes=block)
+
+
+@SETTINGS
+@given(events=st.lists(st.tuples(st.integers(0, 4), st.sampled_from(
+    ["wake", "asr", "nlu", "label", "tts", None]), json_values | st.just({"detected": True})),
+    min_size=1, max_size=20), garbage=st.lists(st.binary(max_size=20), max_size=3))
+def test_messy_stage_events(tmp_path: Path, events: list[tuple[int, Any, Any]],
+                            garbage: list[bytes]) -> None:
+    lines = [json.dumps({"session_id": "s", "turn_index": ti, "stage": stage,
+                         "timestamp": "2026-11-20T18:03:12Z", "data": data}).encode()
+             for ti, stage, data in events]
+    lines += [g.replace(b"\n", b" ") for g in garbage]
+    path = tmp_path / "messy.events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    check_counts(path, format="events")
+
+
+@SETTINGS
+@given(cells=st.lists(st.tuples(st.text(max_size=6), st.text(max_size=6), st.text(max_size=6)),
+                      min_size=1, max_size=15))
+def test_messy_csv(tmp_path: Path, cells: list[tuple[str, str, str]]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["session_id", "turn_index", "wake.score"])
+    writer.writerows(cells)
+    path = tmp_path / "messy.csv"
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    check_counts(path)

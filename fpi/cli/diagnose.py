@@ -47,6 +47,9 @@ def diagnose(
     min_support: Annotated[int, typer.Option(
         min=1, help="Smallest slice (turns) that is reported and tested.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the sample.")] = 0,
+    input_format: Annotated[str | None, typer.Option(
+        "--format", help="Force the input form (jsonl, parquet, csv, events); "
+                         "detected per file by default.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print summary.json on stdout (same exit codes).")] = False,
 ) -> None:
@@ -67,6 +70,7 @@ def diagnose(
             gates_file=gates, junit=junit, attribution=attribution,
             attribution_sample=attribution_sample, attribution_budget=attribution_budget,
             redact=redact, examples=examples, min_support=min_support, seed=seed,
+            format=input_format,
             progress=lambda step, n: status.update(f"{step}: {n:,} turns"),
         )
     render_terminal(result.summary, err_console)

@@ -179,6 +179,17 @@ def _attribution(summary: Mapping[str, Any]) -> list[str]:
             cells.append("–" if v["mean"] is None else signed(v["mean"]))
         out.append(f"| {CLASS_TITLES[c]} | {bc['turns_predicted']:,} | " + " | ".join(cells)
                    + " |")
+    by_slice = [s for s in a.get("by_slice") or [] if s["turns_attributed"]]
+    if by_slice:
+        out += ["", "Flagged slices: what drove their calls (mean log-odds of the attributed "
+                "turns in the slice predicted as the flagged class).", "",
+                "| slice | class | attributed | " + " | ".join(COMPONENTS) + " |",
+                "|---|---|---:|" + "---:|" * len(COMPONENTS)]
+        for s in by_slice:
+            cells = ["–" if s["components"][g]["mean"] is None
+                     else signed(s["components"][g]["mean"]) for g in COMPONENTS]
+            out.append(f"| {md(s['dimension'])} = {md(s['value'])} | {CLASS_TITLES[s['class']]} | "
+                       f"{s['turns_attributed']:,} | " + " | ".join(cells) + " |")
     share = a.get("by_component") or {}
     if any(v.get("share") is not None for v in share.values()):
         out.append("")

@@ -667,6 +667,20 @@ def ingest(
     out = Path(output)
     rpath = Path(rejects_path) if rejects_path is not None else rejects_path_for(out)
     sources = _sources(paths, format, [out, rpath])
+    for target in (out, rpath):
+        if target.is_dir():
+            raise InputError(f"{target}: is a directory; give a file name "
+                             f"(e.g. {target / 'turns.parquet'})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return _ingest(sources, out, rpath, strict=strict, progress=progress,
+                       block_bytes=block_bytes)
+    except PermissionError as exc:
+        raise InputError(f"{exc.filename or out}: permission denied") from None
+
+
+def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
+            progress: bool | Progress | None, block_bytes: int) -> IngestReport:
     nothing_left: InputError | None = None
     with _rejects_file(rpath) as fh:
         rejects = _Rejects(fh)

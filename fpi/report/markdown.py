@@ -69,6 +69,11 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         + (" · text redacted" if summary.get("redacted") else "")
     )
     out.append("")
+    ing = summary.get("ingest") or {}
+    if ing.get("rejected"):
+        rules = ", ".join(f"{md(k)} {v}" for k, v in (ing.get("rejects_by_rule") or {}).items())
+        out += [f"⚠️ {ing['rejected']:,} of {ing['records_read']:,} input records were rejected "
+                f"({rules}); see {md(ing.get('rejects_file'))} in the output directory.", ""]
     if gates:
         out += ["## Gates", "", "| | gate | value | interval | bound | status |",
                 "|---|---|---:|---|---:|---|"]

@@ -20,6 +20,11 @@ def render_terminal(summary: Mapping[str, Any], console: Console) -> None:
         f"[bold]fpi diagnose[/]: {summary['turns']:,} turns, {summary.get('sessions', 0):,} "
         f"sessions ({escape(', '.join(summary.get('inputs', [])))})"
     )
+    ing = summary.get("ingest") or {}
+    if ing.get("rejected"):
+        rules = ", ".join(f"{k} {v}" for k, v in (ing.get("rejects_by_rule") or {}).items())
+        console.print(f"[yellow]{ing['rejected']:,} input records rejected[/] ({escape(rules)}); "
+                      f"see {escape(str(ing.get('rejects_file')))} in the output directory")
     changes = (summary.get("baseline") or {}).get("changes") or {}
     t = Table(title="Failure rates", title_justify="left")
     for col in ("failure point", "estimate", "interval", "argmax count"):

@@ -1,0 +1,41 @@
+"""docs/cli.md is generated from --help; it must not drift from the commands."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_BOX = re.compile(r"[─│╭╮╰╯┌┐└┘├┤┬┴┼═║╔╗╚╝]")
+
+
+def _words(text: str) -> list[str]:
+    # Compare words, not layout: box drawing and wrapping may differ between
+    # rich versions, the options and their help may not.
+    return _BOX.sub(" ", text).split()
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts/gen_cli_docs.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_reference_is_current() -> None:
+    committed = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert _words(_generator().render()) == _words(committed), (
+        "docs/cli.md is out of date: run `python scripts/gen_cli_docs.py`"
+    )
+
+
+def test_every_option_is_documented() -> None:
+    gen = _generator()
+    committed = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for command in gen.COMMANDS:
+        options = set(re.findall(r"--[a-z][a-z0-9-]+", gen.help_text(command)))
+        assert options, command
+        missing = {o for o in options if o not in committed}
+        assert not missing, f"fpi {command}: {sorted(missing)} not in docs/cli.md"

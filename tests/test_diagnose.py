@@ -162,6 +162,8 @@ def test_raw_jsonl_input_goes_through_ingest(bundle_dir: Path, tmp_path: Path) -
     assert res.summary["turns"] == frame.height
     assert res.summary["ingest"]["rejected"] == 1
     assert (tmp_path / "out" / "rejects.jsonl").is_file()
+    assert "1 of 101 input records were rejected (invalid\\_json 1)" in (
+        tmp_path / "out" / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------------

@@ -43,10 +43,9 @@ def _render(tpl: np.ndarray, men: np.ndarray) -> pl.Series:
 
 def _strings(values: tuple[str, ...], ids: np.ndarray) -> pa.Array:
     """Gather ``values[ids]`` as an Arrow string array; id -1 gives null."""
-    arr = pa.array(list(values), type=pa.string())
-    ok = ids >= 0
-    taken = arr.take(pa.array(np.where(ok, ids, 0)))
-    return pa.compute.if_else(pa.array(ok), taken, pa.scalar(None, pa.string()))
+    table = pl.Series([*values, None], dtype=pl.String)
+    taken = table.gather(np.where(ids >= 0, ids, len(values)))
+    return taken.to_arrow().cast(pa.string())
 
 
 def _list(values: pa.StructArray, valid: np.ndarray) -> pa.ListArray:
@@ -87,16 +86,16 @@ def second_annotator(r: dict[str, np.ndarray]) -> np.ndarray:
     asr_g, nlu_g, er_g, res_g, ok_g, fw_g = (gold == 2), (gold == 3), (gold == 4), (gold == 5), (
         gold == 0), (gold == 1)
     flip = np.where(asr_g & r["e_entity"] & ~r["nlu_ok"], 0.11, flip)
-    flip = np.where(asr_g & r["e_entity"] & r["nlu_ok"], 0.13, flip)
+    flip = np.where(asr_g & r["e_entity"] & r["nlu_ok"], 0.1, flip)
     alt = np.where(asr_g & r["e_entity"], np.where(r["nlu_ok"], 4, 3), alt)
     flip = np.where(asr_g & r["e_content"], 0.12, flip)
     alt = np.where(asr_g & r["e_content"], 3, alt)
     media = np.isin(r["truth_int"], [W.I_VIDEO, W.I_AUDIOBOOK, W.I_MUSIC])
-    flip = np.where(nlu_g & media, 0.13, np.where(nlu_g, 0.09, flip))
-    alt = np.where(nlu_g, np.where(v < 0.6, 4, 2), alt)
+    flip = np.where(nlu_g & media, 0.16, np.where(nlu_g, 0.11, flip))
+    alt = np.where(nlu_g, np.where(v < 0.35, 4, 2), alt)
     flip = np.where(er_g, 0.065, flip)
     alt = np.where(er_g, np.where(v < 0.6, 5, 2), alt)
-    flip = np.where(res_g & r["wrong"], 0.2, np.where(res_g, 0.04, flip))
+    flip = np.where(res_g & r["wrong"], 0.15, np.where(res_g, 0.04, flip))
     alt = np.where(res_g & r["wrong"], 4, alt)
     recovered = ok_g & (r["e_entity"] | r["e_content"])
     flip = np.where(recovered, 0.15, flip)
@@ -299,11 +298,9 @@ def to_frame(
         },
         present=label_present,
     )
-    extra = _strings(
-        tuple(e or "" for e in _EXTRAS),
-        np.where(r["app"] == 0, -1, r["app"] % len(_EXTRAS)),
-    )
-    extra = pa.compute.if_else(pa.array(r["app"] == 0), pa.scalar(None, pa.string()), extra)
+    # only the newest app logs the extra fields, in one of a few variants
+    variant = 1 + (r["annotator"] % (len(_EXTRAS) - 1))
+    extra = _strings(tuple(e or "" for e in _EXTRAS), np.where(r["app"] == 3, variant, -1))
 
     table = pa.table(
         {

@@ -9,10 +9,9 @@ catalogue NLU chose, the result service acts on NLU and ER's output. Only at the
 end is each stage's output compared with the user's true goal, which gives the
 gold failure point by the spec's definition (earliest unrecovered error).
 
-Every random number is drawn for every session slot at every position, whether
-or not the slot is still active, and whatever the profile: a session's draws
-depend only on (seed, batch, slot, position), so profiles are compared with
-common random numbers.
+A session's random numbers depend only on (seed, batch, slot, position), not on
+the profile nor on which other sessions are still active (counter-based draws),
+so profiles are compared with common random numbers.
 """
 
 from __future__ import annotations
@@ -94,6 +93,35 @@ class TurnBlock:
     cols: dict[str, np.ndarray]
 
 
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer: a bijective scramble of 64-bit counters."""
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniforms(key: np.uint64, slots: np.ndarray, pos: int, stream: int, n: int) -> np.ndarray:
+    """Uniforms in [0, 1) for (slot, position, stream, column): counter-based, so a
+    slot's numbers do not depend on which other slots are active."""
+    with np.errstate(over="ignore"):
+        row = _mix(key ^ _mix(slots.astype(np.uint64) * np.uint64(64 * 8)
+                             + np.uint64(pos * 8 + stream) + _GOLDEN))
+        x = _mix(row[:, None] + np.arange(1, n + 1, dtype=np.uint64)[None, :] * _GOLDEN)
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def _normals(key: np.uint64, slots: np.ndarray, pos: int, stream: int, n: int) -> np.ndarray:
+    """Standard normals (Box-Muller on :func:`_uniforms`)."""
+    u = _uniforms(key, slots, pos, stream + 16, 2 * n)
+    r = np.sqrt(-2.0 * np.log1p(-u[:, :n]))
+    return r * np.cos(2.0 * np.pi * u[:, n:])
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -105,14 +133,26 @@ def _pick(p_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
     return (u[:, None] > cum).sum(axis=1)
 
 
+_PADDED: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _padded(table: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``table`` as a padded matrix and row lengths (cached: the tables are static)."""
+    key = id(table)
+    if key not in _PADDED:
+        width = max(len(t) for t in table)
+        pad = np.full((len(table), width), -1, dtype=np.int64)
+        counts = np.zeros(len(table), dtype=np.int64)
+        for i, t in enumerate(table):
+            pad[i, : len(t)] = t
+            counts[i] = len(t)
+        _PADDED[key] = (pad, counts)
+    return _PADDED[key]
+
+
 def _ragged_pick(table: tuple[np.ndarray, ...], rows: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Pick uniformly one element of ``table[row]`` per row (-1 where empty)."""
-    width = max(len(t) for t in table)
-    pad = np.full((len(table), width), -1, dtype=np.int64)
-    counts = np.zeros(len(table), dtype=np.int64)
-    for i, t in enumerate(table):
-        pad[i, : len(t)] = t
-        counts[i] = len(t)
+    pad, counts = _padded(table)
     n = counts[rows]
     j = np.minimum((u * n).astype(np.int64), np.maximum(n - 1, 0))
     return np.where(n > 0, pad[rows, j], -1)
@@ -627,6 +667,7 @@ def run_batch(
         goal_men[idx] = np.where(has, men, -1)
 
     u0 = rng.random((S, 4))
+    base_key = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
     new_goal(~is_bg, u0[:, 0], u0[:, 1], u0[:, 2], u0[:, 3])
     # a goal whose phrasing has no slot still keeps its entity for the next phrasing
     attempts = np.zeros(S, dtype=np.int64)
@@ -638,15 +679,17 @@ def run_batch(
     out: list[dict[str, np.ndarray]] = []
     for pos in range(MAX_TURNS):
         # draw for every slot, active or not (common random numbers across profiles)
-        u_all = rng.random((S, len(_U_NAMES)))
-        z_all = rng.standard_normal((S, len(_Z_NAMES)))
-        zc_all = rng.standard_normal((S, _CAT_WIDTH))
-        ug_all = rng.random((S, W.K))
         idx = np.flatnonzero(active)
         if len(idx) == 0:
             break
-        u = u_all[idx]
-        z = z_all[idx]
+        # counter-based draws: a slot's numbers depend on (batch, slot, position)
+        # only, and only active slots pay for them
+        u = _uniforms(base_key, idx, pos, 0, len(_U_NAMES))
+        z = _normals(base_key, idx, pos, 1, len(_Z_NAMES))
+        zc = _normals(base_key, idx, pos, 2, _CAT_WIDTH)
+        ug = _uniforms(base_key, idx, pos, 3, W.K)
+        u_all = np.zeros((S, len(_U_NAMES)))
+        u_all[idx] = u
         d, e = dev[idx], env[idx]
 
         # what happens at this position
@@ -673,7 +716,7 @@ def run_batch(
         truth_ent = np.where(truth_men >= 0, truth_ent, -1)
 
         r = _pipeline(st, prof, kind, d, e, loc[idx], app[idx], clarity[idx], truth_tpl,
-                      truth_men, truth_int, truth_ent, u, z, zc_all[idx], ug_all[idx])
+                      truth_men, truth_int, truth_ent, u, z, zc, ug)
 
         # ---- the user's experience and reaction -----------------------------
         # served: right and done (an unservable request or a question back is not done)

@@ -318,7 +318,7 @@ class _Run:
             elif source.format == "parquet" and is_canonical_parquet(source.path):
                 self._canonical_parquet(source, file_id)
             else:
-                items: Iterator[Block | SourceProblem]
+                items: Iterator[Block | SourceProblem | tuple[Block, ParsedBlock]]
                 if source.format == "jsonl":
                     items = line_blocks(source, file_id, self.block_bytes)
                 elif source.format == "csv":
@@ -326,7 +326,9 @@ class _Run:
                 else:
                     items = parquet_blocks(source, file_id)
                 for item, parsed in self._parse_ahead(items):
-                    if isinstance(item, SourceProblem):
+                    if isinstance(item, tuple):  # already parsed (CSV)
+                        self._block(item[0], parsed=item[1])
+                    elif isinstance(item, SourceProblem):
                         self.records += 1
                         self._problem(item)
                     else:
@@ -346,10 +348,10 @@ class _Run:
                 self._block(assembled[0], count=False, parsed=assembled[1])
         self.records += events.records
 
-    def _parse_ahead(self, items: Iterator[Block | SourceProblem]
-                     ) -> Iterator[tuple[Block | SourceProblem, ParsedBlock | None]]:
+    def _parse_ahead(self, items: Iterator[Block | SourceProblem | tuple[Block, ParsedBlock]]
+                     ) -> Iterator[tuple[Any, ParsedBlock | None]]:
         """Items in order, each block with its parse started :data:`PARSE_AHEAD` early."""
-        pending: deque[tuple[Block | SourceProblem, Future[ParsedBlock] | None]] = deque()
+        pending: deque[tuple[Any, Future[ParsedBlock] | None]] = deque()
         with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="fpi-parse") as pool:
             try:
                 for item in items:

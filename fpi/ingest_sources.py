@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from fpi.errors import InputError
+from fpi.ingest_parse import LineProblem, ParsedBlock, _bad_path
 from fpi.schema import BLOCKS, TURN_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -339,6 +340,7 @@ def _leaf_types() -> dict[str, pl.DataType]:
 _LEAVES = _leaf_types()
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
+_BOOLEANS = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
 
 
 def _csv_value(path: str, text: str) -> Any:
@@ -372,16 +374,148 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
+def _csv_column(cells: pl.Series, path: str) -> tuple[pl.Series, pl.Series | None, str]:
+    """A CSV column converted to its field's dtype: (values, rows that did not fit, expected)."""
+    dtype = _LEAVES.get(path)
+    if dtype is None or dtype == pl.String or path == "timestamp":  # timestamps: validation
+        return cells, None, ""
+    if isinstance(dtype, pl.List):
+        try:
+            values = cells.str.json_decode(dtype)
+            return values, None, "a JSON list"
+        except pl.exceptions.PolarsError:
+            # Some cell is not a list of the right shape: find which, one by one.
+            out: list[Any] = []
+            bad: list[bool] = []
+            for text in cells.to_list():
+                value = None if text is None else _json_or_text(text)
+                wrong = text is not None and _bad_path(value, dtype, path) is not None
+                out.append(None if wrong else value)
+                bad.append(wrong)
+            return pl.Series(cells.name, out, dtype=dtype, strict=False), pl.Series(bad), \
+                "a JSON list"
+    base = dtype.base_type()
+    text = cells.str.strip_chars()
+    if base == pl.Boolean:
+        values = text.str.to_lowercase().replace_strict(_BOOLEANS, default=None,
+                                                        return_dtype=pl.Boolean)
+        expected = "true or false"
+    else:
+        values = text.cast(base, strict=False)
+        expected = "an integer" if base == pl.Int64 else "a number"
+    return values.alias(cells.name), cells.is_not_null() & values.is_null(), expected
+
+
+def _csv_parsed(frame: pl.DataFrame, rows: list[int], file_id: int
+                ) -> tuple[Block, ParsedBlock]:
+    """One slice of a CSV file (all cells text) as a raw frame for validation.
+
+    Vectorized per column: numbers, booleans and JSON lists are converted by
+    Polars; a cell that does not fit rejects its row (``bad_type``, or the rule
+    of that field) naming the column.
+    """
+    from fpi.ingest_parse import _TYPE_RULE
+
+    frame = frame.select(pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)).alias(c)
+                         for c in frame.columns)  # an empty cell is null
+    converted: dict[str, pl.Series] = {}
+    problems: dict[int, LineProblem] = {}
+    for name in frame.columns:
+        cells = frame.get_column(name)
+        values, bad, expected = _csv_column(cells, name)
+        converted[name] = values
+        if bad is not None and bad.any():
+            rule = _TYPE_RULE.get(name, "bad_type")
+            for i in bad.arg_true().to_list():
+                if i not in problems:
+                    shown = orjson.dumps(cells[i]).decode()
+                    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                    problems[i] = LineProblem(i, rule, f"{name} must be {expected}, got {shown}")
+    # Columns in turn-record order (known fields, blocks, then unknown fields), so
+    # that ``extra`` lists unknown fields as the other forms do.
+    top: list[str] = []
+    blocks: dict[str, list[str]] = {b: [] for b in BLOCKS}
+    for name in frame.columns:
+        head, _, tail = name.partition(".")
+        if tail and head in BLOCKS:
+            blocks[head].append(name)
+        else:
+            top.append(name)
+    raw = pl.DataFrame(converted)
+    columns = [pl.col(n) for n in top if n in TURN_SCHEMA]
+    for head, names in blocks.items():
+        if names:
+            present = pl.any_horizontal([pl.col(n).is_not_null() for n in names])
+            columns.append(pl.when(present).then(pl.struct(
+                [pl.col(n).alias(n.partition(".")[2]) for n in names])).alias(head))
+    columns += [pl.col(n) for n in top if n not in TURN_SCHEMA]
+    parsed = raw.select(columns)
+    kept = [i for i in range(frame.height) if i not in problems]
+    if problems:
+        parsed = parsed[kept]
+    texts = frame  # raw text of a rejected row: its cells, as a JSON object
+
+    def raw_text(i: int) -> str:
+        return str(texts[i].select(pl.struct(pl.all()).struct.json_encode()).item())
+
+    block = Block(b"", file_id, 0, locs=[(file_id, r) for r in rows],
+                  raws=_LazyText(frame.height, raw_text))
+    return block, ParsedBlock(parsed, kept, sorted(problems.values(), key=lambda p: p.index),
+                              frame.height)
+
+
+class _LazyText(Sequence[str]):
+    """Raw text per row, computed only for the rows that are rejected."""
+
+    def __init__(self, n: int, get: Callable[[int], str]) -> None:
+        self.n, self.get = n, get
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.get(i)
+
+
 REQUIRED_CSV_COLUMNS = ("session_id", "turn_index")
 
 
-def csv_blocks(source: Source, file_id: int
-               ) -> Iterator[Block | SourceProblem]:
-    """Blocks from a CSV file with dotted column names (``asr.confidence``).
+def _csv_rows(frame: pl.DataFrame, file_id: int, line_map: list[int] | None
+              ) -> Iterator[Block]:
+    """Per-row path (a Python step per row) for CSV files with whole-block JSON cells."""
+    columns = frame.columns
+    locs: list[tuple[int, int]] = []
+    raws: list[str] = []
+    lines: list[bytes] = []
+    for i, values in enumerate(frame.iter_rows()):
+        record: dict[str, Any] = {}
+        for col, text in zip(columns, values, strict=True):
+            if text is None or text == "":
+                continue
+            head, _, tail = col.partition(".")
+            if tail and head in BLOCKS:
+                record.setdefault(head, {})
+                if isinstance(record[head], dict):
+                    record[head][tail] = _csv_value(col, text)
+            else:
+                record[col] = _csv_value(col, text)
+        row_no = i + 2 if line_map is None else line_map[min(i + 1, len(line_map) - 1)]
+        lines.append(orjson.dumps(record))
+        raws.append(orjson.dumps(dict(zip(columns, values, strict=True))).decode())
+        locs.append((file_id, row_no))
+        if len(lines) >= SYNTHETIC_BLOCK_LINES:
+            yield Block(b"\n".join(lines), file_id, 0, locs, raws)
+            lines, locs, raws = [], [], []
+    if lines:
+        yield Block(b"\n".join(lines), file_id, 0, locs, raws)
 
-    Each row becomes one JSON object (a per-row Python step: CSV is an
-    interchange form for human-sized files; the bulk forms are JSON Lines and
-    Parquet). Row numbers are as a spreadsheet shows them: the header is row 1.
+
+def csv_blocks(source: Source, file_id: int
+               ) -> Iterator[Block | SourceProblem | tuple[Block, ParsedBlock]]:
+    """Parsed slices of a CSV file with dotted column names (``asr.confidence``).
+
+    Cells are converted column by column (vectorized); row numbers are as a
+    spreadsheet shows them: the header is row 1.
     """
     parts: list[bytes] = []
     broken: SourceProblem | None = None
@@ -428,31 +562,15 @@ def csv_blocks(source: Source, file_id: int
     if missing:
         raise InputError(f"{source.path}: CSV is missing required column(s): {', '.join(missing)}")
     yield from bad_utf8
-    columns = frame.columns
-    locs: list[tuple[int, int]] = []
-    raws: list[str] = []
-    lines: list[bytes] = []
-    for i, values in enumerate(frame.iter_rows()):
-        record: dict[str, Any] = {}
-        for col, text in zip(columns, values, strict=True):
-            if text is None or text == "":
-                continue
-            head, _, tail = col.partition(".")
-            if tail and head in BLOCKS:
-                record.setdefault(head, {})
-                if isinstance(record[head], dict):
-                    record[head][tail] = _csv_value(col, text)
-            else:
-                record[col] = _csv_value(col, text)
-        row_no = i + 2 if line_map is None else line_map[min(i + 1, len(line_map) - 1)]
-        lines.append(orjson.dumps(record))
-        raws.append(orjson.dumps(dict(zip(columns, values, strict=True))).decode())
-        locs.append((file_id, row_no))
-        if len(lines) >= SYNTHETIC_BLOCK_LINES:
-            yield Block(b"\n".join(lines), file_id, 0, locs, raws)
-            lines, locs, raws = [], [], []
-    if lines:
-        yield Block(b"\n".join(lines), file_id, 0, locs, raws)
+    if any(c in BLOCKS for c in frame.columns):
+        # A whole block as a JSON object in one cell: the per-row path reads it.
+        yield from _csv_rows(frame, file_id, line_map)
+    else:
+        for start in range(0, frame.height, SYNTHETIC_BLOCK_LINES):
+            part = frame.slice(start, SYNTHETIC_BLOCK_LINES)
+            rows = [i + 2 if line_map is None else line_map[min(i + 1, len(line_map) - 1)]
+                    for i in range(start, start + part.height)]
+            yield _csv_parsed(part, rows, file_id)
     if broken:
         yield broken
 

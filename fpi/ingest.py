@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from fpi.errors import InputError, StrictRejects
 from fpi.files import atomic_path
 from fpi.ingest_events import EventCollector
-from fpi.ingest_parse import ParsedBlock, parse_block
+from fpi.ingest_parse import ParsedBlock, parse_block, parse_lines
 from fpi.ingest_sources import (
     FORMATS,
     Block,
@@ -379,7 +379,20 @@ class _Run:
             self._line_reject(block, p.index, p.rule, p.message)
         if parsed.frame is None or parsed.frame.height == 0:
             return
-        good, problems = validate(parsed.frame)
+        try:
+            good, problems = validate(parsed.frame)
+        except pl.exceptions.PolarsError:
+            if not block.data or parsed.careful:
+                raise
+            # Unknown fields of a shape the vectorized checks cannot handle: the
+            # careful parser moves every unknown field into ``extra`` text first.
+            log.debug("re-reading a block line by line", exc_info=True)
+            parsed = parse_lines(bytes(block.data))
+            for p in parsed.problems:
+                self._line_reject(block, p.index, p.rule, p.message)
+            if parsed.frame is None or parsed.frame.height == 0:
+                return
+            good, problems = validate(parsed.frame)
         row_lines = parsed.row_lines
         for rp in problems:
             index = row_lines[rp.row] if row_lines is not None else rp.row

@@ -280,12 +280,15 @@ class EventCollector:
                 row_lines = [i for i, ln in enumerate(raw) if ln.strip()]
                 if len(row_lines) != table.num_rows:
                     raise pa.ArrowInvalid("rows do not match lines")
-            frame = pl.from_arrow(table)  # type: ignore[assignment]
-        except (UnicodeDecodeError, pa.ArrowInvalid):
+            frame = _fixed(pl.from_arrow(table))  # type: ignore[arg-type]
+        except (UnicodeDecodeError, pa.ArrowException, pl.exceptions.PolarsError):
+            # (Polars cannot take some inferred shapes from Arrow, e.g. a list of nulls.)
             frame, row_lines, problems, poison = _parse_event_lines(bytes(data))
             for i, key, rule, msg in poison:
                 file_id, line = block.loc(i)
                 self.poisoned.append(_Poison(key, file_id, line, rule, msg))
+            if frame is not None:
+                frame = _fixed(frame)
         for p in problems:
             self.records += 1
             file_id, line = block.loc(p.index)
@@ -294,7 +297,7 @@ class EventCollector:
             return
         lines = (pl.Series(row_lines, dtype=pl.Int64) if row_lines is not None
                  else pl.int_range(0, frame.height, dtype=pl.Int64, eager=True))
-        self.frames.append(_fixed(frame).with_columns(
+        self.frames.append(frame.with_columns(
             file_id=pl.lit(block.file_id, dtype=pl.Int64),
             line=lines + block.first_line,
         ))

@@ -46,6 +46,7 @@ class ParsedBlock:
     row_lines: list[int] | None  #: block line index of each row; None when row i is line i
     problems: list[LineProblem]
     records: int  #: non-blank lines in the block
+    careful: bool = False  #: parsed line by line (unknown fields already in ``__extra``)
 
 
 # ---------------------------------------------------------------------------
@@ -110,21 +111,26 @@ def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedB
             # block of only such lines): the careful path rejects it as not an object.
             raise pa.ArrowInvalid("a line is a bare null")
         table = _read(data, FAST_SCHEMA, "infer")
-    except (UnicodeDecodeError, pa.ArrowInvalid) as exc:
+        row_lines: list[int] | None = None
+        records = n_lines
+        if table.num_rows != n_lines:
+            # Blank lines are skipped by pyarrow; anything else (two objects on one
+            # line) breaks the row -> line mapping, so take the careful path.
+            lines = bytes(data).split(b"\n")
+            row_lines = [i for i, ln in enumerate(lines[:n_lines]) if ln.strip()]
+            records = len(row_lines)
+            if table.num_rows != records:
+                raise pa.ArrowInvalid("rows do not match lines")
+        # Inferred unknown fields can have shapes Polars cannot take from Arrow
+        # (a list of nulls): those blocks also go the careful way.
+        frame: pl.DataFrame = pl.from_arrow(table)  # type: ignore[assignment]
+    except (UnicodeDecodeError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
         log.debug("block of %d lines needs the line-by-line parser: %s", n_lines, exc)
-        return _parse_lines(bytes(data))
-    if table.num_rows == n_lines:
-        return ParsedBlock(pl.from_arrow(table), None, [], n_lines)  # type: ignore[arg-type]
-    # Blank lines are skipped by pyarrow; anything else (two objects on one line)
-    # breaks the row -> line mapping, so take the careful path.
-    lines = bytes(data).split(b"\n")
-    nonblank = [i for i, ln in enumerate(lines[:n_lines]) if ln.strip()]
-    if table.num_rows == len(nonblank):
-        return ParsedBlock(pl.from_arrow(table), nonblank, [], len(nonblank))  # type: ignore[arg-type]
-    return _parse_lines(bytes(data))
+        return parse_lines(bytes(data))
+    return ParsedBlock(frame, row_lines, [], records)
 
 
-def _parse_lines(data: bytes) -> ParsedBlock:
+def parse_lines(data: bytes) -> ParsedBlock:
     """Careful path: one line at a time with orjson (only for blocks that failed).
 
     A Python loop per line is the price of pinpointing the bad ones; clean blocks
@@ -160,7 +166,7 @@ def _parse_lines(data: bytes) -> ParsedBlock:
         good.append(orjson.dumps(split_extra(obj)))
         good_idx.append(i)
     if not good:
-        return ParsedBlock(None, [], problems, records)
+        return ParsedBlock(None, [], problems, records, careful=True)
     try:
         table = _read(b"\n".join(good), FALLBACK_SCHEMA, "error")
     except pa.ArrowInvalid:
@@ -175,9 +181,9 @@ def _parse_lines(data: bytes) -> ParsedBlock:
                 problems.append(LineProblem(i, "bad_type", str(exc)))
         good_idx = kept
         if not tables:
-            return ParsedBlock(None, [], problems, records)
+            return ParsedBlock(None, [], problems, records, careful=True)
         table = pa.concat_tables(tables)
-    return ParsedBlock(pl.from_arrow(table), good_idx, problems, records)  # type: ignore[arg-type]
+    return ParsedBlock(pl.from_arrow(table), good_idx, problems, records, careful=True)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------

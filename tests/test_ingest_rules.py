@@ -285,3 +285,17 @@ def test_bare_null_lines_are_not_objects(tmp_path: Path, bare: bytes) -> None:
     only.write_bytes(bare + b"\n")
     with pytest.raises(InputError, match="not_an_object"):
         read_traces(only)
+
+
+def test_unknown_field_polars_cannot_take_from_arrow_is_still_kept(tmp_path: Path) -> None:
+    # pyarrow infers list<null> for [null, null]; Polars refuses that Arrow array.
+    turns = tmp_path / "t.jsonl"
+    turns.write_text(json.dumps(good(0, tags=[None, None])) + "\n")
+    events = tmp_path / "e.jsonl"
+    events.write_text(json.dumps({"session_id": "s", "turn_index": 0, "stage": "wake",
+                                  "data": {"x": [None]}, "tags": [None, None]}) + "\n")
+    frame, report = read_traces(turns)
+    assert report.rejected == 0 and json.loads(frame.item(0, "extra")) == {"tags": [None, None]}
+    frame, report = read_traces(events, format="events")
+    assert report.rejected == 0
+    assert json.loads(frame.item(0, "extra")) == {"wake.x": [None], "tags": [None, None]}

@@ -40,6 +40,43 @@ def child(night: Path, model: Path, out: Path, attribution: str, budget: float) 
                       "html_kb": round((out / "report.html").stat().st_size / 1024)}))
 
 
+def regressions(workdir: Path, turns: int, train_turns: int) -> None:
+    """Estimates vs truth, and which gate fails, on each regression profile."""
+    from fpi.diagnose import diagnose
+    from fpi.model import train
+    from fpi.schema import CLASSES
+    from fpi.simulate import PROFILES, simulate_frame, write_simulation
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = workdir / "model"
+    if not (model / "manifest.json").exists():
+        train(simulate_frame(train_turns, seed=0), model, seed=0, threads=2)
+    gates = [f"{c}.estimate <= baseline + 0.01" for c in CLASSES[1:]]
+    base = None
+    for prof in ("baseline", *(p for p in PROFILES if p != "baseline")):
+        night = workdir / f"reg_{prof}_{turns}.parquet"
+        if not night.exists():
+            write_simulation(night, turns=turns, seed=11, profile=prof)
+        truth = json.loads(Path(f"{night}.truth.json").read_text())["rates"]
+        t0 = time.perf_counter()
+        res = diagnose([night], model=model, out_dir=workdir / f"reg_out_{prof}",
+                       attribution="none", examples=0, baseline=base,
+                       gates=gates if base is not None else ())
+        s = res.summary
+        print(f"\n{prof}: {turns:,} turns, {time.perf_counter() - t0:.1f} s")
+        print(f"  {'class':10} {'true':>7} {'estimate':>8} {'interval':>17} {'in':>3} "
+              f"{'mean p':>7} {'argmax':>7}  gate")
+        status = {g["key"].split(".")[0]: g["status"] for g in s["gates"]}
+        for c in CLASSES:
+            r = s["rates"][c]
+            inside = "yes" if r["low"] <= truth[c] <= r["high"] else "NO"
+            print(f"  {c:10} {truth[c]:7.4f} {r['estimate']:8.4f} [{r['low']:.4f}, "
+                  f"{r['high']:.4f}] {inside:>3} {r['mean_probability']:7.4f} "
+                  f"{r['count_rate']:7.4f}  {status.get(c, '')}")
+        if base is None:
+            base = workdir / "reg_out_baseline" / "summary.json"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 1_000_000])
@@ -50,9 +87,15 @@ def main() -> None:
     ap.add_argument("--all-rows", type=int, default=20_000,
                     help="rows for the --attribution all throughput figure")
     ap.add_argument("--child", nargs=3, metavar=("NIGHT", "MODEL", "OUT"))
+    ap.add_argument("--regressions", type=int, default=0, metavar="TURNS",
+                    help="instead: diagnose a night of TURNS per regression profile against "
+                         "a baseline night, and print estimates, intervals, truth and gates")
     a = ap.parse_args()
     if a.child:
         child(Path(a.child[0]), Path(a.child[1]), Path(a.child[2]), a.attribution, a.budget)
+        return
+    if a.regressions:
+        regressions(a.workdir, a.regressions, a.train_turns)
         return
 
     from fpi.features import build_features

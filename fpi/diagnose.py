@@ -658,6 +658,19 @@ class Explanation:
     components: dict[str, dict[str, float]]
     features: list[dict[str, Any]]
     turn: dict[str, Any]
+    #: every feature's contribution toward the predicted class, its value, and the bias
+    feature_names: tuple[str, ...] = ()
+    feature_values: tuple[Any, ...] = ()
+    contributions: tuple[float, ...] = ()
+    bias: float = 0.0
+
+    def to_shap(self) -> Any:
+        """The call as a :class:`shap.Explanation` (e.g. for ``shap.plots.waterfall``)."""
+        import shap
+
+        return shap.Explanation(values=np.asarray(self.contributions), base_values=self.bias,
+                                data=np.asarray(self.feature_values, dtype=object),
+                                feature_names=list(self.feature_names))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -710,4 +723,8 @@ def explain(
                         enumerate(attr.GROUP_COLUMNS)} for k, c in enumerate(CLASSES)},
         features=attr.top_features(contrib[p], bundle.features, row["_feats"], n=top),
         turn={k: v for k, v in ex.items() if k not in ("components", "features")},
+        feature_names=tuple(f.name for f in bundle.features),
+        feature_values=tuple(row["_feats"].get(f.name) for f in bundle.features),
+        contributions=tuple(float(v) for v in contrib[p, :-1]),
+        bias=float(contrib[p, -1]),
     )

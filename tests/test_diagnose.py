@@ -230,6 +230,9 @@ def test_explain(night: Path, bundle_dir: Path) -> None:
     assert sum(e.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert set(e.components[e.predicted]) == set(GROUP_COLUMNS)
     assert e.features and e.features[0]["component"] in GROUP_COLUMNS
+    sx = e.to_shap()  # shap's Explanation: values + base value = the class's raw margin
+    margin = sum(e.components[e.predicted].values())
+    assert float(sx.values.sum() + sx.base_values) == pytest.approx(margin, abs=1e-3)
     res = _cli("explain", night, "--model", bundle_dir, "--session", sid, "--turn", "0")
     assert res.exit_code == 0, res.output
     assert e.predicted in res.stdout and "contributions" in res.stdout

@@ -52,3 +52,11 @@ def test_python_dash_m_and_console_script() -> None:
         [sys.executable, "-m", "fpi", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == f"fpi {__version__}"
+
+
+def test_error_message_is_not_read_as_markup(tmp_path) -> None:
+    # Brackets in a path (or in log text quoted by a message) must reach the user as they are.
+    missing = tmp_path / "[[gate]] [bold]x.jsonl"
+    result = runner.invoke(app, ["ingest", str(missing), "-o", str(tmp_path / "out.parquet")])
+    assert result.exit_code == 2
+    assert "[[gate]] [bold]x.jsonl" in result.stderr

@@ -100,6 +100,8 @@ FEATURES: Final[tuple[Feature, ...]] = (
     _n("asr_nbest_conf_sum", "asr"),
     _n("asr_runner_up_sim", "asr"),
     _n("asr_runner_up_content_diff", "asr"),
+    _n("asr_alt_content_mass", "asr"),
+    _n("asr_runner_up_keeps_slot", "asr"),
     _n("asr_n_words", "asr"),
     _n("asr_n_content_words", "asr"),
     _n("asr_audio_ms", "asr"),
@@ -156,6 +158,9 @@ FEATURES: Final[tuple[Feature, ...]] = (
     _n("next_new_content_words", "context"),
     _n("next_same_intent", "context"),
     _n("next_same_domain", "context"),
+    _n("next_intent_was_alternative", "context"),
+    _n("next_slot_value_sim", "context"),
+    _n("next_same_resolved", "context"),
     _n("next_asr_confidence", "context"),
     _n("next_nlu_confidence", "context"),
     _n("next_result_ok", "context"),
@@ -293,6 +298,9 @@ def _turn_features(lf: pl.LazyFrame) -> pl.LazyFrame:
         _cw=_content_words(text),
         _dom=domain,
         _alt_dom=alt_dom,
+        _alt_int=alts.list.eval(pl.element().struct.field("intent")),
+        _slot1=_norm_text(slots.list.get(0, null_on_oob=True).struct.field("value")),
+        _res1=ents.list.get(0, null_on_oob=True).struct.field("resolved_id"),
     )
     return lf.with_columns(
         wake_detected=_flag(pl.col("wake").struct.field("detected")),
@@ -311,6 +319,7 @@ def _turn_features(lf: pl.LazyFrame) -> pl.LazyFrame:
             pl.col("_cw").list.set_symmetric_difference(_content_words(pl.col("_ru")))
             .list.len().cast(pl.Float64)
         ),
+        asr_runner_up_keeps_slot=_similarity(pl.col("_slot1"), pl.col("_ru"), fuzz.partial_ratio),
         asr_n_words=n_words.cast(pl.Float64),
         asr_n_content_words=pl.col("_cw").list.len().cast(pl.Float64),
         asr_audio_ms=asr.struct.field("audio_ms"),
@@ -355,6 +364,33 @@ def _turn_features(lf: pl.LazyFrame) -> pl.LazyFrame:
         result_latency_ms=res.struct.field("latency_ms"),
         barge_in=_flag(pl.col("feedback").struct.field("barge_in")),
         explicit_feedback=_explicit(pl.col("feedback").struct.field("explicit")),
+    )
+
+
+def _nbest_content_mass(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Confidence mass of the n-best alternatives whose content words differ from the top."""
+    alts = (
+        lf.select("_row", "_cw", pl.col("asr").struct.field("nbest").list.slice(1).alias("_nb"))
+        .filter(pl.col("_nb").list.len() > 0)
+        .explode("_nb")
+        .select(
+            "_row",
+            pl.when(
+                pl.col("_cw").list.set_symmetric_difference(
+                    _content_words(pl.col("_nb").struct.field("text"))
+                ).list.len() > 0
+            ).then(pl.col("_nb").struct.field("confidence")).otherwise(0.0).alias("_m"),
+        )
+        .group_by("_row")
+        .agg(pl.col("_m").sum().alias("_mass"))
+    )
+    return (
+        lf.join(alts, on="_row", how="left")
+        .with_columns(
+            asr_alt_content_mass=pl.when(pl.col("asr").is_not_null())
+            .then(pl.col("_mass").fill_null(0.0))
+        )
+        .drop("_mass")
     )
 
 
@@ -453,6 +489,8 @@ def _context_features(lf: pl.LazyFrame) -> pl.LazyFrame:
         _next_intent=nxt(intent),
         _prev_intent=prv(intent),
         _next_dom=nxt(pl.col("_dom")),
+        _next_slot1=nxt(pl.col("_slot1")),
+        _next_res1=nxt(pl.col("_res1")),
         next_barge_in=_flag(nxt(pl.col("feedback").struct.field("barge_in"))),
         next_explicit_feedback=_explicit(nxt(pl.col("feedback").struct.field("explicit"))),
         next_asr_confidence=nxt(pl.col("asr").struct.field("confidence")),
@@ -477,6 +515,13 @@ def _context_features(lf: pl.LazyFrame) -> pl.LazyFrame:
         ),
         next_same_intent=pl.when(pl.col("_next_intent").is_not_null() & intent.is_not_null())
         .then(_flag(pl.col("_next_intent") == intent)),
+        next_intent_was_alternative=pl.when(pl.col("_next_intent").is_not_null()
+                                            & pl.col("_alt_int").is_not_null())
+        .then(_flag(pl.col("_alt_int").list.contains(pl.col("_next_intent")))),
+        next_slot_value_sim=_similarity(pl.col("_slot1"), pl.col("_next_slot1"), fuzz.ratio),
+        next_same_resolved=pl.when(
+            pl.col("_res1").is_not_null() & pl.col("_next_res1").is_not_null()
+        ).then(_flag(pl.col("_res1") == pl.col("_next_res1"))),
         next_same_domain=pl.when(pl.col("_next_dom").is_not_null() & pl.col("_dom").is_not_null())
         .then(_flag(pl.col("_next_dom") == pl.col("_dom"))),
         prev_text_sim=_similarity(pl.col("_t"), pl.col("_prev_t"), fuzz.ratio),
@@ -497,6 +542,7 @@ def feature_exprs_lazy(turns: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     lf = lf.with_row_index("_row")
     lf = _turn_features(lf)
     lf = _alt_other_domain_conf(lf)
+    lf = _nbest_content_mass(lf)
     lf = _slot_entity_features(lf)
     lf = _context_features(lf)
     out = [pl.col("session_id"), pl.col("turn_index")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -189,3 +190,20 @@ def test_features_identical_alone_or_among_others() -> None:
 def test_not_a_canonical_frame_is_a_schema_error() -> None:
     with pytest.raises(SchemaError, match="lack column"):
         build_features(make_turns(2).drop("asr"))
+
+
+def test_simulated_sessions_identical_alone_or_among_others() -> None:
+    from fpi.simulate import simulate_frame
+
+    many = simulate_frame(3000, seed=11)
+    all_feats = build_features(many)
+    # in whole-session batches of varying size
+    sessions = many["session_id"].unique(maintain_order=True)
+    cuts = [0, 1, 7, 60, len(sessions)]
+    parts = [
+        build_features(many.filter(pl.col("session_id").is_in(sessions[a:b].implode())))
+        for a, b in itertools.pairwise(cuts)
+    ]
+    assert pl.concat(parts).equals(all_feats)
+    for f in FEATURES:  # the simulator exercises every feature
+        assert all_feats[f.name].null_count() < all_feats.height, f.name

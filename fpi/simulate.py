@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 Labels = Literal["both", "gold", "none"]
 #: Mean turns per session, used to size batches of whole sessions.
-_TURNS_PER_SESSION = 2.6
+_TURNS_PER_SESSION = 3.0
 DEFAULT_BATCH_SIZE = 20_000
 
 

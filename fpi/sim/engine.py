@@ -17,7 +17,6 @@ so profiles are compared with common random numbers.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +25,8 @@ from fpi.sim.profiles import Profile
 
 #: Turn kinds.
 FALSE_WAKE, GOAL, STOP = 0, 1, 2
+#: Intents whose plain "play X" phrasing is ambiguous between media.
+MEDIA_INTENTS = np.array([W.I_MUSIC, W.I_VIDEO, W.I_AUDIOBOOK])
 #: Longest session (turns); longer ones are cut, as a session timeout would.
 MAX_TURNS = 20
 #: Session start times are spread over one day from here.
@@ -38,7 +39,7 @@ _U_NAMES = (
     "nb_truth", "nb_n", "er_fault", "er_lowres", "er_outage", "res_err", "res_wrong",
     "res_wrong_ent", "res_text", "unres_kind", "barge", "explicit", "react", "react2",
     "new_intent", "new_tpl", "new_ent", "new_alias", "similar", "gap", "fb_app",
-    "ann_flip", "ann_pick", "annotator", "res_weather", "nb_pick", "nb_pick2",
+    "ann_flip", "ann_pick", "annotator", "res_text2", "nb_pick", "nb_pick2", "specific",
 )
 _Z_NAMES = (
     "wake", "dd", "clarity_turn", "asr_conf", "asr_audio", "asr_lat", "nlu_conf",
@@ -84,13 +85,6 @@ ACTION_VERBS: tuple[str, ...] = (
 )
 STATUS_NAMES: tuple[str, ...] = ("success", "error", "no_action", "clarification")
 ER_STATUS_NAMES: tuple[str, ...] = ("resolved", "unresolved", "ambiguous")
-
-
-@dataclass
-class TurnBlock:
-    """Columns of the turns one position produced (one row per active session)."""
-
-    cols: dict[str, np.ndarray]
 
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -243,6 +237,14 @@ def _pipeline(
     zc: np.ndarray,
     ug: np.ndarray,
 ) -> dict[str, np.ndarray]:
+    """Run one turn per row through wake, ASR, NLU, ER and result; label it.
+
+    ``truth_*`` is what the user said and meant (or the background phrase of a
+    false wake); ``u``, ``z``, ``zc``, ``ug`` are the row's random numbers. Each
+    stage reads only the previous stage's output; the label is computed last from
+    the outputs and the truth. Returns per-row columns (outputs, label, and the
+    hidden error flags the tests check the story with).
+    """
     t = st.t
     n = len(kind)
     fw = kind == FALSE_WAKE
@@ -457,6 +459,8 @@ def _pipeline(
     resp_x_men = np.where(unres, men, resp_x_men)
     # an ER timeout is answered like a service error
     resp = np.where(unres & outage & (u[:, U["res_text"]] < 0.5), 17, resp)
+    # some services answer "not found" with a generic error message
+    resp = np.where(unres & (u[:, U["res_text2"]] < 0.15), 17, resp)
     status = np.where(amb, 3, status)
     resp = np.where(amb, np.where(u[:, U["res_text"]] < 0.8, 16, 21), resp)
     acted &= ~(unres | amb)
@@ -468,6 +472,8 @@ def _pipeline(
     svc_err = serviceable & (u[:, U["res_err"]] < p_err)
     status = np.where(svc_err, 1, status)
     resp = np.where(svc_err, 17 + (u[:, U["res_text"]] < 0.4), resp)
+    # ... and a failing service often says it found nothing
+    resp = np.where(svc_err & (u[:, U["res_text2"]] < 0.25), 14, resp)
     acted &= ~svc_err
     p_wrong = np.array([0.012, 0.03, 0.05, 0.05, 0.012, 0.012, 0.012, 0.07, 0.0, 0.0, 0.0])[dom]
     wrong = acted & ~is_stop & (action_ent >= 0) & (u[:, U["res_wrong"]] < p_wrong)
@@ -634,7 +640,8 @@ def run_batch(
     goal_men = np.full(S, -1, dtype=np.int64)
 
     def new_goal(mask: np.ndarray, u_int: np.ndarray, u_tpl: np.ndarray, u_ent: np.ndarray,
-                 u_alias: np.ndarray, keep_intent: np.ndarray | None = None) -> None:
+                 u_alias: np.ndarray, u_specific: np.ndarray,
+                 keep_intent: np.ndarray | None = None) -> None:
         idx = np.flatnonzero(mask)
         if len(idx) == 0:
             return
@@ -642,7 +649,10 @@ def run_batch(
         if keep_intent is not None:
             gi = np.where(keep_intent[idx], goal_int[idx], gi)
         goal_int[idx] = gi
-        rephrase(idx, u_tpl, u_alias)
+        # people who know "play X" is ambiguous often say which medium they mean
+        specific = np.zeros(S, dtype=bool)
+        specific[idx] = np.isin(gi, MEDIA_INTENTS) & (u_specific[idx] < 0.45)
+        rephrase(idx, u_tpl, u_alias, specific)
         cat = t.goal_catalogue[gi]
         ent = _ragged_pick(st.t.cat_entities, np.maximum(cat, 0), u_ent[idx])
         goal_ent[idx] = np.where(cat >= 0, ent, -1)
@@ -666,9 +676,9 @@ def run_batch(
         men = np.where(ua < 0.75, first, other)
         goal_men[idx] = np.where(has, men, -1)
 
-    u0 = rng.random((S, 4))
+    u0 = rng.random((S, 5))
     base_key = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
-    new_goal(~is_bg, u0[:, 0], u0[:, 1], u0[:, 2], u0[:, 3])
+    new_goal(~is_bg, u0[:, 0], u0[:, 1], u0[:, 2], u0[:, 3], u0[:, 4])
     # a goal whose phrasing has no slot still keeps its entity for the next phrasing
     attempts = np.zeros(S, dtype=np.int64)
     next_kind = np.where(is_bg, FALSE_WAKE, GOAL)
@@ -860,7 +870,8 @@ def run_batch(
         keep = np.zeros(S, dtype=bool)
         keep[gslots[similar_mask]] = True
         new_goal(full, u_all[:, U["new_intent"]], u_all[:, U["new_tpl"]],
-                 u_all[:, U["new_ent"]], u_all[:, U["new_alias"]], keep_intent=keep)
+                 u_all[:, U["new_ent"]], u_all[:, U["new_alias"]], u_all[:, U["specific"]],
+                 keep_intent=keep)
         reph = np.zeros(S, dtype=bool)
         reph[gslots[rephrase_mask]] = True
         ridx = np.flatnonzero(reph)

@@ -170,7 +170,6 @@ _ENTITIES: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = 
     # soundtracks share their film's title: "play frozen" is music or video
     ("music", "mu-21", "Frozen (soundtrack)", ("frozen",), ("chosen",)),
     ("music", "mu-22", "Top Gun (soundtrack)", ("top gun",), ("top fun",)),
-    ("music", "mu-24", "Dune (soundtrack)", ("dune",), ("june",)),
     # video
     ("video", "vi-01", "Harry Potter and the Philosopher's Stone (film)", ("harry potter",),
      ("hairy potter", "harry porter")),

@@ -9,7 +9,8 @@ subprocess so that peak memory is the reader's alone:
 * orjson, one ``loads`` per line (parsing only, nothing kept),
 * ``fpi ingest`` (parsing, every rule, rejects, sorted canonical Parquet out).
 
-Prints seconds, peak RSS (GB) and the ratio to pyarrow. Usage::
+Prints wall seconds, CPU seconds, peak RSS (GB) and the ratios to pyarrow.
+Usage::
 
     python benchmarks/bench_ingest.py --turns 1000000 [--data-dir /work/bench_data]
 
@@ -52,7 +53,9 @@ else:
 seconds = time.perf_counter() - t0
 # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the parent.
 peak_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"rows": n, "seconds": seconds, "peak_gb": peak_kb * 1024 / 1e9}))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rows": n, "seconds": seconds, "cpu_seconds": ru.ru_utime + ru.ru_stime,
+                  "peak_gb": peak_kb * 1024 / 1e9}))
 """
 
 READERS = ("polars", "pyarrow", "orjson", "fpi")
@@ -102,15 +105,21 @@ def main() -> None:
         print(f"  {kind}: {results[kind]}", flush=True)
     base = results.get("pyarrow", {}).get("seconds")
     print()
-    print(f"{'reader':<22}{'seconds':>10}{'peak GB':>10}{'x pyarrow':>11}")
+    cpu_base = results.get("pyarrow", {}).get("cpu_seconds")
+    print(f"{'reader':<22}{'seconds':>10}{'x pyarrow':>11}{'CPU s':>8}{'x pyarrow':>11}"
+          f"{'peak GB':>9}")
     for kind, r in results.items():
         if "error" in r:
             print(f"{kind:<22}  error: {r['error']}")
             continue
         ratio = f"{r['seconds'] / base:.2f}" if base else "-"
+        cpu_ratio = f"{r['cpu_seconds'] / cpu_base:.2f}" if cpu_base else "-"
         label = {"polars": "polars.read_ndjson", "pyarrow": "pyarrow.json.read_json",
                  "orjson": "orjson per line", "fpi": "fpi ingest"}[kind]
-        print(f"{label:<22}{r['seconds']:>10.1f}{r['peak_gb']:>10.2f}{ratio:>11}")
+        print(f"{label:<22}{r['seconds']:>10.1f}{ratio:>11}{r['cpu_seconds']:>8.1f}"
+              f"{cpu_ratio:>11}{r['peak_gb']:>9.2f}")
+    print("\n(seconds: wall clock; CPU s: user + system time of the reader's process, the "
+          "steadier figure on a shared machine)")
 
 
 if __name__ == "__main__":

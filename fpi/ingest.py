@@ -49,7 +49,7 @@ from fpi.ingest_sources import (
     parquet_blocks,
     parquet_frames,
 )
-from fpi.ingest_validate import ROW_COL, validate
+from fpi.ingest_validate import ROW_COL, RowProblem, validate
 from fpi.schema import CLASSES, KEY_COLUMNS, RULES, empty_frame
 
 __all__ = ["FORMATS", "IngestReport", "Reject", "ingest", "read_traces", "rejects_path_for"]
@@ -224,11 +224,12 @@ class _ParquetSink(_Sink):
         self.pending: Future[None] | None = None
 
     def write(self, frame: pl.DataFrame) -> None:
-        table = frame.to_arrow()
         if self.pending is not None:
             self.pending.result()
-        self.pending = self.pool.submit(self.writer.write_table, table,
-                                        row_group_size=len(table) or 1)
+        self.pending = self.pool.submit(self._write, frame)
+
+    def _write(self, frame: pl.DataFrame) -> None:
+        self.writer.write_table(frame.to_arrow(), row_group_size=frame.height or 1)
 
     def close(self) -> None:
         try:
@@ -242,6 +243,37 @@ class _ParquetSink(_Sink):
 # ---------------------------------------------------------------------------
 # The ingest run
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """A block parsed and validated, ready to be reported and written."""
+
+    parsed: ParsedBlock
+    good: pl.DataFrame | None  #: canonical rows that passed (with ROW_COL), None if none
+    problems: list[RowProblem]
+
+
+def _prepare(data: bytes | memoryview, n_lines: int | None,
+             parsed: ParsedBlock | None = None) -> _Prepared:
+    """Parse (unless given) and validate one block; no side effects (runs in a worker)."""
+    if parsed is None:
+        parsed = parse_block(data, n_lines)
+    if parsed.frame is None or parsed.frame.height == 0:
+        return _Prepared(parsed, None, [])
+    try:
+        good, problems = validate(parsed.frame)
+    except pl.exceptions.PolarsError:
+        if not data or parsed.careful:
+            raise
+        # Unknown fields of a shape the vectorized checks cannot handle: the
+        # careful parser moves every unknown field into ``extra`` text first.
+        log.debug("re-reading a block line by line", exc_info=True)
+        parsed = parse_lines(bytes(data))
+        if parsed.frame is None or parsed.frame.height == 0:
+            return _Prepared(parsed, None, [])
+        good, problems = validate(parsed.frame)
+    return _Prepared(parsed, good if good.height else None, problems)
 
 
 class _SeenKeys:
@@ -325,14 +357,12 @@ class _Run:
                     items = csv_blocks(source, file_id)
                 else:
                     items = parquet_blocks(source, file_id)
-                for item, parsed in self._parse_ahead(items):
-                    if isinstance(item, tuple):  # already parsed (CSV)
-                        self._block(item[0], parsed=item[1])
-                    elif isinstance(item, SourceProblem):
+                for item, prepared in self._parse_ahead(items):
+                    if isinstance(item, SourceProblem):
                         self.records += 1
                         self._problem(item)
                     else:
-                        self._block(item, parsed=parsed)
+                        self._block(item, prepared)
                         if self.progress and item.src_pos:
                             self.progress(self.done_bytes + item.src_pos, self.total_bytes)
             self.done_bytes += source.path.stat().st_size
@@ -345,18 +375,26 @@ class _Run:
             if isinstance(assembled, SourceProblem):
                 self._problem(assembled)
             else:
-                self._block(assembled[0], count=False, parsed=assembled[1])
+                self._block(assembled[0], _prepare(b"", None, assembled[1]), count=False)
         self.records += events.records
 
     def _parse_ahead(self, items: Iterator[Block | SourceProblem | tuple[Block, ParsedBlock]]
-                     ) -> Iterator[tuple[Any, ParsedBlock | None]]:
-        """Items in order, each block with its parse started :data:`PARSE_AHEAD` early."""
-        pending: deque[tuple[Any, Future[ParsedBlock] | None]] = deque()
+                     ) -> Iterator[tuple[Any, Any]]:
+        """Items in order, each block parsed and validated :data:`PARSE_AHEAD` early.
+
+        Parsing and validation are pure and release the GIL (pyarrow, Polars), so
+        worker threads prepare the next blocks while this one is reported and written.
+        """
+        pending: deque[tuple[Any, Future[_Prepared] | None]] = deque()
         with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="fpi-parse") as pool:
             try:
                 for item in items:
-                    fut = (pool.submit(parse_block, item.data, item.n_lines)
-                           if isinstance(item, Block) else None)
+                    fut: Future[_Prepared] | None = None
+                    if isinstance(item, Block):
+                        fut = pool.submit(_prepare, item.data, item.n_lines)
+                    elif isinstance(item, tuple):  # already parsed (CSV)
+                        fut = pool.submit(_prepare, b"", None, item[1])
+                        item = item[0]
                     pending.append((item, fut))
                     while len(pending) > PARSE_AHEAD:
                         done, fut = pending.popleft()
@@ -369,35 +407,18 @@ class _Run:
                     if fut:
                         fut.cancel()
 
-    def _block(self, block: Block, count: bool = True, parsed: ParsedBlock | None = None
-               ) -> None:
-        if parsed is None:
-            parsed = parse_block(block.data, block.n_lines)
+    def _block(self, block: Block, prepared: _Prepared, count: bool = True) -> None:
+        """Report a prepared block's rejects, drop repeated turns, hand the rest on."""
+        parsed, good, problems = prepared.parsed, prepared.good, prepared.problems
         if count:
             self.records += parsed.records
         for p in parsed.problems:
             self._line_reject(block, p.index, p.rule, p.message)
-        if parsed.frame is None or parsed.frame.height == 0:
-            return
-        try:
-            good, problems = validate(parsed.frame)
-        except pl.exceptions.PolarsError:
-            if not block.data or parsed.careful:
-                raise
-            # Unknown fields of a shape the vectorized checks cannot handle: the
-            # careful parser moves every unknown field into ``extra`` text first.
-            log.debug("re-reading a block line by line", exc_info=True)
-            parsed = parse_lines(bytes(block.data))
-            for p in parsed.problems:
-                self._line_reject(block, p.index, p.rule, p.message)
-            if parsed.frame is None or parsed.frame.height == 0:
-                return
-            good, problems = validate(parsed.frame)
         row_lines = parsed.row_lines
         for rp in problems:
             index = row_lines[rp.row] if row_lines is not None else rp.row
             self._line_reject(block, index, rp.rule, rp.message)
-        if good.height == 0:
+        if good is None:
             return
         index_col = good.get_column(ROW_COL)
         if row_lines is not None:

@@ -5,12 +5,15 @@ mix has shifted, is pulled back toward the training rates. Two estimators
 undo that under *label shift* (class-conditional logs unchanged, class mix
 changed):
 
+* **Adjusted classify-and-count** (ACC, also known as BBSE): solve ``q = M^T pi``
+  where ``q`` is the night's distribution of argmax predictions and ``M`` the
+  held-out confusion matrix, row-normalised (``P(predicted | true)``). This is
+  the point estimate whenever the model carries its confusion matrix: it needs
+  no calibration, so it cannot amplify calibration error.
 * **EM prior adjustment** (Saerens, Latinne & Decaestecker, 2002): re-weight each
   turn's calibrated posterior by ``new_prior / train_prior`` and iterate until the
-  prior equals the mean adjusted posterior. This is the point estimate.
-* **Adjusted classify-and-count** (ACC): solve ``q = M^T pi`` where ``q`` is the
-  night's distribution of argmax predictions and ``M`` the held-out confusion
-  matrix, row-normalised (``P(predicted | true)``).
+  prior equals the mean adjusted posterior. The point estimate without a
+  confusion matrix; with a poorly calibrated model it can run away to 0 or 1.
 
 The interval has to cover the model's error as well as sampling noise, so it
 is the union of three percentile bootstraps: EM over sessions (Poisson weights
@@ -21,9 +24,10 @@ unadjusted mean probability. Where the estimators disagree, which is what a
 shift that is not pure label shift looks like (the logs of every class drift,
 and EM over-corrects), the interval widens to span them.
 
-Each slice with enough turns gets its own EM estimate; slice tests are one-sided
-two-proportion tests against the rest of the night, corrected for multiple
-comparisons with Benjamini-Hochberg.
+Each slice with enough turns gets its own estimate (same estimator); slice tests
+are one-sided tests against the rest of the night, with the estimator's own
+sampling variance (ACC's is the multinomial variance pushed through ``M^-1``),
+corrected for multiple comparisons with Benjamini-Hochberg.
 """
 
 from __future__ import annotations
@@ -74,8 +78,10 @@ def em_prior(
     *,
     weights: np.ndarray | None = None,
     init: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
     tol: float = 1e-7,
     max_iter: int = 500,
+    chunk: int = 65_536,
 ) -> np.ndarray:
     """EM estimate of the class prior of ``probs``' population (Saerens et al. 2002).
 
@@ -85,23 +91,31 @@ def em_prior(
     train_prior : (k,) the prior the posteriors were calibrated under.
     weights : optional (n,) non-negative row weights (bootstrap).
     init : optional starting prior (defaults to the training prior).
+    rows : optional row indices: estimate on ``probs[rows]`` without copying it.
+    chunk : rows per step, so temporaries stay small however big ``probs`` is.
 
     Returns
     -------
     (k,) estimated prior, summing to 1.
     """
-    p = np.asarray(probs, dtype=np.float64)
     base = np.clip(np.asarray(train_prior, dtype=np.float64), 1e-12, None)
     base = base / base.sum()
     prior = base.copy() if init is None else np.clip(np.asarray(init, np.float64), 1e-12, None)
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
-    total = float(len(p)) if w is None else float(w.sum())
-    if len(p) == 0 or total <= 0:
+    n = len(probs) if rows is None else len(rows)
+    total = float(n) if w is None else float(w.sum())
+    if n == 0 or total <= 0:
         return base
     for _ in range(max_iter):
-        adj = p * (prior / base)
-        adj /= np.clip(adj.sum(axis=1, keepdims=True), 1e-300, None)
-        new = (adj.sum(axis=0) if w is None else w @ adj) / total
+        ratio = prior / base
+        new = np.zeros_like(prior)
+        for start in range(0, n, chunk):
+            sl = slice(start, start + chunk)
+            p = probs[sl] if rows is None else probs[rows[sl]]
+            adj = p * ratio
+            adj /= np.clip(adj.sum(axis=1, keepdims=True), 1e-300, None)
+            new += adj.sum(axis=0) if w is None else w[sl] @ adj
+        new /= total
         if np.max(np.abs(new - prior)) < tol:
             prior = new
             break
@@ -157,6 +171,8 @@ class RateTable:
     acc: np.ndarray | None
     confidence: float
     n_boot: int
+    #: which estimator ``estimate`` is: ``acc`` (with a confusion matrix) or ``em``
+    estimator: str = "acc"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """``{class: {estimate, low, high, count, count_rate, mean_probability, em, acc}}``."""
@@ -234,7 +250,7 @@ def estimate_rates(
     if n == 0:
         z = np.zeros(k)
         return RateTable(classes, 0, em, z, np.ones(k), count, count_rate, mean_prob, em, acc,
-                         confidence, 0)
+                         confidence, 0, "em" if acc is None else "acc")
 
     rng = np.random.default_rng(seed)
     codes = _session_codes(groups, n)
@@ -289,10 +305,14 @@ def estimate_rates(
             acc_boot[b] = acc_prior(np.clip(count_rate + scale * q_dev[b], 0, None), m_b)
         lows = np.minimum(lows, np.quantile(acc_boot, alpha / 2, axis=0))
         highs = np.maximum(highs, np.quantile(acc_boot, 1 - alpha / 2, axis=0))
-    lows = np.clip(np.minimum(lows, em), 0.0, 1.0)
-    highs = np.clip(np.maximum(highs, em), 0.0, 1.0)
-    return RateTable(classes, n, em, lows, highs, count, count_rate, mean_prob, em, acc,
-                     confidence, n_boot)
+    # The point estimate is ACC when a confusion matrix is known: it is unbiased
+    # under label shift and, unlike EM, does not amplify calibration error (EM can
+    # run away to 0 or 1 with a poorly calibrated model); EM otherwise.
+    point = em if acc is None else acc
+    lows = np.clip(np.minimum(lows, point), 0.0, 1.0)
+    highs = np.clip(np.maximum(highs, point), 0.0, 1.0)
+    return RateTable(classes, n, point, lows, highs, count, count_rate, mean_prob, em, acc,
+                     confidence, n_boot, "em" if acc is None else "acc")
 
 
 # ---------------------------------------------------------------------------
@@ -331,6 +351,7 @@ def slice_rates(
     rates: RateTable,
     *,
     train_prior: np.ndarray,
+    confusion: np.ndarray | None = None,
     min_support: int = 50,
     alpha: float = 0.05,
     max_slices: int = 30,
@@ -342,12 +363,14 @@ def slice_rates(
     ----------
     slices : one row per turn, one String column per dimension (:func:`slice_columns`).
     probs : (n, k) calibrated posteriors (training prior). Each supported slice
-        gets its own EM prior estimate (warm-started from the overall one): a slice
-        whose failure mix differs from the night's would otherwise be shrunk
-        toward the night's rates.
+        gets its own estimate, with the overall estimator (ACC on the slice's argmax
+        distribution, or EM warm-started from the overall prior): a slice whose
+        failure mix differs from the night's would otherwise be shrunk toward the
+        night's rates.
     rates : the overall :class:`RateTable` (its interval's model-error share is
         carried over to slices in relative terms).
     train_prior : (k,) the training prior.
+    confusion : (k, k) held-out confusion counts, for ACC (``rates.estimator == "acc"``).
     min_support : slices with fewer turns are neither reported nor tested
         (tiny slices give extreme rates by chance).
     alpha : false discovery rate for the Benjamini-Hochberg correction.
@@ -372,6 +395,29 @@ def slice_rates(
 
     dims: dict[str, Any] = {}
     tests: list[dict[str, Any]] = []
+    use_acc = rates.estimator == "acc" and confusion is not None
+    pred = probs.argmax(axis=1).astype(np.int8) if use_acc else None
+    k = len(classes)
+    if use_acc:
+        assert pred is not None and confusion is not None
+        m = np.asarray(confusion, np.float64)
+        m = m / np.clip(m.sum(axis=1, keepdims=True), 1e-300, None)
+        minv = np.linalg.pinv(m.T)
+        q_all = np.bincount(pred, minlength=k)[:k] / max(n, 1)
+
+    def sampling_var(dist: np.ndarray | None, ests: np.ndarray, size: int) -> np.ndarray:
+        """Per-class sampling variance of a slice estimate (plus ``failure``).
+
+        ACC inverts the confusion matrix, which inflates the multinomial noise of
+        the argmax counts: the variance is ``Minv Cov(q) Minv^T``, not ``p(1-p)/n``
+        (using the latter would flag slices by chance).
+        """
+        if use_acc and dist is not None:
+            cov = (np.diag(dist) - np.outer(dist, dist)) / max(size, 1)
+            v = np.clip(np.diag(minv @ cov @ minv.T), 0, None)
+        else:
+            v = np.clip(ests * (1 - ests), 0, None) / max(size, 1)
+        return np.append(v, v[0])  # failure = 1 - correct
     indexed = slices.with_row_index("_row")
     for dim in slices.columns:
         g = (
@@ -384,21 +430,30 @@ def slice_rates(
         small = g.filter(pl.col("turns") < min_support)
         rows_out = []
         for value, nt, idx in supported.select(dim, "turns", "_row").iter_rows():
-            sl = em_prior(probs[np.asarray(idx)], train_prior, init=est, tol=1e-6)
+            rows_idx = np.asarray(idx)
+            dist = rest_dist = None
+            if use_acc:
+                assert pred is not None and confusion is not None
+                dist = np.bincount(pred[rows_idx], minlength=k)[:k] / len(rows_idx)
+                rest_dist = np.clip((q_all * n - dist * nt) / max(n - nt, 1), 0, None)
+                sl = acc_prior(dist, confusion)
+            else:
+                sl = em_prior(probs, train_prior, rows=rows_idx, init=est, tol=1e-6)
             srates = {c: float(sl[i]) for i, c in enumerate(classes)}
             srates["failure"] = float(1.0 - sl[0])
+            var_s = sampling_var(dist, sl, nt)
+            var_rest = sampling_var(rest_dist, est, n - nt)
             entry: dict[str, Any] = {"value": value, "turns": int(nt), "rates": {}}
-            for c in keys:
+            for j, c in enumerate(keys):
                 ps = srates[c]
-                se = math.sqrt(max(ps * (1 - ps), 0) / nt + (rel_model_map[c] * ps) ** 2)
+                se = math.sqrt(var_s[j] + (rel_model_map[c] * ps) ** 2)
                 entry["rates"][c] = {"estimate": _r(ps), "low": _r(max(ps - z * se, 0)),
                                      "high": _r(min(ps + z * se, 1))}
                 rest_n = n - nt
                 if c == "correct" or rest_n <= 0:
                     continue
                 rest_p = min(max((overall[c] * n - ps * nt) / rest_n, 0.0), 1.0)
-                pool = overall[c]
-                sd = math.sqrt(max(pool * (1 - pool), 1e-12) * (1 / nt + 1 / rest_n))
+                sd = math.sqrt(max(var_s[j] + var_rest[j], 1e-12))
                 pval = 0.5 * math.erfc((ps - rest_p) / sd / math.sqrt(2))
                 tests.append({
                     "dimension": dim, "value": value, "class": c, "turns": int(nt),

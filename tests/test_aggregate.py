@@ -79,6 +79,8 @@ def test_intervals_cover_true_rates_under_shift(seed: int) -> None:
     sessions = np.arange(len(y)) // 4
     table = estimate_rates(post, train_prior=TRAIN_PRIOR, confusion=_confusion(),
                            groups=sessions, n_boot=100, seed=0)
+    assert table.estimator == "acc"
+    np.testing.assert_array_equal(table.estimate, table.acc)
     true = np.bincount(y, minlength=K) / len(y)
     covered = (table.low <= true) & (true <= table.high)
     assert covered.sum() >= K - 1, (table.low, true, table.high)
@@ -126,13 +128,17 @@ def _slice_frame(n: int, seed: int):
     return turns, post, ys
 
 
-def test_slices_flag_the_regressed_slice_and_ignore_tiny_ones() -> None:
+@pytest.mark.parametrize("with_confusion", [False, True])
+def test_slices_flag_the_regressed_slice_and_ignore_tiny_ones(with_confusion: bool) -> None:
     turns, post, _ = _slice_frame(6_000, seed=7)
     cols = slice_columns(turns)
     assert cols.columns == ["domain", "intent", "device_type", "locale", "app_version"]
     assert cols["intent"].unique().to_list() == ["(missing)"]
-    table = estimate_rates(post, train_prior=TRAIN_PRIOR, n_boot=50)
-    res = slice_rates(cols, post, table, train_prior=TRAIN_PRIOR, min_support=700)
+    conf = _confusion() if with_confusion else None
+    table = estimate_rates(post, train_prior=TRAIN_PRIOR, confusion=conf, n_boot=50)
+    assert table.estimator == ("acc" if with_confusion else "em")
+    res = slice_rates(cols, post, table, train_prior=TRAIN_PRIOR, confusion=conf,
+                      min_support=700)
     top = res["top"]
     assert top, res
     assert (top[0]["dimension"], top[0]["value"], top[0]["class"]) == ("locale", "en-GB", "asr")

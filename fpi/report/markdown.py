@@ -111,7 +111,7 @@ def _rates(summary: Mapping[str, Any]) -> list[str]:
         sep += "---:|---|"
     out = ["## Failure rates", "",
            "Estimated rate of each failure point, adjusted for the night's class mix "
-           "(EM prior adjustment), beside the plain count of argmax predictions. "
+           "(adjusted classify-and-count), beside the plain count of argmax predictions. "
            "Intervals cover sampling noise and model error; they widen when the "
            "adjusted, unadjusted and confusion-corrected estimates disagree.", "",
            head, sep]

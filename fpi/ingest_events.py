@@ -11,7 +11,6 @@ validation as turn records.
 
 from __future__ import annotations
 
-import codecs
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from fpi.ingest_parse import (
     _arrow_type,
     _bad_path,
     _flatten,
+    check_utf8,
 )
 from fpi.ingest_sources import Block, Source, SourceProblem, line_blocks
 from fpi.ingest_validate import _leaves
@@ -269,7 +269,7 @@ class EventCollector:
         row_lines: list[int] | None = None
         problems: list[LineProblem] = []
         try:
-            codecs.utf_8_decode(data, "strict", True)
+            check_utf8(data)
             if _NULL_LINE.search(data) or bytes(data[:64]).lstrip().startswith(b"null"):
                 raise pa.ArrowInvalid("a line is a bare null")  # see ingest_parse
             table = pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import io
 import logging
+import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -276,6 +277,41 @@ def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22,
                          "compressed stream (the lines before the break were kept)")
 
 
+def _plain_blocks(source: Source, file_id: int, block_size: int) -> Iterator[Block]:
+    """Blocks of whole lines from an uncompressed file, read straight into each block's
+    buffer (no join, no copy but the small tail carried to the next block)."""
+    line = 1
+    carry = b""
+    with source.path.open("rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        while True:
+            want = max(min(block_size, size - fh.tell()), 1 << 16)
+            buf = bytearray(len(carry) + want)
+            buf[: len(carry)] = carry
+            end = len(carry)
+            view = memoryview(buf)
+            while end < len(buf):
+                got = fh.readinto(view[end:])
+                if not got:
+                    break
+                end += got
+            at_eof = end < len(buf) or fh.tell() >= size
+            if end == 0:
+                return
+            cut = buf.rfind(b"\n", 0, end)
+            if at_eof:
+                n = buf.count(b"\n", 0, end) + (0 if buf[end - 1] == 0x0A else 1)
+                yield Block(view[:end], file_id, line, n_lines=n, src_pos=fh.tell())
+                return
+            if cut < 0:  # a line longer than a block: read on
+                carry = bytes(view[:end])
+                continue
+            n = buf.count(b"\n", 0, cut + 1)
+            yield Block(view[: cut + 1], file_id, line, n_lines=n, src_pos=fh.tell())
+            line += n
+            carry = bytes(view[cut + 1 : end])
+
+
 def line_blocks(source: Source, file_id: int, block_size: int
                 ) -> Iterator[Block | SourceProblem]:
     """Blocks of whole lines from a JSON Lines file.
@@ -283,12 +319,13 @@ def line_blocks(source: Source, file_id: int, block_size: int
     Yields :class:`Block` objects, and at a break in the stream one
     ``unreadable`` :class:`SourceProblem` for the rest.
     """
+    if source.compression is None:
+        yield from _plain_blocks(source, file_id, block_size)
+        return
     parts: list[bytes] = []
     size = 0
     line = 1
-    # Plain files are read a whole block at a time; blocks are views into the
-    # buffer (no copy), each ending at its last newline.
-    chunk_size = block_size if source.compression is None else 1 << 22
+    chunk_size = 1 << 22
     position = [0]
     try:
         for chunk in byte_chunks(source.path, source.compression, chunk_size, position):

@@ -54,10 +54,12 @@ def main() -> None:
         from fpi.model import train
 
         start = time.perf_counter()
+        cpu_start = time.process_time()
         turns, _ = read_traces(data)
         read_s = time.perf_counter() - start
         result = train(turns, Path(tmp) / "model", seed=args.seed, threads=args.threads)
         wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
         counts = result.manifest["training"]["counts"]
@@ -71,6 +73,8 @@ def main() -> None:
               f"no-context {result.manifest['no_context']['best_iteration']}")
         print(f"wall time (read + features + train both models + rules + write): {wall:.1f} s "
               f"(target < 300 s)")
+        print(f"CPU time (user + sys, all threads): {cpu:.1f} s; load average at the end: "
+              f"{os.getloadavg()[0]:.1f} (other jobs on the machine slow the wall time)")
         print(f"peak memory (max RSS): {peak_gb:.2f} GB (target < 8 GB)")
         print(f"held-out macro-F1: {result.heldout['macro_f1']:.4f}")
 

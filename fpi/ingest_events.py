@@ -12,7 +12,7 @@ validation as turn records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from fpi.ingest_parse import (
     _flatten,
     check_utf8,
 )
-from fpi.ingest_sources import Block, Source, SourceProblem, line_blocks
+from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
 from fpi.ingest_validate import _leaves
 from fpi.schema import BLOCKS, EVENT_STAGES, KEY_COLUMNS
 
@@ -210,19 +210,6 @@ def _event_problem(obj: dict[str, Any]) -> str | None:
     if not isinstance(data, dict):
         return "data is missing or not an object"
     return None
-
-
-class _Lazy(Sequence[Any]):
-    """Per-row values computed only when asked (for the few rejected rows)."""
-
-    def __init__(self, n: int, get: Any) -> None:
-        self.n, self.get = n, get
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: Any) -> Any:
-        return self.get(i)
 
 
 @dataclass
@@ -407,6 +394,6 @@ class EventCollector:
                 locs = sorted(zip(batch[i, "where_file"], batch[i, "where_line"], strict=True))
                 return [f"{self.files[f]}:{n}" for f, n in locs]
 
-            block = Block(b"", 0, 0, locs=locs, raws=_Lazy(batch.height, raw),  # type: ignore[arg-type]
-                          involved=_Lazy(batch.height, involved))  # type: ignore[arg-type]
+            block = Block(b"", 0, 0, locs=locs, raws=_LazyText(batch.height, raw),  # type: ignore[arg-type]
+                          involved=_LazyText(batch.height, involved))  # type: ignore[arg-type]
             yield block, ParsedBlock(frame, None, [], batch.height)

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 REDACTED = "[redacted]"
 #: Turns per batch (whole sessions are kept together, so batches run a little over).
-BATCH_TURNS = 200_000
+BATCH_TURNS = 100_000
 
 
 # ---------------------------------------------------------------------------

@@ -589,7 +589,10 @@ def csv_blocks(source: Source, file_id: int
             line_map.append(i + 1)
         data = b"\n".join(kept)
     try:
-        frame = pl.read_csv(io.BytesIO(data), infer_schema=False)
+        header = data[: data.find(b"\n")] if b"\n" in data else data
+        # Tab-separated exports are common too: a header with tabs and no commas.
+        sep = "\t" if b"\t" in header and b"," not in header else ","
+        frame = pl.read_csv(io.BytesIO(data), infer_schema=False, separator=sep)
     except pl.exceptions.PolarsError as exc:
         raise InputError(f"{source.path}: not a readable CSV file: {str(exc).splitlines()[0]}"
                          ) from None

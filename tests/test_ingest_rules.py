@@ -299,3 +299,11 @@ def test_unknown_field_polars_cannot_take_from_arrow_is_still_kept(tmp_path: Pat
     frame, report = read_traces(events, format="events")
     assert report.rejected == 0
     assert json.loads(frame.item(0, "extra")) == {"wake.x": [None], "tags": [None, None]}
+
+
+def test_tab_separated_csv(tmp_path: Path) -> None:
+    path = tmp_path / "export.tsv"
+    path.write_text("session_id\tturn_index\twake.detected\tasr.text\ns\t0\ttrue\thello, world\n")
+    frame, report = read_traces(path)
+    assert report.formats[str(path)] == "csv"
+    assert frame.row(0, named=True)["asr"]["text"] == "hello, world"

@@ -30,6 +30,7 @@ from fpi.ingest_parse import (
     _bad_path,
     _flatten,
     check_utf8,
+    prune_block,
 )
 from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
 from fpi.ingest_validate import _leaves
@@ -176,18 +177,15 @@ def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], lis
             shown = _short({"timestamp": ts} if path == "timestamp" else {stage: payload}, path)
             poisoned.append((i, key, rule, f"{path} must be {expected}, got {shown}"))
             continue
-        fields = BLOCKS[stage].to_schema()
         extra: dict[str, Any] = {}
-        for k, v in payload.items():
-            if k not in fields:
-                _flatten(v, f"{stage}.{k}", extra)
+        data = prune_block(payload, BLOCKS[stage], stage, extra)
         top: dict[str, Any] = {}
         for k, v in obj.items():
             if k not in _EVENT_KEYS:
                 _flatten(v, k, top)
         good.append(orjson.dumps({
             "session_id": key[0], "turn_index": key[1], "stage": stage, "timestamp": ts,
-            "data": {k: v for k, v in payload.items() if k in fields},
+            "data": data,
             EXTRA_COL: orjson.dumps(extra).decode() if extra else None,
             _TOP_COL: orjson.dumps(top).decode() if top else None,
         }))

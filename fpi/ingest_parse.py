@@ -284,6 +284,26 @@ def _flatten(value: Any, key: str, out: dict[str, Any]) -> None:
         out[key] = value
 
 
+def prune_block(value: dict[str, Any], dtype: pl.Struct, key: str,
+                extra: dict[str, Any]) -> dict[str, Any]:
+    """A block's known fields only: unknown ones go to ``extra`` (dotted keys); unknown
+    keys inside list items are dropped (as the fast path does)."""
+    fields = dtype.to_schema()
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if k not in fields:
+            _flatten(v, f"{key}.{k}", extra)
+            continue
+        inner = fields[k]
+        if (isinstance(inner, pl.List) and isinstance(inner.inner, pl.Struct)
+                and isinstance(v, list)):
+            item_fields = inner.inner.to_schema()
+            v = [{ik: iv for ik, iv in item.items() if ik in item_fields}
+                 if isinstance(item, dict) else item for item in v]
+        out[k] = v
+    return out
+
+
 def split_extra(obj: dict[str, Any]) -> dict[str, Any]:
     """Known fields of ``obj``, with unknown ones in ``__extra`` (JSON keyed by dotted path)."""
     known: dict[str, Any] = {}
@@ -291,11 +311,7 @@ def split_extra(obj: dict[str, Any]) -> dict[str, Any]:
     for key, value in obj.items():
         if key in _KNOWN_FIELDS:
             if key in BLOCKS and isinstance(value, dict):
-                fields = BLOCKS[key].to_schema()
-                known[key] = {k: v for k, v in value.items() if k in fields}
-                for k, v in value.items():
-                    if k not in fields:
-                        _flatten(v, f"{key}.{k}", extra)
+                known[key] = prune_block(value, BLOCKS[key], key, extra)
             else:
                 known[key] = value
         elif key != "extra":

@@ -307,3 +307,23 @@ def test_tab_separated_csv(tmp_path: Path) -> None:
     frame, report = read_traces(path)
     assert report.formats[str(path)] == "csv"
     assert frame.row(0, named=True)["asr"]["text"] == "hello, world"
+
+
+@pytest.mark.parametrize("with_bad_line", [False, True])
+def test_unknown_keys_inside_list_items_are_dropped_not_rejected(tmp_path: Path,
+                                                                 with_bad_line: bool) -> None:
+    # The careful (line by line) path must treat them as the fast path does.
+    nbest = [{"text": "x", "confidence": 0.5, "rank": 1}]
+    turns = tmp_path / "t.jsonl"
+    turns.write_text(json.dumps(good(0, asr={"nbest": nbest})) + "\n"
+                     + ("{oops\n" if with_bad_line else ""))
+    events = tmp_path / "e.jsonl"
+    events.write_text(json.dumps({"session_id": "s", "turn_index": 0, "stage": "wake",
+                                  "data": {}}) + "\n"
+                      + json.dumps({"session_id": "s", "turn_index": 0, "stage": "asr",
+                                    "data": {"nbest": nbest}}) + "\n"
+                      + ("{oops\n" if with_bad_line else ""))
+    for path, fmt in ((turns, None), (events, "events")):
+        frame, report = read_traces(path, format=fmt)
+        assert report.rejects_by_rule == ({"invalid_json": 1} if with_bad_line else {})
+        assert frame.row(0, named=True)["asr"]["nbest"] == [{"text": "x", "confidence": 0.5}]

@@ -449,7 +449,7 @@ def train(
     valid_size: float = 0.1,
     calib_size: float = 0.1,
     num_boost_round: int = 1000,
-    early_stopping_rounds: int = 30,
+    early_stopping_rounds: int = 20,
     params: dict[str, Any] | None = None,
     class_weight_power: float = 0.5,
     min_class_count: int = MIN_CLASS_COUNT,
@@ -524,7 +524,7 @@ def train(
     n_fit = int(parts.train.sum())
     # On large data, bag fewer rows per tree: each round costs in proportion to the rows
     # bagged, and a few hundred thousand rows per tree are plenty for 6 classes.
-    full_params["bagging_fraction"] = float(np.clip(300_000 / max(n_fit, 1), 0.4, 0.8))
+    full_params["bagging_fraction"] = float(np.clip(200_000 / max(n_fit, 1), 0.3, 0.8))
     full_params.update(params or {})
     cw = _class_weights(y_lab[parts.train], class_weight_power)
 

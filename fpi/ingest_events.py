@@ -24,12 +24,15 @@ import pyarrow.json as pj
 from fpi.ingest_parse import (
     _NULL_LINE,
     EXTRA_COL,
+    BadJSON,
     LineProblem,
     ParsedBlock,
     _arrow_type,
     _bad_path,
     _flatten,
     check_utf8,
+    dumps,
+    loads,
     prune_block,
 )
 from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
@@ -152,10 +155,9 @@ def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], lis
         except UnicodeDecodeError as exc:
             problems.append(LineProblem(i, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}"))
             continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            problems.append(LineProblem(i, "invalid_json", f"invalid JSON: {exc}"))
+        obj = loads(line)
+        if isinstance(obj, BadJSON):
+            problems.append(LineProblem(i, "invalid_json", f"invalid JSON: {obj.message}"))
             continue
         if not isinstance(obj, dict):
             problems.append(
@@ -183,11 +185,11 @@ def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], lis
         for k, v in obj.items():
             if k not in _EVENT_KEYS:
                 _flatten(v, k, top)
-        good.append(orjson.dumps({
+        good.append(dumps({
             "session_id": key[0], "turn_index": key[1], "stage": stage, "timestamp": ts,
             "data": data,
-            EXTRA_COL: orjson.dumps(extra).decode() if extra else None,
-            _TOP_COL: orjson.dumps(top).decode() if top else None,
+            EXTRA_COL: dumps(extra).decode() if extra else None,
+            _TOP_COL: dumps(top).decode() if top else None,
         }))
         idx.append(i)
     if not good:

@@ -10,7 +10,9 @@ still goes through pyarrow. Unknown fields are kept in an ``extra`` column.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +96,50 @@ def _read(data: bytes | memoryview, schema: pa.Schema, unexpected: str) -> pa.Ta
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BadJSON:
+    """What :func:`loads` returns for text that is not JSON."""
+
+    message: str
+
+
+def loads(line: bytes) -> Any:
+    """Parse one JSON value, or return :class:`BadJSON`.
+
+    orjson first; a line it refuses is tried once more with the standard library,
+    which (like pyarrow's block parser) also takes ``NaN`` and ``Infinity``, so
+    both parsing paths accept the same lines.
+    """
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(line)
+        except (ValueError, RecursionError):
+            return BadJSON(str(exc))
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON text of ``obj``, keeping non-finite numbers (orjson would turn them to null)."""
+    try:
+        text = orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, allow_nan=True).encode()
+    if b"null" in text and _has_nonfinite(obj):
+        return json.dumps(obj, allow_nan=True).encode()
+    return text
+
+
+def _has_nonfinite(obj: Any) -> bool:
+    if isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, dict):
+        return any(_has_nonfinite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_nonfinite(v) for v in obj)
+    return False
+
+
 def check_utf8(data: bytes | memoryview) -> None:
     """Raise ``pa.ArrowInvalid`` unless ``data`` is valid UTF-8.
 
@@ -159,10 +205,9 @@ def parse_lines(data: bytes) -> ParsedBlock:
         except UnicodeDecodeError as exc:
             problems.append(LineProblem(i, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}"))
             continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            problems.append(LineProblem(i, "invalid_json", f"invalid JSON: {exc}"))
+        obj = loads(line)
+        if isinstance(obj, BadJSON):
+            problems.append(LineProblem(i, "invalid_json", f"invalid JSON: {obj.message}"))
             continue
         if not isinstance(obj, dict):
             problems.append(
@@ -173,7 +218,7 @@ def parse_lines(data: bytes) -> ParsedBlock:
         if bad is not None:
             problems.append(LineProblem(i, *bad))
             continue
-        good.append(orjson.dumps(split_extra(obj)))
+        good.append(dumps(split_extra(obj)))
         good_idx.append(i)
     if not good:
         return ParsedBlock(None, [], problems, records, careful=True)
@@ -324,5 +369,5 @@ def split_extra(obj: dict[str, Any]) -> dict[str, Any]:
                 extra = {**parsed, **extra}
         except orjson.JSONDecodeError:
             extra["extra"] = obj["extra"]
-    known[EXTRA_COL] = orjson.dumps(extra).decode() if extra else None
+    known[EXTRA_COL] = dumps(extra).decode() if extra else None
     return known

@@ -285,22 +285,24 @@ def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
         *conformed,
     )
     checks = _checks(frame, pl.col("__ts"))
-    rule_expr = pl.when(checks[0][2]).then(pl.lit(checks[0][0]))
-    field_expr = pl.when(checks[0][2]).then(pl.lit(checks[0][1]))
-    for rule, path, cond in checks[1:]:
-        rule_expr = rule_expr.when(cond).then(pl.lit(rule))
-        field_expr = field_expr.when(cond).then(pl.lit(path))
-    frame = frame.with_columns(
-        rule_expr.otherwise(None).alias("__rule"), field_expr.otherwise(None).alias("__field")
-    )
-    bad = frame.filter(pl.col("__rule").is_not_null())
+    # One pass marks the rows that break any rule (usually none); which rule, and
+    # the message, are worked out for those rows only.
+    frame = frame.with_columns(pl.any_horizontal([c for _, _, c in checks]).alias("__bad"))
     problems: list[RowProblem] = []
+    bad = frame.filter(pl.col("__bad"))
     if bad.height:
+        rule_expr = pl.when(checks[0][2]).then(pl.lit(checks[0][0]))
+        field_expr = pl.when(checks[0][2]).then(pl.lit(checks[0][1]))
+        for rule, path, cond in checks[1:]:
+            rule_expr = rule_expr.when(cond).then(pl.lit(rule))
+            field_expr = field_expr.when(cond).then(pl.lit(path))
+        bad = bad.with_columns(rule_expr.otherwise(None).alias("__rule"),
+                               field_expr.otherwise(None).alias("__field"))
         for row in bad.select([ROW_COL, "__rule", "__field", *BLOCKS, "schema_version",
                                "session_id", "turn_index", "timestamp"]).iter_rows(named=True):
             message = _message(row["__rule"], row["__field"], row)
             problems.append(RowProblem(row[ROW_COL], row["__rule"], message))
-        frame = frame.filter(pl.col("__rule").is_null())
+        frame = frame.filter(~pl.col("__bad"))
     label = pl.col("label")
     good = frame.select(
         pl.col("schema_version").fill_null(1),

@@ -155,6 +155,8 @@ def _leaves(expr: pl.Expr, dtype: pl.DataType, key: str) -> list[tuple[str, pl.E
 def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
     """The ``extra`` column: unknown fields as a JSON object keyed by dotted path, or null."""
     parts: list[pl.Expr] = []
+    all_leaves: list[tuple[str, pl.Expr]] = []
+    texts = 0
     schema = frame.schema
     for name, dtype in schema.items():
         if name in (ROW_COL, EXTRA_COL) or dtype == pl.Null:
@@ -163,6 +165,7 @@ def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
             # Extras already gathered by an earlier ingest, written back out as text.
             body = pl.col(name).str.strip_chars().str.strip_prefix("{").str.strip_suffix("}")
             parts.append(pl.when(body.str.len_chars() > 0).then(body))
+            texts += 1
             continue
         if name in BLOCKS and isinstance(dtype, pl.Struct):
             known = set(BLOCKS[name].to_schema())
@@ -173,6 +176,7 @@ def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
             continue
         else:
             leaves = _leaves(pl.col(name), dtype, name)
+        all_leaves += leaves
         for key, value in leaves:
             quoted = orjson.dumps(key).decode()
             parts.append(
@@ -181,8 +185,14 @@ def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
     if EXTRA_COL in schema:
         body = pl.col(EXTRA_COL).str.strip_prefix("{").str.strip_suffix("}")
         parts.append(pl.when(body.str.len_chars() > 0).then(body))
+        texts += 1
     if not parts:
         return pl.lit(None, dtype=pl.String)
+    if not texts and frame.select(
+            pl.all_horizontal([v.is_not_null() for _, v in all_leaves]).all()).item():
+        # Every row has every unknown field (the usual case in a batch of one
+        # logger's output): one JSON encoding of them all, same text.
+        return pl.struct([v.alias(k) for k, v in all_leaves]).struct.json_encode()
     joined = pl.concat_str(parts, separator=",", ignore_nulls=True)
     return pl.when(joined.is_null() | (joined == "")).then(None).otherwise("{" + joined + "}")
 

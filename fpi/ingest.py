@@ -60,10 +60,11 @@ log = logging.getLogger(__name__)
 #: speed, small enough that memory stays far below the 3 GB budget.
 BLOCK_BYTES = 64 << 20
 
-#: Blocks parsed ahead of the one being validated. pyarrow and Polars release
-#: the GIL, so parsing the next blocks overlaps validating and writing this one;
-#: memory holds at most this many blocks (plus one being written).
+#: Blocks parsed and validated ahead of the one being reported and written, by
+#: ``PARSE_WORKERS`` threads (pyarrow and Polars release the GIL). Memory holds
+#: at most this many blocks in flight (plus one being written).
 PARSE_AHEAD = 2
+PARSE_WORKERS = 2
 
 #: How many rejects an :class:`IngestReport` carries when they also went to a file.
 REPORT_REJECT_SAMPLE = 100
@@ -390,7 +391,8 @@ class _Run:
         worker threads prepare the next blocks while this one is reported and written.
         """
         pending: deque[tuple[Any, Future[_Prepared] | None]] = deque()
-        with ThreadPoolExecutor(max_workers=PARSE_AHEAD, thread_name_prefix="fpi-parse") as pool:
+        with ThreadPoolExecutor(max_workers=PARSE_WORKERS, thread_name_prefix="fpi-parse"
+                                ) as pool:
             try:
                 for item in items:
                     fut: Future[_Prepared] | None = None

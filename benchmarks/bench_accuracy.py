@@ -31,10 +31,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the evaluation document")
     args = parser.parse_args()
 
-    from fpi.evaluate import evaluate
+    from fpi.evaluation import evaluate
     from fpi.model import train
     from fpi.schema import CLASSES
-    from fpi.simulate import simulate_frame
+    from fpi.simulation import simulate_frame
 
     t = time.perf_counter()
     train_turns = simulate_frame(args.train_turns, seed=args.seed, profile=args.profile)

@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def child(night: Path, model: Path, out: Path, attribution: str, budget: float) -> None:
-    from fpi.diagnose import diagnose
+    from fpi.diagnosis import diagnose
 
     t0 = time.perf_counter()
     res = diagnose([night], model=model, out_dir=out, attribution=attribution,
@@ -42,10 +42,10 @@ def child(night: Path, model: Path, out: Path, attribution: str, budget: float) 
 
 def regressions(workdir: Path, turns: int, train_turns: int) -> None:
     """Estimates vs truth, and which gate fails, on each regression profile."""
-    from fpi.diagnose import diagnose
+    from fpi.diagnosis import diagnose
     from fpi.model import train
     from fpi.schema import CLASSES
-    from fpi.simulate import PROFILES, simulate_frame, write_simulation
+    from fpi.simulation import PROFILES, simulate_frame, write_simulation
 
     workdir.mkdir(parents=True, exist_ok=True)
     model = workdir / "model"
@@ -100,7 +100,7 @@ def main() -> None:
 
     from fpi.features import build_features
     from fpi.model import load_bundle, train
-    from fpi.simulate import simulate_frame, write_simulation
+    from fpi.simulation import simulate_frame, write_simulation
 
     a.workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python "

@@ -18,13 +18,13 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "read_traces": "fpi.ingest",
     "IngestReport": "fpi.ingest",
-    "simulate": "fpi.simulate",
+    "simulate": "fpi.simulation",
     "train": "fpi.model",
     "load_bundle": "fpi.model",
     "ModelBundle": "fpi.model",
-    "evaluate": "fpi.evaluate",
-    "diagnose": "fpi.diagnose",
-    "explain": "fpi.diagnose",
+    "evaluate": "fpi.evaluation",
+    "diagnose": "fpi.diagnosis",
+    "explain": "fpi.diagnosis",
 }
 
 __all__ = ["__version__", *_LAZY]

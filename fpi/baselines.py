@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from fpi.errors import ModelError
-from fpi.evaluate import macro_f1_score
+from fpi.evaluation import macro_f1_score
 from fpi.schema import CLASSES
 
 #: Result-status sets the rule may call bad (fitted: the one with the best macro-F1).

@@ -567,4 +567,9 @@ def build_features(turns: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         ``session_id``, ``turn_index`` and one column per feature (Float64 for numeric,
         String for categorical), in the input's row order.
     """
+    if isinstance(turns, pl.DataFrame):
+        # One chunk per column: Polars' list set operations have panicked on list
+        # columns whose chunks are not aligned (seen on frames assembled from
+        # streamed batches). Rechunking is a no-op for an already single-chunk frame.
+        turns = turns.rechunk()
     return feature_exprs_lazy(turns).collect()

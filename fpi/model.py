@@ -41,7 +41,7 @@ from fpi import __version__
 from fpi.baselines import RuleBaseline, fit_rule_baseline
 from fpi.calibration import Calibration, fit_calibration
 from fpi.errors import InputError, ModelError, SchemaError
-from fpi.evaluate import classification_metrics, labels_to_index
+from fpi.evaluation import classification_metrics, labels_to_index
 from fpi.features import FEATURES, Feature, build_features, context_free
 from fpi.schema import CLASSES, COMPONENTS, TURN_SCHEMA
 
@@ -97,7 +97,7 @@ class TrainResult:
         return self.manifest["heldout"]["metrics"]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: held-out metrics in the :mod:`fpi.evaluate` layout plus counts."""
+        """JSON form: held-out metrics in the :mod:`fpi.evaluation` layout plus counts."""
         h = self.manifest["heldout"]
         return {"model": str(self.path), "classes": list(CLASSES), **h["metrics"],
                 "baselines": self.manifest["baselines"]["heldout"], "human": h.get("human"),
@@ -568,7 +568,7 @@ def train(
     baselines_heldout["rules"] = _brief(rule_metrics)
     lap("rules")
 
-    from fpi.evaluate import human_agreement
+    from fpi.evaluation import human_agreement
 
     second = labels_to_index(lab_turns["label"].struct.field("failure_point_2"))
     human = human_agreement(y_lab[parts.test], second[parts.test], metrics["per_class"])

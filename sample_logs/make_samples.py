@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fpi.files import write_bytes_atomic
 from fpi.formats import turn_lines
-from fpi.simulate import simulate_frame, write_simulation
+from fpi.simulation import simulate_frame, write_simulation
 
 HERE = Path(__file__).resolve().parent
 

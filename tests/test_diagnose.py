@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fpi.attribution import GROUP_COLUMNS
 from fpi.cli import app
-from fpi.diagnose import diagnose, explain
+from fpi.diagnosis import diagnose, explain
 from fpi.errors import InputError
 from fpi.model import load_bundle, train
 from fpi.schema import CLASSES

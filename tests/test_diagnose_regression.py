@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fpi.cli import app
-from fpi.diagnose import diagnose
+from fpi.diagnosis import diagnose
 from fpi.model import train
 from fpi.schema import CLASSES
-from fpi.simulate import simulate_frame, write_simulation
+from fpi.simulation import simulate_frame, write_simulation
 
 runner = CliRunner()
 NIGHT_TURNS = 4000

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fpi.cli import app
 from fpi.errors import InputError
-from fpi.evaluate import (
+from fpi.evaluation import (
     classification_metrics,
     confusion_matrix,
     evaluate,

@@ -15,7 +15,7 @@ from fpi.cli import app
 from fpi.schema import CLASSES, TURN_SCHEMA
 from fpi.sim import engine as E
 from fpi.sim import world as W
-from fpi.simulate import PROFILES, simulate, simulate_frame, write_simulation
+from fpi.simulation import PROFILES, simulate, simulate_frame, write_simulation
 
 runner = CliRunner()
 

@@ -60,7 +60,7 @@ def diagnose(
     Exit codes: 0 every gate passed (or no gates), 1 a gate failed, 2 a usage, input or
     model error.
     """
-    from fpi.diagnose import diagnose as run
+    from fpi.diagnosis import diagnose as run
     from fpi.report import render_json, render_terminal
 
     if attribution not in ("sample", "all", "none"):
@@ -104,7 +104,7 @@ def explain(
 
     Contributions are exact TreeSHAP values on the model's log-odds scale.
     """
-    from fpi.diagnose import explain as run
+    from fpi.diagnosis import explain as run
 
     e = run(inputs, model=model, session_id=session, turn_index=turn, top=top)
     if as_json:

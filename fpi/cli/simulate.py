@@ -52,7 +52,7 @@ def simulate(
 
     Example: fpi simulate -o night.jsonl.gz --turns 10000 --seed 7 --profile asr_farfield
     """
-    from fpi.simulate import PROFILES, write_simulation
+    from fpi.simulation import PROFILES, write_simulation
 
     if list_profiles:
         table = Table("profile", "what changes", box=None)

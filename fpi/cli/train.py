@@ -156,7 +156,7 @@ def evaluate(
     confusion matrix and calibration error, with the rule baseline, the no-context
     model and (where label.failure_point_2 exists) human agreement side by side.
     """
-    from fpi.evaluate import evaluate as evaluate_model
+    from fpi.evaluation import evaluate as evaluate_model
     from fpi.model import load_bundle
 
     bundle = load_bundle(model)

@@ -34,7 +34,7 @@ from fpi import __version__
 from fpi import attribution as attr
 from fpi.aggregate import _z, compare_rates, estimate_rates, slice_columns, slice_rates
 from fpi.errors import ExitStatus, InputError, ModelError
-from fpi.evaluate import labels_to_index, macro_f1_score
+from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
 from fpi.files import atomic_path, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate

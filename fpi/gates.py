@@ -285,7 +285,9 @@ def _r(x: float) -> float:
 def _fmt(x: float | None) -> str:
     if x is None:
         return "n/a"
-    return f"{x:.4g}" if abs(x) >= 1 or x == 0 else f"{x:.4f}"
+    if float(x).is_integer():
+        return f"{int(x)}"  # counts: 10000, never 1e+04
+    return f"{x:.4g}" if abs(x) >= 1 else f"{x:.4f}"
 
 
 def evaluate_gates(gates: Sequence[Gate], summary: Mapping[str, Any],

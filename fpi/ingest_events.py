@@ -24,15 +24,14 @@ import pyarrow.json as pj
 from fpi.ingest_parse import (
     _NULL_LINE,
     EXTRA_COL,
-    BadJSON,
     LineProblem,
     ParsedBlock,
     _arrow_type,
     _bad_path,
     _flatten,
     check_utf8,
+    decode_object,
     dumps,
-    loads,
     prune_block,
 )
 from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
@@ -150,18 +149,9 @@ def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], lis
     for i, line in enumerate(data.split(b"\n")):
         if not line.strip():
             continue
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(LineProblem(i, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}"))
-            continue
-        obj = loads(line)
-        if isinstance(obj, BadJSON):
-            problems.append(LineProblem(i, "invalid_json", f"invalid JSON: {obj.message}"))
-            continue
-        if not isinstance(obj, dict):
-            problems.append(
-                LineProblem(i, "not_an_object", f"a JSON {type(obj).__name__}, not an object"))
+        obj = decode_object(i, line)
+        if isinstance(obj, LineProblem):
+            problems.append(obj)
             continue
         why = _event_problem(obj)
         if why:

@@ -119,6 +119,22 @@ def loads(line: bytes) -> Any:
             return BadJSON(str(exc))
 
 
+def decode_object(index: int, line: bytes) -> dict[str, Any] | LineProblem:
+    """One line as a JSON object, or the problem that keeps it out (by the spec's rules:
+    ``invalid_utf8``, ``invalid_json``, ``not_an_object``); ``index`` is its place in the block."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return LineProblem(index, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}")
+    obj = loads(line)
+    if isinstance(obj, BadJSON):
+        return LineProblem(index, "invalid_json", f"invalid JSON: {obj.message}")
+    if not isinstance(obj, dict):
+        return LineProblem(index, "not_an_object",
+                           f"a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def dumps(obj: Any) -> bytes:
     """JSON text of ``obj``, keeping non-finite numbers (orjson would turn them to null)."""
     try:
@@ -200,19 +216,9 @@ def parse_lines(data: bytes) -> ParsedBlock:
         if not line.strip():
             continue
         records += 1
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(LineProblem(i, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}"))
-            continue
-        obj = loads(line)
-        if isinstance(obj, BadJSON):
-            problems.append(LineProblem(i, "invalid_json", f"invalid JSON: {obj.message}"))
-            continue
-        if not isinstance(obj, dict):
-            problems.append(
-                LineProblem(i, "not_an_object", f"a JSON {type(obj).__name__}, not an object")
-            )
+        obj = decode_object(i, line)
+        if isinstance(obj, LineProblem):
+            problems.append(obj)
             continue
         bad = check_types(obj)
         if bad is not None:

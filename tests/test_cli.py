@@ -47,7 +47,7 @@ def test_missing_input_is_one_line_error_exit_2(tmp_path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_python_dash_m_and_console_script() -> None:
+def test_python_dash_m() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "fpi", "--version"], capture_output=True, text=True, check=True
     )
@@ -60,3 +60,14 @@ def test_error_message_is_not_read_as_markup(tmp_path) -> None:
     result = runner.invoke(app, ["ingest", str(missing), "-o", str(tmp_path / "out.parquet")])
     assert result.exit_code == 2
     assert "[[gate]] [bold]x.jsonl" in result.stderr
+
+
+def test_installed_console_script() -> None:
+    # `pip install` must have put an `fpi` command beside this Python (skops once
+    # lost its console script and nobody noticed).
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "fpi"
+    assert script.is_file(), f"no console script at {script}"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"fpi {__version__}"

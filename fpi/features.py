@@ -367,54 +367,50 @@ def _turn_features(lf: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _sum_over_items(lf: pl.LazyFrame, *, context: str, items: pl.Expr,
+                    value: pl.Expr, stage: str, name: str) -> pl.LazyFrame:
+    """Per turn, the sum of ``value`` over the items of a list field, as column ``name``.
+
+    ``items`` is the list (named ``_item`` while exploded, so ``value`` reads
+    ``pl.col("_item")``); ``context`` is a per-turn column ``value`` may compare with.
+    An empty or missing list sums to 0; a turn whose ``stage`` is absent gets null
+    (unknown, not zero). List items need the turn's own columns, which
+    ``list.eval`` cannot see: hence explode, aggregate and join back.
+    """
+    sums = (
+        lf.select("_row", context, items.alias("_item"))
+        .filter(pl.col("_item").list.len() > 0)
+        .explode("_item")
+        .select("_row", value.alias("_v"))
+        .group_by("_row")
+        .agg(pl.col("_v").sum().alias(name))
+    )
+    return lf.join(sums, on="_row", how="left").with_columns(
+        pl.when(pl.col(stage).is_not_null()).then(pl.col(name).fill_null(0.0)).alias(name)
+    )
+
+
 def _nbest_content_mass(lf: pl.LazyFrame) -> pl.LazyFrame:
     """Confidence mass of the n-best alternatives whose content words differ from the top."""
-    alts = (
-        lf.select("_row", "_cw", pl.col("asr").struct.field("nbest").list.slice(1).alias("_nb"))
-        .filter(pl.col("_nb").list.len() > 0)
-        .explode("_nb")
-        .select(
-            "_row",
-            pl.when(
-                pl.col("_cw").list.set_symmetric_difference(
-                    _content_words(pl.col("_nb").struct.field("text"))
-                ).list.len() > 0
-            ).then(pl.col("_nb").struct.field("confidence")).otherwise(0.0).alias("_m"),
-        )
-        .group_by("_row")
-        .agg(pl.col("_m").sum().alias("_mass"))
-    )
-    return (
-        lf.join(alts, on="_row", how="left")
-        .with_columns(
-            asr_alt_content_mass=pl.when(pl.col("asr").is_not_null())
-            .then(pl.col("_mass").fill_null(0.0))
-        )
-        .drop("_mass")
+    item = pl.col("_item")
+    differs = pl.col("_cw").list.set_symmetric_difference(
+        _content_words(item.struct.field("text"))
+    ).list.len() > 0
+    return _sum_over_items(
+        lf, context="_cw", items=pl.col("asr").struct.field("nbest").list.slice(1),
+        value=pl.when(differs).then(item.struct.field("confidence")).otherwise(0.0),
+        stage="asr", name="asr_alt_content_mass",
     )
 
 
 def _alt_other_domain_conf(lf: pl.LazyFrame) -> pl.LazyFrame:
     """Total confidence of NLU alternatives in a domain other than the chosen one."""
-    alts = (
-        lf.select("_row", "_dom", pl.col("nlu").struct.field("alternatives").alias("_a"))
-        .filter(pl.col("_a").is_not_null())
-        .explode("_a")
-        .select(
-            "_row",
-            pl.when(pl.col("_a").struct.field("domain") != pl.col("_dom"))
-            .then(pl.col("_a").struct.field("confidence")).otherwise(0.0).alias("_c"),
-        )
-        .group_by("_row")
-        .agg(pl.col("_c").sum().alias("_alt_other"))
-    )
-    return (
-        lf.join(alts, on="_row", how="left")
-        .with_columns(
-            nlu_alt_conf_other_domains=pl.when(pl.col("nlu").is_not_null())
-            .then(pl.col("_alt_other").fill_null(0.0))
-        )
-        .drop("_alt_other")
+    item = pl.col("_item")
+    return _sum_over_items(
+        lf, context="_dom", items=pl.col("nlu").struct.field("alternatives"),
+        value=pl.when(item.struct.field("domain") != pl.col("_dom"))
+        .then(item.struct.field("confidence")).otherwise(0.0),
+        stage="nlu", name="nlu_alt_conf_other_domains",
     )
 
 

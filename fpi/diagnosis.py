@@ -96,10 +96,9 @@ def _batches(path: Path, batch_turns: int) -> Iterator[pl.DataFrame]:
         else:
             carry = None
         if chunk.height:
-            # one chunk per column: list operations in features must see aligned chunks
-            yield chunk.rechunk()
+            yield chunk
     if carry is not None and carry.height:
-        yield carry.rechunk()
+        yield carry
 
 
 def _load_baseline(baseline: str | os.PathLike[str] | Mapping[str, Any] | None

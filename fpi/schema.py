@@ -54,35 +54,14 @@ EVENT_STAGES: Final[tuple[str, ...]] = (*STAGES, "feedback", "label", "device")
 #: Feature / attribution groups: one per pipeline stage plus dialogue context.
 COMPONENTS: Final[tuple[str, ...]] = ("wake", "asr", "nlu", "er", "result", "context")
 
-#: Which component each failure class blames (``correct`` blames none).
-CLASS_COMPONENT: Final[dict[str, str | None]] = {
-    "correct": None,
-    "false_wake": "wake",
-    "asr": "asr",
-    "nlu": "nlu",
-    "er": "er",
-    "result": "result",
-}
-
 RESULT_STATUSES: Final[tuple[str, ...]] = ("success", "error", "no_action", "clarification")
 ENTITY_STATUSES: Final[tuple[str, ...]] = ("resolved", "unresolved", "ambiguous")
 EXPLICIT_FEEDBACK: Final[tuple[str, ...]] = ("positive", "negative")
 
 
-def normalize_label(value: str | None) -> str | None:
-    """Map a label spelling to its class, or ``None`` if it is not a known class.
-
-    >>> normalize_label(" Entity-Resolution ")
-    'er'
-    """
-    if value is None:
-        return None
-    key = value.strip().lower().replace("-", "_").replace(" ", "_")
-    return LABEL_ALIASES.get(key)
-
-
 def normalize_label_expr(expr: pl.Expr) -> pl.Expr:
-    """Polars version of :func:`normalize_label`: unknown spellings become null."""
+    """The class each label spelling names (after trimming, lower-casing, and ``-`` or
+    spaces as ``_``); unknown spellings become null."""
     key = expr.str.strip_chars().str.to_lowercase().str.replace_all(r"[-\s]", "_")
     return key.replace_strict(LABEL_ALIASES, default=None, return_dtype=pl.String)
 

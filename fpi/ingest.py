@@ -29,12 +29,14 @@ from typing import IO, Any
 import numpy as np
 import orjson
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fpi.errors import InputError, StrictRejects
 from fpi.files import atomic_path
 from fpi.ingest_events import EventCollector
-from fpi.ingest_parse import ParsedBlock, parse_block, parse_lines
+from fpi.ingest_parse import CANONICAL_ARROW, ParsedBlock, parse_block, parse_lines
 from fpi.ingest_sources import (
     FORMATS,
     Block,
@@ -49,7 +51,7 @@ from fpi.ingest_sources import (
     parquet_blocks,
     parquet_frames,
 )
-from fpi.ingest_validate import ROW_COL, RowProblem, validate
+from fpi.ingest_validate import RowProblem, validate_table
 from fpi.schema import CLASSES, KEY_COLUMNS, RULES, empty_frame
 
 __all__ = ["FORMATS", "IngestReport", "Reject", "ingest", "read_traces", "rejects_path_for"]
@@ -178,17 +180,17 @@ class _Sink:
         self.keys: list[pl.DataFrame] = []
         self.rows = 0
 
-    def add(self, frame: pl.DataFrame, keys: pl.DataFrame) -> None:
+    def add(self, table: pa.Table, keys: pl.DataFrame) -> None:
         self.keys.append(
             keys.with_columns(
-                *[frame.get_column(s).is_not_null().alias(f"has_{s}") for s in PRESENCE_STAGES],
-                frame.get_column("label").struct.field("failure_point").alias("gold"),
+                *[pl.Series(f"has_{s}", pc.is_valid(table.column(s))) for s in PRESENCE_STAGES],
+                pl.Series("gold", pc.struct_field(table.column("label"), "failure_point")),
             )
         )
-        self.rows += frame.height
-        self.write(frame)
+        self.rows += table.num_rows
+        self.write(table)
 
-    def write(self, frame: pl.DataFrame) -> None:
+    def write(self, table: pa.Table) -> None:
         raise NotImplementedError
 
     def all_keys(self) -> pl.DataFrame:
@@ -205,10 +207,20 @@ class _Sink:
 class _MemorySink(_Sink):
     def __init__(self) -> None:
         super().__init__()
-        self.frames: list[pl.DataFrame] = []
+        self.tables: list[pa.Table] = []
 
-    def write(self, frame: pl.DataFrame) -> None:
-        self.frames.append(frame)
+    def write(self, table: pa.Table) -> None:
+        self.tables.append(table)
+
+    def frame(self) -> pl.DataFrame:
+        """Everything written, as one canonical frame (the tables are released)."""
+        if not self.tables:
+            return empty_frame()
+        table = pa.concat_tables(self.tables)
+        self.tables.clear()
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
 
 
 class _ParquetSink(_Sink):
@@ -220,7 +232,7 @@ class _ParquetSink(_Sink):
         # lz4: the cheapest codec to write; dictionary pages do most of the shrinking.
         # Statistics only for the flat columns readers filter on: computing them
         # for every nested leaf is a fifth of the writing time.
-        self.writer = pq.ParquetWriter(path, empty_frame().to_arrow().schema,
+        self.writer = pq.ParquetWriter(path, CANONICAL_ARROW,
                                        compression="lz4",
                                        write_statistics=["schema_version", "session_id",
                                                          "turn_index", "timestamp"])
@@ -228,13 +240,13 @@ class _ParquetSink(_Sink):
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpi-write")
         self.pending: Future[None] | None = None
 
-    def write(self, frame: pl.DataFrame) -> None:
+    def write(self, table: pa.Table) -> None:
         if self.pending is not None:
             self.pending.result()
-        self.pending = self.pool.submit(self._write, frame)
+        self.pending = self.pool.submit(self._write, table)
 
-    def _write(self, frame: pl.DataFrame) -> None:
-        self.writer.write_table(frame.to_arrow(), row_group_size=frame.height or 1)
+    def _write(self, table: pa.Table) -> None:
+        self.writer.write_table(table, row_group_size=table.num_rows or 1)
 
     def close(self) -> None:
         try:
@@ -255,7 +267,8 @@ class _Prepared:
     """A block parsed and validated, ready to be reported and written."""
 
     parsed: ParsedBlock
-    good: pl.DataFrame | None  #: canonical rows that passed (with ROW_COL), None if none
+    good: pa.Table | None  #: canonical rows that passed, None if none
+    rows: np.ndarray | None  #: parsed row of each good row; None: all rows, in order
     problems: list[RowProblem]
 
 
@@ -264,21 +277,21 @@ def _prepare(data: bytes | memoryview, n_lines: int | None,
     """Parse (unless given) and validate one block; no side effects (runs in a worker)."""
     if parsed is None:
         parsed = parse_block(data, n_lines)
-    if parsed.frame is None or parsed.frame.height == 0:
-        return _Prepared(parsed, None, [])
+    if parsed.frame is None or len(parsed.frame) == 0:
+        return _Prepared(parsed, None, None, [])
     try:
-        good, problems = validate(parsed.frame)
-    except pl.exceptions.PolarsError:
+        good, rows, problems = validate_table(parsed.frame, screened=not parsed.careful)
+    except (pl.exceptions.PolarsError, pa.ArrowException):
         if not data or parsed.careful:
             raise
-        # Unknown fields of a shape the vectorized checks cannot handle: the
-        # careful parser moves every unknown field into ``extra`` text first.
+        # Unknown fields of a shape Polars cannot take or check: the careful
+        # parser moves every unknown field into ``extra`` text first.
         log.debug("re-reading a block line by line", exc_info=True)
         parsed = parse_lines(bytes(data))
-        if parsed.frame is None or parsed.frame.height == 0:
-            return _Prepared(parsed, None, [])
-        good, problems = validate(parsed.frame)
-    return _Prepared(parsed, good if good.height else None, problems)
+        if parsed.frame is None or len(parsed.frame) == 0:
+            return _Prepared(parsed, None, None, [])
+        good, rows, problems = validate_table(parsed.frame, screened=False)
+    return _Prepared(parsed, good, rows, problems)
 
 
 class _SeenKeys:
@@ -426,26 +439,21 @@ class _Run:
             self._line_reject(block, index, rp.rule, rp.message)
         if good is None:
             return
-        index_col = good.get_column(ROW_COL)
+        index = (prepared.rows if prepared.rows is not None
+                 else np.arange(good.num_rows, dtype=np.int64))
         if row_lines is not None:
-            index_col = pl.Series(row_lines, dtype=pl.Int64).gather(index_col)
+            index = np.asarray(row_lines, dtype=np.int64)[index]
         if block.locs is None:
-            file_ids = pl.repeat(block.file_id, good.height, dtype=pl.Int64, eager=True)
-            lines = index_col.cast(pl.Int64) + block.first_line
+            file_ids = np.full(len(index), block.file_id, dtype=np.int64)
+            lines = index + block.first_line
         else:
-            locs = pl.DataFrame(block.locs, schema={"file_id": pl.Int64, "line": pl.Int64},
-                                orient="row")
-            picked = locs[index_col.cast(pl.Int64)]
-            file_ids, lines = picked.get_column("file_id"), picked.get_column("line")
-        keys = good.select(*KEY_COLUMNS).with_columns(file_id=file_ids, line=lines)
-        dup = self._duplicates(keys)
-        for i in dup:
-            index = int(index_col[i])
-            self._line_reject(block, index, "duplicate_turn", self._dup_message(keys, i))
-        if dup:
-            mask = pl.Series(range(good.height)).is_in(pl.Series(dup).implode()).not_()
-            good, keys = good.filter(mask), keys.filter(mask)
-        self._add(good.drop(ROW_COL), keys)
+            locs = np.asarray(block.locs, dtype=np.int64).reshape(-1, 2)[index]
+            file_ids, lines = locs[:, 0], locs[:, 1]
+
+        def reject_dup(i: int, message: str) -> None:
+            self._line_reject(block, int(index[i]), "duplicate_turn", message)
+
+        self._keep(good, file_ids, lines, reject_dup)
 
     def _line_reject(self, block: Block, index: int, rule: str, message: str) -> None:
         file_id, line = block.loc(index)
@@ -458,31 +466,48 @@ class _Run:
         try:
             for frame in parquet_frames(source):
                 self.records += frame.height
-                good, problems = validate(frame)
+                good, rows, problems = validate_table(frame)
+
                 def raw(i: int, frame: pl.DataFrame = frame) -> str:
                     return str(frame[i].select(pl.struct(pl.all()).struct.json_encode()).item())
 
                 for rp in problems:
                     self._reject(file_id, row + rp.row, rp.rule, rp.message, raw(rp.row))
-                if good.height:
-                    keys = good.select(
-                        *KEY_COLUMNS,
-                        pl.lit(file_id, dtype=pl.Int64).alias("file_id"),
-                        (pl.col(ROW_COL).cast(pl.Int64) + row).alias("line"),
-                    )
-                    dup = self._duplicates(keys)
-                    for i in dup:
-                        src_row = int(good[i, ROW_COL])
-                        self._reject(file_id, row + src_row, "duplicate_turn",
-                                     self._dup_message(keys, i), raw(src_row))
-                    if dup:
-                        mask = pl.Series(range(good.height)).is_in(pl.Series(dup).implode()).not_()
-                        good, keys = good.filter(mask), keys.filter(mask)
-                    self._add(good.drop(ROW_COL), keys)
+                if good is not None:
+                    index = rows if rows is not None else np.arange(good.num_rows)
+
+                    def reject_dup(i: int, message: str, first: int = row,
+                                   index: np.ndarray = index, raw: Callable[[int], str] = raw
+                                   ) -> None:
+                        src_row = int(index[i])
+                        self._reject(file_id, first + src_row, "duplicate_turn", message,
+                                     raw(src_row))
+
+                    self._keep(good, np.full(len(index), file_id, dtype=np.int64),
+                               index + row, reject_dup)
                 row += frame.height
         except Broken as exc:
             self.records += 1
             self._reject(file_id, row, "unreadable", str(exc), "")
+
+    def _keep(self, good: pa.Table, file_ids: np.ndarray, lines: np.ndarray,
+              reject_dup: Callable[[int, str], None]) -> None:
+        """Hand ``good`` to the sink, less the rows whose turn was already read (each
+        rejected through ``reject_dup(row, message)``); ``file_ids`` and ``lines`` say
+        where each row came from."""
+        keys = pl.from_arrow(good.select(list(KEY_COLUMNS)))
+        assert isinstance(keys, pl.DataFrame)
+        keys = keys.with_columns(file_id=pl.Series(file_ids, dtype=pl.Int64),
+                                 line=pl.Series(lines, dtype=pl.Int64))
+        dup = self._duplicates(keys)
+        for i in dup:
+            reject_dup(i, self._dup_message(keys, i))
+        if dup:
+            mask = np.ones(good.num_rows, dtype=bool)
+            mask[dup] = False
+            good, keys = good.filter(pa.array(mask)), keys.filter(pl.Series(mask))
+        if good.num_rows:
+            self.sink.add(good, keys)
 
     # -- global checks --------------------------------------------------
     def _duplicates(self, keys: pl.DataFrame) -> list[int]:
@@ -524,10 +549,6 @@ class _Run:
         sid, ti = keys[i, "session_id"], keys[i, "turn_index"]
         return (f"(session_id, turn_index) = ({sid!r}, {ti}) was already read at "
                 f"{self.first_seen[(sid, ti)]}; the first is kept")
-
-    def _add(self, good: pl.DataFrame, keys: pl.DataFrame) -> None:
-        if good.height:
-            self.sink.add(good, keys)
 
     def finish(self) -> bool:
         """Summarize what was kept; return whether it is already sorted by key."""
@@ -664,8 +685,7 @@ def read_traces(
         rejects = _Rejects(fh)
         run = _Run(sources, rejects, sink, _progress(progress), block_bytes)
         run.run()
-        frame = pl.concat(sink.frames, rechunk=False) if sink.frames else empty_frame()
-        sink.frames.clear()
+        frame = sink.frame()
         if run.finish():
             frame = frame.rechunk()
         else:

@@ -33,6 +33,7 @@ from fpi.ingest_parse import (
     decode_object,
     dumps,
     prune_block,
+    starts_with_null,
 )
 from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
 from fpi.ingest_validate import _leaves
@@ -247,7 +248,7 @@ class EventCollector:
         problems: list[LineProblem] = []
         try:
             check_utf8(data)
-            if _NULL_LINE.search(data) or bytes(data[:64]).lstrip().startswith(b"null"):
+            if starts_with_null(data) or _NULL_LINE.search(data):
                 raise pa.ArrowInvalid("a line is a bare null")  # see ingest_parse
             table = pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(
                 explicit_schema=_FAST, unexpected_field_behavior="infer"))

@@ -1,11 +1,14 @@
 """Parse blocks of JSON Lines into raw frames, setting unreadable records aside.
 
 The fast path hands a whole block (tens of MB of complete lines) to
-``pyarrow.json`` with the canonical schema, so a clean block costs one
-multi-threaded C++ parse. Only when a block fails (bad JSON, a field of the
+``pyarrow.json`` with the canonical schema, so a clean block costs one C++
+parse (single-threaded: ingest parses several blocks at once in its own
+workers, which costs less CPU than splitting each block again). Only when a block fails (bad JSON, a field of the
 wrong type, invalid UTF-8, two values on one line) is it parsed again line by
 line with orjson to find and set aside the bad lines; the rest of the block
-still goes through pyarrow. Unknown fields are kept in an ``extra`` column.
+still goes through pyarrow. The careful path moves unknown fields into an
+``__extra`` text column; on the fast path they stay as Arrow columns and
+validation folds them into ``extra``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ class LineProblem:
 class ParsedBlock:
     """The result of parsing one block of JSON Lines."""
 
-    frame: pl.DataFrame | None  #: one row per good record (raw, not yet validated)
+    #: One row per good record (raw, not yet validated): an Arrow table straight from
+    #: the JSON reader, or a Polars frame from the CSV and stage-event readers.
+    frame: pa.Table | pl.DataFrame | None
     row_lines: list[int] | None  #: block line index of each row; None when row i is line i
     problems: list[LineProblem]
     records: int  #: non-blank lines in the block
@@ -62,6 +67,8 @@ def _arrow_type(dtype: pl.DataType) -> pa.DataType:
         return pa.struct([pa.field(f.name, _arrow_type(f.dtype)) for f in dtype.fields])
     if isinstance(dtype, pl.List):
         return pa.list_(_arrow_type(dtype.inner))
+    if isinstance(dtype, pl.Datetime):
+        return pa.timestamp(dtype.time_unit or "us", tz=dtype.time_zone)
     mapping: dict[Any, pa.DataType] = {
         pl.String: pa.string(),
         pl.Float64: pa.float64(),
@@ -82,11 +89,15 @@ _KNOWN_FIELDS: dict[str, pl.DataType] = {
 FAST_SCHEMA = pa.schema([pa.field(n, _arrow_type(d)) for n, d in _KNOWN_FIELDS.items()])
 FALLBACK_SCHEMA = pa.schema([*FAST_SCHEMA, pa.field(EXTRA_COL, pa.string())])
 
+#: The canonical frame as Arrow: what ingest writes to Parquet. ``pl.from_arrow``
+#: of a table of this schema has exactly :data:`fpi.schema.TURN_SCHEMA`.
+CANONICAL_ARROW = pa.schema([pa.field(n, _arrow_type(d)) for n, d in TURN_SCHEMA.items()])
+
 
 def _read(data: bytes | memoryview, schema: pa.Schema, unexpected: str) -> pa.Table:
     return pj.read_json(
         pa.BufferReader(data),
-        read_options=pj.ReadOptions(block_size=1 << 24),
+        read_options=pj.ReadOptions(block_size=1 << 24, use_threads=False),
         parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected),
     )
 
@@ -167,22 +178,35 @@ def check_utf8(data: bytes | memoryview) -> None:
                           ).validate(full=True)
 
 
-#: A line that is a bare JSON ``null`` (checked before pyarrow sees the block).
-_NULL_LINE = re.compile(rb"\n[ \t\r]*null")
+#: A line that is a bare JSON ``null``.
+_NULL_LINE = re.compile(rb"(?:^|\n)[ \t\r]*null[ \t\r]*(?:\n|$)")
+_LEADING_SPACE = re.compile(rb"\s*")
+
+
+def starts_with_null(data: bytes | memoryview) -> bool:
+    """Whether the first line with content is a bare ``null``: pyarrow's JSON reader
+    crashes the process on such a block, so it must never see one."""
+    start = _LEADING_SPACE.match(data)
+    at = start.end() if start else 0
+    return bytes(data[at : at + 4]) == b"null"
 
 
 def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedBlock:
-    """Parse ``data`` (complete lines of JSON Lines) into a raw frame and problems."""
+    """Parse ``data`` (complete lines of JSON Lines) into a raw Arrow table and problems."""
     if n_lines is None:
         raw = bytes(data)
         n_lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)
     try:
         check_utf8(data)
-        if _NULL_LINE.search(data) or bytes(data[:64]).lstrip().startswith(b"null"):
-            # pyarrow reads a bare ``null`` line as an empty record (and crashes on a
-            # block of only such lines): the careful path rejects it as not an object.
-            raise pa.ArrowInvalid("a line is a bare null")
+        if starts_with_null(data):
+            raise pa.ArrowInvalid("the first line is a bare null")
         table = _read(data, FAST_SCHEMA, "infer")
+        # pyarrow reads a bare ``null`` line as a record with every field null;
+        # the careful path rejects it as not an object. Only a block with a
+        # record lacking its session_id can hold one, so only such a block is
+        # searched for it.
+        if table.column("session_id").null_count and _NULL_LINE.search(data):
+            raise pa.ArrowInvalid("a line is a bare null")
         row_lines: list[int] | None = None
         records = n_lines
         if table.num_rows != n_lines:
@@ -193,13 +217,10 @@ def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedB
             records = len(row_lines)
             if table.num_rows != records:
                 raise pa.ArrowInvalid("rows do not match lines")
-        # Inferred unknown fields can have shapes Polars cannot take from Arrow
-        # (a list of nulls): those blocks also go the careful way.
-        frame: pl.DataFrame = pl.from_arrow(table)  # type: ignore[assignment]
-    except (pa.ArrowException, pl.exceptions.PolarsError) as exc:
+    except pa.ArrowException as exc:
         log.debug("block of %d lines needs the line-by-line parser: %s", n_lines, exc)
         return parse_lines(bytes(data))
-    return ParsedBlock(frame, row_lines, [], records)
+    return ParsedBlock(table, row_lines, [], records)
 
 
 def parse_lines(data: bytes) -> ParsedBlock:
@@ -244,7 +265,7 @@ def parse_lines(data: bytes) -> ParsedBlock:
         if not tables:
             return ParsedBlock(None, [], problems, records, careful=True)
         table = pa.concat_tables(tables)
-    return ParsedBlock(pl.from_arrow(table), good_idx, problems, records, careful=True)  # type: ignore[arg-type]
+    return ParsedBlock(table, good_idx, problems, records, careful=True)
 
 
 # ---------------------------------------------------------------------------

@@ -1,9 +1,19 @@
-"""Validate raw turn frames against the trace format with vectorized Polars rules.
+"""Validate raw turn frames against the trace format with vectorized rules.
 
 A raw frame comes out of a parser: the canonical columns (``timestamp`` may
 still be text) plus any unknown columns or struct fields. :func:`validate`
 returns the canonical rows that pass every rule and, for the rows that do not,
 the first rule each broke with a one-line message.
+
+:func:`validate_table` is the entry point for everything ingest parses: it
+returns canonical Arrow tables, the form ingest writes. A block straight from
+the JSON reader is first screened in Arrow compute (:func:`screen`): when every
+row passes every rule and nothing needs rewriting (the usual case), the block
+becomes canonical without a round trip through Polars. Anything else (a broken
+rule, a label alias, an unusual timestamp, unknown nested fields) goes through
+:func:`validate`, which finds each bad row's rule and message. The screen is
+conservative: it may send a clean block the slow way, never pass a bad one, and
+a test checks that both ways give the same table.
 """
 
 from __future__ import annotations
@@ -11,13 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from fpi.ingest_parse import EXTRA_COL
+from fpi.ingest_parse import CANONICAL_ARROW, EXTRA_COL, FAST_SCHEMA
 from fpi.schema import (
     BLOCKS,
+    CLASSES,
     ENUM_FIELDS,
     NON_NEGATIVE_FIELDS,
     TURN_SCHEMA,
@@ -335,3 +348,163 @@ def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
         ROW_COL,
     )
     return good, problems
+
+
+# ---------------------------------------------------------------------------
+# Arrow: the fast screen and the canonical table
+# ---------------------------------------------------------------------------
+
+
+def _arrow_values(table: pa.Table, path: str) -> pa.ChunkedArray:
+    """The values at a dotted path (``a.b[].c``: every element's ``c``, flattened)."""
+    head, _, elem = path.partition("[].")
+    parts = head.split(".")
+    values = table.column(parts[0])
+    for part in parts[1:]:
+        values = pc.struct_field(values, part)
+    if elem:
+        values = pc.struct_field(pc.list_flatten(values), elem)
+    return values
+
+
+def _some(mask: Any) -> bool:
+    """Whether any value of a boolean array is true (nulls count as false)."""
+    return bool(pc.any(mask).as_py())
+
+
+def _broken(table: pa.Table) -> bool:
+    """Whether any row may break a rule of :func:`_checks` (or needs a label rewritten).
+
+    Errs on the side of True: a block it passes must pass :func:`validate` whole.
+    """
+    sid = table.column("session_id")
+    if sid.null_count or table.column("turn_index").null_count or table.column("wake").null_count:
+        return True
+    # Blank session ids: Arrow and Polars agree on what whitespace is for ASCII.
+    if not pc.all(pc.string_is_ascii(sid)).as_py():
+        return True
+    if len(sid) and pc.min(pc.utf8_length(pc.utf8_trim_whitespace(sid))).as_py() == 0:
+        return True
+    if _some(pc.not_equal(table.column("schema_version"), 1)):
+        return True
+    if _some(pc.less(table.column("turn_index"), 0)):
+        return True
+    for path in UNIT_INTERVAL_FIELDS:
+        values = _arrow_values(table, path)
+        if _some(pc.or_kleene(pc.or_kleene(pc.less(values, 0), pc.greater(values, 1)),
+                              pc.is_nan(values))):
+            return True
+    for path in NON_NEGATIVE_FIELDS:
+        if _some(pc.less(_arrow_values(table, path), 0)):
+            return True
+    allowed_labels = {f"label.{name}": CLASSES for name in ("failure_point", "failure_point_2")}
+    for path, allowed in {**ENUM_FIELDS, **allowed_labels}.items():
+        values = _arrow_values(table, path)
+        # Labels must already be spelled canonically: aliases are rewritten by validate.
+        if _some(pc.and_(pc.is_valid(values),
+                         pc.invert(pc.is_in(values, value_set=pa.array(allowed))))):
+            return True
+    return False
+
+
+def _split_block(column: pa.ChunkedArray, canonical: pa.StructType
+                 ) -> tuple[pa.ChunkedArray, pa.ChunkedArray] | None:
+    """A block with unknown fields as (its canonical struct, a struct of the unknown
+    fields), both null where the block is; None unless every known field is there
+    with its canonical type."""
+    have: pa.StructType = column.type
+    names = [have.field(i).name for i in range(have.num_fields)]
+    if len(set(names)) != len(names) or any(
+        f.name not in names or have.field(f.name).type != f.type for f in canonical
+    ):
+        return None
+    unknown = [n for n in names if canonical.get_field_index(n) < 0]
+    known_chunks, unknown_chunks = [], []
+    for chunk in column.chunks:
+        absent = chunk.is_null()
+        known_chunks.append(pa.StructArray.from_arrays(
+            [pc.struct_field(chunk, f.name) for f in canonical], fields=list(canonical),
+            mask=absent))
+        unknown_chunks.append(pa.StructArray.from_arrays(
+            [pc.struct_field(chunk, n) for n in unknown], names=unknown, mask=absent))
+    return (pa.chunked_array(known_chunks, canonical),
+            pa.chunked_array(unknown_chunks, pa.struct([have.field(n) for n in unknown])))
+
+
+def screen(table: pa.Table) -> pa.Table | None:
+    """The canonical table of a clean block straight from the JSON reader, or None.
+
+    None means the block needs :func:`validate`: a rule may be broken, a label
+    is an alias, a timestamp is not in a form Arrow parses, a known field has an
+    unexpected type, or unknown fields are of a shape Polars cannot take.
+    Unknown fields (top-level, or directly inside a block) go to ``extra``,
+    written exactly as :func:`validate` writes them.
+    """
+    names = table.schema.names
+    if EXTRA_COL in names or len(set(names)) != len(names):
+        return None
+    known: dict[str, pa.ChunkedArray] = {}
+    others: dict[str, pa.ChunkedArray] = {}  # what goes to ``extra``, in the raw order
+    for name in names:
+        column = table.column(name)
+        if name not in FAST_SCHEMA.names:
+            others[name] = column
+            continue
+        want = FAST_SCHEMA.field(name).type
+        if column.type == want:
+            known[name] = column
+            continue
+        split = _split_block(column, want) if name in BLOCKS and pa.types.is_struct(
+            column.type) else None
+        if split is None:
+            return None
+        known[name], others[name] = split
+    if len(known) != len(FAST_SCHEMA) or _broken(pa.table(known)):
+        return None
+    try:
+        timestamp = known["timestamp"].cast(pa.timestamp("us", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if others:
+        try:
+            unknown = pl.from_arrow(pa.table(others))
+            assert isinstance(unknown, pl.DataFrame)
+            # (with_columns, not select: a literal null must be one per row)
+            extra = unknown.with_columns(_extra_expr(unknown).alias(EXTRA_COL)
+                                         ).get_column(EXTRA_COL).to_arrow()
+        except (pl.exceptions.PolarsError, pa.ArrowException):
+            return None
+        extra = extra.cast(pa.string())
+    else:
+        extra = pa.nulls(table.num_rows, pa.string())
+    known.update(schema_version=pc.fill_null(known["schema_version"], 1), timestamp=timestamp,
+                 extra=extra)
+    return pa.Table.from_arrays([known[n] for n in CANONICAL_ARROW.names],
+                                schema=CANONICAL_ARROW)
+
+
+def to_arrow(good: pl.DataFrame) -> pa.Table:
+    """A canonical Polars frame as a table of :data:`CANONICAL_ARROW` (what ingest writes)."""
+    return good.select(CANONICAL_ARROW.names).to_arrow().cast(CANONICAL_ARROW)
+
+
+def validate_table(frame: pa.Table | pl.DataFrame, screened: bool = True
+                   ) -> tuple[pa.Table | None, np.ndarray | None, list[RowProblem]]:
+    """Validate a raw table or frame into canonical Arrow rows.
+
+    Returns the good rows (None if none), the raw row position of each good row
+    (None when every row passed, in order) and the problems. ``screened=False``
+    skips the fast screen (for tables whose unknown fields are already text).
+    """
+    if isinstance(frame, pa.Table):
+        if screened:
+            fast = screen(frame)
+            if fast is not None:
+                return fast, None, []
+        frame = pl.from_arrow(frame)  # type: ignore[assignment]
+        assert isinstance(frame, pl.DataFrame)
+    good, problems = validate(frame)
+    if not good.height:
+        return None, None, problems
+    rows = good.get_column(ROW_COL).cast(pl.Int64).to_numpy()
+    return to_arrow(good), rows, problems

@@ -1,14 +1,14 @@
-"""Parse blocks of JSON Lines into raw frames, setting unreadable records aside.
+"""Parse blocks of JSON Lines into raw tables, setting unreadable records aside.
 
 The fast path hands a whole block (tens of MB of complete lines) to
 ``pyarrow.json`` with the canonical schema, so a clean block costs one C++
 parse (single-threaded: ingest parses several blocks at once in its own
-workers, which costs less CPU than splitting each block again). Only when a block fails (bad JSON, a field of the
-wrong type, invalid UTF-8, two values on one line) is it parsed again line by
-line with orjson to find and set aside the bad lines; the rest of the block
-still goes through pyarrow. The careful path moves unknown fields into an
-``__extra`` text column; on the fast path they stay as Arrow columns and
-validation folds them into ``extra``.
+workers, which costs less CPU than splitting each block again). Only when a
+block fails (bad JSON, a field of the wrong type, invalid UTF-8, two values on
+one line) is it parsed again line by line with orjson to find and set aside
+the bad lines; the rest of the block still goes through pyarrow. The careful
+path moves unknown fields into an ``__extra`` text column; on the fast path
+they stay as Arrow columns and validation folds them into ``extra``.
 """
 
 from __future__ import annotations

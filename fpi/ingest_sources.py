@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import io
 import logging
+import mmap
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -81,6 +83,8 @@ class Block:
     n_lines: int | None = None
     #: How far into its source file (in file bytes) reading had got: for progress.
     src_pos: int = 0
+    #: Called once the block is done with, to hand its memory back (mapped files).
+    release: Callable[[], None] | None = field(default=None, repr=False)
     _lines: list[bytes] | None = field(default=None, repr=False)
 
     def loc(self, index: int) -> tuple[int, int]:
@@ -277,9 +281,62 @@ def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22,
                          "compressed stream (the lines before the break were kept)")
 
 
+def _count_newlines(data: Any, start: int, end: int) -> int:
+    """Newlines in ``data[start:end]`` (any buffer), counted in slices that stay in cache."""
+    whole = np.frombuffer(data, dtype=np.uint8)
+    step = 1 << 22
+    return sum(int(np.count_nonzero(whole[i : min(i + step, end)] == 0x0A))
+               for i in range(start, end, step))
+
+
+def _mapped_blocks(source: Source, file_id: int, block_size: int) -> Iterator[Block] | None:
+    """Blocks of whole lines from an uncompressed file mapped into memory: no copy, no
+    buffer to fill. Each block's pages are handed back to the page cache once the block
+    is done (``Block.release``), so memory does not grow with the file. None when the
+    file cannot be mapped (an empty file, or a file system without mmap)."""
+    try:
+        with source.path.open("rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+    def release(start: int, end: int) -> Callable[[], None] | None:
+        if not hasattr(mapped, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return None
+        start -= start % mmap.PAGESIZE
+        # Dropping mapped pages of a read-only file mapping loses nothing: touched
+        # again, they are read back from the page cache.
+        return lambda: mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def blocks() -> Iterator[Block]:
+        size = len(mapped)
+        view = memoryview(mapped)
+        start, line = 0, 1
+        while start < size:
+            end = min(start + block_size, size)
+            if end < size:
+                cut = mapped.rfind(b"\n", start, end)
+                if cut < 0:  # a line longer than a block: take all of it
+                    cut = mapped.find(b"\n", end)
+                end = size if cut < 0 else cut + 1
+            newlines = _count_newlines(mapped, start, end)
+            n = newlines + (0 if mapped[end - 1] == 0x0A else 1)
+            yield Block(view[start:end], file_id, line, n_lines=n, src_pos=end,
+                        release=release(start, end))
+            line += newlines
+            start = end
+
+    return blocks()
+
+
 def _plain_blocks(source: Source, file_id: int, block_size: int) -> Iterator[Block]:
-    """Blocks of whole lines from an uncompressed file, read straight into each block's
-    buffer (no join, no copy but the small tail carried to the next block)."""
+    """Blocks of whole lines from an uncompressed file: mapped into memory when it can
+    be, else read straight into each block's buffer (no join, no copy but the small
+    tail carried to the next block)."""
+    mapped = _mapped_blocks(source, file_id, block_size)
+    if mapped is not None:
+        yield from mapped
+        return
     line = 1
     carry = b""
     with source.path.open("rb", buffering=0) as fh:

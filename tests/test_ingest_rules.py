@@ -287,6 +287,20 @@ def test_bare_null_lines_are_not_objects(tmp_path: Path, bare: bytes) -> None:
         read_traces(only)
 
 
+@pytest.mark.parametrize("bare", [b"null", b" null\r", b"null\n{}"])
+def test_bare_null_line_inside_a_block_is_not_an_object(tmp_path: Path, bare: bytes) -> None:
+    # Inside a block pyarrow reads it as a record with every field null, like ``{}``.
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(json.dumps(good(0)).encode() + b"\n" + bare + b"\n"
+                     + json.dumps(good(1)).encode())
+    rejects = tmp_path / "r.jsonl"
+    frame, report = read_traces(path, rejects_path=rejects)
+    assert frame.height == 2
+    rows = [json.loads(x) for x in rejects.read_text().splitlines()]
+    assert (rows[0]["line"], rows[0]["rule"]) == (2, "not_an_object")
+    assert report.records_read == 2 + len(rows)
+
+
 def test_unknown_field_polars_cannot_take_from_arrow_is_still_kept(tmp_path: Path) -> None:
     # pyarrow infers list<null> for [null, null]; Polars refuses that Arrow array.
     turns = tmp_path / "t.jsonl"

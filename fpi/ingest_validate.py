@@ -165,20 +165,20 @@ def _leaves(expr: pl.Expr, dtype: pl.DataType, key: str) -> list[tuple[str, pl.E
     return [(key, expr)]
 
 
-def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
-    """The ``extra`` column: unknown fields as a JSON object keyed by dotted path, or null."""
+def _extra_parts(frame: pl.DataFrame) -> tuple[list[pl.Expr], list[tuple[str, pl.Expr]], bool]:
+    """The pieces of the ``extra`` text: one ``"key":value`` (or null) expression per
+    unknown leaf or extras text, the unknown leaves, and whether extras text is among them."""
     parts: list[pl.Expr] = []
     all_leaves: list[tuple[str, pl.Expr]] = []
-    texts = 0
-    schema = frame.schema
-    for name, dtype in schema.items():
+    texts = False
+    for name, dtype in frame.schema.items():
         if name in (ROW_COL, EXTRA_COL) or dtype == pl.Null:
             continue
         if name == "extra" and dtype == pl.String:
             # Extras already gathered by an earlier ingest, written back out as text.
             body = pl.col(name).str.strip_chars().str.strip_prefix("{").str.strip_suffix("}")
             parts.append(pl.when(body.str.len_chars() > 0).then(body))
-            texts += 1
+            texts = True
             continue
         if name in BLOCKS and isinstance(dtype, pl.Struct):
             known = set(BLOCKS[name].to_schema())
@@ -195,19 +195,41 @@ def _extra_expr(frame: pl.DataFrame) -> pl.Expr:
             parts.append(
                 pl.when(value.is_not_null()).then(pl.lit(quoted + ":") + _json_value(value))
             )
-    if EXTRA_COL in schema:
+    if EXTRA_COL in frame.schema:
         body = pl.col(EXTRA_COL).str.strip_prefix("{").str.strip_suffix("}")
         parts.append(pl.when(body.str.len_chars() > 0).then(body))
-        texts += 1
+        texts = True
+    return parts, all_leaves, texts
+
+
+def extra_column(frame: pl.DataFrame) -> pl.Series:
+    """The ``extra`` column of a raw frame: its unknown fields as a JSON object keyed by
+    dotted path (null leaves left out), or null when it has none.
+
+    Rows that carry every unknown field (the usual case: one logger's output)
+    are encoded in one pass; only the others are pieced together leaf by leaf.
+    """
+    parts, leaves, texts = _extra_parts(frame)
+    nulls = pl.repeat(None, frame.height, dtype=pl.String, eager=True).alias("extra")
     if not parts:
-        return pl.lit(None, dtype=pl.String)
-    if not texts and frame.select(
-            pl.all_horizontal([v.is_not_null() for _, v in all_leaves]).all()).item():
-        # Every row has every unknown field (the usual case in a batch of one
-        # logger's output): one JSON encoding of them all, same text.
-        return pl.struct([v.alias(k) for k, v in all_leaves]).struct.json_encode()
+        return nulls
     joined = pl.concat_str(parts, separator=",", ignore_nulls=True)
-    return pl.when(joined.is_null() | (joined == "")).then(None).otherwise("{" + joined + "}")
+    piecewise = pl.when(joined.is_null() | (joined == "")).then(None).otherwise(
+        "{" + joined + "}")
+    if texts:
+        return frame.select(piecewise.alias("extra")).to_series()
+    whole = pl.struct([v.alias(k) for k, v in leaves]).struct.json_encode()
+    complete = frame.select(pl.all_horizontal([v.is_not_null() for _, v in leaves])
+                            ).to_series()
+    n_complete = complete.sum()
+    if n_complete == frame.height:
+        return frame.select(whole.alias("extra")).to_series()
+    if n_complete < frame.height // 4:
+        return frame.select(piecewise.alias("extra")).to_series()
+    # Same text both ways: with no null leaf, the leaf-by-leaf join is the object.
+    out = nulls.scatter(complete.arg_true(), frame.filter(complete).select(whole).to_series())
+    rest = ~complete
+    return out.scatter(rest.arg_true(), frame.filter(rest).select(piecewise).to_series())
 
 
 # ---------------------------------------------------------------------------
@@ -292,7 +314,7 @@ def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=TURN_SCHEMA[name]).alias(name))
     ts = _timestamp(frame)
-    extra = _extra_expr(frame)
+    extra = extra_column(frame)
     conformed = [
         _conform_struct(pl.col(name), frame.schema[name], dtype).alias(name)
         if name in frame.columns
@@ -438,7 +460,7 @@ def screen(table: pa.Table) -> pa.Table | None:
     is an alias, a timestamp is not in a form Arrow parses, a known field has an
     unexpected type, or unknown fields are of a shape Polars cannot take.
     Unknown fields (top-level, or directly inside a block) go to ``extra``,
-    written exactly as :func:`validate` writes them.
+    written by :func:`extra_column`, as :func:`validate` writes them.
     """
     names = table.schema.names
     if EXTRA_COL in names or len(set(names)) != len(names):
@@ -469,9 +491,7 @@ def screen(table: pa.Table) -> pa.Table | None:
         try:
             unknown = pl.from_arrow(pa.table(others))
             assert isinstance(unknown, pl.DataFrame)
-            # (with_columns, not select: a literal null must be one per row)
-            extra = unknown.with_columns(_extra_expr(unknown).alias(EXTRA_COL)
-                                         ).get_column(EXTRA_COL).to_arrow()
+            extra = extra_column(unknown).to_arrow()
         except (pl.exceptions.PolarsError, pa.ArrowException):
             return None
         extra = extra.cast(pa.string())

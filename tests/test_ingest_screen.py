@@ -23,7 +23,7 @@ from polars.testing import assert_frame_equal
 from test_ingest_roundtrip import _record, turns
 
 from fpi.ingest_parse import parse_block
-from fpi.ingest_validate import ROW_COL, screen, to_arrow, validate
+from fpi.ingest_validate import ROW_COL, extra_column, screen, to_arrow, validate
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_logs"
 
@@ -159,3 +159,24 @@ def test_each_mutation_on_simulated_logs(mutation: str) -> None:
     if mutation == "block_unknown":
         assert fast is not None  # an unknown field in a block is common: no slow path
         assert '"wake.engine.v":2' in slow.get_column("extra")[hit]
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(st.tuples(st.one_of(st.none(), st.text(max_size=6)),
+                               st.one_of(st.none(), st.integers(-5, 5)),
+                               st.one_of(st.none(), st.booleans())), min_size=1, max_size=40))
+def test_extra_column_writes_the_same_text_every_way(
+        rows: list[tuple[str | None, int | None, bool | None]]) -> None:
+    """Unknown fields become one JSON object per row, null leaves left out, and the text
+    is the same whether a row is encoded whole or leaf by leaf."""
+    frame = pl.DataFrame(
+        {"region": [r[0] for r in rows], "net": [{"n": r[1], "ok": r[2]} for r in rows]},
+        schema={"region": pl.String, "net": pl.Struct({"n": pl.Int64, "ok": pl.Boolean})},
+    )
+    got = extra_column(frame).to_list()
+    for (region, n, ok), text in zip(rows, got, strict=True):
+        expect = {k: v for k, v in (("region", region), ("net.n", n), ("net.ok", ok))
+                  if v is not None}
+        assert (json.loads(text) if text is not None else None) == (expect or None)
+    # One row at a time, each row takes the whole or the leaf-by-leaf way alone.
+    assert got == [extra_column(frame.slice(i, 1)).item() for i in range(frame.height)]

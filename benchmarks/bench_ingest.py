@@ -9,10 +9,10 @@ subprocess so that peak memory is the reader's alone:
 * orjson, one ``loads`` per line (parsing only, nothing kept),
 * ``fpi ingest`` (parsing, every rule, rejects, sorted canonical Parquet out).
 
-Prints wall seconds, CPU seconds, peak RSS (GB) and the ratios to pyarrow.
-Usage::
+Prints wall seconds, CPU seconds, peak RSS (GB) and the ratios to pyarrow, as
+medians over interleaved rounds (``--repeat``, default 3). Usage::
 
-    python benchmarks/bench_ingest.py --turns 1000000 [--data-dir /work/bench_data]
+    python benchmarks/bench_ingest.py --turns 1000000 [--repeat 5] [--readers pyarrow,fpi]
 
 The data file is kept between runs (rewritten with ``--regenerate``).
 """
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -89,6 +90,8 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=1_000_000)
     ap.add_argument("--data-dir", type=Path, default=Path("/work/bench_data"))
     ap.add_argument("--regenerate", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of interleaved runs (medians are reported)")
     ap.add_argument("--readers", default=",".join(READERS),
                     help="comma-separated subset of: " + ", ".join(READERS))
     args = ap.parse_args()
@@ -99,27 +102,37 @@ def main() -> None:
     out = args.data_dir / f"turns-{args.turns}.parquet"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; file {path.stat().st_size / 1e9:.2f} GB", flush=True)
-    results: dict[str, dict[str, float]] = {}
-    for kind in args.readers.split(","):
-        results[kind] = run_reader(kind, path, out)
-        print(f"  {kind}: {results[kind]}", flush=True)
-    base = results.get("pyarrow", {}).get("seconds")
+    # Readers run interleaved, round after round, so that a busy spell on this
+    # shared machine hits every reader alike; ratios are taken within a round.
+    rounds: list[dict[str, dict[str, float]]] = []
+    for r in range(args.repeat):
+        results: dict[str, dict[str, float]] = {}
+        for kind in args.readers.split(","):
+            results[kind] = run_reader(kind, path, out)
+            print(f"  round {r + 1} {kind}: {results[kind]}", flush=True)
+        rounds.append(results)
     print()
-    cpu_base = results.get("pyarrow", {}).get("cpu_seconds")
     print(f"{'reader':<22}{'seconds':>10}{'x pyarrow':>11}{'CPU s':>8}{'x pyarrow':>11}"
           f"{'peak GB':>9}")
-    for kind, r in results.items():
-        if "error" in r:
-            print(f"{kind:<22}  error: {r['error']}")
+    labels = {"polars": "polars.read_ndjson", "pyarrow": "pyarrow.json.read_json",
+              "orjson": "orjson per line", "fpi": "fpi ingest"}
+    for kind in args.readers.split(","):
+        runs = [rd[kind] for rd in rounds if "error" not in rd[kind]]
+        if not runs:
+            print(f"{labels[kind]:<22}  error: {rounds[0][kind]['error']}")
             continue
-        ratio = f"{r['seconds'] / base:.2f}" if base else "-"
-        cpu_ratio = f"{r['cpu_seconds'] / cpu_base:.2f}" if cpu_base else "-"
-        label = {"polars": "polars.read_ndjson", "pyarrow": "pyarrow.json.read_json",
-                 "orjson": "orjson per line", "fpi": "fpi ingest"}[kind]
-        print(f"{label:<22}{r['seconds']:>10.1f}{ratio:>11}{r['cpu_seconds']:>8.1f}"
-              f"{cpu_ratio:>11}{r['peak_gb']:>9.2f}")
-    print("\n(seconds: wall clock; CPU s: user + system time of the reader's process, the "
-          "steadier figure on a shared machine)")
+
+        def ratio(key: str, kind: str = kind) -> str:
+            values = [rd[kind][key] / rd["pyarrow"][key] for rd in rounds
+                      if "error" not in rd[kind] and "error" not in rd.get("pyarrow", {"error": 1})]
+            return f"{statistics.median(values):.2f}" if values else "-"
+
+        print(f"{labels[kind]:<22}{statistics.median(r['seconds'] for r in runs):>10.1f}"
+              f"{ratio('seconds'):>11}{statistics.median(r['cpu_seconds'] for r in runs):>8.1f}"
+              f"{ratio('cpu_seconds'):>11}{max(r['peak_gb'] for r in runs):>9.2f}")
+    print(f"\n(medians over {args.repeat} interleaved rounds; 'x pyarrow' is the median of the "
+          "per-round ratios; seconds: wall clock; CPU s: user + system time of the reader's "
+          "process; peak GB: the highest of the rounds)")
 
 
 if __name__ == "__main__":

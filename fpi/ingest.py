@@ -369,8 +369,6 @@ class _Run:
                     else:
                         for p in events.add_block(item):
                             self._problem(p)
-                        if item.release is not None:
-                            item.release()
             elif source.format == "parquet" and is_canonical_parquet(source.path):
                 self._canonical_parquet(source, file_id)
             else:
@@ -387,8 +385,6 @@ class _Run:
                         self._problem(item)
                     else:
                         self._block(item, prepared)
-                        if item.release is not None:
-                            item.release()
                         if self.progress and item.src_pos:
                             self.progress(self.done_bytes + item.src_pos, self.total_bytes)
             self.done_bytes += source.path.stat().st_size

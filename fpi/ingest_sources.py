@@ -12,8 +12,6 @@ from __future__ import annotations
 import glob
 import io
 import logging
-import mmap
-import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -83,8 +81,6 @@ class Block:
     n_lines: int | None = None
     #: How far into its source file (in file bytes) reading had got: for progress.
     src_pos: int = 0
-    #: Called once the block is done with, to hand its memory back (mapped files).
-    release: Callable[[], None] | None = field(default=None, repr=False)
     _lines: list[bytes] | None = field(default=None, repr=False)
 
     def loc(self, index: int) -> tuple[int, int]:
@@ -289,84 +285,35 @@ def _count_newlines(data: Any, start: int, end: int) -> int:
                for i in range(start, end, step))
 
 
-def _mapped_blocks(source: Source, file_id: int, block_size: int) -> Iterator[Block] | None:
-    """Blocks of whole lines from an uncompressed file mapped into memory: no copy, no
-    buffer to fill. Each block's pages are handed back to the page cache once the block
-    is done (``Block.release``), so memory does not grow with the file. None when the
-    file cannot be mapped (an empty file, or a file system without mmap)."""
-    try:
-        with source.path.open("rb") as fh:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        return None
-
-    def release(start: int, end: int) -> Callable[[], None] | None:
-        if not hasattr(mapped, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-            return None
-        start -= start % mmap.PAGESIZE
-        # Dropping mapped pages of a read-only file mapping loses nothing: touched
-        # again, they are read back from the page cache.
-        return lambda: mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
-
-    def blocks() -> Iterator[Block]:
-        size = len(mapped)
-        view = memoryview(mapped)
-        start, line = 0, 1
-        while start < size:
-            end = min(start + block_size, size)
-            if end < size:
-                cut = mapped.rfind(b"\n", start, end)
-                if cut < 0:  # a line longer than a block: take all of it
-                    cut = mapped.find(b"\n", end)
-                end = size if cut < 0 else cut + 1
-            newlines = _count_newlines(mapped, start, end)
-            n = newlines + (0 if mapped[end - 1] == 0x0A else 1)
-            yield Block(view[start:end], file_id, line, n_lines=n, src_pos=end,
-                        release=release(start, end))
-            line += newlines
-            start = end
-
-    return blocks()
-
-
 def _plain_blocks(source: Source, file_id: int, block_size: int) -> Iterator[Block]:
-    """Blocks of whole lines from an uncompressed file: mapped into memory when it can
-    be, else read straight into each block's buffer (no join, no copy but the small
-    tail carried to the next block)."""
-    mapped = _mapped_blocks(source, file_id, block_size)
-    if mapped is not None:
-        yield from mapped
-        return
-    line = 1
-    carry = b""
+    """Blocks of whole lines from an uncompressed file.
+
+    Each block is one read of about ``block_size`` bytes, cut after its last
+    newline; the next read starts right there. No buffer is zero-filled and no
+    partial line is carried and joined, and a block's bytes never change once
+    read (reject texts are taken from them later). Not a memory map: a file
+    truncated while mapped would kill the process (SIGBUS); a read just ends.
+    """
+    offset, line, want = 0, 1, block_size
     with source.path.open("rb", buffering=0) as fh:
-        size = os.fstat(fh.fileno()).st_size
         while True:
-            want = max(min(block_size, size - fh.tell()), 1 << 16)
-            buf = bytearray(len(carry) + want)
-            buf[: len(carry)] = carry
-            end = len(carry)
-            view = memoryview(buf)
-            while end < len(buf):
-                got = fh.readinto(view[end:])
-                if not got:
-                    break
-                end += got
-            at_eof = end < len(buf) or fh.tell() >= size
-            if end == 0:
+            fh.seek(offset)
+            data = fh.read(want)
+            if not data:
                 return
-            cut = buf.rfind(b"\n", 0, end)
-            if at_eof:
-                n = buf.count(b"\n", 0, end) + (0 if buf[end - 1] == 0x0A else 1)
-                yield Block(view[:end], file_id, line, n_lines=n, src_pos=fh.tell())
-                return
-            if cut < 0:  # a line longer than a block: read on
-                carry = bytes(view[:end])
+            at_end = len(data) < want
+            end = len(data) if at_end else data.rfind(b"\n") + 1
+            if end == 0:  # a line longer than a block: read more of it
+                want *= 2
                 continue
-            n = buf.count(b"\n", 0, cut + 1)
-            yield Block(view[: cut + 1], file_id, line, n_lines=n, src_pos=fh.tell())
-            line += n
-            carry = bytes(view[cut + 1 : end])
+            newlines = _count_newlines(data, 0, end)
+            n = newlines + (0 if data[end - 1] == 0x0A else 1)
+            yield Block(memoryview(data)[:end], file_id, line, n_lines=n, src_pos=offset + end)
+            if at_end:
+                return
+            line += newlines
+            offset += end
+            want = block_size
 
 
 def line_blocks(source: Source, file_id: int, block_size: int

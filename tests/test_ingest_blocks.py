@@ -1,4 +1,4 @@
-"""Cutting a JSON Lines file into blocks: mapped or read, every byte and line number kept."""
+"""Cutting a JSON Lines file into blocks: every byte and every line number kept."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import json
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fpi.ingest import read_traces
-from fpi.ingest_sources import Block, Source, _plain_blocks, line_blocks
+from fpi.ingest_sources import Source, _plain_blocks, line_blocks
 
 lines = st.lists(
     st.one_of(st.just(""), st.just("   "), st.text(alphabet="ab{}\"\r é", max_size=40)),
@@ -19,40 +18,27 @@ lines = st.lists(
 )
 
 
-def _blocks(path: Path, block_size: int, mapped: bool, monkeypatch: pytest.MonkeyPatch
-            ) -> list[Block]:
-    with monkeypatch.context() as m:
-        if not mapped:
-            m.setattr("fpi.ingest_sources._mapped_blocks", lambda *a: None)
-        return list(_plain_blocks(Source(path, "jsonl", None), 0, block_size))
-
-
 @settings(max_examples=150, deadline=None)
 @given(text=lines, final_newline=st.booleans(), block_size=st.integers(1, 120))
 def test_blocks_cover_the_file_with_right_line_numbers(text: list[str], final_newline: bool,
                                                        block_size: int) -> None:
     data = "\n".join(text).encode() + (b"\n" if final_newline and text else b"")
-    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "t.jsonl"
         path.write_bytes(data)
         file_lines = data.split(b"\n")
-        for mapped in (True, False):
-            blocks = _blocks(path, block_size, mapped, mp)
-            assert b"".join(bytes(b.data) for b in blocks) == data
-            for b in blocks:
-                got = bytes(b.data).split(b"\n")
-                if got[-1] == b"":
-                    got = got[:-1]
-                assert b.n_lines == len(got)
-                assert got == file_lines[b.first_line - 1 : b.first_line - 1 + len(got)]
-                assert all(bytes(b.data).endswith(b"\n") for b in blocks[:-1])
-                if b.release is not None:
-                    b.release()
-                    assert bytes(b.data).split(b"\n")[: len(got)] == got  # still readable
+        blocks = list(_plain_blocks(Source(path, "jsonl", None), 0, block_size))
+    assert b"".join(bytes(b.data) for b in blocks) == data
+    assert all(bytes(b.data).endswith(b"\n") for b in blocks[:-1])
+    for b in blocks:
+        got = bytes(b.data).split(b"\n")
+        if got[-1] == b"":
+            got = got[:-1]
+        assert b.n_lines == len(got)
+        assert got == file_lines[b.first_line - 1 : b.first_line - 1 + len(got)]
 
 
-def test_mapped_and_read_files_give_the_same_result(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_block_size_does_not_change_the_result(tmp_path: Path) -> None:
     good = [{"session_id": f"s{i % 3}", "turn_index": i, "wake": {"detected": True}}
             for i in range(40)]
     text = [json.dumps(r) for r in good]
@@ -63,15 +49,12 @@ def test_mapped_and_read_files_give_the_same_result(tmp_path: Path,
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(text))  # no final newline
     results = []
-    for mapped in (True, False):
-        with monkeypatch.context() as m:
-            if not mapped:
-                m.setattr("fpi.ingest_sources._mapped_blocks", lambda *a: None)
-            frame, report = read_traces(path, block_bytes=200)
+    for block_bytes in (1, 200, 1 << 20):
+        frame, report = read_traces(path, block_bytes=block_bytes)
         results.append((frame, sorted((r.line, r.rule) for r in report.rejects)))
-    assert results[0][0].equals(results[1][0])
-    assert results[0][1] == results[1][1] == [(8, "invalid_json"), (13, "not_an_object"),
-                                              (26, "duplicate_turn")]
+    for frame, rejects in results:
+        assert frame.equals(results[0][0])
+        assert rejects == [(8, "invalid_json"), (13, "not_an_object"), (26, "duplicate_turn")]
 
 
 def test_line_blocks_of_an_empty_file(tmp_path: Path) -> None:

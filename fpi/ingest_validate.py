@@ -402,10 +402,13 @@ def _broken(table: pa.Table) -> bool:
     sid = table.column("session_id")
     if sid.null_count or table.column("turn_index").null_count or table.column("wake").null_count:
         return True
-    # Blank session ids: Arrow and Polars agree on what whitespace is for ASCII.
+    # Blank session ids. Arrow and Polars agree on what whitespace is in ASCII; beyond
+    # it they may not, so there an id must hold a printable ASCII character (which
+    # no definition calls whitespace).
     if not pc.all(pc.string_is_ascii(sid)).as_py():
-        return True
-    if len(sid) and pc.min(pc.utf8_length(pc.utf8_trim_whitespace(sid))).as_py() == 0:
+        if not pc.all(pc.match_substring_regex(sid, "[!-~]")).as_py():
+            return True
+    elif len(sid) and pc.min(pc.utf8_length(pc.utf8_trim_whitespace(sid))).as_py() == 0:
         return True
     if _some(pc.not_equal(table.column("schema_version"), 1)):
         return True

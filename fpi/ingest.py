@@ -31,12 +31,12 @@ import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from fpi.errors import InputError, StrictRejects
 from fpi.files import atomic_path
 from fpi.ingest_events import EventCollector
-from fpi.ingest_parse import CANONICAL_ARROW, ParsedBlock, parse_block, parse_lines
+from fpi.ingest_parse import ParsedBlock, parse_block, parse_lines
+from fpi.ingest_sort import parquet_writer, sort_rewrite
 from fpi.ingest_sources import (
     FORMATS,
     Block,
@@ -231,13 +231,7 @@ class _ParquetSink(_Sink):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
-        # lz4: the cheapest codec to write; dictionary pages do most of the shrinking.
-        # Statistics only for the flat columns readers filter on: computing them
-        # for every nested leaf is a fifth of the writing time.
-        self.writer = pq.ParquetWriter(path, CANONICAL_ARROW,
-                                       compression="lz4",
-                                       write_statistics=["schema_version", "session_id",
-                                                         "turn_index", "timestamp"])
+        self.writer = parquet_writer(path)
         # One background writer: encoding a row group overlaps the next block's work.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpi-write")
         self.pending: Future[None] | None = None
@@ -778,7 +772,7 @@ def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
                         # session): the batches file is the output, no second pass.
                         os.replace(first_tmp, final_tmp)
                     else:
-                        _sort_rewrite(first_tmp, final_tmp)
+                        sort_rewrite(first_tmp, final_tmp, run.sink.all_keys(), scratch)
         finally:
             for p in scratch.iterdir():
                 p.unlink()
@@ -789,10 +783,3 @@ def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
     if strict and rejects.count:
         raise _strict_error(report)
     return report
-
-
-def _sort_rewrite(src: Path, dst: Path) -> None:
-    """Sort the written batches by (session_id, turn_index) into ``dst``."""
-    pl.scan_parquet(src).sort(list(KEY_COLUMNS), maintain_order=True).sink_parquet(
-        dst, compression="lz4"
-    )

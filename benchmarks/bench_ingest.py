@@ -13,6 +13,7 @@ Prints wall seconds, CPU seconds, peak RSS (GB) and the ratios to pyarrow, as
 medians over interleaved rounds (``--repeat``, default 3). Usage::
 
     python benchmarks/bench_ingest.py --turns 1000000 [--repeat 5] [--readers pyarrow,fpi]
+        [--shuffled]   # lines in random order: ingest must also sort
 
 The data file is kept between runs (rewritten with ``--regenerate``).
 """
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -76,6 +78,18 @@ def make_data(path: Path, turns: int) -> None:
           f"in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
 
 
+def shuffle_lines(src: Path, dst: Path) -> None:
+    """The same records with the lines in random order: sessions interleaved, as a live
+    assistant logs them (the worst case for ingest's sort)."""
+    lines = src.read_bytes().split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    random.Random(0).shuffle(lines)
+    tmp = dst.with_suffix(".tmp")
+    tmp.write_bytes(b"\n".join(lines) + b"\n")
+    tmp.rename(dst)
+
+
 def run_reader(kind: str, path: Path, out: Path) -> dict[str, float]:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path), str(out)],
@@ -90,6 +104,8 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=1_000_000)
     ap.add_argument("--data-dir", type=Path, default=Path("/work/bench_data"))
     ap.add_argument("--regenerate", action="store_true")
+    ap.add_argument("--shuffled", action="store_true",
+                    help="read the records in random line order (sessions interleaved)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="rounds of interleaved runs (medians are reported)")
     ap.add_argument("--readers", default=",".join(READERS),
@@ -99,6 +115,11 @@ def main() -> None:
     path = args.data_dir / f"turns-{args.turns}.jsonl"
     if args.regenerate or not path.exists():
         make_data(path, args.turns)
+    if args.shuffled:
+        shuffled = args.data_dir / f"turns-{args.turns}-shuffled.jsonl"
+        if args.regenerate or not shuffled.exists():
+            shuffle_lines(path, shuffled)
+        path = shuffled
     out = args.data_dir / f"turns-{args.turns}.parquet"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; file {path.stat().st_size / 1e9:.2f} GB", flush=True)

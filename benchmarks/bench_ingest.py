@@ -90,9 +90,10 @@ def shuffle_lines(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
-def run_reader(kind: str, path: Path, out: Path) -> dict[str, float]:
+def run_reader(kind: str, path: Path, out: Path, cores: int | None = None) -> dict[str, float]:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path), str(out)],
+    pin = ["taskset", "-c", f"0-{cores - 1}"] if cores else []
+    proc = subprocess.run([*pin, sys.executable, "-c", _CHILD, kind, str(path), str(out)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -106,6 +107,8 @@ def main() -> None:
     ap.add_argument("--regenerate", action="store_true")
     ap.add_argument("--shuffled", action="store_true",
                     help="read the records in random line order (sessions interleaved)")
+    ap.add_argument("--cores", type=int, default=None,
+                    help="pin every reader to the first N cores (taskset); 1 compares total work")
     ap.add_argument("--repeat", type=int, default=3,
                     help="rounds of interleaved runs (medians are reported)")
     ap.add_argument("--readers", default=",".join(READERS),
@@ -129,7 +132,7 @@ def main() -> None:
     for r in range(args.repeat):
         results: dict[str, dict[str, float]] = {}
         for kind in args.readers.split(","):
-            results[kind] = run_reader(kind, path, out)
+            results[kind] = run_reader(kind, path, out, args.cores)
             print(f"  round {r + 1} {kind}: {results[kind]}", flush=True)
         rounds.append(results)
     print()

@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.json as pj
 
 from fpi.ingest_parse import (
-    _NULL_LINE,
     EXTRA_COL,
     LineProblem,
     ParsedBlock,
@@ -32,6 +31,7 @@ from fpi.ingest_parse import (
     check_utf8,
     decode_object,
     dumps,
+    has_null_line,
     prune_block,
     starts_with_null,
 )
@@ -248,10 +248,12 @@ class EventCollector:
         problems: list[LineProblem] = []
         try:
             check_utf8(data)
-            if starts_with_null(data) or _NULL_LINE.search(data):
-                raise pa.ArrowInvalid("a line is a bare null")  # see ingest_parse
+            if starts_with_null(data):
+                raise pa.ArrowInvalid("the first line is a bare null")  # see ingest_parse
             table = pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(
                 explicit_schema=_FAST, unexpected_field_behavior="infer"))
+            if has_null_line(table, data):
+                raise pa.ArrowInvalid("a line is a bare null")
             raw = None
             if n is None or table.num_rows != n:
                 raw = bytes(data).split(b"\n")

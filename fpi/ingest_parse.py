@@ -191,6 +191,13 @@ def starts_with_null(data: bytes | memoryview) -> bool:
     return bytes(data[at : at + 4]) == b"null"
 
 
+def has_null_line(table: pa.Table, data: bytes | memoryview) -> bool:
+    """Whether a block pyarrow has read holds a bare ``null`` line: pyarrow reads one
+    as a record with every field null, so only a block with a record lacking its
+    session_id is searched for it."""
+    return bool(table.column("session_id").null_count) and _NULL_LINE.search(data) is not None
+
+
 def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedBlock:
     """Parse ``data`` (complete lines of JSON Lines) into a raw Arrow table and problems."""
     if n_lines is None:
@@ -201,11 +208,7 @@ def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedB
         if starts_with_null(data):
             raise pa.ArrowInvalid("the first line is a bare null")
         table = _read(data, FAST_SCHEMA, "infer")
-        # pyarrow reads a bare ``null`` line as a record with every field null;
-        # the careful path rejects it as not an object. Only a block with a
-        # record lacking its session_id can hold one, so only such a block is
-        # searched for it.
-        if table.column("session_id").null_count and _NULL_LINE.search(data):
+        if has_null_line(table, data):  # the careful path rejects it as not an object
             raise pa.ArrowInvalid("a line is a bare null")
         row_lines: list[int] | None = None
         records = n_lines

@@ -299,6 +299,15 @@ def test_bare_null_line_inside_a_block_is_not_an_object(tmp_path: Path, bare: by
     rows = [json.loads(x) for x in rejects.read_text().splitlines()]
     assert (rows[0]["line"], rows[0]["rule"]) == (2, "not_an_object")
     assert report.records_read == 2 + len(rows)
+    # The same in a stage-events file.
+    events = tmp_path / "e.jsonl"
+    event = {"session_id": "s", "turn_index": 0, "stage": "wake", "data": {"detected": True}}
+    events.write_bytes(json.dumps(event).encode() + b"\n" + bare + b"\n"
+                       + json.dumps({**event, "turn_index": 1}).encode())
+    frame, report = read_traces(events, format="events", rejects_path=rejects)
+    assert frame.height == 2
+    rows = [json.loads(x) for x in rejects.read_text().splitlines()]
+    assert (rows[0]["line"], rows[0]["rule"]) == (2, "not_an_object")
 
 
 def test_unknown_field_polars_cannot_take_from_arrow_is_still_kept(tmp_path: Path) -> None:

@@ -101,4 +101,15 @@ def fit_calibration(raw: np.ndarray, y: np.ndarray, *, l2: float = 1e-3) -> Cali
                    bounds=[(-3.0, 3.0)] + [(-20.0, 20.0)] * k)
     log_t, bias = res.x[0], res.x[1:]
     bias = bias - bias.mean()  # softmax is shift invariant: store a canonical form
-    return Calibration(float(np.exp(log_t)), tuple(float(b) for b in bias))
+    return Calibration(_settle(float(np.exp(log_t))), tuple(_settle(float(b)) for b in bias))
+
+
+def _settle(x: float) -> float:
+    """``x`` to 10 significant digits.
+
+    The optimiser stops at a gradient tolerance far coarser than this, so nothing of
+    the fit is lost; what goes is the last-bit noise of NumPy's SIMD reductions, whose
+    results depend on array alignment and differ from run to run on one machine. The
+    manifest and every probability are then the same on every run.
+    """
+    return float(f"{x:.10g}")

@@ -1,29 +1,80 @@
-"""The README's Python example runs as written, on the shipped sample logs."""
+"""The README's examples run as written, on the shipped sample logs.
+
+The quickstart's shell commands run in order through a real shell, each with the
+exit code the README announces for it; the Python example runs as a script.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from fpi.errors import ExitStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _python_block() -> str:
+def _section(title: str, lang: str) -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## The same in Python", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "README has no Python example"
+    section = readme.split(f"## {title}", 1)[1]
+    match = re.search(rf"```{lang}\n(.*?)```", section, re.S)
+    assert match, f"README section {title!r} has no {lang} block"
     return match.group(1)
 
 
-def test_readme_python_example_runs(tmp_path: Path, capsys) -> None:
+def quickstart_commands() -> list[tuple[str, int]]:
+    """``(command, expected exit code)`` in README order.
+
+    Commands come in groups under a comment; a group whose comment says "exits 1"
+    is expected to exit 1 (a failed gate), every other command to succeed.
+    """
+    block = _section("Quickstart", "bash").replace("\\\n", " ")
+    commands: list[tuple[str, int]] = []
+    comment = ""
+    for line in block.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            comment = ""
+        elif stripped.startswith("#"):
+            comment += " " + stripped.lstrip("# ")
+        else:
+            commands.append((" ".join(stripped.split()), 1 if "exits 1" in comment else 0))
+    return commands
+
+
+def test_quickstart_parser_reads_exit_codes() -> None:
+    commands = quickstart_commands()
+    assert len(commands) >= 7
+    assert all(cmd.startswith("fpi ") for cmd, _ in commands)
+    gated = [cmd for cmd, code in commands if code == 1]
+    assert len(gated) == 1 and "--gate" in gated[0] and gated[0].endswith("+ 0.01'")
+
+
+def test_readme_quickstart_runs_in_order(tmp_path: Path) -> None:
+    bindir = Path(sys.executable).parent
+    assert (bindir / "fpi").is_file(), "the fpi console script is not installed beside python"
+    (tmp_path / "sample_logs").symlink_to(ROOT / "sample_logs")
+    env = {**os.environ, "COLUMNS": "120", "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    for command, expected in quickstart_commands():
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == expected, (command, done.returncode, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, (command, done.stderr[-2000:])
+    for made in ("turns.parquet", "model/manifest.json", "nightly/report.md",
+                 "baseline/summary.json", "night.jsonl.gz"):
+        assert (tmp_path / made).exists(), made
+
+
+def test_readme_python_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "sample_logs").symlink_to(ROOT / "sample_logs")
     script = tmp_path / "example.py"
-    script.write_text(_python_block(), encoding="utf-8")
+    script.write_text(_section("The same in Python", "python"), encoding="utf-8")
     cwd = Path.cwd()
     os.chdir(tmp_path)
     try:

@@ -38,6 +38,7 @@ from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
 from fpi.files import atomic_path, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
+from fpi.numbers import stable_round
 from fpi.redact import ID_PREFIX, SALT_ENV, Redactor, redactor
 from fpi.report import SUMMARY_SCHEMA_VERSION, write_reports
 from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS, TURN_SCHEMA
@@ -324,7 +325,7 @@ def _example(row: Mapping[str, Any], probs_row: float, pred: int, contrib: np.nd
         "session_id": row["session_id"] if red is None else red.id(row["session_id"]),
         "turn_index": int(row["turn_index"]),
         "predicted": CLASSES[pred],
-        "probability": round(float(probs_row), 6),
+        "probability": stable_round(float(probs_row), 6),
         "label": row["label"],
         "heard": {"text": txt(row["heard_text"]), "confidence": row["heard_confidence"],
                   "runner_up": txt(_runner_up(row["heard_text"], row["heard_nbest"]))},
@@ -339,7 +340,7 @@ def _example(row: Mapping[str, Any], probs_row: float, pred: int, contrib: np.nd
                      "response": txt(row["result_response"])},
         "next": {"barge_in": row["next_barge_in"], "explicit": row["next_explicit"],
                  "text": txt(row["next_text"])},
-        "components": {g: round(float(grouped[j]), 4) for j, g in enumerate(COMPONENTS)},
+        "components": {g: stable_round(float(grouped[j]), 4) for j, g in enumerate(COMPONENTS)},
         "features": attr.top_features(contrib, features, row["_feats"], n=5),
     }
 
@@ -612,17 +613,18 @@ def diagnose(
             y, p = labels[labelled], pred[labelled]
             label_doc = {
                 "turns": int(labelled.sum()),
-                "accuracy": round(float(np.mean(y == p)), 6),
-                "macro_f1": round(macro_f1_score(y, p), 6),
-                "true_rates": {c: round(float(np.mean(y == i)), 6) for i, c in enumerate(CLASSES)},
+                "accuracy": stable_round(float(np.mean(y == p)), 6),
+                "macro_f1": stable_round(macro_f1_score(y, p), 6),
+                "true_rates": {c: stable_round(float(np.mean(y == i)), 6)
+                               for i, c in enumerate(CLASSES)},
             }
 
         failure = {
-            "estimate": round(1 - rates_dict["correct"]["estimate"], 6),
-            "low": round(1 - rates_dict["correct"]["high"], 6),
-            "high": round(1 - rates_dict["correct"]["low"], 6),
+            "estimate": stable_round(1 - rates_dict["correct"]["estimate"], 6),
+            "low": stable_round(1 - rates_dict["correct"]["high"], 6),
+            "high": stable_round(1 - rates_dict["correct"]["low"], 6),
             "count": int(n - rates_dict["correct"]["count"]),
-            "count_rate": round(1 - rates_dict["correct"]["count_rate"], 6),
+            "count_rate": stable_round(1 - rates_dict["correct"]["count_rate"], 6),
         }
         summary: dict[str, Any] = {
             "schema_version": SUMMARY_SCHEMA_VERSION,
@@ -777,8 +779,8 @@ def explain(
     ex = _example(row, probs[p], p, contrib[p], bundle.features, red=None)
     return Explanation(
         session_id=session_id, turn_index=turn_index, predicted=CLASSES[p],
-        probabilities={c: round(float(probs[k]), 6) for k, c in enumerate(CLASSES)},
-        components={c: {col: round(float(g[k, j]), 4) for j, col in
+        probabilities={c: stable_round(float(probs[k]), 6) for k, c in enumerate(CLASSES)},
+        components={c: {col: stable_round(float(g[k, j]), 4) for j, col in
                         enumerate(attr.GROUP_COLUMNS)} for k, c in enumerate(CLASSES)},
         features=attr.top_features(contrib[p], bundle.features, row["_feats"], n=top),
         turn={k: v for k, v in ex.items() if k not in ("components", "features")},

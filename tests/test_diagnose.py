@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 from gfm_check import triggers
-from golden_compare import check_golden
+from golden_compare import check_golden, compare_json
 from test_features import make_turns
 from typer.testing import CliRunner
 
@@ -150,8 +150,12 @@ def test_batches_of_whole_sessions_give_the_same_answer(night: Path, bundle_dir:
     a = pl.read_parquet(tmp_path / "predictions.parquet").drop(pl.selectors.starts_with("contrib"))
     b = pl.read_parquet(run.out_dir / "predictions.parquet").drop(
         pl.selectors.starts_with("contrib"))
-    assert a.equals(b)
-    assert small.summary["rates"] == run.summary["rates"]
+    probs = [f"p_{c}" for c in CLASSES]
+    assert a.drop(probs).equals(b.drop(probs))
+    # vectorised kernels may round a last bit differently on a shorter batch
+    np.testing.assert_allclose(a.select(probs).to_numpy(), b.select(probs).to_numpy(),
+                               rtol=1e-12, atol=1e-15)
+    assert compare_json(run.summary["rates"], small.summary["rates"]) == []
 
 
 def test_raw_jsonl_input_goes_through_ingest(bundle_dir: Path, tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_features import make_turns
 
 from fpi.diagnosis import diagnose, explain
@@ -27,6 +29,7 @@ from fpi.errors import InputError
 from fpi.ingest import Reject
 from fpi.model import train
 from fpi.redact import ID_PREFIX, REDACTED, SALT_ENV, redactor, safe_message
+from fpi.schema import RULES, TURN_SCHEMA
 
 SECRETS = ("hunter2", "SECRET")
 SALT = "test-salt-not-secret"
@@ -156,6 +159,8 @@ def test_redact_leaves_no_secret_anywhere(secret_night: Path, model_dir: Path,
     assert {e["session_id"] for e in ex} <= set(pred["session_id"])
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
+    note = f"text redacted, session ids pseudonymised (salt id {summary['redaction']['salt_id']})"
+    assert note in md and note in html
     assert all(e["session_id"] in md and e["session_id"] in html for e in ex)
     # rejects keep where and why, not what
     rejects = [json.loads(ln) for ln in (out / "rejects.jsonl").read_text().splitlines()]
@@ -192,6 +197,18 @@ def test_pseudonyms_stable_with_a_salt_and_unlinkable_without() -> None:
     assert "s1" not in json.dumps(a.describe()) and "s1" not in repr(a)
     ids = pl.Series(["b", None, "a", "b"])
     assert a.ids(ids).to_list() == [a.pseudonym("b"), None, a.pseudonym("a"), a.pseudonym("b")]
+
+
+@given(st.sampled_from(sorted(RULES)), st.text(), st.text())
+def test_a_reject_message_keeps_only_a_schema_path_and_fixed_text(rule: str, head: str,
+                                                                  tail: str) -> None:
+    out = safe_message(rule, head + " " + tail)
+    desc = RULES[rule].description
+    assert out == desc or out.endswith(f": {desc}")
+    path = out.removesuffix(desc).removesuffix(": ")
+    heads = [*TURN_SCHEMA.names(), "stage", "data"]
+    assert not path or path.split(".")[0].removesuffix("[]") in heads
+    assert not path or head.startswith(path)
 
 
 @pytest.mark.parametrize(("rule", "message", "expected"), [

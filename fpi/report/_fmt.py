@@ -6,6 +6,8 @@ last-bit differences between machines cannot move a value across a rounding tie.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from fpi.numbers import stable
@@ -23,6 +25,17 @@ CLASS_TITLES: dict[str, str] = {
 }
 FAILURE_CLASSES: tuple[str, ...] = CLASSES[1:]
 STATUS_ICON: dict[str, str] = {"PASS": "✅", "WARN": "⚠️", "FAIL": "❌"}
+
+
+def redaction_note(summary: Mapping[str, Any]) -> str:
+    """How the report was redacted, in a few words (fpi's own text, nothing from the logs)."""
+    red = summary.get("redaction") or {}
+    if red.get("salt") == "given":
+        salt_id = re.sub(r"[^0-9a-f]", "", str(red.get("salt_id")))[:8]
+        ids = f"session ids pseudonymised (salt id {salt_id})"
+    else:
+        ids = "session ids pseudonymised (random salt: not comparable across runs)"
+    return f"text redacted, {ids}"
 
 
 def pct(x: float | None, digits: int = 2) -> str:

@@ -24,6 +24,7 @@ from fpi.report._fmt import (
     pct,
     pp,
     qvalue,
+    redaction_note,
     signed,
 )
 from fpi.schema import COMPONENTS
@@ -92,6 +93,7 @@ def render_html(summary: Mapping[str, Any]) -> str:
         components=COMPONENTS,
         titles=CLASS_TITLES,
         attr_how=how,
+        redaction_note=redaction_note,
         pct=pct, pp=pp, gv=gate_value, num=lambda x: num(x, 3), dash=dash, qv=qvalue, sg=signed,
         **_charts(summary),
     )

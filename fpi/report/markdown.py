@@ -34,6 +34,7 @@ from fpi.report._fmt import (
     pct,
     pp,
     qvalue,
+    redaction_note,
     signed,
 )
 from fpi.schema import (
@@ -130,7 +131,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"{summary['turns']:,} turns in {summary.get('sessions', 0):,} sessions · "
         f"model `{_short(model.get('fingerprint'))}` · "
         f"{round(100 * conf)}% intervals"
-        + (" · text redacted" if summary.get("redacted") else "")
+        + (f" · {redaction_note(summary)}" if summary.get("redacted") else "")
     )
     out.append("")
     ing = summary.get("ingest") or {}

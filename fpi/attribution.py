@@ -201,7 +201,9 @@ def summarize(
 def top_features(row: np.ndarray, features: Sequence[_Feature], values: dict[str, Any],
                  n: int = 5) -> list[dict[str, Any]]:
     """The ``n`` features with the largest absolute contribution in one (F + 1,) row."""
-    idx = np.argsort(-np.abs(row[:-1]), kind="stable")[:n]
+    # ranked on |contribution| to 1e-12: last-bit noise between machines cannot
+    # reorder two features that tie (ties keep model column order)
+    idx = np.argsort(-np.round(np.abs(row[:-1]), 12), kind="stable")[:n]
     out = []
     for i in idx:
         f = features[int(i)]

@@ -21,8 +21,9 @@ from cmarkgfm.cmark import Options
 from gfm_check import code_span, outside_code, triggers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
-from fpi.report import render_html, render_markdown
+from fpi.report import render_html, render_markdown, render_terminal
 from fpi.report.markdown import html_code, md, md_cell, plain
 
 GOLDEN = Path(__file__).parent / "golden" / "diagnose_summary.json"
@@ -190,3 +191,14 @@ def test_html_escapes_svg_text_titles_and_attributes(payload: str) -> None:
     for tag_body in re.findall(r"<[^>]*>", page):
         # no attribute value was opened by log text
         assert "onerror" not in tag_body and "javascript:" not in tag_body.lower()
+
+
+def test_terminal_shows_control_characters_instead_of_obeying_them() -> None:
+    s = _hostile_summary()
+    s["slices"]["top"][0]["value"] = "en\x1b[2J\x1b]0;pwned\x07-US\u202e[bold]x[/bold]"
+    s["inputs"] = ["night\x1b[31m.jsonl"]
+    console = Console(record=True, width=200, force_terminal=True, color_system=None)
+    render_terminal(s, console)
+    text = console.export_text(styles=False)
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "\\u001b[2J" in text and "\\u202e[bold]x[/bold]" in text

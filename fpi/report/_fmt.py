@@ -7,6 +7,7 @@ last-bit differences between machines cannot move a value across a rounding tie.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,18 @@ CLASS_TITLES: dict[str, str] = {
 }
 FAILURE_CLASSES: tuple[str, ...] = CLASSES[1:]
 STATUS_ICON: dict[str, str] = {"PASS": "✅", "WARN": "⚠️", "FAIL": "❌"}
+
+
+_INVISIBLE = frozenset(("Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"))
+
+
+def plain(text: Any) -> str:
+    """Log text on one line, nothing hidden: whitespace runs (newlines included) as one
+    space; control, format (bidi overrides, zero-width, ANSI escapes) and unassigned
+    characters shown as ``\\uXXXX``."""
+    flat = " ".join(str(text).split())
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in _INVISIBLE else c
+                   for c in flat)
 
 
 def redaction_note(summary: Mapping[str, Any]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +31,7 @@ from fpi.report._fmt import (
     interval,
     num,
     pct,
+    plain,
     pp,
     qvalue,
     redaction_note,
@@ -46,17 +46,6 @@ from fpi.schema import (
 )
 
 _BACKTICKS = re.compile(r"`+")
-
-
-def _visible(ch: str) -> str:
-    """Control, format (bidi overrides, zero-width) and unassigned characters as ``\\uXXXX``."""
-    return f"\\u{ord(ch):04x}" if unicodedata.category(ch) in ("Cc", "Cf", "Cn", "Co", "Cs",
-                                                              "Zl", "Zp") else ch
-
-
-def plain(text: Any) -> str:
-    """One line of text: whitespace runs as one space, invisible characters made visible."""
-    return "".join(_visible(c) for c in " ".join(str(text).split()))
 
 
 def md(text: Any, *, cell: bool = False) -> str:

@@ -202,3 +202,14 @@ def test_terminal_shows_control_characters_instead_of_obeying_them() -> None:
     text = console.export_text(styles=False)
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     assert "\\u001b[2J" in text and "\\u202e[bold]x[/bold]" in text
+
+
+def test_html_shows_bidi_and_control_characters() -> None:
+    s = _hostile_summary()
+    s["slices"]["top"][0]["value"] = "en\u202eSU-\x1b[31m"
+    for turns in s["examples"].values():
+        for t in turns:
+            t["heard"]["text"] = "pay \u202e$001\u202c now"
+    page = render_html(s)
+    assert "\u202e" not in page and "\x1b" not in page
+    assert "pay \\u202e$001\\u202c now" in page and "en\\u202eSU-\\u001b[31m" in page

@@ -36,8 +36,12 @@ _NUM = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-
 
 
 def compare_json(expected: Any, got: Any, *, abs_tol: float = ABS_TOL,
-                 rel_tol: float = REL_TOL, path: str = "$") -> list[str]:
-    """Differences between two JSON documents (empty: they match)."""
+                 rel_tol: float = REL_TOL, path: str = "$",
+                 ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Differences between two JSON documents (empty: they match); paths in ``ignore``
+    (``$.model.fingerprint``) may differ."""
+    if path in ignore:
+        return []
     if isinstance(expected, bool) or isinstance(got, bool) or expected is None or got is None:
         return [] if expected is got or (expected == got and type(expected) is type(got)) else [
             f"{path}: {expected!r} != {got!r}"]
@@ -57,14 +61,15 @@ def compare_json(expected: Any, got: Any, *, abs_tol: float = ABS_TOL,
                for k in sorted(set(expected) ^ set(got))]
         for k in sorted(set(expected) & set(got)):
             out += compare_json(expected[k], got[k], abs_tol=abs_tol, rel_tol=rel_tol,
-                                path=f"{path}.{k}")
+                                path=f"{path}.{k}", ignore=ignore)
         return out
     if isinstance(expected, list):
         if len(expected) != len(got):
             return [f"{path}: {len(expected)} items != {len(got)}"]
         out = []
         for i, (a, b) in enumerate(zip(expected, got, strict=True)):
-            out += compare_json(a, b, abs_tol=abs_tol, rel_tol=rel_tol, path=f"{path}[{i}]")
+            out += compare_json(a, b, abs_tol=abs_tol, rel_tol=rel_tol, path=f"{path}[{i}]",
+                                ignore=ignore)
         return out
     return [] if expected == got else [f"{path}: {expected!r} != {got!r}"]
 
@@ -80,8 +85,12 @@ def _value(token: str) -> float:
     return float(token.replace(",", ""))
 
 
-def compare_text(expected: str, got: str, *, rel_tol: float = REL_TOL) -> list[str]:
-    """Differences between two rendered texts, numbers within a unit of their last digit."""
+def compare_text(expected: str, got: str, *, rel_tol: float = REL_TOL,
+                 ignore: tuple[str, ...] = ()) -> list[str]:
+    """Differences between two rendered texts, numbers within a unit of their last digit;
+    text matching a regular expression in ``ignore`` may differ."""
+    for pattern in ignore:
+        expected, got = re.sub(pattern, "<ignored>", expected), re.sub(pattern, "<ignored>", got)
     out: list[str] = []
     exp_lines, got_lines = expected.splitlines(), got.splitlines()
     if len(exp_lines) != len(got_lines):
@@ -98,9 +107,11 @@ def compare_text(expected: str, got: str, *, rel_tol: float = REL_TOL) -> list[s
     return out
 
 
-def check_golden(golden: Path, got: str, *, update: bool, test: str = "") -> None:
+def check_golden(golden: Path, got: str, *, update: bool, test: str = "",
+                 ignore: tuple[str, ...] = ()) -> None:
     """Compare ``got`` with the golden file (JSON by structure, else as text); with
-    ``update`` rewrite the golden file instead. A missing golden file is a failure."""
+    ``update`` rewrite the golden file instead. A missing golden file is a failure.
+    ``ignore``: JSON paths (``$.a.b``) or, for text, regular expressions that may differ."""
     hint = UPDATE_HINT.format(test=test or "tests/")
     if update:
         golden.parent.mkdir(parents=True, exist_ok=True)
@@ -111,9 +122,9 @@ def check_golden(golden: Path, got: str, *, update: bool, test: str = "") -> Non
         raise AssertionError(f"golden file {golden} is missing; {hint}")
     expected = golden.read_text(encoding="utf-8")
     if golden.suffix == ".json":
-        diffs = compare_json(json.loads(expected), json.loads(got))
+        diffs = compare_json(json.loads(expected), json.loads(got), ignore=frozenset(ignore))
     else:
-        diffs = compare_text(expected, got)
+        diffs = compare_text(expected, got, ignore=ignore)
     if diffs:
         shown = "\n".join(diffs[:20]) + (f"\n... and {len(diffs) - 20} more"
                                          if len(diffs) > 20 else "")

@@ -95,3 +95,12 @@ def test_update_rewrites_and_compare_reads(tmp_path: Path) -> None:
     check_golden(md, MD.replace("14.32%", "14.31%"), update=False)
     with pytest.raises(AssertionError, match="text differs"):
         check_golden(md, MD.replace("ASR", "NLU"), update=False)
+
+
+def test_ignored_paths_and_patterns_may_differ_and_nothing_else() -> None:
+    other = _with(("s",), "em")
+    assert compare_json(DOC, other, ignore=frozenset({"$.s"})) == []
+    assert compare_json(DOC, _with(("n",), 1), ignore=frozenset({"$.s"}))
+    moved = MD.replace("bd1634fc6091", "0123456789ab")
+    assert compare_text(MD, moved, ignore=(r"model `[0-9a-f]{12}`",)) == []
+    assert compare_text(MD, moved.replace("ASR", "NLU"), ignore=(r"model `[0-9a-f]{12}`",))

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from fpi.numbers import stable_round
 from fpi.schema import CLASSES
 
 #: Slice dimensions: summary name -> (block, field) in the canonical frame.
@@ -193,7 +194,7 @@ class RateTable:
 
 def _r(x: float, nd: int = 6) -> float:
     """Round for the summary: stable text, no float noise in golden files."""
-    return round(float(x), nd)
+    return stable_round(x, nd)
 
 
 def _session_codes(groups: np.ndarray | Sequence[Any] | None, n: int) -> np.ndarray:
@@ -458,7 +459,7 @@ def slice_rates(
                 tests.append({
                     "dimension": dim, "value": value, "class": c, "turns": int(nt),
                     "rate": _r(ps), "rest_rate": _r(rest_p), "overall_rate": _r(overall[c]),
-                    "excess_failures": round(nt * (ps - overall[c]), 2),
+                    "excess_failures": stable_round(nt * (ps - overall[c]), 2),
                     "p_value": pval,
                 })
             rows_out.append(entry)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
+from fpi.numbers import stable_round
 from fpi.schema import CLASSES, COMPONENTS
 
 MODES: tuple[str, ...] = ("sample", "all", "none")
@@ -111,8 +112,8 @@ def _mean_ci(x: np.ndarray, z: float) -> dict[str, float | None]:
         return {"mean": None, "low": None, "high": None}
     mean = float(x.mean())
     se = float(x.std(ddof=1) / math.sqrt(m)) if m > 1 else 0.0
-    return {"mean": round(mean, 5), "low": round(mean - z * se, 5),
-            "high": round(mean + z * se, 5)}
+    return {"mean": stable_round(mean, 5), "low": stable_round(mean - z * se, 5),
+            "high": stable_round(mean + z * se, 5)}
 
 
 def summarize(
@@ -148,7 +149,7 @@ def summarize(
             "turns_predicted": int(predicted_counts[ci]),
             "turns_attributed": int(sampled[ci]),
             "components": {g: _mean_ci(rows[:, j], z) for j, g in enumerate(comps)},
-            "bias": None if len(rows) == 0 else round(float(rows[:, -1].mean()), 5),
+            "bias": None if len(rows) == 0 else stable_round(float(rows[:, -1].mean()), 5),
         }
     # Share of the positive evidence for failure calls, by component: weighted
     # over classes by how many turns the night predicted of each.
@@ -173,9 +174,9 @@ def summarize(
             if len(sel) > 1:
                 var += wc**2 * float(sel.var(ddof=1)) / len(sel)
         se = math.sqrt(var)
-        by_component[g] = {"share": round(float(est), 5),
-                           "low": round(float(max(est - z * se, 0)), 5),
-                           "high": round(float(min(est + z * se, 1)), 5)}
+        by_component[g] = {"share": stable_round(float(est), 5),
+                           "low": stable_round(float(max(est - z * se, 0)), 5),
+                           "high": stable_round(float(min(est + z * se, 1)), 5)}
     by_slice: list[dict[str, Any]] = []
     if slices is not None:
         for t in slice_targets:
@@ -200,13 +201,15 @@ def summarize(
 def top_features(row: np.ndarray, features: Sequence[_Feature], values: dict[str, Any],
                  n: int = 5) -> list[dict[str, Any]]:
     """The ``n`` features with the largest absolute contribution in one (F + 1,) row."""
-    idx = np.argsort(-np.abs(row[:-1]), kind="stable")[:n]
+    # ranked on |contribution| to 1e-12: last-bit noise between machines cannot
+    # reorder two features that tie (ties keep model column order)
+    idx = np.argsort(-np.round(np.abs(row[:-1]), 12), kind="stable")[:n]
     out = []
     for i in idx:
         f = features[int(i)]
         v = values.get(f.name)
         if isinstance(v, float):
-            v = round(v, 4)
+            v = stable_round(v, 4)
         out.append({"name": f.name, "component": f.group, "value": v,
-                    "contribution": round(float(row[i]), 4)})
+                    "contribution": stable_round(float(row[i]), 4)})
     return out

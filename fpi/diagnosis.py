@@ -38,12 +38,13 @@ from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
 from fpi.files import atomic_path, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
+from fpi.numbers import stable_round
+from fpi.redact import ID_PREFIX, SALT_ENV, Redactor, redactor
 from fpi.report import SUMMARY_SCHEMA_VERSION, write_reports
 from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS, TURN_SCHEMA
 
 log = logging.getLogger(__name__)
 
-REDACTED = "[redacted]"
 #: Turns per batch (whole sessions are kept together, so batches run a little over).
 BATCH_TURNS = 100_000
 
@@ -225,8 +226,12 @@ def _keep_examples(acc: _Acc, view: pl.DataFrame, feats: pl.DataFrame, probs: np
                     .select(cand.columns))
 
 
-def _prediction_frame(batch: pl.DataFrame, probs: np.ndarray, pred: np.ndarray) -> pl.DataFrame:
-    return batch.select(KEY_COLUMNS).with_columns(
+def _prediction_frame(batch: pl.DataFrame, probs: np.ndarray, pred: np.ndarray,
+                      red: Redactor | None = None) -> pl.DataFrame:
+    keys = batch.select(KEY_COLUMNS)
+    if red is not None:
+        keys = keys.with_columns(red.ids(keys["session_id"]))
+    return keys.with_columns(
         pl.Series("predicted", np.asarray(CLASSES, dtype=object)[pred], dtype=pl.String),
         *[pl.Series(f"p_{c}", probs[:, i]) for i, c in enumerate(CLASSES)],
     )
@@ -235,7 +240,7 @@ def _prediction_frame(batch: pl.DataFrame, probs: np.ndarray, pred: np.ndarray) 
 def _stream(path: Path, bundle: Any, *, total: int, mode: str, batch_turns: int,
             quota_fn: Callable[
         [pl.DataFrame], int], examples: int, seed: int, predictions: Path,
-        progress: Callable[[int], None] | None) -> _Acc:
+        progress: Callable[[int], None] | None, red: Redactor | None = None) -> _Acc:
     import pyarrow.parquet as pq
 
     acc = _Acc(total)
@@ -246,7 +251,7 @@ def _stream(path: Path, bundle: Any, *, total: int, mode: str, batch_turns: int,
             start = acc.rows
             _one_batch(acc, batch, bundle, mode, quota_fn, examples, rng, acc.quota)
             probs = acc.probs[start: acc.rows]
-            table = _prediction_frame(batch, probs, probs.argmax(axis=1)).to_arrow()
+            table = _prediction_frame(batch, probs, probs.argmax(axis=1), red).to_arrow()
             if writer is None:
                 writer = pq.ParquetWriter(predictions, table.schema, compression="zstd")
             writer.write_table(table)
@@ -309,16 +314,18 @@ def _runner_up(text: str | None, nbest: list[dict[str, Any]] | None) -> str | No
 
 
 def _example(row: Mapping[str, Any], probs_row: float, pred: int, contrib: np.ndarray,
-             features: Sequence[Any], redact: bool) -> dict[str, Any]:
+             features: Sequence[Any], red: Redactor | None) -> dict[str, Any]:
+    """One example turn; with ``red`` every log string that can carry user content is
+    masked and the session id pseudonymised (categorical fields stay)."""
     def txt(v: Any) -> Any:
-        return REDACTED if redact and v is not None else v
+        return v if red is None else red.text(v)
 
     grouped = contrib @ attr.group_matrix(features)
     return {
-        "session_id": row["session_id"],
+        "session_id": row["session_id"] if red is None else red.id(row["session_id"]),
         "turn_index": int(row["turn_index"]),
         "predicted": CLASSES[pred],
-        "probability": round(float(probs_row), 6),
+        "probability": stable_round(float(probs_row), 6),
         "label": row["label"],
         "heard": {"text": txt(row["heard_text"]), "confidence": row["heard_confidence"],
                   "runner_up": txt(_runner_up(row["heard_text"], row["heard_nbest"]))},
@@ -326,19 +333,19 @@ def _example(row: Mapping[str, Any], probs_row: float, pred: int, contrib: np.nd
                        "confidence": row["nlu_confidence"],
                        "slots": [{"name": s["name"], "value": txt(s["value"])}
                                  for s in row["nlu_slots"] or []]},
-        "resolved": [{"mention": txt(e["mention"]), "resolved_name": e["resolved_name"],
+        "resolved": [{"mention": txt(e["mention"]), "resolved_name": txt(e["resolved_name"]),
                       "status": e["status"], "score": e["score"]}
                      for e in row["er_entities"] or []],
-        "answered": {"status": row["result_status"], "action": row["result_action"],
+        "answered": {"status": row["result_status"], "action": txt(row["result_action"]),
                      "response": txt(row["result_response"])},
         "next": {"barge_in": row["next_barge_in"], "explicit": row["next_explicit"],
                  "text": txt(row["next_text"])},
-        "components": {g: round(float(grouped[j]), 4) for j, g in enumerate(COMPONENTS)},
+        "components": {g: stable_round(float(grouped[j]), 4) for j, g in enumerate(COMPONENTS)},
         "features": attr.top_features(contrib, features, row["_feats"], n=5),
     }
 
 
-def _examples(acc: _Acc, bundle: Any, redact: bool) -> dict[str, list[dict[str, Any]]]:
+def _examples(acc: _Acc, bundle: Any, red: Redactor | None) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {c: [] for c in CLASSES[1:]}
     if acc.examples is None or acc.examples.height == 0:
         return out
@@ -348,7 +355,7 @@ def _examples(acc: _Acc, bundle: Any, redact: bool) -> dict[str, list[dict[str, 
     for i, row in enumerate(ex.iter_rows(named=True)):
         p = int(row["_pred"])
         out[CLASSES[p]].append(_example(row, row["_prob"], p, contrib[i, p], bundle.features,
-                                        redact))
+                                        red))
     return out
 
 
@@ -431,6 +438,7 @@ def diagnose(
     attribution_sample: int = DEFAULT_ATTRIBUTION_SAMPLE,
     attribution_budget: float | None = None,
     redact: bool = False,
+    redact_salt: str | None = None,
     examples: int = 3,
     confidence: float = 0.95,
     n_boot: int = 200,
@@ -459,7 +467,11 @@ def diagnose(
     attribution_budget : if given, size the sample from this many seconds of attribution
         at the measured throughput instead (faster machines attribute more turns; the
         report then depends on the machine's speed).
-    redact : mask utterance and response text in the examples.
+    redact : mask every log field that can carry user content (text, slot values,
+        entities, actions, rejected records) in every output and replace session ids
+        by salted pseudonyms (:mod:`fpi.redact`).
+    redact_salt : the pseudonyms' salt (default ``$FPI_REDACT_SALT``, else random per
+        run); only used with ``redact``.
     examples : example turns per failure class.
     confidence, n_boot, min_support, seed : interval level, bootstrap replicates,
         minimum slice size, and the seed of every random draw.
@@ -488,6 +500,7 @@ def diagnose(
         g = next(g for g in gate_list if g.uses_baseline)
         raise InputError(f"gate {g.expr!r} compares with the baseline: give --baseline "
                          "PREVIOUS/summary.json")
+    red = redactor(redact_salt) if redact else None
     bundle = _load_model(model)
     classes = tuple(bundle.classes)
     if classes != CLASSES:
@@ -515,7 +528,8 @@ def diagnose(
 
             source = scratch / "turns.parquet"
             rejects = out / "rejects.jsonl"
-            rep = ingest(paths, source, format=format, rejects_path=rejects)
+            rep = ingest(paths, source, format=format, rejects_path=rejects,
+                         redact_rejects=None if red is None else red.reject)
             ingest_info = {"records_read": rep.records_read, "turns_kept": rep.turns_kept,
                            "rejected": rep.rejected, "rejects_by_rule": dict(rep.rejects_by_rule),
                            "rejects_file": rejects.name if rep.rejected else None}
@@ -540,7 +554,7 @@ def diagnose(
         acc = _stream(source, bundle, total=total, mode=attribution, batch_turns=batch_turns,
                       quota_fn=quota_fn, examples=examples, seed=seed,
                       predictions=scratch_predictions,
-                      progress=(lambda n: note("predict", n)))
+                      progress=(lambda n: note("predict", n)), red=red)
         if source.parent == scratch:
             source.unlink()  # the ingested copy is no longer needed
         timings["features_predict"] = time.perf_counter() - t1
@@ -590,7 +604,7 @@ def diagnose(
             attr_doc = attr.summarize(np.zeros((0, len(attr.GROUP_COLUMNS))),
                                       np.zeros(0, dtype=np.int64), predicted_counts, mode="none")
         attr_doc.update(requested_sample=attribution_sample, **timing_info)
-        example_doc = _examples(acc, bundle, redact)
+        example_doc = _examples(acc, bundle, red)
         timings["attribution"] = time.perf_counter() - t3
 
         labelled = labels >= 0
@@ -599,17 +613,18 @@ def diagnose(
             y, p = labels[labelled], pred[labelled]
             label_doc = {
                 "turns": int(labelled.sum()),
-                "accuracy": round(float(np.mean(y == p)), 6),
-                "macro_f1": round(macro_f1_score(y, p), 6),
-                "true_rates": {c: round(float(np.mean(y == i)), 6) for i, c in enumerate(CLASSES)},
+                "accuracy": stable_round(float(np.mean(y == p)), 6),
+                "macro_f1": stable_round(macro_f1_score(y, p), 6),
+                "true_rates": {c: stable_round(float(np.mean(y == i)), 6)
+                               for i, c in enumerate(CLASSES)},
             }
 
         failure = {
-            "estimate": round(1 - rates_dict["correct"]["estimate"], 6),
-            "low": round(1 - rates_dict["correct"]["high"], 6),
-            "high": round(1 - rates_dict["correct"]["low"], 6),
+            "estimate": stable_round(1 - rates_dict["correct"]["estimate"], 6),
+            "low": stable_round(1 - rates_dict["correct"]["high"], 6),
+            "high": stable_round(1 - rates_dict["correct"]["low"], 6),
             "count": int(n - rates_dict["correct"]["count"]),
-            "count_rate": round(1 - rates_dict["correct"]["count_rate"], 6),
+            "count_rate": stable_round(1 - rates_dict["correct"]["count_rate"], 6),
         }
         summary: dict[str, Any] = {
             "schema_version": SUMMARY_SCHEMA_VERSION,
@@ -638,6 +653,7 @@ def diagnose(
             "gate_status": "none",
             "examples": example_doc,
             "redacted": redact,
+            "redaction": None if red is None else red.describe(),
         }
         if base is not None:
             summary["baseline"] = {
@@ -699,6 +715,24 @@ class Explanation:
                 "components": self.components, "features": self.features, "turn": self.turn}
 
 
+def _resolve_session(lf: pl.LazyFrame, session_id: str, salt: str | None) -> str:
+    """The real id behind a pseudonym (``anon-...``); any other id unchanged."""
+    if not session_id.startswith(ID_PREFIX):
+        return session_id
+    if lf.filter(pl.col("session_id") == session_id).select(pl.len()).collect().item():
+        return session_id  # a real id that happens to look like a pseudonym
+    red = redactor(salt)
+    if not red.stable:
+        raise InputError(f"session {session_id!r} is a pseudonym from a redacted report: give "
+                         f"the salt it was made with ({SALT_ENV} or --redact-salt)")
+    ids = lf.select(pl.col("session_id").unique()).collect()["session_id"]
+    found = ids.filter(red.ids(ids) == session_id)
+    if found.len() == 0:
+        raise InputError(f"session {session_id!r} is not in the input under this salt "
+                         f"(salt id {red.describe()['salt_id']})")
+    return str(found[0])
+
+
 def explain(
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
@@ -706,8 +740,14 @@ def explain(
     session_id: str,
     turn_index: int,
     top: int = 8,
+    redact_salt: str | None = None,
 ) -> Explanation:
-    """Explain the call on one turn (its session supplies the context features)."""
+    """Explain the call on one turn (its session supplies the context features).
+
+    ``session_id`` may also be a pseudonym from a redacted report (``anon-...``):
+    the session is then found with the salt the report was made with
+    (``redact_salt``, else ``$FPI_REDACT_SALT``).
+    """
     from fpi.ingest import read_traces
 
     bundle = _load_model(model)
@@ -717,11 +757,12 @@ def explain(
         # ingested Parquet: read only the session's rows
         lf = pl.scan_parquet(canonical)
         bundle.check_compatible(lf)
-        session = lf.filter(pl.col("session_id") == session_id).collect()
     else:
         turns, _ = read_traces(paths)
         bundle.check_compatible(turns)
-        session = turns.filter(pl.col("session_id") == session_id)
+        lf = turns.lazy()
+    session_id = _resolve_session(lf, session_id, redact_salt)
+    session = lf.filter(pl.col("session_id") == session_id).collect()
     if session.height == 0:
         raise InputError(f"session {session_id!r} is not in the input")
     pos = session["turn_index"].to_list()
@@ -735,11 +776,11 @@ def explain(
     p = int(probs.argmax())
     g = contrib @ attr.group_matrix(bundle.features)
     row = {**_turn_view(session).row(i, named=True), "_feats": feats.row(i, named=True)}
-    ex = _example(row, probs[p], p, contrib[p], bundle.features, redact=False)
+    ex = _example(row, probs[p], p, contrib[p], bundle.features, red=None)
     return Explanation(
         session_id=session_id, turn_index=turn_index, predicted=CLASSES[p],
-        probabilities={c: round(float(probs[k]), 6) for k, c in enumerate(CLASSES)},
-        components={c: {col: round(float(g[k, j]), 4) for j, col in
+        probabilities={c: stable_round(float(probs[k]), 6) for k, c in enumerate(CLASSES)},
+        components={c: {col: stable_round(float(g[k, j]), 4) for j, col in
                         enumerate(attr.GROUP_COLUMNS)} for k, c in enumerate(CLASSES)},
         features=attr.top_features(contrib[p], bundle.features, row["_feats"], n=top),
         turn={k: v for k, v in ex.items() if k not in ("components", "features")},

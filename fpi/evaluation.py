@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from fpi.errors import InputError
+from fpi.numbers import stable_round
 from fpi.schema import CLASSES
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = ECE
 
 
 def _num(x: float) -> float | None:
-    return None if not np.isfinite(x) else round(float(x), 6)
+    return None if not np.isfinite(x) else stable_round(x, 6)
 
 
 def classification_metrics(y: np.ndarray, pred: np.ndarray,
@@ -159,7 +160,7 @@ def human_agreement(gold: np.ndarray, second: np.ndarray,
             mf = model_per_class[c]["f1"]
             entry["model_f1"] = mf
             entry["model_pct_of_human"] = (
-                round(100.0 * mf / h, 2) if (mf is not None and h) else None
+                stable_round(100.0 * mf / h, 2) if (mf is not None and h) else None
             )
         per_class[c] = entry
     return {"n_turns": int(mask.sum()), "macro_f1": m["macro_f1"], "accuracy": m["accuracy"],

@@ -151,8 +151,11 @@ def rejects_path_for(output: str | os.PathLike[str]) -> Path:
 class _Rejects:
     """Counts rejects, writes them to the rejects file as they come, keeps some for the report."""
 
-    def __init__(self, handle: IO[bytes] | None) -> None:
+    def __init__(self, handle: IO[bytes] | None,
+                 transform: Callable[[Reject], Reject] | None = None) -> None:
         self.handle = handle
+        #: applied before a reject is written or kept (``redact_rejects``)
+        self.transform = transform
         self.by_rule: dict[str, int] = {}
         self.kept: list[Reject] = []
         self.count = 0
@@ -161,6 +164,8 @@ class _Rejects:
         assert reject.rule in RULES, reject.rule
         self.count += 1
         self.by_rule[reject.rule] = self.by_rule.get(reject.rule, 0) + 1
+        if self.transform is not None:
+            reject = self.transform(reject)
         if self.handle is not None:
             self.handle.write(orjson.dumps(reject.to_dict()) + b"\n")
             if len(self.kept) < REPORT_REJECT_SAMPLE:
@@ -724,6 +729,7 @@ def ingest(
     strict: bool = False,
     progress: bool | Progress | None = False,
     block_bytes: int = BLOCK_BYTES,
+    redact_rejects: Callable[[Reject], Reject] | None = None,
 ) -> IngestReport:
     """Ingest traces straight into a canonical Parquet file, in bounded memory.
 
@@ -731,7 +737,9 @@ def ingest(
     atomically; the rejects go to ``rejects_path`` (default: next to the output,
     ``turns.parquet`` -> ``turns.rejects.jsonl``). Raises
     :class:`~fpi.errors.StrictRejects` after writing both files when ``strict``
-    and any record was rejected.
+    and any record was rejected. ``redact_rejects`` (e.g.
+    :meth:`fpi.redact.Redactor.reject`) rewrites each reject before it is written
+    or kept, so raw log text never reaches the disk.
     """
     out = Path(output)
     rpath = Path(rejects_path) if rejects_path is not None else rejects_path_for(out)
@@ -743,16 +751,17 @@ def ingest(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return _ingest(sources, out, rpath, strict=strict, progress=progress,
-                       block_bytes=block_bytes)
+                       block_bytes=block_bytes, redact_rejects=redact_rejects)
     except PermissionError as exc:
         raise InputError(f"{exc.filename or out}: permission denied") from None
 
 
 def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
-            progress: bool | Progress | None, block_bytes: int) -> IngestReport:
+            progress: bool | Progress | None, block_bytes: int,
+            redact_rejects: Callable[[Reject], Reject] | None = None) -> IngestReport:
     nothing_left: InputError | None = None
     with _rejects_file(rpath) as fh:
-        rejects = _Rejects(fh)
+        rejects = _Rejects(fh, redact_rejects)
         scratch = Path(tempfile.mkdtemp(prefix=".fpi-ingest-", dir=out.parent))
         try:
             first_tmp = scratch / "batches.parquet"

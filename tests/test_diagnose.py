@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from gfm_check import triggers
+from golden_compare import check_golden, compare_json
 from test_features import make_turns
 from typer.testing import CliRunner
 
@@ -21,7 +22,8 @@ from fpi.schema import CLASSES
 
 runner = CliRunner()
 GOLDEN = Path(__file__).parent / "golden"
-PAYLOAD = '<script>alert("pwn")</script> & \'q\' <b>bold</b> [x](https://evil.example)'
+PAYLOAD = ('<script>alert("pwn")</script> & \'q\' <b>bold</b> [x](https://evil.example) '
+           "www.evil.example a@evil.example @octocat #123")
 BAD_LOCALE = "<img src=x onerror=alert(1)>"
 
 
@@ -107,10 +109,10 @@ def test_html_escapes_log_text_and_fetches_nothing(run) -> None:
     assert len(html.encode()) < 2_000_000
 
 
-def test_markdown_escapes_log_text(run) -> None:
+def test_markdown_neutralises_log_text(run) -> None:
     md = (run.out_dir / "report.md").read_text()
-    assert "<script>" not in md and "<img" not in md and "](https" not in md
-    assert "&lt;script&gt;" in md
+    assert triggers(md) == {}  # no link, mention, issue ref or HTML outside code spans
+    assert f"`{PAYLOAD}`" in md  # shown as it was, in a code span
     assert "## Failure rates" in md and "| ASR |" in md
 
 
@@ -148,8 +150,12 @@ def test_batches_of_whole_sessions_give_the_same_answer(night: Path, bundle_dir:
     a = pl.read_parquet(tmp_path / "predictions.parquet").drop(pl.selectors.starts_with("contrib"))
     b = pl.read_parquet(run.out_dir / "predictions.parquet").drop(
         pl.selectors.starts_with("contrib"))
-    assert a.equals(b)
-    assert small.summary["rates"] == run.summary["rates"]
+    probs = [f"p_{c}" for c in CLASSES]
+    assert a.drop(probs).equals(b.drop(probs))
+    # vectorised kernels may round a last bit differently on a shorter batch
+    np.testing.assert_allclose(a.select(probs).to_numpy(), b.select(probs).to_numpy(),
+                               rtol=1e-12, atol=1e-15)
+    assert compare_json(run.summary["rates"], small.summary["rates"]) == []
 
 
 def test_raw_jsonl_input_goes_through_ingest(bundle_dir: Path, tmp_path: Path) -> None:
@@ -162,7 +168,7 @@ def test_raw_jsonl_input_goes_through_ingest(bundle_dir: Path, tmp_path: Path) -
     assert res.summary["turns"] == frame.height
     assert res.summary["ingest"]["rejected"] == 1
     assert (tmp_path / "out" / "rejects.jsonl").is_file()
-    assert "1 of 101 input records were rejected (invalid\\_json 1)" in (
+    assert "1 of 101 input records were rejected (`invalid_json` 1)" in (
         tmp_path / "out" / "report.md").read_text()
 
 
@@ -243,17 +249,15 @@ def test_explain(night: Path, bundle_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Golden files (fixed seed). Regenerate with FPI_UPDATE_GOLDEN=1 when a change is intended.
+# Golden files (fixed seed). Regenerate with --update-golden when a change is intended.
 # ---------------------------------------------------------------------------
 
 
-def test_golden_summary_and_markdown(run) -> None:
+def test_golden_summary_and_markdown(run, update_golden: bool) -> None:
+    """Keys and strings exactly, numbers within a tolerance (see golden_compare)."""
+    # the model's id is checked by the model tests, not by the report's golden files
+    ignore = {"summary.json": ("$.model.fingerprint", "$.model.id"),
+              "report.md": (r"model `[0-9a-f]{12}`",)}
     for name in ("summary.json", "report.md"):
-        got = (run.out_dir / name).read_text()
-        golden = GOLDEN / f"diagnose_{name}"
-        if os.environ.get("FPI_UPDATE_GOLDEN") == "1" or not golden.exists():
-            golden.parent.mkdir(exist_ok=True)
-            golden.write_text(got)
-        assert got == golden.read_text(), (
-            f"{name} differs from {golden}; if the change is intended, re-run with "
-            "FPI_UPDATE_GOLDEN=1")
+        check_golden(GOLDEN / f"diagnose_{name}", (run.out_dir / name).read_text(),
+                     update=update_golden, test="tests/test_diagnose.py", ignore=ignore[name])

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from gfm_check import triggers
 from rich.console import Console
 
 from fpi.gates import evaluate_gates, parse_gate
@@ -57,11 +58,11 @@ def test_markdown_sections_and_escaping(summary: dict) -> None:
     assert "**Gates: ❌ FAIL** (1 failed, 0 warned, 2 in all)" in md
     assert "| ❌ |" in md and "| ✅ |" in md
     assert "change vs baseline" in md and "+2.00 pp ⬆️" in md
-    assert "<script" not in md and "<img" not in md
-    # a log string cannot open a table cell or code span
-    assert "\\| \\`code\\` \\*\\*b\\*\\*" in md
-    line = next(ln for ln in md.splitlines() if ln.startswith("| locale = "))
-    assert line.count(" | ") == 6  # 7 cells: the hostile value did not add columns
+    # log strings are code spans: nothing in them is markup, a link or a mention
+    assert triggers(md) == {}
+    assert "``<script>alert('x')</script>\"><img src=x onerror=alert(1)> \\| `code` **b**``" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| `locale` = "))
+    assert len(re.findall(r"(?<!\\)\|", line)) == 8  # 7 cells: the value added no column
 
 
 def test_terminal_summary(summary: dict) -> None:

@@ -33,7 +33,14 @@ def diagnose(
         "--gates", help="TOML file of gates ([[gate]] tables with expr, name, warn).")] = None,
     junit: Annotated[Path | None, typer.Option(help="Also write the gates as JUnit XML.")] = None,
     redact: Annotated[bool, typer.Option(
-        "--redact", help="Mask utterance and response text in the reports.")] = False,
+        "--redact", help="Mask every log field that can carry user content (text, slot "
+                         "values, entities, actions, rejected records) in every output, and "
+                         "replace session ids by salted pseudonyms (anon-...).")] = False,
+    redact_salt: Annotated[str | None, typer.Option(
+        "--redact-salt", help="Salt of the --redact pseudonyms, stable across runs (prefer "
+                              "the FPI_REDACT_SALT environment variable: arguments show in "
+                              "process lists). Default: that variable, else a random salt "
+                              "per run.", show_default=False)] = None,
     attribution: Annotated[str, typer.Option(
         help="Exact TreeSHAP attribution: 'sample' (stratified sample), 'all' (every turn) "
              "or 'none'.")] = "sample",
@@ -70,7 +77,8 @@ def diagnose(
             inputs, model=model, out_dir=out, baseline=baseline, gates=gate or (),
             gates_file=gates, junit=junit, attribution=attribution,
             attribution_sample=attribution_sample, attribution_budget=attribution_budget,
-            redact=redact, examples=examples, min_support=min_support, seed=seed,
+            redact=redact, redact_salt=redact_salt, examples=examples,
+            min_support=min_support, seed=seed,
             format=input_format,
             progress=lambda step, n: status.update(f"{step}: {n:,} turns"),
         )
@@ -92,13 +100,18 @@ def explain(
                                                  show_default=False)],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.",
                                         show_default=False)],
-    session: Annotated[str, typer.Option("--session", help="The turn's session_id.",
-                                         show_default=False)],
+    session: Annotated[str, typer.Option(
+        "--session", help="The turn's session_id, or its anon-... pseudonym from a redacted "
+                          "report (with the salt it was made with).", show_default=False)],
     turn: Annotated[int, typer.Option("--turn", min=0, help="The turn's turn_index.",
                                       show_default=False)],
     top: Annotated[int, typer.Option(min=1, max=50, help="Features to list.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")
                        ] = False,
+    redact_salt: Annotated[str | None, typer.Option(
+        "--redact-salt", help="Salt of a pseudonym given to --session (default: the "
+                              "FPI_REDACT_SALT environment variable).",
+        show_default=False)] = None,
 ) -> None:
     """Explain one turn's call: class probabilities, each component's contribution, top features.
 
@@ -106,7 +119,8 @@ def explain(
     """
     from fpi.diagnosis import explain as run
 
-    e = run(inputs, model=model, session_id=session, turn_index=turn, top=top)
+    e = run(inputs, model=model, session_id=session, turn_index=turn, top=top,
+            redact_salt=redact_salt)
     if as_json:
         out_console.print(json.dumps(e.to_dict(), indent=2, ensure_ascii=False), markup=False,
                           highlight=False)

@@ -1,7 +1,9 @@
 """``report.html``: one self-contained file, inline CSS and SVG, every log string escaped.
 
 Rendered with Jinja2 and ``autoescape=True`` (so a ``<script>`` in an utterance
-is shown, never run) and a Content-Security-Policy that forbids any fetch. Size
+is shown, never run; every printed string also goes through
+:func:`fpi.report._fmt.plain`, so control and bidi-override characters are
+shown as ``\\uXXXX``) and a Content-Security-Policy that forbids any fetch. Size
 does not grow with the number of turns: only aggregates and a bounded number of
 example turns are embedded.
 """
@@ -22,15 +24,27 @@ from fpi.report._fmt import (
     gate_value,
     num,
     pct,
+    plain,
     pp,
     qvalue,
+    redaction_note,
     signed,
 )
 from fpi.schema import COMPONENTS
 
+
+def _finalize(value: Any) -> Any:
+    """Every string the template prints (log text included) on one line, with control and
+    bidi-override characters shown, not obeyed; ``Markup`` (the charts) passes through."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return plain(value)
+    return value
+
+
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("fpi", "templates"),
     autoescape=True,
+    finalize=_finalize,
     undefined=jinja2.StrictUndefined,
     trim_blocks=False,
     lstrip_blocks=False,
@@ -60,7 +74,7 @@ def _charts(s: Mapping[str, Any]) -> dict[str, Markup | None]:
         out["change_chart"] = None
     top = (s.get("slices") or {}).get("top") or []
     out["slices_chart"] = svg.bar_chart(
-        [svg.Bar(f"{t['dimension']}={t['value']} · {t['class']}", t["rate"],
+        [svg.Bar(plain(f"{t['dimension']}={t['value']} · {t['class']}"), t["rate"],
                  reference=t["rest_rate"], color=svg.RED) for t in top],
         title="Slices with excess failures (amber: rest of night)", reference_label="rest",
         label_width=260) if top else None
@@ -92,6 +106,7 @@ def render_html(summary: Mapping[str, Any]) -> str:
         components=COMPONENTS,
         titles=CLASS_TITLES,
         attr_how=how,
+        redaction_note=redaction_note,
         pct=pct, pp=pp, gv=gate_value, num=lambda x: num(x, 3), dash=dash, qv=qvalue, sg=signed,
         **_charts(summary),
     )

@@ -1,4 +1,20 @@
-"""``report.md``: GitHub-flavoured Markdown for a CI job summary or a pull-request comment."""
+r"""``report.md``: GitHub-flavoured Markdown for a CI job summary or a pull-request comment.
+
+Every string that came from the logs (or from a summary document, which may have
+been edited) is shown as an inline code span, never as Markdown text. Inside a
+code span GitHub renders nothing: no emphasis, links, images, raw HTML or
+entities, no autolinks (``https://``, ``www.``, e-mail addresses) and no
+``@mention``, ``#123`` or commit references, which GitHub only looks for outside
+``<code>``. Backslash escapes are not enough: GFM turns ``a\@b.com`` into a
+``mailto:`` link, and GitHub's mention filter works on the rendered text. The
+fence is one backtick longer than the longest run of backticks in the text
+(CommonMark code-span rule), whitespace (newlines included) is flattened to one
+space, control and bidirectional-override characters are shown as ``\uXXXX``,
+and a pipe is escaped as ``\|`` in table cells only (GFM splits cells before it
+parses code spans, and removes that backslash). Inside raw HTML blocks
+(``<summary>``), where Markdown is not parsed, text is HTML-escaped into
+``<code>`` instead, so a session id copies out without backslashes.
+"""
 
 from __future__ import annotations
 
@@ -15,24 +31,49 @@ from fpi.report._fmt import (
     interval,
     num,
     pct,
+    plain,
     pp,
     qvalue,
+    redaction_note,
     signed,
 )
-from fpi.schema import CLASSES, COMPONENTS
+from fpi.schema import (
+    CLASSES,
+    COMPONENTS,
+    ENTITY_STATUSES,
+    EXPLICIT_FEEDBACK,
+    RESULT_STATUSES,
+)
 
-# < > & are HTML entities by then; # and quotes are inert inside a line
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()+!|~])")
+_BACKTICKS = re.compile(r"`+")
 
 
-def md(text: Any) -> str:
-    """Log text made inert in Markdown: HTML-escaped, Markdown punctuation backslashed,
-    newlines flattened (a log string must never become markup, a link or a table cell)."""
+def md(text: Any, *, cell: bool = False) -> str:
+    """Log text as an inert inline code span (``–`` for None); ``cell``: inside a table."""
     if text is None:
         return "–"
-    s = " ".join(str(text).split())
-    s = html.escape(s, quote=False)
-    return _MD_SPECIAL.sub(r"\\\1", s)
+    s = plain(text)
+    if not s:
+        return "“”"
+    fence = "`" * (max((len(r) for r in _BACKTICKS.findall(s)), default=0) + 1)
+    # a span that starts or ends with a backtick needs a space inside the fence
+    # (one space each side is stripped again by the renderer)
+    pad = " " if s[0] == "`" or s[-1] == "`" else ""
+    if cell:
+        s = s.replace("|", "\\|")
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def md_cell(text: Any) -> str:
+    """:func:`md` for a table cell (pipes escaped)."""
+    return md(text, cell=True)
+
+
+def html_code(text: Any) -> str:
+    """Log text inside a raw HTML block (``<summary>``): HTML-escaped, in ``<code>``."""
+    if text is None:
+        return "–"
+    return f"<code>{html.escape(plain(text), quote=True)}</code>"
 
 
 def _short(fingerprint: Any) -> str:
@@ -40,8 +81,21 @@ def _short(fingerprint: Any) -> str:
     return re.sub(r"[^0-9a-f]", "", str(fingerprint or "").removeprefix("sha256:"))[:12]
 
 
-def _quote(text: Any) -> str:
-    return "–" if text is None else f"“{md(text)}”"
+def _word(value: Any, allowed: tuple[str, ...]) -> str:
+    """A validated enum value (status, class) as plain text; anything else as :func:`md`."""
+    return str(value) if value in allowed else md(value)
+
+
+def _value(value: Any) -> str:
+    """A feature value: numbers as numbers, strings (categories from the logs) as :func:`md`."""
+    if value is None or isinstance(value, bool | int | float):
+        return num(value, 4)
+    return md(value)
+
+
+def _ours(text: Any) -> str:
+    """fpi's own words (versions, method names) from the summary: letters, digits, ``.-+``."""
+    return re.sub(r"[^A-Za-z0-9_.+ -]", "", str(text))
 
 
 def render_markdown(summary: Mapping[str, Any]) -> str:
@@ -66,7 +120,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"{summary['turns']:,} turns in {summary.get('sessions', 0):,} sessions · "
         f"model `{_short(model.get('fingerprint'))}` · "
         f"{round(100 * conf)}% intervals"
-        + (" · text redacted" if summary.get("redacted") else "")
+        + (f" · {redaction_note(summary)}" if summary.get("redacted") else "")
     )
     out.append("")
     ing = summary.get("ingest") or {}
@@ -81,7 +135,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             iv = "" if g["low"] is None else (
                 f"[{gate_value(g['key'], g['low'])}, {gate_value(g['key'], g['high'])}]")
             out.append(
-                f"| {STATUS_ICON[g['status']]} | {md(g['name'])} | "
+                f"| {STATUS_ICON[g['status']]} | {md_cell(g['name'])} | "
                 f"{gate_value(g['key'], g['value'])} | {iv} | "
                 f"{g['op']} {gate_value(g['key'], g['bound'])} | {g['status']} |"
             )
@@ -92,9 +146,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     out += _examples(summary)
     out.append("---")
     out.append(
-        f"<sub>fpi {md(summary.get('fpi_version', ''))} · summary schema "
+        f"<sub>fpi {_ours(summary.get('fpi_version', ''))} · summary schema "
         f"{summary.get('schema_version')} · estimator: "
-        f"{md(summary.get('method', {}).get('estimator', ''))}"
+        f"{_ours(summary.get('method', {}).get('estimator', ''))}"
         "</sub>"
     )
     out.append("")
@@ -146,16 +200,17 @@ def _slices(summary: Mapping[str, Any]) -> list[str]:
     if not top:
         out.append(f"No slice has significantly more failures than the rest of the night "
                    f"(slices of at least {s.get('min_support', 0)} turns; "
-                   f"{md(s.get('correction', ''))} at {s.get('alpha', 0)}).")
+                   f"{_ours(s.get('correction', ''))} at {s.get('alpha', 0)}).")
         out.append("")
         return out
     out.append(f"Slices of at least {s['min_support']} turns, one-sided tests against the rest "
-               f"of the night, {s['correction']} false discovery rate {s['alpha']} "
+               f"of the night, {_ours(s['correction'])} false discovery rate {s['alpha']} "
                f"over {s['tests']} tests.")
     out += ["", "| slice | failure point | turns | rate | rest of night | excess failures | q |",
             "|---|---|---:|---:|---:|---:|---:|"]
     for t in top:
-        out.append(f"| {md(t['dimension'])} = {md(t['value'])} | {CLASS_TITLES[t['class']]} | "
+        out.append(f"| {md_cell(t['dimension'])} = {md_cell(t['value'])} | "
+                   f"{CLASS_TITLES[t['class']]} | "
                    f"{t['turns']:,} | {pct(t['rate'])} | {pct(t['rest_rate'])} | "
                    f"{t['excess_failures']:,.0f} | {qvalue(t['q_value'])} |")
     out.append("")
@@ -193,7 +248,8 @@ def _attribution(summary: Mapping[str, Any]) -> list[str]:
         for s in by_slice:
             cells = ["–" if s["components"][g]["mean"] is None
                      else signed(s["components"][g]["mean"]) for g in COMPONENTS]
-            out.append(f"| {md(s['dimension'])} = {md(s['value'])} | {CLASS_TITLES[s['class']]} | "
+            out.append(f"| {md_cell(s['dimension'])} = {md_cell(s['value'])} | "
+                       f"{CLASS_TITLES[s['class']]} | "
                        f"{s['turns_attributed']:,} | " + " | ".join(cells) + " |")
     share = a.get("by_component") or {}
     if any(v.get("share") is not None for v in share.values()):
@@ -219,7 +275,8 @@ def _examples(summary: Mapping[str, Any]) -> list[str]:
         out.append("")
         for t in turns:
             out.append("<details>")
-            out.append(f"<summary>session {md(t['session_id'])} · turn {t['turn_index']} · "
+            out.append(f"<summary>session {html_code(t['session_id'])} · "
+                       f"turn {t['turn_index']} · "
                        f"p({c}) = {t['probability']:.3f}</summary>")
             out.append("")
             out += _turn_lines(t)
@@ -233,20 +290,20 @@ def _turn_lines(t: Mapping[str, Any]) -> list[str]:
     h, u, a, nx = t["heard"], t["understood"], t["answered"], t["next"]
     slots = ", ".join(f"{md(s['name'])}={md(s['value'])}" for s in u.get("slots") or []) or "–"
     ents = "; ".join(
-        f"{md(e['mention'])} → {md(e['resolved_name'])} ({md(e['status'])})"
+        f"{md(e['mention'])} → {md(e['resolved_name'])} ({_word(e['status'], ENTITY_STATUSES)})"
         for e in t.get("resolved") or []) or "–"
     lines = [
-        f"- **heard:** {_quote(h['text'])} (confidence {num(h['confidence'], 3)}; "
-        f"runner-up {_quote(h['runner_up'])})",
+        f"- **heard:** {md(h['text'])} (confidence {num(h['confidence'], 3)}; "
+        f"runner-up {md(h['runner_up'])})",
         f"- **understood:** {md(u['domain'])} / {md(u['intent'])} "
         f"(confidence {num(u['confidence'], 3)}); slots: {slots}",
         f"- **resolved:** {ents}",
-        f"- **answered:** {md(a['status'])}: {_quote(a['response'])}",
-        f"- **next:** barge-in {num(nx['barge_in'])}, feedback {md(nx['explicit'])}, "
-        f"next turn {_quote(nx['text'])}",
+        f"- **answered:** {_word(a['status'], RESULT_STATUSES)}: {md(a['response'])}",
+        f"- **next:** barge-in {num(nx['barge_in'])}, "
+        f"feedback {_word(nx['explicit'], EXPLICIT_FEEDBACK)}, next turn {md(nx['text'])}",
     ]
     if t.get("label"):
-        lines.append(f"- **label:** {md(t['label'])}")
+        lines.append(f"- **label:** {_word(t['label'], CLASSES)}")
     comps = t.get("components") or {}
     if comps:
         lines.append("- **components:** " + ", ".join(
@@ -254,5 +311,6 @@ def _turn_lines(t: Mapping[str, Any]) -> list[str]:
     feats = t.get("features") or []
     if feats:
         lines.append("- **features:** " + ", ".join(
-            f"`{f['name']}`={md(f['value'])} ({signed(f['contribution'])})" for f in feats))
+            f"`{_ours(f['name'])}`={_value(f['value'])} ({signed(f['contribution'])})"
+            for f in feats))
     return lines

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from fpi.numbers import stable
+
 _FONT = 'font-family="system-ui,-apple-system,Segoe UI,Roboto,sans-serif" font-size="12"'
 BLUE, GREY, RED, GREEN, AMBER = "#2f6fb0", "#9aa5b1", "#c0392b", "#2e8b57", "#d48806"
 
@@ -29,7 +31,7 @@ class Bar:
 
 
 def _f(x: float) -> str:
-    return f"{x:.1f}"
+    return f"{stable(x):.1f}"
 
 
 def bar_chart(bars: Sequence[Bar], *, title: str, fmt: str = "pct", width: int = 640,
@@ -54,10 +56,11 @@ def bar_chart(bars: Sequence[Bar], *, title: str, fmt: str = "pct", width: int =
         return label_width + (v - lo_v) / (hi_v - lo_v) * plot_w
 
     def text(v: float) -> str:
+        v = stable(v)
         if fmt == "pct":
-            return f"{100 * v:.2f}%"
+            return f"{stable(100 * v):.2f}%"
         if signed:
-            return f"{100 * v:+.2f} pp"
+            return f"{stable(100 * v):+.2f} pp"
         return f"{v:+.2f}" if lo_v < 0 else f"{v:.2f}"
 
     parts = [

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fpi.report._fmt import FAILURE_CLASSES, gate_value, pct, pp
+from fpi.report._fmt import FAILURE_CLASSES, gate_value, pct, plain, pp
 
 _STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
 
@@ -18,13 +18,13 @@ def render_terminal(summary: Mapping[str, Any], console: Console) -> None:
     """Print the headline figures, rates, top slices and gates to ``console``."""
     console.print(
         f"[bold]fpi diagnose[/]: {summary['turns']:,} turns, {summary.get('sessions', 0):,} "
-        f"sessions ({escape(', '.join(summary.get('inputs', [])))})"
+        f"sessions ({escape(plain(', '.join(summary.get('inputs', []))))})"
     )
     ing = summary.get("ingest") or {}
     if ing.get("rejected"):
-        rules = ", ".join(f"{k} {v}" for k, v in (ing.get("rejects_by_rule") or {}).items())
+        rules = ", ".join(f"{plain(k)} {v}" for k, v in (ing.get("rejects_by_rule") or {}).items())
         console.print(f"[yellow]{ing['rejected']:,} input records rejected[/] ({escape(rules)}); "
-                      f"see {escape(str(ing.get('rejects_file')))} in the output directory")
+                      f"see {escape(plain(ing.get('rejects_file')))} in the output directory")
     changes = (summary.get("baseline") or {}).get("changes") or {}
     t = Table(title="Failure rates", title_justify="left")
     for col in ("failure point", "estimate", "interval", "argmax count"):
@@ -47,8 +47,9 @@ def render_terminal(summary: Mapping[str, Any], console: Console) -> None:
         for col in ("slice", "class", "turns", "rate", "rest", "excess"):
             st.add_column(col, justify="left" if col in ("slice", "class") else "right")
         for x in top[:5]:
-            st.add_row(escape(f"{x['dimension']}={x['value']}"), x["class"], f"{x['turns']:,}",
-                       pct(x["rate"]), pct(x["rest_rate"]), f"{x['excess_failures']:,.0f}")
+            st.add_row(escape(plain(f"{x['dimension']}={x['value']}")), x["class"],
+                       f"{x['turns']:,}", pct(x["rate"]), pct(x["rest_rate"]),
+                       f"{x['excess_failures']:,.0f}")
         console.print(st)
     gates = summary.get("gates") or []
     if gates:
@@ -56,7 +57,7 @@ def render_terminal(summary: Mapping[str, Any], console: Console) -> None:
         for col in ("status", "gate", "value", "bound"):
             gt.add_column(col)
         for g in gates:
-            gt.add_row(f"[{_STYLE[g['status']]}]{g['status']}[/]", escape(g["name"]),
+            gt.add_row(f"[{_STYLE[g['status']]}]{g['status']}[/]", escape(plain(g["name"])),
                        gate_value(g["key"], g["value"]),
                        f"{g['op']} {gate_value(g['key'], g['bound'])}")
         console.print(gt)

@@ -64,7 +64,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     conf = summary.get("method", {}).get("confidence", 0.95)
     out.append(
         f"{summary['turns']:,} turns in {summary.get('sessions', 0):,} sessions · "
-        f"model `{_short(model.get('fingerprint'))}` · "
+        f"model `{_short(model.get('id'))}` · "
         f"{round(100 * conf)}% intervals"
         + (" · text redacted" if summary.get("redacted") else "")
     )

@@ -424,6 +424,12 @@ def _is_legacy_bundle(path: Path) -> bool:
     return MANIFEST_FILE in names and names <= {MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE}
 
 
+def check_bundle_out(out_dir: str | os.PathLike[str]) -> Path:
+    """Raise :class:`InputError` unless ``out_dir`` may receive a bundle (absent, empty,
+    or a previous bundle); callers check it before reading data and training."""
+    return check_output_dir(out_dir, "model", legacy=_is_legacy_bundle)
+
+
 def write_bundle(out_dir: str | os.PathLike[str], files: dict[str, str]) -> Path:
     """Write a bundle's files as one set: staged beside ``out_dir``, then swapped in.
 
@@ -497,7 +503,7 @@ def train(
     """
     if not 0 < test_size < 1:
         raise InputError(f"test size must be between 0 and 1, got {test_size}")
-    check_output_dir(out_dir, "model", legacy=_is_legacy_bundle)  # before the slow part
+    check_bundle_out(out_dir)  # before the slow part
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -69,7 +69,7 @@ def _type_name(spec: _Spec) -> str:
     if isinstance(spec, tuple):
         return " or ".join(_type_name(s) for s in spec)
     if isinstance(spec, list):
-        return f"a list of {_type_name(spec[0])}"
+        return f"a list (each {_type_name(spec[0])})"
     if isinstance(spec, dict):
         return "an object"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false",

@@ -488,7 +488,8 @@ def train(
         Canonical frame (``fpi.ingest.read_traces``); unlabelled turns still serve as
         dialogue context of their labelled neighbours.
     out_dir
-        Bundle directory to write (replaced atomically if it holds a bundle).
+        Bundle directory to write: built in staging beside it and swapped in whole
+        (:func:`fpi.files.staged_output_dir`) if absent, empty or a previous bundle.
     seed, threads
         Same data, seed and threads give byte-identical model files.
     features
@@ -497,9 +498,8 @@ def train(
     Raises
     ------
     InputError
-        No labelled turns, too few sessions, or a class with too few examples.
-    ModelError
-        ``out_dir`` cannot hold a bundle.
+        No labelled turns, too few sessions, a class with too few examples, or
+        ``out_dir`` is not absent, empty or a previous bundle (checked first).
     """
     if not 0 < test_size < 1:
         raise InputError(f"test size must be between 0 and 1, got {test_size}")

@@ -63,6 +63,11 @@ SCHEMA: Final[dict[str, _Spec]] = {
 }
 
 
+def _show(name: str) -> str:
+    """A name as it may appear in a one-line message (quoted if it holds odd characters)."""
+    return name if re.fullmatch(r"[\w.+-]{1,100}", name) else repr(name)[:100]
+
+
 def _type_name(spec: _Spec) -> str:
     if spec is None:
         return "null"
@@ -110,7 +115,7 @@ def _check(value: Any, spec: _Spec, where: str) -> None:
     elif isinstance(spec, dict):
         if set(spec) == {str}:
             for k, v in value.items():
-                _check(v, spec[str], f"{where}.{k}")
+                _check(v, spec[str], f"{where}.{_show(k)}")
             return
         for key, sub in spec.items():
             if key not in value:
@@ -132,7 +137,7 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
             raise ValueError(f"expected a JSON object, got {_kind(manifest)}")
         extra = sorted(set(manifest) - set(SCHEMA))
         if extra:
-            raise ValueError(f"unknown key(s) {', '.join(map(repr, extra[:5]))}")
+            raise ValueError(f"unknown key(s) {', '.join(repr(k)[:100] for k in extra[:5])}")
         for key, spec in SCHEMA.items():
             if key not in manifest:
                 raise ValueError(f"section {key!r} is missing")
@@ -140,7 +145,7 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
         for name, digest in manifest["files"].items():
             check_entry_name(name)
             if not _HEX64.fullmatch(digest):
-                raise ValueError(f"files.{name}: not a SHA-256 hex digest")
+                raise ValueError(f"files.{_show(name)}: not a SHA-256 hex digest")
         if not _HEX64.fullmatch(manifest["bundle_hash"].removeprefix("sha256:")):
             raise ValueError("bundle_hash: not a sha256:HEX digest")
     except ValueError as exc:
@@ -155,7 +160,8 @@ def check_entry_name(name: str) -> str:
     path), hidden names, control characters, over 100 characters.
     """
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name == MANIFEST_FILE:
-        raise ValueError(f"file entry {name!r} is not a plain file name inside the bundle")
+        raise ValueError(f"file entry {repr(name)[:100]} is not a plain file name inside "
+                         "the bundle")
     return name
 
 
@@ -195,7 +201,7 @@ def check_bundle_files(path: Path, manifest: Mapping[str, Any],
     present = {p.name for p in path.iterdir()}
     extra = sorted(present - set(listed) - {MANIFEST_FILE} - allowed_extra)
     if extra:
-        raise ModelError(f"model bundle {path}: unexpected file {extra[0]} (not in "
+        raise ModelError(f"model bundle {path}: unexpected file {_show(extra[0])} (not in "
                          f"{MANIFEST_FILE}); a bundle holds only the files it lists")
     for name, digest in listed.items():
         file = path / name

@@ -362,9 +362,9 @@ def staged_output_dir(target: str | os.PathLike[str], kind: str, *,
     is added and the directory swapped in; on any exception, Ctrl-C or SIGTERM the
     staging directory is removed and ``target`` is exactly as it was.
     """
+    recover(target)  # first: a killed swap may have left the previous set aside
     path = check_output_dir(target, kind, legacy)
     path.parent.mkdir(parents=True, exist_ok=True)
-    recover(path)
     staging = _entry_name(path, "staging")
     with _sigterm_interrupts():
         staging.mkdir()

@@ -281,6 +281,17 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if tuple(manifest["classes"]) != CLASSES:
         raise ModelError(f"{manifest_path}: model classes {manifest['classes']} are not "
                          f"{list(CLASSES)}")
+    blocks = [("calibration", manifest["calibration"])]
+    if manifest["no_context"] is not None:
+        blocks.append(("no_context.calibration", manifest["no_context"]["calibration"]))
+    for where, block in blocks:
+        if len(block["bias"]) != len(CLASSES):
+            raise ModelError(f"{manifest_path} is damaged or edited: {where}.bias has "
+                             f"{len(block['bias'])} values for {len(CLASSES)} classes")
+    kinds = {f["kind"] for f in manifest["features"]} - {"numeric", "categorical"}
+    if kinds:
+        raise ModelError(f"{manifest_path} is damaged or edited: unknown feature kind(s) "
+                         f"{', '.join(sorted(kinds))}")
     return manifest
 
 

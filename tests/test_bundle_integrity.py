@@ -5,7 +5,9 @@ Plus the model id (the bundle's own hash) in the summary and the baseline checks
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_features import make_turns
 
-from fpi.bundle_manifest import SAFE_NAME, bundle_hash, check_entry_name
+from fpi.bundle_manifest import (
+    SAFE_NAME,
+    SCHEMA,
+    bundle_hash,
+    check_entry_name,
+    validate_manifest,
+)
 from fpi.diagnosis import diagnose
 from fpi.errors import InputError, ModelError
 from fpi.model import MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE, load_bundle
@@ -94,6 +102,10 @@ CASES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "symlink_outside": (_outside_link, (MODEL_FILE, "not a regular file")),
     "not_json": (lambda b: (b / MANIFEST_FILE).write_text("{oops"), (MANIFEST_FILE, "damaged")),
     "old_format": (edit(True, lambda m: m.update(format_version="1.0")), ("format 1.0", "retrain")),
+    "bias_length": (edit(True, lambda m: m["calibration"]["bias"].pop()),
+                    (MANIFEST_FILE, "calibration.bias has 5 values")),
+    "feature_kind": (edit(True, lambda m: m["features"][0].update(kind="magic")),
+                     (MANIFEST_FILE, "feature kind(s) magic")),
     "bad_digest": (edit(True, lambda m: m["files"].update({MODEL_FILE: "abc"})),
                    (MODEL_FILE, "SHA-256")),
 }
@@ -139,10 +151,32 @@ def test_entry_names_are_plain_names_or_refused(name: str) -> None:
     plain = SAFE_NAME.fullmatch(name) is not None and name != MANIFEST_FILE
     if plain:
         assert check_entry_name(name) == name
-        assert "/" not in name and "\\" not in name and not name.startswith(".")
+        # whatever it is, it names a file directly inside the bundle
+        joined = os.path.normpath(os.path.join("/bundle", name))
+        assert os.path.dirname(joined) == "/bundle" and joined != "/bundle"
+        assert not name.startswith(".")
     else:
         with pytest.raises(ValueError, match="plain file name"):
             check_entry_name(name)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                    | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(section=st.sampled_from(sorted(SCHEMA)), value=JSON)
+def test_any_value_in_any_section_is_valid_or_a_model_error(small_bundle, section: str,
+                                                           value: Any) -> None:
+    m = copy.deepcopy(small_bundle.manifest)
+    m[section] = value
+    try:
+        validate_manifest(m, "m/manifest.json")
+    except ModelError as exc:
+        assert str(exc).startswith("m/manifest.json is damaged or edited: ")
+        assert "\n" not in str(exc)
 
 
 @given(st.lists(st.sampled_from(["..", ".", "model.txt", "a", "", "/"]), min_size=1,

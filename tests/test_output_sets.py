@@ -127,6 +127,34 @@ def test_recover_removes_dead_staging_and_keeps_live_staging(tmp_path: Path) -> 
     assert len(actions) == 1
 
 
+def test_recover_removes_week_old_staging_even_of_a_live_pid(tmp_path: Path) -> None:
+    old = tmp_path / f".out.fpi-staging.{host()}.{os.getppid()}.0123abcd"
+    old.mkdir()
+    week = 8 * 24 * 3600
+    os.utime(old, (old.stat().st_atime - week, old.stat().st_mtime - week))
+    recover(tmp_path / "out")
+    assert not old.exists()
+
+
+def test_an_output_of_an_older_fpi_is_replaced_whole(small_bundle, night: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
+    (out / MARKER).unlink()  # as an fpi before markers wrote it, with a killed run's scratch
+    (out / ".fpi-diagnose-abc123").mkdir()
+    (out / ".fpi-diagnose-abc123" / "turns.parquet").write_bytes(b"x" * 1000)
+    (out / "gates.xml").write_text("<testsuites/>")
+    diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MARKER, "predictions.parquet", "summary.json", "report.md", "report.html",
+         "rejects.jsonl"])
+    (out / MARKER).unlink()
+    (out / "thesis.tex").write_text("not ours")  # then it is not an fpi output any more
+    with pytest.raises(InputError, match="not an fpi diagnose output"):
+        diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
+    assert (out / "thesis.tex").read_text() == "not ours"
+
+
 def test_recover_restores_a_previous_set_left_aside_by_a_killed_swap(tmp_path: Path) -> None:
     target = tmp_path / "out"
     aside = tmp_path / f".out.fpi-old.{host()}.{dead_pid()}.0123abcd"

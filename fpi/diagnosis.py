@@ -12,7 +12,7 @@ The data flow, in bounded memory whatever the size of the night:
 3. rates (:mod:`fpi.aggregate`), attribution (:mod:`fpi.attribution`), gates
    (:mod:`fpi.gates`) and the summary document are computed from those;
 4. ``predictions.parquet``, ``summary.json``, ``report.md`` and ``report.html``
-   are written atomically (:mod:`fpi.report`).
+   are written into a staging directory and swapped in as one set (:mod:`fpi.files`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,13 @@ from fpi.aggregate import _z, compare_rates, estimate_rates, slice_columns, slic
 from fpi.errors import ExitStatus, InputError, ModelError
 from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
-from fpi.files import atomic_path, write_text_atomic
+from fpi.files import (
+    MARKER,
+    atomic_path,
+    check_output_dir,
+    staged_output_dir,
+    write_text_atomic,
+)
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
 from fpi.numbers import stable_round
 from fpi.redact import ID_PREFIX, SALT_ENV, Redactor, redactor
@@ -104,21 +110,106 @@ def _batches(path: Path, batch_turns: int) -> Iterator[pl.DataFrame]:
 
 def _load_baseline(baseline: str | os.PathLike[str] | Mapping[str, Any] | None
                    ) -> dict[str, Any] | None:
-    if baseline is None or isinstance(baseline, Mapping):
-        return None if baseline is None else dict(baseline)
+    if baseline is None:
+        return None
+    if isinstance(baseline, Mapping):
+        return _check_baseline(dict(baseline), "baseline")
     p = Path(baseline)
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{p}: baseline summary not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise InputError(f"{p}: baseline is a directory; give its summary.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{p}: baseline is not a summary.json ({exc})") from None
+    return _check_baseline(doc, str(p))
+
+
+def _is_rate(r: Any) -> bool:
+    return isinstance(r, Mapping) and all(
+        isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool)
+        and np.isfinite(r[k]) for k in ("estimate", "low", "high"))
+
+
+def _check_baseline(doc: Any, where: str) -> dict[str, Any]:
+    """The baseline summary, if it has the shape this fpi compares with; else InputError."""
     if not isinstance(doc, dict) or "rates" not in doc or "schema_version" not in doc:
-        raise InputError(f"{p}: baseline is not an fpi summary.json (no rates/schema_version)")
+        raise InputError(f"{where}: baseline is not an fpi summary.json (no rates/schema_version)")
     if doc["schema_version"] != SUMMARY_SCHEMA_VERSION:
-        raise InputError(f"{p}: baseline summary schema {doc['schema_version']} is not "
+        raise InputError(f"{where}: baseline summary schema {doc['schema_version']!r} is not "
                          f"{SUMMARY_SCHEMA_VERSION}: re-run fpi diagnose on the baseline night")
+    rates = doc["rates"]
+    if not isinstance(rates, Mapping):
+        raise InputError(f"{where}: baseline 'rates' is not an object of per-class rates")
+    bad = [c for c in CLASSES if not _is_rate(rates.get(c))]
+    if bad:
+        raise InputError(f"{where}: baseline rates of {', '.join(bad)} are missing or not "
+                         "numbers (estimate, low, high)")
+    model = doc.get("model")
+    if model is not None and not isinstance(model, Mapping):
+        raise InputError(f"{where}: baseline 'model' is not an object")
     return doc
+
+
+def bundle_id(bundle: Any) -> str:
+    """A bundle's model id: its ``bundle_hash`` (the hash of its whole manifest)."""
+    from fpi.bundle_manifest import bundle_hash
+
+    m = bundle.manifest
+    return str(m.get("bundle_hash") or bundle_hash(m))
+
+
+def _short(model_id: Any) -> str:
+    return str(model_id).removeprefix("sha256:")[:12] if model_id else "unknown"
+
+
+def _baseline_model(base: Mapping[str, Any] | None, bundle: Any, allow_other_model: bool,
+                    where: Any) -> dict[str, Any]:
+    """``model_id``/``same_model`` of the baseline; InputError if another model made it."""
+    if base is None:
+        return {}
+    theirs = (base.get("model") or {}).get("id")
+    ours = bundle_id(bundle)
+    same = theirs == ours
+    if not same and not allow_other_model:
+        src = where if isinstance(where, str | os.PathLike) else "baseline"
+        raise InputError(
+            f"{src}: the baseline was made with model {_short(theirs)}, this run uses "
+            f"{_short(ours)}: rates of different models are not comparable; diagnose the "
+            "baseline night with this model, or pass --allow-other-model")
+    return {"model_id": theirs, "same_model": same}
+
+
+#: Names a diagnose output directory of an older fpi (before the marker) may hold.
+_LEGACY_NAMES = frozenset({"predictions.parquet", "summary.json", "report.md", "report.html",
+                           "rejects.jsonl"})
+
+
+def _is_legacy_output(path: Path) -> bool:
+    """A diagnose output written before markers: an fpi summary.json and only our files."""
+    try:
+        doc = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or "rates" not in doc or "schema_version" not in doc:
+        return False
+    return all(p.name in _LEGACY_NAMES or p.name.endswith(".xml")
+               or p.name.startswith(".fpi-diagnose-") for p in path.iterdir())
+
+
+def _inside(junit: str | os.PathLike[str] | None, out: Path) -> Path | None:
+    """``junit`` relative to ``out`` when it lies inside it (then it joins the set)."""
+    if junit is None:
+        return None
+    j = Path(os.path.abspath(junit))
+    try:
+        rel = j.relative_to(out)
+    except ValueError:
+        return None
+    if rel == Path(".") or rel.name == MARKER:
+        raise InputError(f"--junit {junit}: names the output directory itself")
+    return rel
 
 
 def _parse_gates(gates: Sequence[str | Gate], gates_file: str | os.PathLike[str] | None
@@ -407,12 +498,19 @@ def _load_model(model: Any) -> Any:
     return model
 
 
+def _runtime_versions() -> dict[str, str]:
+    from fpi.model import runtime_versions
+
+    return runtime_versions()
+
+
 def _model_info(bundle: Any) -> dict[str, Any]:
     m = bundle.manifest
     tr = m.get("training", {})
     metrics = (m.get("heldout") or {}).get("metrics") or {}
     return {
-        "fingerprint": tr.get("fingerprint"),
+        "id": bundle_id(bundle),
+        "training_data": tr.get("fingerprint"),
         "fpi_version": m.get("fpi_version"),
         "format_version": m.get("format_version"),
         "training_turns": tr.get("labelled_turns", tr.get("turns")),
@@ -444,6 +542,7 @@ def diagnose(
     n_boot: int = 200,
     min_support: int = 50,
     seed: int = 0,
+    allow_other_model: bool = False,
     batch_turns: int = BATCH_TURNS,
     format: str | None = None,
     progress: Callable[[str, int], None] | None = None,
@@ -455,10 +554,13 @@ def diagnose(
     inputs : trace files, directories or globs (any form ``fpi ingest`` reads) or
         one canonical Parquet file.
     model : bundle directory (``fpi train --out``) or a loaded ``ModelBundle``.
-    out_dir : where ``predictions.parquet``, ``summary.json``, ``report.md`` and
-        ``report.html`` go (each written atomically).
+    out_dir : where ``predictions.parquet``, ``summary.json``, ``report.md``,
+        ``report.html`` (and ``rejects.jsonl``) go, as one set: built in a staging
+        directory beside it and swapped in at the end (:mod:`fpi.files`). It must be
+        absent, empty or a previous diagnose output.
     baseline : a previous run's ``summary.json`` (path or dict): per-class change
-        and ``baseline`` terms in gates.
+        and ``baseline`` terms in gates. It must have been made with the same model
+        bundle (same ``model.id``) unless ``allow_other_model``.
     gates, gates_file : gate expressions (:mod:`fpi.gates`) and/or a TOML file of gates.
     junit : also write the gates as JUnit XML there.
     attribution : ``sample`` (exact TreeSHAP on a stratified sample), ``all`` or ``none``.
@@ -505,8 +607,9 @@ def diagnose(
     classes = tuple(bundle.classes)
     if classes != CLASSES:
         raise ModelError(f"model classes {classes} are not {CLASSES}: retrain with fpi train")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    base_info = _baseline_model(base, bundle, allow_other_model, baseline)
+    out = check_output_dir(out_dir, "diagnose", legacy=_is_legacy_output)
+    junit_inside = _inside(junit, out)
     timings: dict[str, float] = {}
 
     def note(step: str, n: int) -> None:
@@ -514,8 +617,10 @@ def diagnose(
             progress(step, n)
 
     t0 = time.perf_counter()
-    # scratch space beside the outputs (same filesystem: atomic renames), removed at the end
-    with tempfile.TemporaryDirectory(prefix=".fpi-diagnose-", dir=out) as tmp_name:
+    # Every output is built in a staging directory beside --out and swapped in whole at
+    # the end; scratch (the streamed copy of the turns) lives inside it, removed first.
+    with (staged_output_dir(out, "diagnose", legacy=_is_legacy_output) as stage,
+          tempfile.TemporaryDirectory(prefix=".scratch-", dir=stage) as tmp_name):
         scratch = Path(tmp_name)
         source = _canonical_parquet(paths)
         if source is not None:
@@ -527,7 +632,7 @@ def diagnose(
             from fpi.ingest import ingest
 
             source = scratch / "turns.parquet"
-            rejects = out / "rejects.jsonl"
+            rejects = stage / "rejects.jsonl"
             rep = ingest(paths, source, format=format, rejects_path=rejects,
                          redact_rejects=None if red is None else red.reject)
             ingest_info = {"records_read": rep.records_read, "turns_kept": rep.turns_kept,
@@ -629,6 +734,7 @@ def diagnose(
         summary: dict[str, Any] = {
             "schema_version": SUMMARY_SCHEMA_VERSION,
             "fpi_version": __version__,
+            "versions": _runtime_versions(),
             "inputs": [Path(p).name for p in paths],
             "turns": n,
             "sessions": acc.n_sessions,
@@ -659,6 +765,7 @@ def diagnose(
             summary["baseline"] = {
                 "inputs": base.get("inputs", []),
                 "turns": base.get("turns"),
+                **base_info,
                 "changes": compare_rates(rates_dict, base["rates"], confidence=confidence),
             }
         results = [r.to_dict() for r in evaluate_gates(gate_list, summary, base)]
@@ -666,15 +773,20 @@ def diagnose(
         summary["gate_status"] = overall_status(results)
 
         t4 = time.perf_counter()
-        files: dict[str, Path] = {"predictions": out / "predictions.parquet"}
         _write_predictions(scratch_predictions, contrib_rows, contrib_values,
-                           files["predictions"])
-        files.update(write_reports(summary, out))
-        if junit is not None:
-            files["junit"] = write_text_atomic(junit, junit_xml(results))
-        timings["write"] = time.perf_counter() - t4
-        log.info("diagnose timings: %s", {k: round(v, 2) for k, v in timings.items()})
-        return DiagnoseResult(summary=summary, out_dir=out, files=files, timings=timings)
+                           stage / "predictions.parquet")
+        written = {"predictions": stage / "predictions.parquet", **write_reports(summary, stage)}
+        if junit_inside is not None:
+            (stage / junit_inside).parent.mkdir(parents=True, exist_ok=True)
+            written["junit"] = write_text_atomic(stage / junit_inside, junit_xml(results))
+        if ingest_info["rejects_file"]:
+            written["rejects"] = stage / "rejects.jsonl"
+    files = {k: out / p.relative_to(stage) for k, p in written.items()}
+    if junit is not None and junit_inside is None:
+        files["junit"] = write_text_atomic(junit, junit_xml(results))
+    timings["write"] = time.perf_counter() - t4
+    log.info("diagnose timings: %s", {k: round(v, 2) for k, v in timings.items()})
+    return DiagnoseResult(summary=summary, out_dir=out, files=files, timings=timings)
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fpi.errors import InputError, StrictRejects
-from fpi.files import atomic_path
+from fpi.files import atomic_path, staged_files
 from fpi.ingest_events import EventCollector
 from fpi.ingest_parse import ParsedBlock, parse_block, parse_lines
 from fpi.ingest_sort import parquet_writer, sort_rewrite
@@ -756,14 +756,32 @@ def ingest(
         raise InputError(f"{exc.filename or out}: permission denied") from None
 
 
+def _check_replaceable(path: Path, what: str, magic: tuple[bytes, ...]) -> None:
+    """Refuse to overwrite an existing file unless it looks like a previous fpi output."""
+    if not path.exists() or path.is_dir():
+        return
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the existing {what}: {exc.strerror}") from None
+    if head and not head.startswith(magic):
+        raise InputError(f"{path}: exists and is not an fpi {what}; refusing to replace it "
+                         "(choose another path or remove it)")
+
+
 def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
             progress: bool | Progress | None, block_bytes: int,
             redact_rejects: Callable[[Reject], Reject] | None = None) -> IngestReport:
-    nothing_left: InputError | None = None
-    with _rejects_file(rpath) as fh:
-        rejects = _Rejects(fh, redact_rejects)
-        scratch = Path(tempfile.mkdtemp(prefix=".fpi-ingest-", dir=out.parent))
-        try:
+    _check_replaceable(out, "Parquet output", (b"PAR1",))
+    _check_replaceable(rpath, "rejects file (JSON Lines)", (b"{",))
+    # The Parquet and its rejects are one set: staged beside their targets and renamed
+    # into place together at the end (fpi.files.staged_files); scratch lives in staging.
+    with (staged_files([out, rpath]) as (out_stage, rejects_stage),
+          tempfile.TemporaryDirectory(prefix=".scratch-", dir=out_stage.parent) as tmp_name):
+        scratch = Path(tmp_name)
+        with rejects_stage.open("wb") as fh:
+            rejects = _Rejects(fh, redact_rejects)
             first_tmp = scratch / "batches.parquet"
             sink = _ParquetSink(first_tmp)
             run = _Run(sources, rejects, sink, _progress(progress), block_bytes)
@@ -771,23 +789,15 @@ def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
                 run.run()
             finally:
                 sink.close()
-            if sink.rows == 0:
-                # Keep the rejects file (it says why), write no output.
-                nothing_left = _nothing_left(run, rpath)
-            else:
-                with atomic_path(out) as final_tmp:
-                    if run.finish():
-                        # Already in order (the usual case for logs written session by
-                        # session): the batches file is the output, no second pass.
-                        os.replace(first_tmp, final_tmp)
-                    else:
-                        sort_rewrite(first_tmp, final_tmp, run.sink.all_keys(), scratch)
-        finally:
-            for p in scratch.iterdir():
-                p.unlink()
-            scratch.rmdir()
-    if nothing_left is not None:
-        raise nothing_left
+        if sink.rows == 0:
+            # Nothing is replaced: the previous output and rejects stay as they were.
+            raise _nothing_left(run, None)
+        if run.finish():
+            # Already in order (the usual case for logs written session by session):
+            # the batches file is the output, no second pass.
+            os.replace(first_tmp, out_stage)
+        else:
+            sort_rewrite(first_tmp, out_stage, run.sink.all_keys(), scratch)
     report = _report(run, rejects, rpath, out)
     if strict and rejects.count:
         raise _strict_error(report)

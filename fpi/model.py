@@ -6,11 +6,14 @@ A *model bundle* is a directory::
     model_no_context.txt  the same model trained without context features (a baseline)
     manifest.json         versions, classes, features (group, kind, category levels),
                           parameters, calibration, training fingerprint and counts,
-                          held-out metrics, baselines, file checksums
+                          held-out metrics, baselines, file checksums, bundle_hash
+    .fpi-output.json      marker: this directory is an fpi model output
 
 No pickle: everything is text. The same data, seed and thread count give
-byte-identical files. A bundle is written to a temporary directory beside the
-target and renamed into place, so an existing bundle is never half-replaced.
+byte-identical files. A bundle is built in a staging directory beside the target
+and swapped into place (:func:`fpi.files.staged_output_dir`), so an existing bundle
+is never half-replaced; :func:`load_bundle` checks the whole bundle
+(:mod:`fpi.bundle_manifest`) before using any of it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,19 +40,25 @@ import polars as pl
 
 from fpi import __version__
 from fpi.baselines import RuleBaseline, fit_rule_baseline
+from fpi.bundle_manifest import (
+    MANIFEST_FILE,
+    bundle_hash,
+    check_bundle_files,
+    validate_manifest,
+)
 from fpi.calibration import Calibration, fit_calibration
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.evaluation import classification_metrics, labels_to_index
 from fpi.features import FEATURES, Feature, build_features, context_free
+from fpi.files import MARKER, check_output_dir, staged_output_dir
 from fpi.schema import CLASSES, COMPONENTS, TURN_SCHEMA
 
 log = logging.getLogger(__name__)
 
 #: Bundle format, ``major.minor``: a reader accepts any minor of its own major.
-BUNDLE_FORMAT: Final = "1.0"
+BUNDLE_FORMAT: Final = "2.0"
 MODEL_FILE: Final = "model.txt"
 NO_CONTEXT_FILE: Final = "model_no_context.txt"
-MANIFEST_FILE: Final = "manifest.json"
 
 #: Fewest labelled examples of a class the trainer accepts (it must also reach the split parts).
 MIN_CLASS_COUNT: Final = 10
@@ -167,6 +174,11 @@ class ModelBundle:
         return f"ModelBundle(path={str(self.path)!r}, features={len(self.features)})"
 
     @property
+    def model_id(self) -> str:
+        """The bundle's own hash (``sha256:...``): what reports show as the model."""
+        return str(self.manifest.get("bundle_hash") or "")
+
+    @property
     def has_no_context_model(self) -> bool:
         """Whether the bundle carries the no-context baseline model."""
         return self.no_context_booster is not None and self.no_context_calibration is not None
@@ -247,57 +259,77 @@ class ModelBundle:
 # Loading
 # ---------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The bundle's manifest, parsed, version-checked and validated whole."""
+    manifest_path = path / MANIFEST_FILE
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise ModelError(f"{path} is not a model bundle: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelError(f"{manifest_path} is damaged: {exc}") from None
+    version = manifest.get("format_version")
+    if not isinstance(version, str) or version.split(".")[0] != BUNDLE_FORMAT.split(".")[0]:
+        raise ModelError(
+            f"{path} is a model bundle of format {version or 'unknown'}, this fpi {__version__} "
+            f"reads format {BUNDLE_FORMAT.split('.')[0]}.x (checksummed bundles): retrain it "
+            "with `fpi train`"
+        )
+    validate_manifest(manifest, str(manifest_path))
+    if tuple(manifest["classes"]) != CLASSES:
+        raise ModelError(f"{manifest_path}: model classes {manifest['classes']} are not "
+                         f"{list(CLASSES)}")
+    blocks = [("calibration", manifest["calibration"])]
+    if manifest["no_context"] is not None:
+        blocks.append(("no_context.calibration", manifest["no_context"]["calibration"]))
+    for where, block in blocks:
+        if len(block["bias"]) != len(CLASSES):
+            raise ModelError(f"{manifest_path} is damaged or edited: {where}.bias has "
+                             f"{len(block['bias'])} values for {len(CLASSES)} classes")
+    kinds = {f["kind"] for f in manifest["features"]} - {"numeric", "categorical"}
+    if kinds:
+        raise ModelError(f"{manifest_path} is damaged or edited: unknown feature kind(s) "
+                         f"{', '.join(sorted(kinds))}")
+    return manifest
 
 
 def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
-    """Load a model bundle directory written by :func:`train`.
+    """Load a model bundle directory written by :func:`train`, after checking it whole.
+
+    The manifest is validated against its schema (:mod:`fpi.bundle_manifest`), its
+    ``bundle_hash`` must match its content, the directory must hold exactly the files
+    it lists (plain names, regular files) and each file must match its SHA-256.
 
     Raises
     ------
     ModelError
-        The directory or a file is missing, a file is damaged (checksum or parse
-        failure), or the bundle is from another major format version.
+        The directory or a file is missing, unexpected, edited or damaged, the
+        manifest is malformed or edited, or the bundle is from another major format.
     """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"no model bundle at {path}: train one with `fpi train ... --out {path}`")
     if not path.is_dir():
         raise ModelError(f"{path} is a file, not a model bundle directory")
-    manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise ModelError(f"{path} is not a model bundle: {MANIFEST_FILE} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{manifest_path} is damaged: {exc}") from exc
-    version = str(manifest.get("format_version", ""))
-    if version.split(".")[0] != BUNDLE_FORMAT.split(".")[0]:
-        raise ModelError(
-            f"{path} is a model bundle of format {version or 'unknown'}, this fpi {__version__} "
-            f"reads format {BUNDLE_FORMAT.split('.')[0]}.x: retrain it with `fpi train`"
-        )
-    for key in ("classes", "features", "calibration", "files"):
-        if key not in manifest:
-            raise ModelError(f"{manifest_path} is damaged: key {key!r} is missing")
-    if tuple(manifest["classes"]) != CLASSES:
-        raise ModelError(f"{path}: model classes {manifest['classes']} are not {list(CLASSES)}")
-    boosters: dict[str, lgb.Booster] = {}
-    for name, digest in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise ModelError(f"model bundle {path} is incomplete: {name} is missing")
-        if _sha256(file) != digest:
-            raise ModelError(f"model bundle {path} is damaged: {name} does not match its checksum")
-        try:
-            boosters[name] = lgb.Booster(model_str=file.read_text(encoding="utf-8"))
-        except (lgb.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
-            raise ModelError(f"model bundle {path} is damaged: cannot read {name}: {exc}") from exc
-    if MODEL_FILE not in boosters:
+    manifest = _read_manifest(path)
+    check_bundle_files(path, manifest, allowed_extra=frozenset({MARKER}))
+    listed = manifest["files"]
+    if MODEL_FILE not in listed:
         raise ModelError(f"model bundle {path} is incomplete: {MODEL_FILE} is not listed")
+    if (NO_CONTEXT_FILE in listed) != (manifest["no_context"] is not None):
+        raise ModelError(f"{path / MANIFEST_FILE} is damaged: {NO_CONTEXT_FILE} and the "
+                         "no_context section must come together")
+    boosters: dict[str, lgb.Booster] = {}
+    for name in (MODEL_FILE, NO_CONTEXT_FILE):
+        if name not in listed:
+            continue
+        try:
+            boosters[name] = lgb.Booster(model_str=(path / name).read_text(encoding="utf-8"))
+        except (lgb.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
+            raise ModelError(f"model bundle {path} is damaged: cannot read {name}: {exc}"
+                             ) from None
     bundle = ModelBundle(manifest, boosters[MODEL_FILE], boosters.get(NO_CONTEXT_FILE), path)
     if bundle.booster.num_feature() != len(bundle.features):
         raise ModelError(f"model bundle {path} is damaged: {MODEL_FILE} has "
@@ -397,38 +429,35 @@ def _fingerprint(turns: pl.DataFrame) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _write_bundle(out_dir: Path, files: dict[str, str]) -> None:
-    """Write files into a temp dir beside ``out_dir``, then swap it into place."""
-    out_dir = out_dir.absolute()
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ModelError(f"{out_dir} exists and is a file: choose a directory for the model")
-        if any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).exists():
-            raise ModelError(f"{out_dir} exists, is not empty and is not a model bundle: "
-                             "refusing to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is an ordinary directory
-    try:
+def _is_legacy_bundle(path: Path) -> bool:
+    """A bundle written before output markers existed: only bundle files, with a manifest."""
+    names = {p.name for p in path.iterdir()}
+    return MANIFEST_FILE in names and names <= {MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE}
+
+
+def check_bundle_out(out_dir: str | os.PathLike[str]) -> Path:
+    """Raise :class:`InputError` unless ``out_dir`` may receive a bundle (absent, empty,
+    or a previous bundle); callers check it before reading data and training."""
+    return check_output_dir(out_dir, "model", legacy=_is_legacy_bundle)
+
+
+def write_bundle(out_dir: str | os.PathLike[str], files: dict[str, str]) -> Path:
+    """Write a bundle's files as one set: staged beside ``out_dir``, then swapped in.
+
+    ``out_dir`` must be absent, empty or a previous bundle (:mod:`fpi.files`).
+    """
+    with staged_output_dir(out_dir, "model", legacy=_is_legacy_bundle) as stage:
         for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
-                                        dir=out_dir.parent))
-            os.replace(out_dir, old / "bundle")
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(old / "bundle", out_dir)  # put the previous bundle back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            (stage / name).write_text(text, encoding="utf-8")
+    return Path(out_dir)
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions that decide whether results reproduce: fpi, lightgbm, polars, numpy, python."""
+    import platform
+
+    return {"fpi": __version__, "lightgbm": lgb.__version__, "polars": pl.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _levels(features: pl.DataFrame, feats: Sequence[Feature]) -> dict[str, list[str]]:
@@ -470,7 +499,8 @@ def train(
         Canonical frame (``fpi.ingest.read_traces``); unlabelled turns still serve as
         dialogue context of their labelled neighbours.
     out_dir
-        Bundle directory to write (replaced atomically if it holds a bundle).
+        Bundle directory to write: built in staging beside it and swapped in whole
+        (:func:`fpi.files.staged_output_dir`) if absent, empty or a previous bundle.
     seed, threads
         Same data, seed and threads give byte-identical model files.
     features
@@ -479,12 +509,12 @@ def train(
     Raises
     ------
     InputError
-        No labelled turns, too few sessions, or a class with too few examples.
-    ModelError
-        ``out_dir`` cannot hold a bundle.
+        No labelled turns, too few sessions, a class with too few examples, or
+        ``out_dir`` is not absent, empty or a previous bundle (checked first).
     """
     if not 0 < test_size < 1:
         raise InputError(f"test size must be between 0 and 1, got {test_size}")
+    check_bundle_out(out_dir)  # before the slow part
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -582,6 +612,7 @@ def train(
     manifest: dict[str, Any] = {
         "fpi_version": __version__,
         "format_version": BUNDLE_FORMAT,
+        "versions": runtime_versions(),
         "classes": list(CLASSES),
         "components": list(COMPONENTS),
         "features": [
@@ -615,12 +646,12 @@ def train(
             "heldout": baselines_heldout,
         },
     }
-    files[MANIFEST_FILE] = ""  # placeholder keeps the order: models first
     manifest["files"] = {name: hashlib.sha256(text.encode("utf-8")).hexdigest()
-                         for name, text in files.items() if name != MANIFEST_FILE}
+                         for name, text in files.items()}
+    manifest["bundle_hash"] = bundle_hash(manifest)
     files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
     out = Path(out_dir)
-    _write_bundle(out, files)
+    write_bundle(out, files)
     lap("write")
     bundle = ModelBundle(manifest, booster, nc_booster if no_context else None, out)
     return TrainResult(out, manifest, bundle, timings)

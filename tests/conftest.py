@@ -22,3 +22,18 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
     """True when golden files are to be rewritten (never when one is merely missing)."""
     return bool(request.config.getoption("--update-golden")) or (
         os.environ.get("FPI_UPDATE_GOLDEN") == "1")
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny model bundle for the whole session (few rounds, one thread, seed 0).
+
+    Tests must not change it: copy it (``shutil.copytree``) before editing.
+    """
+    from test_features import make_turns
+
+    from fpi.model import train
+
+    out = tmp_path_factory.mktemp("small-bundle") / "model"
+    return train(make_turns(300, seed=0), out, seed=0, threads=1, num_boost_round=25,
+                 early_stopping_rounds=5)

@@ -64,7 +64,9 @@ def test_writes_every_output(run) -> None:
     out = run.out_dir
     for name in ("predictions.parquet", "summary.json", "report.md", "report.html"):
         assert (out / name).is_file(), name
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    # no temp files left, in the set or beside it; only the output marker is hidden
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".fpi-output.json"]
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
     pred = pl.read_parquet(out / "predictions.parquet")
     assert pred.columns[:3] == ["session_id", "turn_index", "predicted"]
     assert [f"p_{c}" for c in CLASSES] == pred.columns[3:9]

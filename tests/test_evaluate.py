@@ -11,6 +11,7 @@ import pytest
 from test_features import make_turns
 from typer.testing import CliRunner
 
+from fpi.bundle_manifest import bundle_hash
 from fpi.cli import app
 from fpi.errors import InputError
 from fpi.evaluation import (
@@ -187,6 +188,7 @@ def test_cli_bundle_not_matching(tmp_path: Path, data: dict[str, Path]) -> None:
     shutil.copytree(data["model"], target)
     m = json.loads((target / "manifest.json").read_text())
     m["features"][3]["name"] = "feature_from_the_future"
+    m["bundle_hash"] = bundle_hash(m)  # a consistent bundle from a future fpi
     (target / "manifest.json").write_text(json.dumps(m))
     result = runner.invoke(app, ["evaluate", str(data["test"]), "--model", str(target)])
     assert result.exit_code == 2

@@ -137,11 +137,11 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_existing_output_replaced_only_when_complete(tmp_path: Path) -> None:
     out = tmp_path / "turns.parquet"
-    out.write_bytes(b"old")
+    out.write_bytes(b"PAR1 old")  # looks like a previous output (a foreign file is refused)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("[1]\n")
     assert runner.invoke(app, ["ingest", str(bad), "-o", str(out)]).exit_code == 2
-    assert out.read_bytes() == b"old"
+    assert out.read_bytes() == b"PAR1 old"
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps(turn(0)) + "\n")
     assert runner.invoke(app, ["ingest", str(good), "-o", str(out)]).exit_code == 0

@@ -233,15 +233,19 @@ def test_strict_raises_after_writing_everything(tmp_path: Path) -> None:
     assert rejects_path_for(out).exists()
 
 
-def test_nothing_good_left_is_an_input_error_and_keeps_the_rejects(tmp_path: Path) -> None:
+def test_nothing_good_left_is_an_input_error_and_replaces_nothing(tmp_path: Path) -> None:
     src = tmp_path / "t.jsonl"
     src.write_text("{oops\n[1]\n")
     out = tmp_path / "turns.parquet"
-    out.write_text("old")
-    with pytest.raises(InputError, match="no valid turns"):
+    out.write_text("PAR1 old")
+    rejects_path_for(out).write_text('{"old": 1}\n')
+    with pytest.raises(InputError, match=r"no valid turns.*invalid_json 1, not_an_object 1"):
         ingest(src, out)
-    assert out.read_text() == "old"  # untouched
-    assert len(rejects_path_for(out).read_text().splitlines()) == 2
+    # a failed run leaves the previous set (output and rejects) as it was
+    assert out.read_text() == "PAR1 old"
+    assert rejects_path_for(out).read_text() == '{"old": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "t.jsonl", "turns.parquet", "turns.rejects.jsonl"]
 
 
 @settings(max_examples=30, deadline=None,

@@ -11,8 +11,10 @@ import polars as pl
 import pytest
 from test_features import make_turns
 
+from fpi.bundle_manifest import bundle_hash
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.features import FEATURES, build_features, context_free
+from fpi.files import MARKER
 from fpi.model import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -41,10 +43,11 @@ def trained(turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Tr
 
 def test_bundle_files_and_manifest(trained: TrainResult) -> None:
     names = sorted(p.name for p in trained.path.iterdir())
-    assert names == sorted([MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE])
+    assert names == sorted([MARKER, MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE])
     m = json.loads((trained.path / MANIFEST_FILE).read_text())
     for key in ("fpi_version", "format_version", "classes", "features", "params", "calibration",
-                "training", "heldout", "baselines", "no_context", "files"):
+                "training", "heldout", "baselines", "no_context", "files", "versions",
+                "bundle_hash"):
         assert key in m, key
     assert m["classes"] == list(CLASSES)
     assert [f["name"] for f in m["features"]] == [f.name for f in FEATURES]
@@ -163,7 +166,7 @@ def test_refuses_to_clobber_a_non_bundle_dir(turns: pl.DataFrame, tmp_path: Path
     target = tmp_path / "precious"
     target.mkdir()
     (target / "thesis.tex").write_text("keep me")
-    with pytest.raises(ModelError, match="not a model bundle"):
+    with pytest.raises(InputError, match="not an fpi model output"):
         train(turns, target, **FAST)
     assert (target / "thesis.tex").read_text() == "keep me"
     assert [p.name for p in tmp_path.iterdir()] == ["precious"]  # no temp dir left behind
@@ -176,6 +179,12 @@ def test_retrain_replaces_a_bundle(turns: pl.DataFrame, trained: TrainResult,
     train(turns, target, seed=1, **FAST)
     assert json.loads((target / MANIFEST_FILE).read_text())["training"]["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def _write_manifest(target: Path, m: dict) -> None:
+    """Rewrite a manifest *consistently* (its bundle_hash recomputed), as a new fpi would."""
+    m["bundle_hash"] = bundle_hash(m)
+    (target / MANIFEST_FILE).write_text(json.dumps(m))
 
 
 def _copy(trained: TrainResult, tmp_path: Path) -> Path:
@@ -199,9 +208,9 @@ def test_missing_bundle_and_files(trained: TrainResult, tmp_path: Path) -> None:
 def test_other_major_version(trained: TrainResult, tmp_path: Path) -> None:
     target = _copy(trained, tmp_path)
     m = json.loads((target / MANIFEST_FILE).read_text())
-    m["format_version"] = "2.0"
-    (target / MANIFEST_FILE).write_text(json.dumps(m))
-    with pytest.raises(ModelError, match=r"format 2.0.*retrain"):
+    m["format_version"] = "3.0"
+    _write_manifest(target, m)
+    with pytest.raises(ModelError, match=r"format 3.0.*retrain"):
         load_bundle(target)
 
 
@@ -221,7 +230,7 @@ def test_bundle_features_not_matching_the_data(trained: TrainResult, turns: pl.D
     target = _copy(trained, tmp_path)
     m = json.loads((target / MANIFEST_FILE).read_text())
     m["features"][0]["name"] = "feature_from_the_future"
-    (target / MANIFEST_FILE).write_text(json.dumps(m))
+    _write_manifest(target, m)
     bundle = load_bundle(target)
     with pytest.raises(SchemaError, match="feature_from_the_future"):
         bundle.check_compatible(turns)

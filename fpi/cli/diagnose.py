@@ -26,6 +26,9 @@ def diagnose(
                                       show_default=False)],
     baseline: Annotated[Path | None, typer.Option(
         help="A previous run's summary.json: change per class, and `baseline` in gates.")] = None,
+    allow_other_model: Annotated[bool, typer.Option(
+        "--allow-other-model", help="Accept a --baseline made with another model bundle "
+                                    "(its model id is recorded in the summary).")] = False,
     gate: Annotated[list[str] | None, typer.Option(
         "--gate", help="A CI gate, e.g. 'asr.estimate <= 0.06' or "
                        "'er.estimate <= baseline + 0.01' (repeatable).")] = None,
@@ -78,7 +81,7 @@ def diagnose(
             gates_file=gates, junit=junit, attribution=attribution,
             attribution_sample=attribution_sample, attribution_budget=attribution_budget,
             redact=redact, redact_salt=redact_salt, examples=examples,
-            min_support=min_support, seed=seed,
+            min_support=min_support, seed=seed, allow_other_model=allow_other_model,
             format=input_format,
             progress=lambda step, n: status.update(f"{step}: {n:,} turns"),
         )

@@ -121,10 +121,12 @@ def train(
     second annotator's labels exist, human agreement. Same data + seed + threads give
     a byte-identical model.
     """
+    from fpi.model import check_bundle_out
     from fpi.model import train as train_model
 
     if split not in ("session", "time"):
         raise InputError(f"--split must be 'session' or 'time', not {split!r}")
+    check_bundle_out(out)  # refuse a foreign --out before reading any data
     frame = _read(inputs)
     err_console.print(f"training on {frame.height} turns ...")
     result = train_model(frame, out, seed=seed, threads=threads, split=split,  # type: ignore[arg-type]

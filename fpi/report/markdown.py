@@ -118,7 +118,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     conf = summary.get("method", {}).get("confidence", 0.95)
     out.append(
         f"{summary['turns']:,} turns in {summary.get('sessions', 0):,} sessions · "
-        f"model `{_short(model.get('fingerprint'))}` · "
+        f"model `{_short(model.get('id'))}` · "
         f"{round(100 * conf)}% intervals"
         + (f" · {redaction_note(summary)}" if summary.get("redacted") else "")
     )

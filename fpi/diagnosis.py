@@ -36,7 +36,7 @@ from fpi.aggregate import _z, compare_rates, estimate_rates, slice_columns, slic
 from fpi.errors import ExitStatus, InputError, ModelError
 from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
-from fpi.files import atomic_path, write_text_atomic
+from fpi.files import atomic_path, check_writable_file, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
 from fpi.report import SUMMARY_SCHEMA_VERSION, write_reports
 from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS, TURN_SCHEMA
@@ -483,6 +483,8 @@ def diagnose(
     if not paths:
         raise InputError("no input given")
     gate_list = _parse_gates(gates, gates_file)
+    if junit is not None:  # refused now, not after the whole night was scored
+        check_writable_file(Path(junit))
     base = _load_baseline(baseline)
     if base is None and any(g.uses_baseline for g in gate_list):
         g = next(g for g in gate_list if g.uses_baseline)

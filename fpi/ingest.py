@@ -32,8 +32,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fpi.errors import InputError, StrictRejects
-from fpi.files import atomic_path
+from fpi.errors import InputError, StrictRejects, os_error
+from fpi.files import atomic_path, check_writable_file
 from fpi.ingest_events import EventCollector
 from fpi.ingest_parse import ParsedBlock, parse_block, parse_lines
 from fpi.ingest_sort import parquet_writer, sort_rewrite
@@ -737,15 +737,13 @@ def ingest(
     rpath = Path(rejects_path) if rejects_path is not None else rejects_path_for(out)
     sources = _sources(paths, format, [out, rpath])
     for target in (out, rpath):
-        if target.is_dir():
-            raise InputError(f"{target}: is a directory; give a file name "
-                             f"(e.g. {target / 'turns.parquet'})")
+        check_writable_file(target)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return _ingest(sources, out, rpath, strict=strict, progress=progress,
-                       block_bytes=block_bytes)
-    except PermissionError as exc:
-        raise InputError(f"{exc.filename or out}: permission denied") from None
+    except OSError as exc:
+        raise os_error(exc, "the output", out) from None
+    return _ingest(sources, out, rpath, strict=strict, progress=progress,
+                   block_bytes=block_bytes)
 
 
 def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
@@ -753,7 +751,10 @@ def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
     nothing_left: InputError | None = None
     with _rejects_file(rpath) as fh:
         rejects = _Rejects(fh)
-        scratch = Path(tempfile.mkdtemp(prefix=".fpi-ingest-", dir=out.parent))
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=".fpi-ingest-", dir=out.parent))
+        except OSError as exc:
+            raise os_error(exc, "the output", out) from None
         try:
             first_tmp = scratch / "batches.parquet"
             sink = _ParquetSink(first_tmp)

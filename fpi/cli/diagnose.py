@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fpi.cli._app import app, err_console, out_console
+from fpi.cli._app import app, err_console, gate_failed, out_console
 from fpi.errors import ExitStatus, InputError
 
 
@@ -83,7 +83,7 @@ def diagnose(
         for g in failed:
             err_console.print(f"[bold red]gate failed:[/] {escape(g['name'])}: "
                               f"{escape(g['message'])}", soft_wrap=True)
-        raise typer.Exit(int(result.exit_status))
+        gate_failed()
 
 
 @app.command()

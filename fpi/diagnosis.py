@@ -439,6 +439,7 @@ def diagnose(
     batch_turns: int = BATCH_TURNS,
     format: str | None = None,
     progress: Callable[[str, int], None] | None = None,
+    allow_truncated: bool = False,
 ) -> DiagnoseResult:
     """Diagnose ``inputs`` with a model bundle and write the reports into ``out_dir``.
 
@@ -465,6 +466,8 @@ def diagnose(
         minimum slice size, and the seed of every random draw.
     batch_turns : turns per streamed batch (memory vs. overhead).
     progress : optional ``callback(step, turns_done)``.
+    allow_truncated : keep the readable part of a truncated or corrupt input file
+        (with a warning) instead of raising :class:`~fpi.errors.TruncatedInput`.
 
     Returns
     -------
@@ -517,7 +520,8 @@ def diagnose(
 
             source = scratch / "turns.parquet"
             rejects = out / "rejects.jsonl"
-            rep = ingest(paths, source, format=format, rejects_path=rejects)
+            rep = ingest(paths, source, format=format, rejects_path=rejects,
+                         allow_truncated=allow_truncated)
             ingest_info = {"records_read": rep.records_read, "turns_kept": rep.turns_kept,
                            "rejected": rep.rejected, "rejects_by_rule": dict(rep.rejects_by_rule),
                            "rejects_file": rejects.name if rep.rejected else None}
@@ -708,6 +712,7 @@ def explain(
     session_id: str,
     turn_index: int,
     top: int = 8,
+    allow_truncated: bool = False,
 ) -> Explanation:
     """Explain the call on one turn (its session supplies the context features)."""
     from fpi.ingest import read_traces
@@ -721,7 +726,7 @@ def explain(
         bundle.check_compatible(lf)
         session = lf.filter(pl.col("session_id") == session_id).collect()
     else:
-        turns, _ = read_traces(paths)
+        turns, _ = read_traces(paths, allow_truncated=allow_truncated)
         bundle.check_compatible(turns)
         session = turns.filter(pl.col("session_id") == session_id)
     if session.height == 0:

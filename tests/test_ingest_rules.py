@@ -57,6 +57,8 @@ TURN_CASES: dict[str, str | bytes] = {
     "bad_label": rec(label={"failure_point": "tts"}),
     "bad_schema_version": rec(schema_version=2),
     "duplicate_turn": json.dumps(good(0)),  # line 3 repeats line 1
+    "too_deep": rec(extra_field=json.loads("[" * 200 + "]" * 200)),
+    "too_large": rec(asr={"text": "x" * (1 << 20)}),
 }
 
 
@@ -87,8 +89,12 @@ def test_turn_rule(tmp_path: Path, rule: str) -> None:
     assert row["message"]
     if rule != "invalid_utf8":
         expected_raw = TURN_CASES[rule]
-        assert row["raw"] == (expected_raw if isinstance(expected_raw, str)
-                              else expected_raw.decode())
+        expected_raw = (expected_raw if isinstance(expected_raw, str)
+                        else expected_raw.decode())
+        if rule in ("too_deep", "too_large"):  # kept in part: the first 2000 characters
+            assert row["raw"][:2000] == expected_raw[:2000]
+        else:
+            assert row["raw"] == expected_raw
     if rule == "duplicate_turn":
         assert "turns.jsonl:1" in row["message"] and "first is kept" in row["message"]
 

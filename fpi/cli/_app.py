@@ -28,6 +28,12 @@ err_console = Console(stderr=True, highlight=False)
 #: Results (``--json``) go to stdout.
 out_console = Console(highlight=False, soft_wrap=True)
 
+#: ``--allow-truncated``, shared by every command that reads traces.
+AllowTruncated = Annotated[bool, typer.Option(
+    "--allow-truncated",
+    help="Keep the readable part of a truncated or corrupt input file (.gz, .zst, Parquet, "
+         "CSV) with a warning saying what was lost, instead of stopping with status 2.")]
+
 
 def _one_line(text: str) -> str:
     """``text`` on one line (a message may quote multi-line user data or library errors)."""

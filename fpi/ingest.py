@@ -772,6 +772,7 @@ def ingest(
     and any record was rejected.
     """
     out = Path(output)
+    check_writable_file(out)  # (before naming the rejects after it: '.' has no name)
     rpath = Path(rejects_path) if rejects_path is not None else rejects_path_for(out)
     sources = _sources(paths, format, [out, rpath])
     for target in (out, rpath):

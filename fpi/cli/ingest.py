@@ -81,7 +81,8 @@ def ingest_command(
         report = ingest(inputs, output, format=format, rejects_path=rejects,
                         progress=on_progress, allow_truncated=allow_truncated)
     finally:
-        progress_bar.stop()
+        if progress_bar.live.is_started:
+            progress_bar.stop()
     render(report, as_json)
     if strict and report.rejected:
         top = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())

@@ -131,7 +131,8 @@ class IngestReport:
     output_path: str | None = None
     #: All rejects when no rejects file was written, else the first few.
     rejects: tuple[Reject, ...] = field(default=(), repr=False)
-    #: What was lost from truncated or corrupt files kept under ``allow_truncated``.
+    #: Empty files, and what was lost from truncated or corrupt files kept under
+    #: ``allow_truncated`` (also logged as warnings).
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -373,9 +374,8 @@ class _Run:
             raise TruncatedInput(
                 f"{self.files[file_id]}: {message}; {read}, nothing written (rerun with "
                 "--allow-truncated to keep the readable part)")
-        warning = f"{self.files[file_id]}: {message}; kept the {read}, the rest is lost"
-        log.warning("%s", warning)
-        self.warnings.append(warning)
+        self.warnings.append(f"{self.files[file_id]}: {message}; kept the {read}, the rest "
+                             "is lost")
 
     # -- main loop ------------------------------------------------------
     def run(self) -> None:
@@ -416,7 +416,7 @@ class _Run:
                 self.progress(self.done_bytes, self.total_bytes)
             if source.format != "events" and self.records == before and \
                     self.rejects.count == rejected_before:
-                log.warning("%s: no records (the file is empty)", source.path)
+                self.warnings.append(f"{source.path}: no records (the file is empty)")
         for assembled in events.assemble():
             if isinstance(assembled, SourceProblem):
                 self._problem(assembled)
@@ -638,6 +638,9 @@ def _sources(paths: Any, format: str | None, exclude: Sequence[Path]) -> list[So
 
 def _report(run: _Run, rejects: _Rejects, rejects_path: Path | None,
             output: Path | None) -> IngestReport:
+    # Logged only now, for a run that succeeded: a failed one says why in its error.
+    for warning in run.warnings:
+        log.warning("%s", warning)
     stats = run.stats
     return IngestReport(
         files=tuple(run.files),

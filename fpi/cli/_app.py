@@ -86,6 +86,8 @@ def run_guarded(main: Callable[[], Any], args: list[str] | None = None) -> NoRet
     try:
         rv = main()
         code = rv if isinstance(rv, int) else 0
+        if code == ExitStatus.INTERRUPTED:  # Typer turned a Ctrl-C into this status
+            err_console.print("interrupted")
     except FpiError as exc:
         code = _report(exc, str(exc), exc.exit_code, args)
     except UsageError as exc:

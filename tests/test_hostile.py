@@ -419,3 +419,25 @@ def test_parse_block_rejects_deep_lines_and_keeps_the_rest(kinds: list[str]) -> 
     assert rows == sum(k in ("good", "wide") for k in kinds)
     _, screened = screen_bounds(data)
     assert {p.index for p in screened} <= {i for i, k in enumerate(kinds) if k == "deep"}
+
+
+@pytest.mark.parametrize("depth", [80, 3000])
+def test_parquet_with_a_deep_column(tmp_path: Path, depth: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fpi.ingest import read_traces
+
+    value: Any = 1
+    for _ in range(depth):  # structs: one Parquet schema level each (a list takes two)
+        value = {"a": value} if depth < 100 else [value]
+    table = pa.table({"session_id": ["a", "a"], "turn_index": [0, 1],
+                      "wake": pa.array([{"detected": True}] * 2),
+                      "junk": pa.array([value, None])})
+    pq.write_table(table, tmp_path / "d.parquet")
+    if depth > 100:  # beyond pyarrow's own Parquet schema limit: an unreadable file
+        with pytest.raises(InputError, match="too deeply nested"):
+            read_traces(tmp_path / "d.parquet")
+        return
+    frame, report = read_traces(tmp_path / "d.parquet")
+    assert frame.height == 1 and report.rejects_by_rule == {"too_deep": 1}

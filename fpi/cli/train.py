@@ -104,6 +104,7 @@ def _read(inputs: list[Path], allow_truncated: bool, rejects: Path | None = None
 
 def _default_rejects(out: Path) -> Path:
     """``models/night`` -> ``models/night.rejects.jsonl``, beside the bundle (not in it)."""
+    out = out.resolve() if not out.name else out  # ('.' has no name)
     return out.with_name(f"{out.name}.rejects.jsonl")
 
 

@@ -40,6 +40,7 @@ from fpi.files import (
     MARKER,
     atomic_path,
     check_output_dir,
+    check_writable_file,
     staged_output_dir,
     write_text_atomic,
 )
@@ -546,6 +547,7 @@ def diagnose(
     batch_turns: int = BATCH_TURNS,
     format: str | None = None,
     progress: Callable[[str, int], None] | None = None,
+    allow_truncated: bool = False,
 ) -> DiagnoseResult:
     """Diagnose ``inputs`` with a model bundle and write the reports into ``out_dir``.
 
@@ -579,6 +581,8 @@ def diagnose(
         minimum slice size, and the seed of every random draw.
     batch_turns : turns per streamed batch (memory vs. overhead).
     progress : optional ``callback(step, turns_done)``.
+    allow_truncated : keep the readable part of a truncated or corrupt input file
+        (with a warning) instead of raising :class:`~fpi.errors.TruncatedInput`.
 
     Returns
     -------
@@ -597,6 +601,8 @@ def diagnose(
     if not paths:
         raise InputError("no input given")
     gate_list = _parse_gates(gates, gates_file)
+    if junit is not None:  # refused now, not after the whole night was scored
+        check_writable_file(Path(junit))
     base = _load_baseline(baseline)
     if base is None and any(g.uses_baseline for g in gate_list):
         g = next(g for g in gate_list if g.uses_baseline)
@@ -634,7 +640,8 @@ def diagnose(
             source = scratch / "turns.parquet"
             rejects = stage / "rejects.jsonl"
             rep = ingest(paths, source, format=format, rejects_path=rejects,
-                         redact_rejects=None if red is None else red.reject)
+                         redact_rejects=None if red is None else red.reject,
+                         allow_truncated=allow_truncated)
             ingest_info = {"records_read": rep.records_read, "turns_kept": rep.turns_kept,
                            "rejected": rep.rejected, "rejects_by_rule": dict(rep.rejects_by_rule),
                            "rejects_file": rejects.name if rep.rejected else None}
@@ -853,6 +860,7 @@ def explain(
     turn_index: int,
     top: int = 8,
     redact_salt: str | None = None,
+    allow_truncated: bool = False,
 ) -> Explanation:
     """Explain the call on one turn (its session supplies the context features).
 
@@ -870,7 +878,7 @@ def explain(
         lf = pl.scan_parquet(canonical)
         bundle.check_compatible(lf)
     else:
-        turns, _ = read_traces(paths)
+        turns, _ = read_traces(paths, allow_truncated=allow_truncated)
         bundle.check_compatible(turns)
         lf = turns.lazy()
     session_id = _resolve_session(lf, session_id, redact_salt)

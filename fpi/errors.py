@@ -19,6 +19,8 @@ class ExitStatus(IntEnum):
     ERROR = 2
     #: ``--strict`` was given and some records were rejected (good ones were still written).
     REJECTS = 3
+    #: An unexpected exception: a bug in fpi (rerun with ``--debug`` for the traceback).
+    INTERNAL = 70
     #: Interrupted by the user (Ctrl-C).
     INTERRUPTED = 130
 
@@ -31,6 +33,23 @@ class FpiError(Exception):
 
 class InputError(FpiError):
     """The user's input cannot be used: missing path, unreadable file, no records."""
+
+
+class TruncatedInput(InputError):
+    """A compressed stream or file ends early or is corrupt (``--allow-truncated`` keeps
+    what was readable)."""
+
+
+class OutputError(FpiError):
+    """An output cannot be written: missing or read-only directory, full disk, a
+    directory where a file belongs (or the reverse)."""
+
+
+def os_error(exc: OSError, what: str, path: object | None = None) -> OutputError:
+    """An :class:`OutputError` for ``exc``: ``cannot write WHAT PATH: REASON``."""
+    where = path if path is not None else exc.filename
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return OutputError(f"cannot write {what} {where}: {reason}")
 
 
 class SchemaError(FpiError):

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fpi import __version__
-from fpi.errors import InputError
+from fpi.errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     file is removed and ``target`` is left untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    check_writable_file(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent)
+    except OSError as exc:
+        raise _output_error(exc, target) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -99,10 +104,32 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise _output_error(exc, target) from None
         raise
+
+
+def check_writable_file(target: Path) -> None:
+    """Refuse an output path that names a directory or a special file (a device, a
+    pipe): replacing it would destroy it (``--out /dev/null`` as root) or fail late."""
+    if target.is_dir():
+        raise OutputError(f"cannot write {target}: it is a directory; give a file name")
+    if target.exists() and not target.is_file():
+        raise OutputError(f"cannot write {target}: it exists and is not a regular file")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {target}: {parent} is not a directory")
+            break
+
+
+def _output_error(exc: OSError, target: Path) -> OutputError:
+    """``cannot write TARGET: REASON`` (the temporary file's name would only confuse)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return OutputError(f"cannot write {target}: {reason}")
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:

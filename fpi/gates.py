@@ -75,10 +75,20 @@ def _check_key(key: str, expr: str) -> None:
     )
 
 
+#: Longest gate expression accepted (a gate is one short comparison).
+MAX_EXPR_CHARS = 500
+
+
 def _check_bound(node: ast.AST, expr: str) -> bool:
     """Validate a bound expression; returns whether it uses the baseline."""
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float) \
             and not isinstance(node.value, bool):
+        try:
+            finite = math.isfinite(float(node.value))
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise InputError(f"gate {expr!r}: {ast.unparse(node)} is not a finite number")
         return False
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
         return _check_bound(node.operand, expr)
@@ -117,10 +127,15 @@ def parse_gate(text: str, *, name: str | None = None, warn: str | float | None =
     or expression) with the same operator. Raises :class:`fpi.errors.InputError`
     with a one-line reason for anything it cannot parse.
     """
-    expr = " ".join(str(text).split())
+    if not isinstance(text, str):
+        raise InputError(f"gate {text!r}: must be a string such as 'asr.estimate <= 0.06'")
+    expr = " ".join(text.split())
+    if len(expr) > MAX_EXPR_CHARS:
+        raise InputError(f"gate {expr[:40]!r}...: longer than {MAX_EXPR_CHARS} characters")
     try:
         tree = ast.parse(expr, mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        # (ValueError: a NUL byte; RecursionError/MemoryError: absurd nesting)
         raise InputError(
             f"gate {expr!r}: not of the form 'KEY OP BOUND' (e.g. 'asr.estimate <= 0.06')"
         ) from None
@@ -135,17 +150,26 @@ def parse_gate(text: str, *, name: str | None = None, warn: str | float | None =
         raise InputError(f"gate {expr!r}: the left side must be a key such as asr.estimate")
     _check_key(key, expr)
     uses = _check_bound(tree.comparators[0], expr)
+    if not _has_names(tree.comparators[0]):
+        # A bound of numbers only: evaluate it now, so '1/0' or '1e308 * 10' is
+        # refused when the gate is read, not after a night of work.
+        _eval_bound(tree.comparators[0], key, {}, None, expr)
     if key.split(".")[-1].startswith("change"):
         uses = True
     op = _OPS[type(tree.ops[0])][0]
     warn_gate = None
     if warn is not None:
+        if isinstance(warn, bool) or not isinstance(warn, str | int | float):
+            raise InputError(f"gate {expr!r}: warn must be a bound (a number or an expression "
+                             f"such as '{key} {op} 0.05'), not {warn!r}")
         wtext = str(warn)
         if not any(o in wtext for o in ("<", ">")):
             wtext = f"{key} {op} {wtext}"
         warn_gate = parse_gate(wtext, name=f"{name or expr} (warn)")
         if warn_gate.key != key:
             raise InputError(f"gate {expr!r}: its warn bound must be on the same key ({key})")
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"gate {expr!r}: name must be a string, not {name!r}")
     return Gate(expr=expr, key=key, op=op, bound=tree.comparators[0], name=name or expr,
                 uses_baseline=uses or bool(warn_gate and warn_gate.uses_baseline),
                 warn=warn_gate)
@@ -161,10 +185,24 @@ def load_gates(path: str | Path) -> list[Gate]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{p}: gate file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not a TOML file (not UTF-8 text: byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{p}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read the gate file: {exc.strerror or exc}") from None
+    unknown_top = sorted(set(data) - {"gate", "gates"})
+    if unknown_top and "gate" not in data and "gates" not in data:
+        raise InputError(f"{p}: no gates found (expected [[gate]] tables with expr = ...; "
+                         f"found only {unknown_top})")
+    if unknown_top:
+        raise InputError(f"{p}: unknown key(s) {unknown_top}: a gate file holds [[gate]] "
+                         "tables (or a gates = [...] list)")
+    listed = data.get("gates", [])
+    if not isinstance(listed, list):
+        raise InputError(f"{p}: gates must be a list of strings such as 'asr.estimate <= 0.06'")
     out: list[Gate] = []
-    for i, s in enumerate(data.get("gates", []), start=1):
+    for i, s in enumerate(listed, start=1):
         if not isinstance(s, str):
             raise InputError(f"{p}: gates[{i}] must be a string such as 'asr.estimate <= 0.06'")
         out.append(_in_file(p, f"gates[{i}]", lambda s=s: parse_gate(s)))
@@ -177,6 +215,8 @@ def load_gates(path: str | Path) -> list[Gate]:
         unknown = set(t) - {"expr", "name", "warn", "description"}
         if unknown:
             raise InputError(f"{p}: [[gate]] number {i}: unknown field(s) {sorted(unknown)}")
+        if not isinstance(t.get("description", ""), str):
+            raise InputError(f"{p}: [[gate]] number {i}: description must be a string")
         out.append(_in_file(p, f"[[gate]] number {i}",
                             lambda t=t: parse_gate(t["expr"], name=t.get("name"),
                                                    warn=t.get("warn"))))
@@ -223,31 +263,48 @@ def lookup(summary: Mapping[str, Any], key: str) -> tuple[float | None, float | 
         (None if hi is None else float(hi))
 
 
+def _has_names(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Name) for n in ast.walk(node))
+
+
 def _eval_bound(node: ast.AST, key: str, summary: Mapping[str, Any],
                 baseline: Mapping[str, Any] | None, expr: str) -> float:
+    """The bound's value; an :class:`InputError` if it is not a finite number (a
+    division by zero, an overflow), which would otherwise pass or fail every night."""
+    value = _eval_node(node, key, summary, baseline, expr)
+    if not math.isfinite(value):
+        raise InputError(f"gate {expr!r}: the bound {ast.unparse(node)} is {value} "
+                         "(not a finite number)")
+    return value
+
+
+def _eval_node(node: ast.AST, key: str, summary: Mapping[str, Any],
+               baseline: Mapping[str, Any] | None, expr: str) -> float:
     if isinstance(node, ast.Constant):
+        assert isinstance(node.value, int | float)  # checked by _check_bound
         return float(node.value)
     if isinstance(node, ast.UnaryOp):
-        v = _eval_bound(node.operand, key, summary, baseline, expr)
+        v = _eval_node(node.operand, key, summary, baseline, expr)
         return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp):
-        a = _eval_bound(node.left, key, summary, baseline, expr)
-        b = _eval_bound(node.right, key, summary, baseline, expr)
+        a = _eval_node(node.left, key, summary, baseline, expr)
+        b = _eval_node(node.right, key, summary, baseline, expr)
         try:
             return _BINOPS[type(node.op)](a, b)
         except ZeroDivisionError:
-            return math.nan
+            raise InputError(f"gate {expr!r}: the bound {ast.unparse(node)} divides by zero"
+                             ) from None
     name = _dotted(node) or ""
     source, k = summary, name
     if name == "baseline" or name.startswith("baseline."):
         if baseline is None:
             raise InputError(f"gate {expr!r}: uses 'baseline' but no --baseline summary was given")
         source, k = baseline, (key if name == "baseline" else name.removeprefix("baseline."))
-    v, _, _ = lookup(source, k)
-    if v is None:
+    found, _, _ = lookup(source, k)
+    if found is None:
         where = "the baseline summary" if source is baseline else "the summary"
         raise InputError(f"gate {expr!r}: {k} is not in {where}")
-    return v
+    return found
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fpi.errors import InputError, StrictRejects
-from fpi.files import atomic_path, staged_files
+from fpi.errors import InputError, StrictRejects, TruncatedInput, os_error
+from fpi.files import atomic_path, check_writable_file, staged_files
 from fpi.ingest_events import EventCollector
 from fpi.ingest_parse import ParsedBlock, parse_block, parse_lines
 from fpi.ingest_sort import parquet_writer, sort_rewrite
@@ -69,6 +69,10 @@ BLOCK_BYTES = 16 << 20
 #: at most this many blocks in flight (plus one being written).
 PARSE_AHEAD = 2
 PARSE_WORKERS = 2
+
+#: Characters of a ``too_large`` or ``too_deep`` record kept in its reject.
+RAW_LIMIT = 2000
+_BOUND_RULES = ("too_large", "too_deep")
 
 #: How many rejects an :class:`IngestReport` carries when they also went to a file.
 REPORT_REJECT_SAMPLE = 100
@@ -127,6 +131,9 @@ class IngestReport:
     output_path: str | None = None
     #: All rejects when no rejects file was written, else the first few.
     rejects: tuple[Reject, ...] = field(default=(), repr=False)
+    #: Empty files, and what was lost from truncated or corrupt files kept under
+    #: ``allow_truncated`` (also logged as warnings).
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the ``fpi ingest --json`` summary)."""
@@ -331,7 +338,12 @@ class _SeenKeys:
 
 class _Run:
     def __init__(self, sources: list[Source], rejects: _Rejects, sink: _Sink,
-                 progress: Progress | None, block_bytes: int) -> None:
+                 progress: Progress | None, block_bytes: int,
+                 allow_truncated: bool = False) -> None:
+        self.allow_truncated = allow_truncated
+        self.warnings: list[str] = []
+        self.events = EventCollector([str(s.path) for s in sources])
+        self.file_start = 0  #: records read before the current file
         self.sources = sources
         self.files = [str(s.path) for s in sources]
         self.rejects = rejects
@@ -348,16 +360,34 @@ class _Run:
     # -- rejects --------------------------------------------------------
     def _reject(self, file_id: int, line: int, rule: str, message: str, raw: str = "",
                 involved: Sequence[str] = ()) -> None:
+        if rule in _BOUND_RULES and len(raw) > RAW_LIMIT:
+            raw = f"{raw[:RAW_LIMIT]}... ({len(raw):,} characters in all)"
         self.rejects.add(Reject(self.files[file_id], line, rule, message, raw, tuple(involved)))
 
     def _problem(self, p: SourceProblem) -> None:
+        if p.rule == "unreadable":
+            self._broken(p.file_id, p.message, counted=1)
         self._reject(p.file_id, p.line, p.rule, p.message, p.raw, p.involved)
+
+    def _broken(self, file_id: int, message: str, counted: int = 0) -> None:
+        """A file that ends early or is corrupt: an error, unless ``allow_truncated``
+        (then a warning, and the readable part is kept). ``counted``: records already
+        counted for the break itself."""
+        n = self.records + self.events.records - self.file_start - counted
+        read = f"{n:,} record{'s' if n != 1 else ''} read before the break"
+        if not self.allow_truncated:
+            raise TruncatedInput(
+                f"{self.files[file_id]}: {message}; {read}, nothing written (rerun with "
+                "--allow-truncated to keep the readable part)")
+        self.warnings.append(f"{self.files[file_id]}: {message}; kept the {read}, the rest "
+                             "is lost")
 
     # -- main loop ------------------------------------------------------
     def run(self) -> None:
-        events = EventCollector(self.files)
+        events = self.events
         for file_id, source in enumerate(self.sources):
             before = self.records + events.records
+            self.file_start = before
             rejected_before = self.rejects.count
             if source.format == "events":
                 events.sources[file_id] = source
@@ -391,7 +421,7 @@ class _Run:
                 self.progress(self.done_bytes, self.total_bytes)
             if source.format != "events" and self.records == before and \
                     self.rejects.count == rejected_before:
-                log.warning("%s: no records (the file is empty)", source.path)
+                self.warnings.append(f"{source.path}: no records (the file is empty)")
         for assembled in events.assemble():
             if isinstance(assembled, SourceProblem):
                 self._problem(assembled)
@@ -490,6 +520,7 @@ class _Run:
                                index + row, reject_dup)
                 row += frame.height
         except Broken as exc:
+            self._broken(file_id, str(exc))
             self.records += 1
             self._reject(file_id, row, "unreadable", str(exc), "")
 
@@ -612,6 +643,9 @@ def _sources(paths: Any, format: str | None, exclude: Sequence[Path]) -> list[So
 
 def _report(run: _Run, rejects: _Rejects, rejects_path: Path | None,
             output: Path | None) -> IngestReport:
+    # Logged only now, for a run that succeeded: a failed one says why in its error.
+    for warning in run.warnings:
+        log.warning("%s", warning)
     stats = run.stats
     return IngestReport(
         files=tuple(run.files),
@@ -626,6 +660,7 @@ def _report(run: _Run, rejects: _Rejects, rejects_path: Path | None,
         rejects_path=str(rejects_path) if rejects_path else None,
         output_path=str(output) if output else None,
         rejects=tuple(rejects.kept),
+        warnings=tuple(run.warnings),
     )
 
 
@@ -664,6 +699,7 @@ def read_traces(
     strict: bool = False,
     progress: bool | Progress | None = False,
     block_bytes: int = BLOCK_BYTES,
+    allow_truncated: bool = False,
 ) -> tuple[pl.DataFrame, IngestReport]:
     """Read traces into the canonical frame.
 
@@ -683,6 +719,10 @@ def read_traces(
         any record was rejected.
     progress
         A ``callback(bytes_done, bytes_total)``, or True to log progress.
+    allow_truncated
+        Keep the readable part of a truncated or corrupt file (gzip, zstd,
+        Parquet, CSV) with a warning (logged and in ``report.warnings``) instead
+        of raising :class:`~fpi.errors.TruncatedInput`.
 
     Returns
     -------
@@ -695,7 +735,7 @@ def read_traces(
     sink = _MemorySink()
     with _rejects_file(rpath) as fh:
         rejects = _Rejects(fh)
-        run = _Run(sources, rejects, sink, _progress(progress), block_bytes)
+        run = _Run(sources, rejects, sink, _progress(progress), block_bytes, allow_truncated)
         run.run()
         frame = sink.frame()
         if run.finish():
@@ -730,6 +770,7 @@ def ingest(
     progress: bool | Progress | None = False,
     block_bytes: int = BLOCK_BYTES,
     redact_rejects: Callable[[Reject], Reject] | None = None,
+    allow_truncated: bool = False,
 ) -> IngestReport:
     """Ingest traces straight into a canonical Parquet file, in bounded memory.
 
@@ -742,18 +783,18 @@ def ingest(
     or kept, so raw log text never reaches the disk.
     """
     out = Path(output)
+    check_writable_file(out)  # (before naming the rejects after it: '.' has no name)
     rpath = Path(rejects_path) if rejects_path is not None else rejects_path_for(out)
     sources = _sources(paths, format, [out, rpath])
     for target in (out, rpath):
-        if target.is_dir():
-            raise InputError(f"{target}: is a directory; give a file name "
-                             f"(e.g. {target / 'turns.parquet'})")
+        check_writable_file(target)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return _ingest(sources, out, rpath, strict=strict, progress=progress,
-                       block_bytes=block_bytes, redact_rejects=redact_rejects)
-    except PermissionError as exc:
-        raise InputError(f"{exc.filename or out}: permission denied") from None
+    except OSError as exc:
+        raise os_error(exc, "the output", out) from None
+    return _ingest(sources, out, rpath, strict=strict, progress=progress,
+                   block_bytes=block_bytes, redact_rejects=redact_rejects,
+                   allow_truncated=allow_truncated)
 
 
 def _check_replaceable(path: Path, what: str, magic: tuple[bytes, ...]) -> None:
@@ -772,7 +813,8 @@ def _check_replaceable(path: Path, what: str, magic: tuple[bytes, ...]) -> None:
 
 def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
             progress: bool | Progress | None, block_bytes: int,
-            redact_rejects: Callable[[Reject], Reject] | None = None) -> IngestReport:
+            redact_rejects: Callable[[Reject], Reject] | None = None,
+            allow_truncated: bool = False) -> IngestReport:
     _check_replaceable(out, "Parquet output", (b"PAR1",))
     _check_replaceable(rpath, "rejects file (JSON Lines)", (b"{",))
     # The Parquet and its rejects are one set: staged beside their targets and renamed
@@ -784,7 +826,8 @@ def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
             rejects = _Rejects(fh, redact_rejects)
             first_tmp = scratch / "batches.parquet"
             sink = _ParquetSink(first_tmp)
-            run = _Run(sources, rejects, sink, _progress(progress), block_bytes)
+            run = _Run(sources, rejects, sink, _progress(progress), block_bytes,
+                       allow_truncated)
             try:
                 run.run()
             finally:

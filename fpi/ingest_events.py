@@ -33,6 +33,8 @@ from fpi.ingest_parse import (
     dumps,
     has_null_line,
     prune_block,
+    schema_too_deep,
+    screen_bounds,
     starts_with_null,
 )
 from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
@@ -247,11 +249,14 @@ class EventCollector:
         row_lines: list[int] | None = None
         problems: list[LineProblem] = []
         try:
+            data, problems = screen_bounds(data)  # too deep or too long to parse safely
             check_utf8(data)
             if starts_with_null(data):
                 raise pa.ArrowInvalid("the first line is a bare null")  # see ingest_parse
             table = pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(
                 explicit_schema=_FAST, unexpected_field_behavior="infer"))
+            if schema_too_deep(table.schema):
+                raise pa.ArrowInvalid("a record is nested too deeply")
             if has_null_line(table, data):
                 raise pa.ArrowInvalid("a line is a bare null")
             raw = None
@@ -263,7 +268,7 @@ class EventCollector:
             frame = _fixed(pl.from_arrow(table))  # type: ignore[arg-type]
         except (UnicodeDecodeError, pa.ArrowException, pl.exceptions.PolarsError):
             # (Polars cannot take some inferred shapes from Arrow, e.g. a list of nulls.)
-            frame, row_lines, problems, poison = _parse_event_lines(bytes(data))
+            frame, row_lines, problems, poison = _parse_event_lines(bytes(block.data))
             for i, key, rule, msg in poison:
                 file_id, line = block.loc(i)
                 self.poisoned.append(_Poison(key, file_id, line, rule, msg))

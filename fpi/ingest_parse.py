@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pj
 
-from fpi.schema import BLOCKS, TURN_SCHEMA
+from fpi.schema import BLOCKS, MAX_DEPTH, MAX_RECORD_BYTES, TURN_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,97 @@ def _read(data: bytes | memoryview, schema: pa.Schema, unexpected: str) -> pa.Ta
 
 
 # ---------------------------------------------------------------------------
+# Bounds: depth and size
+# ---------------------------------------------------------------------------
+
+#: A block in which every window of this many bytes holds a newline has no line
+#: of 2 * SCREEN_WINDOW bytes or more, so none nested SCREEN_WINDOW levels deep:
+#: shallow enough for pyarrow's recursive parser (it crashes the process at some
+#: tens of thousands of levels). The exact MAX_DEPTH check then runs on the
+#: parsed schema (:func:`schema_too_deep`), before Polars (which crashes at a
+#: few thousand) ever sees it.
+SCREEN_WINDOW = 4096
+
+_NEWLINE = re.compile(b"\n")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = np.zeros(256, dtype=np.int64)
+_BRACKETS[[ord("["), ord("{")]] = 1
+_BRACKETS[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(line: bytes) -> int:
+    """Nesting depth of the JSON text ``line`` (an object of scalars is 1), counted on
+    the bytes outside strings, without parsing (no recursion, whatever the depth)."""
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return min(line.count(b"[") + line.count(b"{"), MAX_DEPTH)
+    bare = _STRING.sub(b"", line)
+    steps = _BRACKETS[np.frombuffer(bare, dtype=np.uint8)]
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def bound_problem(index: int, line: bytes) -> LineProblem | None:
+    """``too_large`` or ``too_deep`` for one line over the limits, else None."""
+    if len(line) > MAX_RECORD_BYTES:
+        return LineProblem(index, "too_large", f"the record is {len(line):,} bytes long; "
+                                               f"the limit is {MAX_RECORD_BYTES:,}")
+    depth = json_depth(line)
+    if depth > MAX_DEPTH:
+        return LineProblem(index, "too_deep", f"the record is nested {depth:,} levels deep; "
+                                              f"the limit is {MAX_DEPTH}")
+    return None
+
+
+def screen_bounds(data: bytes | memoryview) -> tuple[bytes | memoryview, list[LineProblem]]:
+    """Blank out the lines of a block that are too long or too deep to parse safely.
+
+    Cheap for ordinary blocks: one ``find`` per :data:`SCREEN_WINDOW` bytes proves
+    every line short. Only the lines around a window without a newline are checked
+    exactly; those over a limit are replaced by blank lines (line numbers stay) and
+    returned as problems.
+    """
+    n = len(data)
+    # (a regex search, not bytes.find: the block may be a memoryview)
+    long_at = [p for p in range(0, n - SCREEN_WINDOW, SCREEN_WINDOW)
+               if _NEWLINE.search(data, p, p + SCREEN_WINDOW) is None]
+    if not long_at:
+        return data, []
+    raw = bytes(data)
+    problems: list[LineProblem] = []
+    spans: list[tuple[int, int]] = []
+    seen_start = -1
+    for p in long_at:
+        start = raw.rfind(b"\n", 0, p) + 1
+        if start == seen_start:
+            continue
+        seen_start = start
+        end = raw.find(b"\n", p)
+        end = n if end < 0 else end
+        problem = bound_problem(raw.count(b"\n", 0, start), raw[start:end])
+        if problem is not None:
+            problems.append(problem)
+            spans.append((start, end))
+    if not spans:
+        return data, []
+    out = bytearray(raw)
+    for start, end in spans:
+        out[start:end] = b" " * (end - start)
+    return bytes(out), problems
+
+
+def type_depth(dtype: pa.DataType, limit: int = MAX_DEPTH + 1) -> int:
+    """Nesting depth of an Arrow type (scalars 0, a list or struct 1 + its deepest
+    child), counted no further than ``limit`` (so the recursion stays shallow)."""
+    if dtype.num_fields == 0 or limit <= 0:
+        return 0
+    return 1 + max(type_depth(dtype.field(i).type, limit - 1) for i in range(dtype.num_fields))
+
+
+def schema_too_deep(schema: pa.Schema) -> bool:
+    """Whether some record of a table of ``schema`` may be nested deeper than MAX_DEPTH."""
+    return 1 + max((type_depth(f.type) for f in schema), default=0) > MAX_DEPTH
+
+
+# ---------------------------------------------------------------------------
 # Block parsing
 # ---------------------------------------------------------------------------
 
@@ -132,7 +223,11 @@ def loads(line: bytes) -> Any:
 
 def decode_object(index: int, line: bytes) -> dict[str, Any] | LineProblem:
     """One line as a JSON object, or the problem that keeps it out (by the spec's rules:
-    ``invalid_utf8``, ``invalid_json``, ``not_an_object``); ``index`` is its place in the block."""
+    ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``too_large``, ``too_deep``);
+    ``index`` is its place in the block."""
+    bound = bound_problem(index, line)
+    if bound is not None:
+        return bound
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -203,16 +298,20 @@ def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedB
     if n_lines is None:
         raw = bytes(data)
         n_lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)
+    original = data
     try:
+        data, bounded = screen_bounds(data)
         check_utf8(data)
         if starts_with_null(data):
             raise pa.ArrowInvalid("the first line is a bare null")
         table = _read(data, FAST_SCHEMA, "infer")
+        if schema_too_deep(table.schema):
+            raise pa.ArrowInvalid("a record is nested too deeply")
         if has_null_line(table, data):  # the careful path rejects it as not an object
             raise pa.ArrowInvalid("a line is a bare null")
         row_lines: list[int] | None = None
         records = n_lines
-        if table.num_rows != n_lines:
+        if table.num_rows != n_lines or bounded:
             # Blank lines are skipped by pyarrow; anything else (two objects on one
             # line) breaks the row -> line mapping, so take the careful path.
             lines = bytes(data).split(b"\n")
@@ -220,10 +319,11 @@ def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedB
             records = len(row_lines)
             if table.num_rows != records:
                 raise pa.ArrowInvalid("rows do not match lines")
+            records += len(bounded)
     except pa.ArrowException as exc:
         log.debug("block of %d lines needs the line-by-line parser: %s", n_lines, exc)
-        return parse_lines(bytes(data))
-    return ParsedBlock(table, row_lines, [], records)
+        return parse_lines(bytes(original))
+    return ParsedBlock(table, row_lines, bounded, records)
 
 
 def parse_lines(data: bytes) -> ParsedBlock:

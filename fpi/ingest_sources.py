@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import io
 import logging
+import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ import pyarrow.parquet as pq
 import zstandard
 
 from fpi.errors import InputError
-from fpi.ingest_parse import LineProblem, ParsedBlock, _bad_path
-from fpi.schema import BLOCKS, TURN_SCHEMA
+from fpi.ingest_parse import LineProblem, ParsedBlock, _bad_path, bound_problem
+from fpi.schema import BLOCKS, MAX_DEPTH, TURN_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ _COMPRESSED = (".gz", ".zst", ".zstd")
 _TRACE_SUFFIXES = (".jsonl", ".ndjson", ".parquet", ".pq", ".csv")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+#: Compressed bytes handed to a decompressor at once.
+_PIECE = 1 << 16
 
 #: Lines per block for forms that are re-encoded line by line.
 SYNTHETIC_BLOCK_LINES = 50_000
@@ -233,6 +237,7 @@ def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22,
     truncation or corruption is still delivered. ``position[0]``, when given,
     follows how far into the (compressed) file reading has got, for progress.
     """
+    produced = 0
     with path.open("rb") as fh:
         if compression is None:
             while chunk := fh.read(chunk_size):
@@ -256,15 +261,25 @@ def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22,
                 position[0] = fh.tell()
             if not comp:
                 break
-            try:
-                out = dec.decompress(comp)
-            except error as exc:
-                raise Broken(f"corrupt {compression} data: {exc}") from None
-            if out:
-                yield out
-            if dec.eof:
+            base = fh.tell() - len(comp)  # (approximate after a concatenated member)
+            # Fed in small pieces: at a corruption, everything decompressed before
+            # it is still delivered, and the message can say about where it was.
+            rest: bytes | None = None
+            for at in range(0, len(comp), _PIECE):
+                try:
+                    out = dec.decompress(comp[at : at + _PIECE])
+                except error as exc:
+                    raise Broken(f"corrupt {compression} data near byte {base + at:,} of "
+                                 f"{_size(fh):,} ({produced:,} bytes decompressed before it): "
+                                 f"{exc}") from None
+                if out:
+                    produced += len(out)
+                    yield out
+                if dec.eof:
+                    rest = dec.unused_data + comp[at + _PIECE :]
+                    break
+            if rest is not None:
                 # Concatenated members/frames: start a new decompressor on the rest.
-                rest = dec.unused_data
                 dec = new()
                 pending = rest if rest.strip(b"\x00") else b""
                 if not pending:
@@ -273,8 +288,13 @@ def byte_chunks(path: Path, compression: str | None, chunk_size: int = 1 << 22,
                         return
                     pending = more
         if not dec.eof:
-            raise Broken(f"truncated {compression} file: it ends before the end of the "
-                         "compressed stream (the lines before the break were kept)")
+            raise Broken(f"truncated {compression} file: it ends before the end of its "
+                         f"compressed stream, after {_size(fh):,} bytes ({produced:,} bytes "
+                         "decompressed)")
+
+
+def _size(fh: Any) -> int:
+    return os.fstat(fh.fileno()).st_size
 
 
 def _count_newlines(data: bytes, end: int) -> int:
@@ -530,9 +550,13 @@ def _csv_rows(frame: pl.DataFrame, file_id: int, line_map: list[int] | None
     lines: list[bytes] = []
     for i, values in enumerate(frame.iter_rows()):
         record: dict[str, Any] = {}
+        deep = None
         for col, text in zip(columns, values, strict=True):
             if text is None or text == "":
                 continue
+            if len(text) > MAX_DEPTH and bound_problem(0, text.encode()) is not None:
+                deep = orjson.dumps(col) + b":" + text.encode()
+                break
             head, _, tail = col.partition(".")
             if tail and head in BLOCKS:
                 record.setdefault(head, {})
@@ -541,7 +565,9 @@ def _csv_rows(frame: pl.DataFrame, file_id: int, line_map: list[int] | None
             else:
                 record[col] = _csv_value(col, text)
         row_no = i + 2 if line_map is None else line_map[min(i + 1, len(line_map) - 1)]
-        lines.append(orjson.dumps(record))
+        # A cell too deep or too long to decode: the line is that cell as it is, so the
+        # parser rejects the row (too_deep / too_large) without ever recursing into it.
+        lines.append(b"{" + deep + b"}" if deep is not None else orjson.dumps(record))
         raws.append(orjson.dumps(dict(zip(columns, values, strict=True))).decode())
         locs.append((file_id, row_no))
         if len(lines) >= SYNTHETIC_BLOCK_LINES:

@@ -211,6 +211,16 @@ ENUM_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+#: Deepest nesting a record may have (the record object itself is level 1; the
+#: canonical fields need 4). Deeper records are rejected as ``too_deep``: parsers
+#: recurse per level, and a few thousand levels crash them.
+MAX_DEPTH: Final[int] = 64
+
+#: Longest record, in bytes of JSON text (a turn is typically 1-3 KB). Longer
+#: records are rejected as ``too_large``.
+MAX_RECORD_BYTES: Final[int] = 1 << 20
+
+
 @dataclass(frozen=True)
 class Rule:
     """One rule a record can break; ``id`` is what the rejects file names."""
@@ -225,6 +235,8 @@ RULES: Final[dict[str, Rule]] = {
     for r in (
         Rule("invalid_utf8", "the line is not valid UTF-8"),
         Rule("invalid_json", "the line is not a valid JSON value"),
+        Rule("too_deep", f"the record is nested more than {MAX_DEPTH} levels deep"),
+        Rule("too_large", f"the record is longer than {MAX_RECORD_BYTES:,} bytes"),
         Rule("not_an_object", "the record is not a JSON object"),
         Rule("unreadable", "the file or part of it could not be read (truncated or corrupt)"),
         Rule("missing_session_id", "session_id is required and must be a non-empty string"),

@@ -174,8 +174,13 @@ def test_invalid_utf8_and_truncated_gzip_are_rejects_not_crashes(tmp_path: Path)
     data = gzip.compress("".join(json.dumps(turn(i, "g")) + "\n" for i in range(200)).encode())
     gz.write_bytes(data[:-20])
     out = tmp_path / "turns.parquet"
-    result = runner.invoke(app, ["ingest", str(src), str(gz), "-o", str(out), "--json"])
+    result = runner.invoke(app, ["ingest", str(src), str(gz), "-o", str(out)])
+    assert result.exit_code == 2  # a truncated file is an error...
+    assert "u.jsonl.gz: truncated gzip" in result.stderr and not out.exists()
+    result = runner.invoke(app, ["ingest", str(src), str(gz), "-o", str(out), "--json",
+                                 "--allow-truncated"])  # ... unless allowed
     assert result.exit_code == 0, result.output
+    assert "warning: " in result.stderr and "the rest is lost" in result.stderr
     summary = json.loads(result.stdout)
     assert summary["rejects_by_rule"] == {"invalid_utf8": 1, "unreadable": 1}
     assert summary["turns_kept"] >= 150

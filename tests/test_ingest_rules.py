@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fpi.errors import InputError, StrictRejects
+from fpi.errors import InputError, StrictRejects, TruncatedInput
 from fpi.ingest import ingest, read_traces, rejects_path_for
 from fpi.schema import LABEL_ALIASES, RULES
 
@@ -57,17 +57,20 @@ TURN_CASES: dict[str, str | bytes] = {
     "bad_label": rec(label={"failure_point": "tts"}),
     "bad_schema_version": rec(schema_version=2),
     "duplicate_turn": json.dumps(good(0)),  # line 3 repeats line 1
+    "too_deep": rec(extra_field=json.loads("[" * 200 + "]" * 200)),
+    "too_large": rec(asr={"text": "x" * (1 << 20)}),
 }
 
 
-def run(tmp_path: Path, files: dict[str, bytes]) -> tuple[pl.DataFrame, Any, list[dict]]:
+def run(tmp_path: Path, files: dict[str, bytes], allow_truncated: bool = False
+        ) -> tuple[pl.DataFrame, Any, list[dict]]:
     paths = []
     for name, data in files.items():
         p = tmp_path / name
         p.write_bytes(data)
         paths.append(p)
     rejects = tmp_path / "rejects.jsonl"
-    frame, report = read_traces(paths, rejects_path=rejects)
+    frame, report = read_traces(paths, rejects_path=rejects, allow_truncated=allow_truncated)
     rows = [json.loads(x) for x in rejects.read_text().splitlines()]
     assert report.records_read == report.turns_kept + report.rejected
     assert report.rejected == len(rows) == sum(report.rejects_by_rule.values())
@@ -87,8 +90,12 @@ def test_turn_rule(tmp_path: Path, rule: str) -> None:
     assert row["message"]
     if rule != "invalid_utf8":
         expected_raw = TURN_CASES[rule]
-        assert row["raw"] == (expected_raw if isinstance(expected_raw, str)
-                              else expected_raw.decode())
+        expected_raw = (expected_raw if isinstance(expected_raw, str)
+                        else expected_raw.decode())
+        if rule in ("too_deep", "too_large"):  # kept in part: the first 2000 characters
+            assert row["raw"][:2000] == expected_raw[:2000]
+        else:
+            assert row["raw"] == expected_raw
     if rule == "duplicate_turn":
         assert "turns.jsonl:1" in row["message"] and "first is kept" in row["message"]
 
@@ -96,7 +103,12 @@ def test_turn_rule(tmp_path: Path, rule: str) -> None:
 def test_unreadable_truncated_gzip_keeps_lines_before_the_break(tmp_path: Path) -> None:
     body = b"".join(json.dumps(good(i, pad="x" * 200)).encode() + b"\n" for i in range(300))
     data = gzip.compress(body)
-    frame, _report, rows = run(tmp_path, {"t.jsonl.gz": data[: len(data) * 2 // 3]})
+    with pytest.raises(TruncatedInput, match=r"truncated gzip.*records read before the break"):
+        run(tmp_path, {"t.jsonl.gz": data[: len(data) * 2 // 3]})
+    assert not (tmp_path / "rejects.jsonl").exists()  # nothing half-written
+    frame, report, rows = run(tmp_path, {"t.jsonl.gz": data[: len(data) * 2 // 3]},
+                              allow_truncated=True)
+    assert len(report.warnings) == 1 and "lost" in report.warnings[0]
     assert 0 < frame.height < 300
     assert frame.get_column("turn_index").to_list() == list(range(frame.height))
     [row] = rows

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fpi.cli._app import app, err_console, out_console
+from fpi.cli._app import AllowTruncated, app, err_console, gate_failed, out_console
 from fpi.errors import ExitStatus, InputError
 
 
@@ -63,12 +63,13 @@ def diagnose(
                          "detected per file by default.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print summary.json on stdout (same exit codes).")] = False,
+    allow_truncated: AllowTruncated = False,
 ) -> None:
     """Diagnose a night of logs: failure rates with intervals, slices, attribution, gates.
 
     Writes DIR/predictions.parquet, DIR/summary.json, DIR/report.md and DIR/report.html.
-    Exit codes: 0 every gate passed (or no gates), 1 a gate failed, 2 a usage, input or
-    model error.
+    Exit codes: 0 every gate passed (or no gates), 1 a gate failed, 2 a usage, input,
+    output or model error, 70 an internal error (a bug in fpi).
     """
     from fpi.diagnosis import diagnose as run
     from fpi.report import render_json, render_terminal
@@ -82,7 +83,7 @@ def diagnose(
             attribution_sample=attribution_sample, attribution_budget=attribution_budget,
             redact=redact, redact_salt=redact_salt, examples=examples,
             min_support=min_support, seed=seed, allow_other_model=allow_other_model,
-            format=input_format,
+            format=input_format, allow_truncated=allow_truncated,
             progress=lambda step, n: status.update(f"{step}: {n:,} turns"),
         )
     render_terminal(result.summary, err_console)
@@ -94,7 +95,7 @@ def diagnose(
         for g in failed:
             err_console.print(f"[bold red]gate failed:[/] {escape(g['name'])}: "
                               f"{escape(g['message'])}", soft_wrap=True)
-        raise typer.Exit(int(result.exit_status))
+        gate_failed()
 
 
 @app.command()
@@ -115,6 +116,7 @@ def explain(
         "--redact-salt", help="Salt of a pseudonym given to --session (default: the "
                               "FPI_REDACT_SALT environment variable).",
         show_default=False)] = None,
+    allow_truncated: AllowTruncated = False,
 ) -> None:
     """Explain one turn's call: class probabilities, each component's contribution, top features.
 
@@ -123,7 +125,7 @@ def explain(
     from fpi.diagnosis import explain as run
 
     e = run(inputs, model=model, session_id=session, turn_index=turn, top=top,
-            redact_salt=redact_salt)
+            redact_salt=redact_salt, allow_truncated=allow_truncated)
     if as_json:
         out_console.print(json.dumps(e.to_dict(), indent=2, ensure_ascii=False), markup=False,
                           highlight=False)

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from fpi.cli._app import app, err_console, out_console
+from fpi.cli._app import AllowTruncated, app, err_console, out_console
 from fpi.errors import StrictRejects
 from fpi.ingest import FORMATS, IngestReport, ingest
 
@@ -48,6 +48,7 @@ def ingest_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
+    allow_truncated: AllowTruncated = False,
 ) -> None:
     """Read turn records or stage events into one canonical Parquet file.
 
@@ -56,6 +57,9 @@ def ingest_command(
     globs. Writes one row per turn, sorted by session and turn, to --output.
     Records that break a rule of the trace format are set aside in the rejects
     file with their file, line, rule and raw text; the run goes on without them.
+
+    A truncated or corrupt file (.gz, .zst, Parquet) stops the run with status 2
+    unless --allow-truncated is given.
 
     Exit status: 0 ok, 2 bad input (nothing usable), 3 rejects under --strict.
     """
@@ -75,9 +79,10 @@ def ingest_command(
 
     try:
         report = ingest(inputs, output, format=format, rejects_path=rejects,
-                        progress=on_progress)
+                        progress=on_progress, allow_truncated=allow_truncated)
     finally:
-        progress_bar.stop()
+        if progress_bar.live.is_started:
+            progress_bar.stop()
     render(report, as_json)
     if strict and report.rejected:
         top = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())

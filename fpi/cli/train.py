@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from fpi.cli._app import app, err_console, out_console
-from fpi.errors import InputError
+from fpi.cli._app import AllowTruncated, app, err_console, out_console
+from fpi.errors import InputError, StrictRejects
 from fpi.schema import CLASSES
 
 
@@ -87,13 +88,24 @@ def _render(doc: dict[str, Any], title: str) -> None:
     )
 
 
-def _read(inputs: list[Path]) -> Any:
+def _read(inputs: list[Path], allow_truncated: bool, rejects: Path | None = None
+          ) -> tuple[Any, Any]:
+    """The canonical frame and the ingest report; rejects summed up by rule on stderr."""
     from fpi.ingest import read_traces
 
-    frame, report = read_traces(inputs)
+    frame, report = read_traces(inputs, rejects_path=rejects, allow_truncated=allow_truncated)
     if report.rejected:
-        err_console.print(f"{report.rejected} record(s) rejected while reading the input")
-    return frame
+        rules = ", ".join(f"{rule} {n:,}" for rule, n in report.rejects_by_rule.items())
+        where = f"; see {report.rejects_path}" if report.rejects_path else ""
+        err_console.print(f"rejected {report.rejected:,} of {report.records_read:,} records "
+                          f"({escape(rules)}){escape(where)}", soft_wrap=True)
+    return frame, report
+
+
+def _default_rejects(out: Path) -> Path:
+    """``models/night`` -> ``models/night.rejects.jsonl``, beside the bundle (not in it)."""
+    out = out.resolve() if not out.name else out  # ('.' has no name)
+    return out.with_name(f"{out.name}.rejects.jsonl")
 
 
 @app.command()
@@ -112,6 +124,13 @@ def train(
                                                   "reported metrics.")] = 0.2,
     as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON "
                                                         "on stdout.")] = False,
+    rejects: Annotated[Path | None, typer.Option(
+        "--rejects", help="Where to write the records set aside while reading (default: "
+                          "beside the bundle, models/m -> models/m.rejects.jsonl).")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit with status 3 if any record was rejected (the bundle is "
+                         "still written).")] = False,
+    allow_truncated: AllowTruncated = False,
 ) -> None:
     """Train the failure-point model on labelled turns and write a model bundle.
 
@@ -119,7 +138,10 @@ def train(
     and held-out parts; the held-out metrics are printed next to the two baselines
     (the first-bad-stage rule and the model without dialogue context) and, where a
     second annotator's labels exist, human agreement. Same data + seed + threads give
-    a byte-identical model.
+    a byte-identical model. Records that break a rule of the trace format (e.g. an
+    unknown label, bad_label) are set aside in the rejects file, as `fpi ingest` does.
+
+    Exit status: 0 ok, 2 bad input, 3 rejects under --strict.
     """
     from fpi.model import check_bundle_out
     from fpi.model import train as train_model
@@ -127,7 +149,7 @@ def train(
     if split not in ("session", "time"):
         raise InputError(f"--split must be 'session' or 'time', not {split!r}")
     check_bundle_out(out)  # refuse a foreign --out before reading any data
-    frame = _read(inputs)
+    frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out))
     err_console.print(f"training on {frame.height} turns ...")
     result = train_model(frame, out, seed=seed, threads=threads, split=split,  # type: ignore[arg-type]
                          test_size=test_size)
@@ -141,6 +163,11 @@ def train(
         typer.echo(json.dumps(doc, indent=2))
     else:
         _render(doc, "held-out metrics")
+    if strict and report.rejected:
+        rules = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())
+        raise StrictRejects(f"{report.rejected} of {report.records_read} records were rejected "
+                            f"under --strict ({rules}); the bundle was written to {out}, the "
+                            f"rejects to {report.rejects_path}")
 
 
 @app.command()
@@ -151,6 +178,7 @@ def evaluate(
                                         show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as a stable JSON "
                                                         "document on stdout.")] = False,
+    allow_truncated: AllowTruncated = False,
 ) -> None:
     """Measure a model bundle on labelled turns.
 
@@ -162,7 +190,7 @@ def evaluate(
     from fpi.model import load_bundle
 
     bundle = load_bundle(model)
-    frame = _read(inputs)
+    frame, _ = _read(inputs, allow_truncated)
     result = evaluate_model(frame, bundle)
     doc = result.to_dict()
     if as_json:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fpi import __version__
+from fpi import __version__, runmeta
 from fpi import attribution as attr
 from fpi.aggregate import _z, compare_rates, estimate_rates, slice_columns, slice_rates
 from fpi.errors import ExitStatus, InputError, ModelError
@@ -38,6 +38,7 @@ from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
 from fpi.files import atomic_path, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
+from fpi.progress import Progress, bytes_callback
 from fpi.report import SUMMARY_SCHEMA_VERSION, write_reports
 from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS, TURN_SCHEMA
 
@@ -154,6 +155,7 @@ class _Acc:
     rows: int = 0
     n_sessions: int = 0
     quota: int | None = None
+    span: runmeta.Span | None = None  # the logs' first and last turn timestamp
 
     def __post_init__(self) -> None:
         self.probs = np.zeros((self.total, len(CLASSES)))
@@ -271,6 +273,7 @@ def _one_batch(acc: _Acc, batch: pl.DataFrame, bundle: Any, mode: str,
     sess = batch["session_id"].rle_id().cast(pl.Int32).to_numpy() + acc.n_sessions
     acc.sessions[start: start + n] = sess
     acc.n_sessions = int(sess[-1]) + 1
+    acc.span = runmeta.widen(acc.span, batch["timestamp"])
     sl = slice_columns(batch)
     acc.add_slices(sl, start)
     acc.labels[start: start + n] = labels_to_index(batch["label"].struct.field("failure_point"))
@@ -357,6 +360,19 @@ def _examples(acc: _Acc, bundle: Any, redact: bool) -> dict[str, list[dict[str, 
 # ---------------------------------------------------------------------------
 
 
+def _contributions(bundle: Any, feats: pl.DataFrame, note: Callable[[str, int, int], None],
+                   chunk: int = 200) -> np.ndarray:
+    """Exact TreeSHAP in chunks (each row's values are independent), reporting progress."""
+    parts = []
+    for start in range(0, feats.height, chunk):
+        note("attribution", start, feats.height)
+        parts.append(bundle.contributions(feats[start: start + chunk]))
+    note("attribution", feats.height, feats.height)
+    if not parts:
+        return np.asarray(bundle.contributions(feats))
+    return np.concatenate(parts, axis=0)
+
+
 def _write_predictions(streamed: Path, rows: np.ndarray, values: np.ndarray,
                        target: Path) -> None:
     """Join the attributed rows' contributions onto the streamed predictions (streaming)."""
@@ -438,7 +454,7 @@ def diagnose(
     seed: int = 0,
     batch_turns: int = BATCH_TURNS,
     format: str | None = None,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> DiagnoseResult:
     """Diagnose ``inputs`` with a model bundle and write the reports into ``out_dir``.
 
@@ -464,7 +480,7 @@ def diagnose(
     confidence, n_boot, min_support, seed : interval level, bootstrap replicates,
         minimum slice size, and the seed of every random draw.
     batch_turns : turns per streamed batch (memory vs. overhead).
-    progress : optional ``callback(step, turns_done)``.
+    progress : optional ``progress(stage, done, total)`` (:mod:`fpi.progress`).
 
     Returns
     -------
@@ -496,11 +512,12 @@ def diagnose(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    def note(step: str, n: int) -> None:
+    def note(step: str, n: int, total: int | None = None) -> None:
         if progress is not None:
-            progress(step, n)
+            progress(step, n, total)
 
     t0 = time.perf_counter()
+    input_files = runmeta.input_files(paths, progress)
     # scratch space beside the outputs (same filesystem: atomic renames), removed at the end
     with tempfile.TemporaryDirectory(prefix=".fpi-diagnose-", dir=out) as tmp_name:
         scratch = Path(tmp_name)
@@ -515,7 +532,8 @@ def diagnose(
 
             source = scratch / "turns.parquet"
             rejects = out / "rejects.jsonl"
-            rep = ingest(paths, source, format=format, rejects_path=rejects)
+            rep = ingest(paths, source, format=format, rejects_path=rejects,
+                         progress=bytes_callback(progress))
             ingest_info = {"records_read": rep.records_read, "turns_kept": rep.turns_kept,
                            "rejected": rep.rejected, "rejects_by_rule": dict(rep.rejects_by_rule),
                            "rejects_file": rejects.name if rep.rejected else None}
@@ -540,12 +558,13 @@ def diagnose(
         acc = _stream(source, bundle, total=total, mode=attribution, batch_turns=batch_turns,
                       quota_fn=quota_fn, examples=examples, seed=seed,
                       predictions=scratch_predictions,
-                      progress=(lambda n: note("predict", n)))
+                      progress=(lambda n: note("predict", n, total)))
         if source.parent == scratch:
             source.unlink()  # the ingested copy is no longer needed
         timings["features_predict"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
+        note("rates", 0, None)
         if acc.rows != acc.total:  # pragma: no cover - the file changed under us
             raise InputError(f"{source}: read {acc.rows} turns, expected {acc.total}")
         probs, sessions, labels = acc.probs, acc.sessions, acc.labels
@@ -579,7 +598,7 @@ def diagnose(
             res = acc.reservoir.sort("_row")
             feat_names = [f.name for f in bundle.features]
             rpred = res["_pred"].to_numpy()
-            contrib = bundle.contributions(res.select([*KEY_COLUMNS, *feat_names]))
+            contrib = _contributions(bundle, res.select([*KEY_COLUMNS, *feat_names]), note)
             values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
             contrib_rows, contrib_values = res["_row"].to_numpy(), values
             attr_doc = attr.summarize(values, rpred, predicted_counts, mode="sample",
@@ -590,6 +609,7 @@ def diagnose(
             attr_doc = attr.summarize(np.zeros((0, len(attr.GROUP_COLUMNS))),
                                       np.zeros(0, dtype=np.int64), predicted_counts, mode="none")
         attr_doc.update(requested_sample=attribution_sample, **timing_info)
+        note("examples", 0, None)
         example_doc = _examples(acc, bundle, redact)
         timings["attribution"] = time.perf_counter() - t3
 
@@ -649,7 +669,12 @@ def diagnose(
         summary["gates"] = results
         summary["gate_status"] = overall_status(results)
 
+        summary["run"] = runmeta.run_info(
+            span=acc.span, inputs=input_files, summary=summary,
+            baseline=runmeta.baseline_info(base, baseline),
+            wall_seconds=time.perf_counter() - t0)
         t4 = time.perf_counter()
+        note("writing", 0, None)
         files: dict[str, Path] = {"predictions": out / "predictions.parquet"}
         _write_predictions(scratch_predictions, contrib_rows, contrib_values,
                            files["predictions"])

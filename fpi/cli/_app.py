@@ -11,6 +11,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from fpi import __version__
+from fpi.cli import _progress
 from fpi.errors import ExitStatus, FpiError
 
 #: Progress, summaries and errors go to stderr; results go to stdout or files.
@@ -63,8 +64,13 @@ def _main(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks and debug logging.")
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display on stderr (it is only "
+                                                 "drawn on a terminal anyway).")
+    ] = False,
 ) -> None:
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "quiet": quiet}
+    _progress.QUIET = quiet
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

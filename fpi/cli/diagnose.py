@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fpi.cli._app import app, err_console, out_console
+from fpi.cli._progress import progress_for
 from fpi.errors import ExitStatus, InputError
 
 
@@ -53,6 +55,10 @@ def diagnose(
                          "detected per file by default.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print summary.json on stdout (same exit codes).")] = False,
+    github: Annotated[bool | None, typer.Option(
+        "--github/--no-github", help="Append a verdict to $GITHUB_STEP_SUMMARY and print "
+        "::error::/::warning:: lines for failed/warned gates (on stderr with --json). "
+        "Default: on when GITHUB_ACTIONS=true.", show_default=False)] = None,
 ) -> None:
     """Diagnose a night of logs: failure rates with intervals, slices, attribution, gates.
 
@@ -65,25 +71,39 @@ def diagnose(
 
     if attribution not in ("sample", "all", "none"):
         raise InputError(f"--attribution must be sample, all or none, not {attribution!r}")
-    with err_console.status("diagnosing...") as status:
+    with progress_for(err_console) as progress:
         result = run(
             inputs, model=model, out_dir=out, baseline=baseline, gates=gate or (),
             gates_file=gates, junit=junit, attribution=attribution,
             attribution_sample=attribution_sample, attribution_budget=attribution_budget,
             redact=redact, examples=examples, min_support=min_support, seed=seed,
             format=input_format,
-            progress=lambda step, n: status.update(f"{step}: {n:,} turns"),
+            progress=progress,
         )
     render_terminal(result.summary, err_console)
     err_console.print(f"reports in {escape(str(out))}/ (report.md, report.html, summary.json)")
     if as_json:
         out_console.print(render_json(result.summary), end="", markup=False, highlight=False)
+    _github(result.summary, github, as_json)
     if result.exit_status != ExitStatus.OK:
         failed = [g for g in result.summary["gates"] if g["status"] == "FAIL"]
         for g in failed:
             err_console.print(f"[bold red]gate failed:[/] {escape(g['name'])}: "
                               f"{escape(g['message'])}", soft_wrap=True)
         raise typer.Exit(int(result.exit_status))
+
+
+def _github(summary: dict[str, object], flag: bool | None, as_json: bool) -> None:
+    """GitHub Actions: the job summary verdict and one annotation per failed/warned gate."""
+    from fpi import ci
+
+    if not ci.github_enabled(flag, os.environ):
+        return
+    if ci.append_step_summary(ci.step_summary(summary), os.environ) is None:
+        err_console.print("warning: --github: GITHUB_STEP_SUMMARY is not set; "
+                          "no job summary written")
+    for line in ci.gate_annotations(summary):
+        typer.echo(line, err=as_json)  # stdout, unless it carries the JSON
 
 
 @app.command()

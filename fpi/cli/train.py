@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from fpi.cli._app import app, err_console, out_console
+from fpi.cli._progress import progress_for
 from fpi.errors import InputError
 from fpi.schema import CLASSES
 
@@ -89,8 +90,10 @@ def _render(doc: dict[str, Any], title: str) -> None:
 
 def _read(inputs: list[Path]) -> Any:
     from fpi.ingest import read_traces
+    from fpi.progress import bytes_callback
 
-    frame, report = read_traces(inputs)
+    with progress_for(err_console) as progress:
+        frame, report = read_traces(inputs, progress=bytes_callback(progress))
     if report.rejected:
         err_console.print(f"{report.rejected} record(s) rejected while reading the input")
     return frame
@@ -127,8 +130,10 @@ def train(
         raise InputError(f"--split must be 'session' or 'time', not {split!r}")
     frame = _read(inputs)
     err_console.print(f"training on {frame.height} turns ...")
-    result = train_model(frame, out, seed=seed, threads=threads, split=split,  # type: ignore[arg-type]
-                         test_size=test_size)
+    with progress_for(err_console) as progress:
+        result = train_model(frame, out, seed=seed, threads=threads,
+                             split=split,  # type: ignore[arg-type]
+                             test_size=test_size, progress=progress)
     doc = result.to_dict()
     counts = doc["training"]["counts"]
     err_console.print(

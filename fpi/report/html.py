@@ -26,6 +26,7 @@ from fpi.report._fmt import (
     qvalue,
     signed,
 )
+from fpi.report.runinfo import run_rows
 from fpi.schema import COMPONENTS
 
 _ENV = jinja2.Environment(
@@ -92,6 +93,7 @@ def render_html(summary: Mapping[str, Any]) -> str:
         components=COMPONENTS,
         titles=CLASS_TITLES,
         attr_how=how,
+        run_rows=run_rows(summary),
         pct=pct, pp=pp, gv=gate_value, num=lambda x: num(x, 3), dash=dash, qv=qvalue, sg=signed,
         **_charts(summary),
     )

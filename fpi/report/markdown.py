@@ -19,6 +19,7 @@ from fpi.report._fmt import (
     qvalue,
     signed,
 )
+from fpi.report.runinfo import run_markdown
 from fpi.schema import CLASSES, COMPONENTS
 
 # < > & are HTML entities by then; # and quotes are inert inside a line
@@ -90,6 +91,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     out += _slices(summary)
     out += _attribution(summary)
     out += _examples(summary)
+    out += run_markdown(summary)
     out.append("---")
     out.append(
         f"<sub>fpi {md(summary.get('fpi_version', ''))} · summary schema "

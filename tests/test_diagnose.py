@@ -247,9 +247,22 @@ def test_explain(night: Path, bundle_dir: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _without_run(name: str, text: str) -> str:
+    """The output minus the run metadata (wall time, paths, CI: differs run to run)."""
+    if name == "summary.json":
+        from fpi.report import render_json
+
+        doc = json.loads(text)
+        assert {"time_range", "inputs", "wall_seconds", "bundle_id"} <= set(doc.pop("run"))
+        return render_json(doc)
+    head, sep, rest = text.partition("## Run\n")
+    assert sep, "report.md has no run section"
+    return head + rest[rest.index("---\n"):]
+
+
 def test_golden_summary_and_markdown(run) -> None:
     for name in ("summary.json", "report.md"):
-        got = (run.out_dir / name).read_text()
+        got = _without_run(name, (run.out_dir / name).read_text())
         golden = GOLDEN / f"diagnose_{name}"
         if os.environ.get("FPI_UPDATE_GOLDEN") == "1" or not golden.exists():
             golden.parent.mkdir(exist_ok=True)

@@ -514,7 +514,7 @@ def train(
         raise InputError(f"too few labelled examples to learn: {listed} (need at least "
                          f"{min_class_count} per class)")
     if features is None:
-        report(progress, "features", 0, turns.height)
+        report(progress, "features", 0, None)
         features = build_features(turns)
         report(progress, "features", turns.height, turns.height)
     lap("features")

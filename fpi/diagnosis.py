@@ -555,6 +555,7 @@ def diagnose(
         t1 = time.perf_counter()
         scratch_predictions = scratch / "predictions.parquet"
         total = pl.scan_parquet(source).select(pl.len()).collect().item()
+        note("predict", 0, total)
         acc = _stream(source, bundle, total=total, mode=attribution, batch_turns=batch_turns,
                       quota_fn=quota_fn, examples=examples, seed=seed,
                       predictions=scratch_predictions,

@@ -24,7 +24,6 @@ class Progress(Protocol):
 #: What each stage counts (the CLI labels counts and rates with it).
 UNITS: dict[str, str] = {
     "reading": "bytes",
-    "sorting": "turns",
     "checksums": "bytes",
     "predict": "turns",
     "rates": "steps",

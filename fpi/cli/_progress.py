@@ -45,6 +45,8 @@ class _CountColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         what = str(task.fields.get("unit", "items"))
+        if task.fields.get("uncounted"):
+            return Text("")
         done = _amount(task.completed, what)
         if task.total is None:
             return Text(f"{done} {what}" if task.completed else "")
@@ -56,8 +58,11 @@ class _RateColumn(ProgressColumn):
     """Units a second, e.g. ``45.0 MB/s`` or ``12.3k turns/s``."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        if not speed:
+        if task.finished and task.finished_time:
+            speed: float | None = task.completed / task.finished_time
+        else:
+            speed = task.speed
+        if not speed or task.fields.get("uncounted"):
             return Text("")
         what = str(task.fields.get("unit", "items"))
         suffix = "/s" if what == "bytes" else f" {what}/s"
@@ -109,14 +114,17 @@ class StageProgress:
         task = self._tasks[self._current]
         t = next(t for t in self._bar.tasks if t.id == task)
         # a stage that ends early (early stopping, a bound) is done: show it so
-        self._bar.update(task, total=t.completed or 1, completed=t.completed or 1)
+        self._bar.update(task, total=t.completed or 1, completed=t.completed or 1,
+                         uncounted=not t.completed)
         self._bar.stop_task(task)
 
     def start(self) -> None:
         self._bar.start()
 
-    def stop(self) -> None:
-        self._finish_current()
+    def stop(self, *, completed: bool = True) -> None:
+        """Stop drawing; the running stage is shown done only if the work ``completed``."""
+        if completed:
+            self._finish_current()
         self._bar.stop()
 
 
@@ -139,5 +147,7 @@ def progress_for(console: Console) -> Iterator[Progress | None]:
     bar.start()
     try:
         yield bar
-    finally:
-        bar.stop()
+    except BaseException:
+        bar.stop(completed=False)  # an error or Ctrl-C: leave the stage where it stopped
+        raise
+    bar.stop()

@@ -116,7 +116,7 @@ def _nights_table(doc: Mapping[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------
 
 
-def _charts(doc: Mapping[str, Any]) -> list[Markup]:
+def _charts(doc: Mapping[str, Any]) -> list[tuple[str, Markup]]:
     charts = []
     for c in doc["classes"]:
         pts = []
@@ -126,8 +126,8 @@ def _charts(doc: Mapping[str, Any]) -> list[Markup]:
             pts.append(Point(n["label"], r["estimate"], r["low"], r["high"], b.get("low"),
                              b.get("high"), r["step"],
                              short_id(n["model_id"]) if n["model_changed"] else None))
-        charts.append(trend_chart(f"{_title(c)}: rate per night (blue: estimate and interval; "
-                                  "grey: band of the previous nights; red: step)", pts))
+        title = f"{_title(c)}: rate per night"
+        charts.append((title, trend_chart(title, pts)))
     return charts
 
 

@@ -18,8 +18,8 @@ from fpi.report.svg import _FONT, AMBER, BLUE, GREY, RED
 
 #: Nights up to which every point carries a hover tooltip.
 TOOLTIP_MAX_NIGHTS = 90
-_W, _H = 1000, 250
-_L, _R, _T, _B = 62, 14, 30, 48
+_W, _H = 1000, 240
+_L, _R, _T, _B = 62, 14, 14, 48
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,10 @@ def _runs(values: Sequence[tuple[float, float] | None]) -> list[list[tuple[int, 
 
 
 def trend_chart(title: str, points: Sequence[Point]) -> Markup:
-    """A line chart: estimate, interval whiskers, band of earlier nights, steps, model changes."""
+    """A line chart: estimate, interval whiskers, band of earlier nights, steps, model changes.
+
+    ``title`` is the SVG's accessible title; the page shows its own heading above it.
+    """
     n = max(len(points), 1)
     top = max([p.high for p in points] + [p.band_high or 0 for p in points] + [1e-4])
     step = _nice_step(top * 1.05)
@@ -78,8 +81,7 @@ def trend_chart(title: str, points: Sequence[Point]) -> Markup:
 
     out = [f'<svg role="img" viewBox="0 0 {_W} {_H}" width="100%" '
            f'preserveAspectRatio="xMidYMid meet" {_FONT}>',
-           f"<title>{escape(title)}</title>",
-           f'<text x="0" y="17" font-weight="600" font-size="14">{escape(title)}</text>']
+           f"<title>{escape(title)}</title>"]
     # y axis: grid lines and labels
     for k in range(round(y_max / step) + 1):
         v = k * step

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+import fpi
 from fpi.errors import InputError
-from fpi.report.trend import render_trend_html, render_trend_markdown, write_trend
+from fpi.report.trend import render_trend_html, render_trend_markdown
 from fpi.schema import CLASSES
 from fpi.trend import Rate, band, bands_and_steps, build_trend, order_nights, read_night, step
 
@@ -176,9 +177,9 @@ def test_365_nights_are_fast_and_the_html_stays_small(tmp_path: Path) -> None:
             i, asr=0.05 + rng.uniform(-0.003, 0.003) + (0.03 if i >= 300 else 0.0),
             model="m1" if i < 200 else "m2", gates={"asr": "PASS", "er": "WARN"}))
     t0 = time.perf_counter()
-    trend = build_trend([str(tmp_path / "in")])
+    trend = fpi.build_trend([str(tmp_path / "in")])  # the public API
     doc = trend.to_dict()
-    files = write_trend(doc, tmp_path / "t")
+    files = fpi.write_trend(doc, tmp_path / "t")
     elapsed = time.perf_counter() - t0
     assert len(doc["nights"]) == 365
     assert ("2026-10-28", "asr", "up") in {(s["night"], s["class"], s["direction"])

@@ -90,20 +90,24 @@ def test_run_metadata_keys_checksums_and_time_range(world: dict[str, Path], gith
 
 
 def test_baseline_id_and_time_range(world: dict[str, Path], github_run) -> None:
+    """Also: with --json under GitHub Actions, stdout is only the JSON, annotations on stderr."""
     _, out, _ = github_run
+    step = world["root"] / "step2.md"
     res = subprocess.run(
         [*FPI, "diagnose", str(world["night"]), "-m", str(world["model"]), "-o",
          str(world["root"] / "out2"), "--baseline", str(out / "summary.json"),
-         "--attribution", "none", "--examples", "0", "--json"],
-        capture_output=True, text=True, timeout=300, env=_env())
-    assert res.returncode == 0, res.stderr
-    run = json.loads(res.stdout)["run"]
+         "--gates", str(world["gates"]), "--attribution", "none", "--examples", "0", "--json"],
+        capture_output=True, text=True, timeout=300,
+        env=_env(GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(step)))
+    assert res.returncode == 1, res.stderr
+    run = json.loads(res.stdout)["run"]  # nothing but the JSON on stdout
+    assert "::error title=fpi gate failed" in res.stderr
+    assert "vs baseline" in step.read_text()
     base = json.loads((out / "summary.json").read_text())["run"]
     digest = hashlib.sha256((out / "summary.json").read_bytes()).hexdigest()
     assert run["baseline"] == {"id": f"sha256:{digest}", "path": str(out / "summary.json"),
                                "bundle_id": base["bundle_id"], "time_range": base["time_range"]}
-    assert run["ci"] is None
-    assert "::" not in res.stderr  # not in GitHub Actions: no annotations
+    assert run["ci"] == {"provider": "github", "url": None, "commit": None}
 
 
 def test_github_step_summary_is_appended_and_annotations_escaped(github_run) -> None:

@@ -96,12 +96,16 @@ def diagnose(
 def _github(summary: dict[str, object], flag: bool | None, as_json: bool) -> None:
     """GitHub Actions: the job summary verdict and one annotation per failed/warned gate."""
     from fpi import ci
+    from fpi.errors import FpiError
 
     if not ci.github_enabled(flag, os.environ):
         return
-    if ci.append_step_summary(ci.step_summary(summary), os.environ) is None:
-        err_console.print("warning: --github: GITHUB_STEP_SUMMARY is not set; "
-                          "no job summary written")
+    try:  # a side output: the reports are written and the gates decide the exit status
+        if ci.append_step_summary(ci.step_summary(summary), os.environ) is None:
+            err_console.print("warning: --github: GITHUB_STEP_SUMMARY is not set; "
+                              "no job summary written")
+    except FpiError as exc:
+        err_console.print(f"warning: {escape(str(exc))}", soft_wrap=True)
     for line in ci.gate_annotations(summary):
         typer.echo(line, err=as_json)  # stdout, unless it carries the JSON
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fpi
 from fpi.errors import InputError
@@ -272,3 +274,19 @@ def test_renderers_neutralise_labels(tmp_path: Path) -> None:
     html = render_trend_html(doc)
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert re.search(r"<svg[^>]*width=\"100%\"", html)
+
+
+@given(st.permutations(range(9)))
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_input_order_gives_the_same_trend(tmp_path: Path, order: list[int]) -> None:
+    root = tmp_path / "nights"  # tmp_path is shared by the examples: write the nights once
+    if not root.exists():
+        for i in range(9):
+            _write(root, f"n{i}", _summary(i, asr=0.05 + 0.004 * (i % 3) + 0.04 * (i == 7),
+                                           model="m1" if i < 3 else "m2"))
+    doc = build_trend([str(root / f"n{i}") for i in order]).to_dict()
+    assert [n["label"] for n in doc["nights"]] == [f"2026-01-0{i + 1}" for i in range(9)]
+    assert [s["night"] for s in doc["steps"]] == ["2026-01-08"]
+    reference = build_trend([str(root)]).to_dict()
+    assert doc == reference

@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "evaluate": "fpi.evaluation",
     "diagnose": "fpi.diagnosis",
     "explain": "fpi.diagnosis",
+    "build_trend": "fpi.trend",
+    "write_trend": "fpi.report.trend",
 }
 
 __all__ = ["__version__", *_LAZY]

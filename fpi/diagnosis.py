@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fpi import __version__
+from fpi import __version__, runmeta
 from fpi import attribution as attr
 from fpi.aggregate import _z, compare_rates, estimate_rates, slice_columns, slice_rates
 from fpi.errors import ExitStatus, InputError, ModelError
@@ -46,6 +46,7 @@ from fpi.files import (
 )
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
 from fpi.numbers import stable_round
+from fpi.progress import Progress, bytes_callback
 from fpi.redact import ID_PREFIX, SALT_ENV, Redactor, redactor
 from fpi.report import SUMMARY_SCHEMA_VERSION, write_reports
 from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS, TURN_SCHEMA
@@ -247,6 +248,7 @@ class _Acc:
     rows: int = 0
     n_sessions: int = 0
     quota: int | None = None
+    span: runmeta.Span | None = None  # the logs' first and last turn timestamp
 
     def __post_init__(self) -> None:
         self.probs = np.zeros((self.total, len(CLASSES)))
@@ -368,6 +370,7 @@ def _one_batch(acc: _Acc, batch: pl.DataFrame, bundle: Any, mode: str,
     sess = batch["session_id"].rle_id().cast(pl.Int32).to_numpy() + acc.n_sessions
     acc.sessions[start: start + n] = sess
     acc.n_sessions = int(sess[-1]) + 1
+    acc.span = runmeta.widen(acc.span, batch["timestamp"])
     sl = slice_columns(batch)
     acc.add_slices(sl, start)
     acc.labels[start: start + n] = labels_to_index(batch["label"].struct.field("failure_point"))
@@ -454,6 +457,19 @@ def _examples(acc: _Acc, bundle: Any, red: Redactor | None) -> dict[str, list[di
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
+
+
+def _contributions(bundle: Any, feats: pl.DataFrame, note: Callable[[str, int, int], None],
+                   chunk: int = 200) -> np.ndarray:
+    """Exact TreeSHAP in chunks (each row's values are independent), reporting progress."""
+    parts = []
+    for start in range(0, feats.height, chunk):
+        note("attribution", start, feats.height)
+        parts.append(bundle.contributions(feats[start: start + chunk]))
+    note("attribution", feats.height, feats.height)
+    if not parts:
+        return np.asarray(bundle.contributions(feats))
+    return np.concatenate(parts, axis=0)
 
 
 def _write_predictions(streamed: Path, rows: np.ndarray, values: np.ndarray,
@@ -546,7 +562,7 @@ def diagnose(
     allow_other_model: bool = False,
     batch_turns: int = BATCH_TURNS,
     format: str | None = None,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Progress | None = None,
     allow_truncated: bool = False,
 ) -> DiagnoseResult:
     """Diagnose ``inputs`` with a model bundle and write the reports into ``out_dir``.
@@ -580,7 +596,7 @@ def diagnose(
     confidence, n_boot, min_support, seed : interval level, bootstrap replicates,
         minimum slice size, and the seed of every random draw.
     batch_turns : turns per streamed batch (memory vs. overhead).
-    progress : optional ``callback(step, turns_done)``.
+    progress : optional ``progress(stage, done, total)`` (:mod:`fpi.progress`).
     allow_truncated : keep the readable part of a truncated or corrupt input file
         (with a warning) instead of raising :class:`~fpi.errors.TruncatedInput`.
 
@@ -618,11 +634,12 @@ def diagnose(
     junit_inside = _inside(junit, out)
     timings: dict[str, float] = {}
 
-    def note(step: str, n: int) -> None:
+    def note(step: str, n: int, total: int | None = None) -> None:
         if progress is not None:
-            progress(step, n)
+            progress(step, n, total)
 
     t0 = time.perf_counter()
+    input_files = runmeta.input_files(paths, progress)
     # Every output is built in a staging directory beside --out and swapped in whole at
     # the end; scratch (the streamed copy of the turns) lives inside it, removed first.
     with (staged_output_dir(out, "diagnose", legacy=_is_legacy_output) as stage,
@@ -641,7 +658,8 @@ def diagnose(
             rejects = stage / "rejects.jsonl"
             rep = ingest(paths, source, format=format, rejects_path=rejects,
                          redact_rejects=None if red is None else red.reject,
-                         allow_truncated=allow_truncated)
+                         allow_truncated=allow_truncated,
+                         progress=bytes_callback(progress))
             ingest_info = {"records_read": rep.records_read, "turns_kept": rep.turns_kept,
                            "rejected": rep.rejected, "rejects_by_rule": dict(rep.rejects_by_rule),
                            "rejects_file": rejects.name if rep.rejected else None}
@@ -663,15 +681,17 @@ def diagnose(
         t1 = time.perf_counter()
         scratch_predictions = scratch / "predictions.parquet"
         total = pl.scan_parquet(source).select(pl.len()).collect().item()
+        note("predict", 0, total)
         acc = _stream(source, bundle, total=total, mode=attribution, batch_turns=batch_turns,
                       quota_fn=quota_fn, examples=examples, seed=seed,
                       predictions=scratch_predictions,
-                      progress=(lambda n: note("predict", n)), red=red)
+                      progress=(lambda n: note("predict", n, total)), red=red)
         if source.parent == scratch:
             source.unlink()  # the ingested copy is no longer needed
         timings["features_predict"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
+        note("rates", 0, None)
         if acc.rows != acc.total:  # pragma: no cover - the file changed under us
             raise InputError(f"{source}: read {acc.rows} turns, expected {acc.total}")
         probs, sessions, labels = acc.probs, acc.sessions, acc.labels
@@ -705,7 +725,7 @@ def diagnose(
             res = acc.reservoir.sort("_row")
             feat_names = [f.name for f in bundle.features]
             rpred = res["_pred"].to_numpy()
-            contrib = bundle.contributions(res.select([*KEY_COLUMNS, *feat_names]))
+            contrib = _contributions(bundle, res.select([*KEY_COLUMNS, *feat_names]), note)
             values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
             contrib_rows, contrib_values = res["_row"].to_numpy(), values
             attr_doc = attr.summarize(values, rpred, predicted_counts, mode="sample",
@@ -716,6 +736,7 @@ def diagnose(
             attr_doc = attr.summarize(np.zeros((0, len(attr.GROUP_COLUMNS))),
                                       np.zeros(0, dtype=np.int64), predicted_counts, mode="none")
         attr_doc.update(requested_sample=attribution_sample, **timing_info)
+        note("examples", 0, None)
         example_doc = _examples(acc, bundle, red)
         timings["attribution"] = time.perf_counter() - t3
 
@@ -779,7 +800,12 @@ def diagnose(
         summary["gates"] = results
         summary["gate_status"] = overall_status(results)
 
+        summary["run"] = runmeta.run_info(
+            span=acc.span, inputs=input_files, summary=summary,
+            baseline=runmeta.baseline_info(base, baseline),
+            wall_seconds=time.perf_counter() - t0)
         t4 = time.perf_counter()
+        note("writing", 0, None)
         _write_predictions(scratch_predictions, contrib_rows, contrib_values,
                            stage / "predictions.parquet")
         written = {"predictions": stage / "predictions.parquet", **write_reports(summary, stage)}

@@ -51,6 +51,7 @@ from fpi.errors import InputError, ModelError, SchemaError
 from fpi.evaluation import classification_metrics, labels_to_index
 from fpi.features import FEATURES, Feature, build_features, context_free
 from fpi.files import MARKER, check_output_dir, staged_output_dir
+from fpi.progress import Progress, boosting_callback, report
 from fpi.schema import CLASSES, COMPONENTS, TURN_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,8 @@ def _class_weights(y: np.ndarray, power: float) -> np.ndarray:
 
 def _fit_booster(x: np.ndarray, y: np.ndarray, w: np.ndarray, xv: np.ndarray, yv: np.ndarray,
                  wv: np.ndarray, cat_idx: list[int], names: list[str], params: dict[str, Any],
-                 num_boost_round: int, early_stopping_rounds: int) -> tuple[lgb.Booster, str]:
+                 num_boost_round: int, early_stopping_rounds: int,
+                 on_round: Any = None) -> tuple[lgb.Booster, str]:
     train_set = lgb.Dataset(x, label=y, weight=w, feature_name=names,
                             categorical_feature=cat_idx or "auto", free_raw_data=True,
                             params={"max_bin": params["max_bin"], "verbosity": -1})
@@ -414,7 +416,8 @@ def _fit_booster(x: np.ndarray, y: np.ndarray, w: np.ndarray, xv: np.ndarray, yv
     booster = lgb.train(
         params, train_set, num_boost_round=num_boost_round, valid_sets=[valid_set],
         valid_names=["valid"],
-        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False),
+                   *([on_round] if on_round is not None else [])],
     )
     text = booster.model_to_string(num_iteration=booster.best_iteration or None)
     # reload from the text so the booster in memory is exactly the one saved
@@ -484,6 +487,7 @@ def train(
     min_class_count: int = MIN_CLASS_COUNT,
     no_context: bool = True,
     features: pl.DataFrame | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
@@ -505,6 +509,9 @@ def train(
         Same data, seed and threads give byte-identical model files.
     features
         Precomputed :func:`fpi.features.build_features` of ``turns`` (optional).
+    progress
+        Optional ``progress(stage, done, total)`` (:mod:`fpi.progress`): features,
+        boosting rounds of each model, the rule baseline.
 
     Raises
     ------
@@ -537,7 +544,9 @@ def train(
         raise InputError(f"too few labelled examples to learn: {listed} (need at least "
                          f"{min_class_count} per class)")
     if features is None:
+        report(progress, "features", 0, None)
         features = build_features(turns)
+        report(progress, "features", turns.height, turns.height)
     lap("features")
     lab_mask = pl.Series(labelled)
     lab_turns = turns.filter(lab_mask)
@@ -560,7 +569,7 @@ def train(
     full_params.update(params or {})
     cw = _class_weights(y_lab[parts.train], class_weight_power)
 
-    def fit(which: tuple[Feature, ...], levels: dict[str, list[str]]
+    def fit(which: tuple[Feature, ...], levels: dict[str, list[str]], stage: str
             ) -> tuple[lgb.Booster, str, Calibration, dict[str, Any], np.ndarray]:
         x = _matrix(feats, which, levels)
         cat_idx = [i for i, f in enumerate(which) if f.kind == "categorical"]
@@ -568,7 +577,8 @@ def train(
         booster, text = _fit_booster(
             x[parts.train], y_lab[parts.train], cw[y_lab[parts.train]],
             x[parts.valid], y_lab[parts.valid], cw[y_lab[parts.valid]],
-            cat_idx, names, full_params, num_boost_round, early_stopping_rounds)
+            cat_idx, names, full_params, num_boost_round, early_stopping_rounds,
+            boosting_callback(progress, stage))
         calib = fit_calibration(np.asarray(booster.predict(x[parts.calib], raw_score=True)),
                                 y_lab[parts.calib])
         proba = calib.apply(np.asarray(booster.predict(x[parts.test], raw_score=True)))
@@ -577,7 +587,7 @@ def train(
 
     levels = _levels(feats.filter(pl.Series(parts.train)), FEATURES)
     log.info("training on %d turns (%d features)", int(parts.train.sum()), len(FEATURES))
-    booster, text, calib, metrics, _ = fit(FEATURES, levels)
+    booster, text, calib, metrics, _ = fit(FEATURES, levels, "boosting")
     lap("model")
     files = {MODEL_FILE: text}
     nc_block: dict[str, Any] | None = None
@@ -585,12 +595,14 @@ def train(
     baselines_heldout: dict[str, Any] = {}
     if no_context:
         nc_feats = context_free(FEATURES)
-        nc_booster, nc_text, nc_calib, nc_metrics, _ = fit(nc_feats, levels)
+        nc_booster, nc_text, nc_calib, nc_metrics, _ = fit(nc_feats, levels,
+                                                           "boosting (no context)")
         files[NO_CONTEXT_FILE] = nc_text
         nc_block = {"features": [f.name for f in nc_feats], "calibration": nc_calib.to_dict(),
                     "best_iteration": nc_booster.current_iteration()}
         baselines_heldout["no_context"] = _brief(nc_metrics)
         lap("no_context")
+    report(progress, "rule baseline", 0, None)
     rules = fit_rule_baseline(feats.filter(pl.Series(parts.train)), y_lab[parts.train],
                               seed=seed)
     rule_metrics = classification_metrics(

@@ -27,6 +27,7 @@ import polars as pl
 from fpi.errors import InputError
 from fpi.files import write_text_atomic
 from fpi.formats import TurnWriter
+from fpi.progress import Progress, report
 from fpi.schema import CLASSES, TURN_SCHEMA
 from fpi.sim import assemble, engine
 from fpi.sim import world as W
@@ -230,6 +231,7 @@ def write_simulation(
     format: str | None = None,
     labels: Labels = "both",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
 ) -> SimulationSummary:
     """Simulate into a file (streaming) and write ``<path>.truth.json`` beside it.
 
@@ -245,6 +247,7 @@ def write_simulation(
             tally.add(cols)
             writer.write(_apply_labels(frame, labels))
             log.debug("simulated %d turns", tally.turns)
+            report(progress, "simulating", tally.turns, turns)
     truth: dict[str, Any] = {
         "generator": "fpi simulate",
         "profile": prof.name,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fpi.cli import app
 from fpi.files import write_text_atomic
 
-COMMANDS = ("ingest", "simulate", "train", "evaluate", "diagnose", "explain")
+COMMANDS = ("ingest", "simulate", "train", "evaluate", "diagnose", "explain", "trend")
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 

@@ -37,3 +37,11 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("small-bundle") / "model"
     return train(make_turns(300, seed=0), out, seed=0, threads=1, num_boost_round=25,
                  early_stopping_rounds=5)
+
+
+@pytest.fixture(autouse=True)
+def _outside_github_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fpi diagnose` annotates and writes the job summary under GitHub Actions: a test run
+    in CI must not append to the real $GITHUB_STEP_SUMMARY (tests that want it set it)."""
+    for var in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY"):
+        monkeypatch.delenv(var, raising=False)

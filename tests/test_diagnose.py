@@ -255,11 +255,25 @@ def test_explain(night: Path, bundle_dir: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _without_run(name: str, text: str) -> str:
+    """The output minus the run metadata (wall time, paths, CI: differs run to run)."""
+    if name == "summary.json":
+        from fpi.report import render_json
+
+        doc = json.loads(text)
+        assert {"time_range", "inputs", "wall_seconds", "bundle_id"} <= set(doc.pop("run"))
+        return render_json(doc)
+    head, sep, rest = text.partition("## Run\n")
+    assert sep, "report.md has no run section"
+    return head + rest[rest.index("---\n"):]
+
+
 def test_golden_summary_and_markdown(run, update_golden: bool) -> None:
-    """Keys and strings exactly, numbers within a tolerance (see golden_compare)."""
-    # the model's id is checked by the model tests, not by the report's golden files
+    """Keys and strings exactly, numbers within a tolerance (see golden_compare); the run
+    metadata (wall time, paths, CI) and the model's id (checked by the model tests) aside."""
     ignore = {"summary.json": ("$.model.fingerprint", "$.model.id"),
               "report.md": (r"model `[0-9a-f]{12}`",)}
     for name in ("summary.json", "report.md"):
-        check_golden(GOLDEN / f"diagnose_{name}", (run.out_dir / name).read_text(),
-                     update=update_golden, test="tests/test_diagnose.py", ignore=ignore[name])
+        got = _without_run(name, (run.out_dir / name).read_text())
+        check_golden(GOLDEN / f"diagnose_{name}", got, update=update_golden,
+                     test="tests/test_diagnose.py", ignore=ignore[name])

@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort
 
 from fpi import __version__
+from fpi.cli import _progress
 from fpi.errors import ExitStatus, FpiError
 
 #: Progress, summaries and errors go to stderr; results go to stdout or files.
@@ -190,8 +191,13 @@ def _main(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks and debug logging.")
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display on stderr (it is only "
+                                                 "drawn on a terminal anyway).")
+    ] = False,
 ) -> None:
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "quiet": quiet}
+    _progress.QUIET = quiet
     _DEBUG[0] = debug
     handler = logging.StreamHandler()
     # Library warnings (e.g. a truncated input kept under --allow-truncated) read like

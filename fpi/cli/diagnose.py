@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fpi.cli._app import AllowTruncated, app, err_console, gate_failed, out_console
+from fpi.cli._progress import progress_for
 from fpi.errors import ExitStatus, InputError
 
 
@@ -64,6 +66,10 @@ def diagnose(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print summary.json on stdout (same exit codes).")] = False,
     allow_truncated: AllowTruncated = False,
+    github: Annotated[bool | None, typer.Option(
+        "--github/--no-github", help="Append a verdict to $GITHUB_STEP_SUMMARY and print "
+        "::error::/::warning:: lines for failed/warned gates (on stderr with --json). "
+        "Default: on when GITHUB_ACTIONS=true.", show_default=False)] = None,
 ) -> None:
     """Diagnose a night of logs: failure rates with intervals, slices, attribution, gates.
 
@@ -76,7 +82,7 @@ def diagnose(
 
     if attribution not in ("sample", "all", "none"):
         raise InputError(f"--attribution must be sample, all or none, not {attribution!r}")
-    with err_console.status("diagnosing...") as status:
+    with progress_for(err_console) as progress:
         result = run(
             inputs, model=model, out_dir=out, baseline=baseline, gates=gate or (),
             gates_file=gates, junit=junit, attribution=attribution,
@@ -84,18 +90,36 @@ def diagnose(
             redact=redact, redact_salt=redact_salt, examples=examples,
             min_support=min_support, seed=seed, allow_other_model=allow_other_model,
             format=input_format, allow_truncated=allow_truncated,
-            progress=lambda step, n: status.update(f"{step}: {n:,} turns"),
+            progress=progress,
         )
     render_terminal(result.summary, err_console)
     err_console.print(f"reports in {escape(str(out))}/ (report.md, report.html, summary.json)")
     if as_json:
         out_console.print(render_json(result.summary), end="", markup=False, highlight=False)
+    _github(result.summary, github, as_json)
     if result.exit_status != ExitStatus.OK:
         failed = [g for g in result.summary["gates"] if g["status"] == "FAIL"]
         for g in failed:
             err_console.print(f"[bold red]gate failed:[/] {escape(g['name'])}: "
                               f"{escape(g['message'])}", soft_wrap=True)
         gate_failed()
+
+
+def _github(summary: dict[str, object], flag: bool | None, as_json: bool) -> None:
+    """GitHub Actions: the job summary verdict and one annotation per failed/warned gate."""
+    from fpi import ci
+    from fpi.errors import FpiError
+
+    if not ci.github_enabled(flag, os.environ):
+        return
+    try:  # a side output: the reports are written and the gates decide the exit status
+        if ci.append_step_summary(ci.step_summary(summary), os.environ) is None:
+            err_console.print("warning: --github: GITHUB_STEP_SUMMARY is not set; "
+                              "no job summary written")
+    except FpiError as exc:
+        err_console.print(f"warning: {escape(str(exc))}", soft_wrap=True)
+    for line in ci.gate_annotations(summary):
+        typer.echo(line, err=as_json)  # stdout, unless it carries the JSON
 
 
 @app.command()

@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from fpi.cli._app import AllowTruncated, app, err_console, out_console
+from fpi.cli._progress import progress_for
 from fpi.errors import StrictRejects
 from fpi.ingest import FORMATS, IngestReport, ingest
-
-#: Inputs at least this big get a progress bar (when stderr is a terminal).
-PROGRESS_MIN_BYTES = 64 << 20
+from fpi.progress import bytes_callback
 
 
 @app.command("ingest")
@@ -63,26 +61,9 @@ def ingest_command(
 
     Exit status: 0 ok, 2 bad input (nothing usable), 3 rejects under --strict.
     """
-    progress_bar = Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TimeRemainingColumn(), console=err_console, transient=True,
-    )
-    task = progress_bar.add_task("ingesting", total=None)
-
-    def on_progress(done: int, total_bytes: int) -> None:
-        # Only worth a bar when the input takes more than a moment, on a terminal.
-        if total_bytes < PROGRESS_MIN_BYTES or not err_console.is_terminal:
-            return
-        if not progress_bar.live.is_started:
-            progress_bar.start()
-        progress_bar.update(task, completed=done, total=total_bytes)
-
-    try:
+    with progress_for(err_console) as progress:
         report = ingest(inputs, output, format=format, rejects_path=rejects,
-                        progress=on_progress, allow_truncated=allow_truncated)
-    finally:
-        if progress_bar.live.is_started:
-            progress_bar.stop()
+                        progress=bytes_callback(progress), allow_truncated=allow_truncated)
     render(report, as_json)
     if strict and report.rejected:
         top = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from fpi.cli._app import app, err_console, out_console
+from fpi.cli._progress import progress_for
 from fpi.errors import InputError
 
 
@@ -64,10 +65,10 @@ def simulate(
         raise InputError("missing --output PATH (e.g. -o night.jsonl.gz)")
     if labels not in ("both", "gold", "none"):
         raise InputError(f"--labels must be both, gold or none, not {labels!r}")
-    with err_console.status(f"simulating {turns:,} turns ({profile})"):
+    with progress_for(err_console) as progress:
         summary = write_simulation(
             output, turns=turns, seed=seed, profile=profile, format=format,
-            labels=labels,  # type: ignore[arg-type]
+            labels=labels, progress=progress,  # type: ignore[arg-type]
         )
     rates = ", ".join(f"{k} {v:.1%}" for k, v in summary.rates.items())
     err_console.print(

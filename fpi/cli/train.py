@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fpi.cli._app import AllowTruncated, app, err_console, out_console
+from fpi.cli._progress import progress_for
 from fpi.errors import InputError, StrictRejects
 from fpi.schema import CLASSES
 
@@ -92,8 +93,11 @@ def _read(inputs: list[Path], allow_truncated: bool, rejects: Path | None = None
           ) -> tuple[Any, Any]:
     """The canonical frame and the ingest report; rejects summed up by rule on stderr."""
     from fpi.ingest import read_traces
+    from fpi.progress import bytes_callback
 
-    frame, report = read_traces(inputs, rejects_path=rejects, allow_truncated=allow_truncated)
+    with progress_for(err_console) as progress:
+        frame, report = read_traces(inputs, rejects_path=rejects, allow_truncated=allow_truncated,
+                                    progress=bytes_callback(progress))
     if report.rejected:
         rules = ", ".join(f"{rule} {n:,}" for rule, n in report.rejects_by_rule.items())
         where = f"; see {report.rejects_path}" if report.rejects_path else ""
@@ -151,8 +155,10 @@ def train(
     check_bundle_out(out)  # refuse a foreign --out before reading any data
     frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out))
     err_console.print(f"training on {frame.height} turns ...")
-    result = train_model(frame, out, seed=seed, threads=threads, split=split,  # type: ignore[arg-type]
-                         test_size=test_size)
+    with progress_for(err_console) as progress:
+        result = train_model(frame, out, seed=seed, threads=threads,
+                             split=split,  # type: ignore[arg-type]
+                             test_size=test_size, progress=progress)
     doc = result.to_dict()
     counts = doc["training"]["counts"]
     err_console.print(

@@ -30,6 +30,7 @@ from fpi.report._fmt import (
     redaction_note,
     signed,
 )
+from fpi.report.runinfo import run_rows
 from fpi.schema import COMPONENTS
 
 
@@ -107,6 +108,7 @@ def render_html(summary: Mapping[str, Any]) -> str:
         titles=CLASS_TITLES,
         attr_how=how,
         redaction_note=redaction_note,
+        run_rows=run_rows(summary),
         pct=pct, pp=pp, gv=gate_value, num=lambda x: num(x, 3), dash=dash, qv=qvalue, sg=signed,
         **_charts(summary),
     )

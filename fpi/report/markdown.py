@@ -37,6 +37,7 @@ from fpi.report._fmt import (
     redaction_note,
     signed,
 )
+from fpi.report.runinfo import run_markdown
 from fpi.schema import (
     CLASSES,
     COMPONENTS,
@@ -144,6 +145,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     out += _slices(summary)
     out += _attribution(summary)
     out += _examples(summary)
+    out += run_markdown(summary)
     out.append("---")
     out.append(
         f"<sub>fpi {_ours(summary.get('fpi_version', ''))} · summary schema "

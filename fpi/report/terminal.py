@@ -51,6 +51,9 @@ def render_terminal(summary: Mapping[str, Any], console: Console) -> None:
                        f"{x['turns']:,}", pct(x["rate"]), pct(x["rest_rate"]),
                        f"{x['excess_failures']:,.0f}")
         console.print(st)
+    tr = (summary.get("run") or {}).get("time_range")
+    if tr:
+        console.print(f"logs {escape(tr['first'])} to {escape(tr['last'])}")
     gates = summary.get("gates") or []
     if gates:
         gt = Table(title="Gates", title_justify="left")

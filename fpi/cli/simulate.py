@@ -35,8 +35,15 @@ def simulate(
     labels: Annotated[
         str, typer.Option("--labels", help="both (gold + second annotator), gold, or none.")
     ] = "both",
+    assistant: Annotated[
+        str, typer.Option("--assistant", "-a", help="Assistant style: language, phrasing, "
+                          "confidence scales, logged fields (see --list-assistants).")
+    ] = "default",
     list_profiles: Annotated[
         bool, typer.Option("--list-profiles", help="List the profiles and exit.")
+    ] = False,
+    list_assistants: Annotated[
+        bool, typer.Option("--list-assistants", help="List the assistant styles and exit.")
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the truth (counts, rates) as JSON.")
@@ -52,22 +59,26 @@ def simulate(
 
     Example: fpi simulate -o night.jsonl.gz --turns 10000 --seed 7 --profile asr_farfield
     """
-    from fpi.simulation import PROFILES, write_simulation
+    from fpi.simulation import PROFILES, STYLES, write_simulation
 
-    if list_profiles:
-        table = Table("profile", "what changes", box=None)
-        for p in PROFILES.values():
-            table.add_row(p.name, p.description)
+    if list_profiles or list_assistants:
+        table = Table("profile" if list_profiles else "assistant", "what changes", box=None)
+        for name, description in (
+            [(p.name, p.description) for p in PROFILES.values()] if list_profiles
+            else [(s.name, s.description) for s in STYLES.values()]
+        ):
+            table.add_row(name, description)
         out_console.print(table)
         return
     if output is None:
         raise InputError("missing --output PATH (e.g. -o night.jsonl.gz)")
     if labels not in ("both", "gold", "none"):
         raise InputError(f"--labels must be both, gold or none, not {labels!r}")
-    with err_console.status(f"simulating {turns:,} turns ({profile})"):
+    with err_console.status(f"simulating {turns:,} turns ({profile}, {assistant})"):
         summary = write_simulation(
             output, turns=turns, seed=seed, profile=profile, format=format,
             labels=labels,  # type: ignore[arg-type]
+            assistant=assistant,
         )
     rates = ", ".join(f"{k} {v:.1%}" for k, v in summary.rates.items())
     err_console.print(

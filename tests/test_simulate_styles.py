@@ -16,7 +16,8 @@ from polars.testing import assert_frame_equal
 from fpi.errors import InputError
 from fpi.ingest import read_traces
 from fpi.schema import CLASSES
-from fpi.simulation import STYLES, simulate_frame, write_simulation
+from fpi.sim import engine as E
+from fpi.simulation import PROFILES, STYLES, simulate_frame, write_simulation
 
 TURNS = 2_000
 NON_DEFAULT = [s for s in STYLES if s != "default"]
@@ -206,6 +207,30 @@ def test_japanese_is_written_without_spaces(frames: dict[str, pl.DataFrame]) -> 
     names = frame["er"].struct.field("entities").explode().struct.field("resolved_name")
     assert names.drop_nulls().map_elements(lambda s: bool(cjk.search(s)),
                                            return_dtype=pl.Boolean).mean() > 0.9
+
+
+@pytest.mark.parametrize("language", ["de", "es", "ja"])
+def test_label_stays_causal_in_every_language(language: str) -> None:
+    """The gold label follows the definition from the hidden truth and stage outputs."""
+    cols = E.run_batch(PROFILES["baseline"], np.random.default_rng(7), 3_000, language=language)
+    lab = cols["label"]
+    asr, nlu, er, result = (CLASSES.index(c) for c in ("asr", "nlu", "er", "result"))
+    assert ((cols["kind"] == E.FALSE_WAKE) == (lab == CLASSES.index("false_wake"))).all()
+    assert not (cols["e_content"] & (lab == nlu)).any()
+    assert (~cols["nlu_ok"][lab == nlu]).all()
+    assert cols["nlu_ok"][lab == er].all()
+    assert (cols["svc_err"] | cols["wrong"])[lab == result].all()
+    user = cols["kind"] != E.FALSE_WAKE
+    assert cols["outcome_ok"][user & (lab == 0)].all()
+    # misheard names ER recovered are correct; those it could not are asr
+    misheard = user & cols["e_entity"] & (cols["asr_men"] >= 0)
+    recovered = misheard & (cols["er_resolved"] == cols["truth_ent"])
+    assert (lab[recovered & cols["outcome_ok"]] == 0).all()
+    assert (recovered & cols["outcome_ok"]).sum() > 20
+    propagated = user & cols["e_entity"] & cols["nlu_ok"] & ~cols["er_ok"]
+    assert propagated.sum() > 20 and (lab[propagated] == asr).all()
+    # function-word slips alone never make an asr failure
+    assert not (lab[cols["e_func"] & ~cols["e_content"] & ~cols["e_entity"]] == asr).any()
 
 
 # ---------------------------------------------------------------------------

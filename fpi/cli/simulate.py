@@ -64,8 +64,8 @@ def simulate(
     if list_profiles or list_assistants:
         table = Table("profile" if list_profiles else "assistant", "what changes", box=None)
         for name, description in (
-            [(p.name, p.description) for p in PROFILES.values()] if list_profiles
-            else [(s.name, s.description) for s in STYLES.values()]
+            [(prof.name, prof.description) for prof in PROFILES.values()] if list_profiles
+            else [(style.name, style.description) for style in STYLES.values()]
         ):
             table.add_row(name, description)
         out_console.print(table)

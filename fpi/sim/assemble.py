@@ -121,8 +121,9 @@ def _responses(kind: np.ndarray, style: AssistantStyle, variant_u: np.ndarray) -
     flat = [v for variants in table for v in variants]
     counts = np.array([len(v) for v in table])
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    k = np.maximum(kind, 0)
-    pick = offsets[k] + np.minimum((variant_u * counts[k]).astype(np.int64), counts[k] - 1)
+    kinds = np.maximum(kind, 0)
+    pick = offsets[kinds] + np.minimum((variant_u * counts[kinds]).astype(np.int64),
+                                       counts[kinds] - 1)
     return pl.Series([*flat, ""], dtype=pl.String).gather(np.where(kind >= 0, pick, len(flat)))
 
 
@@ -344,7 +345,7 @@ def to_frame(
             "explicit": _strings(("", "negative", "positive"), np.where(
                 r["explicit"] > 0, r["explicit"], -1)),
         },
-        present=r["feedback_logged"] & (r["app"] >= style.feedback_from_app),
+        present=r["feedback_logged"] & style.feedback_logged(r["app"]),
     )
     gold = r["label"]
     second = second_annotator(r)

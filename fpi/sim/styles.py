@@ -88,9 +88,9 @@ class AssistantStyle:
     log_nbest, log_nlu_alternatives, log_latency
         Whether the clients log the n-best list, NLU's alternatives, the stage
         latencies.
-    feedback_from_app
-        Index into the app versions (4.2.1, 4.3.0, 4.3.2, 5.0.0) of the first that
-        sends feedback events; 4 means none does.
+    feedback_from
+        The oldest app version (of 4.2.1, 4.3.0, 4.3.2, 5.0.0) that sends feedback
+        events; None: no client does.
     """
 
     name: str
@@ -103,12 +103,18 @@ class AssistantStyle:
     log_nbest: bool = True
     log_nlu_alternatives: bool = True
     log_latency: bool = True
-    feedback_from_app: int = 1
+    feedback_from: str | None = "4.3.0"
 
     @property
     def lang(self) -> Language:
         """The style's language pack."""
         return W.get_language(self.language)
+
+    def feedback_logged(self, app: np.ndarray) -> np.ndarray:
+        """Whether a turn's client (app version index) logs feedback events."""
+        if self.feedback_from is None:
+            return np.zeros(len(app), dtype=bool)
+        return app >= W.APP_VERSIONS.index(self.feedback_from)
 
 
 def response_table(style: AssistantStyle) -> ResponseTable:
@@ -117,7 +123,8 @@ def response_table(style: AssistantStyle) -> ResponseTable:
     table = style.responses or style.lang.responses
     if style.confirmations == "terse":
         terse = style.lang.confirmations
-        table = tuple(terse if k in TERSE_KINDS else v for k, v in enumerate(table))
+        table = tuple(terse if kind in TERSE_KINDS else variants
+                      for kind, variants in enumerate(table))
     return table
 
 
@@ -143,8 +150,8 @@ _TERSE_EN: ResponseTable = (
 )
 
 STYLES: dict[str, AssistantStyle] = {
-    s.name: s
-    for s in (
+    style.name: style
+    for style in (
         AssistantStyle("default", "The default simulated assistant (docs/simulator.md)."),
         AssistantStyle(
             "terse",
@@ -166,7 +173,7 @@ STYLES: dict[str, AssistantStyle] = {
             log_nbest=False,
             log_nlu_alternatives=False,
             log_latency=False,
-            feedback_from_app=3,
+            feedback_from="5.0.0",
         ),
         AssistantStyle(
             "de",
@@ -194,7 +201,7 @@ STYLES: dict[str, AssistantStyle] = {
             asr_confidence=ConfidenceLog(scale="percent"),
             nlu_confidence=ConfidenceLog(slope=1.3, shift=0.5),
             log_latency=False,
-            feedback_from_app=4,
+            feedback_from=None,
         ),
     )
 }

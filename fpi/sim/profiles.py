@@ -104,6 +104,16 @@ PROFILES: dict[str, Profile] = {
             expected={"asr": ("all", 1.22, 1.42)},
         ),
         Profile(
+            "speaker_shift_mild",
+            "Milder new voices (conditional shift): 30% of the sessions from the hidden "
+            "speaker population; ASR errs as if the audio were 0.2 harder, and notices "
+            "80% of its usual confidence drop on its own errors.",
+            new_voice_share=0.3,
+            new_voice_error=0.2,
+            new_voice_notice=0.8,
+            expected={"asr": ("all", 1.05, 1.2)},
+        ),
+        Profile(
             "device_mix",
             "Traffic drift (prior shift only): a phone-app launch moves the device mix to "
             "phones 45%, speakers 18%, cars 15%, screens 12%, TV sticks 10%; no component "

@@ -32,9 +32,12 @@ from fpi.schema import CLASSES, TURN_SCHEMA
 from fpi.sim import assemble, engine
 from fpi.sim import world as W
 from fpi.sim.profiles import PROFILES, Profile
+from fpi.sim.styles import STYLES, AssistantStyle, get_style
 
 __all__ = [
     "PROFILES",
+    "STYLES",
+    "AssistantStyle",
     "Profile",
     "SimulationSummary",
     "simulate",
@@ -72,7 +75,11 @@ def _sessions_per_batch(batch_size: int) -> int:
 
 
 def _raw_batches(
-    turns: int, seed: int, profile: Profile, batch_size: int
+    turns: int,
+    seed: int,
+    profile: Profile,
+    batch_size: int,
+    style: AssistantStyle = STYLES["default"],
 ) -> Iterator[tuple[pl.DataFrame, dict[str, np.ndarray]]]:
     """(frame with both labels, engine columns) per batch of whole sessions, ``turns`` in all.
 
@@ -86,13 +93,13 @@ def _raw_batches(
     b = 0
     while done < turns:
         rng = np.random.default_rng(np.random.SeedSequence([seed, b]))
-        cols = engine.run_batch(profile, rng, per_batch)
+        cols = engine.run_batch(profile, rng, per_batch, language=style.language)
         n = len(cols["slot"])
         if done + n > turns:  # the log ends mid-session: keep the first turns
             keep = turns - done
             cols = {k: v[:keep] for k, v in cols.items()}
             n = keep
-        frame = assemble.to_frame(cols, seed=seed, session_offset=b * per_batch)
+        frame = assemble.to_frame(cols, seed=seed, session_offset=b * per_batch, style=style)
         yield frame, cols
         done += n
         b += 1
@@ -117,6 +124,7 @@ def simulate(
     profile: str | Profile = "baseline",
     batch_size: int = DEFAULT_BATCH_SIZE,
     labels: Labels = "both",
+    assistant: str | AssistantStyle = "default",
 ) -> Iterator[pl.DataFrame]:
     """Simulate ``turns`` turns as canonical frames, a batch of whole sessions at a time.
 
@@ -132,6 +140,9 @@ def simulate(
         Approximate turns per batch (memory stays flat whatever ``turns`` is).
     labels
         ``both`` (gold and a second annotator), ``gold``, or ``none`` (label null).
+    assistant
+        A name in :data:`STYLES` or an :class:`AssistantStyle`: the assistant's
+        language, phrasing, confidence calibration and logged fields.
 
     Yields
     ------
@@ -140,15 +151,22 @@ def simulate(
     """
     _check_labels(labels)
     prof = get_profile(profile)
-    for frame, _ in _raw_batches(turns, seed, prof, batch_size):
+    style = get_style(assistant)
+    for frame, _ in _raw_batches(turns, seed, prof, batch_size, style):
         yield _apply_labels(frame, labels)
 
 
 def simulate_frame(
-    turns: int, *, seed: int = 0, profile: str | Profile = "baseline", labels: Labels = "both"
+    turns: int,
+    *,
+    seed: int = 0,
+    profile: str | Profile = "baseline",
+    labels: Labels = "both",
+    assistant: str | AssistantStyle = "default",
 ) -> pl.DataFrame:
     """All of :func:`simulate` in one canonical frame."""
-    frames = list(simulate(turns, seed=seed, profile=profile, labels=labels))
+    frames = list(simulate(turns, seed=seed, profile=profile, labels=labels,
+                           assistant=assistant))
     if not frames:
         return pl.DataFrame(schema=TURN_SCHEMA)
     return pl.concat(frames, how="vertical")
@@ -204,6 +222,7 @@ class SimulationSummary:
     seed: int
     profile: str
     labels: str
+    assistant: str
     counts: dict[str, int]
     rates: dict[str, float]
     truth: dict[str, Any]
@@ -214,6 +233,15 @@ class SimulationSummary:
         d["path"] = str(self.path)
         d["truth_path"] = str(self.truth_path)
         return d
+
+
+def _style_fields(style: AssistantStyle) -> dict[str, Any]:
+    """The truth file's record of the assistant style (nothing for the default, whose
+    truth files stay as they were)."""
+    if style == STYLES["default"]:
+        return {}
+    return {"assistant": style.name, "assistant_description": style.description,
+            "language": style.language}
 
 
 def truth_path_for(path: str | os.PathLike[str]) -> Path:
@@ -232,6 +260,7 @@ def write_simulation(
     labels: Labels = "both",
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
+    assistant: str | AssistantStyle = "default",
 ) -> SimulationSummary:
     """Simulate into a file (streaming) and write ``<path>.truth.json`` beside it.
 
@@ -241,9 +270,10 @@ def write_simulation(
     """
     _check_labels(labels)
     prof = get_profile(profile)
+    style = get_style(assistant)
     tally = _Tally()
     with TurnWriter(path, format) as writer:
-        for frame, cols in _raw_batches(turns, seed, prof, batch_size):
+        for frame, cols in _raw_batches(turns, seed, prof, batch_size, style):
             tally.add(cols)
             writer.write(_apply_labels(frame, labels))
             log.debug("simulated %d turns", tally.turns)
@@ -253,6 +283,7 @@ def write_simulation(
         "profile": prof.name,
         "description": prof.description,
         "expected_effect": {k: list(v) for k, v in prof.expected.items()},
+        **_style_fields(style),
         "seed": seed,
         "turns": tally.turns,
         "sessions": tally.sessions,
@@ -272,6 +303,7 @@ def write_simulation(
         seed=seed,
         profile=prof.name,
         labels=labels,
+        assistant=style.name,
         counts=dict(tally.total),
         rates=dict(truth["rates"]),
         truth=truth,

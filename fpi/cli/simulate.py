@@ -36,8 +36,15 @@ def simulate(
     labels: Annotated[
         str, typer.Option("--labels", help="both (gold + second annotator), gold, or none.")
     ] = "both",
+    assistant: Annotated[
+        str, typer.Option("--assistant", "-a", help="Assistant style: language, phrasing, "
+                          "confidence scales, logged fields (see --list-assistants).")
+    ] = "default",
     list_profiles: Annotated[
         bool, typer.Option("--list-profiles", help="List the profiles and exit.")
+    ] = False,
+    list_assistants: Annotated[
+        bool, typer.Option("--list-assistants", help="List the assistant styles and exit.")
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the truth (counts, rates) as JSON.")
@@ -53,12 +60,15 @@ def simulate(
 
     Example: fpi simulate -o night.jsonl.gz --turns 10000 --seed 7 --profile asr_farfield
     """
-    from fpi.simulation import PROFILES, write_simulation
+    from fpi.simulation import PROFILES, STYLES, write_simulation
 
-    if list_profiles:
-        table = Table("profile", "what changes", box=None)
-        for p in PROFILES.values():
-            table.add_row(p.name, p.description)
+    if list_profiles or list_assistants:
+        table = Table("profile" if list_profiles else "assistant", "what changes", box=None)
+        for name, description in (
+            [(prof.name, prof.description) for prof in PROFILES.values()] if list_profiles
+            else [(style.name, style.description) for style in STYLES.values()]
+        ):
+            table.add_row(name, description)
         out_console.print(table)
         return
     if output is None:
@@ -69,6 +79,7 @@ def simulate(
         summary = write_simulation(
             output, turns=turns, seed=seed, profile=profile, format=format,
             labels=labels, progress=progress,  # type: ignore[arg-type]
+            assistant=assistant,
         )
     rates = ", ".join(f"{k} {v:.1%}" for k, v in summary.rates.items())
     err_console.print(

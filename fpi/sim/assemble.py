@@ -14,6 +14,7 @@ import pyarrow as pa
 from fpi.schema import CLASSES, TURN_SCHEMA
 from fpi.sim import engine as E
 from fpi.sim import world as W
+from fpi.sim.styles import STYLES, AssistantStyle, ConfidenceLog, response_table, turn_uniforms
 
 _CLASS_ARR = np.array(CLASSES, dtype=object)
 
@@ -26,9 +27,9 @@ _EXTRAS: tuple[str | None, ...] = (
 )
 
 
-def _render(tpl: np.ndarray, men: np.ndarray) -> pl.Series:
+def _render(tpl: np.ndarray, men: np.ndarray, language: str = "en") -> pl.Series:
     """Text of (template id, mention id) pairs; mention -1 leaves the slot empty."""
-    t = W.tables()
+    t = W.tables(language)
     tpl_s = pl.Series(t.tpl_text, dtype=pl.String)
     men_s = pl.Series([*t.men_text, ""], dtype=pl.String)
     m = np.where(men >= 0, men, len(t.men_text))
@@ -48,14 +49,18 @@ def _strings(values: tuple[str, ...], ids: np.ndarray) -> pa.Array:
     return taken.to_arrow().cast(pa.string())
 
 
-def _list(values: pa.StructArray, valid: np.ndarray) -> pa.ListArray:
-    """A list column from row-major padded items ``values`` (n*w) kept where ``valid`` (n, w)."""
+def _list(values: pa.StructArray, valid: np.ndarray, logged: bool = True) -> pa.ListArray:
+    """A list column from row-major padded items ``values`` (n*w) kept where ``valid`` (n, w);
+    all null when the field is not ``logged``."""
+    if not logged:
+        valid = np.zeros_like(valid)
     flat_valid = valid.reshape(-1)
     kept = values.filter(pa.array(flat_valid))
     counts = valid.sum(axis=1)
     offsets = np.zeros(len(counts) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), kept)
+    mask = None if logged else pa.array(np.ones(len(counts), dtype=bool))
+    return pa.ListArray.from_arrays(pa.array(offsets), kept, mask=mask)
 
 
 def _struct(fields: dict[str, pa.Array], present: np.ndarray | None = None) -> pa.StructArray:
@@ -65,6 +70,61 @@ def _struct(fields: dict[str, pa.Array], present: np.ndarray | None = None) -> p
 
 def _round(x: np.ndarray, nd: int = 3) -> np.ndarray:
     return np.round(np.asarray(x, dtype=np.float64), nd)
+
+
+def _confidence(values: np.ndarray, log: ConfidenceLog) -> pa.Array:
+    """A confidence as the style logs it in the spec's field: recalibrated and quantised
+    on the unit scale; null when the style logs another scale (as an extra field)."""
+    if log.scale != "unit":
+        return pa.nulls(len(values), pa.float64())
+    x = log.calibrate(values)
+    if log.step:
+        x = np.round(x / log.step) * log.step
+    return pa.array(_round(x))
+
+
+def _latency(values: np.ndarray, style: AssistantStyle) -> pa.Array:
+    """Milliseconds, or null where the style's clients do not log latencies."""
+    if not style.log_latency:
+        return pa.nulls(len(values), pa.float64())
+    return pa.array(np.round(values))
+
+
+def _scale_extra(values: np.ndarray, log: ConfidenceLog, stage: str) -> pl.Series | None:
+    """The JSON member (``"asr.score":87``) a style logs off the unit scale, or None."""
+    if log.scale == "percent":
+        name, text = "score", pl.Series(np.round(100 * log.calibrate(values)).astype(np.int64))
+    elif log.scale == "logit":
+        name, text = "logit", pl.Series(np.round(log.log_odds(values), 2))
+    else:
+        return None
+    member = pl.concat_str(pl.lit(f'"{stage}.{name}":'), text.cast(pl.String))
+    return pl.select(member).to_series()
+
+
+def _merge_extra(extra: pa.Array, member: pl.Series | None) -> pa.Array:
+    """Add one JSON member to every row's extra object (creating it where null)."""
+    if member is None:
+        return extra
+    old = pl.Series(extra, dtype=pl.String)
+    merged = pl.select(
+        pl.when(old.is_null())
+        .then(pl.concat_str(pl.lit("{"), member, pl.lit("}")))
+        .otherwise(pl.concat_str(pl.lit("{"), member, pl.lit(","), old.str.slice(1)))
+    ).to_series()
+    return merged.to_arrow().cast(pa.string())
+
+
+def _responses(kind: np.ndarray, style: AssistantStyle, variant_u: np.ndarray) -> pl.Series:
+    """The style's phrasing of each response kind (-1: no response), one variant per row."""
+    table = response_table(style)
+    flat = [v for variants in table for v in variants]
+    counts = np.array([len(v) for v in table])
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    kinds = np.maximum(kind, 0)
+    pick = offsets[kinds] + np.minimum((variant_u * counts[kinds]).astype(np.int64),
+                                       counts[kinds] - 1)
+    return pl.Series([*flat, ""], dtype=pl.String).gather(np.where(kind >= 0, pick, len(flat)))
 
 
 def second_annotator(r: dict[str, np.ndarray]) -> np.ndarray:
@@ -113,10 +173,16 @@ def second_annotator(r: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def to_frame(
-    r: dict[str, np.ndarray], *, seed: int, session_offset: int, labels: str = "both"
+    r: dict[str, np.ndarray],
+    *,
+    seed: int,
+    session_offset: int,
+    labels: str = "both",
+    style: AssistantStyle = STYLES["default"],
 ) -> pl.DataFrame:
-    """Build the canonical frame of one simulated batch."""
-    t = W.tables()
+    """Build the canonical frame of one simulated batch, logged the way ``style`` logs."""
+    lang = style.language
+    t = W.tables(lang)
     n = len(r["slot"])
     sid = (
         pl.Series("slot", r["slot"] + session_offset)
@@ -131,7 +197,7 @@ def to_frame(
         {
             "type": _strings(W.DEVICE_TYPES, dev),
             "has_screen": pa.array(W.DEVICE_HAS_SCREEN[dev]),
-            "locale": _strings(W.LOCALES, r["loc"]),
+            "locale": _strings(style.lang.locales, r["loc"]),
             "app_version": _strings(W.APP_VERSIONS, r["app"]),
         }
     )
@@ -144,13 +210,13 @@ def to_frame(
     )
 
     # ---- ASR -----------------------------------------------------------------
-    asr_text = _render(r["asr_tpl"], r["asr_men"])
+    asr_text = _render(r["asr_tpl"], r["asr_men"], lang)
     nb_tpl = np.concatenate([r["asr_tpl"][:, None], r["alt_tpl"]], axis=1)
     nb_men = np.concatenate([r["asr_men"][:, None], r["alt_men"]], axis=1)
     nb_conf = np.concatenate([r["asr_conf"][:, None], r["alt_conf"]], axis=1)
     nb_valid = np.concatenate([np.ones((n, 1), dtype=bool), r["alt_valid"]], axis=1)
     width = nb_tpl.shape[1]
-    nb_text = _render(nb_tpl.reshape(-1), nb_men.reshape(-1))
+    nb_text = _render(nb_tpl.reshape(-1), nb_men.reshape(-1), lang)
     # the same words twice in one n-best list: keep the first
     first = (
         pl.DataFrame({"row": np.repeat(np.arange(n), width), "text": nb_text})
@@ -163,16 +229,16 @@ def to_frame(
     nbest_items = _struct(
         {
             "text": nb_text.to_arrow().cast(pa.string()),
-            "confidence": pa.array(_round(nb_conf).reshape(-1)),
+            "confidence": _confidence(nb_conf.reshape(-1), style.asr_confidence),
         }
     )
     asr = _struct(
         {
             "text": asr_text.to_arrow().cast(pa.string()),
-            "confidence": pa.array(_round(r["asr_conf"])),
-            "nbest": _list(nbest_items, nb_valid),
+            "confidence": _confidence(r["asr_conf"], style.asr_confidence),
+            "nbest": _list(nbest_items, nb_valid, style.log_nbest),
             "audio_ms": pa.array(np.round(r["audio_ms"])),
-            "latency_ms": pa.array(np.round(r["asr_lat"])),
+            "latency_ms": _latency(r["asr_lat"], style),
         }
     )
 
@@ -184,11 +250,11 @@ def to_frame(
         {
             "domain": _strings(intent_domains, alt_int.reshape(-1)),
             "intent": _strings(intent_names, alt_int.reshape(-1)),
-            "confidence": pa.array(_round(r["nlu_alt_conf"]).reshape(-1)),
+            "confidence": _confidence(r["nlu_alt_conf"].reshape(-1), style.nlu_confidence),
         }
     )
     slot_names = tuple(it.slot or "" for it in W.INTENTS)
-    men_text = _render(np.full(n, _slot_template()), r["asr_men"])
+    men_text = _render(np.full(n, _slot_template(lang)), r["asr_men"], lang)
     slot_items = _struct(
         {
             "name": _strings(slot_names, r["nlu_int"]),
@@ -200,8 +266,8 @@ def to_frame(
         {
             "domain": _strings(intent_domains, r["nlu_int"]),
             "intent": _strings(intent_names, r["nlu_int"]),
-            "confidence": pa.array(_round(r["nlu_conf"])),
-            "alternatives": _list(alt_items, r["nlu_alt_valid"]),
+            "confidence": _confidence(r["nlu_conf"], style.nlu_confidence),
+            "alternatives": _list(alt_items, r["nlu_alt_valid"], style.log_nlu_alternatives),
             "slots": _list(slot_items, r["slot_present"][:, None]),
         }
     )
@@ -221,7 +287,7 @@ def to_frame(
     er = _struct(
         {
             "entities": _list(ent_items, np.ones((n, 1), dtype=bool)),
-            "latency_ms": pa.array(np.round(r["er_lat"])),
+            "latency_ms": _latency(r["er_lat"], style),
         },
         present=r["er_present"],
     )
@@ -231,7 +297,7 @@ def to_frame(
     x_name = names.gather(np.where(r["resp_x"] >= 0, r["resp_x"], len(t.ent_name)))
     amb = pl.select(
         pl.concat_str(
-            names.gather(np.maximum(r["amb_a"], 0)), pl.lit(" or "),
+            names.gather(np.maximum(r["amb_a"], 0)), pl.lit(style.lang.either_or),
             names.gather(np.maximum(r["amb_b"], 0)),
         )
     ).to_series()
@@ -239,12 +305,11 @@ def to_frame(
         pl.when(pl.Series(r["resp_x"] >= 0))
         .then(x_name)
         .when(pl.Series(r["resp_x_men"] >= 0))
-        .then(_render(np.full(n, _slot_template()), r["resp_x_men"]))
+        .then(_render(np.full(n, _slot_template(lang)), r["resp_x_men"], lang))
         .otherwise(amb)
     ).to_series()
-    resp_tpl = pl.Series([*E.RESPONSES, ""], dtype=pl.String).gather(
-        np.where(r["resp"] >= 0, r["resp"], len(E.RESPONSES))
-    )
+    session_number = r["slot"] + session_offset
+    resp_tpl = _responses(r["resp"], style, turn_uniforms(seed, session_number, r["pos"], 1))
     response = pl.select(
         pl.when(pl.Series(r["resp"] >= 0))
         .then(resp_tpl.str.replace("{x}", x_fill, literal=True))
@@ -269,7 +334,7 @@ def to_frame(
             "status": _strings(E.STATUS_NAMES, r["status"]),
             "action": action.to_arrow().cast(pa.string()),
             "response_text": response.to_arrow().cast(pa.string()),
-            "latency_ms": pa.array(np.round(r["res_lat"])),
+            "latency_ms": _latency(r["res_lat"], style),
         }
     )
 
@@ -280,7 +345,7 @@ def to_frame(
             "explicit": _strings(("", "negative", "positive"), np.where(
                 r["explicit"] > 0, r["explicit"], -1)),
         },
-        present=r["feedback_logged"],
+        present=r["feedback_logged"] & style.feedback_logged(r["app"]),
     )
     gold = r["label"]
     second = second_annotator(r)
@@ -301,6 +366,7 @@ def to_frame(
     # only the newest app logs the extra fields, in one of a few variants
     variant = 1 + (r["annotator"] % (len(_EXTRAS) - 1))
     extra = _strings(tuple(e or "" for e in _EXTRAS), np.where(r["app"] == 3, variant, -1))
+    extra = _merge_extra(extra, _scale_extra(r["asr_conf"], style.asr_confidence, "asr"))
 
     table = pa.table(
         {
@@ -326,6 +392,6 @@ def to_frame(
     )
 
 
-def _slot_template() -> int:
+def _slot_template(language: str = "en") -> int:
     """Id of the bare ``{e}`` template (renders just the mention)."""
-    return W.tables().tpl_text.index("{e}")
+    return W.tables(language).tpl_text.index("{e}")

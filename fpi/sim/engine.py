@@ -50,32 +50,9 @@ Z = {n: i for i, n in enumerate(_Z_NAMES)}
 #: Largest catalogue: width of the per-entity ER noise.
 _CAT_WIDTH = max(len(c) for c in W.tables().cat_entities)
 
-# Response phrasings: (status, template); "{x}" is filled with a name or the mention.
-RESPONSES: tuple[str, ...] = (
-    "Turning on {x}.",  # 0
-    "Turning off {x}.",  # 1
-    "Opening {x}.",  # 2
-    "Playing {x}.",  # 3
-    "Here's {x}.",  # 4
-    "Resuming {x}.",  # 5
-    "Right now in {x} it's mild with light clouds.",  # 6
-    "I've added {x} to your shopping list.",  # 7
-    "Timer set for {x}.",  # 8
-    "Here's what I found about {x}.",  # 9
-    "Sorry, I can't help with that yet.",  # 10
-    "That's not something I can do yet.",  # 11
-    "Sorry, I didn't catch that.",  # 12
-    "Sorry, I'm not sure about that.",  # 13
-    "Sorry, I couldn't find {x}.",  # 14
-    "I don't know {x}, sorry.",  # 15
-    "Did you mean {x}?",  # 16
-    "Sorry, something went wrong.",  # 17
-    "Sorry, I'm having trouble right now. Please try again later.",  # 18
-    "What would you like me to do with that?",  # 19
-    "It's mild with light clouds where you are.",  # 20
-    "Which one?",  # 21
-    "Here's what I found on the web about {x}.",  # 22
-)
+#: The default assistant's response phrasing per response kind ("{x}": a name or the
+#: mention); styles and languages phrase the same kinds their own way.
+RESPONSES: tuple[str, ...] = tuple(v[0] for v in W.ENGLISH.responses)
 #: Success response per intent (index into RESPONSES).
 _SUCCESS_RESPONSE = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 12])
 #: Action verb per intent (empty: no action).
@@ -153,11 +130,16 @@ def _ragged_pick(table: tuple[np.ndarray, ...], rows: np.ndarray, u: np.ndarray)
 
 
 class _Static:
-    """Per-process precomputations on top of the world tables."""
+    """Per-process precomputations on top of one language's world tables."""
 
-    def __init__(self) -> None:
-        t = W.tables()
+    def __init__(self, language: str = "en") -> None:
+        t = W.tables(language)
         self.t = t
+        lang = W.get_language(language)
+        self.locale_weights = np.array(lang.locale_weights)
+        self.locale_accent = np.array(lang.locale_accent)
+        if max(len(c) for c in t.cat_entities) > _CAT_WIDTH:
+            raise ValueError(f"{language}: a catalogue is wider than {_CAT_WIDTH} entries")
         # padded per-intent template choice
         self.intent_tpl = t.intent_templates
         self.intent_tpl_p = t.intent_template_p
@@ -203,15 +185,14 @@ class _Static:
         self.mention_of_alias = t.ent_aliases
 
 
-_STATIC: _Static | None = None
+_STATIC: dict[str, _Static] = {}
 
 
-def static() -> _Static:
-    """The shared precomputed tables (built on first use)."""
-    global _STATIC
-    if _STATIC is None:
-        _STATIC = _Static()
-    return _STATIC
+def static(language: str = "en") -> _Static:
+    """The shared precomputed tables of a language (built on first use)."""
+    if language not in _STATIC:
+        _STATIC[language] = _Static(language)
+    return _STATIC[language]
 
 
 # ---------------------------------------------------------------------------
@@ -228,6 +209,7 @@ def _pipeline(
     loc: np.ndarray,
     app: np.ndarray,
     clarity: np.ndarray,
+    new_voice: np.ndarray,
     truth_tpl: np.ndarray,
     truth_men: np.ndarray,
     truth_int: np.ndarray,
@@ -240,7 +222,8 @@ def _pipeline(
     """Run one turn per row through wake, ASR, NLU, ER and result; label it.
 
     ``truth_*`` is what the user said and meant (or the background phrase of a
-    false wake); ``u``, ``z``, ``zc``, ``ug`` are the row's random numbers. Each
+    false wake); ``new_voice`` marks (hidden) speakers of a population the acoustic
+    model never trained on; ``u``, ``z``, ``zc``, ``ug`` are the row's random numbers. Each
     stage reads only the previous stage's output; the label is computed last from
     the outputs and the truth. Returns per-row columns (outputs, label, and the
     hidden error flags the tests check the story with).
@@ -263,19 +246,20 @@ def _pipeline(
     difficulty = (
         W.ENV_NOISE[env]
         + 0.35 * W.DEVICE_FARFIELD[dev]
-        + W.LOCALE_ACCENT[loc]
+        + st.locale_accent[loc]
         + 0.1 * clarity
         + 0.08 * z[:, Z["clarity_turn"]]
         + prof.asr_extra[dev]
         + np.where(fw, 0.3, 0.0)
     )
     difficulty = np.clip(difficulty, 0.0, 1.6)
+    err_difficulty = _voice_error_difficulty(difficulty, new_voice, prof)
     user = ~fw
     has_slot = truth_men >= 0
-    e_func = user & (u[:, U["func"]] < 0.05 + 0.3 * difficulty)
-    e_content = user & (u[:, U["content"]] < 0.02 + 0.15 * difficulty)
-    e_entity = user & has_slot & (u[:, U["entity"]] < 0.07 + 0.42 * difficulty)
-    e_trunc = user & has_slot & ~e_entity & (u[:, U["trunc"]] < 0.002 + 0.012 * difficulty)
+    e_func = user & (u[:, U["func"]] < 0.05 + 0.3 * err_difficulty)
+    e_content = user & (u[:, U["content"]] < 0.02 + 0.15 * err_difficulty)
+    e_entity = user & has_slot & (u[:, U["entity"]] < 0.07 + 0.42 * err_difficulty)
+    e_trunc = user & has_slot & ~e_entity & (u[:, U["trunc"]] < 0.002 + 0.012 * err_difficulty)
     tpl = truth_tpl.copy()
     tpl = np.where(e_content, t.tpl_content[tpl], tpl)
     tpl = np.where(e_func, t.tpl_func[tpl], tpl)
@@ -291,13 +275,15 @@ def _pipeline(
     any_err = e_content | entity_err
 
     calib = np.array([0.55, 0.2, -0.35, 0.1, 0.45])[dev]  # far-field models are overconfident
+    # how much of its own errors the recogniser notices (less on voices it never heard)
+    notice = np.where(new_voice, prof.new_voice_notice, 1.0)
     asr_logit = (
         2.5
         + calib
         - 2.0 * difficulty
-        - 1.4 * e_content
-        - 1.0 * e_entity
-        - 1.4 * e_trunc
+        - 1.4 * e_content * notice
+        - 1.0 * e_entity * notice
+        - 1.4 * e_trunc * notice
         - 0.25 * e_func
         + 0.75 * z[:, Z["asr_conf"]]
     )
@@ -572,10 +558,26 @@ def _pipeline(
     }
 
 
+def _voice_error_difficulty(
+    difficulty: np.ndarray, new_voice: np.ndarray, prof: _ProfileArrays
+) -> np.ndarray:
+    """The difficulty ASR *errors* follow: new voices are misrecognised more often than
+    the acoustic difficulty (which the confidence follows) says; a conditional shift."""
+    return difficulty + prof.new_voice_error * new_voice
+
+
 class _ProfileArrays:
     """A profile's knobs as arrays indexed by device / domain / catalogue."""
 
     def __init__(self, profile: Profile) -> None:
+        weights = W.DEVICE_WEIGHTS
+        if profile.device_weights:
+            weights = np.array([profile.device_weights[d] for d in W.DEVICE_TYPES])
+            weights = weights / weights.sum()
+        self.device_weights = weights
+        self.new_voice_share = profile.new_voice_share
+        self.new_voice_error = profile.new_voice_error
+        self.new_voice_notice = profile.new_voice_notice
         self.asr_extra = np.array(
             [profile.asr_extra_difficulty.get(d, 0.0) for d in W.DEVICE_TYPES]
         )
@@ -606,14 +608,16 @@ _FW_IN_SESSION = 0.05
 
 
 def run_batch(
-    profile: Profile, rng: np.random.Generator, n_sessions: int
+    profile: Profile, rng: np.random.Generator, n_sessions: int, language: str = "en"
 ) -> dict[str, np.ndarray]:
     """Simulate ``n_sessions`` sessions; return flat per-turn columns (unsorted).
 
     Columns ``slot`` (session index within the batch) and ``pos`` (turn index)
     identify each turn; the rest are stage outputs, the label and hidden truth.
+    ``language`` picks the world's text (catalogues, phrasings; see
+    :mod:`fpi.sim.language`); the mechanics are the same in every language.
     """
-    st = static()
+    st = static(language)
     t = st.t
     prof = _ProfileArrays(profile)
     S = n_sessions
@@ -621,11 +625,13 @@ def run_batch(
 
     # ---- who, where, with what device ----------------------------------------
     head = rng.random((S, 8))
-    dev = _pick(np.broadcast_to(W.DEVICE_WEIGHTS, (S, n_dev)), head[:, 0])
+    dev = _pick(np.broadcast_to(prof.device_weights, (S, n_dev)), head[:, 0])
     env = _pick(W.ENV_GIVEN_DEVICE[dev], head[:, 1])
-    loc = _pick(np.broadcast_to(W.LOCALE_WEIGHTS, (S, len(W.LOCALES))), head[:, 2])
+    loc = _pick(np.broadcast_to(st.locale_weights, (S, len(st.locale_weights))), head[:, 2])
     app = _pick(np.broadcast_to(W.APP_WEIGHTS, (S, len(W.APP_VERSIONS))), head[:, 3])
     clarity = rng.standard_normal(S)
+    # a hidden speaker population (profiles): the last head column, unused otherwise
+    new_voice = head[:, 7] < prof.new_voice_share
     background = W.ENV_BACKGROUND[env] * prof.fw_mult[dev]
     is_bg = head[:, 4] < _BG_SESSION * background
     start_us = DAY_START_US + (head[:, 5] * 86_400e3).astype(np.int64) * 1000  # ms
@@ -725,7 +731,8 @@ def run_batch(
         # a phrasing without a slot does not convey the entity
         truth_ent = np.where(truth_men >= 0, truth_ent, -1)
 
-        r = _pipeline(st, prof, kind, d, e, loc[idx], app[idx], clarity[idx], truth_tpl,
+        r = _pipeline(st, prof, kind, d, e, loc[idx], app[idx], clarity[idx], new_voice[idx],
+                      truth_tpl,
                       truth_men, truth_int, truth_ent, u, z, zc, ug)
 
         # ---- the user's experience and reaction -----------------------------
@@ -841,6 +848,7 @@ def run_batch(
             dev=d,
             loc=loc[idx],
             app=app[idx],
+            new_voice=new_voice[idx],
             truth_int=truth_int,
             truth_ent=truth_ent,
             truth_tpl=truth_tpl,

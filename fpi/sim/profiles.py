@@ -28,6 +28,15 @@ class Profile:
         Extra probability of a service error, per domain (``"*"``: every domain).
     false_wake_mult
         Multiplier of the false-wake rate per device type.
+    device_weights
+        Share of sessions per device type (empty: the baseline mix). Only who uses
+        the assistant moves; every component behaves as before (a prior shift).
+    new_voice_share, new_voice_error, new_voice_notice
+        A hidden speaker population (voices and accents the acoustic model never
+        trained on): the share of sessions, the acoustic difficulty its ASR *errors*
+        follow on top of the difficulty the confidence follows, and how much of an
+        error's usual confidence drop the recogniser still shows (1: all). ASR is
+        wrong more often at the same reported confidence: a conditional shift.
     expected
         The documented effect: ``{class: (scope, low, high)}`` bounds on the
         ratio of the class rate under this profile to the baseline rate, where
@@ -43,6 +52,10 @@ class Profile:
     er_outage_rate: float = 0.0
     result_error_extra: dict[str, float] = field(default_factory=dict)
     false_wake_mult: dict[str, float] = field(default_factory=dict)
+    device_weights: dict[str, float] = field(default_factory=dict)
+    new_voice_share: float = 0.0
+    new_voice_error: float = 0.0
+    new_voice_notice: float = 1.0
     expected: dict[str, tuple[str, float, float]] = field(default_factory=dict)
 
 
@@ -77,6 +90,38 @@ PROFILES: dict[str, Profile] = {
             "False-wake surge on TV sticks: false-wake rate x4 on `tv` devices.",
             false_wake_mult={"tv": 4.0},
             expected={"false_wake": ("device=tv", 3.4, 4.3)},
+        ),
+        Profile(
+            "speaker_shift",
+            "New voices (conditional shift): half the sessions are spoken by a hidden "
+            "speaker population the acoustic model never trained on; ASR errs as if the "
+            "audio were 0.35 harder while its confidence only sees the usual difficulty, "
+            "and it notices half of its usual drop on its own errors (over-confident): "
+            "more ASR errors at the same reported confidence.",
+            new_voice_share=0.5,
+            new_voice_error=0.35,
+            new_voice_notice=0.5,
+            expected={"asr": ("all", 1.22, 1.42)},
+        ),
+        Profile(
+            "speaker_shift_mild",
+            "Milder new voices (conditional shift): 30% of the sessions from the hidden "
+            "speaker population; ASR errs as if the audio were 0.2 harder, and notices "
+            "80% of its usual confidence drop on its own errors.",
+            new_voice_share=0.3,
+            new_voice_error=0.2,
+            new_voice_notice=0.8,
+            expected={"asr": ("all", 1.05, 1.2)},
+        ),
+        Profile(
+            "device_mix",
+            "Traffic drift (prior shift only): a phone-app launch moves the device mix to "
+            "phones 45%, speakers 18%, cars 15%, screens 12%, TV sticks 10%; no component "
+            "changes, so each device's failure rates stay as they were.",
+            device_weights={"speaker": 0.18, "screen": 0.12, "phone": 0.45, "car": 0.15,
+                            "tv": 0.10},
+            # fewer far-field speakers and TV sticks: fewer ASR errors and false wakes
+            expected={"asr": ("all", 0.85, 0.94), "false_wake": ("all", 0.85, 1.0)},
         ),
     )
 }

@@ -19,6 +19,9 @@ import numpy as np
 from rapidfuzz import fuzz
 from rapidfuzz.process import cdist
 
+from fpi.sim import lang_de, lang_es, lang_ja
+from fpi.sim.language import Language
+
 # ---------------------------------------------------------------------------
 # Devices, locales, acoustic environments
 # ---------------------------------------------------------------------------
@@ -382,18 +385,78 @@ FALLBACK_SCORE = 0.55
 #: Weight of the gazetteer (fuzzy match of the slot text against a catalogue).
 GAZ_WEIGHT = 0.9
 
+#: The assistant's usual responses, per response kind (``fpi.sim.engine`` picks the kind).
+_RESPONSES: tuple[str, ...] = (
+    "Turning on {x}.",  # 0
+    "Turning off {x}.",  # 1
+    "Opening {x}.",  # 2
+    "Playing {x}.",  # 3
+    "Here's {x}.",  # 4
+    "Resuming {x}.",  # 5
+    "Right now in {x} it's mild with light clouds.",  # 6
+    "I've added {x} to your shopping list.",  # 7
+    "Timer set for {x}.",  # 8
+    "Here's what I found about {x}.",  # 9
+    "Sorry, I can't help with that yet.",  # 10
+    "That's not something I can do yet.",  # 11
+    "Sorry, I didn't catch that.",  # 12
+    "Sorry, I'm not sure about that.",  # 13
+    "Sorry, I couldn't find {x}.",  # 14
+    "I don't know {x}, sorry.",  # 15
+    "Did you mean {x}?",  # 16
+    "Sorry, something went wrong.",  # 17
+    "Sorry, I'm having trouble right now. Please try again later.",  # 18
+    "What would you like me to do with that?",  # 19
+    "It's mild with light clouds where you are.",  # 20
+    "Which one?",  # 21
+    "Here's what I found on the web about {x}.",  # 22
+)
 
-def nlu_cues(text: str) -> np.ndarray:
+ENGLISH = Language(
+    code="en",
+    locales=LOCALES,
+    locale_weights=tuple(float(w) for w in LOCALE_WEIGHTS),
+    locale_accent=tuple(float(a) for a in LOCALE_ACCENT),
+    entities=_ENTITIES,
+    free_ids=frozenset(e[1] for e in _FREE_ENTITIES),
+    templates=_TEMPLATES,
+    background=BACKGROUND_PHRASES,
+    function_edits=_FUNCTION_EDITS,
+    content_edits=_CONTENT_EDITS,
+    cues=_CUES,
+    responses=tuple((r,) for r in _RESPONSES),
+    confirmations=("OK.", "Done.", "Okay.", "Sure."),
+)
+
+#: Language packs by code.
+LANGUAGES: dict[str, Language] = {
+    lang.code: lang for lang in (ENGLISH, lang_de.GERMAN, lang_es.SPANISH, lang_ja.JAPANESE)
+}
+
+
+def get_language(code: str) -> Language:
+    """The language pack for ``code`` (``en``, ``de``, ``es``, ``ja``)."""
+    try:
+        return LANGUAGES[code]
+    except KeyError:
+        raise ValueError(f"unknown language {code!r}; known: {', '.join(LANGUAGES)}") from None
+
+
+def nlu_cues(text: str, cues: tuple[tuple[str, str, float], ...] = _CUES) -> np.ndarray:
     """Keyword cue scores of a phrasing (with ``{e}`` in place of the slot), one per intent."""
     cue = np.zeros(K)
-    for pattern, intent, weight in _CUE_RE:
+    for pattern, intent, weight in _compiled(cues):
         if pattern.search(text):
             k = INTENT_INDEX[intent]
             cue[k] = max(cue[k], weight)
     return cue
 
 
-_CUE_RE = tuple((re.compile(p), i, w) for p, i, w in _CUES)
+@lru_cache(maxsize=8)
+def _compiled(
+    cues: tuple[tuple[str, str, float], ...],
+) -> tuple[tuple[re.Pattern[str], str, float], ...]:
+    return tuple((re.compile(p), i, w) for p, i, w in cues)
 
 
 # ---------------------------------------------------------------------------
@@ -439,23 +502,19 @@ class Tables:
     men_words: np.ndarray  # (M,) word count
 
 
-def _edit(text: str, edits: tuple[tuple[str, str], ...]) -> str:
-    """Apply the first edit whose words occur in ``text`` (whole words only)."""
+def _edit(text: str, edits: tuple[tuple[str, str], ...], spaced: bool = True) -> str:
+    """Apply the first edit whose words occur in ``text`` (whole words only, when the
+    language separates words; otherwise any occurrence outside the slot)."""
     for old, new in edits:
-        pattern = r"(?<![\w{])" + re.escape(old.strip()) + r"(?![\w}])"
+        if spaced:
+            pattern = r"(?<![\w{])" + re.escape(old.strip()) + r"(?![\w}])"
+        else:
+            pattern = re.escape(old)
         match = re.search(pattern, text)
         if match and old != new:
             out = text[: match.start()] + new.strip() + text[match.end() :]
             return " ".join(out.split())
     return text
-
-
-def _func_variant(text: str) -> str:
-    return _edit(text, _FUNCTION_EDITS)
-
-
-def _content_variant(text: str) -> str:
-    return _edit(text, _CONTENT_EDITS)
 
 
 def _auto_mishearings(alias: str) -> list[str]:
@@ -469,15 +528,17 @@ def _auto_mishearings(alias: str) -> list[str]:
     return []
 
 
-@lru_cache(maxsize=1)
-def tables() -> Tables:
-    """Build (once) the integer tables of the world."""
+@lru_cache(maxsize=8)
+def tables(language: str = "en") -> Tables:
+    """Build (once per language) the integer tables of the world."""
+    lang = get_language(language)
+    entities = lang.entities
     cat_index = {c: i for i, c in enumerate(CATALOGUES)}
-    ent_catalogue = np.array([cat_index[e[0]] for e in _ENTITIES])
-    ent_id = tuple(e[1] for e in _ENTITIES)
-    ent_name = tuple(e[2] for e in _ENTITIES)
-    n_ent = len(_ENTITIES)
-    free_ids = {e[1] for e in _FREE_ENTITIES}
+    ent_catalogue = np.array([cat_index[e[0]] for e in entities])
+    ent_id = tuple(e[1] for e in entities)
+    ent_name = tuple(e[2] for e in entities)
+    n_ent = len(entities)
+    free_ids = lang.free_ids
     indexed = np.array([eid not in free_ids for eid in ent_id])
 
     men_text: list[str] = []
@@ -496,13 +557,13 @@ def tables() -> Tables:
 
     aliases: list[np.ndarray] = []
     mishear: list[np.ndarray] = []
-    for e, (_cat, _eid, _name, als, mis) in enumerate(_ENTITIES):
+    for e, (_cat, _eid, _name, als, mis) in enumerate(entities):
         aliases.append(np.array([mention(a, e, 0) for a in als]))
         extra = _auto_mishearings(als[0])
         mishear.append(np.array([mention(m, e, 1) for m in (*mis, *extra) if m not in als]))
 
     # every string a user can say for an entity, and what it denotes
-    match_names = [(a, e) for e, ent in enumerate(_ENTITIES) for a in ent[3]]
+    match_names = [(a, e) for e, ent in enumerate(entities) for a in ent[3]]
     names = [a for a, _ in match_names]
     owner = np.array([e for _, e in match_names])
     raw = cdist(men_text, names, scorer=fuzz.ratio, dtype=np.float32) / 100.0
@@ -532,12 +593,12 @@ def tables() -> Tables:
     intent_templates: list[np.ndarray] = []
     intent_template_p: list[np.ndarray] = []
     for it in INTENTS:
-        rows = _TEMPLATES.get(it.name, ())
+        rows = lang.templates.get(it.name, ())
         ids = [template(t, INTENT_INDEX[it.name]) for t, _ in rows]
         w = np.array([w for _, w in rows], dtype=float)
         intent_templates.append(np.array(ids, dtype=np.int64))
         intent_template_p.append(w / w.sum() if len(w) else w)
-    background = np.array([template(t, I_FALLBACK) for t in BACKGROUND_PHRASES])
+    background = np.array([template(t, I_FALLBACK) for t in lang.background])
     template("{e}", I_FALLBACK)  # the bare slot: renders a mention on its own
     # ASR variants, two generations deep (a content error on top of a dropped
     # function word, and vice versa); deeper variants point to themselves.
@@ -547,21 +608,21 @@ def tables() -> Tables:
     for _ in range(2):
         new: list[int] = []
         for t in frontier:
-            for table, edit in ((func, _func_variant), (content, _content_variant)):
+            for table, edits in ((func, lang.function_edits), (content, lang.content_edits)):
                 before = len(tpl_text)
-                table[t] = template(edit(tpl_text[t]), tpl_intent[t])
+                table[t] = template(_edit(tpl_text[t], edits, lang.spaced), tpl_intent[t])
                 if len(tpl_text) > before:
                     new.append(table[t])
         frontier = new
     func_arr = np.array([func.get(t, t) for t in range(len(tpl_text))])
     content_arr = np.array([content.get(t, t) for t in range(len(tpl_text))])
-    tpl_cue = np.stack([nlu_cues(t) for t in tpl_text])
-    tpl_words = np.array([len(t.replace("{e}", "").split()) for t in tpl_text])
+    tpl_cue = np.stack([nlu_cues(t, lang.cues) for t in tpl_text])
+    tpl_words = np.array([lang.word_count(t) for t in tpl_text])
 
     intent_catalogue = np.array(
         [cat_index[it.catalogue] if it.catalogue else -1 for it in INTENTS]
     )
-    unsupported_cat = cat_index[_UNSUPPORTED_CATALOGUE]
+    unsupported_cat = cat_index[_UNSUPPORTED_CATALOGUE]  # every language: a city
 
     return Tables(
         ent_catalogue=ent_catalogue,
@@ -592,5 +653,5 @@ def tables() -> Tables:
         background_templates=background,
         intent_catalogue=intent_catalogue,
         goal_catalogue=np.where(np.arange(K) == I_UNSUPPORTED, unsupported_cat, intent_catalogue),
-        men_words=np.array([len(t.split()) for t in men_text]),
+        men_words=np.array([lang.word_count(t) for t in men_text]),
     )

@@ -332,10 +332,15 @@ def estimate_rates(
         un, adj = pair
         b_un = _replicates(un, points, rng, devs, conf, soft, p, rows, base, codes)
         b_adj = _replicates(adj, points, rng, devs, conf, soft, p, rows, base, codes)
-        # Trust the label-shift correction in proportion to its precision: weights by
-        # inverse bootstrap variance (which includes the held-out matrix's own noise).
-        v_un, v_adj = b_un.var(axis=0), b_adj.var(axis=0)
-        weight = np.where(v_un + v_adj > 0, v_adj / np.clip(v_un + v_adj, 1e-300, None), 0.5)
+        # Trust the label-shift correction in proportion to its precision: one weight
+        # (so the rates still sum to 1) from the bootstrap variances summed over the
+        # classes, which include the held-out matrix's own noise.
+        v_un, v_adj = float(b_un.var(axis=0).sum()), float(b_adj.var(axis=0).sum())
+        # Clamped to [1/4, 3/4]: neither shift model is trusted more than 3:1, so the
+        # bias is at most 3/4 of the gap whichever holds (precision says nothing
+        # about bias; a weak model's correction is noisy *and* needed).
+        w_un = v_adj / (v_un + v_adj) if v_un + v_adj > 0 else 0.5
+        weight = np.full(k, min(max(w_un, WEIGHT_BOUNDS[0]), WEIGHT_BOUNDS[1]))
         un_p, adj_p = points[un], points[adj]
         assert un_p is not None and adj_p is not None
         point = weight * un_p + (1 - weight) * adj_p
@@ -415,6 +420,9 @@ def _replicates(method: str, points: Mapping[str, np.ndarray | None],
         out[b] = point + scale * (em_prior(ps, base, weights=w, init=em_sub, tol=1e-6) - em_sub)
     return out
 
+
+#: Bounds of the blend's weight of the unadjusted estimator.
+WEIGHT_BOUNDS: tuple[float, float] = (0.25, 0.75)
 
 #: The headline estimator (``method="auto"``).
 HEADLINE = "blend"

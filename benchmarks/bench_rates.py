@@ -20,9 +20,10 @@ the nights' probabilities, so estimators can be re-run without retraining.
 The estimators: ``old`` (fpi before issue 13: adjusted classify-and-count with
 the union interval of EM, Dirichlet-confusion ACC and the unadjusted mean), the
 plain ones (``cc`` argmax count, ``pcc`` mean calibrated probability, ``acc``,
-``pacc``, ``em``), ``blend_cc`` (the blend of CC and ACC a bundle without a soft
-confusion matrix gets) and ``new`` (:func:`fpi.aggregate.estimate_rates`'s headline:
-the precision-weighted blend of PCC and PACC).
+``pacc``, ``em`` with 100 bootstrap replicates, the others 200), ``blend_cc``
+(the blend of CC and ACC a bundle without a soft confusion matrix gets) and
+``new`` (:func:`fpi.aggregate.estimate_rates`'s headline: the precision-weighted
+blend of PCC and PACC).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def _estimators(bundle: Any) -> dict[str, Callable[[dict[str, Any]], tuple[np.nd
     def plain(name: str) -> Callable[[dict[str, Any]], tuple[np.ndarray, ...]]:
         def f(n: dict[str, Any]) -> tuple[np.ndarray, ...]:
             t = agg.estimate_rates(n["probs"], train_prior=prior, confusion=conf,
-                                   soft_confusion=soft, groups=n["sessions"], method=name)
+                                   soft_confusion=soft, groups=n["sessions"], method=name,
+                                   n_boot=100 if name == "em" else 200)
             return t.estimate, t.low, t.high
         return f
 

@@ -1,33 +1,43 @@
-"""Per-class failure rates that stay unbiased when a night differs from the training data.
+"""Per-class failure rates that hold when a night differs from the training data.
 
-A model calibrated on the training prior, averaged over a night whose failure
-mix has shifted, is pulled back toward the training rates. Two estimators
-undo that under *label shift* (class-conditional logs unchanged, class mix
-changed):
+No estimator without labels is unbiased under every shift. Two are unbiased
+under the two shifts nights typically show, and the headline (``blend``) hedges
+between them:
 
-* **Adjusted classify-and-count** (ACC, also known as BBSE): solve ``q = M^T pi``
-  where ``q`` is the night's distribution of argmax predictions and ``M`` the
-  held-out confusion matrix, row-normalised (``P(predicted | true)``). This is
-  the point estimate whenever the model carries its confusion matrix: it needs
-  no calibration, so it cannot amplify calibration error.
-* **EM prior adjustment** (Saerens, Latinne & Decaestecker, 2002): re-weight each
-  turn's calibrated posterior by ``new_prior / train_prior`` and iterate until the
-  prior equals the mean adjusted posterior. The point estimate without a
-  confusion matrix; with a poorly calibrated model it can run away to 0 or 1.
+* **PCC** (probabilistic classify-and-count): the mean calibrated probability.
+  Unbiased under *covariate shift* (other turns arrive, ``P(class | logs)``
+  unchanged: outages, another device mix); pulled toward the training rates under
+  a pure class-mix change.
+* **PACC** (probabilistic adjusted classify-and-count): the mean probability ``m``
+  solved against the held-out *soft confusion matrix* ``S`` (mean calibrated
+  probabilities per true class): ``m = S^T pi``. Unbiased under *label shift*
+  (``P(logs | class)`` unchanged); when the logs of a class drift (new voices: a
+  confidence means something else: *conditional shift*) it amplifies the drift
+  by ``S^-1`` and overshoots. PCC is PACC with ``S`` re-estimated on the night's
+  own probabilities: the two differ only in which confusion matrix they trust.
 
-The interval has to cover the model's error as well as sampling noise, so it
-is the union of three percentile bootstraps: EM over sessions (Poisson weights
-per session: turns of a session are not independent); ACC with the held-out
-confusion rows redrawn from their Dirichlet posterior (the confusion matrix was
-measured on a finite held-out set) plus the same session noise; and the
-unadjusted mean probability. Where the estimators disagree, which is what a
-shift that is not pure label shift looks like (the logs of every class drift,
-and EM over-corrects), the interval widens to span them.
+``blend = w PCC + (1 - w) PACC`` with one weight ``w = var(PACC) / (var(PCC) +
+var(PACC))`` from the session bootstrap (PACC's variance includes the held-out
+matrix's noise, each row redrawn from a Dirichlet posterior, and grows with the
+same ``S^-1`` amplification that turns a drift into bias), clamped to
+[1/4, 3/4] so neither shift model is trusted more than 3:1. The interval is the
+union of PCC's, PACC's and the blend's percentile intervals: it spans both
+assumptions and widens when they disagree. ``benchmarks/bench_rates.py``
+measures all of them on simulated nights (docs/reports.md has the table).
+Beside it: CC (argmax count), ACC (Forman's adjusted count; BBSE), and EM prior
+adjustment (Saerens, Latinne & Decaestecker, 2002), the point estimate for a
+model without any confusion matrix. A bundle without ``soft_confusion`` gets the
+same blend of CC and ACC (``blend_counts``).
 
-Each slice with enough turns gets its own estimate (same estimator); slice tests
-are one-sided tests against the rest of the night, with the estimator's own
-sampling variance (ACC's is the multinomial variance pushed through ``M^-1``),
-corrected for multiple comparisons with Benjamini-Hochberg.
+Everything but EM is a function of per-session sums (:class:`SessionSums`:
+turns, argmax counts, summed probabilities), so partitions of a night that keep
+sessions whole merge by adding, point estimate and bootstrap alike.
+
+Each slice with enough turns gets its own estimate (the night's estimator and
+weight on the slice's means); slice tests are one-sided tests against the rest
+of the night, with the estimator's own sampling variance (the delta method
+through ``w I + (1 - w) S^-T``), corrected for multiple comparisons with
+Benjamini-Hochberg.
 """
 
 from __future__ import annotations

@@ -633,9 +633,7 @@ def diagnose(
             "method": {
                 "estimator": ESTIMATOR_NAMES[rates.estimator],
                 "estimator_key": rates.estimator,
-                "weights": (None if rates.weight is None else
-                            {c: round(float(w), 6) for c, w in zip(CLASSES, rates.weight,
-                                                                   strict=True)}),
+                "weight": None if rates.weight is None else round(float(rates.weight[0]), 6),
                 "interval": INTERVAL_NAMES[rates.estimator],
                 "alternatives": {"count_rate": ESTIMATOR_NAMES["cc"],
                                  "mean_probability": ESTIMATOR_NAMES["pcc"],

@@ -93,7 +93,7 @@ def test_summary_keys_are_stable(run) -> None:
     assert m["estimator"] == "precision-weighted-blend-of-pcc-and-pacc"
     assert m["estimator_key"] == "blend"
     for c in CLASSES:  # the point: w * PCC + (1 - w) * PACC, every estimator beside it
-        r, w = s["rates"][c], m["weights"][c]
+        r, w = s["rates"][c], m["weight"]
         assert 0.25 <= w <= 0.75
         assert r["estimate"] == pytest.approx(
             w * r["mean_probability"] + (1 - w) * r["pacc"], abs=2e-6)

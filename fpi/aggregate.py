@@ -340,26 +340,11 @@ def estimate_rates(
     weight = None
     if method == "blend" and pair is not None:
         un, adj = pair
-        b_un = _replicates(un, points, rng, devs, conf, soft, p, rows, base, codes)
-        b_adj = _replicates(adj, points, rng, devs, conf, soft, p, rows, base, codes)
-        # Trust the label-shift correction in proportion to its precision: one weight
-        # (so the rates still sum to 1) from the bootstrap variances summed over the
-        # classes, which include the held-out matrix's own noise.
-        v_un, v_adj = float(b_un.var(axis=0).sum()), float(b_adj.var(axis=0).sum())
-        # Clamped to [1/4, 3/4]: neither shift model is trusted more than 3:1, so the
-        # bias is at most 3/4 of the gap whichever holds (precision says nothing
-        # about bias; a weak model's correction is noisy *and* needed).
-        w_un = v_adj / (v_un + v_adj) if v_un + v_adj > 0 else 0.5
-        weight = np.full(k, min(max(w_un, WEIGHT_BOUNDS[0]), WEIGHT_BOUNDS[1]))
         un_p, adj_p = points[un], points[adj]
         assert un_p is not None and adj_p is not None
-        point = weight * un_p + (1 - weight) * adj_p
-        boot = weight * b_un + (1 - weight) * b_adj
-        # The interval spans both assumptions' intervals: the truth lies between a
-        # covariate shift (no correction) and a label shift (full correction).
-        lows = np.minimum.reduce([np.quantile(x, alpha / 2, axis=0) for x in (b_un, b_adj, boot)])
-        highs = np.maximum.reduce([np.quantile(x, 1 - alpha / 2, axis=0)
-                                   for x in (b_un, b_adj, boot)])
+        weight, point, lows, highs = _blend(
+            un_p, adj_p, _replicates(un, points, rng, devs, conf, soft, p, rows, base, codes),
+            _replicates(adj, points, rng, devs, conf, soft, p, rows, base, codes), alpha)
     else:
         point_m = points[method]
         assert point_m is not None
@@ -373,6 +358,30 @@ def estimate_rates(
         method = "blend_counts"  # a bundle without a soft confusion matrix
     return RateTable(classes, n, point, lows, highs, count, count_rate, mean_prob, em, acc,
                      confidence, n_boot, method, pacc, weight)
+
+
+def _blend(un: np.ndarray, adj: np.ndarray, b_un: np.ndarray, b_adj: np.ndarray,
+           alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weight, point and interval of the blend of an unadjusted and an adjusted estimate.
+
+    One weight (so the rates still sum to 1): the correction is trusted in
+    proportion to its precision, from the replicates' variances summed over the
+    classes (they include the held-out matrix's own noise), clamped to
+    :data:`WEIGHT_BOUNDS` so neither shift model is trusted more than 3:1 and the
+    bias is at most 3/4 of the gap whichever holds (precision says nothing about
+    bias: a weak model's correction is noisy *and* needed). The interval spans
+    both estimators' and the blend's: the truth lies between a covariate shift
+    (no correction) and a label shift (full correction), and it widens when they
+    disagree.
+    """
+    v_un, v_adj = float(b_un.var(axis=0).sum()), float(b_adj.var(axis=0).sum())
+    w_un = v_adj / (v_un + v_adj) if v_un + v_adj > 0 else 0.5
+    weight = np.full(len(un), min(max(w_un, WEIGHT_BOUNDS[0]), WEIGHT_BOUNDS[1]))
+    boot = weight * b_un + (1 - weight) * b_adj
+    reps = (b_un, b_adj, boot)
+    lows = np.minimum.reduce([np.quantile(x, alpha / 2, axis=0) for x in reps])
+    highs = np.maximum.reduce([np.quantile(x, 1 - alpha / 2, axis=0) for x in reps])
+    return weight, weight * un + (1 - weight) * adj, lows, highs
 
 
 def _dense(codes: np.ndarray) -> np.ndarray:

@@ -1,33 +1,43 @@
-"""Per-class failure rates that stay unbiased when a night differs from the training data.
+"""Per-class failure rates that hold when a night differs from the training data.
 
-A model calibrated on the training prior, averaged over a night whose failure
-mix has shifted, is pulled back toward the training rates. Two estimators
-undo that under *label shift* (class-conditional logs unchanged, class mix
-changed):
+No estimator without labels is unbiased under every shift. Two are unbiased
+under the two shifts nights typically show, and the headline (``blend``) hedges
+between them:
 
-* **Adjusted classify-and-count** (ACC, also known as BBSE): solve ``q = M^T pi``
-  where ``q`` is the night's distribution of argmax predictions and ``M`` the
-  held-out confusion matrix, row-normalised (``P(predicted | true)``). This is
-  the point estimate whenever the model carries its confusion matrix: it needs
-  no calibration, so it cannot amplify calibration error.
-* **EM prior adjustment** (Saerens, Latinne & Decaestecker, 2002): re-weight each
-  turn's calibrated posterior by ``new_prior / train_prior`` and iterate until the
-  prior equals the mean adjusted posterior. The point estimate without a
-  confusion matrix; with a poorly calibrated model it can run away to 0 or 1.
+* **PCC** (probabilistic classify-and-count): the mean calibrated probability.
+  Unbiased under *covariate shift* (other turns arrive, ``P(class | logs)``
+  unchanged: outages, another device mix); pulled toward the training rates under
+  a pure class-mix change.
+* **PACC** (probabilistic adjusted classify-and-count): the mean probability ``m``
+  solved against the held-out *soft confusion matrix* ``S`` (mean calibrated
+  probabilities per true class): ``m = S^T pi``. Unbiased under *label shift*
+  (``P(logs | class)`` unchanged); when the logs of a class drift (new voices: a
+  confidence means something else: *conditional shift*) it amplifies the drift
+  by ``S^-1`` and overshoots. PCC is PACC with ``S`` re-estimated on the night's
+  own probabilities: the two differ only in which confusion matrix they trust.
 
-The interval has to cover the model's error as well as sampling noise, so it
-is the union of three percentile bootstraps: EM over sessions (Poisson weights
-per session: turns of a session are not independent); ACC with the held-out
-confusion rows redrawn from their Dirichlet posterior (the confusion matrix was
-measured on a finite held-out set) plus the same session noise; and the
-unadjusted mean probability. Where the estimators disagree, which is what a
-shift that is not pure label shift looks like (the logs of every class drift,
-and EM over-corrects), the interval widens to span them.
+``blend = w PCC + (1 - w) PACC`` with one weight ``w = var(PACC) / (var(PCC) +
+var(PACC))`` from the session bootstrap (PACC's variance includes the held-out
+matrix's noise, each row redrawn from a Dirichlet posterior, and grows with the
+same ``S^-1`` amplification that turns a drift into bias), clamped to
+[1/4, 3/4] so neither shift model is trusted more than 3:1. The interval is the
+union of PCC's, PACC's and the blend's percentile intervals: it spans both
+assumptions and widens when they disagree. ``benchmarks/bench_rates.py``
+measures all of them on simulated nights (docs/reports.md has the table).
+Beside it: CC (argmax count), ACC (Forman's adjusted count; BBSE), and EM prior
+adjustment (Saerens, Latinne & Decaestecker, 2002), the point estimate for a
+model without any confusion matrix. A bundle without ``soft_confusion`` gets the
+same blend of CC and ACC (``blend_counts``).
 
-Each slice with enough turns gets its own estimate (same estimator); slice tests
-are one-sided tests against the rest of the night, with the estimator's own
-sampling variance (ACC's is the multinomial variance pushed through ``M^-1``),
-corrected for multiple comparisons with Benjamini-Hochberg.
+Everything but EM is a function of per-session sums (:class:`SessionSums`:
+turns, argmax counts, summed probabilities), so partitions of a night that keep
+sessions whole merge by adding, point estimate and bootstrap alike.
+
+Each slice with enough turns gets its own estimate (the night's estimator and
+weight on the slice's means); slice tests are one-sided tests against the rest
+of the night, with the estimator's own sampling variance (the delta method
+through ``w I + (1 - w) S^-T``), corrected for multiple comparisons with
+Benjamini-Hochberg.
 """
 
 from __future__ import annotations
@@ -152,12 +162,18 @@ def acc_prior(pred_dist: np.ndarray, confusion: np.ndarray) -> np.ndarray:
     return sol / s if s > 0 else np.full(k, 1.0 / k)
 
 
+#: Estimators :func:`estimate_rates` can use for the point estimate.
+METHODS: tuple[str, ...] = ("blend", "cc", "pcc", "acc", "pacc", "em")
+
+
 @dataclass(frozen=True)
 class RateTable:
     """Per-class rate estimates of one night.
 
-    ``estimate``/``low``/``high``/``em``/``acc``/``count_rate``/``mean_probability``
-    are (k,) arrays in class order; ``count`` the argmax counts.
+    ``estimate``/``low``/``high`` are the chosen estimator's, (k,) arrays in class
+    order; beside them every other estimator's point, for transparency:
+    ``count_rate`` (CC), ``mean_probability`` (PCC), ``acc``, ``pacc``, ``em``;
+    ``count`` the argmax counts. ``estimator`` names the method of ``estimate``.
     """
 
     classes: tuple[str, ...]
@@ -172,11 +188,14 @@ class RateTable:
     acc: np.ndarray | None
     confidence: float
     n_boot: int
-    #: which estimator ``estimate`` is: ``acc`` (with a confusion matrix) or ``em``
     estimator: str = "acc"
+    pacc: np.ndarray | None = None
+    #: for ``blend``: each class's weight of the unadjusted estimator (PCC, or CC)
+    weight: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """``{class: {estimate, low, high, count, count_rate, mean_probability, em, acc}}``."""
+        """``{class: {estimate, low, high, count, count_rate, mean_probability, em, acc,
+        pacc}}``."""
         out: dict[str, dict[str, Any]] = {}
         for i, c in enumerate(self.classes):
             out[c] = {
@@ -188,6 +207,7 @@ class RateTable:
                 "mean_probability": _r(self.mean_probability[i]),
                 "em": _r(self.em[i]),
                 "acc": None if self.acc is None else _r(self.acc[i]),
+                "pacc": None if self.pacc is None else _r(self.pacc[i]),
             }
         return out
 
@@ -207,18 +227,61 @@ def _session_codes(groups: np.ndarray | Sequence[Any] | None, n: int) -> np.ndar
     return pl.Series(groups).cast(pl.String).rank("dense").cast(pl.Int64).to_numpy() - 1
 
 
+@dataclass(frozen=True)
+class SessionSums:
+    """Per-session sufficient statistics of a night: the estimators are functions of sums.
+
+    ``turns`` (s,), ``counts`` (s, k) argmax counts, ``probs`` (s, k) summed calibrated
+    probabilities. Sums over disjoint partitions add, so a night split across
+    workers merges exactly (concatenate the session rows; a session must not span
+    partitions, or its rows are summed first).
+    """
+
+    turns: np.ndarray
+    counts: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def of(cls, probs: np.ndarray, codes: np.ndarray) -> SessionSums:
+        """Sums of ``probs`` rows grouped by session code (0..s-1)."""
+        n, k = probs.shape
+        s = int(codes.max()) + 1 if n else 0
+        arg = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
+        counts = np.bincount(codes * k + arg, minlength=s * k).reshape(s, k).astype(np.float64)
+        psum = np.column_stack([np.bincount(codes, weights=probs[:, j], minlength=s)
+                                for j in range(k)]) if n else np.zeros((0, k))
+        return cls(np.bincount(codes, minlength=s).astype(np.float64), counts, psum)
+
+    def replicates(self, rng: np.random.Generator, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+        """Poisson(1) session-bootstrap replicates of the (CC, PCC) rates, (b, k) each."""
+        w = rng.poisson(1.0, (n_boot, len(self.turns))).astype(np.float64)
+        w[w.sum(axis=1) == 0] = 1.0  # a replicate that drew no session: the night itself
+        tot = np.clip(w @ self.turns, 1e-12, None)[:, None]
+        return (w @ self.counts) / tot, (w @ self.probs) / tot
+
+
+def _row_dirichlet(rng: np.random.Generator, matrix: np.ndarray, counts: np.ndarray,
+                   n_boot: int) -> np.ndarray:
+    """(b, k, k) draws of a row-normalised matrix, rows ~ Dirichlet(count * row + 0.5)."""
+    m = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1e-300, None)
+    alpha = m * counts[:, None] + 0.5
+    g = rng.standard_gamma(np.broadcast_to(alpha, (n_boot, *alpha.shape)))
+    return g / g.sum(axis=2, keepdims=True)
+
+
 def estimate_rates(
     probs: np.ndarray,
     *,
     train_prior: np.ndarray,
     confusion: np.ndarray | None = None,
+    soft_confusion: np.ndarray | None = None,
     groups: np.ndarray | Sequence[Any] | None = None,
     confidence: float = 0.95,
     n_boot: int = 200,
     max_boot_rows: int = 20_000,
     seed: int = 0,
     classes: tuple[str, ...] = CLASSES,
-    include_unadjusted: bool = True,
+    method: str = "auto",
 ) -> RateTable:
     """Estimate each class's rate in a night, with an interval.
 
@@ -227,7 +290,9 @@ def estimate_rates(
     probs : (n, k) calibrated probabilities (training prior).
     train_prior : (k,) training class prior (manifest ``training.class_prior``).
     confusion : (k, k) held-out confusion counts (rows true, columns predicted),
-        or ``None`` to skip ACC (the interval then covers sampling noise only).
+        or ``None`` (ACC is then not computed).
+    soft_confusion : (k, k) held-out sums of calibrated probabilities per true class
+        (:func:`fpi.model.soft_confusion`), or ``None`` (PACC is then not computed).
     groups : (n,) session ids: the bootstrap resamples whole sessions.
     confidence : interval level.
     n_boot : bootstrap replicates.
@@ -235,85 +300,176 @@ def estimate_rates(
         of sessions and its deviations are scaled by ``sqrt(subset / n)``
         (standard errors of a mean shrink as ``1/sqrt(n)``), so its cost is flat.
     seed : bootstrap seed: same inputs and seed give the same interval.
-    include_unadjusted : also span the unadjusted mean probability's bootstrap band
-        (model error under drift that is not label shift; see the module docstring).
+    method : the point estimator, one of :data:`METHODS`, or ``auto`` (the headline:
+        see the module docstring).
     """
     p = np.asarray(probs, np.float64)
     n, k = p.shape
     base = np.asarray(train_prior, np.float64)
-    argmax = p.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
-    count = np.bincount(argmax, minlength=k)[:k]
+    if method == "auto":
+        method = HEADLINE
+    if method not in METHODS:
+        raise ValueError(f"unknown rate estimator {method!r}; known: {', '.join(METHODS)}")
+    conf = None if confusion is None else np.asarray(confusion, np.float64)
+    soft = None if soft_confusion is None else np.asarray(soft_confusion, np.float64)
+    pair: tuple[str, str] | None = None
+    if method == "blend":
+        pair = ("pcc", "pacc") if soft is not None else ("cc", "acc") if conf is not None else None
+    if ((method == "acc" and conf is None) or (method == "pacc" and soft is None)
+            or (method == "blend" and pair is None)):
+        method = "em"
+    codes = _session_codes(groups, n)
+    sums = SessionSums.of(p, codes)
+    count = sums.counts.sum(axis=0).astype(np.int64)
     count_rate = count / max(n, 1)
-    mean_prob = p.mean(axis=0) if n else np.zeros(k)
+    mean_prob = sums.probs.sum(axis=0) / max(n, 1)
     em = em_prior(p, base)
-    acc = acc_prior(count_rate, confusion) if confusion is not None and n else None
-    alpha = 1.0 - confidence
+    acc = acc_prior(count_rate, conf) if conf is not None and n else None
+    pacc = acc_prior(mean_prob, soft) if soft is not None and n else None
+    points = {"cc": count_rate, "pcc": mean_prob, "acc": acc, "pacc": pacc, "em": em}
     if n == 0:
-        z = np.zeros(k)
-        return RateTable(classes, 0, em, z, np.ones(k), count, count_rate, mean_prob, em, acc,
-                         confidence, 0, "em" if acc is None else "acc")
+        return RateTable(classes, 0, em, np.zeros(k), np.ones(k), count, count_rate, mean_prob,
+                         em, acc, confidence, 0, method, pacc)
 
     rng = np.random.default_rng(seed)
-    codes = _session_codes(groups, n)
-    n_sessions = int(codes.max()) + 1
-    # Subset of sessions for the bootstrap (keeps its cost flat in n).
-    if n > max_boot_rows:
-        frac = max_boot_rows / n
-        keep_sessions = rng.random(n_sessions) < frac
-        rows = np.flatnonzero(keep_sessions[codes])
-        if len(rows) == 0:
-            rows = np.arange(min(n, max_boot_rows))
+    rows, scale = _boot_rows(rng, codes, n, max_boot_rows)
+    sub = sums if rows is None else SessionSums.of(p[rows], _dense(codes[rows]))
+    q_b, m_b = sub.replicates(rng, n_boot)
+    devs = {"cc": scale * (q_b - sub.counts.sum(axis=0) / sub.turns.sum()),
+            "pcc": scale * (m_b - sub.probs.sum(axis=0) / sub.turns.sum())}
+    alpha = 1.0 - confidence
+    weight = None
+    if method == "blend" and pair is not None:
+        un, adj = pair
+        un_p, adj_p = points[un], points[adj]
+        assert un_p is not None and adj_p is not None
+        weight, point, lows, highs = _blend(
+            un_p, adj_p, _replicates(un, points, rng, devs, conf, soft, p, rows, base, codes),
+            _replicates(adj, points, rng, devs, conf, soft, p, rows, base, codes), alpha)
     else:
-        rows = np.arange(n)
-    ps = p[rows]
-    sc = pl.Series(codes[rows]).rank("dense").cast(pl.Int64).to_numpy() - 1
-    ns = int(sc.max()) + 1
-    scale = math.sqrt(len(rows) / n)
-    em_sub = em_prior(ps, base, init=em)
-    arg_sub = argmax[rows]
-    onehot_counts = np.zeros((len(rows), k))
-    onehot_counts[np.arange(len(rows)), arg_sub] = 1.0
-
-    em_dev = np.empty((n_boot, k))
-    q_dev = np.empty((n_boot, k))
-    mean_dev = np.empty((n_boot, k))
-    q_sub = onehot_counts.mean(axis=0)
-    mean_sub = ps.mean(axis=0)
-    for b in range(n_boot):
-        w = rng.poisson(1.0, ns).astype(np.float64)[sc]
-        if w.sum() == 0:
-            w = np.ones(len(rows))
-        em_dev[b] = em_prior(ps, base, weights=w, init=em_sub, tol=1e-6) - em_sub
-        q_dev[b] = (w @ onehot_counts) / w.sum() - q_sub
-        mean_dev[b] = (w @ ps) / w.sum() - mean_sub
-    em_boot = em + scale * em_dev
-    lows = np.quantile(em_boot, alpha / 2, axis=0)
-    highs = np.quantile(em_boot, 1 - alpha / 2, axis=0)
-    if include_unadjusted:
-        # The unadjusted calibrated mean is biased toward the training mix under pure
-        # label shift, but EM over-corrects when the logs themselves drift (p(x|y)
-        # changes, e.g. lower ASR confidence everywhere). The truth lies between, so
-        # the interval spans both: it widens exactly when the two disagree.
-        mean_boot = mean_prob + scale * mean_dev
-        lows = np.minimum(lows, np.quantile(mean_boot, alpha / 2, axis=0))
-        highs = np.maximum(highs, np.quantile(mean_boot, 1 - alpha / 2, axis=0))
-    if acc is not None and confusion is not None:
-        conf = np.asarray(confusion, np.float64)
-        acc_boot = np.empty((n_boot, k))
-        for b in range(n_boot):
-            # Dirichlet posterior of each confusion row (Jeffreys-like prior 0.5).
-            m_b = np.vstack([rng.dirichlet(row + 0.5) for row in conf])
-            acc_boot[b] = acc_prior(np.clip(count_rate + scale * q_dev[b], 0, None), m_b)
-        lows = np.minimum(lows, np.quantile(acc_boot, alpha / 2, axis=0))
-        highs = np.maximum(highs, np.quantile(acc_boot, 1 - alpha / 2, axis=0))
-    # The point estimate is ACC when a confusion matrix is known: it is unbiased
-    # under label shift and, unlike EM, does not amplify calibration error (EM can
-    # run away to 0 or 1 with a poorly calibrated model); EM otherwise.
-    point = em if acc is None else acc
+        point_m = points[method]
+        assert point_m is not None
+        point = point_m
+        boot = _replicates(method, points, rng, devs, conf, soft, p, rows, base, codes)
+        lows = np.quantile(boot, alpha / 2, axis=0)
+        highs = np.quantile(boot, 1 - alpha / 2, axis=0)
     lows = np.clip(np.minimum(lows, point), 0.0, 1.0)
     highs = np.clip(np.maximum(highs, point), 0.0, 1.0)
+    if method == "blend" and pair == ("cc", "acc"):
+        method = "blend_counts"  # a bundle without a soft confusion matrix
     return RateTable(classes, n, point, lows, highs, count, count_rate, mean_prob, em, acc,
-                     confidence, n_boot, "em" if acc is None else "acc")
+                     confidence, n_boot, method, pacc, weight)
+
+
+def _blend(un: np.ndarray, adj: np.ndarray, b_un: np.ndarray, b_adj: np.ndarray,
+           alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weight, point and interval of the blend of an unadjusted and an adjusted estimate.
+
+    One weight (so the rates still sum to 1): the correction is trusted in
+    proportion to its precision, from the replicates' variances summed over the
+    classes (they include the held-out matrix's own noise), clamped to
+    :data:`WEIGHT_BOUNDS` so neither shift model is trusted more than 3:1 and the
+    bias is at most 3/4 of the gap whichever holds (precision says nothing about
+    bias: a weak model's correction is noisy *and* needed). The interval spans
+    both estimators' and the blend's: the truth lies between a covariate shift
+    (no correction) and a label shift (full correction), and it widens when they
+    disagree.
+    """
+    v_un, v_adj = float(b_un.var(axis=0).sum()), float(b_adj.var(axis=0).sum())
+    w_un = v_adj / (v_un + v_adj) if v_un + v_adj > 0 else 0.5
+    weight = np.full(len(un), min(max(w_un, WEIGHT_BOUNDS[0]), WEIGHT_BOUNDS[1]))
+    boot = weight * b_un + (1 - weight) * b_adj
+    reps = (b_un, b_adj, boot)
+    lows = np.minimum.reduce([np.quantile(x, alpha / 2, axis=0) for x in reps])
+    highs = np.maximum.reduce([np.quantile(x, 1 - alpha / 2, axis=0) for x in reps])
+    return weight, weight * un + (1 - weight) * adj, lows, highs
+
+
+def _dense(codes: np.ndarray) -> np.ndarray:
+    return np.unique(codes, return_inverse=True)[1].reshape(-1)
+
+
+def _boot_rows(rng: np.random.Generator, codes: np.ndarray, n: int,
+               max_rows: int) -> tuple[np.ndarray | None, float]:
+    """Rows of a random subset of sessions when ``n > max_rows`` (None: all), and the
+    factor ``sqrt(subset / n)`` that scales the subset's bootstrap deviations."""
+    if n <= max_rows:
+        return None, 1.0
+    keep = rng.random(int(codes.max()) + 1) < max_rows / n
+    rows = np.flatnonzero(keep[codes])
+    if len(rows) == 0:
+        rows = np.arange(min(n, max_rows))
+    return rows, math.sqrt(len(rows) / n)
+
+
+def _replicates(method: str, points: Mapping[str, np.ndarray | None],
+                rng: np.random.Generator, devs: Mapping[str, np.ndarray],
+                conf: np.ndarray | None, soft: np.ndarray | None, p: np.ndarray,
+                rows: np.ndarray | None, base: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(b, k) session-bootstrap replicates of one estimator.
+
+    ``devs`` holds the replicates' deviations of the argmax distribution (``cc``)
+    and of the mean probability (``pcc``) from the night's. ACC and PACC redraw
+    their held-out matrix's rows from a Dirichlet posterior in every replicate.
+    """
+    n_boot = len(devs["cc"])
+    point = points[method]
+    assert point is not None
+    if method in ("cc", "pcc"):
+        return point + devs[method]
+    if method in ("acc", "pacc"):
+        mat = conf if method == "acc" else soft
+        dist = points["cc" if method == "acc" else "pcc"]
+        assert mat is not None and dist is not None
+        dev = devs["cc" if method == "acc" else "pcc"]
+        draws = _row_dirichlet(rng, mat, mat.sum(axis=1), n_boot)
+        return np.stack([acc_prior(np.clip(dist + dev[b], 0, None), draws[b])
+                         for b in range(n_boot)])
+    # EM: re-run on Poisson-weighted sessions (the costly one)
+    n, k = p.shape
+    sel = np.arange(n) if rows is None else rows
+    sc = _dense(codes[sel])
+    scale = math.sqrt(len(sel) / n)
+    ps = p[sel]
+    em_sub = em_prior(ps, base, init=point)
+    out = np.empty((n_boot, k))
+    for b in range(n_boot):
+        w = rng.poisson(1.0, int(sc.max()) + 1).astype(np.float64)[sc]
+        if w.sum() == 0:
+            w = np.ones(len(sel))
+        out[b] = point + scale * (em_prior(ps, base, weights=w, init=em_sub, tol=1e-6) - em_sub)
+    return out
+
+
+#: Bounds of the blend's weight of the unadjusted estimator.
+WEIGHT_BOUNDS: tuple[float, float] = (0.25, 0.75)
+
+#: The headline estimator (``method="auto"``).
+HEADLINE = "blend"
+
+#: Long names of the estimators, for the summary's ``method`` block.
+ESTIMATOR_NAMES: dict[str, str] = {
+    "blend": "precision-weighted-blend-of-pcc-and-pacc",
+    "blend_counts": "precision-weighted-blend-of-cc-and-acc",
+    "cc": "classify-and-count",
+    "pcc": "probabilistic-classify-and-count",
+    "acc": "adjusted-classify-and-count",
+    "pacc": "probabilistic-adjusted-classify-and-count",
+    "em": "em-prior-adjustment",
+}
+
+#: How each estimator's interval is made.
+INTERVAL_NAMES: dict[str, str] = {
+    "blend": "union of the session-bootstrap percentiles of PCC, PACC (Dirichlet-redrawn "
+             "soft-confusion rows) and their blend",
+    "blend_counts": "union of the session-bootstrap percentiles of CC, ACC (Dirichlet-redrawn "
+                    "confusion rows) and their blend",
+    "cc": "session-bootstrap percentiles",
+    "pcc": "session-bootstrap percentiles",
+    "acc": "session-bootstrap percentiles with Dirichlet-redrawn confusion rows",
+    "pacc": "session-bootstrap percentiles with Dirichlet-redrawn soft-confusion rows",
+    "em": "session-bootstrap percentiles",
+}
 
 
 # ---------------------------------------------------------------------------
@@ -346,6 +502,57 @@ def _bh(pvalues: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class _SliceEstimator:
+    """The overall estimator, linearised, applied to any subset of the night's turns.
+
+    A slice's estimate is ``weight * d + (1 - weight) * acc_prior(d, matrix)`` where
+    ``d`` is the slice's mean of ``rows`` (calibrated probabilities, or one-hot
+    argmax for the count-based estimators); its sampling variance is the delta
+    method through ``b = diag(weight) + diag(1 - weight) M^-T``: ``b Cov(d) b^T``
+    (an adjusted estimator inflates the noise of ``d``; ``p(1-p)/n`` would flag
+    slices by chance). Everything is a function of per-slice sums of ``rows`` and
+    of ``rows^T rows``, so slices of partitions merge by adding.
+    """
+
+    rows: np.ndarray
+    matrix: np.ndarray | None
+    weight: np.ndarray
+    b: np.ndarray
+
+    @classmethod
+    def of(cls, rates: RateTable, probs: np.ndarray, confusion: np.ndarray | None,
+           soft_confusion: np.ndarray | None) -> _SliceEstimator | None:
+        """``None`` for EM (no linear form; slices then re-run EM)."""
+        k = len(rates.classes)
+        est = rates.estimator
+        probabilistic = est in ("blend", "pcc", "pacc")
+        if est == "em" or (est in ("acc", "blend_counts") and confusion is None) or (
+                est in ("pacc", "blend") and soft_confusion is None):
+            return None
+        rows = probs if probabilistic else np.eye(k)[probs.argmax(axis=1)]
+        weight = (np.ones(k) if est in ("cc", "pcc") else np.zeros(k) if est in ("acc", "pacc")
+                  else np.asarray(rates.weight, np.float64))
+        matrix = soft_confusion if probabilistic else confusion
+        if est in ("cc", "pcc"):
+            return cls(rows, None, weight, np.eye(k))
+        assert matrix is not None
+        m = np.asarray(matrix, np.float64)
+        m = m / np.clip(m.sum(axis=1, keepdims=True), 1e-300, None)
+        b = np.diag(weight) + np.diag(1 - weight) @ np.linalg.pinv(m.T)
+        return cls(rows, m, weight, b)
+
+    def estimate(self, d: np.ndarray) -> np.ndarray:
+        if self.matrix is None:
+            return d
+        return self.weight * d + (1 - self.weight) * acc_prior(d, self.matrix)
+
+    def variance(self, d: np.ndarray, second: np.ndarray, size: int) -> np.ndarray:
+        """Sampling variance of the estimate from a mean ``d`` and mean outer product."""
+        cov = (second - np.outer(d, d)) / max(size, 1)
+        return np.clip(np.diag(self.b @ cov @ self.b.T), 0, None)
+
+
 def slice_rates(
     slices: pl.DataFrame,
     probs: np.ndarray,
@@ -353,6 +560,7 @@ def slice_rates(
     *,
     train_prior: np.ndarray,
     confusion: np.ndarray | None = None,
+    soft_confusion: np.ndarray | None = None,
     min_support: int = 50,
     alpha: float = 0.05,
     max_slices: int = 30,
@@ -364,14 +572,14 @@ def slice_rates(
     ----------
     slices : one row per turn, one String column per dimension (:func:`slice_columns`).
     probs : (n, k) calibrated posteriors (training prior). Each supported slice
-        gets its own estimate, with the overall estimator (ACC on the slice's argmax
-        distribution, or EM warm-started from the overall prior): a slice whose
-        failure mix differs from the night's would otherwise be shrunk toward the
-        night's rates.
+        gets its own estimate, with the overall estimator (for the blend, its
+        per-class weights, on the slice's mean probabilities; EM warm-started from
+        the overall prior): a slice whose failure mix differs from the night's
+        would otherwise be shrunk toward the night's rates.
     rates : the overall :class:`RateTable` (its interval's model-error share is
         carried over to slices in relative terms).
     train_prior : (k,) the training prior.
-    confusion : (k, k) held-out confusion counts, for ACC (``rates.estimator == "acc"``).
+    confusion, soft_confusion : (k, k) the held-out matrices the overall estimate used.
     min_support : slices with fewer turns are neither reported nor tested
         (tiny slices give extreme rates by chance).
     alpha : false discovery rate for the Benjamini-Hochberg correction.
@@ -396,26 +604,16 @@ def slice_rates(
 
     dims: dict[str, Any] = {}
     tests: list[dict[str, Any]] = []
-    use_acc = rates.estimator == "acc" and confusion is not None
-    pred = probs.argmax(axis=1).astype(np.int8) if use_acc else None
-    k = len(classes)
-    if use_acc:
-        assert pred is not None and confusion is not None
-        m = np.asarray(confusion, np.float64)
-        m = m / np.clip(m.sum(axis=1, keepdims=True), 1e-300, None)
-        minv = np.linalg.pinv(m.T)
-        q_all = np.bincount(pred, minlength=k)[:k] / max(n, 1)
+    lin = _SliceEstimator.of(rates, probs, confusion, soft_confusion)
+    if lin is not None:
+        d_all = lin.rows.sum(axis=0)
+        s_all = lin.rows.T @ lin.rows
 
-    def sampling_var(dist: np.ndarray | None, ests: np.ndarray, size: int) -> np.ndarray:
-        """Per-class sampling variance of a slice estimate (plus ``failure``).
-
-        ACC inverts the confusion matrix, which inflates the multinomial noise of
-        the argmax counts: the variance is ``Minv Cov(q) Minv^T``, not ``p(1-p)/n``
-        (using the latter would flag slices by chance).
-        """
-        if use_acc and dist is not None:
-            cov = (np.diag(dist) - np.outer(dist, dist)) / max(size, 1)
-            v = np.clip(np.diag(minv @ cov @ minv.T), 0, None)
+    def sampling_var(d: np.ndarray | None, second: np.ndarray | None, ests: np.ndarray,
+                     size: int) -> np.ndarray:
+        """Per-class sampling variance of a slice estimate (plus ``failure``)."""
+        if lin is not None and d is not None and second is not None:
+            v = lin.variance(d, second, size)
         else:
             v = np.clip(ests * (1 - ests), 0, None) / max(size, 1)
         return np.append(v, v[0])  # failure = 1 - correct
@@ -432,18 +630,20 @@ def slice_rates(
         rows_out = []
         for value, nt, idx in supported.select(dim, "turns", "_row").iter_rows():
             rows_idx = np.asarray(idx)
-            dist = rest_dist = None
-            if use_acc:
-                assert pred is not None and confusion is not None
-                dist = np.bincount(pred[rows_idx], minlength=k)[:k] / len(rows_idx)
-                rest_dist = np.clip((q_all * n - dist * nt) / max(n - nt, 1), 0, None)
-                sl = acc_prior(dist, confusion)
+            d = second = d_rest = s_rest = None
+            if lin is not None:
+                xs = lin.rows[rows_idx]
+                d, second = xs.mean(axis=0), xs.T @ xs / nt
+                rest_n = max(n - nt, 1)
+                d_rest = (d_all - xs.sum(axis=0)) / rest_n
+                s_rest = (s_all - xs.T @ xs) / rest_n
+                sl = lin.estimate(d)
             else:
                 sl = em_prior(probs, train_prior, rows=rows_idx, init=est, tol=1e-6)
             srates = {c: float(sl[i]) for i, c in enumerate(classes)}
             srates["failure"] = float(1.0 - sl[0])
-            var_s = sampling_var(dist, sl, nt)
-            var_rest = sampling_var(rest_dist, est, n - nt)
+            var_s = sampling_var(d, second, sl, nt)
+            var_rest = sampling_var(d_rest, s_rest, est, n - nt)
             entry: dict[str, Any] = {"value": value, "turns": int(nt), "rates": {}}
             for j, c in enumerate(keys):
                 ps = srates[c]

@@ -32,7 +32,15 @@ import polars as pl
 
 from fpi import __version__, runmeta
 from fpi import attribution as attr
-from fpi.aggregate import _z, compare_rates, estimate_rates, slice_columns, slice_rates
+from fpi.aggregate import (
+    ESTIMATOR_NAMES,
+    INTERVAL_NAMES,
+    _z,
+    compare_rates,
+    estimate_rates,
+    slice_columns,
+    slice_rates,
+)
 from fpi.errors import ExitStatus, InputError, ModelError
 from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
@@ -699,14 +707,17 @@ def diagnose(
         slices = acc.slices_frame()
         prior = bundle.manifest["training"]["class_prior"]
         train_prior = np.array([prior[c] for c in CLASSES], dtype=np.float64)
-        confusion = (bundle.manifest.get("heldout") or {}).get("confusion")
-        conf_arr = None if confusion is None else np.asarray(confusion, dtype=np.float64)
+        heldout = bundle.manifest.get("heldout") or {}
+        conf_arr, soft_arr = (None if heldout.get(key) is None
+                              else np.asarray(heldout[key], dtype=np.float64)
+                              for key in ("confusion", "soft_confusion"))
         rates = estimate_rates(probs, train_prior=train_prior, confusion=conf_arr,
-                               groups=sessions, confidence=confidence,
-                               n_boot=n_boot, seed=seed)
+                               soft_confusion=soft_arr, groups=sessions,
+                               confidence=confidence, n_boot=n_boot, seed=seed)
         rates_dict = rates.to_dict()
         slice_doc = slice_rates(slices, probs, rates, train_prior=train_prior,
-                                confusion=conf_arr, min_support=min_support)
+                                confusion=conf_arr, soft_confusion=soft_arr,
+                                min_support=min_support)
         timings["aggregate"] = time.perf_counter() - t2
 
         # Attribution
@@ -769,10 +780,14 @@ def diagnose(
             "ingest": ingest_info,
             "model": _model_info(bundle),
             "method": {
-                "estimator": ("adjusted-classify-and-count" if rates.estimator == "acc"
-                              else "em-prior-adjustment"),
-                "interval": "union of session-bootstrap EM, Dirichlet-confusion ACC and unadjusted "
-                        "mean percentiles",
+                "estimator": ESTIMATOR_NAMES[rates.estimator],
+                "estimator_key": rates.estimator,
+                "weight": None if rates.weight is None else round(float(rates.weight[0]), 6),
+                "interval": INTERVAL_NAMES[rates.estimator],
+                "alternatives": {"count_rate": ESTIMATOR_NAMES["cc"],
+                                 "mean_probability": ESTIMATOR_NAMES["pcc"],
+                                 "acc": ESTIMATOR_NAMES["acc"], "pacc": ESTIMATOR_NAMES["pacc"],
+                                 "em": ESTIMATOR_NAMES["em"]},
                 "confidence": confidence,
                 "bootstrap": n_boot,
                 "seed": seed,

@@ -587,7 +587,7 @@ def train(
 
     levels = _levels(feats.filter(pl.Series(parts.train)), FEATURES)
     log.info("training on %d turns (%d features)", int(parts.train.sum()), len(FEATURES))
-    booster, text, calib, metrics, _ = fit(FEATURES, levels, "boosting")
+    booster, text, calib, metrics, test_proba = fit(FEATURES, levels, "boosting")
     lap("model")
     files = {MODEL_FILE: text}
     nc_block: dict[str, Any] | None = None
@@ -651,7 +651,9 @@ def train(
             "class_prior": {c: round(float(n) / len(y_lab), 6) for c, n in
                             zip(CLASSES, counts, strict=True)},
         },
-        "heldout": {"metrics": metrics, "confusion": metrics["confusion"], "human": human},
+        "heldout": {"metrics": metrics, "confusion": metrics["confusion"],
+                    "soft_confusion": soft_confusion(y_lab[parts.test], test_proba),
+                    "human": human},
         "no_context": nc_block,
         "baselines": {
             "rules": {"thresholds": rules.to_dict()},
@@ -667,6 +669,20 @@ def train(
     lap("write")
     bundle = ModelBundle(manifest, booster, nc_booster if no_context else None, out)
     return TrainResult(out, manifest, bundle, timings)
+
+
+def soft_confusion(y: np.ndarray, proba: np.ndarray) -> list[list[float]]:
+    """Sum of calibrated probabilities per true class (rows true, columns predicted).
+
+    The probabilistic counterpart of the confusion counts: row ``i`` divided by its
+    sum is the mean calibrated posterior of class-``i`` turns, what the rate
+    estimator (:func:`fpi.aggregate.estimate_rates`) uses to check and correct
+    the calibration. Sums, so matrices of disjoint held-out parts (folds) add.
+    """
+    k = proba.shape[1]
+    out = np.zeros((k, k))
+    np.add.at(out, y, proba)
+    return [[round(float(v), 6) for v in row] for row in out]
 
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Rate estimation under prior shift, slices and baseline comparison, on synthetic posteriors."""
+"""Rate estimation under prior and conditional shift, slices and baseline comparison,
+on synthetic posteriors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import polars as pl
 import pytest
 
 from fpi.aggregate import (
+    METHODS,
+    SessionSums,
     acc_prior,
     adjust_posteriors,
     compare_rates,
@@ -21,23 +24,35 @@ K = len(CLASSES)
 TRAIN_PRIOR = np.array([0.70, 0.04, 0.08, 0.07, 0.06, 0.05])
 
 
-def _night(prior: np.ndarray, n: int, seed: int, sep: float = 1.6):
-    """Label-shift world: x | y ~ N(mu_y, I); posteriors exact under TRAIN_PRIOR."""
+def _night(prior: np.ndarray, n: int, seed: int, sep: float = 1.6,
+           shift: np.ndarray | None = None):
+    """Label-shift world: x | y ~ N(mu_y, I); posteriors exact under TRAIN_PRIOR.
+
+    ``shift`` (k, k) moves each class's mean on the night only (the model still
+    scores with the training means): a conditional shift, ``P(x | y)`` changes.
+    """
     rng = np.random.default_rng(seed)
     mu = np.eye(K) * sep
     y = rng.choice(K, size=n, p=prior)
-    x = mu[y] + rng.normal(size=(n, K))
+    x = (mu if shift is None else mu + shift)[y] + rng.normal(size=(n, K))
     loglik = -0.5 * ((x[:, None, :] - mu[None, :, :]) ** 2).sum(axis=2)
     post = np.exp(loglik - loglik.max(axis=1, keepdims=True)) * TRAIN_PRIOR
     post /= post.sum(axis=1, keepdims=True)
     return y, post
 
 
-def _confusion(seed: int = 99, n: int = 20_000) -> np.ndarray:
-    y, post = _night(TRAIN_PRIOR, n, seed)
+def _confusion(seed: int = 99, n: int = 20_000, sep: float = 1.6) -> np.ndarray:
+    y, post = _night(TRAIN_PRIOR, n, seed, sep=sep)
     conf = np.zeros((K, K))
     np.add.at(conf, (y, post.argmax(axis=1)), 1)
     return conf
+
+
+def _soft_confusion(seed: int = 99, n: int = 20_000, sep: float = 1.6) -> np.ndarray:
+    y, post = _night(TRAIN_PRIOR, n, seed, sep=sep)
+    soft = np.zeros((K, K))
+    np.add.at(soft, y, post)
+    return soft
 
 
 SHIFTED = np.array([0.55, 0.04, 0.20, 0.07, 0.09, 0.05])  # asr doubled and more
@@ -73,14 +88,16 @@ def test_adjusted_posteriors_average_to_em_estimate() -> None:
     np.testing.assert_allclose(adj.mean(axis=0), em, atol=1e-6)
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13])
-def test_intervals_cover_true_rates_under_shift(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "method"), [(11, "acc"), (12, "blend"), (13, "pacc")])
+def test_intervals_cover_true_rates_under_shift(seed: int, method: str) -> None:
     y, post = _night(SHIFTED, 8_000, seed=seed)
     sessions = np.arange(len(y)) // 4
     table = estimate_rates(post, train_prior=TRAIN_PRIOR, confusion=_confusion(),
-                           groups=sessions, n_boot=100, seed=0)
-    assert table.estimator == "acc"
-    np.testing.assert_array_equal(table.estimate, table.acc)
+                           soft_confusion=_soft_confusion(), groups=sessions, n_boot=100,
+                           seed=0, method=method)
+    assert table.estimator == method
+    if method != "blend":
+        np.testing.assert_array_equal(table.estimate, getattr(table, method))
     true = np.bincount(y, minlength=K) / len(y)
     covered = (table.low <= true) & (true <= table.high)
     assert covered.sum() >= K - 1, (table.low, true, table.high)
@@ -88,7 +105,106 @@ def test_intervals_cover_true_rates_under_shift(seed: int) -> None:
     assert table.count.sum() == len(y)
     d = table.to_dict()
     assert set(d) == set(CLASSES)
-    assert set(d["asr"]) >= {"estimate", "low", "high", "count"}
+    assert set(d["asr"]) >= {"estimate", "low", "high", "count", "pacc", "acc", "em"}
+
+
+def test_pacc_recovers_a_prior_shift_the_plain_mean_misses() -> None:
+    y, post = _night(SHIFTED, 30_000, seed=21)
+    true = np.bincount(y, minlength=K) / len(y)
+    pacc = acc_prior(post.mean(axis=0), _soft_confusion())
+    np.testing.assert_allclose(pacc, true, atol=0.01)
+    assert abs(post.mean(axis=0)[2] - true[2]) > 0.02
+
+
+def test_blend_lies_between_pcc_and_pacc_and_weights_the_precise_one() -> None:
+    sep, sessions = 3.0, np.arange(6_000) // 3
+    _, post = _night(SHIFTED, 6_000, seed=22, sep=sep)
+    t = estimate_rates(post, train_prior=TRAIN_PRIOR, n_boot=80, groups=sessions,
+                       soft_confusion=_soft_confusion(n=20_000, sep=sep))
+    assert t.estimator == "blend" and t.weight is not None and t.pacc is not None
+    assert np.ptp(t.weight) == 0 and 0.25 < t.weight[0] < 0.75
+    assert t.estimate.sum() == pytest.approx(1.0)
+    lo = np.minimum(t.mean_probability, t.pacc) - 1e-12
+    hi = np.maximum(t.mean_probability, t.pacc) + 1e-12
+    assert np.all((lo <= t.estimate) & (t.estimate <= hi))
+    # a soft confusion measured on 300 turns is imprecise: the correction weighs less
+    t_small = estimate_rates(post, train_prior=TRAIN_PRIOR, n_boot=80, groups=sessions,
+                             soft_confusion=_soft_confusion(n=300, sep=sep))
+    assert t_small.weight is not None and t_small.weight[0] > t.weight[0]
+
+
+@pytest.mark.parametrize("direction", ["asr_looks_correct", "correct_looks_asr"])
+def test_blend_stays_close_and_covers_under_a_conditional_shift(direction: str) -> None:
+    # Tonight ASR rises 8% -> 13% and P(x | y) moves: ASR failures look less like
+    # training's (PCC undercounts), or correct turns look more like ASR (the
+    # adjusted estimators overshoot, as on far-field or new-voice nights).
+    sep = 2.5
+    shift = np.zeros((K, K))
+    if direction == "asr_looks_correct":
+        shift[2, 2] = -0.4
+    else:
+        shift[0, 2] = 0.4
+    prior = np.array([0.64, 0.04, 0.13, 0.07, 0.07, 0.05])
+    y, post = _night(prior, 3_000, seed=23, sep=sep, shift=shift)
+    true = np.bincount(y, minlength=K) / len(y)
+    t = estimate_rates(post, train_prior=TRAIN_PRIOR, confusion=_confusion(n=5_000, sep=sep),
+                       soft_confusion=_soft_confusion(n=5_000, sep=sep),
+                       groups=np.arange(len(y)) // 3, n_boot=100)
+    assert t.low[2] <= true[2] <= t.high[2], (t.low[2], true[2], t.high[2])
+    assert abs(t.estimate[2] - true[2]) < 0.025
+    assert ((t.low <= true) & (true <= t.high)).sum() >= K - 1
+    assert np.all((t.high - t.low)[1:] / 2 < 0.04)
+
+
+def test_interval_coverage_in_a_small_monte_carlo() -> None:
+    soft, conf = _soft_confusion(), _confusion()
+    covered = []
+    for rep in range(6):
+        y, post = _night(SHIFTED, 3_000, seed=300 + rep)
+        t = estimate_rates(post, train_prior=TRAIN_PRIOR, confusion=conf, soft_confusion=soft,
+                           groups=np.arange(len(y)) // 3, n_boot=60, seed=rep)
+        true = np.bincount(y, minlength=K) / len(y)
+        covered.append((t.low <= true) & (true <= t.high))
+    cov = np.array(covered)
+    assert cov.mean() >= 0.9, cov
+    assert (cov.sum(axis=1) >= K - 1).all(), cov
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", ["one_turn", "all_one_class", "class_absent"])
+def test_edge_cases_give_finite_ordered_rates(method: str, case: str) -> None:
+    soft, conf = _soft_confusion(), _confusion()
+    if case == "one_turn":
+        post = np.array([[0.1, 0.1, 0.5, 0.1, 0.1, 0.1]])
+    elif case == "all_one_class":
+        post = np.tile(np.array([[0.96, 0.01, 0.01, 0.01, 0.005, 0.005]]), (200, 1))
+    else:  # no turn of `result` tonight, and none in the held-out matrices either
+        _, post = _night(np.array([0.7, 0.05, 0.1, 0.1, 0.05, 0.0]), 500, seed=4)
+        soft, conf = soft.copy(), conf.copy()
+        soft[5], conf[5] = 0.0, 0.0
+    t = estimate_rates(post, train_prior=TRAIN_PRIOR, confusion=conf, soft_confusion=soft,
+                       n_boot=20 if method == "em" else 50, method=method)
+    for arr in (t.estimate, t.low, t.high):
+        assert np.all(np.isfinite(arr)) and np.all((arr >= 0) & (arr <= 1))
+    assert np.all(t.low <= t.estimate + 1e-12) and np.all(t.estimate <= t.high + 1e-12)
+    assert t.estimate.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown rate estimator"):
+        estimate_rates(np.full((3, K), 1 / K), train_prior=TRAIN_PRIOR, method="magic")
+
+
+def test_session_sums_of_partitions_merge_to_the_whole() -> None:
+    _, post = _night(SHIFTED, 900, seed=6)
+    codes = np.arange(900) // 3
+    whole = SessionSums.of(post, codes)
+    first = codes < 150  # partitions hold whole sessions
+    a = SessionSums.of(post[first], codes[first])
+    b = SessionSums.of(post[~first], codes[~first] - 150)
+    np.testing.assert_allclose(np.vstack([a.probs, b.probs]), whole.probs)
+    np.testing.assert_array_equal(np.vstack([a.counts, b.counts]), whole.counts)
+    np.testing.assert_array_equal(np.concatenate([a.turns, b.turns]), whole.turns)
 
 
 def test_intervals_are_deterministic_and_shrink_with_n() -> None:
@@ -128,17 +244,19 @@ def _slice_frame(n: int, seed: int):
     return turns, post, ys
 
 
-@pytest.mark.parametrize("with_confusion", [False, True])
-def test_slices_flag_the_regressed_slice_and_ignore_tiny_ones(with_confusion: bool) -> None:
+@pytest.mark.parametrize("matrices", ["none", "confusion", "both"])
+def test_slices_flag_the_regressed_slice_and_ignore_tiny_ones(matrices: str) -> None:
     turns, post, _ = _slice_frame(6_000, seed=7)
     cols = slice_columns(turns)
     assert cols.columns == ["domain", "intent", "device_type", "locale", "app_version"]
     assert cols["intent"].unique().to_list() == ["(missing)"]
-    conf = _confusion() if with_confusion else None
-    table = estimate_rates(post, train_prior=TRAIN_PRIOR, confusion=conf, n_boot=50)
-    assert table.estimator == ("acc" if with_confusion else "em")
+    conf = None if matrices == "none" else _confusion()
+    soft = _soft_confusion() if matrices == "both" else None
+    table = estimate_rates(post, train_prior=TRAIN_PRIOR, confusion=conf, soft_confusion=soft,
+                           n_boot=50)
+    assert table.estimator == {"none": "em", "confusion": "blend_counts", "both": "blend"}[matrices]
     res = slice_rates(cols, post, table, train_prior=TRAIN_PRIOR, confusion=conf,
-                      min_support=700)
+                      soft_confusion=soft, min_support=700)
     top = res["top"]
     assert top, res
     assert (top[0]["dimension"], top[0]["value"], top[0]["class"]) == ("locale", "en-GB", "asr")
@@ -151,7 +269,11 @@ def test_slices_flag_the_regressed_slice_and_ignore_tiny_ones(with_confusion: bo
     gb = next(s for s in res["dimensions"]["locale"]["slices"] if s["value"] == "en-GB")
     r = gb["rates"]["asr"]
     assert r["low"] <= r["estimate"] <= r["high"]
-    assert 0.24 < r["estimate"] < 0.36
+    if matrices == "none":  # EM: unbiased under this pure label shift
+        assert 0.24 < r["estimate"] < 0.36
+    else:  # the blend hedges toward the unadjusted rate, well above the night's
+        assert r["estimate"] > table.estimate[2] + 0.05
+        assert r["high"] > 0.24
 
 
 def test_compare_rates_flags_only_real_changes() -> None:

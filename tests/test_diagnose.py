@@ -93,9 +93,15 @@ def test_summary_keys_are_stable(run) -> None:
     assert sum(s["rates"][c]["count"] for c in CLASSES) == s["turns"]
     assert s["labels"]["turns"] == s["turns"]  # make_turns is labelled
     assert set(s["labels"]["true_rates"]) == set(CLASSES)
-    assert s["method"]["estimator"] == "adjusted-classify-and-count"
-    for c in CLASSES:  # the point estimate is ACC, with EM and the plain mean beside it
-        assert s["rates"][c]["estimate"] == s["rates"][c]["acc"]
+    m = s["method"]
+    assert m["estimator"] == "precision-weighted-blend-of-pcc-and-pacc"
+    assert m["estimator_key"] == "blend"
+    for c in CLASSES:  # the point: w * PCC + (1 - w) * PACC, every estimator beside it
+        r, w = s["rates"][c], m["weight"]
+        assert 0.25 <= w <= 0.75
+        assert r["estimate"] == pytest.approx(
+            w * r["mean_probability"] + (1 - w) * r["pacc"], abs=2e-6)
+        assert {"count_rate", "mean_probability", "acc", "pacc", "em"} <= set(r)
 
 
 def test_html_escapes_log_text_and_fetches_nothing(run) -> None:

@@ -58,6 +58,11 @@ def test_bundle_files_and_manifest(trained: TrainResult) -> None:
     assert m["training"]["fingerprint"].startswith("sha256:")
     assert set(m["training"]["counts"]) == {"train", "valid", "calibration", "test"}
     assert m["heldout"]["confusion"] == m["heldout"]["metrics"]["confusion"]
+    # soft confusion: summed calibrated probabilities per true class; rows sum to the
+    # class's held-out count, as the confusion counts' rows do
+    soft, conf = np.asarray(m["heldout"]["soft_confusion"]), np.asarray(m["heldout"]["confusion"])
+    np.testing.assert_allclose(soft.sum(axis=1), conf.sum(axis=1), atol=1e-3)
+    assert (np.diag(soft) / soft.sum(axis=1)).min() > 0.3
     assert set(m["baselines"]["heldout"]) == {"rules", "no_context"}
     assert set(m["baselines"]["rules"]["thresholds"]) >= {"wake", "asr", "nlu", "er"}
     assert "pickle" not in (trained.path / MODEL_FILE).read_text()[:200]

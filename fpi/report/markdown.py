@@ -166,10 +166,10 @@ def _rates(summary: Mapping[str, Any]) -> list[str]:
         head += " change vs baseline | change interval |"
         sep += "---:|---|"
     out = ["## Failure rates", "",
-           "Estimated rate of each failure point, adjusted for the night's class mix "
-           "(adjusted classify-and-count), beside the plain count of argmax predictions. "
-           "Intervals cover sampling noise and model error; they widen when the "
-           "adjusted, unadjusted and confusion-corrected estimates disagree.", "",
+           "Estimated rate of each failure point: a blend of the mean calibrated "
+           "probability and its correction for the night's class mix, beside the plain "
+           "count of argmax predictions. Intervals cover sampling noise and model error; "
+           "they widen when the corrected and uncorrected estimates disagree.", "",
            head, sep]
     for c in (*FAILURE_CLASSES, "correct"):
         r = rates[c]

@@ -286,6 +286,7 @@ def _pipeline(
         - 1.4 * e_trunc * notice
         - 0.25 * e_func
         + 0.75 * z[:, Z["asr_conf"]]
+        + prof.asr_overconfidence
     )
     asr_conf = _sigmoid(asr_logit)
     words = t.tpl_words[tpl] + np.where(men >= 0, t.men_words[np.maximum(men, 0)], 0)
@@ -587,6 +588,7 @@ class _ProfileArrays:
             else -99
         )
         self.er_outage_rate = profile.er_outage_rate
+        self.asr_overconfidence = profile.asr_overconfidence
         self.result_err = np.array(
             [
                 profile.result_error_extra.get(d, profile.result_error_extra.get("*", 0.0))

@@ -22,6 +22,10 @@ class Profile:
     asr_extra_difficulty
         Acoustic difficulty added per device type (raises ASR error rates and
         lowers ASR confidence, as a worse acoustic model would).
+    asr_overconfidence
+        Logit added to every ASR confidence. With extra difficulty it models speakers
+        the recogniser was not tuned to: more errors at the same logged confidence
+        (the meaning of a confidence changes: conditional shift, not only prior shift).
     er_outage_catalogue, er_outage_rate
         Share of entity lookups in one catalogue that fail (index unavailable).
     result_error_extra
@@ -48,6 +52,7 @@ class Profile:
     name: str
     description: str
     asr_extra_difficulty: dict[str, float] = field(default_factory=dict)
+    asr_overconfidence: float = 0.0
     er_outage_catalogue: str | None = None
     er_outage_rate: float = 0.0
     result_error_extra: dict[str, float] = field(default_factory=dict)
@@ -69,6 +74,16 @@ PROFILES: dict[str, Profile] = {
             "devices (more misrecognised content words and names, lower ASR confidence).",
             asr_extra_difficulty={"speaker": 0.45},
             expected={"asr": ("device=speaker", 1.55, 1.95)},
+        ),
+        Profile(
+            "clarity_shift",
+            "New speaker population: +0.3 acoustic difficulty on every device with the "
+            "ASR confidence 0.6 logit higher, so more recognition errors at the same "
+            "logged confidence (conditional shift).",
+            asr_extra_difficulty=dict.fromkeys(("speaker", "screen", "phone", "car", "tv"), 0.3),
+            asr_overconfidence=0.6,
+            # misheard names that used to fail at ER now fail at ASR
+            expected={"asr": ("all", 1.4, 1.65), "er": ("all", 0.7, 0.9)},
         ),
         Profile(
             "er_outage_music",

@@ -87,13 +87,23 @@ def _render(doc: dict[str, Any], title: str) -> None:
     )
 
 
-def _read(inputs: list[Path]) -> Any:
+def _read(inputs: list[Path], labels: Path | None = None, policy: str = "majority") -> Any:
     from fpi.ingest import read_traces
 
     frame, report = read_traces(inputs)
     if report.rejected:
         err_console.print(f"{report.rejected} record(s) rejected while reading the input")
+    if labels is not None:
+        from fpi.labels.resolve import join_labels_file
+
+        frame = join_labels_file(frame, labels, policy)
     return frame
+
+
+_LABELS_HELP = ("Labels file from `fpi labels import`: replaces the logs' own labels "
+                "(turns it does not label stay unlabelled context).")
+_POLICY_HELP = ("With --labels, how several annotators' labels of a turn become one: "
+                "'majority', 'unanimous' (drop disagreements) or 'gold:NAME'.")
 
 
 @app.command()
@@ -112,6 +122,9 @@ def train(
                                                   "reported metrics.")] = 0.2,
     as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON "
                                                         "on stdout.")] = False,
+    labels: Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
+                                                show_default=False)] = None,
+    label_policy: Annotated[str, typer.Option(help=_POLICY_HELP)] = "majority",
 ) -> None:
     """Train the failure-point model on labelled turns and write a model bundle.
 
@@ -125,7 +138,7 @@ def train(
 
     if split not in ("session", "time"):
         raise InputError(f"--split must be 'session' or 'time', not {split!r}")
-    frame = _read(inputs)
+    frame = _read(inputs, labels, label_policy)
     err_console.print(f"training on {frame.height} turns ...")
     result = train_model(frame, out, seed=seed, threads=threads, split=split,  # type: ignore[arg-type]
                          test_size=test_size)
@@ -149,6 +162,9 @@ def evaluate(
                                         show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as a stable JSON "
                                                         "document on stdout.")] = False,
+    labels: Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
+                                                show_default=False)] = None,
+    label_policy: Annotated[str, typer.Option(help=_POLICY_HELP)] = "majority",
 ) -> None:
     """Measure a model bundle on labelled turns.
 
@@ -160,7 +176,7 @@ def evaluate(
     from fpi.model import load_bundle
 
     bundle = load_bundle(model)
-    frame = _read(inputs)
+    frame = _read(inputs, labels, label_policy)
     result = evaluate_model(frame, bundle)
     doc = result.to_dict()
     if as_json:

@@ -155,7 +155,7 @@ def _with_model(base: pl.DataFrame, opts: QueueOptions) -> pl.DataFrame:
         pl.lit(n_rand).alias("stratum_sample"))
     chosen = [rand]
     rest = base.join(rand.select(KEY), on=KEY, how="anti")
-    cover = []
+    cover: list[pl.DataFrame] = []
     for c in CLASSES:
         so_far = pl.concat(chosen + cover, how="diagonal_relaxed")
         cands = _capped(rest.filter(pl.col("predicted") == c), so_far, opts.cluster_cap,

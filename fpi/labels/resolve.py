@@ -20,6 +20,7 @@ second opinion and ``failure_point_2`` stays null).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import polars as pl
@@ -122,3 +123,11 @@ def apply_labels(turns: pl.DataFrame, labels: pl.DataFrame,
         raise InputError(f"none of the {resolved.height} resolved labels matches a turn of the "
                          f"logs ({turns.height} turns): are they labels of these logs?")
     return out.with_columns(pl.col("_label").alias("label")).drop("_label").select(turns.columns)
+
+
+def join_labels_file(turns: pl.DataFrame, path: str | os.PathLike[str],
+                     policy: LabelPolicy | str = "majority") -> pl.DataFrame:
+    """:func:`apply_labels` with the labels Parquet at ``path`` (``--labels``)."""
+    from fpi.labels.importer import read_labels_file
+
+    return apply_labels(turns, read_labels_file(path), policy)

@@ -300,6 +300,8 @@ def check_command(
     from fpi.labels.resolve import join_labels_file
     from fpi.model import load_bundle
 
+    if report is not None and report.suffix.lower() not in (".md", ".json"):
+        raise InputError(f"--report {report}: use a .md or .json file name")
     bundle = load_bundle(model) if model is not None else None
     turns = _read_logs(inputs)
     if labels is not None:
@@ -308,11 +310,8 @@ def check_command(
                           bundle=bundle)
     doc = result.to_dict(top=top)
     if report is not None:
-        suffix = report.suffix.lower()
-        if suffix not in (".md", ".json"):
-            raise InputError(f"--report {report}: use a .md or .json file name")
         text = (render_markdown(result, suspects_with_context(result, turns, top))
-                if suffix == ".md" else json.dumps(doc, indent=2) + "\n")
+                if report.suffix.lower() == ".md" else json.dumps(doc, indent=2) + "\n")
         try:
             write_text_atomic(report, text)
         except OSError as exc:

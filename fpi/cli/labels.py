@@ -206,16 +206,20 @@ def measure_command(
         "--logs", help="The queue's trace files, to score with --model (repeatable).",
         show_default=False)] = None,
     level: Annotated[float, typer.Option(help="Interval coverage.")] = 0.95,
-    replicates: Annotated[int, typer.Option(min=100, help="Bootstrap replicates.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    method: Annotated[str, typer.Option(
+        help="Interval method: 'dirichlet' (Jeffreys posterior per stratum) or 'bootstrap' "
+             "(stratified).")] = "dirichlet",
+    replicates: Annotated[int, typer.Option(min=100, help="Posterior draws or bootstrap "
+                                                          "replicates.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimates as JSON on "
                                                         "stdout.")] = False,
 ) -> None:
     """Estimate the model's per-class precision, recall and F1 on the queue's night.
 
     Uses only the queue's random stratum (known inclusion probabilities): weighted
-    ratio estimators with stratified-bootstrap intervals, so the figures describe
-    production traffic, not the turns picked for being hard.
+    ratio estimators with intervals that follow the sampling design, so the figures
+    describe production traffic, not the turns picked for being hard.
     """
     from fpi.errors import InputError
     from fpi.labels.export import read_queue
@@ -231,7 +235,7 @@ def measure_command(
             raise InputError("--model needs --logs: the trace files the queue was drawn from")
         predictions = _predict(model, logs)
     result = measure(q, resolved, predictions=predictions, level=level,
-                     replicates=replicates, seed=seed)
+                     replicates=replicates, seed=seed, method=method)
     doc = result.to_dict()
     err_console.print(f"{doc['labelled']} of {doc['sampled']} randomly sampled turns labelled "
                       f"(night of {doc['population']:,} turns)")

@@ -9,10 +9,20 @@ so with all of them labelled the weight is ``1 / inclusion_prob``).
 
 For each class ``c`` the weighted (Horvitz-Thompson) totals of true positives
 ``TP``, predicted ``P`` and true ``T`` give ratio estimators of the night's
-precision ``TP/P``, recall ``TP/T``, F1 ``2TP/(P+T)`` and rate ``T/N``. Intervals
-come from a stratified bootstrap: each stratum's labelled turns are resampled with
-replacement, the ratios recomputed, and the percentiles taken (the sampling design,
-not only the sample size, sets their width).
+precision ``TP/P``, recall ``TP/T``, F1 ``2TP/(P+T)`` and rate ``T/N``. Two
+interval methods, both respecting the strata:
+
+``bootstrap``
+    Each stratum's labelled turns are resampled with replacement, the ratios
+    recomputed, and the percentiles taken. Degenerate for a rare class whose few
+    sampled turns all agree (an interval of one point).
+``dirichlet`` (the default)
+    Per class and stratum, the shares of the four cells (true positive, false
+    positive, false negative, the rest) get a Dirichlet posterior with a Jeffreys
+    prior (counts + 1/2); draws of the cell shares times ``N_h``, summed over strata,
+    give draws of the ratios, and their percentiles the interval. The half counts keep
+    rare classes honest (the benchmark's coverage, docs/labels.md). Macro-F1 always
+    uses the bootstrap (it needs the classes jointly).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from fpi.schema import CLASSES, KEY_COLUMNS
 KEY = list(KEY_COLUMNS)
 PROBABILITY_STRATA: Final = ("random", "stratified")
 METRICS: Final = ("precision", "recall", "f1", "rate")
+METHODS: Final = ("dirichlet", "bootstrap")
 
 
 @dataclass(frozen=True)
@@ -42,12 +53,13 @@ class Measurement:
     replicates: int
     per_class: dict[str, dict[str, dict[str, float | None]]]
     macro_f1: dict[str, float | None]
+    method: str = "dirichlet"
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON document (``fpi labels measure --json``)."""
         return {"classes": list(CLASSES), "population": self.population,
                 "sampled": self.sampled, "labelled": self.labelled, "level": self.level,
-                "method": "stratified bootstrap, ratio (Horvitz-Thompson) estimators",
+                "method": self.method, "estimators": "ratio (Horvitz-Thompson)",
                 "replicates": self.replicates, "per_class": self.per_class,
                 "macro_f1": self.macro_f1}
 
@@ -103,13 +115,34 @@ def _resample_counts(strata: np.ndarray, replicates: int, rng: np.random.Generat
     return counts
 
 
+def _dirichlet_totals(lab: pl.DataFrame, replicates: int, rng: np.random.Generator) -> np.ndarray:
+    """``(B, 3k)`` posterior draws of the weighted TP, predicted and true totals."""
+    k = len(CLASSES)
+    ind = _indicators(lab)
+    out = np.zeros((replicates, 3 * k))
+    strata = lab["design_stratum"].to_numpy()
+    for h in np.unique(strata):
+        rows = strata == h
+        n_h = float(lab.filter(pl.Series(rows))["stratum_population"][0])
+        for i in range(k):
+            tp = ind[rows, i].sum()
+            fp = ind[rows, k + i].sum() - tp
+            fn = ind[rows, 2 * k + i].sum() - tp
+            rest = rows.sum() - tp - fp - fn
+            share = rng.dirichlet(np.array([tp, fp, fn, rest]) + 0.5, size=replicates) * n_h
+            out[:, i] += share[:, 0]
+            out[:, k + i] += share[:, 0] + share[:, 1]
+            out[:, 2 * k + i] += share[:, 0] + share[:, 2]
+    return out
+
+
 def _num(x: float) -> float | None:
     return None if not np.isfinite(x) else round(float(x), 6)
 
 
 def measure(queue: pl.DataFrame, labels: pl.DataFrame, *,
             predictions: pl.DataFrame | None = None, level: float = 0.95,
-            replicates: int = 2000, seed: int = 0) -> Measurement:
+            replicates: int = 2000, seed: int = 0, method: str = "dirichlet") -> Measurement:
     """Estimate per-class precision, recall, F1 and rate on the queue's night.
 
     Parameters
@@ -128,18 +161,22 @@ def measure(queue: pl.DataFrame, labels: pl.DataFrame, *,
     """
     if not 0 < level < 1:
         raise InputError(f"--level must be between 0 and 1, not {level}")
+    if method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     lab, population, sampled = _sample(queue, labels, predictions)
     v = _indicators(lab) * lab["weight"].to_numpy()[:, None]
     point = _ratios(v.sum(axis=0), population)
     strata = lab["design_stratum"].to_numpy()
-    boot = _ratios(_resample_counts(strata, replicates, np.random.default_rng(seed)) @ v,
-                   population)
+    rng = np.random.default_rng(seed)
+    boot = _ratios(_resample_counts(strata, replicates, rng) @ v, population)
+    draws = (_ratios(_dirichlet_totals(lab, replicates, rng), population)
+             if method == "dirichlet" else boot)
     lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     per_class: dict[str, dict[str, dict[str, float | None]]] = {}
     for i, c in enumerate(CLASSES):
         per_class[c] = {}
         for m in METRICS:
-            b = boot[m][:, i]
+            b = draws[m][:, i]
             b = b[np.isfinite(b)]
             lo, hi = (np.percentile(b, [lo_q, hi_q]) if len(b) else (np.nan, np.nan))
             per_class[c][m] = {"estimate": _num(point[m][i]), "low": _num(lo), "high": _num(hi)}
@@ -148,4 +185,5 @@ def measure(queue: pl.DataFrame, labels: pl.DataFrame, *,
     macro = {"estimate": _num(float(np.nanmean(point["f1"]))),
              "low": _num(float(np.nanpercentile(macro_boot, lo_q))),
              "high": _num(float(np.nanpercentile(macro_boot, hi_q)))}
-    return Measurement(population, sampled, lab.height, level, replicates, per_class, macro)
+    return Measurement(population, sampled, lab.height, level, replicates, per_class, macro,
+                       method)

@@ -44,6 +44,8 @@ def test_a_census_gives_the_true_figures() -> None:
     night = _night(600, 1)
     result = measure(_srs_queue(night, 600, 0), _labels(night), replicates=200)
     truth = _true_metrics(night)
+    assert result.per_class["correct"]["f1"]["high"] - result.per_class["correct"]["f1"][
+        "low"] < 0.1
     for c in CLASSES:
         for m in ("precision", "recall", "f1"):
             assert result.per_class[c][m]["estimate"] == pytest.approx(
@@ -85,12 +87,14 @@ def test_targeted_picks_are_left_out() -> None:
     assert a.per_class == b.per_class
 
 
-def test_intervals_cover_the_truth_over_many_nights() -> None:
+@pytest.mark.parametrize("method", ["dirichlet", "bootstrap"])
+def test_intervals_cover_the_truth_over_many_nights(method: str) -> None:
     hits, total = 0, 0
     for seed in range(30):
         night = _night(3000, 100 + seed)
         truth = _true_metrics(night)
-        r = measure(_srs_queue(night, 400, seed), _labels(night), replicates=300, seed=seed)
+        r = measure(_srs_queue(night, 400, seed), _labels(night), replicates=300, seed=seed,
+                    method=method)
         for c in ("correct", "asr", "nlu"):
             m = r.per_class[c]["f1"]
             hits += m["low"] <= truth["per_class"][c]["f1"] <= m["high"]
@@ -105,5 +109,7 @@ def test_errors() -> None:
         measure(queue.with_columns(pl.lit("uncertainty").alias("stratum")), _labels(night))
     with pytest.raises(InputError, match="none of the 20"):
         measure(queue, _labels(night).head(0))
+    with pytest.raises(InputError, match="--method"):
+        measure(queue, _labels(night), method="exact")
     with pytest.raises(InputError, match="no model predictions"):
         measure(queue.with_columns(pl.lit(None, pl.String).alias("predicted")), _labels(night))

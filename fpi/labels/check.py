@@ -11,6 +11,11 @@
    confident class differs from its label is a **suspect**.
 3. **Ranking.** Suspects first, then the rest, each by *self-confidence* (the
    out-of-fold probability of the given label), lowest first.
+4. **How many are wrong.** The confident joint (given label x confident class)
+   is calibrated so each row sums to its label's count; its off-diagonal mass is
+   the estimated number of wrong labels (``estimated_errors``). Dropping that many
+   from the top of the ranking removes fewer correct labels than dropping every
+   suspect.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ class LabelCheck:
     ranked: pl.DataFrame  #: one row per labelled turn, most suspect first
     thresholds: dict[str, float]
     options: CheckOptions
+    #: Estimated number of wrong labels (calibrated confident joint, off the diagonal).
+    estimated_errors: int = 0
 
     @property
     def suspects(self) -> pl.DataFrame:
@@ -75,7 +82,8 @@ class LabelCheck:
         by_pair = (sus.group_by("label", "suggested").len().sort("len", "label", "suggested",
                                                                   descending=[True, False, False]))
         return {"classes": list(CLASSES), "labelled_turns": self.ranked.height,
-                "suspects": sus.height, "folds": self.options.folds, "seed": self.options.seed,
+                "suspects": sus.height, "estimated_errors": self.estimated_errors,
+                "folds": self.options.folds, "seed": self.options.seed,
                 "thresholds": self.thresholds,
                 "suspects_by_label_and_suggestion": by_pair.to_dicts(),
                 "top": sus.head(top).drop("context_turns", strict=False).to_dicts()}
@@ -113,6 +121,16 @@ def confident_learning(proba: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
     above = np.where(proba >= thresholds, proba, -1.0)
     confident = np.where(above.max(axis=1) >= 0, above.argmax(axis=1), -1)
     return thresholds, confident
+
+
+def estimated_errors(y: np.ndarray, confident: np.ndarray, k: int = len(CLASSES)) -> int:
+    """Off-diagonal mass of the confident joint calibrated to the label counts."""
+    ok = confident >= 0
+    joint = np.bincount(y[ok] * k + confident[ok], minlength=k * k).reshape(k, k).astype(float)
+    rows = joint.sum(axis=1, keepdims=True)
+    counts = np.bincount(y, minlength=k)[:, None]
+    calibrated = np.divide(joint * counts, rows, out=np.zeros_like(joint), where=rows > 0)
+    return round(float(calibrated.sum() - np.trace(calibrated)))
 
 
 def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | None,
@@ -174,4 +192,5 @@ def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
         pl.Series("suspect", (confident >= 0) & (confident != y)),
     ).sort(pl.col("suspect").not_(), "self_confidence", *KEY).with_row_index("rank", offset=1)
     return LabelCheck(ranked, {c: round(float(t), 6) for c, t in zip(CLASSES, thresholds,
-                                                                      strict=True)}, opts)
+                                                                      strict=True)}, opts,
+                      estimated_errors(y, confident))

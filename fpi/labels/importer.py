@@ -318,7 +318,10 @@ def read_labels(paths: Sequence[str | os.PathLike[str]], *,
     rejects: list[Reject] = []
     for p in paths:
         for item in read_records(Path(p)):
-            (rejects.append if isinstance(item, Reject) else rows.append)(item)  # type: ignore[arg-type]
+            if isinstance(item, Reject):
+                rejects.append(item)
+            else:
+                rows.append(item)
     n_read = len(rows) + len(rejects)
     raw = pl.DataFrame(rows, schema=_RAW_SCHEMA)
     good, bad = _split_rows(raw)

@@ -37,7 +37,8 @@ def render_markdown(check: LabelCheck, detail: pl.DataFrame) -> str:
     """The report: summary, thresholds, the suspects table and each suspect's context."""
     doc = check.to_dict(top=0)
     lines = ["# Probably wrong labels", "",
-             f"{doc['suspects']} of {doc['labelled_turns']} labelled turns are suspects "
+             f"{doc['suspects']} of {doc['labelled_turns']} labelled turns are suspects; about "
+             f"{doc['estimated_errors']} labels are estimated wrong "
              f"({check.options.folds}-fold out-of-fold probabilities by session, seed "
              f"{check.options.seed}; confident learning). Ranked by the out-of-fold "
              "probability of the given label, lowest first.", "",

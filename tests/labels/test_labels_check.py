@@ -7,7 +7,13 @@ import polars as pl
 import pytest
 
 from fpi.errors import InputError
-from fpi.labels.check import CheckOptions, check_labels, confident_learning, session_folds
+from fpi.labels.check import (
+    CheckOptions,
+    check_labels,
+    confident_learning,
+    estimated_errors,
+    session_folds,
+)
 from fpi.labels.report import md_text, render_markdown, suspects_with_context
 from fpi.schema import CLASSES
 
@@ -20,6 +26,14 @@ def test_confident_learning_by_hand() -> None:
     assert thresholds == pytest.approx([0.85, 1.6 / 3])
     # row 4: p0 = .7 < .85 and p1 = .3 < t1: no confident class
     assert confident.tolist() == [0, -1, 1, 1, -1]
+
+
+def test_estimated_errors_by_hand() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1])
+    confident = np.array([0, 0, 1, -1, 1, 1])
+    # label 0: 3 confident (2 as 0, 1 as 1), 4 labelled -> 1 * 4/3 off the diagonal
+    assert estimated_errors(y, confident, 2) == 1
+    assert estimated_errors(y, np.array([0, 0, 0, 0, 1, 1]), 2) == 0
 
 
 def test_folds_keep_sessions_whole(night) -> None:
@@ -51,6 +65,7 @@ def test_flipped_labels_rank_high(night) -> None:
     top = ranked.head(night.height // 10).join(keys, on=["session_id", "turn_index"])
     found = top["flipped"].sum() / flipped.sum()
     assert found >= 0.5, found
+    assert 0.5 * flipped.sum() <= result.estimated_errors <= 3 * flipped.sum()
     # suspects come first, each ranked by the probability of its label
     sus = ranked.filter("suspect")
     assert ranked.head(sus.height)["suspect"].all()

@@ -146,3 +146,18 @@ def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> 
     assert_error(inproc("train", night_file, "-o", tmp_path / "m", "--labels", loop["ann"]),
                  "ann.csv")
     assert not (tmp_path / "m").exists()
+
+
+def test_train_on_imported_labels(night_file: Path, tmp_path: Path) -> None:
+    night = pl.read_parquet(night_file)
+    labels = night.select("session_id", "turn_index",
+                          pl.col("label").struct.field("failure_point")).head(1500)
+    labels.with_columns(pl.lit("ann").alias("annotator")).write_csv(tmp_path / "l.csv")
+    assert inproc("labels", "import", tmp_path / "l.csv", "-o", tmp_path / "l.parquet"
+                  ).returncode == 0
+    r = inproc("train", night_file, "-o", tmp_path / "m", "--labels", tmp_path / "l.parquet",
+               "--label-policy", "gold:ann", "--json")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["training"]["labelled_turns"] == 1500
+    assert manifest["training"]["turns"] == night.height

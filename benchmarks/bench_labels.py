@@ -13,11 +13,12 @@ Usage (run by hand; not a test)::
 (b) **Label noise.** 5% of a training night's labels are flipped to a plausible
     neighbour class, at class-dependent rates (a tired annotator). ``check_labels``
     ranks them: the share of flipped labels in its top 10%, and the test macro-F1 of
-    models trained on clean, noisy, and noisy-minus-suspects labels.
+    models trained on clean, noisy, noisy-minus-suspects and noisy-minus-the-top
+    ``estimated_errors`` labels.
 (c) **Measurement coverage.** Over simulated nights (each a disjoint set of sessions),
     a queue with a random stratum is drawn, its random turns labelled with the gold
-    labels, and ``measure`` run: the share of nights whose 95% interval holds the true
-    per-class F1 of the model on the whole night.
+    labels, and ``measure`` run with each interval method: the share of nights whose
+    95% interval holds the true per-class F1 of the model on the whole night.
 
 Prints the command, the load average, CPU seconds and wall time with the figures.
 """

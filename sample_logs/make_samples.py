@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from fpi.files import write_bytes_atomic
 from fpi.formats import turn_lines
 from fpi.simulation import simulate_frame, write_simulation
@@ -99,6 +101,29 @@ def broken_jsonl() -> tuple[str, dict[int, str]]:
     return "\n".join(lines) + "\n", {i: rule for i, (_, rule) in broken.items()}
 
 
+#: Turns of train.jsonl.gz (its first, in file order) whose two labels make annotations.csv.
+ANNOTATED_TURNS = 1_500
+
+
+def annotations_csv(train: Path) -> str:
+    """annotations.csv: the first turns of ``train`` labelled by two annotators.
+
+    The gold label is annotator ``alice``'s, the simulated second annotator's is
+    ``bob``'s: the generic label format ``fpi labels import`` reads, as a team would
+    get it back from annotation.
+    """
+    from fpi.ingest import read_traces
+
+    frame, _ = read_traces(train)
+    head = frame.head(ANNOTATED_TURNS).select(
+        "session_id", "turn_index",
+        pl.col("label").struct.field("failure_point").alias("alice"),
+        pl.col("label").struct.field("failure_point_2").alias("bob"))
+    long = head.unpivot(index=["session_id", "turn_index"], variable_name="annotator",
+                        value_name="failure_point").drop_nulls("failure_point")
+    return long.sort("session_id", "turn_index", "annotator").write_csv()
+
+
 def make(out_dir: str | Path = HERE) -> list[Path]:
     """Write every sample into ``out_dir``; return the paths written."""
     out = Path(out_dir)
@@ -109,6 +134,8 @@ def make(out_dir: str | Path = HERE) -> list[Path]:
         written += [summary.path, summary.truth_path]
     text, _ = broken_jsonl()
     written.append(write_bytes_atomic(out / "broken.jsonl", text.encode()))
+    written.append(write_bytes_atomic(out / "annotations.csv",
+                                      annotations_csv(out / "train.jsonl.gz").encode()))
     return written
 
 

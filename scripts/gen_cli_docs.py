@@ -14,12 +14,17 @@ from typer.testing import CliRunner
 from fpi.cli import app
 from fpi.files import write_text_atomic
 
-COMMANDS = ("ingest", "simulate", "train", "evaluate", "diagnose", "explain", "trend")
+COMMANDS = ("ingest", "simulate", "train", "evaluate", "diagnose", "explain", "trend", "queue",
+            "labels", "labels import", "labels agreement", "labels measure", "labels check")
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
 def help_text(*args: str) -> str:
-    """The ``--help`` output of ``fpi ARGS``, rendered 100 columns wide without colour."""
+    """The ``--help`` output of ``fpi ARGS``, rendered 100 columns wide without colour.
+
+    An argument with spaces is a subcommand path (``"labels import"``).
+    """
+    args = tuple(word for arg in args for word in arg.split())
     result = CliRunner().invoke(
         app, [*args, "--help"], env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"},
         prog_name="fpi",

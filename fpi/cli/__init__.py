@@ -12,5 +12,6 @@ from fpi.cli import simulate as _simulate  # noqa: F401  isort: skip
 from fpi.cli import train as _train  # noqa: F401  isort: skip
 from fpi.cli import diagnose as _diagnose  # noqa: F401  isort: skip
 from fpi.cli import trend as _trend  # noqa: F401  isort: skip
+from fpi.cli import labels as _labels  # noqa: F401  isort: skip
 
 __all__ = ["app"]

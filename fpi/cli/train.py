@@ -89,9 +89,10 @@ def _render(doc: dict[str, Any], title: str) -> None:
     )
 
 
-def _read(inputs: list[Path], allow_truncated: bool, rejects: Path | None = None
-          ) -> tuple[Any, Any]:
-    """The canonical frame and the ingest report; rejects summed up by rule on stderr."""
+def _read(inputs: list[Path], allow_truncated: bool, rejects: Path | None = None,
+          labels: Path | None = None, policy: str = "majority") -> tuple[Any, Any]:
+    """The canonical frame (with ``labels`` joined on, if given) and the ingest report;
+    rejects summed up by rule on stderr."""
     from fpi.ingest import read_traces
     from fpi.progress import bytes_callback
 
@@ -103,6 +104,10 @@ def _read(inputs: list[Path], allow_truncated: bool, rejects: Path | None = None
         where = f"; see {report.rejects_path}" if report.rejects_path else ""
         err_console.print(f"rejected {report.rejected:,} of {report.records_read:,} records "
                           f"({escape(rules)}){escape(where)}", soft_wrap=True)
+    if labels is not None:
+        from fpi.labels.resolve import join_labels_file
+
+        frame = join_labels_file(frame, labels, policy)
     return frame, report
 
 
@@ -110,6 +115,12 @@ def _default_rejects(out: Path) -> Path:
     """``models/night`` -> ``models/night.rejects.jsonl``, beside the bundle (not in it)."""
     out = out.resolve() if not out.name else out  # ('.' has no name)
     return out.with_name(f"{out.name}.rejects.jsonl")
+
+
+_LABELS_HELP = ("Labels file from `fpi labels import`: replaces the logs' own labels "
+                "(turns it does not label stay unlabelled context).")
+_POLICY_HELP = ("With --labels, how several annotators' labels of a turn become one: "
+                "'majority', 'unanimous' (drop disagreements) or 'gold:NAME'.")
 
 
 @app.command()
@@ -135,6 +146,9 @@ def train(
         "--strict", help="Exit with status 3 if any record was rejected (the bundle is "
                          "still written).")] = False,
     allow_truncated: AllowTruncated = False,
+    labels: Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
+                                                show_default=False)] = None,
+    label_policy: Annotated[str, typer.Option(help=_POLICY_HELP)] = "majority",
 ) -> None:
     """Train the failure-point model on labelled turns and write a model bundle.
 
@@ -153,7 +167,8 @@ def train(
     if split not in ("session", "time"):
         raise InputError(f"--split must be 'session' or 'time', not {split!r}")
     check_bundle_out(out)  # refuse a foreign --out before reading any data
-    frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out))
+    frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out),
+                          labels, label_policy)
     err_console.print(f"training on {frame.height} turns ...")
     with progress_for(err_console) as progress:
         result = train_model(frame, out, seed=seed, threads=threads,
@@ -185,6 +200,9 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as a stable JSON "
                                                         "document on stdout.")] = False,
     allow_truncated: AllowTruncated = False,
+    labels: Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
+                                                show_default=False)] = None,
+    label_policy: Annotated[str, typer.Option(help=_POLICY_HELP)] = "majority",
 ) -> None:
     """Measure a model bundle on labelled turns.
 
@@ -196,7 +214,7 @@ def evaluate(
     from fpi.model import load_bundle
 
     bundle = load_bundle(model)
-    frame, _ = _read(inputs, allow_truncated)
+    frame, _ = _read(inputs, allow_truncated, labels=labels, policy=label_policy)
     result = evaluate_model(frame, bundle)
     doc = result.to_dict()
     if as_json:

@@ -1,0 +1,250 @@
+"""The labels loop on simulated logs: learning curve, label noise, measurement coverage.
+
+Usage (run by hand; not a test)::
+
+    python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100] [--quick]
+
+(a) **Learning curve.** A pool of unlabelled simulated turns and a separate test night.
+    For each seed and label budget, a model is trained (``fpi.model.train``) on the
+    labels of (i) a uniform random sample of the pool and (ii) turns picked by
+    ``fpi queue`` in rounds (a stratified random first batch without a model, then
+    each round queued with the model of the previous round). Macro-F1 on the test
+    night against labels used; the full-pool model is the target (minus 0.01).
+(b) **Label noise.** 5% of a training night's labels are flipped to a plausible
+    neighbour class, at class-dependent rates (a tired annotator). ``check_labels``
+    ranks them: the share of flipped labels in its top 10%, and the test macro-F1 of
+    models trained on clean, noisy, noisy-minus-suspects and noisy-minus-the-top
+    ``estimated_errors`` labels.
+(c) **Measurement coverage.** Over simulated nights (each a disjoint set of sessions),
+    a queue with a random stratum is drawn, its random turns labelled with the gold
+    labels, and ``measure`` run with each interval method: the share of nights whose
+    95% interval holds the true per-class F1 of the model on the whole night.
+
+Prints the command, the load average, CPU seconds and wall time with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fpi.evaluation import labels_to_index, macro_f1_score
+from fpi.features import build_features
+from fpi.labels.check import CheckOptions, check_labels
+from fpi.labels.measure import METHODS, measure
+from fpi.labels.queue import QueueOptions, build_queue
+from fpi.model import ModelBundle, train
+from fpi.schema import CLASSES
+from fpi.simulation import simulate_frame
+
+KEY = ["session_id", "turn_index"]
+#: Where a tired annotator's slip goes, and how often, per true class (mean about 5%).
+FLIPS = {"correct": ("asr", 0.03), "false_wake": ("correct", 0.10), "asr": ("nlu", 0.10),
+         "nlu": ("asr", 0.10), "er": ("nlu", 0.08), "result": ("er", 0.08)}
+
+
+def _labels(frame: pl.DataFrame) -> np.ndarray:
+    return labels_to_index(frame["label"].struct.field("failure_point"))
+
+
+def _keep_labels(turns: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """``turns`` with labels only on ``keys`` (the rest unlabelled context)."""
+    mark = keys.select(KEY).with_columns(pl.lit(True).alias("_keep"))
+    out = turns.join(mark, on=KEY, how="left", maintain_order="left")
+    return out.with_columns(pl.when(pl.col("_keep")).then(pl.col("label")).otherwise(None)
+                            .alias("label")).drop("_keep")
+
+
+def _fit(turns: pl.DataFrame, feats: pl.DataFrame, seed: int, tmp: Path) -> ModelBundle:
+    out = tmp / f"m{time.perf_counter_ns()}"
+    return train(turns, out, seed=seed, no_context=False, min_class_count=2, test_size=0.1,
+                 features=feats).bundle
+
+
+def _score(bundle: ModelBundle, test: pl.DataFrame, test_feats: pl.DataFrame) -> float:
+    pred = bundle.predict_proba(test_feats).argmax(axis=1)
+    return macro_f1_score(_labels(test), pred)
+
+
+def learning_curve(pool: pl.DataFrame, pool_feats: pl.DataFrame, test: pl.DataFrame,
+                   test_feats: pl.DataFrame, budgets: list[int], seeds: int,
+                   tmp: Path) -> dict[str, Any]:
+    full = _score(_fit(pool, pool_feats, 0, tmp), test, test_feats)
+    rows = []
+    for seed in range(seeds):
+        order = pool.select(KEY).sample(fraction=1.0, shuffle=True, seed=seed)
+        for b in budgets:  # uniform random, nested samples
+            bundle = _fit(_keep_labels(pool, order.head(b)), pool_feats, seed, tmp)
+            rows.append(("random", seed, b, _score(bundle, test, test_feats)))
+        picked = build_queue(pool, QueueOptions(budget=budgets[0], seed=seed)).frame.select(KEY)
+        for i, b in enumerate(budgets):
+            if i > 0:  # queue the next batch with the model trained on the labels so far
+                rest = pool.join(picked, on=KEY, how="anti")
+                rest_feats = pool_feats.filter(pl.Series(
+                    pool.join(picked.with_columns(pl.lit(1).alias("_p")), on=KEY,
+                              how="left", maintain_order="left")["_p"].is_null()))
+                q = build_queue(rest, QueueOptions(budget=b - picked.height, seed=seed),
+                                bundle, rest_feats)
+                picked = pl.concat([picked, q.frame.select(KEY)])
+            bundle = _fit(_keep_labels(pool, picked), pool_feats, seed, tmp)
+            rows.append(("queue", seed, b, _score(bundle, test, test_feats)))
+    curve = pl.DataFrame(rows, schema=["method", "seed", "labels", "macro_f1"], orient="row")
+    return {"full": full, "curve": curve}
+
+
+def _flip(frame: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = frame["label"].struct.field("failure_point").to_numpy().astype(object)
+    rate = np.array([FLIPS[v][1] for v in y])
+    flip = rng.random(len(y)) < rate
+    noisy = np.where(flip, [FLIPS[v][0] for v in y], y)
+    return frame.with_columns(pl.col("label").struct.with_fields(
+        pl.Series("failure_point", noisy, dtype=pl.String))), flip
+
+
+def _drop(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the labels of ``keys`` removed (the turns stay as context)."""
+    marked = frame.join(keys.with_columns(pl.lit(True).alias("_s")), on=KEY, how="left",
+                        maintain_order="left")
+    return marked.with_columns(pl.when(pl.col("_s")).then(None).otherwise(pl.col("label"))
+                               .alias("label")).drop("_s")
+
+
+def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFrame,
+                test_feats: pl.DataFrame, tmp: Path) -> dict[str, Any]:
+    noisy, flipped = _flip(train_night, seed=7)
+    t0 = time.perf_counter()
+    result = check_labels(noisy, CheckOptions(folds=5, seed=0), features=feats)
+    check_s = time.perf_counter() - t0
+    keys = train_night.select(KEY).with_columns(pl.Series("flipped", flipped))
+    ranked = result.ranked.join(keys, on=KEY, maintain_order="left")
+    top = ranked.head(len(flipped) // 10)
+    variants = {"clean": train_night, "noisy": noisy,
+                "minus_suspects": _drop(noisy, result.suspects.select(KEY)),
+                "minus_top_estimated": _drop(noisy, ranked.head(result.estimated_errors)
+                                             .select(KEY))}
+    f1 = {name: _score(_fit(frame, feats, 0, tmp), test, test_feats)
+          for name, frame in variants.items()}
+    return {"flipped": int(flipped.sum()), "share": float(flipped.mean()),
+            "found_top10": float(top["flipped"].sum() / flipped.sum()),
+            "suspects": result.suspects.height, "estimated_errors": result.estimated_errors,
+            "top_estimated_precision": float(ranked.head(result.estimated_errors)["flipped"]
+                                             .mean()),
+            "suspect_precision": float(ranked.filter("suspect")["flipped"].mean()),
+            "suspect_recall": float(ranked.filter("suspect")["flipped"].sum() / flipped.sum()),
+            "check_seconds": check_s, "macro_f1": f1}
+
+
+def coverage(bundle: ModelBundle, nights: int, night_turns: int, budget: int,
+             replicates: int) -> dict[str, Any]:
+    big = simulate_frame(nights * night_turns, seed=31, labels="gold")
+    feats = build_features(big)
+    sessions = big["session_id"].unique(maintain_order=True)
+    night_of = pl.DataFrame({"session_id": sessions,
+                             "night": (np.arange(sessions.len()) * nights // sessions.len())})
+    idx = big.select("session_id").join(night_of, on="session_id", how="left",
+                                        maintain_order="left")["night"].to_numpy()
+    hits: dict[tuple[str, str], list[bool]] = {(m, c): [] for m in METHODS for c in CLASSES}
+    widths: dict[tuple[str, str], list[float]] = {k: [] for k in hits}
+    for n in range(nights):
+        mask = pl.Series(idx == n)
+        night, nf = big.filter(mask), feats.filter(mask)
+        y = _labels(night)
+        pred = bundle.predict_proba(nf).argmax(axis=1)
+        q = build_queue(night, QueueOptions(budget=budget, seed=n, random_share=1.0), bundle, nf)
+        gold = night.select(*KEY, pl.col("label").struct.field("failure_point"))
+        for method in METHODS:
+            m = measure(q.frame, gold, replicates=replicates, seed=n, method=method)
+            for i, c in enumerate(CLASSES):
+                tp = ((y == i) & (pred == i)).sum()
+                denom = (y == i).sum() + (pred == i).sum()
+                est = m.per_class[c]["f1"]
+                if denom == 0 or est["low"] is None:
+                    continue
+                truth = 2 * tp / denom
+                hits[method, c].append(est["low"] - 1e-9 <= truth <= est["high"] + 1e-9)
+                widths[method, c].append(est["high"] - est["low"])
+    return {"nights": nights, "night_turns": night_turns, "random_turns": budget,
+            "coverage": {k: (float(np.mean(h)) if h else None, len(h)) for k, h in hits.items()},
+            "mean_width": {k: float(np.mean(w)) if w else None for k, w in widths.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--pool", type=int, default=10_000)
+    p.add_argument("--budgets", default="300,600,1200,2400")
+    p.add_argument("--noise-turns", type=int, default=6_000)
+    p.add_argument("--nights", type=int, default=100)
+    p.add_argument("--night-turns", type=int, default=2_000)
+    p.add_argument("--night-budget", type=int, default=300)
+    p.add_argument("--replicates", type=int, default=500)
+    p.add_argument("--only", default="abc", help="which parts to run (a, b, c)")
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    wall, cpu = time.perf_counter(), time.process_time()
+    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print(f"load average at start: {os.getloadavg()}")
+    test = simulate_frame(6_000, seed=12)
+    test_feats = build_features(test)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        pool = simulate_frame(args.pool, seed=11)
+        pool_feats = build_features(pool)
+        full_bundle = None
+        if "a" in args.only:
+            t0 = time.perf_counter()
+            budgets = [int(b) for b in args.budgets.split(",")]
+            lc = learning_curve(pool, pool_feats, test, test_feats, budgets, args.seeds, tmp)
+            summary = lc["curve"].group_by("method", "labels").agg(
+                pl.col("macro_f1").mean().alias("mean"), pl.col("macro_f1").std().alias("sd"),
+                pl.col("macro_f1").min().alias("min")).sort("method", "labels")
+            print(f"\n(a) learning curve: pool {args.pool} turns, test 6000 turns, "
+                  f"{args.seeds} seeds ({time.perf_counter() - t0:.0f} s)")
+            print(f"full pool ({args.pool} labels): macro-F1 {lc['full']:.4f}; target "
+                  f"{lc['full'] - 0.01:.4f}")
+            with pl.Config(tbl_rows=40, tbl_hide_dataframe_shape=True):
+                print(summary)
+        if "b" in args.only:
+            t0 = time.perf_counter()
+            night = simulate_frame(args.noise_turns, seed=21, labels="gold")
+            ln = label_noise(night, build_features(night), test, test_feats, tmp)
+            print(f"\n(b) label noise: {args.noise_turns} turns, {ln['flipped']} flipped "
+                  f"({ln['share']:.1%}) ({time.perf_counter() - t0:.0f} s)")
+            print(f"flipped labels in the top 10% of the ranking: {ln['found_top10']:.1%}; "
+                  f"suspects {ln['suspects']} (precision {ln['suspect_precision']:.1%}, "
+                  f"recall {ln['suspect_recall']:.1%}); estimated wrong {ln['estimated_errors']}"
+                  f" (precision of that many from the top {ln['top_estimated_precision']:.1%});"
+                  f" check took {ln['check_seconds']:.0f} s")
+            f1 = ln["macro_f1"]
+            print("test macro-F1: " + ", ".join(f"{k} {v:.4f}" for k, v in f1.items())
+                  + f"; lost {f1['clean'] - f1['noisy']:+.4f}, recovered by dropping suspects "
+                  f"{f1['minus_suspects'] - f1['noisy']:+.4f}, by dropping the top estimated "
+                  f"{f1['minus_top_estimated'] - f1['noisy']:+.4f}")
+        if "c" in args.only:
+            t0 = time.perf_counter()
+            full_bundle = full_bundle or _fit(pool, pool_feats, 0, tmp)
+            cov = coverage(full_bundle, args.nights, args.night_turns, args.night_budget,
+                           args.replicates)
+            print(f"\n(c) measurement: {cov['nights']} nights of {cov['night_turns']} turns, "
+                  f"{cov['random_turns']} random turns labelled per night, 95% intervals "
+                  f"({time.perf_counter() - t0:.0f} s)")
+            for key, (share, n) in cov["coverage"].items():
+                width = cov["mean_width"][key]
+                name = f"{key[0]:<9} {key[1]:<11}"
+                print(f"  {name} covered {share:.0%} of {n} nights (mean width {width:.3f})"
+                      if n else f"  {name} no night with a defined interval")
+    print(f"\nwall {time.perf_counter() - wall:.0f} s, CPU {time.process_time() - cpu:.0f} s, "
+          f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Training labels that are probably wrong: out-of-fold probabilities + confident learning.
+
+1. **Out-of-fold probabilities.** Sessions are split into ``folds`` groups (seeded);
+   a small LightGBM model on fpi's features (:func:`fpi.features.build_features`) is
+   trained on the labels of the other folds and predicts each fold's turns, so no
+   turn is scored by a model that saw its label.
+2. **Confident learning** (Northcutt et al., 2021; the rule cleanlab implements):
+   each class ``j`` gets the threshold ``t_j`` = the mean out-of-fold probability of
+   ``j`` over turns labelled ``j``. A turn's *confident class* is the most probable
+   class among those whose probability reaches their threshold; a turn whose
+   confident class differs from its label is a **suspect**.
+3. **Ranking.** Suspects first, then the rest, each by *self-confidence* (the
+   out-of-fold probability of the given label), lowest first.
+4. **How many are wrong.** The confident joint (given label x confident class)
+   is calibrated so each row sums to its label's count; its off-diagonal mass is
+   the estimated number of wrong labels (``estimated_errors``). Dropping that many
+   from the top of the ranking removes fewer correct labels than dropping every
+   suspect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from fpi.errors import InputError
+from fpi.evaluation import labels_to_index
+from fpi.features import FEATURES, Feature, build_features
+from fpi.model import DEFAULT_PARAMS, _class_weights, _levels, _matrix
+from fpi.schema import CLASSES, KEY_COLUMNS
+
+if TYPE_CHECKING:
+    from fpi.model import ModelBundle
+
+KEY = list(KEY_COLUMNS)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """The small, fast model used for out-of-fold probabilities."""
+
+    folds: int = 5
+    seed: int = 0
+    threads: int = 1
+    rounds: int = 60
+    learning_rate: float = 0.2
+    num_leaves: int = 15
+    min_data_in_leaf: int = 20
+    max_bin: int = 63
+
+    def params(self) -> dict[str, Any]:
+        """LightGBM parameters (deterministic, fpi's defaults otherwise)."""
+        return {**DEFAULT_PARAMS, "learning_rate": self.learning_rate,
+                "num_leaves": self.num_leaves, "min_data_in_leaf": self.min_data_in_leaf,
+                "max_bin": self.max_bin,
+                "seed": self.seed, "num_threads": self.threads, "deterministic": True,
+                "force_col_wise": True}
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """Every labelled turn ranked by how likely its label is wrong."""
+
+    ranked: pl.DataFrame  #: one row per labelled turn, most suspect first
+    thresholds: dict[str, float]
+    options: CheckOptions
+    #: Estimated number of wrong labels (calibrated confident joint, off the diagonal).
+    estimated_errors: int = 0
+
+    @property
+    def suspects(self) -> pl.DataFrame:
+        """The turns whose confident class differs from their label."""
+        return self.ranked.filter(pl.col("suspect"))
+
+    def to_dict(self, top: int = 50) -> dict[str, Any]:
+        """JSON document: counts, thresholds and the ``top`` suspects."""
+        sus = self.suspects
+        by_pair = (sus.group_by("label", "suggested").len().sort("len", "label", "suggested",
+                                                                  descending=[True, False, False]))
+        return {"classes": list(CLASSES), "labelled_turns": self.ranked.height,
+                "suspects": sus.height, "estimated_errors": self.estimated_errors,
+                "folds": self.options.folds, "seed": self.options.seed,
+                "thresholds": self.thresholds,
+                "suspects_by_label_and_suggestion": by_pair.to_dicts(),
+                "top": sus.head(top).drop("context_turns", strict=False).to_dicts()}
+
+
+def session_folds(turns: pl.DataFrame, folds: int, seed: int) -> np.ndarray:
+    """Fold number of each turn; whole sessions share a fold (seeded, order-free)."""
+    sessions = turns["session_id"].unique().sort()
+    order = np.random.default_rng(seed).permutation(sessions.len())
+    fold_of = pl.DataFrame({"session_id": sessions,
+                            "_fold": (np.argsort(order) % folds).astype(np.int64)})
+    return turns.select("session_id").join(fold_of, on="session_id", how="left",
+                                           maintain_order="left")["_fold"].to_numpy()
+
+
+def out_of_fold_proba(x: np.ndarray, y: np.ndarray, fold: np.ndarray, cat_idx: list[int],
+                      params: dict[str, Any], rounds: int) -> np.ndarray:
+    """``(n, k)`` probabilities, each row from the model trained without its fold."""
+    proba = np.zeros((len(y), len(CLASSES)))
+    for f in np.unique(fold):
+        fit, score = fold != f, fold == f
+        w = _class_weights(y[fit], 0.5)[y[fit]]
+        data = lgb.Dataset(x[fit], label=y[fit], weight=w, categorical_feature=cat_idx or "auto",
+                           params={"max_bin": params["max_bin"], "verbosity": -1})
+        booster = lgb.train(params, data, num_boost_round=rounds)
+        proba[score] = booster.predict(x[score])
+    return proba
+
+
+def confident_learning(proba: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class thresholds (mean self-confidence) and each row's confident class (-1: none)."""
+    k = proba.shape[1]
+    thresholds = np.array([proba[y == j, j].mean() if (y == j).any() else 1.0
+                           for j in range(k)])
+    above = np.where(proba >= thresholds, proba, -1.0)
+    confident = np.where(above.max(axis=1) >= 0, above.argmax(axis=1), -1)
+    return thresholds, confident
+
+
+def estimated_errors(y: np.ndarray, confident: np.ndarray, k: int = len(CLASSES)) -> int:
+    """Off-diagonal mass of the confident joint calibrated to the label counts."""
+    ok = confident >= 0
+    joint = np.bincount(y[ok] * k + confident[ok], minlength=k * k).reshape(k, k).astype(float)
+    rows = joint.sum(axis=1, keepdims=True)
+    counts = np.bincount(y, minlength=k)[:, None]
+    calibrated = np.divide(joint * counts, rows, out=np.zeros_like(joint), where=rows > 0)
+    return round(float(calibrated.sum() - np.trace(calibrated)))
+
+
+def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | None,
+            options: CheckOptions) -> tuple[np.ndarray, list[int], dict[str, Any], int]:
+    feats: tuple[Feature, ...]
+    lab_feats = features.filter(pl.Series(labelled))
+    if bundle is not None:
+        feats, levels = bundle.features, bundle.levels
+        p = bundle.manifest.get("params", {})
+        params = {**options.params(), **{k: p[k] for k in ("num_leaves", "min_data_in_leaf",
+                                                         "learning_rate") if k in p}}
+        rounds = int(min(p.get("best_iteration") or options.rounds, 300))
+    else:
+        feats, levels = FEATURES, _levels(lab_feats, FEATURES)
+        params, rounds = options.params(), options.rounds
+    x = _matrix(lab_feats, feats, levels)
+    return x, [i for i, f in enumerate(feats) if f.kind == "categorical"], params, rounds
+
+
+def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
+                 bundle: ModelBundle | None = None,
+                 features: pl.DataFrame | None = None) -> LabelCheck:
+    """Rank the labelled turns of ``turns`` (canonical frame) by how likely their
+    ``label.failure_point`` is wrong.
+
+    With ``bundle``, its features, category levels and tree parameters are used
+    for the fold models (it is not itself used to score: it saw the labels).
+
+    Raises
+    ------
+    InputError
+        Too few labelled turns or sessions for the folds, or ``folds`` < 2.
+    """
+    opts = options or CheckOptions()
+    if opts.folds < 2:
+        raise InputError(f"--folds must be at least 2, not {opts.folds}")
+    y_all = labels_to_index(turns["label"].struct.field("failure_point"))
+    labelled = y_all >= 0
+    lab = turns.filter(pl.Series(labelled))
+    if lab["session_id"].n_unique() < opts.folds or lab.height < 10 * opts.folds:
+        raise InputError(f"{lab.height} labelled turns in {lab['session_id'].n_unique()} "
+                         f"sessions are too few for {opts.folds}-fold checking")
+    if bundle is not None:
+        bundle.check_compatible(turns)
+    feats = build_features(turns) if features is None else features
+    x, cat_idx, params, rounds = _design(feats, labelled, bundle, opts)
+    y = y_all[labelled]
+    proba = out_of_fold_proba(x, y, session_folds(lab, opts.folds, opts.seed), cat_idx,
+                              params, rounds)
+    thresholds, confident = confident_learning(proba, y)
+    names = np.asarray(CLASSES, dtype=object)
+    self_conf = proba[np.arange(len(y)), y]
+    suggested = np.where(confident >= 0, confident, proba.argmax(axis=1))
+    ranked = lab.select(*KEY).with_columns(
+        pl.Series("label", names[y], dtype=pl.String),
+        pl.Series("suggested", names[suggested], dtype=pl.String),
+        pl.Series("self_confidence", self_conf),
+        pl.Series("suggested_probability", proba[np.arange(len(y)), suggested]),
+        pl.Series("suspect", (confident >= 0) & (confident != y)),
+    ).sort(pl.col("suspect").not_(), "self_confidence", *KEY).with_row_index("rank", offset=1)
+    return LabelCheck(ranked, {c: round(float(t), 6) for c, t in zip(CLASSES, thresholds,
+                                                                      strict=True)}, opts,
+                      estimated_errors(y, confident))

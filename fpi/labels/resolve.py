@@ -1,0 +1,133 @@
+"""One label per turn from several annotators, and labels joined onto the traces.
+
+Policies (``--label-policy``):
+
+``majority``
+    The class most annotators chose; a tie between classes leaves the turn unlabelled.
+``unanimous``
+    Only turns on which every annotator agrees (disagreements are dropped).
+``gold:NAME``
+    Annotator NAME's label, on the turns NAME labelled.
+
+:func:`apply_labels` replaces the traces' own ``label`` block with the resolved
+labels: turns nobody labelled become unlabelled (they still serve as dialogue
+context). Under ``gold:NAME``, ``label.failure_point_2`` carries another
+annotator's label where one exists, so ``fpi evaluate`` reports human agreement
+against the gold annotator as it does for logged labels (under ``majority`` and
+``unanimous`` every annotator voted for the label, so none is an independent
+second opinion and ``failure_point_2`` stays null).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import polars as pl
+
+from fpi.errors import InputError
+from fpi.schema import KEY_COLUMNS, TURN_SCHEMA
+
+KEY = list(KEY_COLUMNS)
+
+
+@dataclass(frozen=True)
+class LabelPolicy:
+    """How several annotators' labels of one turn become one: ``majority``,
+    ``unanimous`` or ``gold`` (with ``gold_annotator``)."""
+
+    kind: str = "majority"
+    gold_annotator: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LabelPolicy:
+        """``majority`` | ``unanimous`` | ``gold:NAME``."""
+        text = text.strip()
+        if text in ("majority", "unanimous"):
+            return cls(text)
+        if text.startswith("gold:") and text[5:].strip():
+            return cls("gold", text[5:].strip())
+        raise InputError(f"--label-policy must be 'majority', 'unanimous' or 'gold:NAME', "
+                         f"not {text!r}")
+
+    def __str__(self) -> str:
+        return f"gold:{self.gold_annotator}" if self.kind == "gold" else self.kind
+
+
+def resolve_labels(labels: pl.DataFrame, policy: LabelPolicy | str = "majority"
+                   ) -> pl.DataFrame:
+    """One row per labelled turn: ``session_id, turn_index, failure_point, annotator,
+    failure_point_2, n_annotators``.
+
+    ``annotator`` names who decided (the gold annotator, or ``majority``/``unanimous``);
+    ``failure_point_2`` is, under ``gold:NAME``, the first other annotator's (by name)
+    label, else null. Turns the policy cannot decide are left out.
+    """
+    pol = LabelPolicy.parse(policy) if isinstance(policy, str) else policy
+    if pol.kind == "gold" and labels.filter(pl.col("annotator") == pol.gold_annotator).is_empty():
+        known = ", ".join(sorted(labels["annotator"].unique().to_list())[:10])
+        raise InputError(f"gold annotator {pol.gold_annotator!r} labelled no turn "
+                         f"(annotators: {known})")
+    votes = labels.group_by([*KEY, "failure_point"]).agg(pl.len().alias("votes"))
+    per_turn = votes.group_by(KEY).agg(
+        pl.col("votes").sum().alias("n_annotators"),
+        pl.col("failure_point").n_unique().alias("n_classes"),
+        pl.col("failure_point").sort_by("votes", "failure_point", descending=[True, False])
+        .first().alias("top"),
+        pl.col("votes").max().alias("top_votes"),
+        (pl.col("votes") == pl.col("votes").max()).sum().alias("n_top"),
+    )
+    if pol.kind == "majority":
+        decided = per_turn.filter(pl.col("n_top") == 1).select(
+            *KEY, pl.col("top").alias("failure_point"), pl.lit("majority").alias("annotator"))
+    elif pol.kind == "unanimous":
+        decided = per_turn.filter(pl.col("n_classes") == 1).select(
+            *KEY, pl.col("top").alias("failure_point"), pl.lit("unanimous").alias("annotator"))
+    else:
+        decided = labels.filter(pl.col("annotator") == pol.gold_annotator).select(
+            *KEY, "failure_point", "annotator")
+    if pol.kind == "gold":
+        decided = decided.join(_second_opinion(labels, decided), on=KEY, how="left")
+    else:
+        decided = decided.with_columns(pl.lit(None, pl.String).alias("failure_point_2"))
+    return (decided
+            .join(per_turn.select(*KEY, "n_annotators"), on=KEY, how="left")
+            .sort(KEY))
+
+
+def _second_opinion(labels: pl.DataFrame, decided: pl.DataFrame) -> pl.DataFrame:
+    """Per turn, the label of the first annotator (by name) other than the decider."""
+    others = labels.join(decided.select(*KEY, pl.col("annotator").alias("_by")), on=KEY)
+    return (others.filter(pl.col("annotator") != pl.col("_by"))
+            .sort([*KEY, "annotator"])
+            .group_by(KEY, maintain_order=True)
+            .agg(pl.col("failure_point").first().alias("failure_point_2")))
+
+
+def apply_labels(turns: pl.DataFrame, labels: pl.DataFrame,
+                 policy: LabelPolicy | str = "majority") -> pl.DataFrame:
+    """The canonical frame with its ``label`` block replaced by the resolved labels.
+
+    Raises
+    ------
+    InputError
+        No label matches a turn of ``turns``.
+    """
+    resolved = resolve_labels(labels, policy)
+    block = resolved.select(*KEY, pl.struct(
+        pl.col("failure_point"), pl.col("annotator"), pl.col("failure_point_2"),
+    ).cast(TURN_SCHEMA["label"]).alias("_label"))
+    out = turns.join(block, on=KEY, how="left", maintain_order="left")
+    n = int(out["_label"].is_not_null().sum())
+    if n == 0:
+        raise InputError(f"none of the {resolved.height} resolved labels matches a turn of the "
+                         f"logs ({turns.height} turns): are they labels of these logs?")
+    return out.with_columns(pl.col("_label").alias("label")).drop("_label").select(turns.columns)
+
+
+def join_labels_file(turns: pl.DataFrame, path: str | os.PathLike[str],
+                     policy: LabelPolicy | str = "majority") -> pl.DataFrame:
+    """:func:`apply_labels` with the labels Parquet at ``path`` (``--labels``)."""
+    from fpi.labels.importer import read_labels_file
+
+    return apply_labels(turns, read_labels_file(path), policy)

@@ -1,0 +1,95 @@
+"""Label check: confident learning on hand-made probabilities, and flipped labels found."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fpi.errors import InputError
+from fpi.labels.check import (
+    CheckOptions,
+    check_labels,
+    confident_learning,
+    estimated_errors,
+    session_folds,
+)
+from fpi.labels.report import md_text, render_markdown, suspects_with_context
+from fpi.schema import CLASSES
+
+
+def test_confident_learning_by_hand() -> None:
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.7, 0.3]])
+    y = np.array([0, 0, 1, 1, 1])
+    thresholds, confident = confident_learning(proba, y)
+    # t0 = mean(.9, .8) = .85; t1 = mean(.7, .6, .3) = .5333
+    assert thresholds == pytest.approx([0.85, 1.6 / 3])
+    # row 4: p0 = .7 < .85 and p1 = .3 < t1: no confident class
+    assert confident.tolist() == [0, -1, 1, 1, -1]
+
+
+def test_estimated_errors_by_hand() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1])
+    confident = np.array([0, 0, 1, -1, 1, 1])
+    # label 0: 3 confident (2 as 0, 1 as 1), 4 labelled -> 1 * 4/3 off the diagonal
+    assert estimated_errors(y, confident, 2) == 1
+    assert estimated_errors(y, np.array([0, 0, 0, 0, 1, 1]), 2) == 0
+
+
+def test_folds_keep_sessions_whole(night) -> None:
+    folds = session_folds(night, 4, seed=2)
+    per_session = pl.DataFrame({"s": night["session_id"], "f": folds}).group_by("s").agg(
+        pl.col("f").n_unique())
+    assert (per_session["f"] == 1).all() and set(folds) == {0, 1, 2, 3}
+
+
+def _flip(night: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """Flip ``share`` of the labels to a plausible neighbour class (a tired annotator)."""
+    rng = np.random.default_rng(seed)
+    y = night["label"].struct.field("failure_point").to_numpy().astype(object)
+    flip = rng.random(len(y)) < share
+    neighbour = {"correct": "asr", "false_wake": "correct", "asr": "nlu", "nlu": "asr",
+                 "er": "nlu", "result": "er"}
+    noisy = np.where(flip, [neighbour[v] for v in y], y)
+    frame = night.with_columns(pl.col("label").struct.with_fields(
+        pl.Series("failure_point", noisy, dtype=pl.String)))
+    return frame, flip
+
+
+def test_flipped_labels_rank_high(night) -> None:
+    noisy, flipped = _flip(night, 0.05, seed=4)
+    result = check_labels(noisy, CheckOptions(folds=3, seed=0))
+    ranked = result.ranked
+    assert ranked.height == night.height and ranked["rank"].to_list()[:3] == [1, 2, 3]
+    keys = night.select("session_id", "turn_index").with_columns(pl.Series("flipped", flipped))
+    top = ranked.head(night.height // 10).join(keys, on=["session_id", "turn_index"])
+    found = top["flipped"].sum() / flipped.sum()
+    assert found >= 0.5, found
+    assert 0.5 * flipped.sum() <= result.estimated_errors <= 3 * flipped.sum()
+    # suspects come first, each ranked by the probability of its label
+    sus = ranked.filter("suspect")
+    assert ranked.head(sus.height)["suspect"].all()
+    assert sus["self_confidence"].is_sorted()
+    assert set(result.thresholds) == set(CLASSES)
+    again = check_labels(noisy, CheckOptions(folds=3, seed=0))
+    assert again.ranked.equals(ranked)
+
+
+def test_markdown_report_neutralises_log_text(night) -> None:
+    evil = night.with_columns(pl.col("asr").struct.with_fields(
+        pl.lit("<script>x</script> see https://evil.example [x](http://a) www.b.com")
+        .alias("text")))
+    result = check_labels(evil, CheckOptions(folds=2, seed=0))
+    text = render_markdown(result, suspects_with_context(result, evil, 3))
+    assert "<script>" not in text and "https://" not in text and "www.b" not in text
+    assert "](http" not in text
+    assert md_text("a|b") == "a\\|b"
+
+
+def test_too_few_labels(night) -> None:
+    few = night.with_columns(pl.when(pl.int_range(pl.len()) < 20).then(pl.col("label"))
+                             .otherwise(None).alias("label"))
+    with pytest.raises(InputError, match="too few"):
+        check_labels(few, CheckOptions(folds=5))
+    with pytest.raises(InputError, match="--folds"):
+        check_labels(night, CheckOptions(folds=1))

@@ -1,0 +1,163 @@
+"""The labels loop through the real ``fpi`` executable: each command and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from fpi.cli import app
+
+FPI = str(Path(sys.executable).with_name("fpi"))
+
+
+class _Result:
+    """A CliRunner result with the attributes of a CompletedProcess."""
+
+    def __init__(self, args: tuple[object, ...]) -> None:
+        r = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+        self.returncode, self.stdout, self.stderr = r.exit_code, r.stdout, r.stderr
+
+
+def inproc(*args: object) -> _Result:
+    """In-process run, for the further error cases (the executable's start-up is slow)."""
+    return _Result(args)
+
+
+def fpi(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([FPI, *map(str, args)], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+
+
+def assert_error(result: subprocess.CompletedProcess[str] | _Result, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def loop(night_file: Path, model_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """A queue from the model, and its CSV filled in by two annotators from the logs."""
+    tmp = tmp_path_factory.mktemp("loop")
+    queue = tmp / "queue"
+    r = fpi("queue", night_file, "--model", model_dir, "--budget", 120, "--out", queue,
+            "--seed", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["selected"] == 120
+    tasks = pl.read_csv(queue / "tasks.csv", infer_schema=False)
+    night = pl.read_parquet(night_file).select(
+        "session_id", pl.col("turn_index").cast(pl.String),
+        pl.col("label").struct.field("failure_point").alias("gold"),
+        pl.col("label").struct.field("failure_point_2").alias("second"))
+    filled = tasks.join(night, on=["session_id", "turn_index"])
+    a = filled.with_columns(pl.lit("ann").alias("annotator"), pl.col("gold").alias("failure_point"))
+    b = filled.head(60).with_columns(pl.lit("bob").alias("annotator"),
+                                     pl.col("second").alias("failure_point"))
+    a.drop("gold", "second").write_csv(tmp / "ann.csv")
+    b.drop("gold", "second").write_csv(tmp / "bob.csv")
+    return {"queue": queue, "ann": tmp / "ann.csv", "bob": tmp / "bob.csv", "dir": tmp}
+
+
+def test_queue_without_a_model_writes_every_file(night_file: Path, tmp_path: Path) -> None:
+    r = fpi("queue", night_file, "-n", 30, "-o", tmp_path / "q")
+    assert r.returncode == 0, r.stderr
+    assert "30 of 2,000 turns (stratified 30)" in " ".join(r.stderr.split())
+    assert len(json.loads((tmp_path / "q" / "labelstudio_tasks.json").read_text())) == 30
+
+
+def test_queue_errors(night_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    assert_error(fpi("queue", night_file, "-n", 5, "-o", tmp_path / "busy"), "busy")
+    assert (tmp_path / "busy" / "x").read_text() == "x"
+    assert_error(inproc("queue", night_file, "-n", 0, "-o", tmp_path / "q"), "--budget")
+    assert_error(inproc("queue", night_file, "-n", 5, "-o", tmp_path / "q", "-m",
+                        tmp_path / "nomodel"), "nomodel")
+    assert_error(inproc("queue", tmp_path / "none.jsonl", "-n", 5, "-o", tmp_path / "q"),
+                 "none.jsonl")
+    assert not (tmp_path / "q").exists()
+
+
+def test_import_agreement_measure_and_evaluate(loop, night_file, model_dir) -> None:
+    out = loop["dir"] / "labels.parquet"
+    r = fpi("labels", "import", loop["ann"], loop["bob"], "-o", out, "--logs", night_file,
+            "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["labels_kept"] == 180 and doc["by_annotator"] == {"ann": 120, "bob": 60}
+    r = fpi("labels", "agreement", out, "--json")
+    assert r.returncode == 0, r.stderr
+    agree = json.loads(r.stdout)
+    assert agree["annotators"] == ["ann", "bob"] and agree["pairs"][0]["n"] == 60
+    adj = pl.read_csv(loop["dir"] / "labels.adjudication.csv")
+    assert adj.height == agree["disagreements"]
+    r = fpi("labels", "measure", loop["queue"], "--labels", out, "--label-policy", "gold:ann",
+            "--replicates", 200, "--json")
+    assert r.returncode == 0, r.stderr
+    measured = json.loads(r.stdout)
+    assert measured["sampled"] == 30 and measured["labelled"] == 30
+    r = fpi("evaluate", night_file, "-m", model_dir, "--labels", out, "--label-policy",
+            "gold:ann", "--json")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert ev["n_turns"] == 120 and ev["human"]["n_turns"] == 60
+
+
+def test_import_and_agreement_errors(loop, tmp_path: Path) -> None:
+    assert_error(fpi("labels", "import", tmp_path / "nope.csv", "-o", tmp_path / "l.parquet"),
+                 "nope.csv")
+    (tmp_path / "l.txt").write_text("x")
+    assert_error(inproc("labels", "import", tmp_path / "l.txt", "-o", tmp_path / "l.parquet"),
+                 "l.txt")
+    (tmp_path / "bad.json").write_text("[{")
+    assert_error(inproc("labels", "import", tmp_path / "bad.json", "-o",
+                        tmp_path / "l.parquet"), "bad.json")
+    assert not (tmp_path / "l.parquet").exists()
+    single = tmp_path / "single.parquet"
+    assert inproc("labels", "import", loop["bob"], "-o", single).returncode == 0
+    assert_error(fpi("labels", "agreement", single), "two annotators")
+    assert_error(inproc("labels", "agreement", tmp_path / "missing.parquet"), "missing.parquet")
+    assert_error(fpi("labels", "measure", tmp_path / "noqueue", "--labels", single), "noqueue")
+    assert_error(inproc("labels", "measure", loop["queue"], "--labels", single,
+                        "--label-policy", "best"), "--label-policy")
+
+
+def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> None:
+    report = tmp_path / "check.md"
+    r = fpi("labels", "check", night_file, "--folds", 2, "--top", 5, "--report", report,
+            "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["labelled_turns"] == 2000 and len(doc["top"]) == min(5, doc["suspects"])
+    assert report.read_text().startswith("# Probably wrong labels")
+    assert_error(fpi("labels", "check", night_file, "--report", tmp_path / "r.html"), "r.html")
+    assert_error(inproc("labels", "check", night_file, "--labels",
+                        loop["dir"] / "nope.parquet"), "nope.parquet")
+    assert_error(inproc("train", night_file, "-o", tmp_path / "m", "--labels", loop["ann"]),
+                 "ann.csv")
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_on_imported_labels(night_file: Path, tmp_path: Path) -> None:
+    night = pl.read_parquet(night_file)
+    labels = night.select("session_id", "turn_index",
+                          pl.col("label").struct.field("failure_point")).head(1500)
+    labels.with_columns(pl.lit("ann").alias("annotator")).write_csv(tmp_path / "l.csv")
+    assert inproc("labels", "import", tmp_path / "l.csv", "-o", tmp_path / "l.parquet"
+                  ).returncode == 0
+    r = inproc("train", night_file, "-o", tmp_path / "m", "--labels", tmp_path / "l.parquet",
+               "--label-policy", "gold:ann", "--json")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["training"]["labelled_turns"] == 1500
+    assert manifest["training"]["turns"] == night.height

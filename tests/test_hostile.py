@@ -142,12 +142,14 @@ def _night(n: int = 3000) -> bytes:
 def test_truncated_gzip_is_an_error_and_keeps_previous_output(tmp_path: Path) -> None:
     data = gzip.compress(_night())
     (tmp_path / "t.jsonl.gz").write_bytes(data[: len(data) // 2])
-    (tmp_path / "turns.parquet").write_bytes(b"previous night")
+    # a previous night's output (fpi only replaces what looks like its own Parquet)
+    previous = b"PAR1 previous night"
+    (tmp_path / "turns.parquet").write_bytes(previous)
     code, err = fpi("ingest", "t.jsonl.gz", "-o", "turns.parquet", cwd=tmp_path)
     line = assert_one_error(code, err, ExitStatus.ERROR, "t.jsonl.gz", "truncated gzip",
                             "records read before the break", "--allow-truncated")
     assert "bytes decompressed" in line
-    assert (tmp_path / "turns.parquet").read_bytes() == b"previous night"
+    assert (tmp_path / "turns.parquet").read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl.gz", "turns.parquet"]
 
 

@@ -126,6 +126,15 @@ def check_writable_file(target: Path) -> None:
             break
 
 
+@contextlib.contextmanager
+def _preparing(target: Path) -> Iterator[None]:
+    """OS errors while making room for ``target`` (parents, staging) name the target."""
+    try:
+        yield
+    except OSError as exc:
+        raise _output_error(exc, target) from None
+
+
 def _output_error(exc: OSError, target: Path) -> OutputError:
     """``cannot write TARGET: REASON`` (the temporary file's name would only confuse)."""
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -391,10 +400,12 @@ def staged_output_dir(target: str | os.PathLike[str], kind: str, *,
     """
     recover(target)  # first: a killed swap may have left the previous set aside
     path = check_output_dir(target, kind, legacy)
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = _entry_name(path, "staging")
+    with _preparing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     with _sigterm_interrupts():
-        staging.mkdir()
+        with _preparing(path):
+            staging.mkdir()
         try:
             yield staging
             (staging / MARKER).write_text(
@@ -438,7 +449,8 @@ def staged_files(targets: Sequence[str | os.PathLike[str]]) -> Iterator[list[Pat
     """
     paths = [Path(os.path.abspath(t)) for t in targets]
     for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        with _preparing(p):
+            p.parent.mkdir(parents=True, exist_ok=True)
         recover(p)
     stagings: dict[Path, Path] = {}
     plan: dict[Path, list[tuple[str, Path]]] = {}
@@ -449,7 +461,8 @@ def staged_files(targets: Sequence[str | os.PathLike[str]]) -> Iterator[list[Pat
                 home = stagings.get(p.parent)
                 if home is None:
                     home = _entry_name(p, "staging")
-                    home.mkdir()
+                    with _preparing(p):
+                        home.mkdir()
                     stagings[p.parent] = home
                     plan[home] = []
                 name = f"{len(staged)}-{p.name}"

@@ -39,7 +39,8 @@ def _summary(day: int, *, asr: float = 0.05, half: float = 0.005, model: str = "
         est = asr if c == "asr" else 0.03
         s["rates"][c].update(estimate=est, low=est - half, high=est + half)
     s["failure"].update(estimate=0.2, low=0.19, high=0.21)
-    s["model"]["fingerprint"] = f"sha256:{model}"
+    s["model"].pop("fingerprint", None)
+    s["model"]["id"] = f"sha256:{model}"
     s["gates"] = [{"name": name, "status": st, "value": asr, "bound": 0.06, "op": "<=",
                    "key": "asr.estimate", "expr": name, "message": "", "low": None,
                    "high": None, "warn_bound": None} for name, st in (gates or {}).items()]

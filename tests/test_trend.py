@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gfm_check import triggers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,8 +146,8 @@ def test_trend_orders_by_time_range_marks_steps_and_models(tmp_path: Path) -> No
     assert set(doc["classes"]) == {*CLASSES[1:], "failure"}
     # rendered from the document: the step and the model change are in both reports
     md = (tmp_path / "t" / "trend.md").read_text()
-    assert "2026-01-06 | ASR | ⬆️ up" in md and "🔁" in md
-    assert EVIL not in md and "&lt;script&gt;" in md  # gate name neutralised
+    assert "`2026-01-06` | ASR | ⬆️ up" in md and "🔁" in md
+    assert triggers(md) == {}, triggers(md)  # the gate name is neutralised
     html = (tmp_path / "t" / "trend.html").read_text()
     _self_contained(html)
     assert html.count("<svg") == len(doc["classes"])
@@ -271,7 +272,8 @@ def test_renderers_neutralise_labels(tmp_path: Path) -> None:
                 {c: [None, None] for c in ("false_wake", "asr", "nlu", "er", "result",
                                            "failure")}, 7, 3, warnings).to_dict()
     md = render_trend_markdown(doc)
-    assert "<script>" not in md and "**b**" not in md
+    assert "<script>" in md  # the label is there, but only inside code spans: inert
+    assert triggers(md) == {}, triggers(md)
     html = render_trend_html(doc)
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert re.search(r"<svg[^>]*width=\"100%\"", html)

@@ -248,7 +248,7 @@ _KILLED_RUN = """
 import os, signal, sys
 from fpi.diagnosis import diagnose
 
-def progress(step, n):
+def progress(step, done, total):
     if step == "predict":
         os.kill(os.getpid(), getattr(signal, sys.argv[4]))
 

@@ -1,28 +1,20 @@
 """Markdown report of ``fpi labels check``: the top suspects with their context.
 
-Every string that came from the logs goes through :func:`md_text`: HTML-escaped,
-Markdown punctuation backslashed and URLs broken, so no log text becomes markup,
+Every string that came from the logs goes through :func:`fpi.report.markdown.md`
+(an inert code span; pipes escaped in table cells), so no log text becomes markup,
 an HTML tag or a link.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
 from fpi.labels.check import LabelCheck
 from fpi.labels.export import context_view, turn_view
-from fpi.report.markdown import md
+from fpi.report.markdown import md, md_cell
 from fpi.schema import KEY_COLUMNS
 
 KEY = list(KEY_COLUMNS)
-
-
-def md_text(text: Any) -> str:
-    """Log text made inert in Markdown (:func:`fpi.report.markdown.md`, and no autolinks:
-    ``://`` and ``www.`` are broken with HTML entities)."""
-    return md(text).replace("://", "&#58;//").replace("www.", "www&#46;").replace("@", "&#64;")
 
 
 def suspects_with_context(check: LabelCheck, turns: pl.DataFrame, top: int) -> pl.DataFrame:
@@ -47,15 +39,15 @@ def render_markdown(check: LabelCheck, detail: pl.DataFrame) -> str:
     lines += ["", "| rank | session | turn | label | suggested | p(label) | p(suggested) |",
               "|---:|---|---:|---|---|---:|---:|"]
     for r in detail.iter_rows(named=True):
-        lines.append(f"| {r['rank']} | {md_text(r['session_id'])} | {r['turn_index']} | "
+        lines.append(f"| {r['rank']} | {md_cell(r['session_id'])} | {r['turn_index']} | "
                      f"{r['label']} | {r['suggested']} | {r['self_confidence']:.3f} | "
                      f"{r['suggested_probability']:.3f} |")
     for r in detail.iter_rows(named=True):
-        lines += ["", f"## {r['rank']}. session {md_text(r['session_id'])} turn "
+        lines += ["", f"## {r['rank']}. session {md(r['session_id'])} turn "
                       f"{r['turn_index']}: labelled {r['label']}, probably {r['suggested']}", "",
-                  f"- ASR: {md_text(r['asr_text'])} (n-best: {md_text(r['nbest'])})",
-                  f"- NLU: {md_text(r['nlu'])}",
-                  f"- entities: {md_text(r['entities'])}",
-                  f"- response: {md_text(r['response'])}", "", "Session context:", ""]
-        lines += [f"- {md_text(line)}" for line in (r["context_turns"] or [])]
+                  f"- ASR: {md(r['asr_text'])} (n-best: {md(r['nbest'])})",
+                  f"- NLU: {md(r['nlu'])}",
+                  f"- entities: {md(r['entities'])}",
+                  f"- response: {md(r['response'])}", "", "Session context:", ""]
+        lines += [f"- {md(line)}" for line in (r["context_turns"] or [])]
     return "\n".join(lines) + "\n"

@@ -483,13 +483,21 @@ def _slot_entity_features(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _context_features(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Features from the neighbouring turns of the same session."""
+    """Features from the neighbouring turns of the same session.
+
+    The frame is sorted once by session and turn (stable; the caller restores the row
+    order), so a neighbour is the next or previous row when it has the same session:
+    one sort instead of a window per column, the same values.
+    """
+    lf = lf.sort("session_id", "turn_index", maintain_order=True)
+    sid = pl.col("session_id")
+    same_next, same_prev = sid.shift(-1) == sid, sid.shift(1) == sid
 
     def nxt(expr: pl.Expr) -> pl.Expr:
-        return expr.shift(-1).over("session_id", order_by="turn_index")
+        return pl.when(same_next).then(expr.shift(-1))
 
     def prv(expr: pl.Expr) -> pl.Expr:
-        return expr.shift(1).over("session_id", order_by="turn_index")
+        return pl.when(same_prev).then(expr.shift(1))
 
     intent = pl.col("nlu").struct.field("intent")
     status = pl.col("result").struct.field("status")

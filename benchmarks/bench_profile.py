@@ -80,17 +80,20 @@ class Meter:
 
 
 def _instrument(meter: Meter) -> None:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     from fpi import attribution, calibration, diagnosis, model
 
     d = diagnosis
     d._batches = meter.wrap_iter("read", d._batches)  # type: ignore[attr-defined]
     d.build_features = meter.wrap("features", d.build_features)  # type: ignore[attr-defined]
-    model.ModelBundle.raw_margin = meter.wrap("predict", model.ModelBundle.raw_margin)
-    model.ModelBundle.contributions = meter.wrap("attribution",
+    model.ModelBundle.raw_margin = meter.wrap(  # type: ignore[method-assign]
+        "predict", model.ModelBundle.raw_margin)
+    model.ModelBundle.contributions = meter.wrap(  # type: ignore[method-assign]
+        "attribution",
                                                  model.ModelBundle.contributions)
-    calibration.Calibration.apply = meter.wrap("calibrate", calibration.Calibration.apply)
+    calibration.Calibration.apply = meter.wrap(  # type: ignore[method-assign]
+        "calibrate", calibration.Calibration.apply)
     for name in ("slice_columns", "slice_rates"):
         setattr(d, name, meter.wrap("slices", getattr(d, name)))
     for name in ("estimate_rates", "compare_rates"):

@@ -450,7 +450,7 @@ def train(
     valid_size: float = 0.1,
     calib_size: float = 0.1,
     num_boost_round: int = 1000,
-    early_stopping_rounds: int | None = None,
+    early_stopping_rounds: int = 20,
     params: dict[str, Any] | None = None,
     class_weight_power: float = 0.5,
     min_class_count: int = MIN_CLASS_COUNT,
@@ -476,9 +476,6 @@ def train(
         Same data, seed and threads give byte-identical model files.
     features
         Precomputed :func:`fpi.features.build_features` of ``turns`` (optional).
-    early_stopping_rounds
-        Rounds without improvement on the validation part before stopping; default 20,
-        or 10 above 300,000 training turns (where a round moves the loss less).
 
     Raises
     ------
@@ -528,11 +525,9 @@ def train(
     n_fit = int(parts.train.sum())
     # On large data, bag fewer rows per tree: each round costs in proportion to the rows
     # bagged, and a few hundred thousand rows per tree are plenty for 6 classes.
-    full_params["bagging_fraction"] = float(np.clip(150_000 / max(n_fit, 1), 0.2, 0.8))
-    if n_fit > 300_000:  # plenty of data: bigger steps, fewer rounds, less patience
+    full_params["bagging_fraction"] = float(np.clip(200_000 / max(n_fit, 1), 0.3, 0.8))
+    if n_fit > 300_000:  # plenty of data: bigger steps, fewer rounds
         full_params["learning_rate"] = 0.15
-    if early_stopping_rounds is None:
-        early_stopping_rounds = 10 if n_fit > 300_000 else 20
     full_params.update(params or {})
     cw = _class_weights(y_lab[parts.train], class_weight_power)
 

@@ -47,6 +47,7 @@ from fpi.bundle_manifest import (
     validate_manifest,
 )
 from fpi.calibration import Calibration, fit_calibration
+from fpi.compiled import raw_margins
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.evaluation import classification_metrics, labels_to_index
 from fpi.features import FEATURES, Feature, build_features, context_free
@@ -220,7 +221,7 @@ class ModelBundle:
         """Uncalibrated multiclass margins ``(n, n_classes)``."""
         if features.height == 0:
             return np.zeros((0, len(self.classes)))
-        return np.asarray(self.booster.predict(self.matrix(features), raw_score=True))
+        return raw_margins(self.booster, self.matrix(features))
 
     def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
         """Calibrated class probabilities ``(n, n_classes)``, classes in ``self.classes`` order."""
@@ -239,9 +240,9 @@ class ModelBundle:
         assert self.no_context_booster is not None and self.no_context_calibration is not None
         if features.height == 0:
             return np.zeros((0, len(self.classes)))
-        raw = self.no_context_booster.predict(self.matrix(features, self.no_context_features),
-                                              raw_score=True)
-        return self.no_context_calibration.apply(np.asarray(raw))
+        raw = raw_margins(self.no_context_booster,
+                          self.matrix(features, self.no_context_features))
+        return self.no_context_calibration.apply(raw)
 
     def contributions(self, features: pl.DataFrame) -> np.ndarray:
         """Exact TreeSHAP contributions on the raw margin.
@@ -569,9 +570,14 @@ def train(
     full_params.update(params or {})
     cw = _class_weights(y_lab[parts.train], class_weight_power)
 
+    x_all: np.ndarray | None = None
+
     def fit(which: tuple[Feature, ...], levels: dict[str, list[str]], stage: str
             ) -> tuple[lgb.Booster, str, Calibration, dict[str, Any], np.ndarray]:
-        x = _matrix(feats, which, levels)
+        nonlocal x_all
+        if x_all is None:  # one matrix for both models; the no-context one takes columns
+            x_all = _matrix(feats, FEATURES, levels)
+        x = x_all if which == FEATURES else x_all[:, [FEATURES.index(f) for f in which]]
         cat_idx = [i for i, f in enumerate(which) if f.kind == "categorical"]
         names = [f.name for f in which]
         booster, text = _fit_booster(

@@ -337,7 +337,7 @@ class TurnWriter(contextlib.AbstractContextManager["TurnWriter"]):
         self.rows = 0
         self._atomic: contextlib.AbstractContextManager[Path] | None = None
         self._raw: IO[bytes] | None = None
-        self._stream: IO[bytes] | None = None
+        self._stream: IO[bytes] | gzip.GzipFile | None = None
         self._parquet: pq.ParquetWriter | None = None
         self._csv_columns: list[str] | None = None
         self._gz_events = False

@@ -22,9 +22,11 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -175,7 +177,7 @@ def parse_gate(text: str, *, name: str | None = None, warn: str | float | None =
                 warn=warn_gate)
 
 
-def load_gates(path: str | Path) -> list[Gate]:
+def load_gates(path: str | os.PathLike[str]) -> list[Gate]:
     """Read a TOML gate file: ``[[gate]]`` tables with ``expr``, optional ``name`` and ``warn``.
 
     A top-level ``gates = ["asr.estimate <= 0.06", ...]`` list is accepted too.
@@ -205,7 +207,7 @@ def load_gates(path: str | Path) -> list[Gate]:
     for i, s in enumerate(listed, start=1):
         if not isinstance(s, str):
             raise InputError(f"{p}: gates[{i}] must be a string such as 'asr.estimate <= 0.06'")
-        out.append(_in_file(p, f"gates[{i}]", lambda s=s: parse_gate(s)))
+        out.append(_in_file(p, f"gates[{i}]", partial(parse_gate, s)))
     tables = data.get("gate", [])
     if not isinstance(tables, list):
         raise InputError(f"{p}: use [[gate]] tables (an array of tables)")
@@ -218,8 +220,8 @@ def load_gates(path: str | Path) -> list[Gate]:
         if not isinstance(t.get("description", ""), str):
             raise InputError(f"{p}: [[gate]] number {i}: description must be a string")
         out.append(_in_file(p, f"[[gate]] number {i}",
-                            lambda t=t: parse_gate(t["expr"], name=t.get("name"),
-                                                   warn=t.get("warn"))))
+                            partial(parse_gate, t["expr"], name=t.get("name"),
+                                    warn=t.get("warn"))))
     if not out:
         raise InputError(f"{p}: no gates found (expected [[gate]] tables with expr = ...)")
     return out

@@ -468,8 +468,8 @@ class _Run:
             self._line_reject(block, p.index, p.rule, p.message)
         row_lines = parsed.row_lines
         for rp in problems:
-            index = row_lines[rp.row] if row_lines is not None else rp.row
-            self._line_reject(block, index, rp.rule, rp.message)
+            line_index = row_lines[rp.row] if row_lines is not None else rp.row
+            self._line_reject(block, line_index, rp.rule, rp.message)
         if good is None:
             return
         index = (prepared.rows if prepared.rows is not None

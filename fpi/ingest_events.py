@@ -39,13 +39,13 @@ from fpi.ingest_parse import (
 )
 from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
 from fpi.ingest_validate import _leaves
-from fpi.schema import BLOCKS, EVENT_STAGES, KEY_COLUMNS
+from fpi.schema import BLOCKS, EVENT_STAGES, KEY_COLUMNS, PolarsDType
 
 log = logging.getLogger(__name__)
 
 
 def _union() -> pl.Struct:
-    fields: dict[str, pl.DataType] = {}
+    fields: dict[str, PolarsDType] = {}
     for dtype in BLOCKS.values():
         for f in dtype.fields:
             assert fields.setdefault(f.name, f.dtype) == f.dtype, f.name
@@ -65,12 +65,13 @@ _FAST = pa.schema([
 _TOP_COL = "__extra_top"
 _FALLBACK = pa.schema([*_FAST, pa.field(EXTRA_COL, pa.string()), pa.field(_TOP_COL, pa.string())])
 
-#: Columns of every collected event frame.
-EVENT_COLUMNS = pl.Schema({
+_EVENT_COLUMNS: dict[str, PolarsDType] = {
     "session_id": pl.String, "turn_index": pl.Int64, "stage": pl.String,
     "timestamp": pl.String, "data": DATA_UNION, EXTRA_COL: pl.String, _TOP_COL: pl.String,
     "file_id": pl.Int64, "line": pl.Int64,
-})
+}
+#: Columns of every collected event frame.
+EVENT_COLUMNS = pl.Schema(_EVENT_COLUMNS)
 
 #: Turns assembled per validation batch.
 ASSEMBLE_BATCH = 100_000
@@ -173,14 +174,14 @@ def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], lis
             poisoned.append((i, key, rule, f"{path} must be {expected}, got {shown}"))
             continue
         extra: dict[str, Any] = {}
-        data = prune_block(payload, BLOCKS[stage], stage, extra)
+        pruned = prune_block(payload, BLOCKS[stage], stage, extra)
         top: dict[str, Any] = {}
         for k, v in obj.items():
             if k not in _EVENT_KEYS:
                 _flatten(v, k, top)
         good.append(dumps({
             "session_id": key[0], "turn_index": key[1], "stage": stage, "timestamp": ts,
-            "data": data,
+            "data": pruned,
             EXTRA_COL: dumps(extra).decode() if extra else None,
             _TOP_COL: dumps(top).decode() if top else None,
         }))
@@ -385,13 +386,13 @@ class EventCollector:
                             batch.get_column("line").to_list(), strict=True))
             frame = batch.drop("file_id", "line", "where_file", "where_line")
 
-            def raw(i: int, frame: pl.DataFrame = frame) -> str:
+            def raw_of(i: int, frame: pl.DataFrame = frame) -> str:
                 return str(frame[i].select(pl.struct(pl.all()).struct.json_encode()).item())
 
-            def involved(i: int, batch: pl.DataFrame = batch) -> list[str]:
+            def involved_of(i: int, batch: pl.DataFrame = batch) -> list[str]:
                 locs = sorted(zip(batch[i, "where_file"], batch[i, "where_line"], strict=True))
                 return [f"{self.files[f]}:{n}" for f, n in locs]
 
-            block = Block(b"", 0, 0, locs=locs, raws=_LazyText(batch.height, raw),  # type: ignore[arg-type]
-                          involved=_LazyText(batch.height, involved))  # type: ignore[arg-type]
+            block = Block(b"", 0, 0, locs=locs, raws=_LazyText(batch.height, raw_of),
+                          involved=_LazyText(batch.height, involved_of))
             yield block, ParsedBlock(frame, None, [], batch.height)

@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pj
 
-from fpi.schema import BLOCKS, MAX_DEPTH, MAX_RECORD_BYTES, TURN_SCHEMA
+from fpi.schema import BLOCKS, MAX_DEPTH, MAX_RECORD_BYTES, TURN_SCHEMA, PolarsDType
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ParsedBlock:
 # ---------------------------------------------------------------------------
 
 
-def _arrow_type(dtype: pl.DataType) -> pa.DataType:
+def _arrow_type(dtype: PolarsDType) -> pa.DataType:
     """The pyarrow type ``pyarrow.json`` can convert to (no large_* types)."""
     if isinstance(dtype, pl.Struct):
         return pa.struct([pa.field(f.name, _arrow_type(f.dtype)) for f in dtype.fields])
@@ -393,7 +393,7 @@ _PY_TYPES: dict[Any, str] = {
 }
 
 
-def _bad_path(value: Any, dtype: pl.DataType, path: str) -> tuple[str, str] | None:
+def _bad_path(value: Any, dtype: PolarsDType, path: str) -> tuple[str, str] | None:
     """First path under ``value`` whose type does not fit ``dtype``, with what was expected."""
     if value is None:
         return None

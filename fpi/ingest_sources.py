@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -28,7 +28,7 @@ import zstandard
 
 from fpi.errors import InputError
 from fpi.ingest_parse import LineProblem, ParsedBlock, _bad_path, bound_problem
-from fpi.schema import BLOCKS, MAX_DEPTH, TURN_SCHEMA
+from fpi.schema import BLOCKS, MAX_DEPTH, TURN_SCHEMA, PolarsDType
 
 log = logging.getLogger(__name__)
 
@@ -386,9 +386,9 @@ def line_blocks(source: Source, file_id: int, block_size: int
 # ---------------------------------------------------------------------------
 
 
-def _leaf_types() -> dict[str, pl.DataType]:
+def _leaf_types() -> dict[str, PolarsDType]:
     """Dotted path -> dtype for every known field (lists are leaves: JSON-encoded in CSV)."""
-    out: dict[str, pl.DataType] = {}
+    out: dict[str, PolarsDType] = {}
     for name, dtype in TURN_SCHEMA.items():
         if isinstance(dtype, pl.Struct):
             for f in dtype.fields:
@@ -525,10 +525,14 @@ def _csv_parsed(frame: pl.DataFrame, rows: list[int], file_id: int
                               frame.height)
 
 
-class _LazyText(Sequence[str]):
-    """Raw text per row, computed only for the rows that are rejected."""
+_T = TypeVar("_T")
 
-    def __init__(self, n: int, get: Callable[[int], str]) -> None:
+
+class _LazyText(Sequence[_T]):
+    """Raw text per row (or another per-row value), computed only for the rows that
+    are rejected."""
+
+    def __init__(self, n: int, get: Callable[[int], _T]) -> None:
         self.n, self.get = n, get
 
     def __len__(self) -> int:

@@ -19,7 +19,7 @@ a test checks that both ways give the same table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -35,8 +35,12 @@ from fpi.schema import (
     NON_NEGATIVE_FIELDS,
     TURN_SCHEMA,
     UNIT_INTERVAL_FIELDS,
+    PolarsDType,
     normalize_label_expr,
 )
+
+if TYPE_CHECKING:
+    from polars.expr.whenthen import ChainedThen, Then
 
 #: Row position in the raw frame, carried through validation.
 ROW_COL = "__row"
@@ -121,7 +125,7 @@ def _timestamp(frame: pl.DataFrame) -> pl.Expr:
 # ---------------------------------------------------------------------------
 
 
-def _conform_struct(expr: pl.Expr, src: pl.DataType, dst: pl.Struct) -> pl.Expr:
+def _conform_struct(expr: pl.Expr, src: PolarsDType, dst: pl.Struct) -> pl.Expr:
     """Rebuild ``expr`` as ``dst`` by field *name* (extra fields dropped, missing ones null)."""
     if src == dst:
         return expr
@@ -154,7 +158,7 @@ def _json_value(expr: pl.Expr) -> pl.Expr:
     return pl.struct(expr.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
 
 
-def _leaves(expr: pl.Expr, dtype: pl.DataType, key: str) -> list[tuple[str, pl.Expr]]:
+def _leaves(expr: pl.Expr, dtype: PolarsDType, key: str) -> list[tuple[str, pl.Expr]]:
     """Dotted keys and values of the leaves under an unknown field (objects are flattened,
     lists kept whole)."""
     if dtype == pl.Null:
@@ -336,8 +340,8 @@ def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
     problems: list[RowProblem] = []
     bad = frame.filter(pl.col("__bad"))
     if bad.height:
-        rule_expr = pl.when(checks[0][2]).then(pl.lit(checks[0][0]))
-        field_expr = pl.when(checks[0][2]).then(pl.lit(checks[0][1]))
+        rule_expr: Then | ChainedThen = pl.when(checks[0][2]).then(pl.lit(checks[0][0]))
+        field_expr: Then | ChainedThen = pl.when(checks[0][2]).then(pl.lit(checks[0][1]))
         for rule, path, cond in checks[1:]:
             rule_expr = rule_expr.when(cond).then(pl.lit(rule))
             field_expr = field_expr.when(cond).then(pl.lit(path))
@@ -524,7 +528,7 @@ def validate_table(frame: pa.Table | pl.DataFrame, screened: bool = True
             fast = screen(frame)
             if fast is not None:
                 return fast, None, []
-        frame = pl.from_arrow(frame)  # type: ignore[assignment]
+        frame = pl.from_arrow(frame)
         assert isinstance(frame, pl.DataFrame)
     good, problems = validate(frame)
     if not good.height:

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from typing import Final
 
 import polars as pl
+from polars.datatypes import DataTypeClass
+
+#: A Polars dtype as Polars hands it out: an instance (``pl.Struct({...})``) or a
+#: bare class (``pl.Int64``, as in struct fields and ``List.inner``).
+PolarsDType = pl.DataType | DataTypeClass
 
 #: Version of the trace format this module describes.
 FORMAT_VERSION: Final = 1
@@ -136,19 +141,19 @@ BLOCKS: Final[dict[str, pl.Struct]] = {
     "label": LABEL,
 }
 
+# Typed as a dict first: the literal mixes dtype classes and instances.
+_TURN_COLUMNS: Final[dict[str, PolarsDType]] = {
+    "schema_version": pl.Int64,
+    "session_id": pl.String,
+    "turn_index": pl.Int64,
+    "timestamp": pl.Datetime("us", "UTC"),
+    **BLOCKS,
+    "extra": pl.String,
+}
 #: The canonical frame: exact column names, order and dtypes.
 #: ``extra`` holds unknown fields as a JSON object keyed by dotted path
 #: (``{"asr.model_version": "7b", "user_tier": "gold"}``), or null.
-TURN_SCHEMA: Final = pl.Schema(
-    {
-        "schema_version": pl.Int64,
-        "session_id": pl.String,
-        "turn_index": pl.Int64,
-        "timestamp": pl.Datetime("us", "UTC"),
-        **BLOCKS,
-        "extra": pl.String,
-    }
-)
+TURN_SCHEMA: Final = pl.Schema(_TURN_COLUMNS)
 
 #: Columns that identify a turn.
 KEY_COLUMNS: Final[tuple[str, str]] = ("session_id", "turn_index")

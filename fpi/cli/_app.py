@@ -107,7 +107,7 @@ def run_guarded(main: Callable[[], Any], args: list[str] | None = None) -> NoRet
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except BrokenPipeError:
         # The reader of stdout went away (`fpi ... --json | head`): nothing to tell it.
-        sys.stdout = None  # type: ignore[assignment]
+        sys.stdout = None
         code = ExitStatus.ERROR
     except OSError as exc:
         code = _report(exc, _os_error_message(exc), ExitStatus.ERROR, args)

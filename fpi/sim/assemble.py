@@ -312,7 +312,7 @@ def to_frame(
     resp_tpl = _responses(r["resp"], style, turn_uniforms(seed, session_number, r["pos"], 1))
     response = pl.select(
         pl.when(pl.Series(r["resp"] >= 0))
-        .then(resp_tpl.str.replace("{x}", x_fill, literal=True))
+        .then(pl.lit(resp_tpl).str.replace("{x}", pl.lit(x_fill), literal=True))
         .otherwise(None)
     ).to_series()
     act_int, act_ent = r["action_int"], r["action_ent"]
@@ -387,9 +387,7 @@ def to_frame(
     )
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    return frame.with_columns(pl.col("timestamp").dt.replace_time_zone("UTC")).cast(
-        dict(TURN_SCHEMA)
-    )
+    return frame.with_columns(pl.col("timestamp").dt.replace_time_zone("UTC")).cast(TURN_SCHEMA)
 
 
 def _slot_template(language: str = "en") -> int:

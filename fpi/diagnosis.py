@@ -32,6 +32,9 @@ import polars as pl
 
 from fpi import __version__, runmeta
 from fpi import attribution as attr
+from fpi import drift as traffic_drift
+from fpi import slices_compare
+from fpi.headline import headline
 from fpi.aggregate import (
     ESTIMATOR_NAMES,
     INTERVAL_NAMES,
@@ -257,6 +260,7 @@ class _Acc:
     n_sessions: int = 0
     quota: int | None = None
     span: runmeta.Span | None = None  # the logs' first and last turn timestamp
+    traffic: traffic_drift.TrafficCounts = field(default_factory=traffic_drift.TrafficCounts)
 
     def __post_init__(self) -> None:
         self.probs = np.zeros((self.total, len(CLASSES)))
@@ -379,6 +383,7 @@ def _one_batch(acc: _Acc, batch: pl.DataFrame, bundle: Any, mode: str,
     acc.sessions[start: start + n] = sess
     acc.n_sessions = int(sess[-1]) + 1
     acc.span = runmeta.widen(acc.span, batch["timestamp"])
+    acc.traffic.add(batch)
     sl = slice_columns(batch)
     acc.add_slices(sl, start)
     acc.labels[start: start + n] = labels_to_index(batch["label"].struct.field("failure_point"))
@@ -491,6 +496,15 @@ def _write_predictions(streamed: Path, rows: np.ndarray, values: np.ndarray,
           .join(contrib.lazy(), on="_row", how="left", maintain_order="left").drop("_row"))
     with atomic_path(target) as tmp:
         lf.sink_parquet(tmp, compression="zstd")
+
+
+def _against_baseline(summary: dict[str, Any], base: Mapping[str, Any],
+                      same_turns: list[list[dict[str, str]]], confidence: float) -> None:
+    """Slices against the same slices of the baseline night, and traffic drift."""
+    summary["slices"]["vs_baseline"] = slices_compare.compare_slices(
+        summary, base, groups=same_turns, confidence=confidence,
+        alpha=summary["slices"]["alpha"])
+    summary["drift"] = traffic_drift.drift_doc(summary, base)
 
 
 @dataclass(frozen=True)
@@ -718,6 +732,9 @@ def diagnose(
         slice_doc = slice_rates(slices, probs, rates, train_prior=train_prior,
                                 confusion=conf_arr, soft_confusion=soft_arr,
                                 min_support=min_support)
+        same_turns = slices_compare.same_turn_groups(slices, min_support)
+        slice_doc.update(top=slices_compare.collapse(slice_doc["top"], same_turns),
+                         same_turns=same_turns)
         timings["aggregate"] = time.perf_counter() - t2
 
         # Attribution
@@ -796,6 +813,7 @@ def diagnose(
             "failure": failure,
             "labels": label_doc,
             "slices": slice_doc,
+            "traffic": acc.traffic.to_dict(slices, sessions),
             "attribution": attr_doc,
             "baseline": None,
             "gates": [],
@@ -811,9 +829,11 @@ def diagnose(
                 **base_info,
                 "changes": compare_rates(rates_dict, base["rates"], confidence=confidence),
             }
+            _against_baseline(summary, base, same_turns, confidence)
         results = [r.to_dict() for r in evaluate_gates(gate_list, summary, base)]
         summary["gates"] = results
         summary["gate_status"] = overall_status(results)
+        summary["headline"] = headline(summary)
 
         summary["run"] = runmeta.run_info(
             span=acc.span, inputs=input_files, summary=summary,

@@ -30,11 +30,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fpi import __version__, runmeta
+from fpi import __version__, runmeta, slices_compare
 from fpi import attribution as attr
 from fpi import drift as traffic_drift
-from fpi import slices_compare
-from fpi.headline import headline
 from fpi.aggregate import (
     ESTIMATOR_NAMES,
     INTERVAL_NAMES,
@@ -56,6 +54,7 @@ from fpi.files import (
     write_text_atomic,
 )
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
+from fpi.headline import headline
 from fpi.numbers import stable_round
 from fpi.progress import Progress, bytes_callback
 from fpi.redact import ID_PREFIX, SALT_ENV, Redactor, redactor

@@ -95,10 +95,8 @@ def headline(summary: Mapping[str, Any]) -> dict[str, Any]:
     explained = _explained(summary, moved)
     drifting = list((summary.get("drift") or {}).get("drifting") or [])
     gate = summary.get("gate_status", "none")
-    if gate != "none":
-        verdict = gate
-    else:
-        verdict = "warn" if up or (has_base and sl is not None) else "pass"
+    worse = bool(up) or (has_base and sl is not None)
+    verdict = gate if gate != "none" else ("warn" if worse else "pass")
     doc: dict[str, Any] = {
         "verdict": verdict, "baseline": has_base, "moved": moved, "slice": sl,
         "evidence": evidence, "explained_by": explained, "drifting_inputs": drifting,

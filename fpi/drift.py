@@ -32,6 +32,7 @@ from scipy.stats import chi2_contingency
 
 from fpi.aggregate import _bh
 from fpi.numbers import stable_round
+from fpi.schema import CLASSES
 
 #: Categorical inputs (slice dimensions) whose mix is tracked.
 CATEGORICAL: tuple[str, ...] = ("device_type", "locale", "domain")
@@ -132,7 +133,7 @@ def drift_table(now: Mapping[str, Any], base: Mapping[str, Any], *, alpha: float
                 ) -> list[dict[str, Any]]:
     """One row per input shared by both nights: divergences, test, BH q-value, the flag,
     and the bin whose share moved most."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, kind, a, b, labels in _pairs(now, base):
         jsd, psi, p = _divergences(a, b)
         sa, sb = a / max(a.sum(), 1), b / max(b.sum(), 1)
@@ -204,7 +205,7 @@ def drift_doc(summary: Mapping[str, Any], base: Mapping[str, Any], *, alpha: flo
     table = drift_table(now_t, base_t, alpha=alpha)
     drifting = [r["input"] for r in table if r["drifting"] and r["kind"] == "categorical"]
     changes = (summary.get("baseline") or {}).get("changes") or {}
-    classes = tuple(c for c in changes if c != "correct")
+    classes = tuple(c for c in CLASSES[1:] if c in changes)
     effects = mix_effects(summary, base, list(CATEGORICAL), classes)
     by_class = {}
     for c in classes:

@@ -116,10 +116,11 @@ def _slice_words(sl: Mapping[str, Any]) -> str:
 
 
 def story(h: Mapping[str, Any]) -> str:
-    """One sentence from a headline block (plain text; renderers neutralise slice values)."""
+    """One sentence from a headline block, without the verdict (plain text; it names slice
+    values from the logs: renderers neutralise it)."""
     up = [m for m in h["moved"] if m["direction"] == "up"]
     if not h["baseline"]:
-        head = f"{h['verdict'].upper()}: no baseline given"
+        head = "No baseline given"
         if h["excess"]:
             t = h["excess"][0]
             return (f"{head}; most excess failures in {_slice_words(t)} "
@@ -131,11 +132,12 @@ def story(h: Mapping[str, Any]) -> str:
         tail = (f"; lower: {', '.join(_TITLES[m['class']] for m in down)}" if down else "")
         if h["drifting_inputs"]:
             tail += f"; traffic drifted in {', '.join(h['drifting_inputs'])}"
-        return (f"{h['verdict'].upper()}: no failure class got worse beyond its interval "
+        return ("No failure class got worse beyond its interval "
                 f"against the baseline{tail}.")
     m = up[0]
-    parts = [f"{h['verdict'].upper()}: {_TITLES.get(m['class'], m['class'])} failures "
-             f"{100 * m['baseline']:.2f}% -> {100 * m['current']:.2f}% "
+    title = _TITLES.get(m["class"], m["class"])
+    parts = [f"{title[0].upper()}{title[1:]} failures "
+             f"{100 * m['baseline']:.2f}% → {100 * m['current']:.2f}% "
              f"({100 * m['change']:+.2f} pp, interval {100 * m['low']:+.2f} to "
              f"{100 * m['high']:+.2f})"]
     if h["slice"] is not None and h["slice"]["class"] == m["class"]:

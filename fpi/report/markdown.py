@@ -38,6 +38,7 @@ from fpi.report._fmt import (
     signed,
 )
 from fpi.report.runinfo import run_markdown
+from fpi.report.story import drift_markdown, headline_markdown, slice_name, vs_baseline_markdown
 from fpi.schema import (
     CLASSES,
     COMPONENTS,
@@ -105,6 +106,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     inputs = ", ".join(md(i) for i in summary.get("inputs", [])) or "input"
     out.append(f"# fpi diagnosis: {inputs}")
     out.append("")
+    out += headline_markdown(summary, md_cell)
     status = summary.get("gate_status", "none")
     gates = summary.get("gates", [])
     if status == "none":
@@ -142,7 +144,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             )
         out.append("")
     out += _rates(summary)
+    out += vs_baseline_markdown(summary, md_cell)
     out += _slices(summary)
+    out += drift_markdown(summary, md_cell)
     out += _attribution(summary)
     out += _examples(summary)
     out += run_markdown(summary)
@@ -197,7 +201,7 @@ def _rates(summary: Mapping[str, Any]) -> list[str]:
 
 def _slices(summary: Mapping[str, Any]) -> list[str]:
     s = summary.get("slices") or {}
-    out = ["## Where: slices with excess failures", ""]
+    out = ["## Where: slices with excess failures within the night", ""]
     top = s.get("top", [])
     if not top:
         out.append(f"No slice has significantly more failures than the rest of the night "
@@ -211,7 +215,7 @@ def _slices(summary: Mapping[str, Any]) -> list[str]:
     out += ["", "| slice | failure point | turns | rate | rest of night | excess failures | q |",
             "|---|---|---:|---:|---:|---:|---:|"]
     for t in top:
-        out.append(f"| {md_cell(t['dimension'])} = {md_cell(t['value'])} | "
+        out.append(f"| {slice_name(t, md_cell)} | "
                    f"{CLASS_TITLES[t['class']]} | "
                    f"{t['turns']:,} | {pct(t['rate'])} | {pct(t['rest_rate'])} | "
                    f"{t['excess_failures']:,.0f} | {qvalue(t['q_value'])} |")

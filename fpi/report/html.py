@@ -32,10 +32,10 @@ from fpi.report._fmt import (
 )
 from fpi.report.runinfo import run_rows
 from fpi.report.story import headline_lines, slice_name
+from fpi.schema import COMPONENTS
 
 #: Chart width in SVG units (the page scales it to the full column).
 _W = 960
-from fpi.schema import COMPONENTS
 
 
 def _finalize(value: Any) -> Any:

@@ -80,7 +80,7 @@ def _charts(s: Mapping[str, Any]) -> dict[str, Markup | None]:
         out["change_chart"] = None
     top = (s.get("slices") or {}).get("top") or []
     out["slices_chart"] = svg.bar_chart(
-        [svg.Bar(plain(f"{slice_name(t, str)} · {t['class']}"), t["rate"],
+        [svg.Bar(plain(f"{slice_name(t, str, '=')} · {t['class']}"), t["rate"],
                  reference=t["rest_rate"], color=svg.RED) for t in top],
         title="Slices with excess failures (amber: rest of night)", reference_label="rest",
         label_width=400, width=_W, axis_label="rate in the slice") if top else None

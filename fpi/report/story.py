@@ -19,10 +19,10 @@ _VERDICT = {"pass": "✅ PASS", "warn": "⚠️ WARN", "fail": "❌ FAIL", "none
 _BY = {"traffic": "traffic mix", "component": "a component", "both": "traffic mix and a component"}
 
 
-def slice_name(t: Mapping[str, Any], quote: Callable[[Any], str]) -> str:
+def slice_name(t: Mapping[str, Any], quote: Callable[[Any], str], eq: str = " = ") -> str:
     """``dim = value`` (and every other definition selecting the same turns), each quoted."""
     defs = [t, *(t.get("also") or [])]
-    return " ≡ ".join(f"{quote(d['dimension'])} = {quote(d['value'])}" for d in defs)
+    return " ≡ ".join(f"{quote(d['dimension'])}{eq}{quote(d['value'])}" for d in defs)
 
 
 def _moved_line(m: Mapping[str, Any]) -> str:
@@ -40,6 +40,10 @@ def headline_lines(h: Mapping[str, Any], quote: Callable[[Any], str]) -> list[st
                                                     or "none"))
         if down:
             out.append("Better: " + "; ".join(_moved_line(m) for m in down))
+    else:
+        out.append("No baseline given: the verdict comes from the gates"
+                   + ("" if h.get("excess") else "; no slice has significantly more failures "
+                      "than the rest of the night"))
     sl = h.get("slice")
     if sl is not None:
         extra = (f"{sl['extra_failures']:,.0f} more failures than the baseline slice"

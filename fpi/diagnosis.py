@@ -53,6 +53,7 @@ from fpi.files import (
     staged_output_dir,
     write_text_atomic,
 )
+from fpi.focus_examples import ExamplePool, pick
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
 from fpi.headline import headline
 from fpi.numbers import stable_round
@@ -260,6 +261,7 @@ class _Acc:
     quota: int | None = None
     span: runmeta.Span | None = None  # the logs' first and last turn timestamp
     traffic: traffic_drift.TrafficCounts = field(default_factory=traffic_drift.TrafficCounts)
+    pool: ExamplePool = field(default_factory=lambda: ExamplePool(0))  # focus examples
 
     def __post_init__(self) -> None:
         self.probs = np.zeros((self.total, len(CLASSES)))
@@ -304,6 +306,7 @@ def _turn_view(turns: pl.DataFrame) -> pl.DataFrame:
         fb.struct.field("barge_in").alias("next_barge_in"),
         fb.struct.field("explicit").alias("next_explicit"),
         asr.struct.field("text").shift(-1).over("session_id").alias("next_text"),
+        asr.struct.field("text").shift(1).over("session_id").alias("prev_text"),
         pl.col("label").struct.field("failure_point").alias("label"),
     )
 
@@ -349,6 +352,7 @@ def _stream(path: Path, bundle: Any, *, total: int, mode: str, batch_turns: int,
     import pyarrow.parquet as pq
 
     acc = _Acc(total)
+    acc.pool = ExamplePool(2 if examples > 0 else 0)
     rng = np.random.default_rng(seed)
     writer: pq.ParquetWriter | None = None
     try:
@@ -404,7 +408,9 @@ def _one_batch(acc: _Acc, batch: pl.DataFrame, bundle: Any, mode: str,
         sel = attr.bottom_k(cand["_key"].to_numpy(), cand["_pred"].to_numpy(), quota)
         acc.reservoir = cand[sel]
     acc.quota = quota
-    _keep_examples(acc, _turn_view(batch), feats, probs, pred, examples)
+    view = _turn_view(batch)
+    _keep_examples(acc, view, feats, probs, pred, examples)
+    acc.pool.add(view, feats, probs, sl)
     acc.rows += n
 
 
@@ -447,6 +453,7 @@ def _example(row: Mapping[str, Any], probs_row: float, pred: int, contrib: np.nd
                      "response": txt(row["result_response"])},
         "next": {"barge_in": row["next_barge_in"], "explicit": row["next_explicit"],
                  "text": txt(row["next_text"])},
+        "previous": {"text": txt(row.get("prev_text"))},
         "components": {g: stable_round(float(grouped[j]), 4) for j, g in enumerate(COMPONENTS)},
         "features": attr.top_features(contrib, features, row["_feats"], n=5),
     }
@@ -464,6 +471,16 @@ def _examples(acc: _Acc, bundle: Any, red: Redactor | None) -> dict[str, list[di
         out[CLASSES[p]].append(_example(row, row["_prob"], p, contrib[i, p], bundle.features,
                                         red))
     return out
+
+
+def _render_focus(rows: pl.DataFrame, bundle: Any, red: Redactor | None
+                  ) -> list[dict[str, Any]]:
+    """Pool rows (with ``_kind``) as example dicts, each with its attribution."""
+    contrib = bundle.contributions(rows.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()))
+    return [{"kind": row["_kind"],
+             **_example(row, row["_prob"], int(row["_pred"]), contrib[i, int(row["_pred"])],
+                        bundle.features, red)}
+            for i, row in enumerate(rows.iter_rows(named=True))]
 
 
 # ---------------------------------------------------------------------------
@@ -833,6 +850,8 @@ def diagnose(
         summary["gates"] = results
         summary["gate_status"] = overall_status(results)
         summary["headline"] = headline(summary)
+        summary["focus_examples"] = pick(acc.pool, summary,
+                                         lambda rows: _render_focus(rows, bundle, red))
 
         summary["run"] = runmeta.run_info(
             span=acc.span, inputs=input_files, summary=summary,

@@ -148,6 +148,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     out += _slices(summary)
     out += drift_markdown(summary, md_cell)
     out += _attribution(summary)
+    out += _focus_examples(summary)
     out += _examples(summary)
     out += run_markdown(summary)
     out.append("---")
@@ -292,13 +293,31 @@ def _examples(summary: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _focus_examples(summary: Mapping[str, Any]) -> list[str]:
+    focus = summary.get("focus_examples") or []
+    if not focus:
+        return []
+    out = ["## Examples from the flagged slices and the classes that moved", ""]
+    for f in focus:
+        where = slice_name(f, md) if f.get("dimension") is not None else "the whole night"
+        out += [f"### {CLASS_TITLES[f['class']]} in {where}", ""]
+        for t in f["examples"]:
+            out += ["<details>",
+                    f"<summary>{_word(t['kind'], ('confident', 'borderline'))} · session "
+                    f"{html_code(t['session_id'])} · turn {t['turn_index']} · "
+                    f"p({f['class']}) = {t['probability']:.3f}</summary>", "",
+                    *_turn_lines(t), "", "</details>", ""]
+    return out
+
+
 def _turn_lines(t: Mapping[str, Any]) -> list[str]:
     h, u, a, nx = t["heard"], t["understood"], t["answered"], t["next"]
     slots = ", ".join(f"{md(s['name'])}={md(s['value'])}" for s in u.get("slots") or []) or "–"
     ents = "; ".join(
         f"{md(e['mention'])} → {md(e['resolved_name'])} ({_word(e['status'], ENTITY_STATUSES)})"
         for e in t.get("resolved") or []) or "–"
-    lines = [
+    prev = [f"- **previous turn:** {md((t.get('previous') or {}).get('text'))}"]
+    lines = [*(prev if "previous" in t else []),
         f"- **heard:** {md(h['text'])} (confidence {num(h['confidence'], 3)}; "
         f"runner-up {md(h['runner_up'])})",
         f"- **understood:** {md(u['domain'])} / {md(u['intent'])} "

@@ -35,19 +35,25 @@ class ExamplePool:
             return
         pred = probs.argmax(axis=1)
         top2 = np.sort(probs, axis=1)[:, -2:]
-        cand = view.with_columns(
-            feats.drop(KEY_COLUMNS).to_struct("_feats"),
-            pl.Series("_prob", top2[:, 1]), pl.Series("_margin", top2[:, 1] - top2[:, 0]),
-            pl.Series("_pred", pred.astype(np.int64)),
-            *[slices[c].cast(pl.String).alias(_PREFIX + c) for c in slices.columns],
-        ).filter(pl.col("_pred") > 0)
+        slim = pl.DataFrame({
+            "session_id": view["session_id"], "turn_index": view["turn_index"],
+            "_prob": top2[:, 1], "_margin": top2[:, 1] - top2[:, 0],
+            "_pred": pred.astype(np.int64), "_i": np.arange(len(pred)),
+        }).with_columns(*[slices[c].cast(pl.String).alias(_PREFIX + c)
+                          for c in slices.columns]).filter(pl.col("_pred") > 0)
+        # choose on the slim frame, then gather the few chosen rows' text and features
+        chosen = self._trim(slim).sort("_i")
+        idx = chosen["_i"].to_numpy()
+        cand = view[idx].with_columns(
+            feats[idx].drop(KEY_COLUMNS).to_struct("_feats"),
+            *[chosen[c] for c in chosen.columns if c.startswith("_") and c != "_i"])
         self.pool = self._trim(cand if self.pool is None
                                else pl.concat([self.pool, cand], how="vertical_relaxed"))
 
     def _trim(self, cand: pl.DataFrame) -> pl.DataFrame:
         k = self.per_group
         keys = ["session_id", "turn_index"]
-        parts = []
+        parts: list[pl.DataFrame] = []
         for col in (c for c in cand.columns if c.startswith(_PREFIX)):
             for by, desc in (("_prob", True), ("_margin", False)):
                 parts.append(cand.sort([by, *keys], descending=[desc, False, False])

@@ -97,7 +97,7 @@ def bar_chart(bars: Sequence[Bar], *, title: str, fmt: str = "pct", width: int =
                          f'y2="{_f(y + row_h - 2)}"'
                          f' stroke="{AMBER}" stroke-width="3"><title>{escape(reference_label)}: '
                          f"{escape(text(b.reference))}</title></line>")
-        end = max(x(b.value), x(b.high) if b.high is not None else 0)
+        end = max(x(v) for v in (b.value, b.high, b.reference) if v is not None)
         parts.append(f'<text x="{_f(min(end + 6, width - 84))}" y="{_f(cy + 4)}" fill="#333">'
                      f"{escape(text(b.value) + b.note)}</text>")
     parts += _axis(x, text, lo_v, hi_v, y0=h - bottom + 6, left=label_width,

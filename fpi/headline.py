@@ -18,7 +18,7 @@ slices, attribution, drift, gates), so it can be recomputed from any
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fpi.numbers import stable_round
@@ -109,21 +109,20 @@ def headline(summary: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _slice_words(sl: Mapping[str, Any]) -> str:
-    names = [f"{sl['dimension']}={sl['value']}"]
-    names += [f"{a['dimension']}={a['value']}" for a in sl.get("also") or []]
-    return " / ".join(names)
+def _slice_words(sl: Mapping[str, Any], quote: Callable[[Any], str]) -> str:
+    defs = [sl, *(sl.get("also") or [])]
+    return " / ".join(f"{quote(d['dimension'])}={quote(d['value'])}" for d in defs)
 
 
-def story(h: Mapping[str, Any]) -> str:
-    """One sentence from a headline block, without the verdict (plain text; it names slice
-    values from the logs: renderers neutralise it)."""
+def story(h: Mapping[str, Any], quote: Callable[[Any], str] = str) -> str:
+    """One sentence from a headline block, without the verdict; slice values (from the
+    logs) go through ``quote`` (Markdown: a code span; the stored story is plain text)."""
     up = [m for m in h["moved"] if m["direction"] == "up"]
     if not h["baseline"]:
         head = "No baseline given"
         if h["excess"]:
             t = h["excess"][0]
-            return (f"{head}; most excess failures in {_slice_words(t)} "
+            return (f"{head}; most excess failures in {_slice_words(t, quote)} "
                     f"({_TITLES.get(t['class'], t['class'])}, {t['excess_failures']:,.0f} "
                     "more than the night's rate).")
         return f"{head}; no slice has significantly more failures than the rest of the night."
@@ -141,7 +140,7 @@ def story(h: Mapping[str, Any]) -> str:
              f"({100 * m['change']:+.2f} pp, interval {100 * m['low']:+.2f} to "
              f"{100 * m['high']:+.2f})"]
     if h["slice"] is not None and h["slice"]["class"] == m["class"]:
-        parts.append(f"concentrated in {_slice_words(h['slice'])}")
+        parts.append(f"concentrated in {_slice_words(h['slice'], quote)}")
     if h["evidence"]:
         parts.append(f"evidence from {h['evidence']['components'][0]['component']}")
     ex = h["explained_by"].get(m["class"]) or {}

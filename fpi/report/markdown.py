@@ -106,7 +106,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     inputs = ", ".join(md(i) for i in summary.get("inputs", [])) or "input"
     out.append(f"# fpi diagnosis: {inputs}")
     out.append("")
-    out += headline_markdown(summary, md_cell)
+    out += headline_markdown(summary, md)
     status = summary.get("gate_status", "none")
     gates = summary.get("gates", [])
     if status == "none":

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from fpi.headline import story
 from fpi.report._fmt import CLASS_TITLES, pct, plain, pp, qvalue
 
 _VERDICT = {"pass": "✅ PASS", "warn": "⚠️ WARN", "fail": "❌ FAIL", "none": "NONE"}
@@ -41,9 +42,7 @@ def headline_lines(h: Mapping[str, Any], quote: Callable[[Any], str]) -> list[st
         if down:
             out.append("Better: " + "; ".join(_moved_line(m) for m in down))
     else:
-        out.append("No baseline given: the verdict comes from the gates"
-                   + ("" if h.get("excess") else "; no slice has significantly more failures "
-                      "than the rest of the night"))
+        out.append("No baseline given: the verdict comes from the gates")
     sl = h.get("slice")
     if sl is not None:
         extra = (f"{sl['extra_failures']:,.0f} more failures than the baseline slice"
@@ -72,8 +71,7 @@ def headline_markdown(summary: Mapping[str, Any], quote: Callable[[Any], str]) -
     h = summary.get("headline")
     if not h:
         return []
-    out = [f"> **{_VERDICT.get(h['verdict'], 'NONE')}** · "
-           + ("against the baseline" if h["baseline"] else "no baseline"), ">"]
+    out = [f"> **{_VERDICT.get(h['verdict'], 'NONE')}** {story(h, quote)}", ">"]
     out += [f"> - {line}" for line in headline_lines(h, quote)]
     return [*out, ""]
 

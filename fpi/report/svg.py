@@ -121,7 +121,7 @@ def _axis(x: Callable[[float], float], text: Callable[[float], str], lo: float, 
     """An x axis: baseline rule, ticks with values, and the axis title."""
     parts = [f'<line x1="{_f(left)}" y1="{_f(y0)}" x2="{_f(right)}" y2="{_f(y0)}" '
              'stroke="#888" stroke-width="1"/>']
-    for t in _ticks(lo, hi):
+    for t in _ticks(lo, hi, max(2, int((right - left) / 90))):
         xt = x(t)
         parts.append(f'<line x1="{_f(xt)}" y1="{_f(y0)}" x2="{_f(xt)}" y2="{_f(y0 + 4)}" '
                      'stroke="#888"/>')

@@ -83,6 +83,10 @@ def step_summary(summary: Mapping[str, Any]) -> str:
     warned = sum(g["status"] == "WARN" for g in gates)
     inputs = ", ".join(md(i) for i in summary.get("inputs", [])) or "input"
     out = ["", f"### fpi diagnose: {verdict}", ""]
+    if summary.get("headline"):
+        from fpi.headline import story
+
+        out += [story(summary["headline"], md), ""]
     if gates:
         out += [f"{failed} failed, {warned} warned of {len(gates)} gates · {inputs} · "
                 f"{summary.get('turns', 0):,} turns", ""]

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fpi import __version__, runmeta
+from fpi import __version__, runmeta, slices_compare
 from fpi import attribution as attr
+from fpi import drift as traffic_drift
 from fpi.aggregate import (
     ESTIMATOR_NAMES,
     INTERVAL_NAMES,
@@ -52,7 +53,9 @@ from fpi.files import (
     staged_output_dir,
     write_text_atomic,
 )
+from fpi.focus_examples import ExamplePool, pick
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
+from fpi.headline import headline
 from fpi.numbers import stable_round
 from fpi.progress import Progress, bytes_callback
 from fpi.redact import ID_PREFIX, SALT_ENV, Redactor, redactor
@@ -257,6 +260,8 @@ class _Acc:
     n_sessions: int = 0
     quota: int | None = None
     span: runmeta.Span | None = None  # the logs' first and last turn timestamp
+    traffic: traffic_drift.TrafficCounts = field(default_factory=traffic_drift.TrafficCounts)
+    pool: ExamplePool = field(default_factory=lambda: ExamplePool(0))  # focus examples
 
     def __post_init__(self) -> None:
         self.probs = np.zeros((self.total, len(CLASSES)))
@@ -301,6 +306,7 @@ def _turn_view(turns: pl.DataFrame) -> pl.DataFrame:
         fb.struct.field("barge_in").alias("next_barge_in"),
         fb.struct.field("explicit").alias("next_explicit"),
         asr.struct.field("text").shift(-1).over("session_id").alias("next_text"),
+        asr.struct.field("text").shift(1).over("session_id").alias("prev_text"),
         pl.col("label").struct.field("failure_point").alias("label"),
     )
 
@@ -346,6 +352,7 @@ def _stream(path: Path, bundle: Any, *, total: int, mode: str, batch_turns: int,
     import pyarrow.parquet as pq
 
     acc = _Acc(total)
+    acc.pool = ExamplePool(2 if examples > 0 else 0)
     rng = np.random.default_rng(seed)
     writer: pq.ParquetWriter | None = None
     try:
@@ -379,6 +386,7 @@ def _one_batch(acc: _Acc, batch: pl.DataFrame, bundle: Any, mode: str,
     acc.sessions[start: start + n] = sess
     acc.n_sessions = int(sess[-1]) + 1
     acc.span = runmeta.widen(acc.span, batch["timestamp"])
+    acc.traffic.add(batch)
     sl = slice_columns(batch)
     acc.add_slices(sl, start)
     acc.labels[start: start + n] = labels_to_index(batch["label"].struct.field("failure_point"))
@@ -400,7 +408,9 @@ def _one_batch(acc: _Acc, batch: pl.DataFrame, bundle: Any, mode: str,
         sel = attr.bottom_k(cand["_key"].to_numpy(), cand["_pred"].to_numpy(), quota)
         acc.reservoir = cand[sel]
     acc.quota = quota
-    _keep_examples(acc, _turn_view(batch), feats, probs, pred, examples)
+    view = _turn_view(batch)
+    _keep_examples(acc, view, feats, probs, pred, examples)
+    acc.pool.add(view, feats, probs, sl)
     acc.rows += n
 
 
@@ -443,6 +453,7 @@ def _example(row: Mapping[str, Any], probs_row: float, pred: int, contrib: np.nd
                      "response": txt(row["result_response"])},
         "next": {"barge_in": row["next_barge_in"], "explicit": row["next_explicit"],
                  "text": txt(row["next_text"])},
+        "previous": {"text": txt(row.get("prev_text"))},
         "components": {g: stable_round(float(grouped[j]), 4) for j, g in enumerate(COMPONENTS)},
         "features": attr.top_features(contrib, features, row["_feats"], n=5),
     }
@@ -460,6 +471,16 @@ def _examples(acc: _Acc, bundle: Any, red: Redactor | None) -> dict[str, list[di
         out[CLASSES[p]].append(_example(row, row["_prob"], p, contrib[i, p], bundle.features,
                                         red))
     return out
+
+
+def _render_focus(rows: pl.DataFrame, bundle: Any, red: Redactor | None
+                  ) -> list[dict[str, Any]]:
+    """Pool rows (with ``_kind``) as example dicts, each with its attribution."""
+    contrib = bundle.contributions(rows.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()))
+    return [{"kind": row["_kind"],
+             **_example(row, row["_prob"], int(row["_pred"]), contrib[i, int(row["_pred"])],
+                        bundle.features, red)}
+            for i, row in enumerate(rows.iter_rows(named=True))]
 
 
 # ---------------------------------------------------------------------------
@@ -491,6 +512,15 @@ def _write_predictions(streamed: Path, rows: np.ndarray, values: np.ndarray,
           .join(contrib.lazy(), on="_row", how="left", maintain_order="left").drop("_row"))
     with atomic_path(target) as tmp:
         lf.sink_parquet(tmp, compression="zstd")
+
+
+def _against_baseline(summary: dict[str, Any], base: Mapping[str, Any],
+                      same_turns: list[list[dict[str, str]]], confidence: float) -> None:
+    """Slices against the same slices of the baseline night, and traffic drift."""
+    summary["slices"]["vs_baseline"] = slices_compare.compare_slices(
+        summary, base, groups=same_turns, confidence=confidence,
+        alpha=summary["slices"]["alpha"])
+    summary["drift"] = traffic_drift.drift_doc(summary, base)
 
 
 @dataclass(frozen=True)
@@ -718,6 +748,9 @@ def diagnose(
         slice_doc = slice_rates(slices, probs, rates, train_prior=train_prior,
                                 confusion=conf_arr, soft_confusion=soft_arr,
                                 min_support=min_support)
+        same_turns = slices_compare.same_turn_groups(slices, min_support)
+        slice_doc.update(top=slices_compare.collapse(slice_doc["top"], same_turns),
+                         same_turns=same_turns)
         timings["aggregate"] = time.perf_counter() - t2
 
         # Attribution
@@ -796,6 +829,7 @@ def diagnose(
             "failure": failure,
             "labels": label_doc,
             "slices": slice_doc,
+            "traffic": acc.traffic.to_dict(slices, sessions),
             "attribution": attr_doc,
             "baseline": None,
             "gates": [],
@@ -811,9 +845,13 @@ def diagnose(
                 **base_info,
                 "changes": compare_rates(rates_dict, base["rates"], confidence=confidence),
             }
+            _against_baseline(summary, base, same_turns, confidence)
         results = [r.to_dict() for r in evaluate_gates(gate_list, summary, base)]
         summary["gates"] = results
         summary["gate_status"] = overall_status(results)
+        summary["headline"] = headline(summary)
+        summary["focus_examples"] = pick(acc.pool, summary,
+                                         lambda rows: _render_focus(rows, bundle, red))
 
         summary["run"] = runmeta.run_info(
             span=acc.span, inputs=input_files, summary=summary,

@@ -42,7 +42,8 @@ def test_html_has_every_section_and_nothing_active(summary: dict) -> None:
     for heading in ("Gates", "Failure rates", "Where: slices", "Why: attribution",
                     "Examples for reviewers"):
         assert heading in html
-    assert html.count("<svg") == 4  # rates, trend vs baseline, slices, attribution
+    # rates, change vs baseline, attribution (each wide and compact), slices (wide only)
+    assert html.count("<svg") == 7
     assert "<script" not in html.lower() and "<img" not in html
     assert "onerror=alert(1)&gt;" in html  # shown, escaped
     # the only URL is log text (escaped, inert); nothing is fetched

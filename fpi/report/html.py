@@ -31,7 +31,13 @@ from fpi.report._fmt import (
     signed,
 )
 from fpi.report.runinfo import run_rows
+from fpi.report.story import headline_lines, slice_name
 from fpi.schema import COMPONENTS
+
+#: Chart width in SVG units (the page scales it to the full column).
+_W = 960
+#: Compact chart width for narrow screens (phones).
+_NARROW = 420
 
 
 def _finalize(value: Any) -> Any:
@@ -52,6 +58,15 @@ _ENV = jinja2.Environment(
 )
 
 
+def _both(bars: list[svg.Bar], **kw: Any) -> Markup:
+    """A chart twice: full width for wide screens, compact (larger type) for phones; CSS
+    shows one of them (no script)."""
+    wide = svg.bar_chart(bars, width=_W, **kw)
+    narrow = svg.bar_chart(bars, width=_NARROW, label_width=140, **kw)
+    return Markup('<div class="wide">') + wide + Markup('</div><div class="narrow">') + (
+        narrow + Markup("</div>"))
+
+
 def _charts(s: Mapping[str, Any]) -> dict[str, Markup | None]:
     rates = s["rates"]
     changes = (s.get("baseline") or {}).get("changes") or {}
@@ -62,30 +77,31 @@ def _charts(s: Mapping[str, Any]) -> dict[str, Markup | None]:
         for c in FAILURE_CLASSES
     ]
     title = "Failure rate by failure point" + (" (amber: baseline)" if base_rates else "")
-    out: dict[str, Markup | None] = {"rates_chart": svg.bar_chart(rate_bars, title=title)}
+    out: dict[str, Markup | None] = {"rates_chart": _both(
+        rate_bars, title=title, axis_label="rate of turns")}
     if changes:
         bars = [svg.Bar(CLASS_TITLES[c], changes[c]["change"], changes[c]["low"],
                         changes[c]["high"],
                         color=svg.RED if changes[c]["significant"] and changes[c]["change"] > 0
                         else (svg.GREEN if changes[c]["significant"] else svg.GREY))
                 for c in FAILURE_CLASSES if c in changes]
-        out["change_chart"] = svg.bar_chart(bars, title="Trend: change vs baseline",
-                                            fmt="signed")
+        out["change_chart"] = _both(bars, title="Change vs baseline", fmt="signed",
+                                    axis_label="change (percentage points)")
     else:
         out["change_chart"] = None
     top = (s.get("slices") or {}).get("top") or []
     out["slices_chart"] = svg.bar_chart(
-        [svg.Bar(plain(f"{t['dimension']}={t['value']} · {t['class']}"), t["rate"],
+        [svg.Bar(plain(f"{slice_name(t, str, '=')} · {t['class']}"), t["rate"],
                  reference=t["rest_rate"], color=svg.RED) for t in top],
         title="Slices with excess failures (amber: rest of night)", reference_label="rest",
-        label_width=260) if top else None
+        label_width=400, width=_W, axis_label="rate in the slice") if top else None
     a = s.get("attribution") or {}
     share = a.get("by_component") or {}
     if a.get("turns_attributed") and any(v.get("share") is not None for v in share.values()):
-        out["attr_chart"] = svg.bar_chart(
+        out["attr_chart"] = _both(
             [svg.Bar(g, share[g]["share"] or 0.0, share[g]["low"], share[g]["high"])
              for g in COMPONENTS if g in share],
-            title="Share of evidence for failure calls, by component")
+            title="Share of evidence by component", axis_label="share of attributed evidence")
     else:
         out["attr_chart"] = None
     return out
@@ -109,6 +125,11 @@ def render_html(summary: Mapping[str, Any]) -> str:
         attr_how=how,
         redaction_note=redaction_note,
         run_rows=run_rows(summary),
+        hl=summary.get("headline"),
+        hl_lines=headline_lines(summary["headline"], plain) if summary.get("headline") else [],
+        sname=lambda t: slice_name(t, plain),
+        vs=(summary.get("slices") or {}).get("vs_baseline"),
+        drift=summary.get("drift"),
         pct=pct, pp=pp, gv=gate_value, num=lambda x: num(x, 3), dash=dash, qv=qvalue, sg=signed,
         **_charts(summary),
     )

@@ -38,6 +38,7 @@ from fpi.report._fmt import (
     signed,
 )
 from fpi.report.runinfo import run_markdown
+from fpi.report.story import drift_markdown, headline_markdown, slice_name, vs_baseline_markdown
 from fpi.schema import (
     CLASSES,
     COMPONENTS,
@@ -105,6 +106,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     inputs = ", ".join(md(i) for i in summary.get("inputs", [])) or "input"
     out.append(f"# fpi diagnosis: {inputs}")
     out.append("")
+    out += headline_markdown(summary, md)
     status = summary.get("gate_status", "none")
     gates = summary.get("gates", [])
     if status == "none":
@@ -142,8 +144,11 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             )
         out.append("")
     out += _rates(summary)
+    out += vs_baseline_markdown(summary, md_cell)
     out += _slices(summary)
+    out += drift_markdown(summary, md_cell)
     out += _attribution(summary)
+    out += _focus_examples(summary)
     out += _examples(summary)
     out += run_markdown(summary)
     out.append("---")
@@ -197,7 +202,7 @@ def _rates(summary: Mapping[str, Any]) -> list[str]:
 
 def _slices(summary: Mapping[str, Any]) -> list[str]:
     s = summary.get("slices") or {}
-    out = ["## Where: slices with excess failures", ""]
+    out = ["## Where: slices with excess failures within the night", ""]
     top = s.get("top", [])
     if not top:
         out.append(f"No slice has significantly more failures than the rest of the night "
@@ -211,7 +216,7 @@ def _slices(summary: Mapping[str, Any]) -> list[str]:
     out += ["", "| slice | failure point | turns | rate | rest of night | excess failures | q |",
             "|---|---|---:|---:|---:|---:|---:|"]
     for t in top:
-        out.append(f"| {md_cell(t['dimension'])} = {md_cell(t['value'])} | "
+        out.append(f"| {slice_name(t, md_cell)} | "
                    f"{CLASS_TITLES[t['class']]} | "
                    f"{t['turns']:,} | {pct(t['rate'])} | {pct(t['rest_rate'])} | "
                    f"{t['excess_failures']:,.0f} | {qvalue(t['q_value'])} |")
@@ -288,13 +293,31 @@ def _examples(summary: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _focus_examples(summary: Mapping[str, Any]) -> list[str]:
+    focus = summary.get("focus_examples") or []
+    if not focus:
+        return []
+    out = ["## Examples from the flagged slices and the classes that moved", ""]
+    for f in focus:
+        where = slice_name(f, md) if f.get("dimension") is not None else "the whole night"
+        out += [f"### {CLASS_TITLES[f['class']]} in {where}", ""]
+        for t in f["examples"]:
+            out += ["<details>",
+                    f"<summary>{_word(t['kind'], ('confident', 'borderline'))} · session "
+                    f"{html_code(t['session_id'])} · turn {t['turn_index']} · "
+                    f"p({f['class']}) = {t['probability']:.3f}</summary>", "",
+                    *_turn_lines(t), "", "</details>", ""]
+    return out
+
+
 def _turn_lines(t: Mapping[str, Any]) -> list[str]:
     h, u, a, nx = t["heard"], t["understood"], t["answered"], t["next"]
     slots = ", ".join(f"{md(s['name'])}={md(s['value'])}" for s in u.get("slots") or []) or "–"
     ents = "; ".join(
         f"{md(e['mention'])} → {md(e['resolved_name'])} ({_word(e['status'], ENTITY_STATUSES)})"
         for e in t.get("resolved") or []) or "–"
-    lines = [
+    prev = [f"- **previous turn:** {md((t.get('previous') or {}).get('text'))}"]
+    lines = [*(prev if "previous" in t else []),
         f"- **heard:** {md(h['text'])} (confidence {num(h['confidence'], 3)}; "
         f"runner-up {md(h['runner_up'])})",
         f"- **understood:** {md(u['domain'])} / {md(u['intent'])} "

@@ -6,7 +6,8 @@ Every label passes through :func:`markupsafe.escape`; the charts are returned as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
@@ -35,13 +36,14 @@ def _f(x: float) -> str:
 
 
 def bar_chart(bars: Sequence[Bar], *, title: str, fmt: str = "pct", width: int = 640,
-              label_width: int = 190, reference_label: str = "baseline") -> Markup:
+              label_width: int = 190, reference_label: str = "baseline",
+              axis_label: str = "") -> Markup:
     """Horizontal bars with interval whiskers and reference ticks (e.g. the baseline).
 
     ``fmt`` is ``pct`` (values are fractions), ``signed`` (centred at zero, fractions
     shown in percentage points) or ``num``.
     """
-    row_h, top, bottom = 26, 28, 22
+    row_h, top, bottom = 26, 28, 44
     h = top + row_h * max(len(bars), 1) + bottom
     plot_w = width - label_width - 90
     vals = [v for b in bars for v in (b.value, b.low, b.high, b.reference) if v is not None]
@@ -57,6 +59,8 @@ def bar_chart(bars: Sequence[Bar], *, title: str, fmt: str = "pct", width: int =
 
     def text(v: float) -> str:
         v = stable(v)
+        if abs(v) < 1e-12:
+            v = 0.0
         if fmt == "pct":
             return f"{stable(100 * v):.2f}%"
         if signed:
@@ -65,7 +69,7 @@ def bar_chart(bars: Sequence[Bar], *, title: str, fmt: str = "pct", width: int =
 
     parts = [
         f'<svg role="img" viewBox="0 0 {width} {h}" '
-        f'width="{width}" height="{h}" {_FONT}>',
+        f'width="{width}" height="{h}" preserveAspectRatio="xMinYMin meet" {_FONT}>',
         f"<title>{escape(title)}</title>",
         f'<text x="0" y="16" font-weight="600" font-size="13">{escape(title)}</text>',
     ]
@@ -93,8 +97,37 @@ def bar_chart(bars: Sequence[Bar], *, title: str, fmt: str = "pct", width: int =
                          f'y2="{_f(y + row_h - 2)}"'
                          f' stroke="{AMBER}" stroke-width="3"><title>{escape(reference_label)}: '
                          f"{escape(text(b.reference))}</title></line>")
-        end = max(x(b.value), x(b.high) if b.high is not None else 0)
+        end = max(x(v) for v in (b.value, b.high, b.reference) if v is not None)
         parts.append(f'<text x="{_f(min(end + 6, width - 84))}" y="{_f(cy + 4)}" fill="#333">'
                      f"{escape(text(b.value) + b.note)}</text>")
+    parts += _axis(x, text, lo_v, hi_v, y0=h - bottom + 6, left=label_width,
+                   right=label_width + plot_w, label=axis_label)
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values between ``lo`` and ``hi``."""
+    span = max(hi - lo, 1e-12)
+    raw = span / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
+
+
+def _axis(x: Callable[[float], float], text: Callable[[float], str], lo: float, hi: float, *,
+          y0: float, left: float, right: float, label: str) -> list[str]:
+    """An x axis: baseline rule, ticks with values, and the axis title."""
+    parts = [f'<line x1="{_f(left)}" y1="{_f(y0)}" x2="{_f(right)}" y2="{_f(y0)}" '
+             'stroke="#888" stroke-width="1"/>']
+    for t in _ticks(lo, hi, max(2, int((right - left) / 90))):
+        xt = x(t)
+        parts.append(f'<line x1="{_f(xt)}" y1="{_f(y0)}" x2="{_f(xt)}" y2="{_f(y0 + 4)}" '
+                     'stroke="#888"/>')
+        parts.append(f'<text x="{_f(xt)}" y="{_f(y0 + 16)}" text-anchor="middle" fill="#555" '
+                     f'font-size="11">{escape(text(t))}</text>')
+    if label:
+        parts.append(f'<text x="{_f((left + right) / 2)}" y="{_f(y0 + 32)}" '
+                     f'text-anchor="middle" fill="#333">{escape(label)}</text>')
+    return parts

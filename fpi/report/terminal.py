@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fpi.report._fmt import FAILURE_CLASSES, gate_value, pct, plain, pp
+from fpi.report.story import headline_terminal, slice_name
 
 _STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
 
@@ -20,6 +21,7 @@ def render_terminal(summary: Mapping[str, Any], console: Console) -> None:
         f"[bold]fpi diagnose[/]: {summary['turns']:,} turns, {summary.get('sessions', 0):,} "
         f"sessions ({escape(plain(', '.join(summary.get('inputs', []))))})"
     )
+    headline_terminal(summary, console)
     ing = summary.get("ingest") or {}
     if ing.get("rejected"):
         rules = ", ".join(f"{plain(k)} {v}" for k, v in (ing.get("rejects_by_rule") or {}).items())
@@ -47,7 +49,7 @@ def render_terminal(summary: Mapping[str, Any], console: Console) -> None:
         for col in ("slice", "class", "turns", "rate", "rest", "excess"):
             st.add_column(col, justify="left" if col in ("slice", "class") else "right")
         for x in top[:5]:
-            st.add_row(escape(plain(f"{x['dimension']}={x['value']}")), x["class"],
+            st.add_row(escape(slice_name(x, plain)), x["class"],
                        f"{x['turns']:,}", pct(x["rate"]), pct(x["rest_rate"]),
                        f"{x['excess_failures']:,.0f}")
         console.print(st)

@@ -1,0 +1,131 @@
+"""Slices against the baseline night, and slices that select the same turns.
+
+*Same turns.* ``domain=music`` and ``intent=PlayMusicIntent`` can be the same turns;
+listing both doubles every finding. Two slices select the same turns when they have
+the same count and the same sum of per-row hashes (a commutative fingerprint of the
+row set, computed with one ``group_by``); such slices become one row that names all
+their definitions (``also``).
+
+*Against the baseline.* Each supported slice's per-class estimate is tested against
+the same slice's estimate in the baseline summary (one-sided, for an increase; each
+night's interval half-width over z is its standard error, combined as independent,
+which is conservative since both nights share the model). A slice the baseline did
+not have (or had under the minimum support) is tested against the baseline's overall
+rate and marked ``new``. P-values are Benjamini-Hochberg corrected; a slice is
+*new or worse* when its q-value is at most ``alpha`` and it has more failures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fpi.aggregate import FAILURE_KEYS, _bh, _z
+from fpi.numbers import stable_round
+
+
+def same_turn_groups(slices: pl.DataFrame, min_support: int) -> list[list[dict[str, str]]]:
+    """Groups (of two or more) of supported slices that select exactly the same turns."""
+    parts = []
+    rows = pl.int_range(pl.len(), dtype=pl.UInt64)
+    for dim in slices.columns:
+        g = (slices.select(pl.col(dim).cast(pl.String).alias("value"), rows.alias("_r"))
+             .group_by("value")
+             .agg(pl.len().alias("turns"), pl.col("_r").hash(seed=14).sum().alias("fp"))
+             .filter(pl.col("turns") >= min_support)
+             .with_columns(pl.lit(dim).alias("dimension")))
+        parts.append(g)
+    if not parts:
+        return []
+    allg = pl.concat(parts).sort(["dimension", "value"])
+    order = {d: i for i, d in enumerate(slices.columns)}
+    groups = []
+    for (_, _), grp in allg.group_by(["turns", "fp"], maintain_order=True):
+        if grp.height > 1:
+            defs = sorted(({"dimension": d, "value": v} for d, v in
+                           grp.select("dimension", "value").iter_rows()),
+                          key=lambda x: (order[x["dimension"]], x["value"]))
+            groups.append(defs)
+    return sorted(groups, key=lambda g: (order[g[0]["dimension"]], g[0]["value"]))
+
+
+def collapse(rows: list[dict[str, Any]], groups: list[list[dict[str, str]]]
+             ) -> list[dict[str, Any]]:
+    """Rows (slice findings with ``dimension``, ``value``, ``class``) with duplicates of the
+    same turns and class merged into the first; it gains ``also`` (the other definitions)."""
+    canon: dict[tuple[str, str], tuple[str, str]] = {}
+    members: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for g in groups:
+        head = (g[0]["dimension"], g[0]["value"])
+        for d in g:
+            canon[(d["dimension"], d["value"])] = head
+        members[head] = g
+    seen: dict[tuple[tuple[str, str], str], dict[str, Any]] = {}
+    out = []
+    for r in rows:
+        key = (str(r["dimension"]), str(r["value"]))
+        head = canon.get(key, key)
+        k = (head, str(r["class"]))
+        if k in seen:
+            continue
+        row = dict(r)
+        if head in members:
+            row["also"] = [d for d in members[head] if (d["dimension"], d["value"]) != key]
+        seen[k] = row
+        out.append(row)
+    return out
+
+
+def _se(r: Mapping[str, Any], z: float) -> float:
+    return (float(r["high"]) - float(r["low"])) / 2 / z
+
+
+def _baseline_slices(base: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    dims = ((base.get("slices") or {}).get("dimensions") or {})
+    return {(dim, str(s["value"])): s for dim, d in dims.items() for s in d.get("slices", [])}
+
+
+def _overall(base: Mapping[str, Any], c: str) -> Mapping[str, Any]:
+    return base["failure"] if c == "failure" else base["rates"][c]
+
+
+def compare_slices(summary: Mapping[str, Any], base: Mapping[str, Any], *,
+                   groups: list[list[dict[str, str]]], confidence: float = 0.95,
+                   alpha: float = 0.05, top: int = 10) -> dict[str, Any]:
+    """The ``slices.vs_baseline`` block: tests, and the new-or-worse slices (collapsed)."""
+    z = _z(confidence)
+    old = _baseline_slices(base)
+    tests: list[dict[str, Any]] = []
+    for dim, d in ((summary.get("slices") or {}).get("dimensions") or {}).items():
+        for s in d.get("slices", []):
+            prev = old.get((dim, str(s["value"])))
+            for c in FAILURE_KEYS:
+                cur = s["rates"][c]
+                ref = prev["rates"][c] if prev is not None else _overall(base, c)
+                diff = float(cur["estimate"]) - float(ref["estimate"])
+                sd = math.sqrt(max(_se(cur, z) ** 2 + _se(ref, z) ** 2, 1e-12))
+                tests.append({
+                    "dimension": dim, "value": s["value"], "class": c, "turns": s["turns"],
+                    "new": prev is None, "rate": cur["estimate"],
+                    "baseline_rate": stable_round(float(ref["estimate"]), 6),
+                    "change": stable_round(diff, 6),
+                    "low": stable_round(diff - z * sd, 6), "high": stable_round(diff + z * sd, 6),
+                    "extra_failures": stable_round(s["turns"] * diff, 2),
+                    "p_value": 0.5 * math.erfc(diff / sd / math.sqrt(2)),
+                })
+    q = _bh(np.array([t["p_value"] for t in tests]))
+    for t, qv in zip(tests, q, strict=True):
+        t["p_value"] = float(f"{t['p_value']:.4g}")
+        t["q_value"] = float(f"{qv:.4g}")
+        t["significant"] = bool(qv <= alpha and t["change"] > 0)
+    flagged = sorted((t for t in tests if t["significant"] and t["class"] != "failure"),
+                     key=lambda t: (-t["extra_failures"], t["dimension"], str(t["value"]),
+                                    t["class"]))
+    return {"correction": "benjamini-hochberg", "alpha": alpha, "tests": len(tests),
+            "compared_to": "the same slice in the baseline night (its overall rate for a "
+                           "slice the baseline did not have)",
+            "top": collapse(flagged, groups)[:top]}

@@ -92,12 +92,13 @@ def hashed_ngrams(texts: Sequence[str | None]) -> sp.csr_matrix:
                 continue
             h = np.full(m, np.uint64(size))
             ok = np.ones(m, dtype=bool)
+            text = np.zeros(m, dtype=bool)  # not only spaces
             for j in range(size):
                 part = cp[j:j + m]
                 h = h * _P + part
                 ok &= part != 0
-            if size == 1:
-                ok &= part != 32
+                text |= part != 32
+            ok &= text
             rows.append(doc[:m][ok])
             cols.append(_bucket(h[ok]))
         word = (cp > 127) | ((cp >= 48) & (cp <= 57)) | ((cp >= 97) & (cp <= 122)) | (cp == 39)

@@ -72,6 +72,9 @@ MODEL_FILE: Final = "model.txt"
 NO_CONTEXT_FILE: Final = "model_no_context.txt"
 LEARNED_FILE: Final = "learned.json"
 
+#: Cross-fitting folds by default: (small data, large data, threshold in labelled turns).
+AUTO_FOLDS: Final = (5, 3, 20_000)
+
 #: Fewest labelled examples of a class the trainer accepts.
 MIN_CLASS_COUNT: Final = 10
 
@@ -630,7 +633,7 @@ def train(
     *,
     seed: int = 0,
     threads: int = 1,
-    folds: int = 5,
+    folds: int | None = None,
     split: Split = "session",
     test_size: float = 0.0,
     num_boost_round: int = 1000,
@@ -647,7 +650,8 @@ def train(
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
-    Cross-fitting by session (``folds`` folds, a hash of seed and session id): each
+    Cross-fitting by session (``folds`` folds, by default 5, 3 above 20,000
+    labelled turns; a hash of seed and session id): each
     fold's model is trained on the other folds and early-stopped on its own, giving
     out-of-fold margins for every labelled turn. They fit the calibration, the
     held-out metrics and confusion matrices (of the model, the no-context model and
@@ -669,7 +673,7 @@ def train(
     """
     if not 0 <= test_size < 1:
         raise InputError(f"test size must be at least 0 and below 1, got {test_size}")
-    if folds < 2:
+    if folds is not None and folds < 2:
         raise InputError(f"folds must be at least 2, got {folds}")
     check_bundle_out(out_dir)  # before the slow part
     init = _init_bundle(init_model, turns)
@@ -696,6 +700,8 @@ def train(
     lab_turns = turns.filter(lab_mask)
     feats = features.filter(lab_mask)
     y = y_all[labelled]
+    if folds is None:  # large data: fewer folds keep training time sane
+        folds = AUTO_FOLDS[0] if len(y) <= AUTO_FOLDS[2] else AUTO_FOLDS[1]
     fit, fold = _split_rows(lab_turns, split, test_size, seed, folds)
     _check_classes(y[fit], min_class_count)
     fs = _feature_set(feats, y, fit, fold, init, learn_features)

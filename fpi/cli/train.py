@@ -133,9 +133,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed (folds, bagging).")] = 0,
     threads: Annotated[int, typer.Option(min=1, help="LightGBM threads (part of the "
                                                      "reproducibility key).")] = 1,
-    folds: Annotated[int, typer.Option(min=2, help="Cross-fitting folds (of whole sessions): "
-                                                   "out-of-fold metrics, calibration, rounds.")
-                     ] = 5,
+    folds: Annotated[int | None, typer.Option(
+        min=2, help="Cross-fitting folds (of whole sessions) for the out-of-fold metrics, "
+                    "calibration and rounds [default: 5, 3 above 20,000 labelled turns]",
+        show_default=False)] = None,
     split: Annotated[str, typer.Option(help="With --test-size > 0, which sessions are set "
                                             "aside: 'session' (random) or 'time' (newest).")
                      ] = "session",

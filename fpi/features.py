@@ -177,6 +177,11 @@ FEATURES: Final[tuple[Feature, ...]] = (
     _n("is_last", "context"),
 )
 
+#: Raw columns :func:`build_features` passes through after the features: the inputs of
+#: the features a bundle learns from the data (:mod:`fpi.learned`).
+RAW_COLUMNS: Final[tuple[str, ...]] = ("_raw_asr_text", "_raw_response", "_raw_next_text",
+                                       "_raw_extra")
+
 #: Names of the features in :data:`FEATURES`, in order.
 FEATURE_NAMES: Final[tuple[str, ...]] = tuple(f.name for f in FEATURES)
 _BY_NAME: Final[dict[str, Feature]] = {f.name: f for f in FEATURES}

@@ -138,3 +138,26 @@ def test_hashing_reads_any_script() -> None:
     model = TextModel.fit(x, y)
     back = Learned.from_json(Learned({"text_asr": model}, ()).to_json(), "t")
     np.testing.assert_array_equal(back.text["text_asr"].scores(x), model.scores(x))
+
+
+def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path,
+                                                     terse_model: TrainResult) -> None:
+    import subprocess
+    import sys
+
+    from test_features import make_turns
+
+    make_turns(150, seed=0).write_ndjson(tmp_path / "t.jsonl")
+    fpi = [sys.executable, "-m", "fpi"]
+    ok = subprocess.run([*fpi, "train", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "m"),
+                         "--test-size", "0", "--folds", "3", "--json"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["training"]["heldout_is"] == "out-of-fold" and doc["macro_f1"] > 0.8
+    bad = subprocess.run([*fpi, "train", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "n"),
+                          "--init-model", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and lines[-1].startswith("error:") and "nowhere" in lines[-1]
+    assert "Traceback" not in bad.stderr and not (tmp_path / "n").exists()

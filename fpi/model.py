@@ -52,7 +52,7 @@ from fpi.calibration import Calibration, fit_calibration
 from fpi.crossfit import FoldFit, assign_folds, candidates, fit_fold, test_mask
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.evaluation import classification_metrics, labels_to_index
-from fpi.features import FEATURES, Feature, build_features, context_free
+from fpi.features import FEATURES, RAW_COLUMNS, Feature, build_features, context_free
 from fpi.files import MARKER, check_output_dir, staged_output_dir
 from fpi.learned import (
     RAW_EXTRA,
@@ -214,6 +214,13 @@ class ModelBundle:
     def has_no_context_model(self) -> bool:
         """Whether the bundle carries the no-context baseline model."""
         return self.no_context_booster is not None and self.no_context_calibration is not None
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Columns of a features frame this bundle reads: its fixed features and the raw
+        inputs of its learned ones (:data:`fpi.features.RAW_COLUMNS`)."""
+        learned = {n for n, _ in self.learned.names_groups()} if self.learned else set()
+        return (*(f.name for f in self.features if f.name not in learned), *RAW_COLUMNS)
 
     @property
     def groups(self) -> tuple[str, ...]:

@@ -290,11 +290,12 @@ def fit_text_models(features: pl.DataFrame, y: np.ndarray) -> dict[str, TextMode
             for f, (col, _) in RAW_TEXT.items()}
 
 
-def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray
-                    ) -> dict[str, np.ndarray]:
+def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
+                    fields: Sequence[str] = tuple(RAW_TEXT)) -> dict[str, np.ndarray]:
     """Out-of-fold text-model features: rows of fold k scored by a model fitted without it."""
     out: dict[str, np.ndarray] = {}
-    for field, (col, _) in RAW_TEXT.items():
+    for field in fields:
+        col = RAW_TEXT[field][0]
         texts = features[col]
         x = hashed_ngrams(texts.to_list())
         s = np.full((len(y), len(CLASSES)), np.nan)

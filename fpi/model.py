@@ -56,9 +56,12 @@ from fpi.features import FEATURES, RAW_COLUMNS, Feature, build_features, context
 from fpi.files import MARKER, check_output_dir, staged_output_dir
 from fpi.learned import (
     RAW_EXTRA,
+    RAW_TEXT,
     Learned,
+    TextModel,
     discover_extra,
     fit_text_models,
+    hashed_ngrams,
     oof_text_scores,
 )
 from fpi.progress import Progress, boosting_callback, report
@@ -461,20 +464,27 @@ class _FeatureSet:
 def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
                  init: ModelBundle | None, learn: bool) -> _FeatureSet:
     """Features of a new model: the init bundle's (warm start) or fixed + learned ones."""
-    if init is not None:
-        cols = init.learned.columns(feats) if init.learned is not None else {}
-        return _FeatureSet(init.features, init.levels, init.learned, cols)
-    levels = _levels(feats.filter(pl.Series(fit)), FEATURES)
-    if not learn:
-        return _FeatureSet(FEATURES, levels, None, {})
     fit_feats = feats.filter(pl.Series(fit))
-    learned = Learned(fit_text_models(fit_feats, y[fit]),
-                      tuple(discover_extra(fit_feats[RAW_EXTRA])))
+    if init is not None:
+        if init.learned is None:
+            return _FeatureSet(init.features, init.levels, None, {})
+        # the same columns, their text models refitted on this data: a text feature
+        # means "log-posterior of a class given this field's text" whatever the language
+        learned = Learned({f: TextModel.fit(hashed_ngrams(fit_feats[RAW_TEXT[f][0]].to_list()),
+                                            y[fit]) for f in init.learned.text},
+                          init.learned.extra)
+        features, levels = init.features, init.levels
+    elif not learn:
+        return _FeatureSet(FEATURES, _levels(fit_feats, FEATURES), None, {})
+    else:
+        learned = Learned(fit_text_models(fit_feats, y[fit]),
+                          tuple(discover_extra(fit_feats[RAW_EXTRA])))
+        extra = tuple(Feature(n, g) for n, g in learned.names_groups())
+        features, levels = FEATURES + extra, _levels(fit_feats, FEATURES)
     cols = learned.columns(feats)  # full-data models: right for a test part
-    for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit]).items():
+    for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text)).items():
         cols[name][fit] = oof  # fit rows: out-of-fold scores only
-    extra = tuple(Feature(n, g) for n, g in learned.names_groups())
-    return _FeatureSet(FEATURES + extra, levels, learned, cols)
+    return _FeatureSet(features, levels, learned, cols)
 
 
 @dataclass(frozen=True)

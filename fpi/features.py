@@ -273,7 +273,31 @@ def _check_columns(lf: pl.LazyFrame) -> None:
 # Per-turn features
 # ---------------------------------------------------------------------------
 
-def _turn_features(lf: pl.LazyFrame) -> pl.LazyFrame:
+def _turn_prep(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Helper columns (normalised texts, content words, ...) later stages share."""
+    asr, nlu = pl.col("asr"), pl.col("nlu")
+    nbest = asr.struct.field("nbest")
+    alts = nlu.struct.field("alternatives")
+    slots = nlu.struct.field("slots")
+    ents = pl.col("er").struct.field("entities")
+    text = asr.struct.field("text")
+    domain = nlu.struct.field("domain")
+    alt_dom = alts.list.eval(pl.element().struct.field("domain"))
+    return lf.with_columns(
+        _t=_norm_text(text),
+        _ru=_norm_text(nbest.list.get(1, null_on_oob=True).struct.field("text")),
+        _cw=_content_words(text),
+        _dom=domain,
+        _alt_dom=alt_dom,
+        _alt_int=alts.list.eval(pl.element().struct.field("intent")),
+        _slot1=_norm_text(slots.list.get(0, null_on_oob=True).struct.field("value")),
+        _res1=ents.list.get(0, null_on_oob=True).struct.field("resolved_id"),
+    )
+
+
+def _turn_exprs() -> dict[str, pl.Expr]:
+    """The per-turn features (no lists exploded, no neighbours), by name; they read
+    the helper columns of :func:`_turn_prep`."""
     asr = pl.col("asr")
     nlu = pl.col("nlu")
     er = pl.col("er")
@@ -297,17 +321,7 @@ def _turn_features(lf: pl.LazyFrame) -> pl.LazyFrame:
     domain = nlu.struct.field("domain")
     nlu_conf = nlu.struct.field("confidence")
 
-    lf = lf.with_columns(
-        _t=_norm_text(text),
-        _ru=_norm_text(nbest.list.get(1, null_on_oob=True).struct.field("text")),
-        _cw=_content_words(text),
-        _dom=domain,
-        _alt_dom=alt_dom,
-        _alt_int=alts.list.eval(pl.element().struct.field("intent")),
-        _slot1=_norm_text(slots.list.get(0, null_on_oob=True).struct.field("value")),
-        _res1=ents.list.get(0, null_on_oob=True).struct.field("resolved_id"),
-    )
-    return lf.with_columns(
+    return dict(
         wake_detected=_flag(pl.col("wake").struct.field("detected")),
         wake_score=wake_s,
         wake_dd_score=wake_dd,
@@ -370,6 +384,10 @@ def _turn_features(lf: pl.LazyFrame) -> pl.LazyFrame:
         barge_in=_flag(pl.col("feedback").struct.field("barge_in")),
         explicit_feedback=_explicit(pl.col("feedback").struct.field("explicit")),
     )
+
+
+def _turn_features(lf: pl.LazyFrame) -> pl.LazyFrame:
+    return _turn_prep(lf).with_columns(**_turn_exprs())
 
 
 def _sum_over_items(lf: pl.LazyFrame, *, context: str, items: pl.Expr,
@@ -470,13 +488,21 @@ def _slot_entity_features(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _context_features(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Features from the neighbouring turns of the same session."""
+    """Features from the neighbouring turns of the same session.
+
+    The frame is sorted once by session and turn (stable; the caller restores the row
+    order), so a neighbour is the next or previous row when it has the same session:
+    one sort instead of a window per column, the same values.
+    """
+    lf = lf.sort("session_id", "turn_index", maintain_order=True)
+    sid = pl.col("session_id")
+    same_next, same_prev = sid.shift(-1) == sid, sid.shift(1) == sid
 
     def nxt(expr: pl.Expr) -> pl.Expr:
-        return expr.shift(-1).over("session_id", order_by="turn_index")
+        return pl.when(same_next).then(expr.shift(-1))
 
     def prv(expr: pl.Expr) -> pl.Expr:
-        return expr.shift(1).over("session_id", order_by="turn_index")
+        return pl.when(same_prev).then(expr.shift(1))
 
     intent = pl.col("nlu").struct.field("intent")
     status = pl.col("result").struct.field("status")
@@ -534,6 +560,31 @@ def _context_features(lf: pl.LazyFrame) -> pl.LazyFrame:
         turns_remaining=pl.col("session_length") - pl.col("position") - 1.0,
         is_last=_flag(pl.col("position") == pl.col("session_length") - 1.0),
     )
+
+
+def profile_stages() -> list[tuple[str, Callable[[pl.LazyFrame], pl.LazyFrame]]]:
+    """The steps of :func:`build_features`, for timing each on its own (benchmarks).
+
+    The first step adds the row index and the shared helper columns; each later step
+    reads that step's output: the per-turn expressions of one component group, or one
+    of the stages that explode lists and join back, or the context window.
+    """
+    exprs = _turn_exprs()
+
+    def group(g: str) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+        return lambda lf: lf.with_columns(
+            **{k: v for k, v in exprs.items() if _BY_NAME[k].group == g})
+
+    return [
+        ("prep: row index, texts, content words", lambda lf: _turn_prep(
+            lf.with_row_index("_row"))),
+        *((f"{g}: per-turn expressions", group(g)) for g in COMPONENTS
+          if any(_BY_NAME[k].group == g for k in exprs)),
+        ("nlu: other-domain confidence (explode, join)", _alt_other_domain_conf),
+        ("asr: n-best content mass (explode, join)", _nbest_content_mass),
+        ("er/nlu/result: slots and entities (explode, join)", _slot_entity_features),
+        ("context: neighbouring turns (window)", _context_features),
+    ]
 
 
 def feature_exprs_lazy(turns: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:

@@ -49,6 +49,7 @@ from fpi.bundle_manifest import (
     validate_manifest,
 )
 from fpi.calibration import Calibration, fit_calibration
+from fpi.compiled import raw_margins
 from fpi.crossfit import FoldFit, assign_folds, candidates, fit_fold, test_mask
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.evaluation import classification_metrics, labels_to_index
@@ -271,7 +272,7 @@ class ModelBundle:
         """Uncalibrated multiclass margins ``(n, n_classes)``."""
         if features.height == 0:
             return np.zeros((0, len(self.classes)))
-        return np.asarray(self.booster.predict(self.matrix(features), raw_score=True))
+        return raw_margins(self.booster, self.matrix(features))
 
     def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
         """Calibrated class probabilities ``(n, n_classes)``, classes in ``self.classes`` order."""
@@ -290,9 +291,9 @@ class ModelBundle:
         assert self.no_context_booster is not None and self.no_context_calibration is not None
         if features.height == 0:
             return np.zeros((0, len(self.classes)))
-        raw = self.no_context_booster.predict(self.matrix(features, self.no_context_features),
-                                              raw_score=True)
-        return self.no_context_calibration.apply(np.asarray(raw))
+        raw = raw_margins(self.no_context_booster,
+                          self.matrix(features, self.no_context_features))
+        return self.no_context_calibration.apply(raw)
 
     def contributions(self, features: pl.DataFrame) -> np.ndarray:
         """Exact TreeSHAP contributions on the raw margin.

@@ -1,0 +1,187 @@
+"""The compiled predictor: identical margins to LightGBM, its cache and its fallbacks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from fpi import compiled
+from fpi.errors import ModelError
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([
+        rng.normal(size=n),                       # numeric with NaN (missing type NaN)
+        np.where(rng.random(n) < 0.3, 0.0, rng.normal(size=n)),  # many exact zeros
+        rng.integers(0, 40, n).astype(float),     # categorical, many levels (bitsets)
+        rng.integers(0, 4, n).astype(float),      # categorical, few levels (one-vs-rest)
+        rng.uniform(-1, 1, n),                    # numeric, never missing (type None)
+    ])
+    x[rng.random(n) < 0.15, 0] = np.nan
+    x[rng.random(n) < 0.05, 2] = np.nan
+    y = ((x[:, 2] % 3 == 0) + (np.nan_to_num(x[:, 0]) > 0.3) + (x[:, 1] == 0)
+         + (x[:, 4] > 0.5)).astype(int) % 3
+    return x, y
+
+
+def _booster(zero_as_missing: bool) -> lgb.Booster:
+    x, y = _data(3000, 1)
+    params = {"objective": "multiclass", "num_class": 3, "num_leaves": 15, "verbosity": -1,
+              "min_data_in_leaf": 5, "max_cat_to_onehot": 4, "zero_as_missing": zero_as_missing,
+              "num_threads": 1, "deterministic": True, "seed": 0}
+    ds = lgb.Dataset(x, label=y, categorical_feature=[2, 3])
+    return lgb.Booster(model_str=lgb.train(params, ds, num_boost_round=12).model_to_string())
+
+
+@pytest.fixture(scope="module")
+def _shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fpi-cache")  # compile each test model once
+
+
+@pytest.fixture(autouse=True)
+def _env(_shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(compiled.ENV_CACHE, str(_shared))
+    monkeypatch.delenv(compiled.ENV_PREDICTOR, raising=False)
+    compiled.forget()
+
+
+@pytest.fixture
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(compiled.ENV_CACHE, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["nan-none", "zero-as-missing"])
+def booster(request: pytest.FixtureRequest) -> lgb.Booster:
+    return _booster(request.param)
+
+
+def _kinds(b: lgb.Booster) -> set[str]:
+    df = b.trees_to_dataframe()
+    kinds = set(df["decision_type"].dropna())
+    text = b.model_to_string()
+    kinds |= {f"missing{(int(d) >> 2) & 3}" for line in text.splitlines()
+              if line.startswith("decision_type=") for d in line.split("=")[1].split()}
+    return kinds
+
+
+def test_the_fixture_reaches_every_split_kind() -> None:
+    kinds = _kinds(_booster(False)) | _kinds(_booster(True))
+    assert {"<=", "==", "missing0", "missing1", "missing2"} <= kinds, kinds
+
+
+def test_margins_identical_to_lightgbm(booster: lgb.Booster) -> None:
+    x, _ = _data(5000, 7)
+    x[::97] = np.nan  # whole rows missing
+    x[5::89, 1] = -0.0
+    x[7::83, 1] = 1e-40  # LightGBM reads |v| <= 1e-35 as zero
+    x[9::71, 2] = 77.0  # a category never seen in training
+    x[11::61, 2] = -3.0
+    pred = compiled.compile_booster(booster)
+    want = booster.predict(x, raw_score=True)
+    assert np.array_equal(pred.predict_raw(x), want)
+    assert np.array_equal(pred.predict_raw(np.asfortranarray(x), threads=2), want)
+    assert np.array_equal(pred.predict_raw(x[::3]), want[::3])  # strided rows
+
+
+def test_probe_rows_hit_the_edges(booster: lgb.Booster) -> None:
+    x = compiled.probe_rows(booster.model_to_string())
+    assert np.isnan(x).any() and (x == 0).any()
+    pred = compiled.compile_booster(booster)
+    assert np.array_equal(pred.predict_raw(x), booster.predict(x, raw_score=True))
+
+
+def test_fpi_model_margins(tmp_path: Path) -> None:
+    from test_features import make_turns
+
+    from fpi.features import build_features
+    from fpi.model import train
+
+    turns = make_turns(60, seed=3)
+    res = train(turns, tmp_path / "m", seed=0, threads=1, num_boost_round=8,
+                early_stopping_rounds=3)
+    x = res.bundle.matrix(build_features(turns))
+    want = res.bundle.booster.predict(x, raw_score=True)
+    assert np.array_equal(compiled.raw_margins(res.bundle.booster, x), want)
+    assert compiled._CACHE.get(res.bundle.booster) is not None  # the compiled path ran
+
+
+def test_cache_miss_then_hit(booster: lgb.Booster, _cache: Path,
+                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="fpi.compiled")
+    first = compiled.build_library(booster.model_to_string())
+    assert first.parent == _cache and "built" in caplog.text
+    caplog.clear()
+    mtime = first.stat().st_mtime_ns
+    again = compiled.build_library(booster.model_to_string())
+    assert again == first and again.stat().st_mtime_ns == mtime and "cache hit" in caplog.text
+    assert [p.name for p in _cache.iterdir()] == [first.name]  # no temporary files left
+
+
+def test_no_compiler_falls_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch,
+                                caplog: pytest.LogCaptureFixture, _cache: Path) -> None:
+    caplog.set_level(logging.DEBUG, logger="fpi.compiled")
+    monkeypatch.setenv("CC", "no-such-compiler-fpi")
+    x, _ = _data(200, 3)
+    out = compiled.raw_margins(booster, x)
+    assert np.array_equal(out, booster.predict(x, raw_score=True))
+    assert "using LightGBM" in caplog.text and "no C compiler" in caplog.text
+    assert not _cache.exists() or not any(_cache.iterdir())
+
+
+def test_empty_path_falls_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", "")
+    x, _ = _data(50, 4)
+    assert np.array_equal(compiled.raw_margins(booster, x), booster.predict(x, raw_score=True))
+    assert compiled._CACHE[booster] is None
+
+
+def test_failing_compiler_falls_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="fpi.compiled")
+    monkeypatch.setenv("CC", "false")
+    x, _ = _data(50, 5)
+    assert np.array_equal(compiled.raw_margins(booster, x), booster.predict(x, raw_score=True))
+    assert "false failed" in caplog.text
+
+
+def test_wrong_margins_fall_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch,
+                                 caplog: pytest.LogCaptureFixture, _cache: Path) -> None:
+    caplog.set_level(logging.DEBUG, logger="fpi.compiled")
+    real = compiled.generate_c
+    monkeypatch.setattr(compiled, "generate_c",
+                        lambda text: real(text).replace("+ c] = 0.0;", "+ c] = 1e-9;"))
+    x, _ = _data(50, 6)
+    assert np.array_equal(compiled.raw_margins(booster, x), booster.predict(x, raw_score=True))
+    assert "differ from LightGBM" in caplog.text
+
+
+def test_modes(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(compiled.ENV_PREDICTOR, "lightgbm")
+    x, _ = _data(20, 8)
+    compiled.raw_margins(booster, x)
+    assert booster not in compiled._CACHE  # never compiled
+    monkeypatch.setenv(compiled.ENV_PREDICTOR, "compiled")
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(ModelError, match="compiled predictor unavailable"):
+        compiled.raw_margins(booster, x)
+    monkeypatch.setenv(compiled.ENV_PREDICTOR, "fast")
+    with pytest.raises(ModelError, match="FPI_PREDICTOR"):
+        compiled.raw_margins(booster, x)
+
+
+def test_cache_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(compiled.ENV_CACHE, str(tmp_path / "mine"))
+    assert compiled.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv(compiled.ENV_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compiled.cache_dir() == tmp_path / "xdg" / "fpi"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compiled.cache_dir() == tmp_path / "home" / ".cache" / "fpi"

@@ -143,10 +143,15 @@ class TextModel:
         return cls(seen, c, c.astype(np.float64).sum(axis=0))
 
     def log_theta(self) -> np.ndarray:
-        """(BUCKETS, n_classes) log-probabilities of each bucket per class."""
+        """(BUCKETS, n_classes) log-probabilities of each bucket per class.
+
+        Buckets never seen in training weigh 0 for every class: an n-gram the model has
+        not seen is no evidence (a text of unseen n-grams gets the uniform posterior,
+        not a bias toward the class with the fewest n-grams).
+        """
         k = self.counts.shape[1]
         denom = np.log(self.totals + ALPHA * BUCKETS)
-        out = np.broadcast_to(np.log(ALPHA) - denom, (BUCKETS, k)).copy()
+        out = np.zeros((BUCKETS, k))
         out[self.buckets] = np.log(self.counts.astype(np.float64) + ALPHA) - denom
         return out
 

@@ -25,7 +25,8 @@ _POLICY_HELP = "How several annotators' labels of a turn become one: 'majority',
 def _read_logs(inputs: list[Path]) -> Any:
     from fpi.cli.train import _read
 
-    return _read(inputs)
+    frame, _ = _read(inputs, allow_truncated=False)
+    return frame
 
 
 def _f(x: float | None, digits: int = 3) -> str:

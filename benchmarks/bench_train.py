@@ -66,7 +66,8 @@ def main() -> None:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
               f"python {platform.python_version()}")
         print(f"turns: {turns.height} ({counts['train']['turns']} train, "
-              f"{counts['test']['turns']} held out); threads: {args.threads}")
+              f"{counts['test']['turns']} scored {result.manifest['training']['heldout_is']}); "
+              f"threads: {args.threads}")
         print(f"read: {read_s:.1f} s; " + "; ".join(f"{k}: {v:.1f} s"
                                                    for k, v in result.timings.items()))
         print(f"best iterations: model {result.manifest['params']['best_iteration']}, "

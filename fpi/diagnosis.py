@@ -767,7 +767,7 @@ def diagnose(
                                       slice_targets=slice_doc["top"], z=z)
         elif attribution == "sample" and acc.reservoir is not None:
             res = acc.reservoir.sort("_row")
-            feat_names = [f.name for f in bundle.features]
+            feat_names = list(bundle.input_columns)
             rpred = res["_pred"].to_numpy()
             contrib = _contributions(bundle, res.select([*KEY_COLUMNS, *feat_names]), note)
             values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)

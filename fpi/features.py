@@ -177,6 +177,11 @@ FEATURES: Final[tuple[Feature, ...]] = (
     _n("is_last", "context"),
 )
 
+#: Raw columns :func:`build_features` passes through after the features: the inputs of
+#: the features a bundle learns from the data (:mod:`fpi.learned`).
+RAW_COLUMNS: Final[tuple[str, ...]] = ("_raw_asr_text", "_raw_response", "_raw_next_text",
+                                       "_raw_extra")
+
 #: Names of the features in :data:`FEATURES`, in order.
 FEATURE_NAMES: Final[tuple[str, ...]] = tuple(f.name for f in FEATURES)
 _BY_NAME: Final[dict[str, Feature]] = {f.name: f for f in FEATURES}
@@ -596,6 +601,11 @@ def feature_exprs_lazy(turns: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     for f in FEATURES:
         col = pl.col(f.name)
         out.append(col.cast(pl.String) if f.kind == "categorical" else col.cast(pl.Float64))
+    # raw inputs of the features a bundle learns from the data (fpi.learned): the texts
+    # its text models read and the trace's extra fields; not model columns themselves
+    out += [pl.col("_t").alias("_raw_asr_text"),
+            pl.col("result").struct.field("response_text").alias("_raw_response"),
+            pl.col("_next_t").alias("_raw_next_text"), pl.col("extra").alias("_raw_extra")]
     return lf.sort("_row").select(out)
 
 

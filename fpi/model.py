@@ -4,6 +4,8 @@ A *model bundle* is a directory::
 
     model.txt             LightGBM text model (with dialogue-context features)
     model_no_context.txt  the same model trained without context features (a baseline)
+    learned.json          text models and extra-field names the model's learned
+                          features come from (:mod:`fpi.learned`), if any
     manifest.json         versions, classes, features (group, kind, category levels),
                           parameters, calibration, training fingerprint and counts,
                           held-out metrics, baselines, file checksums, bundle_hash
@@ -48,21 +50,36 @@ from fpi.bundle_manifest import (
 )
 from fpi.calibration import Calibration, fit_calibration
 from fpi.compiled import raw_margins
+from fpi.crossfit import FoldFit, assign_folds, candidates, fit_fold, test_mask
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.evaluation import classification_metrics, labels_to_index
-from fpi.features import FEATURES, Feature, build_features, context_free
+from fpi.features import FEATURES, RAW_COLUMNS, Feature, build_features, context_free
 from fpi.files import MARKER, check_output_dir, staged_output_dir
+from fpi.learned import (
+    RAW_EXTRA,
+    RAW_TEXT,
+    Learned,
+    TextModel,
+    discover_extra,
+    fit_text_models,
+    hashed_ngrams,
+    oof_text_scores,
+)
 from fpi.progress import Progress, boosting_callback, report
 from fpi.schema import CLASSES, COMPONENTS, TURN_SCHEMA
 
 log = logging.getLogger(__name__)
 
 #: Bundle format, ``major.minor``: a reader accepts any minor of its own major.
-BUNDLE_FORMAT: Final = "2.0"
+BUNDLE_FORMAT: Final = "2.1"
 MODEL_FILE: Final = "model.txt"
 NO_CONTEXT_FILE: Final = "model_no_context.txt"
+LEARNED_FILE: Final = "learned.json"
 
-#: Fewest labelled examples of a class the trainer accepts (it must also reach the split parts).
+#: Cross-fitting folds by default: (small data, large data, threshold in labelled turns).
+AUTO_FOLDS: Final = (5, 3, 20_000)
+
+#: Fewest labelled examples of a class the trainer accepts.
 MIN_CLASS_COUNT: Final = 10
 
 #: LightGBM parameters; seed, threads and determinism flags are added by :func:`train`.
@@ -114,7 +131,22 @@ class TrainResult:
 
 
 def _matrix(features: pl.DataFrame, which: Sequence[Feature],
-            levels: dict[str, list[str]]) -> np.ndarray:
+            levels: dict[str, list[str]],
+            learned: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Model input matrix; ``learned`` holds the columns not in ``features`` (fpi.learned)."""
+    learned = learned or {}
+    if learned:
+        framed = [f for f in which if f.name not in learned]
+        base = _matrix(features, framed, levels)
+        out = np.empty((features.height, len(which)))
+        j = 0
+        for i, f in enumerate(which):
+            if f.name in learned:
+                out[:, i] = learned[f.name]
+            else:
+                out[:, i] = base[:, j]
+                j += 1
+        return out
     missing = [f.name for f in which if f.name not in features.columns]
     if missing:
         raise SchemaError(
@@ -156,8 +188,10 @@ class ModelBundle:
     """
 
     def __init__(self, manifest: dict[str, Any], booster: lgb.Booster,
-                 no_context_booster: lgb.Booster | None, path: Path | None = None) -> None:
+                 no_context_booster: lgb.Booster | None, path: Path | None = None,
+                 learned: Learned | None = None) -> None:
         self.manifest = manifest
+        self.learned = learned
         self.path = path
         self.booster = booster
         self.no_context_booster = no_context_booster
@@ -186,6 +220,13 @@ class ModelBundle:
         return self.no_context_booster is not None and self.no_context_calibration is not None
 
     @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Columns of a features frame this bundle reads: its fixed features and the raw
+        inputs of its learned ones (:data:`fpi.features.RAW_COLUMNS`)."""
+        learned = {n for n, _ in self.learned.names_groups()} if self.learned else set()
+        return (*(f.name for f in self.features if f.name not in learned), *RAW_COLUMNS)
+
+    @property
     def groups(self) -> tuple[str, ...]:
         """Component group of each feature, in model column order."""
         return tuple(f.group for f in self.features)
@@ -204,6 +245,8 @@ class ModelBundle:
                 "read with fpi.ingest.read_traces (the canonical frame)"
             )
         known = {f.name: f for f in FEATURES}
+        if self.learned is not None:
+            known.update((n, Feature(n, g)) for n, g in self.learned.names_groups())
         bad = [f.name for f in self.features
                if f.name not in known or known[f.name].kind != f.kind]
         if bad:
@@ -214,8 +257,16 @@ class ModelBundle:
 
     def matrix(self, features: pl.DataFrame,
                which: Sequence[Feature] | None = None) -> np.ndarray:
-        """Model input matrix (float64; categoricals as level codes, unseen levels NaN)."""
-        return _matrix(features, self.features if which is None else which, self.levels)
+        """Model input matrix (float64; categoricals as level codes, unseen levels NaN).
+
+        Learned features (:mod:`fpi.learned`) are computed here from the raw columns
+        :func:`fpi.features.build_features` passes through.
+        """
+        which = self.features if which is None else which
+        learned = None
+        if self.learned is not None and any(f.name not in features.columns for f in which):
+            learned = self.learned.columns(features)
+        return _matrix(features, which, self.levels, learned)
 
     def raw_margin(self, features: pl.DataFrame) -> np.ndarray:
         """Uncalibrated multiclass margins ``(n, n_classes)``."""
@@ -332,7 +383,12 @@ def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
         except (lgb.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
             raise ModelError(f"model bundle {path} is damaged: cannot read {name}: {exc}"
                              ) from None
-    bundle = ModelBundle(manifest, boosters[MODEL_FILE], boosters.get(NO_CONTEXT_FILE), path)
+    learned = None
+    if LEARNED_FILE in listed:
+        learned = Learned.from_json((path / LEARNED_FILE).read_text(encoding="utf-8"),
+                                    str(path / LEARNED_FILE))
+    bundle = ModelBundle(manifest, boosters[MODEL_FILE], boosters.get(NO_CONTEXT_FILE), path,
+                         learned)
     if bundle.booster.num_feature() != len(bundle.features):
         raise ModelError(f"model bundle {path} is damaged: {MODEL_FILE} has "
                          f"{bundle.booster.num_feature()} features, the manifest "
@@ -344,85 +400,10 @@ def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
 # Training
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Parts:
-    train: np.ndarray  # boolean masks over the labelled rows
-    valid: np.ndarray
-    calib: np.ndarray
-    test: np.ndarray
-
-
-#: Names of the parts :func:`assign_parts` puts sessions in.
-PARTS: Final = ("train", "valid", "calibration", "test")
-
-
-def assign_parts(turns: pl.DataFrame, *, split: Split = "session", seed: int = 0,
-                 test_size: float = 0.2, valid_size: float = 0.1,
-                 calib_size: float = 0.1) -> pl.DataFrame:
-    """Assign whole sessions to the parts ``train``, ``valid``, ``calibration``, ``test``.
-
-    ``split="session"``: a seeded random choice of sessions. ``split="time"``: the
-    newest sessions (by first timestamp) are the test part, the next newest the
-    validation and calibration parts. A session is never in two parts.
-
-    Returns
-    -------
-    polars.DataFrame
-        ``session_id`` and ``part``, one row per session, sorted by ``session_id``.
-    """
-    sess = turns.group_by("session_id").agg(pl.col("timestamp").min()).sort("session_id")
-    n = sess.height
-    if n < 4:
-        raise InputError(f"only {n} labelled session(s): training needs at least 4 sessions "
-                         "(sessions are never split across training and held-out parts)")
-    n_test = max(1, round(n * test_size))
-    if split == "session":
-        order = np.random.default_rng(seed).permutation(n)
-        ids = sess["session_id"].to_numpy()[order]
-        test, rest = ids[:n_test], ids[n_test:]
-    elif split == "time":
-        ids = sess.sort("timestamp", "session_id")["session_id"].to_numpy()
-        # oldest sessions train, newest are held out; validation and calibration parts
-        # come from the most recent training sessions
-        test, rest = ids[n - n_test:], ids[: n - n_test][::-1]
-    else:
-        raise InputError(f"unknown split {split!r}: use 'session' or 'time'")
-    n_valid = max(1, round(n * valid_size))
-    n_calib = max(1, round(n * calib_size))
-    valid, calib = rest[:n_valid], rest[n_valid:n_valid + n_calib]
-    train_ids = rest[n_valid + n_calib:]
-    if len(train_ids) == 0:
-        raise InputError(f"only {n} labelled sessions: too few to carve training, validation, "
-                         "calibration and held-out parts")
-    frames = [pl.DataFrame({"session_id": ids_, "part": name},
-                           schema={"session_id": pl.String, "part": pl.String})
-              for ids_, name in zip((train_ids, valid, calib, test), PARTS, strict=True)]
-    return pl.concat(frames).sort("session_id")
-
-
 def _class_weights(y: np.ndarray, power: float) -> np.ndarray:
     counts = np.bincount(y, minlength=len(CLASSES)).astype(np.float64)
     w = np.where(counts > 0, (len(y) / (len(CLASSES) * np.maximum(counts, 1))) ** power, 0.0)
     return w
-
-
-def _fit_booster(x: np.ndarray, y: np.ndarray, w: np.ndarray, xv: np.ndarray, yv: np.ndarray,
-                 wv: np.ndarray, cat_idx: list[int], names: list[str], params: dict[str, Any],
-                 num_boost_round: int, early_stopping_rounds: int,
-                 on_round: Any = None) -> tuple[lgb.Booster, str]:
-    train_set = lgb.Dataset(x, label=y, weight=w, feature_name=names,
-                            categorical_feature=cat_idx or "auto", free_raw_data=True,
-                            params={"max_bin": params["max_bin"], "verbosity": -1})
-    valid_set = lgb.Dataset(xv, label=yv, weight=wv, reference=train_set)
-    booster = lgb.train(
-        params, train_set, num_boost_round=num_boost_round, valid_sets=[valid_set],
-        valid_names=["valid"],
-        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False),
-                   *([on_round] if on_round is not None else [])],
-    )
-    text = booster.model_to_string(num_iteration=booster.best_iteration or None)
-    # reload from the text so the booster in memory is exactly the one saved
-    return lgb.Booster(model_str=text), text
 
 
 def _fingerprint(turns: pl.DataFrame) -> str:
@@ -471,58 +452,249 @@ def _levels(features: pl.DataFrame, feats: Sequence[Feature]) -> dict[str, list[
     }
 
 
+@dataclass(frozen=True)
+class _FeatureSet:
+    """The model's columns: fixed features plus those learned from the data."""
+
+    features: tuple[Feature, ...]
+    levels: dict[str, list[str]]
+    learned: Learned | None
+    columns: dict[str, np.ndarray]  # learned columns of the labelled rows (OOF on fit rows)
+
+
+def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
+                 init: ModelBundle | None, learn: bool) -> _FeatureSet:
+    """Features of a new model: the init bundle's (warm start) or fixed + learned ones."""
+    fit_feats = feats.filter(pl.Series(fit))
+    if init is not None:
+        if init.learned is None:
+            return _FeatureSet(init.features, init.levels, None, {})
+        # the same columns, their text models refitted on this data: a text feature
+        # means "log-posterior of a class given this field's text" whatever the language
+        learned = Learned({f: TextModel.fit(hashed_ngrams(fit_feats[RAW_TEXT[f][0]].to_list()),
+                                            y[fit]) for f in init.learned.text},
+                          init.learned.extra)
+        features, levels = init.features, init.levels
+    elif not learn:
+        return _FeatureSet(FEATURES, _levels(fit_feats, FEATURES), None, {})
+    else:
+        learned = Learned(fit_text_models(fit_feats, y[fit]),
+                          tuple(discover_extra(fit_feats[RAW_EXTRA])))
+        extra = tuple(Feature(n, g) for n, g in learned.names_groups())
+        features, levels = FEATURES + extra, _levels(fit_feats, FEATURES)
+    cols = learned.columns(feats)  # full-data models: right for a test part
+    for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text)).items():
+        cols[name][fit] = oof  # fit rows: out-of-fold scores only
+    return _FeatureSet(features, levels, learned, cols)
+
+
+@dataclass(frozen=True)
+class _CrossFit:
+    """Out-of-fold margins of the fit rows, rounds for the shipped model, the search."""
+
+    params: dict[str, Any]
+    oof_raw: np.ndarray
+    rounds: int
+    fold_rounds: list[int]
+    search: list[dict[str, Any]]
+
+
+def _crossfit(x: np.ndarray, y: np.ndarray, w: np.ndarray, folds: np.ndarray,
+              which: Sequence[Feature], base: dict[str, Any], cands: list[dict[str, Any]],
+              num_boost_round: int, early_stopping_rounds: int,
+              init: lgb.Booster | None, progress: Progress | None, stage: str) -> _CrossFit:
+    """Search ``cands`` on the first fold (lowest held-out log loss wins), then fit the
+    other folds with the winner; rounds = 1.1 x the mean early-stopped rounds."""
+    cat_idx = [i for i, f in enumerate(which) if f.kind == "categorical"]
+    names = [f.name for f in which]
+    ks = [int(k) for k in np.unique(folds)]
+    total = len(cands) + len(ks) - 1
+    report(progress, stage, 0, total)
+
+    def run(k: int, p: dict[str, Any]) -> FoldFit:
+        return fit_fold(x, y, w, folds != k, folds == k, cat_idx, names, p, num_boost_round,
+                        early_stopping_rounds, init)
+
+    tried = [(run(ks[0], {**base, **c}), c) for c in cands]
+    report(progress, stage, len(cands), total)
+    first, chosen = min(tried, key=lambda t: t[0].score)
+    params = {**base, **chosen}
+    oof = np.zeros((len(y), len(CLASSES)))
+    oof[folds == ks[0]] = first.raw
+    fold_rounds = [first.best_iteration]
+    for i, k in enumerate(ks[1:]):
+        r = run(k, params)
+        oof[folds == k] = r.raw
+        fold_rounds.append(r.best_iteration)
+        report(progress, stage, len(cands) + i + 1, total)
+    rounds = max(1, round(1.1 * float(np.mean(fold_rounds))))
+    search = [{**c, "fold0_logloss": round(f.score, 6), "rounds": f.best_iteration}
+              for f, c in tried]
+    return _CrossFit(params, oof, rounds, fold_rounds, search)
+
+
+def _fit_final(x: np.ndarray, y: np.ndarray, w: np.ndarray, which: Sequence[Feature],
+               params: dict[str, Any], rounds: int, init: lgb.Booster | None,
+               progress: Progress | None, stage: str) -> tuple[lgb.Booster, str]:
+    """The shipped model: all fit rows, the cross-fitted number of rounds."""
+    ds = lgb.Dataset(x, label=y, weight=w, feature_name=[f.name for f in which],
+                     categorical_feature=[i for i, f in enumerate(which)
+                                          if f.kind == "categorical"] or "auto",
+                     free_raw_data=False, params={"max_bin": params["max_bin"], "verbosity": -1})
+    booster = lgb.train(params, ds, num_boost_round=rounds, init_model=init,
+                        callbacks=[cb for cb in (boosting_callback(progress, stage),)
+                                   if cb is not None])
+    text = booster.model_to_string()
+    # reload from the text so the booster in memory is exactly the one saved
+    return lgb.Booster(model_str=text), text
+
+
+def _init_bundle(path: str | os.PathLike[str] | None, turns: pl.DataFrame) -> ModelBundle | None:
+    """The bundle to warm-start from, checked: this fpi must compute all its features."""
+    if path is None:
+        return None
+    init = load_bundle(path)
+    try:
+        init.check_compatible(turns)
+    except SchemaError as exc:
+        raise ModelError(f"cannot warm-start from {path}: {exc}") from None
+    return init
+
+
+def _split_rows(lab_turns: pl.DataFrame, split: Split, test_size: float, seed: int,
+                folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit mask, fold per row): sessions set aside as a test part, folds of the rest."""
+    sessions = lab_turns["session_id"]
+    if split == "time" and test_size > 0:
+        first = lab_turns.group_by("session_id").agg(pl.col("timestamp").min()).sort(
+            "timestamp", "session_id")
+        n_test = max(1, round(first.height * test_size))
+        newest = first["session_id"].tail(n_test)
+        test = sessions.is_in(newest.implode()).to_numpy()
+    elif split in ("session", "time"):
+        test = test_mask(sessions, test_size, seed)
+    else:
+        raise InputError(f"unknown split {split!r}: use 'session' or 'time'")
+    fit = ~test
+    n_fit = sessions.filter(pl.Series(fit)).n_unique()
+    fold = assign_folds(sessions, folds, seed)
+    if n_fit < max(folds, 4) or len(np.unique(fold[fit])) < 2:
+        raise InputError(f"only {n_fit} labelled session(s) to cross-fit: training needs at "
+                         f"least {max(folds, 4)} (sessions are never split across folds)")
+    return fit, fold
+
+
+def _check_classes(y: np.ndarray, min_class_count: int) -> None:
+    counts = np.bincount(y, minlength=len(CLASSES))
+    few = [(c, int(counts[i])) for i, c in enumerate(CLASSES) if counts[i] < min_class_count]
+    if few:
+        listed = ", ".join(f"{c!r} has {n}" for c, n in few)
+        raise InputError(f"too few labelled examples to learn: {listed} (need at least "
+                         f"{min_class_count} per class)")
+
+
+def _base_params(n_fit: int, seed: int, threads: int) -> dict[str, Any]:
+    p = {**DEFAULT_PARAMS, "seed": seed, "num_threads": threads, "deterministic": True,
+         "force_col_wise": True}
+    # On large data, bag fewer rows per tree: each round costs in proportion to the rows
+    # bagged, and a few hundred thousand rows per tree are plenty for 6 classes.
+    p["bagging_fraction"] = float(np.clip(200_000 / max(n_fit, 1), 0.3, 0.8))
+    if n_fit > 300_000:  # plenty of data: bigger steps, fewer rounds
+        p["learning_rate"] = 0.15
+    return p
+
+
+def _rules_oof(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
+               seed: int) -> tuple[RuleBaseline, np.ndarray]:
+    """The rule baseline fitted on all fit rows, and its out-of-fold predictions."""
+    pred = np.full(len(y), -1)
+    for k in np.unique(folds[fit]):
+        held = fit & (folds == k)
+        rule = fit_rule_baseline(feats.filter(pl.Series(fit & ~held)), y[fit & ~held],
+                                 seed=seed)
+        pred[held] = rule.predict(feats.filter(pl.Series(held)))
+    final = fit_rule_baseline(feats.filter(pl.Series(fit)), y[fit], seed=seed)
+    test = ~fit
+    if test.any():
+        pred[test] = final.predict(feats.filter(pl.Series(test)))
+    return final, pred
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """One cross-fitted model: shipped booster, calibration, evaluated probabilities."""
+
+    booster: lgb.Booster
+    text: str
+    calibration: Calibration
+    proba: np.ndarray  # on the evaluated rows (OOF fit rows, or the test part)
+    cv: _CrossFit
+
+
+def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit: np.ndarray,
+               folds: np.ndarray, which: Sequence[Feature], base: dict[str, Any],
+               cands: list[dict[str, Any]], rounds_cap: tuple[int, int],
+               init: lgb.Booster | None, progress: Progress | None, stage: str) -> _Fitted:
+    cv = _crossfit(x[fit], y[fit], w[fit], folds[fit], which, base, cands, *rounds_cap,
+                   init, progress, f"cross-fitting{stage}")
+    calib = fit_calibration(cv.oof_raw, y[fit])
+    booster, text = _fit_final(x[fit], y[fit], w[fit], which, cv.params, cv.rounds, init,
+                               progress, f"boosting{stage}")
+    test = ~fit
+    raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else cv.oof_raw
+    return _Fitted(booster, text, calib, calib.apply(raw), cv)
+
+
 def train(
     turns: pl.DataFrame,
     out_dir: str | os.PathLike[str],
     *,
     seed: int = 0,
     threads: int = 1,
+    folds: int | None = None,
     split: Split = "session",
-    test_size: float = 0.2,
-    valid_size: float = 0.1,
-    calib_size: float = 0.1,
+    test_size: float = 0.0,
     num_boost_round: int = 1000,
     early_stopping_rounds: int = 20,
     params: dict[str, Any] | None = None,
+    search: bool = True,
+    learn_features: bool = True,
     class_weight_power: float = 0.5,
     min_class_count: int = MIN_CLASS_COUNT,
     no_context: bool = True,
     features: pl.DataFrame | None = None,
+    init_model: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
-    Sessions are split whole (never on both sides) into training, validation (early
-    stopping), calibration and held-out test parts; ``split="time"`` holds out the
-    newest sessions instead of a seeded random choice. Classes are weighted by
-    ``(n / (6 n_c)) ** class_weight_power``. The held-out metrics, the no-context
-    model's and the fitted rule baseline's are stored in the manifest.
-
-    Parameters
-    ----------
-    turns
-        Canonical frame (``fpi.ingest.read_traces``); unlabelled turns still serve as
-        dialogue context of their labelled neighbours.
-    out_dir
-        Bundle directory to write: built in staging beside it and swapped in whole
-        (:func:`fpi.files.staged_output_dir`) if absent, empty or a previous bundle.
-    seed, threads
-        Same data, seed and threads give byte-identical model files.
-    features
-        Precomputed :func:`fpi.features.build_features` of ``turns`` (optional).
-    progress
-        Optional ``progress(stage, done, total)`` (:mod:`fpi.progress`): features,
-        boosting rounds of each model, the rule baseline.
+    Cross-fitting by session (``folds`` folds, by default 5, 3 above 20,000
+    labelled turns; a hash of seed and session id): each
+    fold's model is trained on the other folds and early-stopped on its own, giving
+    out-of-fold margins for every labelled turn. They fit the calibration, the
+    held-out metrics and confusion matrices (of the model, the no-context model and
+    the rule baseline, on the same folds), and the rounds of the shipped model,
+    which is then trained on all labelled turns. A small parameter search (by data
+    size, :func:`fpi.crossfit.candidates`) runs on the first fold. With
+    ``test_size`` > 0, that fraction of sessions (random, or the newest with
+    ``split="time"``) is set aside first and the metrics are measured on it.
+    ``learn_features`` adds the text models and ``extra`` numbers (:mod:`fpi.learned`);
+    ``init_model`` continues from another bundle (same features; warm start).
 
     Raises
     ------
     InputError
         No labelled turns, too few sessions, a class with too few examples, or
         ``out_dir`` is not absent, empty or a previous bundle (checked first).
+    ModelError
+        ``init_model`` is not a bundle this fpi can continue from.
     """
-    if not 0 < test_size < 1:
-        raise InputError(f"test size must be between 0 and 1, got {test_size}")
+    if not 0 <= test_size < 1:
+        raise InputError(f"test size must be at least 0 and below 1, got {test_size}")
+    if folds is not None and folds < 2:
+        raise InputError(f"folds must be at least 2, got {folds}")
     check_bundle_out(out_dir)  # before the slow part
+    init = _init_bundle(init_model, turns)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -537,13 +709,6 @@ def train(
     if not labelled.any():
         raise InputError(f"none of the {turns.height} turns has a label.failure_point: "
                          "training needs labelled turns")
-    y_lab = y_all[labelled]
-    counts = np.bincount(y_lab, minlength=len(CLASSES))
-    few = [(c, int(counts[i])) for i, c in enumerate(CLASSES) if counts[i] < min_class_count]
-    if few:
-        listed = ", ".join(f"{c!r} has {n}" for c, n in few)
-        raise InputError(f"too few labelled examples to learn: {listed} (need at least "
-                         f"{min_class_count} per class)")
     if features is None:
         report(progress, "features", 0, None)
         features = build_features(turns)
@@ -552,79 +717,64 @@ def train(
     lab_mask = pl.Series(labelled)
     lab_turns = turns.filter(lab_mask)
     feats = features.filter(lab_mask)
-    assigned = assign_parts(lab_turns, split=split, seed=seed, test_size=test_size,
-                            valid_size=valid_size, calib_size=calib_size)
-    part = lab_turns.select("session_id").join(assigned, on="session_id", how="left",
-                                               maintain_order="left")["part"]
-    parts = _Parts(*((part == name).to_numpy() for name in PARTS))
-    n_sessions = {name: int((assigned["part"] == name).sum()) for name in PARTS}
-
-    full_params = {**DEFAULT_PARAMS, "seed": seed, "num_threads": threads,
-                   "deterministic": True, "force_col_wise": True}
-    n_fit = int(parts.train.sum())
-    # On large data, bag fewer rows per tree: each round costs in proportion to the rows
-    # bagged, and a few hundred thousand rows per tree are plenty for 6 classes.
-    full_params["bagging_fraction"] = float(np.clip(200_000 / max(n_fit, 1), 0.3, 0.8))
-    if n_fit > 300_000:  # plenty of data: bigger steps, fewer rounds
-        full_params["learning_rate"] = 0.15
-    full_params.update(params or {})
-    cw = _class_weights(y_lab[parts.train], class_weight_power)
-
-    x_all: np.ndarray | None = None
-
-    def fit(which: tuple[Feature, ...], levels: dict[str, list[str]], stage: str
-            ) -> tuple[lgb.Booster, str, Calibration, dict[str, Any], np.ndarray]:
-        nonlocal x_all
-        if x_all is None:  # one matrix for both models; the no-context one takes columns
-            x_all = _matrix(feats, FEATURES, levels)
-        x = x_all if which == FEATURES else x_all[:, [FEATURES.index(f) for f in which]]
-        cat_idx = [i for i, f in enumerate(which) if f.kind == "categorical"]
-        names = [f.name for f in which]
-        booster, text = _fit_booster(
-            x[parts.train], y_lab[parts.train], cw[y_lab[parts.train]],
-            x[parts.valid], y_lab[parts.valid], cw[y_lab[parts.valid]],
-            cat_idx, names, full_params, num_boost_round, early_stopping_rounds,
-            boosting_callback(progress, stage))
-        calib = fit_calibration(np.asarray(booster.predict(x[parts.calib], raw_score=True)),
-                                y_lab[parts.calib])
-        proba = calib.apply(np.asarray(booster.predict(x[parts.test], raw_score=True)))
-        metrics = classification_metrics(y_lab[parts.test], proba.argmax(axis=1), proba)
-        return booster, text, calib, metrics, proba
-
-    levels = _levels(feats.filter(pl.Series(parts.train)), FEATURES)
-    log.info("training on %d turns (%d features)", int(parts.train.sum()), len(FEATURES))
-    booster, text, calib, metrics, test_proba = fit(FEATURES, levels, "boosting")
+    y = y_all[labelled]
+    if folds is None:  # large data: fewer folds keep training time sane
+        folds = AUTO_FOLDS[0] if len(y) <= AUTO_FOLDS[2] else AUTO_FOLDS[1]
+    fit, fold = _split_rows(lab_turns, split, test_size, seed, folds)
+    _check_classes(y[fit], min_class_count)
+    fs = _feature_set(feats, y, fit, fold, init, learn_features)
+    x = _matrix(feats, fs.features, fs.levels, fs.columns)
+    lap("learned")
+    n_fit = int(fit.sum())
+    base = _base_params(n_fit, seed, threads)
+    cands = [dict(params)] if params else (candidates(n_fit) if search else [{}])
+    cw = _class_weights(y[fit], class_weight_power)
+    w = cw[y]
+    caps = (num_boost_round, early_stopping_rounds)
+    init_booster = init.booster if init is not None else None
+    log.info("cross-fitting on %d turns (%d features)", n_fit, len(fs.features))
+    main = _fit_model(x, y, w, fit, fold, fs.features, base, cands, caps, init_booster,
+                      progress, "")
     lap("model")
-    files = {MODEL_FILE: text}
+    ev = ~fit if (~fit).any() else fit
+    y_ev = y[ev]
+    metrics = classification_metrics(y_ev, main.proba.argmax(axis=1), main.proba)
+    files = {MODEL_FILE: main.text}
+    if fs.learned is not None:
+        files[LEARNED_FILE] = fs.learned.to_json()
     nc_block: dict[str, Any] | None = None
     nc_booster: lgb.Booster | None = None
     baselines_heldout: dict[str, Any] = {}
     if no_context:
-        nc_feats = context_free(FEATURES)
-        nc_booster, nc_text, nc_calib, nc_metrics, _ = fit(nc_feats, levels,
-                                                           "boosting (no context)")
-        files[NO_CONTEXT_FILE] = nc_text
-        nc_block = {"features": [f.name for f in nc_feats], "calibration": nc_calib.to_dict(),
-                    "best_iteration": nc_booster.current_iteration()}
-        baselines_heldout["no_context"] = _brief(nc_metrics)
+        nc_feats = context_free(fs.features)
+        idx = [i for i, f in enumerate(fs.features) if f.group != "context"]
+        nc_init = (init.no_context_booster if init is not None else None)
+        nc = _fit_model(x[:, idx], y, w, fit, fold, nc_feats, main.cv.params, [{}], caps,
+                        nc_init, progress, " (no context)")
+        files[NO_CONTEXT_FILE] = nc.text
+        nc_booster = nc.booster
+        nc_block = {"features": [f.name for f in nc_feats],
+                    "calibration": nc.calibration.to_dict(),
+                    "best_iteration": nc.booster.current_iteration()}
+        baselines_heldout["no_context"] = _brief(
+            classification_metrics(y_ev, nc.proba.argmax(axis=1)))
         lap("no_context")
     report(progress, "rule baseline", 0, None)
-    rules = fit_rule_baseline(feats.filter(pl.Series(parts.train)), y_lab[parts.train],
-                              seed=seed)
-    rule_metrics = classification_metrics(
-        y_lab[parts.test], rules.predict(feats.filter(pl.Series(parts.test))))
-    baselines_heldout["rules"] = _brief(rule_metrics)
+    rules, rule_pred = _rules_oof(feats, y, fit, fold, seed)
+    baselines_heldout["rules"] = _brief(classification_metrics(y_ev, rule_pred[ev]))
     lap("rules")
 
     from fpi.evaluation import human_agreement
 
     second = labels_to_index(lab_turns["label"].struct.field("failure_point_2"))
-    human = human_agreement(y_lab[parts.test], second[parts.test], metrics["per_class"])
+    human = human_agreement(y_ev, second[ev], metrics["per_class"])
+    sessions = lab_turns["session_id"]
 
-    def count(mask: np.ndarray, name: str) -> dict[str, Any]:
-        return {"turns": int(mask.sum()), "sessions": n_sessions[name],
+    def count(mask: np.ndarray) -> dict[str, Any]:
+        return {"turns": int(mask.sum()),
+                "sessions": sessions.filter(pl.Series(mask)).n_unique(),
                 "per_class": {c: int(n) for c, n in
-                              zip(CLASSES, np.bincount(y_lab[mask], minlength=len(CLASSES)),
+                              zip(CLASSES, np.bincount(y[mask], minlength=len(CLASSES)),
                                   strict=True)}}
 
     manifest: dict[str, Any] = {
@@ -636,29 +786,33 @@ def train(
         "features": [
             {"name": f.name, "group": f.group, "kind": f.kind, "dtype":
              "string" if f.kind == "categorical" else "float64",
-             "levels": levels.get(f.name) if f.kind == "categorical" else None}
-            for f in FEATURES
+             "levels": fs.levels.get(f.name) if f.kind == "categorical" else None}
+            for f in fs.features
         ],
-        "params": {**full_params, "num_boost_round": num_boost_round,
+        "params": {**main.cv.params, "num_boost_round": num_boost_round,
                    "early_stopping_rounds": early_stopping_rounds,
-                   "best_iteration": booster.current_iteration(),
+                   "best_iteration": main.booster.current_iteration(),
                    "class_weight_power": class_weight_power,
-                   "class_weights": dict(zip(CLASSES, (round(float(w), 6) for w in cw),
+                   "class_weights": dict(zip(CLASSES, (round(float(v), 6) for v in cw),
                                              strict=True))},
-        "calibration": calib.to_dict(),
+        "calibration": main.calibration.to_dict(),
         "training": {
             "fingerprint": _fingerprint(turns),
             "turns": turns.height,
             "labelled_turns": int(labelled.sum()),
-            "split": split, "seed": seed, "threads": threads, "test_size": test_size,
-            "counts": {"train": count(parts.train, "train"), "valid": count(parts.valid, "valid"),
-                       "calibration": count(parts.calib, "calibration"),
-                       "test": count(parts.test, "test")},
-            "class_prior": {c: round(float(n) / len(y_lab), 6) for c, n in
-                            zip(CLASSES, counts, strict=True)},
+            "protocol": "crossfit", "folds": folds, "split": split, "seed": seed,
+            "threads": threads, "test_size": test_size,
+            "fold_rounds": main.cv.fold_rounds, "rounds": main.cv.rounds,
+            "search": main.cv.search,
+            "init_model": init.model_id if init is not None else None,
+            "heldout_is": "test part" if (~fit).any() else "out-of-fold",
+            "counts": {"train": count(fit), "valid": count(fit), "calibration": count(fit),
+                       "test": count(ev)},
+            "class_prior": {c: round(float(n) / len(y), 6) for c, n in
+                            zip(CLASSES, np.bincount(y, minlength=len(CLASSES)), strict=True)},
         },
         "heldout": {"metrics": metrics, "confusion": metrics["confusion"],
-                    "soft_confusion": soft_confusion(y_lab[parts.test], test_proba),
+                    "soft_confusion": soft_confusion(y_ev, main.proba),
                     "human": human},
         "no_context": nc_block,
         "baselines": {
@@ -673,7 +827,7 @@ def train(
     out = Path(out_dir)
     write_bundle(out, files)
     lap("write")
-    bundle = ModelBundle(manifest, booster, nc_booster if no_context else None, out)
+    bundle = ModelBundle(manifest, main.booster, nc_booster, out, fs.learned)
     return TrainResult(out, manifest, bundle, timings)
 
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from fpi.errors import SchemaError
-from fpi.features import FEATURE_NAMES, FEATURES, Feature, build_features, context_free
+from fpi.features import FEATURE_NAMES, FEATURES, RAW_COLUMNS, Feature, build_features, context_free
 from fpi.schema import CLASSES, COMPONENTS, TURN_SCHEMA
 
 # ---------------------------------------------------------------------------
@@ -128,7 +128,8 @@ def test_columns_dtypes_and_row_order() -> None:
     turns = make_turns(10)
     shuffled = turns.sample(fraction=1.0, shuffle=True, seed=3)
     feats = build_features(shuffled)
-    assert feats.columns == ["session_id", "turn_index", *FEATURE_NAMES]
+    # then the raw inputs of the learned features (fpi.learned), not model columns
+    assert feats.columns == ["session_id", "turn_index", *FEATURE_NAMES, *RAW_COLUMNS]
     assert feats.height == turns.height
     assert feats.select("session_id", "turn_index").equals(
         shuffled.select("session_id", "turn_index")

@@ -16,12 +16,11 @@ from fpi.errors import InputError, ModelError, SchemaError
 from fpi.features import FEATURES, build_features, context_free
 from fpi.files import MARKER
 from fpi.model import (
+    LEARNED_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     NO_CONTEXT_FILE,
-    PARTS,
     TrainResult,
-    assign_parts,
     load_bundle,
     train,
 )
@@ -43,14 +42,16 @@ def trained(turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Tr
 
 def test_bundle_files_and_manifest(trained: TrainResult) -> None:
     names = sorted(p.name for p in trained.path.iterdir())
-    assert names == sorted([MARKER, MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE])
+    assert names == sorted([MARKER, MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE, LEARNED_FILE])
     m = json.loads((trained.path / MANIFEST_FILE).read_text())
     for key in ("fpi_version", "format_version", "classes", "features", "params", "calibration",
                 "training", "heldout", "baselines", "no_context", "files", "versions",
                 "bundle_hash"):
         assert key in m, key
     assert m["classes"] == list(CLASSES)
-    assert [f["name"] for f in m["features"]] == [f.name for f in FEATURES]
+    names = [f["name"] for f in m["features"]]
+    assert names[:len(FEATURES)] == [f.name for f in FEATURES]
+    assert all(n.startswith(("text_", "extra_")) for n in names[len(FEATURES):])
     assert {f["group"] for f in m["features"]} == set(COMPONENTS)
     domain = next(f for f in m["features"] if f["name"] == "nlu_domain")
     assert domain["kind"] == "categorical" and "smart_home" in domain["levels"]
@@ -75,36 +76,16 @@ def test_model_learns_the_fixture(trained: TrainResult) -> None:
 def test_training_is_byte_identical(turns: pl.DataFrame, trained: TrainResult,
                                     tmp_path: Path) -> None:
     again = train(turns, tmp_path / "again", seed=0, threads=1, **FAST)
-    for name in (MODEL_FILE, NO_CONTEXT_FILE, MANIFEST_FILE):
+    for name in (MODEL_FILE, NO_CONTEXT_FILE, LEARNED_FILE, MANIFEST_FILE):
         assert (again.path / name).read_bytes() == (trained.path / name).read_bytes(), name
 
 
-def test_another_seed_gives_another_split(turns: pl.DataFrame) -> None:
-    a = assign_parts(turns, seed=0)
-    b = assign_parts(turns, seed=1)
-    assert not a.equals(b)
-
-
-@pytest.mark.parametrize("split", ["session", "time"])
-def test_no_session_on_both_sides(turns: pl.DataFrame, split: str) -> None:
-    parts = assign_parts(turns, split=split, seed=3)  # type: ignore[arg-type]
-    assert parts["session_id"].is_unique().all()
-    assert set(parts["session_id"]) == set(turns["session_id"])
-    assert set(parts["part"]) == set(PARTS)
-    per_turn = turns.join(parts, on="session_id")
-    assert per_turn.group_by("session_id").agg(pl.col("part").n_unique())["part"].max() == 1
-    if split == "time":
-        first = turns.group_by("session_id").agg(pl.col("timestamp").min()).join(
-            parts, on="session_id")
-        newest_train = first.filter(pl.col("part") == "train")["timestamp"].max()
-        oldest_test = first.filter(pl.col("part") == "test")["timestamp"].min()
-        assert newest_train < oldest_test
-
-
 def test_counts_add_up(trained: TrainResult, turns: pl.DataFrame) -> None:
+    # cross-fitting: every labelled turn trains the shipped model and is scored out of fold
     counts = trained.manifest["training"]["counts"]
-    assert sum(c["turns"] for c in counts.values()) == turns.height
-    assert sum(c["sessions"] for c in counts.values()) == turns["session_id"].n_unique()
+    assert counts["train"]["turns"] == counts["test"]["turns"] == turns.height
+    assert counts["train"]["sessions"] == turns["session_id"].n_unique()
+    assert trained.manifest["training"]["heldout_is"] == "out-of-fold"
 
 
 def test_round_trip_same_predictions(trained: TrainResult, turns: pl.DataFrame,
@@ -117,16 +98,19 @@ def test_round_trip_same_predictions(trained: TrainResult, turns: pl.DataFrame,
     assert p.shape == (turns.height, len(CLASSES))
     np.testing.assert_array_equal(p, trained.bundle.predict_proba(feats))
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
-    assert loaded.features == FEATURES
+    assert loaded.features == trained.bundle.features
+    assert loaded.features[:len(FEATURES)] == FEATURES
+    assert loaded.learned is not None and loaded.learned.text.keys() == {
+        "text_asr", "text_response", "text_next"}
     assert loaded.predict(feats).dtype == pl.String
     nc = loaded.predict_proba_no_context(feats)
-    assert nc.shape == p.shape and loaded.no_context_features == context_free(FEATURES)
+    assert nc.shape == p.shape and loaded.no_context_features == context_free(loaded.features)
 
 
 def test_contributions_sum_to_the_margin(trained: TrainResult, turns: pl.DataFrame) -> None:
     feats = build_features(turns.head(20))
     c = trained.bundle.contributions(feats)
-    assert c.shape == (20, len(CLASSES), len(FEATURES) + 1)
+    assert c.shape == (20, len(CLASSES), len(trained.bundle.features) + 1)
     np.testing.assert_allclose(c.sum(axis=2), trained.bundle.raw_margin(feats), atol=1e-9)
 
 

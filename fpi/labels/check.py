@@ -138,7 +138,9 @@ def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | 
     feats: tuple[Feature, ...]
     lab_feats = features.filter(pl.Series(labelled))
     if bundle is not None:
-        feats, levels = bundle.features, bundle.levels
+        # not the bundle's learned features (fpi.learned): its text models saw the labels
+        feats = tuple(f for f in bundle.features if f.name in lab_feats.columns)
+        levels = bundle.levels
         p = bundle.manifest.get("params", {})
         params = {**options.params(), **{k: p[k] for k in ("num_leaves", "min_data_in_leaf",
                                                          "learning_rate") if k in p}}

@@ -1,0 +1,312 @@
+"""Features learned from the team's own data: text models and the trace's ``extra`` numbers.
+
+Two kinds of generic signal, fitted at training time and stored in the bundle
+(``learned.json``, checksummed like every bundle file):
+
+* **Text models** over the ASR text (group ``asr``), the response text (``result``)
+  and the next turn's ASR text (``context``): hashed character 1-4-grams (any
+  script: they work for languages written without spaces) plus hashed words, and a
+  class-balanced multinomial naive Bayes per field. Its per-class log-posteriors
+  are stacked as features (``text_asr_nlu`` ...). In training they are
+  out-of-fold (the model of fold *k* never saw fold *k*'s labels); the bundle
+  keeps the models fitted on all labelled turns.
+* **Numeric ``extra`` fields**: numbers a trace logs beyond the spec (``asr.score``,
+  ``asr.logit``) present in enough training turns become features
+  ``extra_asr.score``, grouped by their stage prefix (fields without a stage prefix
+  are not used, so every feature keeps one component group for attribution).
+
+The hashing is a fixed polynomial over Unicode code points in NumPy (no Python loop
+over rows, no dependence on a library's hash): the same text gives the same buckets
+on every machine and version. Arrays are stored as base64 of little-endian float32
+and int32 inside JSON: no pickle.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from fpi.errors import ModelError
+from fpi.schema import CLASSES
+
+#: Hash buckets per text field (a power of two).
+BUCKETS: Final = 1 << 16
+#: Additive smoothing of the naive Bayes counts.
+ALPHA: Final = 0.5
+#: Columns :func:`fpi.features.build_features` passes through for these features.
+RAW_TEXT: Final[dict[str, tuple[str, str]]] = {
+    # field: (raw column, component group)
+    "text_asr": ("_raw_asr_text", "asr"),
+    "text_response": ("_raw_response", "result"),
+    "text_next": ("_raw_next_text", "context"),
+}
+RAW_EXTRA: Final = "_raw_extra"
+#: Stage prefix of an ``extra`` key -> component group.
+EXTRA_GROUPS: Final[dict[str, str]] = {
+    "wake": "wake", "device": "wake", "asr": "asr", "nlu": "nlu", "er": "er",
+    "result": "result", "feedback": "context",
+}
+MAX_EXTRA: Final = 16
+MIN_EXTRA_FRACTION: Final = 0.05
+_KEY_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,80}")
+_P: Final = np.uint64(0x100000001B3)
+_MIX: Final = np.uint64(0x9E3779B97F4A7C15)
+_SHIFT: Final = np.uint64(64 - 16)
+
+
+# ---------------------------------------------------------------------------
+# Hashing
+# ---------------------------------------------------------------------------
+
+def _codepoints(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Code points of ``" " + lower(text) + " "`` per text, joined by NUL; and the doc id."""
+    joined = "\0".join(" " + (t or "").lower() + " " for t in texts)
+    cp = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    doc = np.cumsum(cp == 0)
+    return cp, doc
+
+
+def _bucket(h: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return ((h * _MIX) >> _SHIFT).astype(np.int64)
+
+
+def hashed_ngrams(texts: Sequence[str | None]) -> sp.csr_matrix:
+    """Binary (n_texts, BUCKETS) matrix of hashed char 1-4-grams and words of each text."""
+    n = len(texts)
+    cp, doc = _codepoints(texts)
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    with np.errstate(over="ignore"):
+        for size in (1, 2, 3, 4):
+            m = len(cp) - size + 1
+            if m <= 0:
+                continue
+            h = np.full(m, np.uint64(size))
+            ok = np.ones(m, dtype=bool)
+            text = np.zeros(m, dtype=bool)  # not only spaces
+            for j in range(size):
+                part = cp[j:j + m]
+                h = h * _P + part
+                ok &= part != 0
+                text |= part != 32
+            ok &= text
+            rows.append(doc[:m][ok])
+            cols.append(_bucket(h[ok]))
+        word = (cp > 127) | ((cp >= 48) & (cp <= 57)) | ((cp >= 97) & (cp <= 122)) | (cp == 39)
+        if word.any():
+            idx = np.flatnonzero(word)
+            start = np.r_[True, np.diff(idx) > 1]
+            seg = np.cumsum(start) - 1
+            pos = np.arange(len(idx)) - np.flatnonzero(start)[seg]
+            powers = np.cumprod(np.r_[np.uint64(1), np.full(63, _P)]).astype(np.uint64)
+            terms = cp[idx] * powers[np.minimum(pos, 63)]
+            h = np.add.reduceat(terms, np.flatnonzero(start)) + np.uint64(7)
+            rows.append(doc[idx[start]])
+            cols.append(_bucket(h))
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    x = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, BUCKETS))
+    x.data[:] = 1.0  # presence, not counts
+    return x
+
+
+# ---------------------------------------------------------------------------
+# Naive Bayes text model
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TextModel:
+    """Class-balanced multinomial naive Bayes over hashed n-grams of one text field."""
+
+    buckets: np.ndarray  # int32 indices of buckets seen in training
+    counts: np.ndarray  # (len(buckets), n_classes) weighted presence counts
+    totals: np.ndarray  # (n_classes,) total weighted counts per class
+
+    @classmethod
+    def fit(cls, x: sp.csr_matrix, y: np.ndarray, k: int = len(CLASSES)) -> TextModel:
+        """Fit on binary features ``x`` and class indices ``y`` (each class weighted 1/n_c)."""
+        n_c = np.bincount(y, minlength=k).astype(np.float64)
+        w = 1.0 / np.maximum(n_c, 1.0)
+        onehot = sp.csr_matrix((w[y], (np.arange(len(y)), y)), shape=(len(y), k))
+        counts = np.asarray((x.T @ onehot).todense(), dtype=np.float64)
+        seen = np.flatnonzero(counts.sum(axis=1) > 0).astype(np.int32)
+        c = counts[seen].astype(np.float32)
+        return cls(seen, c, c.astype(np.float64).sum(axis=0))
+
+    def log_theta(self) -> np.ndarray:
+        """(BUCKETS, n_classes) log-probabilities of each bucket per class.
+
+        Buckets never seen in training weigh 0 for every class: an n-gram the model has
+        not seen is no evidence (a text of unseen n-grams gets the uniform posterior,
+        not a bias toward the class with the fewest n-grams).
+        """
+        k = self.counts.shape[1]
+        denom = np.log(self.totals + ALPHA * BUCKETS)
+        out = np.zeros((BUCKETS, k))
+        out[self.buckets] = np.log(self.counts.astype(np.float64) + ALPHA) - denom
+        return out
+
+    def scores(self, x: sp.csr_matrix) -> np.ndarray:
+        """Per-class log-posterior (uniform prior); rows with no text are NaN."""
+        z = np.asarray(x @ self.log_theta())
+        z = z - z.max(axis=1, keepdims=True)
+        z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        z = np.maximum(z, -30.0)
+        return np.round(z, 6)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"buckets": _b64(self.buckets.astype("<i4")),
+                "counts": _b64(self.counts.astype("<f4")), "shape": list(self.counts.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TextModel:
+        shape = tuple(int(v) for v in d["shape"])
+        buckets = np.frombuffer(base64.b64decode(d["buckets"]), dtype="<i4").astype(np.int32)
+        counts = np.frombuffer(base64.b64decode(d["counts"]), dtype="<f4").reshape(shape)
+        if len(buckets) != shape[0] or (len(buckets) and (buckets.min() < 0
+                                                          or buckets.max() >= BUCKETS)):
+            raise ValueError("text model buckets do not match its counts")
+        return cls(buckets, counts.astype(np.float32), counts.astype(np.float64).sum(axis=0))
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+def _has_text(texts: pl.Series) -> np.ndarray:
+    return (texts.fill_null("").str.strip_chars().str.len_chars() > 0).to_numpy()
+
+
+# ---------------------------------------------------------------------------
+# The learned feature set
+# ---------------------------------------------------------------------------
+
+def text_feature_names(field: str) -> list[str]:
+    return [f"{field}_{c}" for c in CLASSES]
+
+
+def extra_feature_name(key: str) -> str:
+    return f"extra_{key}"
+
+
+def discover_extra(extra: pl.Series, max_fields: int = MAX_EXTRA,
+                   min_fraction: float = MIN_EXTRA_FRACTION) -> list[str]:
+    """Numeric ``extra`` keys with a stage prefix present in ``min_fraction`` of the turns."""
+    present = extra.drop_nulls()
+    if present.len() == 0:
+        return []
+    try:
+        decoded = present.str.json_decode(infer_schema_length=None)
+    except (pl.exceptions.PolarsError, ValueError):
+        return []
+    if not isinstance(decoded.dtype, pl.Struct):
+        return []
+    frame = decoded.struct.unnest()
+    keys: list[tuple[int, str]] = []
+    for name, dtype in frame.schema.items():
+        if not (dtype.is_numeric() and _KEY_RE.fullmatch(name)
+                and name.split(".")[0] in EXTRA_GROUPS):
+            continue
+        n = int(frame[name].is_not_null().sum())
+        if n >= min_fraction * extra.len():
+            keys.append((-n, name))
+    return sorted(name for _, name in sorted(keys)[:max_fields])
+
+
+def extra_values(extra: pl.Series, keys: Sequence[str]) -> np.ndarray:
+    """(n, len(keys)) float64 values of ``keys`` in the ``extra`` JSON (NaN if absent)."""
+    if not keys:
+        return np.zeros((extra.len(), 0))
+    frame = pl.DataFrame({"e": extra}).select(
+        pl.col("e").str.json_path_match(f"$['{k}']").cast(pl.Float64, strict=False).alias(k)
+        for k in keys)
+    return frame.to_numpy().astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Learned:
+    """The learned features of a bundle: text models per field and ``extra`` keys."""
+
+    text: dict[str, TextModel]
+    extra: tuple[str, ...]
+
+    def names_groups(self) -> list[tuple[str, str]]:
+        """(feature name, component group) of every learned feature, in column order."""
+        out = [(n, RAW_TEXT[f][1]) for f in self.text for n in text_feature_names(f)]
+        out += [(extra_feature_name(k), EXTRA_GROUPS[k.split(".")[0]]) for k in self.extra]
+        return out
+
+    def columns(self, features: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Feature name -> values for ``features`` (a frame from build_features)."""
+        missing = [c for c in (*(RAW_TEXT[f][0] for f in self.text),
+                               *([RAW_EXTRA] if self.extra else [])) if c not in features.columns]
+        if missing:
+            raise ModelError(f"features frame lacks {', '.join(missing)}: build it with "
+                             "fpi.features.build_features")
+        out: dict[str, np.ndarray] = {}
+        for field, model in self.text.items():
+            texts = features[RAW_TEXT[field][0]]
+            s = model.scores(hashed_ngrams(texts.to_list()))
+            s[~_has_text(texts)] = np.nan
+            out.update(zip(text_feature_names(field), s.T, strict=True))
+        vals = extra_values(features[RAW_EXTRA], self.extra) if self.extra else None
+        for i, k in enumerate(self.extra):
+            assert vals is not None
+            out[extra_feature_name(k)] = vals[:, i]
+        return out
+
+    def to_json(self) -> str:
+        doc = {"format": 1, "buckets": BUCKETS, "alpha": ALPHA, "classes": list(CLASSES),
+               "text": {f: m.to_dict() for f, m in self.text.items()},
+               "extra": list(self.extra)}
+        return json.dumps(doc, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Learned:
+        try:
+            doc = json.loads(text)
+            if doc["buckets"] != BUCKETS or doc["alpha"] != ALPHA or doc["format"] != 1:
+                raise ValueError("made by another version of the text models")
+            if list(doc["classes"]) != list(CLASSES):
+                raise ValueError("classes differ")
+            models = {str(f): TextModel.from_dict(d) for f, d in doc["text"].items()}
+            bad = [f for f in models if f not in RAW_TEXT]
+            keys = tuple(str(k) for k in doc["extra"])
+            if bad or any(not _KEY_RE.fullmatch(k) or k.split(".")[0] not in EXTRA_GROUPS
+                          for k in keys):
+                raise ValueError("unknown text field or extra key")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"{where} is damaged: {exc}") from None
+        return cls(models, keys)
+
+
+def fit_text_models(features: pl.DataFrame, y: np.ndarray) -> dict[str, TextModel]:
+    """One text model per field, fitted on all rows of ``features`` (labelled rows)."""
+    return {f: TextModel.fit(hashed_ngrams(features[col].to_list()), y)
+            for f, (col, _) in RAW_TEXT.items()}
+
+
+def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
+                    fields: Sequence[str] = tuple(RAW_TEXT)) -> dict[str, np.ndarray]:
+    """Out-of-fold text-model features: rows of fold k scored by a model fitted without it."""
+    out: dict[str, np.ndarray] = {}
+    for field in fields:
+        col = RAW_TEXT[field][0]
+        texts = features[col]
+        x = hashed_ngrams(texts.to_list())
+        s = np.full((len(y), len(CLASSES)), np.nan)
+        for k in np.unique(folds):
+            held = folds == k
+            s[held] = TextModel.fit(x[~held], y[~held]).scores(x[held])
+        s[~_has_text(texts)] = np.nan
+        out.update(zip(text_feature_names(field), s.T, strict=True))
+    return out

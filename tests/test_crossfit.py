@@ -1,0 +1,163 @@
+"""Cross-fitting, learned features and warm start (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fpi.bundle_manifest import bundle_hash
+from fpi.crossfit import assign_folds, candidates
+from fpi.errors import InputError, ModelError
+from fpi.features import build_features
+from fpi.learned import BUCKETS, Learned, TextModel, discover_extra, hashed_ngrams
+from fpi.model import LEARNED_FILE, MANIFEST_FILE, MODEL_FILE, TrainResult, load_bundle, train
+from fpi.simulation import simulate_frame
+
+FAST = {"num_boost_round": 40, "early_stopping_rounds": 5, "folds": 3, "search": False}
+
+
+@pytest.fixture(scope="module")
+def terse() -> pl.DataFrame:
+    return simulate_frame(1200, seed=5, assistant="terse")
+
+
+@pytest.fixture(scope="module")
+def terse_model(terse: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    return train(terse, tmp_path_factory.mktemp("terse") / "m", seed=0, threads=1, **FAST)
+
+
+def test_folds_do_not_depend_on_row_order_or_partitioning() -> None:
+    ids = pl.Series("session_id", [f"s{i % 40}" for i in range(200)])
+    folds = assign_folds(ids, 5, seed=1)
+    perm = np.random.default_rng(0).permutation(len(ids))
+    np.testing.assert_array_equal(assign_folds(ids[perm], 5, seed=1), folds[perm])
+    half = ids.head(60)  # another data set holding some of the same sessions
+    np.testing.assert_array_equal(assign_folds(half, 5, seed=1), folds[:60])
+    per_session = pl.DataFrame({"s": ids, "f": folds}).group_by("s").agg(pl.col("f").n_unique())
+    assert per_session["f"].max() == 1  # a session is never in two folds
+    assert set(folds) == set(range(5))
+    assert not np.array_equal(assign_folds(ids, 5, seed=2), folds)
+
+
+def test_candidates_shrink_with_data() -> None:
+    small, large = candidates(800), candidates(200_000)
+    assert max(c["num_leaves"] for c in small) < max(c["num_leaves"] for c in large) + 1
+    assert len(large) == 1 and len(small) >= 3
+
+
+def test_random_labels_give_chance_out_of_fold(tmp_path: Path) -> None:
+    turns = simulate_frame(900, seed=3)
+    rng = np.random.default_rng(0)
+    fp = turns["label"].struct.field("failure_point")
+    shuffled = pl.Series(fp.to_numpy()[rng.permutation(turns.height)])
+    turns = turns.with_columns(pl.col("label").struct.with_fields(
+        failure_point=pl.lit(shuffled)))
+    res = train(turns, tmp_path / "m", seed=0, threads=1, min_class_count=2, **FAST)
+    # in-sample a booster would fit the noise; out of fold it cannot
+    assert res.heldout["macro_f1"] < 0.3
+    assert res.manifest["training"]["heldout_is"] == "out-of-fold"
+
+
+def test_test_size_zero_and_a_test_part(terse: pl.DataFrame, terse_model: TrainResult,
+                                        tmp_path: Path) -> None:
+    m = terse_model.manifest["training"]
+    assert m["test_size"] == 0 and m["counts"]["train"]["turns"] == terse.height
+    part = train(terse, tmp_path / "p", seed=0, threads=1, test_size=0.25, no_context=False,
+                 **FAST)
+    c = part.manifest["training"]["counts"]
+    assert c["train"]["turns"] + c["test"]["turns"] == terse.height
+    assert part.manifest["training"]["heldout_is"] == "test part"
+    assert 0.4 < part.heldout["macro_f1"] <= 1.0
+    with pytest.raises(InputError, match="test size"):
+        train(terse, tmp_path / "q", test_size=1.0)
+
+
+def test_extra_numbers_and_text_models_become_features(terse_model: TrainResult) -> None:
+    feats = {f["name"]: f["group"] for f in terse_model.manifest["features"]}
+    assert feats["extra_asr.score"] == "asr"
+    assert feats["text_asr_nlu"] == "asr" and feats["text_response_result"] == "result"
+    assert feats["text_next_asr"] == "context"
+    assert discover_extra(pl.Series(['{"asr.score": 3, "user": 1}', None] * 10)) == [
+        "asr.score"]  # no stage prefix: not a feature
+
+
+def test_bundle_round_trips_the_text_model(terse: pl.DataFrame, terse_model: TrainResult,
+                                           tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(terse_model.path, copy)
+    feats = build_features(terse.head(200))
+    loaded = load_bundle(copy)
+    np.testing.assert_array_equal(loaded.predict_proba(feats),
+                                  terse_model.bundle.predict_proba(feats))
+    learned = json.loads((copy / LEARNED_FILE).read_text())
+    learned["extra"] = []
+    (copy / LEARNED_FILE).write_text(json.dumps(learned))
+    with pytest.raises(ModelError, match=r"learned\.json was edited"):
+        load_bundle(copy)
+
+
+def test_training_is_deterministic(terse: pl.DataFrame, terse_model: TrainResult,
+                                   tmp_path: Path) -> None:
+    again = train(terse, tmp_path / "again", seed=0, threads=1, **FAST)
+    for name in (MODEL_FILE, LEARNED_FILE, MANIFEST_FILE):
+        assert (again.path / name).read_bytes() == (terse_model.path / name).read_bytes()
+
+
+def test_warm_start_continues_and_refuses_incompatible(terse: pl.DataFrame,
+                                                       terse_model: TrainResult,
+                                                       tmp_path: Path) -> None:
+    small = simulate_frame(600, seed=9, assistant="terse")
+    warm = train(small, tmp_path / "w", seed=0, threads=1, min_class_count=2,
+                 init_model=terse_model.path, no_context=False, **FAST)
+    assert [f.name for f in warm.bundle.features] == [f.name for f in
+                                                       terse_model.bundle.features]
+    assert warm.manifest["training"]["init_model"] == terse_model.bundle.model_id
+    assert warm.bundle.booster.current_iteration() > terse_model.bundle.booster.current_iteration()
+    bad = tmp_path / "bad"
+    shutil.copytree(terse_model.path, bad)
+    m = json.loads((bad / MANIFEST_FILE).read_text())
+    m["features"][0]["name"] = "a_feature_from_elsewhere"
+    m["bundle_hash"] = bundle_hash(m)
+    (bad / MANIFEST_FILE).write_text(json.dumps(m))
+    with pytest.raises(ModelError, match=r"cannot warm-start from .*a_feature_from_elsewhere"):
+        train(small, tmp_path / "x", init_model=bad, **FAST)
+    assert not (tmp_path / "x").exists()
+
+
+def test_hashing_reads_any_script() -> None:
+    x = hashed_ngrams(["タイマーを五分にセット", "Stell einen Timer", None, ""])
+    assert x.shape == (4, BUCKETS)
+    assert x[0].nnz > 15 and x[1].nnz > 15 and x[2].nnz == 0
+    np.testing.assert_array_equal(hashed_ngrams(["Stell einen Timer"]).indices, x[1].indices)
+    y = np.array([0, 1, 0, 1])
+    model = TextModel.fit(x, y)
+    back = Learned.from_json(Learned({"text_asr": model}, ()).to_json(), "t")
+    np.testing.assert_array_equal(back.text["text_asr"].scores(x), model.scores(x))
+
+
+def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path,
+                                                     terse_model: TrainResult) -> None:
+    import subprocess
+    import sys
+
+    from test_features import make_turns
+
+    make_turns(150, seed=0).write_ndjson(tmp_path / "t.jsonl")
+    fpi = [sys.executable, "-m", "fpi"]
+    ok = subprocess.run([*fpi, "train", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "m"),
+                         "--test-size", "0", "--folds", "3", "--json"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["training"]["heldout_is"] == "out-of-fold" and doc["macro_f1"] > 0.8
+    bad = subprocess.run([*fpi, "train", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "n"),
+                          "--init-model", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and lines[-1].startswith("error:") and "nowhere" in lines[-1]
+    assert "Traceback" not in bad.stderr and not (tmp_path / "n").exists()

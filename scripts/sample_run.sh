@@ -3,12 +3,13 @@
 #   1. train a model on the labelled sample (sample_logs/train.jsonl.gz),
 #   2. diagnose the baseline night,
 #   3. diagnose the nightly file against that baseline, with CI gates.
-# Everything is written into reports/ (or the directory given as $1).
+# Everything is written into sample_out/ (git ignores it), or the directory given as
+# $1: `bash scripts/sample_run.sh reports` regenerates the committed example reports.
 # The sample nightly file carries a simulated regression, so its gates are
 # expected to FAIL (exit 1): that is what a CI job would report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-reports}"
+out="${1:-sample_out}"
 mkdir -p "$out"
 
 fpi train sample_logs/train.jsonl.gz --out "$out/model" --seed 0 --threads 1

@@ -475,3 +475,13 @@ def staged_files(targets: Sequence[str | os.PathLike[str]]) -> Iterator[list[Pat
                 _rmtree(home)
             raise
 
+
+def unique_paths(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` in order, each file once (two names of one file count as one)."""
+    seen: set[Path] = set()
+    unique = []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from fpi.errors import InputError
+from fpi.files import unique_paths
 from fpi.ingest_parse import LineProblem, ParsedBlock, _bad_path, bound_problem
 from fpi.schema import BLOCKS, MAX_DEPTH, TURN_SCHEMA, PolarsDType
 
@@ -159,13 +160,7 @@ def expand_paths(paths: str | Path | Sequence[str | Path], exclude: Sequence[Pat
         else:
             raise InputError(f"{path}: no such file or directory")
     # The same file named twice would only produce duplicate turns.
-    seen: set[Path] = set()
-    unique = []
-    for p in out:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append(p)
-    return unique
+    return unique_paths(out)
 
 
 def detect(path: Path, forced: str | None = None) -> Source:

@@ -40,6 +40,7 @@ from typing import Any
 
 from fpi import __version__
 from fpi.errors import InputError
+from fpi.files import unique_paths
 from fpi.progress import Progress, report
 from fpi.schema import CLASSES
 
@@ -127,13 +128,7 @@ def find_summaries(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             raise InputError(f"{s}: no file or directory matches this pattern")
         for path in matches:
             out.extend(_summaries_at(path))
-    seen: set[Path] = set()
-    unique = []
-    for p in out:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append(p)
-    return unique
+    return unique_paths(out)
 
 
 def _summaries_at(path: Path) -> list[Path]:

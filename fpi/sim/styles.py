@@ -21,6 +21,7 @@ import numpy as np
 
 from fpi.errors import InputError
 from fpi.sim import world as W
+from fpi.sim.engine import _GOLDEN, _mix
 from fpi.sim.language import TERSE_KINDS, Language, ResponseTable
 
 Scale = Literal["unit", "percent", "logit"]
@@ -219,16 +220,6 @@ def get_style(style: str | AssistantStyle) -> AssistantStyle:
         ) from None
 
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finalizer (as in :mod:`fpi.sim.engine`)."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 def turn_uniforms(seed: int, session: np.ndarray, turn: np.ndarray, salt: int) -> np.ndarray:

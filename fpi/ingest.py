@@ -682,6 +682,15 @@ def _progress(progress: bool | Progress | None) -> Progress | None:
     return None
 
 
+def _sort_progress(progress: bool | Progress | None) -> Callable[[int, int], None] | None:
+    """The sort pass's ``(buckets done, total)`` as a stage of its own, when the caller's
+    progress callback can report stages (:class:`fpi.progress.ByteProgress`)."""
+    stage = getattr(progress, "stage", None)
+    if stage is None:
+        return None
+    return lambda done, total: stage("sorting", done, total)
+
+
 @contextlib.contextmanager
 def _rejects_file(path: Path | None) -> Iterator[IO[bytes] | None]:
     if path is None:
@@ -840,7 +849,8 @@ def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
             # the batches file is the output, no second pass.
             os.replace(first_tmp, out_stage)
         else:
-            sort_rewrite(first_tmp, out_stage, run.sink.all_keys(), scratch)
+            sort_rewrite(first_tmp, out_stage, run.sink.all_keys(), scratch,
+                         on_bucket=_sort_progress(progress))
     report = _report(run, rejects, rpath, out)
     if strict and rejects.count:
         raise _strict_error(report)

@@ -13,6 +13,7 @@ output. Memory holds one bucket, whatever the size of the input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,12 +53,14 @@ def places(keys: pl.DataFrame) -> np.ndarray:
 
 
 def sort_rewrite(src: Path, dst: Path, keys: pl.DataFrame, scratch: Path,
-                 bucket_rows: int | None = None) -> None:
+                 bucket_rows: int | None = None,
+                 on_bucket: Callable[[int, int], None] | None = None) -> None:
     """Write the rows of canonical Parquet ``src`` to ``dst`` in key order.
 
     ``keys`` has the ``session_id`` and ``turn_index`` of every row of ``src``,
     in file order; bucket files (of ``bucket_rows``, default :data:`BUCKET_ROWS`)
-    go to ``scratch`` and are removed.
+    go to ``scratch`` and are removed. ``on_bucket(done, total)`` is called as each
+    bucket is written.
     """
     bucket_rows = bucket_rows or BUCKET_ROWS
     place = places(keys)
@@ -76,6 +79,8 @@ def sort_rewrite(src: Path, dst: Path, keys: pl.DataFrame, scratch: Path,
                 if table is not None:
                     out.write_table(table, row_group_size=table.num_rows)
                 del table
+                if on_bucket is not None:
+                    on_bucket(b + 1, n_buckets)
     finally:
         for path in paths:
             path.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ UNITS: dict[str, str] = {
     "boosting (no context)": "rounds",
     "rule baseline": "steps",
     "simulating": "turns",
+    "sorting": "buckets",
     "summaries": "files",
 }
 
@@ -50,17 +51,25 @@ def report(progress: Progress | None, stage: str, done: int, total: int | None) 
         progress(stage, done, total)
 
 
-def bytes_callback(progress: Progress | None, stage: str = "reading"
-                   ) -> Callable[[int, int], None] | None:
+class ByteProgress:
+    """``callback(bytes_done, bytes_total)``, the form ``fpi.ingest`` reads with, that can
+    also report a later stage of the same run (:meth:`stage`, e.g. ingest's sort pass)."""
+
+    def __init__(self, progress: Progress, stage: str) -> None:
+        self._progress = progress
+        self._stage = stage
+
+    def __call__(self, done: int, total: int) -> None:
+        self._progress(self._stage, done, total)
+
+    def stage(self, stage: str, done: int, total: int | None) -> None:
+        """Report ``done`` of ``total`` for another ``stage``."""
+        self._progress(stage, done, total)
+
+
+def bytes_callback(progress: Progress | None, stage: str = "reading") -> ByteProgress | None:
     """Adapt ``progress`` to the ``callback(bytes_done, bytes_total)`` form ``fpi.ingest`` takes."""
-    if progress is None:
-        return None
-    p = progress
-
-    def on_bytes(done: int, total: int) -> None:
-        p(stage, done, total)
-
-    return on_bytes
+    return None if progress is None else ByteProgress(progress, stage)
 
 
 def boosting_callback(progress: Progress | None, stage: str) -> Callable[[object], None] | None:

@@ -19,6 +19,7 @@ import fpi.ingest_sort
 from fpi.ingest import ingest, read_traces
 from fpi.ingest_sort import parquet_writer, sort_rewrite
 from fpi.ingest_validate import to_arrow
+from fpi.progress import bytes_callback
 from fpi.schema import KEY_COLUMNS, TURN_SCHEMA
 
 
@@ -60,3 +61,20 @@ def test_time_ordered_logs_are_sorted_by_session_in_buckets(
     # Nothing left behind but the output and its rejects file.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.jsonl", "turns.parquet",
                                                           "turns.rejects.jsonl"]
+
+
+def test_the_sort_pass_reports_progress_as_its_own_stage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    turns_ = [{"session_id": f"s{s}", "turn_index": t, "wake": {"detected": True}}
+              for t in range(3) for s in range(20)]
+    random.Random(5).shuffle(turns_)
+    src = tmp_path / "live.jsonl"
+    src.write_text("".join(json.dumps(t) + "\n" for t in turns_))
+    monkeypatch.setattr(fpi.ingest_sort, "BUCKET_ROWS", 25)  # 60 rows: 3 buckets
+    calls: list[tuple[str, int, int | None]] = []
+    ingest(src, tmp_path / "turns.parquet",
+           progress=bytes_callback(lambda stage, done, total: calls.append((stage, done, total))))
+    assert {stage for stage, _, _ in calls} == {"reading", "sorting"}
+    assert [c for c in calls if c[0] == "sorting"] == [("sorting", b, 3) for b in (1, 2, 3)]
+    assert calls.index(("sorting", 1, 3)) > max(i for i, c in enumerate(calls)
+                                                if c[0] == "reading")

@@ -184,7 +184,8 @@ def load_gates(path: str | os.PathLike[str]) -> list[Gate]:
     """
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (as some Windows editors write) is not an error
+        data = tomllib.loads(p.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"{p}: gate file not found") from None
     except UnicodeDecodeError as exc:

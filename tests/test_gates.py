@@ -133,6 +133,12 @@ def test_toml_file(tmp_path) -> None:
     assert [r.status for r in res] == [PASS, WARN, WARN]
 
 
+def test_toml_file_with_a_byte_order_mark(tmp_path) -> None:
+    p = tmp_path / "gates.toml"
+    p.write_bytes(b"\xef\xbb\xbf[[gate]]\nexpr = \"asr.estimate <= 0.10\"\n")
+    assert [g.name for g in load_gates(p)] == ["asr.estimate <= 0.10"]
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [

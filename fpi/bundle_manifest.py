@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fpi.errors import ModelError
+from fpi.files import file_sha256
 
 #: Files a bundle directory may hold besides those the manifest lists.
 MANIFEST_FILE: Final = "manifest.json"
@@ -176,15 +177,6 @@ def canonical(manifest: Mapping[str, Any]) -> bytes:
 def bundle_hash(manifest: Mapping[str, Any]) -> str:
     """``sha256:HEX`` over the canonical manifest (which holds every file's hash)."""
     return "sha256:" + hashlib.sha256(canonical(manifest)).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_bundle_files(path: Path, manifest: Mapping[str, Any],

@@ -32,6 +32,7 @@ so. Anything else (a user's folder, ``.``, a regular file) is refused with
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -485,3 +486,15 @@ def unique_paths(paths: Sequence[Path]) -> list[Path]:
             seen.add(p.resolve())
             unique.append(p)
     return unique
+
+
+def file_sha256(path: Path, on_block: Callable[[int], None] | None = None) -> str:
+    """Hex SHA-256 of a file, streamed in 1 MiB blocks (constant memory; hashlib
+    releases the GIL on blocks this big); ``on_block(n_bytes)`` follows each block."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            if on_block is not None:
+                on_block(len(block))
+    return digest.hexdigest()

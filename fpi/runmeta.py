@@ -19,10 +19,9 @@ import polars as pl
 
 from fpi import __version__
 from fpi.ci import ci_info
+from fpi.files import file_sha256
 from fpi.progress import Progress, report
 
-#: Read size for streamed hashing (hashlib releases the GIL on buffers this big).
-_CHUNK = 1 << 20
 Span = tuple[datetime, datetime]
 
 
@@ -50,14 +49,16 @@ def time_range(span: Span | None) -> dict[str, str] | None:
 
 def sha256_file(path: Path, progress: Progress | None = None, done: int = 0,
                 total: int | None = None) -> str:
-    """``sha256:<hex>`` of a file, streamed (constant memory)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            report(progress, "checksums", done, total)
-    return "sha256:" + digest.hexdigest()
+    """``sha256:<hex>`` of a file, streamed (constant memory), reporting ``checksums``
+    progress from ``done`` bytes on."""
+    hashed = done
+
+    def on_block(n: int) -> None:
+        nonlocal hashed
+        hashed += n
+        report(progress, "checksums", hashed, total)
+
+    return "sha256:" + file_sha256(path, on_block)
 
 
 def input_files(paths: Sequence[str | os.PathLike[str]], progress: Progress | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fpi.sim.language import EntityRow, Language, TemplateTable
+from fpi.sim.language import EntityRow, Language, TemplateTable, marked_free_ids
 
 _ENTITIES: tuple[EntityRow, ...] = (
     ("device", "sh-01", "Küchenlicht", ("küchenlicht", "licht in der küche"),
@@ -206,7 +206,7 @@ GERMAN = Language(
     locale_weights=(0.78, 0.12, 0.10),
     locale_accent=(0.0, 0.08, 0.16),
     entities=_ENTITIES,
-    free_ids=frozenset(row[1] for row in _ENTITIES if "-x" in row[1]),
+    free_ids=marked_free_ids(_ENTITIES),
     templates=_TEMPLATES,
     background=_BACKGROUND,
     function_edits=_FUNCTION_EDITS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fpi.sim.language import EntityRow, Language, TemplateTable
+from fpi.sim.language import EntityRow, Language, TemplateTable, marked_free_ids
 
 _ENTITIES: tuple[EntityRow, ...] = (
     ("device", "sh-01", "Luz de la cocina", ("la luz de la cocina", "luz de la cocina"),
@@ -214,7 +214,7 @@ SPANISH = Language(
     locale_weights=(0.45, 0.30, 0.15, 0.10),
     locale_accent=(0.0, 0.06, 0.12, 0.1),
     entities=_ENTITIES,
-    free_ids=frozenset(row[1] for row in _ENTITIES if "-x" in row[1]),
+    free_ids=marked_free_ids(_ENTITIES),
     templates=_TEMPLATES,
     background=_BACKGROUND,
     function_edits=_FUNCTION_EDITS,

@@ -7,7 +7,7 @@ recogniser makes them; NLU cues and edits match substrings, not words.
 
 from __future__ import annotations
 
-from fpi.sim.language import EntityRow, Language, TemplateTable
+from fpi.sim.language import EntityRow, Language, TemplateTable, marked_free_ids
 
 _ENTITIES: tuple[EntityRow, ...] = (
     ("device", "sh-01", "キッチンの照明", ("キッチンの電気", "台所の電気"),
@@ -194,7 +194,7 @@ JAPANESE = Language(
     locale_weights=(1.0,),
     locale_accent=(0.0,),
     entities=_ENTITIES,
-    free_ids=frozenset(row[1] for row in _ENTITIES if "-x" in row[1]),
+    free_ids=marked_free_ids(_ENTITIES),
     templates=_TEMPLATES,
     background=_BACKGROUND,
     function_edits=_FUNCTION_EDITS,

@@ -28,6 +28,12 @@ TERSE_KINDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 7, 8)
 N_RESPONSE_KINDS = 23
 
 
+def marked_free_ids(entities: tuple[EntityRow, ...]) -> frozenset[str]:
+    """Ids of the entries in no index, which the language modules mark with ``-x``
+    (``it-x1``: free text, content a service does not carry)."""
+    return frozenset(row[1] for row in entities if "-x" in row[1])
+
+
 @dataclass(frozen=True)
 class Language:
     """The text of the world in one language.

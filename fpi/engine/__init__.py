@@ -1,0 +1,82 @@
+"""Execution engines: where per-partition work runs.
+
+fpi's heavy steps are written as a pure function over one partition of whole
+sessions plus a merge on the driver. An engine runs the per-partition function:
+
+- ``LocalEngine`` runs it in this process, in order (the default, and what every
+  single-machine command uses);
+- ``fpi.engine.dask.DaskEngine`` (extra ``fpi[dask]``) runs it on a Dask cluster.
+
+Both give the same results; only where the work happens differs. A *handle* is
+what ``map`` returns for one item: the result itself for the local engine, a
+future whose value stays on a worker for Dask. Handles can be passed to a later
+``map`` (so large per-partition data, such as probabilities, never travels to the
+driver) and are turned into values by ``gather``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Engine", "LocalEngine"]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Runs a function over items (or handles from an earlier ``map``)."""
+
+    name: str
+
+    @property
+    def workers(self) -> int:
+        """How many workers the engine runs tasks on."""
+        ...
+
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any) -> list[Any]:
+        """``fn(item, *args)`` for every item, as handles in the order of ``items``.
+
+        ``fn`` must be a module-level function and ``items``/``args`` picklable, so
+        that any engine can ship them to another process.
+        """
+        ...
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]:
+        """The values behind ``handles``, in order."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's resources (idempotent)."""
+        ...
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+class LocalEngine:
+    """Runs every task here, now, in order: a handle is the result itself."""
+
+    name = "local"
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any) -> list[Any]:
+        return [fn(item, *args) for item in items]
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]:
+        return list(handles)
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fpi.engine import Engine, LocalEngine
@@ -28,6 +28,7 @@ def test_pinned_values() -> None:
     assert combine(hash_strings(["a"]), 3, 4).tolist() == [5573648426404319068]
 
 
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(max_size=80), max_size=60))
 def test_matches_scalar_reference(values: list[str]) -> None:
     expected = mix64(np.array([_reference(v) for v in values], dtype=np.uint64))

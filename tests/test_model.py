@@ -11,19 +11,12 @@ import polars as pl
 import pytest
 from test_features import make_turns
 
-from fpi.bundle_manifest import bundle_hash
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.features import FEATURES, build_features, context_free
 from fpi.files import MARKER
-from fpi.model import (
-    LEARNED_FILE,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    NO_CONTEXT_FILE,
-    TrainResult,
-    load_bundle,
-    train,
-)
+from fpi.model import TrainResult, load_bundle, train
+from fpi.model.bundle import LEARNED_FILE, MODEL_FILE, NO_CONTEXT_FILE
+from fpi.model.manifest import MANIFEST_FILE, bundle_hash
 from fpi.schema import CLASSES, COMPONENTS
 
 FAST = {"num_boost_round": 25, "early_stopping_rounds": 5}

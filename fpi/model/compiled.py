@@ -344,7 +344,7 @@ def probe_rows(model_text: str, n: int = 512, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# The hook used by fpi.model
+# The hook used by fpi.model.bundle
 # ---------------------------------------------------------------------------
 
 _CACHE: weakref.WeakKeyDictionary[lgb.Booster, CompiledPredictor | None] = (

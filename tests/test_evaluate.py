@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from fpi.cli import app
 from fpi.errors import InputError
+from fpi.evaluate import evaluate
 from fpi.metrics import (
     classification_metrics,
     confusion_matrix,
-    evaluate,
     expected_calibration_error,
     human_agreement,
     macro_f1_score,

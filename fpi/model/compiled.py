@@ -36,7 +36,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import lightgbm as lgb
 import numpy as np
@@ -405,7 +405,7 @@ def raw_margins(booster: lgb.Booster, x: np.ndarray, threads: int | None = None)
     return pred.predict_raw(x, threads=threads)
 
 
-def forget(booster: Any = None) -> None:
+def forget(booster: lgb.Booster | None = None) -> None:
     """Drop remembered predictors (all, or ``booster``'s): for tests."""
     with _LOCK:
         if booster is None:

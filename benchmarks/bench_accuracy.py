@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the evaluation document")
     args = parser.parse_args()
 
-    from fpi.evaluation import evaluate
+    from fpi.evaluate import evaluate
     from fpi.model import train
     from fpi.schema import CLASSES
     from fpi.simulation import simulate_frame

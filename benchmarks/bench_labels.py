@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
 from fpi.labels.check import CheckOptions, check_labels
 from fpi.labels.measure import METHODS, measure
 from fpi.labels.queue import QueueOptions, build_queue
+from fpi.metrics import labels_to_index, macro_f1_score
 from fpi.model import ModelBundle, train
 from fpi.schema import CLASSES
 from fpi.simulation import simulate_frame

@@ -54,7 +54,7 @@ def _clock() -> tuple[float, float]:
 
 
 def _labels(frame: pl.DataFrame) -> np.ndarray:
-    from fpi.evaluation import labels_to_index
+    from fpi.metrics import labels_to_index
 
     return labels_to_index(frame["label"].struct.field("failure_point"))
 
@@ -63,7 +63,7 @@ def boot_macro_f1(y: np.ndarray, preds: dict[str, np.ndarray], sessions: np.ndar
                   reps: int = 200, seed: int = 0) -> dict[str, tuple[float, float]]:
     """95% bootstrap interval (resampling sessions) of each predictor's macro-F1, and of
     the difference of the first predictor minus each other one."""
-    from fpi.evaluation import classification_metrics
+    from fpi.metrics import classification_metrics
 
     uniq, inv = np.unique(sessions, return_inverse=True)
     rng = np.random.default_rng(seed)
@@ -176,7 +176,7 @@ def _frames(style: str, turns: int, test_turns: int, seed: int
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
-    from fpi.evaluation import classification_metrics
+    from fpi.metrics import classification_metrics
 
     keep = y >= 0
     return round(float(classification_metrics(y[keep], pred[keep])["macro_f1"]), 4)

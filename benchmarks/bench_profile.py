@@ -82,7 +82,8 @@ class Meter:
 def _instrument(meter: Meter) -> None:
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    from fpi import attribution, calibration, diagnosis, model
+    from fpi import attribution, diagnosis, model
+    from fpi.model import calibration
 
     d = diagnosis
     d._batches = meter.wrap_iter("read", d._batches)  # type: ignore[attr-defined]

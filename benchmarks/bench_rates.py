@@ -62,8 +62,8 @@ def _train(args: argparse.Namespace, cache: Path) -> Any:
 
 
 def _nights(args: argparse.Namespace, bundle: Any, cache: Path) -> dict[str, list[dict[str, Any]]]:
-    from fpi.evaluation import labels_to_index
     from fpi.features import build_features
+    from fpi.metrics import labels_to_index
     from fpi.simulation import simulate_frame
 
     out: dict[str, list[dict[str, Any]]] = {}

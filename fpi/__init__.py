@@ -10,6 +10,8 @@ The heavy modules are imported lazily, so ``import fpi`` stays fast.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -22,7 +24,7 @@ _LAZY: dict[str, str] = {
     "train": "fpi.model",
     "load_bundle": "fpi.model",
     "ModelBundle": "fpi.model",
-    "evaluate": "fpi.evaluation",
+    "evaluate": "fpi.evaluate",
     "diagnose": "fpi.diagnosis",
     "explain": "fpi.diagnosis",
     "build_trend": "fpi.trend",
@@ -30,6 +32,24 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = ["__version__", *_LAZY]
+
+
+class _Package(types.ModuleType):
+    """The ``fpi`` package, whose public names outrank its submodules.
+
+    Importing a submodule binds it on its package: ``fpi/evaluate.py`` would replace
+    the public function ``fpi.evaluate`` once imported. Such a binding is refused
+    (the submodule stays importable by its full name); the name keeps resolving
+    through :func:`__getattr__`.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

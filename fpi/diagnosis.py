@@ -43,7 +43,6 @@ from fpi.aggregate import (
     slice_rates,
 )
 from fpi.errors import ExitStatus, InputError, ModelError
-from fpi.evaluation import labels_to_index, macro_f1_score
 from fpi.features import build_features
 from fpi.files import (
     MARKER,
@@ -56,6 +55,7 @@ from fpi.files import (
 from fpi.focus_examples import ExamplePool, pick
 from fpi.gates import Gate, evaluate_gates, junit_xml, load_gates, overall_status, parse_gate
 from fpi.headline import headline
+from fpi.metrics import labels_to_index, macro_f1_score
 from fpi.numbers import stable_round
 from fpi.progress import Progress, bytes_callback
 from fpi.redact import ID_PREFIX, SALT_ENV, Redactor, redactor
@@ -167,7 +167,7 @@ def _check_baseline(doc: Any, where: str) -> dict[str, Any]:
 
 def bundle_id(bundle: Any) -> str:
     """A bundle's model id: its ``bundle_hash`` (the hash of its whole manifest)."""
-    from fpi.bundle_manifest import bundle_hash
+    from fpi.model.manifest import bundle_hash
 
     m = bundle.manifest
     return str(m.get("bundle_hash") or bundle_hash(m))
@@ -554,7 +554,7 @@ def _load_model(model: Any) -> Any:
 
 
 def _runtime_versions() -> dict[str, str]:
-    from fpi.model import runtime_versions
+    from fpi.model.bundle import runtime_versions
 
     return runtime_versions()
 

@@ -49,7 +49,7 @@ def _outside_github_actions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Compiled predictors (fpi.compiled) go to a per-run directory, not ~/.cache; child
+    """Compiled predictors (fpi.model.compiled) go to a per-run directory, not ~/.cache; child
     `fpi` processes inherit it, so each test model compiles once per run."""
     if "FPI_CACHE_DIR" not in os.environ:
         os.environ["FPI_CACHE_DIR"] = str(tmp_path_factory.mktemp("fpi-cache"))

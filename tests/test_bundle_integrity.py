@@ -20,16 +20,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_features import make_turns
 
-from fpi.bundle_manifest import (
+from fpi.diagnosis import diagnose
+from fpi.errors import InputError, ModelError
+from fpi.model import load_bundle
+from fpi.model.bundle import MODEL_FILE, NO_CONTEXT_FILE
+from fpi.model.manifest import (
+    MANIFEST_FILE,
     SAFE_NAME,
     SCHEMA,
     bundle_hash,
     check_entry_name,
     validate_manifest,
 )
-from fpi.diagnosis import diagnose
-from fpi.errors import InputError, ModelError
-from fpi.model import MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE, load_bundle
 from fpi.schema import CLASSES
 
 FPI = [sys.executable, "-m", "fpi"]

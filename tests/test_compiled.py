@@ -9,8 +9,8 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from fpi import compiled
 from fpi.errors import ModelError
+from fpi.model import compiled
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +113,7 @@ def test_fpi_model_margins(tmp_path: Path) -> None:
 
 def test_cache_miss_then_hit(booster: lgb.Booster, _cache: Path,
                              caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="fpi.compiled")
+    caplog.set_level(logging.DEBUG, logger="fpi.model.compiled")
     first = compiled.build_library(booster.model_to_string())
     assert first.parent == _cache and "built" in caplog.text
     caplog.clear()
@@ -125,7 +125,7 @@ def test_cache_miss_then_hit(booster: lgb.Booster, _cache: Path,
 
 def test_no_compiler_falls_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch,
                                 caplog: pytest.LogCaptureFixture, _cache: Path) -> None:
-    caplog.set_level(logging.DEBUG, logger="fpi.compiled")
+    caplog.set_level(logging.DEBUG, logger="fpi.model.compiled")
     monkeypatch.setenv("CC", "no-such-compiler-fpi")
     x, _ = _data(200, 3)
     out = compiled.raw_margins(booster, x)
@@ -144,7 +144,7 @@ def test_empty_path_falls_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyP
 
 def test_failing_compiler_falls_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch,
                                      caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="fpi.compiled")
+    caplog.set_level(logging.DEBUG, logger="fpi.model.compiled")
     monkeypatch.setenv("CC", "false")
     x, _ = _data(50, 5)
     assert np.array_equal(compiled.raw_margins(booster, x), booster.predict(x, raw_score=True))
@@ -153,7 +153,7 @@ def test_failing_compiler_falls_back(booster: lgb.Booster, monkeypatch: pytest.M
 
 def test_wrong_margins_fall_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch,
                                  caplog: pytest.LogCaptureFixture, _cache: Path) -> None:
-    caplog.set_level(logging.DEBUG, logger="fpi.compiled")
+    caplog.set_level(logging.DEBUG, logger="fpi.model.compiled")
     real = compiled.generate_c
     monkeypatch.setattr(compiled, "generate_c",
                         lambda text: real(text).replace("+ c] = 0.0;", "+ c] = 1e-9;"))

@@ -10,12 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fpi.bundle_manifest import bundle_hash
-from fpi.crossfit import assign_folds, candidates
 from fpi.errors import InputError, ModelError
 from fpi.features import build_features
-from fpi.learned import BUCKETS, Learned, TextModel, discover_extra, hashed_ngrams
-from fpi.model import LEARNED_FILE, MANIFEST_FILE, MODEL_FILE, TrainResult, load_bundle, train
+from fpi.model import TrainResult, load_bundle, train
+from fpi.model.bundle import LEARNED_FILE, MODEL_FILE
+from fpi.model.crossfit import assign_folds, candidates
+from fpi.model.learned import BUCKETS, Learned, TextModel, discover_extra, hashed_ngrams
+from fpi.model.manifest import MANIFEST_FILE, bundle_hash
 from fpi.simulation import simulate_frame
 
 FAST = {"num_boost_round": 40, "early_stopping_rounds": 5, "folds": 3, "search": False}

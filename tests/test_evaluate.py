@@ -11,18 +11,18 @@ import pytest
 from test_features import make_turns
 from typer.testing import CliRunner
 
-from fpi.bundle_manifest import bundle_hash
 from fpi.cli import app
 from fpi.errors import InputError
-from fpi.evaluation import (
+from fpi.evaluate import evaluate
+from fpi.metrics import (
     classification_metrics,
     confusion_matrix,
-    evaluate,
     expected_calibration_error,
     human_agreement,
     macro_f1_score,
 )
 from fpi.model import load_bundle
+from fpi.model.manifest import bundle_hash
 from fpi.schema import CLASSES
 
 runner = CliRunner()

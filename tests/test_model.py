@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +13,12 @@ import polars as pl
 import pytest
 from test_features import make_turns
 
-from fpi.bundle_manifest import bundle_hash
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.features import FEATURES, build_features, context_free
 from fpi.files import MARKER
-from fpi.model import (
-    LEARNED_FILE,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    NO_CONTEXT_FILE,
-    TrainResult,
-    load_bundle,
-    train,
-)
+from fpi.model import FitOptions, TrainResult, fit, load_bundle, save, train
+from fpi.model.bundle import LEARNED_FILE, MODEL_FILE, NO_CONTEXT_FILE
+from fpi.model.manifest import MANIFEST_FILE, bundle_hash
 from fpi.schema import CLASSES, COMPONENTS
 
 FAST = {"num_boost_round": 25, "early_stopping_rounds": 5}
@@ -75,9 +70,21 @@ def test_model_learns_the_fixture(trained: TrainResult) -> None:
 
 def test_training_is_byte_identical(turns: pl.DataFrame, trained: TrainResult,
                                     tmp_path: Path) -> None:
-    again = train(turns, tmp_path / "again", seed=0, threads=1, **FAST)
+    # fit in memory writes nothing; saving it gives the bytes train wrote
+    bundle = fit(turns, FitOptions(seed=0, threads=1, **FAST))
+    assert bundle.path is None and list(tmp_path.iterdir()) == []
+    assert bundle.model_id == trained.bundle.model_id
+    saved = save(bundle, tmp_path / "again")
+    assert saved.path == tmp_path / "again" and saved.booster is bundle.booster
     for name in (MODEL_FILE, NO_CONTEXT_FILE, LEARNED_FILE, MANIFEST_FILE):
-        assert (again.path / name).read_bytes() == (trained.path / name).read_bytes(), name
+        assert (saved.path / name).read_bytes() == (trained.path / name).read_bytes(), name
+
+
+def test_training_does_not_import_its_judge() -> None:
+    code = "import sys, fpi.model; print('fpi.evaluate' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_counts_add_up(trained: TrainResult, turns: pl.DataFrame) -> None:

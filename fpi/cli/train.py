@@ -172,8 +172,8 @@ def train(
 
     Exit status: 0 ok, 2 bad input, 3 rejects under --strict.
     """
-    from fpi.model import check_bundle_out
     from fpi.model import train as train_model
+    from fpi.model.bundle import check_bundle_out
 
     if split not in ("session", "time"):
         raise InputError(f"--split must be 'session' or 'time', not {split!r}")
@@ -222,7 +222,7 @@ def evaluate(
     confusion matrix and calibration error, with the rule baseline, the no-context
     model and (where label.failure_point_2 exists) human agreement side by side.
     """
-    from fpi.evaluation import evaluate as evaluate_model
+    from fpi.evaluate import evaluate as evaluate_model
     from fpi.model import load_bundle
 
     bundle = load_bundle(model)

@@ -24,8 +24,8 @@ import numpy as np
 import polars as pl
 
 from fpi.errors import InputError
-from fpi.evaluation import classification_metrics, confusion_matrix, labels_to_index
 from fpi.files import atomic_path
+from fpi.metrics import classification_metrics, confusion_matrix, labels_to_index
 from fpi.schema import CLASSES, KEY_COLUMNS
 
 KEY = list(KEY_COLUMNS)

@@ -28,9 +28,10 @@ import numpy as np
 import polars as pl
 
 from fpi.errors import InputError
-from fpi.evaluation import labels_to_index
 from fpi.features import FEATURES, Feature, build_features
-from fpi.model import DEFAULT_PARAMS, _class_weights, _levels, _matrix
+from fpi.metrics import labels_to_index
+from fpi.model.bundle import model_matrix
+from fpi.model.training import DEFAULT_PARAMS, category_levels, class_weights
 from fpi.schema import CLASSES, KEY_COLUMNS
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def out_of_fold_proba(x: np.ndarray, y: np.ndarray, fold: np.ndarray, cat_idx: l
     proba = np.zeros((len(y), len(CLASSES)))
     for f in np.unique(fold):
         fit, score = fold != f, fold == f
-        w = _class_weights(y[fit], 0.5)[y[fit]]
+        w = class_weights(y[fit], 0.5)[y[fit]]
         data = lgb.Dataset(x[fit], label=y[fit], weight=w, categorical_feature=cat_idx or "auto",
                            params={"max_bin": params["max_bin"], "verbosity": -1})
         booster = lgb.train(params, data, num_boost_round=rounds)
@@ -138,7 +139,7 @@ def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | 
     feats: tuple[Feature, ...]
     lab_feats = features.filter(pl.Series(labelled))
     if bundle is not None:
-        # not the bundle's learned features (fpi.learned): its text models saw the labels
+        # not the bundle's learned features (fpi.model.learned): its text models saw the labels
         feats = tuple(f for f in bundle.features if f.name in lab_feats.columns)
         levels = bundle.levels
         p = bundle.manifest.get("params", {})
@@ -146,9 +147,9 @@ def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | 
                                                          "learning_rate") if k in p}}
         rounds = int(min(p.get("best_iteration") or options.rounds, 300))
     else:
-        feats, levels = FEATURES, _levels(lab_feats, FEATURES)
+        feats, levels = FEATURES, category_levels(lab_feats, FEATURES)
         params, rounds = options.params(), options.rounds
-    x = _matrix(lab_feats, feats, levels)
+    x = model_matrix(lab_feats, feats, levels)
     return x, [i for i, f in enumerate(feats) if f.kind == "categorical"], params, rounds
 
 

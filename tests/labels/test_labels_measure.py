@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from fpi.errors import InputError
-from fpi.evaluation import classification_metrics
 from fpi.labels.measure import measure
+from fpi.metrics import classification_metrics
 from fpi.schema import CLASSES
 
 

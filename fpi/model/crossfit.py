@@ -4,8 +4,8 @@ Every labelled turn is used (issue 13): ``k`` folds of whole sessions give
 out-of-fold (OOF) raw margins for every labelled turn, from which the trainer
 fits the calibration, measures the held-out metrics and the confusion matrices,
 and takes the number of boosting rounds; the shipped model is then trained on
-all labelled turns. A session's fold is a hash of the seed and its id alone, so
-it does not depend on row order or on which other sessions are in the data.
+all labelled turns (:func:`fit_final`). A session's fold is a hash of the seed and its id
+alone, so it does not depend on row order or on which other sessions are in the data.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from typing import Any, Final
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+
+from fpi.features import Feature
+from fpi.progress import Progress, boosting_callback, report
+from fpi.schema import CLASSES
 
 #: Test-part hash salt (``test_size`` > 0 sets aside sessions before cross-fitting).
 _TEST_SALT: Final = "fpi-test"
@@ -106,3 +110,64 @@ def fit_fold(x: np.ndarray, y: np.ndarray, w: np.ndarray, train: np.ndarray,
     raw = np.asarray(booster.predict(x[held], raw_score=True, num_iteration=best))
     start = init_model.current_iteration() if init_model is not None else 0
     return FoldFit(raw, max(1, best - start), score)
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Out-of-fold margins of the fit rows, rounds for the shipped model, the search."""
+
+    params: dict[str, Any]
+    oof_raw: np.ndarray
+    rounds: int
+    fold_rounds: list[int]
+    search: list[dict[str, Any]]
+
+
+def crossfit(x: np.ndarray, y: np.ndarray, w: np.ndarray, folds: np.ndarray,
+              which: Sequence[Feature], base: dict[str, Any], cands: list[dict[str, Any]],
+              num_boost_round: int, early_stopping_rounds: int,
+              init: lgb.Booster | None, progress: Progress | None, stage: str) -> CrossFit:
+    """Search ``cands`` on the first fold (lowest held-out log loss wins), then fit the
+    other folds with the winner; rounds = 1.1 x the mean early-stopped rounds."""
+    cat_idx = [i for i, f in enumerate(which) if f.kind == "categorical"]
+    names = [f.name for f in which]
+    ks = [int(k) for k in np.unique(folds)]
+    total = len(cands) + len(ks) - 1
+    report(progress, stage, 0, total)
+
+    def run(k: int, p: dict[str, Any]) -> FoldFit:
+        return fit_fold(x, y, w, folds != k, folds == k, cat_idx, names, p, num_boost_round,
+                        early_stopping_rounds, init)
+
+    tried = [(run(ks[0], {**base, **c}), c) for c in cands]
+    report(progress, stage, len(cands), total)
+    first, chosen = min(tried, key=lambda t: t[0].score)
+    params = {**base, **chosen}
+    oof = np.zeros((len(y), len(CLASSES)))
+    oof[folds == ks[0]] = first.raw
+    fold_rounds = [first.best_iteration]
+    for i, k in enumerate(ks[1:]):
+        r = run(k, params)
+        oof[folds == k] = r.raw
+        fold_rounds.append(r.best_iteration)
+        report(progress, stage, len(cands) + i + 1, total)
+    rounds = max(1, round(1.1 * float(np.mean(fold_rounds))))
+    search = [{**c, "fold0_logloss": round(f.score, 6), "rounds": f.best_iteration}
+              for f, c in tried]
+    return CrossFit(params, oof, rounds, fold_rounds, search)
+
+
+def fit_final(x: np.ndarray, y: np.ndarray, w: np.ndarray, which: Sequence[Feature],
+               params: dict[str, Any], rounds: int, init: lgb.Booster | None,
+               progress: Progress | None, stage: str) -> tuple[lgb.Booster, str]:
+    """The shipped model: all fit rows, the cross-fitted number of rounds."""
+    ds = lgb.Dataset(x, label=y, weight=w, feature_name=[f.name for f in which],
+                     categorical_feature=[i for i, f in enumerate(which)
+                                          if f.kind == "categorical"] or "auto",
+                     free_raw_data=False, params={"max_bin": params["max_bin"], "verbosity": -1})
+    booster = lgb.train(params, ds, num_boost_round=rounds, init_model=init,
+                        callbacks=[cb for cb in (boosting_callback(progress, stage),)
+                                   if cb is not None])
+    text = booster.model_to_string()
+    # reload from the text so the booster in memory is exactly the one saved
+    return lgb.Booster(model_str=text), text

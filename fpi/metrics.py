@@ -1,9 +1,9 @@
-"""Measure a model bundle on labelled turns, side by side with its baselines and humans.
+"""Classification metrics on class indices (NumPy): the model's, its baselines', humans'.
 
-:func:`evaluate` scores the model, the first-bad-stage rule and the no-context
-model on the same turns, and, where turns carry a second annotator's label
-(``label.failure_point_2``), the human agreement per class (annotator 2 scored
-against the gold label) and the model's F1 as a percentage of it.
+Confusion matrices, per-class precision, recall and F1, macro-F1, the expected
+calibration error, human agreement (a second annotator scored against the gold
+label) and the soft confusion matrix. Both the trainer (:mod:`fpi.model`) and
+:func:`fpi.evaluate.evaluate` use them.
 
 Macro-F1 averages the per-class F1 over the classes present in the gold labels
 (a class with no support has no defined recall).
@@ -11,18 +11,13 @@ Macro-F1 averages the per-class F1 over the classes present in the gold labels
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from fpi.errors import InputError
 from fpi.numbers import stable_round
 from fpi.schema import CLASSES
-
-if TYPE_CHECKING:
-    from fpi.model import ModelBundle
 
 #: Number of equal-width confidence bins for the expected calibration error.
 ECE_BINS = 15
@@ -109,38 +104,6 @@ def labels_to_index(labels: pl.Series) -> np.ndarray:
     return labels.replace_strict(mapping, default=-1, return_dtype=pl.Int64).to_numpy()
 
 
-# ---------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """Model metrics on labelled turns, with baselines and human agreement side by side."""
-
-    metrics: dict[str, Any]
-    baselines: dict[str, dict[str, Any]]
-    human: dict[str, Any] | None
-    model_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def macro_f1(self) -> float | None:
-        """The model's macro-F1."""
-        return self.metrics["macro_f1"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Stable JSON document (keys: macro_f1, accuracy, per_class, confusion,
-        calibration_error, rate_estimate, n_turns, classes, baselines, human)."""
-        return {
-            "classes": list(CLASSES),
-            **self.metrics,
-            "baselines": self.baselines,
-            "human": self.human,
-            **({"model": self.model_dir} if self.model_dir else {}),
-            **self.extra,
-        }
-
-
 def human_agreement(gold: np.ndarray, second: np.ndarray,
                     model_per_class: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Annotator 2 scored against gold (rows where both exist), per class F1.
@@ -167,57 +130,21 @@ def human_agreement(gold: np.ndarray, second: np.ndarray,
             "per_class": per_class}
 
 
-def _summary(m: dict[str, Any]) -> dict[str, Any]:
+def brief_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """The headline of a :func:`classification_metrics` document (what baselines show)."""
     return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
             "per_class": m["per_class"], "confusion": m["confusion"]}
 
 
-def evaluate(turns: pl.DataFrame, bundle: ModelBundle,
-             *, features: pl.DataFrame | None = None) -> EvaluationResult:
-    """Score ``bundle`` on labelled canonical turns.
+def soft_confusion(y: np.ndarray, proba: np.ndarray) -> list[list[float]]:
+    """Sum of calibrated probabilities per true class (rows true, columns predicted).
 
-    Parameters
-    ----------
-    turns
-        Canonical frame; turns without ``label.failure_point`` are ignored.
-    bundle
-        A loaded model bundle (:func:`fpi.model.load_bundle`).
-    features
-        Precomputed :func:`fpi.features.build_features` of ``turns`` (optional).
-
-    Raises
-    ------
-    InputError
-        No turn carries a label.
-    SchemaError
-        The bundle does not match the data.
+    The probabilistic counterpart of the confusion counts: row ``i`` divided by its
+    sum is the mean calibrated posterior of class-``i`` turns, what the rate
+    estimator (:func:`fpi.aggregate.estimate_rates`) uses to check and correct
+    the calibration. Sums, so matrices of disjoint held-out parts (folds) add.
     """
-    from fpi.features import build_features
-
-    bundle.check_compatible(turns)
-    y_all = labels_to_index(turns["label"].struct.field("failure_point"))
-    labelled = y_all >= 0
-    if not labelled.any():
-        raise InputError(
-            f"none of the {turns.height} turns has a label.failure_point: evaluate needs "
-            "labelled turns"
-        )
-    if features is None:
-        features = build_features(turns)
-    mask = pl.Series(labelled)
-    feats = features.filter(mask)
-    y = y_all[labelled]
-    proba = bundle.predict_proba(feats)
-    metrics = classification_metrics(y, proba.argmax(axis=1), proba)
-    baselines: dict[str, dict[str, Any]] = {}
-    if bundle.rule_baseline is not None:
-        baselines["rules"] = _summary(
-            classification_metrics(y, bundle.rule_baseline.predict(feats))
-        )
-    if bundle.has_no_context_model:
-        baselines["no_context"] = _summary(
-            classification_metrics(y, bundle.predict_proba_no_context(feats).argmax(axis=1))
-        )
-    second = labels_to_index(turns["label"].struct.field("failure_point_2"))[labelled]
-    human = human_agreement(y, second, metrics["per_class"])
-    return EvaluationResult(metrics, baselines, human, str(bundle.path) if bundle.path else None)
+    k = proba.shape[1]
+    out = np.zeros((k, k))
+    np.add.at(out, y, proba)
+    return [[round(float(v), 6) for v in row] for row in out]

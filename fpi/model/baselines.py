@@ -4,7 +4,7 @@ The rule walks the pipeline in order and blames the first stage whose confidence
 is below its threshold or whose status looks bad; if none does, the turn is
 ``correct``. Thresholds are fitted on the training data by coordinate ascent on
 a grid, maximising macro-F1. (The other baseline, the same model without context
-features, lives in the bundle as a second LightGBM model: see :mod:`fpi.model`.)
+features, lives in the bundle as a second LightGBM model: see :mod:`fpi.model.training`.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from fpi.errors import ModelError
-from fpi.evaluation import macro_f1_score
+from fpi.metrics import macro_f1_score
 from fpi.schema import CLASSES
 
 #: Result-status sets the rule may call bad (fitted: the one with the best macro-F1).

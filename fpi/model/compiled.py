@@ -36,7 +36,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import lightgbm as lgb
 import numpy as np
@@ -344,7 +344,7 @@ def probe_rows(model_text: str, n: int = 512, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# The hook used by fpi.model
+# The hook used by fpi.model.bundle
 # ---------------------------------------------------------------------------
 
 _CACHE: weakref.WeakKeyDictionary[lgb.Booster, CompiledPredictor | None] = (
@@ -405,7 +405,7 @@ def raw_margins(booster: lgb.Booster, x: np.ndarray, threads: int | None = None)
     return pred.predict_raw(x, threads=threads)
 
 
-def forget(booster: Any = None) -> None:
+def forget(booster: lgb.Booster | None = None) -> None:
     """Drop remembered predictors (all, or ``booster``'s): for tests."""
     with _LOCK:
         if booster is None:

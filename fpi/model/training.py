@@ -1,0 +1,578 @@
+"""Fit the failure-point model (LightGBM multiclass) in memory, and train = fit + save.
+
+:func:`fit` turns labelled canonical turns into a :class:`~fpi.model.bundle.ModelBundle`
+in memory, writing nothing; :func:`train` checks the output directory, fits and saves
+the bundle (:func:`fpi.model.bundle.save`). The same data, seed and thread count give
+byte-identical bundles.
+
+The steps of :func:`fit`: labelled rows and their features (:func:`_labelled_data`);
+sessions set aside and folds (:func:`_split_rows`); the model's columns, fixed and
+learned (:func:`_feature_set`); the model cross-fitted and calibrated
+(:func:`_fit_model`, :mod:`fpi.model.crossfit`); the no-context model and the rule
+baseline on the same folds; the manifest (:func:`_manifest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from fpi import __version__
+from fpi.errors import InputError, ModelError, SchemaError
+from fpi.features import FEATURES, Feature, build_features, context_free
+from fpi.metrics import (
+    brief_metrics,
+    classification_metrics,
+    human_agreement,
+    labels_to_index,
+    soft_confusion,
+)
+from fpi.model.baselines import RuleBaseline, fit_rule_baseline
+from fpi.model.bundle import (
+    BUNDLE_FORMAT,
+    LEARNED_FILE,
+    MODEL_FILE,
+    NO_CONTEXT_FILE,
+    ModelBundle,
+    check_bundle_out,
+    load_bundle,
+    model_matrix,
+    runtime_versions,
+    save,
+)
+from fpi.model.calibration import Calibration, fit_calibration
+from fpi.model.crossfit import (
+    CrossFit,
+    assign_folds,
+    candidates,
+    crossfit,
+    fit_final,
+    test_mask,
+)
+from fpi.model.learned import (
+    RAW_EXTRA,
+    RAW_TEXT,
+    Learned,
+    TextModel,
+    discover_extra,
+    fit_text_models,
+    hashed_ngrams,
+    oof_text_scores,
+)
+from fpi.model.manifest import bundle_hash
+from fpi.progress import Progress, report
+from fpi.schema import CLASSES, COMPONENTS
+
+log = logging.getLogger(__name__)
+
+#: Cross-fitting folds by default: (small data, large data, threshold in labelled turns).
+AUTO_FOLDS: Final = (5, 3, 20_000)
+
+#: Fewest labelled examples of a class the trainer accepts.
+MIN_CLASS_COUNT: Final = 10
+
+#: LightGBM parameters; seed, threads and determinism flags are added by :func:`train`.
+DEFAULT_PARAMS: Final[dict[str, Any]] = {
+    "objective": "multiclass",
+    "num_class": len(CLASSES),
+    "learning_rate": 0.1,
+    "num_leaves": 63,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "max_bin": 255,
+    "max_cat_to_onehot": 8,
+    "cat_smooth": 10.0,
+    "verbosity": -1,
+}
+
+Split = Literal["session", "time"]
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How :func:`fit` trains (the keyword arguments of :func:`train`, checked)."""
+
+    seed: int = 0
+    threads: int = 1
+    folds: int | None = None
+    split: Split = "session"
+    test_size: float = 0.0
+    num_boost_round: int = 1000
+    early_stopping_rounds: int = 20
+    params: dict[str, Any] | None = None
+    search: bool = True
+    learn_features: bool = True
+    class_weight_power: float = 0.5
+    min_class_count: int = MIN_CLASS_COUNT
+    no_context: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.test_size < 1:
+            raise InputError(f"test size must be at least 0 and below 1, got {self.test_size}")
+        if self.folds is not None and self.folds < 2:
+            raise InputError(f"folds must be at least 2, got {self.folds}")
+
+
+class _Laps:
+    """Wall seconds per step, into ``timings`` (not in the manifest: no clock there)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = round(now - self.clock, 3)
+        self.clock = now
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did: where the bundle is and its manifest (with held-out metrics)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    bundle: ModelBundle
+    #: Wall seconds per step (features, learned, model, no_context, rules, manifest,
+    #: write); not in the
+    #: manifest, which must not depend on the clock.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def heldout(self) -> dict[str, Any]:
+        """Held-out metrics of the model (``manifest["heldout"]["metrics"]``)."""
+        return self.manifest["heldout"]["metrics"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: held-out metrics in the :mod:`fpi.evaluate` layout plus counts."""
+        h = self.manifest["heldout"]
+        return {"model": str(self.path), "classes": list(CLASSES), **h["metrics"],
+                "baselines": self.manifest["baselines"]["heldout"], "human": h.get("human"),
+                "training": self.manifest["training"]}
+
+
+
+def class_weights(y: np.ndarray, power: float) -> np.ndarray:
+    """Weight per class: ``(n / (k * count)) ** power`` (0 for an absent class)."""
+    counts = np.bincount(y, minlength=len(CLASSES)).astype(np.float64)
+    w = np.where(counts > 0, (len(y) / (len(CLASSES) * np.maximum(counts, 1))) ** power, 0.0)
+    return w
+
+
+def _fingerprint(turns: pl.DataFrame) -> str:
+    digest = hashlib.sha256()
+    digest.update(turns.select(pl.col("session_id", "turn_index")).hash_rows(seed=0)
+                  .to_numpy().tobytes())
+    digest.update(turns.hash_rows(seed=0).to_numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def category_levels(features: pl.DataFrame, feats: Sequence[Feature]) -> dict[str, list[str]]:
+    """Sorted levels seen of each categorical feature in ``feats``."""
+    return {
+        f.name: features[f.name].drop_nulls().unique().sort().to_list()
+        for f in feats if f.kind == "categorical"
+    }
+
+
+@dataclass(frozen=True)
+class _FeatureSet:
+    """The model's columns: fixed features plus those learned from the data."""
+
+    features: tuple[Feature, ...]
+    levels: dict[str, list[str]]
+    learned: Learned | None
+    columns: dict[str, np.ndarray]  # learned columns of the labelled rows (OOF on fit rows)
+
+
+def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
+                 init: ModelBundle | None, learn: bool) -> _FeatureSet:
+    """Features of a new model: the init bundle's (warm start) or fixed + learned ones."""
+    fit_feats = feats.filter(pl.Series(fit))
+    if init is not None:
+        if init.learned is None:
+            return _FeatureSet(init.features, init.levels, None, {})
+        # the same columns, their text models refitted on this data: a text feature
+        # means "log-posterior of a class given this field's text" whatever the language
+        learned = Learned({f: TextModel.fit(hashed_ngrams(fit_feats[RAW_TEXT[f][0]].to_list()),
+                                            y[fit]) for f in init.learned.text},
+                          init.learned.extra)
+        features, levels = init.features, init.levels
+    elif not learn:
+        return _FeatureSet(FEATURES, category_levels(fit_feats, FEATURES), None, {})
+    else:
+        learned = Learned(fit_text_models(fit_feats, y[fit]),
+                          tuple(discover_extra(fit_feats[RAW_EXTRA])))
+        extra = tuple(Feature(n, g) for n, g in learned.names_groups())
+        features, levels = FEATURES + extra, category_levels(fit_feats, FEATURES)
+    cols = learned.columns(feats)  # full-data models: right for a test part
+    for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text)).items():
+        cols[name][fit] = oof  # fit rows: out-of-fold scores only
+    return _FeatureSet(features, levels, learned, cols)
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The labelled rows: turns, features, classes, which rows are fitted, their folds."""
+
+    turns: pl.DataFrame
+    feats: pl.DataFrame
+    y: np.ndarray
+    fit: np.ndarray  # fit rows (the rest is the test part)
+    fold: np.ndarray  # fold per row
+    folds: int
+
+    @property
+    def ev(self) -> np.ndarray:
+        """Rows the held-out metrics are on: the test part, or every fit row (OOF)."""
+        return ~self.fit if (~self.fit).any() else self.fit
+
+
+def _labelled_data(turns: pl.DataFrame, features: pl.DataFrame | None, options: FitOptions,
+                   progress: Progress | None, lap: _Laps) -> _Data:
+    """The labelled turns and their features (built if not given), split and folded."""
+    y_all = labels_to_index(turns["label"].struct.field("failure_point"))
+    labelled = y_all >= 0
+    if not labelled.any():
+        raise InputError(f"none of the {turns.height} turns has a label.failure_point: "
+                         "training needs labelled turns")
+    if features is None:
+        report(progress, "features", 0, None)
+        features = build_features(turns)
+        report(progress, "features", turns.height, turns.height)
+    lap("features")
+    lab_mask = pl.Series(labelled)
+    lab_turns = turns.filter(lab_mask)
+    y = y_all[labelled]
+    folds = options.folds
+    if folds is None:  # large data: fewer folds keep training time sane
+        folds = AUTO_FOLDS[0] if len(y) <= AUTO_FOLDS[2] else AUTO_FOLDS[1]
+    fit, fold = _split_rows(lab_turns, options.split, options.test_size, options.seed, folds)
+    _check_classes(y[fit], options.min_class_count)
+    return _Data(lab_turns, features.filter(lab_mask), y, fit, fold, folds)
+
+
+def _split_rows(lab_turns: pl.DataFrame, split: Split, test_size: float, seed: int,
+                folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit mask, fold per row): sessions set aside as a test part, folds of the rest."""
+    sessions = lab_turns["session_id"]
+    if split == "time" and test_size > 0:
+        first = lab_turns.group_by("session_id").agg(pl.col("timestamp").min()).sort(
+            "timestamp", "session_id")
+        n_test = max(1, round(first.height * test_size))
+        newest = first["session_id"].tail(n_test)
+        test = sessions.is_in(newest.implode()).to_numpy()
+    elif split in ("session", "time"):
+        test = test_mask(sessions, test_size, seed)
+    else:
+        raise InputError(f"unknown split {split!r}: use 'session' or 'time'")
+    fit = ~test
+    n_fit = sessions.filter(pl.Series(fit)).n_unique()
+    fold = assign_folds(sessions, folds, seed)
+    if n_fit < max(folds, 4) or len(np.unique(fold[fit])) < 2:
+        raise InputError(f"only {n_fit} labelled session(s) to cross-fit: training needs at "
+                         f"least {max(folds, 4)} (sessions are never split across folds)")
+    return fit, fold
+
+
+def _check_classes(y: np.ndarray, min_class_count: int) -> None:
+    counts = np.bincount(y, minlength=len(CLASSES))
+    few = [(c, int(counts[i])) for i, c in enumerate(CLASSES) if counts[i] < min_class_count]
+    if few:
+        listed = ", ".join(f"{c!r} has {n}" for c, n in few)
+        raise InputError(f"too few labelled examples to learn: {listed} (need at least "
+                         f"{min_class_count} per class)")
+
+
+def _base_params(n_fit: int, seed: int, threads: int) -> dict[str, Any]:
+    p = {**DEFAULT_PARAMS, "seed": seed, "num_threads": threads, "deterministic": True,
+         "force_col_wise": True}
+    # On large data, bag fewer rows per tree: each round costs in proportion to the rows
+    # bagged, and a few hundred thousand rows per tree are plenty for 6 classes.
+    p["bagging_fraction"] = float(np.clip(200_000 / max(n_fit, 1), 0.3, 0.8))
+    if n_fit > 300_000:  # plenty of data: bigger steps, fewer rounds
+        p["learning_rate"] = 0.15
+    return p
+
+
+def _rules_oof(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
+               seed: int) -> tuple[RuleBaseline, np.ndarray]:
+    """The rule baseline fitted on all fit rows, and its out-of-fold predictions."""
+    pred = np.full(len(y), -1)
+    for k in np.unique(folds[fit]):
+        held = fit & (folds == k)
+        rule = fit_rule_baseline(feats.filter(pl.Series(fit & ~held)), y[fit & ~held],
+                                 seed=seed)
+        pred[held] = rule.predict(feats.filter(pl.Series(held)))
+    final = fit_rule_baseline(feats.filter(pl.Series(fit)), y[fit], seed=seed)
+    test = ~fit
+    if test.any():
+        pred[test] = final.predict(feats.filter(pl.Series(test)))
+    return final, pred
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """One cross-fitted model: shipped booster, calibration, evaluated probabilities."""
+
+    booster: lgb.Booster
+    text: str
+    calibration: Calibration
+    proba: np.ndarray  # on the evaluated rows (OOF fit rows, or the test part)
+    cv: CrossFit
+
+
+def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit: np.ndarray,
+               folds: np.ndarray, which: Sequence[Feature], base: dict[str, Any],
+               cands: list[dict[str, Any]], rounds_cap: tuple[int, int],
+               init: lgb.Booster | None, progress: Progress | None, stage: str) -> _Fitted:
+    cv = crossfit(x[fit], y[fit], w[fit], folds[fit], which, base, cands, *rounds_cap,
+                   init, progress, f"cross-fitting{stage}")
+    calib = fit_calibration(cv.oof_raw, y[fit])
+    booster, text = fit_final(x[fit], y[fit], w[fit], which, cv.params, cv.rounds, init,
+                               progress, f"boosting{stage}")
+    test = ~fit
+    raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else cv.oof_raw
+    return _Fitted(booster, text, calib, calib.apply(raw), cv)
+
+
+@dataclass(frozen=True)
+class _Baselines:
+    """The no-context model (if trained), the rule baseline and their held-out metrics."""
+
+    no_context: _Fitted | None
+    no_context_features: tuple[Feature, ...]
+    rules: RuleBaseline
+    heldout: dict[str, Any]
+
+
+def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
+                   main: _Fitted, init: ModelBundle | None, options: FitOptions,
+                   progress: Progress | None, lap: _Laps) -> _Baselines:
+    """The no-context model (the winner's parameters, no search) and the rule baseline."""
+    y_ev = data.y[data.ev]
+    heldout: dict[str, Any] = {}
+    nc: _Fitted | None = None
+    nc_feats = context_free(fs.features)
+    if options.no_context:
+        idx = [i for i, f in enumerate(fs.features) if f.group != "context"]
+        nc_init = (init.no_context_booster if init is not None else None)
+        nc = _fit_model(x[:, idx], data.y, w, data.fit, data.fold, nc_feats, main.cv.params,
+                        [{}], (options.num_boost_round, options.early_stopping_rounds),
+                        nc_init, progress, " (no context)")
+        heldout["no_context"] = brief_metrics(
+            classification_metrics(y_ev, nc.proba.argmax(axis=1)))
+        lap("no_context")
+    report(progress, "rule baseline", 0, None)
+    rules, rule_pred = _rules_oof(data.feats, data.y, data.fit, data.fold, options.seed)
+    heldout["rules"] = brief_metrics(classification_metrics(y_ev, rule_pred[data.ev]))
+    lap("rules")
+    return _Baselines(nc, nc_feats, rules, heldout)
+
+
+def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
+        features: pl.DataFrame | None = None, init: ModelBundle | None = None,
+        progress: Progress | None = None,
+        timings: dict[str, float] | None = None) -> ModelBundle:
+    """Fit the failure-point model on labelled canonical turns: a bundle in memory.
+
+    What :func:`train` does, without writing: see there. ``init`` is a bundle to
+    continue from (its features; warm start); ``timings``, if given, receives the wall
+    seconds per step.
+
+    Raises
+    ------
+    InputError
+        No labelled turns, too few sessions, or a class with too few examples.
+    """
+    options = options or FitOptions()
+    lap = _Laps(timings)
+    data = _labelled_data(turns, features, options, progress, lap)
+    fs = _feature_set(data.feats, data.y, data.fit, data.fold, init, options.learn_features)
+    x = model_matrix(data.feats, fs.features, fs.levels, fs.columns)
+    lap("learned")
+    n_fit = int(data.fit.sum())
+    base = _base_params(n_fit, options.seed, options.threads)
+    cands = ([dict(options.params)] if options.params
+             else (candidates(n_fit) if options.search else [{}]))
+    cw = class_weights(data.y[data.fit], options.class_weight_power)
+    w = cw[data.y]
+    log.info("cross-fitting on %d turns (%d features)", n_fit, len(fs.features))
+    main = _fit_model(x, data.y, w, data.fit, data.fold, fs.features, base, cands,
+                      (options.num_boost_round, options.early_stopping_rounds),
+                      init.booster if init is not None else None, progress, "")
+    lap("model")
+    baselines = _fit_baselines(data, fs, x, w, main, init, options, progress, lap)
+    files = {MODEL_FILE: main.text}
+    if fs.learned is not None:
+        files[LEARNED_FILE] = fs.learned.to_json()
+    if baselines.no_context is not None:
+        files[NO_CONTEXT_FILE] = baselines.no_context.text
+    manifest = _manifest(turns, data, fs, main, baselines, cw, options, init, files)
+    lap("manifest")
+    nc_booster = baselines.no_context.booster if baselines.no_context is not None else None
+    return ModelBundle(manifest, main.booster, nc_booster, None, fs.learned, files=files)
+
+
+def _count(data: _Data, mask: np.ndarray) -> dict[str, Any]:
+    """Turns, sessions and turns per class among the labelled rows in ``mask``."""
+    return {"turns": int(mask.sum()),
+            "sessions": data.turns["session_id"].filter(pl.Series(mask)).n_unique(),
+            "per_class": {c: int(n) for c, n in
+                          zip(CLASSES, np.bincount(data.y[mask], minlength=len(CLASSES)),
+                              strict=True)}}
+
+
+def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: FitOptions,
+                    init: ModelBundle | None) -> dict[str, Any]:
+    """The manifest's ``training`` section: the data, the protocol and the counts."""
+    y = data.y
+    return {
+        "fingerprint": _fingerprint(turns),
+        "turns": turns.height,
+        "labelled_turns": len(y),
+        "protocol": "crossfit", "folds": data.folds, "split": options.split,
+        "seed": options.seed, "threads": options.threads, "test_size": options.test_size,
+        "fold_rounds": main.cv.fold_rounds, "rounds": main.cv.rounds,
+        "search": main.cv.search,
+        "init_model": init.model_id if init is not None else None,
+        "heldout_is": "test part" if (~data.fit).any() else "out-of-fold",
+        "counts": {"train": _count(data, data.fit), "valid": _count(data, data.fit),
+                   "calibration": _count(data, data.fit), "test": _count(data, data.ev)},
+        "class_prior": {c: round(float(n) / len(y), 6) for c, n in
+                        zip(CLASSES, np.bincount(y, minlength=len(CLASSES)), strict=True)},
+    }
+
+
+def _manifest(turns: pl.DataFrame, data: _Data, fs: _FeatureSet, main: _Fitted,
+              baselines: _Baselines, cw: np.ndarray, options: FitOptions,
+              init: ModelBundle | None, files: dict[str, str]) -> dict[str, Any]:
+    """The bundle's manifest (:mod:`fpi.model.manifest`), with file hashes and its own."""
+    y_ev = data.y[data.ev]
+    metrics = classification_metrics(y_ev, main.proba.argmax(axis=1), main.proba)
+    second = labels_to_index(data.turns["label"].struct.field("failure_point_2"))
+    nc = baselines.no_context
+    manifest: dict[str, Any] = {
+        "fpi_version": __version__,
+        "format_version": BUNDLE_FORMAT,
+        "versions": runtime_versions(),
+        "classes": list(CLASSES),
+        "components": list(COMPONENTS),
+        "features": [
+            {"name": f.name, "group": f.group, "kind": f.kind, "dtype":
+             "string" if f.kind == "categorical" else "float64",
+             "levels": fs.levels.get(f.name) if f.kind == "categorical" else None}
+            for f in fs.features
+        ],
+        "params": {**main.cv.params, "num_boost_round": options.num_boost_round,
+                   "early_stopping_rounds": options.early_stopping_rounds,
+                   "best_iteration": main.booster.current_iteration(),
+                   "class_weight_power": options.class_weight_power,
+                   "class_weights": dict(zip(CLASSES, (round(float(v), 6) for v in cw),
+                                             strict=True))},
+        "calibration": main.calibration.to_dict(),
+        "training": _training_block(turns, data, main, options, init),
+        "heldout": {"metrics": metrics, "confusion": metrics["confusion"],
+                    "soft_confusion": soft_confusion(y_ev, main.proba),
+                    "human": human_agreement(y_ev, second[data.ev], metrics["per_class"])},
+        "no_context": None if nc is None else {
+            "features": [f.name for f in baselines.no_context_features],
+            "calibration": nc.calibration.to_dict(),
+            "best_iteration": nc.booster.current_iteration()},
+        "baselines": {
+            "rules": {"thresholds": baselines.rules.to_dict()},
+            "heldout": baselines.heldout,
+        },
+    }
+    manifest["files"] = {name: hashlib.sha256(text.encode("utf-8")).hexdigest()
+                         for name, text in files.items()}
+    manifest["bundle_hash"] = bundle_hash(manifest)
+    return manifest
+
+
+def _init_bundle(path: str | os.PathLike[str] | None, turns: pl.DataFrame) -> ModelBundle | None:
+    """The bundle to warm-start from, checked: this fpi must compute all its features."""
+    if path is None:
+        return None
+    init = load_bundle(path)
+    try:
+        init.check_compatible(turns)
+    except SchemaError as exc:
+        raise ModelError(f"cannot warm-start from {path}: {exc}") from None
+    return init
+
+
+def train(
+    turns: pl.DataFrame,
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    threads: int = 1,
+    folds: int | None = None,
+    split: Split = "session",
+    test_size: float = 0.0,
+    num_boost_round: int = 1000,
+    early_stopping_rounds: int = 20,
+    params: dict[str, Any] | None = None,
+    search: bool = True,
+    learn_features: bool = True,
+    class_weight_power: float = 0.5,
+    min_class_count: int = MIN_CLASS_COUNT,
+    no_context: bool = True,
+    features: pl.DataFrame | None = None,
+    init_model: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train the failure-point model on labelled canonical turns and write a bundle.
+
+    Cross-fitting by session (``folds`` folds, by default 5, 3 above 20,000
+    labelled turns; a hash of seed and session id): each
+    fold's model is trained on the other folds and early-stopped on its own, giving
+    out-of-fold margins for every labelled turn. They fit the calibration, the
+    held-out metrics and confusion matrices (of the model, the no-context model and
+    the rule baseline, on the same folds), and the rounds of the shipped model,
+    which is then trained on all labelled turns. A small parameter search (by data
+    size, :func:`fpi.model.crossfit.candidates`) runs on the first fold. With
+    ``test_size`` > 0, that fraction of sessions (random, or the newest with
+    ``split="time"``) is set aside first and the metrics are measured on it.
+    ``learn_features`` adds the text models and ``extra`` numbers (:mod:`fpi.model.learned`);
+    ``init_model`` continues from another bundle (same features; warm start).
+
+    Raises
+    ------
+    InputError
+        No labelled turns, too few sessions, a class with too few examples, or
+        ``out_dir`` is not absent, empty or a previous bundle (checked first).
+    ModelError
+        ``init_model`` is not a bundle this fpi can continue from.
+    """
+    options = FitOptions(seed=seed, threads=threads, folds=folds, split=split,
+                         test_size=test_size, num_boost_round=num_boost_round,
+                         early_stopping_rounds=early_stopping_rounds, params=params,
+                         search=search, learn_features=learn_features,
+                         class_weight_power=class_weight_power,
+                         min_class_count=min_class_count, no_context=no_context)
+    check_bundle_out(out_dir)  # before the slow part
+    init = _init_bundle(init_model, turns)
+    timings: dict[str, float] = {}
+    bundle = fit(turns, options, features=features, init=init, progress=progress,
+                 timings=timings)
+    clock = time.perf_counter()
+    bundle = save(bundle, out_dir)
+    timings["write"] = round(time.perf_counter() - clock, 3)
+    assert bundle.path is not None
+    return TrainResult(bundle.path, bundle.manifest, bundle, timings)

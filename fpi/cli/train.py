@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -12,8 +13,11 @@ from rich.table import Table
 
 from fpi.cli._app import AllowTruncated, app, err_console, out_console
 from fpi.cli._progress import progress_for
-from fpi.errors import InputError, StrictRejects
+from fpi.errors import StrictRejects
 from fpi.schema import CLASSES
+
+if TYPE_CHECKING:
+    from fpi.model import Split
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -123,6 +127,14 @@ _POLICY_HELP = ("With --labels, how several annotators' labels of a turn become 
                 "'majority', 'unanimous' (drop disagreements) or 'gold:NAME'.")
 
 
+class SplitChoice(StrEnum):
+    """``--split``: which sessions ``--test-size`` sets aside."""
+
+    _value_: Split
+    session = "session"
+    time = "time"
+
+
 @app.command()
 def train(
     inputs: Annotated[list[Path], typer.Argument(
@@ -137,9 +149,9 @@ def train(
         min=2, help="Cross-fitting folds (of whole sessions) for the out-of-fold metrics, "
                     "calibration and rounds [default: 5, 3 above 20,000 labelled turns]",
         show_default=False)] = None,
-    split: Annotated[str, typer.Option(help="With --test-size > 0, which sessions are set "
+    split: Annotated[SplitChoice, typer.Option(help="With --test-size > 0, which sessions are set "
                                             "aside: 'session' (random) or 'time' (newest).")
-                     ] = "session",
+                     ] = SplitChoice.session,
     test_size: Annotated[float, typer.Option(help="Fraction of sessions set aside as a final "
                                                   "test part (0: every label is used and the "
                                                   "metrics are out-of-fold).")] = 0.0,
@@ -175,15 +187,13 @@ def train(
     from fpi.model import check_bundle_out
     from fpi.model import train as train_model
 
-    if split not in ("session", "time"):
-        raise InputError(f"--split must be 'session' or 'time', not {split!r}")
     check_bundle_out(out)  # refuse a foreign --out before reading any data
     frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out),
                           labels, label_policy)
     err_console.print(f"training on {frame.height} turns ...")
     with progress_for(err_console) as progress:
         result = train_model(frame, out, seed=seed, threads=threads,
-                             folds=folds, split=split,  # type: ignore[arg-type]
+                             folds=folds, split=split.value,
                              test_size=test_size, init_model=init_model, progress=progress)
     doc = result.to_dict()
     counts = doc["training"]["counts"]

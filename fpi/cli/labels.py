@@ -12,7 +12,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from fpi.cli._app import app, err_console, out_console
-from fpi.schema import CLASSES
 
 labels_app = typer.Typer(
     name="labels", no_args_is_help=True, rich_markup_mode="rich",
@@ -142,6 +141,8 @@ def import_(
 
 
 def _agreement_tables(doc: dict[str, Any]) -> list[Table]:
+    from fpi.schema import CLASSES
+
     pairs = Table(title="Cohen's kappa per pair", title_justify="left")
     for col in ("a", "b", "turns", "agreement", "kappa"):
         pairs.add_column(col, justify="left" if col in "ab" else "right")
@@ -244,6 +245,7 @@ def measure_command(
     from fpi.labels.importer import read_labels_file
     from fpi.labels.measure import measure
     from fpi.labels.resolve import resolve_labels
+    from fpi.schema import CLASSES
 
     q = read_queue(queue_dir)
     resolved = resolve_labels(read_labels_file(labels), label_policy)

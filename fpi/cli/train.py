@@ -14,7 +14,6 @@ from rich.table import Table
 from fpi.cli._app import AllowTruncated, app, err_console, out_console
 from fpi.cli._progress import progress_for
 from fpi.errors import StrictRejects
-from fpi.schema import CLASSES
 
 if TYPE_CHECKING:
     from fpi.model import Split
@@ -28,6 +27,8 @@ def _fmt(x: float | None, pct: bool = False) -> str:
 
 def _metrics_table(doc: dict[str, Any], title: str) -> Table:
     """The model's per-class precision, recall, F1 and support."""
+    from fpi.schema import CLASSES
+
     table = Table(title=title, title_justify="left")
     for col in ("class", "support", "precision", "recall", "F1"):
         table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
@@ -42,6 +43,8 @@ def _metrics_table(doc: dict[str, Any], title: str) -> Table:
 
 def _comparison_table(doc: dict[str, Any]) -> Table | None:
     """Per-class F1 of the model, its baselines and the second annotator, side by side."""
+    from fpi.schema import CLASSES
+
     base = doc.get("baselines") or {}
     human = doc.get("human") or {}
     cols = [name for name in ("rules", "no_context") if name in base]
@@ -72,6 +75,8 @@ def _comparison_table(doc: dict[str, Any]) -> Table | None:
 
 
 def _confusion_table(doc: dict[str, Any]) -> Table:
+    from fpi.schema import CLASSES
+
     table = Table(title="confusion (rows true, columns predicted)", title_justify="left")
     table.add_column("true \\ predicted")
     for c in CLASSES:

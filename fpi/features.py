@@ -93,19 +93,19 @@ def _similarity(a: pl.Expr, b: pl.Expr, scorer: Callable[..., float]) -> pl.Expr
     """
 
     def run(s: pl.Series) -> pl.Series:
-        left = s.struct.field("a")
-        right = s.struct.field("b")
-        missing = (left.is_null() | right.is_null()).to_numpy()
-        if len(s) == 0:
-            return pl.Series(s.name, [], dtype=pl.Float64)
-        scores = process.cpdist(
-            left.fill_null("").to_list(),
-            right.fill_null("").to_list(),
-            scorer=scorer,
-            dtype=np.float64,
-            workers=1,
-        )
-        scores = np.where(missing, np.nan, scores / 100.0)
+        both = (s.struct.field("a").is_not_null() & s.struct.field("b").is_not_null())
+        scores = np.full(len(s), np.nan)
+        if both.any():
+            # only the pairs with both strings are scored (a turn without a next turn,
+            # a runner-up, a slot value has nothing to compare)
+            known = s.filter(both)
+            scores[both.to_numpy()] = process.cpdist(
+                known.struct.field("a").to_list(),
+                known.struct.field("b").to_list(),
+                scorer=scorer,
+                dtype=np.float64,
+                workers=1,
+            ) / 100.0
         return pl.Series(s.name, scores, dtype=pl.Float64, nan_to_null=True)
 
     return pl.struct(a.alias("a"), b.alias("b")).map_batches(
@@ -259,7 +259,6 @@ def _context_frame(lf: pl.LazyFrame) -> pl.LazyFrame:
     intent = _NLU.struct.field("intent")
     return lf.sort("session_id", "turn_index", maintain_order=True).with_columns(
         _next_t=_next(pl.col("_t")),
-        _prev_t=_prev(pl.col("_t")),
         _next_cw=_next(pl.col("_cw")),
         _next_intent=_next(intent),
         _prev_intent=_prev(intent),
@@ -408,6 +407,7 @@ _STATUS = _RES.struct.field("status")
 _TS = pl.col("timestamp").dt.epoch("us")
 _HAS_NEXT = pl.col("_next_t").is_not_null()
 _NEXT_TEXT_SIM = _similarity(pl.col("_t"), pl.col("_next_t"), fuzz.ratio)
+_NEXT_TOKEN_SIM = _similarity(pl.col("_t"), pl.col("_next_t"), fuzz.token_set_ratio)
 
 _CONTEXT_FEATURES = (
     _n("barge_in", "context", _flag(_FEEDBACK.struct.field("barge_in"))),
@@ -418,7 +418,7 @@ _CONTEXT_FEATURES = (
         ("next_explicit_feedback", _explicit(_next(_FEEDBACK.struct.field("explicit")))),
         ("next_is_stop", pl.when(_HAS_NEXT).then(_flag(pl.col("_next_t").str.contains(_STOP_RE)))),
         ("next_text_sim", _NEXT_TEXT_SIM),
-        ("next_token_sim", _similarity(pl.col("_t"), pl.col("_next_t"), fuzz.token_set_ratio)),
+        ("next_token_sim", _NEXT_TOKEN_SIM),
         ("next_sim_runner_up_gain",
          _similarity(pl.col("_ru"), pl.col("_next_t"), fuzz.ratio) - _NEXT_TEXT_SIM),
         ("next_new_content_words", pl.when(_HAS_NEXT).then(
@@ -437,8 +437,9 @@ _CONTEXT_FEATURES = (
         ("next_result_ok", _flag(_next(_STATUS) == "success")),
         ("next_wake_dd_score", _next(_WAKE_DD)),
         ("gap_next_s", (_next(_TS) - _TS).cast(pl.Float64) * 1e-6),
-        ("prev_text_sim", _similarity(pl.col("_t"), pl.col("_prev_t"), fuzz.ratio)),
-        ("prev_token_sim", _similarity(pl.col("_t"), pl.col("_prev_t"), fuzz.token_set_ratio)),
+        # both scores are symmetric: the previous turn's is the previous row's next-turn score
+        ("prev_text_sim", _prev(_NEXT_TEXT_SIM)),
+        ("prev_token_sim", _prev(_NEXT_TOKEN_SIM)),
         ("prev_same_intent", _both("_prev_intent", _INTENT,
                                    _flag(pl.col("_prev_intent") == _INTENT))),
         ("prev_result_ok", _flag(_prev(_STATUS) == "success")),

@@ -117,6 +117,11 @@ def _words(text: pl.Expr) -> pl.Expr:
     return text.str.to_lowercase().str.extract_all(_WORD_RE)
 
 
+def _n_words(text: pl.Expr) -> pl.Expr:
+    """How many words :func:`_words` finds (counted, no list built)."""
+    return text.str.to_lowercase().str.count_matches(_WORD_RE)
+
+
 def _content_words(text: pl.Expr) -> pl.Expr:
     return _words(text).list.eval(
         pl.element().filter(~pl.element().is_in(list(STOPWORDS)))
@@ -303,7 +308,7 @@ _WAKE_FEATURES = (
     _n("device_has_screen", "wake", _flag(_DEVICE.struct.field("has_screen"))),
 )
 
-_N_WORDS = _words(_ASR.struct.field("text")).list.len()
+_N_WORDS = _n_words(_ASR.struct.field("text"))
 _NBEST_CONF = _NBEST.list.eval(pl.element().struct.field("confidence"))
 # an n-best alternative (over "nbest") whose content words differ from the top's
 _ALT_DIFFERS = pl.col("_cw").list.set_symmetric_difference(
@@ -388,7 +393,7 @@ _RESULT_FEATURES = (
     _n("result_apology", "result", _flag(_RESPONSE.str.contains(_APOLOGY_RE))),
     _n("result_clarification", "result", _flag(_RESPONSE.str.contains(_CLARIFY_RE))),
     _n("result_cant", "result", _flag(_RESPONSE.str.contains(_CANT_RE))),
-    _n("result_response_words", "result", _count(_words(_RESPONSE))),
+    _n("result_response_words", "result", _n_words(_RESPONSE).cast(pl.Float64)),
     _n("result_names_entity", "result", pl.col("_rr").max(), over="entities"),
     _n("result_latency_ms", "result", _RES.struct.field("latency_ms")),
 )

@@ -42,7 +42,7 @@ from fpi.aggregate import (
     slice_columns,
     slice_rates,
 )
-from fpi.errors import ExitStatus, InputError, ModelError
+from fpi.errors import ExitStatus, InputError, MissingExtra, ModelError
 from fpi.features import build_features
 from fpi.files import (
     MARKER,
@@ -899,8 +899,16 @@ class Explanation:
     bias: float = 0.0
 
     def to_shap(self) -> Any:
-        """The call as a :class:`shap.Explanation` (e.g. for ``shap.plots.waterfall``)."""
-        import shap
+        """The call as a :class:`shap.Explanation` (e.g. for ``shap.plots.waterfall``).
+
+        Needs the ``shap`` extra (``pip install 'fpi[shap]'``); raises
+        :class:`~fpi.errors.MissingExtra` without it.
+        """
+        try:
+            import shap
+        except ImportError as exc:
+            raise MissingExtra(f"Explanation.to_shap needs shap, which is not installed "
+                               f"({exc}): pip install 'fpi[shap]'") from exc
 
         return shap.Explanation(values=np.asarray(self.contributions), base_values=self.bias,
                                 data=np.asarray(self.feature_values, dtype=object),

@@ -70,3 +70,8 @@ class StrictRejects(FpiError):
     """Records were rejected while ``--strict`` was in force."""
 
     exit_code = ExitStatus.REJECTS
+
+
+class MissingExtra(FpiError):
+    """An optional dependency is not installed; the message names the install extra
+    that brings it (``pip install 'fpi[shap]'``)."""

@@ -31,6 +31,21 @@ def test_import_fpi_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_cli_import_is_light() -> None:
+    # `fpi --help` builds every command's help without Polars, pyarrow, LightGBM or shap.
+    code = ("import sys; from fpi.cli import app; print(sorted(m for m in "
+            "('lightgbm', 'shap', 'polars', 'pyarrow', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ingest_help_lists_every_input_form() -> None:
+    from fpi.cli.ingest import INPUT_FORMS
+    from fpi.ingest import FORMATS
+
+    assert INPUT_FORMS == FORMATS
+
+
 def test_unknown_attribute_is_an_attribute_error() -> None:
     try:
         fpi.no_such_thing  # noqa: B018

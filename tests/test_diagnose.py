@@ -217,7 +217,7 @@ def test_cli_exit_codes(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
         (["--gate", "asr.estimate <= baseline"], "give --baseline"),
         (["--baseline", "nope/summary.json"], "baseline summary not found"),
         (["--gates", "nope.toml"], "gate file not found"),
-        (["--attribution", "some"], "--attribution must be"),
+        (["--attribution", "some"], "'--attribution': 'some' is not one of"),
     ],
 )
 def test_cli_usage_errors_exit_2(night: Path, bundle_dir: Path, tmp_path: Path,

@@ -259,12 +259,12 @@ def test_usage_errors_look_like_every_other_error(args: list[str], words: tuple[
 @pytest.mark.parametrize("debug", [False, True])
 def test_an_unexpected_exception_is_a_bug_with_its_own_status(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, debug: bool) -> None:
-    import fpi.cli.ingest as cli_ingest
+    import fpi.ingest as ingest_module  # `fpi ingest` imports it when it runs
 
     def boom(*_: Any, **__: Any) -> None:
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr(cli_ingest, "ingest", boom)
+    monkeypatch.setattr(ingest_module, "ingest", boom)
     (tmp_path / "n.jsonl").write_bytes(lines([good(0)]))
     args = ["--debug"] * debug + ["ingest", str(tmp_path / "n.jsonl")]
     result = CliRunner().invoke(app, args)
@@ -283,12 +283,12 @@ def test_an_unexpected_exception_is_a_bug_with_its_own_status(
 ])
 def test_no_exception_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                               exc: BaseException, status: int) -> None:
-    import fpi.cli.ingest as cli_ingest
+    import fpi.ingest as ingest_module  # `fpi ingest` imports it when it runs
 
     def boom(*_: Any, **__: Any) -> None:
         raise exc
 
-    monkeypatch.setattr(cli_ingest, "ingest", boom)
+    monkeypatch.setattr(ingest_module, "ingest", boom)
     (tmp_path / "n.jsonl").write_bytes(lines([good(0)]))
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "n.jsonl")])
     assert result.exit_code == status

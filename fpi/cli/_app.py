@@ -58,7 +58,8 @@ def _os_error_message(exc: OSError) -> str:
 
 
 def _usage_message(exc: UsageError) -> str:
-    msg = exc.format_message().rstrip(".")
+    # Typer validates values with pydantic, whose messages start "Value error, ".
+    msg = exc.format_message().rstrip(".").replace(": Value error, ", ": ")
     if isinstance(exc, NoSuchOption) and exc.possibilities:
         msg = f"no such option: {exc.option_name} (did you mean {', '.join(exc.possibilities)}?)"
     ctx = exc.ctx

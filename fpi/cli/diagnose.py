@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,15 @@ from rich.table import Table
 
 from fpi.cli._app import AllowTruncated, app, err_console, gate_failed, out_console
 from fpi.cli._progress import progress_for
-from fpi.errors import ExitStatus, InputError
+from fpi.errors import ExitStatus
+
+
+class Attribution(StrEnum):
+    """``--attribution``: which turns get exact TreeSHAP contributions."""
+
+    sample = "sample"
+    all = "all"
+    none = "none"
 
 
 @app.command()
@@ -46,9 +55,9 @@ def diagnose(
                               "the FPI_REDACT_SALT environment variable: arguments show in "
                               "process lists). Default: that variable, else a random salt "
                               "per run.", show_default=False)] = None,
-    attribution: Annotated[str, typer.Option(
+    attribution: Annotated[Attribution, typer.Option(
         help="Exact TreeSHAP attribution: 'sample' (stratified sample), 'all' (every turn) "
-             "or 'none'.")] = "sample",
+             "or 'none'.")] = Attribution.sample,
     attribution_sample: Annotated[int, typer.Option(
         min=6, help="Sample size for --attribution sample (stratified by predicted class, "
                     "seeded: the same data give the same report).")] = 1200,
@@ -80,12 +89,10 @@ def diagnose(
     from fpi.diagnosis import diagnose as run
     from fpi.report import render_json, render_terminal
 
-    if attribution not in ("sample", "all", "none"):
-        raise InputError(f"--attribution must be sample, all or none, not {attribution!r}")
     with progress_for(err_console) as progress:
         result = run(
             inputs, model=model, out_dir=out, baseline=baseline, gates=gate or (),
-            gates_file=gates, junit=junit, attribution=attribution,
+            gates_file=gates, junit=junit, attribution=attribution.value,
             attribution_sample=attribution_sample, attribution_budget=attribution_budget,
             redact=redact, redact_salt=redact_salt, examples=examples,
             min_support=min_support, seed=seed, allow_other_model=allow_other_model,

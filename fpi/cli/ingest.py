@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,8 +13,14 @@ from rich.table import Table
 from fpi.cli._app import AllowTruncated, app, err_console, out_console
 from fpi.cli._progress import progress_for
 from fpi.errors import StrictRejects
-from fpi.ingest import FORMATS, IngestReport, ingest
 from fpi.progress import bytes_callback
+
+if TYPE_CHECKING:
+    from fpi.ingest import IngestReport
+
+#: The input forms of ``--format`` (fpi.ingest.FORMATS, spelled out so that ``fpi --help``
+#: need not import the reader and Polars; tests/test_api.py checks they agree).
+INPUT_FORMS = ("jsonl", "parquet", "csv", "events")
 
 
 @app.command("ingest")
@@ -30,7 +36,7 @@ def ingest_command(
     format: Annotated[
         str | None,
         typer.Option("--format", "-f",
-                     help=f"Force the input form: {', '.join(FORMATS)} (default: detected "
+                     help=f"Force the input form: {', '.join(INPUT_FORMS)} (default: detected "
                           "per file from its content and name)."),
     ] = None,
     rejects: Annotated[
@@ -61,6 +67,8 @@ def ingest_command(
 
     Exit status: 0 ok, 2 bad input (nothing usable), 3 rejects under --strict.
     """
+    from fpi.ingest import ingest
+
     with progress_for(err_console) as progress:
         report = ingest(inputs, output, format=format, rejects_path=rejects,
                         progress=bytes_callback(progress), allow_truncated=allow_truncated)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from fpi.cli._app import app, err_console, out_console
-from fpi.schema import CLASSES
 
 labels_app = typer.Typer(
     name="labels", no_args_is_help=True, rich_markup_mode="rich",
@@ -20,6 +20,20 @@ app.add_typer(labels_app)
 
 _POLICY_HELP = "How several annotators' labels of a turn become one: 'majority', 'unanimous' "\
                "or 'gold:NAME'."
+
+
+class Uncertainty(StrEnum):
+    """``--uncertainty``: how the queue ranks the least certain turns."""
+
+    margin = "margin"
+    entropy = "entropy"
+
+
+class IntervalMethod(StrEnum):
+    """``--method`` of ``fpi labels measure``."""
+
+    dirichlet = "dirichlet"
+    bootstrap = "bootstrap"
 
 
 def _read_logs(inputs: list[Path]) -> Any:
@@ -55,8 +69,9 @@ def queue(
         show_default=False)] = None,
     cluster_cap: Annotated[int, typer.Option(
         help="At most this many targeted turns per cluster of near-identical turns.")] = 2,
-    uncertainty: Annotated[str, typer.Option(
-        help="Uncertainty score: 'margin' (top two classes) or 'entropy'.")] = "margin",
+    uncertainty: Annotated[Uncertainty, typer.Option(
+        help="Uncertainty score: 'margin' (top two classes) or 'entropy'.")
+    ] = Uncertainty.margin,
     context_turns: Annotated[int, typer.Option(
         min=0, help="Turns either side shown as session context.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print the queue manifest as JSON "
@@ -75,7 +90,8 @@ def queue(
     from fpi.labels.queue import QueueOptions, build_queue
     from fpi.model import load_bundle
 
-    opts = QueueOptions(budget, seed, random_share, coverage_per_class, cluster_cap, uncertainty)
+    opts = QueueOptions(budget, seed, random_share, coverage_per_class, cluster_cap,
+                        uncertainty.value)
     opts.check()
     bundle = load_bundle(model) if model is not None else None
     turns = _read_logs(inputs)
@@ -125,6 +141,8 @@ def import_(
 
 
 def _agreement_tables(doc: dict[str, Any]) -> list[Table]:
+    from fpi.schema import CLASSES
+
     pairs = Table(title="Cohen's kappa per pair", title_justify="left")
     for col in ("a", "b", "turns", "agreement", "kappa"):
         pairs.add_column(col, justify="left" if col in "ab" else "right")
@@ -207,9 +225,9 @@ def measure_command(
         "--logs", help="The queue's trace files, to score with --model (repeatable).",
         show_default=False)] = None,
     level: Annotated[float, typer.Option(help="Interval coverage.")] = 0.95,
-    method: Annotated[str, typer.Option(
+    method: Annotated[IntervalMethod, typer.Option(
         help="Interval method: 'dirichlet' (Jeffreys posterior per stratum) or 'bootstrap' "
-             "(stratified).")] = "dirichlet",
+             "(stratified).")] = IntervalMethod.dirichlet,
     replicates: Annotated[int, typer.Option(min=100, help="Posterior draws or bootstrap "
                                                           "replicates.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
@@ -227,6 +245,7 @@ def measure_command(
     from fpi.labels.importer import read_labels_file
     from fpi.labels.measure import measure
     from fpi.labels.resolve import resolve_labels
+    from fpi.schema import CLASSES
 
     q = read_queue(queue_dir)
     resolved = resolve_labels(read_labels_file(labels), label_policy)
@@ -236,7 +255,7 @@ def measure_command(
             raise InputError("--model needs --logs: the trace files the queue was drawn from")
         predictions = _predict(model, logs)
     result = measure(q, resolved, predictions=predictions, level=level,
-                     replicates=replicates, seed=seed, method=method)
+                     replicates=replicates, seed=seed, method=method.value)
     doc = result.to_dict()
     err_console.print(f"{doc['labelled']} of {doc['sampled']} randomly sampled turns labelled "
                       f"(night of {doc['population']:,} turns)")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,6 +13,18 @@ from rich.table import Table
 from fpi.cli._app import app, err_console, out_console
 from fpi.cli._progress import progress_for
 from fpi.errors import InputError
+
+if TYPE_CHECKING:
+    from fpi.simulation import Labels
+
+
+class LabelsKept(StrEnum):
+    """``--labels``: which labels the simulated traces carry."""
+
+    _value_: Labels
+    both = "both"
+    gold = "gold"
+    none = "none"
 
 
 @app.command()
@@ -34,8 +47,8 @@ def simulate(
                      "(default: from the suffix)."),
     ] = None,
     labels: Annotated[
-        str, typer.Option("--labels", help="both (gold + second annotator), gold, or none.")
-    ] = "both",
+        LabelsKept, typer.Option("--labels", help="both (gold + second annotator), gold, or none.")
+    ] = LabelsKept.both,
     assistant: Annotated[
         str, typer.Option("--assistant", "-a", help="Assistant style: language, phrasing, "
                           "confidence scales, logged fields (see --list-assistants).")
@@ -73,12 +86,10 @@ def simulate(
         return
     if output is None:
         raise InputError("missing --output PATH (e.g. -o night.jsonl.gz)")
-    if labels not in ("both", "gold", "none"):
-        raise InputError(f"--labels must be both, gold or none, not {labels!r}")
     with progress_for(err_console) as progress:
         summary = write_simulation(
             output, turns=turns, seed=seed, profile=profile, format=format,
-            labels=labels, progress=progress,  # type: ignore[arg-type]
+            labels=labels.value, progress=progress,
             assistant=assistant,
         )
     rates = ", ".join(f"{k} {v:.1%}" for k, v in summary.rates.items())

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -12,8 +13,10 @@ from rich.table import Table
 
 from fpi.cli._app import AllowTruncated, app, err_console, out_console
 from fpi.cli._progress import progress_for
-from fpi.errors import InputError, StrictRejects
-from fpi.schema import CLASSES
+from fpi.errors import StrictRejects
+
+if TYPE_CHECKING:
+    from fpi.model.training import Split
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -24,6 +27,8 @@ def _fmt(x: float | None, pct: bool = False) -> str:
 
 def _metrics_table(doc: dict[str, Any], title: str) -> Table:
     """The model's per-class precision, recall, F1 and support."""
+    from fpi.schema import CLASSES
+
     table = Table(title=title, title_justify="left")
     for col in ("class", "support", "precision", "recall", "F1"):
         table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
@@ -38,6 +43,8 @@ def _metrics_table(doc: dict[str, Any], title: str) -> Table:
 
 def _comparison_table(doc: dict[str, Any]) -> Table | None:
     """Per-class F1 of the model, its baselines and the second annotator, side by side."""
+    from fpi.schema import CLASSES
+
     base = doc.get("baselines") or {}
     human = doc.get("human") or {}
     cols = [name for name in ("rules", "no_context") if name in base]
@@ -68,6 +75,8 @@ def _comparison_table(doc: dict[str, Any]) -> Table | None:
 
 
 def _confusion_table(doc: dict[str, Any]) -> Table:
+    from fpi.schema import CLASSES
+
     table = Table(title="confusion (rows true, columns predicted)", title_justify="left")
     table.add_column("true \\ predicted")
     for c in CLASSES:
@@ -123,6 +132,14 @@ _POLICY_HELP = ("With --labels, how several annotators' labels of a turn become 
                 "'majority', 'unanimous' (drop disagreements) or 'gold:NAME'.")
 
 
+class SplitChoice(StrEnum):
+    """``--split``: which sessions ``--test-size`` sets aside."""
+
+    _value_: Split
+    session = "session"
+    time = "time"
+
+
 @app.command()
 def train(
     inputs: Annotated[list[Path], typer.Argument(
@@ -137,9 +154,9 @@ def train(
         min=2, help="Cross-fitting folds (of whole sessions) for the out-of-fold metrics, "
                     "calibration and rounds [default: 5, 3 above 20,000 labelled turns]",
         show_default=False)] = None,
-    split: Annotated[str, typer.Option(help="With --test-size > 0, which sessions are set "
+    split: Annotated[SplitChoice, typer.Option(help="With --test-size > 0, which sessions are set "
                                             "aside: 'session' (random) or 'time' (newest).")
-                     ] = "session",
+                     ] = SplitChoice.session,
     test_size: Annotated[float, typer.Option(help="Fraction of sessions set aside as a final "
                                                   "test part (0: every label is used and the "
                                                   "metrics are out-of-fold).")] = 0.0,
@@ -175,15 +192,13 @@ def train(
     from fpi.model import train as train_model
     from fpi.model.bundle import check_bundle_out
 
-    if split not in ("session", "time"):
-        raise InputError(f"--split must be 'session' or 'time', not {split!r}")
     check_bundle_out(out)  # refuse a foreign --out before reading any data
     frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out),
                           labels, label_policy)
     err_console.print(f"training on {frame.height} turns ...")
     with progress_for(err_console) as progress:
         result = train_model(frame, out, seed=seed, threads=threads,
-                             folds=folds, split=split,  # type: ignore[arg-type]
+                             folds=folds, split=split.value,
                              test_size=test_size, init_model=init_model, progress=progress)
     doc = result.to_dict()
     counts = doc["training"]["counts"]

@@ -58,7 +58,8 @@ def test_agreement_on_a_small_hand_made_set() -> None:
 
 
 def test_kappa_matches_sklearn() -> None:
-    # scikit-learn comes with shap, a dependency; only a cross-check of our own formula
+    # scikit-learn comes with shap (the fpi[shap] extra, in .[dev]); only a cross-check of
+    # our own formula
     from sklearn import metrics
 
     rng = np.random.default_rng(3)

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from fpi.errors import InputError
-from fpi.formats import FORMATS, TurnWriter, infer_format, write_turns
 from fpi.ingest import read_traces
 from fpi.schema import TURN_SCHEMA
 from fpi.simulation import simulate, simulate_frame
+from fpi.writers import FORMATS, TurnWriter, infer_format, write_turns
 
 SUFFIX = {
     "jsonl": "t.jsonl",

@@ -28,7 +28,7 @@ import zstandard
 
 from fpi.errors import InputError
 from fpi.files import unique_paths
-from fpi.ingest_parse import LineProblem, ParsedBlock, _bad_path, bound_problem
+from fpi.ingest.parse import LineProblem, ParsedBlock, _bad_path, bound_problem
 from fpi.schema import BLOCKS, MAX_DEPTH, TURN_SCHEMA, PolarsDType
 
 log = logging.getLogger(__name__)
@@ -470,7 +470,7 @@ def _csv_parsed(frame: pl.DataFrame, rows: list[int], file_id: int
     Polars; a cell that does not fit rejects its row (``bad_type``, or the rule
     of that field) naming the column.
     """
-    from fpi.ingest_parse import _TYPE_RULE
+    from fpi.ingest.parse import _TYPE_RULE
 
     frame = frame.select(pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)).alias(c)
                          for c in frame.columns)  # an empty cell is null

@@ -27,7 +27,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fpi.ingest_parse import CANONICAL_ARROW, EXTRA_COL, FAST_SCHEMA
+from fpi.ingest.parse import CANONICAL_ARROW, EXTRA_COL, FAST_SCHEMA
 from fpi.schema import (
     BLOCKS,
     CLASSES,

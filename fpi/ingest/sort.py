@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from fpi.ingest_parse import CANONICAL_ARROW
+from fpi.ingest.parse import CANONICAL_ARROW
 from fpi.schema import KEY_COLUMNS
 
 #: Rows sorted in memory at once (about 1.5 KB each in Arrow, twice while sorting).

@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pj
 
-from fpi.ingest_parse import (
+from fpi.ingest.parse import (
     EXTRA_COL,
     LineProblem,
     ParsedBlock,
@@ -37,8 +37,8 @@ from fpi.ingest_parse import (
     screen_bounds,
     starts_with_null,
 )
-from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
-from fpi.ingest_validate import _leaves
+from fpi.ingest.sources import Block, Source, SourceProblem, _LazyText, line_blocks
+from fpi.ingest.validate import _leaves
 from fpi.schema import BLOCKS, EVENT_STAGES, KEY_COLUMNS, PolarsDType
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], lis
     poisoned: list[tuple[int, tuple[str, int], str, str]] = []
     good: list[bytes] = []
     idx: list[int] = []
-    from fpi.ingest_parse import _TYPE_RULE, _short
+    from fpi.ingest.parse import _TYPE_RULE, _short
     for i, line in enumerate(data.split(b"\n")):
         if not line.strip():
             continue
@@ -253,7 +253,7 @@ class EventCollector:
             data, problems = screen_bounds(data)  # too deep or too long to parse safely
             check_utf8(data)
             if starts_with_null(data):
-                raise pa.ArrowInvalid("the first line is a bare null")  # see ingest_parse
+                raise pa.ArrowInvalid("the first line is a bare null")  # see parse.starts_with_null
             table = pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(
                 explicit_schema=_FAST, unexpected_field_behavior="infer"))
             if schema_too_deep(table.schema):

@@ -34,10 +34,10 @@ import pyarrow.compute as pc
 
 from fpi.errors import InputError, StrictRejects, TruncatedInput, os_error
 from fpi.files import atomic_path, check_writable_file, staged_files
-from fpi.ingest_events import EventCollector
-from fpi.ingest_parse import ParsedBlock, parse_block, parse_lines
-from fpi.ingest_sort import parquet_writer, sort_rewrite
-from fpi.ingest_sources import (
+from fpi.ingest.events import EventCollector
+from fpi.ingest.parse import ParsedBlock, parse_block, parse_lines
+from fpi.ingest.sort import parquet_writer, sort_rewrite
+from fpi.ingest.sources import (
     FORMATS,
     Block,
     Broken,
@@ -51,7 +51,7 @@ from fpi.ingest_sources import (
     parquet_blocks,
     parquet_frames,
 )
-from fpi.ingest_validate import RowProblem, validate_table
+from fpi.ingest.validate import RowProblem, validate_table
 from fpi.schema import CLASSES, KEY_COLUMNS, RULES, empty_frame
 
 __all__ = ["FORMATS", "IngestReport", "Reject", "ingest", "read_traces", "rejects_path_for"]

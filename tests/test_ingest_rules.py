@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from fpi.errors import InputError, StrictRejects, TruncatedInput
 from fpi.ingest import ingest, read_traces, rejects_path_for
-from fpi.schema import LABEL_ALIASES, RULES
+from fpi.ingest.problems import RULES
+from fpi.schema import LABEL_ALIASES
 
 
 def good(i: int, session: str = "s-1", **extra: Any) -> dict[str, Any]:

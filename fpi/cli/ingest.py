@@ -10,10 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fpi.cli._app import AllowTruncated, app, err_console, out_console
+from fpi.cli._app import AllowTruncated, Strict, app, err_console, out_console
 from fpi.cli._progress import progress_for
-from fpi.errors import StrictRejects
-from fpi.ingest import FORMATS, IngestReport, ingest
+from fpi.ingest import READ_FORMATS, IngestReport, ingest, strict_error
 from fpi.progress import bytes_callback
 
 
@@ -30,7 +29,7 @@ def ingest_command(
     format: Annotated[
         str | None,
         typer.Option("--format", "-f",
-                     help=f"Force the input form: {', '.join(FORMATS)} (default: detected "
+                     help=f"Force the input form: {', '.join(READ_FORMATS)} (default: detected "
                           "per file from its content and name)."),
     ] = None,
     rejects: Annotated[
@@ -39,10 +38,7 @@ def ingest_command(
                      help="Where to write rejected records (default: next to the output, "
                           "turns.parquet -> turns.rejects.jsonl)."),
     ] = None,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Exit with status 3 if any record was rejected "
-                                            "(the outputs are still written).")
-    ] = False,
+    strict: Strict = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
@@ -66,12 +62,8 @@ def ingest_command(
                         progress=bytes_callback(progress), allow_truncated=allow_truncated)
     render(report, as_json)
     if strict and report.rejected:
-        top = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())
-        raise StrictRejects(
-            f"{report.rejected} of {report.records_read} records were rejected under --strict "
-            f"({top}); good records were written to {report.output_path}, rejects to "
-            f"{report.rejects_path}"
-        )
+        raise strict_error(report, f"good records were written to {report.output_path}, "
+                                   f"rejects to {report.rejects_path}")
 
 
 def render(report: IngestReport, as_json: bool) -> None:

@@ -43,6 +43,16 @@ def parquet_writer(path: Path) -> pq.ParquetWriter:
                                               "timestamp"])
 
 
+def in_key_order(keys: pl.DataFrame) -> bool:
+    """Whether the rows of ``keys`` are in strictly increasing (session_id, turn_index)
+    order: sorted, with no key twice."""
+    sid, turn = pl.col("session_id"), pl.col("turn_index")
+    return bool(keys.select(
+        ((sid > sid.shift()) | ((sid == sid.shift()) & (turn > turn.shift())))
+        .fill_null(True).all()
+    ).item())
+
+
 def places(keys: pl.DataFrame) -> np.ndarray:
     """For each row of ``keys`` (in written order), its place in key order."""
     order = keys.select(pl.arg_sort_by(list(KEY_COLUMNS), maintain_order=True)

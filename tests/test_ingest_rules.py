@@ -152,6 +152,17 @@ def test_event_rules_name_every_line_involved(tmp_path: Path) -> None:
     assert report.records_read == 4  # 3 assembled turns + 1 unusable event line
 
 
+def test_broken_event_turns_are_set_aside_in_line_order(tmp_path: Path) -> None:
+    # Turns are assembled by a group-by, which keeps no order: the rejects must.
+    events = [_event("s", i, "asr", text="no wake") for i in range(60)]
+    events += [_event("t", 0, "wake", detected=True), _event("t", 0, "asr", confidence="high"),
+               _event("u", 0, "wake", detected=True)]
+    frame, _, rows = run(tmp_path, {"e.events.jsonl": ("\n".join(events) + "\n").encode()})
+    assert frame.height == 1
+    assert [r["line"] for r in rows] == list(range(1, 62))
+    assert rows[-1]["rule"] == "bad_type" and rows[0]["rule"] == "event_without_wake"
+
+
 def test_every_rule_has_a_test() -> None:
     covered = set(TURN_CASES) | {"unreadable", "bad_event", "duplicate_event",
                                  "event_without_wake"}

@@ -294,7 +294,9 @@ class EventCollector:
         self.records += turns.height
         is_broken = (pl.col("p_rule").is_not_null() | pl.col("repeated").fill_null(False)
                      | pl.col("wake").is_null())
-        pending += [self._broken_turn(r) for r in turns.filter(is_broken).iter_rows(named=True)]
+        broken = [self._broken_turn(r) for r in turns.filter(is_broken).iter_rows(named=True)]
+        # (group_by gives turns in no fixed order: set them aside by their first line)
+        pending += sorted(broken, key=lambda item: item[1][0])
         yield from self._with_raw_text(pending)
         del pending
         yield from self._turn_batches(_good_turns(turns.filter(~is_broken)))

@@ -8,9 +8,19 @@ Two entry points:
 * :func:`ingest` streams the same result into a Parquet file with memory bounded
   by one block, for inputs larger than memory (``fpi ingest`` uses it).
 
-Bad records never stop a run: each goes to the rejects (file, line, rule,
-message, raw text) and is counted. Only a missing path, an empty input or
-"nothing good left" raise :class:`~fpi.errors.InputError`.
+Bad records never stop a run: each goes to the rejects (a
+:class:`~fpi.ingest.problems.Problem`: file, line, rule, message, raw text) and
+is counted. Only a missing path, an empty input or "nothing good left" raise
+:class:`~fpi.errors.InputError`.
+
+The steps, one module each, in the order data flows through them:
+:mod:`~fpi.ingest.sources` (find files, tell their form, cut them into blocks of
+JSON Lines), :mod:`~fpi.ingest.parse` (blocks into raw tables),
+:mod:`~fpi.ingest.validate` (the rules, into canonical rows),
+:mod:`~fpi.ingest.events` (stage events assembled into turns) and
+:mod:`~fpi.ingest.sort` (the output in key order); :mod:`~fpi.ingest.problems`
+holds the record of a record set aside and the rule table. This module runs
+them, drops repeated turns and writes the outputs.
 """
 
 from __future__ import annotations

@@ -191,15 +191,8 @@ def schema_too_deep(schema: pa.Schema) -> bool:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BadJSON:
-    """What :func:`loads` returns for text that is not JSON."""
-
-    message: str
-
-
-def loads(line: bytes) -> Any:
-    """Parse one JSON value, or return :class:`BadJSON`.
+def loads(index: int, line: bytes) -> Any:
+    """Parse one JSON value, or return the ``invalid_json`` problem of block line ``index``.
 
     orjson first; a line it refuses is tried once more with the standard library,
     which (like pyarrow's block parser) also takes ``NaN`` and ``Infinity``, so
@@ -211,7 +204,7 @@ def loads(line: bytes) -> Any:
         try:
             return json.loads(line)
         except (ValueError, RecursionError):
-            return BadJSON(str(exc))
+            return Problem.found(index, "invalid_json", f"invalid JSON: {exc}")
 
 
 def decode_object(index: int, line: bytes) -> dict[str, Any] | Problem:
@@ -225,9 +218,9 @@ def decode_object(index: int, line: bytes) -> dict[str, Any] | Problem:
         line.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Problem.found(index, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}")
-    obj = loads(line)
-    if isinstance(obj, BadJSON):
-        return Problem.found(index, "invalid_json", f"invalid JSON: {obj.message}")
+    obj = loads(index, line)
+    if isinstance(obj, Problem):
+        return obj
     if not isinstance(obj, dict):
         return Problem.found(index, "not_an_object",
                              f"a JSON {type(obj).__name__}, not an object")

@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from fpi.schema import RULES, TURN_SCHEMA
+from fpi.ingest.problems import RULES
+from fpi.schema import TURN_SCHEMA
 
 if TYPE_CHECKING:
-    from fpi.ingest import Reject
+    from fpi.ingest import Problem
 
 #: What a masked value becomes.
 REDACTED = "[redacted]"
@@ -89,7 +90,7 @@ class Redactor:
         """``[redacted]`` for any present value (``None`` stays ``None``: absent is not content)."""
         return None if value is None else REDACTED
 
-    def reject(self, reject: Reject) -> Reject:
+    def reject(self, reject: Problem) -> Problem:
         """A rejected record without its raw text, its message reduced to what is not data."""
         return replace(reject, raw=REDACTED, message=safe_message(reject.rule, reject.message))
 

@@ -64,7 +64,7 @@ def sha256_file(path: Path, progress: Progress | None = None, done: int = 0,
 def input_files(paths: Sequence[str | os.PathLike[str]], progress: Progress | None = None
                 ) -> list[dict[str, Any]]:
     """Each input file (directories and globs expanded): ``path``, ``bytes``, ``sha256``."""
-    from fpi.ingest_sources import expand_paths
+    from fpi.ingest.sources import expand_paths
 
     files = expand_paths([os.fspath(p) for p in paths])
     sizes = [f.stat().st_size for f in files]

@@ -12,7 +12,6 @@ absent: absent means unknown, not failed). Its exact dtypes are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 import polars as pl
@@ -224,39 +223,3 @@ MAX_DEPTH: Final[int] = 64
 #: Longest record, in bytes of JSON text (a turn is typically 1-3 KB). Longer
 #: records are rejected as ``too_large``.
 MAX_RECORD_BYTES: Final[int] = 1 << 20
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One rule a record can break; ``id`` is what the rejects file names."""
-
-    id: str
-    description: str
-
-
-#: Every rule a record can be rejected for, by id. Ingest uses exactly these ids.
-RULES: Final[dict[str, Rule]] = {
-    r.id: r
-    for r in (
-        Rule("invalid_utf8", "the line is not valid UTF-8"),
-        Rule("invalid_json", "the line is not a valid JSON value"),
-        Rule("too_deep", f"the record is nested more than {MAX_DEPTH} levels deep"),
-        Rule("too_large", f"the record is longer than {MAX_RECORD_BYTES:,} bytes"),
-        Rule("not_an_object", "the record is not a JSON object"),
-        Rule("unreadable", "the file or part of it could not be read (truncated or corrupt)"),
-        Rule("missing_session_id", "session_id is required and must be a non-empty string"),
-        Rule("bad_turn_index", "turn_index is required and must be an integer >= 0"),
-        Rule("missing_wake", "the wake stage is required"),
-        Rule("bad_type", "a field has the wrong type (e.g. text where a number belongs)"),
-        Rule("out_of_range", "a confidence or score is outside [0, 1]"),
-        Rule("negative_duration", "a latency or duration is negative"),
-        Rule("bad_enum", "a field is not one of its allowed values"),
-        Rule("bad_timestamp", "timestamp is not an ISO 8601 date-time"),
-        Rule("bad_label", "label.failure_point (or failure_point_2) is not one of the six classes"),
-        Rule("bad_schema_version", "schema_version is not 1"),
-        Rule("bad_event", "a stage event lacks session_id, turn_index, a known stage or data"),
-        Rule("duplicate_event", "a turn has two events for the same stage"),
-        Rule("event_without_wake", "a turn's events include no wake event"),
-        Rule("duplicate_turn", "(session_id, turn_index) was already seen; the first is kept"),
-    )
-}

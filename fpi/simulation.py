@@ -26,13 +26,13 @@ import polars as pl
 
 from fpi.errors import InputError
 from fpi.files import write_text_atomic
-from fpi.formats import TurnWriter
 from fpi.progress import Progress, report
 from fpi.schema import CLASSES, TURN_SCHEMA
 from fpi.sim import assemble, engine
 from fpi.sim import world as W
 from fpi.sim.profiles import PROFILES, Profile
 from fpi.sim.styles import STYLES, AssistantStyle, get_style
+from fpi.writers import TurnWriter
 
 __all__ = [
     "PROFILES",

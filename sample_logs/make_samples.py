@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from fpi.files import write_bytes_atomic
-from fpi.formats import turn_lines
+from fpi.writers import turn_lines
 from fpi.simulation import simulate_frame, write_simulation
 
 HERE = Path(__file__).resolve().parent

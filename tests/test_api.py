@@ -41,9 +41,9 @@ def test_cli_import_is_light() -> None:
 
 def test_ingest_help_lists_every_input_form() -> None:
     from fpi.cli.ingest import INPUT_FORMS
-    from fpi.ingest import FORMATS
+    from fpi.ingest import READ_FORMATS
 
-    assert INPUT_FORMS == FORMATS
+    assert INPUT_FORMS == READ_FORMATS
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:

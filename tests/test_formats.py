@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from fpi.errors import InputError
-from fpi.formats import FORMATS, TurnWriter, infer_format, write_turns
 from fpi.ingest import read_traces
 from fpi.schema import TURN_SCHEMA
 from fpi.simulation import simulate, simulate_frame
+from fpi.writers import WRITE_FORMATS, TurnWriter, infer_format, write_turns
 
 SUFFIX = {
     "jsonl": "t.jsonl",
@@ -34,7 +34,7 @@ def frame() -> pl.DataFrame:
     return simulate_frame(1_500, seed=12)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", WRITE_FORMATS)
 def test_round_trip_through_ingest(frame: pl.DataFrame, fmt: str, tmp_path) -> None:
     path = write_turns(frame, tmp_path / SUFFIX[fmt])
     back, report = read_traces(path)

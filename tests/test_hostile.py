@@ -27,7 +27,7 @@ from fpi.cli import app
 from fpi.errors import ExitStatus, InputError, OutputError
 from fpi.gates import load_gates, parse_gate
 from fpi.ingest import ingest
-from fpi.ingest_parse import json_depth, parse_block, screen_bounds
+from fpi.ingest.parse import json_depth, parse_block, screen_bounds
 from fpi.schema import MAX_DEPTH, MAX_RECORD_BYTES
 
 FPI = str(Path(sys.executable).with_name("fpi"))

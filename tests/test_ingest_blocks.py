@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fpi.ingest import read_traces
-from fpi.ingest_sources import Source, _plain_blocks, line_blocks
+from fpi.ingest.sources import Source, _plain_blocks, line_blocks
 
 lines = st.lists(
     st.one_of(st.just(""), st.just("   "), st.text(alphabet="ab{}\"\r é", max_size=40)),

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fpi.ingest import read_traces
-from fpi.schema import LABEL_ALIASES, RULES
+from fpi.ingest.problems import RULES
+from fpi.schema import LABEL_ALIASES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "traces.md"
 TEXT = DOC.read_text(encoding="utf-8")

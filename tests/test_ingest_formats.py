@@ -1,4 +1,4 @@
-"""Ingest reads back exactly what the simulator's writers (fpi.formats) write, in every form."""
+"""Ingest reads back exactly what the simulator's writers (fpi.writers) write, in every form."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from fpi.formats import write_turns
 from fpi.ingest import ingest, read_traces
 from fpi.simulation import simulate_frame
+from fpi.writers import write_turns
 
 
 @pytest.fixture(scope="module")

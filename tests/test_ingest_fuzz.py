@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fpi.errors import InputError
 from fpi.ingest import read_traces
-from fpi.schema import RULES
+from fpi.ingest.problems import RULES
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)

@@ -1,6 +1,6 @@
 """Round trips: random valid turns, written in every input form, read back identical.
 
-The writers here are deliberately small and independent of ``fpi.formats`` so
+The writers here are deliberately small and independent of ``fpi.writers`` so
 that a bug shared by a writer and the reader cannot hide.
 """
 

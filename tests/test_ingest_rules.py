@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from fpi.errors import InputError, StrictRejects, TruncatedInput
 from fpi.ingest import ingest, read_traces, rejects_path_for
-from fpi.schema import LABEL_ALIASES, RULES
+from fpi.ingest.problems import RULES
+from fpi.schema import LABEL_ALIASES
 
 
 def good(i: int, session: str = "s-1", **extra: Any) -> dict[str, Any]:
@@ -149,6 +150,17 @@ def test_event_rules_name_every_line_involved(tmp_path: Path) -> None:
                                                              b.splitlines()[1]]
     assert by_rule["bad_event"]["raw"] == a.splitlines()[3]
     assert report.records_read == 4  # 3 assembled turns + 1 unusable event line
+
+
+def test_broken_event_turns_are_set_aside_in_line_order(tmp_path: Path) -> None:
+    # Turns are assembled by a group-by, which keeps no order: the rejects must.
+    events = [_event("s", i, "asr", text="no wake") for i in range(60)]
+    events += [_event("t", 0, "wake", detected=True), _event("t", 0, "asr", confidence="high"),
+               _event("u", 0, "wake", detected=True)]
+    frame, _, rows = run(tmp_path, {"e.events.jsonl": ("\n".join(events) + "\n").encode()})
+    assert frame.height == 1
+    assert [r["line"] for r in rows] == list(range(1, 62))
+    assert rows[-1]["rule"] == "bad_type" and rows[0]["rule"] == "event_without_wake"
 
 
 def test_every_rule_has_a_test() -> None:

@@ -1,8 +1,8 @@
 """The fast Arrow screen never disagrees with the full Polars validation.
 
 Ingest validates a clean block of JSON Lines in Arrow compute
-(:func:`fpi.ingest_validate.screen`) and sends everything else through
-:func:`fpi.ingest_validate.validate`. The screen may send a clean block the
+(:func:`fpi.ingest.validate.screen`) and sends everything else through
+:func:`fpi.ingest.validate.validate`. The screen may send a clean block the
 slow way, but what it passes must be exactly what ``validate`` would keep, and
 a block breaking any rule (or needing a rewrite) must never pass it.
 """
@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from test_ingest_roundtrip import _record, turns
 
-from fpi.ingest_parse import parse_block
-from fpi.ingest_validate import ROW_COL, extra_column, screen, to_arrow, validate
+from fpi.ingest.parse import parse_block
+from fpi.ingest.validate import ROW_COL, extra_column, screen, to_arrow, validate
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_logs"
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from test_ingest_roundtrip import canonical, turns
 
-import fpi.ingest_sort
+import fpi.ingest.sort
 from fpi.ingest import ingest, read_traces
-from fpi.ingest_sort import parquet_writer, sort_rewrite
-from fpi.ingest_validate import to_arrow
+from fpi.ingest.sort import parquet_writer, sort_rewrite
+from fpi.ingest.validate import to_arrow
 from fpi.progress import bytes_callback
 from fpi.schema import KEY_COLUMNS, TURN_SCHEMA
 
@@ -50,7 +50,7 @@ def test_time_ordered_logs_are_sorted_by_session_in_buckets(
     src = tmp_path / "live.jsonl"
     src.write_text("".join(json.dumps(t) + "\n" for t in turns_))
     expected, _ = read_traces(src)
-    monkeypatch.setattr(fpi.ingest_sort, "BUCKET_ROWS", 7)
+    monkeypatch.setattr(fpi.ingest.sort, "BUCKET_ROWS", 7)
     out = tmp_path / "turns.parquet"
     report = ingest(src, out, block_bytes=2000)
     got = pl.read_parquet(out)
@@ -70,7 +70,7 @@ def test_the_sort_pass_reports_progress_as_its_own_stage(
     random.Random(5).shuffle(turns_)
     src = tmp_path / "live.jsonl"
     src.write_text("".join(json.dumps(t) + "\n" for t in turns_))
-    monkeypatch.setattr(fpi.ingest_sort, "BUCKET_ROWS", 25)  # 60 rows: 3 buckets
+    monkeypatch.setattr(fpi.ingest.sort, "BUCKET_ROWS", 25)  # 60 rows: 3 buckets
     calls: list[tuple[str, int, int | None]] = []
     ingest(src, tmp_path / "turns.parquet",
            progress=bytes_callback(lambda stage, done, total: calls.append((stage, done, total))))

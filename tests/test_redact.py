@@ -26,10 +26,11 @@ from test_features import make_turns
 
 from fpi.diagnosis import diagnose, explain
 from fpi.errors import InputError
-from fpi.ingest import Reject
+from fpi.ingest import Problem
+from fpi.ingest.problems import RULES
 from fpi.model import train
 from fpi.redact import ID_PREFIX, REDACTED, SALT_ENV, redactor, safe_message
-from fpi.schema import RULES, TURN_SCHEMA
+from fpi.schema import TURN_SCHEMA
 
 SECRETS = ("hunter2", "SECRET")
 SALT = "test-salt-not-secret"
@@ -228,7 +229,7 @@ def test_a_reject_message_keeps_only_a_schema_path_and_fixed_text(rule: str, hea
 ])
 def test_reject_messages_lose_their_data(rule: str, message: str, expected: str) -> None:
     assert safe_message(rule, message) == expected
-    red = redactor("s", env={}).reject(Reject("f.jsonl", 3, rule, message, "hunter2 raw",
+    red = redactor("s", env={}).reject(Problem("f.jsonl", 3, rule, message, "hunter2 raw",
                                               ("f.jsonl:3",)))
     assert red.raw == REDACTED and red.file == "f.jsonl" and red.line == 3
     assert red.rule == rule and red.involved == ("f.jsonl:3",)

@@ -35,6 +35,11 @@ AllowTruncated = Annotated[bool, typer.Option(
     help="Keep the readable part of a truncated or corrupt input file (.gz, .zst, Parquet, "
          "CSV) with a warning saying what was lost, instead of stopping with status 2.")]
 
+#: ``--strict``, shared by every command that reads traces into an output.
+Strict = Annotated[bool, typer.Option(
+    "--strict", help="Exit with status 3 if any record was rejected (the outputs are still "
+                     "written).")]
+
 
 def _one_line(text: str) -> str:
     """``text`` on one line (a message may quote multi-line user data or library errors)."""

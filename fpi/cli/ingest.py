@@ -10,15 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fpi.cli._app import AllowTruncated, app, err_console, out_console
+from fpi.cli._app import AllowTruncated, Strict, app, err_console, out_console
 from fpi.cli._progress import progress_for
-from fpi.errors import StrictRejects
 from fpi.progress import bytes_callback
 
 if TYPE_CHECKING:
     from fpi.ingest import IngestReport
 
-#: The input forms of ``--format`` (fpi.ingest.FORMATS, spelled out so that ``fpi --help``
+#: The input forms of ``--format`` (fpi.ingest.READ_FORMATS, spelled out so that ``fpi --help``
 #: need not import the reader and Polars; tests/test_api.py checks they agree).
 INPUT_FORMS = ("jsonl", "parquet", "csv", "events")
 
@@ -45,10 +44,7 @@ def ingest_command(
                      help="Where to write rejected records (default: next to the output, "
                           "turns.parquet -> turns.rejects.jsonl)."),
     ] = None,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Exit with status 3 if any record was rejected "
-                                            "(the outputs are still written).")
-    ] = False,
+    strict: Strict = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
@@ -67,19 +63,15 @@ def ingest_command(
 
     Exit status: 0 ok, 2 bad input (nothing usable), 3 rejects under --strict.
     """
-    from fpi.ingest import ingest
+    from fpi.ingest import ingest, strict_error
 
     with progress_for(err_console) as progress:
         report = ingest(inputs, output, format=format, rejects_path=rejects,
                         progress=bytes_callback(progress), allow_truncated=allow_truncated)
     render(report, as_json)
     if strict and report.rejected:
-        top = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())
-        raise StrictRejects(
-            f"{report.rejected} of {report.records_read} records were rejected under --strict "
-            f"({top}); good records were written to {report.output_path}, rejects to "
-            f"{report.rejects_path}"
-        )
+        raise strict_error(report, f"good records were written to {report.output_path}, "
+                                   f"rejects to {report.rejects_path}")
 
 
 def render(report: IngestReport, as_json: bool) -> None:

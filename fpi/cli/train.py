@@ -11,9 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fpi.cli._app import AllowTruncated, app, err_console, out_console
+from fpi.cli._app import AllowTruncated, Strict, app, err_console, out_console
 from fpi.cli._progress import progress_for
-from fpi.errors import StrictRejects
 
 if TYPE_CHECKING:
     from fpi.model.training import Split
@@ -169,9 +168,7 @@ def train(
     rejects: Annotated[Path | None, typer.Option(
         "--rejects", help="Where to write the records set aside while reading (default: "
                           "beside the bundle, models/m -> models/m.rejects.jsonl).")] = None,
-    strict: Annotated[bool, typer.Option(
-        "--strict", help="Exit with status 3 if any record was rejected (the bundle is "
-                         "still written).")] = False,
+    strict: Strict = False,
     allow_truncated: AllowTruncated = False,
     labels: Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
                                                 show_default=False)] = None,
@@ -212,10 +209,10 @@ def train(
     else:
         _render(doc, f"held-out metrics ({doc['training']['heldout_is']})")
     if strict and report.rejected:
-        rules = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())
-        raise StrictRejects(f"{report.rejected} of {report.records_read} records were rejected "
-                            f"under --strict ({rules}); the bundle was written to {out}, the "
-                            f"rejects to {report.rejects_path}")
+        from fpi.ingest import strict_error
+
+        raise strict_error(report, f"the bundle was written to {out}, the rejects to "
+                                   f"{report.rejects_path}")
 
 
 @app.command()

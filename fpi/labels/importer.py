@@ -33,9 +33,11 @@ import polars as pl
 
 from fpi.errors import InputError
 from fpi.files import atomic_path
-from fpi.ingest import Reject, rejects_path_for
+from fpi.ingest import Problem as Reject
+from fpi.ingest import rejects_path_for
+from fpi.ingest.problems import Rule
 from fpi.labels.taskformat import LS_FROM_NAME, VIEW_FIELDS
-from fpi.schema import KEY_COLUMNS, Rule, normalize_label_expr
+from fpi.schema import KEY_COLUMNS, normalize_label_expr
 
 #: One row per (turn, annotator): the labels file ``fpi labels import`` writes.
 LABELS_SCHEMA: Final = pl.Schema({

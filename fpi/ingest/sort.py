@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from fpi.ingest_parse import CANONICAL_ARROW
+from fpi.ingest.parse import CANONICAL_ARROW
 from fpi.schema import KEY_COLUMNS
 
 #: Rows sorted in memory at once (about 1.5 KB each in Arrow, twice while sorting).
@@ -41,6 +41,16 @@ def parquet_writer(path: Path) -> pq.ParquetWriter:
     return pq.ParquetWriter(path, CANONICAL_ARROW, compression="lz4",
                             write_statistics=["schema_version", "session_id", "turn_index",
                                               "timestamp"])
+
+
+def in_key_order(keys: pl.DataFrame) -> bool:
+    """Whether the rows of ``keys`` are in strictly increasing (session_id, turn_index)
+    order: sorted, with no key twice."""
+    sid, turn = pl.col("session_id"), pl.col("turn_index")
+    return bool(keys.select(
+        ((sid > sid.shift()) | ((sid == sid.shift()) & (turn > turn.shift())))
+        .fill_null(True).all()
+    ).item())
 
 
 def places(keys: pl.DataFrame) -> np.ndarray:

@@ -18,7 +18,6 @@ a test checks that both ways give the same table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,11 +26,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fpi.ingest_parse import CANONICAL_ARROW, EXTRA_COL, FAST_SCHEMA
+from fpi.ingest.parse import CANONICAL_ARROW, EXTRA_COL, FAST_SCHEMA
+from fpi.ingest.problems import RULES, Problem, shown
 from fpi.schema import (
     BLOCKS,
     CLASSES,
     ENUM_FIELDS,
+    FORMAT_VERSION,
     NON_NEGATIVE_FIELDS,
     TURN_SCHEMA,
     UNIT_INTERVAL_FIELDS,
@@ -54,15 +55,6 @@ _TIMESTAMP_FORMATS = (
     "%Y-%m-%dT%H:%M",
     "%Y-%m-%d",
 )
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    """A row that broke a rule: its position in the raw frame, rule id and message."""
-
-    row: int
-    rule: str
-    message: str
 
 
 # ---------------------------------------------------------------------------
@@ -153,19 +145,31 @@ def _conform_struct(expr: pl.Expr, src: PolarsDType, dst: pl.Struct) -> pl.Expr:
     return pl.when(expr.is_not_null()).then(pl.struct(fields)).otherwise(None)
 
 
-def _json_value(expr: pl.Expr) -> pl.Expr:
+def json_value(expr: pl.Expr) -> pl.Expr:
     """JSON text of each value (vectorized: encode a one-field struct, strip the wrapper)."""
     return pl.struct(expr.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
 
 
-def _leaves(expr: pl.Expr, dtype: PolarsDType, key: str) -> list[tuple[str, pl.Expr]]:
+def json_member(key: str, value: pl.Expr) -> pl.Expr:
+    """The JSON object member ``"key":value`` of each value (null where it is null)."""
+    return pl.when(value.is_not_null()).then(pl.lit(orjson.dumps(key).decode() + ":")
+                                             + json_value(value))
+
+
+def object_body(text: pl.Expr) -> pl.Expr:
+    """The members of JSON object text (its inside, without braces), null when none."""
+    body = text.str.strip_prefix("{").str.strip_suffix("}")
+    return pl.when(body.str.len_chars() > 0).then(body)
+
+
+def field_leaves(expr: pl.Expr, dtype: PolarsDType, key: str) -> list[tuple[str, pl.Expr]]:
     """Dotted keys and values of the leaves under an unknown field (objects are flattened,
     lists kept whole)."""
     if dtype == pl.Null:
         return []
     if isinstance(dtype, pl.Struct):
         return [leaf for f in dtype.fields
-                for leaf in _leaves(expr.struct.field(f.name), f.dtype, f"{key}.{f.name}")]
+                for leaf in field_leaves(expr.struct.field(f.name), f.dtype, f"{key}.{f.name}")]
     return [(key, expr)]
 
 
@@ -180,28 +184,22 @@ def _extra_parts(frame: pl.DataFrame) -> tuple[list[pl.Expr], list[tuple[str, pl
             continue
         if name == "extra" and dtype == pl.String:
             # Extras already gathered by an earlier ingest, written back out as text.
-            body = pl.col(name).str.strip_chars().str.strip_prefix("{").str.strip_suffix("}")
-            parts.append(pl.when(body.str.len_chars() > 0).then(body))
+            parts.append(object_body(pl.col(name).str.strip_chars()))
             texts = True
             continue
         if name in BLOCKS and isinstance(dtype, pl.Struct):
             known = set(BLOCKS[name].to_schema())
             leaves = [leaf for f in dtype.fields if f.name not in known
-                      for leaf in _leaves(pl.col(name).struct.field(f.name), f.dtype,
-                                          f"{name}.{f.name}")]
+                      for leaf in field_leaves(pl.col(name).struct.field(f.name), f.dtype,
+                                               f"{name}.{f.name}")]
         elif name in TURN_SCHEMA:
             continue
         else:
-            leaves = _leaves(pl.col(name), dtype, name)
+            leaves = field_leaves(pl.col(name), dtype, name)
         all_leaves += leaves
-        for key, value in leaves:
-            quoted = orjson.dumps(key).decode()
-            parts.append(
-                pl.when(value.is_not_null()).then(pl.lit(quoted + ":") + _json_value(value))
-            )
+        parts += [json_member(key, value) for key, value in leaves]
     if EXTRA_COL in frame.schema:
-        body = pl.col(EXTRA_COL).str.strip_prefix("{").str.strip_suffix("}")
-        parts.append(pl.when(body.str.len_chars() > 0).then(body))
+        parts.append(object_body(pl.col(EXTRA_COL)))
         texts = True
     return parts, all_leaves, texts
 
@@ -245,7 +243,8 @@ def _checks(frame: pl.DataFrame, ts: pl.Expr) -> list[tuple[str, str, pl.Expr]]:
     """(rule, field, condition) in the order a record's first broken rule is reported."""
     checks: list[tuple[str, str, pl.Expr]] = []
     sv = pl.col("schema_version")
-    checks.append(("bad_schema_version", "schema_version", (sv.is_not_null() & (sv != 1))))
+    checks.append(("bad_schema_version", "schema_version",
+                   (sv.is_not_null() & (sv != FORMAT_VERSION))))
     sid = pl.col("session_id")
     checks.append(("missing_session_id", "session_id",
                    sid.is_null() | (sid.str.strip_chars().str.len_chars() == 0)))
@@ -277,42 +276,45 @@ def _one_of(expr: pl.Expr, values: tuple[str, ...]) -> pl.Expr:
     return out
 
 
-_DETAIL = {
-    "bad_schema_version": "must be 1 (the only trace format version)",
-    "missing_session_id": "is required and must be a non-empty string",
-    "bad_turn_index": "is required and must be an integer >= 0",
-    "missing_wake": "the wake stage is required",
-    "bad_timestamp": "is not an ISO 8601 date-time (e.g. 2026-11-20T18:03:12.481Z)",
-    "out_of_range": "is outside [0, 1]",
-    "negative_duration": "must be >= 0 milliseconds",
-    "bad_label": "is not one of correct, false_wake, asr, nlu, er, result (or an alias)",
-}
-
-
 def _message(rule: str, path: str, row: dict[str, Any]) -> str:
     if rule == "missing_wake":
-        return "wake is missing: the wake stage is required"
+        return f"wake is missing: {RULES[rule].description}"
     if rule == "bad_enum":
         detail = "must be one of " + ", ".join(ENUM_FIELDS[path])
     else:
-        detail = _DETAIL[rule]
+        detail = RULES[rule].detail
     value: Any = row
     if "[]" not in path:
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        text = orjson.dumps(value, default=str).decode()
-        text = text if len(text) <= 60 else text[:57] + "..."
-        return f"{path} {detail} (got {text})"
+        return f"{path} {detail} (got {shown(value)})"
     return f"{path} {detail}"
 
 
-def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
+def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[Problem]]:
     """Split a raw frame into canonical good rows and problems.
 
     Returns the good rows as a canonical frame (``TURN_SCHEMA`` columns, labels
     normalized, timestamps parsed) plus :data:`ROW_COL` (the raw row position),
-    and one :class:`RowProblem` per rejected row.
+    and one :class:`~fpi.ingest.problems.Problem` per rejected row (found at its raw
+    row position).
     """
+    frame = _typed(frame)
+    checks = _checks(frame, pl.col("__ts"))
+    # One pass marks the rows that break any rule (usually none); which rule, and
+    # the message, are worked out for those rows only.
+    frame = frame.with_columns(pl.any_horizontal([c for _, _, c in checks]).alias("__bad"))
+    problems: list[Problem] = []
+    bad = frame.filter(pl.col("__bad"))
+    if bad.height:
+        problems = _problems(bad, checks)
+        frame = frame.filter(~pl.col("__bad"))
+    return _canonical(frame), problems
+
+
+def _typed(frame: pl.DataFrame) -> pl.DataFrame:
+    """A raw frame with :data:`ROW_COL`, its keys cast, its blocks conformed to the
+    canonical structs, the parsed timestamp (``__ts``) and ``extra`` (``__extra_out``)."""
     frame = frame.with_row_index(ROW_COL)
     for name in ("schema_version", "session_id", "turn_index", "timestamp"):
         if name not in frame.columns:
@@ -325,7 +327,7 @@ def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
         else pl.lit(None, dtype=dtype).alias(name)
         for name, dtype in BLOCKS.items()
     ]
-    frame = frame.with_columns(
+    return frame.with_columns(
         pl.col("schema_version").cast(pl.Int64, strict=False),
         pl.col("turn_index").cast(pl.Int64, strict=False),
         pl.col("session_id").cast(pl.String, strict=False),
@@ -333,28 +335,30 @@ def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
         extra.alias("__extra_out"),
         *conformed,
     )
-    checks = _checks(frame, pl.col("__ts"))
-    # One pass marks the rows that break any rule (usually none); which rule, and
-    # the message, are worked out for those rows only.
-    frame = frame.with_columns(pl.any_horizontal([c for _, _, c in checks]).alias("__bad"))
-    problems: list[RowProblem] = []
-    bad = frame.filter(pl.col("__bad"))
-    if bad.height:
-        rule_expr: Then | ChainedThen = pl.when(checks[0][2]).then(pl.lit(checks[0][0]))
-        field_expr: Then | ChainedThen = pl.when(checks[0][2]).then(pl.lit(checks[0][1]))
-        for rule, path, cond in checks[1:]:
-            rule_expr = rule_expr.when(cond).then(pl.lit(rule))
-            field_expr = field_expr.when(cond).then(pl.lit(path))
-        bad = bad.with_columns(rule_expr.otherwise(None).alias("__rule"),
-                               field_expr.otherwise(None).alias("__field"))
-        for row in bad.select([ROW_COL, "__rule", "__field", *BLOCKS, "schema_version",
-                               "session_id", "turn_index", "timestamp"]).iter_rows(named=True):
-            message = _message(row["__rule"], row["__field"], row)
-            problems.append(RowProblem(row[ROW_COL], row["__rule"], message))
-        frame = frame.filter(~pl.col("__bad"))
+
+
+def _problems(bad: pl.DataFrame, checks: list[tuple[str, str, pl.Expr]]) -> list[Problem]:
+    """For rows that break a rule: the first rule each breaks, with its message."""
+    rule_expr: Then | ChainedThen = pl.when(checks[0][2]).then(pl.lit(checks[0][0]))
+    field_expr: Then | ChainedThen = pl.when(checks[0][2]).then(pl.lit(checks[0][1]))
+    for rule, path, cond in checks[1:]:
+        rule_expr = rule_expr.when(cond).then(pl.lit(rule))
+        field_expr = field_expr.when(cond).then(pl.lit(path))
+    bad = bad.with_columns(rule_expr.otherwise(None).alias("__rule"),
+                           field_expr.otherwise(None).alias("__field"))
+    problems: list[Problem] = []
+    for row in bad.select([ROW_COL, "__rule", "__field", *BLOCKS, "schema_version",
+                           "session_id", "turn_index", "timestamp"]).iter_rows(named=True):
+        message = _message(row["__rule"], row["__field"], row)
+        problems.append(Problem.found(row[ROW_COL], row["__rule"], message))
+    return problems
+
+
+def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    """Typed rows that passed, as a canonical frame (labels normalized) plus :data:`ROW_COL`."""
     label = pl.col("label")
-    good = frame.select(
-        pl.col("schema_version").fill_null(1),
+    return frame.select(
+        pl.col("schema_version").fill_null(FORMAT_VERSION),
         "session_id",
         "turn_index",
         pl.col("__ts").alias("timestamp"),
@@ -373,7 +377,6 @@ def validate(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[RowProblem]]:
         pl.col("__extra_out").alias("extra"),
         ROW_COL,
     )
-    return good, problems
 
 
 # ---------------------------------------------------------------------------
@@ -414,7 +417,7 @@ def _broken(table: pa.Table) -> bool:
             return True
     elif len(sid) and pc.min(pc.utf8_length(pc.utf8_trim_whitespace(sid))).as_py() == 0:
         return True
-    if _some(pc.not_equal(table.column("schema_version"), 1)):
+    if _some(pc.not_equal(table.column("schema_version"), FORMAT_VERSION)):
         return True
     if _some(pc.less(table.column("turn_index"), 0)):
         return True
@@ -504,7 +507,8 @@ def screen(table: pa.Table) -> pa.Table | None:
         extra = extra.cast(pa.string())
     else:
         extra = pa.nulls(table.num_rows, pa.string())
-    known.update(schema_version=pc.fill_null(known["schema_version"], 1), timestamp=timestamp,
+    known.update(schema_version=pc.fill_null(known["schema_version"], FORMAT_VERSION),
+                 timestamp=timestamp,
                  extra=extra)
     return pa.Table.from_arrays([known[n] for n in CANONICAL_ARROW.names],
                                 schema=CANONICAL_ARROW)
@@ -516,7 +520,7 @@ def to_arrow(good: pl.DataFrame) -> pa.Table:
 
 
 def validate_table(frame: pa.Table | pl.DataFrame, screened: bool = True
-                   ) -> tuple[pa.Table | None, np.ndarray | None, list[RowProblem]]:
+                   ) -> tuple[pa.Table | None, np.ndarray | None, list[Problem]]:
     """Validate a raw table or frame into canonical Arrow rows.
 
     Returns the good rows (None if none), the raw row position of each good row

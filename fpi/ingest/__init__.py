@@ -8,9 +8,19 @@ Two entry points:
 * :func:`ingest` streams the same result into a Parquet file with memory bounded
   by one block, for inputs larger than memory (``fpi ingest`` uses it).
 
-Bad records never stop a run: each goes to the rejects (file, line, rule,
-message, raw text) and is counted. Only a missing path, an empty input or
-"nothing good left" raise :class:`~fpi.errors.InputError`.
+Bad records never stop a run: each goes to the rejects (a
+:class:`~fpi.ingest.problems.Problem`: file, line, rule, message, raw text) and
+is counted. Only a missing path, an empty input or "nothing good left" raise
+:class:`~fpi.errors.InputError`.
+
+The steps, one module each, in the order data flows through them:
+:mod:`~fpi.ingest.sources` (find files, tell their form, cut them into blocks of
+JSON Lines), :mod:`~fpi.ingest.parse` (blocks into raw tables),
+:mod:`~fpi.ingest.validate` (the rules, into canonical rows),
+:mod:`~fpi.ingest.events` (stage events assembled into turns) and
+:mod:`~fpi.ingest.sort` (the output in key order); :mod:`~fpi.ingest.problems`
+holds the record of a record set aside and the rule table. This module runs
+them, drops repeated turns and writes the outputs.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,15 +44,15 @@ import pyarrow.compute as pc
 
 from fpi.errors import InputError, StrictRejects, TruncatedInput, os_error
 from fpi.files import atomic_path, check_writable_file, staged_files
-from fpi.ingest_events import EventCollector
-from fpi.ingest_parse import ParsedBlock, parse_block, parse_lines
-from fpi.ingest_sort import parquet_writer, sort_rewrite
-from fpi.ingest_sources import (
-    FORMATS,
+from fpi.ingest.events import EventCollector
+from fpi.ingest.parse import ParsedBlock, parse_block, parse_lines
+from fpi.ingest.problems import RULES, Problem
+from fpi.ingest.sort import in_key_order, parquet_writer, sort_rewrite
+from fpi.ingest.sources import (
+    READ_FORMATS,
     Block,
     Broken,
     Source,
-    SourceProblem,
     csv_blocks,
     detect,
     expand_paths,
@@ -51,10 +61,11 @@ from fpi.ingest_sources import (
     parquet_blocks,
     parquet_frames,
 )
-from fpi.ingest_validate import RowProblem, validate_table
-from fpi.schema import CLASSES, KEY_COLUMNS, RULES, empty_frame
+from fpi.ingest.validate import validate_table
+from fpi.schema import CLASSES, KEY_COLUMNS, empty_frame
 
-__all__ = ["FORMATS", "IngestReport", "Reject", "ingest", "read_traces", "rejects_path_for"]
+__all__ = ["READ_FORMATS", "IngestReport", "Problem", "in_key_order", "ingest",
+           "is_canonical_parquet", "read_traces", "rejects_path_for", "strict_error"]
 
 log = logging.getLogger(__name__)
 
@@ -85,31 +96,6 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
-class Reject:
-    """One record set aside: where it came from, the rule it broke and its raw text.
-
-    ``line`` is 1-based (for CSV the row as a spreadsheet shows it, header = 1;
-    for Parquet the row number, 1 when the whole file could not be opened).
-    ``involved`` lists every ``file:line`` that made up a stage-event turn.
-    """
-
-    file: str
-    line: int
-    rule: str
-    message: str
-    raw: str
-    involved: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object written to the rejects file."""
-        out = asdict(self)
-        out["involved"] = list(self.involved)
-        if not self.involved:
-            del out["involved"]
-        return out
-
-
-@dataclass(frozen=True)
 class IngestReport:
     """What an ingest read, kept and set aside.
 
@@ -130,7 +116,7 @@ class IngestReport:
     rejects_path: str | None
     output_path: str | None = None
     #: All rejects when no rejects file was written, else the first few.
-    rejects: tuple[Reject, ...] = field(default=(), repr=False)
+    rejects: tuple[Problem, ...] = field(default=(), repr=False)
     #: Empty files, and what was lost from truncated or corrupt files kept under
     #: ``allow_truncated`` (also logged as warnings).
     warnings: tuple[str, ...] = ()
@@ -159,15 +145,15 @@ class _Rejects:
     """Counts rejects, writes them to the rejects file as they come, keeps some for the report."""
 
     def __init__(self, handle: IO[bytes] | None,
-                 transform: Callable[[Reject], Reject] | None = None) -> None:
+                 transform: Callable[[Problem], Problem] | None = None) -> None:
         self.handle = handle
         #: applied before a reject is written or kept (``redact_rejects``)
         self.transform = transform
         self.by_rule: dict[str, int] = {}
-        self.kept: list[Reject] = []
+        self.kept: list[Problem] = []
         self.count = 0
 
-    def add(self, reject: Reject) -> None:
+    def add(self, reject: Problem) -> None:
         assert reject.rule in RULES, reject.rule
         self.count += 1
         self.by_rule[reject.rule] = self.by_rule.get(reject.rule, 0) + 1
@@ -277,7 +263,7 @@ class _Prepared:
     parsed: ParsedBlock
     good: pa.Table | None  #: canonical rows that passed, None if none
     rows: np.ndarray | None  #: parsed row of each good row; None: all rows, in order
-    problems: list[RowProblem]
+    problems: list[Problem]  #: found at their raw row positions
 
 
 def _prepare(data: bytes | memoryview, n_lines: int | None,
@@ -358,18 +344,19 @@ class _Run:
         self.done_bytes = 0
 
     # -- rejects --------------------------------------------------------
-    def _reject(self, file_id: int, line: int, rule: str, message: str, raw: str = "",
-                involved: Sequence[str] = ()) -> None:
-        if rule in _BOUND_RULES and len(raw) > RAW_LIMIT:
-            raw = f"{raw[:RAW_LIMIT]}... ({len(raw):,} characters in all)"
-        self.rejects.add(Reject(self.files[file_id], line, rule, message, raw, tuple(involved)))
+    def _reject(self, p: Problem) -> None:
+        """Set a placed problem's record aside (the raw text of one over a size or
+        depth limit cut short)."""
+        if p.rule in _BOUND_RULES and len(p.raw) > RAW_LIMIT:
+            p = replace(p, raw=f"{p.raw[:RAW_LIMIT]}... ({len(p.raw):,} characters in all)")
+        self.rejects.add(p)
 
-    def _problem(self, p: SourceProblem) -> None:
+    def _problem(self, p: Problem) -> None:
         if p.rule == "unreadable":
-            self._broken(p.file_id, p.message, counted=1)
-        self._reject(p.file_id, p.line, p.rule, p.message, p.raw, p.involved)
+            self._broken(p.file, p.message, counted=1)
+        self._reject(p)
 
-    def _broken(self, file_id: int, message: str, counted: int = 0) -> None:
+    def _broken(self, file: str, message: str, counted: int = 0) -> None:
         """A file that ends early or is corrupt: an error, unless ``allow_truncated``
         (then a warning, and the readable part is kept). ``counted``: records already
         counted for the break itself."""
@@ -377,10 +364,9 @@ class _Run:
         read = f"{n:,} record{'s' if n != 1 else ''} read before the break"
         if not self.allow_truncated:
             raise TruncatedInput(
-                f"{self.files[file_id]}: {message}; {read}, nothing written (rerun with "
+                f"{file}: {message}; {read}, nothing written (rerun with "
                 "--allow-truncated to keep the readable part)")
-        self.warnings.append(f"{self.files[file_id]}: {message}; kept the {read}, the rest "
-                             "is lost")
+        self.warnings.append(f"{file}: {message}; kept the {read}, the rest is lost")
 
     # -- main loop ------------------------------------------------------
     def run(self) -> None:
@@ -392,7 +378,7 @@ class _Run:
             if source.format == "events":
                 events.sources[file_id] = source
                 for item in line_blocks(source, file_id, self.block_bytes):
-                    if isinstance(item, SourceProblem):
+                    if isinstance(item, Problem):
                         self.records += 1
                         self._problem(item)
                     else:
@@ -401,7 +387,7 @@ class _Run:
             elif source.format == "parquet" and is_canonical_parquet(source.path):
                 self._canonical_parquet(source, file_id)
             else:
-                items: Iterator[Block | SourceProblem | tuple[Block, ParsedBlock]]
+                items: Iterator[Block | Problem | tuple[Block, ParsedBlock]]
                 if source.format == "jsonl":
                     items = line_blocks(source, file_id, self.block_bytes)
                 elif source.format == "csv":
@@ -409,7 +395,7 @@ class _Run:
                 else:
                     items = parquet_blocks(source, file_id)
                 for item, prepared in self._parse_ahead(items):
-                    if isinstance(item, SourceProblem):
+                    if isinstance(item, Problem):
                         self.records += 1
                         self._problem(item)
                     else:
@@ -423,13 +409,13 @@ class _Run:
                     self.rejects.count == rejected_before:
                 self.warnings.append(f"{source.path}: no records (the file is empty)")
         for assembled in events.assemble():
-            if isinstance(assembled, SourceProblem):
+            if isinstance(assembled, Problem):
                 self._problem(assembled)
             else:
                 self._block(assembled[0], _prepare(b"", None, assembled[1]), count=False)
         self.records += events.records
 
-    def _parse_ahead(self, items: Iterator[Block | SourceProblem | tuple[Block, ParsedBlock]]
+    def _parse_ahead(self, items: Iterator[Block | Problem | tuple[Block, ParsedBlock]]
                      ) -> Iterator[tuple[Any, Any]]:
         """Items in order, each block parsed and validated :data:`PARSE_AHEAD` early.
 
@@ -465,11 +451,11 @@ class _Run:
         if count:
             self.records += parsed.records
         for p in parsed.problems:
-            self._line_reject(block, p.index, p.rule, p.message)
+            self._line_reject(block, p.index, p)
         row_lines = parsed.row_lines
         for rp in problems:
-            line_index = row_lines[rp.row] if row_lines is not None else rp.row
-            self._line_reject(block, line_index, rp.rule, rp.message)
+            self._line_reject(block, row_lines[rp.index] if row_lines is not None else rp.index,
+                              rp)
         if good is None:
             return
         index = (prepared.rows if prepared.rows is not None
@@ -484,14 +470,17 @@ class _Run:
             file_ids, lines = locs[:, 0], locs[:, 1]
 
         def reject_dup(i: int, message: str) -> None:
-            self._line_reject(block, int(index[i]), "duplicate_turn", message)
+            at = int(index[i])
+            self._line_reject(block, at, Problem.found(at, "duplicate_turn", message))
 
         self._keep(good, file_ids, lines, reject_dup)
 
-    def _line_reject(self, block: Block, index: int, rule: str, message: str) -> None:
+    def _line_reject(self, block: Block, index: int, problem: Problem) -> None:
+        """Set aside ``problem``, found at block line ``index``, placed in its file."""
         file_id, line = block.loc(index)
         involved = block.involved[index] if block.involved is not None else ()
-        self._reject(file_id, line, rule, message, block.raw(index), involved)
+        self._reject(problem.placed(self.files[file_id], line, block.raw(index),
+                                    tuple(involved)))
 
     def _canonical_parquet(self, source: Source, file_id: int) -> None:
         """Fast path for Parquet already in the canonical layout: validate, no re-parse."""
@@ -505,7 +494,7 @@ class _Run:
                     return str(frame[i].select(pl.struct(pl.all()).struct.json_encode()).item())
 
                 for rp in problems:
-                    self._reject(file_id, row + rp.row, rp.rule, rp.message, raw(rp.row))
+                    self._reject(rp.placed(self.files[file_id], row + rp.index, raw(rp.index)))
                 if good is not None:
                     index = rows if rows is not None else np.arange(good.num_rows)
 
@@ -513,16 +502,16 @@ class _Run:
                                    index: np.ndarray = index, raw: Callable[[int], str] = raw
                                    ) -> None:
                         src_row = int(index[i])
-                        self._reject(file_id, first + src_row, "duplicate_turn", message,
-                                     raw(src_row))
+                        self._reject(Problem(self.files[file_id], first + src_row,
+                                             "duplicate_turn", message, raw(src_row)))
 
                     self._keep(good, np.full(len(index), file_id, dtype=np.int64),
                                index + row, reject_dup)
                 row += frame.height
         except Broken as exc:
-            self._broken(file_id, str(exc))
+            self._broken(self.files[file_id], str(exc))
             self.records += 1
-            self._reject(file_id, row, "unreadable", str(exc), "")
+            self._reject(Problem(self.files[file_id], row, "unreadable", str(exc)))
 
     def _keep(self, good: pa.Table, file_ids: np.ndarray, lines: np.ndarray,
               reject_dup: Callable[[int, str], None]) -> None:
@@ -597,14 +586,7 @@ class _Run:
         """Summarize what was kept; return whether it is already sorted by key."""
         kept = self.sink.all_keys()
         self.stats = _Stats.of(kept)
-        ordered = kept.select(
-            (
-                (pl.col("session_id") > pl.col("session_id").shift())
-                | ((pl.col("session_id") == pl.col("session_id").shift())
-                   & (pl.col("turn_index") > pl.col("turn_index").shift()))
-            ).fill_null(True).all()
-        ).item()
-        return bool(ordered)
+        return in_key_order(kept)
 
 
 @dataclass(frozen=True)
@@ -756,15 +738,16 @@ def read_traces(
         raise _nothing_left(run, rpath)
     report = _report(run, rejects, rpath, None)
     if strict and rejects.count:
-        raise _strict_error(report)
+        raise strict_error(report, f"rejects written to {rpath}" if rpath else "")
     return frame, report
 
 
-def _strict_error(report: IngestReport) -> StrictRejects:
+def strict_error(report: IngestReport, written: str = "") -> StrictRejects:
+    """The error ``--strict`` raises when ``report`` counts rejects (its ``report``
+    attribute is the report); ``written`` says where the outputs went."""
     top = ", ".join(f"{k} {v}" for k, v in report.rejects_by_rule.items())
-    where = f" (see {report.rejects_path})" if report.rejects_path else ""
     exc = StrictRejects(f"{report.rejected} of {report.records_read} records were rejected "
-                        f"under --strict: {top}{where}")
+                        f"under --strict ({top})" + (f"; {written}" if written else ""))
     exc.report = report  # type: ignore[attr-defined]
     return exc
 
@@ -778,7 +761,7 @@ def ingest(
     strict: bool = False,
     progress: bool | Progress | None = False,
     block_bytes: int = BLOCK_BYTES,
-    redact_rejects: Callable[[Reject], Reject] | None = None,
+    redact_rejects: Callable[[Problem], Problem] | None = None,
     allow_truncated: bool = False,
 ) -> IngestReport:
     """Ingest traces straight into a canonical Parquet file, in bounded memory.
@@ -822,7 +805,7 @@ def _check_replaceable(path: Path, what: str, magic: tuple[bytes, ...]) -> None:
 
 def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
             progress: bool | Progress | None, block_bytes: int,
-            redact_rejects: Callable[[Reject], Reject] | None = None,
+            redact_rejects: Callable[[Problem], Problem] | None = None,
             allow_truncated: bool = False) -> IngestReport:
     _check_replaceable(out, "Parquet output", (b"PAR1",))
     _check_replaceable(rpath, "rejects file (JSON Lines)", (b"{",))
@@ -853,5 +836,5 @@ def _ingest(sources: list[Source], out: Path, rpath: Path, *, strict: bool,
                          on_bucket=_sort_progress(progress))
     report = _report(run, rejects, rpath, out)
     if strict and rejects.count:
-        raise _strict_error(report)
+        raise strict_error(report, f"good records were written to {out}, rejects to {rpath}")
     return report

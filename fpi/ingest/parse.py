@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,21 +27,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pj
 
+from fpi.ingest.problems import TYPE_RULE, Problem, shown
 from fpi.schema import BLOCKS, MAX_DEPTH, MAX_RECORD_BYTES, TURN_SCHEMA, PolarsDType
 
 log = logging.getLogger(__name__)
 
 #: Column carrying unknown fields (JSON object text) out of the fallback parser.
 EXTRA_COL = "__extra"
-
-
-@dataclass(frozen=True)
-class LineProblem:
-    """A line of a block that could not become a record."""
-
-    index: int  #: 0-based line index within the block
-    rule: str
-    message: str
 
 
 @dataclass
@@ -51,7 +44,7 @@ class ParsedBlock:
     #: the JSON reader, or a Polars frame from the CSV and stage-event readers.
     frame: pa.Table | pl.DataFrame | None
     row_lines: list[int] | None  #: block line index of each row; None when row i is line i
-    problems: list[LineProblem]
+    problems: list[Problem]  #: found at their block line index
     records: int  #: non-blank lines in the block
     careful: bool = False  #: parsed line by line (unknown fields already in ``__extra``)
 
@@ -131,19 +124,19 @@ def json_depth(line: bytes) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
-def bound_problem(index: int, line: bytes) -> LineProblem | None:
+def bound_problem(index: int, line: bytes) -> Problem | None:
     """``too_large`` or ``too_deep`` for one line over the limits, else None."""
     if len(line) > MAX_RECORD_BYTES:
-        return LineProblem(index, "too_large", f"the record is {len(line):,} bytes long; "
-                                               f"the limit is {MAX_RECORD_BYTES:,}")
+        return Problem.found(index, "too_large", f"the record is {len(line):,} bytes long; "
+                                                 f"the limit is {MAX_RECORD_BYTES:,}")
     depth = json_depth(line)
     if depth > MAX_DEPTH:
-        return LineProblem(index, "too_deep", f"the record is nested {depth:,} levels deep; "
-                                              f"the limit is {MAX_DEPTH}")
+        return Problem.found(index, "too_deep", f"the record is nested {depth:,} levels deep; "
+                                                f"the limit is {MAX_DEPTH}")
     return None
 
 
-def screen_bounds(data: bytes | memoryview) -> tuple[bytes | memoryview, list[LineProblem]]:
+def screen_bounds(data: bytes | memoryview) -> tuple[bytes | memoryview, list[Problem]]:
     """Blank out the lines of a block that are too long or too deep to parse safely.
 
     Cheap for ordinary blocks: one ``find`` per :data:`SCREEN_WINDOW` bytes proves
@@ -158,7 +151,7 @@ def screen_bounds(data: bytes | memoryview) -> tuple[bytes | memoryview, list[Li
     if not long_at:
         return data, []
     raw = bytes(data)
-    problems: list[LineProblem] = []
+    problems: list[Problem] = []
     spans: list[tuple[int, int]] = []
     seen_start = -1
     for p in long_at:
@@ -198,15 +191,8 @@ def schema_too_deep(schema: pa.Schema) -> bool:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BadJSON:
-    """What :func:`loads` returns for text that is not JSON."""
-
-    message: str
-
-
-def loads(line: bytes) -> Any:
-    """Parse one JSON value, or return :class:`BadJSON`.
+def loads(index: int, line: bytes) -> Any:
+    """Parse one JSON value, or return the ``invalid_json`` problem of block line ``index``.
 
     orjson first; a line it refuses is tried once more with the standard library,
     which (like pyarrow's block parser) also takes ``NaN`` and ``Infinity``, so
@@ -218,10 +204,10 @@ def loads(line: bytes) -> Any:
         try:
             return json.loads(line)
         except (ValueError, RecursionError):
-            return BadJSON(str(exc))
+            return Problem.found(index, "invalid_json", f"invalid JSON: {exc}")
 
 
-def decode_object(index: int, line: bytes) -> dict[str, Any] | LineProblem:
+def decode_object(index: int, line: bytes) -> dict[str, Any] | Problem:
     """One line as a JSON object, or the problem that keeps it out (by the spec's rules:
     ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``too_large``, ``too_deep``);
     ``index`` is its place in the block."""
@@ -231,14 +217,22 @@ def decode_object(index: int, line: bytes) -> dict[str, Any] | LineProblem:
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return LineProblem(index, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}")
-    obj = loads(line)
-    if isinstance(obj, BadJSON):
-        return LineProblem(index, "invalid_json", f"invalid JSON: {obj.message}")
+        return Problem.found(index, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}")
+    obj = loads(index, line)
+    if isinstance(obj, Problem):
+        return obj
     if not isinstance(obj, dict):
-        return LineProblem(index, "not_an_object",
-                           f"a JSON {type(obj).__name__}, not an object")
+        return Problem.found(index, "not_an_object",
+                             f"a JSON {type(obj).__name__}, not an object")
     return obj
+
+
+def decoded_lines(data: bytes) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    """Each line of ``data`` with content: its index in the block, and its JSON object
+    or the problem that keeps it out (:func:`decode_object`)."""
+    for i, line in enumerate(data.split(b"\n")):
+        if line.strip():
+            yield i, decode_object(i, line)
 
 
 def dumps(obj: Any) -> bytes:
@@ -293,36 +287,54 @@ def has_null_line(table: pa.Table, data: bytes | memoryview) -> bool:
     return bool(table.column("session_id").null_count) and _NULL_LINE.search(data) is not None
 
 
+def count_lines(data: bytes | memoryview) -> int:
+    """Lines in ``data``: its newlines, plus one for a last line without a newline."""
+    raw = bytes(data)
+    return raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)
+
+
+def fast_read(data: bytes | memoryview, n_lines: int,
+              read: Callable[[bytes | memoryview], pa.Table]
+              ) -> tuple[pa.Table, list[int] | None, list[Problem]]:
+    """One pyarrow parse (``read``) of a block of ``n_lines`` whole JSON Lines, guarded.
+
+    Lines too long or too deep to parse safely are blanked first and returned as
+    problems. Raises ``pa.ArrowInvalid`` for whatever the careful line-by-line
+    parser must take over: invalid UTF-8, a bare ``null`` line, a record nested
+    too deeply, rows that do not match lines. Returns the table, the block line
+    of each row (None when row i is line i) and the problems.
+    """
+    data, bounded = screen_bounds(data)
+    check_utf8(data)
+    if starts_with_null(data):
+        raise pa.ArrowInvalid("the first line is a bare null")
+    table = read(data)
+    if schema_too_deep(table.schema):
+        raise pa.ArrowInvalid("a record is nested too deeply")
+    if has_null_line(table, data):  # the careful path rejects it as not an object
+        raise pa.ArrowInvalid("a line is a bare null")
+    row_lines: list[int] | None = None
+    if table.num_rows != n_lines or bounded:
+        # Blank lines are skipped by pyarrow; anything else (two objects on one
+        # line) breaks the row -> line mapping, so take the careful path.
+        lines = bytes(data).split(b"\n")
+        row_lines = [i for i, ln in enumerate(lines[:n_lines]) if ln.strip()]
+        if table.num_rows != len(row_lines):
+            raise pa.ArrowInvalid("rows do not match lines")
+    return table, row_lines, bounded
+
+
 def parse_block(data: bytes | memoryview, n_lines: int | None = None) -> ParsedBlock:
     """Parse ``data`` (complete lines of JSON Lines) into a raw Arrow table and problems."""
     if n_lines is None:
-        raw = bytes(data)
-        n_lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)
-    original = data
+        n_lines = count_lines(data)
     try:
-        data, bounded = screen_bounds(data)
-        check_utf8(data)
-        if starts_with_null(data):
-            raise pa.ArrowInvalid("the first line is a bare null")
-        table = _read(data, FAST_SCHEMA, "infer")
-        if schema_too_deep(table.schema):
-            raise pa.ArrowInvalid("a record is nested too deeply")
-        if has_null_line(table, data):  # the careful path rejects it as not an object
-            raise pa.ArrowInvalid("a line is a bare null")
-        row_lines: list[int] | None = None
-        records = n_lines
-        if table.num_rows != n_lines or bounded:
-            # Blank lines are skipped by pyarrow; anything else (two objects on one
-            # line) breaks the row -> line mapping, so take the careful path.
-            lines = bytes(data).split(b"\n")
-            row_lines = [i for i, ln in enumerate(lines[:n_lines]) if ln.strip()]
-            records = len(row_lines)
-            if table.num_rows != records:
-                raise pa.ArrowInvalid("rows do not match lines")
-            records += len(bounded)
+        table, row_lines, bounded = fast_read(data, n_lines,
+                                              lambda d: _read(d, FAST_SCHEMA, "infer"))
     except pa.ArrowException as exc:
         log.debug("block of %d lines needs the line-by-line parser: %s", n_lines, exc)
-        return parse_lines(bytes(original))
+        return parse_lines(bytes(data))
+    records = n_lines if row_lines is None else len(row_lines) + len(bounded)
     return ParsedBlock(table, row_lines, bounded, records)
 
 
@@ -332,21 +344,18 @@ def parse_lines(data: bytes) -> ParsedBlock:
     A Python loop per line is the price of pinpointing the bad ones; clean blocks
     never come here.
     """
-    problems: list[LineProblem] = []
+    problems: list[Problem] = []
     good: list[bytes] = []
     good_idx: list[int] = []
     records = 0
-    for i, line in enumerate(data.split(b"\n")):
-        if not line.strip():
-            continue
+    for i, obj in decoded_lines(data):
         records += 1
-        obj = decode_object(i, line)
-        if isinstance(obj, LineProblem):
+        if isinstance(obj, Problem):
             problems.append(obj)
             continue
         bad = check_types(obj)
         if bad is not None:
-            problems.append(LineProblem(i, *bad))
+            problems.append(Problem.found(i, *bad))
             continue
         good.append(dumps(split_extra(obj)))
         good_idx.append(i)
@@ -363,7 +372,7 @@ def parse_lines(data: bytes) -> ParsedBlock:
                 tables.append(_read(text, FALLBACK_SCHEMA, "error"))
                 kept.append(i)
             except pa.ArrowInvalid as exc:
-                problems.append(LineProblem(i, "bad_type", str(exc)))
+                problems.append(Problem.found(i, "bad_type", str(exc)))
         good_idx = kept
         if not tables:
             return ParsedBlock(None, [], problems, records, careful=True)
@@ -375,16 +384,6 @@ def parse_lines(data: bytes) -> ParsedBlock:
 # Per-record checks (careful path only)
 # ---------------------------------------------------------------------------
 
-#: Rule for a wrong type, by top-level field (default ``bad_type``).
-_TYPE_RULE = {
-    "schema_version": "bad_schema_version",
-    "session_id": "missing_session_id",
-    "turn_index": "bad_turn_index",
-    "timestamp": "bad_timestamp",
-    "label.failure_point": "bad_label",
-    "label.failure_point_2": "bad_label",
-}
-
 _PY_TYPES: dict[Any, str] = {
     pl.String: "a string",
     pl.Float64: "a number",
@@ -393,7 +392,7 @@ _PY_TYPES: dict[Any, str] = {
 }
 
 
-def _bad_path(value: Any, dtype: PolarsDType, path: str) -> tuple[str, str] | None:
+def bad_path(value: Any, dtype: PolarsDType, path: str) -> tuple[str, str] | None:
     """First path under ``value`` whose type does not fit ``dtype``, with what was expected."""
     if value is None:
         return None
@@ -401,7 +400,7 @@ def _bad_path(value: Any, dtype: PolarsDType, path: str) -> tuple[str, str] | No
         if not isinstance(value, dict):
             return path, "an object"
         for field in dtype.fields:
-            found = _bad_path(value.get(field.name), field.dtype, f"{path}.{field.name}")
+            found = bad_path(value.get(field.name), field.dtype, f"{path}.{field.name}")
             if found:
                 return found
         return None
@@ -409,7 +408,7 @@ def _bad_path(value: Any, dtype: PolarsDType, path: str) -> tuple[str, str] | No
         if not isinstance(value, list):
             return path, "a list"
         for item in value:
-            found = _bad_path(item, dtype.inner, f"{path}[]")
+            found = bad_path(item, dtype.inner, f"{path}[]")
             if found:
                 return found
         return None
@@ -428,33 +427,34 @@ def _bad_path(value: Any, dtype: PolarsDType, path: str) -> tuple[str, str] | No
 def check_types(obj: dict[str, Any]) -> tuple[str, str] | None:
     """``(rule, message)`` for the first known field of ``obj`` with a wrong type, else None."""
     for name, dtype in _KNOWN_FIELDS.items():
-        found = _bad_path(obj.get(name), dtype, name)
+        found = bad_path(obj.get(name), dtype, name)
         if found:
             path, expected = found
             top = path.replace("[]", "")
-            rule = _TYPE_RULE.get(top) or _TYPE_RULE.get(top.split(".")[0], "bad_type")
+            rule = TYPE_RULE.get(top) or TYPE_RULE.get(top.split(".")[0], "bad_type")
             if top == "turn_index" and isinstance(obj.get("turn_index"), float):
                 expected = "an integer >= 0"
-            return rule, f"{path} must be {expected}, got {_short(obj, path)}"
+            return rule, f"{path} must be {expected}, got {value_at(obj, path)}"
     return None
 
 
-def _short(obj: dict[str, Any], path: str) -> str:
+def value_at(obj: dict[str, Any], path: str) -> str:
+    """The value at ``path`` in ``obj`` (for a list, its first non-null item), as
+    a message quotes it."""
     value: Any = obj
     for part in path.split("."):
         part = part.removesuffix("[]")
         value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, list) and part != path.split(".")[-1].removesuffix("[]"):
             value = next((v for v in value if v is not None), None)
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown(value)
 
 
-def _flatten(value: Any, key: str, out: dict[str, Any]) -> None:
+def flatten(value: Any, key: str, out: dict[str, Any]) -> None:
     """Unknown objects are kept leaf by leaf under dotted keys (lists kept whole)."""
     if isinstance(value, dict):
         for k, v in value.items():
-            _flatten(v, f"{key}.{k}", out)
+            flatten(v, f"{key}.{k}", out)
     elif value is not None:
         out[key] = value
 
@@ -467,7 +467,7 @@ def prune_block(value: dict[str, Any], dtype: pl.Struct, key: str,
     out: dict[str, Any] = {}
     for k, v in value.items():
         if k not in fields:
-            _flatten(v, f"{key}.{k}", extra)
+            flatten(v, f"{key}.{k}", extra)
             continue
         inner = fields[k]
         if (isinstance(inner, pl.List) and isinstance(inner.inner, pl.Struct)
@@ -490,7 +490,7 @@ def split_extra(obj: dict[str, Any]) -> dict[str, Any]:
             else:
                 known[key] = value
         elif key != "extra":
-            _flatten(value, key, extra)
+            flatten(value, key, extra)
     if isinstance(obj.get("extra"), str):
         # A canonical frame written back out carries its extras as a JSON string.
         try:

@@ -39,8 +39,10 @@ from fpi.errors import InputError, SchemaError
 from fpi.files import atomic_path
 from fpi.schema import BLOCKS, TURN_SCHEMA, conform
 
-#: Every format the writers know, by name.
-FORMATS: Final[tuple[str, ...]] = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "csv", "events")
+#: Every format the writers know, by name (ingest reads each of them back; the forms
+#: it tells apart are :data:`fpi.ingest.READ_FORMATS`).
+WRITE_FORMATS: Final[tuple[str, ...]] = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "csv",
+                                         "events")
 
 #: Order in which a turn's stage events are written (device and label ride along).
 EVENT_ORDER: Final[tuple[str, ...]] = ("device", "wake", "asr", "nlu", "er", "result",
@@ -74,13 +76,13 @@ def infer_format(path: str | os.PathLike[str]) -> str:
         return "csv"
     raise InputError(
         f"{path}: cannot tell the format from the file name; use one of "
-        f"{', '.join(FORMATS)} (e.g. --format jsonl.gz)"
+        f"{', '.join(WRITE_FORMATS)} (e.g. --format jsonl.gz)"
     )
 
 
 def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise InputError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    if fmt not in WRITE_FORMATS:
+        raise InputError(f"unknown format {fmt!r}; known formats: {', '.join(WRITE_FORMATS)}")
     return fmt
 
 
@@ -313,7 +315,7 @@ class TurnWriter(contextlib.AbstractContextManager["TurnWriter"]):
     path
         Output file. Its parent directory is created.
     format
-        One of :data:`FORMATS`; inferred from the suffix when None.
+        One of :data:`WRITE_FORMATS`; inferred from the suffix when None.
     compression_level
         gzip (1-9) or zstd (1-22) level for the compressed forms.
 

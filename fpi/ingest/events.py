@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -21,24 +21,22 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pj
 
-from fpi.ingest_parse import (
+from fpi.ingest.parse import (
     EXTRA_COL,
-    LineProblem,
     ParsedBlock,
     _arrow_type,
-    _bad_path,
-    _flatten,
-    check_utf8,
-    decode_object,
+    bad_path,
+    count_lines,
+    decoded_lines,
     dumps,
-    has_null_line,
+    fast_read,
+    flatten,
     prune_block,
-    schema_too_deep,
-    screen_bounds,
-    starts_with_null,
+    value_at,
 )
-from fpi.ingest_sources import Block, Source, SourceProblem, _LazyText, line_blocks
-from fpi.ingest_validate import _leaves
+from fpi.ingest.problems import TYPE_RULE, Problem
+from fpi.ingest.sources import Block, Source, _LazyText, line_blocks
+from fpi.ingest.validate import field_leaves, json_member, json_value, object_body
 from fpi.schema import BLOCKS, EVENT_STAGES, KEY_COLUMNS, PolarsDType
 
 log = logging.getLogger(__name__)
@@ -73,12 +71,13 @@ _EVENT_COLUMNS: dict[str, PolarsDType] = {
 #: Columns of every collected event frame.
 EVENT_COLUMNS = pl.Schema(_EVENT_COLUMNS)
 
+def _read_events(data: bytes | memoryview) -> pa.Table:
+    return pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(
+        explicit_schema=_FAST, unexpected_field_behavior="infer"))
+
+
 #: Turns assembled per validation batch.
 ASSEMBLE_BATCH = 100_000
-
-
-def _json_value(expr: pl.Expr) -> pl.Expr:
-    return pl.struct(expr.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
 
 
 def _fixed(frame: pl.DataFrame) -> pl.DataFrame:
@@ -95,22 +94,20 @@ def _fixed(frame: pl.DataFrame) -> pl.DataFrame:
         for f in data_type.fields:
             if f.name in known:
                 continue
-            for sub, value in _leaves(pl.col("data").struct.field(f.name), f.dtype, f.name):
+            for sub, value in field_leaves(pl.col("data").struct.field(f.name), f.dtype,
+                                           f.name):
                 name = orjson.dumps("." + sub).decode()[1:]  # '.name"', JSON-escaped
                 data_parts.append(pl.when(value.is_not_null()).then(
                     pl.concat_str([pl.lit('"'), pl.col("stage"), pl.lit(name + ":"),
-                                   _json_value(value)])))
+                                   json_value(value)])))
     for name, dtype in frame.schema.items():
         if name in _EVENT_KEYS or name in (EXTRA_COL, _TOP_COL):
             continue
-        for key, value in _leaves(pl.col(name), dtype, name):
-            quoted = orjson.dumps(key).decode()
-            top_parts.append(pl.when(value.is_not_null()).then(
-                pl.lit(quoted + ":") + _json_value(value)))
+        top_parts += [json_member(key, value) for key, value in field_leaves(pl.col(name),
+                                                                            dtype, name)]
     for col, parts in ((EXTRA_COL, data_parts), (_TOP_COL, top_parts)):
         if col in frame.columns:
-            body = pl.col(col).str.strip_prefix("{").str.strip_suffix("}")
-            parts.append(pl.when(body.str.len_chars() > 0).then(body))
+            parts.append(object_body(pl.col(col)))
 
     def joined(parts: list[pl.Expr]) -> pl.Expr:
         if not parts:
@@ -129,56 +126,52 @@ def _fixed(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@dataclass
-class _Poison:
-    key: tuple[str, int]
-    file_id: int
-    line: int
-    rule: str
-    message: str
+#: An event whose ``data`` holds a value of the wrong type, with its turn's key: the
+#: whole turn is rejected under the event's rule (found at its block line).
+Poisoned = tuple[tuple[str, int], Problem]
+
+#: ``(file_id, line)`` of an event.
+Loc = tuple[int, int]
 
 
-def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], list[LineProblem],
-                                             list[tuple[int, tuple[str, int], str, str]]]:
+def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], list[Problem],
+                                             list[Poisoned]]:
     """Careful path for a block that failed: one line at a time with orjson.
 
     Returns the good events, their block line indices, unreadable lines and
     events whose ``data`` has a wrong type (their whole turn will be rejected).
     """
-    problems: list[LineProblem] = []
-    poisoned: list[tuple[int, tuple[str, int], str, str]] = []
+    problems: list[Problem] = []
+    poisoned: list[Poisoned] = []
     good: list[bytes] = []
     idx: list[int] = []
-    from fpi.ingest_parse import _TYPE_RULE, _short
-    for i, line in enumerate(data.split(b"\n")):
-        if not line.strip():
-            continue
-        obj = decode_object(i, line)
-        if isinstance(obj, LineProblem):
+    for i, obj in decoded_lines(data):
+        if isinstance(obj, Problem):
             problems.append(obj)
             continue
         why = _event_problem(obj)
         if why:
-            problems.append(LineProblem(i, "bad_event", why))
+            problems.append(Problem.found(i, "bad_event", why))
             continue
         stage, payload = obj["stage"], obj["data"]
         key = (obj["session_id"], obj["turn_index"])
-        found = _bad_path(payload, BLOCKS[stage], stage)
+        found = bad_path(payload, BLOCKS[stage], stage)
         ts = obj.get("timestamp")
         if found is None and ts is not None and not isinstance(ts, str):
             found = ("timestamp", "a string")
         if found:
             path, expected = found
-            rule = _TYPE_RULE.get(path.replace("[]", ""), "bad_type")
-            shown = _short({"timestamp": ts} if path == "timestamp" else {stage: payload}, path)
-            poisoned.append((i, key, rule, f"{path} must be {expected}, got {shown}"))
+            rule = TYPE_RULE.get(path.replace("[]", ""), "bad_type")
+            shown = value_at({"timestamp": ts} if path == "timestamp" else {stage: payload}, path)
+            message = f"{path} must be {expected}, got {shown}"
+            poisoned.append((key, Problem.found(i, rule, message)))
             continue
         extra: dict[str, Any] = {}
         pruned = prune_block(payload, BLOCKS[stage], stage, extra)
         top: dict[str, Any] = {}
         for k, v in obj.items():
             if k not in _EVENT_KEYS:
-                _flatten(v, k, top)
+                flatten(v, k, top)
         good.append(dumps({
             "session_id": key[0], "turn_index": key[1], "stage": stage, "timestamp": ts,
             "data": pruned,
@@ -193,16 +186,25 @@ def _parse_event_lines(data: bytes) -> tuple[pl.DataFrame | None, list[int], lis
     return pl.from_arrow(table), idx, problems, poisoned  # type: ignore[return-value]
 
 
+#: Why an event is ``bad_event``, by the part of it at fault.
+_BAD_EVENT = {
+    "session_id": "session_id is missing or not a non-empty string",
+    "turn_index": "turn_index is missing or not an integer >= 0",
+    "stage": "stage is missing or not one of " + ", ".join(EVENT_STAGES),
+    "data": "data is missing or not an object",
+}
+
+
 def _event_problem(obj: dict[str, Any]) -> str | None:
     sid, ti, stage, data = (obj.get(k) for k in ("session_id", "turn_index", "stage", "data"))
     if not isinstance(sid, str) or not sid.strip():
-        return "session_id is missing or not a non-empty string"
+        return _BAD_EVENT["session_id"]
     if not isinstance(ti, int) or isinstance(ti, bool) or ti < 0 or ti >= 2**63:
-        return "turn_index is missing or not an integer >= 0"
+        return _BAD_EVENT["turn_index"]
     if stage not in EVENT_STAGES:
         return f"stage {stage!r} is not one of {', '.join(EVENT_STAGES)}"
     if not isinstance(data, dict):
-        return "data is missing or not an object"
+        return _BAD_EVENT["data"]
     return None
 
 
@@ -213,7 +215,7 @@ class EventCollector:
     files: list[str]
     sources: dict[int, Source] = field(default_factory=dict)
     frames: list[pl.DataFrame] = field(default_factory=list)
-    poisoned: list[_Poison] = field(default_factory=list)
+    poisoned: list[Poisoned] = field(default_factory=list)  #: placed in their files
     records: int = 0
 
     def _fetch_lines(self, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
@@ -230,7 +232,7 @@ class EventCollector:
             number = 0
             try:
                 for block in line_blocks(source, file_id, 1 << 24):
-                    if isinstance(block, SourceProblem):
+                    if isinstance(block, Problem):
                         break
                     for i, text in enumerate(bytes(block.data).split(b"\n")):
                         number = block.first_line + i
@@ -242,43 +244,30 @@ class EventCollector:
                 continue
         return out
 
-    def add_block(self, block: Block) -> Iterator[SourceProblem]:
+    def _placed(self, block: Block, problem: Problem, raw: bool = True) -> Problem:
+        """A problem found at a line of ``block``, placed in its file (with its raw text)."""
+        file_id, line = block.loc(problem.index)
+        return problem.placed(self.files[file_id], line, block.raw(problem.index) if raw else "")
+
+    def add_block(self, block: Block) -> Iterator[Problem]:
         """Parse one block of an events file; yields the lines that cannot be events."""
-        data = block.data
-        n = block.n_lines
+        n = block.n_lines if block.n_lines is not None else count_lines(block.data)
         frame: pl.DataFrame | None = None
         row_lines: list[int] | None = None
-        problems: list[LineProblem] = []
+        problems: list[Problem] = []
         try:
-            data, problems = screen_bounds(data)  # too deep or too long to parse safely
-            check_utf8(data)
-            if starts_with_null(data):
-                raise pa.ArrowInvalid("the first line is a bare null")  # see ingest_parse
-            table = pj.read_json(pa.BufferReader(data), parse_options=pj.ParseOptions(
-                explicit_schema=_FAST, unexpected_field_behavior="infer"))
-            if schema_too_deep(table.schema):
-                raise pa.ArrowInvalid("a record is nested too deeply")
-            if has_null_line(table, data):
-                raise pa.ArrowInvalid("a line is a bare null")
-            raw = None
-            if n is None or table.num_rows != n:
-                raw = bytes(data).split(b"\n")
-                row_lines = [i for i, ln in enumerate(raw) if ln.strip()]
-                if len(row_lines) != table.num_rows:
-                    raise pa.ArrowInvalid("rows do not match lines")
+            table, row_lines, problems = fast_read(block.data, n, _read_events)
             frame = _fixed(pl.from_arrow(table))  # type: ignore[arg-type]
         except (UnicodeDecodeError, pa.ArrowException, pl.exceptions.PolarsError):
             # (Polars cannot take some inferred shapes from Arrow, e.g. a list of nulls.)
             frame, row_lines, problems, poison = _parse_event_lines(bytes(block.data))
-            for i, key, rule, msg in poison:
-                file_id, line = block.loc(i)
-                self.poisoned.append(_Poison(key, file_id, line, rule, msg))
+            for key, p in poison:
+                self.poisoned.append((key, self._placed(block, p, raw=False)))
             if frame is not None:
                 frame = _fixed(frame)
         for p in problems:
             self.records += 1
-            file_id, line = block.loc(p.index)
-            yield SourceProblem(file_id, line, p.rule, p.message, block.raw(p.index))
+            yield self._placed(block, p)
         if frame is None or frame.height == 0:
             return
         lines = (pl.Series(row_lines, dtype=pl.Int64) if row_lines is not None
@@ -288,98 +277,94 @@ class EventCollector:
             line=lines + block.first_line,
         ))
 
-    def assemble(self) -> Iterator[SourceProblem | tuple[Block, ParsedBlock]]:
+    def assemble(self) -> Iterator[Problem | tuple[Block, ParsedBlock]]:
         """Turns from every event read: rejects for broken turns, then validated batches."""
         if not self.frames:
-            for p in self.poisoned:
+            for _, problem in self.poisoned:
                 self.records += 1
-                yield SourceProblem(p.file_id, p.line, p.rule, p.message, "")
+                yield problem
             return
-        ev = pl.concat(self.frames, how="vertical_relaxed")
+        events = pl.concat(self.frames, how="vertical_relaxed")
         self.frames.clear()
-        sid, ti = pl.col("session_id"), pl.col("turn_index")
-        why = (
-            pl.when(sid.is_null() | (sid.str.strip_chars() == ""))
-            .then(pl.lit("session_id is missing or not a non-empty string"))
-            .when(ti.is_null() | (ti < 0))
-            .then(pl.lit("turn_index is missing or not an integer >= 0"))
-            .when(~pl.col("stage").is_in(pl.Series(EVENT_STAGES, dtype=pl.String).implode())
-                  | pl.col("stage").is_null())
-            .then(pl.lit("stage is missing or not one of " + ", ".join(EVENT_STAGES)))
-            .when(pl.col("data").is_null())
-            .then(pl.lit("data is missing or not an object"))
-        )
-        ev = ev.with_columns(why.alias("__why"))
-        bad = ev.filter(pl.col("__why").is_not_null())
-        # Rejects here name lines; their raw text is read back from the files at the end.
-        pending: list[tuple[SourceProblem, list[tuple[int, int]]]] = []
-        for r in bad.iter_rows(named=True):
-            self.records += 1
-            loc = (r["file_id"], r["line"])
-            pending.append((SourceProblem(*loc, "bad_event", r["__why"], ""), [loc]))
-        ev = ev.filter(pl.col("__why").is_null()).drop("__why")
-        is_wake = pl.col("stage") == "wake"
-        # Unknown fields in the order a turn record would give them: stage blocks in
-        # pipeline order, then the turn-level ones.
-        rank = pl.col("stage").replace_strict({s: i for i, s in enumerate(BLOCKS)},
-                                              return_dtype=pl.Int64)
-        # One pass over the events: each stage's data becomes its turn's column.
-        turns = ev.group_by(*KEY_COLUMNS).agg(
-            pl.col("timestamp").filter(is_wake).first(),
-            *[pl.col("data").filter(pl.col("stage") == s).first().alias(s) for s in BLOCKS],
-            pl.col(EXTRA_COL).sort_by(rank).drop_nulls().str.join(",").alias("__d"),
-            pl.col(_TOP_COL).sort_by(rank).drop_nulls().str.join(",").alias("__t"),
-            pl.col("file_id").filter(is_wake).first(),
-            pl.col("line").filter(is_wake).first(),
-            pl.col("file_id").alias("where_file"),
-            pl.col("line").alias("where_line"),
-            pl.col("stage").alias("stages"),
-            (pl.col("stage").n_unique() < pl.len()).alias("repeated"),
-        )
-        del ev
-        poison = (pl.DataFrame([(p.key[0], p.key[1], p.rule, p.message, p.file_id, p.line)
-                                for p in self.poisoned],
-                               schema={"session_id": pl.String, "turn_index": pl.Int64,
-                                       "p_rule": pl.String, "p_msg": pl.String,
-                                       "p_file": pl.Int64, "p_line": pl.Int64}, orient="row")
-                  .unique(subset=list(KEY_COLUMNS), keep="first", maintain_order=True))
-        turns = turns.join(poison, on=list(KEY_COLUMNS), how="full", coalesce=True)
+        events, pending = self._set_aside_bad_events(events)
+        turns = _group_turns(events)
+        del events
+        turns = turns.join(self._poison_frame(), on=list(KEY_COLUMNS), how="full",
+                           coalesce=True)
         self.records += turns.height
         is_broken = (pl.col("p_rule").is_not_null() | pl.col("repeated").fill_null(False)
                      | pl.col("wake").is_null())
-        for r in turns.filter(is_broken).iter_rows(named=True):
-            locs = sorted(zip(r["where_file"] or [], r["where_line"] or [], strict=True))
-            if r["p_rule"]:
-                locs = sorted({*locs, (r["p_file"], r["p_line"])})
-            involved = [f"{self.files[f]}:{n}" for f, n in locs]
-            key = f"({r['session_id']!r}, {r['turn_index']})"
-            stages = r["stages"] or []
-            if r["p_rule"]:
-                rule, msg = r["p_rule"], f"turn {key}: {r['p_msg']}"
-            elif r["repeated"]:
-                rule = "duplicate_event"
-                twice = sorted({s for s in stages if stages.count(s) > 1})
-                msg = (f"turn {key} has more than one {'/'.join(twice)} event: "
-                       f"{', '.join(involved)}")
-            else:
-                rule = "event_without_wake"
-                msg = f"turn {key} has events but no wake event: {', '.join(involved)}"
-            pending.append((SourceProblem(locs[0][0], locs[0][1], rule, msg, "",
-                                          tuple(involved)), locs))
+        broken = [self._broken_turn(r) for r in turns.filter(is_broken).iter_rows(named=True)]
+        # (group_by gives turns in no fixed order: set them aside by their first line)
+        pending += sorted(broken, key=lambda item: item[1][0])
+        yield from self._with_raw_text(pending)
+        del pending
+        yield from self._turn_batches(_good_turns(turns.filter(~is_broken)))
+
+    def _set_aside_bad_events(self, events: pl.DataFrame
+                              ) -> tuple[pl.DataFrame, list[tuple[Problem, list[Loc]]]]:
+        """The events that have a key, a known stage and data; a ``bad_event`` problem
+        (with the line it names) for each of the others."""
+        sid, ti, stage = pl.col("session_id"), pl.col("turn_index"), pl.col("stage")
+        why = (
+            pl.when(sid.is_null() | (sid.str.strip_chars() == ""))
+            .then(pl.lit(_BAD_EVENT["session_id"]))
+            .when(ti.is_null() | (ti < 0))
+            .then(pl.lit(_BAD_EVENT["turn_index"]))
+            .when(~stage.is_in(pl.Series(EVENT_STAGES, dtype=pl.String).implode())
+                  | stage.is_null())
+            .then(pl.lit(_BAD_EVENT["stage"]))
+            .when(pl.col("data").is_null())
+            .then(pl.lit(_BAD_EVENT["data"]))
+        )
+        events = events.with_columns(why.alias("__why"))
+        # Rejects here name lines; their raw text is read back from the files at the end.
+        pending: list[tuple[Problem, list[Loc]]] = []
+        for r in events.filter(pl.col("__why").is_not_null()).iter_rows(named=True):
+            self.records += 1
+            loc = (r["file_id"], r["line"])
+            pending.append((Problem(self.files[loc[0]], loc[1], "bad_event", r["__why"]), [loc]))
+        return events.filter(pl.col("__why").is_null()).drop("__why"), pending
+
+    def _poison_frame(self) -> pl.DataFrame:
+        """The first poisoned event of each turn, by key (``p_rule``, ``p_msg``, where)."""
+        file_ids = {name: i for i, name in enumerate(self.files)}
+        return (pl.DataFrame([(key[0], key[1], p.rule, p.message, file_ids[p.file], p.line)
+                              for key, p in self.poisoned],
+                             schema={"session_id": pl.String, "turn_index": pl.Int64,
+                                     "p_rule": pl.String, "p_msg": pl.String,
+                                     "p_file": pl.Int64, "p_line": pl.Int64}, orient="row")
+                .unique(subset=list(KEY_COLUMNS), keep="first", maintain_order=True))
+
+    def _broken_turn(self, r: dict[str, Any]) -> tuple[Problem, list[Loc]]:
+        """The problem of a turn that cannot be assembled (a poisoned event, a stage
+        twice, no wake event), placed at its first event, with every event's line."""
+        locs = sorted(zip(r["where_file"] or [], r["where_line"] or [], strict=True))
+        if r["p_rule"]:
+            locs = sorted({*locs, (r["p_file"], r["p_line"])})
+        involved = [f"{self.files[f]}:{n}" for f, n in locs]
+        key = f"({r['session_id']!r}, {r['turn_index']})"
+        stages = r["stages"] or []
+        if r["p_rule"]:
+            rule, msg = r["p_rule"], f"turn {key}: {r['p_msg']}"
+        elif r["repeated"]:
+            rule = "duplicate_event"
+            twice = sorted({s for s in stages if stages.count(s) > 1})
+            msg = (f"turn {key} has more than one {'/'.join(twice)} event: "
+                   f"{', '.join(involved)}")
+        else:
+            rule = "event_without_wake"
+            msg = f"turn {key} has events but no wake event: {', '.join(involved)}"
+        return Problem(self.files[locs[0][0]], locs[0][1], rule, msg, "", tuple(involved)), locs
+
+    def _with_raw_text(self, pending: list[tuple[Problem, list[Loc]]]) -> Iterator[Problem]:
+        """Each problem with the raw text of the lines it names, read back in one pass."""
         texts = self._fetch_lines({loc for _, locs in pending for loc in locs})
         for problem, locs in pending:
-            raw = "\n".join(texts.get(loc, "") for loc in locs)
-            yield SourceProblem(problem.file_id, problem.line, problem.rule, problem.message,
-                                raw, problem.involved)
-        del pending, texts
-        extra = pl.concat_str([pl.when(pl.col("__d") != "").then(pl.col("__d")),
-                               pl.when(pl.col("__t") != "").then(pl.col("__t"))],
-                              separator=",", ignore_nulls=True)
-        turns = (turns.filter(~is_broken)
-                 .with_columns(pl.when(extra.is_not_null() & (extra != ""))
-                               .then("{" + extra + "}").alias(EXTRA_COL))
-                 .drop("__d", "__t", "stages", "repeated", "p_rule", "p_msg", "p_file", "p_line")
-                 .sort("file_id", "line"))
+            yield replace(problem, raw="\n".join(texts.get(loc, "") for loc in locs))
+
+    def _turn_batches(self, turns: pl.DataFrame) -> Iterator[tuple[Block, ParsedBlock]]:
+        """Assembled turns as blocks to validate, :data:`ASSEMBLE_BATCH` at a time."""
         for start in range(0, turns.height, ASSEMBLE_BATCH):
             batch = turns.slice(start, ASSEMBLE_BATCH)
             locs = list(zip(batch.get_column("file_id").to_list(),
@@ -396,3 +381,37 @@ class EventCollector:
             block = Block(b"", 0, 0, locs=locs, raws=_LazyText(batch.height, raw_of),
                           involved=_LazyText(batch.height, involved_of))
             yield block, ParsedBlock(frame, None, [], batch.height)
+
+
+def _group_turns(events: pl.DataFrame) -> pl.DataFrame:
+    """One row per turn key: each stage's data as its column, the wake event's time and
+    place, every event's place, and whether a stage came twice."""
+    is_wake = pl.col("stage") == "wake"
+    # Unknown fields in the order a turn record would give them: stage blocks in
+    # pipeline order, then the turn-level ones.
+    rank = pl.col("stage").replace_strict({s: i for i, s in enumerate(BLOCKS)},
+                                          return_dtype=pl.Int64)
+    # One pass over the events: each stage's data becomes its turn's column.
+    return events.group_by(*KEY_COLUMNS).agg(
+        pl.col("timestamp").filter(is_wake).first(),
+        *[pl.col("data").filter(pl.col("stage") == s).first().alias(s) for s in BLOCKS],
+        pl.col(EXTRA_COL).sort_by(rank).drop_nulls().str.join(",").alias("__d"),
+        pl.col(_TOP_COL).sort_by(rank).drop_nulls().str.join(",").alias("__t"),
+        pl.col("file_id").filter(is_wake).first(),
+        pl.col("line").filter(is_wake).first(),
+        pl.col("file_id").alias("where_file"),
+        pl.col("line").alias("where_line"),
+        pl.col("stage").alias("stages"),
+        (pl.col("stage").n_unique() < pl.len()).alias("repeated"),
+    )
+
+
+def _good_turns(turns: pl.DataFrame) -> pl.DataFrame:
+    """Assembled turns with their unknown fields as one ``extra`` object, in file order."""
+    extra = pl.concat_str([pl.when(pl.col("__d") != "").then(pl.col("__d")),
+                           pl.when(pl.col("__t") != "").then(pl.col("__t"))],
+                          separator=",", ignore_nulls=True)
+    return (turns.with_columns(pl.when(extra.is_not_null() & (extra != ""))
+                               .then("{" + extra + "}").alias(EXTRA_COL))
+            .drop("__d", "__t", "stages", "repeated", "p_rule", "p_msg", "p_file", "p_line")
+            .sort("file_id", "line"))

@@ -28,13 +28,15 @@ import zstandard
 
 from fpi.errors import InputError
 from fpi.files import unique_paths
-from fpi.ingest_parse import LineProblem, ParsedBlock, _bad_path, bound_problem
+from fpi.ingest.parse import ParsedBlock, bad_path, bound_problem
+from fpi.ingest.problems import TYPE_RULE, Problem, shown
 from fpi.schema import BLOCKS, MAX_DEPTH, TURN_SCHEMA, PolarsDType
 
 log = logging.getLogger(__name__)
 
-#: Input forms ``--format`` accepts (compression is always detected from the bytes).
-FORMATS: tuple[str, ...] = ("jsonl", "parquet", "csv", "events")
+#: Input forms ``--format`` accepts (compression is always detected from the bytes);
+#: the forms fpi.writers writes are :data:`fpi.writers.WRITE_FORMATS`.
+READ_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "csv", "events")
 _FORMAT_ALIASES = {"jsonl.gz": "jsonl", "jsonl.zst": "jsonl", "ndjson": "jsonl", "json": "jsonl",
                    "events.gz": "events", "events.jsonl": "events", "pq": "parquet"}
 
@@ -52,18 +54,6 @@ SYNTHETIC_BLOCK_LINES = 50_000
 
 class Broken(Exception):
     """A byte stream ended early or is corrupt; what was read before it is still good."""
-
-
-@dataclass(frozen=True)
-class SourceProblem:
-    """A record set aside before parsing: unreadable bytes, a bad event, a broken turn."""
-
-    file_id: int
-    line: int
-    rule: str
-    message: str
-    raw: str
-    involved: tuple[str, ...] = ()
 
 
 @dataclass
@@ -108,7 +98,7 @@ class Source:
     """One input file and its detected form."""
 
     path: Path
-    format: str  #: one of :data:`FORMATS`
+    format: str  #: one of :data:`READ_FORMATS`
     compression: str | None  #: "gzip", "zstd" or None
 
 
@@ -171,8 +161,8 @@ def detect(path: Path, forced: str | None = None) -> Source:
                    else "zstd" if magic == _ZSTD_MAGIC else None)
     if forced is not None:
         fmt = _FORMAT_ALIASES.get(forced.lower(), forced.lower())
-        if fmt not in FORMATS:
-            raise InputError(f"unknown format {forced!r}: use one of {', '.join(FORMATS)}")
+        if fmt not in READ_FORMATS:
+            raise InputError(f"unknown format {forced!r}: use one of {', '.join(READ_FORMATS)}")
         return Source(path, fmt, compression)
     if magic == b"PAR1":
         return Source(path, "parquet", None)
@@ -332,11 +322,11 @@ def _plain_blocks(source: Source, file_id: int, block_size: int) -> Iterator[Blo
 
 
 def line_blocks(source: Source, file_id: int, block_size: int
-                ) -> Iterator[Block | SourceProblem]:
+                ) -> Iterator[Block | Problem]:
     """Blocks of whole lines from a JSON Lines file.
 
     Yields :class:`Block` objects, and at a break in the stream one
-    ``unreadable`` :class:`SourceProblem` for the rest.
+    ``unreadable`` :class:`Problem` for the rest.
     """
     if source.compression is None:
         yield from _plain_blocks(source, file_id, block_size)
@@ -369,7 +359,7 @@ def line_blocks(source: Source, file_id: int, block_size: int
             yield Block(buf[: cut + 1], file_id, line)
             line += buf[: cut + 1].count(b"\n")
         partial = buf[cut + 1 :].decode("utf-8", errors="replace")
-        yield SourceProblem(file_id, line, "unreadable", str(exc), partial[:2000])
+        yield Problem(str(source.path), line, "unreadable", str(exc), partial[:2000])
         return
     buf = b"".join(parts)
     if buf:
@@ -445,7 +435,7 @@ def _csv_column(cells: pl.Series, path: str) -> tuple[pl.Series, pl.Series | Non
             bad: list[bool] = []
             for text in cells.to_list():
                 value = None if text is None else _json_or_text(text)
-                wrong = text is not None and _bad_path(value, dtype, path) is not None
+                wrong = text is not None and bad_path(value, dtype, path) is not None
                 out.append(None if wrong else value)
                 bad.append(wrong)
             return pl.Series(cells.name, out, dtype=dtype, strict=False), pl.Series(bad), \
@@ -470,23 +460,20 @@ def _csv_parsed(frame: pl.DataFrame, rows: list[int], file_id: int
     Polars; a cell that does not fit rejects its row (``bad_type``, or the rule
     of that field) naming the column.
     """
-    from fpi.ingest_parse import _TYPE_RULE
-
     frame = frame.select(pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)).alias(c)
                          for c in frame.columns)  # an empty cell is null
     converted: dict[str, pl.Series] = {}
-    problems: dict[int, LineProblem] = {}
+    problems: dict[int, Problem] = {}
     for name in frame.columns:
         cells = frame.get_column(name)
         values, bad, expected = _csv_column(cells, name)
         converted[name] = values
         if bad is not None and bad.any():
-            rule = _TYPE_RULE.get(name, "bad_type")
+            rule = TYPE_RULE.get(name, "bad_type")
             for i in bad.arg_true().to_list():
                 if i not in problems:
-                    shown = orjson.dumps(cells[i]).decode()
-                    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-                    problems[i] = LineProblem(i, rule, f"{name} must be {expected}, got {shown}")
+                    problems[i] = Problem.found(
+                        i, rule, f"{name} must be {expected}, got {shown(cells[i])}")
     # Columns in turn-record order (known fields, blocks, then unknown fields), so
     # that ``extra`` lists unknown fields as the other forms do.
     top: list[str] = []
@@ -577,28 +564,28 @@ def _csv_rows(frame: pl.DataFrame, file_id: int, line_map: list[int] | None
 
 
 def csv_blocks(source: Source, file_id: int
-               ) -> Iterator[Block | SourceProblem | tuple[Block, ParsedBlock]]:
+               ) -> Iterator[Block | Problem | tuple[Block, ParsedBlock]]:
     """Parsed slices of a CSV file with dotted column names (``asr.confidence``).
 
     Cells are converted column by column (vectorized); row numbers are as a
     spreadsheet shows them: the header is row 1.
     """
     parts: list[bytes] = []
-    broken: SourceProblem | None = None
+    broken: Problem | None = None
     try:
         parts.extend(byte_chunks(source.path, source.compression))
     except Broken as exc:
         data = b"".join(parts)
         cut = data.rfind(b"\n")
-        broken = SourceProblem(file_id, data[: cut + 1].count(b"\n") + 1, "unreadable", str(exc),
-                               data[cut + 1 :].decode("utf-8", errors="replace")[:2000])
+        broken = Problem(str(source.path), data[: cut + 1].count(b"\n") + 1, "unreadable",
+                         str(exc), data[cut + 1 :].decode("utf-8", errors="replace")[:2000])
         parts = [data[: cut + 1]]
     data = b"".join(parts)
     if not data.strip():
         if broken:
             yield broken
         return
-    bad_utf8: list[SourceProblem] = []
+    bad_utf8: list[Problem] = []
     line_map: list[int] | None = None
     try:
         data.decode("utf-8")
@@ -610,9 +597,9 @@ def csv_blocks(source: Source, file_id: int
             try:
                 ln.decode("utf-8")
             except UnicodeDecodeError as exc:
-                bad_utf8.append(SourceProblem(file_id, i + 1, "invalid_utf8",
-                                              f"invalid UTF-8 at byte {exc.start}",
-                                              ln.decode("utf-8", errors="replace")))
+                bad_utf8.append(Problem(str(source.path), i + 1, "invalid_utf8",
+                                        f"invalid UTF-8 at byte {exc.start}",
+                                        ln.decode("utf-8", errors="replace")))
                 continue
             kept.append(ln)
             line_map.append(i + 1)
@@ -667,7 +654,7 @@ def parquet_frames(source: Source, batch_rows: int = 100_000) -> Iterator[pl.Dat
         raise Broken(f"unreadable Parquet: {str(exc).splitlines()[0]}") from None
 
 
-def parquet_blocks(source: Source, file_id: int) -> Iterator[Block | SourceProblem]:
+def parquet_blocks(source: Source, file_id: int) -> Iterator[Block | Problem]:
     """Blocks from a Parquet file that is not in the canonical layout.
 
     Each row is encoded as JSON by Polars (vectorized) and parsed like a JSON
@@ -683,7 +670,7 @@ def parquet_blocks(source: Source, file_id: int) -> Iterator[Block | SourceProbl
                         locs=[(file_id, row + i) for i in range(n)], raws=texts)
             row += n
     except Broken as exc:
-        yield SourceProblem(file_id, row, "unreadable", str(exc), "")
+        yield Problem(str(source.path), row, "unreadable", str(exc), "")
 
 
 def _unflatten(frame: pl.DataFrame) -> pl.DataFrame:

@@ -16,7 +16,7 @@ from fpi.errors import InputError, ModelError
 from fpi.features import build_features
 from fpi.learned import BUCKETS, Learned, TextModel, discover_extra, hashed_ngrams
 from fpi.model import LEARNED_FILE, MANIFEST_FILE, MODEL_FILE, TrainResult, load_bundle, train
-from fpi.simulation import simulate_frame
+from fpi.simulate import simulate_frame
 
 FAST = {"num_boost_round": 40, "early_stopping_rounds": 5, "folds": 3, "search": False}
 

@@ -17,7 +17,7 @@ from fpi.errors import InputError
 from fpi.formats import FORMATS, TurnWriter, infer_format, write_turns
 from fpi.ingest import read_traces
 from fpi.schema import TURN_SCHEMA
-from fpi.simulation import simulate, simulate_frame
+from fpi.simulate import simulate, simulate_frame
 
 SUFFIX = {
     "jsonl": "t.jsonl",

@@ -10,7 +10,7 @@ from polars.testing import assert_frame_equal
 
 from fpi.formats import write_turns
 from fpi.ingest import ingest, read_traces
-from fpi.simulation import simulate_frame
+from fpi.simulate import simulate_frame
 
 
 @pytest.fixture(scope="module")

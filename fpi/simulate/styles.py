@@ -1,7 +1,7 @@
 """Assistant styles: assistants unlike the default one, for the same simulated users.
 
 A style is what another team's assistant does differently *in its logs and its
-words*: the language its users speak (a :class:`~fpi.sim.language.Language`:
+words*: the language its users speak (a :class:`~fpi.simulate.language.Language`:
 catalogues, phrasings, ASR confusions, NLU cues, responses), whether it names
 the resolved entity or just says "OK.", how its apologies and questions back are
 phrased, how its recogniser's and NLU's confidences are calibrated and on what
@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 
 from fpi.errors import InputError
-from fpi.sim import world as W
-from fpi.sim.engine import _GOLDEN, _mix
-from fpi.sim.language import TERSE_KINDS, Language, ResponseTable
+from fpi.simulate import world as W
+from fpi.simulate.engine import _GOLDEN, _mix
+from fpi.simulate.language import TERSE_KINDS, Language, ResponseTable
 
 Scale = Literal["unit", "percent", "logit"]
 

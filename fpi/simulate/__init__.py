@@ -1,6 +1,6 @@
 """Simulated voice-assistant traces with a causal story and known failure points.
 
-The public face of :mod:`fpi.sim`. The generative story (docs/simulator.md):
+The public face of the simulator package. The generative story (docs/simulator.md):
 sessions of users with a device, locale and hidden acoustic environment pursue
 goals; each pipeline stage acts on the previous stage's output; the gold label
 is the earliest stage whose error was not recovered; users react to failures in
@@ -29,10 +29,10 @@ from fpi.files import write_text_atomic
 from fpi.formats import TurnWriter
 from fpi.progress import Progress, report
 from fpi.schema import CLASSES, TURN_SCHEMA
-from fpi.sim import assemble, engine
-from fpi.sim import world as W
-from fpi.sim.profiles import PROFILES, Profile
-from fpi.sim.styles import STYLES, AssistantStyle, get_style
+from fpi.simulate import assemble, engine
+from fpi.simulate import world as W
+from fpi.simulate.profiles import PROFILES, Profile
+from fpi.simulate.styles import STYLES, AssistantStyle, get_style
 
 __all__ = [
     "PROFILES",

@@ -20,8 +20,8 @@ import datetime as dt
 
 import numpy as np
 
-from fpi.sim import world as W
-from fpi.sim.profiles import Profile
+from fpi.simulate import world as W
+from fpi.simulate.profiles import Profile
 
 #: Turn kinds.
 FALSE_WAKE, GOAL, STOP = 0, 1, 2
@@ -617,7 +617,7 @@ def run_batch(
     Columns ``slot`` (session index within the batch) and ``pos`` (turn index)
     identify each turn; the rest are stage outputs, the label and hidden truth.
     ``language`` picks the world's text (catalogues, phrasings; see
-    :mod:`fpi.sim.language`); the mechanics are the same in every language.
+    :mod:`fpi.simulate.language`); the mechanics are the same in every language.
     """
     st = static(language)
     t = st.t

@@ -5,7 +5,7 @@ the template table (every phrasing and its ASR-corrupted variants), the mention
 table (every way an entity can reach NLU: its name, aliases, mishearings), the
 NLU keyword cues read off each template's *text*, and the fuzzy-match scores of
 every mention against every catalogue entry (the ER and NLU gazetteers). The
-engine (:mod:`fpi.sim.engine`) then works on integer ids into these tables, so
+engine (:mod:`fpi.simulate.engine`) then works on integer ids into these tables, so
 the per-turn work is numpy, not Python string handling.
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 from rapidfuzz import fuzz
 from rapidfuzz.process import cdist
 
-from fpi.sim import lang_de, lang_es, lang_ja
-from fpi.sim.language import Language
+from fpi.simulate import lang_de, lang_es, lang_ja
+from fpi.simulate.language import Language
 
 # ---------------------------------------------------------------------------
 # Devices, locales, acoustic environments
@@ -385,7 +385,7 @@ FALLBACK_SCORE = 0.55
 #: Weight of the gazetteer (fuzzy match of the slot text against a catalogue).
 GAZ_WEIGHT = 0.9
 
-#: The assistant's usual responses, per response kind (``fpi.sim.engine`` picks the kind).
+#: The assistant's usual responses, per response kind (``fpi.simulate.engine`` picks the kind).
 _RESPONSES: tuple[str, ...] = (
     "Turning on {x}.",  # 0
     "Turning off {x}.",  # 1

@@ -12,9 +12,15 @@ import polars as pl
 import pyarrow as pa
 
 from fpi.schema import CLASSES, TURN_SCHEMA
-from fpi.sim import engine as E
-from fpi.sim import world as W
-from fpi.sim.styles import STYLES, AssistantStyle, ConfidenceLog, response_table, turn_uniforms
+from fpi.simulate import engine as E
+from fpi.simulate import world as W
+from fpi.simulate.styles import (
+    STYLES,
+    AssistantStyle,
+    ConfidenceLog,
+    response_table,
+    turn_uniforms,
+)
 
 _CLASS_ARR = np.array(CLASSES, dtype=object)
 

@@ -17,6 +17,7 @@ so profiles are compared with common random numbers.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -134,7 +135,7 @@ class _Static:
 
     def __init__(self, language: str = "en") -> None:
         t = W.tables(language)
-        self.t = t
+        self.tables = t
         lang = W.get_language(language)
         self.locale_weights = np.array(lang.locale_weights)
         self.locale_accent = np.array(lang.locale_accent)
@@ -200,362 +201,642 @@ def static(language: str = "en") -> _Static:
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TurnDraws:
+    """One turn position's random numbers, a row per active session, looked up by name."""
+
+    uniforms: np.ndarray  # (n, len(_U_NAMES))
+    normals: np.ndarray  # (n, len(_Z_NAMES))
+    er_noise: np.ndarray  # (n, _CAT_WIDTH) normals: noise on ER's score of each entry
+    nlu_noise: np.ndarray  # (n, W.K) uniforms: NLU's Gumbel noise per intent
+
+    def uniform(self, name: str) -> np.ndarray:
+        """The uniform draw ``name`` (one of ``_U_NAMES``) of every row."""
+        return self.uniforms[:, U[name]]
+
+    def normal(self, name: str) -> np.ndarray:
+        """The standard normal draw ``name`` (one of ``_Z_NAMES``) of every row."""
+        return self.normals[:, Z[name]]
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """Who speaks a turn, on what and where (a row per turn)."""
+
+    device: np.ndarray
+    environment: np.ndarray
+    locale: np.ndarray
+    app: np.ndarray
+    clarity: np.ndarray
+    #: (hidden) speakers of a population the acoustic model never trained on
+    new_voice: np.ndarray
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """What the user said and meant (or the background phrase of a false wake)."""
+
+    kind: np.ndarray
+    template: np.ndarray
+    mention: np.ndarray
+    intent: np.ndarray
+    entity: np.ndarray
+
+    @property
+    def false_wake(self) -> np.ndarray:
+        return self.kind == FALSE_WAKE
+
+
+@dataclass(frozen=True)
+class Wake:
+    """The trigger's scores."""
+
+    score: np.ndarray
+    device_directed: np.ndarray
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What ASR recognised, and its (hidden) errors."""
+
+    template: np.ndarray
+    mention: np.ndarray
+    function_error: np.ndarray
+    content_error: np.ndarray
+    #: a misheard entity name (``entity_error`` also counts a truncated one)
+    misheard_entity: np.ndarray
+    truncated: np.ndarray
+
+    @property
+    def entity_error(self) -> np.ndarray:
+        return self.misheard_entity | self.truncated
+
+
+@dataclass(frozen=True)
+class NBest:
+    """ASR's alternatives after the top hypothesis (three columns, ``valid`` where listed)."""
+
+    templates: np.ndarray
+    mentions: np.ndarray
+    confidences: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass(frozen=True)
+class Asr:
+    """The recogniser's output."""
+
+    heard: Heard
+    confidence: np.ndarray
+    audio_ms: np.ndarray
+    latency_ms: np.ndarray
+    nbest: NBest
+
+
+@dataclass(frozen=True)
+class Nlu:
+    """The intent NLU chose, its runners-up and the slot it filled."""
+
+    intent: np.ndarray
+    confidence: np.ndarray
+    alternatives: np.ndarray
+    alternative_confidences: np.ndarray
+    alternatives_valid: np.ndarray
+    slot_catalogue: np.ndarray
+    slot_present: np.ndarray
+    slot_confidence: np.ndarray
+
+
+@dataclass(frozen=True)
+class Er:
+    """Entity resolution of the recognised mention in NLU's catalogue."""
+
+    resolves: np.ndarray
+    catalogue: np.ndarray
+    status: np.ndarray
+    score: np.ndarray
+    resolved: np.ndarray
+    latency_ms: np.ndarray
+    best: np.ndarray
+    second: np.ndarray
+    outage: np.ndarray
+    index_fault: np.ndarray
+    genuine_duplicate: np.ndarray
+
+    @property
+    def resolved_ok(self) -> np.ndarray:
+        return self.resolves & (self.status == 0)
+
+    @property
+    def unresolved(self) -> np.ndarray:
+        return self.resolves & (self.status == 1)
+
+    @property
+    def ambiguous(self) -> np.ndarray:
+        return self.resolves & (self.status == 2)
+
+
+@dataclass
+class Reply:
+    """The result service's answer, decided step by step (:func:`_route_intent`,
+    :func:`_route_entity`, :func:`_serve`)."""
+
+    status: np.ndarray
+    response: np.ndarray
+    #: entity whose name fills the response's ``{x}`` ...
+    response_entity: np.ndarray
+    #: ... or the mention that fills it
+    response_mention: np.ndarray
+    action_entity: np.ndarray
+    acted: np.ndarray
+    timer_value: np.ndarray
+
+
+@dataclass(frozen=True)
+class Service:
+    """What went wrong once the service acted, and how long it took."""
+
+    error: np.ndarray
+    wrong: np.ndarray
+    latency_ms: np.ndarray
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The gold label and the per-stage verdicts it came from."""
+
+    label: np.ndarray
+    outcome_ok: np.ndarray
+    nlu_ok: np.ndarray
+    er_ok: np.ndarray
+
+
 def _pipeline(
-    st: _Static,
-    prof: _ProfileArrays,
-    kind: np.ndarray,
-    dev: np.ndarray,
-    env: np.ndarray,
-    loc: np.ndarray,
-    app: np.ndarray,
-    clarity: np.ndarray,
-    new_voice: np.ndarray,
-    truth_tpl: np.ndarray,
-    truth_men: np.ndarray,
-    truth_int: np.ndarray,
-    truth_ent: np.ndarray,
-    u: np.ndarray,
-    z: np.ndarray,
-    zc: np.ndarray,
-    ug: np.ndarray,
+    static: _Static, profile: _ProfileArrays, speaker: Speaker, said: Utterance,
+    draws: TurnDraws,
 ) -> dict[str, np.ndarray]:
     """Run one turn per row through wake, ASR, NLU, ER and result; label it.
 
-    ``truth_*`` is what the user said and meant (or the background phrase of a
-    false wake); ``new_voice`` marks (hidden) speakers of a population the acoustic
-    model never trained on; ``u``, ``z``, ``zc``, ``ug`` are the row's random numbers. Each
-    stage reads only the previous stage's output; the label is computed last from
-    the outputs and the truth. Returns per-row columns (outputs, label, and the
-    hidden error flags the tests check the story with).
+    Each stage reads only the previous stage's output; the label is computed last
+    from the outputs and the truth (``said``). Returns per-row columns (outputs,
+    label, and the hidden error flags the tests check the story with).
     """
-    t = st.t
-    n = len(kind)
-    fw = kind == FALSE_WAKE
+    wake = _wake(speaker, said.false_wake, draws)
+    asr = _asr(static, profile, speaker, said, draws)
+    nlu = _nlu(static, speaker, asr.heard, draws)
+    er = _er(static, profile, asr.heard, nlu, draws)
+    # the result service acts on NLU's intent and ER's entity
+    reply = _route_intent(static, asr.heard.mention, nlu, draws)
+    _route_entity(reply, asr.heard.mention, nlu, er, draws)
+    service = _serve(static, profile, reply, nlu, er, draws)
+    judgement = _gold_label(static, said, asr.heard, nlu, er, reply, service)
+    return _turn_columns(wake, asr, nlu, er, reply, service, judgement)
 
-    # ---- wake: the trigger fires on the user or on background speech ----------
-    # Scores overlap: near-field TV audio looks like a user, a mumbling user does not.
-    tv_bias = np.where(dev == W.DEVICE_TYPES.index("tv"), 0.7, 0.0)
-    wake_logit = np.where(fw, 0.9 + tv_bias, 2.1 - 1.2 * W.ENV_NOISE[env]) + 0.9 * z[:, Z["wake"]]
-    dd_logit = np.where(fw, 0.1 + 0.5 * tv_bias, 1.9 - 0.8 * W.DEVICE_FARFIELD[dev]) + 1.0 * z[
-        :, Z["dd"]
-    ]
-    wake_score = _sigmoid(wake_logit)
-    dd_score = _sigmoid(dd_logit)
 
-    # ---- ASR: hears the truth through the room; errors depend on difficulty ---
+def _wake(speaker: Speaker, false_wake: np.ndarray, draws: TurnDraws) -> Wake:
+    """The trigger fires on the user or on background speech.
+
+    Scores overlap: near-field TV audio looks like a user, a mumbling user does not.
+    """
+    device, environment = speaker.device, speaker.environment
+    tv_bias = np.where(device == W.DEVICE_TYPES.index("tv"), 0.7, 0.0)
+    wake_logit = (np.where(false_wake, 0.9 + tv_bias, 2.1 - 1.2 * W.ENV_NOISE[environment])
+                  + 0.9 * draws.normal("wake"))
+    directed_logit = (
+        np.where(false_wake, 0.1 + 0.5 * tv_bias, 1.9 - 0.8 * W.DEVICE_FARFIELD[device])
+        + 1.0 * draws.normal("dd")
+    )
+    return Wake(score=_sigmoid(wake_logit), device_directed=_sigmoid(directed_logit))
+
+
+def _asr_difficulty(
+    static: _Static, profile: _ProfileArrays, speaker: Speaker, false_wake: np.ndarray,
+    draws: TurnDraws,
+) -> np.ndarray:
+    """How hard the turn is to hear: room, distance, accent, speaker, profile."""
+    device = speaker.device
     difficulty = (
-        W.ENV_NOISE[env]
-        + 0.35 * W.DEVICE_FARFIELD[dev]
-        + st.locale_accent[loc]
-        + 0.1 * clarity
-        + 0.08 * z[:, Z["clarity_turn"]]
-        + prof.asr_extra[dev]
-        + np.where(fw, 0.3, 0.0)
+        W.ENV_NOISE[speaker.environment]
+        + 0.35 * W.DEVICE_FARFIELD[device]
+        + static.locale_accent[speaker.locale]
+        + 0.1 * speaker.clarity
+        + 0.08 * draws.normal("clarity_turn")
+        + profile.asr_extra[device]
+        + np.where(false_wake, 0.3, 0.0)
     )
-    difficulty = np.clip(difficulty, 0.0, 1.6)
-    err_difficulty = _voice_error_difficulty(difficulty, new_voice, prof)
-    user = ~fw
-    has_slot = truth_men >= 0
-    e_func = user & (u[:, U["func"]] < 0.05 + 0.3 * err_difficulty)
-    e_content = user & (u[:, U["content"]] < 0.02 + 0.15 * err_difficulty)
-    e_entity = user & has_slot & (u[:, U["entity"]] < 0.07 + 0.42 * err_difficulty)
-    e_trunc = user & has_slot & ~e_entity & (u[:, U["trunc"]] < 0.002 + 0.012 * err_difficulty)
-    tpl = truth_tpl.copy()
-    tpl = np.where(e_content, t.tpl_content[tpl], tpl)
-    tpl = np.where(e_func, t.tpl_func[tpl], tpl)
-    content_changed = tpl != np.where(e_func, t.tpl_func[truth_tpl], truth_tpl)
-    e_content = e_content & content_changed
-    men = truth_men.copy()
-    true_ent_of_men = np.where(truth_men >= 0, t.men_entity[np.maximum(truth_men, 0)], 0)
-    misheard = _ragged_pick(t.ent_mishear, true_ent_of_men, u[:, U["mishear"]])
-    men = np.where(e_entity & (misheard >= 0), misheard, men)
-    e_entity = e_entity & (misheard >= 0)
-    men = np.where(e_trunc, -1, men)
-    entity_err = e_entity | e_trunc
-    any_err = e_content | entity_err
+    return np.clip(difficulty, 0.0, 1.6)
 
-    calib = np.array([0.55, 0.2, -0.35, 0.1, 0.45])[dev]  # far-field models are overconfident
-    # how much of its own errors the recogniser notices (less on voices it never heard)
-    notice = np.where(new_voice, prof.new_voice_notice, 1.0)
-    asr_logit = (
+
+def _mishear(
+    tables: W.Tables, said: Utterance, error_difficulty: np.ndarray, draws: TurnDraws
+) -> Heard:
+    """ASR hears the truth through the room: errors in function words, content words
+    (another phrasing), the entity name (a confusable one) or a truncated name."""
+    user = ~said.false_wake
+    has_slot = said.mention >= 0
+    function_error = user & (draws.uniform("func") < 0.05 + 0.3 * error_difficulty)
+    content_error = user & (draws.uniform("content") < 0.02 + 0.15 * error_difficulty)
+    entity_error = user & has_slot & (draws.uniform("entity") < 0.07 + 0.42 * error_difficulty)
+    truncated = (user & has_slot & ~entity_error
+                 & (draws.uniform("trunc") < 0.002 + 0.012 * error_difficulty))
+    template = said.template.copy()
+    template = np.where(content_error, tables.tpl_content[template], template)
+    template = np.where(function_error, tables.tpl_func[template], template)
+    content_changed = template != np.where(function_error, tables.tpl_func[said.template],
+                                           said.template)
+    mention = said.mention.copy()
+    true_entity = np.where(said.mention >= 0,
+                           tables.men_entity[np.maximum(said.mention, 0)], 0)
+    misheard = _ragged_pick(tables.ent_mishear, true_entity, draws.uniform("mishear"))
+    mention = np.where(entity_error & (misheard >= 0), misheard, mention)
+    mention = np.where(truncated, -1, mention)
+    return Heard(
+        template=template,
+        mention=mention,
+        function_error=function_error,
+        content_error=content_error & content_changed,
+        misheard_entity=entity_error & (misheard >= 0),
+        truncated=truncated,
+    )
+
+
+def _asr(
+    static: _Static, profile: _ProfileArrays, speaker: Speaker, said: Utterance,
+    draws: TurnDraws,
+) -> Asr:
+    """The recogniser: what it heard, its confidence, timings and n-best list."""
+    tables = static.tables
+    difficulty = _asr_difficulty(static, profile, speaker, said.false_wake, draws)
+    heard = _mishear(tables, said, _voice_error_difficulty(difficulty, speaker.new_voice,
+                                                           profile), draws)
+    calibration = np.array([0.55, 0.2, -0.35, 0.1, 0.45])[speaker.device]  # far-field
+    # models are overconfident; how much of its own errors the recogniser notices (less
+    # on voices it never heard)
+    notice = np.where(speaker.new_voice, profile.new_voice_notice, 1.0)
+    logit = (
         2.5
-        + calib
+        + calibration
         - 2.0 * difficulty
-        - 1.4 * e_content * notice
-        - 1.0 * e_entity * notice
-        - 1.4 * e_trunc * notice
-        - 0.25 * e_func
-        + 0.75 * z[:, Z["asr_conf"]]
-        + prof.asr_overconfidence
+        - 1.4 * heard.content_error * notice
+        - 1.0 * heard.misheard_entity * notice
+        - 1.4 * heard.truncated * notice
+        - 0.25 * heard.function_error
+        + 0.75 * draws.normal("asr_conf")
+        + profile.asr_overconfidence
     )
-    asr_conf = _sigmoid(asr_logit)
-    words = t.tpl_words[tpl] + np.where(men >= 0, t.men_words[np.maximum(men, 0)], 0)
-    audio_ms = np.maximum(300.0, 420.0 + 330.0 * words + 160.0 * z[:, Z["asr_audio"]])
-    asr_lat = np.exp(5.4 + 0.25 * z[:, Z["asr_lat"]]) + 120.0 * difficulty
+    confidence = _sigmoid(logit)
+    mention = heard.mention
+    words = tables.tpl_words[heard.template] + np.where(
+        mention >= 0, tables.men_words[np.maximum(mention, 0)], 0)
+    return Asr(
+        heard=heard,
+        confidence=confidence,
+        audio_ms=np.maximum(300.0, 420.0 + 330.0 * words + 160.0 * draws.normal("asr_audio")),
+        latency_ms=np.exp(5.4 + 0.25 * draws.normal("asr_lat")) + 120.0 * difficulty,
+        nbest=_nbest(tables, said, heard, difficulty, confidence, draws),
+    )
 
-    # n-best: top hypothesis, then (maybe) the truth, a function-word variant, another
-    # mishearing of the heard entity. More alternatives and closer scores when hard.
-    n_alt = np.minimum(3, (u[:, U["nb_n"]] * (1.0 + 3.2 * difficulty)).astype(np.int64))
-    n_alt = np.where(any_err & (n_alt == 0) & (u[:, U["nb_truth"]] < 0.5), 1, n_alt)
-    truth_first = any_err & (u[:, U["nb_truth"]] < 0.7)
-    alt_men_other = _ragged_pick(
-        t.ent_mishear, np.where(men >= 0, t.men_entity[np.maximum(men, 0)], 0), u[:, U["nb_pick"]]
+
+def _nbest(
+    tables: W.Tables, said: Utterance, heard: Heard, difficulty: np.ndarray,
+    confidence: np.ndarray, draws: TurnDraws,
+) -> NBest:
+    """The n-best list after the top hypothesis: (maybe) the truth, a function-word
+    variant, another mishearing of the heard entity. More alternatives and closer
+    scores when the turn is hard."""
+    template, mention = heard.template, heard.mention
+    any_error = heard.content_error | heard.entity_error
+    n_alt = np.minimum(3, (draws.uniform("nb_n") * (1.0 + 3.2 * difficulty)).astype(np.int64))
+    n_alt = np.where(any_error & (n_alt == 0) & (draws.uniform("nb_truth") < 0.5), 1, n_alt)
+    truth_first = any_error & (draws.uniform("nb_truth") < 0.7)
+    other_mention = _ragged_pick(
+        tables.ent_mishear, np.where(mention >= 0, tables.men_entity[np.maximum(mention, 0)], 0),
+        draws.uniform("nb_pick"),
     )
-    alt_men_other = np.where(men >= 0, alt_men_other, -1)
-    cand_tpl = np.stack(
-        [
-            np.where(truth_first, truth_tpl, np.where(men >= 0, tpl, t.tpl_content[tpl])),
-            t.tpl_func[tpl],
-            np.where(u[:, U["nb_pick2"]] < 0.5, t.tpl_content[tpl], t.tpl_func[truth_tpl]),
-        ],
-        axis=1,
-    )
-    cand_men = np.stack(
-        [
-            np.where(truth_first, truth_men, np.where(men >= 0, alt_men_other, men)),
-            men,
-            np.where(u[:, U["nb_pick2"]] < 0.5, men, truth_men),
-        ],
-        axis=1,
-    )
+    other_mention = np.where(mention >= 0, other_mention, -1)
+    third_is_content = draws.uniform("nb_pick2") < 0.5
+    templates = np.stack([
+        np.where(truth_first, said.template,
+                 np.where(mention >= 0, template, tables.tpl_content[template])),
+        tables.tpl_func[template],
+        np.where(third_is_content, tables.tpl_content[template], tables.tpl_func[said.template]),
+    ], axis=1)
+    mentions = np.stack([
+        np.where(truth_first, said.mention, np.where(mention >= 0, other_mention, mention)),
+        mention,
+        np.where(third_is_content, mention, said.mention),
+    ], axis=1)
     # shares of the remaining probability mass: the truth, when present, gets a big one
-    rest = 1.0 - asr_conf
-    share = np.stack(
-        [
-            np.where(truth_first, 0.55, 0.3) + 0.1 * np.abs(z[:, Z["nb_c1"]]),
-            0.18 + 0.05 * np.abs(z[:, Z["nb_c2"]]),
-            0.09 + 0.03 * np.abs(z[:, Z["nb_c3"]]),
-        ],
-        axis=1,
-    )
+    rest = 1.0 - confidence
+    share = np.stack([
+        np.where(truth_first, 0.55, 0.3) + 0.1 * np.abs(draws.normal("nb_c1")),
+        0.18 + 0.05 * np.abs(draws.normal("nb_c2")),
+        0.09 + 0.03 * np.abs(draws.normal("nb_c3")),
+    ], axis=1)
     share = np.minimum(share, 0.95)
-    alt_conf = rest[:, None] * share
-    alt_conf = np.minimum(alt_conf, asr_conf[:, None] * 0.98)
-    alt_conf = np.minimum.accumulate(alt_conf, axis=1)
-    alt_valid = np.arange(3)[None, :] < n_alt[:, None]
+    confidences = rest[:, None] * share
+    confidences = np.minimum(confidences, confidence[:, None] * 0.98)
+    confidences = np.minimum.accumulate(confidences, axis=1)
+    return NBest(templates=templates, mentions=mentions, confidences=confidences,
+                 valid=np.arange(3)[None, :] < n_alt[:, None])
 
-    # ---- NLU: keyword cues on the recognised phrasing + gazetteer on the mention --
-    cue = t.tpl_cue[tpl]  # (n, K)
-    gaz_c = np.where(men[:, None] >= 0, t.gaz[np.maximum(men, 0)], 0.0)  # (n, n_cat)
-    slot_cat = t.intent_catalogue
-    gaz_k = np.where(slot_cat[None, :] >= 0, gaz_c[:, np.maximum(slot_cat, 0)], 0.0)
+
+def _intent_scores(
+    tables: W.Tables, device: np.ndarray, heard: Heard, nlu_noise: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """NLU's score of every intent (keyword cues on the recognised phrasing, the
+    gazetteer on the mention, device priors, model noise) and the gazetteer's fit of
+    the mention to every catalogue."""
+    mention = heard.mention
+    cue = tables.tpl_cue[heard.template]  # (n, K)
+    gazetteer = np.where(mention[:, None] >= 0, tables.gaz[np.maximum(mention, 0)], 0.0)
+    slot_catalogue = tables.intent_catalogue
+    gazetteer_k = np.where(slot_catalogue[None, :] >= 0,
+                           gazetteer[:, np.maximum(slot_catalogue, 0)], 0.0)
     # a slot-taking intent with a mention that fits none of its catalogue is unlikely
-    fit = np.where(men[:, None] >= 0, W.GAZ_WEIGHT * (gaz_k - 0.45), 0.0)
-    fit = np.where(slot_cat[None, :] >= 0, fit, np.where(men[:, None] >= 0, -0.15, 0.0))
+    fit = np.where(mention[:, None] >= 0, W.GAZ_WEIGHT * (gazetteer_k - 0.45), 0.0)
+    fit = np.where(slot_catalogue[None, :] >= 0, fit,
+                   np.where(mention[:, None] >= 0, -0.15, 0.0))
     score = cue + fit
     score[:, W.I_FALLBACK] = W.FALLBACK_SCORE
     # device priors: screens mean video, speakers and cars mean audio
     prior = np.zeros((len(W.DEVICE_TYPES), W.K))
     prior[:, W.I_VIDEO] = [-0.12, 0.12, 0.0, -0.2, 0.18]
     prior[:, W.I_AUDIOBOOK] = [0.06, -0.06, 0.0, 0.1, -0.12]
-    score = score + prior[dev]
+    score = score + prior[device]
     # NLU noise: an imperfect model (Gumbel noise makes the argmax a softmax draw)
-    gumbel = -np.log(-np.log(np.clip(ug, 1e-12, 1.0 - 1e-12)))
-    score = score + 0.17 * gumbel
+    gumbel = -np.log(-np.log(np.clip(nlu_noise, 1e-12, 1.0 - 1e-12)))
+    return score + 0.17 * gumbel, gazetteer
+
+
+def _nlu(static: _Static, speaker: Speaker, heard: Heard, draws: TurnDraws) -> Nlu:
+    """NLU: the best-scoring intent, its softmax confidence, two runners-up, the slot."""
+    tables = static.tables
+    score, gazetteer = _intent_scores(tables, speaker.device, heard, draws.nlu_noise)
+    rows = np.arange(len(score))
     order = np.argsort(-score, axis=1)
-    nlu_int = order[:, 0]
-    temp = np.array([5.0, 6.5, 7.5, 9.0])[app]  # newer NLU models are more overconfident
-    ex = np.exp(temp[:, None] * (score - score.max(axis=1, keepdims=True)))
-    prob = ex / ex.sum(axis=1, keepdims=True)
-    nlu_conf = prob[np.arange(n), nlu_int]
-    alt_int = order[:, 1:3]
-    alt_p = np.take_along_axis(prob, alt_int, axis=1)
-    alt_ok = alt_p >= 0.03
-    nlu_slot_cat = slot_cat[nlu_int]
-    slot_present = (nlu_slot_cat >= 0) & (men >= 0)
-    slot_conf = _sigmoid(
-        -1.0 + 4.0 * gaz_c[np.arange(n), np.maximum(nlu_slot_cat, 0)] + 0.6 * z[:, Z["slot_conf"]]
+    intent = order[:, 0]
+    temperature = np.array([5.0, 6.5, 7.5, 9.0])[speaker.app]  # newer NLU models are
+    # more overconfident
+    exp = np.exp(temperature[:, None] * (score - score.max(axis=1, keepdims=True)))
+    prob = exp / exp.sum(axis=1, keepdims=True)
+    alternatives = order[:, 1:3]
+    alternative_confidences = np.take_along_axis(prob, alternatives, axis=1)
+    slot_catalogue = tables.intent_catalogue[intent]
+    return Nlu(
+        intent=intent,
+        confidence=prob[rows, intent],
+        alternatives=alternatives,
+        alternative_confidences=alternative_confidences,
+        alternatives_valid=alternative_confidences >= 0.03,
+        slot_catalogue=slot_catalogue,
+        slot_present=(slot_catalogue >= 0) & (heard.mention >= 0),
+        slot_confidence=_sigmoid(-1.0 + 4.0 * gazetteer[rows, np.maximum(slot_catalogue, 0)]
+                                 + 0.6 * draws.normal("slot_conf")),
     )
 
-    # ---- ER: fuzzy-match the recognised mention against NLU's catalogue ---------
-    resolves = slot_present & st.intent_resolves[nlu_int]
-    cat = np.maximum(nlu_slot_cat, 0)
-    members = st.cat_pad[cat]  # (n, W)
-    valid_m = members >= 0
-    sims = np.where(valid_m, t.sim[np.maximum(men, 0)[:, None], np.maximum(members, 0)], -1.0)
-    sims = sims + 0.03 * zc[:, : sims.shape[1]] * valid_m
+
+def _er(
+    static: _Static, profile: _ProfileArrays, heard: Heard, nlu: Nlu, draws: TurnDraws
+) -> Er:
+    """ER: fuzzy-match the recognised mention against the catalogue NLU chose."""
+    tables, mention = static.tables, heard.mention
+    resolves = nlu.slot_present & static.intent_resolves[nlu.intent]
+    catalogue = np.maximum(nlu.slot_catalogue, 0)
+    members = static.cat_pad[catalogue]  # (n, _CAT_WIDTH)
+    is_member = members >= 0
+    sims = np.where(is_member,
+                    tables.sim[np.maximum(mention, 0)[:, None], np.maximum(members, 0)], -1.0)
+    sims = sims + 0.03 * draws.er_noise[:, : sims.shape[1]] * is_member
     # fault: the best entry is missing from the index (stale shard)
-    ordm = np.argsort(-sims, axis=1)
-    fault_miss = resolves & (u[:, U["er_fault"]] < 0.1)
-    first = np.where(fault_miss, ordm[:, 1], ordm[:, 0])
-    second = np.where(fault_miss, ordm[:, 2], ordm[:, 1])
-    best_s = sims[np.arange(n), first]
-    second_s = sims[np.arange(n), second]
-    best_e = members[np.arange(n), first]
-    second_e = members[np.arange(n), second]
-    outage = resolves & (cat == prof.er_outage_cat) & (u[:, U["er_outage"]] < prof.er_outage_rate)
-    margin = best_s - second_s
-    lowres = (best_s >= 0.62) & (best_s < 0.8) & (u[:, U["er_lowres"]] < (best_s - 0.62) / 0.18)
-    er_status = np.where(
-        best_s >= 0.8, np.where(margin >= 0.1, 0, 2), np.where(lowres, 0, 1)
+    ranked = np.argsort(-sims, axis=1)
+    index_fault = resolves & (draws.uniform("er_fault") < 0.1)
+    first = np.where(index_fault, ranked[:, 1], ranked[:, 0])
+    second = np.where(index_fault, ranked[:, 2], ranked[:, 1])
+    rows = np.arange(len(mention))
+    best_score, second_score = sims[rows, first], sims[rows, second]
+    outage = (resolves & (catalogue == profile.er_outage_cat)
+              & (draws.uniform("er_outage") < profile.er_outage_rate))
+    low_resolved = ((best_score >= 0.62) & (best_score < 0.8)
+                    & (draws.uniform("er_lowres") < (best_score - 0.62) / 0.18))
+    status = np.where(best_score >= 0.8,
+                      np.where(best_score - second_score >= 0.1, 0, 2),
+                      np.where(low_resolved, 0, 1))
+    status = np.where(outage, 1, status)
+    best = members[rows, first]
+    latency = np.exp(3.6 + 0.35 * draws.normal("er_lat")) + np.where(
+        outage, 1800.0 + 900.0 * np.abs(draws.normal("er_lat")), 0.0)
+    mention0 = np.maximum(mention, 0)
+    return Er(
+        resolves=resolves,
+        catalogue=catalogue,
+        status=status,
+        score=np.clip(np.where(outage, 0.0, best_score), 0.0, 1.0),
+        resolved=np.where(resolves & (status == 0), best, -1),
+        latency_ms=latency,
+        best=best,
+        second=members[rows, second],
+        outage=outage,
+        index_fault=index_fault,
+        genuine_duplicate=(static.men_dup[mention0, catalogue] & (mention >= 0)
+                           & (tables.men_kind[mention0] == 0)),
     )
-    er_status = np.where(outage, 1, er_status)
-    er_score = np.clip(np.where(outage, 0.0, best_s), 0.0, 1.0)
-    er_resolved = np.where(resolves & (er_status == 0), best_e, -1)
-    er_lat = np.exp(3.6 + 0.35 * z[:, Z["er_lat"]]) + np.where(
-        outage, 1800.0 + 900.0 * np.abs(z[:, Z["er_lat"]]), 0.0
-    )
-    men0 = np.maximum(men, 0)
-    genuine_dup = st.men_dup[men0, cat] & (men >= 0) & (t.men_kind[men0] == 0)
 
-    # ---- result: acts on NLU's intent and ER's entity ---------------------------
-    dom = W.INTENT_DOMAIN[nlu_int]
+
+def _route_intent(static: _Static, mention: np.ndarray, nlu: Nlu, draws: TurnDraws) -> Reply:
+    """The service's answer from NLU's intent alone: success by default; no action for
+    fallbacks and unsupported requests; a question back when a needed slot is missing
+    or a timer's duration cannot be parsed."""
+    intent, slot_present = nlu.intent, nlu.slot_present
+    n = len(intent)
     status = np.zeros(n, dtype=np.int64)  # success
-    resp = _SUCCESS_RESPONSE[nlu_int].copy()
-    resp_x = np.full(n, -1, dtype=np.int64)  # entity whose name fills {x}
-    resp_x_men = np.full(n, -1, dtype=np.int64)  # or the mention
-    action_ent = np.full(n, -1, dtype=np.int64)
+    response = _SUCCESS_RESPONSE[intent].copy()
     acted = np.ones(n, dtype=bool)
-    timer_val = np.where(men >= 0, st.men_duration[np.maximum(men, 0)], -1)
-
-    is_fallback = nlu_int == W.I_FALLBACK
-    is_unsup = nlu_int == W.I_UNSUPPORTED
-    is_stop = nlu_int == W.I_STOP
-    is_timer = nlu_int == W.I_TIMER
-    needs_slot = st.intent_has_slot[nlu_int] & ~is_timer
-    no_slot_needed_slot = needs_slot & ~slot_present & (nlu_int != W.I_WEATHER)
-    weather_here = (nlu_int == W.I_WEATHER) & ~slot_present
-
-    status = np.where(is_fallback | is_unsup, 2, status)
-    resp = np.where(is_fallback, 12 + (u[:, U["res_text"]] < 0.4), resp)
-    resp = np.where(is_unsup, 10 + (u[:, U["res_text"]] < 0.4), resp)
-    acted &= ~(is_fallback | is_unsup)
-    status = np.where(no_slot_needed_slot, 3, status)
-    resp = np.where(no_slot_needed_slot, 19, resp)
-    acted &= ~no_slot_needed_slot
-    resp = np.where(weather_here, 20, resp)
+    timer_value = np.where(mention >= 0, static.men_duration[np.maximum(mention, 0)], -1)
+    is_fallback = intent == W.I_FALLBACK
+    is_unsupported = intent == W.I_UNSUPPORTED
+    is_timer = intent == W.I_TIMER
+    needs_slot = static.intent_has_slot[intent] & ~is_timer
+    slot_missing = needs_slot & ~slot_present & (intent != W.I_WEATHER)
+    status = np.where(is_fallback | is_unsupported, 2, status)
+    response = np.where(is_fallback, 12 + (draws.uniform("res_text") < 0.4), response)
+    response = np.where(is_unsupported, 10 + (draws.uniform("res_text") < 0.4), response)
+    acted &= ~(is_fallback | is_unsupported)
+    status = np.where(slot_missing, 3, status)
+    response = np.where(slot_missing, 19, response)
+    acted &= ~slot_missing
+    response = np.where((intent == W.I_WEATHER) & ~slot_present, 20, response)  # weather here
     # timers: parse the duration, ask again if it cannot be parsed
-    timer_bad = is_timer & (~slot_present | (timer_val < 0))
+    timer_bad = is_timer & (~slot_present | (timer_value < 0))
     status = np.where(timer_bad, 3, status)
-    resp = np.where(timer_bad, 19, resp)
+    response = np.where(timer_bad, 19, response)
     acted &= ~timer_bad
-    resp_x_men = np.where(is_timer & ~timer_bad, men, resp_x_men)
-    action_ent = np.where(is_timer & ~timer_bad, timer_val, action_ent)
-    # entity resolution outcome
-    unres = resolves & (er_status == 1)
-    amb = resolves & (er_status == 2)
-    ok_ent = resolves & (er_status == 0)
-    # shopping lists take an unknown item as free text, questions go to web search
-    free_text = unres & ~outage & np.isin(nlu_int, [W.INTENT_INDEX["AddToListIntent"],
-                                                     W.INTENT_INDEX["QuestionIntent"]])
-    resp = np.where(free_text, np.where(nlu_int == W.I_QUESTION, 22, 7), resp)
-    resp_x_men = np.where(free_text, men, resp_x_men)
-    unres = unres & ~free_text
-    status = np.where(unres, np.where(u[:, U["unres_kind"]] < 0.6, 1, 2), status)
-    resp = np.where(unres, 14 + (u[:, U["res_text"]] < 0.35), resp)
-    resp_x_men = np.where(unres, men, resp_x_men)
-    # an ER timeout is answered like a service error
-    resp = np.where(unres & outage & (u[:, U["res_text"]] < 0.5), 17, resp)
-    # some services answer "not found" with a generic error message
-    resp = np.where(unres & (u[:, U["res_text2"]] < 0.15), 17, resp)
-    status = np.where(amb, 3, status)
-    resp = np.where(amb, np.where(u[:, U["res_text"]] < 0.8, 16, 21), resp)
-    acted &= ~(unres | amb)
-    resp_x = np.where(ok_ent, best_e, resp_x)
-    action_ent = np.where(ok_ent, best_e, action_ent)
-    # service errors and wrong content, once there is something to act on
-    serviceable = acted & ~is_stop
-    p_err = 0.04 + prof.result_err[dom] + np.where(dom == W.DOMAINS.index("knowledge"), 0.01, 0.0)
-    svc_err = serviceable & (u[:, U["res_err"]] < p_err)
-    status = np.where(svc_err, 1, status)
-    resp = np.where(svc_err, 17 + (u[:, U["res_text"]] < 0.4), resp)
-    # ... and a failing service often says it found nothing
-    resp = np.where(svc_err & (u[:, U["res_text2"]] < 0.25), 14, resp)
-    acted &= ~svc_err
-    p_wrong = np.array([0.012, 0.03, 0.05, 0.05, 0.012, 0.012, 0.012, 0.07, 0.0, 0.0, 0.0])[dom]
-    wrong = acted & ~is_stop & (action_ent >= 0) & (u[:, U["res_wrong"]] < p_wrong)
-    other = _ragged_pick(
-        st.t.cat_entities,
-        np.where(action_ent >= 0, t.ent_catalogue[np.maximum(action_ent, 0)], 0),
-        u[:, U["res_wrong_ent"]],
+    timer_ok = is_timer & ~timer_bad
+    return Reply(
+        status=status,
+        response=response,
+        response_entity=np.full(n, -1, dtype=np.int64),
+        response_mention=np.where(timer_ok, mention, np.full(n, -1, dtype=np.int64)),
+        action_entity=np.where(timer_ok, timer_value, np.full(n, -1, dtype=np.int64)),
+        acted=acted,
+        timer_value=timer_value,
     )
-    wrong_ent = np.where(other == action_ent, second_e, other)
-    wrong = wrong & (wrong_ent >= 0) & (wrong_ent != action_ent)
-    # knowledge answers go wrong silently (same words, wrong facts)
-    shown_wrong = wrong & (dom != W.DOMAINS.index("knowledge"))
-    action_ent = np.where(wrong, wrong_ent, action_ent)
-    resp_x = np.where(shown_wrong, wrong_ent, resp_x)
-    res_lat = np.exp(5.6 + 0.45 * z[:, Z["res_lat"]]) + np.where(
-        svc_err & (u[:, U["res_text"]] < 0.5), 2500.0, 0.0
-    )
-    resp = np.where(is_stop, -1, resp)  # stopping says nothing
-    amb_a = best_e
-    amb_b = second_e
 
-    # ---- gold label: compare each stage's output with the user's goal ----------
-    truth_resolves = st.intent_resolves[truth_int] & (truth_ent >= 0)
-    nlu_ok = nlu_int == truth_int
-    truth_indexed = t.ent_indexed[np.maximum(truth_ent, 0)]
-    said_right = (men >= 0) & (t.men_kind[men0] == 0) & (t.men_entity[men0] == truth_ent)
+
+def _route_entity(reply: Reply, mention: np.ndarray, nlu: Nlu, er: Er,
+                  draws: TurnDraws) -> None:
+    """Update ``reply`` with ER's outcome: not found, which one?, or the entity."""
+    intent, res_text = nlu.intent, draws.uniform("res_text")
+    unresolved = er.unresolved
+    # shopping lists take an unknown item as free text, questions go to web search
+    free_text = unresolved & ~er.outage & np.isin(intent, [W.INTENT_INDEX["AddToListIntent"],
+                                                           W.INTENT_INDEX["QuestionIntent"]])
+    reply.response = np.where(free_text, np.where(intent == W.I_QUESTION, 22, 7), reply.response)
+    reply.response_mention = np.where(free_text, mention, reply.response_mention)
+    unresolved = unresolved & ~free_text
+    reply.status = np.where(unresolved, np.where(draws.uniform("unres_kind") < 0.6, 1, 2),
+                            reply.status)
+    reply.response = np.where(unresolved, 14 + (res_text < 0.35), reply.response)
+    reply.response_mention = np.where(unresolved, mention, reply.response_mention)
+    # an ER timeout is answered like a service error
+    reply.response = np.where(unresolved & er.outage & (res_text < 0.5), 17, reply.response)
+    # some services answer "not found" with a generic error message
+    reply.response = np.where(unresolved & (draws.uniform("res_text2") < 0.15), 17,
+                              reply.response)
+    ambiguous = er.ambiguous
+    reply.status = np.where(ambiguous, 3, reply.status)
+    reply.response = np.where(ambiguous, np.where(res_text < 0.8, 16, 21), reply.response)
+    reply.acted &= ~(unresolved | ambiguous)
+    reply.response_entity = np.where(er.resolved_ok, er.best, reply.response_entity)
+    reply.action_entity = np.where(er.resolved_ok, er.best, reply.action_entity)
+
+
+def _serve(static: _Static, profile: _ProfileArrays, reply: Reply, nlu: Nlu, er: Er,
+           draws: TurnDraws) -> Service:
+    """Update ``reply`` with the service acting: service errors and wrong content, once
+    there is something to act on; its latency; stopping says nothing."""
+    tables, res_text = static.tables, draws.uniform("res_text")
+    domain = W.INTENT_DOMAIN[nlu.intent]
+    is_stop = nlu.intent == W.I_STOP
+    serviceable = reply.acted & ~is_stop
+    p_error = (0.04 + profile.result_err[domain]
+               + np.where(domain == W.DOMAINS.index("knowledge"), 0.01, 0.0))
+    service_error = serviceable & (draws.uniform("res_err") < p_error)
+    reply.status = np.where(service_error, 1, reply.status)
+    reply.response = np.where(service_error, 17 + (res_text < 0.4), reply.response)
+    # ... and a failing service often says it found nothing
+    reply.response = np.where(service_error & (draws.uniform("res_text2") < 0.25), 14,
+                              reply.response)
+    reply.acted &= ~service_error
+    action_entity = reply.action_entity
+    p_wrong = np.array([0.012, 0.03, 0.05, 0.05, 0.012, 0.012, 0.012, 0.07, 0.0, 0.0,
+                        0.0])[domain]
+    wrong = (reply.acted & ~is_stop & (action_entity >= 0)
+             & (draws.uniform("res_wrong") < p_wrong))
+    other = _ragged_pick(
+        tables.cat_entities,
+        np.where(action_entity >= 0, tables.ent_catalogue[np.maximum(action_entity, 0)], 0),
+        draws.uniform("res_wrong_ent"),
+    )
+    wrong_entity = np.where(other == action_entity, er.second, other)
+    wrong = wrong & (wrong_entity >= 0) & (wrong_entity != action_entity)
+    # knowledge answers go wrong silently (same words, wrong facts)
+    shown_wrong = wrong & (domain != W.DOMAINS.index("knowledge"))
+    reply.action_entity = np.where(wrong, wrong_entity, action_entity)
+    reply.response_entity = np.where(shown_wrong, wrong_entity, reply.response_entity)
+    latency = np.exp(5.6 + 0.45 * draws.normal("res_lat")) + np.where(
+        service_error & (res_text < 0.5), 2500.0, 0.0)
+    reply.response = np.where(is_stop, -1, reply.response)
+    return Service(error=service_error, wrong=wrong, latency_ms=latency)
+
+
+def _gold_label(static: _Static, said: Utterance, heard: Heard, nlu: Nlu, er: Er,
+                reply: Reply, service: Service) -> Judgement:
+    """Compare each stage's output with the user's goal: the earliest unrecovered error."""
+    tables = static.tables
+    truth_intent, truth_entity = said.intent, said.entity
+    mention0 = np.maximum(heard.mention, 0)
+    truth_resolves = static.intent_resolves[truth_intent] & (truth_entity >= 0)
+    nlu_ok = nlu.intent == truth_intent
+    truth_indexed = tables.ent_indexed[np.maximum(truth_entity, 0)]
+    said_right = ((heard.mention >= 0) & (tables.men_kind[mention0] == 0)
+                  & (tables.men_entity[mention0] == truth_entity))
     er_ok = (
         ~truth_resolves
-        | (ok_ent & (er_resolved == truth_ent))
-        | (amb & genuine_dup)
-        | (resolves & (er_status == 1) & ~outage & ~truth_indexed & said_right)
+        | (er.resolved_ok & (er.resolved == truth_entity))
+        | (er.ambiguous & er.genuine_duplicate)
+        | (er.unresolved & ~er.outage & ~truth_indexed & said_right)
     )
-    er_ok = er_ok & ~(~truth_resolves & resolves & (truth_int != W.I_UNSUPPORTED))
-    value_ok = np.where(truth_int == W.I_TIMER, timer_val == truth_ent, True)
-    slot_missing = st.intent_has_slot[truth_int] & (truth_ent >= 0) & ~slot_present
-    result_ok = ~svc_err & ~wrong
+    er_ok = er_ok & ~(~truth_resolves & er.resolves & (truth_intent != W.I_UNSUPPORTED))
+    value_ok = np.where(truth_intent == W.I_TIMER, reply.timer_value == truth_entity, True)
+    slot_missing = (static.intent_has_slot[truth_intent] & (truth_entity >= 0)
+                    & ~nlu.slot_present)
+    result_ok = ~service.error & ~service.wrong
     outcome_ok = nlu_ok & er_ok & value_ok & result_ok & ~slot_missing
-    label = np.full(n, 0, dtype=np.int64)  # correct
+    label = np.full(len(truth_intent), 0, dtype=np.int64)  # correct
     bad = ~outcome_ok
-    asr_fault = (e_content & ~nlu_ok) | (entity_err & (~nlu_ok | ~er_ok | ~value_ok | slot_missing))
+    asr_fault = ((heard.content_error & ~nlu_ok)
+                 | (heard.entity_error & (~nlu_ok | ~er_ok | ~value_ok | slot_missing)))
     label = np.where(bad & asr_fault, 2, label)
     label = np.where(bad & ~asr_fault & ~nlu_ok, 3, label)
     label = np.where(bad & ~asr_fault & nlu_ok & (~er_ok | slot_missing), 4, label)
     label = np.where(bad & ~asr_fault & nlu_ok & er_ok & ~slot_missing & ~value_ok, 2, label)
-    label = np.where(
-        bad & ~asr_fault & nlu_ok & er_ok & ~slot_missing & value_ok, 5, label
-    )
-    label = np.where(fw, 1, label)
+    label = np.where(bad & ~asr_fault & nlu_ok & er_ok & ~slot_missing & value_ok, 5, label)
+    label = np.where(said.false_wake, 1, label)
+    return Judgement(label=label, outcome_ok=outcome_ok, nlu_ok=nlu_ok, er_ok=er_ok)
 
+
+def _turn_columns(wake: Wake, asr: Asr, nlu: Nlu, er: Er, reply: Reply, service: Service,
+                  judgement: Judgement) -> dict[str, np.ndarray]:
+    """The stages' outputs as the engine's flat per-turn columns."""
+    heard, nbest = asr.heard, asr.nbest
+    is_stop = nlu.intent == W.I_STOP
     return {
-        "wake_score": wake_score,
-        "dd_score": dd_score,
-        "asr_tpl": tpl,
-        "asr_men": men,
-        "asr_conf": asr_conf,
-        "audio_ms": audio_ms,
-        "asr_lat": asr_lat,
-        "alt_tpl": cand_tpl,
-        "alt_men": cand_men,
-        "alt_conf": alt_conf,
-        "alt_valid": alt_valid,
-        "nlu_int": nlu_int,
-        "nlu_conf": nlu_conf,
-        "nlu_alt_int": alt_int,
-        "nlu_alt_conf": alt_p,
-        "nlu_alt_valid": alt_ok,
-        "slot_present": slot_present,
-        "slot_conf": slot_conf,
-        "er_present": resolves,
-        "er_status": er_status,
-        "er_score": er_score,
-        "er_resolved": er_resolved,
-        "er_lat": er_lat,
-        "status": status,
-        "resp": resp,
-        "resp_x": resp_x,
-        "resp_x_men": resp_x_men,
-        "amb_a": amb_a,
-        "amb_b": amb_b,
-        "action_int": np.where(acted, nlu_int, -1),
-        "action_ent": np.where(acted, action_ent, -1),
-        "res_lat": res_lat,
-        "label": label,
-        "outcome_ok": outcome_ok,
-        "clarified": status == 3,
-        "e_func": e_func,
-        "e_content": e_content,
-        "e_entity": entity_err,
-        "nlu_ok": nlu_ok,
-        "er_ok": er_ok,
-        "svc_err": svc_err,
-        "wrong": wrong,
-        "genuine_amb": amb & genuine_dup,
-        "er_fault": fault_miss | outage,
-        "did_action": acted & ~is_stop,
+        "wake_score": wake.score,
+        "dd_score": wake.device_directed,
+        "asr_tpl": heard.template,
+        "asr_men": heard.mention,
+        "asr_conf": asr.confidence,
+        "audio_ms": asr.audio_ms,
+        "asr_lat": asr.latency_ms,
+        "alt_tpl": nbest.templates,
+        "alt_men": nbest.mentions,
+        "alt_conf": nbest.confidences,
+        "alt_valid": nbest.valid,
+        "nlu_int": nlu.intent,
+        "nlu_conf": nlu.confidence,
+        "nlu_alt_int": nlu.alternatives,
+        "nlu_alt_conf": nlu.alternative_confidences,
+        "nlu_alt_valid": nlu.alternatives_valid,
+        "slot_present": nlu.slot_present,
+        "slot_conf": nlu.slot_confidence,
+        "er_present": er.resolves,
+        "er_status": er.status,
+        "er_score": er.score,
+        "er_resolved": er.resolved,
+        "er_lat": er.latency_ms,
+        "status": reply.status,
+        "resp": reply.response,
+        "resp_x": reply.response_entity,
+        "resp_x_men": reply.response_mention,
+        "amb_a": er.best,
+        "amb_b": er.second,
+        "action_int": np.where(reply.acted, nlu.intent, -1),
+        "action_ent": np.where(reply.acted, reply.action_entity, -1),
+        "res_lat": service.latency_ms,
+        "label": judgement.label,
+        "outcome_ok": judgement.outcome_ok,
+        "clarified": reply.status == 3,
+        "e_func": heard.function_error,
+        "e_content": heard.content_error,
+        "e_entity": heard.entity_error,
+        "nlu_ok": judgement.nlu_ok,
+        "er_ok": judgement.er_ok,
+        "svc_err": service.error,
+        "wrong": service.wrong,
+        "genuine_amb": er.ambiguous & er.genuine_duplicate,
+        "er_fault": er.index_fault | er.outage,
+        "did_action": reply.acted & ~is_stop,
     }
 
 
@@ -620,7 +901,7 @@ def run_batch(
     :mod:`fpi.simulate.language`); the mechanics are the same in every language.
     """
     st = static(language)
-    t = st.t
+    t = st.tables
     prof = _ProfileArrays(profile)
     S = n_sessions
     n_dev = len(W.DEVICE_TYPES)
@@ -662,7 +943,7 @@ def run_batch(
         specific[idx] = np.isin(gi, MEDIA_INTENTS) & (u_specific[idx] < 0.45)
         rephrase(idx, u_tpl, u_alias, specific)
         cat = t.goal_catalogue[gi]
-        ent = _ragged_pick(st.t.cat_entities, np.maximum(cat, 0), u_ent[idx])
+        ent = _ragged_pick(st.tables.cat_entities, np.maximum(cat, 0), u_ent[idx])
         goal_ent[idx] = np.where(cat >= 0, ent, -1)
         choose_mention(idx, u_alias)
 
@@ -733,9 +1014,10 @@ def run_batch(
         # a phrasing without a slot does not convey the entity
         truth_ent = np.where(truth_men >= 0, truth_ent, -1)
 
-        r = _pipeline(st, prof, kind, d, e, loc[idx], app[idx], clarity[idx], new_voice[idx],
-                      truth_tpl,
-                      truth_men, truth_int, truth_ent, u, z, zc, ug)
+        r = _pipeline(st, prof,
+                      Speaker(d, e, loc[idx], app[idx], clarity[idx], new_voice[idx]),
+                      Utterance(kind, truth_tpl, truth_men, truth_int, truth_ent),
+                      TurnDraws(u, z, zc, ug))
 
         # ---- the user's experience and reaction -----------------------------
         # served: right and done (an unservable request or a question back is not done)

@@ -888,6 +888,400 @@ class _ProfileArrays:
 _BG_SESSION = 0.16
 #: Probability a user turn is preceded by a false wake, per unit of background.
 _FW_IN_SESSION = 0.05
+#: Annotators labelling the turns (ids a01..a12).
+_ANNOTATORS = 12
+#: What the user does after a failed turn, by cumulative probability: rephrase .46,
+#: repeat .20, stop+retry .10, stop+end .06, abandon .10, new goal .08.
+_UNHAPPY_CHOICES = np.array([0.46, 0.66, 0.76, 0.82, 0.92, 1.0])
+
+
+@dataclass
+class Sessions:
+    """The sessions of a batch: who they are (fixed) and where they stand (updated
+    after every turn). A row per session."""
+
+    device: np.ndarray
+    environment: np.ndarray
+    locale: np.ndarray
+    app: np.ndarray
+    clarity: np.ndarray
+    new_voice: np.ndarray
+    #: how much background speech the room has (false wakes)
+    background: np.ndarray
+    #: sessions that are only background noise (one false wake)
+    background_only: np.ndarray
+    #: users of the oldest app version do not send feedback events
+    feedback_logged: np.ndarray
+    # the goal the user pursues, and how they phrase it
+    goal_intent: np.ndarray
+    goal_entity: np.ndarray
+    goal_template: np.ndarray
+    goal_mention: np.ndarray
+    # where each session stands
+    now_us: np.ndarray
+    next_kind: np.ndarray
+    after_stop: np.ndarray  # 0 end, 1 retry goal, 2 resume pending
+    attempts: np.ndarray
+    active: np.ndarray
+
+    def speaker(self, rows: np.ndarray) -> Speaker:
+        """The speakers of the sessions ``rows``."""
+        return Speaker(self.device[rows], self.environment[rows], self.locale[rows],
+                       self.app[rows], self.clarity[rows], self.new_voice[rows])
+
+
+@dataclass(frozen=True)
+class GoalDraws:
+    """The uniforms a new goal (or a new phrasing of one) draws from, a row per session."""
+
+    intent: np.ndarray
+    template: np.ndarray
+    entity: np.ndarray
+    alias: np.ndarray
+    specific: np.ndarray
+
+
+def _start_sessions(
+    static: _Static, profile: _ProfileArrays, rng: np.random.Generator, n_sessions: int
+) -> tuple[Sessions, np.uint64]:
+    """Draw the sessions' users, devices, rooms and first goals; and the batch's key for
+    the counter-based draws of its turns."""
+    head = rng.random((n_sessions, 8))
+    device = _pick(np.broadcast_to(profile.device_weights, (n_sessions, len(W.DEVICE_TYPES))),
+                   head[:, 0])
+    environment = _pick(W.ENV_GIVEN_DEVICE[device], head[:, 1])
+    locale = _pick(np.broadcast_to(static.locale_weights,
+                                   (n_sessions, len(static.locale_weights))), head[:, 2])
+    app = _pick(np.broadcast_to(W.APP_WEIGHTS, (n_sessions, len(W.APP_VERSIONS))), head[:, 3])
+    clarity = rng.standard_normal(n_sessions)
+    background = W.ENV_BACKGROUND[environment] * profile.fw_mult[device]
+    background_only = head[:, 4] < _BG_SESSION * background
+    start_us = DAY_START_US + (head[:, 5] * 86_400e3).astype(np.int64) * 1000  # ms
+    sessions = Sessions(
+        device=device, environment=environment, locale=locale, app=app, clarity=clarity,
+        # a hidden speaker population (profiles): the last head column, unused otherwise
+        new_voice=head[:, 7] < profile.new_voice_share,
+        background=background, background_only=background_only, feedback_logged=app != 0,
+        goal_intent=_pick(W.GOAL_MIX[device], head[:, 6]),
+        goal_entity=np.full(n_sessions, -1, dtype=np.int64),
+        goal_template=np.zeros(n_sessions, dtype=np.int64),
+        goal_mention=np.full(n_sessions, -1, dtype=np.int64),
+        now_us=start_us.copy(),
+        next_kind=np.where(background_only, FALSE_WAKE, GOAL),
+        after_stop=np.zeros(n_sessions, dtype=np.int64),
+        attempts=np.zeros(n_sessions, dtype=np.int64),
+        active=np.ones(n_sessions, dtype=bool),
+    )
+    first = rng.random((n_sessions, 5))
+    key = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
+    _new_goal(static, sessions, ~background_only,
+              GoalDraws(first[:, 0], first[:, 1], first[:, 2], first[:, 3], first[:, 4]))
+    return sessions, key
+
+
+def _new_goal(static: _Static, sessions: Sessions, mask: np.ndarray, draws: GoalDraws,
+              keep_intent: np.ndarray | None = None) -> None:
+    """Give the sessions in ``mask`` a new goal (the same intent where ``keep_intent``):
+    intent, phrasing, entity, mention."""
+    rows = np.flatnonzero(mask)
+    if len(rows) == 0:
+        return
+    intent = _pick(W.GOAL_MIX[sessions.device[rows]], draws.intent[rows])
+    if keep_intent is not None:
+        intent = np.where(keep_intent[rows], sessions.goal_intent[rows], intent)
+    sessions.goal_intent[rows] = intent
+    # people who know "play X" is ambiguous often say which medium they mean
+    specific = np.zeros(len(mask), dtype=bool)
+    specific[rows] = np.isin(intent, MEDIA_INTENTS) & (draws.specific[rows] < 0.45)
+    _rephrase(static, sessions, rows, draws.template, specific)
+    catalogue = static.tables.goal_catalogue[intent]
+    entity = _ragged_pick(static.tables.cat_entities, np.maximum(catalogue, 0),
+                          draws.entity[rows])
+    sessions.goal_entity[rows] = np.where(catalogue >= 0, entity, -1)
+    _choose_mention(static, sessions, rows, draws.alias)
+
+
+def _rephrase(static: _Static, sessions: Sessions, rows: np.ndarray, u_template: np.ndarray,
+              specific: np.ndarray | None = None) -> None:
+    """A new phrasing of the goal of sessions ``rows`` (an unmistakable one where
+    ``specific``)."""
+    intent = sessions.goal_intent[rows]
+    cum = static.tpl_cum[intent]
+    if specific is not None:
+        cum = np.where(specific[rows][:, None], static.tpl_cum_specific[intent], cum)
+    choice = (u_template[rows][:, None] > cum).sum(axis=1)
+    sessions.goal_template[rows] = static.tpl_pad[
+        intent, np.minimum(choice, static.tpl_pad.shape[1] - 1)]
+
+
+def _choose_mention(static: _Static, sessions: Sessions, rows: np.ndarray,
+                    u_alias: np.ndarray) -> None:
+    """How the users of sessions ``rows`` name their goal's entity: mostly the usual
+    name, sometimes another alias; nothing when the phrasing has no slot."""
+    tables = static.tables
+    entity = sessions.goal_entity[rows]
+    has = tables.tpl_has_slot[sessions.goal_template[rows]] & (entity >= 0)
+    alias = u_alias[rows]
+    first = np.array([a[0] for a in tables.ent_aliases])[np.maximum(entity, 0)]
+    other = _ragged_pick(tables.ent_aliases, np.maximum(entity, 0), alias * 4.0 % 1.0)
+    mention = np.where(alias < 0.75, first, other)
+    sessions.goal_mention[rows] = np.where(has, mention, -1)
+
+
+def _turn_draws(key: np.uint64, rows: np.ndarray, position: int) -> TurnDraws:
+    """The random numbers of the turn at ``position`` of sessions ``rows``: counter-based,
+    they depend on (batch, session, position) only, and only active sessions pay."""
+    return TurnDraws(
+        uniforms=_uniforms(key, rows, position, 0, len(_U_NAMES)),
+        normals=_normals(key, rows, position, 1, len(_Z_NAMES)),
+        er_noise=_normals(key, rows, position, 2, _CAT_WIDTH),
+        nlu_noise=_uniforms(key, rows, position, 3, W.K),
+    )
+
+
+def _utterance(static: _Static, sessions: Sessions, rows: np.ndarray,
+               draws: TurnDraws) -> Utterance:
+    """What the sessions ``rows`` say at this position: their goal, a "stop", or
+    background speech that woke the device (before a user turn, sometimes)."""
+    tables = static.tables
+    kind = sessions.next_kind[rows].copy()
+    false_wake_first = (kind != FALSE_WAKE) & (
+        draws.uniform("fw_in") < _FW_IN_SESSION * sessions.background[rows])
+    kind = np.where(false_wake_first, FALSE_WAKE, kind)
+    background = tables.background_templates
+    background_template = background[
+        np.minimum((draws.uniform("bg_tpl") * len(background)).astype(np.int64),
+                   len(background) - 1)]
+    stops = static.stop_tpls
+    stop_template = stops[np.minimum((draws.uniform("stop_tpl") * len(stops)).astype(np.int64),
+                                     len(stops) - 1)]
+    is_false_wake, is_stop = kind == FALSE_WAKE, kind == STOP
+    mention = np.where(kind == GOAL, sessions.goal_mention[rows], -1)
+    entity = np.where(kind == GOAL, sessions.goal_entity[rows], -1)
+    return Utterance(
+        kind=kind,
+        template=np.select([is_false_wake, is_stop], [background_template, stop_template],
+                           sessions.goal_template[rows]),
+        mention=mention,
+        intent=np.select([is_false_wake, is_stop], [W.I_FALLBACK, W.I_STOP],
+                         sessions.goal_intent[rows]),
+        # a phrasing without a slot does not convey the entity
+        entity=np.where(mention >= 0, entity, -1),
+    )
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The user's experience of a turn and their immediate reaction to it."""
+
+    satisfied: np.ndarray
+    failed: np.ndarray
+    barge_in: np.ndarray
+    explicit: np.ndarray  # 0 none, 1 negative, 2 positive
+    #: speaking, processing and the response (cut short by a barge-in), in ms
+    busy_ms: np.ndarray
+
+
+def _feedback(said: Utterance, turn: dict[str, np.ndarray], draws: TurnDraws) -> Feedback:
+    """Served (right and done: an unservable request or a question back is not done) or
+    failed; barge-ins and explicit feedback follow."""
+    satisfied = turn["outcome_ok"] & (turn["status"] == 0)
+    failed = (said.kind == GOAL) & ~satisfied
+    false_wake_acted = said.false_wake & turn["did_action"]
+    # wrong content starting to play is interrupted more than a spoken apology
+    wrong_action = failed & turn["did_action"]
+    p_barge = np.where(failed, np.where(wrong_action, 0.45, 0.25), 0.05) + np.where(
+        false_wake_acted, 0.25, 0.0)
+    barge_in = draws.uniform("barge") < p_barge
+    u_explicit = draws.uniform("explicit")
+    p_negative = np.where(failed & (turn["label"] != 0), 0.11, 0.004)
+    explicit = np.where(u_explicit < p_negative, 1, np.where(
+        u_explicit > 1.0 - np.where(satisfied, 0.02, 0.002), 2, 0))
+    explicit = np.where(said.kind == GOAL, explicit,
+                        np.where(false_wake_acted & (u_explicit < 0.05), 1, 0))
+    response_ms = np.where(barge_in, 900.0, 2600.0)
+    busy_ms = turn["audio_ms"] + turn["asr_lat"] + turn["res_lat"] + response_ms
+    return Feedback(satisfied=satisfied, failed=failed, barge_in=barge_in, explicit=explicit,
+                    busy_ms=busy_ms)
+
+
+@dataclass
+class NextTurn:
+    """What each session does after its turn, decided case by case (:func:`_react`)."""
+
+    kind: np.ndarray
+    after_stop: np.ndarray
+    attempts: np.ndarray
+    alive: np.ndarray
+    #: the user's pause before the next turn, in ms
+    think_ms: np.ndarray
+    new_goal: np.ndarray
+    similar_goal: np.ndarray
+    rephrase: np.ndarray
+    repeat: np.ndarray
+
+    def reaction(self) -> np.ndarray:
+        """0 end, 1 rephrase, 2 repeat, 3 stop, 4 new goal, 5 carry on."""
+        return np.select([~self.alive, self.rephrase, self.repeat, self.kind == STOP,
+                          self.new_goal], [0, 1, 2, 3, 4], 5)
+
+
+def _after_false_wake_or_stop(state: NextTurn, said: Utterance, did_action: np.ndarray,
+                              background_only: np.ndarray, pending: np.ndarray,
+                              react: np.ndarray, pause: np.ndarray) -> None:
+    """A false wake: maybe the user says "stop" if the device did something. A stop
+    turn: end, retry the goal, or carry on with what was pending."""
+    false_wake = said.false_wake
+    say_stop = false_wake & did_action & (react < 0.5)
+    state.kind = np.where(say_stop, STOP, state.kind)
+    state.after_stop = np.where(say_stop, np.where(background_only, 0, 2), state.after_stop)
+    state.think_ms = np.where(false_wake, np.where(say_stop, 1200.0, 6000.0) * pause,
+                              state.think_ms)
+    state.alive &= ~(false_wake & background_only & ~say_stop)
+    state.kind = np.where(false_wake & ~say_stop & ~background_only, pending, state.kind)
+    is_stop = said.kind == STOP
+    state.alive &= ~(is_stop & (state.after_stop == 0))
+    state.kind = np.where(is_stop, GOAL, state.kind)
+    state.rephrase |= is_stop & (state.after_stop == 1)
+    state.think_ms = np.where(is_stop, 4000.0 * pause, state.think_ms)
+
+
+def _after_goal(state: NextTurn, said: Utterance, feedback: Feedback, turn: dict[str, np.ndarray],
+                position: int, draws: TurnDraws, pause: np.ndarray) -> None:
+    """A goal turn: satisfied users move on (or end); an unservable request handled
+    right is rephrased a little or dropped; failures are retried, up to a point."""
+    react, goal_turn, failed = draws.uniform("react"), said.kind == GOAL, feedback.failed
+    done = feedback.satisfied & goal_turn
+    carry_on = done & (react < 0.62 - 0.04 * position)
+    state.alive &= ~(done & ~carry_on)
+    similar = carry_on & (draws.uniform("react2") < 0.16)
+    state.new_goal |= carry_on
+    state.similar_goal |= similar
+    state.think_ms = np.where(carry_on, np.where(similar, 7000.0, 22000.0) * pause * pause,
+                              state.think_ms)
+    state.attempts = np.where(done, 0, state.attempts)
+    unsupported_ok = goal_turn & turn["outcome_ok"] & (said.intent == W.I_UNSUPPORTED)
+    unsupported_rephrase = unsupported_ok & (react < 0.25)
+    unsupported_new = unsupported_ok & ~unsupported_rephrase & (react < 0.6)
+    state.alive &= ~(unsupported_ok & ~unsupported_rephrase & ~unsupported_new)
+    state.rephrase |= unsupported_rephrase
+    state.new_goal |= unsupported_new
+    state.think_ms = np.where(
+        unsupported_ok, np.where(unsupported_rephrase, 3500.0, 15000.0) * pause, state.think_ms)
+    # not satisfied (a failure or a clarification question)
+    unhappy = failed & ~unsupported_ok
+    state.attempts = np.where(unhappy, state.attempts + 1, state.attempts)
+    gave_up = unhappy & (state.attempts >= 3)
+    state.alive &= ~(gave_up & (react < 0.6))
+    state.new_goal |= gave_up & (react >= 0.6)
+    stop = _after_failure(state, unhappy & ~gave_up, turn["clarified"], react, pause)
+    state.think_ms = np.where(gave_up, 15000.0 * pause, state.think_ms)
+    state.kind = np.where(goal_turn & ~stop, GOAL, state.kind)
+    state.kind = np.where(state.new_goal | state.rephrase | state.repeat, GOAL, state.kind)
+
+
+def _after_failure(state: NextTurn, live: np.ndarray, clarified: np.ndarray, react: np.ndarray,
+                   pause: np.ndarray) -> np.ndarray:
+    """A user still trying: rephrase, repeat, stop and retry, stop and end, abandon, or
+    move on (a clarification question is answered by rephrasing). Returns who says
+    "stop" next."""
+    choice = (react[:, None] > _UNHAPPY_CHOICES[None, :]).sum(axis=1)
+    choice = np.where(clarified, 0, choice)
+    state.rephrase |= live & (choice == 0)
+    state.repeat = live & (choice == 1)
+    stop_retry, stop_end = live & (choice == 2), live & (choice == 3)
+    state.kind = np.where(stop_retry | stop_end, STOP, state.kind)
+    state.after_stop = np.where(stop_retry, 1, np.where(stop_end, 0, state.after_stop))
+    state.alive &= ~(live & (choice == 4))
+    state.new_goal |= live & (choice == 5)
+    state.think_ms = np.where(
+        live,
+        np.select([choice == 0, choice == 1, (choice == 2) | (choice == 3)],
+                  [3200.0, 1800.0, 900.0], 12000.0) * pause,
+        state.think_ms,
+    )
+    return stop_retry | stop_end
+
+
+def _react(sessions: Sessions, rows: np.ndarray, said: Utterance, feedback: Feedback,
+           turn: dict[str, np.ndarray], position: int, draws: TurnDraws) -> NextTurn:
+    """The user's reaction to the turn: what each session does next, and when."""
+    n = len(rows)
+    state = NextTurn(
+        kind=sessions.next_kind[rows].copy(), after_stop=sessions.after_stop[rows].copy(),
+        attempts=sessions.attempts[rows].copy(), alive=np.ones(n, dtype=bool),
+        think_ms=np.zeros(n), new_goal=np.zeros(n, dtype=bool),
+        similar_goal=np.zeros(n, dtype=bool), rephrase=np.zeros(n, dtype=bool),
+        repeat=np.zeros(n, dtype=bool),
+    )
+    pause = np.exp(0.5 * draws.normal("gap"))
+    _after_false_wake_or_stop(state, said, turn["did_action"], sessions.background_only[rows],
+                              sessions.next_kind[rows], draws.uniform("react"), pause)
+    _after_goal(state, said, feedback, turn, position, draws, pause)
+    return state
+
+
+def _advance(static: _Static, sessions: Sessions, rows: np.ndarray, state: NextTurn,
+             feedback: Feedback, uniforms: np.ndarray) -> None:
+    """Move the sessions ``rows`` on: the clock, the next kind of turn, new goals and
+    new phrasings; end the sessions that ended. ``uniforms``: the turn's uniform draws
+    as a row per session of the batch."""
+    sessions.now_us[rows] = (sessions.now_us[rows]
+                             + (feedback.busy_ms + state.think_ms).astype(np.int64) * 1000)
+    sessions.next_kind[rows] = state.kind
+    sessions.after_stop[rows] = state.after_stop
+    sessions.attempts[rows] = np.where(state.new_goal, 0, state.attempts)
+    n_sessions = len(sessions.device)
+    new_goal = np.zeros(n_sessions, dtype=bool)
+    new_goal[rows[state.new_goal]] = True
+    keep_intent = np.zeros(n_sessions, dtype=bool)
+    keep_intent[rows[state.similar_goal]] = True
+
+    def uniform(name: str) -> np.ndarray:
+        return uniforms[:, U[name]]
+
+    _new_goal(static, sessions, new_goal,
+              GoalDraws(uniform("new_intent"), uniform("new_tpl"), uniform("new_ent"),
+                        uniform("new_alias"), uniform("specific")),
+              keep_intent=keep_intent)
+    rephrase = np.zeros(n_sessions, dtype=bool)
+    rephrase[rows[state.rephrase]] = True
+    rephrased = np.flatnonzero(rephrase)
+    if len(rephrased):
+        # misunderstood users mostly say it more explicitly
+        explicit_next = np.zeros(n_sessions, dtype=bool)
+        explicit_next[rows[state.rephrase & feedback.failed]] = True
+        explicit_next &= uniform("similar") < 0.75
+        _rephrase(static, sessions, rephrased, uniform("new_tpl"), explicit_next)
+        # after a clarification, users tend to name the thing differently
+        _choose_mention(static, sessions, rephrased, (uniform("new_alias") + 0.5) % 1.0)
+    sessions.active[rows[~state.alive]] = False
+
+
+def _record(turn: dict[str, np.ndarray], sessions: Sessions, rows: np.ndarray, position: int,
+            said: Utterance, feedback: Feedback, state: NextTurn, draws: TurnDraws) -> None:
+    """Add the turn's identity, truth, feedback and annotation draws to its columns."""
+    turn.update(
+        slot=rows,
+        pos=np.full(len(rows), position),
+        ts=sessions.now_us[rows],
+        kind=said.kind,
+        dev=sessions.device[rows],
+        loc=sessions.locale[rows],
+        app=sessions.app[rows],
+        new_voice=sessions.new_voice[rows],
+        truth_int=said.intent,
+        truth_ent=said.entity,
+        truth_tpl=said.template,
+        truth_men=said.mention,
+        barge=feedback.barge_in,
+        explicit=feedback.explicit,
+        feedback_logged=sessions.feedback_logged[rows],
+        annotator=(draws.uniform("annotator") * _ANNOTATORS).astype(np.int64),
+        ann_u=draws.uniform("ann_flip"),
+        ann_u2=draws.uniform("ann_pick"),
+        next_reaction=state.reaction(),
+    )
 
 
 def run_batch(
@@ -899,286 +1293,26 @@ def run_batch(
     identify each turn; the rest are stage outputs, the label and hidden truth.
     ``language`` picks the world's text (catalogues, phrasings; see
     :mod:`fpi.simulate.language`); the mechanics are the same in every language.
+    Every active session emits its next turn at once, position by position.
     """
     st = static(language)
-    t = st.tables
-    prof = _ProfileArrays(profile)
-    S = n_sessions
-    n_dev = len(W.DEVICE_TYPES)
-
-    # ---- who, where, with what device ----------------------------------------
-    head = rng.random((S, 8))
-    dev = _pick(np.broadcast_to(prof.device_weights, (S, n_dev)), head[:, 0])
-    env = _pick(W.ENV_GIVEN_DEVICE[dev], head[:, 1])
-    loc = _pick(np.broadcast_to(st.locale_weights, (S, len(st.locale_weights))), head[:, 2])
-    app = _pick(np.broadcast_to(W.APP_WEIGHTS, (S, len(W.APP_VERSIONS))), head[:, 3])
-    clarity = rng.standard_normal(S)
-    # a hidden speaker population (profiles): the last head column, unused otherwise
-    new_voice = head[:, 7] < prof.new_voice_share
-    background = W.ENV_BACKGROUND[env] * prof.fw_mult[dev]
-    is_bg = head[:, 4] < _BG_SESSION * background
-    start_us = DAY_START_US + (head[:, 5] * 86_400e3).astype(np.int64) * 1000  # ms
-    # users of the oldest app version do not send feedback events
-    feedback_logged = app != 0
-    annotator_pool = 12
-
-    # ---- the first goal ------------------------------------------------------
-    goal_int = _pick(W.GOAL_MIX[dev], head[:, 6])
-    goal_ent = np.full(S, -1, dtype=np.int64)
-    goal_tpl = np.zeros(S, dtype=np.int64)
-    goal_men = np.full(S, -1, dtype=np.int64)
-
-    def new_goal(mask: np.ndarray, u_int: np.ndarray, u_tpl: np.ndarray, u_ent: np.ndarray,
-                 u_alias: np.ndarray, u_specific: np.ndarray,
-                 keep_intent: np.ndarray | None = None) -> None:
-        idx = np.flatnonzero(mask)
-        if len(idx) == 0:
-            return
-        gi = _pick(W.GOAL_MIX[dev[idx]], u_int[idx])
-        if keep_intent is not None:
-            gi = np.where(keep_intent[idx], goal_int[idx], gi)
-        goal_int[idx] = gi
-        # people who know "play X" is ambiguous often say which medium they mean
-        specific = np.zeros(S, dtype=bool)
-        specific[idx] = np.isin(gi, MEDIA_INTENTS) & (u_specific[idx] < 0.45)
-        rephrase(idx, u_tpl, u_alias, specific)
-        cat = t.goal_catalogue[gi]
-        ent = _ragged_pick(st.tables.cat_entities, np.maximum(cat, 0), u_ent[idx])
-        goal_ent[idx] = np.where(cat >= 0, ent, -1)
-        choose_mention(idx, u_alias)
-
-    def rephrase(idx: np.ndarray, u_tpl: np.ndarray, u_alias: np.ndarray,
-                 specific: np.ndarray | None = None) -> None:
-        gi = goal_int[idx]
-        cum = st.tpl_cum[gi]
-        if specific is not None:
-            cum = np.where(specific[idx][:, None], st.tpl_cum_specific[gi], cum)
-        j = (u_tpl[idx][:, None] > cum).sum(axis=1)
-        goal_tpl[idx] = st.tpl_pad[gi, np.minimum(j, st.tpl_pad.shape[1] - 1)]
-
-    def choose_mention(idx: np.ndarray, u_alias: np.ndarray) -> None:
-        has = t.tpl_has_slot[goal_tpl[idx]] & (goal_ent[idx] >= 0)
-        # users mostly say the usual name, sometimes another alias
-        ua = u_alias[idx]
-        first = np.array([a[0] for a in t.ent_aliases])[np.maximum(goal_ent[idx], 0)]
-        other = _ragged_pick(t.ent_aliases, np.maximum(goal_ent[idx], 0), ua * 4.0 % 1.0)
-        men = np.where(ua < 0.75, first, other)
-        goal_men[idx] = np.where(has, men, -1)
-
-    u0 = rng.random((S, 5))
-    base_key = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
-    new_goal(~is_bg, u0[:, 0], u0[:, 1], u0[:, 2], u0[:, 3], u0[:, 4])
-    # a goal whose phrasing has no slot still keeps its entity for the next phrasing
-    attempts = np.zeros(S, dtype=np.int64)
-    next_kind = np.where(is_bg, FALSE_WAKE, GOAL)
-    after_stop = np.zeros(S, dtype=np.int64)  # 0 end, 1 retry goal, 2 resume pending
-    active = np.ones(S, dtype=bool)
-    now = start_us.copy()
-
-    out: list[dict[str, np.ndarray]] = []
-    for pos in range(MAX_TURNS):
-        # draw for every slot, active or not (common random numbers across profiles)
-        idx = np.flatnonzero(active)
-        if len(idx) == 0:
+    profile_arrays = _ProfileArrays(profile)
+    sessions, key = _start_sessions(st, profile_arrays, rng, n_sessions)
+    turns: list[dict[str, np.ndarray]] = []
+    for position in range(MAX_TURNS):
+        rows = np.flatnonzero(sessions.active)
+        if len(rows) == 0:
             break
-        # counter-based draws: a slot's numbers depend on (batch, slot, position)
-        # only, and only active slots pay for them
-        u = _uniforms(base_key, idx, pos, 0, len(_U_NAMES))
-        z = _normals(base_key, idx, pos, 1, len(_Z_NAMES))
-        zc = _normals(base_key, idx, pos, 2, _CAT_WIDTH)
-        ug = _uniforms(base_key, idx, pos, 3, W.K)
-        u_all = np.zeros((S, len(_U_NAMES)))
-        u_all[idx] = u
-        d, e = dev[idx], env[idx]
-
-        # what happens at this position
-        kind = next_kind[idx].copy()
-        fw_in = (kind != FALSE_WAKE) & (
-            u[:, U["fw_in"]] < _FW_IN_SESSION * background[idx]
-        )
-        kind = np.where(fw_in, FALSE_WAKE, kind)
-        bg_tpl = t.background_templates[
-            np.minimum((u[:, U["bg_tpl"]] * len(t.background_templates)).astype(np.int64),
-                       len(t.background_templates) - 1)
-        ]
-        stop_tpl = st.stop_tpls[
-            np.minimum((u[:, U["stop_tpl"]] * len(st.stop_tpls)).astype(np.int64),
-                       len(st.stop_tpls) - 1)
-        ]
-        truth_tpl = np.select([kind == FALSE_WAKE, kind == STOP], [bg_tpl, stop_tpl],
-                              goal_tpl[idx])
-        truth_men = np.where(kind == GOAL, goal_men[idx], -1)
-        truth_int = np.select([kind == FALSE_WAKE, kind == STOP], [W.I_FALLBACK, W.I_STOP],
-                              goal_int[idx])
-        truth_ent = np.where(kind == GOAL, goal_ent[idx], -1)
-        # a phrasing without a slot does not convey the entity
-        truth_ent = np.where(truth_men >= 0, truth_ent, -1)
-
-        r = _pipeline(st, prof,
-                      Speaker(d, e, loc[idx], app[idx], clarity[idx], new_voice[idx]),
-                      Utterance(kind, truth_tpl, truth_men, truth_int, truth_ent),
-                      TurnDraws(u, z, zc, ug))
-
-        # ---- the user's experience and reaction -----------------------------
-        # served: right and done (an unservable request or a question back is not done)
-        satisfied = r["outcome_ok"] & (r["status"] == 0)
-        goal_turn = kind == GOAL
-        failed = goal_turn & ~satisfied
-        fw_acted = (kind == FALSE_WAKE) & r["did_action"]
-        # wrong content starting to play is interrupted more than a spoken apology
-        wrong_action = failed & r["did_action"]
-        p_barge = np.where(failed, np.where(wrong_action, 0.45, 0.25), 0.05) + np.where(
-            fw_acted, 0.25, 0.0
-        )
-        barge = u[:, U["barge"]] < p_barge
-        ue = u[:, U["explicit"]]
-        p_neg = np.where(failed & (r["label"] != 0), 0.11, 0.004)
-        explicit = np.where(ue < p_neg, 1, np.where(ue > 1.0 - np.where(satisfied, 0.02, 0.002),
-                                                   2, 0))
-        explicit = np.where(kind == GOAL, explicit, np.where(fw_acted & (ue < 0.05), 1, 0))
-
-        # gap to the next turn: speaking, thinking, the response (cut short by a barge-in)
-        resp_ms = np.where(barge, 900.0, 2600.0)
-        base_gap = r["audio_ms"] + r["asr_lat"] + r["res_lat"] + resp_ms
-
-        nxt = next_kind[idx].copy()
-        aft = after_stop[idx].copy()
-        att = attempts[idx].copy()
-        alive = np.ones(len(idx), dtype=bool)
-        think = np.zeros(len(idx))
-        react = u[:, U["react"]]
-        react2 = u[:, U["react2"]]
-        zg = np.exp(0.5 * z[:, Z["gap"]])
-        new_goal_mask = np.zeros(len(idx), dtype=bool)
-        similar_mask = np.zeros(len(idx), dtype=bool)
-        rephrase_mask = np.zeros(len(idx), dtype=bool)
-
-        # false wake: maybe the user says "stop" if the device did something
-        bg_sess = is_bg[idx]
-        say_stop = (kind == FALSE_WAKE) & r["did_action"] & (react < 0.5)
-        nxt = np.where(say_stop, STOP, nxt)
-        aft = np.where(say_stop, np.where(bg_sess, 0, 2), aft)
-        think = np.where(kind == FALSE_WAKE, np.where(say_stop, 1200.0, 6000.0) * zg, think)
-        alive &= ~((kind == FALSE_WAKE) & bg_sess & ~say_stop)
-        nxt = np.where((kind == FALSE_WAKE) & ~say_stop & ~bg_sess, next_kind[idx], nxt)
-
-        # stop turn: end, retry the goal, or carry on with what was pending
-        is_stop_turn = kind == STOP
-        alive &= ~(is_stop_turn & (aft == 0))
-        nxt = np.where(is_stop_turn, GOAL, nxt)
-        rephrase_mask |= is_stop_turn & (aft == 1)
-        think = np.where(is_stop_turn, 4000.0 * zg, think)
-
-        # goal turn, satisfied: a new goal (sometimes a similar one) or the end
-        cont = satisfied & goal_turn & (react < 0.62 - 0.04 * pos)
-        alive &= ~(satisfied & goal_turn & ~cont)
-        similar = cont & (react2 < 0.16)
-        new_goal_mask |= cont
-        similar_mask |= similar
-        think = np.where(cont, np.where(similar, 7000.0, 22000.0) * zg * zg, think)
-        att = np.where(satisfied & goal_turn, 0, att)
-
-        # an unservable request that was handled correctly: rephrase a little, else move on
-        unsup_ok = goal_turn & r["outcome_ok"] & (truth_int == W.I_UNSUPPORTED)
-        unsup_rephrase = unsup_ok & (react < 0.25)
-        unsup_new = unsup_ok & ~unsup_rephrase & (react < 0.6)
-        alive &= ~(unsup_ok & ~unsup_rephrase & ~unsup_new)
-        rephrase_mask |= unsup_rephrase
-        new_goal_mask |= unsup_new
-        think = np.where(unsup_ok, np.where(unsup_rephrase, 3500.0, 15000.0) * zg, think)
-
-        # goal turn, not satisfied (a failure or a clarification question)
-        unhappy = failed & ~unsup_ok
-        att = np.where(unhappy, att + 1, att)
-        gave_up = unhappy & (att >= 3)
-        alive &= ~(gave_up & (react < 0.6))
-        new_goal_mask |= gave_up & (react >= 0.6)
-        live = unhappy & ~gave_up
-        # rephrase .46, repeat .20, stop+retry .10, stop+end .06, abandon .10, new goal .08
-        cut = np.array([0.46, 0.66, 0.76, 0.82, 0.92, 1.0])
-        choice = (react[:, None] > cut[None, :]).sum(axis=1)
-        # a clarification question is answered by rephrasing
-        choice = np.where(r["clarified"], 0, choice)
-        rephrase_mask |= live & (choice == 0)
-        repeat = live & (choice == 1)
-        stop_retry = live & (choice == 2)
-        stop_end = live & (choice == 3)
-        abandon = live & (choice == 4)
-        moveon = live & (choice == 5)
-        nxt = np.where(stop_retry | stop_end, STOP, nxt)
-        aft = np.where(stop_retry, 1, np.where(stop_end, 0, aft))
-        alive &= ~abandon
-        new_goal_mask |= moveon
-        think = np.where(
-            live,
-            np.select(
-                [choice == 0, choice == 1, (choice == 2) | (choice == 3)],
-                [3200.0, 1800.0, 900.0],
-                12000.0,
-            )
-            * zg,
-            think,
-        )
-        think = np.where(gave_up, 15000.0 * zg, think)
-        nxt = np.where(goal_turn & ~(stop_retry | stop_end), GOAL, nxt)
-        nxt = np.where(new_goal_mask | rephrase_mask | repeat, GOAL, nxt)
-
-        # ---- record the turn ------------------------------------------------
-        r.update(
-            slot=idx,
-            pos=np.full(len(idx), pos),
-            ts=now[idx],
-            kind=kind,
-            dev=d,
-            loc=loc[idx],
-            app=app[idx],
-            new_voice=new_voice[idx],
-            truth_int=truth_int,
-            truth_ent=truth_ent,
-            truth_tpl=truth_tpl,
-            truth_men=truth_men,
-            barge=barge,
-            explicit=explicit,
-            feedback_logged=feedback_logged[idx],
-            annotator=(u[:, U["annotator"]] * annotator_pool).astype(np.int64),
-            ann_u=u[:, U["ann_flip"]],
-            ann_u2=u[:, U["ann_pick"]],
-            next_reaction=np.select(
-                [~alive, rephrase_mask, repeat, nxt == STOP, new_goal_mask],
-                [0, 1, 2, 3, 4],
-                5,
-            ),
-        )
-        out.append(r)
-
-        # ---- apply the transitions ------------------------------------------
-        gslots = idx
-        now[gslots] = now[gslots] + (base_gap + think).astype(np.int64) * 1000
-        next_kind[gslots] = nxt
-        after_stop[gslots] = aft
-        attempts[gslots] = np.where(new_goal_mask, 0, att)
-        full = np.zeros(S, dtype=bool)
-        full[gslots[new_goal_mask]] = True
-        keep = np.zeros(S, dtype=bool)
-        keep[gslots[similar_mask]] = True
-        new_goal(full, u_all[:, U["new_intent"]], u_all[:, U["new_tpl"]],
-                 u_all[:, U["new_ent"]], u_all[:, U["new_alias"]], u_all[:, U["specific"]],
-                 keep_intent=keep)
-        reph = np.zeros(S, dtype=bool)
-        reph[gslots[rephrase_mask]] = True
-        ridx = np.flatnonzero(reph)
-        if len(ridx):
-            # misunderstood users mostly say it more explicitly
-            explicit_next = np.zeros(S, dtype=bool)
-            explicit_next[gslots[rephrase_mask & failed]] = True
-            explicit_next &= u_all[:, U["similar"]] < 0.75
-            rephrase(ridx, u_all[:, U["new_tpl"]], u_all[:, U["new_alias"]], explicit_next)
-            # after a clarification, users tend to name the thing differently
-            choose_mention(ridx, (u_all[:, U["new_alias"]] + 0.5) % 1.0)
-        active[gslots[~alive]] = False
-        if pos == MAX_TURNS - 1:
-            break
-
-    flat = {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+        draws = _turn_draws(key, rows, position)
+        said = _utterance(st, sessions, rows, draws)
+        turn = _pipeline(st, profile_arrays, sessions.speaker(rows), said, draws)
+        feedback = _feedback(said, turn, draws)
+        state = _react(sessions, rows, said, feedback, turn, position, draws)
+        _record(turn, sessions, rows, position, said, feedback, state, draws)
+        turns.append(turn)
+        uniforms = np.zeros((n_sessions, len(_U_NAMES)))
+        uniforms[rows] = draws.uniforms
+        _advance(st, sessions, rows, state, feedback, uniforms)
+    flat = {k: np.concatenate([turn[k] for turn in turns]) for k in turns[0]}
     order = np.lexsort((flat["pos"], flat["slot"]))
     return {k: v[order] for k, v in flat.items()}

@@ -23,6 +23,8 @@ from fpi.simulate.styles import (
 )
 
 _CLASS_ARR = np.array(CLASSES, dtype=object)
+#: The engine's per-turn columns (:func:`fpi.simulate.engine.run_batch`).
+Columns = dict[str, np.ndarray]
 
 #: Unknown extra fields some clients log (kept by ingest in ``extra``).
 _EXTRAS: tuple[str | None, ...] = (
@@ -133,7 +135,7 @@ def _responses(kind: np.ndarray, style: AssistantStyle, variant_u: np.ndarray) -
     return pl.Series([*flat, ""], dtype=pl.String).gather(np.where(kind >= 0, pick, len(flat)))
 
 
-def second_annotator(r: dict[str, np.ndarray]) -> np.ndarray:
+def second_annotator(turns: Columns) -> np.ndarray:
     """A second, independent annotator: disagrees mostly on genuinely hard turns.
 
     Hard cases: a misheard name that ER then also failed on (asr vs er), a content
@@ -141,45 +143,259 @@ def second_annotator(r: dict[str, np.ndarray]) -> np.ndarray:
     request (nlu vs er), wrong content (result vs er), recovered errors and
     clarifications (correct vs a failure), false wakes nobody reacted to.
     """
-    gold = r["label"]
-    n = len(gold)
-    u, v = r["ann_u"], r["ann_u2"]
-    flip = np.full(n, 0.02)
-    alt = np.full(n, -1)
+    gold = turns["label"]
+    u_flip, u_pick = turns["ann_u"], turns["ann_u2"]
+    entity_error, content_error = turns["e_entity"], turns["e_content"]
+    nlu_ok = turns["nlu_ok"]
     # defaults: a neighbouring stage
     neighbour = np.array([2, 0, 4, 2, 5, 4])
+    flip = np.full(len(gold), 0.02)
     alt = neighbour[gold]
-    asr_g, nlu_g, er_g, res_g, ok_g, fw_g = (gold == 2), (gold == 3), (gold == 4), (gold == 5), (
-        gold == 0), (gold == 1)
-    flip = np.where(asr_g & r["e_entity"] & ~r["nlu_ok"], 0.09, flip)
-    flip = np.where(asr_g & r["e_entity"] & r["nlu_ok"], 0.08, flip)
-    alt = np.where(asr_g & r["e_entity"], np.where(r["nlu_ok"], 4, 3), alt)
-    flip = np.where(asr_g & r["e_content"], 0.10, flip)
-    alt = np.where(asr_g & r["e_content"], 3, alt)
-    media = np.isin(r["truth_int"], [W.I_VIDEO, W.I_AUDIOBOOK, W.I_MUSIC])
+    asr_g, nlu_g, er_g, res_g, ok_g, fw_g = (
+        (gold == 2), (gold == 3), (gold == 4), (gold == 5), (gold == 0), (gold == 1))
+    flip = np.where(asr_g & entity_error & ~nlu_ok, 0.09, flip)
+    flip = np.where(asr_g & entity_error & nlu_ok, 0.08, flip)
+    alt = np.where(asr_g & entity_error, np.where(nlu_ok, 4, 3), alt)
+    flip = np.where(asr_g & content_error, 0.10, flip)
+    alt = np.where(asr_g & content_error, 3, alt)
+    media = np.isin(turns["truth_int"], [W.I_VIDEO, W.I_AUDIOBOOK, W.I_MUSIC])
     flip = np.where(nlu_g & media, 0.2, np.where(nlu_g, 0.155, flip))
-    alt = np.where(nlu_g, np.where(v < 0.35, 4, 2), alt)
+    alt = np.where(nlu_g, np.where(u_pick < 0.35, 4, 2), alt)
     flip = np.where(er_g, 0.06, flip)
-    alt = np.where(er_g, np.where(v < 0.6, 5, 2), alt)
-    flip = np.where(res_g & r["wrong"], 0.12, np.where(res_g, 0.04, flip))
-    alt = np.where(res_g & r["wrong"], 4, alt)
-    recovered = ok_g & (r["e_entity"] | r["e_content"])
+    alt = np.where(er_g, np.where(u_pick < 0.6, 5, 2), alt)
+    flip = np.where(res_g & turns["wrong"], 0.12, np.where(res_g, 0.04, flip))
+    alt = np.where(res_g & turns["wrong"], 4, alt)
+    recovered = ok_g & (entity_error | content_error)
     flip = np.where(recovered, 0.12, flip)
     alt = np.where(recovered, 2, alt)
-    unclear_ok = ok_g & (r["clarified"] | (r["truth_int"] == W.I_UNSUPPORTED))
+    unclear_ok = ok_g & (turns["clarified"] | (turns["truth_int"] == W.I_UNSUPPORTED))
     flip = np.where(unclear_ok, 0.06, flip)
-    alt = np.where(unclear_ok, np.where(v < 0.5, 3, 5), alt)
-    flip = np.where(fw_g, np.where(r["did_action"], 0.09, 0.15), flip)
+    alt = np.where(unclear_ok, np.where(u_pick < 0.5, 3, 5), alt)
+    flip = np.where(fw_g, np.where(turns["did_action"], 0.09, 0.15), flip)
     alt = np.where(fw_g, 0, alt)
     # everything else: rare slips to any failure class
     plain_ok = ok_g & ~recovered & ~unclear_ok
     flip = np.where(plain_ok, 0.012, flip)
-    alt = np.where(plain_ok, 1 + (v * 5).astype(np.int64).clip(0, 4), alt)
-    return np.where(u < flip, alt, gold)
+    alt = np.where(plain_ok, 1 + (u_pick * 5).astype(np.int64).clip(0, 4), alt)
+    return np.where(u_flip < flip, alt, gold)
+
+
+def _text(series: pl.Series) -> pa.Array:
+    return series.to_arrow().cast(pa.string())
+
+
+def _session_ids(turns: Columns, seed: int, session_offset: int) -> pa.Array:
+    """``s<seed>-<session number, 8 digits>``."""
+    number = pl.Series("slot", turns["slot"] + session_offset).cast(pl.String).str.zfill(8)
+    return _text(pl.select(pl.concat_str(pl.lit(f"s{seed}-"), number)).to_series())
+
+
+def _device(turns: Columns, style: AssistantStyle) -> pa.StructArray:
+    device = turns["dev"]
+    return _struct({
+        "type": _strings(W.DEVICE_TYPES, device),
+        "has_screen": pa.array(W.DEVICE_HAS_SCREEN[device]),
+        "locale": _strings(style.lang.locales, turns["loc"]),
+        "app_version": _strings(W.APP_VERSIONS, turns["app"]),
+    })
+
+
+def _wake(turns: Columns) -> pa.StructArray:
+    return _struct({
+        "detected": pa.array(np.ones(len(turns["slot"]), dtype=bool)),
+        "score": pa.array(_round(turns["wake_score"])),
+        "device_directed_score": pa.array(_round(turns["dd_score"])),
+    })
+
+
+def _nbest(turns: Columns, style: AssistantStyle) -> pa.ListArray:
+    """The top hypothesis and the alternatives; the same words twice: the first."""
+    language = style.language
+    n = len(turns["slot"])
+    templates = np.concatenate([turns["asr_tpl"][:, None], turns["alt_tpl"]], axis=1)
+    mentions = np.concatenate([turns["asr_men"][:, None], turns["alt_men"]], axis=1)
+    confidences = np.concatenate([turns["asr_conf"][:, None], turns["alt_conf"]], axis=1)
+    valid = np.concatenate([np.ones((n, 1), dtype=bool), turns["alt_valid"]], axis=1)
+    width = templates.shape[1]
+    text = _render(templates.reshape(-1), mentions.reshape(-1), language)
+    first = (
+        pl.DataFrame({"row": np.repeat(np.arange(n), width), "text": text})
+        .select(pl.struct("row", "text").is_first_distinct())
+        .to_series()
+        .to_numpy()
+        .reshape(n, width)
+    )
+    items = _struct({
+        "text": _text(text),
+        "confidence": _confidence(confidences.reshape(-1), style.asr_confidence),
+    })
+    return _list(items, valid & first, style.log_nbest)
+
+
+def _asr(turns: Columns, style: AssistantStyle) -> pa.StructArray:
+    return _struct({
+        "text": _text(_render(turns["asr_tpl"], turns["asr_men"], style.language)),
+        "confidence": _confidence(turns["asr_conf"], style.asr_confidence),
+        "nbest": _nbest(turns, style),
+        "audio_ms": pa.array(np.round(turns["audio_ms"])),
+        "latency_ms": _latency(turns["asr_lat"], style),
+    })
+
+
+_INTENT_NAMES = tuple(it.name for it in W.INTENTS)
+_INTENT_DOMAINS = tuple(it.domain for it in W.INTENTS)
+_SLOT_NAMES = tuple(it.slot or "" for it in W.INTENTS)
+
+
+def _nlu(turns: Columns, style: AssistantStyle, mention_text: pa.Array) -> pa.StructArray:
+    alternative = turns["nlu_alt_int"].reshape(-1)
+    alternatives = _struct({
+        "domain": _strings(_INTENT_DOMAINS, alternative),
+        "intent": _strings(_INTENT_NAMES, alternative),
+        "confidence": _confidence(turns["nlu_alt_conf"].reshape(-1), style.nlu_confidence),
+    })
+    slots = _struct({
+        "name": _strings(_SLOT_NAMES, turns["nlu_int"]),
+        "value": mention_text,
+        "confidence": pa.array(_round(turns["slot_conf"])),
+    })
+    return _struct({
+        "domain": _strings(_INTENT_DOMAINS, turns["nlu_int"]),
+        "intent": _strings(_INTENT_NAMES, turns["nlu_int"]),
+        "confidence": _confidence(turns["nlu_conf"], style.nlu_confidence),
+        "alternatives": _list(alternatives, turns["nlu_alt_valid"], style.log_nlu_alternatives),
+        "slots": _list(slots, turns["slot_present"][:, None]),
+    })
+
+
+def _er(turns: Columns, style: AssistantStyle, mention_text: pa.Array) -> pa.StructArray:
+    tables = W.tables(style.language)
+    resolved = turns["er_resolved"]
+    entities = _struct({
+        "slot": _strings(_SLOT_NAMES, turns["nlu_int"]),
+        "mention": mention_text,
+        "resolved_id": _strings(tables.ent_id, resolved),
+        "resolved_name": _strings(tables.ent_name, resolved),
+        "score": pa.array(_round(turns["er_score"])),
+        "status": _strings(E.ER_STATUS_NAMES, turns["er_status"]),
+    })
+    return _struct(
+        {
+            "entities": _list(entities, np.ones((len(resolved), 1), dtype=bool)),
+            "latency_ms": _latency(turns["er_lat"], style),
+        },
+        present=turns["er_present"],
+    )
+
+
+def _response_fill(turns: Columns, style: AssistantStyle) -> pl.Series:
+    """What fills a response's ``{x}``: an entity's name, else the mention, else the two
+    entities of a question back ("A or B")."""
+    language = style.language
+    tables = W.tables(language)
+    names = pl.Series([*tables.ent_name, ""], dtype=pl.String)
+    entity, mention = turns["resp_x"], turns["resp_x_men"]
+    entity_name = names.gather(np.where(entity >= 0, entity, len(tables.ent_name)))
+    either_or = pl.select(
+        pl.concat_str(
+            names.gather(np.maximum(turns["amb_a"], 0)), pl.lit(style.lang.either_or),
+            names.gather(np.maximum(turns["amb_b"], 0)),
+        )
+    ).to_series()
+    return pl.select(
+        pl.when(pl.Series(entity >= 0))
+        .then(entity_name)
+        .when(pl.Series(mention >= 0))
+        .then(_render(np.full(len(entity), _slot_template(language)), mention, language))
+        .otherwise(either_or)
+    ).to_series()
+
+
+def _response_text(turns: Columns, style: AssistantStyle, seed: int,
+                   session_offset: int) -> pl.Series:
+    """The style's phrasing of each response (a variant drawn per turn), ``{x}`` filled."""
+    session_number = turns["slot"] + session_offset
+    kind = turns["resp"]
+    phrasing = _responses(kind, style, turn_uniforms(seed, session_number, turns["pos"], 1))
+    return pl.select(
+        pl.when(pl.Series(kind >= 0))
+        .then(pl.lit(phrasing).str.replace("{x}", pl.lit(_response_fill(turns, style)),
+                                           literal=True))
+        .otherwise(None)
+    ).to_series()
+
+
+def _action(turns: Columns, language: str) -> pl.Series:
+    """``verb`` or ``verb:entity id``; null where the service did nothing."""
+    intent, entity = turns["action_int"], turns["action_ent"]
+    entity_ids = W.tables(language).ent_id
+    verb = pl.Series([*E.ACTION_VERBS, ""], dtype=pl.String).gather(
+        np.where(intent >= 0, intent, len(E.ACTION_VERBS))
+    )
+    ids = pl.Series([*entity_ids, ""], dtype=pl.String).gather(
+        np.where(entity >= 0, entity, len(entity_ids))
+    )
+    return pl.select(
+        pl.when(verb == "")
+        .then(None)
+        .when(ids == "")
+        .then(verb)
+        .otherwise(pl.concat_str(verb, pl.lit(":"), ids))
+    ).to_series()
+
+
+def _result(turns: Columns, style: AssistantStyle, seed: int,
+            session_offset: int) -> pa.StructArray:
+    return _struct({
+        "status": _strings(E.STATUS_NAMES, turns["status"]),
+        "action": _text(_action(turns, style.language)),
+        "response_text": _text(_response_text(turns, style, seed, session_offset)),
+        "latency_ms": _latency(turns["res_lat"], style),
+    })
+
+
+def _feedback(turns: Columns, style: AssistantStyle) -> pa.StructArray:
+    return _struct(
+        {
+            "barge_in": pa.array(turns["barge"]),
+            "explicit": _strings(("", "negative", "positive"), np.where(
+                turns["explicit"] > 0, turns["explicit"], -1)),
+        },
+        present=turns["feedback_logged"] & style.feedback_logged(turns["app"]),
+    )
+
+
+def _label(turns: Columns, labels: str) -> pa.StructArray:
+    """The gold label, its annotator and (``labels="both"``) a second annotator's."""
+    n = len(turns["label"])
+    annotator = pl.select(
+        pl.concat_str(pl.lit("a"),
+                      pl.Series(turns["annotator"] + 1).cast(pl.String).str.zfill(2))
+    ).to_series()
+    second = second_annotator(turns)
+    return _struct(
+        {
+            "failure_point": pa.array(_CLASS_ARR[turns["label"]].tolist(), type=pa.string()),
+            "annotator": _text(annotator),
+            "failure_point_2": pa.array(
+                _CLASS_ARR[second].tolist() if labels == "both" else [None] * n,
+                type=pa.string()
+            ),
+        },
+        present=np.full(n, labels != "none"),
+    )
+
+
+def _extra(turns: Columns, style: AssistantStyle) -> pa.Array:
+    """Only the newest app logs the extra fields, in one of a few variants; a style's
+    confidences off the unit scale go there too."""
+    variant = 1 + (turns["annotator"] % (len(_EXTRAS) - 1))
+    extra = _strings(tuple(e or "" for e in _EXTRAS), np.where(turns["app"] == 3, variant, -1))
+    return _merge_extra(extra, _scale_extra(turns["asr_conf"], style.asr_confidence, "asr"))
 
 
 def to_frame(
-    r: dict[str, np.ndarray],
+    turns: Columns,
     *,
     seed: int,
     session_offset: int,
@@ -187,208 +403,25 @@ def to_frame(
     style: AssistantStyle = STYLES["default"],
 ) -> pl.DataFrame:
     """Build the canonical frame of one simulated batch, logged the way ``style`` logs."""
-    lang = style.language
-    t = W.tables(lang)
-    n = len(r["slot"])
-    sid = (
-        pl.Series("slot", r["slot"] + session_offset)
-        .cast(pl.String)
-        .str.zfill(8)
-    )
-    session_id = pl.select(pl.concat_str(pl.lit(f"s{seed}-"), sid)).to_series()
-
-    # ---- device, wake -----------------------------------------------------
-    dev = r["dev"]
-    device = _struct(
-        {
-            "type": _strings(W.DEVICE_TYPES, dev),
-            "has_screen": pa.array(W.DEVICE_HAS_SCREEN[dev]),
-            "locale": _strings(style.lang.locales, r["loc"]),
-            "app_version": _strings(W.APP_VERSIONS, r["app"]),
-        }
-    )
-    wake = _struct(
-        {
-            "detected": pa.array(np.ones(n, dtype=bool)),
-            "score": pa.array(_round(r["wake_score"])),
-            "device_directed_score": pa.array(_round(r["dd_score"])),
-        }
-    )
-
-    # ---- ASR -----------------------------------------------------------------
-    asr_text = _render(r["asr_tpl"], r["asr_men"], lang)
-    nb_tpl = np.concatenate([r["asr_tpl"][:, None], r["alt_tpl"]], axis=1)
-    nb_men = np.concatenate([r["asr_men"][:, None], r["alt_men"]], axis=1)
-    nb_conf = np.concatenate([r["asr_conf"][:, None], r["alt_conf"]], axis=1)
-    nb_valid = np.concatenate([np.ones((n, 1), dtype=bool), r["alt_valid"]], axis=1)
-    width = nb_tpl.shape[1]
-    nb_text = _render(nb_tpl.reshape(-1), nb_men.reshape(-1), lang)
-    # the same words twice in one n-best list: keep the first
-    first = (
-        pl.DataFrame({"row": np.repeat(np.arange(n), width), "text": nb_text})
-        .select(pl.struct("row", "text").is_first_distinct())
-        .to_series()
-        .to_numpy()
-        .reshape(n, width)
-    )
-    nb_valid = nb_valid & first
-    nbest_items = _struct(
-        {
-            "text": nb_text.to_arrow().cast(pa.string()),
-            "confidence": _confidence(nb_conf.reshape(-1), style.asr_confidence),
-        }
-    )
-    asr = _struct(
-        {
-            "text": asr_text.to_arrow().cast(pa.string()),
-            "confidence": _confidence(r["asr_conf"], style.asr_confidence),
-            "nbest": _list(nbest_items, nb_valid, style.log_nbest),
-            "audio_ms": pa.array(np.round(r["audio_ms"])),
-            "latency_ms": _latency(r["asr_lat"], style),
-        }
-    )
-
-    # ---- NLU -----------------------------------------------------------------
-    intent_names = tuple(it.name for it in W.INTENTS)
-    intent_domains = tuple(it.domain for it in W.INTENTS)
-    alt_int = r["nlu_alt_int"]
-    alt_items = _struct(
-        {
-            "domain": _strings(intent_domains, alt_int.reshape(-1)),
-            "intent": _strings(intent_names, alt_int.reshape(-1)),
-            "confidence": _confidence(r["nlu_alt_conf"].reshape(-1), style.nlu_confidence),
-        }
-    )
-    slot_names = tuple(it.slot or "" for it in W.INTENTS)
-    men_text = _render(np.full(n, _slot_template(lang)), r["asr_men"], lang)
-    slot_items = _struct(
-        {
-            "name": _strings(slot_names, r["nlu_int"]),
-            "value": men_text.to_arrow().cast(pa.string()),
-            "confidence": pa.array(_round(r["slot_conf"])),
-        }
-    )
-    nlu = _struct(
-        {
-            "domain": _strings(intent_domains, r["nlu_int"]),
-            "intent": _strings(intent_names, r["nlu_int"]),
-            "confidence": _confidence(r["nlu_conf"], style.nlu_confidence),
-            "alternatives": _list(alt_items, r["nlu_alt_valid"], style.log_nlu_alternatives),
-            "slots": _list(slot_items, r["slot_present"][:, None]),
-        }
-    )
-
-    # ---- ER ------------------------------------------------------------------
-    res_ent = r["er_resolved"]
-    ent_items = _struct(
-        {
-            "slot": _strings(slot_names, r["nlu_int"]),
-            "mention": men_text.to_arrow().cast(pa.string()),
-            "resolved_id": _strings(t.ent_id, res_ent),
-            "resolved_name": _strings(t.ent_name, res_ent),
-            "score": pa.array(_round(r["er_score"])),
-            "status": _strings(E.ER_STATUS_NAMES, r["er_status"]),
-        }
-    )
-    er = _struct(
-        {
-            "entities": _list(ent_items, np.ones((n, 1), dtype=bool)),
-            "latency_ms": _latency(r["er_lat"], style),
-        },
-        present=r["er_present"],
-    )
-
-    # ---- result ----------------------------------------------------------------
-    names = pl.Series([*t.ent_name, ""], dtype=pl.String)
-    x_name = names.gather(np.where(r["resp_x"] >= 0, r["resp_x"], len(t.ent_name)))
-    amb = pl.select(
-        pl.concat_str(
-            names.gather(np.maximum(r["amb_a"], 0)), pl.lit(style.lang.either_or),
-            names.gather(np.maximum(r["amb_b"], 0)),
-        )
-    ).to_series()
-    x_fill = pl.select(
-        pl.when(pl.Series(r["resp_x"] >= 0))
-        .then(x_name)
-        .when(pl.Series(r["resp_x_men"] >= 0))
-        .then(_render(np.full(n, _slot_template(lang)), r["resp_x_men"], lang))
-        .otherwise(amb)
-    ).to_series()
-    session_number = r["slot"] + session_offset
-    resp_tpl = _responses(r["resp"], style, turn_uniforms(seed, session_number, r["pos"], 1))
-    response = pl.select(
-        pl.when(pl.Series(r["resp"] >= 0))
-        .then(pl.lit(resp_tpl).str.replace("{x}", pl.lit(x_fill), literal=True))
-        .otherwise(None)
-    ).to_series()
-    act_int, act_ent = r["action_int"], r["action_ent"]
-    verb = pl.Series([*E.ACTION_VERBS, ""], dtype=pl.String).gather(
-        np.where(act_int >= 0, act_int, len(E.ACTION_VERBS))
-    )
-    ent_ids = pl.Series([*t.ent_id, ""], dtype=pl.String).gather(
-        np.where(act_ent >= 0, act_ent, len(t.ent_id))
-    )
-    action = pl.select(
-        pl.when(verb == "")
-        .then(None)
-        .when(ent_ids == "")
-        .then(verb)
-        .otherwise(pl.concat_str(verb, pl.lit(":"), ent_ids))
-    ).to_series()
-    result = _struct(
-        {
-            "status": _strings(E.STATUS_NAMES, r["status"]),
-            "action": action.to_arrow().cast(pa.string()),
-            "response_text": response.to_arrow().cast(pa.string()),
-            "latency_ms": _latency(r["res_lat"], style),
-        }
-    )
-
-    # ---- feedback, label, extra ------------------------------------------------
-    feedback = _struct(
-        {
-            "barge_in": pa.array(r["barge"]),
-            "explicit": _strings(("", "negative", "positive"), np.where(
-                r["explicit"] > 0, r["explicit"], -1)),
-        },
-        present=r["feedback_logged"] & style.feedback_logged(r["app"]),
-    )
-    gold = r["label"]
-    second = second_annotator(r)
-    ann = pl.select(
-        pl.concat_str(pl.lit("a"), pl.Series(r["annotator"] + 1).cast(pl.String).str.zfill(2))
-    ).to_series()
-    label_present = np.full(n, labels != "none")
-    label = _struct(
-        {
-            "failure_point": pa.array(_CLASS_ARR[gold].tolist(), type=pa.string()),
-            "annotator": ann.to_arrow().cast(pa.string()),
-            "failure_point_2": pa.array(
-                _CLASS_ARR[second].tolist() if labels == "both" else [None] * n, type=pa.string()
-            ),
-        },
-        present=label_present,
-    )
-    # only the newest app logs the extra fields, in one of a few variants
-    variant = 1 + (r["annotator"] % (len(_EXTRAS) - 1))
-    extra = _strings(tuple(e or "" for e in _EXTRAS), np.where(r["app"] == 3, variant, -1))
-    extra = _merge_extra(extra, _scale_extra(r["asr_conf"], style.asr_confidence, "asr"))
-
+    language = style.language
+    n = len(turns["slot"])
+    mention_text = _text(
+        _render(np.full(n, _slot_template(language)), turns["asr_men"], language))
     table = pa.table(
         {
             "schema_version": pa.array(np.ones(n, dtype=np.int64)),
-            "session_id": session_id.to_arrow().cast(pa.string()),
-            "turn_index": pa.array(r["pos"].astype(np.int64)),
-            "timestamp": pa.array(r["ts"].astype("datetime64[us]")),
-            "device": device,
-            "wake": wake,
-            "asr": asr,
-            "nlu": nlu,
-            "er": er,
-            "result": result,
-            "feedback": feedback,
-            "label": label,
-            "extra": extra,
+            "session_id": _session_ids(turns, seed, session_offset),
+            "turn_index": pa.array(turns["pos"].astype(np.int64)),
+            "timestamp": pa.array(turns["ts"].astype("datetime64[us]")),
+            "device": _device(turns, style),
+            "wake": _wake(turns),
+            "asr": _asr(turns, style),
+            "nlu": _nlu(turns, style, mention_text),
+            "er": _er(turns, style, mention_text),
+            "result": _result(turns, style, seed, session_offset),
+            "feedback": _feedback(turns, style),
+            "label": _label(turns, labels),
+            "extra": _extra(turns, style),
         }
     )
     frame = pl.from_arrow(table)

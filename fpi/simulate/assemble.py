@@ -12,8 +12,7 @@ import polars as pl
 import pyarrow as pa
 
 from fpi.schema import CLASSES, TURN_SCHEMA
-from fpi.simulate import engine as E
-from fpi.simulate import world as W
+from fpi.simulate import engine, world
 from fpi.simulate.styles import (
     STYLES,
     AssistantStyle,
@@ -35,13 +34,13 @@ _EXTRAS: tuple[str | None, ...] = (
 )
 
 
-def _render(tpl: np.ndarray, men: np.ndarray, language: str = "en") -> pl.Series:
+def _render(template: np.ndarray, mention: np.ndarray, language: str = "en") -> pl.Series:
     """Text of (template id, mention id) pairs; mention -1 leaves the slot empty."""
-    t = W.tables(language)
-    tpl_s = pl.Series(t.tpl_text, dtype=pl.String)
-    men_s = pl.Series([*t.men_text, ""], dtype=pl.String)
-    m = np.where(men >= 0, men, len(t.men_text))
-    frame = pl.DataFrame({"t": tpl_s.gather(tpl), "m": men_s.gather(m)})
+    tables = world.tables(language)
+    templates = pl.Series(tables.tpl_text, dtype=pl.String)
+    mentions = pl.Series([*tables.men_text, ""], dtype=pl.String)
+    mention = np.where(mention >= 0, mention, len(tables.men_text))
+    frame = pl.DataFrame({"t": templates.gather(template), "m": mentions.gather(mention)})
     return frame.select(
         pl.col("t")
         .str.replace("{e}", pl.col("m"), literal=True)
@@ -158,7 +157,7 @@ def second_annotator(turns: Columns) -> np.ndarray:
     alt = np.where(asr_g & entity_error, np.where(nlu_ok, 4, 3), alt)
     flip = np.where(asr_g & content_error, 0.10, flip)
     alt = np.where(asr_g & content_error, 3, alt)
-    media = np.isin(turns["truth_int"], [W.I_VIDEO, W.I_AUDIOBOOK, W.I_MUSIC])
+    media = np.isin(turns["truth_int"], [world.I_VIDEO, world.I_AUDIOBOOK, world.I_MUSIC])
     flip = np.where(nlu_g & media, 0.2, np.where(nlu_g, 0.155, flip))
     alt = np.where(nlu_g, np.where(u_pick < 0.35, 4, 2), alt)
     flip = np.where(er_g, 0.06, flip)
@@ -168,7 +167,7 @@ def second_annotator(turns: Columns) -> np.ndarray:
     recovered = ok_g & (entity_error | content_error)
     flip = np.where(recovered, 0.12, flip)
     alt = np.where(recovered, 2, alt)
-    unclear_ok = ok_g & (turns["clarified"] | (turns["truth_int"] == W.I_UNSUPPORTED))
+    unclear_ok = ok_g & (turns["clarified"] | (turns["truth_int"] == world.I_UNSUPPORTED))
     flip = np.where(unclear_ok, 0.06, flip)
     alt = np.where(unclear_ok, np.where(u_pick < 0.5, 3, 5), alt)
     flip = np.where(fw_g, np.where(turns["did_action"], 0.09, 0.15), flip)
@@ -193,10 +192,10 @@ def _session_ids(turns: Columns, seed: int, session_offset: int) -> pa.Array:
 def _device(turns: Columns, style: AssistantStyle) -> pa.StructArray:
     device = turns["dev"]
     return _struct({
-        "type": _strings(W.DEVICE_TYPES, device),
-        "has_screen": pa.array(W.DEVICE_HAS_SCREEN[device]),
+        "type": _strings(world.DEVICE_TYPES, device),
+        "has_screen": pa.array(world.DEVICE_HAS_SCREEN[device]),
         "locale": _strings(style.lang.locales, turns["loc"]),
-        "app_version": _strings(W.APP_VERSIONS, turns["app"]),
+        "app_version": _strings(world.APP_VERSIONS, turns["app"]),
     })
 
 
@@ -242,9 +241,9 @@ def _asr(turns: Columns, style: AssistantStyle) -> pa.StructArray:
     })
 
 
-_INTENT_NAMES = tuple(it.name for it in W.INTENTS)
-_INTENT_DOMAINS = tuple(it.domain for it in W.INTENTS)
-_SLOT_NAMES = tuple(it.slot or "" for it in W.INTENTS)
+_INTENT_NAMES = tuple(it.name for it in world.INTENTS)
+_INTENT_DOMAINS = tuple(it.domain for it in world.INTENTS)
+_SLOT_NAMES = tuple(it.slot or "" for it in world.INTENTS)
 
 
 def _nlu(turns: Columns, style: AssistantStyle, mention_text: pa.Array) -> pa.StructArray:
@@ -269,7 +268,7 @@ def _nlu(turns: Columns, style: AssistantStyle, mention_text: pa.Array) -> pa.St
 
 
 def _er(turns: Columns, style: AssistantStyle, mention_text: pa.Array) -> pa.StructArray:
-    tables = W.tables(style.language)
+    tables = world.tables(style.language)
     resolved = turns["er_resolved"]
     entities = _struct({
         "slot": _strings(_SLOT_NAMES, turns["nlu_int"]),
@@ -277,7 +276,7 @@ def _er(turns: Columns, style: AssistantStyle, mention_text: pa.Array) -> pa.Str
         "resolved_id": _strings(tables.ent_id, resolved),
         "resolved_name": _strings(tables.ent_name, resolved),
         "score": pa.array(_round(turns["er_score"])),
-        "status": _strings(E.ER_STATUS_NAMES, turns["er_status"]),
+        "status": _strings(engine.ER_STATUS_NAMES, turns["er_status"]),
     })
     return _struct(
         {
@@ -292,7 +291,7 @@ def _response_fill(turns: Columns, style: AssistantStyle) -> pl.Series:
     """What fills a response's ``{x}``: an entity's name, else the mention, else the two
     entities of a question back ("A or B")."""
     language = style.language
-    tables = W.tables(language)
+    tables = world.tables(language)
     names = pl.Series([*tables.ent_name, ""], dtype=pl.String)
     entity, mention = turns["resp_x"], turns["resp_x_men"]
     entity_name = names.gather(np.where(entity >= 0, entity, len(tables.ent_name)))
@@ -328,9 +327,9 @@ def _response_text(turns: Columns, style: AssistantStyle, seed: int,
 def _action(turns: Columns, language: str) -> pl.Series:
     """``verb`` or ``verb:entity id``; null where the service did nothing."""
     intent, entity = turns["action_int"], turns["action_ent"]
-    entity_ids = W.tables(language).ent_id
-    verb = pl.Series([*E.ACTION_VERBS, ""], dtype=pl.String).gather(
-        np.where(intent >= 0, intent, len(E.ACTION_VERBS))
+    entity_ids = world.tables(language).ent_id
+    verb = pl.Series([*engine.ACTION_VERBS, ""], dtype=pl.String).gather(
+        np.where(intent >= 0, intent, len(engine.ACTION_VERBS))
     )
     ids = pl.Series([*entity_ids, ""], dtype=pl.String).gather(
         np.where(entity >= 0, entity, len(entity_ids))
@@ -347,7 +346,7 @@ def _action(turns: Columns, language: str) -> pl.Series:
 def _result(turns: Columns, style: AssistantStyle, seed: int,
             session_offset: int) -> pa.StructArray:
     return _struct({
-        "status": _strings(E.STATUS_NAMES, turns["status"]),
+        "status": _strings(engine.STATUS_NAMES, turns["status"]),
         "action": _text(_action(turns, style.language)),
         "response_text": _text(_response_text(turns, style, seed, session_offset)),
         "latency_ms": _latency(turns["res_lat"], style),
@@ -431,4 +430,4 @@ def to_frame(
 
 def _slot_template(language: str = "en") -> int:
     """Id of the bare ``{e}`` template (renders just the mention)."""
-    return W.tables(language).tpl_text.index("{e}")
+    return world.tables(language).tpl_text.index("{e}")

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fpi.simulate import world as W
+from fpi.simulate import world
 from fpi.simulate.profiles import Profile
 
 #: Turn kinds.
 FALSE_WAKE, GOAL, STOP = 0, 1, 2
 #: Intents whose plain "play X" phrasing is ambiguous between media.
-MEDIA_INTENTS = np.array([W.I_MUSIC, W.I_VIDEO, W.I_AUDIOBOOK])
+MEDIA_INTENTS = np.array([world.I_MUSIC, world.I_VIDEO, world.I_AUDIOBOOK])
 #: Longest session (turns); longer ones are cut, as a session timeout would.
 MAX_TURNS = 20
 #: Session start times are spread over one day from here.
@@ -46,14 +46,14 @@ _Z_NAMES = (
     "wake", "dd", "clarity_turn", "asr_conf", "asr_audio", "asr_lat", "nlu_conf",
     "er_lat", "res_lat", "gap", "slot_conf", "er_score", "nb_c1", "nb_c2", "nb_c3",
 )
-U = {n: i for i, n in enumerate(_U_NAMES)}
-Z = {n: i for i, n in enumerate(_Z_NAMES)}
+_U_INDEX = {n: i for i, n in enumerate(_U_NAMES)}
+_Z_INDEX = {n: i for i, n in enumerate(_Z_NAMES)}
 #: Largest catalogue: width of the per-entity ER noise.
-_CAT_WIDTH = max(len(c) for c in W.tables().cat_entities)
+_CAT_WIDTH = max(len(c) for c in world.tables().cat_entities)
 
 #: The default assistant's response phrasing per response kind ("{x}": a name or the
 #: mention); styles and languages phrase the same kinds their own way.
-RESPONSES: tuple[str, ...] = tuple(v[0] for v in W.ENGLISH.responses)
+RESPONSES: tuple[str, ...] = tuple(v[0] for v in world.ENGLISH.responses)
 #: Success response per intent (index into RESPONSES).
 _SUCCESS_RESPONSE = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 12])
 #: Action verb per intent (empty: no action).
@@ -125,29 +125,30 @@ def _padded(table: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
 def _ragged_pick(table: tuple[np.ndarray, ...], rows: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Pick uniformly one element of ``table[row]`` per row (-1 where empty)."""
     pad, counts = _padded(table)
-    n = counts[rows]
-    j = np.minimum((u * n).astype(np.int64), np.maximum(n - 1, 0))
-    return np.where(n > 0, pad[rows, j], -1)
+    lengths = counts[rows]
+    column = np.minimum((u * lengths).astype(np.int64), np.maximum(lengths - 1, 0))
+    return np.where(lengths > 0, pad[rows, column], -1)
 
 
 class _Static:
     """Per-process precomputations on top of one language's world tables."""
 
     def __init__(self, language: str = "en") -> None:
-        t = W.tables(language)
-        self.tables = t
-        lang = W.get_language(language)
+        tables = world.tables(language)
+        self.tables = tables
+        lang = world.get_language(language)
         self.locale_weights = np.array(lang.locale_weights)
         self.locale_accent = np.array(lang.locale_accent)
-        if max(len(c) for c in t.cat_entities) > _CAT_WIDTH:
+        if max(len(c) for c in tables.cat_entities) > _CAT_WIDTH:
             raise ValueError(f"{language}: a catalogue is wider than {_CAT_WIDTH} entries")
         # padded per-intent template choice
-        self.intent_tpl = t.intent_templates
-        self.intent_tpl_p = t.intent_template_p
-        width = max(len(x) for x in t.intent_templates)
-        self.tpl_pad = np.zeros((W.K, width), dtype=np.int64)
-        self.tpl_cum = np.ones((W.K, width))
-        for k, (ids, p) in enumerate(zip(t.intent_templates, t.intent_template_p, strict=True)):
+        self.intent_tpl = tables.intent_templates
+        self.intent_tpl_p = tables.intent_template_p
+        width = max(len(x) for x in tables.intent_templates)
+        self.tpl_pad = np.zeros((world.K, width), dtype=np.int64)
+        self.tpl_cum = np.ones((world.K, width))
+        for k, (ids, p) in enumerate(zip(tables.intent_templates, tables.intent_template_p,
+                                         strict=True)):
             if len(ids):
                 self.tpl_pad[k, : len(ids)] = ids
                 self.tpl_pad[k, len(ids) :] = ids[-1]
@@ -155,35 +156,35 @@ class _Static:
         # phrasings that say unmistakably which intent is meant ("watch X", "read X"):
         # what users switch to after being misunderstood
         self.tpl_cum_specific = self.tpl_cum.copy()
-        for k, ids in enumerate(t.intent_templates):
+        for k, ids in enumerate(tables.intent_templates):
             if not len(ids):
                 continue
-            cue = t.tpl_cue[ids]
+            cue = tables.tpl_cue[ids]
             others = np.delete(cue, k, axis=1).max(axis=1)
             specific = (cue[:, k] > 0) & (cue[:, k] - others >= 0.2)
             if specific.any():
-                p = np.where(specific, t.intent_template_p[k], 0.0)
+                p = np.where(specific, tables.intent_template_p[k], 0.0)
                 p = p / p.sum()
                 self.tpl_cum_specific[k, : len(ids)] = np.cumsum(p)
         # padded catalogue membership for ER
-        n_cat = len(W.CATALOGUES)
+        n_cat = len(world.CATALOGUES)
         self.cat_pad = np.full((n_cat, _CAT_WIDTH), -1, dtype=np.int64)
-        for c, ents in enumerate(t.cat_indexed):
+        for c, ents in enumerate(tables.cat_indexed):
             self.cat_pad[c, : len(ents)] = ents
         # goal entity per intent: catalogue members
-        self.stop_tpls = t.intent_templates[W.I_STOP]
+        self.stop_tpls = tables.intent_templates[world.I_STOP]
         # a mention is "genuinely ambiguous" in a catalogue when two entries match it exactly
-        exact = t.sim >= 0.999
-        self.men_dup = np.zeros((len(t.men_text), n_cat), dtype=bool)
-        for c, ents in enumerate(t.cat_indexed):
+        exact = tables.sim >= 0.999
+        self.men_dup = np.zeros((len(tables.men_text), n_cat), dtype=bool)
+        for c, ents in enumerate(tables.cat_indexed):
             self.men_dup[:, c] = exact[:, ents].sum(axis=1) >= 2
         # what a duration mention denotes (timers are parsed, not resolved)
-        dur = t.cat_entities[W.CATALOGUES.index("duration")]
-        best = t.sim[:, dur].argmax(axis=1)
-        self.men_duration = np.where(t.sim[:, dur].max(axis=1) >= 0.85, dur[best], -1)
-        self.intent_has_slot = t.intent_catalogue >= 0
-        self.intent_resolves = np.array([it.resolves for it in W.INTENTS])
-        self.mention_of_alias = t.ent_aliases
+        dur = tables.cat_entities[world.CATALOGUES.index("duration")]
+        best = tables.sim[:, dur].argmax(axis=1)
+        self.men_duration = np.where(tables.sim[:, dur].max(axis=1) >= 0.85, dur[best], -1)
+        self.intent_has_slot = tables.intent_catalogue >= 0
+        self.intent_resolves = np.array([it.resolves for it in world.INTENTS])
+        self.mention_of_alias = tables.ent_aliases
 
 
 _STATIC: dict[str, _Static] = {}
@@ -208,15 +209,15 @@ class TurnDraws:
     uniforms: np.ndarray  # (n, len(_U_NAMES))
     normals: np.ndarray  # (n, len(_Z_NAMES))
     er_noise: np.ndarray  # (n, _CAT_WIDTH) normals: noise on ER's score of each entry
-    nlu_noise: np.ndarray  # (n, W.K) uniforms: NLU's Gumbel noise per intent
+    nlu_noise: np.ndarray  # (n, world.K) uniforms: NLU's Gumbel noise per intent
 
     def uniform(self, name: str) -> np.ndarray:
         """The uniform draw ``name`` (one of ``_U_NAMES``) of every row."""
-        return self.uniforms[:, U[name]]
+        return self.uniforms[:, _U_INDEX[name]]
 
     def normal(self, name: str) -> np.ndarray:
         """The standard normal draw ``name`` (one of ``_Z_NAMES``) of every row."""
-        return self.normals[:, Z[name]]
+        return self.normals[:, _Z_INDEX[name]]
 
 
 @dataclass(frozen=True)
@@ -399,11 +400,11 @@ def _wake(speaker: Speaker, false_wake: np.ndarray, draws: TurnDraws) -> Wake:
     Scores overlap: near-field TV audio looks like a user, a mumbling user does not.
     """
     device, environment = speaker.device, speaker.environment
-    tv_bias = np.where(device == W.DEVICE_TYPES.index("tv"), 0.7, 0.0)
-    wake_logit = (np.where(false_wake, 0.9 + tv_bias, 2.1 - 1.2 * W.ENV_NOISE[environment])
+    tv_bias = np.where(device == world.DEVICE_TYPES.index("tv"), 0.7, 0.0)
+    wake_logit = (np.where(false_wake, 0.9 + tv_bias, 2.1 - 1.2 * world.ENV_NOISE[environment])
                   + 0.9 * draws.normal("wake"))
     directed_logit = (
-        np.where(false_wake, 0.1 + 0.5 * tv_bias, 1.9 - 0.8 * W.DEVICE_FARFIELD[device])
+        np.where(false_wake, 0.1 + 0.5 * tv_bias, 1.9 - 0.8 * world.DEVICE_FARFIELD[device])
         + 1.0 * draws.normal("dd")
     )
     return Wake(score=_sigmoid(wake_logit), device_directed=_sigmoid(directed_logit))
@@ -416,8 +417,8 @@ def _asr_difficulty(
     """How hard the turn is to hear: room, distance, accent, speaker, profile."""
     device = speaker.device
     difficulty = (
-        W.ENV_NOISE[speaker.environment]
-        + 0.35 * W.DEVICE_FARFIELD[device]
+        world.ENV_NOISE[speaker.environment]
+        + 0.35 * world.DEVICE_FARFIELD[device]
         + static.locale_accent[speaker.locale]
         + 0.1 * speaker.clarity
         + 0.08 * draws.normal("clarity_turn")
@@ -428,7 +429,7 @@ def _asr_difficulty(
 
 
 def _mishear(
-    tables: W.Tables, said: Utterance, error_difficulty: np.ndarray, draws: TurnDraws
+    tables: world.Tables, said: Utterance, error_difficulty: np.ndarray, draws: TurnDraws
 ) -> Heard:
     """ASR hears the truth through the room: errors in function words, content words
     (another phrasing), the entity name (a confusable one) or a truncated name."""
@@ -498,7 +499,7 @@ def _asr(
 
 
 def _nbest(
-    tables: W.Tables, said: Utterance, heard: Heard, difficulty: np.ndarray,
+    tables: world.Tables, said: Utterance, heard: Heard, difficulty: np.ndarray,
     confidence: np.ndarray, draws: TurnDraws,
 ) -> NBest:
     """The n-best list after the top hypothesis: (maybe) the truth, a function-word
@@ -542,7 +543,7 @@ def _nbest(
 
 
 def _intent_scores(
-    tables: W.Tables, device: np.ndarray, heard: Heard, nlu_noise: np.ndarray
+    tables: world.Tables, device: np.ndarray, heard: Heard, nlu_noise: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """NLU's score of every intent (keyword cues on the recognised phrasing, the
     gazetteer on the mention, device priors, model noise) and the gazetteer's fit of
@@ -554,15 +555,15 @@ def _intent_scores(
     gazetteer_k = np.where(slot_catalogue[None, :] >= 0,
                            gazetteer[:, np.maximum(slot_catalogue, 0)], 0.0)
     # a slot-taking intent with a mention that fits none of its catalogue is unlikely
-    fit = np.where(mention[:, None] >= 0, W.GAZ_WEIGHT * (gazetteer_k - 0.45), 0.0)
+    fit = np.where(mention[:, None] >= 0, world.GAZ_WEIGHT * (gazetteer_k - 0.45), 0.0)
     fit = np.where(slot_catalogue[None, :] >= 0, fit,
                    np.where(mention[:, None] >= 0, -0.15, 0.0))
     score = cue + fit
-    score[:, W.I_FALLBACK] = W.FALLBACK_SCORE
+    score[:, world.I_FALLBACK] = world.FALLBACK_SCORE
     # device priors: screens mean video, speakers and cars mean audio
-    prior = np.zeros((len(W.DEVICE_TYPES), W.K))
-    prior[:, W.I_VIDEO] = [-0.12, 0.12, 0.0, -0.2, 0.18]
-    prior[:, W.I_AUDIOBOOK] = [0.06, -0.06, 0.0, 0.1, -0.12]
+    prior = np.zeros((len(world.DEVICE_TYPES), world.K))
+    prior[:, world.I_VIDEO] = [-0.12, 0.12, 0.0, -0.2, 0.18]
+    prior[:, world.I_AUDIOBOOK] = [0.06, -0.06, 0.0, 0.1, -0.12]
     score = score + prior[device]
     # NLU noise: an imperfect model (Gumbel noise makes the argmax a softmax draw)
     gumbel = -np.log(-np.log(np.clip(nlu_noise, 1e-12, 1.0 - 1e-12)))
@@ -653,11 +654,11 @@ def _route_intent(static: _Static, mention: np.ndarray, nlu: Nlu, draws: TurnDra
     response = _SUCCESS_RESPONSE[intent].copy()
     acted = np.ones(n, dtype=bool)
     timer_value = np.where(mention >= 0, static.men_duration[np.maximum(mention, 0)], -1)
-    is_fallback = intent == W.I_FALLBACK
-    is_unsupported = intent == W.I_UNSUPPORTED
-    is_timer = intent == W.I_TIMER
+    is_fallback = intent == world.I_FALLBACK
+    is_unsupported = intent == world.I_UNSUPPORTED
+    is_timer = intent == world.I_TIMER
     needs_slot = static.intent_has_slot[intent] & ~is_timer
-    slot_missing = needs_slot & ~slot_present & (intent != W.I_WEATHER)
+    slot_missing = needs_slot & ~slot_present & (intent != world.I_WEATHER)
     status = np.where(is_fallback | is_unsupported, 2, status)
     response = np.where(is_fallback, 12 + (draws.uniform("res_text") < 0.4), response)
     response = np.where(is_unsupported, 10 + (draws.uniform("res_text") < 0.4), response)
@@ -665,7 +666,7 @@ def _route_intent(static: _Static, mention: np.ndarray, nlu: Nlu, draws: TurnDra
     status = np.where(slot_missing, 3, status)
     response = np.where(slot_missing, 19, response)
     acted &= ~slot_missing
-    response = np.where((intent == W.I_WEATHER) & ~slot_present, 20, response)  # weather here
+    response = np.where((intent == world.I_WEATHER) & ~slot_present, 20, response)  # weather here
     # timers: parse the duration, ask again if it cannot be parsed
     timer_bad = is_timer & (~slot_present | (timer_value < 0))
     status = np.where(timer_bad, 3, status)
@@ -689,9 +690,10 @@ def _route_entity(reply: Reply, mention: np.ndarray, nlu: Nlu, er: Er,
     intent, res_text = nlu.intent, draws.uniform("res_text")
     unresolved = er.unresolved
     # shopping lists take an unknown item as free text, questions go to web search
-    free_text = unresolved & ~er.outage & np.isin(intent, [W.INTENT_INDEX["AddToListIntent"],
-                                                           W.INTENT_INDEX["QuestionIntent"]])
-    reply.response = np.where(free_text, np.where(intent == W.I_QUESTION, 22, 7), reply.response)
+    free_text = unresolved & ~er.outage & np.isin(intent, [world.INTENT_INDEX["AddToListIntent"],
+                                                           world.INTENT_INDEX["QuestionIntent"]])
+    reply.response = np.where(free_text, np.where(intent == world.I_QUESTION, 22, 7),
+                              reply.response)
     reply.response_mention = np.where(free_text, mention, reply.response_mention)
     unresolved = unresolved & ~free_text
     reply.status = np.where(unresolved, np.where(draws.uniform("unres_kind") < 0.6, 1, 2),
@@ -716,11 +718,11 @@ def _serve(static: _Static, profile: _ProfileArrays, reply: Reply, nlu: Nlu, er:
     """Update ``reply`` with the service acting: service errors and wrong content, once
     there is something to act on; its latency; stopping says nothing."""
     tables, res_text = static.tables, draws.uniform("res_text")
-    domain = W.INTENT_DOMAIN[nlu.intent]
-    is_stop = nlu.intent == W.I_STOP
+    domain = world.INTENT_DOMAIN[nlu.intent]
+    is_stop = nlu.intent == world.I_STOP
     serviceable = reply.acted & ~is_stop
     p_error = (0.04 + profile.result_err[domain]
-               + np.where(domain == W.DOMAINS.index("knowledge"), 0.01, 0.0))
+               + np.where(domain == world.DOMAINS.index("knowledge"), 0.01, 0.0))
     service_error = serviceable & (draws.uniform("res_err") < p_error)
     reply.status = np.where(service_error, 1, reply.status)
     reply.response = np.where(service_error, 17 + (res_text < 0.4), reply.response)
@@ -741,7 +743,7 @@ def _serve(static: _Static, profile: _ProfileArrays, reply: Reply, nlu: Nlu, er:
     wrong_entity = np.where(other == action_entity, er.second, other)
     wrong = wrong & (wrong_entity >= 0) & (wrong_entity != action_entity)
     # knowledge answers go wrong silently (same words, wrong facts)
-    shown_wrong = wrong & (domain != W.DOMAINS.index("knowledge"))
+    shown_wrong = wrong & (domain != world.DOMAINS.index("knowledge"))
     reply.action_entity = np.where(wrong, wrong_entity, action_entity)
     reply.response_entity = np.where(shown_wrong, wrong_entity, reply.response_entity)
     latency = np.exp(5.6 + 0.45 * draws.normal("res_lat")) + np.where(
@@ -767,8 +769,8 @@ def _gold_label(static: _Static, said: Utterance, heard: Heard, nlu: Nlu, er: Er
         | (er.ambiguous & er.genuine_duplicate)
         | (er.unresolved & ~er.outage & ~truth_indexed & said_right)
     )
-    er_ok = er_ok & ~(~truth_resolves & er.resolves & (truth_intent != W.I_UNSUPPORTED))
-    value_ok = np.where(truth_intent == W.I_TIMER, reply.timer_value == truth_entity, True)
+    er_ok = er_ok & ~(~truth_resolves & er.resolves & (truth_intent != world.I_UNSUPPORTED))
+    value_ok = np.where(truth_intent == world.I_TIMER, reply.timer_value == truth_entity, True)
     slot_missing = (static.intent_has_slot[truth_intent] & (truth_entity >= 0)
                     & ~nlu.slot_present)
     result_ok = ~service.error & ~service.wrong
@@ -790,7 +792,7 @@ def _turn_columns(wake: Wake, asr: Asr, nlu: Nlu, er: Er, reply: Reply, service:
                   judgement: Judgement) -> dict[str, np.ndarray]:
     """The stages' outputs as the engine's flat per-turn columns."""
     heard, nbest = asr.heard, asr.nbest
-    is_stop = nlu.intent == W.I_STOP
+    is_stop = nlu.intent == world.I_STOP
     return {
         "wake_score": wake.score,
         "dd_score": wake.device_directed,
@@ -852,19 +854,19 @@ class _ProfileArrays:
     """A profile's knobs as arrays indexed by device / domain / catalogue."""
 
     def __init__(self, profile: Profile) -> None:
-        weights = W.DEVICE_WEIGHTS
+        weights = world.DEVICE_WEIGHTS
         if profile.device_weights:
-            weights = np.array([profile.device_weights[d] for d in W.DEVICE_TYPES])
+            weights = np.array([profile.device_weights[d] for d in world.DEVICE_TYPES])
             weights = weights / weights.sum()
         self.device_weights = weights
         self.new_voice_share = profile.new_voice_share
         self.new_voice_error = profile.new_voice_error
         self.new_voice_notice = profile.new_voice_notice
         self.asr_extra = np.array(
-            [profile.asr_extra_difficulty.get(d, 0.0) for d in W.DEVICE_TYPES]
+            [profile.asr_extra_difficulty.get(d, 0.0) for d in world.DEVICE_TYPES]
         )
         self.er_outage_cat = (
-            W.CATALOGUES.index(profile.er_outage_catalogue)
+            world.CATALOGUES.index(profile.er_outage_catalogue)
             if profile.er_outage_catalogue
             else -99
         )
@@ -873,10 +875,10 @@ class _ProfileArrays:
         self.result_err = np.array(
             [
                 profile.result_error_extra.get(d, profile.result_error_extra.get("*", 0.0))
-                for d in W.DOMAINS
+                for d in world.DOMAINS
             ]
         )
-        self.fw_mult = np.array([profile.false_wake_mult.get(d, 1.0) for d in W.DEVICE_TYPES])
+        self.fw_mult = np.array([profile.false_wake_mult.get(d, 1.0) for d in world.DEVICE_TYPES])
 
 
 # ---------------------------------------------------------------------------
@@ -947,14 +949,15 @@ def _start_sessions(
     """Draw the sessions' users, devices, rooms and first goals; and the batch's key for
     the counter-based draws of its turns."""
     head = rng.random((n_sessions, 8))
-    device = _pick(np.broadcast_to(profile.device_weights, (n_sessions, len(W.DEVICE_TYPES))),
+    device = _pick(np.broadcast_to(profile.device_weights, (n_sessions, len(world.DEVICE_TYPES))),
                    head[:, 0])
-    environment = _pick(W.ENV_GIVEN_DEVICE[device], head[:, 1])
+    environment = _pick(world.ENV_GIVEN_DEVICE[device], head[:, 1])
     locale = _pick(np.broadcast_to(static.locale_weights,
                                    (n_sessions, len(static.locale_weights))), head[:, 2])
-    app = _pick(np.broadcast_to(W.APP_WEIGHTS, (n_sessions, len(W.APP_VERSIONS))), head[:, 3])
+    app = _pick(np.broadcast_to(world.APP_WEIGHTS, (n_sessions, len(world.APP_VERSIONS))),
+                head[:, 3])
     clarity = rng.standard_normal(n_sessions)
-    background = W.ENV_BACKGROUND[environment] * profile.fw_mult[device]
+    background = world.ENV_BACKGROUND[environment] * profile.fw_mult[device]
     background_only = head[:, 4] < _BG_SESSION * background
     start_us = DAY_START_US + (head[:, 5] * 86_400e3).astype(np.int64) * 1000  # ms
     sessions = Sessions(
@@ -962,7 +965,7 @@ def _start_sessions(
         # a hidden speaker population (profiles): the last head column, unused otherwise
         new_voice=head[:, 7] < profile.new_voice_share,
         background=background, background_only=background_only, feedback_logged=app != 0,
-        goal_intent=_pick(W.GOAL_MIX[device], head[:, 6]),
+        goal_intent=_pick(world.GOAL_MIX[device], head[:, 6]),
         goal_entity=np.full(n_sessions, -1, dtype=np.int64),
         goal_template=np.zeros(n_sessions, dtype=np.int64),
         goal_mention=np.full(n_sessions, -1, dtype=np.int64),
@@ -986,7 +989,7 @@ def _new_goal(static: _Static, sessions: Sessions, mask: np.ndarray, draws: Goal
     rows = np.flatnonzero(mask)
     if len(rows) == 0:
         return
-    intent = _pick(W.GOAL_MIX[sessions.device[rows]], draws.intent[rows])
+    intent = _pick(world.GOAL_MIX[sessions.device[rows]], draws.intent[rows])
     if keep_intent is not None:
         intent = np.where(keep_intent[rows], sessions.goal_intent[rows], intent)
     sessions.goal_intent[rows] = intent
@@ -1035,7 +1038,7 @@ def _turn_draws(key: np.uint64, rows: np.ndarray, position: int) -> TurnDraws:
         uniforms=_uniforms(key, rows, position, 0, len(_U_NAMES)),
         normals=_normals(key, rows, position, 1, len(_Z_NAMES)),
         er_noise=_normals(key, rows, position, 2, _CAT_WIDTH),
-        nlu_noise=_uniforms(key, rows, position, 3, W.K),
+        nlu_noise=_uniforms(key, rows, position, 3, world.K),
     )
 
 
@@ -1063,7 +1066,7 @@ def _utterance(static: _Static, sessions: Sessions, rows: np.ndarray,
         template=np.select([is_false_wake, is_stop], [background_template, stop_template],
                            sessions.goal_template[rows]),
         mention=mention,
-        intent=np.select([is_false_wake, is_stop], [W.I_FALLBACK, W.I_STOP],
+        intent=np.select([is_false_wake, is_stop], [world.I_FALLBACK, world.I_STOP],
                          sessions.goal_intent[rows]),
         # a phrasing without a slot does not convey the entity
         entity=np.where(mention >= 0, entity, -1),
@@ -1160,7 +1163,7 @@ def _after_goal(state: NextTurn, said: Utterance, feedback: Feedback, turn: dict
     state.think_ms = np.where(carry_on, np.where(similar, 7000.0, 22000.0) * pause * pause,
                               state.think_ms)
     state.attempts = np.where(done, 0, state.attempts)
-    unsupported_ok = goal_turn & turn["outcome_ok"] & (said.intent == W.I_UNSUPPORTED)
+    unsupported_ok = goal_turn & turn["outcome_ok"] & (said.intent == world.I_UNSUPPORTED)
     unsupported_rephrase = unsupported_ok & (react < 0.25)
     unsupported_new = unsupported_ok & ~unsupported_rephrase & (react < 0.6)
     state.alive &= ~(unsupported_ok & ~unsupported_rephrase & ~unsupported_new)
@@ -1238,7 +1241,7 @@ def _advance(static: _Static, sessions: Sessions, rows: np.ndarray, state: NextT
     keep_intent[rows[state.similar_goal]] = True
 
     def uniform(name: str) -> np.ndarray:
-        return uniforms[:, U[name]]
+        return uniforms[:, _U_INDEX[name]]
 
     _new_goal(static, sessions, new_goal,
               GoalDraws(uniform("new_intent"), uniform("new_tpl"), uniform("new_ent"),

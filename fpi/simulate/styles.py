@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from fpi.errors import InputError
-from fpi.simulate import world as W
+from fpi.simulate import world
 from fpi.simulate.engine import _GOLDEN, _mix
 from fpi.simulate.language import TERSE_KINDS, Language, ResponseTable
 
@@ -109,13 +109,13 @@ class AssistantStyle:
     @property
     def lang(self) -> Language:
         """The style's language pack."""
-        return W.get_language(self.language)
+        return world.get_language(self.language)
 
     def feedback_logged(self, app: np.ndarray) -> np.ndarray:
         """Whether a turn's client (app version index) logs feedback events."""
         if self.feedback_from is None:
             return np.zeros(len(app), dtype=bool)
-        return app >= W.APP_VERSIONS.index(self.feedback_from)
+        return app >= world.APP_VERSIONS.index(self.feedback_from)
 
 
 def response_table(style: AssistantStyle) -> ResponseTable:

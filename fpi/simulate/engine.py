@@ -10,8 +10,15 @@ end is each stage's output compared with the user's true goal, which gives the
 gold failure point by the spec's definition (earliest unrecovered error).
 
 A session's random numbers depend only on (seed, batch, slot, position), not on
-the profile nor on which other sessions are still active (counter-based draws),
-so profiles are compared with common random numbers.
+the profile nor on which other sessions are still active (counter-based draws,
+:mod:`fpi.simulate.draws`), so profiles are compared with common random numbers.
+
+Layout: :func:`run_batch` loops over positions (:func:`_utterance`, :func:`_pipeline`,
+:func:`_feedback`, :func:`_react`, :func:`_advance`); :func:`_pipeline` is one function
+per stage (:func:`_wake`, :func:`_asr`, :func:`_nlu`, :func:`_er`, the result service's
+:func:`_route_intent`, :func:`_route_entity` and :func:`_serve`, :func:`_gold_label`),
+each passing a small record (:class:`Asr`, :class:`Nlu`, :class:`Er`, :class:`Reply`...)
+to the next.
 """
 
 from __future__ import annotations
@@ -22,6 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from fpi.simulate import world
+from fpi.simulate.draws import (
+    ER_NOISE_WIDTH,
+    UNIFORM_INDEX,
+    UNIFORM_NAMES,
+    TurnDraws,
+    turn_draws,
+)
 from fpi.simulate.profiles import Profile
 
 #: Turn kinds.
@@ -34,22 +48,8 @@ MAX_TURNS = 20
 DAY_START = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 DAY_START_US = int(DAY_START.timestamp() * 1_000_000)
 
-# Column indices of the per-position uniform and normal draws.
-_U_NAMES = (
-    "fw_in", "bg_tpl", "stop_tpl", "func", "content", "entity", "trunc", "mishear",
-    "nb_truth", "nb_n", "er_fault", "er_lowres", "er_outage", "res_err", "res_wrong",
-    "res_wrong_ent", "res_text", "unres_kind", "barge", "explicit", "react", "react2",
-    "new_intent", "new_tpl", "new_ent", "new_alias", "similar", "gap", "fb_app",
-    "ann_flip", "ann_pick", "annotator", "res_text2", "nb_pick", "nb_pick2", "specific",
-)
-_Z_NAMES = (
-    "wake", "dd", "clarity_turn", "asr_conf", "asr_audio", "asr_lat", "nlu_conf",
-    "er_lat", "res_lat", "gap", "slot_conf", "er_score", "nb_c1", "nb_c2", "nb_c3",
-)
-_U_INDEX = {n: i for i, n in enumerate(_U_NAMES)}
-_Z_INDEX = {n: i for i, n in enumerate(_Z_NAMES)}
 #: Largest catalogue: width of the per-entity ER noise.
-_CAT_WIDTH = max(len(c) for c in world.tables().cat_entities)
+_CAT_WIDTH = ER_NOISE_WIDTH
 
 #: The default assistant's response phrasing per response kind ("{x}": a name or the
 #: mention); styles and languages phrase the same kinds their own way.
@@ -63,35 +63,6 @@ ACTION_VERBS: tuple[str, ...] = (
 )
 STATUS_NAMES: tuple[str, ...] = ("success", "error", "no_action", "clarification")
 ER_STATUS_NAMES: tuple[str, ...] = ("resolved", "unresolved", "ambiguous")
-
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finalizer: a bijective scramble of 64-bit counters."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
-
-
-def _uniforms(key: np.uint64, slots: np.ndarray, pos: int, stream: int, n: int) -> np.ndarray:
-    """Uniforms in [0, 1) for (slot, position, stream, column): counter-based, so a
-    slot's numbers do not depend on which other slots are active."""
-    with np.errstate(over="ignore"):
-        row = _mix(key ^ _mix(slots.astype(np.uint64) * np.uint64(64 * 8)
-                             + np.uint64(pos * 8 + stream) + _GOLDEN))
-        x = _mix(row[:, None] + np.arange(1, n + 1, dtype=np.uint64)[None, :] * _GOLDEN)
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
-def _normals(key: np.uint64, slots: np.ndarray, pos: int, stream: int, n: int) -> np.ndarray:
-    """Standard normals (Box-Muller on :func:`_uniforms`)."""
-    u = _uniforms(key, slots, pos, stream + 16, 2 * n)
-    r = np.sqrt(-2.0 * np.log1p(-u[:, :n]))
-    return r * np.cos(2.0 * np.pi * u[:, n:])
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -200,24 +171,6 @@ def static(language: str = "en") -> _Static:
 # ---------------------------------------------------------------------------
 # One turn per active session: the pipeline
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TurnDraws:
-    """One turn position's random numbers, a row per active session, looked up by name."""
-
-    uniforms: np.ndarray  # (n, len(_U_NAMES))
-    normals: np.ndarray  # (n, len(_Z_NAMES))
-    er_noise: np.ndarray  # (n, _CAT_WIDTH) normals: noise on ER's score of each entry
-    nlu_noise: np.ndarray  # (n, world.K) uniforms: NLU's Gumbel noise per intent
-
-    def uniform(self, name: str) -> np.ndarray:
-        """The uniform draw ``name`` (one of ``_U_NAMES``) of every row."""
-        return self.uniforms[:, _U_INDEX[name]]
-
-    def normal(self, name: str) -> np.ndarray:
-        """The standard normal draw ``name`` (one of ``_Z_NAMES``) of every row."""
-        return self.normals[:, _Z_INDEX[name]]
 
 
 @dataclass(frozen=True)
@@ -1031,17 +984,6 @@ def _choose_mention(static: _Static, sessions: Sessions, rows: np.ndarray,
     sessions.goal_mention[rows] = np.where(has, mention, -1)
 
 
-def _turn_draws(key: np.uint64, rows: np.ndarray, position: int) -> TurnDraws:
-    """The random numbers of the turn at ``position`` of sessions ``rows``: counter-based,
-    they depend on (batch, session, position) only, and only active sessions pay."""
-    return TurnDraws(
-        uniforms=_uniforms(key, rows, position, 0, len(_U_NAMES)),
-        normals=_normals(key, rows, position, 1, len(_Z_NAMES)),
-        er_noise=_normals(key, rows, position, 2, _CAT_WIDTH),
-        nlu_noise=_uniforms(key, rows, position, 3, world.K),
-    )
-
-
 def _utterance(static: _Static, sessions: Sessions, rows: np.ndarray,
                draws: TurnDraws) -> Utterance:
     """What the sessions ``rows`` say at this position: their goal, a "stop", or
@@ -1241,7 +1183,7 @@ def _advance(static: _Static, sessions: Sessions, rows: np.ndarray, state: NextT
     keep_intent[rows[state.similar_goal]] = True
 
     def uniform(name: str) -> np.ndarray:
-        return uniforms[:, _U_INDEX[name]]
+        return uniforms[:, UNIFORM_INDEX[name]]
 
     _new_goal(static, sessions, new_goal,
               GoalDraws(uniform("new_intent"), uniform("new_tpl"), uniform("new_ent"),
@@ -1306,14 +1248,14 @@ def run_batch(
         rows = np.flatnonzero(sessions.active)
         if len(rows) == 0:
             break
-        draws = _turn_draws(key, rows, position)
+        draws = turn_draws(key, rows, position)
         said = _utterance(st, sessions, rows, draws)
         turn = _pipeline(st, profile_arrays, sessions.speaker(rows), said, draws)
         feedback = _feedback(said, turn, draws)
         state = _react(sessions, rows, said, feedback, turn, position, draws)
         _record(turn, sessions, rows, position, said, feedback, state, draws)
         turns.append(turn)
-        uniforms = np.zeros((n_sessions, len(_U_NAMES)))
+        uniforms = np.zeros((n_sessions, len(UNIFORM_NAMES)))
         uniforms[rows] = draws.uniforms
         _advance(st, sessions, rows, state, feedback, uniforms)
     flat = {k: np.concatenate([turn[k] for turn in turns]) for k in turns[0]}

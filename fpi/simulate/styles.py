@@ -21,7 +21,7 @@ import numpy as np
 
 from fpi.errors import InputError
 from fpi.simulate import world
-from fpi.simulate.engine import _GOLDEN, _mix
+from fpi.simulate.draws import GOLDEN, mix
 from fpi.simulate.language import TERSE_KINDS, Language, ResponseTable
 
 Scale = Literal["unit", "percent", "logit"]
@@ -226,7 +226,7 @@ def turn_uniforms(seed: int, session: np.ndarray, turn: np.ndarray, salt: int) -
     """Uniforms in [0, 1) keyed by (seed, session number, turn index, salt): the style's
     own draws (which phrasing variant), independent of the engine's random numbers."""
     with np.errstate(over="ignore"):
-        key = _mix(np.array([seed % 2**64], dtype=np.uint64) * _GOLDEN + np.uint64(salt))
+        key = mix(np.array([seed % 2**64], dtype=np.uint64) * GOLDEN + np.uint64(salt))
         counter = session.astype(np.uint64) * np.uint64(64) + turn.astype(np.uint64)
-        x = _mix(key ^ _mix(counter + _GOLDEN))
+        x = mix(key ^ mix(counter + GOLDEN))
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)

@@ -69,11 +69,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _pick(p_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Row-wise categorical draw: index where the cumulative probability passes ``u``."""
+def _pick(p_rows: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Row-wise categorical draw: index where the cumulative probability passes
+    ``uniform``."""
     cum = np.cumsum(p_rows, axis=1)
     cum[:, -1] = 1.0 + 1e-9
-    return (u[:, None] > cum).sum(axis=1)
+    return (uniform[:, None] > cum).sum(axis=1)
 
 
 _PADDED: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -83,21 +84,23 @@ def _padded(table: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``table`` as a padded matrix and row lengths (cached: the tables are static)."""
     key = id(table)
     if key not in _PADDED:
-        width = max(len(t) for t in table)
+        width = max(len(row) for row in table)
         pad = np.full((len(table), width), -1, dtype=np.int64)
         counts = np.zeros(len(table), dtype=np.int64)
-        for i, t in enumerate(table):
-            pad[i, : len(t)] = t
-            counts[i] = len(t)
+        for i, row in enumerate(table):
+            pad[i, : len(row)] = row
+            counts[i] = len(row)
         _PADDED[key] = (pad, counts)
     return _PADDED[key]
 
 
-def _ragged_pick(table: tuple[np.ndarray, ...], rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+def _ragged_pick(
+    table: tuple[np.ndarray, ...], rows: np.ndarray, uniform: np.ndarray
+) -> np.ndarray:
     """Pick uniformly one element of ``table[row]`` per row (-1 where empty)."""
     pad, counts = _padded(table)
     lengths = counts[rows]
-    column = np.minimum((u * lengths).astype(np.int64), np.maximum(lengths - 1, 0))
+    column = np.minimum((uniform * lengths).astype(np.int64), np.maximum(lengths - 1, 0))
     return np.where(lengths > 0, pad[rows, column], -1)
 
 

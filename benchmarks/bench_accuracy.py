@@ -34,7 +34,7 @@ def main() -> None:
     from fpi.evaluate import evaluate
     from fpi.model import train
     from fpi.schema import CLASSES
-    from fpi.simulation import simulate_frame
+    from fpi.simulate import simulate_frame
 
     t = time.perf_counter()
     train_turns = simulate_frame(args.train_turns, seed=args.seed, profile=args.profile)

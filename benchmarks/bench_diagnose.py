@@ -45,7 +45,7 @@ def regressions(workdir: Path, turns: int, train_turns: int) -> None:
     from fpi.diagnosis import diagnose
     from fpi.model import train
     from fpi.schema import CLASSES
-    from fpi.simulation import PROFILES, simulate_frame, write_simulation
+    from fpi.simulate import PROFILES, simulate_frame, write_simulation
 
     workdir.mkdir(parents=True, exist_ok=True)
     model = workdir / "model"
@@ -100,7 +100,7 @@ def main() -> None:
 
     from fpi.features import build_features
     from fpi.model import load_bundle, train
-    from fpi.simulation import simulate_frame, write_simulation
+    from fpi.simulate import simulate_frame, write_simulation
 
     a.workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python "

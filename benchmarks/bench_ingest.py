@@ -1,7 +1,7 @@
 """Benchmark ``fpi ingest`` against the bare JSON readers on the same file.
 
 Writes N realistic turn records (about 1.2 KB each, nested as in the trace
-format, from ``fpi.simulation``) as JSON Lines, then times, each in its own fresh
+format, from ``fpi.simulate``) as JSON Lines, then times, each in its own fresh
 subprocess so that peak memory is the reader's alone:
 
 * ``polars.read_ndjson`` (bare, no validation),
@@ -66,7 +66,7 @@ READERS = ("polars", "pyarrow", "orjson", "fpi")
 
 def make_data(path: Path, turns: int) -> None:
     """Write ``turns`` simulated turn records as JSON Lines (kept for later runs)."""
-    from fpi.simulation import write_simulation
+    from fpi.simulate import write_simulation
 
     t0 = time.perf_counter()
     tmp = path.with_suffix(".tmp.jsonl")

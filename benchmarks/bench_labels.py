@@ -43,7 +43,7 @@ from fpi.labels.queue import QueueOptions, build_queue
 from fpi.metrics import labels_to_index, macro_f1_score
 from fpi.model import ModelBundle, train
 from fpi.schema import CLASSES
-from fpi.simulation import simulate_frame
+from fpi.simulate import simulate_frame
 
 KEY = ["session_id", "turn_index"]
 #: Where a tired annotator's slip goes, and how often, per true class (mean about 5%).

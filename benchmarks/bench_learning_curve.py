@@ -169,7 +169,7 @@ def old_fpi(src: str, train_frame: pl.DataFrame, test_frame: pl.DataFrame, seed:
 
 def _frames(style: str, turns: int, test_turns: int, seed: int
             ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    from fpi.simulation import simulate_frame
+    from fpi.simulate import simulate_frame
 
     return (simulate_frame(turns, seed=seed, assistant=style),
             simulate_frame(test_turns, seed=seed + 1000, assistant=style))
@@ -183,7 +183,7 @@ def _f1(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def cmd_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from fpi.simulation import simulate_frame
+    from fpi.simulate import simulate_frame
 
     sizes = [int(s) for s in args.sizes.split(",")]
     big = simulate_frame(max(sizes), seed=args.seed, assistant=args.style)
@@ -226,7 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_warm(args: argparse.Namespace) -> dict[str, Any]:
     from fpi import train
-    from fpi.simulation import simulate_frame
+    from fpi.simulate import simulate_frame
 
     src = simulate_frame(args.from_turns, seed=args.seed + 7, assistant=args.from_style)
     tr, te = _frames(args.style, args.turns, args.test_turns, args.seed)

@@ -179,7 +179,7 @@ def main() -> None:
               not a.no_groups)
         return
     from fpi.model import train
-    from fpi.simulation import simulate_frame, write_simulation
+    from fpi.simulate import simulate_frame, write_simulation
 
     a.workdir.mkdir(parents=True, exist_ok=True)
     model = a.model or a.workdir / "model"

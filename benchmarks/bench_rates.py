@@ -52,7 +52,7 @@ def _cpu() -> float:
 
 def _train(args: argparse.Namespace, cache: Path) -> Any:
     from fpi.model import load_bundle, train
-    from fpi.simulation import simulate_frame
+    from fpi.simulate import simulate_frame
 
     bundle_dir = cache / "model"
     if (bundle_dir / "manifest.json").exists():
@@ -64,7 +64,7 @@ def _train(args: argparse.Namespace, cache: Path) -> Any:
 def _nights(args: argparse.Namespace, bundle: Any, cache: Path) -> dict[str, list[dict[str, Any]]]:
     from fpi.features import build_features
     from fpi.metrics import labels_to_index
-    from fpi.simulation import simulate_frame
+    from fpi.simulate import simulate_frame
 
     out: dict[str, list[dict[str, Any]]] = {}
     for prof in args.profiles:

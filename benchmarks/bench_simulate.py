@@ -35,7 +35,7 @@ def _cpu_s() -> float:
 
 
 def _child(mode: str, turns: int, fmt: str, out_dir: str) -> dict[str, float]:
-    from fpi.simulation import simulate, write_simulation
+    from fpi.simulate import simulate, write_simulation
 
     cpu0 = _cpu_s()
     start = time.perf_counter()

@@ -46,7 +46,7 @@ def run_style(style: str, turns: int, test_turns: int, seed: int, threads: int) 
     """Simulate, train and evaluate one style."""
     from fpi import evaluate, train
     from fpi.schema import CLASSES
-    from fpi.simulation import simulate_frame
+    from fpi.simulate import simulate_frame
 
     wall, cpu = time.perf_counter(), time.process_time()
     train_frame = simulate_frame(turns, seed=seed, assistant=style)
@@ -87,7 +87,7 @@ def print_table(runs: list[StyleRun]) -> None:
 
 
 def main() -> None:
-    from fpi.simulation import STYLES
+    from fpi.simulate import STYLES
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--turns", type=int, default=6_000, help="labelled training turns")

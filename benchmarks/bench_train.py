@@ -27,7 +27,7 @@ from pathlib import Path
 
 def _simulate(path: Path, turns: int, seed: int) -> None:
     code = (
-        "import sys; from fpi.simulation import write_simulation; "
+        "import sys; from fpi.simulate import write_simulation; "
         "write_simulation(sys.argv[1], turns=int(sys.argv[2]), seed=int(sys.argv[3]), "
         "format='parquet')"
     )

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "read_traces": "fpi.ingest",
     "IngestReport": "fpi.ingest",
-    "simulate": "fpi.simulation",
+    "simulate": "fpi.simulate",
     "train": "fpi.model",
     "load_bundle": "fpi.model",
     "ModelBundle": "fpi.model",

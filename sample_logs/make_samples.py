@@ -15,7 +15,7 @@ import polars as pl
 
 from fpi.files import write_bytes_atomic
 from fpi.writers import turn_lines
-from fpi.simulation import simulate_frame, write_simulation
+from fpi.simulate import simulate_frame, write_simulation
 
 HERE = Path(__file__).resolve().parent
 

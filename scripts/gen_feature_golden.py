@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from fpi.features import build_features
-from fpi.simulation import simulate_frame
+from fpi.simulate import simulate_frame
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden" / "features_2k.parquet"
 TURNS, SEED, PROFILE = 2_000, 20261129, "asr_farfield"

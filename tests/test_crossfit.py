@@ -17,7 +17,7 @@ from fpi.model.bundle import LEARNED_FILE, MODEL_FILE
 from fpi.model.crossfit import assign_folds, candidates
 from fpi.model.learned import BUCKETS, Learned, TextModel, discover_extra, hashed_ngrams
 from fpi.model.manifest import MANIFEST_FILE, bundle_hash
-from fpi.simulation import simulate_frame
+from fpi.simulate import simulate_frame
 
 FAST = {"num_boost_round": 40, "early_stopping_rounds": 5, "folds": 3, "search": False}
 

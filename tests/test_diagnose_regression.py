@@ -12,7 +12,7 @@ from fpi.cli import app
 from fpi.diagnosis import diagnose
 from fpi.model import train
 from fpi.schema import CLASSES
-from fpi.simulation import simulate_frame, write_simulation
+from fpi.simulate import simulate_frame, write_simulation
 
 runner = CliRunner()
 NIGHT_TURNS = 4000

@@ -194,7 +194,7 @@ def test_not_a_canonical_frame_is_a_schema_error() -> None:
 
 
 def test_simulated_sessions_identical_alone_or_among_others() -> None:
-    from fpi.simulation import simulate_frame
+    from fpi.simulate import simulate_frame
 
     many = simulate_frame(3000, seed=11)
     all_feats = build_features(many)

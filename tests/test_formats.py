@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from fpi.errors import InputError
 from fpi.ingest import read_traces
 from fpi.schema import TURN_SCHEMA
-from fpi.simulation import simulate, simulate_frame
+from fpi.simulate import simulate, simulate_frame
 from fpi.writers import WRITE_FORMATS, TurnWriter, infer_format, write_turns
 
 SUFFIX = {

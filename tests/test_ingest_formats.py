@@ -9,7 +9,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from fpi.ingest import ingest, read_traces
-from fpi.simulation import simulate_frame
+from fpi.simulate import simulate_frame
 from fpi.writers import write_turns
 
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from fpi.cli import app
 from fpi.schema import CLASSES, TURN_SCHEMA
-from fpi.sim import engine as E
-from fpi.sim import world as W
-from fpi.simulation import PROFILES, simulate, simulate_frame, write_simulation
+from fpi.simulate import PROFILES, simulate, simulate_frame, write_simulation
+from fpi.simulate import engine as E
+from fpi.simulate import world as W
 
 runner = CliRunner()
 

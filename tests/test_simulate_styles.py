@@ -17,8 +17,8 @@ from polars.testing import assert_frame_equal
 from fpi.errors import InputError
 from fpi.ingest import read_traces
 from fpi.schema import CLASSES
-from fpi.sim import engine as E
-from fpi.simulation import PROFILES, STYLES, simulate_frame, write_simulation
+from fpi.simulate import PROFILES, STYLES, simulate_frame, write_simulation
+from fpi.simulate import engine as E
 
 TURNS = 2_000
 NON_DEFAULT = [s for s in STYLES if s != "default"]

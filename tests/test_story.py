@@ -16,7 +16,7 @@ from fpi.drift import drift_table, explain_share
 from fpi.headline import headline
 from fpi.model import train
 from fpi.report import render_json, render_markdown
-from fpi.simulation import simulate_frame, write_simulation
+from fpi.simulate import simulate_frame, write_simulation
 from fpi.slices_compare import collapse, same_turn_groups
 
 GOLDEN = Path(__file__).parent / "golden"

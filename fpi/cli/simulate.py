@@ -15,7 +15,7 @@ from fpi.cli._progress import progress_for
 from fpi.errors import InputError
 
 if TYPE_CHECKING:
-    from fpi.simulation import Labels
+    from fpi.simulate import Labels
 
 
 class LabelsKept(StrEnum):
@@ -73,7 +73,7 @@ def simulate(
 
     Example: fpi simulate -o night.jsonl.gz --turns 10000 --seed 7 --profile asr_farfield
     """
-    from fpi.simulation import PROFILES, STYLES, write_simulation
+    from fpi.simulate import PROFILES, STYLES, write_simulation
 
     if list_profiles or list_assistants:
         table = Table("profile" if list_profiles else "assistant", "what changes", box=None)

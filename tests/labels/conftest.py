@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from fpi.simulation import simulate_frame
+from fpi.simulate import simulate_frame
 
 
 @pytest.fixture(scope="session")

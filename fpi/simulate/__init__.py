@@ -1,6 +1,6 @@
 """Simulated voice-assistant traces with a causal story and known failure points.
 
-The public face of :mod:`fpi.sim`. The generative story (docs/simulator.md):
+The public face of the simulator package. The generative story (docs/simulator.md):
 sessions of users with a device, locale and hidden acoustic environment pursue
 goals; each pipeline stage acts on the previous stage's output; the gold label
 is the earliest stage whose error was not recovered; users react to failures in
@@ -28,10 +28,9 @@ from fpi.errors import InputError
 from fpi.files import write_text_atomic
 from fpi.progress import Progress, report
 from fpi.schema import CLASSES, TURN_SCHEMA
-from fpi.sim import assemble, engine
-from fpi.sim import world as W
-from fpi.sim.profiles import PROFILES, Profile
-from fpi.sim.styles import STYLES, AssistantStyle, get_style
+from fpi.simulate import assemble, engine, world
+from fpi.simulate.profiles import PROFILES, Profile
+from fpi.simulate.styles import STYLES, AssistantStyle, get_style
 from fpi.writers import TurnWriter
 
 __all__ = [
@@ -90,19 +89,20 @@ def _raw_batches(
         raise InputError(f"turns must be >= 0, not {turns}")
     per_batch = _sessions_per_batch(batch_size)
     done = 0
-    b = 0
+    batch = 0
     while done < turns:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, b]))
-        cols = engine.run_batch(profile, rng, per_batch, language=style.language)
-        n = len(cols["slot"])
-        if done + n > turns:  # the log ends mid-session: keep the first turns
+        rng = np.random.default_rng(np.random.SeedSequence([seed, batch]))
+        columns = engine.run_batch(profile, rng, per_batch, language=style.language)
+        n_turns = len(columns["slot"])
+        if done + n_turns > turns:  # the log ends mid-session: keep the first turns
             keep = turns - done
-            cols = {k: v[:keep] for k, v in cols.items()}
-            n = keep
-        frame = assemble.to_frame(cols, seed=seed, session_offset=b * per_batch, style=style)
-        yield frame, cols
-        done += n
-        b += 1
+            columns = {name: values[:keep] for name, values in columns.items()}
+            n_turns = keep
+        frame = assemble.to_frame(columns, seed=seed, session_offset=batch * per_batch,
+                                  style=style)
+        yield frame, columns
+        done += n_turns
+        batch += 1
 
 
 def _apply_labels(frame: pl.DataFrame, labels: str) -> pl.DataFrame:
@@ -182,31 +182,32 @@ class _Tally:
     turns: int = 0
     sessions: int = 0
 
-    def add(self, cols: dict[str, np.ndarray]) -> None:
-        label = cols["label"]
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        label = columns["label"]
         self.turns += len(label)
-        self.sessions += int(np.count_nonzero(cols["pos"] == 0))
-        for c, name in enumerate(CLASSES):
-            self.total[name] += int(np.count_nonzero(label == c))
+        self.sessions += int(np.count_nonzero(columns["pos"] == 0))
+        for class_id, name in enumerate(CLASSES):
+            self.total[name] += int(np.count_nonzero(label == class_id))
         for key, names, table in (
-            ("dev", W.DEVICE_TYPES, self.by_device),
-            ("nlu_dom", W.DOMAINS, self.by_domain),
+            ("dev", world.DEVICE_TYPES, self.by_device),
+            ("nlu_dom", world.DOMAINS, self.by_domain),
         ):
-            values = cols[key] if key != "nlu_dom" else W.INTENT_DOMAIN[cols["nlu_int"]]
+            values = (columns[key] if key != "nlu_dom"
+                      else world.INTENT_DOMAIN[columns["nlu_int"]])
             counts = np.zeros((len(names), len(CLASSES)), dtype=np.int64)
             np.add.at(counts, (values, label), 1)
-            for i, name in enumerate(names):
+            for value, name in enumerate(names):
                 row = table.setdefault(name, dict.fromkeys(CLASSES, 0))
-                for c, cname in enumerate(CLASSES):
-                    row[cname] += int(counts[i, c])
+                for class_id, class_name in enumerate(CLASSES):
+                    row[class_name] += int(counts[value, class_id])
 
 
 def _rates(counts: dict[str, int]) -> dict[str, Any]:
-    n = sum(counts.values())
+    total = sum(counts.values())
     return {
-        "turns": n,
+        "turns": total,
         "counts": counts,
-        "rates": {k: (v / n if n else 0.0) for k, v in counts.items()},
+        "rates": {name: (count / total if total else 0.0) for name, count in counts.items()},
     }
 
 
@@ -229,10 +230,10 @@ class SimulationSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
-        d = asdict(self)
-        d["path"] = str(self.path)
-        d["truth_path"] = str(self.truth_path)
-        return d
+        view = asdict(self)
+        view["path"] = str(self.path)
+        view["truth_path"] = str(self.truth_path)
+        return view
 
 
 def _style_fields(style: AssistantStyle) -> dict[str, Any]:
@@ -246,8 +247,8 @@ def _style_fields(style: AssistantStyle) -> dict[str, Any]:
 
 def truth_path_for(path: str | os.PathLike[str]) -> Path:
     """Where the truth of a simulated file goes: ``<path>.truth.json``."""
-    p = Path(path)
-    return p.with_name(p.name + ".truth.json")
+    data = Path(path)
+    return data.with_name(data.name + ".truth.json")
 
 
 def write_simulation(
@@ -273,8 +274,8 @@ def write_simulation(
     style = get_style(assistant)
     tally = _Tally()
     with TurnWriter(path, format) as writer:
-        for frame, cols in _raw_batches(turns, seed, prof, batch_size, style):
-            tally.add(cols)
+        for frame, columns in _raw_batches(turns, seed, prof, batch_size, style):
+            tally.add(columns)
             writer.write(_apply_labels(frame, labels))
             log.debug("simulated %d turns", tally.turns)
             report(progress, "simulating", tally.turns, turns)

@@ -5,22 +5,22 @@ the template table (every phrasing and its ASR-corrupted variants), the mention
 table (every way an entity can reach NLU: its name, aliases, mishearings), the
 NLU keyword cues read off each template's *text*, and the fuzzy-match scores of
 every mention against every catalogue entry (the ER and NLU gazetteers). The
-engine (:mod:`fpi.sim.engine`) then works on integer ids into these tables, so
+engine (:mod:`fpi.simulate.engine`) then works on integer ids into these tables, so
 the per-turn work is numpy, not Python string handling.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 from rapidfuzz import fuzz
 from rapidfuzz.process import cdist
 
-from fpi.sim import lang_de, lang_es, lang_ja
-from fpi.sim.language import Language
+from fpi.simulate import lang_de, lang_es, lang_ja
+from fpi.simulate.language import EntityRow, Language
 
 # ---------------------------------------------------------------------------
 # Devices, locales, acoustic environments
@@ -385,7 +385,7 @@ FALLBACK_SCORE = 0.55
 #: Weight of the gazetteer (fuzzy match of the slot text against a catalogue).
 GAZ_WEIGHT = 0.9
 
-#: The assistant's usual responses, per response kind (``fpi.sim.engine`` picks the kind).
+#: The assistant's usual responses, per response kind (``fpi.simulate.engine`` picks the kind).
 _RESPONSES: tuple[str, ...] = (
     "Turning on {x}.",  # 0
     "Turning off {x}.",  # 1
@@ -528,130 +528,156 @@ def _auto_mishearings(alias: str) -> list[str]:
     return []
 
 
+@dataclass
+class _Numbered:
+    """Distinct items numbered in order of first use, each with its attributes."""
+
+    text: list[str] = field(default_factory=list)
+    #: per item: the entity (mentions) or intent (templates) it belongs to
+    owner: list[int] = field(default_factory=list)
+    #: per item: 0 name or alias as users say it, 1 mishearing (mentions only)
+    kind: list[int] = field(default_factory=list)
+    _ids: dict[str, int] = field(default_factory=dict)
+
+    def add(self, text: str, owner: int, kind: int = 0, key: str | None = None) -> int:
+        """The id of ``text`` (registered under ``key``, by default the text itself)."""
+        key = text if key is None else key
+        if key not in self._ids:
+            self._ids[key] = len(self.text)
+            self.text.append(text)
+            self.owner.append(owner)
+            self.kind.append(kind)
+        return self._ids[key]
+
+
+def _mentions(
+    entities: tuple[EntityRow, ...],
+) -> tuple[_Numbered, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Every mention of an entity (its aliases, its mishearings), and per entity the
+    mention ids of its aliases and of its mishearings."""
+    mentions = _Numbered()
+
+    def add(text: str, entity: int, kind: int) -> int:
+        return mentions.add(text, entity, kind, key=f"{entity}|{text}")
+
+    aliases: list[np.ndarray] = []
+    mishear: list[np.ndarray] = []
+    for entity, (_cat, _eid, _name, names, mishearings) in enumerate(entities):
+        aliases.append(np.array([add(alias, entity, 0) for alias in names]))
+        extra = _auto_mishearings(names[0])
+        mishear.append(np.array([add(heard, entity, 1) for heard in (*mishearings, *extra)
+                                 if heard not in names]))
+    return mentions, tuple(aliases), tuple(mishear)
+
+
+def _similarity(
+    mention_text: list[str], entities: tuple[EntityRow, ...], ent_catalogue: np.ndarray,
+    indexed: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuzzy scores: mention x entity (its best-matching name, for ER) and mention x
+    catalogue (the best indexed entity, NLU's gazetteer)."""
+    # every string a user can say for an entity, and what it denotes
+    match_names = [(alias, entity) for entity, row in enumerate(entities) for alias in row[3]]
+    names = [alias for alias, _ in match_names]
+    owner = np.array([entity for _, entity in match_names])
+    raw = cdist(mention_text, names, scorer=fuzz.ratio, dtype=np.float32) / 100.0
+    sim = np.zeros((len(mention_text), len(entities)), dtype=np.float32)
+    for column, entity in enumerate(owner):
+        np.maximum(sim[:, entity], raw[:, column], out=sim[:, entity])
+    gaz = np.zeros((len(mention_text), len(CATALOGUES)))
+    for catalogue in range(len(CATALOGUES)):
+        members = np.flatnonzero((ent_catalogue == catalogue) & indexed)
+        gaz[:, catalogue] = sim[:, members].max(axis=1)
+    return sim, gaz
+
+
+def _templates(
+    lang: Language,
+) -> tuple[_Numbered, tuple[np.ndarray, ...], tuple[np.ndarray, ...], np.ndarray]:
+    """Base phrasings per intent (ids and probabilities), background phrases and the bare
+    slot; then :func:`_asr_variants` adds their variants to the same numbering."""
+    templates = _Numbered()
+    intent_templates: list[np.ndarray] = []
+    intent_template_p: list[np.ndarray] = []
+    for intent in INTENTS:
+        rows = lang.templates.get(intent.name, ())
+        ids = [templates.add(text, INTENT_INDEX[intent.name]) for text, _ in rows]
+        weights = np.array([weight for _, weight in rows], dtype=float)
+        intent_templates.append(np.array(ids, dtype=np.int64))
+        intent_template_p.append(weights / weights.sum() if len(weights) else weights)
+    background = np.array([templates.add(text, I_FALLBACK) for text in lang.background])
+    templates.add("{e}", I_FALLBACK)  # the bare slot: renders a mention on its own
+    return templates, tuple(intent_templates), tuple(intent_template_p), background
+
+
+def _asr_variants(templates: _Numbered, lang: Language) -> tuple[np.ndarray, np.ndarray]:
+    """Each template's function-word and content-word variant (ids), two generations
+    deep (a content error on top of a dropped function word, and vice versa); deeper
+    variants point to themselves."""
+    func: dict[int, int] = {}
+    content: dict[int, int] = {}
+    frontier = list(range(len(templates.text)))
+    for _ in range(2):
+        new: list[int] = []
+        for tpl in frontier:
+            for table, edits in ((func, lang.function_edits), (content, lang.content_edits)):
+                before = len(templates.text)
+                table[tpl] = templates.add(_edit(templates.text[tpl], edits, lang.spaced),
+                                           templates.owner[tpl])
+                if len(templates.text) > before:
+                    new.append(table[tpl])
+        frontier = new
+    count = len(templates.text)
+    return (np.array([func.get(tpl, tpl) for tpl in range(count)]),
+            np.array([content.get(tpl, tpl) for tpl in range(count)]))
+
+
 @lru_cache(maxsize=8)
 def tables(language: str = "en") -> Tables:
     """Build (once per language) the integer tables of the world."""
     lang = get_language(language)
     entities = lang.entities
-    cat_index = {c: i for i, c in enumerate(CATALOGUES)}
-    ent_catalogue = np.array([cat_index[e[0]] for e in entities])
-    ent_id = tuple(e[1] for e in entities)
-    ent_name = tuple(e[2] for e in entities)
-    n_ent = len(entities)
-    free_ids = lang.free_ids
-    indexed = np.array([eid not in free_ids for eid in ent_id])
-
-    men_text: list[str] = []
-    men_entity: list[int] = []
-    men_kind: list[int] = []
-    index: dict[str, int] = {}
-
-    def mention(text: str, ent: int, kind: int) -> int:
-        key = f"{ent}|{text}"
-        if key not in index:
-            index[key] = len(men_text)
-            men_text.append(text)
-            men_entity.append(ent)
-            men_kind.append(kind)
-        return index[key]
-
-    aliases: list[np.ndarray] = []
-    mishear: list[np.ndarray] = []
-    for e, (_cat, _eid, _name, als, mis) in enumerate(entities):
-        aliases.append(np.array([mention(a, e, 0) for a in als]))
-        extra = _auto_mishearings(als[0])
-        mishear.append(np.array([mention(m, e, 1) for m in (*mis, *extra) if m not in als]))
-
-    # every string a user can say for an entity, and what it denotes
-    match_names = [(a, e) for e, ent in enumerate(entities) for a in ent[3]]
-    names = [a for a, _ in match_names]
-    owner = np.array([e for _, e in match_names])
-    raw = cdist(men_text, names, scorer=fuzz.ratio, dtype=np.float32) / 100.0
-    sim = np.zeros((len(men_text), n_ent), dtype=np.float32)
-    for j, e in enumerate(owner):
-        np.maximum(sim[:, e], raw[:, j], out=sim[:, e])
-    gaz = np.zeros((len(men_text), len(CATALOGUES)))
-    for c in range(len(CATALOGUES)):
-        cols = np.flatnonzero((ent_catalogue == c) & indexed)
-        gaz[:, c] = sim[:, cols].max(axis=1)
-    men_same = np.array(
-        [men_entity[m] if men_kind[m] == 0 else -1 for m in range(len(men_text))]
-    )
-
-    # templates: base phrasings, their function- and content-word variants, background
-    tpl_text: list[str] = []
-    tpl_intent: list[int] = []
-    tpl_index: dict[str, int] = {}
-
-    def template(text: str, intent: int) -> int:
-        if text not in tpl_index:
-            tpl_index[text] = len(tpl_text)
-            tpl_text.append(text)
-            tpl_intent.append(intent)
-        return tpl_index[text]
-
-    intent_templates: list[np.ndarray] = []
-    intent_template_p: list[np.ndarray] = []
-    for it in INTENTS:
-        rows = lang.templates.get(it.name, ())
-        ids = [template(t, INTENT_INDEX[it.name]) for t, _ in rows]
-        w = np.array([w for _, w in rows], dtype=float)
-        intent_templates.append(np.array(ids, dtype=np.int64))
-        intent_template_p.append(w / w.sum() if len(w) else w)
-    background = np.array([template(t, I_FALLBACK) for t in lang.background])
-    template("{e}", I_FALLBACK)  # the bare slot: renders a mention on its own
-    # ASR variants, two generations deep (a content error on top of a dropped
-    # function word, and vice versa); deeper variants point to themselves.
-    func: dict[int, int] = {}
-    content: dict[int, int] = {}
-    frontier = list(range(len(tpl_text)))
-    for _ in range(2):
-        new: list[int] = []
-        for t in frontier:
-            for table, edits in ((func, lang.function_edits), (content, lang.content_edits)):
-                before = len(tpl_text)
-                table[t] = template(_edit(tpl_text[t], edits, lang.spaced), tpl_intent[t])
-                if len(tpl_text) > before:
-                    new.append(table[t])
-        frontier = new
-    func_arr = np.array([func.get(t, t) for t in range(len(tpl_text))])
-    content_arr = np.array([content.get(t, t) for t in range(len(tpl_text))])
-    tpl_cue = np.stack([nlu_cues(t, lang.cues) for t in tpl_text])
-    tpl_words = np.array([lang.word_count(t) for t in tpl_text])
-
+    cat_index = {name: i for i, name in enumerate(CATALOGUES)}
+    ent_catalogue = np.array([cat_index[row[0]] for row in entities])
+    ent_id = tuple(row[1] for row in entities)
+    indexed = np.array([eid not in lang.free_ids for eid in ent_id])
+    mentions, aliases, mishear = _mentions(entities)
+    sim, gaz = _similarity(mentions.text, entities, ent_catalogue, indexed)
+    templates, intent_templates, intent_template_p, background = _templates(lang)
+    func, content = _asr_variants(templates, lang)
     intent_catalogue = np.array(
         [cat_index[it.catalogue] if it.catalogue else -1 for it in INTENTS]
     )
     unsupported_cat = cat_index[_UNSUPPORTED_CATALOGUE]  # every language: a city
-
+    catalogues = range(len(CATALOGUES))
     return Tables(
         ent_catalogue=ent_catalogue,
         ent_id=ent_id,
-        ent_name=ent_name,
+        ent_name=tuple(row[2] for row in entities),
         ent_indexed=indexed,
-        cat_indexed=tuple(
-            np.flatnonzero((ent_catalogue == c) & indexed) for c in range(len(CATALOGUES))
-        ),
-        cat_entities=tuple(np.flatnonzero(ent_catalogue == c) for c in range(len(CATALOGUES))),
-        men_text=tuple(men_text),
-        men_entity=np.array(men_entity),
-        men_kind=np.array(men_kind),
-        ent_aliases=tuple(aliases),
-        ent_mishear=tuple(mishear),
-        men_same_meaning=men_same,
+        cat_indexed=tuple(np.flatnonzero((ent_catalogue == c) & indexed) for c in catalogues),
+        cat_entities=tuple(np.flatnonzero(ent_catalogue == c) for c in catalogues),
+        men_text=tuple(mentions.text),
+        men_entity=np.array(mentions.owner),
+        men_kind=np.array(mentions.kind),
+        ent_aliases=aliases,
+        ent_mishear=mishear,
+        men_same_meaning=np.array([entity if kind == 0 else -1
+                                   for entity, kind in zip(mentions.owner, mentions.kind,
+                                                           strict=True)]),
         sim=sim,
         gaz=gaz,
-        tpl_text=tuple(tpl_text),
-        tpl_intent=np.array(tpl_intent),
-        tpl_has_slot=np.array(["{e}" in t for t in tpl_text]),
-        tpl_func=func_arr,
-        tpl_content=content_arr,
-        tpl_cue=tpl_cue,
-        tpl_words=tpl_words,
-        intent_templates=tuple(intent_templates),
-        intent_template_p=tuple(intent_template_p),
+        tpl_text=tuple(templates.text),
+        tpl_intent=np.array(templates.owner),
+        tpl_has_slot=np.array(["{e}" in text for text in templates.text]),
+        tpl_func=func,
+        tpl_content=content,
+        tpl_cue=np.stack([nlu_cues(text, lang.cues) for text in templates.text]),
+        tpl_words=np.array([lang.word_count(text) for text in templates.text]),
+        intent_templates=intent_templates,
+        intent_template_p=intent_template_p,
         background_templates=background,
         intent_catalogue=intent_catalogue,
         goal_catalogue=np.where(np.arange(K) == I_UNSUPPORTED, unsupported_cat, intent_catalogue),
-        men_words=np.array([lang.word_count(t) for t in men_text]),
+        men_words=np.array([lang.word_count(text) for text in mentions.text]),
     )

@@ -1,7 +1,7 @@
 """Assistant styles: assistants unlike the default one, for the same simulated users.
 
 A style is what another team's assistant does differently *in its logs and its
-words*: the language its users speak (a :class:`~fpi.sim.language.Language`:
+words*: the language its users speak (a :class:`~fpi.simulate.language.Language`:
 catalogues, phrasings, ASR confusions, NLU cues, responses), whether it names
 the resolved entity or just says "OK.", how its apologies and questions back are
 phrased, how its recogniser's and NLU's confidences are calibrated and on what
@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 
 from fpi.errors import InputError
-from fpi.sim import world as W
-from fpi.sim.engine import _GOLDEN, _mix
-from fpi.sim.language import TERSE_KINDS, Language, ResponseTable
+from fpi.simulate import world
+from fpi.simulate.draws import GOLDEN, mix
+from fpi.simulate.language import TERSE_KINDS, Language, ResponseTable
 
 Scale = Literal["unit", "percent", "logit"]
 
@@ -109,13 +109,13 @@ class AssistantStyle:
     @property
     def lang(self) -> Language:
         """The style's language pack."""
-        return W.get_language(self.language)
+        return world.get_language(self.language)
 
     def feedback_logged(self, app: np.ndarray) -> np.ndarray:
         """Whether a turn's client (app version index) logs feedback events."""
         if self.feedback_from is None:
             return np.zeros(len(app), dtype=bool)
-        return app >= W.APP_VERSIONS.index(self.feedback_from)
+        return app >= world.APP_VERSIONS.index(self.feedback_from)
 
 
 def response_table(style: AssistantStyle) -> ResponseTable:
@@ -226,7 +226,7 @@ def turn_uniforms(seed: int, session: np.ndarray, turn: np.ndarray, salt: int) -
     """Uniforms in [0, 1) keyed by (seed, session number, turn index, salt): the style's
     own draws (which phrasing variant), independent of the engine's random numbers."""
     with np.errstate(over="ignore"):
-        key = _mix(np.array([seed % 2**64], dtype=np.uint64) * _GOLDEN + np.uint64(salt))
+        key = mix(np.array([seed % 2**64], dtype=np.uint64) * GOLDEN + np.uint64(salt))
         counter = session.astype(np.uint64) * np.uint64(64) + turn.astype(np.uint64)
-        x = _mix(key ^ _mix(counter + _GOLDEN))
+        x = mix(key ^ mix(counter + GOLDEN))
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 EntityRow = tuple[str, str, str, tuple[str, ...], tuple[str, ...]]
 #: Phrasings per intent name: (template with "{e}" for the slot, weight).
 TemplateTable = dict[str, tuple[tuple[str, float], ...]]
-#: Response phrasings by response kind (see ``fpi.sim.engine.RESPONSES``): a tuple of
+#: Response phrasings by response kind (see ``fpi.simulate.engine.RESPONSES``): a tuple of
 #: variants per kind, "{x}" filled with a name or the mention.
 ResponseTable = tuple[tuple[str, ...], ...]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fpi.sim.language import EntityRow, Language, TemplateTable, marked_free_ids
+from fpi.simulate.language import EntityRow, Language, TemplateTable, marked_free_ids
 
 _ENTITIES: tuple[EntityRow, ...] = (
     ("device", "sh-01", "Luz de la cocina", ("la luz de la cocina", "luz de la cocina"),

@@ -7,7 +7,7 @@ recogniser makes them; NLU cues and edits match substrings, not words.
 
 from __future__ import annotations
 
-from fpi.sim.language import EntityRow, Language, TemplateTable, marked_free_ids
+from fpi.simulate.language import EntityRow, Language, TemplateTable, marked_free_ids
 
 _ENTITIES: tuple[EntityRow, ...] = (
     ("device", "sh-01", "キッチンの照明", ("キッチンの電気", "台所の電気"),

@@ -70,3 +70,8 @@ class StrictRejects(FpiError):
     """Records were rejected while ``--strict`` was in force."""
 
     exit_code = ExitStatus.REJECTS
+
+
+class EngineError(FpiError):
+    """An execution engine cannot be used: its scheduler cannot be reached, it has no
+    workers, or its workers run another fpi (``--engine dask``)."""

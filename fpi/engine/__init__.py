@@ -16,11 +16,17 @@ driver) and are turned into values by ``gather``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Engine", "LocalEngine"]
+from fpi.errors import EngineError
+
+__all__ = ["ENGINES", "Engine", "LocalEngine", "engine_from_options"]
+
+#: The engines ``--engine`` accepts.
+ENGINES = ("local", "dask")
 
 
 @runtime_checkable
@@ -80,3 +86,31 @@ class LocalEngine:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def engine_from_options(engine: str = "local", workers: int | None = None,
+                        scheduler: str | None = None,
+                        scheduler_file: str | os.PathLike[str] | None = None,
+                        timeout: float | None = None) -> Engine:
+    """The engine the CLI options ``--engine/--workers/--scheduler/--scheduler-file`` name.
+
+    ``local`` takes none of the other options. ``dask`` imports Dask only now (so
+    ``import fpi`` never does) and raises :class:`~fpi.errors.EngineError` when the
+    extra ``fpi[dask]`` is missing or the cluster cannot be used.
+    """
+    if engine == "local":
+        given = [flag for flag, value in (("--workers", workers), ("--scheduler", scheduler),
+                                          ("--scheduler-file", scheduler_file))
+                 if value is not None]
+        if given:
+            raise EngineError(f"{given[0]} needs --engine dask")
+        return LocalEngine()
+    if engine != "dask":
+        raise EngineError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    try:
+        from fpi.engine.dask import DEFAULT_TIMEOUT, DaskEngine
+    except ImportError as exc:
+        raise EngineError(f"--engine dask needs Dask ({exc.name or exc} is not installed): "
+                          "pip install 'fpi[dask]'") from None
+    return DaskEngine(workers=workers, scheduler=scheduler, scheduler_file=scheduler_file,
+                      timeout=DEFAULT_TIMEOUT if timeout is None else timeout)

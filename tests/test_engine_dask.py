@@ -3,6 +3,7 @@ module), and a scheduler and a worker started as separate processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import fpi
 from fpi.engine import Engine, LocalEngine, engine_from_options
 from fpi.engine.dask import DaskEngine, worker_versions
 from fpi.errors import EngineError
+from fpi.partition import MANIFEST, ingest_partitioned
 
 TESTS = Path(__file__).parent
 
@@ -47,6 +49,20 @@ def test_a_worker_dying_mid_run_has_its_task_rerun(cluster: DaskEngine,
     got = cluster.gather(cluster.map(die_once, range(8), str(marker), 5))
     assert marker.exists()  # a worker really died
     assert got == [x * x for x in range(8)]
+
+
+def test_partitioned_ingest_on_the_cluster_equals_the_local_one(cluster: DaskEngine,
+                                                                tmp_path: Path) -> None:
+    records = [{"session_id": f"s-{k % 9}", "turn_index": k, "wake": {"detected": True}}
+               for k in range(60)]
+    for name, part in (("a.jsonl", records[:40]), ("b.jsonl", records[25:])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    inputs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    local = ingest_partitioned(inputs, tmp_path / "local", 3)
+    remote = ingest_partitioned(inputs, tmp_path / "remote", 3, engine=cluster)
+    assert remote.rejects_by_rule == local.rejects_by_rule == {"duplicate_turn": 15}
+    manifests = [json.loads((tmp_path / d / MANIFEST).read_text()) for d in ("local", "remote")]
+    assert manifests[0]["parts"] == manifests[1]["parts"]  # same bytes (sha256) per part
 
 
 def test_version_mismatch_is_refused(cluster: DaskEngine,

@@ -109,7 +109,7 @@ class DaskEngine:
         # The environment must be in place before a worker imports Polars (which reads
         # POLARS_MAX_THREADS once): the nanny sets it before the worker process starts.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, env=dict(WORKER_ENV),
+                               dashboard_address=":0", env=dict(WORKER_ENV),
                                silence_logs=logging.ERROR)
         self._cluster = cluster
         return Client(cluster, set_as_default=False)

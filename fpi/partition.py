@@ -418,7 +418,9 @@ def ingest_partitioned(
         raise InputError(f"--partitions {partitions}: give 1 to {MAX_PARTITIONS:,}")
     out = Path(output)
     rpath = Path(rejects_path) if rejects_path is not None else rejects_path_for(out)
-    sources = _sources(paths, format, [rpath])
+    # (an earlier run's parts are never read as input, as ingest skips its own output)
+    previous = [p for p in out.rglob("*") if p.is_file()] if out.is_dir() else []
+    sources = _sources(paths, format, [rpath, *previous])
     files = tuple(str(s.path) for s in sources)
     engine = engine or LocalEngine()
     with staged_output_dir(out, KIND) as stage:

@@ -41,7 +41,7 @@ AllowTruncated = Annotated[bool, typer.Option(
 EngineName = Annotated[str, typer.Option(
     "--engine", help="Where the work runs: local (this process) or dask (a Dask cluster: "
                      "a local one of --workers processes, or --scheduler / --scheduler-file; "
-                     "needs pip install 'fpi[dask]').")]
+                     "needs pip install 'fpi\\[dask]').")]
 Workers = Annotated[int | None, typer.Option(
     "--workers", min=1, show_default=False,
     help="With --engine dask: start a local cluster of this many single-threaded worker "

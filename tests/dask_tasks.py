@@ -31,3 +31,10 @@ def die_once(x: int, marker: str, victim: int) -> int:
         Path(marker).touch()
         os._exit(1)
     return x * x
+
+
+def loaded_once(_: object, key: str) -> tuple[int, int]:
+    """(this process's id, the id the per-process value was made in)."""
+    from fpi.engine import per_process
+
+    return os.getpid(), per_process(("test", key), os.getpid)

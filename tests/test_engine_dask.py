@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dask_tasks import die_once, environment, plus_one, scaled
+from dask_tasks import die_once, environment, loaded_once, plus_one, scaled
 
 import fpi
 from fpi.engine import Engine, LocalEngine, engine_from_options
@@ -39,6 +39,12 @@ def test_local_cluster_maps_and_chains_handles(cluster: DaskEngine) -> None:
     assert cluster.map(plus_one, []) == []
 
 
+def test_per_process_values_are_made_once_per_worker(cluster: DaskEngine) -> None:
+    got = cluster.gather(cluster.map(loaded_once, range(8), "bundle"))
+    assert all(pid == made for pid, made in got)  # made where used, never shipped
+    assert len(set(got)) <= cluster.workers
+
+
 def test_workers_are_single_threaded(cluster: DaskEngine) -> None:
     assert set(cluster.gather(cluster.map(environment, range(4)))) == {("1", "1", 1)}
 
@@ -49,6 +55,7 @@ def test_a_worker_dying_mid_run_has_its_task_rerun(cluster: DaskEngine,
     got = cluster.gather(cluster.map(die_once, range(8), str(marker), 5))
     assert marker.exists()  # a worker really died
     assert got == [x * x for x in range(8)]
+    cluster.client.wait_for_workers(2, timeout=60)  # its nanny restarts it (for other tests)
 
 
 def test_partitioned_ingest_on_the_cluster_equals_the_local_one(cluster: DaskEngine,

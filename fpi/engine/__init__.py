@@ -17,13 +17,16 @@ driver) and are turned into values by ``gather``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Hashable, Sequence
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from fpi.errors import EngineError
 
-__all__ = ["ENGINES", "Engine", "LocalEngine", "engine_from_options"]
+__all__ = ["ENGINES", "Engine", "LocalEngine", "engine_from_options", "per_process"]
+
+_T = TypeVar("_T")
 
 #: The engines ``--engine`` accepts.
 ENGINES = ("local", "dask")
@@ -114,3 +117,26 @@ def engine_from_options(engine: str = "local", workers: int | None = None,
                           "pip install 'fpi[dask]'") from None
     return DaskEngine(workers=workers, scheduler=scheduler, scheduler_file=scheduler_file,
                       timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+
+
+_PER_PROCESS: dict[Hashable, Any] = {}
+_PER_PROCESS_LOCK = threading.Lock()
+
+
+def per_process(key: Hashable, make: Callable[[], _T]) -> _T:
+    """``make()`` once per process for ``key``, then the same value.
+
+    What a mapped function uses to load something large once per worker instead of
+    once per task or shipping it from the driver: e.g. a model bundle, keyed by its
+    path and checksum (so another model gets its own entry, and a worker that finds
+    another checksum on disk can refuse)::
+
+        def score(part: str, bundle_path: str, checksum: str) -> Stats:
+            bundle = per_process(("bundle", bundle_path, checksum),
+                                 lambda: load_checked(bundle_path, checksum))
+    """
+    with _PER_PROCESS_LOCK:
+        if key not in _PER_PROCESS:
+            _PER_PROCESS[key] = make()
+        value: _T = _PER_PROCESS[key]
+        return value

@@ -36,6 +36,8 @@ def test_local_cluster_maps_and_chains_handles(cluster: DaskEngine) -> None:
     chained = cluster.map(plus_one, handles)  # values stay on the workers in between
     assert cluster.gather(chained) == [1, 11, 21, 31, 41, 51]
     assert cluster.gather(handles) == LocalEngine().map(scaled, range(6), 10)
+    factor = cluster.map(plus_one, [9])[0]  # a handle as the shared argument
+    assert cluster.gather(cluster.map(scaled, [1, 2], factor)) == [10, 20]
     assert cluster.map(plus_one, []) == []
 
 

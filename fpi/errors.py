@@ -75,3 +75,8 @@ class StrictRejects(FpiError):
 class MissingExtra(FpiError):
     """An optional dependency is not installed; the message names the install extra
     that brings it (``pip install 'fpi[shap]'``)."""
+
+
+class EngineError(FpiError):
+    """An execution engine cannot be used: its scheduler cannot be reached, it has no
+    workers, or its workers run another fpi (``--engine dask``)."""

@@ -6,6 +6,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -39,6 +40,25 @@ AllowTruncated = Annotated[bool, typer.Option(
 Strict = Annotated[bool, typer.Option(
     "--strict", help="Exit with status 3 if any record was rejected (the outputs are still "
                      "written).")]
+
+#: ``--engine/--workers/--scheduler/--scheduler-file``: where per-partition work runs
+#: (fpi.engine.engine_from_options turns them into an engine).
+EngineName = Annotated[str, typer.Option(
+    "--engine", help="Where the work runs: local (this process) or dask (a Dask cluster: "
+                     "a local one of --workers processes, or --scheduler / --scheduler-file; "
+                     "needs pip install 'fpi\\[dask]').")]
+Workers = Annotated[int | None, typer.Option(
+    "--workers", min=1, show_default=False,
+    help="With --engine dask: start a local cluster of this many single-threaded worker "
+         "processes (default: one per core).")]
+Scheduler = Annotated[str | None, typer.Option(
+    "--scheduler", metavar="ADDRESS", show_default=False,
+    help="With --engine dask: the address of a running Dask scheduler "
+         "(tcp://host:8786).")]
+SchedulerFile = Annotated[Path | None, typer.Option(
+    "--scheduler-file", show_default=False,
+    help="With --engine dask: the scheduler file a running Dask scheduler wrote "
+         "(dask scheduler --scheduler-file F).")]
 
 
 def _one_line(text: str) -> str:

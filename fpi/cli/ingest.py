@@ -10,8 +10,19 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fpi.cli._app import AllowTruncated, Strict, app, err_console, out_console
+from fpi.cli._app import (
+    AllowTruncated,
+    EngineName,
+    Scheduler,
+    SchedulerFile,
+    Strict,
+    Workers,
+    app,
+    err_console,
+    out_console,
+)
 from fpi.cli._progress import progress_for
+from fpi.engine import engine_from_options
 from fpi.progress import bytes_callback
 
 if TYPE_CHECKING:
@@ -30,8 +41,11 @@ def ingest_command(
                        show_default=False, metavar="INPUT"),
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Canonical Parquet file to write.")
-    ] = Path("turns.parquet"),
+        Path | None,
+        typer.Option("--output", "-o", show_default=False,
+                     help="Canonical Parquet file to write (default: turns.parquet), or with "
+                          "--partitions the directory of parts (default: turns).")
+    ] = None,
     format: Annotated[
         str | None,
         typer.Option("--format", "-f",
@@ -49,6 +63,17 @@ def ingest_command(
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
     allow_truncated: AllowTruncated = False,
+    partitions: Annotated[
+        int | None,
+        typer.Option("--partitions", min=1, max=100_000, show_default=False,
+                     help="Write a directory of this many parts, part-NNNNN.parquet (each "
+                          "sorted, whole sessions chosen by a stable hash of session_id) "
+                          "plus a manifest, _partitions.json, for scoring on a cluster."),
+    ] = None,
+    engine: EngineName = "local",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
 ) -> None:
     """Read turn records or stage events into one canonical Parquet file.
 
@@ -61,13 +86,32 @@ def ingest_command(
     A truncated or corrupt file (.gz, .zst, Parquet) stops the run with status 2
     unless --allow-truncated is given.
 
+    With --partitions N the output is a directory of N parts instead (see
+    docs/scale.md); --engine dask runs the per-file and per-part work on a Dask
+    cluster, whose workers must all reach the inputs and the output directory.
+
     Exit status: 0 ok, 2 bad input (nothing usable), 3 rejects under --strict.
     """
     from fpi.ingest import ingest, strict_error
 
-    with progress_for(err_console) as progress:
-        report = ingest(inputs, output, format=format, rejects_path=rejects,
-                        progress=bytes_callback(progress), allow_truncated=allow_truncated)
+    if partitions is None:
+        given = [flag for flag, value in (("--engine", engine != "local" or None),
+                                          ("--workers", workers), ("--scheduler", scheduler),
+                                          ("--scheduler-file", scheduler_file))
+                 if value is not None]
+        if given:
+            raise typer.BadParameter("needs --partitions", param_hint=given[0])
+        with progress_for(err_console) as progress:
+            report = ingest(inputs, output or Path("turns.parquet"), format=format,
+                            rejects_path=rejects, progress=bytes_callback(progress),
+                            allow_truncated=allow_truncated)
+    else:
+        from fpi.ingest.partition import ingest_partitioned
+
+        with engine_from_options(engine, workers, scheduler, scheduler_file) as runner:
+            report = ingest_partitioned(inputs, output or Path("turns"), partitions,
+                                        format=format, rejects_path=rejects, engine=runner,
+                                        allow_truncated=allow_truncated)
     render(report, as_json)
     if strict and report.rejected:
         raise strict_error(report, f"good records were written to {report.output_path}, "

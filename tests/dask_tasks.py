@@ -1,0 +1,40 @@
+"""Module-level functions the Dask engine tests map on workers (imported there by name:
+workers spawned by a LocalCluster get the test process's sys.path, separate ``dask
+worker`` processes get PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def scaled(x: int, factor: int) -> int:
+    return x * factor
+
+
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+def environment(_: object) -> tuple[str | None, str | None, int]:
+    import polars as pl
+
+    return (os.environ.get("POLARS_MAX_THREADS"), os.environ.get("OMP_NUM_THREADS"),
+            pl.thread_pool_size())
+
+
+def die_once(x: int, marker: str, victim: int) -> int:
+    """``x * x``; the first time ``victim`` runs, its whole worker process dies mid-task."""
+    time.sleep(0.05)
+    if x == victim and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)
+    return x * x
+
+
+def loaded_once(_: object, key: str) -> tuple[int, int]:
+    """(this process's id, the id the per-process value was made in)."""
+    from fpi.engine import per_process
+
+    return os.getpid(), per_process(("test", key), os.getpid)

@@ -36,7 +36,7 @@ class Feature:
 
     Features fpi computes also carry their definition: ``expr`` evaluated ``over`` one
     frame (see :data:`Over`; over a list field's items it is an aggregation per turn).
-    Features a bundle learns from the data (:mod:`fpi.learned`) have none. The
+    Features a bundle learns from the data (:mod:`fpi.model.learned`) have none. The
     definition is not part of a feature's identity (equality, hash).
     """
 
@@ -461,7 +461,7 @@ FEATURES: Final[tuple[Feature, ...]] = (_WAKE_FEATURES + _ASR_FEATURES + _NLU_FE
                                         + _ER_FEATURES + _RESULT_FEATURES + _CONTEXT_FEATURES)
 
 #: Raw columns :func:`build_features` passes through after the features: the inputs of
-#: the features a bundle learns from the data (:mod:`fpi.learned`).
+#: the features a bundle learns from the data (:mod:`fpi.model.learned`).
 RAW_COLUMNS: Final[tuple[str, ...]] = ("_raw_asr_text", "_raw_response", "_raw_next_text",
                                        "_raw_extra")
 
@@ -558,7 +558,7 @@ def feature_exprs_lazy(turns: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     for f in FEATURES:
         col = pl.col(f.name)
         out.append(col.cast(pl.String) if f.kind == "categorical" else col.cast(pl.Float64))
-    # raw inputs of the features a bundle learns from the data (fpi.learned): the texts
+    # raw inputs of the features a bundle learns from the data (fpi.model.learned): the texts
     # its text models read and the trace's extra fields; not model columns themselves
     out += [pl.col("_t").alias("_raw_asr_text"),
             pl.col("result").struct.field("response_text").alias("_raw_response"),

@@ -128,7 +128,7 @@ def test_columns_dtypes_and_row_order() -> None:
     turns = make_turns(10)
     shuffled = turns.sample(fraction=1.0, shuffle=True, seed=3)
     feats = build_features(shuffled)
-    # then the raw inputs of the learned features (fpi.learned), not model columns
+    # then the raw inputs of the learned features (fpi.model.learned), not model columns
     assert feats.columns == ["session_id", "turn_index", *FEATURE_NAMES, *RAW_COLUMNS]
     assert feats.height == turns.height
     assert feats.select("session_id", "turn_index").equals(

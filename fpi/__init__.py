@@ -23,8 +23,8 @@ _LAZY: dict[str, str] = {
     "load_bundle": "fpi.model",
     "ModelBundle": "fpi.model",
     "evaluate": "fpi.evaluation",
-    "diagnose": "fpi.diagnosis",
-    "explain": "fpi.diagnosis",
+    "diagnose": "fpi.diagnose.run",
+    "explain": "fpi.diagnose.explanation",
     "build_trend": "fpi.trend",
     "write_trend": "fpi.report.trend",
 }

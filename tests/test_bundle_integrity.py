@@ -27,7 +27,7 @@ from fpi.bundle_manifest import (
     check_entry_name,
     validate_manifest,
 )
-from fpi.diagnosis import diagnose
+from fpi.diagnose import diagnose
 from fpi.errors import InputError, ModelError
 from fpi.model import MANIFEST_FILE, MODEL_FILE, NO_CONTEXT_FILE, load_bundle
 from fpi.schema import CLASSES

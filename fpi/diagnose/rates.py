@@ -69,7 +69,7 @@ FAILURE_KEYS: tuple[str, ...] = (*CLASSES[1:], "failure")
 _MISSING = "(missing)"
 
 
-def _z(confidence: float) -> float:
+def z_value(confidence: float) -> float:
     """Two-sided normal quantile for ``confidence`` (no scipy needed)."""
     # inverse of erf by bisection: 60 halvings are plenty for double precision
     target = confidence
@@ -489,7 +489,7 @@ def slice_columns(turns: pl.DataFrame) -> pl.DataFrame:
     return turns.select(exprs)
 
 
-def _bh(pvalues: np.ndarray) -> np.ndarray:
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values)."""
     m = len(pvalues)
     if m == 0:
@@ -553,6 +553,96 @@ class _SliceEstimator:
         return np.clip(np.diag(self.b @ cov @ self.b.T), 0, None)
 
 
+@dataclass(frozen=True)
+class _SliceContext:
+    """What every slice of a night is estimated and tested against."""
+
+    rates: RateTable
+    probs: np.ndarray
+    train_prior: np.ndarray
+    z: float
+    #: the overall rates and their relative model-error share, per class and ``failure``
+    overall: dict[str, float]
+    rel_model: dict[str, float]
+    lin: _SliceEstimator | None
+    d_all: np.ndarray | None
+    s_all: np.ndarray | None
+
+    @classmethod
+    def of(cls, rates: RateTable, probs: np.ndarray, train_prior: np.ndarray,
+           confusion: np.ndarray | None, soft_confusion: np.ndarray | None) -> _SliceContext:
+        classes = rates.classes
+        n = len(probs)
+        z = z_value(rates.confidence)
+        est = rates.estimate
+        # Relative model-error share of the overall interval, beyond sampling noise.
+        half = (rates.high - rates.low) / 2 / z
+        samp = np.sqrt(np.clip(est * (1 - est), 0, None) / max(n, 1))
+        rel_model = np.minimum(
+            np.sqrt(np.clip(half**2 - samp**2, 0, None)) / np.clip(est, 1e-9, None), 1.0
+        )
+        overall = {c: float(est[i]) for i, c in enumerate(classes)}
+        overall["failure"] = float(1.0 - est[0])
+        rel_model_map = {c: float(rel_model[i]) for i, c in enumerate(classes)}
+        rel_model_map["failure"] = float(rel_model[0] * est[0] / max(1 - est[0], 1e-9))
+        lin = _SliceEstimator.of(rates, probs, confusion, soft_confusion)
+        d_all = s_all = None
+        if lin is not None:
+            d_all = lin.rows.sum(axis=0)
+            s_all = lin.rows.T @ lin.rows
+        return cls(rates, probs, train_prior, z, overall, rel_model_map, lin, d_all, s_all)
+
+    def sampling_var(self, d: np.ndarray | None, second: np.ndarray | None, ests: np.ndarray,
+                     size: int) -> np.ndarray:
+        """Per-class sampling variance of a slice estimate (plus ``failure``)."""
+        if self.lin is not None and d is not None and second is not None:
+            v = self.lin.variance(d, second, size)
+        else:
+            v = np.clip(ests * (1 - ests), 0, None) / max(size, 1)
+        return np.append(v, v[0])  # failure = 1 - correct
+
+    def one_slice(self, dim: str, value: Any, nt: int, rows_idx: np.ndarray
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One supported slice's entry, and its tests against the rest of the night."""
+        classes, est, n, z = self.rates.classes, self.rates.estimate, len(self.probs), self.z
+        lin = self.lin
+        d = second = d_rest = s_rest = None
+        if lin is not None:
+            assert self.d_all is not None and self.s_all is not None
+            xs = lin.rows[rows_idx]
+            d, second = xs.mean(axis=0), xs.T @ xs / nt
+            rest_n = max(n - nt, 1)
+            d_rest = (self.d_all - xs.sum(axis=0)) / rest_n
+            s_rest = (self.s_all - xs.T @ xs) / rest_n
+            sl = lin.estimate(d)
+        else:
+            sl = em_prior(self.probs, self.train_prior, rows=rows_idx, init=est, tol=1e-6)
+        srates = {c: float(sl[i]) for i, c in enumerate(classes)}
+        srates["failure"] = float(1.0 - sl[0])
+        var_s = self.sampling_var(d, second, sl, nt)
+        var_rest = self.sampling_var(d_rest, s_rest, est, n - nt)
+        entry: dict[str, Any] = {"value": value, "turns": int(nt), "rates": {}}
+        tests = []
+        for j, c in enumerate([*classes, "failure"]):
+            ps = srates[c]
+            se = math.sqrt(var_s[j] + (self.rel_model[c] * ps) ** 2)
+            entry["rates"][c] = {"estimate": _r(ps), "low": _r(max(ps - z * se, 0)),
+                                 "high": _r(min(ps + z * se, 1))}
+            rest_n = n - nt
+            if c == "correct" or rest_n <= 0:
+                continue
+            rest_p = min(max((self.overall[c] * n - ps * nt) / rest_n, 0.0), 1.0)
+            sd = math.sqrt(max(var_s[j] + var_rest[j], 1e-12))
+            pval = 0.5 * math.erfc((ps - rest_p) / sd / math.sqrt(2))
+            tests.append({
+                "dimension": dim, "value": value, "class": c, "turns": int(nt),
+                "rate": _r(ps), "rest_rate": _r(rest_p), "overall_rate": _r(self.overall[c]),
+                "excess_failures": stable_round(nt * (ps - self.overall[c]), 2),
+                "p_value": pval,
+            })
+        return entry, tests
+
+
 def slice_rates(
     slices: pl.DataFrame,
     probs: np.ndarray,
@@ -586,37 +676,9 @@ def slice_rates(
     max_slices : at most this many slices per dimension, largest first.
     top : how many excess-failure slices to list.
     """
-    classes = rates.classes
-    n = len(probs)
-    z = _z(rates.confidence)
-    est = rates.estimate
-    # Relative model-error share of the overall interval, beyond sampling noise.
-    half = (rates.high - rates.low) / 2 / z
-    samp = np.sqrt(np.clip(est * (1 - est), 0, None) / max(n, 1))
-    rel_model = np.minimum(
-        np.sqrt(np.clip(half**2 - samp**2, 0, None)) / np.clip(est, 1e-9, None), 1.0
-    )
-    keys = [*classes, "failure"]
-    overall = {c: float(est[i]) for i, c in enumerate(classes)}
-    overall["failure"] = float(1.0 - est[0])
-    rel_model_map = {c: float(rel_model[i]) for i, c in enumerate(classes)}
-    rel_model_map["failure"] = float(rel_model[0] * est[0] / max(1 - est[0], 1e-9))
-
+    ctx = _SliceContext.of(rates, probs, train_prior, confusion, soft_confusion)
     dims: dict[str, Any] = {}
     tests: list[dict[str, Any]] = []
-    lin = _SliceEstimator.of(rates, probs, confusion, soft_confusion)
-    if lin is not None:
-        d_all = lin.rows.sum(axis=0)
-        s_all = lin.rows.T @ lin.rows
-
-    def sampling_var(d: np.ndarray | None, second: np.ndarray | None, ests: np.ndarray,
-                     size: int) -> np.ndarray:
-        """Per-class sampling variance of a slice estimate (plus ``failure``)."""
-        if lin is not None and d is not None and second is not None:
-            v = lin.variance(d, second, size)
-        else:
-            v = np.clip(ests * (1 - ests), 0, None) / max(size, 1)
-        return np.append(v, v[0])  # failure = 1 - correct
     indexed = slices.with_row_index("_row")
     for dim in slices.columns:
         g = (
@@ -629,40 +691,9 @@ def slice_rates(
         small = g.filter(pl.col("turns") < min_support)
         rows_out = []
         for value, nt, idx in supported.select(dim, "turns", "_row").iter_rows():
-            rows_idx = np.asarray(idx)
-            d = second = d_rest = s_rest = None
-            if lin is not None:
-                xs = lin.rows[rows_idx]
-                d, second = xs.mean(axis=0), xs.T @ xs / nt
-                rest_n = max(n - nt, 1)
-                d_rest = (d_all - xs.sum(axis=0)) / rest_n
-                s_rest = (s_all - xs.T @ xs) / rest_n
-                sl = lin.estimate(d)
-            else:
-                sl = em_prior(probs, train_prior, rows=rows_idx, init=est, tol=1e-6)
-            srates = {c: float(sl[i]) for i, c in enumerate(classes)}
-            srates["failure"] = float(1.0 - sl[0])
-            var_s = sampling_var(d, second, sl, nt)
-            var_rest = sampling_var(d_rest, s_rest, est, n - nt)
-            entry: dict[str, Any] = {"value": value, "turns": int(nt), "rates": {}}
-            for j, c in enumerate(keys):
-                ps = srates[c]
-                se = math.sqrt(var_s[j] + (rel_model_map[c] * ps) ** 2)
-                entry["rates"][c] = {"estimate": _r(ps), "low": _r(max(ps - z * se, 0)),
-                                     "high": _r(min(ps + z * se, 1))}
-                rest_n = n - nt
-                if c == "correct" or rest_n <= 0:
-                    continue
-                rest_p = min(max((overall[c] * n - ps * nt) / rest_n, 0.0), 1.0)
-                sd = math.sqrt(max(var_s[j] + var_rest[j], 1e-12))
-                pval = 0.5 * math.erfc((ps - rest_p) / sd / math.sqrt(2))
-                tests.append({
-                    "dimension": dim, "value": value, "class": c, "turns": int(nt),
-                    "rate": _r(ps), "rest_rate": _r(rest_p), "overall_rate": _r(overall[c]),
-                    "excess_failures": stable_round(nt * (ps - overall[c]), 2),
-                    "p_value": pval,
-                })
+            entry, slice_tests = ctx.one_slice(dim, value, int(nt), np.asarray(idx))
             rows_out.append(entry)
+            tests += slice_tests
         dims[dim] = {
             "slices": rows_out[:max_slices],
             "omitted": {
@@ -670,7 +701,7 @@ def slice_rates(
                 "beyond_max": max(0, len(rows_out) - max_slices),
             },
         }
-    qvals = _bh(np.array([t["p_value"] for t in tests]))
+    qvals = benjamini_hochberg(np.array([t["p_value"] for t in tests]))
     for t, q in zip(tests, qvals, strict=True):
         t["p_value"] = float(f"{t['p_value']:.4g}")
         t["q_value"] = float(f"{q:.4g}")
@@ -706,7 +737,7 @@ def compare_rates(
     the two are combined as independent, which is conservative: both nights
     share the model, so part of its error cancels in the difference.
     """
-    z = _z(confidence)
+    z = z_value(confidence)
     out: dict[str, dict[str, Any]] = {}
     for c in CLASSES:
         if c not in current or c not in baseline:

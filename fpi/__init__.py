@@ -10,6 +10,8 @@ The heavy modules are imported lazily, so ``import fpi`` stays fast.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -37,3 +39,18 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'fpi' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+class _Package(types.ModuleType):
+    """``fpi`` itself. A public function keeps its name when the submodule of the same
+    name is imported (``fpi.diagnose`` is a package and a function): the import system's
+    binding of the submodule on ``fpi`` is dropped; the submodule stays importable
+    (``from fpi.diagnose import rates``) through ``sys.modules``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

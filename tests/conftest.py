@@ -69,7 +69,7 @@ def _summaries_follow_the_schema() -> Iterator[None]:
     published schema (a summary that does not fails that test with the schema's error)."""
     import jsonschema
 
-    import fpi.diagnose.run as run_module
+    from fpi.diagnose import run as run_module
 
     validator = jsonschema.Draft202012Validator(json.loads(SUMMARY_SCHEMA.read_text()))
     real = run_module.write_reports

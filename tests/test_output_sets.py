@@ -202,7 +202,7 @@ def test_diagnose_failing_mid_write_keeps_the_previous_set(small_bundle, night: 
     diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
     assert (out / "rejects.jsonl").is_file() and (out / MARKER).is_file()
     before = snapshot(out)
-    import fpi.diagnose.run as diagnosis
+    from fpi.diagnose import run as diagnosis
 
     real = diagnosis.write_reports
 

@@ -14,15 +14,14 @@ The steps, one module each:
 - :mod:`~fpi.diagnose.outputs` predictions and the gates' JUnit file;
 - :mod:`~fpi.diagnose.run` the run itself; :mod:`~fpi.diagnose.explanation` one turn.
 
-``fpi.diagnose`` is this package, and calling it runs :func:`diagnose`, so
-``fpi.diagnose(...)`` works whichever of the two ``import fpi`` resolved first.
+``fpi.diagnose`` (the attribute of ``fpi``) stays the function :func:`diagnose`; import
+this package's modules with ``from fpi.diagnose import rates`` or
+``from fpi.diagnose.rates import ...`` (not ``import fpi.diagnose.rates as ...``).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 # public name -> module that defines it (imported on first use: importing one step,
@@ -47,15 +46,3 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'fpi.diagnose' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
-
-
-class _CallableModule(types.ModuleType):
-    """The package, callable as :func:`fpi.diagnose.run.diagnose`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from fpi.diagnose.run import diagnose
-
-        return diagnose(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -22,13 +22,20 @@ from fpi.diagnose.partition import (
     merge_stats,
     partition_stats,
     poisson_one,
+    rates_from_stats,
     score_partition,
     session_weights,
     split_sessions,
     turn_keys,
     worker_bundle,
 )
-from fpi.diagnose.rates import em_prior
+from fpi.diagnose.rates import (
+    em_prior,
+    estimate_rates,
+    slice_columns,
+    slice_rates,
+    slice_rates_from_sums,
+)
 from fpi.diagnose.summary import LabelMetrics
 from fpi.engine import LocalEngine
 from fpi.errors import ModelError
@@ -158,6 +165,60 @@ def test_a_worker_refuses_another_model_or_fpi(small_bundle) -> None:
         worker_bundle(ModelRef(ref.path, "sha256:0123456789abcdef", __version__))
     with pytest.raises(ModelError, match=r"the driver runs fpi 0\.0\.0-other"):
         worker_bundle(ModelRef(ref.path, ref.bundle_hash, "0.0.0-other"))
+
+
+def _matrices(bundle):
+    heldout = bundle.manifest.get("heldout") or {}
+    return (np.asarray(heldout["confusion"], np.float64),
+            np.asarray(heldout["soft_confusion"], np.float64))
+
+
+def test_rates_from_merged_stats_do_not_depend_on_partitioning(scored, small_bundle) -> None:
+    conf, soft = _matrices(small_bundle)
+    tables = {n: rates_from_stats(st, em, confusion=conf, soft_confusion=soft, seed=3)
+              for n, (_s, _h, st, em, _p) in scored.items()}
+    one = tables[1]
+    assert one.estimator == "blend" and one.n_boot == SPEC.n_boot
+    for n in (4, 7):
+        t = tables[n]
+        np.testing.assert_array_equal(t.count, one.count)
+        for field in ("estimate", "low", "high", "mean_probability", "em", "acc", "pacc",
+                      "weight"):
+            np.testing.assert_allclose(getattr(t, field), getattr(one, field), atol=1e-9)
+    # the point estimates are the single-array estimator's (its interval differs: it draws
+    # the bootstrap from a random generator, not from the sessions' hashes)
+    probs = np.vstack([h.probs for h in scored[1][1]])
+    ref = estimate_rates(probs, train_prior=scored[1][4], confusion=conf, soft_confusion=soft,
+                         n_boot=10)
+    for field in ("count", "mean_probability", "em", "acc", "pacc"):
+        np.testing.assert_allclose(getattr(one, field), getattr(ref, field), atol=1e-9)
+    assert (one.low <= one.estimate).all() and (one.estimate <= one.high).all()
+    assert (one.high - one.low).max() > 0
+
+
+def test_slices_from_merged_sums_are_the_slices_of_the_turns(scored, small_bundle,
+                                                              night: Path) -> None:
+    conf, soft = _matrices(small_bundle)
+    _s, handles, stats, em, prior = scored[7]
+    rates = rates_from_stats(stats, em, confusion=conf, soft_confusion=soft, seed=3)
+    probs = np.vstack([h.probs for h in handles])
+    opts = {"train_prior": prior, "confusion": conf, "soft_confusion": soft, "min_support": 30}
+    from_turns = slice_rates(slice_columns(pl.read_parquet(night)), probs, rates, **opts)
+    docs = {n: slice_rates_from_sums(scored[n][2].slices, rates, **opts) for n in (1, 4, 7)}
+    assert from_turns["tests"] > 0 and from_turns["dimensions"]
+    for doc in docs.values():
+        assert _rounded(doc) == _rounded(from_turns)
+
+
+def _rounded(doc):
+    """Floats to 5 digits: sums in another order may move the 6th."""
+    if isinstance(doc, dict):
+        return {k: _rounded(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_rounded(v) for v in doc]
+    if isinstance(doc, float):
+        return float(f"{doc:.5g}")
+    return doc
 
 
 #: Poisson(1) weights of sessions s-1, s-2, s-3 in replicates 0..3 (seed 0) and the

@@ -27,7 +27,7 @@ What makes the merge independent of the partitioning:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,7 @@ import polars as pl
 
 from fpi import __version__
 from fpi.diagnose import attribution as attr
-from fpi.diagnose.rates import slice_columns
+from fpi.diagnose.rates import RateTable, SliceSums, rates_from_sums, slice_columns
 from fpi.diagnose.summary import LabelMetrics
 from fpi.errors import ModelError
 from fpi.evaluation import labels_to_index
@@ -293,47 +293,6 @@ class StatsSpec:
 
 
 @dataclass(frozen=True)
-class SliceSums:
-    """Per value of one slice dimension: turns, argmax counts, probability sums and sums of
-    the probabilities' outer products (the linearised slice estimators need no more)."""
-
-    values: tuple[str, ...]
-    turns: np.ndarray  # (v,) int64
-    counts: np.ndarray  # (v, k) int64
-    probs: np.ndarray  # (v, k)
-    outer: np.ndarray  # (v, k, k)
-
-    @classmethod
-    def of(cls, values: pl.Series, probs: np.ndarray, pred: np.ndarray) -> SliceSums:
-        cats, codes = np.unique(values.to_numpy().astype(str), return_inverse=True)
-        v, k = len(cats), probs.shape[1]
-        codes = codes.reshape(-1)
-        counts = np.bincount(codes * k + pred, minlength=v * k).reshape(v, k)
-        psum = np.stack([np.bincount(codes, probs[:, j], minlength=v) for j in range(k)], 1)
-        outer = np.stack([np.bincount(codes, probs[:, i] * probs[:, j], minlength=v)
-                          for i in range(k) for j in range(k)], 1).reshape(v, k, k)
-        return cls(tuple(str(c) for c in cats), np.bincount(codes, minlength=v),
-                   counts.astype(np.int64), psum.reshape(v, k), outer)
-
-    @staticmethod
-    def merge(parts: Sequence[SliceSums]) -> SliceSums:
-        values = tuple(sorted({v for p in parts for v in p.values}))
-        index = {v: i for i, v in enumerate(values)}
-        k = parts[0].counts.shape[1]
-        turns = np.zeros(len(values), np.int64)
-        counts = np.zeros((len(values), k), np.int64)
-        probs = np.zeros((len(values), k))
-        outer = np.zeros((len(values), k, k))
-        for p in parts:
-            at = np.array([index[v] for v in p.values], dtype=np.int64)
-            turns[at] += p.turns
-            counts[at] += p.counts
-            probs[at] += p.probs
-            outer[at] += p.outer
-        return SliceSums(values, turns, counts, probs, outer)
-
-
-@dataclass(frozen=True)
 class PartitionStats:
     """The small statistics of one partition (or, merged, of the night)."""
 
@@ -486,3 +445,16 @@ def label_metrics(confusion: np.ndarray) -> LabelMetrics | None:
     k = conf.shape[0]
     true, pred = np.divmod(np.repeat(np.arange(k * k), conf.reshape(-1)), k)
     return LabelMetrics.of(true, pred)
+
+
+def rates_from_stats(stats: PartitionStats, em: np.ndarray, *,
+                     confusion: np.ndarray | None, soft_confusion: np.ndarray | None,
+                     confidence: float = 0.95, seed: int = 0,
+                     em_replicates: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> RateTable:
+    """The night's :class:`~fpi.diagnose.rates.RateTable` from its merged statistics."""
+    return rates_from_sums(turns=stats.turns, counts=stats.counts, prob_sums=stats.prob_sums,
+                           boot_turns=stats.boot_turns, boot_counts=stats.boot_counts,
+                           boot_probs=stats.boot_probs, em=em, confusion=confusion,
+                           soft_confusion=soft_confusion, em_replicates=em_replicates,
+                           confidence=confidence, seed=seed)

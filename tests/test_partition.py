@@ -14,6 +14,7 @@ from test_features import make_turns
 from fpi import __version__
 from fpi.diagnose.partition import (
     ModelRef,
+    PartitionSource,
     PartitionTask,
     ScoreSettings,
     StatsSpec,
@@ -38,8 +39,8 @@ from fpi.diagnose.rates import (
 )
 from fpi.diagnose.summary import LabelMetrics
 from fpi.engine import LocalEngine
-from fpi.errors import ModelError
-from fpi.hashing import hash_strings
+from fpi.errors import InputError, ModelError
+from fpi.hashing import bucket_of, hash_strings
 from fpi.schema import CLASSES
 
 SETTINGS = ScoreSettings(seed=3, examples=2, attribution="sample", attribution_quota=7)
@@ -165,6 +166,17 @@ def test_a_worker_refuses_another_model_or_fpi(small_bundle) -> None:
         worker_bundle(ModelRef(ref.path, "sha256:0123456789abcdef", __version__))
     with pytest.raises(ModelError, match=r"the driver runs fpi 0\.0\.0-other"):
         worker_bundle(ModelRef(ref.path, ref.bundle_hash, "0.0.0-other"))
+
+
+def test_a_part_file_with_a_session_of_another_bucket_is_refused(night: Path,
+                                                                   small_bundle) -> None:
+    ref = ModelRef.of(small_bundle)
+    first = PartitionSource(str(night), 0, 40)
+    sid = pl.read_parquet(night)["session_id"][0]
+    home = int(bucket_of(hash_strings([sid]), 5)[0])
+    with pytest.raises(InputError, match=f"session '{sid}' belongs to bucket {home} of 5"):
+        score_partition(PartitionTask(0, PartitionSource(first.path, 0, 40,
+                                                         ((home + 1) % 5, 5)), ref, SETTINGS))
 
 
 def _matrices(bundle):

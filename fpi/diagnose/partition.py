@@ -38,10 +38,10 @@ from fpi import __version__
 from fpi.diagnose import attribution as attr
 from fpi.diagnose.rates import RateTable, SliceSums, rates_from_sums, slice_columns
 from fpi.diagnose.summary import LabelMetrics
-from fpi.errors import ModelError
+from fpi.errors import InputError, ModelError
 from fpi.evaluation import labels_to_index
 from fpi.features import build_features
-from fpi.hashing import combine, hash_series, unit_interval
+from fpi.hashing import bucket_of, combine, hash_series, unit_interval
 from fpi.schema import KEY_COLUMNS
 
 if TYPE_CHECKING:
@@ -84,6 +84,9 @@ class PartitionSource:
     path: str
     offset: int = 0
     length: int | None = None
+    #: for a part file of ``fpi ingest --partitions N``: (its bucket, N); every session in
+    #: it must hash to that bucket (:func:`fpi.hashing.bucket_of`)
+    bucket: tuple[int, int] | None = None
 
     def read(self) -> pl.DataFrame:
         lf = pl.scan_parquet(self.path)
@@ -212,6 +215,7 @@ def score_partition(task: PartitionTask) -> Scored:
     codes = batch["session_id"].rle_id().cast(pl.Int64).to_numpy()
     firsts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else codes
     hashes = hash_series(batch["session_id"][firsts]) if len(codes) else np.zeros(0, np.uint64)
+    _check_bucket(task.source, batch["session_id"][firsts], hashes)
     sl = slice_columns(batch)
     s = task.settings
     scored = Scored(task.index, probs,
@@ -234,6 +238,18 @@ def score_partition(task: PartitionTask) -> Scored:
         values = attr.for_class(attr.grouped(bundle.contributions(feats), bundle.features), pred)
         scored.attribution_moments = _moments(values, pred, probs.shape[1])
     return scored
+
+
+def _check_bucket(source: PartitionSource, sessions: pl.Series, hashes: np.ndarray) -> None:
+    """InputError when a part file holds a session of another bucket."""
+    if source.bucket is None:
+        return
+    index, buckets = source.bucket
+    wrong = np.flatnonzero(bucket_of(hashes, buckets) != index)
+    if len(wrong):
+        raise InputError(f"{source.path}: session {sessions[int(wrong[0])]!r} belongs to "
+                         f"bucket {int(bucket_of(hashes[wrong[:1]], buckets)[0])} of {buckets}, "
+                         f"not {index}: re-partition the input with fpi ingest --partitions")
 
 
 def _moments(values: np.ndarray, pred: np.ndarray, k: int

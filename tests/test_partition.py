@@ -24,6 +24,7 @@ from fpi.diagnose.partition import (
     partition_stats,
     poisson_one,
     rates_from_stats,
+    score_night,
     score_partition,
     session_weights,
     split_sessions,
@@ -57,14 +58,15 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _score(night: Path, bundle, parts: int):
     sources = split_sessions(str(night), parts)
     tasks = [PartitionTask(i, s, ModelRef.of(bundle), SETTINGS) for i, s in enumerate(sources)]
-    engine = LocalEngine()
-    handles = engine.map(score_partition, tasks)
-    stats = merge_stats(engine.gather(engine.map(partition_stats, handles, SPEC)),
-                        examples=SETTINGS.examples,
-                        attribution_quota=SETTINGS.attribution_quota)
     prior = np.array([bundle.manifest["training"]["class_prior"][c] for c in CLASSES])
-    em = fit_em(engine, handles, prior)
-    return sources, handles, stats, em, prior
+    if parts == 1:  # step by step, as the other partitionings' score_night does
+        engine = LocalEngine()
+        handles = engine.map(score_partition, tasks)
+        stats = merge_stats(engine.gather(engine.map(partition_stats, handles, SPEC)),
+                            examples=SETTINGS.examples,
+                            attribution_quota=SETTINGS.attribution_quota)
+        return sources, handles, stats, fit_em(engine, handles, prior), prior
+    return (sources, *score_night(LocalEngine(), tasks, SPEC, prior), prior)
 
 
 @pytest.fixture(scope="module")

@@ -474,3 +474,17 @@ def rates_from_stats(stats: PartitionStats, em: np.ndarray, *,
                            boot_probs=stats.boot_probs, em=em, confusion=confusion,
                            soft_confusion=soft_confusion, em_replicates=em_replicates,
                            confidence=confidence, seed=seed)
+
+
+def score_night(engine: Engine, tasks: Sequence[PartitionTask], spec: StatsSpec,
+                train_prior: np.ndarray) -> tuple[list[object], PartitionStats, np.ndarray]:
+    """Score every partition on ``engine`` and merge: the handles (probabilities stay
+    where they were scored), the night's statistics and its EM prior."""
+    if not tasks:
+        raise ValueError("no partitions to score")
+    settings = tasks[0].settings
+    handles = engine.map(score_partition, tasks)
+    stats = merge_stats(engine.gather(engine.map(partition_stats, handles, spec)),
+                        examples=settings.examples,
+                        attribution_quota=settings.attribution_quota)
+    return handles, stats, fit_em(engine, handles, train_prior)

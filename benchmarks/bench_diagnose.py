@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def child(night: Path, model: Path, out: Path, attribution: str, budget: float) -> None:
-    from fpi.diagnosis import diagnose
+    from fpi.diagnose import diagnose
 
     t0 = time.perf_counter()
     res = diagnose([night], model=model, out_dir=out, attribution=attribution,
@@ -42,7 +42,7 @@ def child(night: Path, model: Path, out: Path, attribution: str, budget: float) 
 
 def regressions(workdir: Path, turns: int, train_turns: int) -> None:
     """Estimates vs truth, and which gate fails, on each regression profile."""
-    from fpi.diagnosis import diagnose
+    from fpi.diagnose import diagnose
     from fpi.model import train
     from fpi.schema import CLASSES
     from fpi.simulate import PROFILES, simulate_frame, write_simulation

@@ -82,12 +82,14 @@ class Meter:
 def _instrument(meter: Meter) -> None:
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    from fpi import attribution, diagnosis, model
+    from fpi import model
+    from fpi.diagnose import attribution, stream
+    from fpi.diagnose import run as d
     from fpi.model import calibration
 
-    d = diagnosis
-    d._batches = meter.wrap_iter("read", d._batches)  # type: ignore[attr-defined]
-    d.build_features = meter.wrap("features", d.build_features)  # type: ignore[attr-defined]
+    stream.batches = meter.wrap_iter("read", stream.batches)  # type: ignore[attr-defined]
+    stream.build_features = meter.wrap(  # type: ignore[attr-defined]
+        "features", stream.build_features)
     model.ModelBundle.raw_margin = meter.wrap(  # type: ignore[method-assign]
         "predict", model.ModelBundle.raw_margin)
     model.ModelBundle.contributions = meter.wrap(  # type: ignore[method-assign]
@@ -95,21 +97,23 @@ def _instrument(meter: Meter) -> None:
                                                  model.ModelBundle.contributions)
     calibration.Calibration.apply = meter.wrap(  # type: ignore[method-assign]
         "calibrate", calibration.Calibration.apply)
-    for name in ("slice_columns", "slice_rates"):
-        setattr(d, name, meter.wrap("slices", getattr(d, name)))
+    stream.slice_columns = meter.wrap("slices", stream.slice_columns)  # type: ignore[attr-defined]
+    d.slice_rates = meter.wrap("slices", d.slice_rates)  # type: ignore[attr-defined]
     for name in ("estimate_rates", "compare_rates"):
         setattr(d, name, meter.wrap("aggregate/bootstrap", getattr(d, name)))
     for name in ("measure", "summarize", "grouped", "for_class", "bottom_k"):
         setattr(attribution, name, meter.wrap("attribution", getattr(attribution, name)))
-    for name in ("write_reports", "_write_predictions", "_prediction_frame"):
+    for name in ("write_reports", "write_predictions"):
         setattr(d, name, meter.wrap("write", getattr(d, name)))
+    stream.prediction_frame = meter.wrap(  # type: ignore[attr-defined]
+        "write", stream.prediction_frame)
     pq.ParquetWriter.write_table = meter.wrap("write", pq.ParquetWriter.write_table)
 
 
 def _feature_groups(night: Path, batch_turns: int) -> dict[str, dict[str, float]]:
     import polars as pl
 
-    from fpi.diagnosis import _batches
+    from fpi.diagnose.inputs import batches as _batches
     from fpi.features import profile_stages
 
     out: dict[str, dict[str, float]] = {}
@@ -129,7 +133,7 @@ def _feature_groups(night: Path, batch_turns: int) -> dict[str, dict[str, float]
 
 
 def child(night: Path, model: Path, out: Path, attribution: str, groups: bool) -> None:
-    from fpi.diagnosis import diagnose
+    from fpi.diagnose import diagnose
 
     meter = Meter()
     _instrument(meter)

@@ -22,7 +22,7 @@ the union interval of EM, Dirichlet-confusion ACC and the unadjusted mean), the
 plain ones (``cc`` argmax count, ``pcc`` mean calibrated probability, ``acc``,
 ``pacc``, ``em`` with 100 bootstrap replicates, the others 200), ``blend_cc``
 (the blend of CC and ACC a bundle without a soft confusion matrix gets) and
-``new`` (:func:`fpi.aggregate.estimate_rates`'s headline: the precision-weighted
+``new`` (:func:`fpi.diagnose.rates.estimate_rates`'s headline: the precision-weighted
 blend of PCC and PACC).
 """
 
@@ -126,7 +126,7 @@ def _estimators(bundle: Any) -> dict[str, Callable[[dict[str, Any]], tuple[np.nd
 def _legacy(probs: np.ndarray, prior: np.ndarray, conf: np.ndarray,
             sessions: np.ndarray) -> tuple[np.ndarray, ...]:
     """fpi's estimator before issue 13 (ACC point, union-of-three bootstrap interval)."""
-    from fpi.aggregate import acc_prior, em_prior
+    from fpi.diagnose.rates import acc_prior, em_prior
 
     rng = np.random.default_rng(0)
     n, k = probs.shape

@@ -25,8 +25,8 @@ _LAZY: dict[str, str] = {
     "load_bundle": "fpi.model",
     "ModelBundle": "fpi.model",
     "evaluate": "fpi.evaluate",
-    "diagnose": "fpi.diagnosis",
-    "explain": "fpi.diagnosis",
+    "diagnose": "fpi.diagnose.run",
+    "explain": "fpi.diagnose.explanation",
     "build_trend": "fpi.trend",
     "write_trend": "fpi.report.trend",
 }
@@ -57,3 +57,4 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'fpi' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+

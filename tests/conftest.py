@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,3 +57,27 @@ def _compiled_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     `fpi` processes inherit it, so each test model compiles once per run."""
     if "FPI_CACHE_DIR" not in os.environ:
         os.environ["FPI_CACHE_DIR"] = str(tmp_path_factory.mktemp("fpi-cache"))
+
+
+#: The published JSON Schema of summary.json.
+SUMMARY_SCHEMA = Path(__file__).parent.parent / "docs" / "summary.schema.json"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _summaries_follow_the_schema() -> Iterator[None]:
+    """Every summary an in-process diagnose run of any test writes validates against the
+    published schema (a summary that does not fails that test with the schema's error)."""
+    import jsonschema
+
+    from fpi.diagnose import run as run_module
+
+    validator = jsonschema.Draft202012Validator(json.loads(SUMMARY_SCHEMA.read_text()))
+    real = run_module.write_reports
+
+    def checked(summary: dict[str, Any], stage: Path) -> Any:
+        validator.validate(summary)
+        return real(summary, stage)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_module, "write_reports", checked)
+        yield

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fpi.aggregate import (
+from fpi.diagnose.rates import (
     METHODS,
     SessionSums,
     acc_prior,

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fpi.attribution import (
+from fpi.diagnose.attribution import (
     GROUP_COLUMNS,
     Timing,
     bottom_k,

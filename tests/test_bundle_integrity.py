@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_features import make_turns
 
-from fpi.diagnosis import diagnose
+from fpi.diagnose import diagnose
 from fpi.errors import InputError, ModelError
 from fpi.model import load_bundle
 from fpi.model.bundle import MODEL_FILE, NO_CONTEXT_FILE

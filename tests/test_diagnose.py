@@ -13,9 +13,9 @@ from golden_compare import check_golden, compare_json
 from test_features import make_turns
 from typer.testing import CliRunner
 
-from fpi.attribution import GROUP_COLUMNS
 from fpi.cli import app
-from fpi.diagnosis import diagnose, explain
+from fpi.diagnose import diagnose, explain
+from fpi.diagnose.attribution import GROUP_COLUMNS
 from fpi.errors import InputError
 from fpi.model import load_bundle, train
 from fpi.schema import CLASSES

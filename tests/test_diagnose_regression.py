@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fpi.cli import app
-from fpi.diagnosis import diagnose
+from fpi.diagnose import diagnose
 from fpi.model import train
 from fpi.schema import CLASSES
 from fpi.simulate import simulate_frame, write_simulation

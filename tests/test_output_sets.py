@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from test_features import make_turns
 
-from fpi.diagnosis import diagnose
+from fpi.diagnose import diagnose
 from fpi.errors import InputError
 from fpi.files import JOURNAL, MARKER, check_output_dir, recover, staged_files, staged_output_dir
 from fpi.ingest import ingest, rejects_path_for
@@ -202,7 +202,7 @@ def test_diagnose_failing_mid_write_keeps_the_previous_set(small_bundle, night: 
     diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
     assert (out / "rejects.jsonl").is_file() and (out / MARKER).is_file()
     before = snapshot(out)
-    import fpi.diagnosis as diagnosis
+    from fpi.diagnose import run as diagnosis
 
     real = diagnosis.write_reports
 
@@ -246,7 +246,7 @@ def test_ingest_refuses_to_overwrite_a_foreign_file(night: Path, tmp_path: Path)
 
 _KILLED_RUN = """
 import os, signal, sys
-from fpi.diagnosis import diagnose
+from fpi.diagnose import diagnose
 
 def progress(step, done, total):
     if step == "predict":

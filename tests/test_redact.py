@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_features import make_turns
 
-from fpi.diagnosis import diagnose, explain
+from fpi.diagnose import diagnose, explain
 from fpi.errors import InputError
 from fpi.ingest import Problem
 from fpi.ingest.problems import RULES

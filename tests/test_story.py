@@ -11,13 +11,13 @@ import polars as pl
 import pytest
 from golden_compare import check_golden
 
-from fpi.diagnosis import diagnose
-from fpi.drift import drift_table, explain_share
+from fpi.diagnose import diagnose
+from fpi.diagnose.drift import drift_table, explain_share
+from fpi.diagnose.slices_compare import collapse, same_turn_groups
 from fpi.headline import headline
 from fpi.model import train
 from fpi.report import render_json, render_markdown
 from fpi.simulate import simulate_frame, write_simulation
-from fpi.slices_compare import collapse, same_turn_groups
 
 GOLDEN = Path(__file__).parent / "golden"
 NIGHT = 4000

@@ -86,7 +86,7 @@ def diagnose(
     Exit codes: 0 every gate passed (or no gates), 1 a gate failed, 2 a usage, input,
     output or model error, 70 an internal error (a bug in fpi).
     """
-    from fpi.diagnosis import diagnose as run
+    from fpi.diagnose.run import diagnose as run
     from fpi.report import render_json, render_terminal
 
     with progress_for(err_console) as progress:
@@ -153,7 +153,7 @@ def explain(
 
     Contributions are exact TreeSHAP values on the model's log-odds scale.
     """
-    from fpi.diagnosis import explain as run
+    from fpi.diagnose.explanation import explain as run
 
     e = run(inputs, model=model, session_id=session, turn_index=turn, top=top,
             redact_salt=redact_salt, allow_truncated=allow_truncated)

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import chi2_contingency
 
-from fpi.aggregate import _bh
+from fpi.diagnose.rates import benjamini_hochberg
 from fpi.numbers import stable_round
 from fpi.schema import CLASSES
 
@@ -142,7 +142,7 @@ def drift_table(now: Mapping[str, Any], base: Mapping[str, Any], *, alpha: float
                      "psi": stable_round(psi, 6), "p_value": p,
                      "largest_move": {"bin": labels[j], "baseline_share": stable_round(sb[j], 4),
                                       "share": stable_round(sa[j], 4)}})
-    q = _bh(np.array([r["p_value"] for r in rows]))
+    q = benjamini_hochberg(np.array([r["p_value"] for r in rows]))
     for r, qv in zip(rows, q, strict=True):
         r["p_value"] = float(f"{r['p_value']:.4g}")
         r["q_value"] = float(f"{qv:.4g}")

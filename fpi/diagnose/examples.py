@@ -10,13 +10,20 @@ night. Once the flags are known, :func:`pick` takes a few of each kind per targe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from fpi.schema import CLASSES, KEY_COLUMNS
+from fpi.diagnose import attribution as attr
+from fpi.numbers import stable_round
+from fpi.redact import Redactor
+from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS
+
+if TYPE_CHECKING:
+    from fpi.diagnose.stream import StreamState
+    from fpi.model import ModelBundle
 
 _PREFIX = "_slice_"
 
@@ -97,3 +104,74 @@ def pick(pool: ExamplePool, summary: Mapping[str, Any],
         if chosen.height:
             out.append({**t, "examples": render(chosen)})
     return out
+
+
+# ---------------------------------------------------------------------------
+# Rendering examples
+# ---------------------------------------------------------------------------
+
+
+def _runner_up(text: str | None, nbest: list[dict[str, Any]] | None) -> str | None:
+    for alt in nbest or []:
+        if alt.get("text") is not None and alt.get("text") != text:
+            return str(alt["text"])
+    return None
+
+
+def example_dict(row: Mapping[str, Any], probs_row: float, pred: int, contrib: np.ndarray,
+             features: Sequence[Any], red: Redactor | None) -> dict[str, Any]:
+    """One example turn; with ``red`` every log string that can carry user content is
+    masked and the session id pseudonymised (categorical fields stay)."""
+    def txt(v: Any) -> Any:
+        return v if red is None else red.text(v)
+
+    grouped = contrib @ attr.group_matrix(features)
+    return {
+        "session_id": row["session_id"] if red is None else red.id(row["session_id"]),
+        "turn_index": int(row["turn_index"]),
+        "predicted": CLASSES[pred],
+        "probability": stable_round(float(probs_row), 6),
+        "label": row["label"],
+        "heard": {"text": txt(row["heard_text"]), "confidence": row["heard_confidence"],
+                  "runner_up": txt(_runner_up(row["heard_text"], row["heard_nbest"]))},
+        "understood": {"domain": row["nlu_domain"], "intent": row["nlu_intent"],
+                       "confidence": row["nlu_confidence"],
+                       "slots": [{"name": s["name"], "value": txt(s["value"])}
+                                 for s in row["nlu_slots"] or []]},
+        "resolved": [{"mention": txt(e["mention"]), "resolved_name": txt(e["resolved_name"]),
+                      "status": e["status"], "score": e["score"]}
+                     for e in row["er_entities"] or []],
+        "answered": {"status": row["result_status"], "action": txt(row["result_action"]),
+                     "response": txt(row["result_response"])},
+        "next": {"barge_in": row["next_barge_in"], "explicit": row["next_explicit"],
+                 "text": txt(row["next_text"])},
+        "previous": {"text": txt(row.get("prev_text"))},
+        "components": {g: stable_round(float(grouped[j]), 4) for j, g in enumerate(COMPONENTS)},
+        "features": attr.top_features(contrib, features, row["_feats"], n=5),
+    }
+
+
+def render_examples(state: StreamState, bundle: ModelBundle,
+                    red: Redactor | None) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {c: [] for c in CLASSES[1:]}
+    if state.examples is None or state.examples.height == 0:
+        return out
+    ex = state.examples.sort(["_pred", "_prob", "session_id", "turn_index"],
+                           descending=[False, True, False, False])
+    contrib = bundle.contributions(ex.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()))
+    for i, row in enumerate(ex.iter_rows(named=True)):
+        p = int(row["_pred"])
+        out[CLASSES[p]].append(example_dict(row, row["_prob"], p, contrib[i, p], bundle.features,
+                                        red))
+    return out
+
+
+def render_focus(rows: pl.DataFrame, bundle: ModelBundle, red: Redactor | None
+                  ) -> list[dict[str, Any]]:
+    """Pool rows (with ``_kind``) as example dicts, each with its attribution."""
+    contrib = bundle.contributions(rows.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()))
+    return [{"kind": row["_kind"],
+             **example_dict(row, row["_prob"], int(row["_pred"]), contrib[i, int(row["_pred"])],
+                        bundle.features, red)}
+            for i, row in enumerate(rows.iter_rows(named=True))]
+

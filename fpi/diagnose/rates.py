@@ -43,7 +43,7 @@ Benjamini-Hochberg.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,7 @@ FAILURE_KEYS: tuple[str, ...] = (*CLASSES[1:], "failure")
 _MISSING = "(missing)"
 
 
-def _z(confidence: float) -> float:
+def z_value(confidence: float) -> float:
     """Two-sided normal quantile for ``confidence`` (no scipy needed)."""
     # inverse of erf by bisection: 60 halvings are plenty for double precision
     target = confidence
@@ -306,18 +306,9 @@ def estimate_rates(
     p = np.asarray(probs, np.float64)
     n, k = p.shape
     base = np.asarray(train_prior, np.float64)
-    if method == "auto":
-        method = HEADLINE
-    if method not in METHODS:
-        raise ValueError(f"unknown rate estimator {method!r}; known: {', '.join(METHODS)}")
     conf = None if confusion is None else np.asarray(confusion, np.float64)
     soft = None if soft_confusion is None else np.asarray(soft_confusion, np.float64)
-    pair: tuple[str, str] | None = None
-    if method == "blend":
-        pair = ("pcc", "pacc") if soft is not None else ("cc", "acc") if conf is not None else None
-    if ((method == "acc" and conf is None) or (method == "pacc" and soft is None)
-            or (method == "blend" and pair is None)):
-        method = "em"
+    method, pair = _resolve_method(method, conf, soft)
     codes = _session_codes(groups, n)
     sums = SessionSums.of(p, codes)
     count = sums.counts.sum(axis=0).astype(np.int64)
@@ -337,26 +328,128 @@ def estimate_rates(
     q_b, m_b = sub.replicates(rng, n_boot)
     devs = {"cc": scale * (q_b - sub.counts.sum(axis=0) / sub.turns.sum()),
             "pcc": scale * (m_b - sub.probs.sum(axis=0) / sub.turns.sum())}
-    alpha = 1.0 - confidence
+
+    def em_boot(point: np.ndarray) -> np.ndarray:
+        # EM: re-run on Poisson-weighted sessions (the costly one)
+        sel = np.arange(n) if rows is None else rows
+        sc = _dense(codes[sel])
+        em_scale = math.sqrt(len(sel) / n)
+        ps = p[sel]
+        em_sub = em_prior(ps, base, init=point)
+        out = np.empty((n_boot, k))
+        for b in range(n_boot):
+            w = rng.poisson(1.0, int(sc.max()) + 1).astype(np.float64)[sc]
+            if w.sum() == 0:
+                w = np.ones(len(sel))
+            out[b] = point + em_scale * (
+                em_prior(ps, base, weights=w, init=em_sub, tol=1e-6) - em_sub)
+        return out
+
+    weight, point, lows, highs = _interval(method, pair, points, devs, rng, conf, soft,
+                                           em_boot, 1.0 - confidence)
+    if method == "blend" and pair == ("cc", "acc"):
+        method = "blend_counts"  # a bundle without a soft confusion matrix
+    return RateTable(classes, n, point, lows, highs, count, count_rate, mean_prob, em, acc,
+                     confidence, n_boot, method, pacc, weight)
+
+
+def _resolve_method(method: str, conf: np.ndarray | None, soft: np.ndarray | None
+                    ) -> tuple[str, tuple[str, str] | None]:
+    """The estimator to use (``auto``: the headline; EM when a matrix is missing) and,
+    for the blend, its (unadjusted, adjusted) pair."""
+    if method == "auto":
+        method = HEADLINE
+    if method not in METHODS:
+        raise ValueError(f"unknown rate estimator {method!r}; known: {', '.join(METHODS)}")
+    pair: tuple[str, str] | None = None
+    if method == "blend":
+        pair = ("pcc", "pacc") if soft is not None else ("cc", "acc") if conf is not None else None
+    if ((method == "acc" and conf is None) or (method == "pacc" and soft is None)
+            or (method == "blend" and pair is None)):
+        method = "em"
+    return method, pair
+
+
+def _interval(method: str, pair: tuple[str, str] | None,
+              points: Mapping[str, np.ndarray | None], devs: Mapping[str, np.ndarray],
+              rng: np.random.Generator, conf: np.ndarray | None, soft: np.ndarray | None,
+              em_boot: Callable[[np.ndarray], np.ndarray], alpha: float
+              ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """The blend weight (or None), point and percentile interval of ``method``."""
     weight = None
     if method == "blend" and pair is not None:
         un, adj = pair
         un_p, adj_p = points[un], points[adj]
         assert un_p is not None and adj_p is not None
         weight, point, lows, highs = _blend(
-            un_p, adj_p, _replicates(un, points, rng, devs, conf, soft, p, rows, base, codes),
-            _replicates(adj, points, rng, devs, conf, soft, p, rows, base, codes), alpha)
+            un_p, adj_p, _replicates(un, points, rng, devs, conf, soft, em_boot),
+            _replicates(adj, points, rng, devs, conf, soft, em_boot), alpha)
     else:
         point_m = points[method]
         assert point_m is not None
         point = point_m
-        boot = _replicates(method, points, rng, devs, conf, soft, p, rows, base, codes)
+        boot = _replicates(method, points, rng, devs, conf, soft, em_boot)
         lows = np.quantile(boot, alpha / 2, axis=0)
         highs = np.quantile(boot, 1 - alpha / 2, axis=0)
     lows = np.clip(np.minimum(lows, point), 0.0, 1.0)
     highs = np.clip(np.maximum(highs, point), 0.0, 1.0)
+    return weight, point, lows, highs
+
+
+def rates_from_sums(
+    *,
+    turns: int,
+    counts: np.ndarray,
+    prob_sums: np.ndarray,
+    boot_turns: np.ndarray,
+    boot_counts: np.ndarray,
+    boot_probs: np.ndarray,
+    em: np.ndarray,
+    confusion: np.ndarray | None = None,
+    soft_confusion: np.ndarray | None = None,
+    em_replicates: Callable[[np.ndarray], np.ndarray] | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+    classes: tuple[str, ...] = CLASSES,
+    method: str = "auto",
+) -> RateTable:
+    """:func:`estimate_rates` from sums merged over partitions of whole sessions.
+
+    ``counts``/``prob_sums`` (k,) the night's argmax counts and probability sums;
+    ``boot_*`` the session bootstrap's per-replicate Poisson-weighted turns (b,), counts
+    and probability sums (b, k); ``em`` the night's EM prior; ``em_replicates(init)``
+    the (b, k) EM priors of the replicates (only called when EM is the estimator).
+    ``seed`` drives the Dirichlet redraws of the held-out matrices.
+    """
+    conf = None if confusion is None else np.asarray(confusion, np.float64)
+    soft = None if soft_confusion is None else np.asarray(soft_confusion, np.float64)
+    method, pair = _resolve_method(method, conf, soft)
+    n, k, n_boot = turns, len(classes), len(boot_turns)
+    count = np.asarray(counts).astype(np.int64)
+    count_rate = count / max(n, 1)
+    mean_prob = np.asarray(prob_sums, np.float64) / max(n, 1)
+    acc = acc_prior(count_rate, conf) if conf is not None and n else None
+    pacc = acc_prior(mean_prob, soft) if soft is not None and n else None
+    points = {"cc": count_rate, "pcc": mean_prob, "acc": acc, "pacc": pacc, "em": em}
+    if n == 0:
+        return RateTable(classes, 0, em, np.zeros(k), np.ones(k), count, count_rate, mean_prob,
+                         em, acc, confidence, 0, method, pacc)
+    tot = np.clip(np.asarray(boot_turns, np.float64), 1e-12, None)[:, None]
+    empty = np.asarray(boot_turns) <= 0  # a replicate that drew no session: the night
+    q_b = np.where(empty[:, None], count_rate, np.asarray(boot_counts) / tot)
+    m_b = np.where(empty[:, None], mean_prob, np.asarray(boot_probs) / tot)
+    devs = {"cc": q_b - count_rate, "pcc": m_b - mean_prob}
+
+    def em_boot(point: np.ndarray) -> np.ndarray:
+        if em_replicates is None:
+            raise ValueError("the EM estimator's interval needs em_replicates")
+        return point + (em_replicates(point) - em)
+
+    weight, point, lows, highs = _interval(method, pair, points, devs,
+                                           np.random.default_rng(seed), conf, soft, em_boot,
+                                           1.0 - confidence)
     if method == "blend" and pair == ("cc", "acc"):
-        method = "blend_counts"  # a bundle without a soft confusion matrix
+        method = "blend_counts"
     return RateTable(classes, n, point, lows, highs, count, count_rate, mean_prob, em, acc,
                      confidence, n_boot, method, pacc, weight)
 
@@ -404,13 +497,14 @@ def _boot_rows(rng: np.random.Generator, codes: np.ndarray, n: int,
 
 def _replicates(method: str, points: Mapping[str, np.ndarray | None],
                 rng: np.random.Generator, devs: Mapping[str, np.ndarray],
-                conf: np.ndarray | None, soft: np.ndarray | None, p: np.ndarray,
-                rows: np.ndarray | None, base: np.ndarray, codes: np.ndarray) -> np.ndarray:
+                conf: np.ndarray | None, soft: np.ndarray | None,
+                em_boot: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """(b, k) session-bootstrap replicates of one estimator.
 
     ``devs`` holds the replicates' deviations of the argmax distribution (``cc``)
     and of the mean probability (``pcc``) from the night's. ACC and PACC redraw
-    their held-out matrix's rows from a Dirichlet posterior in every replicate.
+    their held-out matrix's rows from a Dirichlet posterior in every replicate;
+    ``em_boot(point)`` gives EM's replicates.
     """
     n_boot = len(devs["cc"])
     point = points[method]
@@ -425,20 +519,7 @@ def _replicates(method: str, points: Mapping[str, np.ndarray | None],
         draws = _row_dirichlet(rng, mat, mat.sum(axis=1), n_boot)
         return np.stack([acc_prior(np.clip(dist + dev[b], 0, None), draws[b])
                          for b in range(n_boot)])
-    # EM: re-run on Poisson-weighted sessions (the costly one)
-    n, k = p.shape
-    sel = np.arange(n) if rows is None else rows
-    sc = _dense(codes[sel])
-    scale = math.sqrt(len(sel) / n)
-    ps = p[sel]
-    em_sub = em_prior(ps, base, init=point)
-    out = np.empty((n_boot, k))
-    for b in range(n_boot):
-        w = rng.poisson(1.0, int(sc.max()) + 1).astype(np.float64)[sc]
-        if w.sum() == 0:
-            w = np.ones(len(sel))
-        out[b] = point + scale * (em_prior(ps, base, weights=w, init=em_sub, tol=1e-6) - em_sub)
-    return out
+    return em_boot(point)
 
 
 #: Bounds of the blend's weight of the unadjusted estimator.
@@ -489,7 +570,7 @@ def slice_columns(turns: pl.DataFrame) -> pl.DataFrame:
     return turns.select(exprs)
 
 
-def _bh(pvalues: np.ndarray) -> np.ndarray:
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values)."""
     m = len(pvalues)
     if m == 0:
@@ -515,32 +596,36 @@ class _SliceEstimator:
     of ``rows^T rows``, so slices of partitions merge by adding.
     """
 
-    rows: np.ndarray
+    rows: np.ndarray | None  # None: the slices come as sums (SliceSums)
     matrix: np.ndarray | None
     weight: np.ndarray
     b: np.ndarray
+    #: rows are calibrated probabilities (else one-hot argmax)
+    probabilistic: bool = True
 
     @classmethod
-    def of(cls, rates: RateTable, probs: np.ndarray, confusion: np.ndarray | None,
+    def of(cls, rates: RateTable, probs: np.ndarray | None, confusion: np.ndarray | None,
            soft_confusion: np.ndarray | None) -> _SliceEstimator | None:
-        """``None`` for EM (no linear form; slices then re-run EM)."""
+        """``None`` for EM (no linear form; slices then re-run EM). Without ``probs``
+        the estimator works on sums only."""
         k = len(rates.classes)
         est = rates.estimator
         probabilistic = est in ("blend", "pcc", "pacc")
         if est == "em" or (est in ("acc", "blend_counts") and confusion is None) or (
                 est in ("pacc", "blend") and soft_confusion is None):
             return None
-        rows = probs if probabilistic else np.eye(k)[probs.argmax(axis=1)]
+        rows = (None if probs is None else probs if probabilistic
+                else np.eye(k)[probs.argmax(axis=1)])
         weight = (np.ones(k) if est in ("cc", "pcc") else np.zeros(k) if est in ("acc", "pacc")
                   else np.asarray(rates.weight, np.float64))
         matrix = soft_confusion if probabilistic else confusion
         if est in ("cc", "pcc"):
-            return cls(rows, None, weight, np.eye(k))
+            return cls(rows, None, weight, np.eye(k), probabilistic)
         assert matrix is not None
         m = np.asarray(matrix, np.float64)
         m = m / np.clip(m.sum(axis=1, keepdims=True), 1e-300, None)
         b = np.diag(weight) + np.diag(1 - weight) @ np.linalg.pinv(m.T)
-        return cls(rows, m, weight, b)
+        return cls(rows, m, weight, b, probabilistic)
 
     def estimate(self, d: np.ndarray) -> np.ndarray:
         if self.matrix is None:
@@ -551,6 +636,218 @@ class _SliceEstimator:
         """Sampling variance of the estimate from a mean ``d`` and mean outer product."""
         cov = (second - np.outer(d, d)) / max(size, 1)
         return np.clip(np.diag(self.b @ cov @ self.b.T), 0, None)
+
+
+@dataclass(frozen=True)
+class _SliceContext:
+    """What every slice of a night is estimated and tested against."""
+
+    rates: RateTable
+    probs: np.ndarray | None  # None: slices come as sums
+    train_prior: np.ndarray
+    n: int
+    z: float
+    #: the overall rates and their relative model-error share, per class and ``failure``
+    overall: dict[str, float]
+    rel_model: dict[str, float]
+    lin: _SliceEstimator | None
+    #: sums over the night of the linear estimator's rows and of their outer products
+    d_all: np.ndarray | None
+    s_all: np.ndarray | None
+
+    @classmethod
+    def of(cls, rates: RateTable, probs: np.ndarray | None, train_prior: np.ndarray,
+           confusion: np.ndarray | None, soft_confusion: np.ndarray | None, *,
+           turns: int = 0, totals: tuple[np.ndarray, np.ndarray] | None = None
+           ) -> _SliceContext:
+        """From the night's probabilities, or (``probs=None``) its ``turns`` and the
+        ``totals`` (sum of rows, sum of outer products) of the linear estimator."""
+        classes = rates.classes
+        n = len(probs) if probs is not None else turns
+        z = z_value(rates.confidence)
+        est = rates.estimate
+        # Relative model-error share of the overall interval, beyond sampling noise.
+        half = (rates.high - rates.low) / 2 / z
+        samp = np.sqrt(np.clip(est * (1 - est), 0, None) / max(n, 1))
+        rel_model = np.minimum(
+            np.sqrt(np.clip(half**2 - samp**2, 0, None)) / np.clip(est, 1e-9, None), 1.0
+        )
+        overall = {c: float(est[i]) for i, c in enumerate(classes)}
+        overall["failure"] = float(1.0 - est[0])
+        rel_model_map = {c: float(rel_model[i]) for i, c in enumerate(classes)}
+        rel_model_map["failure"] = float(rel_model[0] * est[0] / max(1 - est[0], 1e-9))
+        lin = _SliceEstimator.of(rates, probs, confusion, soft_confusion)
+        d_all = s_all = None
+        if lin is not None and lin.rows is not None:
+            d_all = lin.rows.sum(axis=0)
+            s_all = lin.rows.T @ lin.rows
+        elif lin is not None and totals is not None:
+            d_all, s_all = totals
+        return cls(rates, probs, train_prior, n, z, overall, rel_model_map, lin, d_all, s_all)
+
+    def sampling_var(self, d: np.ndarray | None, second: np.ndarray | None, ests: np.ndarray,
+                     size: int) -> np.ndarray:
+        """Per-class sampling variance of a slice estimate (plus ``failure``)."""
+        if self.lin is not None and d is not None and second is not None:
+            v = self.lin.variance(d, second, size)
+        else:
+            v = np.clip(ests * (1 - ests), 0, None) / max(size, 1)
+        return np.append(v, v[0])  # failure = 1 - correct
+
+    def one_slice(self, dim: str, value: Any, nt: int, rows_idx: np.ndarray
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One supported slice, given its rows of the night's probabilities."""
+        if self.lin is None or self.lin.rows is None:
+            return self.slice_entry(dim, value, nt, None, None, rows_idx)
+        xs = self.lin.rows[rows_idx]
+        return self.slice_entry(dim, value, nt, xs.sum(axis=0), xs.T @ xs, rows_idx)
+
+    def slice_entry(self, dim: str, value: Any, nt: int, dsum: np.ndarray | None,
+                    osum: np.ndarray | None, rows_idx: np.ndarray | None
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One supported slice's entry, and its tests against the rest of the night, from
+        the slice's sums of the linear estimator's rows and outer products (EM: its rows)."""
+        classes, est, n, z = self.rates.classes, self.rates.estimate, self.n, self.z
+        lin = self.lin
+        d = second = d_rest = s_rest = None
+        if lin is not None:
+            assert self.d_all is not None and self.s_all is not None
+            assert dsum is not None and osum is not None
+            d, second = dsum / nt, osum / nt
+            rest_n = max(n - nt, 1)
+            d_rest = (self.d_all - dsum) / rest_n
+            s_rest = (self.s_all - osum) / rest_n
+            sl = lin.estimate(d)
+        elif self.probs is not None and rows_idx is not None:
+            sl = em_prior(self.probs, self.train_prior, rows=rows_idx, init=est, tol=1e-6)
+        else:
+            raise ValueError("slices of the EM estimator need the turns' probabilities")
+        srates = {c: float(sl[i]) for i, c in enumerate(classes)}
+        srates["failure"] = float(1.0 - sl[0])
+        var_s = self.sampling_var(d, second, sl, nt)
+        var_rest = self.sampling_var(d_rest, s_rest, est, n - nt)
+        entry: dict[str, Any] = {"value": value, "turns": int(nt), "rates": {}}
+        tests = []
+        for j, c in enumerate([*classes, "failure"]):
+            ps = srates[c]
+            se = math.sqrt(var_s[j] + (self.rel_model[c] * ps) ** 2)
+            entry["rates"][c] = {"estimate": _r(ps), "low": _r(max(ps - z * se, 0)),
+                                 "high": _r(min(ps + z * se, 1))}
+            rest_n = n - nt
+            if c == "correct" or rest_n <= 0:
+                continue
+            rest_p = min(max((self.overall[c] * n - ps * nt) / rest_n, 0.0), 1.0)
+            sd = math.sqrt(max(var_s[j] + var_rest[j], 1e-12))
+            pval = 0.5 * math.erfc((ps - rest_p) / sd / math.sqrt(2))
+            tests.append({
+                "dimension": dim, "value": value, "class": c, "turns": int(nt),
+                "rate": _r(ps), "rest_rate": _r(rest_p), "overall_rate": _r(self.overall[c]),
+                "excess_failures": stable_round(nt * (ps - self.overall[c]), 2),
+                "p_value": pval,
+            })
+        return entry, tests
+
+
+@dataclass(frozen=True)
+class SliceSums:
+    """Per value of one slice dimension: turns, argmax counts, probability sums and sums of
+    the probabilities' outer products (the linearised slice estimators need no more)."""
+
+    values: tuple[str, ...]
+    turns: np.ndarray  # (v,) int64
+    counts: np.ndarray  # (v, k) int64
+    probs: np.ndarray  # (v, k)
+    outer: np.ndarray  # (v, k, k)
+
+    @classmethod
+    def of(cls, values: pl.Series, probs: np.ndarray, pred: np.ndarray) -> SliceSums:
+        cats, codes = np.unique(values.to_numpy().astype(str), return_inverse=True)
+        v, k = len(cats), probs.shape[1]
+        codes = codes.reshape(-1)
+        counts = np.bincount(codes * k + pred, minlength=v * k).reshape(v, k)
+        psum = np.stack([np.bincount(codes, probs[:, j], minlength=v) for j in range(k)], 1)
+        outer = np.stack([np.bincount(codes, probs[:, i] * probs[:, j], minlength=v)
+                          for i in range(k) for j in range(k)], 1).reshape(v, k, k)
+        return cls(tuple(str(c) for c in cats), np.bincount(codes, minlength=v),
+                   counts.astype(np.int64), psum.reshape(v, k), outer)
+
+    def row_sums(self, i: int, probabilistic: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Value ``i``'s sums of the linear slice estimator's rows and outer products:
+        probabilities, or one-hot argmax (whose outer products are the diagonal counts)."""
+        if probabilistic:
+            return self.probs[i], self.outer[i]
+        counts = self.counts[i].astype(np.float64)
+        return counts, np.diag(counts)
+
+    def totals(self, probabilistic: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The night's sums (every dimension's values cover every turn once)."""
+        if probabilistic:
+            return self.probs.sum(axis=0), self.outer.sum(axis=0)
+        counts = self.counts.sum(axis=0).astype(np.float64)
+        return counts, np.diag(counts)
+
+    @staticmethod
+    def merge(parts: Sequence[SliceSums]) -> SliceSums:
+        values = tuple(sorted({v for p in parts for v in p.values}))
+        index = {v: i for i, v in enumerate(values)}
+        k = parts[0].counts.shape[1]
+        turns = np.zeros(len(values), np.int64)
+        counts = np.zeros((len(values), k), np.int64)
+        probs = np.zeros((len(values), k))
+        outer = np.zeros((len(values), k, k))
+        for p in parts:
+            at = np.array([index[v] for v in p.values], dtype=np.int64)
+            turns[at] += p.turns
+            counts[at] += p.counts
+            probs[at] += p.probs
+            outer[at] += p.outer
+        return SliceSums(values, turns, counts, probs, outer)
+
+
+def slice_rates_from_sums(
+    sums: Mapping[str, SliceSums],
+    rates: RateTable,
+    *,
+    train_prior: np.ndarray,
+    confusion: np.ndarray | None = None,
+    soft_confusion: np.ndarray | None = None,
+    min_support: int = 50,
+    alpha: float = 0.05,
+    max_slices: int = 30,
+    top: int = 10,
+) -> dict[str, Any]:
+    """:func:`slice_rates` from per-slice sums (merged over partitions) instead of the
+    turns' probabilities: the same estimates and tests for every estimator but EM (whose
+    slices re-run EM on the slice's turns; ValueError)."""
+    turns = int(next(iter(sums.values())).turns.sum()) if sums else 0
+    lin = _SliceEstimator.of(rates, None, confusion, soft_confusion)
+    totals = None
+    if lin is not None and sums:
+        first = next(iter(sums.values()))
+        totals = first.totals(lin.probabilistic)
+    ctx = _SliceContext.of(rates, None, train_prior, confusion, soft_confusion,
+                           turns=turns, totals=totals)
+    dims: dict[str, Any] = {}
+    tests: list[dict[str, Any]] = []
+    for dim, ss in sums.items():
+        order = sorted(range(len(ss.values)), key=lambda i: (-int(ss.turns[i]), ss.values[i]))
+        rows_out = []
+        small_n = small_turns = 0
+        for i in order:
+            nt = int(ss.turns[i])
+            if nt < min_support:
+                small_n, small_turns = small_n + 1, small_turns + nt
+                continue
+            dsum, osum = ss.row_sums(i, lin is None or lin.probabilistic)
+            entry, slice_tests = ctx.slice_entry(dim, ss.values[i], nt, dsum, osum, None)
+            rows_out.append(entry)
+            tests += slice_tests
+        dims[dim] = {
+            "slices": rows_out[:max_slices],
+            "omitted": {"small": {"slices": small_n, "turns": small_turns},
+                        "beyond_max": max(0, len(rows_out) - max_slices)},
+        }
+    return _slice_doc(dims, tests, min_support=min_support, alpha=alpha, top=top)
 
 
 def slice_rates(
@@ -586,37 +883,9 @@ def slice_rates(
     max_slices : at most this many slices per dimension, largest first.
     top : how many excess-failure slices to list.
     """
-    classes = rates.classes
-    n = len(probs)
-    z = _z(rates.confidence)
-    est = rates.estimate
-    # Relative model-error share of the overall interval, beyond sampling noise.
-    half = (rates.high - rates.low) / 2 / z
-    samp = np.sqrt(np.clip(est * (1 - est), 0, None) / max(n, 1))
-    rel_model = np.minimum(
-        np.sqrt(np.clip(half**2 - samp**2, 0, None)) / np.clip(est, 1e-9, None), 1.0
-    )
-    keys = [*classes, "failure"]
-    overall = {c: float(est[i]) for i, c in enumerate(classes)}
-    overall["failure"] = float(1.0 - est[0])
-    rel_model_map = {c: float(rel_model[i]) for i, c in enumerate(classes)}
-    rel_model_map["failure"] = float(rel_model[0] * est[0] / max(1 - est[0], 1e-9))
-
+    ctx = _SliceContext.of(rates, probs, train_prior, confusion, soft_confusion)
     dims: dict[str, Any] = {}
     tests: list[dict[str, Any]] = []
-    lin = _SliceEstimator.of(rates, probs, confusion, soft_confusion)
-    if lin is not None:
-        d_all = lin.rows.sum(axis=0)
-        s_all = lin.rows.T @ lin.rows
-
-    def sampling_var(d: np.ndarray | None, second: np.ndarray | None, ests: np.ndarray,
-                     size: int) -> np.ndarray:
-        """Per-class sampling variance of a slice estimate (plus ``failure``)."""
-        if lin is not None and d is not None and second is not None:
-            v = lin.variance(d, second, size)
-        else:
-            v = np.clip(ests * (1 - ests), 0, None) / max(size, 1)
-        return np.append(v, v[0])  # failure = 1 - correct
     indexed = slices.with_row_index("_row")
     for dim in slices.columns:
         g = (
@@ -629,40 +898,9 @@ def slice_rates(
         small = g.filter(pl.col("turns") < min_support)
         rows_out = []
         for value, nt, idx in supported.select(dim, "turns", "_row").iter_rows():
-            rows_idx = np.asarray(idx)
-            d = second = d_rest = s_rest = None
-            if lin is not None:
-                xs = lin.rows[rows_idx]
-                d, second = xs.mean(axis=0), xs.T @ xs / nt
-                rest_n = max(n - nt, 1)
-                d_rest = (d_all - xs.sum(axis=0)) / rest_n
-                s_rest = (s_all - xs.T @ xs) / rest_n
-                sl = lin.estimate(d)
-            else:
-                sl = em_prior(probs, train_prior, rows=rows_idx, init=est, tol=1e-6)
-            srates = {c: float(sl[i]) for i, c in enumerate(classes)}
-            srates["failure"] = float(1.0 - sl[0])
-            var_s = sampling_var(d, second, sl, nt)
-            var_rest = sampling_var(d_rest, s_rest, est, n - nt)
-            entry: dict[str, Any] = {"value": value, "turns": int(nt), "rates": {}}
-            for j, c in enumerate(keys):
-                ps = srates[c]
-                se = math.sqrt(var_s[j] + (rel_model_map[c] * ps) ** 2)
-                entry["rates"][c] = {"estimate": _r(ps), "low": _r(max(ps - z * se, 0)),
-                                     "high": _r(min(ps + z * se, 1))}
-                rest_n = n - nt
-                if c == "correct" or rest_n <= 0:
-                    continue
-                rest_p = min(max((overall[c] * n - ps * nt) / rest_n, 0.0), 1.0)
-                sd = math.sqrt(max(var_s[j] + var_rest[j], 1e-12))
-                pval = 0.5 * math.erfc((ps - rest_p) / sd / math.sqrt(2))
-                tests.append({
-                    "dimension": dim, "value": value, "class": c, "turns": int(nt),
-                    "rate": _r(ps), "rest_rate": _r(rest_p), "overall_rate": _r(overall[c]),
-                    "excess_failures": stable_round(nt * (ps - overall[c]), 2),
-                    "p_value": pval,
-                })
+            entry, slice_tests = ctx.one_slice(dim, value, int(nt), np.asarray(idx))
             rows_out.append(entry)
+            tests += slice_tests
         dims[dim] = {
             "slices": rows_out[:max_slices],
             "omitted": {
@@ -670,7 +908,13 @@ def slice_rates(
                 "beyond_max": max(0, len(rows_out) - max_slices),
             },
         }
-    qvals = _bh(np.array([t["p_value"] for t in tests]))
+    return _slice_doc(dims, tests, min_support=min_support, alpha=alpha, top=top)
+
+
+def _slice_doc(dims: dict[str, Any], tests: list[dict[str, Any]], *, min_support: int,
+               alpha: float, top: int) -> dict[str, Any]:
+    """The ``slices`` block: the dimensions, and the tests corrected for multiplicity."""
+    qvals = benjamini_hochberg(np.array([t["p_value"] for t in tests]))
     for t, q in zip(tests, qvals, strict=True):
         t["p_value"] = float(f"{t['p_value']:.4g}")
         t["q_value"] = float(f"{q:.4g}")
@@ -706,7 +950,7 @@ def compare_rates(
     the two are combined as independent, which is conservative: both nights
     share the model, so part of its error cancels in the difference.
     """
-    z = _z(confidence)
+    z = z_value(confidence)
     out: dict[str, dict[str, Any]] = {}
     for c in CLASSES:
         if c not in current or c not in baseline:

@@ -23,31 +23,24 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from fpi.features import Feature
 from fpi.numbers import stable_round
 from fpi.schema import CLASSES, COMPONENTS
+
+if TYPE_CHECKING:
+    from fpi.model import ModelBundle
 
 MODES: tuple[str, ...] = ("sample", "all", "none")
 #: Column names of the grouped contributions: one per component, then the bias.
 GROUP_COLUMNS: tuple[str, ...] = (*COMPONENTS, "bias")
 
 
-class _Feature(Protocol):
-    name: str
-    group: str
-
-
-class _Bundle(Protocol):
-    features: Sequence[Any]
-
-    def contributions(self, features: pl.DataFrame) -> np.ndarray: ...
-
-
-def group_matrix(features: Sequence[_Feature]) -> np.ndarray:
+def group_matrix(features: Sequence[Feature]) -> np.ndarray:
     """(n_features + 1, n_components + 1) 0/1 matrix summing features into groups (+ bias)."""
     m = np.zeros((len(features) + 1, len(GROUP_COLUMNS)))
     for i, f in enumerate(features):
@@ -56,7 +49,7 @@ def group_matrix(features: Sequence[_Feature]) -> np.ndarray:
     return m
 
 
-def grouped(contrib: np.ndarray, features: Sequence[_Feature]) -> np.ndarray:
+def grouped(contrib: np.ndarray, features: Sequence[Feature]) -> np.ndarray:
     """Sum ``(n, k, F + 1)`` contributions into ``(n, k, len(GROUP_COLUMNS))`` groups."""
     return contrib @ group_matrix(features)
 
@@ -78,7 +71,7 @@ class Timing:
         return self.rows / max(self.seconds, 1e-9)
 
 
-def measure(bundle: _Bundle, features: pl.DataFrame, rows: int = 100) -> Timing:
+def measure(bundle: ModelBundle, features: pl.DataFrame, rows: int = 100) -> Timing:
     """Time exact contributions on up to ``rows`` rows of ``features``."""
     part = features.head(rows)
     t0 = time.perf_counter()
@@ -198,7 +191,7 @@ def summarize(
     }
 
 
-def top_features(row: np.ndarray, features: Sequence[_Feature], values: dict[str, Any],
+def top_features(row: np.ndarray, features: Sequence[Feature], values: dict[str, Any],
                  n: int = 5) -> list[dict[str, Any]]:
     """The ``n`` features with the largest absolute contribution in one (F + 1,) row."""
     # ranked on |contribution| to 1e-12: last-bit noise between machines cannot

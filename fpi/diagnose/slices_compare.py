@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fpi.aggregate import FAILURE_KEYS, _bh, _z
+from fpi.diagnose.rates import FAILURE_KEYS, benjamini_hochberg, z_value
 from fpi.numbers import stable_round
 
 
@@ -97,7 +97,7 @@ def compare_slices(summary: Mapping[str, Any], base: Mapping[str, Any], *,
                    groups: list[list[dict[str, str]]], confidence: float = 0.95,
                    alpha: float = 0.05, top: int = 10) -> dict[str, Any]:
     """The ``slices.vs_baseline`` block: tests, and the new-or-worse slices (collapsed)."""
-    z = _z(confidence)
+    z = z_value(confidence)
     old = _baseline_slices(base)
     tests: list[dict[str, Any]] = []
     for dim, d in ((summary.get("slices") or {}).get("dimensions") or {}).items():
@@ -117,7 +117,7 @@ def compare_slices(summary: Mapping[str, Any], base: Mapping[str, Any], *,
                     "extra_failures": stable_round(s["turns"] * diff, 2),
                     "p_value": 0.5 * math.erfc(diff / sd / math.sqrt(2)),
                 })
-    q = _bh(np.array([t["p_value"] for t in tests]))
+    q = benjamini_hochberg(np.array([t["p_value"] for t in tests]))
     for t, qv in zip(tests, q, strict=True):
         t["p_value"] = float(f"{t['p_value']:.4g}")
         t["q_value"] = float(f"{qv:.4g}")

@@ -1,0 +1,490 @@
+"""Scoring one partition of whole sessions, and the small statistics that merge on the driver.
+
+Every function here that an engine runs (:func:`score_partition`, :func:`partition_stats`,
+:func:`em_step`) is module-level and pure: its inputs are picklable records and its output
+depends only on them, so a :class:`~fpi.engine.LocalEngine` over the batches of one file
+and a Dask cluster over part files give the same statistics. The driver's side is
+:func:`merge_stats` (sums, and re-selection of the bounded samples) and :func:`fit_em`
+(EM prior adjustment, one ``em_step`` round per iteration; probabilities stay in the
+handles)::
+
+    tasks = [PartitionTask(i, src, ModelRef.of(bundle), settings) for i, src in ...]
+    handles = engine.map(score_partition, tasks)
+    stats = merge_stats(engine.gather(engine.map(partition_stats, handles, spec)))
+    em = fit_em(engine, handles, train_prior)
+
+What makes the merge independent of the partitioning:
+
+- counts, probability sums, slice sums and the labelled confusion are sums;
+- the session bootstrap's Poisson(1) weights come from ``hash(session, seed, replicate)``
+  (:func:`session_weights`), so every partitioning draws the same replicates, and a
+  partition returns its per-replicate weighted sums;
+- the attribution sample keeps the turns with the lowest ``hash(session, turn, seed)``
+  per predicted class: each partition keeps its lowest, the driver the lowest of the union;
+- examples are the top-N per predicted class by probability, ties by session and turn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from fpi import __version__
+from fpi.diagnose import attribution as attr
+from fpi.diagnose.rates import RateTable, SliceSums, rates_from_sums, slice_columns
+from fpi.diagnose.summary import LabelMetrics
+from fpi.errors import InputError, ModelError
+from fpi.features import build_features
+from fpi.hashing import bucket_of, combine, hash_series, unit_interval
+from fpi.metrics import labels_to_index
+from fpi.schema import KEY_COLUMNS
+
+if TYPE_CHECKING:
+    from fpi.engine import Engine
+    from fpi.model import ModelBundle
+
+#: Replicates per chunk of the bootstrap's (replicates x sessions) weight matrix.
+_BOOT_CHUNK = 16
+
+
+# ---------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a worker loads: where, and what the driver expects it to be."""
+
+    path: str
+    bundle_hash: str
+    fpi_version: str
+
+    @classmethod
+    def of(cls, bundle: ModelBundle) -> ModelRef:
+        """The driver's reference to a loaded bundle (it must have been loaded from disk)."""
+        from fpi.diagnose.baseline import bundle_id
+
+        if bundle.path is None:
+            raise ModelError("the model was not loaded from a bundle directory: workers "
+                             "need a path they can read (save the bundle first)")
+        return cls(str(bundle.path), bundle_id(bundle), __version__)
+
+
+@dataclass(frozen=True)
+class PartitionSource:
+    """Where a partition's turns are: a canonical Parquet file (path or fsspec URL) and
+    a row range of whole sessions (``length=None``: to the end: a whole part file)."""
+
+    path: str
+    offset: int = 0
+    length: int | None = None
+    #: for a part file of ``fpi ingest --partitions N``: (its bucket, N); every session in
+    #: it must hash to that bucket (:func:`fpi.hashing.bucket_of`)
+    bucket: tuple[int, int] | None = None
+
+    def read(self) -> pl.DataFrame:
+        lf = pl.scan_parquet(self.path)
+        if self.offset or self.length is not None:
+            lf = lf.slice(self.offset, self.length)
+        return lf.collect()
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What a worker keeps of a scored partition besides its probabilities."""
+
+    seed: int = 0
+    #: example turns per predicted failure class
+    examples: int = 3
+    #: ``sample``, ``all`` or ``none``
+    attribution: str = "sample"
+    #: turns per predicted class in the attribution sample
+    attribution_quota: int = attr.per_class_quota(1200)
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """One partition to score: picklable, so any engine can ship it to a worker."""
+
+    index: int
+    source: PartitionSource
+    model: ModelRef
+    settings: ScoreSettings = field(default_factory=ScoreSettings)
+
+
+def session_ranges(path: str, turns_per_partition: int) -> list[PartitionSource]:
+    """Row ranges of a sorted canonical Parquet file, each ending at a session boundary
+    and (but the last) holding at least ``turns_per_partition`` turns."""
+    sid = pl.scan_parquet(path).select("session_id").collect()["session_id"]
+    if sid.len() == 0:
+        return []
+    ends = sid.rle().struct.field("len").cum_sum().to_numpy()
+    out, start = [], 0
+    while start < sid.len():
+        i = int(np.searchsorted(ends, start + max(turns_per_partition, 1), side="left"))
+        end = int(ends[min(i, len(ends) - 1)])
+        out.append(PartitionSource(path, start, end - start))
+        start = end
+    return out
+
+
+def split_sessions(path: str, partitions: int) -> list[PartitionSource]:
+    """``path`` cut into about ``partitions`` row ranges of whole sessions."""
+    total = pl.scan_parquet(path).select(pl.len()).collect().item()
+    return session_ranges(path, math.ceil(total / max(partitions, 1)))
+
+
+# ---------------------------------------------------------------------------
+# The worker's model
+# ---------------------------------------------------------------------------
+
+_BUNDLES: dict[str, ModelBundle] = {}
+
+
+def worker_bundle(ref: ModelRef) -> ModelBundle:
+    """The bundle ``ref`` names, loaded once per process (keyed by its hash); ModelError
+    when this process runs another fpi or the files hold another model."""
+    from fpi.diagnose.baseline import bundle_id
+    from fpi.model import load_bundle
+
+    if ref.fpi_version != __version__:
+        raise ModelError(f"{ref.path}: the driver runs fpi {ref.fpi_version}, a worker runs fpi "
+                         f"{__version__}: install the same fpi on the driver and every worker")
+    bundle = _BUNDLES.get(ref.bundle_hash)
+    if bundle is None:
+        bundle = load_bundle(ref.path)
+        found = bundle_id(bundle)
+        if found != ref.bundle_hash:
+            raise ModelError(f"{ref.path}: a worker read model {_short(found)}, the driver uses "
+                             f"{_short(ref.bundle_hash)}: every worker must read the same bundle")
+        _BUNDLES[found] = bundle
+    return bundle
+
+
+def _short(model_id: str) -> str:
+    return model_id.removeprefix("sha256:")[:12]
+
+
+# ---------------------------------------------------------------------------
+# Scoring (on a worker)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Scored:
+    """One scored partition, kept where it was scored (a handle's value): per-turn
+    probabilities and what the statistics and samples are computed from."""
+
+    index: int
+    probs: np.ndarray  # (n, k)
+    labels: np.ndarray  # (n,) class index, -1 unlabelled
+    session_codes: np.ndarray  # (n,) 0..s-1 within the partition
+    session_hashes: np.ndarray  # (s,) stable hash of each session id
+    slices: pl.DataFrame  # (n, dims) slice values as strings
+    examples: pl.DataFrame | None  # top-N candidates per predicted failure class
+    attribution: pl.DataFrame | None  # lowest-key candidates per predicted class
+    #: --attribution all: per predicted class, count, sum and sum of squares of the
+    #: per-component contributions, (k,), (k, g), (k, g)
+    attribution_moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def turns(self) -> int:
+        return len(self.probs)
+
+
+def turn_keys(session_hashes: np.ndarray, turn_index: np.ndarray, seed: int) -> np.ndarray:
+    """The attribution sample's key of each turn: ``hash(session, turn, seed)``."""
+    return combine(session_hashes, turn_index, seed)
+
+
+def score_partition(task: PartitionTask) -> Scored:
+    """Features, calibrated probabilities and the bounded samples of one partition."""
+    from fpi.diagnose.stream import turn_view
+
+    bundle = worker_bundle(task.model)
+    batch = task.source.read()
+    feats = build_features(batch)
+    probs = bundle.predict_proba(feats)
+    pred = probs.argmax(axis=1)
+    codes = batch["session_id"].rle_id().cast(pl.Int64).to_numpy()
+    firsts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else codes
+    hashes = hash_series(batch["session_id"][firsts]) if len(codes) else np.zeros(0, np.uint64)
+    _check_bucket(task.source, batch["session_id"][firsts], hashes)
+    sl = slice_columns(batch)
+    s = task.settings
+    scored = Scored(task.index, probs,
+                    labels_to_index(batch["label"].struct.field("failure_point")),
+                    codes, hashes, sl, None, None)
+    if s.examples > 0:
+        view = turn_view(batch).with_columns(
+            feats.drop(KEY_COLUMNS).to_struct("_feats"),
+            pl.Series("_prob", probs[np.arange(len(pred)), pred]),
+            pl.Series("_pred", pred.astype(np.int64)))
+        scored.examples = top_examples(view.filter(pl.col("_pred") > 0), s.examples)
+    if s.attribution == "sample":
+        keys = turn_keys(hashes[codes], batch["turn_index"].to_numpy(), s.seed)
+        keep = attr.bottom_k(keys, pred, s.attribution_quota)
+        scored.attribution = pl.concat(
+            [feats[keep], sl[keep].select(pl.all().name.prefix("_slice_"))],
+            how="horizontal").with_columns(pl.Series("_key", keys[keep]),
+                                           pl.Series("_pred", pred[keep].astype(np.int64)))
+    elif s.attribution == "all":
+        values = attr.for_class(attr.grouped(bundle.contributions(feats), bundle.features), pred)
+        scored.attribution_moments = _moments(values, pred, probs.shape[1])
+    return scored
+
+
+def _check_bucket(source: PartitionSource, sessions: pl.Series, hashes: np.ndarray) -> None:
+    """InputError when a part file holds a session of another bucket."""
+    if source.bucket is None:
+        return
+    index, buckets = source.bucket
+    wrong = np.flatnonzero(bucket_of(hashes, buckets) != index)
+    if len(wrong):
+        raise InputError(f"{source.path}: session {sessions[int(wrong[0])]!r} belongs to "
+                         f"bucket {int(bucket_of(hashes[wrong[:1]], buckets)[0])} of {buckets}, "
+                         f"not {index}: re-partition the input with fpi ingest --partitions")
+
+
+def _moments(values: np.ndarray, pred: np.ndarray, k: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    count = np.bincount(pred, minlength=k).astype(np.int64)
+    total = np.zeros((k, values.shape[1]))
+    squares = np.zeros((k, values.shape[1]))
+    np.add.at(total, pred, values)
+    np.add.at(squares, pred, values**2)
+    return count, total, squares
+
+
+def top_examples(frame: pl.DataFrame, per_class: int) -> pl.DataFrame:
+    """The ``per_class`` most probable turns of each predicted class (ties: session, turn)."""
+    return (frame.sort(["_prob", "session_id", "turn_index"], descending=[True, False, False])
+            .group_by("_pred", maintain_order=True).head(per_class)
+            .select(frame.columns)
+            .sort(["_pred", "_prob", "session_id", "turn_index"],
+                  descending=[False, True, False, False]))
+
+
+# ---------------------------------------------------------------------------
+# Mergeable statistics
+# ---------------------------------------------------------------------------
+
+
+def poisson_one(u: np.ndarray) -> np.ndarray:
+    """Poisson(1) draws from uniforms on [0, 1) by the inverse CDF."""
+    u = np.asarray(u, dtype=np.float64)
+    k = np.zeros(u.shape, dtype=np.int64)
+    p = cdf = math.exp(-1.0)
+    for i in range(1, 40):
+        more = u >= cdf
+        if not more.any():
+            break
+        k += more
+        p /= i
+        cdf += p
+    return k
+
+
+def session_weights(session_hashes: np.ndarray, seed: int, replicates: np.ndarray
+                    ) -> np.ndarray:
+    """(b, s) Poisson(1) bootstrap weights of sessions: ``hash(session, seed, replicate)``,
+    the same whichever partition a session is in."""
+    h = combine(np.asarray(session_hashes, np.uint64)[None, :], seed,
+                np.asarray(replicates, np.int64)[:, None])
+    return poisson_one(unit_interval(h)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class StatsSpec:
+    """What :func:`partition_stats` computes: the bootstrap's seed and replicate count."""
+
+    seed: int = 0
+    n_boot: int = 200
+
+
+@dataclass(frozen=True)
+class PartitionStats:
+    """The small statistics of one partition (or, merged, of the night)."""
+
+    turns: int
+    sessions: int
+    counts: np.ndarray  # (k,) argmax counts, int64
+    prob_sums: np.ndarray  # (k,)
+    confusion: np.ndarray  # (k, k) labelled turns: true class x predicted, int64
+    boot_turns: np.ndarray  # (b,) Poisson-weighted turns per replicate
+    boot_counts: np.ndarray  # (b, k)
+    boot_probs: np.ndarray  # (b, k)
+    slices: dict[str, SliceSums]
+    examples: pl.DataFrame | None
+    attribution: pl.DataFrame | None
+    attribution_moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
+    """Everything the night's estimates need from one scored partition, as sums."""
+    probs, codes = scored.probs, scored.session_codes
+    n, k = probs.shape
+    s = len(scored.session_hashes)
+    pred = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
+    sess_turns = np.bincount(codes, minlength=s).astype(np.float64)
+    sess_counts = np.bincount(codes * k + pred, minlength=s * k).reshape(s, k).astype(np.float64)
+    sess_probs = (np.stack([np.bincount(codes, probs[:, j], minlength=s) for j in range(k)], 1)
+                  if n else np.zeros((0, k)))
+    b = spec.n_boot
+    boot_turns, boot_counts, boot_probs = np.zeros(b), np.zeros((b, k)), np.zeros((b, k))
+    for start in range(0, b, _BOOT_CHUNK):
+        reps = np.arange(start, min(start + _BOOT_CHUNK, b))
+        w = session_weights(scored.session_hashes, spec.seed, reps)
+        boot_turns[reps] = w @ sess_turns
+        boot_counts[reps] = w @ sess_counts
+        boot_probs[reps] = w @ sess_probs
+    labelled = scored.labels >= 0
+    confusion = np.bincount(scored.labels[labelled].astype(np.int64) * k + pred[labelled],
+                            minlength=k * k).reshape(k, k).astype(np.int64)
+    return PartitionStats(
+        turns=n, sessions=s, counts=np.bincount(pred, minlength=k).astype(np.int64),
+        prob_sums=probs.sum(axis=0), confusion=confusion, boot_turns=boot_turns,
+        boot_counts=boot_counts, boot_probs=boot_probs,
+        slices={dim: SliceSums.of(scored.slices[dim], probs, pred)
+                for dim in scored.slices.columns},
+        examples=scored.examples, attribution=scored.attribution,
+        attribution_moments=scored.attribution_moments)
+
+
+def merge_stats(parts: Sequence[PartitionStats], *, examples: int = 3,
+                attribution_quota: int = attr.per_class_quota(1200)) -> PartitionStats:
+    """The night's statistics from its partitions' (in any order)."""
+    if not parts:
+        raise ValueError("no partitions to merge")
+    ex = [p.examples for p in parts if p.examples is not None]
+    at = [p.attribution for p in parts if p.attribution is not None]
+    attribution = None
+    if at:
+        cand = pl.concat(at)
+        attribution = cand[attr.bottom_k(cand["_key"].to_numpy(), cand["_pred"].to_numpy(),
+                                         attribution_quota)].sort("_key")
+    moments = [p.attribution_moments for p in parts if p.attribution_moments is not None]
+    return PartitionStats(
+        turns=sum(p.turns for p in parts), sessions=sum(p.sessions for p in parts),
+        counts=np.sum([p.counts for p in parts], axis=0),
+        prob_sums=np.sum([p.prob_sums for p in parts], axis=0),
+        confusion=np.sum([p.confusion for p in parts], axis=0),
+        boot_turns=np.sum([p.boot_turns for p in parts], axis=0),
+        boot_counts=np.sum([p.boot_counts for p in parts], axis=0),
+        boot_probs=np.sum([p.boot_probs for p in parts], axis=0),
+        slices={dim: SliceSums.merge([p.slices[dim] for p in parts]) for dim in parts[0].slices},
+        examples=top_examples(pl.concat(ex, how="vertical_relaxed"), examples) if ex else None,
+        attribution=attribution,
+        attribution_moments=(tuple(np.sum([m[i] for m in moments], axis=0) for i in range(3))
+                             if moments else None))
+
+
+# ---------------------------------------------------------------------------
+# EM prior adjustment across partitions
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmStep:
+    """One EM iteration's input: the current priors (one row per replicate; one row
+    without the bootstrap), the training prior, and whose weights to apply."""
+
+    priors: np.ndarray  # (r, k)
+    train_prior: np.ndarray  # (k,)
+    seed: int = 0
+    #: replicate numbers of the rows (their Poisson weights), or None: unweighted
+    replicates: tuple[int, ...] | None = None
+
+
+def em_step(scored: Scored, step: EmStep) -> tuple[np.ndarray, np.ndarray]:
+    """A partition's (r, k) weighted sums of re-weighted posteriors and (r,) weight totals."""
+    base = np.clip(np.asarray(step.train_prior, np.float64), 1e-12, None)
+    base = base / base.sum()
+    priors = np.atleast_2d(np.asarray(step.priors, np.float64))
+    r, k = priors.shape
+    sums, totals = np.zeros((r, k)), np.zeros(r)
+    weights = (None if step.replicates is None else
+               session_weights(scored.session_hashes, step.seed,
+                               np.asarray(step.replicates))[:, scored.session_codes])
+    for j in range(r):
+        adj = scored.probs * (priors[j] / base)
+        adj /= np.clip(adj.sum(axis=1, keepdims=True), 1e-300, None)
+        if weights is None:
+            sums[j], totals[j] = adj.sum(axis=0), scored.turns
+        else:
+            sums[j], totals[j] = weights[j] @ adj, weights[j].sum()
+    return sums, totals
+
+
+def fit_em(engine: Engine, handles: Sequence[object], train_prior: np.ndarray, *,
+           init: np.ndarray | None = None, seed: int = 0,
+           replicates: Sequence[int] | None = None, tol: float = 1e-7,
+           max_iter: int = 500) -> np.ndarray:
+    """EM estimate of the night's prior (Saerens et al. 2002) over scored partitions:
+    (k,), or (r, k) for bootstrap ``replicates``; a few floats per partition per round."""
+    base = np.clip(np.asarray(train_prior, dtype=np.float64), 1e-12, None)
+    base = base / base.sum()
+    rows = 1 if replicates is None else len(replicates)
+    start = base if init is None else np.clip(np.asarray(init, np.float64), 1e-12, None)
+    prior = np.tile(start, (rows, 1))
+    reps = None if replicates is None else tuple(int(x) for x in replicates)
+    for _ in range(max_iter):
+        out = engine.gather(engine.map(em_step, handles, EmStep(prior, base, seed, reps)))
+        sums = np.sum([o[0] for o in out], axis=0)
+        totals = np.sum([o[1] for o in out], axis=0)
+        if not (totals > 0).all():
+            prior = np.where((totals > 0)[:, None], prior, base)
+            totals = np.where(totals > 0, totals, 1.0)
+        new = sums / totals[:, None]
+        done = np.max(np.abs(new - prior)) < tol
+        prior = new
+        if done:
+            break
+    prior = prior / prior.sum(axis=1, keepdims=True)
+    return prior[0] if replicates is None else prior
+
+
+# ---------------------------------------------------------------------------
+# On the driver
+# ---------------------------------------------------------------------------
+
+
+def label_metrics(confusion: np.ndarray) -> LabelMetrics | None:
+    """Label metrics from the merged (true x predicted) confusion of labelled turns."""
+    conf = np.asarray(confusion, dtype=np.int64)
+    k = conf.shape[0]
+    true, pred = np.divmod(np.repeat(np.arange(k * k), conf.reshape(-1)), k)
+    return LabelMetrics.of(true, pred)
+
+
+def rates_from_stats(stats: PartitionStats, em: np.ndarray, *,
+                     confusion: np.ndarray | None, soft_confusion: np.ndarray | None,
+                     confidence: float = 0.95, seed: int = 0,
+                     em_replicates: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> RateTable:
+    """The night's :class:`~fpi.diagnose.rates.RateTable` from its merged statistics."""
+    return rates_from_sums(turns=stats.turns, counts=stats.counts, prob_sums=stats.prob_sums,
+                           boot_turns=stats.boot_turns, boot_counts=stats.boot_counts,
+                           boot_probs=stats.boot_probs, em=em, confusion=confusion,
+                           soft_confusion=soft_confusion, em_replicates=em_replicates,
+                           confidence=confidence, seed=seed)
+
+
+def score_night(engine: Engine, tasks: Sequence[PartitionTask], spec: StatsSpec,
+                train_prior: np.ndarray) -> tuple[list[object], PartitionStats, np.ndarray]:
+    """Score every partition on ``engine`` and merge: the handles (probabilities stay
+    where they were scored), the night's statistics and its EM prior."""
+    if not tasks:
+        raise ValueError("no partitions to score")
+    settings = tasks[0].settings
+    handles = engine.map(score_partition, tasks)
+    stats = merge_stats(engine.gather(engine.map(partition_stats, handles, spec)),
+                        examples=settings.examples,
+                        attribution_quota=settings.attribution_quota)
+    return handles, stats, fit_em(engine, handles, train_prior)

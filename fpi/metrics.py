@@ -141,7 +141,7 @@ def soft_confusion(y: np.ndarray, proba: np.ndarray) -> list[list[float]]:
 
     The probabilistic counterpart of the confusion counts: row ``i`` divided by its
     sum is the mean calibrated posterior of class-``i`` turns, what the rate
-    estimator (:func:`fpi.aggregate.estimate_rates`) uses to check and correct
+    estimator (:func:`fpi.diagnose.rates.estimate_rates`) uses to check and correct
     the calibration. Sums, so matrices of disjoint held-out parts (folds) add.
     """
     k = proba.shape[1]

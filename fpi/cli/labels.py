@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fpi.cli._app import app, err_console, out_console
+from fpi.errors import InputError
 
 labels_app = typer.Typer(
     name="labels", no_args_is_help=True, rich_markup_mode="rich",
@@ -67,6 +68,15 @@ def queue(
     coverage_per_class: Annotated[int | None, typer.Option(
         help="Turns per predicted class in the coverage stratum [default: 5% of the budget].",
         show_default=False)] = None,
+    slice_share: Annotated[float, typer.Option(
+        help="Share of the budget for turns of the slices the model's diagnosis flags "
+             "(split evenly over the findings).")] = 0.1,
+    max_flags: Annotated[int, typer.Option(
+        help="At most this many flagged slice findings get turns (largest excess first).")
+    ] = 10,
+    slices: Annotated[Path | None, typer.Option(
+        "--slices", help="An `fpi diagnose` summary.json whose flagged slices to target "
+        "[default: the model's own diagnosis of these logs].", show_default=False)] = None,
     cluster_cap: Annotated[int, typer.Option(
         help="At most this many targeted turns per cluster of near-identical turns.")] = 2,
     uncertainty: Annotated[Uncertainty, typer.Option(
@@ -80,22 +90,27 @@ def queue(
     """Choose turns to annotate and write their task files.
 
     The mix: a uniform random stratum (known inclusion probabilities, for unbiased
-    measurement), the least certain turns of every predicted class (coverage), then
-    the least certain turns overall (margin or entropy), with at most --cluster-cap
-    near-identical turns. Every task carries its session context. Writes
-    queue.parquet, queue.json, tasks.jsonl, tasks.csv, labelstudio_tasks.json and
-    labelstudio_config.xml into --out, as one set.
+    measurement), the least certain turns of every predicted class (coverage), turns
+    of the slices flagged for excess failures (slice), then the least certain turns
+    overall (margin or entropy), with at most --cluster-cap near-identical turns.
+    Every task carries its session context. Writes queue.parquet, queue.json,
+    tasks.jsonl, tasks.csv, labelstudio_tasks.json and labelstudio_config.xml into
+    --out, as one set.
     """
     from fpi.labels.export import write_queue
-    from fpi.labels.queue import QueueOptions, build_queue
+    from fpi.labels.queue import QueueOptions, build_queue, read_flagged_slices
     from fpi.model import load_bundle
 
     opts = QueueOptions(budget, seed, random_share, coverage_per_class, cluster_cap,
-                        uncertainty.value)
+                        uncertainty.value, slice_share, max_flags)
     opts.check()
+    if slices is not None and model is None:
+        raise InputError(f"--slices {slices}: flagged slices are targeted only with --model "
+                         f"(without a model the queue is a stratified random sample)")
+    flags = read_flagged_slices(slices) if slices is not None else None
     bundle = load_bundle(model) if model is not None else None
     turns = _read_logs(inputs)
-    result = build_queue(turns, opts, bundle)
+    result = build_queue(turns, opts, bundle, flags=flags)
     path = write_queue(result, turns, out, context_turns)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     err_console.print(f"wrote {escape(str(path))}: {result.frame.height} of "

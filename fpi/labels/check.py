@@ -71,6 +71,23 @@ class LabelCheck:
     options: CheckOptions
     #: Estimated number of wrong labels (calibrated confident joint, off the diagonal).
     estimated_errors: int = 0
+    #: The same per given label (the rows of that joint).
+    errors_by_label: dict[str, int] | None = None
+
+    def prune(self, by: str = "rank") -> pl.DataFrame:
+        """The ranked turns to drop or re-annotate: ``rank``, the top
+        ``estimated_errors`` of the ranking; ``class``, for each given label its own
+        estimated count, lowest self-confidence first (cleanlab's prune by class)."""
+        if by == "rank":
+            return self.ranked.head(self.estimated_errors)
+        if by != "class":
+            raise InputError(f"prune by 'rank' or 'class', not {by!r}")
+        quota = pl.DataFrame({"label": list((self.errors_by_label or {}).keys()),
+                              "_n": list((self.errors_by_label or {}).values())},
+                             schema={"label": pl.String, "_n": pl.Int64})
+        return self.ranked.sort("self_confidence", *KEY).join(
+            quota, on="label", maintain_order="left").filter(
+            pl.int_range(pl.len()).over("label") < pl.col("_n")).drop("_n").sort("rank")
 
     @property
     def suspects(self) -> pl.DataFrame:
@@ -84,6 +101,7 @@ class LabelCheck:
                                                                   descending=[True, False, False]))
         return {"classes": list(CLASSES), "labelled_turns": self.ranked.height,
                 "suspects": sus.height, "estimated_errors": self.estimated_errors,
+                "estimated_errors_by_label": self.errors_by_label,
                 "folds": self.options.folds, "seed": self.options.seed,
                 "thresholds": self.thresholds,
                 "suspects_by_label_and_suggestion": by_pair.to_dicts(),
@@ -124,14 +142,20 @@ def confident_learning(proba: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
     return thresholds, confident
 
 
-def estimated_errors(y: np.ndarray, confident: np.ndarray, k: int = len(CLASSES)) -> int:
-    """Off-diagonal mass of the confident joint calibrated to the label counts."""
+def errors_by_label(y: np.ndarray, confident: np.ndarray, k: int = len(CLASSES)) -> np.ndarray:
+    """Per given label, the off-diagonal mass of its row of the confident joint
+    calibrated to the label counts: the estimated number of wrong labels of that class."""
     ok = confident >= 0
     joint = np.bincount(y[ok] * k + confident[ok], minlength=k * k).reshape(k, k).astype(float)
     rows = joint.sum(axis=1, keepdims=True)
     counts = np.bincount(y, minlength=k)[:, None]
     calibrated = np.divide(joint * counts, rows, out=np.zeros_like(joint), where=rows > 0)
-    return round(float(calibrated.sum() - np.trace(calibrated)))
+    return np.asarray(calibrated.sum(axis=1) - np.diag(calibrated))
+
+
+def estimated_errors(y: np.ndarray, confident: np.ndarray, k: int = len(CLASSES)) -> int:
+    """Off-diagonal mass of the confident joint calibrated to the label counts."""
+    return round(float(errors_by_label(y, confident, k).sum()))
 
 
 def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | None,
@@ -194,6 +218,8 @@ def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
         pl.Series("suggested_probability", proba[np.arange(len(y)), suggested]),
         pl.Series("suspect", (confident >= 0) & (confident != y)),
     ).sort(pl.col("suspect").not_(), "self_confidence", *KEY).with_row_index("rank", offset=1)
+    by_label = errors_by_label(y, confident)
     return LabelCheck(ranked, {c: round(float(t), 6) for c, t in zip(CLASSES, thresholds,
                                                                       strict=True)}, opts,
-                      estimated_errors(y, confident))
+                      estimated_errors(y, confident),
+                      {c: round(float(v)) for c, v in zip(CLASSES, by_label, strict=True)})

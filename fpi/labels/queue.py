@@ -9,10 +9,17 @@ With a model, a budget of N turns is filled in this order:
 2. **coverage**: for every class the model predicts, the ``coverage_per_class``
    least certain turns predicted as that class (default 5% of N each), so rare
    predicted classes are seen at all.
-3. **uncertainty**: the rest, the turns with the smallest margin between the two
+3. **slice**: the slices the model's diagnosis of these same logs flags for excess
+   failures (:func:`flagged_slices`, the ``slices.top`` findings ``fpi diagnose``
+   lists, or those of a diagnose ``summary.json`` given as ``flags``): ``slice_share``
+   of N (default 10%) split evenly over the findings (at most ``max_flags``), each
+   taking turns of its slice, those with the flagged class among their two most
+   probable first, least certain first. Labels there confirm or refute the finding
+   and teach the model where it fails most.
+4. **uncertainty**: the rest, the turns with the smallest margin between the two
    most probable classes (or the largest entropy).
 
-Coverage and uncertainty picks keep **diversity**: at most ``cluster_cap`` turns
+Coverage, slice and uncertainty picks keep **diversity**: at most ``cluster_cap`` turns
 (default 2) per cluster of near-identical turns (same predicted class and the same
 recognised text once lower-cased, digits folded and punctuation dropped).
 
@@ -28,12 +35,17 @@ whatever order the files were read in.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import polars as pl
 
+from fpi.diagnose.rates import SLICE_DIMENSIONS, slice_columns
 from fpi.errors import InputError
 from fpi.schema import CLASSES, KEY_COLUMNS
 
@@ -41,13 +53,13 @@ if TYPE_CHECKING:
     from fpi.model import ModelBundle
 
 KEY = list(KEY_COLUMNS)
-STRATA: Final = ("random", "coverage", "uncertainty", "stratified")
+STRATA: Final = ("random", "coverage", "slice", "uncertainty", "stratified")
 
 #: Columns of :attr:`Queue.frame` (plus ``p_<class>`` per class with a model).
 QUEUE_COLUMNS: Final = (
     "queue_rank", "session_id", "turn_index", "stratum", "inclusion_prob", "design_stratum",
     "stratum_population", "stratum_sample", "predicted", "confidence", "margin", "entropy",
-    "cluster",
+    "cluster", "flag",
 )
 
 
@@ -62,6 +74,10 @@ class QueueOptions:
     coverage_per_class: int | None = None
     cluster_cap: int = 2
     uncertainty: str = "margin"
+    #: Share of the budget for turns of flagged slices (split evenly over the findings).
+    slice_share: float = 0.1
+    #: At most this many flagged findings (the largest excess first) get turns.
+    max_flags: int = 10
 
     def check(self) -> None:
         """Raise :class:`InputError` for an option out of range."""
@@ -69,6 +85,10 @@ class QueueOptions:
             raise InputError(f"--budget must be at least 1, not {self.budget}")
         if not 0 <= self.random_share <= 1:
             raise InputError(f"--random-share must be in [0, 1], not {self.random_share}")
+        if not 0 <= self.slice_share <= 1:
+            raise InputError(f"--slice-share must be in [0, 1], not {self.slice_share}")
+        if self.max_flags < 0:
+            raise InputError(f"--max-flags must be at least 0, not {self.max_flags}")
         if self.cluster_cap < 1:
             raise InputError(f"--cluster-cap must be at least 1, not {self.cluster_cap}")
         if self.uncertainty not in ("margin", "entropy"):
@@ -82,6 +102,12 @@ class QueueOptions:
             return self.coverage_per_class
         return max(1, round(0.05 * self.budget))
 
+    def per_flag(self, flags: int) -> int:
+        """Slice-stratum turns per flagged finding (0 without findings)."""
+        if flags == 0 or self.slice_share == 0:
+            return 0
+        return max(1, round(self.slice_share * self.budget / flags))
+
 
 @dataclass(frozen=True)
 class Queue:
@@ -92,15 +118,20 @@ class Queue:
     options: QueueOptions
     model: dict[str, Any] | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    #: The flagged slice findings the slice stratum targeted, and where they came from.
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    flags_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The queue's manifest (``queue.json``) without the turns."""
         opts = self.options
         return {"population": self.population, "selected": self.frame.height,
                 "counts": self.counts, "model": self.model,
+                "flagged_slices": {"source": self.flags_source, "findings": self.flags},
                 "options": {"budget": opts.budget, "seed": opts.seed,
                             "random_share": opts.random_share,
                             "coverage_per_class": opts.per_class,
+                            "slice_share": opts.slice_share, "max_flags": opts.max_flags,
                             "cluster_cap": opts.cluster_cap, "uncertainty": opts.uncertainty}}
 
 
@@ -112,12 +143,15 @@ def cluster_key() -> pl.Expr:
 
 
 def _base(turns: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """One row per turn in canonical order with a seeded uniform draw ``_u``."""
+    """One row per turn in canonical order with a seeded uniform draw ``_u`` and its
+    slice values (``_slice_<dimension>``)."""
+    slices = slice_columns(turns)
     base = turns.select(*KEY, cluster_key().alias("_text"),
                         pl.col("device").struct.field("type").fill_null("unknown")
                         .alias("_device"),
                         pl.col("result").struct.field("status").fill_null("none")
-                        .alias("_status")).sort(KEY)
+                        .alias("_status")).hstack(
+        slices.rename({c: f"_slice_{c}" for c in slices.columns})).sort(KEY)
     u = np.random.default_rng(seed).random(base.height)
     return base.with_columns(pl.Series("_u", u))
 
@@ -146,7 +180,31 @@ def _capped(cands: pl.DataFrame, chosen: pl.DataFrame, cap: int, order: list[str
     return ranked.filter(pl.col("_k") + pl.col("_used").fill_null(0) <= cap).drop("_k", "_used")
 
 
-def _with_model(base: pl.DataFrame, opts: QueueOptions) -> pl.DataFrame:
+def _flag_name(flag: Mapping[str, Any]) -> str:
+    return f"{flag['dimension']}={flag['value']}: {flag['class']}"
+
+
+def _slice_picks(rest: pl.DataFrame, chosen: pl.DataFrame, flags: Sequence[Mapping[str, Any]],
+                 opts: QueueOptions) -> list[pl.DataFrame]:
+    """Per flagged finding, turns of its slice: flagged class in the top two first,
+    then the smallest margin, within the cluster cap."""
+    n = opts.per_flag(len(flags))
+    picks: list[pl.DataFrame] = []
+    for flag in flags:
+        c, col = str(flag["class"]), f"_slice_{flag['dimension']}"
+        so_far = pl.concat([chosen, *picks], how="diagonal_relaxed")
+        cands = rest.join(so_far.select(KEY), on=KEY, how="anti").filter(
+            pl.col(col) == str(flag["value"])).with_columns(
+            (pl.col(f"p_{c}") >= pl.col("confidence") - pl.col("margin") - 1e-12)
+            .alias("_top2"))
+        cands = _capped(cands, so_far, opts.cluster_cap, ["_top2", "margin"], [True, False])
+        picks.append(cands.head(n).drop("_top2").with_columns(
+            pl.lit("slice").alias("stratum"), pl.lit(_flag_name(flag)).alias("flag")))
+    return picks
+
+
+def _with_model(base: pl.DataFrame, opts: QueueOptions,
+                flags: Sequence[Mapping[str, Any]] = ()) -> pl.DataFrame:
     n_pop = base.height
     n_rand = min(n_pop, round(opts.random_share * opts.budget))
     rand = base.sort("_u", *KEY).head(n_rand).with_columns(
@@ -162,12 +220,58 @@ def _with_model(base: pl.DataFrame, opts: QueueOptions) -> pl.DataFrame:
                         ["margin"], [False])
         cover.append(cands.head(opts.per_class).with_columns(pl.lit("coverage").alias("stratum")))
     picked = pl.concat(chosen + cover, how="diagonal_relaxed")
+    picked = pl.concat([picked, *_slice_picks(rest, picked, flags, opts)],
+                       how="diagonal_relaxed")
     room = max(0, opts.budget - picked.height)
     rest = base.join(picked.select(KEY), on=KEY, how="anti")
     order, desc = (["margin"], [False]) if opts.uncertainty == "margin" else (["entropy"], [True])
     unc = _capped(rest, picked, opts.cluster_cap, order, desc).head(room).with_columns(
         pl.lit("uncertainty").alias("stratum"))
     return pl.concat([picked, unc], how="diagonal_relaxed").head(opts.budget)
+
+
+def flagged_slices(base: pl.DataFrame, proba: np.ndarray, bundle: ModelBundle, *,
+                   min_support: int = 50, seed: int = 0) -> list[dict[str, Any]]:
+    """The slices ``fpi diagnose`` would flag on these turns: the ``slices.top``
+    findings (dimension, value, class, excess failures) of the model's rate estimate,
+    same-turn duplicates merged. ``base`` and ``proba`` in canonical order."""
+    from fpi.diagnose.rates import estimate_rates, slice_rates
+    from fpi.diagnose.slices_compare import collapse, same_turn_groups
+
+    prior = bundle.manifest["training"]["class_prior"]
+    train_prior = np.array([prior[c] for c in CLASSES], dtype=np.float64)
+    heldout = bundle.manifest.get("heldout") or {}
+    conf, soft = (None if heldout.get(k) is None else np.asarray(heldout[k], np.float64)
+                  for k in ("confusion", "soft_confusion"))
+    rates = estimate_rates(proba, train_prior=train_prior, confusion=conf, soft_confusion=soft,
+                           groups=base["session_id"].to_numpy(), seed=seed)
+    slices = base.select(pl.col(f"_slice_{d}").alias(d) for d in SLICE_DIMENSIONS)
+    doc = slice_rates(slices, proba, rates, train_prior=train_prior, confusion=conf,
+                      soft_confusion=soft, min_support=min_support)
+    return collapse(doc["top"], same_turn_groups(slices, min_support))
+
+
+def read_flagged_slices(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The flagged slice findings (``slices.top``) of an ``fpi diagnose`` summary.json.
+
+    Raises
+    ------
+    InputError
+        The file is missing, not JSON, or has no ``slices.top`` list of findings
+        with ``dimension``, ``value`` and ``class``.
+    """
+    file = Path(path)
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{file}: cannot read a diagnose summary: {exc}") from exc
+    top = ((doc.get("slices") or {}).get("top") if isinstance(doc, dict) else None)
+    if not isinstance(top, list) or not all(
+            isinstance(t, dict) and t.get("dimension") in SLICE_DIMENSIONS
+            and t.get("class") in CLASSES[1:] and t.get("value") is not None for t in top):
+        raise InputError(f"{file}: not an `fpi diagnose` summary.json (no slices.top list of "
+                         f"findings with a known dimension, a value and a failure class)")
+    return [dict(t) for t in top]
 
 
 def allocate(sizes: list[int], budget: int) -> list[int]:
@@ -214,8 +318,13 @@ def _stratified(base: pl.DataFrame, opts: QueueOptions) -> pl.DataFrame:
 
 def build_queue(turns: pl.DataFrame, options: QueueOptions,
                 bundle: ModelBundle | None = None,
-                features: pl.DataFrame | None = None) -> Queue:
+                features: pl.DataFrame | None = None,
+                flags: Sequence[Mapping[str, Any]] | None = None) -> Queue:
     """Choose ``options.budget`` turns of ``turns`` (canonical frame) to annotate.
+
+    ``flags``: the flagged slice findings to target (:func:`read_flagged_slices`);
+    ``None``: those of the model's own diagnosis of ``turns`` (:func:`flagged_slices`).
+    Without a bundle there is no slice stratum.
 
     Raises
     ------
@@ -228,7 +337,7 @@ def build_queue(turns: pl.DataFrame, options: QueueOptions,
     if turns.height == 0:
         raise InputError("no turns to choose from")
     base = _base(turns, options.seed)
-    model_info = None
+    model_info, source, used = None, None, []
     if bundle is None:
         picked = _stratified(base, options)
     else:
@@ -238,13 +347,18 @@ def build_queue(turns: pl.DataFrame, options: QueueOptions,
         feats = build_features(turns) if features is None else features
         order = turns.select(KEY).with_row_index("_row").sort(KEY)["_row"].to_numpy()
         proba = bundle.predict_proba(feats)[order]
-        picked = _with_model(_scores(base, proba), options)
+        if options.slice_share > 0 and options.max_flags > 0:
+            source = "model" if flags is None else "given"
+            found = flagged_slices(base, proba, bundle, seed=options.seed) if flags is None \
+                else flags
+            used = [dict(f) for f in found[:options.max_flags]]
+        picked = _with_model(_scores(base, proba), options, used)
         model_info = {"path": str(bundle.path) if bundle.path else None,
                       "fingerprint": bundle.manifest.get("training", {}).get("fingerprint"),
                       "fpi_version": bundle.manifest.get("fpi_version")}
     frame = _finish(picked, bundle is not None)
     counts = dict(frame.group_by("stratum").len().sort("stratum").iter_rows())
-    return Queue(frame, base.height, options, model_info, counts)
+    return Queue(frame, base.height, options, model_info, counts, used, source)
 
 
 def _finish(picked: pl.DataFrame, scored: bool) -> pl.DataFrame:

@@ -34,8 +34,9 @@ def render_markdown(check: LabelCheck, detail: pl.DataFrame) -> str:
              f"({check.options.folds}-fold out-of-fold probabilities by session, seed "
              f"{check.options.seed}; confident learning). Ranked by the out-of-fold "
              "probability of the given label, lowest first.", "",
-             "| class | threshold |", "|---|---:|"]
-    lines += [f"| {c} | {t:.3f} |" for c, t in check.thresholds.items()]
+             "| class | threshold | estimated wrong labels of this class |", "|---|---:|---:|"]
+    wrong = check.errors_by_label or {}
+    lines += [f"| {c} | {t:.3f} | {wrong.get(c, '-')} |" for c, t in check.thresholds.items()]
     lines += ["", "| rank | session | turn | label | suggested | p(label) | p(suggested) |",
               "|---:|---|---:|---|---|---:|---:|"]
     for r in detail.iter_rows(named=True):

@@ -10,8 +10,10 @@ from gfm_check import triggers
 from fpi.errors import InputError
 from fpi.labels.check import (
     CheckOptions,
+    LabelCheck,
     check_labels,
     confident_learning,
+    errors_by_label,
     estimated_errors,
     session_folds,
 )
@@ -35,6 +37,21 @@ def test_estimated_errors_by_hand() -> None:
     # label 0: 3 confident (2 as 0, 1 as 1), 4 labelled -> 1 * 4/3 off the diagonal
     assert estimated_errors(y, confident, 2) == 1
     assert estimated_errors(y, np.array([0, 0, 0, 0, 1, 1]), 2) == 0
+    assert errors_by_label(y, confident, 2) == pytest.approx([4 / 3, 0])
+
+
+def test_prune_by_rank_and_by_class() -> None:
+    ranked = pl.DataFrame({
+        "rank": [1, 2, 3, 4, 5, 6], "session_id": list("abcdef"), "turn_index": [0] * 6,
+        "label": ["asr", "asr", "nlu", "asr", "nlu", "nlu"],
+        "self_confidence": [0.1, 0.2, 0.3, 0.4, 0.05, 0.6]})
+    check = LabelCheck(ranked, {}, CheckOptions(), estimated_errors=3,
+                       errors_by_label={"asr": 1, "nlu": 2})
+    assert check.prune("rank")["session_id"].to_list() == ["a", "b", "c"]
+    # one asr (the least self-confident), two nlu (e, then c), back in rank order
+    assert check.prune("class")["session_id"].to_list() == ["a", "c", "e"]
+    with pytest.raises(InputError, match="prune"):
+        check.prune("vote")
 
 
 def test_folds_keep_sessions_whole(night) -> None:

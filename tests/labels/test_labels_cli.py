@@ -53,7 +53,9 @@ def loop(night_file: Path, model_dir: Path, tmp_path_factory) -> dict[str, Path]
     r = fpi("queue", night_file, "--model", model_dir, "--budget", 120, "--out", queue,
             "--seed", 2, "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["selected"] == 120
+    manifest = json.loads(r.stdout)
+    assert manifest["selected"] == 120 and manifest["flagged_slices"]["source"] == "model"
+    assert manifest["counts"]["slice"] >= len(manifest["flagged_slices"]["findings"]) > 0
     tasks = pl.read_csv(queue / "tasks.csv", infer_schema=False)
     night = pl.read_parquet(night_file).select(
         "session_id", pl.col("turn_index").cast(pl.String),
@@ -85,6 +87,10 @@ def test_queue_errors(night_file: Path, tmp_path: Path) -> None:
                         tmp_path / "nomodel"), "nomodel")
     assert_error(inproc("queue", tmp_path / "none.jsonl", "-n", 5, "-o", tmp_path / "q"),
                  "none.jsonl")
+    assert_error(inproc("queue", night_file, "-n", 5, "-o", tmp_path / "q", "--slices",
+                        tmp_path / "summary.json"), "--slices", "--model")
+    assert_error(inproc("queue", night_file, "-n", 5, "-o", tmp_path / "q", "-m", tmp_path,
+                        "--slices", tmp_path / "summary.json"), "summary.json")
     assert not (tmp_path / "q").exists()
 
 

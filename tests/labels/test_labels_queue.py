@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import pytest
+from fpi.diagnose.rates import slice_columns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fpi.errors import InputError
-from fpi.labels.queue import QueueOptions, allocate, build_queue
+from fpi.labels.queue import QueueOptions, allocate, build_queue, read_flagged_slices
 from fpi.model import load_bundle
 from fpi.schema import CLASSES
 
@@ -62,6 +65,47 @@ def test_queue_with_a_model_budget_strata_and_probabilities(night, scored_queue)
         [1.0] * f.height)
 
 
+def test_slice_stratum_targets_the_flagged_slices(night, scored_queue) -> None:
+    q, opts = scored_queue, scored_queue.options
+    assert q.flags_source == "model" and 0 < len(q.flags) <= opts.max_flags
+    f = q.frame.join(pl.concat([night.select(KEY), slice_columns(night)], how="horizontal"),
+                     on=KEY, how="left")
+    sl = f.filter(pl.col("stratum") == "slice")
+    assert sl["inclusion_prob"].null_count() == sl.height
+    assert f.filter(pl.col("stratum") != "slice")["flag"].null_count() == f.height - sl.height
+    per = opts.per_flag(len(q.flags))
+    assert per == max(1, round(0.1 * 150 / len(q.flags)))
+    for flag in q.flags:
+        name = f"{flag['dimension']}={flag['value']}: {flag['class']}"
+        picks = sl.filter(pl.col("flag") == name)
+        assert 1 <= picks.height <= per
+        # every pick lies in its slice, and the flagged class is among its top two first
+        assert (picks[flag["dimension"]] == str(flag["value"])).all()
+        top2 = picks[f"p_{flag['class']}"] >= picks["confidence"] - picks["margin"] - 1e-12
+        assert top2.to_list() == sorted(top2.to_list(), reverse=True)
+    assert q.to_dict()["flagged_slices"]["findings"] == q.flags
+
+
+def test_given_flags_and_no_slice_stratum(night, bundle, tmp_path) -> None:
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"slices": {"top": [
+        {"dimension": "device_type", "value": "tv", "class": "false_wake",
+         "excess_failures": 3.0}]}}))
+    flags = read_flagged_slices(summary)
+    q = build_queue(night, QueueOptions(budget=100, seed=3, slice_share=0.2), bundle,
+                    flags=flags)
+    assert q.flags_source == "given" and q.flags == flags
+    sl = q.frame.filter(pl.col("stratum") == "slice")
+    assert sl.height == 20 and set(sl["flag"]) == {"device_type=tv: false_wake"}
+    none = build_queue(night, QueueOptions(budget=100, seed=3, slice_share=0), bundle)
+    assert "slice" not in none.counts and none.flags == [] and none.flags_source is None
+    for bad in ("{", json.dumps({"slices": {"top": [{"dimension": "colour", "value": "x",
+                                                      "class": "asr"}]}})):
+        summary.write_text(bad)
+        with pytest.raises(InputError, match="summary"):
+            read_flagged_slices(summary)
+
+
 def test_queue_is_deterministic_and_order_free(night, bundle, scored_queue) -> None:
     again = build_queue(night.sample(fraction=1.0, shuffle=True, seed=1),
                         QueueOptions(budget=150, seed=3), bundle)
@@ -95,6 +139,8 @@ def test_budget_larger_than_the_logs_takes_every_turn(night) -> None:
 @pytest.mark.parametrize("opts, match", [
     (QueueOptions(budget=0), "--budget"), (QueueOptions(budget=5, random_share=2), "random"),
     (QueueOptions(budget=5, cluster_cap=0), "cluster"),
+    (QueueOptions(budget=5, slice_share=-0.1), "--slice-share"),
+    (QueueOptions(budget=5, max_flags=-1), "--max-flags"),
     (QueueOptions(budget=5, uncertainty="gini"), "uncertainty")])
 def test_bad_options(night, opts, match) -> None:
     with pytest.raises(InputError, match=match):

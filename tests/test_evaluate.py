@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_features import make_turns
+from tiny_turns import make_turns
 from typer.testing import CliRunner
 
 from fpi.bundle_manifest import bundle_hash

@@ -6,9 +6,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # One thread everywhere: reproducible models and fair on a 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,17 +32,24 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(scope="session")
-def small_bundle(tmp_path_factory: pytest.TempPathFactory):
-    """One tiny model bundle for the whole session (few rounds, one thread, seed 0).
+def small_turns() -> pl.DataFrame:
+    """The session model's training data: ``make_turns(300, seed=0)`` (763 labelled turns)."""
+    from tiny_turns import make_turns  # after the thread settings above
 
+    return make_turns(300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory):
+    """The session's one trained model (few rounds, one thread, seed 0), on ``small_turns``.
+
+    Tests that need "a model" use it; only tests of training itself train their own.
     Tests must not change it: copy it (``shutil.copytree``) before editing.
     """
-    from test_features import make_turns
-
     from fpi.model import train
 
     out = tmp_path_factory.mktemp("small-bundle") / "model"
-    return train(make_turns(300, seed=0), out, seed=0, threads=1, num_boost_round=25,
+    return train(small_turns, out, seed=0, threads=1, num_boost_round=25,
                  early_stopping_rounds=5)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_features import make_turns
+from tiny_turns import make_turns
 
 from fpi.diagnose import diagnose
 from fpi.errors import InputError, ModelError

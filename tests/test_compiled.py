@@ -96,19 +96,16 @@ def test_probe_rows_hit_the_edges(booster: lgb.Booster) -> None:
     assert np.array_equal(pred.predict_raw(x), booster.predict(x, raw_score=True))
 
 
-def test_fpi_model_margins(tmp_path: Path) -> None:
-    from test_features import make_turns
-
+def test_fpi_model_margins(small_bundle, small_turns) -> None:
     from fpi.features import build_features
-    from fpi.model import train
+    from fpi.model import load_bundle
 
-    turns = make_turns(60, seed=3)
-    res = train(turns, tmp_path / "m", seed=0, threads=1, num_boost_round=8,
-                early_stopping_rounds=3)
-    x = res.bundle.matrix(build_features(turns))
-    want = res.bundle.booster.predict(x, raw_score=True)
-    assert np.array_equal(compiled.raw_margins(res.bundle.booster, x), want)
-    assert compiled._CACHE.get(res.bundle.booster) is not None  # the compiled path ran
+    bundle = load_bundle(small_bundle.path)  # its own booster: nothing compiled for it yet
+    assert compiled._CACHE.get(bundle.booster) is None
+    x = bundle.matrix(build_features(small_turns.head(300)))
+    want = bundle.booster.predict(x, raw_score=True)
+    assert np.array_equal(compiled.raw_margins(bundle.booster, x), want)
+    assert compiled._CACHE.get(bundle.booster) is not None  # the compiled path ran
 
 
 def test_cache_miss_then_hit(booster: lgb.Booster, _cache: Path,

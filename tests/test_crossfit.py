@@ -146,7 +146,7 @@ def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path,
     import subprocess
     import sys
 
-    from test_features import make_turns
+    from tiny_turns import make_turns
 
     make_turns(150, seed=0).write_ndjson(tmp_path / "t.jsonl")
     fpi = [sys.executable, "-m", "fpi"]

@@ -10,14 +10,14 @@ import polars as pl
 import pytest
 from gfm_check import triggers
 from golden_compare import check_golden, compare_json
-from test_features import make_turns
+from tiny_turns import make_turns
 from typer.testing import CliRunner
 
 from fpi.cli import app
 from fpi.diagnose import diagnose, explain
 from fpi.diagnose.attribution import GROUP_COLUMNS
 from fpi.errors import InputError
-from fpi.model import load_bundle, train
+from fpi.model import load_bundle
 from fpi.schema import CLASSES
 
 runner = CliRunner()
@@ -28,12 +28,9 @@ BAD_LOCALE = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model, trained once (few rounds, one thread)."""
-    out = tmp_path_factory.mktemp("diag-model") / "model"
-    train(make_turns(300, seed=0), out, seed=0, threads=1, num_boost_round=25,
-          early_stopping_rounds=5)
-    return out
+def bundle_dir(small_bundle) -> Path:
+    """The session's tiny model (conftest.py); the golden reports were made with it."""
+    return small_bundle.path
 
 
 def _hostile(frame: pl.DataFrame) -> pl.DataFrame:

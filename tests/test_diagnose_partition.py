@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_features import make_turns
+from tiny_turns import make_turns
 
 from fpi import __version__
 from fpi.diagnose.partition import (

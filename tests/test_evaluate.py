@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_features import make_turns
+from tiny_turns import make_turns
 from typer.testing import CliRunner
 
 from fpi.cli import app
@@ -29,14 +29,17 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def data(small_bundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``fpi train`` through the CLI (its --json output), and a model to evaluate: the
+    session's (conftest.py; few rounds, so its compiled predictor builds quickly)."""
     root = tmp_path_factory.mktemp("cli")
     make_turns(150, seed=0).write_ndjson(root / "train.jsonl")
     make_turns(40, seed=9).write_parquet(root / "test.parquet")
     result = runner.invoke(app, ["train", str(root / "train.jsonl"), "--out",
-                                 str(root / "model"), "--json"])
+                                 str(root / "trained"), "--folds", "2", "--json"])
     assert result.exit_code == 0, result.output
-    return {"root": root, "model": root / "model", "train_doc": json.loads(result.stdout),
+    assert (root / "trained" / "manifest.json").is_file()
+    return {"root": root, "model": small_bundle.path, "train_doc": json.loads(result.stdout),
             "test": root / "test.parquet"}
 
 
@@ -113,6 +116,7 @@ def test_train_json_has_heldout_metrics(data: dict[str, Path]) -> None:
     assert set(doc["per_class"]) == set(CLASSES)
     assert set(doc["baselines"]) == {"rules", "no_context"}
     assert doc["training"]["counts"]["test"]["turns"] > 0
+    assert doc["training"]["folds"] == 2  # --folds reaches the trainer
 
 
 def test_evaluate_cli_json(data: dict[str, Path]) -> None:

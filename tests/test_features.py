@@ -3,112 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
 import pytest
+from tiny_turns import T0, make_turns, turn
 
 from fpi.errors import SchemaError
 from fpi.features import FEATURE_NAMES, FEATURES, RAW_COLUMNS, Feature, build_features, context_free
-from fpi.schema import CLASSES, COMPONENTS, TURN_SCHEMA
-
-# ---------------------------------------------------------------------------
-# A tiny, deterministic, learnable fixture (used by test_model / test_evaluate too)
-# ---------------------------------------------------------------------------
-
-_T0 = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
-_REQUESTS = [
-    ("smart_home", "TurnOnIntent", "device", "turn on the kitchen lights", "kitchen lights"),
-    ("music", "PlayMusicIntent", "artist", "play songs by the beatles", "the beatles"),
-    ("weather", "GetWeatherIntent", "city", "what is the weather in paris", "paris"),
-    ("timer", "SetTimerIntent", "duration", "set a timer for ten minutes", "ten minutes"),
-    ("shopping", "AddToListIntent", "item", "add milk to my shopping list", "milk"),
-]
-
-
-def _turn(
-    sid: str, idx: int, cls: str, rng: np.random.Generator, req: int, when: datetime
-) -> dict[str, Any]:
-    domain, intent, slot, text, value = _REQUESTS[req]
-    other = _REQUESTS[(req + 1) % len(_REQUESTS)]
-    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
-    wake = {"detected": True, "score": u(0.7, 1), "device_directed_score": u(0.7, 1)}
-    heard, conf = text, u(0.8, 1)
-    runner = text.replace("the ", "a ", 1)
-    if cls == "false_wake":
-        wake["device_directed_score"] = u(0.0, 0.4)
-        heard, conf, runner = "the news tonight", u(0.2, 0.6), "news tonight"
-    if cls == "asr":
-        heard, runner, conf = text.replace(value, "garbage store"), text, u(0.3, 0.6)
-    dom, inte, nconf = domain, intent, u(0.8, 1)
-    if cls == "nlu":
-        dom, inte, nconf = other[0], other[1], u(0.3, 0.6)
-    mention = value if cls != "asr" else "garbage store"
-    status, resolved, score = "resolved", value.title(), u(0.8, 1)
-    if cls in ("er", "asr"):
-        status, resolved, score = "unresolved", None, u(0.0, 0.4)
-    rstatus, response = "success", f"OK, {value}."
-    if cls == "result":
-        rstatus, response = "error", "Sorry, something went wrong."
-    if cls in ("er", "asr"):
-        rstatus, response = "error", f"Sorry, I couldn't find {mention}."
-    return {
-        "schema_version": 1,
-        "session_id": sid,
-        "turn_index": idx,
-        "timestamp": when,
-        "device": {"type": "speaker", "has_screen": False, "locale": "en-US", "app_version": "1"},
-        "wake": wake,
-        "asr": {
-            "text": heard,
-            "confidence": conf,
-            "nbest": [{"text": heard, "confidence": conf},
-                      {"text": runner, "confidence": conf / 3}],
-            "audio_ms": u(800, 3000),
-            "latency_ms": u(100, 400),
-        },
-        "nlu": {
-            "domain": dom,
-            "intent": inte,
-            "confidence": nconf,
-            "alternatives": [{"domain": other[0] if cls != "nlu" else domain,
-                              "intent": other[1] if cls != "nlu" else intent,
-                              "confidence": (1 - nconf) / 2}],
-            "slots": [{"name": slot, "value": mention, "confidence": u(0.5, 1)}],
-        },
-        "er": {
-            "entities": [{"slot": slot, "mention": mention, "resolved_id": resolved and "id1",
-                          "resolved_name": resolved, "score": score, "status": status}],
-            "latency_ms": u(10, 60),
-        },
-        "result": {"status": rstatus, "action": "do" if rstatus == "success" else None,
-                   "response_text": response, "latency_ms": u(50, 300)},
-        "feedback": {"barge_in": cls != "correct" and rng.random() < 0.3,
-                     "explicit": "negative" if cls != "correct" and rng.random() < 0.1 else None},
-        "label": {"failure_point": cls, "annotator": "a1",
-                  "failure_point_2": cls if rng.random() < 0.9 else str(rng.choice(CLASSES))},
-        "extra": None,
-    }
-
-
-def make_turns(n_sessions: int = 40, seed: int = 0, labels: bool = True) -> pl.DataFrame:
-    """Canonical frame of ``n_sessions`` small sessions; each class appears often enough."""
-    rng = np.random.default_rng(seed)
-    rows: list[dict[str, Any]] = []
-    for s in range(n_sessions):
-        when = _T0 + timedelta(minutes=7 * s)
-        n_turns = int(rng.integers(1, 5))
-        for i in range(n_turns):
-            cls = CLASSES[int(rng.integers(0, len(CLASSES)))]
-            rows.append(_turn(f"s{seed}-{s:04d}", i, cls, rng, int(rng.integers(0, 5)), when))
-            when += timedelta(seconds=float(rng.uniform(3, 20)))
-    frame = pl.DataFrame(rows, schema=TURN_SCHEMA)
-    if not labels:
-        frame = frame.with_columns(pl.lit(None, dtype=TURN_SCHEMA["label"]).alias("label"))
-    return frame
-
+from fpi.schema import COMPONENTS, TURN_SCHEMA
 
 # ---------------------------------------------------------------------------
 # Tests
@@ -146,8 +50,8 @@ def test_lazy_and_eager_agree() -> None:
 def test_values_on_a_hand_built_session() -> None:
     rng = np.random.default_rng(1)
     rows = [
-        _turn("s", 0, "asr", rng, 0, _T0),
-        _turn("s", 1, "correct", rng, 0, _T0 + timedelta(seconds=5)),
+        turn("s", 0, "asr", rng, 0, T0),
+        turn("s", 1, "correct", rng, 0, T0 + timedelta(seconds=5)),
     ]
     rows[1]["asr"]["text"] = "stop"
     rows[1]["feedback"] = {"barge_in": True, "explicit": "positive"}

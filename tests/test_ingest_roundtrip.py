@@ -20,114 +20,18 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
+from turn_strategies import canonical, record, turns
 
 from fpi.ingest import read_traces
-from fpi.schema import BLOCKS, CLASSES, TURN_SCHEMA
-
-# ---------------------------------------------------------------------------
-# Random valid turns
-# ---------------------------------------------------------------------------
-
-unit = st.floats(0, 1, allow_nan=False)
-ms = st.floats(0, 1e6, allow_nan=False)
-# Text with the characters that break naive writers: quotes, commas, newlines, non-ASCII.
-text = st.text(alphabet=st.sampled_from('ab ,"\'\n\té\\{}[]ü'), min_size=1, max_size=12)
-
-
-def _opt(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(st.none(), strategy)
-
-
-def _block(first: dict[str, st.SearchStrategy[Any]], rest: dict[str, st.SearchStrategy[Any]]
-           ) -> st.SearchStrategy[dict[str, Any] | None]:
-    # The first field is never null, so a present block is visible in every form
-    # (in CSV a block whose cells are all empty is absent).
-    return _opt(st.fixed_dictionaries({**first, **{k: _opt(v) for k, v in rest.items()}}))
-
-
-devices = _block({"type": st.sampled_from(["speaker", "phone", "tv"])},
-                 {"has_screen": st.booleans(), "locale": text, "app_version": text})
-wakes = st.fixed_dictionaries({"detected": st.booleans(), "score": _opt(unit),
-                               "device_directed_score": _opt(unit)})
-asrs = _block({"text": text}, {
-    "confidence": unit,
-    "nbest": st.lists(st.fixed_dictionaries({"text": _opt(text), "confidence": _opt(unit)}),
-                      max_size=2),
-    "audio_ms": ms, "latency_ms": ms})
-nlus = _block({"domain": text}, {
-    "intent": text, "confidence": unit,
-    "alternatives": st.lists(st.fixed_dictionaries(
-        {"domain": _opt(text), "intent": _opt(text), "confidence": _opt(unit)}), max_size=2),
-    "slots": st.lists(st.fixed_dictionaries(
-        {"name": _opt(text), "value": _opt(text), "confidence": _opt(unit)}), max_size=2)})
-ers = _block({"entities": st.lists(st.fixed_dictionaries({
-    "slot": _opt(text), "mention": _opt(text), "resolved_id": _opt(text),
-    "resolved_name": _opt(text), "score": _opt(unit),
-    "status": _opt(st.sampled_from(["resolved", "unresolved", "ambiguous"]))}), max_size=2)},
-    {"latency_ms": ms})
-results = _block({"status": st.sampled_from(["success", "error", "no_action", "clarification"])},
-                 {"action": text, "response_text": text, "latency_ms": ms})
-feedbacks = _block({"barge_in": st.booleans()},
-                   {"explicit": st.sampled_from(["positive", "negative"])})
-labels = _block({"failure_point": st.sampled_from(CLASSES)},
-                {"annotator": text, "failure_point_2": st.sampled_from(CLASSES)})
-timestamps = _opt(st.datetimes(min_value=dt.datetime(2000, 1, 1),
-                               max_value=dt.datetime(2100, 1, 1),
-                               timezones=st.just(dt.UTC)))
-
-
-@st.composite
-def turns(draw: st.DrawFn) -> list[dict[str, Any]]:
-    """A list of valid turns with unique (session_id, turn_index), in random order."""
-    keys = draw(st.lists(st.tuples(st.sampled_from(["s-1", "s-2", "a b", "ü-7", "S-10"]),
-                                   st.integers(0, 30)), min_size=1, max_size=8, unique=True))
-    out = []
-    for sid, ti in keys:
-        turn: dict[str, Any] = {
-            "schema_version": 1, "session_id": sid, "turn_index": ti,
-            "timestamp": draw(timestamps), "device": draw(devices), "wake": draw(wakes),
-            "asr": draw(asrs), "nlu": draw(nlus), "er": draw(ers), "result": draw(results),
-            "feedback": draw(feedbacks), "label": draw(labels), "extra": None,
-        }
-        extra = {}
-        if draw(st.booleans()):
-            extra["user_tier"] = draw(text)
-        if turn["asr"] is not None and draw(st.booleans()):
-            extra["asr.model_version"] = draw(text)
-        turn["extra"] = json.dumps(extra) if extra else None
-        out.append(turn)
-    return out
-
-
-def canonical(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=TURN_SCHEMA).sort("session_id", "turn_index")
-
+from fpi.schema import BLOCKS, TURN_SCHEMA
 
 # ---------------------------------------------------------------------------
 # Writers (one per input form)
 # ---------------------------------------------------------------------------
 
 
-def _iso(ts: dt.datetime | None) -> str | None:
-    return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _record(turn: dict[str, Any]) -> dict[str, Any]:
-    """A turn as a nested JSON record, extras expanded back to their places."""
-    rec = {k: v for k, v in turn.items() if k != "extra"}
-    rec["timestamp"] = _iso(turn["timestamp"])
-    rec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in rec.items()}
-    for key, value in json.loads(turn["extra"] or "{}").items():
-        head, _, tail = key.partition(".")
-        if tail:
-            rec[head][tail] = value
-        else:
-            rec[key] = value
-    return rec
-
-
 def write_jsonl(rows: list[dict[str, Any]], path: Path, compress: str | None = None) -> None:
-    data = "".join(json.dumps(_record(t)) + "\n" for t in rows).encode()
+    data = "".join(json.dumps(record(t)) + "\n" for t in rows).encode()
     if compress == "gz":
         data = gzip.compress(data)
     elif compress == "zst":
@@ -139,7 +43,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     flat_rows = []
     for t in rows:
         flat: dict[str, Any] = {}
-        for key, value in _record(t).items():
+        for key, value in record(t).items():
             if isinstance(value, dict):
                 for k, v in value.items():
                     flat[f"{key}.{k}"] = v
@@ -170,7 +74,7 @@ def write_events(rows: list[dict[str, Any]], paths: list[Path], seed: int) -> No
     ride on the wake event."""
     events = []
     for t in rows:
-        rec = _record(t)
+        rec = record(t)
         top = {k: v for k, v in rec.items() if k not in TURN_SCHEMA}
         for stage in BLOCKS:
             if rec.get(stage) is not None:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
-from test_ingest_roundtrip import _record, turns
+from turn_strategies import record, turns
 
 from fpi.ingest.parse import parse_block
 from fpi.ingest.validate import ROW_COL, extra_column, screen, to_arrow, validate
@@ -112,7 +112,7 @@ def _both_ways(lines: list[bytes]) -> tuple[pl.DataFrame | None, pl.DataFrame, i
        where=st.integers(0, 7))
 def test_screen_agrees_with_validate(rows: list[dict[str, Any]], mutation: str | None,
                                      where: int) -> None:
-    records = [_record(t) for t in rows]
+    records = [record(t) for t in rows]
     mutated = False
     if mutation is not None:
         target = copy.deepcopy(records[where % len(records)])

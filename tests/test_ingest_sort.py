@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
-from test_ingest_roundtrip import canonical, turns
+from turn_strategies import canonical, turns
 
 import fpi.ingest.sort
 from fpi.ingest import ingest, read_traces

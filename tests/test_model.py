@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_features import make_turns
+from tiny_turns import make_turns
 
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.features import FEATURES, build_features, context_free
@@ -25,14 +25,14 @@ FAST = {"num_boost_round": 25, "early_stopping_rounds": 5}
 
 
 @pytest.fixture(scope="session")
-def turns() -> pl.DataFrame:
-    return make_turns(150, seed=0)
+def turns(small_turns: pl.DataFrame) -> pl.DataFrame:
+    return small_turns
 
 
 @pytest.fixture(scope="session")
-def trained(turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    out = tmp_path_factory.mktemp("bundle") / "model"
-    return train(turns, out, seed=0, threads=1, **FAST)
+def trained(small_bundle: TrainResult) -> TrainResult:
+    """The session's model (conftest.py): ``train(turns, seed=0, threads=1, **FAST)``."""
+    return small_bundle
 
 
 def test_bundle_files_and_manifest(trained: TrainResult) -> None:
@@ -172,7 +172,7 @@ def test_retrain_replaces_a_bundle(turns: pl.DataFrame, trained: TrainResult,
                                    tmp_path: Path) -> None:
     target = tmp_path / "m"
     shutil.copytree(trained.path, target)
-    train(turns, target, seed=1, **FAST)
+    train(turns.head(300), target, seed=1, **FAST)
     assert json.loads((target / MANIFEST_FILE).read_text())["training"]["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from test_features import make_turns
+from tiny_turns import make_turns
 
 from fpi.diagnose import diagnose
 from fpi.errors import InputError

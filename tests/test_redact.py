@@ -22,13 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_features import make_turns
+from tiny_turns import make_turns
 
 from fpi.diagnose import diagnose, explain
 from fpi.errors import InputError
 from fpi.ingest import Problem
 from fpi.ingest.problems import RULES
-from fpi.model import train
 from fpi.redact import ID_PREFIX, REDACTED, SALT_ENV, redactor, safe_message
 from fpi.schema import TURN_SCHEMA
 
@@ -77,11 +76,8 @@ def secret_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("redact-model") / "model"
-    train(make_turns(300, seed=0), out, seed=0, threads=1, num_boost_round=20,
-          early_stopping_rounds=5)
-    return out
+def model_dir(small_bundle) -> Path:
+    return small_bundle.path
 
 
 def _fpi(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

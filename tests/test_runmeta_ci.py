@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from gfm_check import triggers
-from test_features import make_turns
+from tiny_turns import make_turns
 
 from fpi.ci import (
     append_step_summary,
@@ -24,7 +24,6 @@ from fpi.ci import (
     gate_annotations,
     github_enabled,
 )
-from fpi.model import train
 
 FPI = [sys.executable, "-m", "fpi"]
 #: A gate name with every character GitHub's workflow commands treat specially.
@@ -42,13 +41,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def world(small_bundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runmeta")
-    train(make_turns(300, seed=0), root / "model", seed=0, threads=1, num_boost_round=20,
-          early_stopping_rounds=5)
     make_turns(160, seed=1).write_parquet(root / "night.parquet")
     (root / "gates.toml").write_text(GATES, encoding="utf-8")
-    return {"root": root, "model": root / "model", "night": root / "night.parquet",
+    return {"root": root, "model": small_bundle.path, "night": root / "night.parquet",
             "gates": root / "gates.toml"}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from test_features import make_turns
+from tiny_turns import make_turns
 
 import fpi
 from fpi.errors import ExitStatus, MissingExtra

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from test_features import make_turns
+from tiny_turns import make_turns
 
 from fpi.diagnose import DiagnoseOptions, diagnose
 from fpi.diagnose.summary import Summary

@@ -6,10 +6,10 @@ import json
 
 import polars as pl
 import pytest
-from fpi.diagnose.rates import slice_columns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fpi.diagnose.rates import slice_columns
 from fpi.errors import InputError
 from fpi.labels.queue import QueueOptions, allocate, build_queue, read_flagged_slices
 from fpi.model import load_bundle

@@ -130,8 +130,7 @@ def _fpi(*args: str | Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)
 
 
-@pytest.mark.parametrize("flags", [["--workers", "2"], ["--scheduler", "tcp://x:1"],
-                                   ["--distributed-training"]])
+@pytest.mark.parametrize("flags", [["--scheduler", "tcp://x:1"], ["--distributed-training"]])
 def test_dask_flags_need_the_dask_engine(parts: Path, tmp_path: Path, flags: list[str]) -> None:
     run = _fpi("train", parts, "--out", tmp_path / "m", *flags)
     assert run.returncode == 2
@@ -150,9 +149,11 @@ def test_distributed_training_is_refused(parts: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
-def test_cli_dask_engine_trains_with_a_sample(parts: Path, tmp_path: Path) -> None:
-    run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--workers", "2",
-               "--folds", "2", "--max-train-turns", "1200", "--json")
+def test_cli_dask_engine_trains_with_a_sample(dask_cluster: Any, parts: Path,
+                                              tmp_path: Path) -> None:
+    address = dask_cluster.client.scheduler.address  # the shared cluster: no second start
+    run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
+               address, "--folds", "2", "--max-train-turns", "300", "--json")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "m" / "model.txt").exists()
-    assert '"labelled_turns": 1200' in run.stdout
+    assert '"labelled_turns": 600' in run.stdout

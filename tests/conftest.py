@@ -53,6 +53,16 @@ def small_bundle(small_turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFac
                  early_stopping_rounds=5)
 
 
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[Any]:
+    """A DaskEngine on a LocalCluster of two single-threaded worker processes, started
+    by the first test that asks for it and shared by the rest of the run."""
+    from fpi.engine.dask import DaskEngine
+
+    with DaskEngine(workers=2, timeout=60) as engine:
+        yield engine
+
+
 @pytest.fixture(autouse=True)
 def _outside_github_actions(monkeypatch: pytest.MonkeyPatch) -> None:
     """`fpi diagnose` annotates and writes the job summary under GitHub Actions: a test run

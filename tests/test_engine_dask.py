@@ -23,10 +23,9 @@ from fpi.ingest.partition import MANIFEST, ingest_partitioned
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[DaskEngine]:
-    with DaskEngine(workers=2, timeout=60) as engine:
-        yield engine
+@pytest.fixture
+def cluster(dask_cluster: DaskEngine) -> DaskEngine:
+    return dask_cluster  # tests/conftest.py: one local cluster per test run
 
 
 def test_local_cluster_maps_and_chains_handles(cluster: DaskEngine) -> None:

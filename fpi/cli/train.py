@@ -11,7 +11,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fpi.cli._app import AllowTruncated, Strict, app, err_console, out_console
+from fpi.cli._app import (
+    AllowTruncated,
+    EngineName,
+    Scheduler,
+    SchedulerFile,
+    Strict,
+    Workers,
+    app,
+    err_console,
+    out_console,
+)
 from fpi.cli._progress import progress_for
 
 if TYPE_CHECKING:
@@ -173,6 +183,18 @@ def train(
     labels: Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
                                                 show_default=False)] = None,
     label_policy: Annotated[str, typer.Option(help=_POLICY_HELP)] = "majority",
+    engine: EngineName = "local",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
+    max_train_turns: Annotated[int | None, typer.Option(
+        "--max-train-turns", min=1, show_default=False,
+        help="Train on a seeded, class-stratified sample of at most this many labelled "
+             "turns (by a hash of session id and --seed; see docs/scale.md).")] = None,
+    distributed_training: Annotated[bool, typer.Option(
+        "--distributed-training",
+        help="With --engine dask: train LightGBM across the workers (lightgbm.dask). "
+             "Not available in this version: refused (see docs/scale.md).")] = False,
 ) -> None:
     """Train the failure-point model on labelled turns and write a model bundle.
 
@@ -184,19 +206,37 @@ def train(
     a byte-identical model. Records that break a rule of the trace format (e.g. an
     unknown label, bad_label) are set aside in the rejects file, as `fpi ingest` does.
 
+    With --engine dask the input is one partitioned directory (fpi ingest
+    --partitions N) or one canonical Parquet file: the features are built on the
+    cluster, partition by partition, and the model is trained here, the same
+    model as --engine local gives (docs/scale.md).
+
     Exit status: 0 ok, 2 bad input, 3 rejects under --strict.
     """
     from fpi.model import train as train_model
     from fpi.model.bundle import check_bundle_out
 
+    _check_engine_flags(engine, inputs, workers, scheduler, scheduler_file,
+                        distributed_training, labels)
     check_bundle_out(out)  # refuse a foreign --out before reading any data
-    frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out),
-                          labels, label_policy)
-    err_console.print(f"training on {frame.height} turns ...")
-    with progress_for(err_console) as progress:
-        result = train_model(frame, out, seed=seed, threads=threads,
-                             folds=folds, split=split.value,
-                             test_size=test_size, init_model=init_model, progress=progress)
+    options: dict[str, Any] = {
+        "seed": seed, "threads": threads, "folds": folds, "split": split.value,
+        "test_size": test_size, "init_model": init_model, "max_train_turns": max_train_turns}
+    report = None
+    if engine == "local":
+        frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out),
+                              labels, label_policy)
+        err_console.print(f"training on {frame.height} turns ...")
+        with progress_for(err_console) as progress:
+            result = train_model(frame, out, progress=progress, **options)
+    else:
+        from fpi.engine import engine_from_options
+
+        with engine_from_options(engine, workers, scheduler, scheduler_file) as runner:
+            err_console.print(f"building features on {runner.workers} dask worker(s) ...")
+            with progress_for(err_console) as progress:
+                result = train_model(str(inputs[0]), out, progress=progress, engine=runner,
+                                     **options)
     doc = result.to_dict()
     counts = doc["training"]["counts"]
     err_console.print(
@@ -208,11 +248,42 @@ def train(
         typer.echo(json.dumps(doc, indent=2))
     else:
         _render(doc, f"held-out metrics ({doc['training']['heldout_is']})")
-    if strict and report.rejected:
+    if strict and report is not None and report.rejected:
         from fpi.ingest import strict_error
 
         raise strict_error(report, f"the bundle was written to {out}, the rejects to "
                                    f"{report.rejects_path}")
+
+
+def _check_engine_flags(engine: str, inputs: list[Path], workers: int | None,
+                        scheduler: str | None, scheduler_file: Path | None,
+                        distributed: bool, labels: Path | None) -> None:
+    """Usage errors of ``--engine`` and the flags only ``--engine dask`` takes."""
+    if engine == "local":
+        given = [flag for flag, value in (("--workers", workers), ("--scheduler", scheduler),
+                                          ("--scheduler-file", scheduler_file),
+                                          ("--distributed-training", distributed or None))
+                 if value is not None]
+        if given:
+            raise typer.BadParameter("needs --engine dask", param_hint=given[0])
+        return
+    if engine != "dask":
+        raise typer.BadParameter(f"unknown engine {engine!r}: use local or dask",
+                                 param_hint="--engine")
+    if len(inputs) != 1:
+        raise typer.BadParameter("--engine dask trains on one input: a partitioned directory "
+                                 "(fpi ingest --partitions N) or one canonical Parquet file",
+                                 param_hint="INPUTS")
+    if labels is not None:
+        raise typer.BadParameter("not with --engine dask yet: join the labels first "
+                                 "(fpi labels) and ingest", param_hint="--labels")
+    if distributed:
+        raise typer.BadParameter(
+            "not available in this version: lightgbm.dask has no usable early stopping "
+            "and its models differ from run to run, so it cannot give fpi's cross-fitted, "
+            "reproducible bundle; the features are built on the cluster and LightGBM "
+            "trains here (add --max-train-turns to bound the driver)",
+            param_hint="--distributed-training")
 
 
 @app.command()

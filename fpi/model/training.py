@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -59,6 +59,7 @@ from fpi.model.crossfit import (
     fit_final,
     test_mask,
 )
+from fpi.model.frame import training_input
 from fpi.model.learned import (
     RAW_EXTRA,
     RAW_TEXT,
@@ -72,6 +73,9 @@ from fpi.model.learned import (
 from fpi.model.manifest import bundle_hash
 from fpi.progress import Progress, report
 from fpi.schema import CLASSES, COMPONENTS
+
+if TYPE_CHECKING:
+    from fpi.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +521,7 @@ def _init_bundle(path: str | os.PathLike[str] | None, turns: pl.DataFrame) -> Mo
 
 
 def train(
-    turns: pl.DataFrame,
+    turns: pl.DataFrame | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
     seed: int = 0,
@@ -536,6 +540,8 @@ def train(
     features: pl.DataFrame | None = None,
     init_model: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    engine: Engine | None = None,
+    max_train_turns: int | None = None,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
@@ -552,6 +558,14 @@ def train(
     ``learn_features`` adds the text models and ``extra`` numbers (:mod:`fpi.model.learned`);
     ``init_model`` continues from another bundle (same features; warm start).
 
+    ``turns`` may instead be a path (or URL) the ``engine`` reads: a partitioned
+    directory of ``fpi ingest --partitions`` or one canonical Parquet file; the
+    features are then built per partition on the engine (:mod:`fpi.model.frame`; a
+    Dask cluster with :class:`fpi.engine.dask.DaskEngine`) and the model trained
+    here, the same model as from the frame. ``max_train_turns`` trains on a seeded,
+    class-stratified sample of at most that many labelled turns (the rule:
+    :mod:`fpi.model.frame`).
+
     Raises
     ------
     InputError
@@ -567,6 +581,7 @@ def train(
                          class_weight_power=class_weight_power,
                          min_class_count=min_class_count, no_context=no_context)
     check_bundle_out(out_dir)  # before the slow part
+    turns, features = training_input(turns, features, engine, max_train_turns, seed)
     init = _init_bundle(init_model, turns)
     timings: dict[str, float] = {}
     bundle = fit(turns, options, features=features, init=init, progress=progress,

@@ -176,7 +176,7 @@ def test_a_part_file_with_a_session_of_another_bucket_is_refused(night: Path,
     first = PartitionSource(str(night), 0, 40)
     sid = pl.read_parquet(night)["session_id"][0]
     home = int(bucket_of(hash_strings([sid]), 5)[0])
-    with pytest.raises(InputError, match=f"session '{sid}' belongs to bucket {home} of 5"):
+    with pytest.raises(InputError, match=f"session '{sid}' belongs to part {home} of 5"):
         score_partition(PartitionTask(0, PartitionSource(first.path, 0, 40,
                                                          ((home + 1) % 5, 5)), ref, SETTINGS))
 

@@ -146,7 +146,7 @@ def test_an_output_of_an_older_fpi_is_replaced_whole(small_bundle, night: Path,
     (out / "gates.xml").write_text("<testsuites/>")
     diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [MARKER, "predictions.parquet", "summary.json", "report.md", "report.html",
+        [MARKER, "predictions", "summary.json", "report.md", "report.html",
          "rejects.jsonl"])
     (out / MARKER).unlink()
     (out / "thesis.tex").write_text("not ours")  # then it is not an fpi output any more

@@ -157,7 +157,8 @@ def test_batches_of_whole_sessions_give_the_same_answer(night: Path, bundle_dir:
                                                          tmp_path: Path, run) -> None:
     small = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="none",
                      n_boot=50, min_support=20, batch_turns=37)
-    a = pl.read_parquet(tmp_path / "predictions" / "*.parquet").drop(pl.selectors.starts_with("contrib"))
+    a = pl.read_parquet(tmp_path / "predictions" / "*.parquet").drop(
+        pl.selectors.starts_with("contrib"))
     b = pl.read_parquet(run.out_dir / "predictions" / "*.parquet").drop(
         pl.selectors.starts_with("contrib"))
     probs = [f"p_{c}" for c in CLASSES]

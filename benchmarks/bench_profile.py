@@ -89,7 +89,7 @@ def _instrument(meter: Meter) -> None:
 
     partition.PartitionSource.read = meter.wrap(  # type: ignore[method-assign]
         "read", partition.PartitionSource.read)
-    partition.build_features = meter.wrap(  # type: ignore[attr-defined]
+    partition.build_features = meter.wrap(
         "features", partition.build_features)
     model.ModelBundle.raw_margin = meter.wrap(  # type: ignore[method-assign]
         "predict", model.ModelBundle.raw_margin)
@@ -98,11 +98,11 @@ def _instrument(meter: Meter) -> None:
                                                  model.ModelBundle.contributions)
     calibration.Calibration.apply = meter.wrap(  # type: ignore[method-assign]
         "calibrate", calibration.Calibration.apply)
-    partition.slice_columns = meter.wrap(  # type: ignore[attr-defined]
+    partition.slice_columns = meter.wrap(
         "slices", partition.slice_columns)
-    d.slice_rates_from_sums = meter.wrap(  # type: ignore[attr-defined]
+    d.slice_rates_from_sums = meter.wrap(
         "slices", d.slice_rates_from_sums)
-    partition.partition_stats = meter.wrap(  # type: ignore[attr-defined]
+    partition.partition_stats = meter.wrap(
         "aggregate/bootstrap", partition.partition_stats)
     for name in ("rates_from_stats", "compare_rates"):
         setattr(d, name, meter.wrap("aggregate/bootstrap", getattr(d, name)))

@@ -267,3 +267,17 @@ def test_em_estimator_slices_fit_em_per_slice_over_partitions(scored) -> None:
             assert from_turns["tests"] > 0
             assert _rounded(docs[1]) == _rounded(from_turns)
     assert _rounded(docs[7]) == _rounded(docs[1])
+
+
+def test_statistics_travel_compressed_and_unchanged(scored) -> None:
+    """What a worker returns (pickled, as Dask sends it) is the same statistics, small."""
+    import pickle
+
+    _s, handles, _stats, _em, _p = scored[4]
+    part = partition_stats(handles[0], SPEC)
+    back = pickle.loads(pickle.dumps(part))
+    for name in ("examples", "attribution", "pool"):
+        assert getattr(back, name).equals(getattr(part, name)), name
+    np.testing.assert_array_equal(back.boot_counts, part.boot_counts)
+    assert back.slices.keys() == part.slices.keys() and back.turns == part.turns
+    assert len(pickle.dumps(part)) < 200_000

@@ -83,13 +83,14 @@ def _instrument(meter: Meter) -> None:
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     from fpi import model
-    from fpi.diagnose import attribution, stream
+    from fpi.diagnose import attribution, partition
     from fpi.diagnose import run as d
     from fpi.model import calibration
 
-    stream.batches = meter.wrap_iter("read", stream.batches)  # type: ignore[attr-defined]
-    stream.build_features = meter.wrap(  # type: ignore[attr-defined]
-        "features", stream.build_features)
+    partition.PartitionSource.read = meter.wrap(  # type: ignore[method-assign]
+        "read", partition.PartitionSource.read)
+    partition.build_features = meter.wrap(
+        "features", partition.build_features)
     model.ModelBundle.raw_margin = meter.wrap(  # type: ignore[method-assign]
         "predict", model.ModelBundle.raw_margin)
     model.ModelBundle.contributions = meter.wrap(  # type: ignore[method-assign]
@@ -97,16 +98,18 @@ def _instrument(meter: Meter) -> None:
                                                  model.ModelBundle.contributions)
     calibration.Calibration.apply = meter.wrap(  # type: ignore[method-assign]
         "calibrate", calibration.Calibration.apply)
-    stream.slice_columns = meter.wrap("slices", stream.slice_columns)  # type: ignore[attr-defined]
-    d.slice_rates = meter.wrap("slices", d.slice_rates)  # type: ignore[attr-defined]
-    for name in ("estimate_rates", "compare_rates"):
+    partition.slice_columns = meter.wrap(
+        "slices", partition.slice_columns)
+    d.slice_rates_from_sums = meter.wrap(
+        "slices", d.slice_rates_from_sums)
+    partition.partition_stats = meter.wrap(
+        "aggregate/bootstrap", partition.partition_stats)
+    for name in ("rates_from_stats", "compare_rates"):
         setattr(d, name, meter.wrap("aggregate/bootstrap", getattr(d, name)))
     for name in ("measure", "summarize", "grouped", "for_class", "bottom_k"):
         setattr(attribution, name, meter.wrap("attribution", getattr(attribution, name)))
     for name in ("write_reports", "write_predictions"):
         setattr(d, name, meter.wrap("write", getattr(d, name)))
-    stream.prediction_frame = meter.wrap(  # type: ignore[attr-defined]
-        "write", stream.prediction_frame)
     pq.ParquetWriter.write_table = meter.wrap("write", pq.ParquetWriter.write_table)
 
 

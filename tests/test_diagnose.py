@@ -59,12 +59,14 @@ def run(night: Path, bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def test_writes_every_output(run) -> None:
     out = run.out_dir
-    for name in ("predictions.parquet", "summary.json", "report.md", "report.html"):
+    for name in ("summary.json", "report.md", "report.html"):
         assert (out / name).is_file(), name
+    # one predictions file per partition (this night is one)
+    assert [p.name for p in (out / "predictions").iterdir()] == ["part-00000.parquet"]
     # no temp files left, in the set or beside it; only the output marker is hidden
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".fpi-output.json"]
     assert [p.name for p in out.parent.iterdir()] == [out.name]
-    pred = pl.read_parquet(out / "predictions.parquet")
+    pred = pl.read_parquet(out / "predictions" / "*.parquet")
     assert pred.columns[:3] == ["session_id", "turn_index", "predicted"]
     assert [f"p_{c}" for c in CLASSES] == pred.columns[3:9]
     assert [f"contrib_{g}" for g in GROUP_COLUMNS] == pred.columns[9:]
@@ -135,7 +137,7 @@ def test_redact_masks_text(night: Path, bundle_dir: Path, tmp_path: Path) -> Non
 
 def test_attribution_all_matches_the_margin(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
     res = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="all", n_boot=20)
-    pred = pl.read_parquet(tmp_path / "predictions.parquet")
+    pred = pl.read_parquet(tmp_path / "predictions" / "*.parquet")
     assert pred["contrib_bias"].null_count() == 0
     assert res.summary["attribution"]["turns_attributed"] == pred.height
     # grouped contributions sum to the raw margin of the predicted class
@@ -152,8 +154,9 @@ def test_batches_of_whole_sessions_give_the_same_answer(night: Path, bundle_dir:
                                                          tmp_path: Path, run) -> None:
     small = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="none",
                      n_boot=50, min_support=20, batch_turns=37)
-    a = pl.read_parquet(tmp_path / "predictions.parquet").drop(pl.selectors.starts_with("contrib"))
-    b = pl.read_parquet(run.out_dir / "predictions.parquet").drop(
+    a = pl.read_parquet(tmp_path / "predictions" / "*.parquet").drop(
+        pl.selectors.starts_with("contrib"))
+    b = pl.read_parquet(run.out_dir / "predictions" / "*.parquet").drop(
         pl.selectors.starts_with("contrib"))
     probs = [f"p_{c}" for c in CLASSES]
     assert a.drop(probs).equals(b.drop(probs))

@@ -19,6 +19,7 @@ from fpi.diagnose.partition import (
     ScoreSettings,
     StatsSpec,
     fit_em,
+    fit_slice_em,
     label_metrics,
     merge_stats,
     partition_stats,
@@ -176,7 +177,7 @@ def test_a_part_file_with_a_session_of_another_bucket_is_refused(night: Path,
     first = PartitionSource(str(night), 0, 40)
     sid = pl.read_parquet(night)["session_id"][0]
     home = int(bucket_of(hash_strings([sid]), 5)[0])
-    with pytest.raises(InputError, match=f"session '{sid}' belongs to bucket {home} of 5"):
+    with pytest.raises(InputError, match=f"session '{sid}' belongs to part {home} of 5"):
         score_partition(PartitionTask(0, PartitionSource(first.path, 0, 40,
                                                          ((home + 1) % 5, 5)), ref, SETTINGS))
 
@@ -239,3 +240,44 @@ def _rounded(doc):
 #: attribution keys of their turns 0, 1, 2 (seed 0): changing them changes every report.
 GOLDEN_WEIGHTS = np.array([[1, 0, 1], [1, 2, 1], [0, 2, 1], [0, 1, 0]], dtype=np.float64)
 GOLDEN_KEYS = [7209271773941403343, 8063030710476073006, 17875177396995385056]
+
+
+def test_em_estimator_slices_fit_em_per_slice_over_partitions(scored) -> None:
+    """A bundle without confusion matrices: the rates and slices use EM, fitted over the
+    partitions (fit_slice_em), the same for 1 and 7 partitions and as EM on the turns."""
+    docs = {}
+    engine = LocalEngine()
+    for n in (1, 7):
+        _s, handles, stats, em, prior = scored[n]
+        rates = rates_from_stats(
+            stats, em, confusion=None, soft_confusion=None, seed=3,
+            em_replicates=lambda init, h=handles, p=prior: fit_em(
+                engine, h, p, init=init, seed=3, replicates=range(SPEC.n_boot), tol=1e-6))
+        assert rates.estimator == "em"
+        docs[n] = slice_rates_from_sums(
+            stats.slices, rates, train_prior=prior, min_support=30,
+            em_slices=lambda dim, values, h=handles, p=prior, r=rates: fit_slice_em(
+                engine, h, p, dim, values, r.estimate))
+        if n == 1:
+            with pytest.raises(ValueError, match="em_slices"):
+                slice_rates_from_sums(stats.slices, rates, train_prior=prior)
+            probs = np.vstack([h.probs for h in handles])
+            from_turns = slice_rates(pl.concat([h.slices for h in handles]), probs, rates,
+                                     train_prior=prior, min_support=30)
+            assert from_turns["tests"] > 0
+            assert _rounded(docs[1]) == _rounded(from_turns)
+    assert _rounded(docs[7]) == _rounded(docs[1])
+
+
+def test_statistics_travel_compressed_and_unchanged(scored) -> None:
+    """What a worker returns (pickled, as Dask sends it) is the same statistics, small."""
+    import pickle
+
+    _s, handles, _stats, _em, _p = scored[4]
+    part = partition_stats(handles[0], SPEC)
+    back = pickle.loads(pickle.dumps(part))
+    for name in ("examples", "attribution", "pool"):
+        assert getattr(back, name).equals(getattr(part, name)), name
+    np.testing.assert_array_equal(back.boot_counts, part.boot_counts)
+    assert back.slices.keys() == part.slices.keys() and back.turns == part.turns
+    assert len(pickle.dumps(part)) < 200_000

@@ -111,6 +111,15 @@ def test_fpi_does_not_import_dask() -> None:
     assert out.stdout.strip() == "False"
 
 
+def _written(path: Path) -> bool:
+    """Whether the scheduler has finished writing its file (it is valid JSON)."""
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``dask scheduler`` and ``dask worker`` as separate processes, as on a cluster."""
@@ -128,7 +137,7 @@ def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
              "--no-dashboard", "--local-directory", str(where)], env=env, cwd=where,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 60
-        while not path.exists() and time.monotonic() < deadline:
+        while not _written(path) and time.monotonic() < deadline:
             time.sleep(0.1)
         yield path
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,12 +142,14 @@ def test_an_output_of_an_older_fpi_is_replaced_whole(small_bundle, night: Path,
     out = tmp_path / "out"
     diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
     (out / MARKER).unlink()  # as an fpi before markers wrote it, with a killed run's scratch
+    shutil.rmtree(out / "predictions")  # and its one predictions file
+    (out / "predictions.parquet").write_bytes(b"PAR1")
     (out / ".fpi-diagnose-abc123").mkdir()
     (out / ".fpi-diagnose-abc123" / "turns.parquet").write_bytes(b"x" * 1000)
     (out / "gates.xml").write_text("<testsuites/>")
     diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [MARKER, "predictions.parquet", "summary.json", "report.md", "report.html",
+        [MARKER, "predictions", "summary.json", "report.md", "report.html",
          "rejects.jsonl"])
     (out / MARKER).unlink()
     (out / "thesis.tex").write_text("not ours")  # then it is not an fpi output any more

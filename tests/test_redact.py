@@ -121,7 +121,7 @@ def test_without_redact_the_secrets_show(secret_night: Path, model_dir: Path,
     """The search below can fail: unredacted, the secrets are in every kind of output."""
     diagnose([secret_night], model=model_dir, out_dir=tmp_path, attribution="none", n_boot=10)
     leaks = _leaks(tmp_path)
-    for name in ("summary.json", "report.md", "report.html", "predictions.parquet",
+    for name in ("summary.json", "report.md", "report.html", "part-00000.parquet",
                  "rejects.jsonl"):
         assert name in leaks, name
     md = (tmp_path / "report.md").read_text()
@@ -150,7 +150,7 @@ def test_redact_leaves_no_secret_anywhere(secret_night: Path, model_dir: Path,
     assert any(e["answered"]["action"] == REDACTED for e in ex)
     assert any(r["resolved_name"] == REDACTED for e in ex for r in e["resolved"])
     # ids are pseudonyms, the same in every file, and tell sessions apart
-    pred = pl.read_parquet(out / "predictions.parquet")
+    pred = pl.read_parquet(out / "predictions" / "*.parquet")
     assert pred["session_id"].str.starts_with(ID_PREFIX).all()
     assert pred["session_id"].n_unique() == 150
     assert {e["session_id"] for e in ex} <= set(pred["session_id"])

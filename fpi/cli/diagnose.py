@@ -12,7 +12,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fpi.cli._app import AllowTruncated, app, err_console, gate_failed, out_console
+from fpi.cli._app import (
+    AllowTruncated,
+    EngineName,
+    Scheduler,
+    SchedulerFile,
+    Workers,
+    app,
+    err_console,
+    gate_failed,
+    out_console,
+)
 from fpi.cli._progress import progress_for
 from fpi.errors import ExitStatus
 
@@ -28,11 +38,12 @@ class Attribution(StrEnum):
 @app.command()
 def diagnose(
     inputs: Annotated[list[Path], typer.Argument(
-        help="Trace files, directories or globs (any form `fpi ingest` reads), or one "
-             "ingested Parquet file.", show_default=False)],
+        help="Trace files, directories or globs (any form `fpi ingest` reads), one "
+             "ingested Parquet file, or a partitioned directory (`fpi ingest --partitions`).",
+        show_default=False)],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory "
                                         "(`fpi train --out`).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for predictions.parquet, "
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for predictions/, "
                                       "summary.json, report.md, report.html.",
                                       show_default=False)],
     baseline: Annotated[Path | None, typer.Option(
@@ -79,17 +90,25 @@ def diagnose(
         "--github/--no-github", help="Append a verdict to $GITHUB_STEP_SUMMARY and print "
         "::error::/::warning:: lines for failed/warned gates (on stderr with --json). "
         "Default: on when GITHUB_ACTIONS=true.", show_default=False)] = None,
+    engine: EngineName = "local",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
 ) -> None:
     """Diagnose a night of logs: failure rates with intervals, slices, attribution, gates.
 
-    Writes DIR/predictions.parquet, DIR/summary.json, DIR/report.md and DIR/report.html.
+    Writes DIR/predictions/part-NNNNN.parquet (one per partition), DIR/summary.json,
+    DIR/report.md and DIR/report.html. --engine dask scores the partitions on a Dask
+    cluster (docs/scale.md); the summary is the same whatever the engine.
     Exit codes: 0 every gate passed (or no gates), 1 a gate failed, 2 a usage, input,
     output or model error, 70 an internal error (a bug in fpi).
     """
     from fpi.diagnose.run import diagnose as run
+    from fpi.engine import engine_from_options
     from fpi.report import render_json, render_terminal
 
-    with progress_for(err_console) as progress:
+    with (engine_from_options(engine, workers, scheduler, scheduler_file) as runner,
+          progress_for(err_console) as progress):
         result = run(
             inputs, model=model, out_dir=out, baseline=baseline, gates=gate or (),
             gates_file=gates, junit=junit, attribution=attribution.value,
@@ -97,7 +116,7 @@ def diagnose(
             redact=redact, redact_salt=redact_salt, examples=examples,
             min_support=min_support, seed=seed, allow_other_model=allow_other_model,
             format=input_format, allow_truncated=allow_truncated,
-            progress=progress,
+            progress=progress, engine=runner,
         )
     render_terminal(result.summary, err_console)
     err_console.print(f"reports in {escape(str(out))}/ (report.md, report.html, summary.json)")

@@ -3,8 +3,9 @@
 The steps, one module each:
 
 - :mod:`~fpi.diagnose.options` the run's options, one frozen record;
-- :mod:`~fpi.diagnose.inputs` the inputs, batches of whole sessions, the model;
-- :mod:`~fpi.diagnose.stream` scoring batches and what the run keeps of them;
+- :mod:`~fpi.diagnose.inputs` the inputs and the model;
+- :mod:`~fpi.diagnose.partition` scoring one partition of whole sessions (on any
+  engine) and the mergeable statistics the run keeps of it;
 - :mod:`~fpi.diagnose.rates` per-class rates with intervals, slices;
 - :mod:`~fpi.diagnose.attribution` per-component attribution;
 - :mod:`~fpi.diagnose.examples` example turns and focus examples;

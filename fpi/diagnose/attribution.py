@@ -206,3 +206,153 @@ def top_features(row: np.ndarray, features: Sequence[Feature], values: dict[str,
         out.append({"name": f.name, "component": f.group, "value": v,
                     "contribution": stable_round(float(row[i]), 4)})
     return out
+
+
+# ---------------------------------------------------------------------------
+# --attribution all over partitions: count, sum and sum of squares merge by adding
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per group of rows: count (m,), sum (m, c) and sum of squares (m, c) of values."""
+
+    count: np.ndarray
+    total: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray, codes: np.ndarray, groups: int) -> Moments:
+        total = np.zeros((groups, values.shape[1]))
+        squares = np.zeros((groups, values.shape[1]))
+        np.add.at(total, codes, values)
+        np.add.at(squares, codes, values**2)
+        return cls(np.bincount(codes, minlength=groups).astype(np.int64), total, squares)
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.count + other.count, self.total + other.total,
+                       self.squares + other.squares)
+
+    def mean_var(self, i: int, j: int) -> tuple[float, float]:
+        """Mean and sample variance (ddof=1; 0 for fewer than two rows) of group ``i``,
+        column ``j``."""
+        m = int(self.count[i])
+        mean = float(self.total[i, j]) / max(m, 1)
+        var = max(float(self.squares[i, j]) - m * mean * mean, 0.0) / (m - 1) if m > 1 else 0.0
+        return mean, var
+
+    def mean_ci(self, i: int, j: int, z: float) -> dict[str, float | None]:
+        m = int(self.count[i])
+        if m == 0:
+            return {"mean": None, "low": None, "high": None}
+        mean, var = self.mean_var(i, j)
+        se = math.sqrt(var / m)
+        return {"mean": stable_round(mean, 5), "low": stable_round(mean - z * se, 5),
+                "high": stable_round(mean + z * se, 5)}
+
+
+@dataclass(frozen=True)
+class AllMoments:
+    """What ``--attribution all`` needs of a partition: per predicted class the moments of
+    the attributed values and of failure calls' positive shares, and per (slice value,
+    predicted class) the moments of the values."""
+
+    by_class: Moments  # k groups, len(GROUP_COLUMNS) columns
+    share: Moments  # k groups, len(COMPONENTS) columns (failure calls only)
+    #: dimension -> (its values, moments of value v and class c at row v * k + c)
+    by_slice: dict[str, tuple[tuple[str, ...], Moments]]
+
+    @classmethod
+    def of(cls, values: np.ndarray, pred: np.ndarray, slices: pl.DataFrame) -> AllMoments:
+        k, nc = len(CLASSES), len(COMPONENTS)
+        pos = np.clip(values[:, :nc], 0, None)
+        share = pos / np.clip(pos.sum(axis=1, keepdims=True), 1e-12, None)
+        fail = pred > 0
+        by_slice = {}
+        for dim in slices.columns:
+            cats, codes = np.unique(slices[dim].to_numpy().astype(str), return_inverse=True)
+            codes = codes.reshape(-1)
+            by_slice[dim] = (tuple(str(c) for c in cats),
+                             Moments.of(values, codes * k + pred, len(cats) * k))
+        return cls(Moments.of(values, pred, k), Moments.of(share[fail], pred[fail], k), by_slice)
+
+    @staticmethod
+    def merge(parts: Sequence[AllMoments]) -> AllMoments:
+        k = len(CLASSES)
+        by_class = parts[0].by_class
+        share = parts[0].share
+        for p in parts[1:]:
+            by_class, share = by_class + p.by_class, share + p.share
+        by_slice = {}
+        for dim in parts[0].by_slice:
+            values = tuple(sorted({v for p in parts for v in p.by_slice[dim][0]}))
+            index = {v: i for i, v in enumerate(values)}
+            cols = by_class.total.shape[1]
+            acc = Moments(np.zeros(len(values) * k, np.int64), np.zeros((len(values) * k, cols)),
+                          np.zeros((len(values) * k, cols)))
+            for p in parts:
+                vals, mom = p.by_slice[dim]
+                at = (np.array([index[v] for v in vals], np.int64)[:, None] * k
+                      + np.arange(k)).reshape(-1)
+                acc.count[at] += mom.count
+                acc.total[at] += mom.total
+                acc.squares[at] += mom.squares
+            by_slice[dim] = (values, acc)
+        return AllMoments(by_class, share, by_slice)
+
+
+def summarize_all(mom: AllMoments, predicted_counts: np.ndarray, *,
+                  slice_targets: Sequence[dict[str, Any]] = (), z: float = 1.96
+                  ) -> dict[str, Any]:
+    """:func:`summarize` of ``--attribution all`` from merged moments (every turn)."""
+    k = len(CLASSES)
+    comps = list(COMPONENTS)
+    by_class: dict[str, Any] = {}
+    for ci, c in enumerate(CLASSES):
+        m = int(mom.by_class.count[ci])
+        by_class[c] = {
+            "turns_predicted": int(predicted_counts[ci]), "turns_attributed": m,
+            "components": {g: mom.by_class.mean_ci(ci, j, z) for j, g in enumerate(comps)},
+            "bias": None if m == 0 else stable_round(mom.by_class.mean_var(ci, len(comps))[0], 5),
+        }
+    total_w = float(mom.share.count[1:].sum())
+    by_component: dict[str, Any] = {}
+    for j, g in enumerate(comps):
+        if total_w <= 0:
+            by_component[g] = {"share": None, "low": None, "high": None}
+            continue
+        est, var = 0.0, 0.0
+        for ci in range(1, k):
+            m = int(mom.share.count[ci])
+            if m == 0:
+                continue
+            mean, v = mom.share.mean_var(ci, j)
+            wc = m / total_w
+            est += wc * mean
+            var += wc**2 * v / m
+        se = math.sqrt(var)
+        by_component[g] = {"share": stable_round(float(est), 5),
+                           "low": stable_round(float(max(est - z * se, 0)), 5),
+                           "high": stable_round(float(min(est + z * se, 1)), 5)}
+    by_slice: list[dict[str, Any]] = []
+    for t in slice_targets:
+        ci = CLASSES.index(t["class"])
+        values, sm = mom.by_slice.get(t["dimension"], ((), None))
+        row = (values.index(str(t["value"])) * k + ci
+               if sm is not None and str(t["value"]) in values else None)
+        empty = Moments(np.zeros(1, np.int64), np.zeros((1, len(GROUP_COLUMNS))),
+                        np.zeros((1, len(GROUP_COLUMNS))))
+        src, i = (sm, row) if sm is not None and row is not None else (empty, 0)
+        by_slice.append({
+            "dimension": t["dimension"], "value": t["value"], "class": t["class"],
+            "turns_attributed": int(src.count[i]),
+            "components": {g: src.mean_ci(i, j, z) for j, g in enumerate(comps)},
+        })
+    return {
+        "mode": "all",
+        "turns_attributed": int(mom.by_class.count.sum()),
+        "scale": "log-odds (raw margin), toward each turn's predicted class",
+        "by_class": by_class,
+        "by_component": by_component,
+        "by_slice": by_slice,
+    }

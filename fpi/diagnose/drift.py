@@ -52,13 +52,16 @@ _EPS = 1e-4
 
 
 class TrafficCounts:
-    """Fixed-bin histograms of the numeric inputs, accumulated batch by batch."""
+    """Fixed-bin histograms of the numeric inputs and of session lengths, accumulated
+    over batches of whole sessions; two partitions' counts add up (:meth:`merge`)."""
 
     def __init__(self) -> None:
         self.hist = {k: np.zeros(len(e) - 1, dtype=np.int64) for k, (_, _, e) in NUMERIC.items()}
         self.missing = dict.fromkeys(NUMERIC, 0)
+        self.sessions = np.zeros(len(SESSION_EDGES) - 1, dtype=np.int64)
 
     def add(self, batch: pl.DataFrame) -> None:
+        """One batch of whole sessions."""
         for name, (block, fld, edges) in NUMERIC.items():
             if block not in batch.columns:
                 self.missing[name] += batch.height
@@ -67,22 +70,28 @@ class TrafficCounts:
             ok = np.isfinite(v)
             self.missing[name] += int((~ok).sum())
             self.hist[name] += _bin(v[ok], edges)
+        lengths = batch["session_id"].rle().struct.field("len").to_numpy()
+        self.sessions += _bin(lengths[lengths > 0], SESSION_EDGES)
 
-    def to_dict(self, slices: pl.DataFrame, sessions: np.ndarray) -> dict[str, Any]:
-        """The ``traffic`` block: categorical counts, numeric histograms, session lengths."""
-        cat = {}
-        for dim in CATEGORICAL:
-            if dim in slices.columns:
-                vc = slices[dim].cast(pl.String).value_counts().sort(dim)
-                cat[dim] = {str(v): int(c) for v, c in vc.iter_rows()}
+    def merge(self, other: TrafficCounts) -> TrafficCounts:
+        """The counts of both (a new object)."""
+        out = TrafficCounts()
+        for name in NUMERIC:
+            out.hist[name] = self.hist[name] + other.hist[name]
+            out.missing[name] = self.missing[name] + other.missing[name]
+        out.sessions = self.sessions + other.sessions
+        return out
+
+    def to_dict(self, categorical: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+        """The ``traffic`` block: categorical counts (turns per value of each slice
+        dimension), numeric histograms, session lengths."""
+        cat = {dim: {str(v): int(c) for v, c in sorted(categorical[dim].items())}
+               for dim in CATEGORICAL if dim in categorical}
         num = {name: {"edges": [float(e) for e in NUMERIC[name][2]],
                       "counts": [int(c) for c in self.hist[name]],
                       "missing": int(self.missing[name])} for name in NUMERIC}
-        lengths = np.bincount(sessions) if len(sessions) else np.zeros(0, dtype=np.int64)
         num["session_turns"] = {"edges": list(SESSION_EDGES),
-                                "counts": [int(c) for c in _bin(lengths[lengths > 0],
-                                                                SESSION_EDGES)],
-                                "missing": 0}
+                                "counts": [int(c) for c in self.sessions], "missing": 0}
         return {"categorical": cat, "numeric": num, "min_psi": MIN_PSI}
 
 

@@ -22,10 +22,33 @@ from fpi.redact import Redactor
 from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS
 
 if TYPE_CHECKING:
-    from fpi.diagnose.stream import StreamState
     from fpi.model import ModelBundle
 
 _PREFIX = "_slice_"
+
+
+def turn_view(turns: pl.DataFrame) -> pl.DataFrame:
+    """The columns an example shows, plus the next turn's text (same session)."""
+    asr, nlu, res, fb = (pl.col(c) for c in ("asr", "nlu", "result", "feedback"))
+    return turns.select(
+        "session_id", "turn_index",
+        asr.struct.field("text").alias("heard_text"),
+        asr.struct.field("confidence").alias("heard_confidence"),
+        asr.struct.field("nbest").alias("heard_nbest"),
+        nlu.struct.field("domain").alias("nlu_domain"),
+        nlu.struct.field("intent").alias("nlu_intent"),
+        nlu.struct.field("confidence").alias("nlu_confidence"),
+        nlu.struct.field("slots").alias("nlu_slots"),
+        pl.col("er").struct.field("entities").alias("er_entities"),
+        res.struct.field("status").alias("result_status"),
+        res.struct.field("action").alias("result_action"),
+        res.struct.field("response_text").alias("result_response"),
+        fb.struct.field("barge_in").alias("next_barge_in"),
+        fb.struct.field("explicit").alias("next_explicit"),
+        asr.struct.field("text").shift(-1).over("session_id").alias("next_text"),
+        asr.struct.field("text").shift(1).over("session_id").alias("prev_text"),
+        pl.col("label").struct.field("failure_point").alias("label"),
+    )
 
 
 class ExamplePool:
@@ -56,6 +79,12 @@ class ExamplePool:
             *[chosen[c] for c in chosen.columns if c.startswith("_") and c != "_i"])
         self.pool = self._trim(cand if self.pool is None
                                else pl.concat([self.pool, cand], how="vertical_relaxed"))
+
+    @staticmethod
+    def merge(pools: Sequence[pl.DataFrame], per_group: int) -> pl.DataFrame:
+        """The pool of the union of partitions' pools (each trimmed the same way, so the
+        merge keeps exactly the turns one pool over the whole night would)."""
+        return ExamplePool(per_group)._trim(pl.concat(pools, how="vertical_relaxed"))
 
     def _trim(self, cand: pl.DataFrame) -> pl.DataFrame:
         k = self.per_group
@@ -151,12 +180,13 @@ def example_dict(row: Mapping[str, Any], probs_row: float, pred: int, contrib: n
     }
 
 
-def render_examples(state: StreamState, bundle: ModelBundle,
+def render_examples(examples: pl.DataFrame | None, bundle: ModelBundle,
                     red: Redactor | None) -> dict[str, list[dict[str, Any]]]:
+    """The ``examples`` block: the top candidates per predicted failure class, attributed."""
     out: dict[str, list[dict[str, Any]]] = {c: [] for c in CLASSES[1:]}
-    if state.examples is None or state.examples.height == 0:
+    if examples is None or examples.height == 0:
         return out
-    ex = state.examples.sort(["_pred", "_prob", "session_id", "turn_index"],
+    ex = examples.sort(["_pred", "_prob", "session_id", "turn_index"],
                            descending=[False, True, False, False])
     contrib = bundle.contributions(ex.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()))
     for i, row in enumerate(ex.iter_rows(named=True)):

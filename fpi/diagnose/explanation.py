@@ -11,9 +11,8 @@ import numpy as np
 import polars as pl
 
 from fpi.diagnose import attribution as attr
-from fpi.diagnose.examples import example_dict
+from fpi.diagnose.examples import example_dict, turn_view
 from fpi.diagnose.inputs import as_list, canonical_parquet, load_model
-from fpi.diagnose.stream import turn_view
 from fpi.errors import InputError, MissingExtra
 from fpi.features import build_features
 from fpi.numbers import stable_round

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from fpi.diagnose import attribution as attr
 from fpi.errors import InputError
-from fpi.files import MARKER, atomic_path
+from fpi.files import MARKER
 from fpi.gates import Gate, load_gates, parse_gate
 
 if TYPE_CHECKING:
@@ -71,17 +70,3 @@ def contributions_chunked(bundle: ModelBundle, feats: pl.DataFrame,
     if not parts:
         return np.asarray(bundle.contributions(feats))
     return np.concatenate(parts, axis=0)
-
-
-def write_predictions(streamed: Path, rows: np.ndarray, values: np.ndarray,
-                       target: Path) -> None:
-    """Join the attributed rows' contributions onto the streamed predictions (streaming)."""
-    contrib = pl.DataFrame({
-        "_row": rows.astype(np.uint32),
-        **{f"contrib_{g}": values[:, j] for j, g in enumerate(attr.GROUP_COLUMNS)},
-    }, schema={"_row": pl.UInt32, **{f"contrib_{g}": pl.Float64 for g in attr.GROUP_COLUMNS}})
-    lf = (pl.scan_parquet(streamed).with_row_index("_row")
-          .join(contrib.lazy(), on="_row", how="left", maintain_order="left").drop("_row"))
-    with atomic_path(target) as tmp:
-        lf.sink_parquet(tmp, compression="zstd")
-

@@ -26,28 +26,35 @@ What makes the merge independent of the partitioning:
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from fpi import __version__
+from fpi import __version__, runmeta
 from fpi.diagnose import attribution as attr
+from fpi.diagnose.drift import TrafficCounts
+from fpi.diagnose.examples import ExamplePool, turn_view
 from fpi.diagnose.rates import RateTable, SliceSums, rates_from_sums, slice_columns
+from fpi.diagnose.slices_compare import Fingerprints
 from fpi.diagnose.summary import LabelMetrics
-from fpi.errors import InputError, ModelError
+from fpi.errors import ModelError
 from fpi.features import build_features
-from fpi.hashing import bucket_of, combine, hash_series, unit_interval
+from fpi.hashing import combine, hash_series, unit_interval
 from fpi.metrics import labels_to_index
-from fpi.schema import KEY_COLUMNS
+from fpi.redact import Redactor
+from fpi.schema import CLASSES, KEY_COLUMNS
 
 if TYPE_CHECKING:
     from fpi.engine import Engine
     from fpi.model import ModelBundle
 
+#: Seed of the per-turn keys whose sums fingerprint a slice's turns.
+_FINGERPRINT_SEED = 14
 #: Replicates per chunk of the bootstrap's (replicates x sessions) weight matrix.
 _BOOT_CHUNK = 16
 
@@ -67,13 +74,12 @@ class ModelRef:
 
     @classmethod
     def of(cls, bundle: ModelBundle) -> ModelRef:
-        """The driver's reference to a loaded bundle (it must have been loaded from disk)."""
+        """The driver's reference to a loaded bundle (a bundle never saved has no path:
+        only this process can use it, through :func:`keep_loaded`)."""
         from fpi.diagnose.baseline import bundle_id
 
-        if bundle.path is None:
-            raise ModelError("the model was not loaded from a bundle directory: workers "
-                             "need a path they can read (save the bundle first)")
-        return cls(str(bundle.path), bundle_id(bundle), __version__)
+        return cls("" if bundle.path is None else str(bundle.path), bundle_id(bundle),
+                   __version__)
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,17 @@ class PartitionSource:
     path: str
     offset: int = 0
     length: int | None = None
-    #: for a part file of ``fpi ingest --partitions N``: (its bucket, N); every session in
-    #: it must hash to that bucket (:func:`fpi.hashing.bucket_of`)
+    #: for a part file of ``fpi ingest --partitions N``: (its bucket, N); the whole file is
+    #: read and checked (every session must hash to that bucket: ``check_partition``)
     bucket: tuple[int, int] | None = None
 
     def read(self) -> pl.DataFrame:
+        """The partition's turns; a part file is checked first (canonical, sorted, its
+        sessions in its bucket: :func:`fpi.ingest.partition.check_partition`)."""
+        if self.bucket is not None:
+            from fpi.ingest.partition import read_partition
+
+            return read_partition(self.path, *self.bucket)
         lf = pl.scan_parquet(self.path)
         if self.offset or self.length is not None:
             lf = lf.slice(self.offset, self.length)
@@ -157,6 +169,9 @@ def worker_bundle(ref: ModelRef) -> ModelBundle:
         raise ModelError(f"{ref.path}: the driver runs fpi {ref.fpi_version}, a worker runs fpi "
                          f"{__version__}: install the same fpi on the driver and every worker")
     bundle = _BUNDLES.get(ref.bundle_hash)
+    if bundle is None and not ref.path:
+        raise ModelError("the model was not loaded from a bundle directory: workers need a "
+                         "path they can read (save the bundle with fpi train --out first)")
     if bundle is None:
         bundle = load_bundle(ref.path)
         found = bundle_id(bundle)
@@ -165,6 +180,11 @@ def worker_bundle(ref: ModelRef) -> ModelBundle:
                              f"{_short(ref.bundle_hash)}: every worker must read the same bundle")
         _BUNDLES[found] = bundle
     return bundle
+
+
+def keep_loaded(ref: ModelRef, bundle: ModelBundle) -> None:
+    """Let tasks run in this process (the local engine) use the driver's bundle as is."""
+    _BUNDLES[ref.bundle_hash] = bundle
 
 
 def _short(model_id: str) -> str:
@@ -182,6 +202,7 @@ class Scored:
     probabilities and what the statistics and samples are computed from."""
 
     index: int
+    keys: pl.DataFrame  # (n,) session_id, turn_index
     probs: np.ndarray  # (n, k)
     labels: np.ndarray  # (n,) class index, -1 unlabelled
     session_codes: np.ndarray  # (n,) 0..s-1 within the partition
@@ -189,13 +210,20 @@ class Scored:
     slices: pl.DataFrame  # (n, dims) slice values as strings
     examples: pl.DataFrame | None  # top-N candidates per predicted failure class
     attribution: pl.DataFrame | None  # lowest-key candidates per predicted class
-    #: --attribution all: per predicted class, count, sum and sum of squares of the
-    #: per-component contributions, (k,), (k, g), (k, g)
-    attribution_moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: --attribution all: each turn's grouped contributions toward its predicted class
+    values: np.ndarray | None = None
+    span: runmeta.Span | None = None  # the first and last turn's timestamp
+    traffic: TrafficCounts = field(default_factory=TrafficCounts)
+    pool: pl.DataFrame | None = None  # focus-example candidates (ExamplePool)
 
     @property
     def turns(self) -> int:
         return len(self.probs)
+
+    def em_weights(self, seed: int, replicates: Sequence[int]) -> np.ndarray:
+        """(b, n) each turn's Poisson bootstrap weight in ``replicates``."""
+        return session_weights(self.session_hashes, seed,
+                               np.asarray(replicates))[:, self.session_codes]
 
 
 def turn_keys(session_hashes: np.ndarray, turn_index: np.ndarray, seed: int) -> np.ndarray:
@@ -205,8 +233,6 @@ def turn_keys(session_hashes: np.ndarray, turn_index: np.ndarray, seed: int) -> 
 
 def score_partition(task: PartitionTask) -> Scored:
     """Features, calibrated probabilities and the bounded samples of one partition."""
-    from fpi.diagnose.stream import turn_view
-
     bundle = worker_bundle(task.model)
     batch = task.source.read()
     feats = build_features(batch)
@@ -215,18 +241,23 @@ def score_partition(task: PartitionTask) -> Scored:
     codes = batch["session_id"].rle_id().cast(pl.Int64).to_numpy()
     firsts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else codes
     hashes = hash_series(batch["session_id"][firsts]) if len(codes) else np.zeros(0, np.uint64)
-    _check_bucket(task.source, batch["session_id"][firsts], hashes)
     sl = slice_columns(batch)
     s = task.settings
-    scored = Scored(task.index, probs,
+    scored = Scored(task.index, batch.select(KEY_COLUMNS), probs,
                     labels_to_index(batch["label"].struct.field("failure_point")),
-                    codes, hashes, sl, None, None)
+                    codes, hashes, sl, None, None,
+                    span=runmeta.widen(None, batch["timestamp"]))
+    scored.traffic.add(batch)
+    view = turn_view(batch)
     if s.examples > 0:
-        view = turn_view(batch).with_columns(
+        cand = view.with_columns(
             feats.drop(KEY_COLUMNS).to_struct("_feats"),
             pl.Series("_prob", probs[np.arange(len(pred)), pred]),
             pl.Series("_pred", pred.astype(np.int64)))
-        scored.examples = top_examples(view.filter(pl.col("_pred") > 0), s.examples)
+        scored.examples = top_examples(cand.filter(pl.col("_pred") > 0), s.examples)
+        pool = ExamplePool(2)
+        pool.add(view, feats, probs, sl)
+        scored.pool = pool.pool
     if s.attribution == "sample":
         keys = turn_keys(hashes[codes], batch["turn_index"].to_numpy(), s.seed)
         keep = attr.bottom_k(keys, pred, s.attribution_quota)
@@ -235,31 +266,9 @@ def score_partition(task: PartitionTask) -> Scored:
             how="horizontal").with_columns(pl.Series("_key", keys[keep]),
                                            pl.Series("_pred", pred[keep].astype(np.int64)))
     elif s.attribution == "all":
-        values = attr.for_class(attr.grouped(bundle.contributions(feats), bundle.features), pred)
-        scored.attribution_moments = _moments(values, pred, probs.shape[1])
+        scored.values = attr.for_class(attr.grouped(bundle.contributions(feats),
+                                                    bundle.features), pred)
     return scored
-
-
-def _check_bucket(source: PartitionSource, sessions: pl.Series, hashes: np.ndarray) -> None:
-    """InputError when a part file holds a session of another bucket."""
-    if source.bucket is None:
-        return
-    index, buckets = source.bucket
-    wrong = np.flatnonzero(bucket_of(hashes, buckets) != index)
-    if len(wrong):
-        raise InputError(f"{source.path}: session {sessions[int(wrong[0])]!r} belongs to "
-                         f"bucket {int(bucket_of(hashes[wrong[:1]], buckets)[0])} of {buckets}, "
-                         f"not {index}: re-partition the input with fpi ingest --partitions")
-
-
-def _moments(values: np.ndarray, pred: np.ndarray, k: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    count = np.bincount(pred, minlength=k).astype(np.int64)
-    total = np.zeros((k, values.shape[1]))
-    squares = np.zeros((k, values.shape[1]))
-    np.add.at(total, pred, values)
-    np.add.at(squares, pred, values**2)
-    return count, total, squares
 
 
 def top_examples(frame: pl.DataFrame, per_class: int) -> pl.DataFrame:
@@ -323,7 +332,36 @@ class PartitionStats:
     slices: dict[str, SliceSums]
     examples: pl.DataFrame | None
     attribution: pl.DataFrame | None
-    attribution_moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    attribution_moments: attr.AllMoments | None
+    #: per slice dimension, which turns each value selects (same-turn slices)
+    fingerprints: dict[str, Fingerprints] = field(default_factory=dict)
+    span: runmeta.Span | None = None
+    traffic: TrafficCounts = field(default_factory=TrafficCounts)
+    pool: pl.DataFrame | None = None  # focus-example candidates
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker sends to the driver: the frames as zstd-compressed Arrow IPC
+        (a copy of just their rows; a fraction of the size of Polars' own pickling,
+        which can carry the buffers of the frame they were cut from)."""
+        state = dict(self.__dict__)
+        for name in _FRAMES:
+            frame = state[name]
+            if frame is not None:
+                buf = io.BytesIO()
+                frame.write_ipc(buf, compression="zstd")
+                state[name] = buf.getvalue()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in _FRAMES:
+            if isinstance(state[name], bytes):
+                state[name] = pl.read_ipc(io.BytesIO(state[name]))
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+
+
+#: The PartitionStats fields that are frames (compressed when pickled).
+_FRAMES = ("examples", "attribution", "pool")
 
 
 def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
@@ -344,6 +382,8 @@ def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
         boot_turns[reps] = w @ sess_turns
         boot_counts[reps] = w @ sess_counts
         boot_probs[reps] = w @ sess_probs
+    fp_keys = turn_keys(scored.session_hashes[codes], scored.keys["turn_index"].to_numpy(),
+                        _FINGERPRINT_SEED)
     labelled = scored.labels >= 0
     confusion = np.bincount(scored.labels[labelled].astype(np.int64) * k + pred[labelled],
                             minlength=k * k).reshape(k, k).astype(np.int64)
@@ -354,7 +394,11 @@ def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
         slices={dim: SliceSums.of(scored.slices[dim], probs, pred)
                 for dim in scored.slices.columns},
         examples=scored.examples, attribution=scored.attribution,
-        attribution_moments=scored.attribution_moments)
+        attribution_moments=(None if scored.values is None else
+                             attr.AllMoments.of(scored.values, pred, scored.slices)),
+        fingerprints={dim: Fingerprints.of(scored.slices[dim], fp_keys)
+                      for dim in scored.slices.columns},
+        span=scored.span, traffic=scored.traffic, pool=scored.pool)
 
 
 def merge_stats(parts: Sequence[PartitionStats], *, examples: int = 3,
@@ -370,6 +414,11 @@ def merge_stats(parts: Sequence[PartitionStats], *, examples: int = 3,
         attribution = cand[attr.bottom_k(cand["_key"].to_numpy(), cand["_pred"].to_numpy(),
                                          attribution_quota)].sort("_key")
     moments = [p.attribution_moments for p in parts if p.attribution_moments is not None]
+    traffic = parts[0].traffic
+    for p in parts[1:]:
+        traffic = traffic.merge(p.traffic)
+    spans = [p.span for p in parts if p.span is not None]
+    pools = [p.pool for p in parts if p.pool is not None]
     return PartitionStats(
         turns=sum(p.turns for p in parts), sessions=sum(p.sessions for p in parts),
         counts=np.sum([p.counts for p in parts], axis=0),
@@ -381,8 +430,11 @@ def merge_stats(parts: Sequence[PartitionStats], *, examples: int = 3,
         slices={dim: SliceSums.merge([p.slices[dim] for p in parts]) for dim in parts[0].slices},
         examples=top_examples(pl.concat(ex, how="vertical_relaxed"), examples) if ex else None,
         attribution=attribution,
-        attribution_moments=(tuple(np.sum([m[i] for m in moments], axis=0) for i in range(3))
-                             if moments else None))
+        attribution_moments=attr.AllMoments.merge(moments) if moments else None,
+        fingerprints={dim: Fingerprints.merge([p.fingerprints[dim] for p in parts])
+                      for dim in parts[0].fingerprints},
+        span=(min(sp[0] for sp in spans), max(sp[1] for sp in spans)) if spans else None,
+        traffic=traffic, pool=ExamplePool.merge(pools, 2) if pools else None)
 
 
 # ---------------------------------------------------------------------------
@@ -488,3 +540,90 @@ def score_night(engine: Engine, tasks: Sequence[PartitionTask], spec: StatsSpec,
                         examples=settings.examples,
                         attribution_quota=settings.attribution_quota)
     return handles, stats, fit_em(engine, handles, train_prior)
+
+
+# ---------------------------------------------------------------------------
+# Slices of the EM estimator: EM per slice value, over the partitions
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SliceEmStep:
+    """One EM iteration for every listed value of one slice dimension at once."""
+
+    dimension: str
+    values: tuple[str, ...]
+    priors: np.ndarray  # (v, k)
+    train_prior: np.ndarray  # (k,), normalised
+
+
+def slice_em_step(scored: Scored, step: SliceEmStep) -> tuple[np.ndarray, np.ndarray]:
+    """A partition's (v, k) sums of re-weighted posteriors of each value's turns, and
+    its (v,) turns per value."""
+    v, k = len(step.values), scored.probs.shape[1]
+    index = {value: i for i, value in enumerate(step.values)}
+    codes = (scored.slices[step.dimension]
+             .replace_strict(index, default=-1, return_dtype=pl.Int64).to_numpy())
+    sel = codes >= 0
+    c, p = codes[sel], scored.probs[sel]
+    adj = p * (np.asarray(step.priors)[c] / step.train_prior)
+    adj /= np.clip(adj.sum(axis=1, keepdims=True), 1e-300, None)
+    sums = np.stack([np.bincount(c, adj[:, j], minlength=v) for j in range(k)], 1)
+    return sums.reshape(v, k), np.bincount(c, minlength=v).astype(np.float64)
+
+
+def fit_slice_em(engine: Engine, handles: Sequence[object], train_prior: np.ndarray,
+                 dimension: str, values: Sequence[str], init: np.ndarray, *,
+                 tol: float = 1e-6, max_iter: int = 500) -> np.ndarray:
+    """(v, k) EM prior of each value's turns (warm-started from ``init``); each value stops
+    when its own prior moves less than ``tol``, as EM on that slice alone would."""
+    base = np.clip(np.asarray(train_prior, np.float64), 1e-12, None)
+    base = base / base.sum()
+    prior = np.tile(np.clip(np.asarray(init, np.float64), 1e-12, None), (len(values), 1))
+    active = np.ones(len(values), bool)
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        step = SliceEmStep(dimension, tuple(values), prior, base)
+        out = engine.gather(engine.map(slice_em_step, handles, step))
+        sums = np.sum([o[0] for o in out], axis=0)
+        totals = np.sum([o[1] for o in out], axis=0)
+        new = np.where((totals > 0)[:, None], sums / np.clip(totals, 1e-300, None)[:, None],
+                       base)
+        moved = np.max(np.abs(new - prior), axis=1) >= tol
+        prior = np.where(active[:, None], new, prior)
+        active &= moved
+    return prior / prior.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------
+# Predictions, one file per partition
+# ---------------------------------------------------------------------------
+
+
+def write_predictions(scored: Scored, out_dir: str, contributions: pl.DataFrame | None,
+                      red: Redactor | None) -> str:
+    """Write ``out_dir/predictions/part-NNNNN.parquet`` (atomically): the partition's keys,
+    predicted class, probabilities and the attributed turns' contributions (``all``: every
+    turn's; else joined from ``contributions`` on session and turn; null elsewhere)."""
+    from fpi.files import atomic_path
+    from fpi.ingest.partition import part_name
+
+    pred = scored.probs.argmax(axis=1)
+    frame = scored.keys.with_columns(
+        pl.Series("predicted", np.asarray(CLASSES, dtype=object)[pred], dtype=pl.String),
+        *[pl.Series(f"p_{c}", scored.probs[:, i]) for i, c in enumerate(CLASSES)])
+    names = [f"contrib_{g}" for g in attr.GROUP_COLUMNS]
+    if scored.values is not None:
+        frame = frame.with_columns(pl.Series(n, scored.values[:, j]) for j, n in enumerate(names))
+    elif contributions is not None:
+        frame = frame.join(contributions.select(*KEY_COLUMNS, *names), on=KEY_COLUMNS,
+                           how="left", maintain_order="left")
+    else:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(n) for n in names)
+    if red is not None:
+        frame = frame.with_columns(red.ids(frame["session_id"]))
+    target = f"{out_dir}/predictions/{part_name(scored.index)}"
+    with atomic_path(target) as tmp:
+        frame.write_parquet(tmp, compression="zstd")
+    return target

@@ -703,10 +703,12 @@ class _SliceContext:
         return self.slice_entry(dim, value, nt, xs.sum(axis=0), xs.T @ xs, rows_idx)
 
     def slice_entry(self, dim: str, value: Any, nt: int, dsum: np.ndarray | None,
-                    osum: np.ndarray | None, rows_idx: np.ndarray | None
+                    osum: np.ndarray | None, rows_idx: np.ndarray | None,
+                    em: np.ndarray | None = None
                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One supported slice's entry, and its tests against the rest of the night, from
-        the slice's sums of the linear estimator's rows and outer products (EM: its rows)."""
+        the slice's sums of the linear estimator's rows and outer products (EM: its rows,
+        or its EM prior ``em`` fitted elsewhere)."""
         classes, est, n, z = self.rates.classes, self.rates.estimate, self.n, self.z
         lin = self.lin
         d = second = d_rest = s_rest = None
@@ -718,6 +720,8 @@ class _SliceContext:
             d_rest = (self.d_all - dsum) / rest_n
             s_rest = (self.s_all - osum) / rest_n
             sl = lin.estimate(d)
+        elif em is not None:
+            sl = em
         elif self.probs is not None and rows_idx is not None:
             sl = em_prior(self.probs, self.train_prior, rows=rows_idx, init=est, tol=1e-6)
         else:
@@ -815,10 +819,13 @@ def slice_rates_from_sums(
     alpha: float = 0.05,
     max_slices: int = 30,
     top: int = 10,
+    em_slices: Callable[[str, list[str]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """:func:`slice_rates` from per-slice sums (merged over partitions) instead of the
-    turns' probabilities: the same estimates and tests for every estimator but EM (whose
-    slices re-run EM on the slice's turns; ValueError)."""
+    turns' probabilities: the same estimates and tests. The EM estimator has no linear
+    form: its slices re-run EM on each slice's turns, ``em_slices(dimension, values)``
+    giving the (v, k) priors (:func:`fpi.diagnose.partition.fit_slice_em`; without it,
+    ValueError)."""
     turns = int(next(iter(sums.values())).turns.sum()) if sums else 0
     lin = _SliceEstimator.of(rates, None, confusion, soft_confusion)
     totals = None
@@ -829,8 +836,13 @@ def slice_rates_from_sums(
                            turns=turns, totals=totals)
     dims: dict[str, Any] = {}
     tests: list[dict[str, Any]] = []
+    if lin is None and em_slices is None:
+        raise ValueError("slices of the EM estimator need em_slices")
     for dim, ss in sums.items():
         order = sorted(range(len(ss.values)), key=lambda i: (-int(ss.turns[i]), ss.values[i]))
+        supported = [i for i in order if int(ss.turns[i]) >= min_support]
+        ems = (em_slices(dim, [ss.values[i] for i in supported])
+               if lin is None and em_slices is not None and supported else None)
         rows_out = []
         small_n = small_turns = 0
         for i in order:
@@ -838,8 +850,9 @@ def slice_rates_from_sums(
             if nt < min_support:
                 small_n, small_turns = small_n + 1, small_turns + nt
                 continue
-            dsum, osum = ss.row_sums(i, lin is None or lin.probabilistic)
-            entry, slice_tests = ctx.slice_entry(dim, ss.values[i], nt, dsum, osum, None)
+            dsum, osum = (None, None) if lin is None else ss.row_sums(i, lin.probabilistic)
+            em = None if ems is None else ems[supported.index(i)]
+            entry, slice_tests = ctx.slice_entry(dim, ss.values[i], nt, dsum, osum, None, em)
             rows_out.append(entry)
             tests += slice_tests
         dims[dim] = {

@@ -1,24 +1,27 @@
 """Diagnose a night of logs: predictions, rates, slices, attribution, gates and reports.
 
-The data flow, in bounded memory whatever the size of the night:
+One code path, whatever the engine (:mod:`fpi.engine`: this process, or a Dask cluster):
 
-1. the inputs become one canonical Parquet file (``fpi.ingest.ingest``, bounded
-   memory), unless they already are one, sorted;
-2. it is read back in batches of whole sessions (context features need a turn's
-   neighbours); each batch gets features, calibrated probabilities and, for
-   ``--attribution all``, exact TreeSHAP contributions (:mod:`fpi.diagnose.stream`).
-   Only per-turn probabilities, ids, slice values, a bounded attribution reservoir
-   and a few example candidates are kept;
-3. rates (:mod:`fpi.diagnose.rates`), attribution (:mod:`fpi.diagnose.attribution`),
-   gates (:mod:`fpi.gates`) and the summary (:mod:`fpi.diagnose.summary`) are
-   computed from those;
-4. ``predictions.parquet``, ``summary.json``, ``report.md`` and ``report.html``
-   are written into a staging directory and swapped in as one set (:mod:`fpi.files`).
+1. the night becomes partitions of whole sessions: the parts of a partitioned
+   directory (``fpi ingest --partitions N``), or row ranges of one canonical Parquet
+   file (the input itself if it is one, sorted; else ``fpi.ingest.ingest`` writes it);
+2. the engine scores each partition (:func:`fpi.diagnose.partition.score_partition`:
+   features, calibrated probabilities, bounded samples) and returns its small
+   mergeable statistics; the driver merges them (counts, sums, bootstrap sums, slice
+   sums, the lowest attribution keys, the top examples) and fits EM over the
+   partitions (the probabilities stay where they were scored);
+3. rates (:mod:`fpi.diagnose.rates`), attribution (:mod:`fpi.diagnose.attribution`:
+   TreeSHAP on the chosen sample only), gates (:mod:`fpi.gates`) and the summary
+   (:mod:`fpi.diagnose.summary`) are computed from the merged statistics;
+4. each partition writes ``predictions/part-NNNNN.parquet``; ``summary.json``,
+   ``report.md`` and ``report.html`` are written beside them, all in a staging
+   directory swapped in as one set (:mod:`fpi.files`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -34,7 +37,7 @@ from fpi import __version__, runmeta
 from fpi.diagnose import attribution as attr
 from fpi.diagnose import slices_compare
 from fpi.diagnose.baseline import against_baseline, baseline_model, load_baseline
-from fpi.diagnose.examples import pick, render_examples, render_focus
+from fpi.diagnose.examples import ExamplePool, pick, render_examples, render_focus
 from fpi.diagnose.inputs import as_list, canonical_parquet, load_model
 from fpi.diagnose.options import DiagnoseOptions
 from fpi.diagnose.outputs import (
@@ -42,25 +45,38 @@ from fpi.diagnose.outputs import (
     is_legacy_output,
     parse_gates,
     path_inside,
+)
+from fpi.diagnose.partition import (
+    ModelRef,
+    PartitionSource,
+    PartitionStats,
+    PartitionTask,
+    ScoreSettings,
+    StatsSpec,
+    fit_em,
+    fit_slice_em,
+    keep_loaded,
+    label_metrics,
+    rates_from_stats,
+    score_night,
+    session_ranges,
     write_predictions,
 )
 from fpi.diagnose.rates import (
     RateTable,
     compare_rates,
-    estimate_rates,
-    slice_rates,
+    slice_rates_from_sums,
     z_value,
 )
-from fpi.diagnose.stream import StreamState, score_stream
 from fpi.diagnose.summary import (
     BaselineInfo,
     Failure,
     IngestInfo,
-    LabelMetrics,
     Method,
     ModelInfo,
     Summary,
 )
+from fpi.engine import Engine, LocalEngine
 from fpi.errors import ExitStatus, InputError, ModelError
 from fpi.files import check_output_dir, check_writable_file, staged_output_dir, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, overall_status
@@ -102,7 +118,7 @@ class DiagnoseResult:
 
 def diagnose(inputs: Inputs, *, model: str | os.PathLike[str] | ModelBundle,
              out_dir: str | os.PathLike[str], options: DiagnoseOptions | None = None,
-             **settings: Any) -> DiagnoseResult:
+             engine: Engine | None = None, **settings: Any) -> DiagnoseResult:
     """Diagnose ``inputs`` with a model bundle and write the reports into ``out_dir``.
 
     Parameters
@@ -110,12 +126,15 @@ def diagnose(inputs: Inputs, *, model: str | os.PathLike[str] | ModelBundle,
     inputs : trace files, directories or globs (any form ``fpi ingest`` reads) or
         one canonical Parquet file.
     model : bundle directory (``fpi train --out``) or a loaded ``ModelBundle``.
-    out_dir : where ``predictions.parquet``, ``summary.json``, ``report.md``,
+    out_dir : where ``predictions/part-NNNNN.parquet``, ``summary.json``, ``report.md``,
         ``report.html`` (and ``rejects.jsonl``) go, as one set: built in a staging
         directory beside it and swapped in at the end (:mod:`fpi.files`). It must be
         absent, empty or a previous diagnose output.
     options : a :class:`~fpi.diagnose.options.DiagnoseOptions`; or give its fields as
         keywords (``baseline=``, ``gates=``, ``attribution=``, ``seed=``, ...).
+    engine : where the partitions are scored: an :class:`~fpi.engine.Engine` (e.g.
+        ``fpi.engine.dask.DaskEngine(workers=4)``; the caller closes it), or ``None``:
+        this process. The summary is the same whatever the engine.
 
     Returns
     -------
@@ -131,7 +150,7 @@ def diagnose(inputs: Inputs, *, model: str | os.PathLike[str] | ModelBundle,
         options = DiagnoseOptions(**settings)
     elif settings:
         options = replace(options, **settings)
-    return run(inputs, model, out_dir, options)
+    return run(inputs, model, out_dir, options, engine)
 
 
 @dataclass(frozen=True)
@@ -200,29 +219,50 @@ def _read(plan: _Plan, opts: DiagnoseOptions, stage: Path, scratch: Path
                               rejects_file=rejects.name if rep.rejected else None)
 
 
-def _score(source: Path, plan: _Plan, opts: DiagnoseOptions, predictions: Path,
-           timing_info: dict[str, Any]) -> StreamState:
-    """Stream the night through the model; ``timing_info`` gets the attribution budget's
-    measurement when the sample is sized by time."""
-    bundle = plan.bundle
+def _partitioned(paths: list[str]) -> str | None:
+    """The input when it is one partitioned directory (``fpi ingest --partitions``)."""
+    from fpi.ingest.partition import MANIFEST
 
-    def quota_fn(feats: pl.DataFrame) -> int:
-        if opts.attribution_budget is None:
-            return attr.per_class_quota(opts.attribution_sample)
-        t = attr.measure(bundle, feats)
-        timing_info.update(budget_seconds=opts.attribution_budget,
-                           rows_per_second=round(t.rows_per_second, 1))
-        return attr.per_class_quota(attr.sample_size(t, opts.attribution_budget))
+    if len(paths) != 1:
+        return None
+    p = paths[0]
+    return p if ("://" in p or Path(p, MANIFEST).is_file()) else None
 
+
+def _sources(plan: _Plan, opts: DiagnoseOptions, stage: Path, scratch: Path, workers: int
+             ) -> tuple[list[PartitionSource], IngestInfo]:
+    """The night's partitions of whole sessions: a partitioned directory's parts (each
+    checked on its worker), or row ranges of one canonical file."""
+    directory = _partitioned(plan.paths)
+    if directory is not None:
+        from fpi.ingest.partition import read_partitions
+
+        parts, manifest = read_partitions(directory)
+        n = sum(manifest.rows)
+        return ([PartitionSource(p, bucket=(i, manifest.partitions)) for i, p in
+                 enumerate(parts)],
+                IngestInfo(records_read=n, turns_kept=n, rejected=0, rejects_by_rule={},
+                           rejects_file=None))
+    source, info = _read(plan, opts, stage, scratch)
+    plan.bundle.check_compatible(pl.scan_parquet(source))
     total = pl.scan_parquet(source).select(pl.len()).collect().item()
-    opts.note("predict", 0, total)
-    state = score_stream(source, bundle, total=total, mode=opts.attribution,
-                         batch_turns=opts.batch_turns, quota_fn=quota_fn,
-                         examples=opts.examples, seed=opts.seed, predictions=predictions,
-                         progress=(lambda n: opts.note("predict", n, total)), red=plan.red)
-    if state.rows != state.total:  # pragma: no cover - the file changed under us
-        raise InputError(f"{source}: read {state.rows} turns, expected {state.total}")
-    return state
+    per_part = min(opts.batch_turns, max(1, math.ceil(total / max(workers, 1))))
+    return session_ranges(str(source), per_part), info
+
+
+def _quota(plan: _Plan, opts: DiagnoseOptions, first: PartitionSource | None,
+           timing_info: dict[str, Any]) -> int:
+    """Turns per predicted class in the attribution sample (``timing_info`` gets the
+    budget's measurement when it is sized by time, on the first partition's turns)."""
+    if opts.attribution_budget is None or first is None:
+        return attr.per_class_quota(opts.attribution_sample)
+    from fpi.features import build_features
+
+    feats = build_features(first.read().head(2000))
+    t = attr.measure(plan.bundle, feats)
+    timing_info.update(budget_seconds=opts.attribution_budget,
+                       rows_per_second=round(t.rows_per_second, 1))
+    return attr.per_class_quota(attr.sample_size(t, opts.attribution_budget))
 
 
 def _held_out(bundle: ModelBundle) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -236,70 +276,90 @@ def _held_out(bundle: ModelBundle) -> tuple[np.ndarray, np.ndarray | None, np.nd
     return train_prior, conf_arr, soft_arr
 
 
-def _estimate(state: StreamState, bundle: ModelBundle, slices: pl.DataFrame,
-              opts: DiagnoseOptions) -> tuple[RateTable, dict[str, Any],
-                                              list[list[dict[str, str]]]]:
+@dataclass(frozen=True)
+class _Night:
+    """The scored night: the handles (per-turn data stays where it was scored), the merged
+    statistics and the EM prior."""
+
+    engine: Engine
+    handles: list[object]
+    stats: PartitionStats
+    em: np.ndarray
+
+
+def _estimate(night: _Night, bundle: ModelBundle, opts: DiagnoseOptions
+              ) -> tuple[RateTable, dict[str, Any], list[list[dict[str, str]]]]:
     """The night's rates, its slices, and the groups of slices that are the same turns."""
     train_prior, conf_arr, soft_arr = _held_out(bundle)
-    rates = estimate_rates(state.probs, train_prior=train_prior, confusion=conf_arr,
-                           soft_confusion=soft_arr, groups=state.sessions,
-                           confidence=opts.confidence, n_boot=opts.n_boot, seed=opts.seed)
-    slice_doc = slice_rates(slices, state.probs, rates, train_prior=train_prior,
-                            confusion=conf_arr, soft_confusion=soft_arr,
-                            min_support=opts.min_support)
-    same_turns = slices_compare.same_turn_groups(slices, opts.min_support)
+    engine, handles, stats = night.engine, night.handles, night.stats
+
+    def em_replicates(init: np.ndarray) -> np.ndarray:
+        return np.asarray(fit_em(engine, handles, train_prior, init=init, seed=opts.seed,
+                                 replicates=range(opts.n_boot), tol=1e-6))
+
+    def em_slices(dim: str, values: list[str]) -> np.ndarray:
+        return fit_slice_em(engine, handles, train_prior, dim, values, rates.estimate)
+
+    rates = rates_from_stats(stats, night.em, confusion=conf_arr, soft_confusion=soft_arr,
+                             confidence=opts.confidence, seed=opts.seed,
+                             em_replicates=em_replicates)
+    slice_doc = slice_rates_from_sums(stats.slices, rates, train_prior=train_prior,
+                                      confusion=conf_arr, soft_confusion=soft_arr,
+                                      min_support=opts.min_support, em_slices=em_slices)
+    same_turns = slices_compare.same_turn_groups(stats.fingerprints, opts.min_support)
     slice_doc.update(top=slices_compare.collapse(slice_doc["top"], same_turns),
                      same_turns=same_turns)
     return rates, slice_doc, same_turns
 
 
-def _attribute(state: StreamState, bundle: ModelBundle, slices: pl.DataFrame,
-               slice_top: list[dict[str, Any]], opts: DiagnoseOptions
-               ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The attribution block, and the attributed rows with their per-component values."""
-    pred = state.probs.argmax(axis=1)
-    predicted_counts = np.bincount(pred, minlength=len(CLASSES))
+def _attribute(stats: PartitionStats, bundle: ModelBundle, slice_top: list[dict[str, Any]],
+               opts: DiagnoseOptions) -> tuple[dict[str, Any], pl.DataFrame | None]:
+    """The attribution block, and the sampled turns' contributions (keys + contrib_*)."""
+    predicted_counts = stats.counts
     z = z_value(opts.confidence)
-    if opts.attribution == "all":
-        values = np.vstack(state.values)
-        doc = attr.summarize(values, pred, predicted_counts, mode="all", slices=slices,
-                             slice_targets=slice_top, z=z)
-        return doc, np.arange(len(pred)), values
-    if opts.attribution == "sample" and state.reservoir is not None:
-        res = state.reservoir.sort("_row")
+    if opts.attribution == "all" and stats.attribution_moments is not None:
+        return attr.summarize_all(stats.attribution_moments, predicted_counts,
+                                  slice_targets=slice_top, z=z), None
+    res = stats.attribution
+    if opts.attribution == "sample" and res is not None:
         feat_names = list(bundle.input_columns)
         rpred = res["_pred"].to_numpy()
         contrib = contributions_chunked(bundle, res.select([*KEY_COLUMNS, *feat_names]),
                                         opts.note)
         values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
+        slice_cols = [c.removeprefix("_slice_") for c in res.columns if c.startswith("_slice_")]
         doc = attr.summarize(values, rpred, predicted_counts, mode="sample",
                              slices=res.select(pl.col(f"_slice_{c}").alias(c)
-                                               for c in slices.columns),
+                                               for c in slice_cols),
                              slice_targets=slice_top, z=z)
-        return doc, res["_row"].to_numpy(), values
+        frame = res.select(KEY_COLUMNS).with_columns(
+            pl.Series(f"contrib_{g}", values[:, j]) for j, g in enumerate(attr.GROUP_COLUMNS))
+        return doc, frame
     doc = attr.summarize(np.zeros((0, len(attr.GROUP_COLUMNS))),
                          np.zeros(0, dtype=np.int64), predicted_counts, mode="none")
-    return doc, np.zeros(0, dtype=np.int64), np.zeros((0, len(attr.GROUP_COLUMNS)))
+    return doc, None
 
 
-def _summary(plan: _Plan, opts: DiagnoseOptions, state: StreamState, ingest_info: IngestInfo,
-             rates: RateTable, slice_doc: dict[str, Any], slices: pl.DataFrame,
+def _summary(plan: _Plan, opts: DiagnoseOptions, stats: PartitionStats,
+             ingest_info: IngestInfo, rates: RateTable, slice_doc: dict[str, Any],
              attr_doc: dict[str, Any], example_doc: dict[str, list[dict[str, Any]]]
              ) -> Summary:
     """The summary before the baseline comparison and the gates."""
     from fpi.model.bundle import runtime_versions
 
     rates_dict = rates.to_dict()
-    n = len(state.probs)
+    n = stats.turns
+    categorical = {dim: dict(zip(ss.values, (int(t) for t in ss.turns), strict=True))
+                   for dim, ss in stats.slices.items()}
     return Summary(
         schema_version=SUMMARY_SCHEMA_VERSION, fpi_version=__version__,
         versions=runtime_versions(), inputs=[Path(p).name for p in plan.paths],
-        turns=n, sessions=state.n_sessions, ingest=ingest_info,
+        turns=n, sessions=stats.sessions, ingest=ingest_info,
         model=ModelInfo.of(plan.bundle),
         method=Method.of(rates, confidence=opts.confidence, n_boot=opts.n_boot, seed=opts.seed),
         rates=rates_dict, failure=Failure.of(rates_dict, n),
-        labels=LabelMetrics.of(state.labels, state.probs.argmax(axis=1)),
-        slices=slice_doc, traffic=state.traffic.to_dict(slices, state.sessions),
+        labels=label_metrics(stats.confusion),
+        slices=slice_doc, traffic=stats.traffic.to_dict(categorical),
         attribution=attr_doc, baseline=None, gates=[], gate_status="none",
         examples=example_doc, redacted=opts.redact,
         redaction=None if plan.red is None else plan.red.describe())
@@ -324,58 +384,73 @@ def _judge(summary: Summary, plan: _Plan, opts: DiagnoseOptions,
 
 
 def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
-        out_dir: str | os.PathLike[str], opts: DiagnoseOptions) -> DiagnoseResult:
+        out_dir: str | os.PathLike[str], opts: DiagnoseOptions,
+        engine: Engine | None = None) -> DiagnoseResult:
     """:func:`diagnose` with its options as one record."""
+    if engine is None:
+        with LocalEngine() as local:
+            return run(inputs, model, out_dir, opts, local)
     plan = _plan(inputs, model, out_dir, opts)
     bundle, out, timings = plan.bundle, plan.out, {}
     t0 = time.perf_counter()
-    input_files = runmeta.input_files(plan.paths, opts.progress)
+    directory = _partitioned(plan.paths)
+    input_files = ([] if directory is not None and "://" in directory
+                   else runmeta.input_files(plan.paths, opts.progress))
     # Every output is built in a staging directory beside --out and swapped in whole at
-    # the end; scratch (the streamed copy of the turns) lives inside it, removed first.
+    # the end; scratch (the ingested copy of the turns) lives inside it, removed first.
     with (staged_output_dir(out, "diagnose", legacy=is_legacy_output) as stage,
           tempfile.TemporaryDirectory(prefix=".scratch-", dir=stage) as tmp_name):
         scratch = Path(tmp_name)
-        source, ingest_info = _read(plan, opts, stage, scratch)
+        sources, ingest_info = _sources(plan, opts, stage, scratch, engine.workers)
+        if not sources:
+            raise InputError(f"{', '.join(plan.paths)}: no turns to diagnose")
         timings["read"] = time.perf_counter() - t0
-        bundle.check_compatible(pl.scan_parquet(source))
         timing_info: dict[str, Any] = {"budget_seconds": None, "rows_per_second": None}
         t1 = time.perf_counter()
-        scratch_predictions = scratch / "predictions.parquet"
-        state = _score(source, plan, opts, scratch_predictions, timing_info)
-        if source.parent == scratch:
-            source.unlink()  # the ingested copy is no longer needed
+        settings = ScoreSettings(seed=opts.seed, examples=opts.examples,
+                                 attribution=opts.attribution,
+                                 attribution_quota=_quota(plan, opts, sources[0], timing_info))
+        ref = ModelRef.of(bundle)
+        keep_loaded(ref, bundle)
+        tasks = [PartitionTask(i, src, ref, settings) for i, src in enumerate(sources)]
+        opts.note("predict", 0, len(tasks))
+        handles, stats, em = score_night(engine, tasks, StatsSpec(opts.seed, opts.n_boot),
+                                         _held_out(bundle)[0])
+        night = _Night(engine, handles, stats, em)
+        opts.note("predict", len(tasks), len(tasks))
         timings["features_predict"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
         opts.note("rates", 0, None)
-        slices = state.slices_frame()
-        rates, slice_doc, same_turns = _estimate(state, bundle, slices, opts)
+        rates, slice_doc, same_turns = _estimate(night, bundle, opts)
         timings["aggregate"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
-        attr_doc, contrib_rows, contrib_values = _attribute(state, bundle, slices,
-                                                            slice_doc["top"], opts)
+        attr_doc, contributions = _attribute(stats, bundle, slice_doc["top"], opts)
         attr_doc.update(requested_sample=opts.attribution_sample, **timing_info)
         opts.note("examples", 0, None)
-        example_doc = render_examples(state, bundle, plan.red)
+        example_doc = render_examples(stats.examples, bundle, plan.red)
         timings["attribution"] = time.perf_counter() - t3
 
-        summary = _summary(plan, opts, state, ingest_info, rates, slice_doc, slices,
-                           attr_doc, example_doc)
+        summary = _summary(plan, opts, stats, ingest_info, rates, slice_doc, attr_doc,
+                           example_doc)
         summary = _judge(summary, plan, opts, same_turns)
         summary = replace(summary, headline=headline(summary.to_dict()))
+        pool = ExamplePool(2)
+        pool.pool = stats.pool
         summary = replace(summary, focus_examples=pick(
-            state.pool, summary.to_dict(), lambda rows: render_focus(rows, bundle, plan.red)))
+            pool, summary.to_dict(), lambda rows: render_focus(rows, bundle, plan.red)))
         summary = replace(summary, run=runmeta.run_info(
-            span=state.span, inputs=input_files, summary=summary.to_dict(),
+            span=stats.span, inputs=input_files, summary=summary.to_dict(),
             baseline=runmeta.baseline_info(plan.base, opts.baseline),
             wall_seconds=time.perf_counter() - t0))
         doc = summary.to_dict()
         t4 = time.perf_counter()
         opts.note("writing", 0, None)
-        write_predictions(scratch_predictions, contrib_rows, contrib_values,
-                          stage / "predictions.parquet")
-        written = {"predictions": stage / "predictions.parquet", **write_reports(doc, stage)}
+        (stage / "predictions").mkdir()
+        engine.gather(engine.map(write_predictions, handles, str(stage), contributions,
+                                 plan.red))
+        written = {"predictions": stage / "predictions", **write_reports(doc, stage)}
         if plan.junit_inside is not None:
             (stage / plan.junit_inside).parent.mkdir(parents=True, exist_ok=True)
             written["junit"] = write_text_atomic(stage / plan.junit_inside,

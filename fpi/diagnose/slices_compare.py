@@ -2,9 +2,9 @@
 
 *Same turns.* ``domain=music`` and ``intent=PlayMusicIntent`` can be the same turns;
 listing both doubles every finding. Two slices select the same turns when they have
-the same count and the same sum of per-row hashes (a commutative fingerprint of the
-row set, computed with one ``group_by``); such slices become one row that names all
-their definitions (``also``).
+the same count and the same sums of per-turn keys (a commutative fingerprint of the
+turn set, ``hash(session, turn)``, so partitions' fingerprints add up); such slices
+become one row that names all their definitions (``also``).
 
 *Against the baseline.* Each supported slice's per-class estimate is tested against
 the same slice's estimate in the baseline summary (one-sided, for an increase; each
@@ -18,7 +18,8 @@ rate and marked ``new``. P-values are Benjamini-Hochberg corrected; a slice is
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,28 +29,58 @@ from fpi.diagnose.rates import FAILURE_KEYS, benjamini_hochberg, z_value
 from fpi.numbers import stable_round
 
 
-def same_turn_groups(slices: pl.DataFrame, min_support: int) -> list[list[dict[str, str]]]:
-    """Groups (of two or more) of supported slices that select exactly the same turns."""
-    parts = []
-    rows = pl.int_range(pl.len(), dtype=pl.UInt64)
-    for dim in slices.columns:
-        g = (slices.select(pl.col(dim).cast(pl.String).alias("value"), rows.alias("_r"))
-             .group_by("value")
-             .agg(pl.len().alias("turns"), pl.col("_r").hash(seed=14).sum().alias("fp"))
-             .filter(pl.col("turns") >= min_support)
-             .with_columns(pl.lit(dim).alias("dimension")))
-        parts.append(g)
-    if not parts:
-        return []
-    allg = pl.concat(parts).sort(["dimension", "value"])
-    order = {d: i for i, d in enumerate(slices.columns)}
-    groups = []
-    for (_, _), grp in allg.group_by(["turns", "fp"], maintain_order=True):
-        if grp.height > 1:
-            defs = sorted(({"dimension": d, "value": v} for d, v in
-                           grp.select("dimension", "value").iter_rows()),
-                          key=lambda x: (order[x["dimension"]], x["value"]))
-            groups.append(defs)
+@dataclass(frozen=True)
+class Fingerprints:
+    """Per value of one slice dimension: its turns and a commutative fingerprint of which
+    turns they are (sums of two 31-bit pieces of each turn's stable key), so the
+    fingerprints of partitions add up to the night's."""
+
+    values: tuple[str, ...]
+    turns: np.ndarray  # (v,) int64
+    sums: np.ndarray  # (v, 2) int64
+
+    @classmethod
+    def of(cls, values: pl.Series, keys: np.ndarray) -> Fingerprints:
+        cats, codes = np.unique(values.cast(pl.String).to_numpy().astype(str),
+                                return_inverse=True)
+        codes = codes.reshape(-1)
+        k = np.asarray(keys, np.uint64)
+        pieces = np.stack([(k & np.uint64(0x7FFFFFFF)), (k >> np.uint64(33))], 1).astype(np.int64)
+        sums = np.zeros((len(cats), 2), np.int64)
+        np.add.at(sums, codes, pieces)
+        return cls(tuple(str(c) for c in cats),
+                   np.bincount(codes, minlength=len(cats)).astype(np.int64), sums)
+
+    @staticmethod
+    def merge(parts: Sequence[Fingerprints]) -> Fingerprints:
+        values = tuple(sorted({v for p in parts for v in p.values}))
+        index = {v: i for i, v in enumerate(values)}
+        turns = np.zeros(len(values), np.int64)
+        sums = np.zeros((len(values), 2), np.int64)
+        for p in parts:
+            at = np.array([index[v] for v in p.values], np.int64)
+            turns[at] += p.turns
+            sums[at] += p.sums
+        return Fingerprints(values, turns, sums)
+
+
+def same_turn_groups(slices: pl.DataFrame | Mapping[str, Fingerprints], min_support: int
+                     ) -> list[list[dict[str, str]]]:
+    """Groups (of two or more) of supported slices that select exactly the same turns:
+    from each dimension's :class:`Fingerprints` (or one row per turn of slice values,
+    keyed by row number)."""
+    if isinstance(slices, pl.DataFrame):
+        rows = np.arange(slices.height, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        slices = {dim: Fingerprints.of(slices[dim], rows) for dim in slices.columns}
+    order = {d: i for i, d in enumerate(slices)}
+    seen: dict[tuple[int, int, int], list[dict[str, str]]] = {}
+    for dim, fp in slices.items():
+        for i, value in enumerate(fp.values):
+            if fp.turns[i] >= min_support:
+                key = (int(fp.turns[i]), int(fp.sums[i, 0]), int(fp.sums[i, 1]))
+                seen.setdefault(key, []).append({"dimension": dim, "value": value})
+    groups = [sorted(g, key=lambda x: (order[x["dimension"]], x["value"]))
+              for g in seen.values() if len(g) > 1]
     return sorted(groups, key=lambda g: (order[g[0]["dimension"]], g[0]["value"]))
 
 

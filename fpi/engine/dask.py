@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -95,7 +96,7 @@ class DaskEngine:
             self.address = "a local cluster"
             self._client = self._start_local(workers or _cores())
         else:
-            self.address = scheduler or _address_from_file(Path(scheduler_file or ""))
+            self.address = scheduler or _address_from_file(Path(scheduler_file or ""), timeout)
             self._client = self._connect(self.address)
         try:
             self._wait_for_workers()
@@ -198,16 +199,28 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _address_from_file(path: Path) -> str:
-    """The scheduler address in a ``dask scheduler --scheduler-file`` file."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EngineError(f"--scheduler-file {path}: no such file (is the scheduler "
-                          "running?)") from None
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"--scheduler-file {path}: cannot be read as a Dask scheduler "
-                          f"file: {exc}") from None
+def _address_from_file(path: Path, timeout: float) -> str:
+    """The scheduler address in a ``dask scheduler --scheduler-file`` file.
+
+    A scheduler writes the file as it starts: an empty or partial file is read
+    again until ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            break
+        except FileNotFoundError:
+            raise EngineError(f"--scheduler-file {path}: no such file (is the scheduler "
+                              "running?)") from None
+        except ValueError as exc:
+            if time.monotonic() >= deadline:
+                raise EngineError(f"--scheduler-file {path}: cannot be read as a Dask "
+                                  f"scheduler file: {exc}") from None
+            time.sleep(0.1)
+        except OSError as exc:
+            raise EngineError(f"--scheduler-file {path}: cannot be read as a Dask scheduler "
+                              f"file: {exc}") from None
     address = doc.get("address") if isinstance(doc, dict) else None
     if not isinstance(address, str) or not address:
         raise EngineError(f"--scheduler-file {path}: names no scheduler address")

@@ -1,0 +1,136 @@
+"""fpi diagnose on every engine and partitioning gives the same summary.json: the local
+engine over one file, a partitioned directory of 4 and of 7 parts, a LocalCluster of two
+worker processes (the real ``fpi`` executable), and a scheduler and a worker started as
+separate processes; a worker that reads another model than the driver is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from test_engine_dask import scheduler_file  # noqa: F401 - a fixture, used by name
+from test_features import make_turns
+
+import fpi
+from fpi.engine.dask import DaskEngine
+from fpi.errors import ModelError
+from fpi.ingest.partition import ingest_partitioned
+from fpi.model import train
+
+#: Settings that exercise every mergeable block (sample attribution, examples, focus
+#: examples, slices), as API keywords and as CLI options.
+OPTS: dict[str, Any] = {"attribution_sample": 60, "min_support": 20, "seed": 3}
+CLI_OPTS = ["--attribution-sample", "60", "--min-support", "20", "--seed", "3"]
+
+
+def _fpi(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fpi", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+def _comparable(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary without what names the run rather than the night (run metadata, the
+    input's file name)."""
+    return {k: v for k, v in summary.items() if k not in ("run", "inputs")}
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dask-night") / "night.parquet"
+    turns = make_turns(1500, seed=11)
+    assert 3000 <= turns.height <= 5000
+    turns.write_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local(night: Path, small_bundle, tmp_path_factory: pytest.TempPathFactory
+          ) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("dask-local") / "out"
+    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
+               "local", *CLI_OPTS)
+    assert res.returncode == 0, res.stderr
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_a_local_cluster_of_two_workers_gives_the_same_summary(night: Path, small_bundle,
+                                                                local: dict[str, Any],
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
+               "dask", "--workers", "2", *CLI_OPTS)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert _comparable(summary) == _comparable(local)
+    parts = sorted(p.name for p in (out / "predictions").iterdir())
+    assert parts == ["part-00000.parquet", "part-00001.parquet"]  # one per worker
+    pred = pl.read_parquet(out / "predictions" / "*.parquet")
+    assert pred.height == summary["turns"] == pl.read_parquet(night).height
+    assert pred.filter(pl.col("contrib_bias").is_not_null()).height == (
+        summary["attribution"]["turns_attributed"])
+
+
+@pytest.mark.parametrize("parts", [4, 7])
+def test_a_partitioned_directory_gives_the_same_summary(night: Path, small_bundle, parts: int,
+                                                         local: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    turns = tmp_path / "turns"
+    ingest_partitioned([night], turns, parts)
+    res = fpi.diagnose(turns, model=small_bundle.path, out_dir=tmp_path / "out", **OPTS)
+    assert _comparable(res.summary) == _comparable(local)
+    written = sorted(p.name for p in (tmp_path / "out" / "predictions").iterdir())
+    assert written == [f"part-{i:05d}.parquet" for i in range(parts)]
+
+
+def test_a_part_holding_another_parts_session_is_refused(night: Path, small_bundle,
+                                                          tmp_path: Path) -> None:
+    turns = tmp_path / "turns"
+    ingest_partitioned([night], turns, 3)
+    shutil.copy(turns / "part-00001.parquet", turns / "part-00002.parquet")
+    res = _fpi("diagnose", turns, "--model", small_bundle.path, "--out", tmp_path / "out")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "part-00002.parquet: session" in lines[0] and "belongs to part 1 of 3" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_separate_scheduler_and_worker_give_the_same_summary(
+        night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
+        scheduler_file: Path) -> None:  # noqa: F811 - the imported fixture
+    out = tmp_path / "out"
+    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
+               "dask", "--scheduler-file", scheduler_file, *CLI_OPTS)
+    assert res.returncode == 0, res.stderr
+    assert _comparable(json.loads((out / "summary.json").read_text())) == _comparable(local)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[DaskEngine]:
+    with DaskEngine(workers=2, timeout=60) as engine:
+        yield engine
+
+
+def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tmp_path: Path,
+                                                   cluster: DaskEngine) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(small_bundle.path, model)
+    bundle = fpi.load_bundle(model)  # what the driver holds
+    other = train(make_turns(200, seed=9), tmp_path / "other", seed=0, threads=1,
+                      num_boost_round=5, early_stopping_rounds=2)
+    shutil.rmtree(model)
+    shutil.copytree(other.path, model)  # the files changed under the run
+    with pytest.raises(ModelError) as info:
+        fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out", engine=cluster,
+                     attribution="none")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{model}: a worker read model" in message and "the driver uses" in message
+    assert not (tmp_path / "out").exists()

@@ -7,10 +7,11 @@ Usage::
 
 Trains one bundle on ``--train-turns`` labelled baseline turns (seed 7, the
 bundle's usual protocol), then simulates ``--seeds`` nights of ``--night-turns``
-turns for every profile (prior and mechanism shifts, and ``clarity_shift``: new
-speakers with more recognition errors at the same logged confidence, a
-conditional shift) and scores them. Every estimator then estimates each night's
-six class rates with a 95% interval, and the table reports, per estimator and
+turns for every profile (prior and mechanism shifts, and two conditional shifts:
+``clarity_shift``, new speakers with more recognition errors at the same logged
+confidence, and ``speaker_shift``, half the sessions from hidden new voices whose
+ASR is over-confident on its own errors) and scores them. Every estimator then
+estimates each night's six class rates with a 95% interval, and the table reports, per estimator and
 profile, over nights and classes: mean bias and RMSE (points), the largest
 absolute error, the mean interval half-width over the five failure classes, and
 coverage (share of class-nights whose interval holds the true rate); a summary
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 
 PROFILE_ORDER = ("baseline", "asr_farfield", "er_outage_music", "result_outage",
-                 "false_wake_tv", "clarity_shift")
+                 "false_wake_tv", "clarity_shift", "speaker_shift")
 
 
 def _cpu() -> float:
@@ -84,7 +85,7 @@ def _nights(args: argparse.Namespace, bundle: Any, cache: Path) -> dict[str, lis
 
 
 def _estimators(bundle: Any) -> dict[str, Callable[[dict[str, Any]], tuple[np.ndarray, ...]]]:
-    from fpi import aggregate as agg
+    from fpi.diagnose import rates as agg
     from fpi.schema import CLASSES
 
     man = bundle.manifest

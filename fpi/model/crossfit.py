@@ -127,9 +127,9 @@ def fit_fold(ds: lgb.Dataset, x: np.ndarray, train: np.ndarray, held: np.ndarray
              params: dict[str, Any], num_boost_round: int, early_stopping_rounds: int,
              init_model: lgb.Booster | None = None) -> FoldFit:
     """Train on ``train`` rows of ``ds``, early-stop on ``held`` rows; margins on ``held``."""
-    booster = lgb.train(params, ds.subset(np.flatnonzero(train)),
+    booster = lgb.train(params, ds.subset(np.flatnonzero(train).tolist()),
                         num_boost_round=num_boost_round,
-                        valid_sets=[ds.subset(np.flatnonzero(held))],
+                        valid_sets=[ds.subset(np.flatnonzero(held).tolist())],
                         valid_names=["valid"], init_model=init_model,
                         callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)])
     best = booster.best_iteration or booster.current_iteration()

@@ -54,8 +54,10 @@ from fpi.model.calibration import Calibration, fit_calibration
 from fpi.model.crossfit import (
     CrossFit,
     assign_folds,
+    binned,
     candidates,
     crossfit,
+    default_folds,
     fit_final,
     test_mask,
 )
@@ -79,9 +81,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Cross-fitting folds by default: (small data, large data, threshold in labelled turns).
-AUTO_FOLDS: Final = (5, 3, 20_000)
-
 #: Fewest labelled examples of a class the trainer accepts.
 MIN_CLASS_COUNT: Final = 10
 
@@ -96,7 +95,7 @@ DEFAULT_PARAMS: Final[dict[str, Any]] = {
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
-    "max_bin": 255,
+    "max_bin": 63,
     "max_cat_to_onehot": 8,
     "cat_smooth": 10.0,
     "verbosity": -1,
@@ -264,7 +263,7 @@ def _labelled_data(turns: pl.DataFrame, features: pl.DataFrame | None, options: 
     y = y_all[labelled]
     folds = options.folds
     if folds is None:  # large data: fewer folds keep training time sane
-        folds = AUTO_FOLDS[0] if len(y) <= AUTO_FOLDS[2] else AUTO_FOLDS[1]
+        folds = default_folds(len(y))
     fit, fold = _split_rows(lab_turns, options.split, options.test_size, options.seed, folds)
     _check_classes(y[fit], options.min_class_count)
     return _Data(lab_turns, features.filter(lab_mask), y, fit, fold, folds)
@@ -344,11 +343,12 @@ def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit: np.ndarray,
                folds: np.ndarray, which: Sequence[Feature], base: dict[str, Any],
                cands: list[dict[str, Any]], rounds_cap: tuple[int, int],
                init: lgb.Booster | None, progress: Progress | None, stage: str) -> _Fitted:
-    cv = crossfit(x[fit], y[fit], w[fit], folds[fit], which, base, cands, *rounds_cap,
-                   init, progress, f"cross-fitting{stage}")
+    xf = x[fit]
+    ds = binned(xf, y[fit], w[fit], which, base, keep_raw=init is not None)
+    cv = crossfit(ds, xf, y[fit], folds[fit], base, cands, *rounds_cap, init, progress,
+                  f"cross-fitting{stage}")
     calib = fit_calibration(cv.oof_raw, y[fit])
-    booster, text = fit_final(x[fit], y[fit], w[fit], which, cv.params, cv.rounds, init,
-                               progress, f"boosting{stage}")
+    booster, text = fit_final(ds, cv.params, cv.rounds, init, progress, f"boosting{stage}")
     test = ~fit
     raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else cv.oof_raw
     return _Fitted(booster, text, calib, calib.apply(raw), cv)

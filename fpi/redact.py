@@ -2,7 +2,7 @@
 
 Under ``fpi diagnose --redact`` every field that comes from logs and can carry
 what a user said, asked for or got back is replaced by ``[redacted]`` in every
-output (``summary.json``, ``report.md``, ``report.html``, ``predictions.parquet``,
+output (``summary.json``, ``report.md``, ``report.html``, ``predictions/``,
 the rejects file, the terminal and ``--json``):
 
 - masked: ASR text and n-best alternatives, the next turn's text, slot values,

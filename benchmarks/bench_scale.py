@@ -11,7 +11,8 @@ stops the cluster (timed). It prints:
 
 - turns per CPU-second per worker (workers' user+system CPU, from ``os.times`` on each;
   it includes each worker loading the model once) and turns per wall-second per worker;
-- bytes returned per partition (a PartitionStats, pickled: what travels to the driver);
+- bytes returned per partition (a PartitionStats, pickled: what travels to the driver),
+  and in the second round (``fetch_rows``: the chosen sample rows' features and text);
 - the driver's merge time as the number of partitions (so turns) grows;
 - the 1-minute load average beside every wall time: wall-clock scaling only means
   something while the load stays below the number of cores.
@@ -60,6 +61,7 @@ def one_size(night: Path, model: Path, workers: int, partition_turns: int) -> di
         PartitionTask,
         ScoreSettings,
         StatsSpec,
+        fetch_rows,
         merge_stats,
         partition_stats,
         score_partition,
@@ -82,6 +84,10 @@ def one_size(night: Path, model: Path, workers: int, partition_turns: int) -> di
         handles = engine.map(score_partition, tasks)
         stats = engine.gather(engine.map(partition_stats, handles, StatsSpec()))
         wall = time.perf_counter() - t1
+        merged = merge_stats(stats)
+        chosen = {n: f.select("session_id", "turn_index") for n in ("examples", "attribution",
+                  "pool") if (f := getattr(merged, n)) is not None}
+        fetched = engine.gather(engine.map(fetch_rows, handles, chosen))
         load1 = _load()
         cpu = _worker_cpu(engine) - cpu0
     finally:
@@ -105,6 +111,8 @@ def one_size(night: Path, model: Path, workers: int, partition_turns: int) -> di
         "turns_per_wall_s_per_worker": round(turns / wall / workers),
         "bytes_per_partition_median": int(np.median(sizes)),
         "bytes_per_25k_turns_max": int(max(per_25k)),
+        "fetch_bytes_per_partition_max": max(len(pickle.dumps(f)) for f in fetched),
+        "fetch_bytes_night_total": sum(len(pickle.dumps(f)) for f in fetched),
         "driver_merge_s_by_turns": merges, "load_at_merge": _load(),
         "cluster_stop_s": round(stop_s, 2), "load_at_stop": _load(),
     }

@@ -18,6 +18,7 @@ from fpi.diagnose.partition import (
     PartitionTask,
     ScoreSettings,
     StatsSpec,
+    fetch_chosen,
     fit_em,
     fit_slice_em,
     label_metrics,
@@ -66,6 +67,7 @@ def _score(night: Path, bundle, parts: int):
         stats = merge_stats(engine.gather(engine.map(partition_stats, handles, SPEC)),
                             examples=SETTINGS.examples,
                             attribution_quota=SETTINGS.attribution_quota)
+        stats = fetch_chosen(engine, handles, stats)
         return sources, handles, stats, fit_em(engine, handles, prior), prior
     return (sources, *score_night(LocalEngine(), tasks, SPEC, prior), prior)
 

@@ -11,6 +11,7 @@ handles)::
     tasks = [PartitionTask(i, src, ModelRef.of(bundle), settings) for i, src in ...]
     handles = engine.map(score_partition, tasks)
     stats = merge_stats(engine.gather(engine.map(partition_stats, handles, spec)))
+    stats = fetch_chosen(engine, handles, stats)
     em = fit_em(engine, handles, train_prior)
 
 What makes the merge independent of the partitioning:
@@ -22,6 +23,11 @@ What makes the merge independent of the partitioning:
 - the attribution sample keeps the turns with the lowest ``hash(session, turn, seed)``
   per predicted class: each partition keeps its lowest, the driver the lowest of the union;
 - examples are the top-N per predicted class by probability, ties by session and turn.
+
+The samples travel in two rounds: :func:`partition_stats` sends each candidate's key and
+ranking columns only; once the driver has chosen (:func:`merge_stats`),
+:func:`fetch_chosen` maps :func:`fetch_rows` over the handles for the chosen rows'
+features and example text.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -345,11 +351,8 @@ class PartitionStats:
         which can carry the buffers of the frame they were cut from)."""
         state = dict(self.__dict__)
         for name in _FRAMES:
-            frame = state[name]
-            if frame is not None:
-                buf = io.BytesIO()
-                frame.write_ipc(buf, compression="zstd")
-                state[name] = buf.getvalue()
+            if state[name] is not None:
+                state[name] = _ipc(state[name])
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -362,6 +365,13 @@ class PartitionStats:
 
 #: The PartitionStats fields that are frames (compressed when pickled).
 _FRAMES = ("examples", "attribution", "pool")
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    """``frame``'s rows as zstd-compressed Arrow IPC (just its rows, whatever it was cut from)."""
+    buf = io.BytesIO()
+    frame.write_ipc(buf, compression="zstd")
+    return buf.getvalue()
 
 
 def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
@@ -393,12 +403,61 @@ def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
         boot_counts=boot_counts, boot_probs=boot_probs,
         slices={dim: SliceSums.of(scored.slices[dim], probs, pred)
                 for dim in scored.slices.columns},
-        examples=scored.examples, attribution=scored.attribution,
+        examples=_slim(scored.examples, "examples"),
+        attribution=_slim(scored.attribution, "attribution"),
         attribution_moments=(None if scored.values is None else
                              attr.AllMoments.of(scored.values, pred, scored.slices)),
         fingerprints={dim: Fingerprints.of(scored.slices[dim], fp_keys)
                       for dim in scored.slices.columns},
-        span=scored.span, traffic=scored.traffic, pool=scored.pool)
+        span=scored.span, traffic=scored.traffic, pool=_slim(scored.pool, "pool"))
+
+
+#: What a partition's samples send first: the columns the driver chooses by (the rest of
+#: each chosen row comes later, from :func:`fetch_rows`, for the chosen rows only).
+_RANKING = {"examples": ("_prob", "_pred"), "attribution": ("_key", "_pred"),
+            "pool": ("_prob", "_margin", "_pred")}
+
+
+def _slim(frame: pl.DataFrame | None, name: str) -> pl.DataFrame | None:
+    if frame is None:
+        return None
+    extra = [c for c in frame.columns if name == "pool" and c.startswith("_slice_")]
+    return frame.select(*KEY_COLUMNS, *_RANKING[name], *extra)
+
+
+def fetch_rows(scored: Scored, chosen: dict[str, pl.DataFrame]) -> dict[str, bytes]:
+    """The whole rows (features, example text) of the chosen turns this partition holds:
+    per sample name, ``chosen``'s keys (session_id, turn_index) semi-joined to its rows,
+    as compressed Arrow IPC; a sample none of whose chosen rows are here is left out (but
+    for one with no chosen rows at all, whose columns the driver still needs)."""
+    out = {}
+    for name, keys in chosen.items():
+        frame = getattr(scored, name)
+        if frame is None:
+            continue
+        rows = frame.join(keys, on=KEY_COLUMNS, how="semi", maintain_order="left")
+        if rows.height or not keys.height:
+            out[name] = _ipc(rows)
+    return out
+
+
+def fetch_chosen(engine: Engine, handles: Sequence[object], stats: PartitionStats
+                 ) -> PartitionStats:
+    """The merged statistics with their chosen samples' whole rows, fetched from the
+    handles (a second round, so only the ranking columns travel for every candidate)."""
+    slim = {name: getattr(stats, name) for name in _FRAMES}
+    chosen = {name: f.select(KEY_COLUMNS) for name, f in slim.items() if f is not None}
+    if not chosen:
+        return stats
+    rows = engine.gather(engine.map(fetch_rows, handles, chosen))
+    whole = {}
+    for name, keys in chosen.items():
+        found = [pl.read_ipc(io.BytesIO(r[name])) for r in rows if name in r]
+        full = (pl.concat(found) if name == "attribution"
+                else pl.concat(found, how="vertical_relaxed"))
+        whole[name] = keys.join(full, on=KEY_COLUMNS, how="left",
+                                maintain_order="left").select(full.columns)
+    return replace(stats, **whole)
 
 
 def merge_stats(parts: Sequence[PartitionStats], *, examples: int = 3,
@@ -539,6 +598,7 @@ def score_night(engine: Engine, tasks: Sequence[PartitionTask], spec: StatsSpec,
     stats = merge_stats(engine.gather(engine.map(partition_stats, handles, spec)),
                         examples=settings.examples,
                         attribution_quota=settings.attribution_quota)
+    stats = fetch_chosen(engine, handles, stats)
     return handles, stats, fit_em(engine, handles, train_prior)
 
 

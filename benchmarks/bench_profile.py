@@ -116,13 +116,13 @@ def _instrument(meter: Meter) -> None:
 def _feature_groups(night: Path, batch_turns: int) -> dict[str, dict[str, float]]:
     import polars as pl
 
-    from fpi.diagnose.inputs import batches as _batches
+    from fpi.diagnose.partition import session_ranges
     from fpi.features import profile_stages
 
     out: dict[str, dict[str, float]] = {}
     stages = profile_stages()
-    for batch in _batches(night, batch_turns):
-        base = batch.rechunk().lazy()
+    for part in session_ranges(str(night), batch_turns):
+        base = part.read().rechunk().lazy()
         for i, (name, step) in enumerate(stages):
             w, c = time.perf_counter(), _cpu()
             frame: pl.DataFrame = step(base).collect()

@@ -1,14 +1,15 @@
-"""Where a diagnose run reads from: the inputs, their batches of whole sessions, the model."""
+"""Where a diagnose run reads from: the inputs and the model."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
+from fpi.ingest.sort import in_key_order
 from fpi.schema import KEY_COLUMNS, TURN_SCHEMA
 
 if TYPE_CHECKING:
@@ -34,33 +35,7 @@ def canonical_parquet(paths: list[str]) -> Path | None:
         return None
     if keys.height == 0:
         return None
-    sid, tix = keys["session_id"], keys["turn_index"]
-    prev_sid, prev_tix = sid.shift(1), tix.shift(1)
-    ordered = ((sid > prev_sid) | ((sid == prev_sid) & (tix > prev_tix))).fill_null(True).all()
-    return Path(paths[0]) if ordered else None
-
-
-def batches(path: Path, batch_turns: int) -> Iterator[pl.DataFrame]:
-    """Batches of whole sessions from a sorted canonical Parquet file."""
-    lf = pl.scan_parquet(path)
-    total = lf.select(pl.len()).collect().item()
-    carry: pl.DataFrame | None = None
-    for offset in range(0, total, batch_turns):
-        chunk = lf.slice(offset, batch_turns).collect()
-        if carry is not None and carry.height:
-            chunk = pl.concat([carry, chunk])
-        if offset + batch_turns < total:
-            # the last session may continue in the next chunk: hold it back
-            last = chunk["session_id"][-1]
-            tail = chunk["session_id"] == last
-            carry = chunk.filter(tail)
-            chunk = chunk.filter(~tail)
-        else:
-            carry = None
-        if chunk.height:
-            yield chunk
-    if carry is not None and carry.height:
-        yield carry
+    return Path(paths[0]) if in_key_order(keys) else None
 
 
 def load_model(model: str | os.PathLike[str] | ModelBundle) -> ModelBundle:

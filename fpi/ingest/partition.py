@@ -60,7 +60,7 @@ from fpi.ingest import (
     strict_error,
 )
 from fpi.ingest.parse import CANONICAL_ARROW
-from fpi.ingest.sort import parquet_writer
+from fpi.ingest.sort import in_key_order, parquet_writer
 from fpi.ingest.sources import Source
 from fpi.schema import KEY_COLUMNS, TURN_SCHEMA
 
@@ -179,7 +179,7 @@ def check_partition(frame: pl.DataFrame, index: int, partitions: int,
     where = where or part_name(index)
     if frame.schema != TURN_SCHEMA:
         raise InputError(f"{where}: not in the canonical layout (write it with fpi ingest)")
-    if not _in_key_order(frame):
+    if not in_key_order(frame.select(KEY_COLUMNS)):
         raise InputError(f"{where}: not sorted by session_id, turn_index (or a turn is "
                          "repeated); write it with fpi ingest --partitions")
     sessions = frame.get_column("session_id").unique(maintain_order=True)
@@ -190,14 +190,6 @@ def check_partition(frame: pl.DataFrame, index: int, partitions: int,
         raise InputError(f"{where}: session {sid!r} belongs to part {int(buckets[wrong[0]])} "
                          f"of {partitions}, not part {index} ({len(wrong)} such sessions); "
                          "the parts were not written together by fpi ingest --partitions")
-
-
-def _in_key_order(frame: pl.DataFrame) -> bool:
-    """Whether keys strictly increase (sorted, no turn twice): the canonical order."""
-    sid, ti = pl.col("session_id"), pl.col("turn_index")
-    return bool(frame.select(
-        ((sid > sid.shift()) | ((sid == sid.shift()) & (ti > ti.shift()))).fill_null(True).all()
-    ).item())
 
 
 def read_partition(path: str, index: int, partitions: int) -> pl.DataFrame:

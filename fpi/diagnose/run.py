@@ -303,9 +303,9 @@ def _estimate(night: _Night, bundle: ModelBundle, opts: DiagnoseOptions
     rates = rates_from_stats(stats, night.em, confusion=conf_arr, soft_confusion=soft_arr,
                              confidence=opts.confidence, seed=opts.seed,
                              em_replicates=em_replicates)
-    slice_doc = slice_rates_from_sums(stats.slices, rates, train_prior=train_prior,
-                                      confusion=conf_arr, soft_confusion=soft_arr,
-                                      min_support=opts.min_support, em_slices=em_slices)
+    slice_doc = slice_rates_from_sums(stats.slices, rates, confusion=conf_arr,
+                                      soft_confusion=soft_arr, min_support=opts.min_support,
+                                      em_slices=em_slices)
     same_turns = slices_compare.same_turn_groups(stats.fingerprints, opts.min_support)
     slice_doc.update(top=slices_compare.collapse(slice_doc["top"], same_turns),
                      same_turns=same_turns)
@@ -318,7 +318,7 @@ def _attribute(stats: PartitionStats, bundle: ModelBundle, slice_top: list[dict[
     predicted_counts = stats.counts
     z = z_value(opts.confidence)
     if opts.attribution == "all" and stats.attribution_moments is not None:
-        return attr.summarize_all(stats.attribution_moments, predicted_counts,
+        return attr.summarize_moments(stats.attribution_moments, predicted_counts,
                                   slice_targets=slice_top, z=z), None
     res = stats.attribution
     if opts.attribution == "sample" and res is not None:

@@ -52,7 +52,7 @@ _Rejects = Annotated[Path | None, typer.Option(
 _Redact = Annotated[bool, typer.Option(
     "--redact",
     help="Write the rejects file without log content: each rejected record's raw text "
-         "becomes [redacted] and its message the field it names plus the rule's "
+         "becomes \\[redacted] and its message the field it names plus the rule's "
          "description (as under `fpi diagnose --redact`). The Parquet output is "
          "unchanged.")]
 _Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]

@@ -383,6 +383,15 @@ def _judge(summary: Summary, plan: _Plan, opts: DiagnoseOptions,
     return replace(summary, gates=results, gate_status=overall_status(results))
 
 
+def _story(summary: Summary, plan: _Plan, stats: PartitionStats) -> Summary:
+    """The headline, and the example turns of what it points at."""
+    summary = replace(summary, headline=headline(summary.to_dict()))
+    pool = ExamplePool(2)
+    pool.pool = stats.pool
+    return replace(summary, focus_examples=pick(
+        pool, summary.to_dict(), lambda rows: render_focus(rows, plan.bundle, plan.red)))
+
+
 def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         out_dir: str | os.PathLike[str], opts: DiagnoseOptions,
         engine: Engine | None = None) -> DiagnoseResult:
@@ -434,12 +443,7 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
 
         summary = _summary(plan, opts, stats, ingest_info, rates, slice_doc, attr_doc,
                            example_doc)
-        summary = _judge(summary, plan, opts, same_turns)
-        summary = replace(summary, headline=headline(summary.to_dict()))
-        pool = ExamplePool(2)
-        pool.pool = stats.pool
-        summary = replace(summary, focus_examples=pick(
-            pool, summary.to_dict(), lambda rows: render_focus(rows, bundle, plan.red)))
+        summary = _story(_judge(summary, plan, opts, same_turns), plan, stats)
         summary = replace(summary, run=runmeta.run_info(
             span=stats.span, inputs=input_files, summary=summary.to_dict(),
             baseline=runmeta.baseline_info(plan.base, opts.baseline),

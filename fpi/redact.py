@@ -16,6 +16,9 @@ the rejects file, the terminal and ``--json``):
 - kept: categorical fields that are not user content (device type, locale, app
   version, domain, intent, statuses, labels), numbers, file names and line numbers.
 
+``fpi ingest --redact`` masks its rejects file the same way (:func:`redact_reject`);
+its Parquet output is the logs themselves, for the team's own use.
+
 The salt comes from ``--redact-salt`` or the ``FPI_REDACT_SALT`` environment
 variable (prefer the variable, e.g. a CI secret: a command-line argument shows in
 process lists and CI logs). With a salt the pseudonyms are stable across nights,
@@ -92,7 +95,7 @@ class Redactor:
 
     def reject(self, reject: Problem) -> Problem:
         """A rejected record without its raw text, its message reduced to what is not data."""
-        return replace(reject, raw=REDACTED, message=safe_message(reject.rule, reject.message))
+        return redact_reject(reject)
 
     def describe(self) -> dict[str, Any]:
         """What the summary records about the redaction (never the salt)."""
@@ -111,6 +114,13 @@ def redactor(salt: str | None = None, env: Mapping[str, str] | None = None) -> R
     if given:
         return Redactor(given.encode("utf-8"), stable=True)
     return Redactor(secrets.token_bytes(32), stable=False)
+
+
+def redact_reject(reject: Problem) -> Problem:
+    """A rejected record without its raw text, its message reduced to what is not data
+    (``fpi ingest --redact``, and under ``fpi diagnose --redact``; no salt: a reject
+    keeps only its file, line, rule and the files and lines it involved)."""
+    return replace(reject, raw=REDACTED, message=safe_message(reject.rule, reject.message))
 
 
 def safe_message(rule: str, message: str) -> str:

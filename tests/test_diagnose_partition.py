@@ -219,8 +219,9 @@ def test_slices_from_merged_sums_are_the_slices_of_the_turns(scored, small_bundl
     _s, handles, stats, em, prior = scored[7]
     rates = rates_from_stats(stats, em, confusion=conf, soft_confusion=soft, seed=3)
     probs = np.vstack([h.probs for h in handles])
-    opts = {"train_prior": prior, "confusion": conf, "soft_confusion": soft, "min_support": 30}
-    from_turns = slice_rates(slice_columns(pl.read_parquet(night)), probs, rates, **opts)
+    opts = {"confusion": conf, "soft_confusion": soft, "min_support": 30}
+    from_turns = slice_rates(slice_columns(pl.read_parquet(night)), probs, rates,
+                             train_prior=prior, **opts)
     docs = {n: slice_rates_from_sums(scored[n][2].slices, rates, **opts) for n in (1, 4, 7)}
     assert from_turns["tests"] > 0 and from_turns["dimensions"]
     for doc in docs.values():
@@ -257,12 +258,12 @@ def test_em_estimator_slices_fit_em_per_slice_over_partitions(scored) -> None:
                 engine, h, p, init=init, seed=3, replicates=range(SPEC.n_boot), tol=1e-6))
         assert rates.estimator == "em"
         docs[n] = slice_rates_from_sums(
-            stats.slices, rates, train_prior=prior, min_support=30,
+            stats.slices, rates, min_support=30,
             em_slices=lambda dim, values, h=handles, p=prior, r=rates: fit_slice_em(
                 engine, h, p, dim, values, r.estimate))
         if n == 1:
             with pytest.raises(ValueError, match="em_slices"):
-                slice_rates_from_sums(stats.slices, rates, train_prior=prior)
+                slice_rates_from_sums(stats.slices, rates)
             probs = np.vstack([h.probs for h in handles])
             from_turns = slice_rates(pl.concat([h.slices for h in handles]), probs, rates,
                                      train_prior=prior, min_support=30)

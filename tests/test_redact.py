@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,43 @@ def test_reject_messages_lose_their_data(rule: str, message: str, expected: str)
     assert red.rule == rule and red.involved == ("f.jsonl:3",)
     assert "hunter2" not in json.dumps(red.to_dict())
 
+
+
+def _fpi_executable() -> str:
+    """The installed ``fpi`` console script (beside this interpreter, else on PATH)."""
+    exe = shutil.which("fpi", path=str(Path(sys.executable).parent)) or shutil.which("fpi")
+    assert exe is not None, "the fpi console script is not installed (pip install -e .)"
+    return exe
+
+
+def _rejects(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("partitions", [None, 2])
+def test_ingest_redact_keeps_log_text_out_of_the_rejects_file(secret_night: Path, tmp_path: Path,
+                                                              partitions: int | None) -> None:
+    """``fpi ingest --redact``: the rejects file names file, line and rule, never log text;
+    the same run without it quotes the secrets (so the search can fail)."""
+    extra = [] if partitions is None else ["--partitions", str(partitions)]
+    env = {k: v for k, v in os.environ.items() if k != SALT_ENV}
+    runs = {}
+    for name, flags in (("plain", []), ("redacted", ["--redact"])):
+        out = tmp_path / (f"{name}.parquet" if partitions is None else name)
+        res = subprocess.run([_fpi_executable(), "ingest", str(secret_night), "-o", str(out),
+                              "--rejects", str(tmp_path / f"{name}.rejects.jsonl"), "--json",
+                              *flags, *extra], capture_output=True, text=True, env=env,
+                             timeout=300, check=False)
+        assert res.returncode == 0, res.stderr
+        runs[name] = (res, _rejects(tmp_path / f"{name}.rejects.jsonl"))
+    plain_text = (tmp_path / "plain.rejects.jsonl").read_text(encoding="utf-8")
+    assert all(s in plain_text for s in SECRETS)
+    (res, red), (_, plain) = runs["redacted"], runs["plain"]
+    red_text = (tmp_path / "redacted.rejects.jsonl").read_text(encoding="utf-8")
+    assert not [s for s in SECRETS if s in red_text + res.stdout + res.stderr]
+    assert {r["rule"] for r in red} >= {"bad_enum", "duplicate_turn", "invalid_json"}
+    assert all(r["raw"] == REDACTED for r in red)
+    assert sorted((r["file"], r["line"], r["rule"]) for r in red) == sorted(
+        (r["file"], r["line"], r["rule"]) for r in plain)
+    assert json.loads(res.stdout)["rejects_by_rule"] == json.loads(
+        runs["plain"][0].stdout)["rejects_by_rule"]

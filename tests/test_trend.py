@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fpi
-from fpi.errors import InputError
+from fpi.errors import InputError, OutputError
+from fpi.files import MARKER
 from fpi.report.trend import render_trend_html, render_trend_markdown
 from fpi.schema import CLASSES
 from fpi.trend import Rate, band, bands_and_steps, build_trend, order_nights, read_night, step
@@ -153,7 +154,8 @@ def test_trend_orders_by_time_range_marks_steps_and_models(tmp_path: Path) -> No
     assert html.count("<svg") == len(doc["classes"])
     assert "model m2" in html  # the change marked on the charts
     assert "stepped up" in html
-    assert not [p for p in (tmp_path / "t").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (tmp_path / "t").iterdir() if p.name.startswith(".")
+                and p.name != MARKER]
 
 
 def _self_contained(html: str) -> None:
@@ -228,14 +230,14 @@ def test_bad_input_is_one_error_line_exit_2(tmp_path: Path) -> None:
     good = _write(tmp_path, "good", _summary(0))
     bad, why = tmp_path / "bad.json", "summary schema 99 is not 1"
     bad.write_text(json.dumps({**_SLIM, "schema_version": 99}), encoding="utf-8")
-    (tmp_path / "t").mkdir()
-    (tmp_path / "t" / "trend.md").write_text("previous", encoding="utf-8")
+    fpi.write_trend(build_trend([str(good)]).to_dict(), tmp_path / "t")  # the previous set
+    previous = (tmp_path / "t" / "trend.md").read_bytes()
     res = _fpi("trend", str(good), str(bad), "-o", str(tmp_path / "t"))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0]
     assert str(bad) in lines[0] and "Traceback" not in res.stderr
-    assert (tmp_path / "t" / "trend.md").read_text() == "previous"  # nothing half-written
+    assert (tmp_path / "t" / "trend.md").read_bytes() == previous  # nothing half-written
     skipped = _fpi("trend", str(good), str(bad), "-o", str(tmp_path / "t"), "--skip-bad")
     assert skipped.returncode == 0, skipped.stderr
     assert "warning: skipped" in skipped.stderr and why in skipped.stderr
@@ -293,3 +295,48 @@ def test_any_input_order_gives_the_same_trend(tmp_path: Path, order: list[int]) 
     assert [s["night"] for s in doc["steps"]] == ["2026-01-08"]
     reference = build_trend([str(root)]).to_dict()
     assert doc == reference
+
+
+def test_a_failed_write_leaves_the_previous_trend_whole(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three files are one set (fpi.files.staged_output_dir): a disk that fills up
+    half-way leaves the previous set byte for byte, and no staging behind."""
+    _write(tmp_path / "in", "a", _summary(0))
+    doc = fpi.build_trend([str(tmp_path / "in")]).to_dict()
+    out = tmp_path / "t"
+    fpi.write_trend(doc, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"trend.json", "trend.md", "trend.html", MARKER}
+    real = Path.write_text
+
+    def full_disk(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.name == "trend.html":  # trend.json and trend.md are already staged
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    doc["nights"][0]["label"] = "changed"
+    with pytest.raises(OutputError, match=r"cannot write the trend to .*: No space left"):
+        fpi.write_trend(doc, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "t"]
+
+
+def test_trend_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    _write(tmp_path / "in", "a", _summary(0))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("keep", encoding="utf-8")
+    res = _fpi("trend", str(tmp_path / "in"), "--out", str(mine))
+    assert res.returncode == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not an fpi trend output" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.md"]
+    # a trend directory of an older fpi (no marker) is replaced whole
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("trend.json", "trend.md", "trend.html"):
+        (old / name).write_text('{"kind": "fpi-trend"}' if name == "trend.json" else "x")
+    assert _fpi("trend", str(tmp_path / "in"), "--out", str(old)).returncode == 0
+    assert json.loads((old / "trend.json").read_text())["nights"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -24,7 +25,6 @@ from fpi.cli._app import (
     out_console,
 )
 from fpi.cli._progress import progress_for
-from fpi.errors import ExitStatus
 
 
 class Attribution(StrEnum):
@@ -35,61 +35,83 @@ class Attribution(StrEnum):
     none = "none"
 
 
+#: The options of ``fpi diagnose``, one alias each, so the command reads as its steps.
+_Inputs = Annotated[list[Path], typer.Argument(
+    help="Trace files, directories or globs (any form `fpi ingest` reads), one "
+         "ingested Parquet file, or a partitioned directory (`fpi ingest --partitions`).",
+    show_default=False)]
+_Model = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory "
+                                      "(`fpi train --out`).", show_default=False)]
+_Out = Annotated[Path, typer.Option("--out", "-o", help="Directory for predictions/, "
+                                    "summary.json, report.md, report.html.",
+                                    show_default=False)]
+_Baseline = Annotated[Path | None, typer.Option(
+    help="A previous run's summary.json: change per class, and `baseline` in gates.")]
+_AllowOtherModel = Annotated[bool, typer.Option(
+    "--allow-other-model", help="Accept a --baseline made with another model bundle "
+                                "(its model id is recorded in the summary).")]
+_Gate = Annotated[list[str] | None, typer.Option(
+    "--gate", help="A CI gate, e.g. 'asr.estimate <= 0.06' or "
+                   "'er.estimate <= baseline + 0.01' (repeatable).")]
+_Gates = Annotated[Path | None, typer.Option(
+    "--gates", help="TOML file of gates ([[gate]] tables with expr, name, warn).")]
+_Junit = Annotated[Path | None, typer.Option(help="Also write the gates as JUnit XML.")]
+_Redact = Annotated[bool, typer.Option(
+    "--redact", help="Mask every log field that can carry user content (text, slot "
+                     "values, entities, actions, rejected records) in every output, and "
+                     "replace session ids by salted pseudonyms (anon-...).")]
+_RedactSalt = Annotated[str | None, typer.Option(
+    "--redact-salt", help="Salt of the --redact pseudonyms, stable across runs (prefer "
+                          "the FPI_REDACT_SALT environment variable: arguments show in "
+                          "process lists). Default: that variable, else a random salt "
+                          "per run.", show_default=False)]
+_AttributionMode = Annotated[Attribution, typer.Option(
+    help="Exact TreeSHAP attribution: 'sample' (stratified sample), 'all' (every turn) "
+         "or 'none'.")]
+_AttributionSample = Annotated[int, typer.Option(
+    min=6, help="Sample size for --attribution sample (stratified by predicted class, "
+                "seeded: the same data give the same report).")]
+_AttributionBudget = Annotated[float | None, typer.Option(
+    min=0.1, help="Size the sample from this many seconds of attribution instead "
+                  "(not reproducible across machines).")]
+_Examples = Annotated[int, typer.Option(
+    min=0, max=50, help="Example turns per failure point in the reports.")]
+_MinSupport = Annotated[int, typer.Option(
+    min=1, help="Smallest slice (turns) that is reported and tested.")]
+_Seed = Annotated[int, typer.Option(help="Seed of the bootstrap and the sample.")]
+_Format = Annotated[str | None, typer.Option(
+    "--format", help="Force the input form (jsonl, parquet, csv, events); "
+                     "detected per file by default.")]
+_Json = Annotated[bool, typer.Option(
+    "--json", help="Print summary.json on stdout (same exit codes).")]
+_Github = Annotated[bool | None, typer.Option(
+    "--github/--no-github", help="Append a verdict to $GITHUB_STEP_SUMMARY and print "
+    "::error::/::warning:: lines for failed/warned gates (on stderr with --json). "
+    "Default: on when GITHUB_ACTIONS=true.", show_default=False)]
+
+
 @app.command()
 def diagnose(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Trace files, directories or globs (any form `fpi ingest` reads), one "
-             "ingested Parquet file, or a partitioned directory (`fpi ingest --partitions`).",
-        show_default=False)],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory "
-                                        "(`fpi train --out`).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for predictions/, "
-                                      "summary.json, report.md, report.html.",
-                                      show_default=False)],
-    baseline: Annotated[Path | None, typer.Option(
-        help="A previous run's summary.json: change per class, and `baseline` in gates.")] = None,
-    allow_other_model: Annotated[bool, typer.Option(
-        "--allow-other-model", help="Accept a --baseline made with another model bundle "
-                                    "(its model id is recorded in the summary).")] = False,
-    gate: Annotated[list[str] | None, typer.Option(
-        "--gate", help="A CI gate, e.g. 'asr.estimate <= 0.06' or "
-                       "'er.estimate <= baseline + 0.01' (repeatable).")] = None,
-    gates: Annotated[Path | None, typer.Option(
-        "--gates", help="TOML file of gates ([[gate]] tables with expr, name, warn).")] = None,
-    junit: Annotated[Path | None, typer.Option(help="Also write the gates as JUnit XML.")] = None,
-    redact: Annotated[bool, typer.Option(
-        "--redact", help="Mask every log field that can carry user content (text, slot "
-                         "values, entities, actions, rejected records) in every output, and "
-                         "replace session ids by salted pseudonyms (anon-...).")] = False,
-    redact_salt: Annotated[str | None, typer.Option(
-        "--redact-salt", help="Salt of the --redact pseudonyms, stable across runs (prefer "
-                              "the FPI_REDACT_SALT environment variable: arguments show in "
-                              "process lists). Default: that variable, else a random salt "
-                              "per run.", show_default=False)] = None,
-    attribution: Annotated[Attribution, typer.Option(
-        help="Exact TreeSHAP attribution: 'sample' (stratified sample), 'all' (every turn) "
-             "or 'none'.")] = Attribution.sample,
-    attribution_sample: Annotated[int, typer.Option(
-        min=6, help="Sample size for --attribution sample (stratified by predicted class, "
-                    "seeded: the same data give the same report).")] = 1200,
-    attribution_budget: Annotated[float | None, typer.Option(
-        min=0.1, help="Size the sample from this many seconds of attribution instead "
-                      "(not reproducible across machines).")] = None,
-    examples: Annotated[int, typer.Option(
-        min=0, max=50, help="Example turns per failure point in the reports.")] = 3,
-    min_support: Annotated[int, typer.Option(
-        min=1, help="Smallest slice (turns) that is reported and tested.")] = 50,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the sample.")] = 0,
-    input_format: Annotated[str | None, typer.Option(
-        "--format", help="Force the input form (jsonl, parquet, csv, events); "
-                         "detected per file by default.")] = None,
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="Print summary.json on stdout (same exit codes).")] = False,
+    inputs: _Inputs,
+    model: _Model,
+    out: _Out,
+    baseline: _Baseline = None,
+    allow_other_model: _AllowOtherModel = False,
+    gate: _Gate = None,
+    gates: _Gates = None,
+    junit: _Junit = None,
+    redact: _Redact = False,
+    redact_salt: _RedactSalt = None,
+    attribution: _AttributionMode = Attribution.sample,
+    attribution_sample: _AttributionSample = 1200,
+    attribution_budget: _AttributionBudget = None,
+    examples: _Examples = 3,
+    min_support: _MinSupport = 50,
+    seed: _Seed = 0,
+    input_format: _Format = None,
+    as_json: _Json = False,
     allow_truncated: AllowTruncated = False,
-    github: Annotated[bool | None, typer.Option(
-        "--github/--no-github", help="Append a verdict to $GITHUB_STEP_SUMMARY and print "
-        "::error::/::warning:: lines for failed/warned gates (on stderr with --json). "
-        "Default: on when GITHUB_ACTIONS=true.", show_default=False)] = None,
+    github: _Github = None,
     engine: EngineName = "local",
     workers: Workers = None,
     scheduler: Scheduler = None,
@@ -103,29 +125,35 @@ def diagnose(
     Exit codes: 0 every gate passed (or no gates), 1 a gate failed, 2 a usage, input,
     output or model error, 70 an internal error (a bug in fpi).
     """
+    from fpi.diagnose.options import DiagnoseOptions
     from fpi.diagnose.run import diagnose as run
     from fpi.engine import engine_from_options
-    from fpi.report import render_json, render_terminal
 
+    opts = DiagnoseOptions(
+        baseline=baseline, gates=gate or (), gates_file=gates, junit=junit,
+        attribution=attribution.value, attribution_sample=attribution_sample,
+        attribution_budget=attribution_budget, redact=redact, redact_salt=redact_salt,
+        examples=examples, min_support=min_support, seed=seed,
+        allow_other_model=allow_other_model, format=input_format,
+        allow_truncated=allow_truncated)
     with (engine_from_options(engine, workers, scheduler, scheduler_file) as runner,
           progress_for(err_console) as progress):
-        result = run(
-            inputs, model=model, out_dir=out, baseline=baseline, gates=gate or (),
-            gates_file=gates, junit=junit, attribution=attribution.value,
-            attribution_sample=attribution_sample, attribution_budget=attribution_budget,
-            redact=redact, redact_salt=redact_salt, examples=examples,
-            min_support=min_support, seed=seed, allow_other_model=allow_other_model,
-            format=input_format, allow_truncated=allow_truncated,
-            progress=progress, engine=runner,
-        )
-    render_terminal(result.summary, err_console)
+        result = run(inputs, model=model, out_dir=out, options=replace(opts, progress=progress),
+                     engine=runner)
+    _show(result.summary, out, as_json, github)
+
+
+def _show(summary: dict[str, Any], out: Path, as_json: bool, github: bool | None) -> None:
+    """The verdict on the terminal (and ``--json``, GitHub); exit 1 if a gate failed."""
+    from fpi.report import render_json, render_terminal
+
+    render_terminal(summary, err_console)
     err_console.print(f"reports in {escape(str(out))}/ (report.md, report.html, summary.json)")
     if as_json:
-        out_console.print(render_json(result.summary), end="", markup=False, highlight=False)
-    _github(result.summary, github, as_json)
-    if result.exit_status != ExitStatus.OK:
-        failed = [g for g in result.summary["gates"] if g["status"] == "FAIL"]
-        for g in failed:
+        out_console.print(render_json(summary), end="", markup=False, highlight=False)
+    _github(summary, github, as_json)
+    if summary["gate_status"] == "fail":
+        for g in (g for g in summary["gates"] if g["status"] == "FAIL"):
             err_console.print(f"[bold red]gate failed:[/] {escape(g['name'])}: "
                               f"{escape(g['message'])}", soft_wrap=True)
         gate_failed()

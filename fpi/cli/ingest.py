@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -33,43 +33,47 @@ if TYPE_CHECKING:
 INPUT_FORMS = ("jsonl", "parquet", "csv", "events")
 
 
+#: The options of ``fpi ingest``, one alias each, so the command reads as its steps.
+_Inputs = Annotated[list[str], typer.Argument(
+    help="Trace files, directories (searched recursively) or glob patterns.",
+    show_default=False, metavar="INPUT")]
+_Output = Annotated[Path | None, typer.Option(
+    "--output", "-o", show_default=False,
+    help="Canonical Parquet file to write (default: turns.parquet), or with "
+         "--partitions the directory of parts (default: turns).")]
+_Format = Annotated[str | None, typer.Option(
+    "--format", "-f",
+    help=f"Force the input form: {', '.join(INPUT_FORMS)} (default: detected "
+         "per file from its content and name).")]
+_Rejects = Annotated[Path | None, typer.Option(
+    "--rejects",
+    help="Where to write rejected records (default: next to the output, "
+         "turns.parquet -> turns.rejects.jsonl).")]
+_Redact = Annotated[bool, typer.Option(
+    "--redact",
+    help="Write the rejects file without log content: each rejected record's raw text "
+         "becomes \\[redacted] and its message the field it names plus the rule's "
+         "description (as under `fpi diagnose --redact`). The Parquet output is "
+         "unchanged.")]
+_Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
+_Partitions = Annotated[int | None, typer.Option(
+    "--partitions", min=1, max=100_000, show_default=False,
+    help="Write a directory of this many parts, part-NNNNN.parquet (each "
+         "sorted, whole sessions chosen by a stable hash of session_id) "
+         "plus a manifest, _partitions.json, for scoring on a cluster.")]
+
+
 @app.command("ingest")
 def ingest_command(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(help="Trace files, directories (searched recursively) or glob patterns.",
-                       show_default=False, metavar="INPUT"),
-    ],
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", show_default=False,
-                     help="Canonical Parquet file to write (default: turns.parquet), or with "
-                          "--partitions the directory of parts (default: turns).")
-    ] = None,
-    format: Annotated[
-        str | None,
-        typer.Option("--format", "-f",
-                     help=f"Force the input form: {', '.join(INPUT_FORMS)} (default: detected "
-                          "per file from its content and name)."),
-    ] = None,
-    rejects: Annotated[
-        Path | None,
-        typer.Option("--rejects",
-                     help="Where to write rejected records (default: next to the output, "
-                          "turns.parquet -> turns.rejects.jsonl)."),
-    ] = None,
+    inputs: _Inputs,
+    output: _Output = None,
+    format: _Format = None,
+    rejects: _Rejects = None,
     strict: Strict = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    redact: _Redact = False,
+    as_json: _Json = False,
     allow_truncated: AllowTruncated = False,
-    partitions: Annotated[
-        int | None,
-        typer.Option("--partitions", min=1, max=100_000, show_default=False,
-                     help="Write a directory of this many parts, part-NNNNN.parquet (each "
-                          "sorted, whole sessions chosen by a stable hash of session_id) "
-                          "plus a manifest, _partitions.json, for scoring on a cluster."),
-    ] = None,
+    partitions: _Partitions = None,
     engine: EngineName = "local",
     workers: Workers = None,
     scheduler: Scheduler = None,
@@ -93,29 +97,37 @@ def ingest_command(
     Exit status: 0 ok, 2 bad input (nothing usable), 3 rejects under --strict.
     """
     from fpi.ingest import ingest, strict_error
+    from fpi.redact import redact_reject
 
+    common: dict[str, Any] = {"format": format, "rejects_path": rejects,
+                              "allow_truncated": allow_truncated,
+                              "redact_rejects": redact_reject if redact else None}
     if partitions is None:
-        given = [flag for flag, value in (("--engine", engine != "local" or None),
-                                          ("--workers", workers), ("--scheduler", scheduler),
-                                          ("--scheduler-file", scheduler_file))
-                 if value is not None]
-        if given:
-            raise typer.BadParameter("needs --partitions", param_hint=given[0])
+        _engine_needs_partitions(engine, workers, scheduler, scheduler_file)
         with progress_for(err_console) as progress:
-            report = ingest(inputs, output or Path("turns.parquet"), format=format,
-                            rejects_path=rejects, progress=bytes_callback(progress),
-                            allow_truncated=allow_truncated)
+            report = ingest(inputs, output or Path("turns.parquet"),
+                            progress=bytes_callback(progress), **common)
     else:
         from fpi.ingest.partition import ingest_partitioned
 
         with engine_from_options(engine, workers, scheduler, scheduler_file) as runner:
             report = ingest_partitioned(inputs, output or Path("turns"), partitions,
-                                        format=format, rejects_path=rejects, engine=runner,
-                                        allow_truncated=allow_truncated)
+                                        engine=runner, **common)
     render(report, as_json)
     if strict and report.rejected:
         raise strict_error(report, f"good records were written to {report.output_path}, "
                                    f"rejects to {report.rejects_path}")
+
+
+def _engine_needs_partitions(engine: str, workers: int | None, scheduler: str | None,
+                             scheduler_file: Path | None) -> None:
+    """Refuse the engine options without --partitions (one file is written here)."""
+    given = [flag for flag, value in (("--engine", engine != "local" or None),
+                                      ("--workers", workers), ("--scheduler", scheduler),
+                                      ("--scheduler-file", scheduler_file))
+             if value is not None]
+    if given:
+        raise typer.BadParameter("needs --partitions", param_hint=given[0])
 
 
 def render(report: IngestReport, as_json: bool) -> None:

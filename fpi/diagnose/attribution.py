@@ -99,16 +99,6 @@ def bottom_k(keys: np.ndarray, pred: np.ndarray, quota: int) -> np.ndarray:
     return np.sort(order[rank < quota])
 
 
-def _mean_ci(x: np.ndarray, z: float) -> dict[str, float | None]:
-    m = len(x)
-    if m == 0:
-        return {"mean": None, "low": None, "high": None}
-    mean = float(x.mean())
-    se = float(x.std(ddof=1) / math.sqrt(m)) if m > 1 else 0.0
-    return {"mean": stable_round(mean, 5), "low": stable_round(mean - z * se, 5),
-            "high": stable_round(mean + z * se, 5)}
-
-
 def summarize(
     values: np.ndarray,
     pred: np.ndarray,
@@ -121,6 +111,9 @@ def summarize(
 ) -> dict[str, Any]:
     """Per-class, per-component and per-slice attribution estimates with intervals.
 
+    The attributed turns' :class:`AllMoments` through :func:`summarize_moments` (the
+    one estimator; ``--attribution all`` merges the moments over partitions).
+
     Parameters
     ----------
     values : (m, len(GROUP_COLUMNS)) each attributed turn's grouped contributions
@@ -132,63 +125,10 @@ def summarize(
     slice_targets : entries with ``dimension``, ``value``, ``class`` (the flagged slices).
     z : normal quantile of the intervals.
     """
-    k = len(CLASSES)
-    comps = list(COMPONENTS)
-    sampled = np.bincount(pred, minlength=k)[:k]
-    by_class: dict[str, Any] = {}
-    for ci, c in enumerate(CLASSES):
-        rows = values[pred == ci]
-        by_class[c] = {
-            "turns_predicted": int(predicted_counts[ci]),
-            "turns_attributed": int(sampled[ci]),
-            "components": {g: _mean_ci(rows[:, j], z) for j, g in enumerate(comps)},
-            "bias": None if len(rows) == 0 else stable_round(float(rows[:, -1].mean()), 5),
-        }
-    # Share of the positive evidence for failure calls, by component: weighted
-    # over classes by how many turns the night predicted of each.
-    pos = np.clip(values[:, : len(comps)], 0, None)
-    share = pos / np.clip(pos.sum(axis=1, keepdims=True), 1e-12, None)
-    fail = pred > 0
-    weights = np.where(sampled[pred] > 0, predicted_counts[pred] / np.maximum(sampled[pred], 1), 0)
-    by_component: dict[str, Any] = {}
-    total_w = float(weights[fail].sum())
-    for j, g in enumerate(comps):
-        if total_w <= 0:
-            by_component[g] = {"share": None, "low": None, "high": None}
-            continue
-        # stratified estimator: sum_c W_c mean_c, variance sum_c W_c^2 var_c / m_c
-        est, var = 0.0, 0.0
-        for ci in range(1, k):
-            sel = share[pred == ci, j]
-            if len(sel) == 0:
-                continue
-            wc = predicted_counts[ci] / total_w if mode == "sample" else len(sel) / total_w
-            est += wc * float(sel.mean())
-            if len(sel) > 1:
-                var += wc**2 * float(sel.var(ddof=1)) / len(sel)
-        se = math.sqrt(var)
-        by_component[g] = {"share": stable_round(float(est), 5),
-                           "low": stable_round(float(max(est - z * se, 0)), 5),
-                           "high": stable_round(float(min(est + z * se, 1)), 5)}
-    by_slice: list[dict[str, Any]] = []
-    if slices is not None:
-        for t in slice_targets:
-            ci = CLASSES.index(t["class"])
-            mask = (slices[t["dimension"]] == t["value"]).to_numpy() & (pred == ci)
-            rows = values[mask]
-            by_slice.append({
-                "dimension": t["dimension"], "value": t["value"], "class": t["class"],
-                "turns_attributed": int(mask.sum()),
-                "components": {g: _mean_ci(rows[:, j], z) for j, g in enumerate(comps)},
-            })
-    return {
-        "mode": mode,
-        "turns_attributed": len(values),
-        "scale": "log-odds (raw margin), toward each turn's predicted class",
-        "by_class": by_class,
-        "by_component": by_component,
-        "by_slice": by_slice,
-    }
+    mom = AllMoments.of(values, np.asarray(pred, np.int64),
+                        pl.DataFrame() if slices is None else slices)
+    return summarize_moments(mom, predicted_counts, mode=mode,
+                             slice_targets=() if slices is None else slice_targets, z=z)
 
 
 def top_features(row: np.ndarray, features: Sequence[Feature], values: dict[str, Any],
@@ -301,10 +241,11 @@ class AllMoments:
         return AllMoments(by_class, share, by_slice)
 
 
-def summarize_all(mom: AllMoments, predicted_counts: np.ndarray, *,
-                  slice_targets: Sequence[dict[str, Any]] = (), z: float = 1.96
-                  ) -> dict[str, Any]:
-    """:func:`summarize` of ``--attribution all`` from merged moments (every turn)."""
+def summarize_moments(mom: AllMoments, predicted_counts: np.ndarray, *, mode: str = "all",
+                      slice_targets: Sequence[dict[str, Any]] = (), z: float = 1.96
+                      ) -> dict[str, Any]:
+    """:func:`summarize` from moments: of a sample (``mode="sample"``), or of every turn
+    merged over partitions (``all``)."""
     k = len(CLASSES)
     comps = list(COMPONENTS)
     by_class: dict[str, Any] = {}
@@ -315,21 +256,23 @@ def summarize_all(mom: AllMoments, predicted_counts: np.ndarray, *,
             "components": {g: mom.by_class.mean_ci(ci, j, z) for j, g in enumerate(comps)},
             "bias": None if m == 0 else stable_round(mom.by_class.mean_var(ci, len(comps))[0], 5),
         }
-    total_w = float(mom.share.count[1:].sum())
+    # Share of the positive evidence for failure calls, by component. Stratified by
+    # predicted class: sum_c W_c mean_c, variance sum_c W_c^2 var_c / m_c, each class
+    # weighted by its turns in the night (a sample's classes were drawn in equal numbers).
+    strata = np.asarray(predicted_counts if mode == "sample" else mom.share.count, np.float64)
+    present = [ci for ci in range(1, k) if mom.share.count[ci] > 0]
+    total_w = float(sum(strata[ci] for ci in present))
     by_component: dict[str, Any] = {}
     for j, g in enumerate(comps):
         if total_w <= 0:
             by_component[g] = {"share": None, "low": None, "high": None}
             continue
         est, var = 0.0, 0.0
-        for ci in range(1, k):
-            m = int(mom.share.count[ci])
-            if m == 0:
-                continue
+        for ci in present:
             mean, v = mom.share.mean_var(ci, j)
-            wc = m / total_w
+            wc = strata[ci] / total_w
             est += wc * mean
-            var += wc**2 * v / m
+            var += wc**2 * v / int(mom.share.count[ci])
         se = math.sqrt(var)
         by_component[g] = {"share": stable_round(float(est), 5),
                            "low": stable_round(float(max(est - z * se, 0)), 5),
@@ -349,7 +292,7 @@ def summarize_all(mom: AllMoments, predicted_counts: np.ndarray, *,
             "components": {g: src.mean_ci(i, j, z) for j, g in enumerate(comps)},
         })
     return {
-        "mode": "all",
+        "mode": mode,
         "turns_attributed": int(mom.by_class.count.sum()),
         "scale": "log-odds (raw margin), toward each turn's predicted class",
         "by_class": by_class,

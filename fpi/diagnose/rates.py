@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -329,28 +330,34 @@ def estimate_rates(
     devs = {"cc": scale * (q_b - sub.counts.sum(axis=0) / sub.turns.sum()),
             "pcc": scale * (m_b - sub.probs.sum(axis=0) / sub.turns.sum())}
 
-    def em_boot(point: np.ndarray) -> np.ndarray:
-        # EM: re-run on Poisson-weighted sessions (the costly one)
-        sel = np.arange(n) if rows is None else rows
-        sc = _dense(codes[sel])
-        em_scale = math.sqrt(len(sel) / n)
-        ps = p[sel]
-        em_sub = em_prior(ps, base, init=point)
-        out = np.empty((n_boot, k))
-        for b in range(n_boot):
-            w = rng.poisson(1.0, int(sc.max()) + 1).astype(np.float64)[sc]
-            if w.sum() == 0:
-                w = np.ones(len(sel))
-            out[b] = point + em_scale * (
-                em_prior(ps, base, weights=w, init=em_sub, tol=1e-6) - em_sub)
-        return out
-
+    em_boot = partial(_em_replicates, p, base, codes, rows, rng, n_boot)
     weight, point, lows, highs = _interval(method, pair, points, devs, rng, conf, soft,
                                            em_boot, 1.0 - confidence)
     if method == "blend" and pair == ("cc", "acc"):
         method = "blend_counts"  # a bundle without a soft confusion matrix
     return RateTable(classes, n, point, lows, highs, count, count_rate, mean_prob, em, acc,
                      confidence, n_boot, method, pacc, weight)
+
+
+def _em_replicates(p: np.ndarray, base: np.ndarray, codes: np.ndarray, rows: np.ndarray | None,
+                   rng: np.random.Generator, n_boot: int, point: np.ndarray) -> np.ndarray:
+    """(b, k) EM replicates around ``point``: EM re-run on Poisson-weighted sessions (the
+    costly one) of the bootstrap subset ``rows`` (None: every turn), deviations scaled
+    by ``sqrt(subset / n)``."""
+    n, k = p.shape
+    sel = np.arange(n) if rows is None else rows
+    sc = _dense(codes[sel])
+    em_scale = math.sqrt(len(sel) / n)
+    ps = p[sel]
+    em_sub = em_prior(ps, base, init=point)
+    out = np.empty((n_boot, k))
+    for b in range(n_boot):
+        w = rng.poisson(1.0, int(sc.max()) + 1).astype(np.float64)[sc]
+        if w.sum() == 0:
+            w = np.ones(len(sel))
+        out[b] = point + em_scale * (
+            em_prior(ps, base, weights=w, init=em_sub, tol=1e-6) - em_sub)
+    return out
 
 
 def _resolve_method(method: str, conf: np.ndarray | None, soft: np.ndarray | None
@@ -593,10 +600,9 @@ class _SliceEstimator:
     method through ``b = diag(weight) + diag(1 - weight) M^-T``: ``b Cov(d) b^T``
     (an adjusted estimator inflates the noise of ``d``; ``p(1-p)/n`` would flag
     slices by chance). Everything is a function of per-slice sums of ``rows`` and
-    of ``rows^T rows``, so slices of partitions merge by adding.
+    of ``rows^T rows`` (:class:`SliceSums`), so slices of partitions merge by adding.
     """
 
-    rows: np.ndarray | None  # None: the slices come as sums (SliceSums)
     matrix: np.ndarray | None
     weight: np.ndarray
     b: np.ndarray
@@ -604,28 +610,25 @@ class _SliceEstimator:
     probabilistic: bool = True
 
     @classmethod
-    def of(cls, rates: RateTable, probs: np.ndarray | None, confusion: np.ndarray | None,
+    def of(cls, rates: RateTable, confusion: np.ndarray | None,
            soft_confusion: np.ndarray | None) -> _SliceEstimator | None:
-        """``None`` for EM (no linear form; slices then re-run EM). Without ``probs``
-        the estimator works on sums only."""
+        """``None`` for EM (no linear form; slices then re-run EM)."""
         k = len(rates.classes)
         est = rates.estimator
         probabilistic = est in ("blend", "pcc", "pacc")
         if est == "em" or (est in ("acc", "blend_counts") and confusion is None) or (
                 est in ("pacc", "blend") and soft_confusion is None):
             return None
-        rows = (None if probs is None else probs if probabilistic
-                else np.eye(k)[probs.argmax(axis=1)])
         weight = (np.ones(k) if est in ("cc", "pcc") else np.zeros(k) if est in ("acc", "pacc")
                   else np.asarray(rates.weight, np.float64))
         matrix = soft_confusion if probabilistic else confusion
         if est in ("cc", "pcc"):
-            return cls(rows, None, weight, np.eye(k), probabilistic)
+            return cls(None, weight, np.eye(k), probabilistic)
         assert matrix is not None
         m = np.asarray(matrix, np.float64)
         m = m / np.clip(m.sum(axis=1, keepdims=True), 1e-300, None)
         b = np.diag(weight) + np.diag(1 - weight) @ np.linalg.pinv(m.T)
-        return cls(rows, m, weight, b, probabilistic)
+        return cls(m, weight, b, probabilistic)
 
     def estimate(self, d: np.ndarray) -> np.ndarray:
         if self.matrix is None:
@@ -643,8 +646,6 @@ class _SliceContext:
     """What every slice of a night is estimated and tested against."""
 
     rates: RateTable
-    probs: np.ndarray | None  # None: slices come as sums
-    train_prior: np.ndarray
     n: int
     z: float
     #: the overall rates and their relative model-error share, per class and ``failure``
@@ -656,14 +657,12 @@ class _SliceContext:
     s_all: np.ndarray | None
 
     @classmethod
-    def of(cls, rates: RateTable, probs: np.ndarray | None, train_prior: np.ndarray,
-           confusion: np.ndarray | None, soft_confusion: np.ndarray | None, *,
-           turns: int = 0, totals: tuple[np.ndarray, np.ndarray] | None = None
-           ) -> _SliceContext:
-        """From the night's probabilities, or (``probs=None``) its ``turns`` and the
-        ``totals`` (sum of rows, sum of outer products) of the linear estimator."""
+    def of(cls, rates: RateTable, lin: _SliceEstimator | None, turns: int,
+           totals: tuple[np.ndarray, np.ndarray] | None) -> _SliceContext:
+        """From the night's ``turns`` and the ``totals`` (sum of rows, sum of outer
+        products) of the linear estimator ``lin``."""
         classes = rates.classes
-        n = len(probs) if probs is not None else turns
+        n = turns
         z = z_value(rates.confidence)
         est = rates.estimate
         # Relative model-error share of the overall interval, beyond sampling noise.
@@ -676,14 +675,8 @@ class _SliceContext:
         overall["failure"] = float(1.0 - est[0])
         rel_model_map = {c: float(rel_model[i]) for i, c in enumerate(classes)}
         rel_model_map["failure"] = float(rel_model[0] * est[0] / max(1 - est[0], 1e-9))
-        lin = _SliceEstimator.of(rates, probs, confusion, soft_confusion)
-        d_all = s_all = None
-        if lin is not None and lin.rows is not None:
-            d_all = lin.rows.sum(axis=0)
-            s_all = lin.rows.T @ lin.rows
-        elif lin is not None and totals is not None:
-            d_all, s_all = totals
-        return cls(rates, probs, train_prior, n, z, overall, rel_model_map, lin, d_all, s_all)
+        d_all, s_all = (None, None) if lin is None or totals is None else totals
+        return cls(rates, n, z, overall, rel_model_map, lin, d_all, s_all)
 
     def sampling_var(self, d: np.ndarray | None, second: np.ndarray | None, ests: np.ndarray,
                      size: int) -> np.ndarray:
@@ -694,21 +687,12 @@ class _SliceContext:
             v = np.clip(ests * (1 - ests), 0, None) / max(size, 1)
         return np.append(v, v[0])  # failure = 1 - correct
 
-    def one_slice(self, dim: str, value: Any, nt: int, rows_idx: np.ndarray
-                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One supported slice, given its rows of the night's probabilities."""
-        if self.lin is None or self.lin.rows is None:
-            return self.slice_entry(dim, value, nt, None, None, rows_idx)
-        xs = self.lin.rows[rows_idx]
-        return self.slice_entry(dim, value, nt, xs.sum(axis=0), xs.T @ xs, rows_idx)
-
     def slice_entry(self, dim: str, value: Any, nt: int, dsum: np.ndarray | None,
-                    osum: np.ndarray | None, rows_idx: np.ndarray | None,
-                    em: np.ndarray | None = None
+                    osum: np.ndarray | None, em: np.ndarray | None = None
                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One supported slice's entry, and its tests against the rest of the night, from
-        the slice's sums of the linear estimator's rows and outer products (EM: its rows,
-        or its EM prior ``em`` fitted elsewhere)."""
+        the slice's sums of the linear estimator's rows and outer products (EM: the
+        slice's EM prior ``em``, fitted on its turns)."""
         classes, est, n, z = self.rates.classes, self.rates.estimate, self.n, self.z
         lin = self.lin
         d = second = d_rest = s_rest = None
@@ -722,10 +706,8 @@ class _SliceContext:
             sl = lin.estimate(d)
         elif em is not None:
             sl = em
-        elif self.probs is not None and rows_idx is not None:
-            sl = em_prior(self.probs, self.train_prior, rows=rows_idx, init=est, tol=1e-6)
         else:
-            raise ValueError("slices of the EM estimator need the turns' probabilities")
+            raise ValueError("slices of the EM estimator need each slice's EM prior")
         srates = {c: float(sl[i]) for i, c in enumerate(classes)}
         srates["failure"] = float(1.0 - sl[0])
         var_s = self.sampling_var(d, second, sl, nt)
@@ -812,7 +794,6 @@ def slice_rates_from_sums(
     sums: Mapping[str, SliceSums],
     rates: RateTable,
     *,
-    train_prior: np.ndarray,
     confusion: np.ndarray | None = None,
     soft_confusion: np.ndarray | None = None,
     min_support: int = 50,
@@ -821,19 +802,17 @@ def slice_rates_from_sums(
     top: int = 10,
     em_slices: Callable[[str, list[str]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """:func:`slice_rates` from per-slice sums (merged over partitions) instead of the
-    turns' probabilities: the same estimates and tests. The EM estimator has no linear
-    form: its slices re-run EM on each slice's turns, ``em_slices(dimension, values)``
-    giving the (v, k) priors (:func:`fpi.diagnose.partition.fit_slice_em`; without it,
-    ValueError)."""
+    """:func:`slice_rates` from per-slice sums (of one frame, or merged over partitions).
+    The EM estimator has no linear form: its slices re-run EM on each slice's turns,
+    ``em_slices(dimension, values)`` giving the (v, k) priors
+    (:func:`fpi.diagnose.partition.fit_slice_em`; without it, ValueError)."""
     turns = int(next(iter(sums.values())).turns.sum()) if sums else 0
-    lin = _SliceEstimator.of(rates, None, confusion, soft_confusion)
+    lin = _SliceEstimator.of(rates, confusion, soft_confusion)
     totals = None
     if lin is not None and sums:
         first = next(iter(sums.values()))
         totals = first.totals(lin.probabilistic)
-    ctx = _SliceContext.of(rates, None, train_prior, confusion, soft_confusion,
-                           turns=turns, totals=totals)
+    ctx = _SliceContext.of(rates, lin, turns, totals)
     dims: dict[str, Any] = {}
     tests: list[dict[str, Any]] = []
     if lin is None and em_slices is None:
@@ -852,7 +831,7 @@ def slice_rates_from_sums(
                 continue
             dsum, osum = (None, None) if lin is None else ss.row_sums(i, lin.probabilistic)
             em = None if ems is None else ems[supported.index(i)]
-            entry, slice_tests = ctx.slice_entry(dim, ss.values[i], nt, dsum, osum, None, em)
+            entry, slice_tests = ctx.slice_entry(dim, ss.values[i], nt, dsum, osum, em)
             rows_out.append(entry)
             tests += slice_tests
         dims[dim] = {
@@ -878,6 +857,9 @@ def slice_rates(
 ) -> dict[str, Any]:
     """Per-slice rates with intervals, and the slices carrying the most excess failures.
 
+    The turns' :class:`SliceSums` through :func:`slice_rates_from_sums` (the one
+    estimator of slices; ``fpi diagnose`` merges the sums over partitions).
+
     Parameters
     ----------
     slices : one row per turn, one String column per dimension (:func:`slice_columns`).
@@ -896,32 +878,19 @@ def slice_rates(
     max_slices : at most this many slices per dimension, largest first.
     top : how many excess-failure slices to list.
     """
-    ctx = _SliceContext.of(rates, probs, train_prior, confusion, soft_confusion)
-    dims: dict[str, Any] = {}
-    tests: list[dict[str, Any]] = []
-    indexed = slices.with_row_index("_row")
-    for dim in slices.columns:
-        g = (
-            indexed.group_by(dim)
-            .agg(pl.len().alias("turns"), pl.col("_row"))
-            .with_columns(pl.col(dim).cast(pl.String))  # lexical ties, whatever the dtype
-            .sort(["turns", dim], descending=[True, False])
-        )
-        supported = g.filter(pl.col("turns") >= min_support)
-        small = g.filter(pl.col("turns") < min_support)
-        rows_out = []
-        for value, nt, idx in supported.select(dim, "turns", "_row").iter_rows():
-            entry, slice_tests = ctx.one_slice(dim, value, int(nt), np.asarray(idx))
-            rows_out.append(entry)
-            tests += slice_tests
-        dims[dim] = {
-            "slices": rows_out[:max_slices],
-            "omitted": {
-                "small": {"slices": small.height, "turns": int(small["turns"].sum() or 0)},
-                "beyond_max": max(0, len(rows_out) - max_slices),
-            },
-        }
-    return _slice_doc(dims, tests, min_support=min_support, alpha=alpha, top=top)
+    p = np.asarray(probs, np.float64)
+    pred = p.argmax(axis=1) if len(p) else np.zeros(0, np.int64)
+    sums = {dim: SliceSums.of(slices[dim], p, pred) for dim in slices.columns}
+
+    def em_slices(dim: str, values: list[str]) -> np.ndarray:
+        col = slices[dim].to_numpy().astype(str)  # as SliceSums.of names the values
+        return np.stack([em_prior(p, train_prior, rows=np.flatnonzero(col == v),
+                                  init=rates.estimate, tol=1e-6) for v in values])
+
+    return slice_rates_from_sums(sums, rates, confusion=confusion,
+                                 soft_confusion=soft_confusion, min_support=min_support,
+                                 alpha=alpha, max_slices=max_slices, top=top,
+                                 em_slices=em_slices)
 
 
 def _slice_doc(dims: dict[str, Any], tests: list[dict[str, Any]], *, min_support: int,

@@ -303,9 +303,9 @@ def _estimate(night: _Night, bundle: ModelBundle, opts: DiagnoseOptions
     rates = rates_from_stats(stats, night.em, confusion=conf_arr, soft_confusion=soft_arr,
                              confidence=opts.confidence, seed=opts.seed,
                              em_replicates=em_replicates)
-    slice_doc = slice_rates_from_sums(stats.slices, rates, train_prior=train_prior,
-                                      confusion=conf_arr, soft_confusion=soft_arr,
-                                      min_support=opts.min_support, em_slices=em_slices)
+    slice_doc = slice_rates_from_sums(stats.slices, rates, confusion=conf_arr,
+                                      soft_confusion=soft_arr, min_support=opts.min_support,
+                                      em_slices=em_slices)
     same_turns = slices_compare.same_turn_groups(stats.fingerprints, opts.min_support)
     slice_doc.update(top=slices_compare.collapse(slice_doc["top"], same_turns),
                      same_turns=same_turns)
@@ -318,7 +318,7 @@ def _attribute(stats: PartitionStats, bundle: ModelBundle, slice_top: list[dict[
     predicted_counts = stats.counts
     z = z_value(opts.confidence)
     if opts.attribution == "all" and stats.attribution_moments is not None:
-        return attr.summarize_all(stats.attribution_moments, predicted_counts,
+        return attr.summarize_moments(stats.attribution_moments, predicted_counts,
                                   slice_targets=slice_top, z=z), None
     res = stats.attribution
     if opts.attribution == "sample" and res is not None:
@@ -383,6 +383,15 @@ def _judge(summary: Summary, plan: _Plan, opts: DiagnoseOptions,
     return replace(summary, gates=results, gate_status=overall_status(results))
 
 
+def _story(summary: Summary, plan: _Plan, stats: PartitionStats) -> Summary:
+    """The headline, and the example turns of what it points at."""
+    summary = replace(summary, headline=headline(summary.to_dict()))
+    pool = ExamplePool(2)
+    pool.pool = stats.pool
+    return replace(summary, focus_examples=pick(
+        pool, summary.to_dict(), lambda rows: render_focus(rows, plan.bundle, plan.red)))
+
+
 def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         out_dir: str | os.PathLike[str], opts: DiagnoseOptions,
         engine: Engine | None = None) -> DiagnoseResult:
@@ -434,12 +443,7 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
 
         summary = _summary(plan, opts, stats, ingest_info, rates, slice_doc, attr_doc,
                            example_doc)
-        summary = _judge(summary, plan, opts, same_turns)
-        summary = replace(summary, headline=headline(summary.to_dict()))
-        pool = ExamplePool(2)
-        pool.pool = stats.pool
-        summary = replace(summary, focus_examples=pick(
-            pool, summary.to_dict(), lambda rows: render_focus(rows, bundle, plan.red)))
+        summary = _story(_judge(summary, plan, opts, same_turns), plan, stats)
         summary = replace(summary, run=runmeta.run_info(
             span=stats.span, inputs=input_files, summary=summary.to_dict(),
             baseline=runmeta.baseline_info(plan.base, opts.baseline),

@@ -1,7 +1,7 @@
 """Annotation task files for a queue: generic JSONL/CSV and Label Studio import files.
 
-``write_queue`` writes a queue directory as one set (staged in a temporary directory
-beside it, then renamed into place)::
+``write_queue`` writes a queue directory as one set (staged beside it, then swapped in
+whole: :func:`fpi.files.staged_output_dir`)::
 
     queue.parquet                 the queue: keys, stratum, inclusion probability, scores
     queue.json                    options, population, counts per stratum, model
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 from xml.sax.saxutils import quoteattr
@@ -29,11 +27,14 @@ import orjson
 import polars as pl
 
 from fpi import __version__
-from fpi.errors import InputError
+from fpi.errors import InputError, os_error
+from fpi.files import staged_output_dir
 from fpi.labels.queue import KEY, Queue
 from fpi.labels.taskformat import CLASS_DEFINITIONS, INSTRUCTION, LS_FROM_NAME, LS_TO_NAME
 from fpi.schema import CLASSES
 
+#: The kind of a queue directory (its marker, :mod:`fpi.files`).
+KIND: Final = "queue"
 QUEUE_FILE: Final = "queue.parquet"
 QUEUE_MANIFEST: Final = "queue.json"
 FILES: Final = (QUEUE_FILE, QUEUE_MANIFEST, "tasks.jsonl", "tasks.csv",
@@ -217,39 +218,30 @@ def write_queue(queue: Queue, turns: pl.DataFrame, out_dir: str | os.PathLike[st
                 window: int = CONTEXT_TURNS) -> Path:
     """Write the queue directory as one set (see the module docstring).
 
-    An existing directory is replaced only if it is an earlier queue (has
-    ``queue.json``); the new set is staged beside it and renamed into place.
+    Every file is built in a staging directory beside ``out_dir`` and swapped in whole
+    (:func:`fpi.files.staged_output_dir`): a failed write leaves the previous directory
+    exactly as it was.
 
     Raises
     ------
     InputError
         ``out_dir`` is a file, or a non-empty directory that is not a queue.
+    OutputError
+        The set cannot be written there (read-only place, full disk).
     """
-    out = Path(out_dir).absolute()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / QUEUE_MANIFEST).exists())):
-        raise InputError(f"{out} exists and is not a queue directory: refusing to replace it")
-    files = render_files(queue, turns, window)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        tmp.chmod(0o755)
-        queue.frame.write_parquet(tmp / QUEUE_FILE)
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "queue")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        with staged_output_dir(out_dir, KIND, legacy=_is_legacy_queue) as stage:
+            queue.frame.write_parquet(stage / QUEUE_FILE)
+            for name, data in render_files(queue, turns, window).items():
+                (stage / name).write_bytes(data)
     except OSError as exc:
-        raise InputError(f"cannot write the queue to {out}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        raise os_error(exc, "the queue to", out_dir) from None
+    return Path(out_dir).absolute()
+
+
+def _is_legacy_queue(path: Path) -> bool:
+    """A queue directory written before outputs carried a marker (it has ``queue.json``)."""
+    return (path / QUEUE_MANIFEST).is_file()
 
 
 def read_queue(queue_dir: str | os.PathLike[str]) -> pl.DataFrame:

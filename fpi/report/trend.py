@@ -8,18 +8,17 @@ HTML is Jinja2-autoescaped with the same Content-Security-Policy as ``report.htm
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import jinja2
 from markupsafe import Markup
 
+from fpi.errors import os_error
+from fpi.files import staged_output_dir
 from fpi.report._fmt import CLASS_TITLES, STATUS_ICON, interval, pct
 from fpi.report.markdown import md
 from fpi.report.trend_svg import Point, trend_chart
@@ -27,6 +26,9 @@ from fpi.report.trend_svg import Point, trend_chart
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("fpi", "templates"), autoescape=True,
                           undefined=jinja2.StrictUndefined)
 _ARROW = {"up": "⬆️", "down": "⬇️"}
+#: The kind of a trend directory (its marker, :mod:`fpi.files`), and the files it holds.
+KIND: Final = "trend"
+FILES: Final = ("trend.json", "trend.md", "trend.html")
 
 
 def short_id(model_id: Any) -> str:
@@ -147,26 +149,36 @@ def render_trend_json(doc: Mapping[str, Any]) -> str:
 def write_trend(doc: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``trend.json``, ``trend.md`` and ``trend.html`` into ``out_dir`` as one set.
 
-    All three are rendered first, written into a staging directory beside the
-    targets and only then renamed into place, so a failed render leaves the
-    previous set untouched. (Local stand-in for ``fpi.files.staged_output_dir``.)
+    All three are rendered first, then built in a staging directory beside
+    ``out_dir`` and swapped in whole (:func:`fpi.files.staged_output_dir`): a failed
+    write leaves the previous set exactly as it was.
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` is a file, or a directory that is neither empty nor an earlier
+        trend (fpi never replaces a folder it did not write).
+    OutputError
+        The set cannot be written there (read-only place, full disk).
     """
     texts = {"json": ("trend.json", render_trend_json(doc)),
              "markdown": ("trend.md", render_trend_markdown(doc)),
              "html": ("trend.html", render_trend_html(doc))}
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        from fpi.errors import InputError
-
-        raise InputError(f"{out}: is a file; --out names a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fpi-trend-", dir=out))
     try:
-        for name, text in texts.values():
-            (staging / name).write_text(text, encoding="utf-8")
-        for name, _ in texts.values():
-            os.replace(staging / name, out / name)
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(staging)
-    return {key: out / name for key, (name, _) in texts.items()}
+        with staged_output_dir(out_dir, KIND, legacy=_is_legacy_trend) as stage:
+            for name, text in texts.values():
+                (stage / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise os_error(exc, "the trend to", out_dir) from None
+    return {key: Path(out_dir) / name for key, (name, _) in texts.items()}
+
+
+def _is_legacy_trend(path: Path) -> bool:
+    """A trend directory written before outputs carried a marker: an fpi trend.json and
+    only the trend's files (and the staging an older fpi may have left)."""
+    try:
+        doc = json.loads((path / "trend.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(doc, dict) and doc.get("kind") == "fpi-trend"
+            and all(p.name in FILES or p.name.startswith(".fpi-trend-") for p in path.iterdir()))

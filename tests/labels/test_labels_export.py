@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import polars as pl
 import pytest
 
-from fpi.errors import InputError
+from fpi.errors import InputError, OutputError
+from fpi.files import MARKER
 from fpi.labels.export import FILES, read_queue, write_queue
 from fpi.labels.importer import read_labels
 from fpi.labels.queue import QueueOptions, build_queue
@@ -106,20 +108,40 @@ def test_generic_task_files(queue_dir, night) -> None:
 
 def test_queue_directory_is_one_set_and_never_clobbers_other_dirs(queue_dir, night,
                                                                   tmp_path) -> None:
-    assert sorted(p.name for p in queue_dir.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in queue_dir.iterdir()) == sorted([*FILES, MARKER])
     manifest = json.loads((queue_dir / "queue.json").read_text(encoding="utf-8"))
     assert manifest["selected"] == 40 and manifest["population"] == night.height
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep", encoding="utf-8")
     q = build_queue(night, QueueOptions(budget=5))
-    with pytest.raises(InputError, match="not a queue directory"):
+    with pytest.raises(InputError, match="not an fpi queue output"):
         write_queue(q, night, other)
     assert (other / "notes.txt").read_text(encoding="utf-8") == "keep"
     mine = write_queue(build_queue(night, QueueOptions(budget=7)), night, tmp_path / "q")
     write_queue(q, night, mine)  # an earlier queue is replaced whole
     assert read_queue(mine).height == 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_write_leaves_the_previous_queue_whole(night, tmp_path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills up half-way through the set leaves the previous queue byte for
+    byte (fpi.files.staged_output_dir), one OutputError naming the queue, no staging."""
+    out = write_queue(build_queue(night, QueueOptions(budget=7)), night, tmp_path / "q")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = Path.write_bytes
+
+    def full_disk(self: Path, data) -> int:
+        if self.name == "tasks.csv":  # queue.parquet and tasks.jsonl are already staged
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OutputError, match=r"cannot write the queue to .*: No space left"):
+        write_queue(build_queue(night, QueueOptions(budget=5)), night, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
 
 
 def test_config_fields_are_plain_names() -> None:

@@ -22,9 +22,12 @@ The estimators: ``old`` (fpi before issue 13: adjusted classify-and-count with
 the union interval of EM, Dirichlet-confusion ACC and the unadjusted mean), the
 plain ones (``cc`` argmax count, ``pcc`` mean calibrated probability, ``acc``,
 ``pacc``, ``em`` with 100 bootstrap replicates, the others 200), ``blend_cc``
-(the blend of CC and ACC a bundle without a soft confusion matrix gets) and
-``new`` (:func:`fpi.diagnose.rates.estimate_rates`'s headline: the precision-weighted
-blend of PCC and PACC).
+(the blend of CC and ACC a bundle without a soft confusion matrix gets), ``blend``
+(the precision-weighted blend of PCC and PACC: the headline of a bundle without
+strata), ``spacc`` (PACC per ASR-confidence stratum) and ``new``
+(:func:`fpi.diagnose.rates.estimate_rates`'s headline: ``spacc`` for a bundle with
+``heldout.soft_confusion_strata``). The nights' cache holds each turn's ASR
+confidence (an older cache's nights are re-simulated for it, probabilities kept).
 """
 
 from __future__ import annotations

@@ -450,7 +450,7 @@ def estimate_rates(
         assert strata is not None and strata_values is not None
         st = strata.codes(np.asarray(strata_values))
         q = strata.adjusted(p, st)
-        adj = SessionSums.of(q if rows is None else q[rows], sub_codes(codes, rows)).probs
+        adj = SessionSums.of(q if rows is None else q[rows], _sub_codes(codes, rows)).probs
     q_b, m_b, *a_b = sub.replicates(rng, n_boot, adj)
     devs = {"cc": scale * (q_b - sub.counts.sum(axis=0) / sub.turns.sum()),
             "pcc": scale * (m_b - sub.probs.sum(axis=0) / sub.turns.sum())}
@@ -484,7 +484,7 @@ def estimate_rates(
                      confidence, n_boot, method, pacc, weight, points.get("spacc"))
 
 
-def sub_codes(codes: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+def _sub_codes(codes: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     """Session codes of the bootstrap's rows (all, or a subset made dense)."""
     return codes if rows is None else _dense(codes[rows])
 

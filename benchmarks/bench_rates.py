@@ -22,9 +22,12 @@ The estimators: ``old`` (fpi before issue 13: adjusted classify-and-count with
 the union interval of EM, Dirichlet-confusion ACC and the unadjusted mean), the
 plain ones (``cc`` argmax count, ``pcc`` mean calibrated probability, ``acc``,
 ``pacc``, ``em`` with 100 bootstrap replicates, the others 200), ``blend_cc``
-(the blend of CC and ACC a bundle without a soft confusion matrix gets) and
-``new`` (:func:`fpi.diagnose.rates.estimate_rates`'s headline: the precision-weighted
-blend of PCC and PACC).
+(the blend of CC and ACC a bundle without a soft confusion matrix gets), ``blend``
+(the precision-weighted blend of PCC and PACC: the headline of a bundle without
+strata), ``spacc`` (PACC per ASR-confidence stratum) and ``new``
+(:func:`fpi.diagnose.rates.estimate_rates`'s headline: ``spacc`` for a bundle with
+``heldout.soft_confusion_strata``). The nights' cache holds each turn's ASR
+confidence (an older cache's nights are re-simulated for it, probabilities kept).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _train(args: argparse.Namespace, cache: Path) -> Any:
 
 def _nights(args: argparse.Namespace, bundle: Any, cache: Path) -> dict[str, list[dict[str, Any]]]:
     from fpi.features import build_features
-    from fpi.metrics import labels_to_index
+    from fpi.metrics import labels_to_index, strata_values
     from fpi.simulate import simulate_frame
 
     out: dict[str, list[dict[str, Any]]] = {}
@@ -72,15 +75,19 @@ def _nights(args: argparse.Namespace, bundle: Any, cache: Path) -> dict[str, lis
         out[prof] = []
         for s in range(args.seeds):
             f = cache / f"{prof}-{args.night_turns}-{s}.npz"
-            if not f.exists():
+            if not f.exists() or "asr" not in np.load(f):
+                # (a cache from before the strata lacks the ASR confidence: re-simulated,
+                # the model's probabilities kept)
                 turns = simulate_frame(args.night_turns, seed=1000 + s, profile=prof,
                                        labels="gold")
-                probs = bundle.predict_proba(build_features(turns))
+                probs = (np.load(f)["probs"] if f.exists()
+                         else bundle.predict_proba(build_features(turns)))
                 y = labels_to_index(turns["label"].struct.field("failure_point"))
                 sess = turns["session_id"].cast(str).rank("dense").to_numpy()
-                np.savez(f, probs=probs, y=y, sessions=sess)
+                np.savez(f, probs=probs, y=y, sessions=sess, asr=strata_values(turns))
             d = np.load(f)
-            out[prof].append({"probs": d["probs"], "y": d["y"], "sessions": d["sessions"]})
+            out[prof].append({"probs": d["probs"], "y": d["y"], "sessions": d["sessions"],
+                              "asr": d["asr"]})
     return out
 
 
@@ -92,10 +99,12 @@ def _estimators(bundle: Any) -> dict[str, Callable[[dict[str, Any]], tuple[np.nd
     prior = np.array([man["training"]["class_prior"][c] for c in CLASSES])
     conf = np.asarray(man["heldout"]["confusion"], np.float64)
     soft = np.asarray(man["heldout"]["soft_confusion"], np.float64)
+    strata = agg.Strata.of(man["heldout"].get("soft_confusion_strata"), soft)
 
     def new(n: dict[str, Any]) -> tuple[np.ndarray, ...]:
         t = agg.estimate_rates(n["probs"], train_prior=prior, confusion=conf,
-                               soft_confusion=soft, groups=n["sessions"])
+                               soft_confusion=soft, groups=n["sessions"], strata=strata,
+                               strata_values=n["asr"])
         return t.estimate, t.low, t.high
 
     def old(n: dict[str, Any]) -> tuple[np.ndarray, ...]:
@@ -106,7 +115,8 @@ def _estimators(bundle: Any) -> dict[str, Callable[[dict[str, Any]], tuple[np.nd
         def f(n: dict[str, Any]) -> tuple[np.ndarray, ...]:
             t = agg.estimate_rates(n["probs"], train_prior=prior, confusion=conf,
                                    soft_confusion=soft, groups=n["sessions"], method=name,
-                                   n_boot=100 if name == "em" else 200)
+                                   n_boot=100 if name == "em" else 200, strata=strata,
+                                   strata_values=n["asr"])
             return t.estimate, t.low, t.high
         return f
 
@@ -117,8 +127,7 @@ def _estimators(bundle: Any) -> dict[str, Callable[[dict[str, Any]], tuple[np.nd
 
     ests: dict[str, Callable[[dict[str, Any]], tuple[np.ndarray, ...]]] = {"old": old}
     for name in agg.METHODS:
-        if name != "blend":
-            ests[name] = plain(name)
+        ests[name] = plain(name)
     ests["blend_cc"] = blend_counts
     ests["new"] = new
     return ests

@@ -148,3 +148,46 @@ def soft_confusion(y: np.ndarray, proba: np.ndarray) -> list[list[float]]:
     out = np.zeros((k, k))
     np.add.at(out, y, proba)
     return [[round(float(v), 6) for v in row] for row in out]
+
+
+#: The field the stratified soft confusion matrices are cut by, and how many quantile
+#: bins of it (plus one stratum for turns without it).
+STRATA_FIELD = "asr.confidence"
+STRATA_BINS = 5
+
+
+def stratum_codes(values: np.ndarray, edges: np.ndarray | list[float]) -> np.ndarray:
+    """Stratum of each turn: 0 when ``values`` is missing (NaN), else ``1 + bin``."""
+    v = np.asarray(values, np.float64)
+    codes = 1 + np.searchsorted(np.asarray(edges, np.float64), np.nan_to_num(v), side="right")
+    return np.where(np.isnan(v), 0, codes).astype(np.int64)
+
+
+def stratified_soft_confusion(y: np.ndarray, proba: np.ndarray, values: np.ndarray,
+                              bins: int = STRATA_BINS) -> dict[str, Any]:
+    """:func:`soft_confusion` per stratum of ``values`` (the held-out turns' ASR confidence).
+
+    The strata are the missing values and ``bins`` quantile bins of the present ones
+    (``edges``: the inner quantiles). A new speaker population or device changes what
+    a given confidence means; within a bin of it, the rest of the logs of each class
+    look as before, so the rate estimator corrects each bin with its own matrix
+    (:func:`fpi.diagnose.rates.estimate_rates`, ``spacc``). Sums, as the overall matrix.
+    """
+    v = np.asarray(values, np.float64)
+    present = v[~np.isnan(v)]
+    qs = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    edges = np.unique(np.quantile(present, qs)) if len(present) else np.zeros(0)
+    codes = stratum_codes(v, edges)
+    k = proba.shape[1]
+    out = np.zeros((len(edges) + 2, k, k))
+    np.add.at(out, (codes, y), proba)
+    return {"field": STRATA_FIELD, "edges": [round(float(e), 6) for e in edges],
+            "soft_confusion": [[[round(float(x), 6) for x in row] for row in m] for m in out]}
+
+
+def strata_values(turns: pl.DataFrame) -> np.ndarray:
+    """Each turn's :data:`STRATA_FIELD` (the ASR confidence), NaN where it is not logged."""
+    if "asr" not in turns.columns:
+        return np.full(turns.height, np.nan)
+    conf = turns["asr"].struct.field("confidence").cast(pl.Float64)
+    return conf.fill_nan(None).to_numpy().astype(np.float64)

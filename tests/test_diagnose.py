@@ -93,14 +93,14 @@ def test_summary_keys_are_stable(run) -> None:
     assert s["labels"]["turns"] == s["turns"]  # make_turns is labelled
     assert set(s["labels"]["true_rates"]) == set(CLASSES)
     m = s["method"]
-    assert m["estimator"] == "precision-weighted-blend-of-pcc-and-pacc"
-    assert m["estimator_key"] == "blend"
-    for c in CLASSES:  # the point: w * PCC + (1 - w) * PACC, every estimator beside it
-        r, w = s["rates"][c], m["weight"]
-        assert 0.25 <= w <= 0.75
-        assert r["estimate"] == pytest.approx(
-            w * r["mean_probability"] + (1 - w) * r["pacc"], abs=2e-6)
-        assert {"count_rate", "mean_probability", "acc", "pacc", "em"} <= set(r)
+    # the bundle has per-ASR-confidence-stratum matrices: the headline is the stratified PACC
+    assert m["estimator"] == "pacc-per-asr-confidence-stratum"
+    assert m["estimator_key"] == "spacc" and m["weight"] is None
+    for c in CLASSES:  # every estimator beside it; the interval spans PCC's too
+        r = s["rates"][c]
+        assert r["estimate"] == pytest.approx(r["spacc"], abs=2e-6)
+        assert r["low"] <= min(r["estimate"], r["mean_probability"]) + 1e-9
+        assert {"count_rate", "mean_probability", "acc", "pacc", "em", "spacc"} <= set(r)
 
 
 def test_html_escapes_log_text_and_fetches_nothing(run) -> None:

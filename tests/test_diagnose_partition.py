@@ -34,6 +34,7 @@ from fpi.diagnose.partition import (
     worker_bundle,
 )
 from fpi.diagnose.rates import (
+    Strata,
     em_prior,
     estimate_rates,
     slice_columns,
@@ -44,6 +45,7 @@ from fpi.diagnose.summary import LabelMetrics
 from fpi.engine import LocalEngine
 from fpi.errors import InputError, ModelError
 from fpi.hashing import bucket_of, hash_strings
+from fpi.metrics import strata_values
 from fpi.schema import CLASSES
 
 SETTINGS = ScoreSettings(seed=3, examples=2, attribution="sample", attribution_quota=7)
@@ -213,12 +215,36 @@ def test_rates_from_merged_stats_do_not_depend_on_partitioning(scored, small_bun
     assert (one.high - one.low).max() > 0
 
 
+def test_stratified_rates_do_not_depend_on_partitioning(scored, small_bundle,
+                                                         night: Path) -> None:
+    conf, soft = _matrices(small_bundle)
+    strata = Strata.of_manifest(small_bundle.manifest)
+    assert strata is not None  # a bundle trained now has the per-stratum matrices
+    tables = {n: rates_from_stats(st, em, confusion=conf, soft_confusion=soft, seed=3,
+                                  strata=strata) for n, (_s, _h, st, em, _p) in scored.items()}
+    one = tables[1]
+    assert one.estimator == "spacc" and one.spacc is not None
+    for n in (4, 7):
+        for field in ("estimate", "low", "high", "spacc", "pacc"):
+            np.testing.assert_allclose(getattr(tables[n], field), getattr(one, field),
+                                       atol=1e-9)
+    # the point is the single-array estimator's, from the turns' ASR confidences
+    probs = np.vstack([h.probs for h in scored[1][1]])
+    ref = estimate_rates(probs, train_prior=scored[1][4], soft_confusion=soft, strata=strata,
+                         strata_values=strata_values(pl.read_parquet(night)), n_boot=10)
+    np.testing.assert_allclose(one.spacc, ref.spacc, atol=1e-9)
+    assert (one.low <= one.estimate).all() and (one.estimate <= one.high).all()
+
+
 def test_slices_from_merged_sums_are_the_slices_of_the_turns(scored, small_bundle,
                                                               night: Path) -> None:
     conf, soft = _matrices(small_bundle)
     _s, handles, stats, em, prior = scored[7]
-    rates = rates_from_stats(stats, em, confusion=conf, soft_confusion=soft, seed=3)
-    probs = np.vstack([h.probs for h in handles])
+    rates = rates_from_stats(stats, em, confusion=conf, soft_confusion=soft, seed=3,
+                             strata=Strata.of_manifest(small_bundle.manifest))
+    assert rates.estimator == "spacc"
+    # spacc's slices: the slice means of the stratum-corrected probabilities
+    probs = np.vstack([h.adjusted for h in handles])
     opts = {"confusion": conf, "soft_confusion": soft, "min_support": 30}
     from_turns = slice_rates(slice_columns(pl.read_parquet(night)), probs, rates,
                              train_prior=prior, **opts)

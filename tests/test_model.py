@@ -59,6 +59,12 @@ def test_bundle_files_and_manifest(trained: TrainResult) -> None:
     soft, conf = np.asarray(m["heldout"]["soft_confusion"]), np.asarray(m["heldout"]["confusion"])
     np.testing.assert_allclose(soft.sum(axis=1), conf.sum(axis=1), atol=1e-3)
     assert (np.diag(soft) / soft.sum(axis=1)).min() > 0.3
+    # the same sums cut by ASR-confidence stratum (the stratified rate estimator's)
+    strata = m["heldout"]["soft_confusion_strata"]
+    mats = np.asarray(strata["soft_confusion"])
+    assert strata["field"] == "asr.confidence" and strata["edges"] == sorted(strata["edges"])
+    assert mats.shape == (len(strata["edges"]) + 2, len(CLASSES), len(CLASSES))
+    np.testing.assert_allclose(mats.sum(axis=0), soft, atol=1e-3)
     assert set(m["baselines"]["heldout"]) == {"rules", "no_context"}
     assert set(m["baselines"]["rules"]["thresholds"]) >= {"wake", "asr", "nlu", "er"}
     assert "pickle" not in (trained.path / MODEL_FILE).read_text()[:200]

@@ -45,13 +45,20 @@ from fpi import __version__, runmeta
 from fpi.diagnose import attribution as attr
 from fpi.diagnose.drift import TrafficCounts
 from fpi.diagnose.examples import ExamplePool, turn_view
-from fpi.diagnose.rates import RateTable, SliceSums, rates_from_sums, slice_columns
+from fpi.diagnose.rates import (
+    RateTable,
+    SliceSums,
+    Strata,
+    rates_from_sums,
+    slice_columns,
+    stratum_sums,
+)
 from fpi.diagnose.slices_compare import Fingerprints
 from fpi.diagnose.summary import LabelMetrics
 from fpi.errors import ModelError
 from fpi.features import build_features
 from fpi.hashing import combine, hash_series, unit_interval
-from fpi.metrics import labels_to_index
+from fpi.metrics import labels_to_index, strata_values
 from fpi.redact import Redactor
 from fpi.schema import CLASSES, KEY_COLUMNS
 
@@ -221,6 +228,10 @@ class Scored:
     span: runmeta.Span | None = None  # the first and last turn's timestamp
     traffic: TrafficCounts = field(default_factory=TrafficCounts)
     pool: pl.DataFrame | None = None  # focus-example candidates (ExamplePool)
+    #: with the bundle's strata: each turn's probabilities corrected by its stratum's
+    #: matrix (n, k), and the probability sums per stratum (strata, k)
+    adjusted: np.ndarray | None = None
+    stratum_probs: np.ndarray | None = None
 
     @property
     def turns(self) -> int:
@@ -254,6 +265,11 @@ def score_partition(task: PartitionTask) -> Scored:
                     codes, hashes, sl, None, None,
                     span=runmeta.widen(None, batch["timestamp"]))
     scored.traffic.add(batch)
+    strata = Strata.of_manifest(bundle.manifest)
+    if strata is not None:
+        codes_s = strata.codes(strata_values(batch))
+        scored.adjusted = strata.adjusted(probs, codes_s)
+        scored.stratum_probs = stratum_sums(probs, codes_s, len(strata.sums))
     view = turn_view(batch)
     if s.examples > 0:
         cand = view.with_columns(
@@ -344,6 +360,10 @@ class PartitionStats:
     span: runmeta.Span | None = None
     traffic: TrafficCounts = field(default_factory=TrafficCounts)
     pool: pl.DataFrame | None = None  # focus-example candidates
+    #: with the bundle's strata: probability sums per stratum, and the replicates'
+    #: Poisson-weighted sums of the corrected probabilities (b, k)
+    stratum_probs: np.ndarray | None = None
+    boot_adjusted: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """What a worker sends to the driver: the frames as zstd-compressed Arrow IPC
@@ -384,14 +404,21 @@ def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
     sess_counts = np.bincount(codes * k + pred, minlength=s * k).reshape(s, k).astype(np.float64)
     sess_probs = (np.stack([np.bincount(codes, probs[:, j], minlength=s) for j in range(k)], 1)
                   if n else np.zeros((0, k)))
+    adj = scored.adjusted
+    sess_adj = None if adj is None else (
+        np.stack([np.bincount(codes, adj[:, j], minlength=s) for j in range(k)], 1)
+        if n else np.zeros((0, k)))
     b = spec.n_boot
     boot_turns, boot_counts, boot_probs = np.zeros(b), np.zeros((b, k)), np.zeros((b, k))
+    boot_adjusted = None if adj is None else np.zeros((b, k))
     for start in range(0, b, _BOOT_CHUNK):
         reps = np.arange(start, min(start + _BOOT_CHUNK, b))
         w = session_weights(scored.session_hashes, spec.seed, reps)
         boot_turns[reps] = w @ sess_turns
         boot_counts[reps] = w @ sess_counts
         boot_probs[reps] = w @ sess_probs
+        if boot_adjusted is not None and sess_adj is not None:
+            boot_adjusted[reps] = w @ sess_adj
     fp_keys = turn_keys(scored.session_hashes[codes], scored.keys["turn_index"].to_numpy(),
                         _FINGERPRINT_SEED)
     labelled = scored.labels >= 0
@@ -401,7 +428,7 @@ def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
         turns=n, sessions=s, counts=np.bincount(pred, minlength=k).astype(np.int64),
         prob_sums=probs.sum(axis=0), confusion=confusion, boot_turns=boot_turns,
         boot_counts=boot_counts, boot_probs=boot_probs,
-        slices={dim: SliceSums.of(scored.slices[dim], probs, pred)
+        slices={dim: SliceSums.of(scored.slices[dim], probs if adj is None else adj, pred)
                 for dim in scored.slices.columns},
         examples=_slim(scored.examples, "examples"),
         attribution=_slim(scored.attribution, "attribution"),
@@ -409,7 +436,8 @@ def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
                              attr.AllMoments.of(scored.values, pred, scored.slices)),
         fingerprints={dim: Fingerprints.of(scored.slices[dim], fp_keys)
                       for dim in scored.slices.columns},
-        span=scored.span, traffic=scored.traffic, pool=_slim(scored.pool, "pool"))
+        span=scored.span, traffic=scored.traffic, pool=_slim(scored.pool, "pool"),
+        stratum_probs=scored.stratum_probs, boot_adjusted=boot_adjusted)
 
 
 #: What a partition's samples send first: the columns the driver chooses by (the rest of
@@ -493,7 +521,15 @@ def merge_stats(parts: Sequence[PartitionStats], *, examples: int = 3,
         fingerprints={dim: Fingerprints.merge([p.fingerprints[dim] for p in parts])
                       for dim in parts[0].fingerprints},
         span=(min(sp[0] for sp in spans), max(sp[1] for sp in spans)) if spans else None,
-        traffic=traffic, pool=ExamplePool.merge(pools, 2) if pools else None)
+        traffic=traffic, pool=ExamplePool.merge(pools, 2) if pools else None,
+        stratum_probs=_sum_or_none([p.stratum_probs for p in parts]),
+        boot_adjusted=_sum_or_none([p.boot_adjusted for p in parts]))
+
+
+def _sum_or_none(arrays: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The sum of every partition's array, or None when any lacks it."""
+    present = [a for a in arrays if a is not None]
+    return np.sum(present, axis=0) if len(present) == len(arrays) else None
 
 
 # ---------------------------------------------------------------------------
@@ -577,14 +613,15 @@ def label_metrics(confusion: np.ndarray) -> LabelMetrics | None:
 def rates_from_stats(stats: PartitionStats, em: np.ndarray, *,
                      confusion: np.ndarray | None, soft_confusion: np.ndarray | None,
                      confidence: float = 0.95, seed: int = 0,
-                     em_replicates: Callable[[np.ndarray], np.ndarray] | None = None
-                     ) -> RateTable:
+                     em_replicates: Callable[[np.ndarray], np.ndarray] | None = None,
+                     strata: Strata | None = None) -> RateTable:
     """The night's :class:`~fpi.diagnose.rates.RateTable` from its merged statistics."""
     return rates_from_sums(turns=stats.turns, counts=stats.counts, prob_sums=stats.prob_sums,
                            boot_turns=stats.boot_turns, boot_counts=stats.boot_counts,
                            boot_probs=stats.boot_probs, em=em, confusion=confusion,
                            soft_confusion=soft_confusion, em_replicates=em_replicates,
-                           confidence=confidence, seed=seed)
+                           confidence=confidence, seed=seed, strata=strata,
+                           stratum_probs=stats.stratum_probs, boot_adjusted=stats.boot_adjusted)
 
 
 def score_night(engine: Engine, tasks: Sequence[PartitionTask], spec: StatsSpec,

@@ -1,8 +1,13 @@
 """Per-class failure rates that hold when a night differs from the training data.
 
-No estimator without labels is unbiased under every shift. Two are unbiased
-under the two shifts nights typically show, and the headline (``blend``) hedges
-between them:
+No estimator without labels is unbiased under every shift. The headline of a bundle
+with per-stratum matrices is ``spacc`` (:class:`Strata`): PACC with one held-out soft
+confusion matrix per bin of the ASR confidence. New speakers or devices change what a
+confidence means (conditional shift); within a bin of it the rest of each class's logs
+look as before, so there the night differs by its class mix, which PACC corrects. Its
+interval is the union of its own (session bootstrap, every stratum's rows redrawn) and
+PCC's. A bundle without strata gets ``blend``, which hedges between the two estimators
+unbiased under the two shifts nights typically show:
 
 * **PCC** (probabilistic classify-and-count): the mean calibrated probability.
   Unbiased under *covariate shift* (other turns arrive, ``P(class | logs)``
@@ -30,8 +35,9 @@ model without any confusion matrix. A bundle without ``soft_confusion`` gets the
 same blend of CC and ACC (``blend_counts``).
 
 Everything but EM is a function of per-session sums (:class:`SessionSums`:
-turns, argmax counts, summed probabilities), so partitions of a night that keep
-sessions whole merge by adding, point estimate and bootstrap alike.
+turns, argmax counts, summed probabilities; for ``spacc`` also the summed corrected
+probabilities and the probability sums per stratum), so partitions of a night that
+keep sessions whole merge by adding, point estimate and bootstrap alike.
 
 Each slice with enough turns gets its own estimate (the night's estimator and
 weight on the slice's means); slice tests are one-sided tests against the rest
@@ -51,6 +57,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from fpi.metrics import stratum_codes
 from fpi.numbers import stable_round
 from fpi.schema import CLASSES
 
@@ -164,7 +171,7 @@ def acc_prior(pred_dist: np.ndarray, confusion: np.ndarray) -> np.ndarray:
 
 
 #: Estimators :func:`estimate_rates` can use for the point estimate.
-METHODS: tuple[str, ...] = ("blend", "cc", "pcc", "acc", "pacc", "em")
+METHODS: tuple[str, ...] = ("blend", "cc", "pcc", "acc", "pacc", "em", "spacc")
 
 
 @dataclass(frozen=True)
@@ -193,10 +200,13 @@ class RateTable:
     pacc: np.ndarray | None = None
     #: for ``blend``: each class's weight of the unadjusted estimator (PCC, or CC)
     weight: np.ndarray | None = None
+    #: PACC with one soft confusion matrix per stratum (:class:`Strata`), when the
+    #: bundle has them
+    spacc: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """``{class: {estimate, low, high, count, count_rate, mean_probability, em, acc,
-        pacc}}``."""
+        pacc, spacc}}``."""
         out: dict[str, dict[str, Any]] = {}
         for i, c in enumerate(self.classes):
             out[c] = {
@@ -209,6 +219,7 @@ class RateTable:
                 "em": _r(self.em[i]),
                 "acc": None if self.acc is None else _r(self.acc[i]),
                 "pacc": None if self.pacc is None else _r(self.pacc[i]),
+                "spacc": None if self.spacc is None else _r(self.spacc[i]),
             }
         return out
 
@@ -253,12 +264,15 @@ class SessionSums:
                                 for j in range(k)]) if n else np.zeros((0, k))
         return cls(np.bincount(codes, minlength=s).astype(np.float64), counts, psum)
 
-    def replicates(self, rng: np.random.Generator, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
-        """Poisson(1) session-bootstrap replicates of the (CC, PCC) rates, (b, k) each."""
+    def replicates(self, rng: np.random.Generator, n_boot: int,
+                   extra: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Poisson(1) session-bootstrap replicates of the (CC, PCC) rates, (b, k) each, and
+        with ``extra`` (s, k) per-session sums, the same replicates' means of it."""
         w = rng.poisson(1.0, (n_boot, len(self.turns))).astype(np.float64)
         w[w.sum(axis=1) == 0] = 1.0  # a replicate that drew no session: the night itself
         tot = np.clip(w @ self.turns, 1e-12, None)[:, None]
-        return (w @ self.counts) / tot, (w @ self.probs) / tot
+        out = (w @ self.counts) / tot, (w @ self.probs) / tot
+        return out if extra is None else (*out, (w @ extra) / tot)
 
 
 def _row_dirichlet(rng: np.random.Generator, matrix: np.ndarray, counts: np.ndarray,
@@ -268,6 +282,107 @@ def _row_dirichlet(rng: np.random.Generator, matrix: np.ndarray, counts: np.ndar
     alpha = m * counts[:, None] + 0.5
     g = rng.standard_gamma(np.broadcast_to(alpha, (n_boot, *alpha.shape)))
     return g / g.sum(axis=2, keepdims=True)
+
+
+#: Pseudo-turns of the overall soft-confusion row each stratum's row is shrunk toward
+#: (a stratum with few turns of a class borrows that class's overall row).
+STRATA_PRIOR = 10.0
+
+
+@dataclass(frozen=True)
+class Strata:
+    """One held-out soft confusion matrix per stratum of the ASR confidence (the
+    manifest's ``heldout.soft_confusion_strata``; :func:`fpi.metrics.stratified_soft_confusion`).
+
+    A new speaker population changes what a confidence means (conditional shift); within
+    a bin of the confidence the rest of a class's logs look as before, so there the shift
+    is a change of the class mix, which PACC corrects. ``spacc`` corrects each turn's
+    probabilities with its stratum's matrix: ``q = S_j^-T p``. Rows of ``S_j`` sum to 1, so
+    ``q`` sums to 1 and the estimate, the mean of ``q``, is linear in the turns: sums over
+    partitions merge it, and its session bootstrap is PCC's on ``q``.
+    """
+
+    edges: np.ndarray  # (B - 1,) inner bin edges of the confidence
+    sums: np.ndarray  # (B + 1, k, k) stratum 0: no confidence logged
+    overall: np.ndarray  # (k, k) the overall soft confusion sums
+
+    @classmethod
+    def of(cls, block: Mapping[str, Any] | None, overall: np.ndarray | None) -> Strata | None:
+        """From the manifest block (``None`` for a bundle without it)."""
+        if not block or overall is None:
+            return None
+        return cls(np.asarray(block["edges"], np.float64),
+                   np.asarray(block["soft_confusion"], np.float64),
+                   np.asarray(overall, np.float64))
+
+    @classmethod
+    def of_manifest(cls, manifest: Mapping[str, Any]) -> Strata | None:
+        """A bundle manifest's strata (``None`` for a bundle trained before them)."""
+        heldout = manifest.get("heldout") or {}
+        return cls.of(heldout.get("soft_confusion_strata"), heldout.get("soft_confusion"))
+
+    def codes(self, values: np.ndarray) -> np.ndarray:
+        """Each turn's stratum from its ASR confidence (NaN: not logged)."""
+        return stratum_codes(values, self.edges)
+
+    def row_counts(self) -> np.ndarray:
+        """(B + 1, k) held-out turns per stratum and true class, plus the prior's."""
+        return self.sums.sum(axis=2) + STRATA_PRIOR
+
+    def matrices(self) -> np.ndarray:
+        """(B + 1, k, k) row-normalised matrices, each row shrunk toward the overall one."""
+        s = self.overall / np.clip(self.overall.sum(axis=1, keepdims=True), 1e-300, None)
+        return (self.sums + STRATA_PRIOR * s) / self.row_counts()[:, :, None]
+
+    def adjusted(self, probs: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """(n, k) each turn's probabilities corrected by its stratum's matrix."""
+        corr = _corrections(self.matrices())
+        out = np.zeros_like(np.asarray(probs, np.float64))
+        for j in range(len(corr)):
+            sel = codes == j
+            out[sel] = probs[sel] @ corr[j].T
+        return out
+
+    def replicates(self, rng: np.random.Generator, n_boot: int, stratum_probs: np.ndarray,
+                   turns: int) -> np.ndarray:
+        """(b, k) deviations of ``spacc`` when each matrix's rows are redrawn from their
+        Dirichlet posterior, given the night's probability sums per stratum (B + 1, k)."""
+        m = self.matrices()
+        alpha = m * self.row_counts()[:, :, None] + 0.5
+        g = rng.standard_gamma(np.broadcast_to(alpha, (n_boot, *alpha.shape)))
+        draws = _corrections(g / g.sum(axis=3, keepdims=True))  # (b, B + 1, k, k)
+        base = _corrections(m)
+        return np.einsum("bsij,sj->bi", draws - base[None], stratum_probs) / max(turns, 1)
+
+
+def _corrections(matrices: np.ndarray) -> np.ndarray:
+    """``S^-T`` of each (..., k, k) row-normalised matrix (pseudo-inverse if singular)."""
+    return np.linalg.pinv(np.swapaxes(matrices, -1, -2))
+
+
+def _simplex(x: np.ndarray) -> np.ndarray:
+    """Clip at 0 and renormalise each row (as :func:`acc_prior` projects its solution)."""
+    c = np.clip(x, 0.0, None)
+    tot = c.sum(axis=-1, keepdims=True)
+    return np.where(tot > 0, c / np.where(tot > 0, tot, 1.0), 1.0 / x.shape[-1])
+
+
+def stratum_sums(probs: np.ndarray, codes: np.ndarray, strata: int) -> np.ndarray:
+    """(strata, k) sums of ``probs`` per stratum code."""
+    p = np.asarray(probs, np.float64)
+    return np.stack([np.bincount(codes, p[:, j], minlength=strata)
+                     for j in range(p.shape[1])], 1)
+
+
+def _spacc(strata: Strata, stratum_probs: np.ndarray, turns: int, sampling: np.ndarray,
+           seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``spacc``'s point and (b, k) replicates: the mean corrected probability, plus the
+    session bootstrap's deviations of it (``sampling``) and the deviations from redrawn
+    stratum matrices (their own generator, so the other estimators' draws do not move)."""
+    raw = np.einsum("sij,sj->i", _corrections(strata.matrices()), stratum_probs) / max(turns, 1)
+    rng = np.random.default_rng([seed, 13])
+    reps = raw + sampling + strata.replicates(rng, len(sampling), stratum_probs, turns)
+    return _simplex(raw), _simplex(reps)
 
 
 def estimate_rates(
@@ -283,6 +398,8 @@ def estimate_rates(
     seed: int = 0,
     classes: tuple[str, ...] = CLASSES,
     method: str = "auto",
+    strata: Strata | None = None,
+    strata_values: np.ndarray | None = None,
 ) -> RateTable:
     """Estimate each class's rate in a night, with an interval.
 
@@ -303,13 +420,16 @@ def estimate_rates(
     seed : bootstrap seed: same inputs and seed give the same interval.
     method : the point estimator, one of :data:`METHODS`, or ``auto`` (the headline:
         see the module docstring).
+    strata, strata_values : the bundle's per-stratum matrices (:class:`Strata`) and each
+        turn's ASR confidence (NaN: not logged); ``spacc`` needs both.
     """
     p = np.asarray(probs, np.float64)
     n, k = p.shape
     base = np.asarray(train_prior, np.float64)
     conf = None if confusion is None else np.asarray(confusion, np.float64)
     soft = None if soft_confusion is None else np.asarray(soft_confusion, np.float64)
-    method, pair = _resolve_method(method, conf, soft)
+    use_strata = strata is not None and strata_values is not None
+    method, pair = _resolve_method(method, conf, soft, use_strata)
     codes = _session_codes(groups, n)
     sums = SessionSums.of(p, codes)
     count = sums.counts.sum(axis=0).astype(np.int64)
@@ -326,9 +446,20 @@ def estimate_rates(
     rng = np.random.default_rng(seed)
     rows, scale = _boot_rows(rng, codes, n, max_boot_rows)
     sub = sums if rows is None else SessionSums.of(p[rows], _dense(codes[rows]))
-    q_b, m_b = sub.replicates(rng, n_boot)
+    adj = None
+    if use_strata:
+        assert strata is not None and strata_values is not None
+        st = strata.codes(np.asarray(strata_values))
+        q = strata.adjusted(p, st)
+        adj = SessionSums.of(q if rows is None else q[rows], _sub_codes(codes, rows)).probs
+    q_b, m_b, *a_b = sub.replicates(rng, n_boot, adj)
     devs = {"cc": scale * (q_b - sub.counts.sum(axis=0) / sub.turns.sum()),
             "pcc": scale * (m_b - sub.probs.sum(axis=0) / sub.turns.sum())}
+    if use_strata and adj is not None:
+        assert strata is not None
+        points["spacc"], devs["spacc"] = _spacc(
+            strata, stratum_sums(p, st, len(strata.sums)), n,
+            scale * (a_b[0] - adj.sum(axis=0) / sub.turns.sum()), seed)
 
     em_boot = partial(_em_replicates, p, base, codes, rows, rng, n_boot)
     weight, point, lows, highs = _interval(method, pair, points, devs, rng, conf, soft,
@@ -336,7 +467,7 @@ def estimate_rates(
     if method == "blend" and pair == ("cc", "acc"):
         method = "blend_counts"  # a bundle without a soft confusion matrix
     return RateTable(classes, n, point, lows, highs, count, count_rate, mean_prob, em, acc,
-                     confidence, n_boot, method, pacc, weight)
+                     confidence, n_boot, method, pacc, weight, points.get("spacc"))
 
 
 def _em_replicates(p: np.ndarray, base: np.ndarray, codes: np.ndarray, rows: np.ndarray | None,
@@ -360,11 +491,18 @@ def _em_replicates(p: np.ndarray, base: np.ndarray, codes: np.ndarray, rows: np.
     return out
 
 
-def _resolve_method(method: str, conf: np.ndarray | None, soft: np.ndarray | None
-                    ) -> tuple[str, tuple[str, str] | None]:
-    """The estimator to use (``auto``: the headline; EM when a matrix is missing) and,
-    for the blend, its (unadjusted, adjusted) pair."""
+def _sub_codes(codes: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """Session codes of the bootstrap's rows (all, or a subset made dense)."""
+    return codes if rows is None else _dense(codes[rows])
+
+
+def _resolve_method(method: str, conf: np.ndarray | None, soft: np.ndarray | None,
+                    strata: bool = False) -> tuple[str, tuple[str, str] | None]:
+    """The estimator to use (``auto``: ``spacc`` with strata, else the blend; EM when a
+    matrix is missing) and, for the blend, its (unadjusted, adjusted) pair."""
     if method == "auto":
+        method = "spacc" if strata else HEADLINE
+    if method == "spacc" and not strata:
         method = HEADLINE
     if method not in METHODS:
         raise ValueError(f"unknown rate estimator {method!r}; known: {', '.join(METHODS)}")
@@ -396,8 +534,11 @@ def _interval(method: str, pair: tuple[str, str] | None,
         assert point_m is not None
         point = point_m
         boot = _replicates(method, points, rng, devs, conf, soft, em_boot)
-        lows = np.quantile(boot, alpha / 2, axis=0)
-        highs = np.quantile(boot, 1 - alpha / 2, axis=0)
+        reps = [boot]
+        if method == "spacc":  # spans PCC's too: the night may be a covariate shift
+            reps.append(_replicates("pcc", points, rng, devs, conf, soft, em_boot))
+        lows = np.minimum.reduce([np.quantile(x, alpha / 2, axis=0) for x in reps])
+        highs = np.maximum.reduce([np.quantile(x, 1 - alpha / 2, axis=0) for x in reps])
     lows = np.clip(np.minimum(lows, point), 0.0, 1.0)
     highs = np.clip(np.maximum(highs, point), 0.0, 1.0)
     return weight, point, lows, highs
@@ -419,6 +560,9 @@ def rates_from_sums(
     seed: int = 0,
     classes: tuple[str, ...] = CLASSES,
     method: str = "auto",
+    strata: Strata | None = None,
+    stratum_probs: np.ndarray | None = None,
+    boot_adjusted: np.ndarray | None = None,
 ) -> RateTable:
     """:func:`estimate_rates` from sums merged over partitions of whole sessions.
 
@@ -426,11 +570,15 @@ def rates_from_sums(
     ``boot_*`` the session bootstrap's per-replicate Poisson-weighted turns (b,), counts
     and probability sums (b, k); ``em`` the night's EM prior; ``em_replicates(init)``
     the (b, k) EM priors of the replicates (only called when EM is the estimator).
-    ``seed`` drives the Dirichlet redraws of the held-out matrices.
+    ``seed`` drives the Dirichlet redraws of the held-out matrices. ``spacc`` needs
+    ``strata``, the night's probability sums per stratum ``stratum_probs`` (B + 1, k) and
+    the replicates' Poisson-weighted sums of the corrected probabilities ``boot_adjusted``
+    (b, k) (:meth:`Strata.adjusted`).
     """
     conf = None if confusion is None else np.asarray(confusion, np.float64)
     soft = None if soft_confusion is None else np.asarray(soft_confusion, np.float64)
-    method, pair = _resolve_method(method, conf, soft)
+    use_strata = strata is not None and stratum_probs is not None and boot_adjusted is not None
+    method, pair = _resolve_method(method, conf, soft, use_strata)
     n, k, n_boot = turns, len(classes), len(boot_turns)
     count = np.asarray(counts).astype(np.int64)
     count_rate = count / max(n, 1)
@@ -446,6 +594,12 @@ def rates_from_sums(
     q_b = np.where(empty[:, None], count_rate, np.asarray(boot_counts) / tot)
     m_b = np.where(empty[:, None], mean_prob, np.asarray(boot_probs) / tot)
     devs = {"cc": q_b - count_rate, "pcc": m_b - mean_prob}
+    if use_strata:
+        assert strata is not None and stratum_probs is not None and boot_adjusted is not None
+        sp = np.asarray(stratum_probs, np.float64)
+        adj_mean = np.einsum("sij,sj->i", _corrections(strata.matrices()), sp) / n
+        a_b = np.where(empty[:, None], adj_mean, np.asarray(boot_adjusted) / tot)
+        points["spacc"], devs["spacc"] = _spacc(strata, sp, n, a_b - adj_mean, seed)
 
     def em_boot(point: np.ndarray) -> np.ndarray:
         if em_replicates is None:
@@ -458,7 +612,7 @@ def rates_from_sums(
     if method == "blend" and pair == ("cc", "acc"):
         method = "blend_counts"
     return RateTable(classes, n, point, lows, highs, count, count_rate, mean_prob, em, acc,
-                     confidence, n_boot, method, pacc, weight)
+                     confidence, n_boot, method, pacc, weight, points.get("spacc"))
 
 
 def _blend(un: np.ndarray, adj: np.ndarray, b_un: np.ndarray, b_adj: np.ndarray,
@@ -516,6 +670,8 @@ def _replicates(method: str, points: Mapping[str, np.ndarray | None],
     n_boot = len(devs["cc"])
     point = points[method]
     assert point is not None
+    if method == "spacc":  # made whole by the caller (they need the strata)
+        return devs["spacc"]
     if method in ("cc", "pcc"):
         return point + devs[method]
     if method in ("acc", "pacc"):
@@ -544,6 +700,7 @@ ESTIMATOR_NAMES: dict[str, str] = {
     "acc": "adjusted-classify-and-count",
     "pacc": "probabilistic-adjusted-classify-and-count",
     "em": "em-prior-adjustment",
+    "spacc": "pacc-per-asr-confidence-stratum",
 }
 
 #: How each estimator's interval is made.
@@ -557,6 +714,8 @@ INTERVAL_NAMES: dict[str, str] = {
     "acc": "session-bootstrap percentiles with Dirichlet-redrawn confusion rows",
     "pacc": "session-bootstrap percentiles with Dirichlet-redrawn soft-confusion rows",
     "em": "session-bootstrap percentiles",
+    "spacc": "union of the session-bootstrap percentiles of PCC and of the stratified PACC "
+             "(Dirichlet-redrawn soft-confusion rows of every stratum)",
 }
 
 
@@ -612,9 +771,10 @@ class _SliceEstimator:
     @classmethod
     def of(cls, rates: RateTable, confusion: np.ndarray | None,
            soft_confusion: np.ndarray | None) -> _SliceEstimator | None:
-        """``None`` for EM (no linear form; slices then re-run EM)."""
+        """``None`` for EM (no linear form; slices then re-run EM). ``spacc`` is PCC of
+        the corrected probabilities (:meth:`Strata.adjusted`), summed in the slices."""
         k = len(rates.classes)
-        est = rates.estimator
+        est = "pcc" if rates.estimator == "spacc" else rates.estimator
         probabilistic = est in ("blend", "pcc", "pacc")
         if est == "em" or (est in ("acc", "blend_counts") and confusion is None) or (
                 est in ("pacc", "blend") and soft_confusion is None):

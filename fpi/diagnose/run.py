@@ -64,6 +64,7 @@ from fpi.diagnose.partition import (
 )
 from fpi.diagnose.rates import (
     RateTable,
+    Strata,
     compare_rates,
     slice_rates_from_sums,
     z_value,
@@ -302,7 +303,8 @@ def _estimate(night: _Night, bundle: ModelBundle, opts: DiagnoseOptions
 
     rates = rates_from_stats(stats, night.em, confusion=conf_arr, soft_confusion=soft_arr,
                              confidence=opts.confidence, seed=opts.seed,
-                             em_replicates=em_replicates)
+                             em_replicates=em_replicates,
+                             strata=Strata.of_manifest(bundle.manifest))
     slice_doc = slice_rates_from_sums(stats.slices, rates, confusion=conf_arr,
                                       soft_confusion=soft_arr, min_support=opts.min_support,
                                       em_slices=em_slices)

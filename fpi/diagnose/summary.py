@@ -93,7 +93,7 @@ class Method:
             alternatives={"count_rate": ESTIMATOR_NAMES["cc"],
                           "mean_probability": ESTIMATOR_NAMES["pcc"],
                           "acc": ESTIMATOR_NAMES["acc"], "pacc": ESTIMATOR_NAMES["pacc"],
-                          "em": ESTIMATOR_NAMES["em"]},
+                          "em": ESTIMATOR_NAMES["em"], "spacc": ESTIMATOR_NAMES["spacc"]},
             confidence=confidence, bootstrap=n_boot, seed=seed)
 
 

@@ -36,6 +36,8 @@ from fpi.metrics import (
     human_agreement,
     labels_to_index,
     soft_confusion,
+    strata_values,
+    stratified_soft_confusion,
 )
 from fpi.model.baselines import RuleBaseline, fit_rule_baseline
 from fpi.model.bundle import (
@@ -492,6 +494,8 @@ def _manifest(turns: pl.DataFrame, data: _Data, fs: _FeatureSet, main: _Fitted,
         "training": _training_block(turns, data, main, options, init),
         "heldout": {"metrics": metrics, "confusion": metrics["confusion"],
                     "soft_confusion": soft_confusion(y_ev, main.proba),
+                    "soft_confusion_strata": stratified_soft_confusion(
+                        y_ev, main.proba, strata_values(data.turns.filter(pl.Series(data.ev)))),
                     "human": human_agreement(y_ev, second[data.ev], metrics["per_class"])},
         "no_context": None if nc is None else {
             "features": [f.name for f in baselines.no_context_features],

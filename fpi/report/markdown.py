@@ -162,6 +162,20 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+#: What the rates table's estimate is, per estimator.
+_RATES_TEXT = {
+    "blend": "Estimated rate of each failure point: a blend of the mean calibrated "
+             "probability and its correction for the night's class mix, beside the plain "
+             "count of argmax predictions. Intervals cover sampling noise and model error; "
+             "they widen when the corrected and uncorrected estimates disagree.",
+    "spacc": "Estimated rate of each failure point: the mean calibrated probability "
+             "corrected for the night's class mix within each band of ASR confidence (so "
+             "new speakers whose confidence means something else are still counted), "
+             "beside the plain count of argmax predictions. Intervals cover sampling noise "
+             "and model error, and span the uncorrected mean's.",
+}
+
+
 def _rates(summary: Mapping[str, Any]) -> list[str]:
     rates = summary["rates"]
     changes = (summary.get("baseline") or {}).get("changes") or {}
@@ -170,12 +184,8 @@ def _rates(summary: Mapping[str, Any]) -> list[str]:
     if changes:
         head += " change vs baseline | change interval |"
         sep += "---:|---|"
-    out = ["## Failure rates", "",
-           "Estimated rate of each failure point: a blend of the mean calibrated "
-           "probability and its correction for the night's class mix, beside the plain "
-           "count of argmax predictions. Intervals cover sampling noise and model error; "
-           "they widen when the corrected and uncorrected estimates disagree.", "",
-           head, sep]
+    key = (summary.get("method") or {}).get("estimator_key", "blend")
+    out = ["## Failure rates", "", _RATES_TEXT.get(key, _RATES_TEXT["blend"]), "", head, sep]
     for c in (*FAILURE_CLASSES, "correct"):
         r = rates[c]
         line = (f"| {CLASS_TITLES[c]} | **{pct(r['estimate'])}** | {interval(r['low'], r['high'])}"

@@ -127,6 +127,20 @@ def test_contributions_sum_to_the_margin(trained: TrainResult, turns: pl.DataFra
     np.testing.assert_allclose(c.sum(axis=2), trained.bundle.raw_margin(feats), atol=1e-9)
 
 
+def test_contributions_toward_given_classes_are_the_same_values(
+        trained: TrainResult, turns: pl.DataFrame) -> None:
+    # each row's class from that class's trees alone: LightGBM's own values, bit for bit
+    feats = build_features(turns.head(60))
+    full = trained.bundle.contributions(feats)
+    classes = np.arange(60) % len(CLASSES)
+    part = load_bundle(trained.path).contributions(feats, classes)
+    rows = np.arange(60)
+    assert np.array_equal(part[rows, classes], full[rows, classes])
+    others = np.ones(full.shape[:2], bool)
+    others[rows, classes] = False
+    assert not part[others].any() and full[others].any()
+
+
 def test_calibrated_rates_track_the_truth(trained: TrainResult, turns: pl.DataFrame) -> None:
     p = trained.bundle.predict_proba(build_features(turns))
     truth = turns["label"].struct.field("failure_point").value_counts(normalize=True)

@@ -188,7 +188,8 @@ def render_examples(examples: pl.DataFrame | None, bundle: ModelBundle,
         return out
     ex = examples.sort(["_pred", "_prob", "session_id", "turn_index"],
                            descending=[False, True, False, False])
-    contrib = bundle.contributions(ex.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()))
+    contrib = bundle.contributions(ex.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()),
+                                   ex["_pred"].to_numpy())
     for i, row in enumerate(ex.iter_rows(named=True)):
         p = int(row["_pred"])
         out[CLASSES[p]].append(example_dict(row, row["_prob"], p, contrib[i, p], bundle.features,
@@ -199,7 +200,8 @@ def render_examples(examples: pl.DataFrame | None, bundle: ModelBundle,
 def render_focus(rows: pl.DataFrame, bundle: ModelBundle, red: Redactor | None
                   ) -> list[dict[str, Any]]:
     """Pool rows (with ``_kind``) as example dicts, each with its attribution."""
-    contrib = bundle.contributions(rows.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()))
+    contrib = bundle.contributions(rows.select(*KEY_COLUMNS, pl.col("_feats").struct.unnest()),
+                                   rows["_pred"].to_numpy())
     return [{"kind": row["_kind"],
              **example_dict(row, row["_prob"], int(row["_pred"]), contrib[i, int(row["_pred"])],
                         bundle.features, red)}

@@ -288,7 +288,7 @@ def score_partition(task: PartitionTask) -> Scored:
             how="horizontal").with_columns(pl.Series("_key", keys[keep]),
                                            pl.Series("_pred", pred[keep].astype(np.int64)))
     elif s.attribution == "all":
-        scored.values = attr.for_class(attr.grouped(bundle.contributions(feats),
+        scored.values = attr.for_class(attr.grouped(bundle.contributions(feats, pred),
                                                     bundle.features), pred)
     return scored
 

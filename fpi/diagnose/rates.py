@@ -894,6 +894,17 @@ class _SliceContext:
         return entry, tests
 
 
+def value_codes(values: pl.Series) -> tuple[list[str], np.ndarray]:
+    """The sorted distinct values (as strings) and each row's index among them: what
+    ``np.unique(values.to_numpy().astype(str), return_inverse=True)`` gives (a null reads
+    as ``"None"``; code-point order is UTF-8 byte order), without sorting the rows."""
+    s = values.cast(pl.String).fill_null("None")
+    cats = s.unique().sort()
+    if cats.len() == 0:
+        return [], np.zeros(0, np.int64)
+    return cats.to_list(), s.cast(pl.Enum(cats)).to_physical().to_numpy().astype(np.int64)
+
+
 @dataclass(frozen=True)
 class SliceSums:
     """Per value of one slice dimension: turns, argmax counts, probability sums and sums of
@@ -907,9 +918,8 @@ class SliceSums:
 
     @classmethod
     def of(cls, values: pl.Series, probs: np.ndarray, pred: np.ndarray) -> SliceSums:
-        cats, codes = np.unique(values.to_numpy().astype(str), return_inverse=True)
+        cats, codes = value_codes(values)
         v, k = len(cats), probs.shape[1]
-        codes = codes.reshape(-1)
         counts = np.bincount(codes * k + pred, minlength=v * k).reshape(v, k)
         psum = np.stack([np.bincount(codes, probs[:, j], minlength=v) for j in range(k)], 1)
         outer = np.stack([np.bincount(codes, probs[:, i] * probs[:, j], minlength=v)

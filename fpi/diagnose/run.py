@@ -327,7 +327,7 @@ def _attribute(stats: PartitionStats, bundle: ModelBundle, slice_top: list[dict[
         feat_names = list(bundle.input_columns)
         rpred = res["_pred"].to_numpy()
         contrib = contributions_chunked(bundle, res.select([*KEY_COLUMNS, *feat_names]),
-                                        opts.note)
+                                        opts.note, classes=rpred)
         values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
         slice_cols = [c.removeprefix("_slice_") for c in res.columns if c.startswith("_slice_")]
         doc = attr.summarize(values, rpred, predicted_counts, mode="sample",

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fpi.diagnose.rates import FAILURE_KEYS, benjamini_hochberg, z_value
+from fpi.diagnose.rates import FAILURE_KEYS, benjamini_hochberg, value_codes, z_value
 from fpi.numbers import stable_round
 
 
@@ -41,9 +41,7 @@ class Fingerprints:
 
     @classmethod
     def of(cls, values: pl.Series, keys: np.ndarray) -> Fingerprints:
-        cats, codes = np.unique(values.cast(pl.String).to_numpy().astype(str),
-                                return_inverse=True)
-        codes = codes.reshape(-1)
+        cats, codes = value_codes(values)
         k = np.asarray(keys, np.uint64)
         pieces = np.stack([(k & np.uint64(0x7FFFFFFF)), (k >> np.uint64(33))], 1).astype(np.int64)
         sums = np.zeros((len(cats), 2), np.int64)

@@ -186,6 +186,19 @@ def _has_text(texts: pl.Series) -> np.ndarray:
     return (texts.fill_null("").str.strip_chars().str.len_chars() > 0).to_numpy()
 
 
+def _scores_by_text(model: TextModel, texts: pl.Series) -> np.ndarray:
+    """``model.scores(hashed_ngrams(texts))``, computed once per distinct text.
+
+    A row of :func:`hashed_ngrams` and of :meth:`TextModel.scores` depends only on its own
+    text (a null hashes as ``""``), so scoring the distinct texts and gathering gives the
+    same values; a night repeats most texts (a few thousand distinct per 100k turns).
+    """
+    frame = pl.DataFrame({"t": texts.fill_null("")})
+    distinct = frame.unique(maintain_order=True).with_row_index("i")
+    at = frame.join(distinct, on="t", how="left", maintain_order="left")["i"].to_numpy()
+    return model.scores(hashed_ngrams(distinct["t"].to_list()))[at]
+
+
 # ---------------------------------------------------------------------------
 # The learned feature set
 # ---------------------------------------------------------------------------
@@ -255,7 +268,7 @@ class Learned:
         out: dict[str, np.ndarray] = {}
         for field, model in self.text.items():
             texts = features[RAW_TEXT[field][0]]
-            s = model.scores(hashed_ngrams(texts.to_list()))
+            s = _scores_by_text(model, texts)
             s[~_has_text(texts)] = np.nan
             out.update(zip(text_feature_names(field), s.T, strict=True))
         vals = extra_values(features[RAW_EXTRA], self.extra) if self.extra else None

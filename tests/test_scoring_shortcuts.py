@@ -1,0 +1,45 @@
+"""Shortcuts of the scoring path (issue 12) give the values of the plain computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fpi.diagnose.rates import value_codes
+from fpi.model.learned import TextModel, _scores_by_text, hashed_ngrams
+from fpi.schema import CLASSES
+
+_TEXTS = st.lists(st.one_of(st.none(), st.sampled_from(["", " ", "play jazz", "Play Jazz",
+                                                        "stop", "日本の天気", "None", "é"]),
+                            # NUL separates texts inside hashed_ngrams (a known limit)
+                            st.text(st.characters(blacklist_characters="\x00"),
+                                    max_size=12)), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_TEXTS)
+def test_value_codes_are_numpys_unique(values: list[str | None]) -> None:
+    series = pl.Series(values, dtype=pl.String)
+    cats, codes = value_codes(series)
+    want_cats, want_codes = np.unique(series.to_numpy().astype(str), return_inverse=True)
+    assert cats == [str(c) for c in want_cats]
+    assert codes.dtype == np.int64
+    np.testing.assert_array_equal(codes, want_codes.reshape(-1))
+
+
+def _model() -> TextModel:
+    texts = ["play some jazz", "stop", "what is the weather", "call mom", "日本の天気", ""] * 3
+    y = np.arange(len(texts)) % len(CLASSES)
+    return TextModel.fit(hashed_ngrams(texts), y)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_TEXTS.filter(len))
+def test_text_scores_once_per_distinct_text_are_the_same(texts: list[str | None]) -> None:
+    model = _model()
+    got = _scores_by_text(model, pl.Series(texts, dtype=pl.String))
+    want = model.scores(hashed_ngrams(texts))
+    assert got.shape == want.shape
+    assert np.array_equal(got, want)  # bit for bit, not within a tolerance

@@ -67,8 +67,11 @@ _SHIFT: Final = np.uint64(64 - 16)
 # ---------------------------------------------------------------------------
 
 def _codepoints(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Code points of ``" " + lower(text) + " "`` per text, joined by NUL; and the doc id."""
-    joined = "\0".join(" " + (t or "").lower() + " " for t in texts)
+    """Code points of ``" " + lower(text) + " "`` per text, joined by NUL; and the doc id.
+
+    A NUL inside a text (JSON allows ``\\u0000``) reads as a space, so it can neither end
+    its text early nor shift the texts after it."""
+    joined = "\0".join(" " + (t or "").replace("\0", " ").lower() + " " for t in texts)
     cp = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     doc = np.cumsum(cp == 0)
     return cp, doc

@@ -10,9 +10,8 @@ from typer.testing import CliRunner
 
 from fpi.cli import app
 from fpi.diagnose import diagnose
-from fpi.model import train
 from fpi.schema import CLASSES
-from fpi.simulate import simulate_frame, write_simulation
+from fpi.simulate import write_simulation
 
 runner = CliRunner()
 NIGHT_TURNS = 4000
@@ -25,11 +24,9 @@ GATES = "\n".join(
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def world(tmp_path_factory: pytest.TempPathFactory, night_model: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("regress")
-    train(simulate_frame(6000, seed=0, profile="baseline"), root / "model", seed=0, threads=1,
-          num_boost_round=60, early_stopping_rounds=10)
-    paths = {"root": root, "model": root / "model"}
+    paths = {"root": root, "model": night_model}
     for prof in ("baseline", *REGRESSIONS):
         paths[prof] = root / f"{prof}.parquet"
         write_simulation(paths[prof], turns=NIGHT_TURNS, seed=5, profile=prof)

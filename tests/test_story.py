@@ -15,9 +15,8 @@ from fpi.diagnose import diagnose
 from fpi.diagnose.drift import drift_table, explain_share
 from fpi.diagnose.slices_compare import collapse, same_turn_groups
 from fpi.headline import headline
-from fpi.model import train
 from fpi.report import render_json, render_markdown
-from fpi.simulate import simulate_frame, write_simulation
+from fpi.simulate import write_simulation
 
 GOLDEN = Path(__file__).parent / "golden"
 NIGHT = 4000
@@ -25,14 +24,13 @@ PROFILES = ("baseline", "device_mix", "er_outage_music")
 
 
 @pytest.fixture(scope="module")
-def nights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """A model, a baseline night, and three nights diagnosed against it (fixed seeds)."""
+def nights(tmp_path_factory: pytest.TempPathFactory, night_model: Path) -> dict[str, dict]:
+    """The session's night model, a baseline night, and three nights diagnosed against it
+    (fixed seeds)."""
     root = tmp_path_factory.mktemp("story")
-    train(simulate_frame(6000, seed=0, profile="baseline"), root / "model", seed=0, threads=1,
-          num_boost_round=60, early_stopping_rounds=10)
     for prof in PROFILES:
         write_simulation(root / f"{prof}.parquet", turns=NIGHT, seed=5, profile=prof)
-    kw = {"model": root / "model", "attribution": "sample", "attribution_sample": 600,
+    kw = {"model": night_model, "attribution": "sample", "attribution_sample": 600,
           "examples": 1, "n_boot": 100, "seed": 0}
     diagnose([root / "baseline.parquet"], out_dir=root / "base", **kw)
     out = {}

@@ -25,9 +25,11 @@ def night_file(night: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def model_dir(night: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model bundle trained on the night (seed 0, one thread, no baseline model)."""
+    """A model bundle trained on the night (seed 0, one thread, two folds, no parameter
+    search, no baseline model)."""
     from fpi.model import train
 
     out = tmp_path_factory.mktemp("model") / "bundle"
-    train(night, out, seed=0, threads=1, no_context=False, num_boost_round=60)
+    train(night, out, seed=0, threads=1, no_context=False, num_boost_round=60, folds=2,
+          search=False)
     return out

@@ -162,7 +162,7 @@ def test_train_on_imported_labels(night_file: Path, tmp_path: Path) -> None:
     assert inproc("labels", "import", tmp_path / "l.csv", "-o", tmp_path / "l.parquet"
                   ).returncode == 0
     r = inproc("train", night_file, "-o", tmp_path / "m", "--labels", tmp_path / "l.parquet",
-               "--label-policy", "gold:ann", "--json")
+               "--label-policy", "gold:ann", "--folds", "2", "--json")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["training"]["labelled_turns"] == 1500

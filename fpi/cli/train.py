@@ -256,6 +256,11 @@ def train(
         f"{doc['training']['heldout_is']} on {counts['test']['turns']} turns in "
         f"{counts['test']['sessions']} sessions"
     )
+    grown = doc["training"].get("distributed")
+    if grown:
+        err_console.print(f"lightgbm.dask grew the shipped model on {grown['turns']} turns "
+                          f"outside the driver's sample ({grown['rounds']} rounds, "
+                          f"{grown['workers']} worker(s))")
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
     else:

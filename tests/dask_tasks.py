@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -38,3 +39,13 @@ def loaded_once(_: object, key: str) -> tuple[int, int]:
     from fpi.engine import per_process
 
     return os.getpid(), per_process(("test", key), os.getpid)
+
+
+def die_first(item: object, *args: object, fn: Callable[..., object], marker: str) -> object:
+    """``fn(item, *args)``, but the first call on the whole cluster (the one that creates
+    ``marker``) kills its worker process first, losing every value that worker held."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return fn(item, *args)
+    os._exit(1)

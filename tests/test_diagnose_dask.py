@@ -9,16 +9,19 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from dask_tasks import die_first
 from test_engine_dask import scheduler_file  # noqa: F401 - a fixture, used by name
 from test_features import make_turns
 
 import fpi
+from fpi.diagnose import partition
 from fpi.engine.dask import DaskEngine
 from fpi.errors import ModelError
 from fpi.ingest.partition import ingest_partitioned
@@ -134,3 +137,44 @@ def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tm
     assert "\n" not in message
     assert f"{model}: a worker read model" in message and "the driver uses" in message
     assert not (tmp_path / "out").exists()
+
+
+class _Killing:
+    """The cluster, except that the first task of ``victim`` kills its worker process."""
+
+    name = "dask"
+
+    def __init__(self, engine: DaskEngine, victim: Callable[..., Any], marker: Path) -> None:
+        self.engine, self.victim, self.marker = engine, victim, marker
+
+    @property
+    def workers(self) -> int:
+        return self.engine.workers
+
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any) -> list[Any]:
+        if fn is self.victim:
+            fn = partial(die_first, fn=fn, marker=str(self.marker))
+        return self.engine.map(fn, items, *args)
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]:
+        return self.engine.gather(handles)
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("victim", [partition.score_partition, partition.em_step],
+                         ids=["while scoring", "after scoring"])
+def test_a_worker_killed_inside_diagnose_gives_the_same_summary(
+        night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
+        dask_cluster: DaskEngine, victim: Callable[..., Any]) -> None:
+    """A worker dies in a scoring task, or later in an EM round, losing the scored
+    partitions it held: Dask runs their tasks again and the summary is the same."""
+    marker = tmp_path / "died"
+    killing = _Killing(dask_cluster, victim, marker)
+    res = fpi.diagnose(night, model=small_bundle.path, out_dir=tmp_path / "out",
+                       engine=killing, **OPTS)  # type: ignore[arg-type]
+    assert marker.exists()  # a worker really died
+    assert _comparable(res.summary) == _comparable(local)
+    # its nanny restarts it (a new process importing fpi: slow on a loaded machine)
+    dask_cluster.client.wait_for_workers(2, timeout=300)

@@ -310,3 +310,16 @@ def test_statistics_travel_compressed_and_unchanged(scored) -> None:
     np.testing.assert_array_equal(back.boot_counts, part.boot_counts)
     assert back.slices.keys() == part.slices.keys() and back.turns == part.turns
     assert len(pickle.dumps(part)) < 200_000
+
+
+def test_predict_progress_counts_turns(night: Path, small_bundle) -> None:
+    sources = split_sessions(str(night), 4)
+    tasks = [PartitionTask(i, s, ModelRef.of(small_bundle), SETTINGS)
+             for i, s in enumerate(sources)]
+    prior = np.full(len(CLASSES), 1 / len(CLASSES))
+    heard: list[tuple[str, int, int | None]] = []
+    total = sum(s.length or 0 for s in sources)
+    score_night(LocalEngine(), tasks, SPEC, prior,
+                lambda stage, done, of: heard.append((stage, done, of)), total)
+    assert [h[1] for h in heard] == list(np.cumsum([s.length for s in sources]))
+    assert heard[-1] == ("predict", total, total) and total == pl.read_parquet(night).height

@@ -3,6 +3,7 @@ model of the local engine; --max-train-turns samples; the CLI's engine flags."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,13 @@ import polars as pl
 import pytest
 from test_features import make_turns
 
+import fpi
 from fpi.errors import InputError
 from fpi.ingest.partition import ingest_partitioned, read_partitions
-from fpi.model import train
+from fpi.metrics import labels_to_index
+from fpi.model import load_bundle, train
+from fpi.model.distributed import WARNING as DISTRIBUTED_WARNING
+from fpi.model.distributed import in_sample, sample_bounds
 from fpi.model.frame import TurnSample, sample_quotas, sample_turns
 
 #: Quick training: 2 folds, no search, few rounds (what is compared is the path, not
@@ -139,14 +144,25 @@ def test_dask_flags_need_the_dask_engine(parts: Path, tmp_path: Path, flags: lis
     assert not (tmp_path / "m").exists()
 
 
-def test_distributed_training_is_refused(parts: Path, tmp_path: Path) -> None:
+def test_distributed_training_needs_a_sample(parts: Path, tmp_path: Path) -> None:
     run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask",
                "--distributed-training")
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "--distributed-training" in lines[0]
-    assert "not available" in lines[0]
+    assert "--max-train-turns" in lines[0]
     assert not (tmp_path / "m").exists()
+
+
+def test_the_sample_bounds_find_the_sample_again(turns: pl.DataFrame) -> None:
+    """Workers tell the driver's sample from the rest by its per-class bounds alone."""
+    sample = TurnSample(900, seed=5)
+    got, _ = sample_turns(turns, turns.select("session_id", "turn_index"), sample)
+    y = labels_to_index(turns["label"].struct.field("failure_point"))
+    mask = in_sample(turns, y, sample_bounds(got, 5), 5)
+    key = ["session_id", "turn_index"]
+    assert turns.filter(pl.Series(mask)).select(key).equals(got.select(key))
+    assert in_sample(turns, y, sample_bounds(got, 6), 6).tolist() != mask.tolist()
 
 
 def test_cli_dask_engine_trains_with_a_sample(dask_cluster: Any, parts: Path,
@@ -157,3 +173,34 @@ def test_cli_dask_engine_trains_with_a_sample(dask_cluster: Any, parts: Path,
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "m" / "model.txt").exists()
     assert '"labelled_turns": 300' in run.stdout
+
+
+def test_distributed_training_grows_a_loadable_bundle(dask_cluster: Any, parts: Path,
+                                                      turns: pl.DataFrame,
+                                                      tmp_path: Path) -> None:
+    """lightgbm.dask on the shared cluster: one warning line, JSON alone on stdout, and a
+    bundle that loads, says it was grown on every labelled turn outside the sample, and
+    diagnoses."""
+    address = dask_cluster.client.scheduler.address
+    run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
+               address, "--folds", "2", "--max-train-turns", "1000", "--distributed-training",
+               "--rounds", "4", "--json")
+    assert run.returncode == 0, run.stderr
+    assert [line for line in run.stderr.splitlines() if line.startswith("warning:")] == [
+        f"warning: {DISTRIBUTED_WARNING}"]
+    doc = json.loads(run.stdout)
+    assert doc["training"]["distributed"]["reproducible"] is False
+    bundle = load_bundle(tmp_path / "m")  # checksums, LightGBM text models, no pickle
+    assert not list((tmp_path / "m").glob("*.pkl"))
+    training = bundle.manifest["training"]
+    grown = training["distributed"]
+    labelled = int((labels_to_index(turns["label"].struct.field("failure_point")) >= 0).sum())
+    assert grown["library"] == "lightgbm.dask" and grown["early_stopping"] is False
+    assert grown["turns"] == labelled - 1000 == sum(grown["per_class"].values())
+    assert grown["rounds"] == 4 == bundle.manifest["params"]["best_iteration"]
+    assert grown["rounds_from"] == "--rounds"
+    assert training["labelled_turns"] == 1000 and "distributed" in training["heldout_is"]
+    night = tmp_path / "night.parquet"
+    turns.head(800).write_parquet(night)
+    diagnosed = fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out")
+    assert diagnosed.exit_status == 0 and diagnosed.summary["turns"] == 800

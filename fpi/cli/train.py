@@ -193,8 +193,16 @@ def train(
              "turns (by a hash of session id and --seed; see docs/scale.md).")] = None,
     distributed_training: Annotated[bool, typer.Option(
         "--distributed-training",
-        help="With --engine dask: train LightGBM across the workers (lightgbm.dask). "
-             "Not available in this version: refused (see docs/scale.md).")] = False,
+        help="With --engine dask and --max-train-turns: grow the shipped model with "
+             "lightgbm.dask on every labelled turn outside the driver's sample, for the "
+             "rounds cross-fitting on the sample picks (no early stopping); the sample "
+             "calibrates and measures it. Models differ from run to run (docs/scale.md).")
+    ] = False,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", min=1, show_default=False,
+        help="With --distributed-training: grow the shipped model for exactly this many "
+             "rounds instead of the count cross-fitting on the driver's sample picks.")
+    ] = None,
 ) -> None:
     """Train the failure-point model on labelled turns and write a model bundle.
 
@@ -209,15 +217,18 @@ def train(
     With --engine dask the input is one partitioned directory (fpi ingest
     --partitions N) or one canonical Parquet file: the features are built on the
     cluster, partition by partition, and the model is trained here, the same
-    model as --engine local gives (docs/scale.md).
+    model as --engine local gives (docs/scale.md). With --distributed-training the
+    shipped model is grown on the workers by lightgbm.dask instead (not reproducible).
 
     Exit status: 0 ok, 2 bad input, 3 rejects under --strict.
     """
     from fpi.model import train as train_model
     from fpi.model.bundle import check_bundle_out
 
+    if rounds is not None and not distributed_training:
+        raise typer.BadParameter("needs --distributed-training", param_hint="--rounds")
     _check_engine_flags(engine, inputs, workers, scheduler, scheduler_file,
-                        distributed_training, labels)
+                        distributed_training, labels, max_train_turns)
     check_bundle_out(out)  # refuse a foreign --out before reading any data
     options: dict[str, Any] = {
         "seed": seed, "threads": threads, "folds": folds, "split": split.value,
@@ -236,7 +247,8 @@ def train(
             err_console.print(f"building features on {runner.workers} dask worker(s) ...")
             with progress_for(err_console) as progress:
                 result = train_model(str(inputs[0]), out, progress=progress, engine=runner,
-                                     **options)
+                                     distributed_training=distributed_training,
+                                     distributed_rounds=rounds, **options)
     doc = result.to_dict()
     counts = doc["training"]["counts"]
     err_console.print(
@@ -244,6 +256,11 @@ def train(
         f"{doc['training']['heldout_is']} on {counts['test']['turns']} turns in "
         f"{counts['test']['sessions']} sessions"
     )
+    grown = doc["training"].get("distributed")
+    if grown:
+        err_console.print(f"lightgbm.dask grew the shipped model on {grown['turns']} turns "
+                          f"outside the driver's sample ({grown['rounds']} rounds, "
+                          f"{grown['workers']} worker(s))")
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
     else:
@@ -257,7 +274,8 @@ def train(
 
 def _check_engine_flags(engine: str, inputs: list[Path], workers: int | None,
                         scheduler: str | None, scheduler_file: Path | None,
-                        distributed: bool, labels: Path | None) -> None:
+                        distributed: bool, labels: Path | None,
+                        max_train_turns: int | None = None) -> None:
     """Usage errors of ``--engine`` and the flags only ``--engine dask`` takes."""
     if engine == "local":
         given = [flag for flag, value in (("--workers", workers), ("--scheduler", scheduler),
@@ -277,13 +295,10 @@ def _check_engine_flags(engine: str, inputs: list[Path], workers: int | None,
     if labels is not None:
         raise typer.BadParameter("not with --engine dask yet: join the labels first "
                                  "(fpi labels) and ingest", param_hint="--labels")
-    if distributed:
-        raise typer.BadParameter(
-            "not available in this version: lightgbm.dask has no usable early stopping "
-            "and its models differ from run to run, so it cannot give fpi's cross-fitted, "
-            "reproducible bundle; the features are built on the cluster and LightGBM "
-            "trains here (add --max-train-turns to bound the driver)",
-            param_hint="--distributed-training")
+    if distributed and max_train_turns is None:
+        raise typer.BadParameter("needs --max-train-turns: the driver's sample, which picks "
+                                 "the rounds and calibrates the model the workers grow",
+                                 param_hint="--distributed-training")
 
 
 @app.command()

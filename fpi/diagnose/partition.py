@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+import zstandard
 
 from fpi import __version__, runmeta
 from fpi.diagnose import attribution as attr
@@ -59,6 +60,7 @@ from fpi.errors import ModelError
 from fpi.features import build_features
 from fpi.hashing import combine, hash_series, unit_interval
 from fpi.metrics import labels_to_index, strata_values
+from fpi.progress import Progress, report
 from fpi.redact import Redactor
 from fpi.schema import CLASSES, KEY_COLUMNS
 
@@ -378,7 +380,7 @@ class PartitionStats:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name in _FRAMES:
             if isinstance(state[name], bytes):
-                state[name] = pl.read_ipc(io.BytesIO(state[name]))
+                state[name] = _from_ipc(state[name])
         for key, value in state.items():
             object.__setattr__(self, key, value)
 
@@ -388,10 +390,22 @@ _FRAMES = ("examples", "attribution", "pool")
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
-    """``frame``'s rows as zstd-compressed Arrow IPC (just its rows, whatever it was cut from)."""
+    """``frame``'s rows as Arrow IPC (just its rows, whatever it was cut from), compressed
+    whole with zstd: for the few rows a sample holds, the schema and the per-buffer
+    framing outweigh the data, and compressing the whole stream shrinks them too (Arrow's
+    own per-buffer compression does not)."""
     buf = io.BytesIO()
-    frame.write_ipc(buf, compression="zstd")
-    return buf.getvalue()
+    frame.write_ipc(buf, compression="uncompressed")
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(buf.getvalue())
+
+
+def _from_ipc(data: bytes) -> pl.DataFrame:
+    """The frame :func:`_ipc` wrote."""
+    return pl.read_ipc(io.BytesIO(zstandard.ZstdDecompressor().decompress(data)))
+
+
+#: zstd level of the frames that travel to the driver (fast; higher levels gain little).
+_ZSTD_LEVEL = 6
 
 
 def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
@@ -480,7 +494,7 @@ def fetch_chosen(engine: Engine, handles: Sequence[object], stats: PartitionStat
     rows = engine.gather(engine.map(fetch_rows, handles, chosen))
     whole = {}
     for name, keys in chosen.items():
-        found = [pl.read_ipc(io.BytesIO(r[name])) for r in rows if name in r]
+        found = [_from_ipc(r[name]) for r in rows if name in r]
         full = (pl.concat(found) if name == "attribution"
                 else pl.concat(found, how="vertical_relaxed"))
         whole[name] = keys.join(full, on=KEY_COLUMNS, how="left",
@@ -625,15 +639,21 @@ def rates_from_stats(stats: PartitionStats, em: np.ndarray, *,
 
 
 def score_night(engine: Engine, tasks: Sequence[PartitionTask], spec: StatsSpec,
-                train_prior: np.ndarray) -> tuple[list[object], PartitionStats, np.ndarray]:
+                train_prior: np.ndarray, progress: Progress | None = None,
+                total: int | None = None) -> tuple[list[object], PartitionStats, np.ndarray]:
     """Score every partition on ``engine`` and merge: the handles (probabilities stay
-    where they were scored), the night's statistics and its EM prior."""
+    where they were scored), the night's statistics and its EM prior. ``progress``
+    hears ``("predict", turns scored, total)`` as each partition's statistics arrive
+    (in partition order)."""
     if not tasks:
         raise ValueError("no partitions to score")
     settings = tasks[0].settings
     handles = engine.map(score_partition, tasks)
-    stats = merge_stats(engine.gather(engine.map(partition_stats, handles, spec)),
-                        examples=settings.examples,
+    parts: list[PartitionStats] = []
+    for pending in engine.map(partition_stats, handles, spec):
+        parts.extend(engine.gather([pending]))
+        report(progress, "predict", sum(p.turns for p in parts), total)
+    stats = merge_stats(parts, examples=settings.examples,
                         attribution_quota=settings.attribution_quota)
     stats = fetch_chosen(engine, handles, stats)
     return handles, stats, fit_em(engine, handles, train_prior)

@@ -424,11 +424,11 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         ref = ModelRef.of(bundle)
         keep_loaded(ref, bundle)
         tasks = [PartitionTask(i, src, ref, settings) for i, src in enumerate(sources)]
-        opts.note("predict", 0, len(tasks))
+        opts.note("predict", 0, ingest_info.turns_kept)
         handles, stats, em = score_night(engine, tasks, StatsSpec(opts.seed, opts.n_boot),
-                                         _held_out(bundle)[0])
+                                         _held_out(bundle)[0], opts.note,
+                                         ingest_info.turns_kept)
         night = _Night(engine, handles, stats, em)
-        opts.note("predict", len(tasks), len(tasks))
         timings["features_predict"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()

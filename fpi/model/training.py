@@ -18,8 +18,9 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -80,6 +81,7 @@ from fpi.schema import CLASSES, COMPONENTS
 
 if TYPE_CHECKING:
     from fpi.engine import Engine
+    from fpi.model.distributed import DaskTrainer, DistributedFit
 
 log = logging.getLogger(__name__)
 
@@ -339,16 +341,27 @@ class _Fitted:
     calibration: Calibration
     proba: np.ndarray  # on the evaluated rows (OOF fit rows, or the test part)
     cv: CrossFit
+    #: what the manifest says of a model grown by lightgbm.dask (None: grown here)
+    distributed: dict[str, Any] | None = None
 
 
 def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit: np.ndarray,
                folds: np.ndarray, which: Sequence[Feature], base: dict[str, Any],
                cands: list[dict[str, Any]], rounds_cap: tuple[int, int],
-               init: lgb.Booster | None, progress: Progress | None, stage: str) -> _Fitted:
+               init: lgb.Booster | None, progress: Progress | None, stage: str,
+               grow: Callable[[dict[str, Any], int], DistributedFit] | None = None
+               ) -> _Fitted:
     xf = x[fit]
     ds = binned(xf, y[fit], w[fit], which, base, keep_raw=init is not None)
     cv = crossfit(ds, xf, y[fit], folds[fit], base, cands, *rounds_cap, init, progress,
                   f"cross-fitting{stage}")
+    if grow is not None:  # grown on the workers: held out of the whole sample
+        report(progress, "boosting (lightgbm.dask)", 0, None)
+        grown = grow(cv.params, cv.rounds)
+        raw = np.asarray(grown.booster.predict(x, raw_score=True))
+        calib = fit_calibration(raw[fit], y[fit])
+        ev = ~fit if (~fit).any() else fit
+        return _Fitted(grown.booster, grown.text, calib, calib.apply(raw[ev]), cv, grown.info)
     calib = fit_calibration(cv.oof_raw, y[fit])
     booster, text = fit_final(ds, cv.params, cv.rounds, init, progress, f"boosting{stage}")
     test = ~fit
@@ -393,12 +406,14 @@ def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
 def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
         features: pl.DataFrame | None = None, init: ModelBundle | None = None,
         progress: Progress | None = None,
-        timings: dict[str, float] | None = None) -> ModelBundle:
+        timings: dict[str, float] | None = None,
+        distributed: DaskTrainer | None = None) -> ModelBundle:
     """Fit the failure-point model on labelled canonical turns: a bundle in memory.
 
     What :func:`train` does, without writing: see there. ``init`` is a bundle to
     continue from (its features; warm start); ``timings``, if given, receives the wall
-    seconds per step.
+    seconds per step. ``distributed`` grows the shipped model on a cluster, with
+    ``turns`` the driver's sample (:mod:`fpi.model.distributed`).
 
     Raises
     ------
@@ -418,9 +433,14 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     cw = class_weights(data.y[data.fit], options.class_weight_power)
     w = cw[data.y]
     log.info("cross-fitting on %d turns (%d features)", n_fit, len(fs.features))
+    grow = None
+    if distributed is not None:
+        from fpi.model.distributed import MatrixSpec
+
+        grow = partial(distributed, MatrixSpec(fs.features, fs.levels, fs.learned, cw))
     main = _fit_model(x, data.y, w, data.fit, data.fold, fs.features, base, cands,
                       (options.num_boost_round, options.early_stopping_rounds),
-                      init.booster if init is not None else None, progress, "")
+                      init.booster if init is not None else None, progress, "", grow)
     lap("model")
     baselines = _fit_baselines(data, fs, x, w, main, init, options, progress, lap)
     files = {MODEL_FILE: main.text}
@@ -447,7 +467,11 @@ def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: Fi
                     init: ModelBundle | None) -> dict[str, Any]:
     """The manifest's ``training`` section: the data, the protocol and the counts."""
     y = data.y
-    return {
+    heldout_is = "test part" if (~data.fit).any() else "out-of-fold"
+    if main.distributed is not None:
+        heldout_is = ("test part" if (~data.fit).any()
+                      else "driver sample (held out of distributed training)")
+    block: dict[str, Any] = {
         "fingerprint": _fingerprint(turns),
         "turns": turns.height,
         "labelled_turns": len(y),
@@ -456,12 +480,15 @@ def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: Fi
         "fold_rounds": main.cv.fold_rounds, "rounds": main.cv.rounds,
         "search": main.cv.search,
         "init_model": init.model_id if init is not None else None,
-        "heldout_is": "test part" if (~data.fit).any() else "out-of-fold",
+        "heldout_is": heldout_is,
         "counts": {"train": _count(data, data.fit), "valid": _count(data, data.fit),
                    "calibration": _count(data, data.fit), "test": _count(data, data.ev)},
         "class_prior": {c: round(float(n) / len(y), 6) for c, n in
                         zip(CLASSES, np.bincount(y, minlength=len(CLASSES)), strict=True)},
     }
+    if main.distributed is not None:  # only then: local bundles keep their bytes
+        block["distributed"] = main.distributed
+    return block
 
 
 def _manifest(turns: pl.DataFrame, data: _Data, fs: _FeatureSet, main: _Fitted,
@@ -546,6 +573,8 @@ def train(
     progress: Progress | None = None,
     engine: Engine | None = None,
     max_train_turns: int | None = None,
+    distributed_training: bool = False,
+    distributed_rounds: int | None = None,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
@@ -570,6 +599,12 @@ def train(
     class-stratified sample of at most that many labelled turns (the rule:
     :mod:`fpi.model.frame`).
 
+    ``distributed_training`` (with a Dask ``engine`` and ``max_train_turns``) grows the
+    shipped model with ``lightgbm.dask`` on every labelled turn outside that sample, for
+    the rounds cross-fitting on the sample picks (``distributed_rounds``, if given,
+    instead); the sample calibrates and measures it. Such models differ from run to
+    run (:mod:`fpi.model.distributed`).
+
     Raises
     ------
     InputError
@@ -585,11 +620,23 @@ def train(
                          class_weight_power=class_weight_power,
                          min_class_count=min_class_count, no_context=no_context)
     check_bundle_out(out_dir)  # before the slow part
-    turns, features = training_input(turns, features, engine, max_train_turns, seed)
+    trainer = None
+    if distributed_training:
+        if init_model is not None:
+            raise InputError("distributed training starts from scratch: not with an init "
+                             "model")
+        from fpi.model.distributed import prepare
+
+        turns, features, trainer = prepare(turns, engine, max_train_turns, seed, test_size,
+                                           split, distributed_rounds)
+    else:
+        if distributed_rounds is not None:
+            raise InputError("distributed rounds (--rounds) need distributed training")
+        turns, features = training_input(turns, features, engine, max_train_turns, seed)
     init = _init_bundle(init_model, turns)
     timings: dict[str, float] = {}
     bundle = fit(turns, options, features=features, init=init, progress=progress,
-                 timings=timings)
+                 timings=timings, distributed=trainer)
     clock = time.perf_counter()
     bundle = save(bundle, out_dir)
     timings["write"] = round(time.perf_counter() - clock, 3)

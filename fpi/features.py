@@ -218,17 +218,20 @@ def _slot_items(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _entity_items(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """ER entities and their agreement with the slot value, text, resolved name, response."""
+    """ER entities and their agreement with the slot value, text, resolved name, response
+    and the result's action."""
     # one value per slot name and turn, so the join below cannot fan out
     slot_values = _slot_items(lf).group_by("_row", "_slot").agg(pl.col("_value").sort().first())
-    lf = lf.with_columns(_resp=_norm_text(_RES.struct.field("response_text")))
+    lf = lf.with_columns(_resp=_norm_text(_RES.struct.field("response_text")),
+                         _act=_norm_text(_RES.struct.field("action")))
     return (
-        _explode(lf, _ENTS, "_t", "_resp")
+        _explode(lf, _ENTS, "_t", "_resp", "_act")
         .select(
-            "_row", "_t", "_resp",
+            "_row", "_t", "_resp", "_act",
             _ITEM.struct.field("slot").alias("_slot"),
             _norm_text(_ITEM.struct.field("mention")).alias("_mention"),
             _norm_text(_ITEM.struct.field("resolved_name")).alias("_resolved"),
+            _norm_text(_ITEM.struct.field("resolved_id")).alias("_resolved_id"),
         )
         .join(slot_values, on=["_row", "_slot"], how="left")
         .with_columns(
@@ -236,8 +239,22 @@ def _entity_items(lf: pl.LazyFrame) -> pl.LazyFrame:
             _mr=_similarity(pl.col("_mention"), pl.col("_resolved"), fuzz.token_set_ratio),
             _mt=_similarity(pl.col("_mention"), pl.col("_t"), fuzz.partial_ratio),
             _rr=_similarity(pl.col("_resolved"), pl.col("_resp"), fuzz.partial_ratio),
+            _ar=_action_names(pl.col("_act"), pl.col("_resolved_id"), pl.col("_resolved")),
         )
     )
+
+
+def _action_names(action: pl.Expr, resolved_id: pl.Expr, resolved: pl.Expr) -> pl.Expr:
+    """1.0 if the logged action names the entity ER resolved (its id or its name, as a
+    substring), 0.0 if it names neither; null without an action or a resolved entity.
+
+    Whatever the action's format, a service that acted on another entity than the one
+    ER handed it is a result failure, even when the response only says "OK."."""
+    names_id = action.str.contains(resolved_id, literal=True)
+    names_it = pl.when(resolved.str.len_chars() > 0).then(
+        action.str.contains(resolved, literal=True)).otherwise(False)
+    return pl.when(action.is_not_null() & resolved_id.is_not_null()
+                   & (resolved_id.str.len_chars() > 0)).then(_flag(names_id | names_it))
 
 
 _SID = pl.col("session_id")
@@ -328,6 +345,8 @@ _ASR_FEATURES = (
     # confidence mass of the n-best alternatives whose content words differ from the top
     _n("asr_alt_content_mass", "asr", pl.when(_ALT_DIFFERS)
        .then(_ITEM.struct.field("confidence")).otherwise(0.0).sum(), over="nbest"),
+    # how many of them: the same signal where the n-best is logged without confidences
+    _n("asr_alt_content_n", "asr", _flag(_ALT_DIFFERS).sum(), over="nbest"),
     _n("asr_runner_up_keeps_slot", "asr",
        _similarity(pl.col("_slot1"), pl.col("_ru"), fuzz.partial_ratio)),
     _n("asr_n_words", "asr", _N_WORDS.cast(pl.Float64)),
@@ -395,6 +414,8 @@ _RESULT_FEATURES = (
     _n("result_cant", "result", _flag(_RESPONSE.str.contains(_CANT_RE))),
     _n("result_response_words", "result", _n_words(_RESPONSE).cast(pl.Float64)),
     _n("result_names_entity", "result", pl.col("_rr").max(), over="entities"),
+    # the action names the entity ER resolved (the response may not: "OK.")
+    _n("result_action_names_resolved", "result", pl.col("_ar").max(), over="entities"),
     _n("result_latency_ms", "result", _RES.struct.field("latency_ms")),
 )
 

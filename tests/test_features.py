@@ -70,6 +70,22 @@ def test_values_on_a_hand_built_session() -> None:
     assert first["nlu_domain"] == "smart_home"
 
 
+def test_action_names_the_resolved_entity_and_unscored_nbest() -> None:
+    rng = np.random.default_rng(2)
+    rows = [turn("a", i, "correct", rng, 0, T0 + timedelta(seconds=9 * i)) for i in range(4)]
+    rows[0]["result"]["action"] = "turn_on:id1"  # ER resolved id1
+    rows[1]["result"]["action"] = "turn_on:id7"  # acted on another entity, says "OK."
+    rows[2]["result"]["action"] = "turn on " + rows[2]["er"]["entities"][0]["resolved_name"]
+    rows[3]["result"]["action"] = None
+    for r in rows:  # an n-best logged without confidences
+        r["asr"]["nbest"] = [{"text": r["asr"]["text"], "confidence": None},
+                             {"text": "play the garbage store", "confidence": None}]
+    f = build_features(pl.DataFrame(rows, schema=TURN_SCHEMA))
+    assert f["result_action_names_resolved"].to_list() == [1.0, 0.0, 1.0, None]
+    assert f["asr_alt_content_n"].to_list() == [1.0] * 4
+    assert f["asr_alt_content_mass"].to_list() == [0.0] * 4
+
+
 def test_absent_stages_give_missing_not_failure() -> None:
     turns = make_turns(3).with_columns(
         pl.lit(None, dtype=TURN_SCHEMA["nlu"]).alias("nlu"),

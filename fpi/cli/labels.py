@@ -316,6 +316,7 @@ class PruneChoice(StrEnum):
 
     by_class = "class"
     rank = "rank"
+    suspects = "suspects"
 
 
 def _write_fixed(frame: Any, path: Path) -> None:
@@ -356,8 +357,8 @@ def check_command(
              "its weight column is used as the training weights).", show_default=False)] = None,
     fix_by: Annotated[PruneChoice, typer.Option(
         help="Which labels --fix treats: 'class' (each label's estimated count of errors, "
-             "least confident first, as cleanlab prunes) or 'rank' (that many from the top "
-             "of the ranking).")] = PruneChoice.by_class,
+             "least confident first, as cleanlab prunes), 'rank' (that many from the top "
+             "of the ranking) or 'suspects' (every suspect).")] = PruneChoice.by_class,
     relabel_min: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="--fix relabel: least out-of-fold probability of the "
                                "suggested class to relabel.")] = 0.5,

@@ -85,11 +85,14 @@ class LabelCheck:
     def prune(self, by: str = "rank") -> pl.DataFrame:
         """The ranked turns to drop or re-annotate: ``rank``, the top
         ``estimated_errors`` of the ranking; ``class``, for each given label its own
-        estimated count, lowest self-confidence first (cleanlab's prune by class)."""
+        estimated count, lowest self-confidence first (cleanlab's prune by class);
+        ``suspects``, every suspect."""
         if by == "rank":
             return self.ranked.head(self.estimated_errors)
+        if by == "suspects":
+            return self.suspects
         if by != "class":
-            raise InputError(f"prune by 'rank' or 'class', not {by!r}")
+            raise InputError(f"prune by 'rank', 'class' or 'suspects', not {by!r}")
         quota = pl.DataFrame({"label": list((self.errors_by_label or {}).keys()),
                               "_n": list((self.errors_by_label or {}).values())},
                              schema={"label": pl.String, "_n": pl.Int64})

@@ -43,6 +43,8 @@ def test_fixed_drop_relabel_weight() -> None:
     assert weight["failure_point"].to_list() == ["asr", "nlu", "nlu", "asr"]
     assert weight["weight"].to_list() == pytest.approx([0.1 / 0.9, 0.3 / 0.7, 0.2 / 0.9, 1.0])
     assert check.fixed("drop", by="rank")["session_id"].to_list() == ["d"]
+    assert check.prune("suspects")["session_id"].to_list() == ["a", "b", "c"]
+    assert check.fixed("weight", by="suspects")["weight"].to_list()[-1] == 1.0
     with pytest.raises(InputError, match="--fix"):
         check.fixed("vote")
 

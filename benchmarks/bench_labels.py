@@ -2,7 +2,9 @@
 
 Usage (run by hand; not a test)::
 
-    python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100] [--quick]
+    python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100]
+        [--only abc] [--seed-list 1,2] [--stop-at-target] [--train-seeds 2]
+        [--reannotate 100,200,400]
 
 (a) **Learning curve.** A pool of unlabelled simulated turns and a separate test night.
     For each seed and label budget, a model is trained (``fpi.model.train``) on the
@@ -13,8 +15,11 @@ Usage (run by hand; not a test)::
 (b) **Label noise.** 5% of a training night's labels are flipped to a plausible
     neighbour class, at class-dependent rates (a tired annotator). ``check_labels``
     ranks them: the share of flipped labels in its top 10%, and the test macro-F1 of
-    models trained on clean, noisy, noisy-minus-suspects and noisy-minus-the-top
-    ``estimated_errors`` labels.
+    models trained on clean and noisy labels, the noisy ones without exactly the
+    flipped labels (oracle) or without the suspects, the cleaned sets of
+    ``LabelCheck.fixed`` (drop, relabel, weight: ``fpi labels check --fix``), and the
+    noisy labels with the top ``--reannotate`` k of the ranking set back to the truth
+    (annotators asked again), each averaged over ``--train-seeds`` training seeds.
 (c) **Measurement coverage.** Over simulated nights (each a disjoint set of sessions),
     a queue with a random stratum is drawn, its random turns labelled with the gold
     labels, and ``measure`` run with each interval method: the share of nights whose
@@ -77,7 +82,10 @@ def _score(bundle: ModelBundle, test: pl.DataFrame, test_feats: pl.DataFrame) ->
 
 def learning_curve(pool: pl.DataFrame, pool_feats: pl.DataFrame, test: pl.DataFrame,
                    test_feats: pl.DataFrame, budgets: list[int], seeds: list[int],
-                   tmp: Path) -> dict[str, Any]:
+                   tmp: Path, stop_at_target: bool = False) -> dict[str, Any]:
+    """Macro-F1 per (method, seed, labels); with ``stop_at_target`` an arm stops at the
+    first budget that reaches the full-pool model's macro-F1 minus 0.01 (the budgets
+    after it do not change the labels it needs)."""
     full = _score(_fit(pool, pool_feats, 0, tmp), test, test_feats)
     print(f"full pool model: macro-F1 {full:.4f}", flush=True)
     rows: list[tuple[str, int, int, float]] = []
@@ -87,6 +95,8 @@ def learning_curve(pool: pl.DataFrame, pool_feats: pl.DataFrame, test: pl.DataFr
         for b in budgets:  # uniform random, nested samples
             bundle = _fit(_keep_labels(pool, order.head(b)), pool_feats, seed, tmp)
             rows.append(("random", seed, b, _score(bundle, test, test_feats)))
+            if stop_at_target and rows[-1][3] >= full - 0.01:
+                break
         picked = build_queue(pool, QueueOptions(budget=budgets[0], seed=seed)).frame.select(KEY)
         for i, b in enumerate(budgets):
             if i > 0:  # queue the next batch with the model trained on the labels so far
@@ -99,6 +109,8 @@ def learning_curve(pool: pl.DataFrame, pool_feats: pl.DataFrame, test: pl.DataFr
                 picked = pl.concat([picked, q.frame.select(KEY)])
             bundle = _fit(_keep_labels(pool, picked), pool_feats, seed, tmp)
             rows.append(("queue", seed, b, _score(bundle, test, test_feats)))
+            if stop_at_target and rows[-1][3] >= full - 0.01:
+                break
         print(f"seed {seed} ({time.process_time() - c0:.0f} CPU-s, load "
               f"{os.getloadavg()[0]:.1f}): " + ", ".join(f"{m} {n} {f:.4f}" for m, s_, n, f
                                                        in rows if s_ == seed), flush=True)
@@ -231,6 +243,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--seed-list", default=None,
                    help="(a) these seeds (comma-separated) instead of 0..seeds-1")
+    p.add_argument("--stop-at-target", action="store_true",
+                   help="(a) an arm stops at the first budget reaching the target (cheaper; "
+                        "the curve's later points are then not measured)")
     p.add_argument("--pool", type=int, default=10_000)
     p.add_argument("--budgets", default="300,600,1200,2400")
     p.add_argument("--noise-turns", type=int, default=6_000)
@@ -260,7 +275,8 @@ def main() -> None:
             budgets = [int(b) for b in args.budgets.split(",")]
             seeds = ([int(s) for s in args.seed_list.split(",")] if args.seed_list
                      else list(range(args.seeds)))
-            lc = learning_curve(pool, pool_feats, test, test_feats, budgets, seeds, tmp)
+            lc = learning_curve(pool, pool_feats, test, test_feats, budgets, seeds, tmp,
+                                args.stop_at_target)
             summary = lc["curve"].group_by("method", "labels").agg(
                 pl.col("macro_f1").mean().alias("mean"), pl.col("macro_f1").std().alias("sd"),
                 pl.col("macro_f1").min().alias("min")).sort("method", "labels")

@@ -2,7 +2,9 @@
 
 Usage (run by hand; not a test)::
 
-    python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100] [--quick]
+    python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100]
+        [--only abc] [--seed-list 1,2] [--stop-at-target] [--train-seeds 2]
+        [--reannotate 100,200,400]
 
 (a) **Learning curve.** A pool of unlabelled simulated turns and a separate test night.
     For each seed and label budget, a model is trained (``fpi.model.train``) on the
@@ -13,8 +15,11 @@ Usage (run by hand; not a test)::
 (b) **Label noise.** 5% of a training night's labels are flipped to a plausible
     neighbour class, at class-dependent rates (a tired annotator). ``check_labels``
     ranks them: the share of flipped labels in its top 10%, and the test macro-F1 of
-    models trained on clean, noisy, noisy-minus-suspects and noisy-minus-the-top
-    ``estimated_errors`` labels.
+    models trained on clean and noisy labels, the noisy ones without exactly the
+    flipped labels (oracle) or without the suspects, the cleaned sets of
+    ``LabelCheck.fixed`` (drop, relabel, weight: ``fpi labels check --fix``), and the
+    noisy labels with the top ``--reannotate`` k of the ranking set back to the truth
+    (annotators asked again), each averaged over ``--train-seeds`` training seeds.
 (c) **Measurement coverage.** Over simulated nights (each a disjoint set of sessions),
     a queue with a random stratum is drawn, its random turns labelled with the gold
     labels, and ``measure`` run with each interval method: the share of nights whose
@@ -63,10 +68,11 @@ def _keep_labels(turns: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
                             .alias("label")).drop("_keep")
 
 
-def _fit(turns: pl.DataFrame, feats: pl.DataFrame, seed: int, tmp: Path) -> ModelBundle:
+def _fit(turns: pl.DataFrame, feats: pl.DataFrame, seed: int, tmp: Path,
+         weights: pl.DataFrame | None = None) -> ModelBundle:
     out = tmp / f"m{time.perf_counter_ns()}"
     return train(turns, out, seed=seed, no_context=False, min_class_count=2, test_size=0.1,
-                 features=feats).bundle
+                 features=feats, weights=weights).bundle
 
 
 def _score(bundle: ModelBundle, test: pl.DataFrame, test_feats: pl.DataFrame) -> float:
@@ -75,15 +81,22 @@ def _score(bundle: ModelBundle, test: pl.DataFrame, test_feats: pl.DataFrame) ->
 
 
 def learning_curve(pool: pl.DataFrame, pool_feats: pl.DataFrame, test: pl.DataFrame,
-                   test_feats: pl.DataFrame, budgets: list[int], seeds: int,
-                   tmp: Path) -> dict[str, Any]:
+                   test_feats: pl.DataFrame, budgets: list[int], seeds: list[int],
+                   tmp: Path, stop_at_target: bool = False) -> dict[str, Any]:
+    """Macro-F1 per (method, seed, labels); with ``stop_at_target`` an arm stops at the
+    first budget that reaches the full-pool model's macro-F1 minus 0.01 (the budgets
+    after it do not change the labels it needs)."""
     full = _score(_fit(pool, pool_feats, 0, tmp), test, test_feats)
-    rows = []
-    for seed in range(seeds):
+    print(f"full pool model: macro-F1 {full:.4f}", flush=True)
+    rows: list[tuple[str, int, int, float]] = []
+    for seed in seeds:
+        c0 = time.process_time()
         order = pool.select(KEY).sample(fraction=1.0, shuffle=True, seed=seed)
         for b in budgets:  # uniform random, nested samples
             bundle = _fit(_keep_labels(pool, order.head(b)), pool_feats, seed, tmp)
             rows.append(("random", seed, b, _score(bundle, test, test_feats)))
+            if stop_at_target and rows[-1][3] >= full - 0.01:
+                break
         picked = build_queue(pool, QueueOptions(budget=budgets[0], seed=seed)).frame.select(KEY)
         for i, b in enumerate(budgets):
             if i > 0:  # queue the next batch with the model trained on the labels so far
@@ -96,6 +109,11 @@ def learning_curve(pool: pl.DataFrame, pool_feats: pl.DataFrame, test: pl.DataFr
                 picked = pl.concat([picked, q.frame.select(KEY)])
             bundle = _fit(_keep_labels(pool, picked), pool_feats, seed, tmp)
             rows.append(("queue", seed, b, _score(bundle, test, test_feats)))
+            if stop_at_target and rows[-1][3] >= full - 0.01:
+                break
+        print(f"seed {seed} ({time.process_time() - c0:.0f} CPU-s, load "
+              f"{os.getloadavg()[0]:.1f}): " + ", ".join(f"{m} {n} {f:.4f}" for m, s_, n, f
+                                                       in rows if s_ == seed), flush=True)
     curve = pl.DataFrame(rows, schema=["method", "seed", "labels", "macro_f1"], orient="row")
     return {"full": full, "curve": curve}
 
@@ -118,16 +136,27 @@ def _drop(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
                                .alias("label")).drop("_s")
 
 
-def _relabel(frame: pl.DataFrame, picks: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with the labels of ``picks`` replaced by their ``suggested`` class."""
-    new = frame.join(picks.select(*KEY, "suggested"), on=KEY, how="left", maintain_order="left")
-    return new.with_columns(pl.col("label").struct.with_fields(
-        pl.coalesce("suggested", pl.col("label").struct.field("failure_point"))
-        .alias("failure_point"))).drop("suggested")
+def _apply(frame: pl.DataFrame, fixed: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` labelled as the cleaned set ``fixed`` says (turns it leaves out: none)."""
+    new = frame.join(fixed.select(*KEY, pl.col("failure_point").alias("_fp")), on=KEY,
+                     how="left", maintain_order="left")
+    return new.with_columns(pl.when(pl.col("_fp").is_null()).then(None).otherwise(
+        pl.col("label").struct.with_fields(pl.col("_fp").alias("failure_point")))
+        .alias("label")).drop("_fp")
+
+
+def _reannotate(noisy: pl.DataFrame, truth: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """``noisy`` with the labels of ``keys`` set back to the ``truth`` (annotators asked
+    again, and right this time)."""
+    fixed = noisy.join(keys.select(KEY).with_columns(pl.lit(True).alias("_re")), on=KEY,
+                       how="left", maintain_order="left")
+    return fixed.with_columns(pl.when(pl.col("_re")).then(truth["label"])
+                              .otherwise(pl.col("label")).alias("label")).drop("_re")
 
 
 def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFrame,
-                test_feats: pl.DataFrame, tmp: Path, train_seeds: int = 1) -> dict[str, Any]:
+                test_feats: pl.DataFrame, tmp: Path, train_seeds: int = 1,
+                reannotate: tuple[int, ...] = (100, 200, 400)) -> dict[str, Any]:
     noisy, flipped = _flip(train_night, seed=7)
     t0 = time.perf_counter()
     result = check_labels(noisy, CheckOptions(folds=5, seed=0), features=feats)
@@ -136,15 +165,28 @@ def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFra
     ranked = result.ranked.join(keys, on=KEY, maintain_order="left")
     top = ranked.head(len(flipped) // 10)
     by_class = result.prune("class")
-    variants = {"clean": train_night, "noisy": noisy,
-                "minus_flipped_oracle": _drop(noisy, keys.filter("flipped").select(KEY)),
-                "minus_suspects": _drop(noisy, result.suspects.select(KEY)),
-                "minus_top_estimated": _drop(noisy, result.prune("rank").select(KEY)),
-                "minus_by_class": _drop(noisy, by_class.select(KEY)),
-                "relabel_by_class": _relabel(noisy, by_class)}
-    f1 = {name: float(np.mean([_score(_fit(frame, feats, s, tmp), test, test_feats)
-                               for s in range(train_seeds)]))
-          for name, frame in variants.items()}
+    weighted = result.fixed("weight")
+    variants: dict[str, tuple[pl.DataFrame, pl.DataFrame | None]] = {
+        "clean": (train_night, None), "noisy": (noisy, None),
+        "drop_flipped_oracle": (_drop(noisy, keys.filter("flipped").select(KEY)), None),
+        "drop_suspects": (_drop(noisy, result.suspects.select(KEY)), None),
+        "drop": (_apply(noisy, result.fixed("drop")), None),
+        "relabel": (_apply(noisy, result.fixed("relabel")), None),
+        "weight": (noisy, weighted.select(*KEY, "weight"))}
+    for k in reannotate:
+        variants[f"reannotate_{k}"] = (_reannotate(noisy, train_night,
+                                                   ranked.head(k).select(KEY)), None)
+    f1_seeds: dict[str, list[float]] = {}
+    for name, (frame, weights) in variants.items():
+        f1_seeds[name] = [_score(_fit(frame, feats, s, tmp, weights), test, test_feats)
+                          for s in range(train_seeds)]
+        print(f"  {name}: " + ", ".join(f"{v:.4f}" for v in f1_seeds[name]), flush=True)
+    f1 = {name: float(np.mean(v)) for name, v in f1_seeds.items()}
+    fixes = {fix: result.fixed(fix) for fix in ("drop", "relabel", "weight")}
+    picked = by_class.join(keys, on=KEY)
+    relabelled = fixes["relabel"].filter(pl.col("fix").is_not_null()).join(
+        train_night.select(*KEY, pl.col("label").struct.field("failure_point").alias("_t")),
+        on=KEY)
     return {"flipped": int(flipped.sum()), "share": float(flipped.mean()),
             "found_top10": float(top["flipped"].sum() / flipped.sum()),
             "suspects": result.suspects.height, "estimated_errors": result.estimated_errors,
@@ -152,9 +194,14 @@ def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFra
                                              .mean()),
             "suspect_precision": float(ranked.filter("suspect")["flipped"].mean()),
             "suspect_recall": float(ranked.filter("suspect")["flipped"].sum() / flipped.sum()),
-            "by_class": by_class.height, "by_class_precision": float(
-                by_class.join(keys, on=KEY)["flipped"].mean()),
-            "check_seconds": check_s, "macro_f1": f1}
+            "by_class": by_class.height, "by_class_precision": float(picked["flipped"].mean()),
+            "relabelled": relabelled.height, "relabel_right": int(
+                (relabelled["failure_point"] == relabelled["_t"]).sum()),
+            "weight_mean_picked": float(fixes["weight"].filter(pl.col("fix").is_not_null())
+                                        ["weight"].mean()),
+            "reannotated_flipped": {k: int(ranked.head(k)["flipped"].sum())
+                                    for k in reannotate},
+            "check_seconds": check_s, "macro_f1": f1, "macro_f1_seeds": f1_seeds}
 
 
 def coverage(bundle: ModelBundle, nights: int, night_turns: int, budget: int,
@@ -194,11 +241,18 @@ def coverage(bundle: ModelBundle, nights: int, night_turns: int, budget: int,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed-list", default=None,
+                   help="(a) these seeds (comma-separated) instead of 0..seeds-1")
+    p.add_argument("--stop-at-target", action="store_true",
+                   help="(a) an arm stops at the first budget reaching the target (cheaper; "
+                        "the curve's later points are then not measured)")
     p.add_argument("--pool", type=int, default=10_000)
     p.add_argument("--budgets", default="300,600,1200,2400")
     p.add_argument("--noise-turns", type=int, default=6_000)
     p.add_argument("--train-seeds", type=int, default=1,
                    help="(b) training seeds each variant's macro-F1 is averaged over")
+    p.add_argument("--reannotate", default="100,200,400",
+                   help="(b) how many of the top suspects are sent back to annotators")
     p.add_argument("--nights", type=int, default=100)
     p.add_argument("--night-turns", type=int, default=2_000)
     p.add_argument("--night-budget", type=int, default=300)
@@ -219,12 +273,15 @@ def main() -> None:
         if "a" in args.only:
             t0 = time.perf_counter()
             budgets = [int(b) for b in args.budgets.split(",")]
-            lc = learning_curve(pool, pool_feats, test, test_feats, budgets, args.seeds, tmp)
+            seeds = ([int(s) for s in args.seed_list.split(",")] if args.seed_list
+                     else list(range(args.seeds)))
+            lc = learning_curve(pool, pool_feats, test, test_feats, budgets, seeds, tmp,
+                                args.stop_at_target)
             summary = lc["curve"].group_by("method", "labels").agg(
                 pl.col("macro_f1").mean().alias("mean"), pl.col("macro_f1").std().alias("sd"),
                 pl.col("macro_f1").min().alias("min")).sort("method", "labels")
             print(f"\n(a) learning curve: pool {args.pool} turns, test 6000 turns, "
-                  f"{args.seeds} seeds ({time.perf_counter() - t0:.0f} s)")
+                  f"seeds {seeds} ({time.perf_counter() - t0:.0f} s)")
             print(f"full pool ({args.pool} labels): macro-F1 {lc['full']:.4f}; target "
                   f"{lc['full'] - 0.01:.4f}")
             with pl.Config(tbl_rows=40, tbl_hide_dataframe_shape=True):
@@ -234,11 +291,20 @@ def main() -> None:
                     ["labels"].min() for m in ("random", "queue")}
             print("labels needed to reach the target (mean over seeds; None: not within the "
                   f"grid): random {need['random']}, queue {need['queue']}")
+            per_seed = lc["curve"].filter(pl.col("macro_f1") >= target).group_by(
+                "method", "seed").agg(pl.col("labels").min()).sort("method", "seed")
+            print("labels needed per seed (first budget at or above the target):")
+            for (m,), part in per_seed.group_by("method", maintain_order=True):
+                print(f"  {m}: " + ", ".join(f"seed {s} {n}" for s, n in part.select(
+                    "seed", "labels").iter_rows()))
+            with pl.Config(tbl_rows=80, tbl_hide_dataframe_shape=True):
+                print(lc["curve"].sort("method", "seed", "labels"))
         if "b" in args.only:
             t0 = time.perf_counter()
             night = simulate_frame(args.noise_turns, seed=21, labels="gold")
             ln = label_noise(night, build_features(night), test, test_feats, tmp,
-                             args.train_seeds)
+                             args.train_seeds,
+                             tuple(int(k) for k in args.reannotate.split(",")))
             print(f"\n(b) label noise: {args.noise_turns} turns, {ln['flipped']} flipped "
                   f"({ln['share']:.1%}) ({time.perf_counter() - t0:.0f} s)")
             print(f"flipped labels in the top 10% of the ranking: {ln['found_top10']:.1%}; "
@@ -247,11 +313,24 @@ def main() -> None:
                   f" (precision of that many from the top {ln['top_estimated_precision']:.1%});"
                   f" check took {ln['check_seconds']:.0f} s; pruned by class {ln['by_class']}"
                   f" (precision {ln['by_class_precision']:.1%})")
+            print(f"relabelled {ln['relabelled']} ({ln['relabel_right']} to the true class), "
+                  f"mean weight of the picked {ln['weight_mean_picked']:.3f}; flipped among "
+                  "the re-annotated: " + ", ".join(
+                      f"top {k}: {n}" for k, n in ln["reannotated_flipped"].items()))
             f1 = ln["macro_f1"]
-            print("test macro-F1: " + ", ".join(f"{k} {v:.4f}" for k, v in f1.items())
-                  + f"; lost {f1['clean'] - f1['noisy']:+.4f}; recovered (vs noisy): "
-                  + ", ".join(f"{k} {v - f1['noisy']:+.4f}" for k, v in f1.items()
-                              if k not in ("clean", "noisy")))
+            lost = f1["clean"] - f1["noisy"]
+            print(f"test macro-F1 (mean of {args.train_seeds} training seeds): clean "
+                  f"{f1['clean']:.4f}, noisy {f1['noisy']:.4f}, lost {lost:.4f}")
+            for k, v in f1.items():
+                if k in ("clean", "noisy"):
+                    continue
+                per = ""
+                if k.startswith("reannotate_"):
+                    n = int(k.split("_")[1])
+                    per = f", {(v - f1['noisy']) / n * 100:+.4f} per 100 annotations"
+                print(f"  {k:<22} {v:.4f}  recovered {v - f1['noisy']:+.4f} "
+                      f"({(v - f1['noisy']) / lost:.0%} of the loss{per})"
+                      f"  seeds {ln['macro_f1_seeds'][k]}")
         if "c" in args.only:
             t0 = time.perf_counter()
             full_bundle = full_bundle or _fit(pool, pool_feats, 0, tmp)

@@ -303,6 +303,29 @@ def _predict(model: Path, logs: list[Path]) -> Any:
         pl.col("predicted").cast(pl.String))
 
 
+class FixChoice(StrEnum):
+    """What ``fpi labels check --fix`` does to the estimated wrong labels."""
+
+    drop = "drop"
+    relabel = "relabel"
+    weight = "weight"
+
+
+class PruneChoice(StrEnum):
+    """Which labels ``--fix`` treats (:meth:`fpi.labels.check.LabelCheck.prune`)."""
+
+    by_class = "class"
+    rank = "rank"
+    suspects = "suspects"
+
+
+def _write_fixed(frame: Any, path: Path) -> None:
+    from fpi.files import atomic_path
+
+    with atomic_path(path) as tmp:  # OutputError (one line, exit 2) if it cannot
+        frame.write_parquet(tmp)
+
+
 @labels_app.command("check")
 def check_command(
     inputs: Annotated[list[Path], typer.Argument(
@@ -324,23 +347,43 @@ def check_command(
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on "
                                                         "stdout.")] = False,
+    fix: Annotated[FixChoice | None, typer.Option(
+        help="Write a cleaned label set (--fixed): drop the estimated wrong labels, relabel "
+             "them to the suggested class (those suggested with at least --relabel-min; the "
+             "rest dropped), or weight them down (p(label) / (p(label) + p(suggested))).",
+        show_default=False)] = None,
+    fixed: Annotated[Path | None, typer.Option(
+        help="With --fix: the cleaned labels Parquet to write (for `fpi train --labels`; "
+             "its weight column is used as the training weights).", show_default=False)] = None,
+    fix_by: Annotated[PruneChoice, typer.Option(
+        help="Which labels --fix treats: 'class' (each label's estimated count of errors, "
+             "least confident first, as cleanlab prunes), 'rank' (that many from the top "
+             "of the ranking) or 'suspects' (every suspect).")] = PruneChoice.by_class,
+    relabel_min: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="--fix relabel: least out-of-fold probability of the "
+                               "suggested class to relabel.")] = 0.5,
 ) -> None:
-    """Rank training labels that are probably wrong.
+    """Rank training labels that are probably wrong, and optionally write a cleaned set.
 
     Out-of-fold probabilities (k folds of whole sessions, a small LightGBM on fpi's
     features) and confident learning (per-class thresholds = mean self-confidence):
     a turn whose confident class differs from its label is a suspect; suspects are
-    ranked by the probability of their given label, lowest first.
+    ranked by the probability of their given label, lowest first. With --fix and
+    --fixed, the estimated wrong labels are dropped, relabelled or down-weighted in a
+    labels file for `fpi train --labels` (docs/labels.md says which works best).
     """
     from fpi.errors import InputError
     from fpi.files import write_text_atomic
-    from fpi.labels.check import CheckOptions, check_labels
+    from fpi.labels.check import CheckOptions, check_labels, cleaned_labels
     from fpi.labels.report import render_markdown, suspects_with_context
     from fpi.labels.resolve import join_labels_file
     from fpi.model import load_bundle
 
     if report is not None and report.suffix.lower() not in (".md", ".json"):
         raise InputError(f"--report {report}: use a .md or .json file name")
+    if (fix is None) != (fixed is None):
+        raise InputError("--fix and --fixed go together: what to do to the suspects, and "
+                         "the cleaned labels file to write")
     bundle = load_bundle(model) if model is not None else None
     turns = _read_logs(inputs)
     if labels is not None:
@@ -355,8 +398,12 @@ def check_command(
             write_text_atomic(report, text)
         except OSError as exc:
             raise InputError(f"cannot write the report to {report}: {exc}") from exc
+    if fix is not None and fixed is not None:
+        _write_fixed(cleaned_labels(result, turns, fix.value, fix_by.value, relabel_min), fixed)
     err_console.print(f"{doc['suspects']} suspects among {doc['labelled_turns']} labelled turns"
-                      + (f"; report in {escape(str(report))}" if report else ""))
+                      + (f"; report in {escape(str(report))}" if report else "")
+                      + (f"; cleaned labels ({fix.value}) in {escape(str(fixed))}"
+                         if fix is not None else ""))
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return

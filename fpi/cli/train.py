@@ -183,6 +183,11 @@ def train(
     labels: Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
                                                 show_default=False)] = None,
     label_policy: Annotated[str, typer.Option(help=_POLICY_HELP)] = "majority",
+    weights: Annotated[Path | None, typer.Option(
+        "--weights", show_default=False,
+        help="Per-turn training weights: Parquet or CSV with session_id, turn_index, weight "
+             "(unlisted turns weigh 1; e.g. `fpi labels check --fix weight`) [default: the "
+             "--labels file's weight column, if it has one].")] = None,
     engine: EngineName = "local",
     workers: Workers = None,
     scheduler: Scheduler = None,
@@ -222,6 +227,7 @@ def train(
 
     Exit status: 0 ok, 2 bad input, 3 rejects under --strict.
     """
+    from fpi.labels.resolve import training_weights
     from fpi.model import train as train_model
     from fpi.model.bundle import check_bundle_out
 
@@ -233,6 +239,7 @@ def train(
     options: dict[str, Any] = {
         "seed": seed, "threads": threads, "folds": folds, "split": split.value,
         "test_size": test_size, "init_model": init_model, "max_train_turns": max_train_turns}
+    options["weights"] = training_weights(weights, labels)
     report = None
     if engine == "local":
         frame, report = _read(inputs, allow_truncated, rejects or _default_rejects(out),

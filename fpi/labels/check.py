@@ -16,6 +16,12 @@
    the estimated number of wrong labels (``estimated_errors``). Dropping that many
    from the top of the ranking removes fewer correct labels than dropping every
    suspect.
+5. **A cleaned label set** (:meth:`LabelCheck.fixed`): the turns :meth:`LabelCheck.prune`
+   picks are dropped, relabelled (to the suggested class where the out-of-fold
+   model gives it at least ``relabel_min``, dropped otherwise: confident learning's
+   prune/relabel) or down-weighted (weight ``p(label) / (p(label) + p(suggested))``,
+   the given label's share of the two contested classes), for ``fpi train --labels``
+   (``--weights``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
     from fpi.model import ModelBundle
 
 KEY = list(KEY_COLUMNS)
+#: What :meth:`LabelCheck.fixed` can do to the picked turns.
+FIXES = ("drop", "relabel", "weight")
 
 
 @dataclass(frozen=True)
@@ -77,17 +85,50 @@ class LabelCheck:
     def prune(self, by: str = "rank") -> pl.DataFrame:
         """The ranked turns to drop or re-annotate: ``rank``, the top
         ``estimated_errors`` of the ranking; ``class``, for each given label its own
-        estimated count, lowest self-confidence first (cleanlab's prune by class)."""
+        estimated count, lowest self-confidence first (cleanlab's prune by class);
+        ``suspects``, every suspect."""
         if by == "rank":
             return self.ranked.head(self.estimated_errors)
+        if by == "suspects":
+            return self.suspects
         if by != "class":
-            raise InputError(f"prune by 'rank' or 'class', not {by!r}")
+            raise InputError(f"prune by 'rank', 'class' or 'suspects', not {by!r}")
         quota = pl.DataFrame({"label": list((self.errors_by_label or {}).keys()),
                               "_n": list((self.errors_by_label or {}).values())},
                              schema={"label": pl.String, "_n": pl.Int64})
         return self.ranked.sort("self_confidence", *KEY).join(
             quota, on="label", maintain_order="left").filter(
             pl.int_range(pl.len()).over("label") < pl.col("_n")).drop("_n").sort("rank")
+
+    def fixed(self, fix: str, by: str = "class", relabel_min: float = 0.5) -> pl.DataFrame:
+        """Every labelled turn's label, ``fix`` applied to the turns :meth:`prune` picks
+        (``by``): ``session_id, turn_index, failure_point, weight, fix`` (``fix``: what was
+        done to the turn, or null), sorted by turn. ``drop`` leaves the picks out;
+        ``relabel`` gives a pick its suggested class if the out-of-fold probability of
+        that class is at least ``relabel_min``, and leaves the other picks out;
+        ``weight`` keeps a pick's label with weight ``p(label) / (p(label) +
+        p(suggested))``. Every other turn keeps its label with weight 1."""
+        if fix not in FIXES:
+            raise InputError(f"--fix must be one of {', '.join(FIXES)}, not {fix!r}")
+        picked = self.prune(by).select(*KEY, pl.lit(True).alias("_pick"))
+        rows = self.ranked.join(picked, on=KEY, how="left", maintain_order="left").with_columns(
+            pl.col("_pick").fill_null(False))
+        sure = pl.col("_pick") & (pl.col("suggested_probability") >= relabel_min)
+        what = {"drop": pl.when("_pick").then(pl.lit("drop")),
+                "relabel": pl.when(sure).then(pl.lit("relabel"))
+                .when("_pick").then(pl.lit("drop")),
+                "weight": pl.when("_pick").then(pl.lit("weight"))}[fix]
+        share = pl.col("self_confidence") / (pl.col("self_confidence")
+                                             + pl.col("suggested_probability"))
+        return rows.with_columns(what.alias("fix")).filter(
+            pl.col("fix").fill_null("") != "drop").select(
+            *KEY,
+            pl.when(pl.col("fix") == "relabel").then("suggested").otherwise("label")
+            .alias("failure_point"),
+            pl.when(pl.col("fix") == "weight").then(share.fill_nan(0.0)).otherwise(1.0)
+            .alias("weight"),
+            pl.when(pl.col("fix") == "relabel").then(pl.format("relabel (was {})", "label"))
+            .otherwise("fix").alias("fix")).sort(KEY)
 
     @property
     def suspects(self) -> pl.DataFrame:
@@ -223,3 +264,26 @@ def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
                                                                       strict=True)}, opts,
                       estimated_errors(y, confident),
                       {c: round(float(v)) for c, v in zip(CLASSES, by_label, strict=True)})
+
+
+def cleaned_labels(result: LabelCheck, turns: pl.DataFrame, fix: str, by: str = "class",
+                   relabel_min: float = 0.5) -> pl.DataFrame:
+    """The cleaned label set of :meth:`LabelCheck.fixed` as a labels file (the columns
+    of ``fpi labels import`` plus ``weight``): kept labels keep their annotator,
+    relabelled ones are by ``fpi-check``; ``source`` says what was done, ``extra``
+    holds ``{"fix": ...}`` for a changed turn."""
+    from fpi.labels.importer import LABELS_SCHEMA
+
+    who = turns.select(*KEY, pl.col("label").struct.field("annotator").alias("_by"))
+    fixed = result.fixed(fix, by, relabel_min).join(who, on=KEY, how="left",
+                                                    maintain_order="left")
+    changed = pl.col("fix").is_not_null()
+    return fixed.select(
+        *KEY,
+        pl.when(pl.col("fix").str.starts_with("relabel")).then(pl.lit("fpi-check"))
+        .otherwise(pl.col("_by").fill_null("logs")).alias("annotator"),
+        "failure_point",
+        pl.lit(f"fpi labels check --fix {fix}").alias("source"),
+        pl.when(changed).then(pl.format('{{"fix": "{}"}}', "fix")).alias("extra"),
+        "weight",
+    ).cast(pl.Schema([*LABELS_SCHEMA.items(), ("weight", pl.Float64())]))

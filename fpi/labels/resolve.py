@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
@@ -131,3 +132,53 @@ def join_labels_file(turns: pl.DataFrame, path: str | os.PathLike[str],
     from fpi.labels.importer import read_labels_file
 
     return apply_labels(turns, read_labels_file(path), policy)
+
+
+def read_weights(path: str | os.PathLike[str]) -> pl.DataFrame:
+    """Per-turn training weights from a Parquet or CSV file with the columns
+    ``session_id, turn_index, weight`` (``--weights``; other columns are ignored, so a
+    cleaned labels file of ``fpi labels check --fix weight`` serves). A turn listed
+    on several rows (one per annotator) weighs the mean of its rows; a missing
+    weight counts as 1.
+
+    Raises
+    ------
+    InputError
+        The file is missing or unreadable, or lacks one of the columns.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"weights file {p} does not exist")
+    try:
+        frame = (pl.read_csv(p, infer_schema_length=10_000) if p.suffix.lower() == ".csv"
+                 else pl.read_parquet(p))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(f"{p} is not a weights file (Parquet, or CSV named .csv): "
+                         f"{str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    missing = [c for c in (*KEY, "weight") if c not in frame.columns]
+    if missing:
+        raise InputError(f"weights file {p} lacks column(s) {', '.join(missing)}: give "
+                         "session_id, turn_index and weight per turn")
+    try:
+        return (frame.select(pl.col("session_id").cast(pl.String),
+                             pl.col("turn_index").cast(pl.Int64),
+                             pl.col("weight").cast(pl.Float64).fill_null(1.0))
+                .group_by(KEY).agg(pl.col("weight").mean()).sort(KEY))
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"weights file {p}: turn_index and weight must be numbers "
+                         f"({str(exc).splitlines()[0]})") from None
+
+
+def training_weights(weights: str | os.PathLike[str] | None,
+                     labels: str | os.PathLike[str] | None) -> pl.DataFrame | None:
+    """The weights ``fpi train`` uses: ``--weights``, else the ``weight`` column of the
+    ``--labels`` file if it has one, else none."""
+    if weights is not None:
+        return read_weights(weights)
+    if labels is not None and Path(labels).is_file():
+        try:
+            has = "weight" in pl.read_parquet_schema(Path(labels))
+        except (pl.exceptions.PolarsError, OSError):
+            return None  # the labels reader reports what is wrong with it
+        return read_weights(labels) if has else None
+    return None

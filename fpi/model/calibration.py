@@ -65,7 +65,8 @@ class Calibration:
         return cls(t, bias)
 
 
-def fit_calibration(raw: np.ndarray, y: np.ndarray, *, l2: float = 1e-3) -> Calibration:
+def fit_calibration(raw: np.ndarray, y: np.ndarray, *, l2: float = 1e-3,
+                    weight: np.ndarray | None = None) -> Calibration:
     """Fit temperature and per-class bias by minimising the log loss on held-out data.
 
     Parameters
@@ -76,13 +77,18 @@ def fit_calibration(raw: np.ndarray, y: np.ndarray, *, l2: float = 1e-3) -> Cali
         True class indices ``(n,)``.
     l2
         Small ridge on the biases, so a class absent from ``y`` gets a finite bias.
+    weight
+        Optional per-row weights (the turns' training weights): the log loss is their
+        weighted mean. ``None`` is every row alike.
     """
     n, k = raw.shape
-    if n == 0:
+    if n == 0 or (weight is not None and not weight.sum() > 0):
         return Calibration.identity(k)
     raw = raw.astype(np.float64)
     onehot = np.zeros((n, k))
     onehot[np.arange(n), y] = 1.0
+    # per-row share of the loss: 1/n each, or the normalised weights
+    share = None if weight is None else (weight / weight.sum())[:, None]
 
     def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
         log_t, bias = params[0], params[1:]
@@ -91,8 +97,12 @@ def fit_calibration(raw: np.ndarray, y: np.ndarray, *, l2: float = 1e-3) -> Cali
         zmax = z.max(axis=1, keepdims=True)
         lse = np.log(np.exp(z - zmax).sum(axis=1, keepdims=True)) + zmax
         p = np.exp(z - lse)
-        nll = float(-(onehot * (z - lse)).sum() / n + l2 * (bias @ bias))
-        g = (p - onehot) / n
+        if share is None:
+            nll = float(-(onehot * (z - lse)).sum() / n + l2 * (bias @ bias))
+            g = (p - onehot) / n
+        else:
+            nll = float(-(share * onehot * (z - lse)).sum() + l2 * (bias @ bias))
+            g = (p - onehot) * share
         g_bias = g.sum(axis=0) + 2 * l2 * bias
         g_log_t = float(-(g * raw * inv_t).sum())
         return nll, np.concatenate([[g_log_t], g_bias])

@@ -135,11 +135,14 @@ class TextModel:
     totals: np.ndarray  # (n_classes,) total weighted counts per class
 
     @classmethod
-    def fit(cls, x: sp.csr_matrix, y: np.ndarray, k: int = len(CLASSES)) -> TextModel:
-        """Fit on binary features ``x`` and class indices ``y`` (each class weighted 1/n_c)."""
+    def fit(cls, x: sp.csr_matrix, y: np.ndarray, k: int = len(CLASSES), *,
+            weight: np.ndarray | None = None) -> TextModel:
+        """Fit on binary features ``x`` and class indices ``y`` (each class weighted 1/n_c;
+        each row also by ``weight``, if given)."""
         n_c = np.bincount(y, minlength=k).astype(np.float64)
         w = 1.0 / np.maximum(n_c, 1.0)
-        onehot = sp.csr_matrix((w[y], (np.arange(len(y)), y)), shape=(len(y), k))
+        row = w[y] if weight is None else w[y] * weight
+        onehot = sp.csr_matrix((row, (np.arange(len(y)), y)), shape=(len(y), k))
         counts = np.asarray((x.T @ onehot).todense(), dtype=np.float64)
         seen = np.flatnonzero(counts.sum(axis=1) > 0).astype(np.int32)
         c = counts[seen].astype(np.float32)
@@ -305,14 +308,16 @@ class Learned:
         return cls(models, keys)
 
 
-def fit_text_models(features: pl.DataFrame, y: np.ndarray) -> dict[str, TextModel]:
+def fit_text_models(features: pl.DataFrame, y: np.ndarray,
+                    weight: np.ndarray | None = None) -> dict[str, TextModel]:
     """One text model per field, fitted on all rows of ``features`` (labelled rows)."""
-    return {f: TextModel.fit(hashed_ngrams(features[col].to_list()), y)
+    return {f: TextModel.fit(hashed_ngrams(features[col].to_list()), y, weight=weight)
             for f, (col, _) in RAW_TEXT.items()}
 
 
 def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
-                    fields: Sequence[str] = tuple(RAW_TEXT)) -> dict[str, np.ndarray]:
+                    fields: Sequence[str] = tuple(RAW_TEXT),
+                    weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Out-of-fold text-model features: rows of fold k scored by a model fitted without it."""
     out: dict[str, np.ndarray] = {}
     for field in fields:
@@ -322,7 +327,9 @@ def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
         s = np.full((len(y), len(CLASSES)), np.nan)
         for k in np.unique(folds):
             held = folds == k
-            s[held] = TextModel.fit(x[~held], y[~held]).scores(x[held])
+            s[held] = TextModel.fit(x[~held], y[~held],
+                                    weight=None if weight is None else weight[~held]
+                                    ).scores(x[held])
         s[~_has_text(texts)] = np.nan
         out.update(zip(text_feature_names(field), s.T, strict=True))
     return out

@@ -77,7 +77,7 @@ from fpi.model.learned import (
 )
 from fpi.model.manifest import bundle_hash
 from fpi.progress import Progress, report
-from fpi.schema import CLASSES, COMPONENTS
+from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS
 
 if TYPE_CHECKING:
     from fpi.engine import Engine
@@ -207,27 +207,30 @@ class _FeatureSet:
 
 
 def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
-                 init: ModelBundle | None, learn: bool) -> _FeatureSet:
+                 init: ModelBundle | None, learn: bool,
+                 weight: np.ndarray | None = None) -> _FeatureSet:
     """Features of a new model: the init bundle's (warm start) or fixed + learned ones."""
     fit_feats = feats.filter(pl.Series(fit))
+    fw = None if weight is None else weight[fit]
     if init is not None:
         if init.learned is None:
             return _FeatureSet(init.features, init.levels, None, {})
         # the same columns, their text models refitted on this data: a text feature
         # means "log-posterior of a class given this field's text" whatever the language
         learned = Learned({f: TextModel.fit(hashed_ngrams(fit_feats[RAW_TEXT[f][0]].to_list()),
-                                            y[fit]) for f in init.learned.text},
+                                            y[fit], weight=fw) for f in init.learned.text},
                           init.learned.extra)
         features, levels = init.features, init.levels
     elif not learn:
         return _FeatureSet(FEATURES, category_levels(fit_feats, FEATURES), None, {})
     else:
-        learned = Learned(fit_text_models(fit_feats, y[fit]),
+        learned = Learned(fit_text_models(fit_feats, y[fit], fw),
                           tuple(discover_extra(fit_feats[RAW_EXTRA])))
         extra = tuple(Feature(n, g) for n, g in learned.names_groups())
         features, levels = FEATURES + extra, category_levels(fit_feats, FEATURES)
     cols = learned.columns(feats)  # full-data models: right for a test part
-    for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text)).items():
+    for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text),
+                                     fw).items():
         cols[name][fit] = oof  # fit rows: out-of-fold scores only
     return _FeatureSet(features, levels, learned, cols)
 
@@ -242,6 +245,7 @@ class _Data:
     fit: np.ndarray  # fit rows (the rest is the test part)
     fold: np.ndarray  # fold per row
     folds: int
+    weight: np.ndarray | None = None  # per-row training weight (``weights``), or none
 
     @property
     def ev(self) -> np.ndarray:
@@ -249,8 +253,47 @@ class _Data:
         return ~self.fit if (~self.fit).any() else self.fit
 
 
+def turn_weights(lab_turns: pl.DataFrame, weights: pl.DataFrame) -> np.ndarray:
+    """Each labelled turn's weight from ``weights`` (``session_id, turn_index, weight``;
+    turns it does not list weigh 1).
+
+    Raises
+    ------
+    InputError
+        ``weights`` lacks a column, has a negative, missing or non-finite weight or a
+        turn twice, or every labelled turn weighs 0.
+    """
+    missing = [c for c in (*KEY_COLUMNS, "weight") if c not in weights.columns]
+    if missing:
+        raise InputError(f"weights lack column(s) {', '.join(missing)}: give session_id, "
+                         "turn_index and weight per turn")
+    try:
+        w = weights.select(pl.col("session_id").cast(pl.String),
+                           pl.col("turn_index").cast(pl.Int64),
+                           pl.col("weight").cast(pl.Float64))
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"weights: session_id, turn_index and weight must be text, "
+                         f"integer and number: {exc}") from None
+    bad = w.filter(pl.col("weight").is_null() | ~pl.col("weight").is_finite()
+                   | (pl.col("weight") < 0))
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise InputError(f"weights: {bad.height} turn(s) have a missing, negative or "
+                         f"non-finite weight (first: session {r['session_id']!r} turn "
+                         f"{r['turn_index']}: {r['weight']})")
+    if w.select(*KEY_COLUMNS).is_duplicated().any():
+        raise InputError("weights: a turn (session_id, turn_index) is listed twice")
+    out = lab_turns.select(*KEY_COLUMNS).join(w, on=list(KEY_COLUMNS), how="left",
+                                              maintain_order="left")
+    arr = out["weight"].fill_null(1.0).to_numpy()
+    if not arr.sum() > 0:
+        raise InputError("weights: every labelled turn weighs 0: nothing to learn from")
+    return arr
+
+
 def _labelled_data(turns: pl.DataFrame, features: pl.DataFrame | None, options: FitOptions,
-                   progress: Progress | None, lap: _Laps) -> _Data:
+                   progress: Progress | None, lap: _Laps,
+                   weights: pl.DataFrame | None = None) -> _Data:
     """The labelled turns and their features (built if not given), split and folded."""
     y_all = labels_to_index(turns["label"].struct.field("failure_point"))
     labelled = y_all >= 0
@@ -270,7 +313,8 @@ def _labelled_data(turns: pl.DataFrame, features: pl.DataFrame | None, options: 
         folds = default_folds(len(y))
     fit, fold = _split_rows(lab_turns, options.split, options.test_size, options.seed, folds)
     _check_classes(y[fit], options.min_class_count)
-    return _Data(lab_turns, features.filter(lab_mask), y, fit, fold, folds)
+    weight = None if weights is None else turn_weights(lab_turns, weights)
+    return _Data(lab_turns, features.filter(lab_mask), y, fit, fold, folds, weight)
 
 
 def _split_rows(lab_turns: pl.DataFrame, split: Split, test_size: float, seed: int,
@@ -349,8 +393,8 @@ def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit: np.ndarray,
                folds: np.ndarray, which: Sequence[Feature], base: dict[str, Any],
                cands: list[dict[str, Any]], rounds_cap: tuple[int, int],
                init: lgb.Booster | None, progress: Progress | None, stage: str,
-               grow: Callable[[dict[str, Any], int], DistributedFit] | None = None
-               ) -> _Fitted:
+               grow: Callable[[dict[str, Any], int], DistributedFit] | None = None,
+               turn_w: np.ndarray | None = None) -> _Fitted:
     xf = x[fit]
     ds = binned(xf, y[fit], w[fit], which, base, keep_raw=init is not None)
     cv = crossfit(ds, xf, y[fit], folds[fit], base, cands, *rounds_cap, init, progress,
@@ -362,7 +406,7 @@ def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit: np.ndarray,
         calib = fit_calibration(raw[fit], y[fit])
         ev = ~fit if (~fit).any() else fit
         return _Fitted(grown.booster, grown.text, calib, calib.apply(raw[ev]), cv, grown.info)
-    calib = fit_calibration(cv.oof_raw, y[fit])
+    calib = fit_calibration(cv.oof_raw, y[fit], weight=None if turn_w is None else turn_w[fit])
     booster, text = fit_final(ds, cv.params, cv.rounds, init, progress, f"boosting{stage}")
     test = ~fit
     raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else cv.oof_raw
@@ -392,7 +436,7 @@ def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
         nc_init = (init.no_context_booster if init is not None else None)
         nc = _fit_model(x[:, idx], data.y, w, data.fit, data.fold, nc_feats, main.cv.params,
                         [{}], (options.num_boost_round, options.early_stopping_rounds),
-                        nc_init, progress, " (no context)")
+                        nc_init, progress, " (no context)", turn_w=data.weight)
         heldout["no_context"] = brief_metrics(
             classification_metrics(y_ev, nc.proba.argmax(axis=1)))
         lap("no_context")
@@ -407,13 +451,15 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
         features: pl.DataFrame | None = None, init: ModelBundle | None = None,
         progress: Progress | None = None,
         timings: dict[str, float] | None = None,
-        distributed: DaskTrainer | None = None) -> ModelBundle:
+        distributed: DaskTrainer | None = None,
+        weights: pl.DataFrame | None = None) -> ModelBundle:
     """Fit the failure-point model on labelled canonical turns: a bundle in memory.
 
     What :func:`train` does, without writing: see there. ``init`` is a bundle to
     continue from (its features; warm start); ``timings``, if given, receives the wall
     seconds per step. ``distributed`` grows the shipped model on a cluster, with
     ``turns`` the driver's sample (:mod:`fpi.model.distributed`).
+    ``weights``, per-turn training weights (:func:`turn_weights`).
 
     Raises
     ------
@@ -422,8 +468,9 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     """
     options = options or FitOptions()
     lap = _Laps(timings)
-    data = _labelled_data(turns, features, options, progress, lap)
-    fs = _feature_set(data.feats, data.y, data.fit, data.fold, init, options.learn_features)
+    data = _labelled_data(turns, features, options, progress, lap, weights)
+    fs = _feature_set(data.feats, data.y, data.fit, data.fold, init, options.learn_features,
+                      data.weight)
     x = model_matrix(data.feats, fs.features, fs.levels, fs.columns)
     lap("learned")
     n_fit = int(data.fit.sum())
@@ -431,7 +478,7 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     cands = ([dict(options.params)] if options.params
              else (candidates(n_fit) if options.search else [{}]))
     cw = class_weights(data.y[data.fit], options.class_weight_power)
-    w = cw[data.y]
+    w = cw[data.y] if data.weight is None else cw[data.y] * data.weight
     log.info("cross-fitting on %d turns (%d features)", n_fit, len(fs.features))
     grow = None
     if distributed is not None:
@@ -440,7 +487,8 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
         grow = partial(distributed, MatrixSpec(fs.features, fs.levels, fs.learned, cw))
     main = _fit_model(x, data.y, w, data.fit, data.fold, fs.features, base, cands,
                       (options.num_boost_round, options.early_stopping_rounds),
-                      init.booster if init is not None else None, progress, "", grow)
+                      init.booster if init is not None else None, progress, "", grow,
+                      data.weight)
     lap("model")
     baselines = _fit_baselines(data, fs, x, w, main, init, options, progress, lap)
     files = {MODEL_FILE: main.text}
@@ -483,12 +531,21 @@ def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: Fi
         "heldout_is": heldout_is,
         "counts": {"train": _count(data, data.fit), "valid": _count(data, data.fit),
                    "calibration": _count(data, data.fit), "test": _count(data, data.ev)},
+        **({} if data.weight is None else {"weights": _weight_block(data)}),
         "class_prior": {c: round(float(n) / len(y), 6) for c, n in
                         zip(CLASSES, np.bincount(y, minlength=len(CLASSES)), strict=True)},
     }
     if main.distributed is not None:  # only then: local bundles keep their bytes
         block["distributed"] = main.distributed
     return block
+
+
+def _weight_block(data: _Data) -> dict[str, Any]:
+    """How the turns were weighted (only in a weighted model's manifest)."""
+    assert data.weight is not None
+    w = data.weight[data.fit]
+    return {"turns_not_1": int((w != 1).sum()), "turns_0": int((w == 0).sum()),
+            "sum": round(float(w.sum()), 6)}
 
 
 def _manifest(turns: pl.DataFrame, data: _Data, fs: _FeatureSet, main: _Fitted,
@@ -575,6 +632,7 @@ def train(
     max_train_turns: int | None = None,
     distributed_training: bool = False,
     distributed_rounds: int | None = None,
+    weights: pl.DataFrame | None = None,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
@@ -604,6 +662,12 @@ def train(
     the rounds cross-fitting on the sample picks (``distributed_rounds``, if given,
     instead); the sample calibrates and measures it. Such models differ from run to
     run (:mod:`fpi.model.distributed`).
+    ``weights`` (``session_id, turn_index, weight``; unlisted labelled turns weigh 1,
+    e.g. from ``fpi labels check --fix weight``) multiply each turn's class weight in
+    the LightGBM datasets of cross-fitting, early stopping and the shipped model, weigh
+    the calibration's log loss and the text models' counts; weight 0 is the same as no
+    label for learning. The held-out metrics stay unweighted: every labelled turn counts
+    once, with its label as given.
 
     Raises
     ------
@@ -636,7 +700,7 @@ def train(
     init = _init_bundle(init_model, turns)
     timings: dict[str, float] = {}
     bundle = fit(turns, options, features=features, init=init, progress=progress,
-                 timings=timings, distributed=trainer)
+                 timings=timings, distributed=trainer, weights=weights)
     clock = time.perf_counter()
     bundle = save(bundle, out_dir)
     timings["write"] = round(time.perf_counter() - clock, 3)

@@ -50,7 +50,7 @@ def test_prune_by_rank_and_by_class() -> None:
     assert check.prune("rank")["session_id"].to_list() == ["a", "b", "c"]
     # one asr (the least self-confident), two nlu (e, then c), back in rank order
     assert check.prune("class")["session_id"].to_list() == ["a", "c", "e"]
-    with pytest.raises(InputError, match="prune"):
+    with pytest.raises(InputError, match="prune by"):
         check.prune("vote")
 
 

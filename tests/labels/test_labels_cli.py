@@ -140,12 +140,18 @@ def test_import_and_agreement_errors(loop, tmp_path: Path) -> None:
 
 def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> None:
     report = tmp_path / "check.md"
+    clean = tmp_path / "clean.parquet"
     r = fpi("labels", "check", night_file, "--folds", 2, "--top", 5, "--report", report,
-            "--json")
+            "--json", "--fix", "weight", "--fixed", clean)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["labelled_turns"] == 2000 and len(doc["top"]) == min(5, doc["suspects"])
     assert report.read_text().startswith("# Probably wrong labels")
+    fixed = pl.read_parquet(clean)
+    assert fixed.height == 2000 and "cleaned labels (weight)" in r.stderr
+    # the estimated wrong labels, and only they, are weighted down
+    assert (fixed["weight"] < 1).sum() == fixed["extra"].is_not_null().sum() > 0
+    assert_error(inproc("labels", "check", night_file, "--fix", "drop"), "--fixed")
     assert_error(fpi("labels", "check", night_file, "--report", tmp_path / "r.html"), "r.html")
     assert_error(inproc("labels", "check", night_file, "--labels",
                         loop["dir"] / "nope.parquet"), "nope.parquet")
@@ -161,9 +167,15 @@ def test_train_on_imported_labels(night_file: Path, tmp_path: Path) -> None:
     labels.with_columns(pl.lit("ann").alias("annotator")).write_csv(tmp_path / "l.csv")
     assert inproc("labels", "import", tmp_path / "l.csv", "-o", tmp_path / "l.parquet"
                   ).returncode == 0
+    labels.head(100).select("session_id", "turn_index", pl.lit(0.25).alias("weight")
+                            ).write_csv(tmp_path / "w.csv")
+    assert_error(inproc("train", night_file, "-o", tmp_path / "m", "--weights",
+                        tmp_path / "no.csv"), "no.csv")
     r = inproc("train", night_file, "-o", tmp_path / "m", "--labels", tmp_path / "l.parquet",
-               "--label-policy", "gold:ann", "--folds", "2", "--json")
+               "--label-policy", "gold:ann", "--folds", "2", "--json", "--weights",
+               tmp_path / "w.csv")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["training"]["labelled_turns"] == 1500
+    assert manifest["training"]["weights"]["turns_not_1"] == 100
     assert manifest["training"]["turns"] == night.height

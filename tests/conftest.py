@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +80,46 @@ def dask_cluster() -> Iterator[Any]:
 
     with DaskEngine(workers=2, timeout=60) as engine:
         yield engine
+
+
+def _written(path: Path) -> bool:
+    """Whether the scheduler has finished writing its file (it is valid JSON)."""
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``dask scheduler`` and ``dask worker`` as separate processes, as on a cluster,
+    started by the first test that asks for them; tests must not stop them."""
+    where = tmp_path_factory.mktemp("dask")
+    path = where / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get(
+        "PYTHONPATH", "")])}
+    dask = [sys.executable, "-m", "dask"]
+    procs = [subprocess.Popen([*dask, "scheduler", "--scheduler-file", str(path), "--port",
+                               "0", "--no-dashboard"], env=env, cwd=where,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen(
+            [*dask, "worker", "--scheduler-file", str(path), "--nthreads", "1",
+             "--no-dashboard", "--local-directory", str(where)], env=env, cwd=where,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 60
+        while not _written(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield path
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @pytest.fixture(autouse=True)

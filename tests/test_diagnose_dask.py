@@ -17,8 +17,7 @@ from typing import Any
 import polars as pl
 import pytest
 from dask_tasks import die_first
-from test_engine_dask import scheduler_file  # noqa: F401 - a fixture, used by name
-from test_features import make_turns
+from tiny_turns import make_turns
 
 import fpi
 from fpi.diagnose import partition
@@ -107,7 +106,7 @@ def test_a_part_holding_another_parts_session_is_refused(night: Path, small_bund
 
 def test_separate_scheduler_and_worker_give_the_same_summary(
         night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
-        scheduler_file: Path) -> None:  # noqa: F811 - the imported fixture
+        scheduler_file: Path) -> None:
     out = tmp_path / "out"
     res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
                "dask", "--scheduler-file", scheduler_file, *CLI_OPTS)

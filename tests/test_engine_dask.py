@@ -4,11 +4,9 @@ module), and a scheduler and a worker started as separate processes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,6 @@ from fpi.engine.dask import DaskEngine, worker_versions
 from fpi.errors import EngineError
 from fpi.ingest.partition import MANIFEST, ingest_partitioned
 
-TESTS = Path(__file__).parent
 
 
 @pytest.fixture
@@ -109,45 +106,6 @@ def test_fpi_does_not_import_dask() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
-
-
-def _written(path: Path) -> bool:
-    """Whether the scheduler has finished writing its file (it is valid JSON)."""
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """``dask scheduler`` and ``dask worker`` as separate processes, as on a cluster."""
-    where = tmp_path_factory.mktemp("dask")
-    path = where / "scheduler.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
-        "PYTHONPATH", "")])}
-    dask = [sys.executable, "-m", "dask"]
-    procs = [subprocess.Popen([*dask, "scheduler", "--scheduler-file", str(path), "--port",
-                               "0", "--no-dashboard"], env=env, cwd=where,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        procs.append(subprocess.Popen(
-            [*dask, "worker", "--scheduler-file", str(path), "--nthreads", "1",
-             "--no-dashboard", "--local-directory", str(where)], env=env, cwd=where,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 60
-        while not _written(path) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        yield path
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def test_separate_scheduler_and_worker_processes(scheduler_file: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from test_features import make_turns
+from tiny_turns import make_turns
 
 import fpi
 from fpi.errors import InputError
@@ -204,3 +204,11 @@ def test_distributed_training_grows_a_loadable_bundle(dask_cluster: Any, parts: 
     turns.head(800).write_parquet(night)
     diagnosed = fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out")
     assert diagnosed.exit_status == 0 and diagnosed.summary["turns"] == 800
+
+
+def test_distributed_training_refuses_per_turn_weights(turns: pl.DataFrame,
+                                                       tmp_path: Path) -> None:
+    weights = turns.select("session_id", "turn_index").with_columns(weight=pl.lit(0.5))
+    with pytest.raises(InputError, match="per-turn weights"):
+        train(turns, tmp_path / "m", distributed_training=True, weights=weights, **QUICK)
+    assert not (tmp_path / "m").exists()

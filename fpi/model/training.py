@@ -689,6 +689,9 @@ def train(
         if init_model is not None:
             raise InputError("distributed training starts from scratch: not with an init "
                              "model")
+        if weights is not None:
+            raise InputError("distributed training grows the shipped model without per-turn "
+                             "weights: not with --weights or a weight column in --labels")
         from fpi.model.distributed import prepare
 
         turns, features, trainer = prepare(turns, engine, max_train_turns, seed, test_size,

@@ -19,7 +19,6 @@ from fpi.errors import EngineError
 from fpi.ingest.partition import MANIFEST, ingest_partitioned
 
 
-
 @pytest.fixture
 def cluster(dask_cluster: DaskEngine) -> DaskEngine:
     return dask_cluster  # tests/conftest.py: one local cluster per test run

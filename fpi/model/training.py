@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from fpi import __version__
 from fpi.errors import InputError, ModelError, SchemaError
@@ -52,25 +53,29 @@ from fpi.model.bundle import (
 )
 from fpi.model.calibration import Calibration, fit_calibration
 from fpi.model.crossfit import (
+    HOLDOUT_MIN,
+    HOLDOUT_PARTS,
+    NO_CONTEXT_MAX_TURNS,
     CrossFit,
+    Protocol,
     assign_folds,
     binned,
     candidates,
     crossfit,
     default_folds,
+    default_protocol,
     fit_final,
     test_mask,
 )
-from fpi.model.frame import training_input
+from fpi.model.frame import sample_mask, training_input
 from fpi.model.learned import (
     RAW_EXTRA,
-    RAW_TEXT,
     Learned,
     TextModel,
     discover_extra,
     fit_text_models,
-    hashed_ngrams,
     oof_text_scores,
+    text_matrices,
 )
 from fpi.model.manifest import bundle_hash
 from fpi.progress import Progress, report
@@ -102,6 +107,7 @@ DEFAULT_PARAMS: Final[dict[str, Any]] = {
 }
 
 Split = Literal["session", "time"]
+ProtocolChoice = Literal["auto", "crossfit", "holdout"]
 
 
 @dataclass(frozen=True)
@@ -121,10 +127,19 @@ class FitOptions:
     class_weight_power: float = 0.5
     min_class_count: int = MIN_CLASS_COUNT
     no_context: bool = True
+    protocol: ProtocolChoice = "auto"
+    holdout_min: int = HOLDOUT_MIN
+    no_context_max_turns: int = NO_CONTEXT_MAX_TURNS
 
     def __post_init__(self) -> None:
         if not 0 <= self.test_size < 1:
             raise InputError(f"test size must be at least 0 and below 1, got {self.test_size}")
+        if self.protocol not in ("auto", "crossfit", "holdout"):
+            raise InputError(f"unknown protocol {self.protocol!r}: use 'auto', 'crossfit' "
+                             "or 'holdout'")
+        if self.no_context_max_turns < 1:
+            raise InputError("no-context max turns must be at least 1, got "
+                             f"{self.no_context_max_turns}")
         if self.folds is not None and self.folds < 2:
             raise InputError(f"folds must be at least 2, got {self.folds}")
 
@@ -202,6 +217,10 @@ class _FeatureSet:
     columns: dict[str, np.ndarray]  # learned columns of the labelled rows (OOF on fit rows)
 
 
+def _rows(hashed: dict[str, sp.csr_matrix], mask: np.ndarray) -> dict[str, sp.csr_matrix]:
+    return {f: m[mask] for f, m in hashed.items()}
+
+
 def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
                  init: ModelBundle | None, learn: bool) -> _FeatureSet:
     """Features of a new model: the init bundle's (warm start) or fixed + learned ones."""
@@ -211,19 +230,21 @@ def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.
             return _FeatureSet(init.features, init.levels, None, {})
         # the same columns, their text models refitted on this data: a text feature
         # means "log-posterior of a class given this field's text" whatever the language
-        learned = Learned({f: TextModel.fit(hashed_ngrams(fit_feats[RAW_TEXT[f][0]].to_list()),
-                                            y[fit]) for f in init.learned.text},
+        hashed = text_matrices(feats, tuple(init.learned.text))  # hashed once, sliced
+        learned = Learned({f: TextModel.fit(hashed[f][fit], y[fit]) for f in init.learned.text},
                           init.learned.extra)
         features, levels = init.features, init.levels
     elif not learn:
         return _FeatureSet(FEATURES, category_levels(fit_feats, FEATURES), None, {})
     else:
-        learned = Learned(fit_text_models(fit_feats, y[fit]),
+        hashed = text_matrices(feats)
+        learned = Learned(fit_text_models(fit_feats, y[fit], _rows(hashed, fit)),
                           tuple(discover_extra(fit_feats[RAW_EXTRA])))
         extra = tuple(Feature(n, g) for n, g in learned.names_groups())
         features, levels = FEATURES + extra, category_levels(fit_feats, FEATURES)
-    cols = learned.columns(feats)  # full-data models: right for a test part
-    for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text)).items():
+    cols = learned.columns(feats, hashed)  # full-data models: right for a test part
+    for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text),
+                                     _rows(hashed, fit)).items():
         cols[name][fit] = oof  # fit rows: out-of-fold scores only
     return _FeatureSet(features, levels, learned, cols)
 
@@ -238,11 +259,20 @@ class _Data:
     fit: np.ndarray  # fit rows (the rest is the test part)
     fold: np.ndarray  # fold per row
     folds: int
+    protocol: Protocol
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Rows with out-of-fold margins: every fit row, or the holdout's validation part
+        (the fit rows of the lowest fold, as :func:`fpi.model.crossfit.crossfit` holds out)."""
+        if self.protocol == "crossfit":
+            return self.fit
+        return self.fit & (self.fold == self.fold[self.fit].min())
 
     @property
     def ev(self) -> np.ndarray:
-        """Rows the held-out metrics are on: the test part, or every fit row (OOF)."""
-        return ~self.fit if (~self.fit).any() else self.fit
+        """Rows the held-out metrics are on: the test part, or the out-of-fold rows."""
+        return ~self.fit if (~self.fit).any() else self.valid
 
 
 def _labelled_data(turns: pl.DataFrame, features: pl.DataFrame | None, options: FitOptions,
@@ -261,12 +291,14 @@ def _labelled_data(turns: pl.DataFrame, features: pl.DataFrame | None, options: 
     lab_mask = pl.Series(labelled)
     lab_turns = turns.filter(lab_mask)
     y = y_all[labelled]
+    protocol: Protocol = (default_protocol(len(y), options.holdout_min)
+                          if options.protocol == "auto" else options.protocol)
     folds = options.folds
-    if folds is None:  # large data: fewer folds keep training time sane
-        folds = default_folds(len(y))
+    if folds is None:  # large data: fewer folds (or one validation part) keep it sane
+        folds = HOLDOUT_PARTS if protocol == "holdout" else default_folds(len(y))
     fit, fold = _split_rows(lab_turns, options.split, options.test_size, options.seed, folds)
     _check_classes(y[fit], options.min_class_count)
-    return _Data(lab_turns, features.filter(lab_mask), y, fit, fold, folds)
+    return _Data(lab_turns, features.filter(lab_mask), y, fit, fold, folds, protocol)
 
 
 def _split_rows(lab_turns: pl.DataFrame, split: Split, test_size: float, seed: int,
@@ -313,10 +345,12 @@ def _base_params(n_fit: int, seed: int, threads: int) -> dict[str, Any]:
 
 
 def _rules_oof(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
-               seed: int) -> tuple[RuleBaseline, np.ndarray]:
-    """The rule baseline fitted on all fit rows, and its out-of-fold predictions."""
+               seed: int, holdout: bool = False) -> tuple[RuleBaseline, np.ndarray]:
+    """The rule baseline fitted on all fit rows, and its out-of-fold predictions (on
+    the first fold only with ``holdout``; -1 where there is none)."""
     pred = np.full(len(y), -1)
-    for k in np.unique(folds[fit]):
+    ks = np.unique(folds[fit])
+    for k in ks[:1] if holdout else ks:
         held = fit & (folds == k)
         rule = fit_rule_baseline(feats.filter(pl.Series(fit & ~held)), y[fit & ~held],
                                  seed=seed)
@@ -337,21 +371,34 @@ class _Fitted:
     calibration: Calibration
     proba: np.ndarray  # on the evaluated rows (OOF fit rows, or the test part)
     cv: CrossFit
+    train_turns: int  # rows the shipped model trained on
 
 
-def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit: np.ndarray,
-               folds: np.ndarray, which: Sequence[Feature], base: dict[str, Any],
+def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
+               which: Sequence[Feature], base: dict[str, Any],
                cands: list[dict[str, Any]], rounds_cap: tuple[int, int],
-               init: lgb.Booster | None, progress: Progress | None, stage: str) -> _Fitted:
-    xf = x[fit]
-    ds = binned(xf, y[fit], w[fit], which, base, keep_raw=init is not None)
-    cv = crossfit(ds, xf, y[fit], folds[fit], base, cands, *rounds_cap, init, progress,
-                  f"cross-fitting{stage}")
-    calib = fit_calibration(cv.oof_raw, y[fit])
-    booster, text = fit_final(ds, cv.params, cv.rounds, init, progress, f"boosting{stage}")
-    test = ~fit
-    raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else cv.oof_raw
-    return _Fitted(booster, text, calib, calib.apply(raw), cv)
+               init: lgb.Booster | None, progress: Progress | None, stage: str,
+               keep: np.ndarray | None = None) -> _Fitted:
+    """Cross-fit (or, by ``data.protocol``, hold out), calibrate and fit the shipped model.
+
+    ``keep`` (holdout only): the fit rows the models may train on, a sample; the
+    validation part is scored whole, so the metrics are on the same rows as without it.
+    """
+    holdout = data.protocol == "holdout"
+    rows = data.fit if keep is None else data.fit & (keep | data.valid)
+    trainable = None if keep is None else keep[rows]
+    xf, yf = x[rows], y[rows]
+    ds = binned(xf, yf, w[rows], which, base, keep_raw=init is not None)
+    cv = crossfit(ds, xf, yf, data.fold[rows], base, cands, *rounds_cap, init, progress,
+                  f"cross-fitting{stage}", holdout, trainable)
+    oof_raw = cv.oof_raw[cv.held]
+    calib = fit_calibration(oof_raw, yf[cv.held])
+    booster, text = fit_final(ds, cv.params, cv.rounds, init, progress, f"boosting{stage}",
+                              trainable)
+    test = ~data.fit
+    raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else oof_raw
+    n_train = int(rows.sum() if trainable is None else trainable.sum())
+    return _Fitted(booster, text, calib, calib.apply(raw), cv, n_train)
 
 
 @dataclass(frozen=True)
@@ -362,6 +409,15 @@ class _Baselines:
     no_context_features: tuple[Feature, ...]
     rules: RuleBaseline
     heldout: dict[str, Any]
+
+
+def _no_context_rows(data: _Data, options: FitOptions) -> np.ndarray | None:
+    """Holdout protocol: a seeded, class-stratified sample of at most
+    ``no_context_max_turns`` fit rows (:func:`fpi.model.frame.sample_mask`), else None."""
+    if data.protocol != "holdout" or data.fit.sum() <= options.no_context_max_turns:
+        return None
+    y = np.where(data.fit, data.y, -1)
+    return sample_mask(data.turns, y, options.no_context_max_turns, options.seed)
 
 
 def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
@@ -375,14 +431,15 @@ def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
     if options.no_context:
         idx = [i for i, f in enumerate(fs.features) if f.group != "context"]
         nc_init = (init.no_context_booster if init is not None else None)
-        nc = _fit_model(x[:, idx], data.y, w, data.fit, data.fold, nc_feats, main.cv.params,
+        nc = _fit_model(x[:, idx], data.y, w, data, nc_feats, main.cv.params,
                         [{}], (options.num_boost_round, options.early_stopping_rounds),
-                        nc_init, progress, " (no context)")
+                        nc_init, progress, " (no context)", _no_context_rows(data, options))
         heldout["no_context"] = brief_metrics(
             classification_metrics(y_ev, nc.proba.argmax(axis=1)))
         lap("no_context")
     report(progress, "rule baseline", 0, None)
-    rules, rule_pred = _rules_oof(data.feats, data.y, data.fit, data.fold, options.seed)
+    rules, rule_pred = _rules_oof(data.feats, data.y, data.fit, data.fold, options.seed,
+                                  data.protocol == "holdout")
     heldout["rules"] = brief_metrics(classification_metrics(y_ev, rule_pred[data.ev]))
     lap("rules")
     return _Baselines(nc, nc_feats, rules, heldout)
@@ -416,7 +473,7 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     cw = class_weights(data.y[data.fit], options.class_weight_power)
     w = cw[data.y]
     log.info("cross-fitting on %d turns (%d features)", n_fit, len(fs.features))
-    main = _fit_model(x, data.y, w, data.fit, data.fold, fs.features, base, cands,
+    main = _fit_model(x, data.y, w, data, fs.features, base, cands,
                       (options.num_boost_round, options.early_stopping_rounds),
                       init.booster if init is not None else None, progress, "")
     lap("model")
@@ -449,14 +506,15 @@ def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: Fi
         "fingerprint": _fingerprint(turns),
         "turns": turns.height,
         "labelled_turns": len(y),
-        "protocol": "crossfit", "folds": data.folds, "split": options.split,
+        "protocol": data.protocol, "folds": data.folds, "split": options.split,
         "seed": options.seed, "threads": options.threads, "test_size": options.test_size,
         "fold_rounds": main.cv.fold_rounds, "rounds": main.cv.rounds,
         "search": main.cv.search,
         "init_model": init.model_id if init is not None else None,
-        "heldout_is": "test part" if (~data.fit).any() else "out-of-fold",
-        "counts": {"train": _count(data, data.fit), "valid": _count(data, data.fit),
-                   "calibration": _count(data, data.fit), "test": _count(data, data.ev)},
+        "heldout_is": "test part" if (~data.fit).any() else (
+            "out-of-fold" if data.protocol == "crossfit" else "validation part"),
+        "counts": {"train": _count(data, data.fit), "valid": _count(data, data.valid),
+                   "calibration": _count(data, data.valid), "test": _count(data, data.ev)},
         "class_prior": {c: round(float(n) / len(y), 6) for c, n in
                         zip(CLASSES, np.bincount(y, minlength=len(CLASSES)), strict=True)},
     }
@@ -496,7 +554,8 @@ def _manifest(turns: pl.DataFrame, data: _Data, fs: _FeatureSet, main: _Fitted,
         "no_context": None if nc is None else {
             "features": [f.name for f in baselines.no_context_features],
             "calibration": nc.calibration.to_dict(),
-            "best_iteration": nc.booster.current_iteration()},
+            "best_iteration": nc.booster.current_iteration(),
+            "train_turns": nc.train_turns},
         "baselines": {
             "rules": {"thresholds": baselines.rules.to_dict()},
             "heldout": baselines.heldout,
@@ -542,6 +601,9 @@ def train(
     progress: Progress | None = None,
     engine: Engine | None = None,
     max_train_turns: int | None = None,
+    protocol: ProtocolChoice = "auto",
+    holdout_min: int = HOLDOUT_MIN,
+    no_context_max_turns: int = NO_CONTEXT_MAX_TURNS,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
@@ -566,6 +628,15 @@ def train(
     class-stratified sample of at most that many labelled turns (the rule:
     :mod:`fpi.model.frame`).
 
+    ``protocol="holdout"`` (``"auto"``: from ``holdout_min`` labelled turns on,
+    :func:`fpi.model.crossfit.default_protocol`) runs only the first of the folds
+    (``folds``, by default 5): its sessions are the validation part, which gives the
+    early-stopped rounds, the calibration and the held-out metrics (``heldout_is``
+    ``validation part``); the shipped model is still trained on all labelled turns.
+    Its no-context baseline trains on a seeded, class-stratified sample of at most
+    ``no_context_max_turns`` of them (scored on the whole validation part), and the
+    rule baseline is scored on the validation part.
+
     Raises
     ------
     InputError
@@ -579,7 +650,9 @@ def train(
                          early_stopping_rounds=early_stopping_rounds, params=params,
                          search=search, learn_features=learn_features,
                          class_weight_power=class_weight_power,
-                         min_class_count=min_class_count, no_context=no_context)
+                         min_class_count=min_class_count, no_context=no_context,
+                         protocol=protocol, holdout_min=holdout_min,
+                         no_context_max_turns=no_context_max_turns)
     check_bundle_out(out_dir)  # before the slow part
     turns, features = training_input(turns, features, engine, max_train_turns, seed)
     init = _init_bundle(init_model, turns)

@@ -121,3 +121,18 @@ def test_cli_protocol_holdout(tmp_path: Path) -> None:
     assert doc["training"]["protocol"] == "holdout"
     assert doc["training"]["heldout_is"] == "validation part"
     assert "metrics validation part" in " ".join(run.stderr.split())
+
+
+def test_holdout_without_refit_ships_the_validated_model(night: pl.DataFrame,
+                                                         holdout_model: TrainResult,
+                                                         tmp_path: Path) -> None:
+    res = train(night, tmp_path / "m", seed=0, threads=1, holdout_min=1000,
+                holdout_refit=False, no_context=False, **FAST)
+    t = res.manifest["training"]
+    assert t["shipped"] == "the validated model"
+    assert holdout_model.manifest["training"]["shipped"] == "refit on all fit rows"
+    assert t["counts"]["train"]["turns"] == night.height - t["counts"]["valid"]["turns"]
+    assert res.bundle.booster.current_iteration() == t["rounds"] == t["fold_rounds"][0]
+    # the same validation margins (same fold model): the same held-out metrics
+    assert res.heldout["macro_f1"] == pytest.approx(holdout_model.heldout["macro_f1"],
+                                                    abs=1e-12)

@@ -124,6 +124,7 @@ class FoldFit:
     raw: np.ndarray
     best_iteration: int
     score: float  # weighted multi_logloss on the held-out fold at the best iteration
+    model: str | None = None  # its text at the best iteration, if asked for (keep_model)
 
 
 def binned(x: np.ndarray, y: np.ndarray, w: np.ndarray, which: Sequence[Feature],
@@ -145,7 +146,7 @@ def binned(x: np.ndarray, y: np.ndarray, w: np.ndarray, which: Sequence[Feature]
 
 def fit_fold(ds: lgb.Dataset, x: np.ndarray, train: np.ndarray, held: np.ndarray,
              params: dict[str, Any], num_boost_round: int, early_stopping_rounds: int,
-             init_model: lgb.Booster | None = None) -> FoldFit:
+             init_model: lgb.Booster | None = None, keep_model: bool = False) -> FoldFit:
     """Train on ``train`` rows of ``ds``, early-stop on ``held`` rows; margins on ``held``."""
     booster = lgb.train(params, ds.subset(np.flatnonzero(train).tolist()),
                         num_boost_round=num_boost_round,
@@ -156,7 +157,8 @@ def fit_fold(ds: lgb.Dataset, x: np.ndarray, train: np.ndarray, held: np.ndarray
     score = float(booster.best_score["valid"]["multi_logloss"])
     raw = np.asarray(booster.predict(x[held], raw_score=True, num_iteration=best))
     start = init_model.current_iteration() if init_model is not None else 0
-    return FoldFit(raw, max(1, best - start), score)
+    model = booster.model_to_string(num_iteration=best) if keep_model else None
+    return FoldFit(raw, max(1, best - start), score, model)
 
 
 @dataclass(frozen=True)
@@ -169,19 +171,22 @@ class CrossFit:
     fold_rounds: list[int]
     search: list[dict[str, Any]]
     held: np.ndarray  # rows with out-of-fold margins (all, or the holdout's first fold)
+    model: str | None = None  # the first fold's model (holdout without refit)
 
 
 def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
              base: dict[str, Any], cands: list[dict[str, Any]],
              num_boost_round: int, early_stopping_rounds: int,
              init: lgb.Booster | None, progress: Progress | None, stage: str,
-             holdout: bool = False, trainable: np.ndarray | None = None) -> CrossFit:
+             holdout: bool = False, trainable: np.ndarray | None = None,
+             keep_model: bool = False) -> CrossFit:
     """Search ``cands`` on the first fold (lowest held-out log loss wins), then fit the
     other folds with the winner; rounds = 1.1 x the mean early-stopped rounds.
 
     ``ds`` is :func:`binned` of the fit rows ``x`` (labels ``y``, fold per row ``folds``).
     ``holdout`` stops after the first fold (the validation part); ``trainable``, if
-    given, are the only rows the fold models train on (every row is still scored).
+    given, are the only rows the fold models train on (every row is still scored);
+    ``keep_model`` keeps the first fold's model text (:attr:`CrossFit.model`).
     """
     ks = [int(k) for k in np.unique(folds)]
     total = len(cands) + (0 if holdout else len(ks) - 1)
@@ -190,7 +195,7 @@ def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
     def run(k: int, p: dict[str, Any]) -> FoldFit:
         train = folds != k if trainable is None else (folds != k) & trainable
         return fit_fold(ds, x, train, folds == k, p, num_boost_round,
-                        early_stopping_rounds, init)
+                        early_stopping_rounds, init, keep_model and k == ks[0])
 
     tried = [(run(ks[0], {**base, **c}), c) for c in cands]
     report(progress, stage, len(cands), total)
@@ -208,7 +213,7 @@ def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
     search = [{**c, "fold0_logloss": round(f.score, 6), "rounds": f.best_iteration}
               for f, c in tried]
     held = folds == ks[0] if holdout else np.ones(len(y), dtype=bool)
-    return CrossFit(params, oof, rounds, fold_rounds, search, held)
+    return CrossFit(params, oof, rounds, fold_rounds, search, held, first.model)
 
 
 def fit_final(ds: lgb.Dataset, params: dict[str, Any], rounds: int,

@@ -130,6 +130,7 @@ class FitOptions:
     protocol: ProtocolChoice = "auto"
     holdout_min: int = HOLDOUT_MIN
     no_context_max_turns: int = NO_CONTEXT_MAX_TURNS
+    holdout_refit: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.test_size < 1:
@@ -372,33 +373,42 @@ class _Fitted:
     proba: np.ndarray  # on the evaluated rows (OOF fit rows, or the test part)
     cv: CrossFit
     train_turns: int  # rows the shipped model trained on
+    refit: bool  # the shipped model was refitted (else: the validated model itself)
 
 
 def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
                which: Sequence[Feature], base: dict[str, Any],
                cands: list[dict[str, Any]], rounds_cap: tuple[int, int],
                init: lgb.Booster | None, progress: Progress | None, stage: str,
-               keep: np.ndarray | None = None) -> _Fitted:
+               keep: np.ndarray | None = None, refit: bool = True) -> _Fitted:
     """Cross-fit (or, by ``data.protocol``, hold out), calibrate and fit the shipped model.
 
     ``keep`` (holdout only): the fit rows the models may train on, a sample; the
     validation part is scored whole, so the metrics are on the same rows as without it.
+    ``refit=False`` (holdout only) ships the validated model itself instead of a refit.
     """
     holdout = data.protocol == "holdout"
     rows = data.fit if keep is None else data.fit & (keep | data.valid)
     trainable = None if keep is None else keep[rows]
     xf, yf = x[rows], y[rows]
     ds = binned(xf, yf, w[rows], which, base, keep_raw=init is not None)
+    refit = refit or not holdout
     cv = crossfit(ds, xf, yf, data.fold[rows], base, cands, *rounds_cap, init, progress,
-                  f"cross-fitting{stage}", holdout, trainable)
+                  f"cross-fitting{stage}", holdout, trainable, keep_model=not refit)
     oof_raw = cv.oof_raw[cv.held]
     calib = fit_calibration(oof_raw, yf[cv.held])
-    booster, text = fit_final(ds, cv.params, cv.rounds, init, progress, f"boosting{stage}",
-                              trainable)
+    if refit:
+        booster, text = fit_final(ds, cv.params, cv.rounds, init, progress,
+                                  f"boosting{stage}", trainable)
+    else:
+        assert cv.model is not None
+        booster, text = lgb.Booster(model_str=cv.model), cv.model
     test = ~data.fit
     raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else oof_raw
     n_train = int(rows.sum() if trainable is None else trainable.sum())
-    return _Fitted(booster, text, calib, calib.apply(raw), cv, n_train)
+    if not refit:
+        n_train = int((~cv.held if trainable is None else trainable & ~cv.held).sum())
+    return _Fitted(booster, text, calib, calib.apply(raw), cv, n_train, refit)
 
 
 @dataclass(frozen=True)
@@ -433,7 +443,8 @@ def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
         nc_init = (init.no_context_booster if init is not None else None)
         nc = _fit_model(x[:, idx], data.y, w, data, nc_feats, main.cv.params,
                         [{}], (options.num_boost_round, options.early_stopping_rounds),
-                        nc_init, progress, " (no context)", _no_context_rows(data, options))
+                        nc_init, progress, " (no context)", _no_context_rows(data, options),
+                        options.holdout_refit)
         heldout["no_context"] = brief_metrics(
             classification_metrics(y_ev, nc.proba.argmax(axis=1)))
         lap("no_context")
@@ -475,7 +486,8 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     log.info("cross-fitting on %d turns (%d features)", n_fit, len(fs.features))
     main = _fit_model(x, data.y, w, data, fs.features, base, cands,
                       (options.num_boost_round, options.early_stopping_rounds),
-                      init.booster if init is not None else None, progress, "")
+                      init.booster if init is not None else None, progress, "",
+                      refit=options.holdout_refit)
     lap("model")
     baselines = _fit_baselines(data, fs, x, w, main, init, options, progress, lap)
     files = {MODEL_FILE: main.text}
@@ -508,12 +520,15 @@ def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: Fi
         "labelled_turns": len(y),
         "protocol": data.protocol, "folds": data.folds, "split": options.split,
         "seed": options.seed, "threads": options.threads, "test_size": options.test_size,
-        "fold_rounds": main.cv.fold_rounds, "rounds": main.cv.rounds,
+        "fold_rounds": main.cv.fold_rounds,
+        "rounds": main.cv.rounds if main.refit else main.cv.fold_rounds[0],
+        "shipped": "refit on all fit rows" if main.refit else "the validated model",
         "search": main.cv.search,
         "init_model": init.model_id if init is not None else None,
         "heldout_is": "test part" if (~data.fit).any() else (
             "out-of-fold" if data.protocol == "crossfit" else "validation part"),
-        "counts": {"train": _count(data, data.fit), "valid": _count(data, data.valid),
+        "counts": {"train": _count(data, data.fit if main.refit else data.fit & ~data.valid),
+                   "valid": _count(data, data.valid),
                    "calibration": _count(data, data.valid), "test": _count(data, data.ev)},
         "class_prior": {c: round(float(n) / len(y), 6) for c, n in
                         zip(CLASSES, np.bincount(y, minlength=len(CLASSES)), strict=True)},
@@ -604,6 +619,7 @@ def train(
     protocol: ProtocolChoice = "auto",
     holdout_min: int = HOLDOUT_MIN,
     no_context_max_turns: int = NO_CONTEXT_MAX_TURNS,
+    holdout_refit: bool = True,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
@@ -652,7 +668,8 @@ def train(
                          class_weight_power=class_weight_power,
                          min_class_count=min_class_count, no_context=no_context,
                          protocol=protocol, holdout_min=holdout_min,
-                         no_context_max_turns=no_context_max_turns)
+                         no_context_max_turns=no_context_max_turns,
+                         holdout_refit=holdout_refit)
     check_bundle_out(out_dir)  # before the slow part
     turns, features = training_input(turns, features, engine, max_train_turns, seed)
     init = _init_bundle(init_model, turns)

@@ -651,7 +651,8 @@ def train(
     ``validation part``); the shipped model is still trained on all labelled turns.
     Its no-context baseline trains on a seeded, class-stratified sample of at most
     ``no_context_max_turns`` of them (scored on the whole validation part), and the
-    rule baseline is scored on the validation part.
+    rule baseline is scored on the validation part. ``holdout_refit=False`` ships the
+    validated model itself instead of refitting on all labelled turns.
 
     Raises
     ------

@@ -3,13 +3,15 @@
 Usage::
 
     python benchmarks/bench_train.py [--turns 1000000] [--threads 2] [--seed 0]
+        [--data FILE] [--out DIR] [--protocol auto|crossfit|holdout]
 
 The turns are simulated first, in a separate process, into a canonical Parquet
 file (not timed). Then this process reads it (the ingest fast path), builds the
 features and trains the model and its no-context baseline, and writes the
 bundle: that is what is timed. Peak memory is this process's maximum resident
 set size (it includes the data, the features and LightGBM). Target (issue 12):
-under 120 s at 1M turns on a 2-core machine, peak memory under 8 GB.
+under 120 s at 1M turns on a 2-core machine, peak memory under 8 GB. ``--out``
+keeps the bundle (e.g. for ``fpi evaluate`` on a separate simulated night).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="reuse this simulated Parquet file")
+    parser.add_argument("--out", type=Path, help="write the bundle here (kept)")
+    parser.add_argument("--protocol", default="auto", choices=("auto", "crossfit", "holdout"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="fpi-bench-train-") as tmp:
@@ -64,7 +68,8 @@ def main() -> None:
         cpu_start = _cpu_s()
         turns, _ = read_traces(data)
         read_s = time.perf_counter() - start
-        result = train(turns, Path(tmp) / "model", seed=args.seed, threads=args.threads)
+        result = train(turns, args.out or Path(tmp) / "model", seed=args.seed,
+                       threads=args.threads, protocol=args.protocol)
         wall = time.perf_counter() - start
         cpu = _cpu_s() - cpu_start
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
@@ -73,7 +78,8 @@ def main() -> None:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
               f"python {platform.python_version()}")
         print(f"turns: {turns.height} ({counts['train']['turns']} train, "
-              f"{counts['test']['turns']} scored {result.manifest['training']['heldout_is']}); "
+              f"{counts['test']['turns']} scored {result.manifest['training']['heldout_is']}, "
+              f"protocol {result.manifest['training']['protocol']}); "
               f"threads: {args.threads}")
         print(f"read: {read_s:.1f} s; " + "; ".join(f"{k}: {v:.1f} s"
                                                    for k, v in result.timings.items()))

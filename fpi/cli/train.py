@@ -149,6 +149,14 @@ class SplitChoice(StrEnum):
     time = "time"
 
 
+class ProtocolChoice(StrEnum):
+    """``--protocol``: k-fold cross-fitting, one validation part, or by data size."""
+
+    auto = "auto"
+    crossfit = "crossfit"
+    holdout = "holdout"
+
+
 @app.command()
 def train(
     inputs: Annotated[list[Path], typer.Argument(
@@ -161,8 +169,15 @@ def train(
                                                      "reproducibility key).")] = 1,
     folds: Annotated[int | None, typer.Option(
         min=2, help="Cross-fitting folds (of whole sessions) for the out-of-fold metrics, "
-                    "calibration and rounds [default: 5, 3 above 20,000 labelled turns]",
+                    "calibration and rounds (default 5, 3 above 20,000 labelled turns); "
+                    "with the holdout protocol, 1/folds of the sessions is the validation "
+                    "part (default 5).",
         show_default=False)] = None,
+    protocol: Annotated[ProtocolChoice, typer.Option(
+        help="'crossfit' (k folds), 'holdout' (one validation part of 1/folds of the "
+             "sessions gives the rounds, calibration and metrics; the no-context baseline "
+             "trains on at most 200,000 turns) or 'auto': holdout from 300,000 labelled "
+             "turns on (docs/model.md).")] = ProtocolChoice.auto,
     split: Annotated[SplitChoice, typer.Option(help="With --test-size > 0, which sessions are set "
                                             "aside: 'session' (random) or 'time' (newest).")
                      ] = SplitChoice.session,
@@ -213,7 +228,9 @@ def train(
 
     Every labelled turn is used: k-fold cross-fitting by session gives out-of-fold
     predictions for calibration, early stopping and the held-out metrics, and the
-    shipped model is trained on all labels. The metrics are printed next to the two baselines
+    shipped model is trained on all labels. From 300,000 labelled turns on (--protocol
+    auto) one validation part of the sessions takes the folds' place, to keep training
+    time sane. The metrics are printed next to the two baselines
     (the first-bad-stage rule and the model without dialogue context) and, where a
     second annotator's labels exist, human agreement. Same data + seed + threads give
     a byte-identical model. Records that break a rule of the trace format (e.g. an
@@ -238,7 +255,8 @@ def train(
     check_bundle_out(out)  # refuse a foreign --out before reading any data
     options: dict[str, Any] = {
         "seed": seed, "threads": threads, "folds": folds, "split": split.value,
-        "test_size": test_size, "init_model": init_model, "max_train_turns": max_train_turns}
+        "test_size": test_size, "init_model": init_model, "max_train_turns": max_train_turns,
+        "protocol": protocol.value}
     options["weights"] = training_weights(weights, labels)
     report = None
     if engine == "local":

@@ -6,6 +6,11 @@ fits the calibration, measures the held-out metrics and the confusion matrices,
 and takes the number of boosting rounds; the shipped model is then trained on
 all labelled turns (:func:`fit_final`). A session's fold is a hash of the seed and its id
 alone, so it does not depend on row order or on which other sessions are in the data.
+
+On large data (:func:`default_protocol`) the *holdout* protocol runs only the first
+fold: its sessions are the validation part, which gives the rounds, the calibration
+and the held-out metrics (issue 12: at a million turns every label is worth little,
+and each fold model costs as much as the shipped one).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -68,6 +73,21 @@ def default_folds(n: int) -> int:
     return next((k for most, k in AUTO_FOLDS if n <= most), 3)
 
 
+Protocol = Literal["crossfit", "holdout"]
+
+#: Fewest labelled turns for which ``protocol="auto"`` picks the holdout protocol.
+HOLDOUT_MIN: Final = 300_000
+#: Parts of the holdout protocol: the first (1/5 of the sessions) is the validation part.
+HOLDOUT_PARTS: Final = 5
+#: Most training turns of the no-context baseline under the holdout protocol.
+NO_CONTEXT_MAX_TURNS: Final = 200_000
+
+
+def default_protocol(n: int, holdout_min: int = HOLDOUT_MIN) -> Protocol:
+    """``holdout`` from ``holdout_min`` labelled turns on, else ``crossfit``."""
+    return "holdout" if n >= holdout_min else "crossfit"
+
+
 def candidates(n: int) -> list[dict[str, Any]]:
     """A handful of LightGBM parameter sets for ``n`` labelled turns (searched in order).
 
@@ -104,6 +124,7 @@ class FoldFit:
     raw: np.ndarray
     best_iteration: int
     score: float  # weighted multi_logloss on the held-out fold at the best iteration
+    model: str | None = None  # its text at the best iteration, if asked for (keep_model)
 
 
 def binned(x: np.ndarray, y: np.ndarray, w: np.ndarray, which: Sequence[Feature],
@@ -125,7 +146,7 @@ def binned(x: np.ndarray, y: np.ndarray, w: np.ndarray, which: Sequence[Feature]
 
 def fit_fold(ds: lgb.Dataset, x: np.ndarray, train: np.ndarray, held: np.ndarray,
              params: dict[str, Any], num_boost_round: int, early_stopping_rounds: int,
-             init_model: lgb.Booster | None = None) -> FoldFit:
+             init_model: lgb.Booster | None = None, keep_model: bool = False) -> FoldFit:
     """Train on ``train`` rows of ``ds``, early-stop on ``held`` rows; margins on ``held``."""
     booster = lgb.train(params, ds.subset(np.flatnonzero(train).tolist()),
                         num_boost_round=num_boost_round,
@@ -136,7 +157,8 @@ def fit_fold(ds: lgb.Dataset, x: np.ndarray, train: np.ndarray, held: np.ndarray
     score = float(booster.best_score["valid"]["multi_logloss"])
     raw = np.asarray(booster.predict(x[held], raw_score=True, num_iteration=best))
     start = init_model.current_iteration() if init_model is not None else 0
-    return FoldFit(raw, max(1, best - start), score)
+    model = booster.model_to_string(num_iteration=best) if keep_model else None
+    return FoldFit(raw, max(1, best - start), score, model)
 
 
 @dataclass(frozen=True)
@@ -144,28 +166,36 @@ class CrossFit:
     """Out-of-fold margins of the fit rows, rounds for the shipped model, the search."""
 
     params: dict[str, Any]
-    oof_raw: np.ndarray
+    oof_raw: np.ndarray  # zeros outside ``held``
     rounds: int
     fold_rounds: list[int]
     search: list[dict[str, Any]]
+    held: np.ndarray  # rows with out-of-fold margins (all, or the holdout's first fold)
+    model: str | None = None  # the first fold's model (holdout without refit)
 
 
 def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
              base: dict[str, Any], cands: list[dict[str, Any]],
              num_boost_round: int, early_stopping_rounds: int,
-             init: lgb.Booster | None, progress: Progress | None, stage: str) -> CrossFit:
+             init: lgb.Booster | None, progress: Progress | None, stage: str,
+             holdout: bool = False, trainable: np.ndarray | None = None,
+             keep_model: bool = False) -> CrossFit:
     """Search ``cands`` on the first fold (lowest held-out log loss wins), then fit the
     other folds with the winner; rounds = 1.1 x the mean early-stopped rounds.
 
     ``ds`` is :func:`binned` of the fit rows ``x`` (labels ``y``, fold per row ``folds``).
+    ``holdout`` stops after the first fold (the validation part); ``trainable``, if
+    given, are the only rows the fold models train on (every row is still scored);
+    ``keep_model`` keeps the first fold's model text (:attr:`CrossFit.model`).
     """
     ks = [int(k) for k in np.unique(folds)]
-    total = len(cands) + len(ks) - 1
+    total = len(cands) + (0 if holdout else len(ks) - 1)
     report(progress, stage, 0, total)
 
     def run(k: int, p: dict[str, Any]) -> FoldFit:
-        return fit_fold(ds, x, folds != k, folds == k, p, num_boost_round,
-                        early_stopping_rounds, init)
+        train = folds != k if trainable is None else (folds != k) & trainable
+        return fit_fold(ds, x, train, folds == k, p, num_boost_round,
+                        early_stopping_rounds, init, keep_model and k == ks[0])
 
     tried = [(run(ks[0], {**base, **c}), c) for c in cands]
     report(progress, stage, len(cands), total)
@@ -174,7 +204,7 @@ def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
     oof = np.zeros((len(y), len(CLASSES)))
     oof[folds == ks[0]] = first.raw
     fold_rounds = [first.best_iteration]
-    for i, k in enumerate(ks[1:]):
+    for i, k in enumerate([] if holdout else ks[1:]):
         r = run(k, params)
         oof[folds == k] = r.raw
         fold_rounds.append(r.best_iteration)
@@ -182,14 +212,17 @@ def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
     rounds = max(1, round(1.1 * float(np.mean(fold_rounds))))
     search = [{**c, "fold0_logloss": round(f.score, 6), "rounds": f.best_iteration}
               for f, c in tried]
-    return CrossFit(params, oof, rounds, fold_rounds, search)
+    held = folds == ks[0] if holdout else np.ones(len(y), dtype=bool)
+    return CrossFit(params, oof, rounds, fold_rounds, search, held, first.model)
 
 
 def fit_final(ds: lgb.Dataset, params: dict[str, Any], rounds: int,
               init: lgb.Booster | None, progress: Progress | None,
-              stage: str) -> tuple[lgb.Booster, str]:
-    """The shipped model: all fit rows (``ds``, :func:`binned`), the cross-fitted rounds."""
-    booster = lgb.train(params, ds, num_boost_round=rounds, init_model=init,
+              stage: str, rows: np.ndarray | None = None) -> tuple[lgb.Booster, str]:
+    """The shipped model: all fit rows (``ds``, :func:`binned`; or its ``rows``, a mask),
+    the cross-fitted rounds."""
+    train = ds if rows is None else ds.subset(np.flatnonzero(rows).tolist())
+    booster = lgb.train(params, train, num_boost_round=rounds, init_model=init,
                         callbacks=[cb for cb in (boosting_callback(progress, stage),)
                                    if cb is not None])
     text = booster.model_to_string()

@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from fpi.diagnose.partition import PartitionSource
     from fpi.engine import Engine
 
-__all__ = ["TurnSample", "partition_frame", "sample_quotas", "sample_turns", "train_sources",
-           "training_frame", "training_input"]
+__all__ = ["TurnSample", "partition_frame", "sample_mask", "sample_quotas", "sample_turns",
+           "train_sources", "training_frame", "training_input"]
 
 
 @dataclass(frozen=True)
@@ -223,3 +223,9 @@ def training_input(turns: pl.DataFrame | str | os.PathLike[str],
         return turns, features
     return sample_turns(turns, build_features(turns) if features is None else features,
                         sample)
+
+
+def sample_mask(turns: pl.DataFrame, y: np.ndarray, max_turns: int, seed: int) -> np.ndarray:
+    """Rows of :func:`sample_turns`' rule among the rows with ``y >= 0`` (class indices;
+    -1 rows are never kept): at most ``max_turns``, class-stratified, seeded."""
+    return _keep_lowest(turns, y, sample_quotas(_counts(y), max_turns), seed)

@@ -264,8 +264,10 @@ class Learned:
         out += [(extra_feature_name(k), EXTRA_GROUPS[k.split(".")[0]]) for k in self.extra]
         return out
 
-    def columns(self, features: pl.DataFrame) -> dict[str, np.ndarray]:
-        """Feature name -> values for ``features`` (a frame from build_features)."""
+    def columns(self, features: pl.DataFrame,
+                hashed: dict[str, sp.csr_matrix] | None = None) -> dict[str, np.ndarray]:
+        """Feature name -> values for ``features`` (a frame from build_features);
+        ``hashed`` are its text fields' :func:`text_matrices`, if already built."""
         missing = [c for c in (*(RAW_TEXT[f][0] for f in self.text),
                                *([RAW_EXTRA] if self.extra else [])) if c not in features.columns]
         if missing:
@@ -274,7 +276,8 @@ class Learned:
         out: dict[str, np.ndarray] = {}
         for field, model in self.text.items():
             texts = features[RAW_TEXT[field][0]]
-            s = _scores_by_text(model, texts)
+            s = (model.scores(hashed[field]) if hashed is not None
+                 else _scores_by_text(model, texts))
             s[~_has_text(texts)] = np.nan
             out.update(zip(text_feature_names(field), s.T, strict=True))
         vals = extra_values(features[RAW_EXTRA], self.extra) if self.extra else None
@@ -308,22 +311,31 @@ class Learned:
         return cls(models, keys)
 
 
+def text_matrices(features: pl.DataFrame, fields: Sequence[str] = tuple(RAW_TEXT)
+                  ) -> dict[str, sp.csr_matrix]:
+    """:func:`hashed_ngrams` of each text field of ``features``: hash once, fit and score
+    from the same matrices (rows of the matrix of a frame are those of a slice of it)."""
+    return {f: hashed_ngrams(features[RAW_TEXT[f][0]].to_list()) for f in fields}
+
+
 def fit_text_models(features: pl.DataFrame, y: np.ndarray,
+                    hashed: dict[str, sp.csr_matrix] | None = None,
                     weight: np.ndarray | None = None) -> dict[str, TextModel]:
     """One text model per field, fitted on all rows of ``features`` (labelled rows)."""
-    return {f: TextModel.fit(hashed_ngrams(features[col].to_list()), y, weight=weight)
-            for f, (col, _) in RAW_TEXT.items()}
+    hashed = hashed if hashed is not None else text_matrices(features)
+    return {f: TextModel.fit(hashed[f], y, weight=weight) for f in RAW_TEXT}
 
 
 def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
                     fields: Sequence[str] = tuple(RAW_TEXT),
+                    hashed: dict[str, sp.csr_matrix] | None = None,
                     weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Out-of-fold text-model features: rows of fold k scored by a model fitted without it."""
     out: dict[str, np.ndarray] = {}
     for field in fields:
         col = RAW_TEXT[field][0]
         texts = features[col]
-        x = hashed_ngrams(texts.to_list())
+        x = hashed[field] if hashed is not None else hashed_ngrams(texts.to_list())
         s = np.full((len(y), len(CLASSES)), np.nan)
         for k in np.unique(folds):
             held = folds == k

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from fpi import __version__
 from fpi.errors import InputError, ModelError, SchemaError
@@ -55,25 +56,29 @@ from fpi.model.bundle import (
 )
 from fpi.model.calibration import Calibration, fit_calibration
 from fpi.model.crossfit import (
+    HOLDOUT_MIN,
+    HOLDOUT_PARTS,
+    NO_CONTEXT_MAX_TURNS,
     CrossFit,
+    Protocol,
     assign_folds,
     binned,
     candidates,
     crossfit,
     default_folds,
+    default_protocol,
     fit_final,
     test_mask,
 )
-from fpi.model.frame import training_input
+from fpi.model.frame import sample_mask, training_input
 from fpi.model.learned import (
     RAW_EXTRA,
-    RAW_TEXT,
     Learned,
     TextModel,
     discover_extra,
     fit_text_models,
-    hashed_ngrams,
     oof_text_scores,
+    text_matrices,
 )
 from fpi.model.manifest import bundle_hash
 from fpi.progress import Progress, report
@@ -106,6 +111,7 @@ DEFAULT_PARAMS: Final[dict[str, Any]] = {
 }
 
 Split = Literal["session", "time"]
+ProtocolChoice = Literal["auto", "crossfit", "holdout"]
 
 
 @dataclass(frozen=True)
@@ -125,10 +131,20 @@ class FitOptions:
     class_weight_power: float = 0.5
     min_class_count: int = MIN_CLASS_COUNT
     no_context: bool = True
+    protocol: ProtocolChoice = "auto"
+    holdout_min: int = HOLDOUT_MIN
+    no_context_max_turns: int = NO_CONTEXT_MAX_TURNS
+    holdout_refit: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.test_size < 1:
             raise InputError(f"test size must be at least 0 and below 1, got {self.test_size}")
+        if self.protocol not in ("auto", "crossfit", "holdout"):
+            raise InputError(f"unknown protocol {self.protocol!r}: use 'auto', 'crossfit' "
+                             "or 'holdout'")
+        if self.no_context_max_turns < 1:
+            raise InputError("no-context max turns must be at least 1, got "
+                             f"{self.no_context_max_turns}")
         if self.folds is not None and self.folds < 2:
             raise InputError(f"folds must be at least 2, got {self.folds}")
 
@@ -206,6 +222,10 @@ class _FeatureSet:
     columns: dict[str, np.ndarray]  # learned columns of the labelled rows (OOF on fit rows)
 
 
+def _rows(hashed: dict[str, sp.csr_matrix], mask: np.ndarray) -> dict[str, sp.csr_matrix]:
+    return {f: m[mask] for f, m in hashed.items()}
+
+
 def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
                  init: ModelBundle | None, learn: bool,
                  weight: np.ndarray | None = None) -> _FeatureSet:
@@ -217,20 +237,22 @@ def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.
             return _FeatureSet(init.features, init.levels, None, {})
         # the same columns, their text models refitted on this data: a text feature
         # means "log-posterior of a class given this field's text" whatever the language
-        learned = Learned({f: TextModel.fit(hashed_ngrams(fit_feats[RAW_TEXT[f][0]].to_list()),
-                                            y[fit], weight=fw) for f in init.learned.text},
+        hashed = text_matrices(feats, tuple(init.learned.text))  # hashed once, sliced
+        learned = Learned({f: TextModel.fit(hashed[f][fit], y[fit], weight=fw)
+                           for f in init.learned.text},
                           init.learned.extra)
         features, levels = init.features, init.levels
     elif not learn:
         return _FeatureSet(FEATURES, category_levels(fit_feats, FEATURES), None, {})
     else:
-        learned = Learned(fit_text_models(fit_feats, y[fit], fw),
+        hashed = text_matrices(feats)
+        learned = Learned(fit_text_models(fit_feats, y[fit], _rows(hashed, fit), fw),
                           tuple(discover_extra(fit_feats[RAW_EXTRA])))
         extra = tuple(Feature(n, g) for n, g in learned.names_groups())
         features, levels = FEATURES + extra, category_levels(fit_feats, FEATURES)
-    cols = learned.columns(feats)  # full-data models: right for a test part
+    cols = learned.columns(feats, hashed)  # full-data models: right for a test part
     for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text),
-                                     fw).items():
+                                     _rows(hashed, fit), fw).items():
         cols[name][fit] = oof  # fit rows: out-of-fold scores only
     return _FeatureSet(features, levels, learned, cols)
 
@@ -245,12 +267,21 @@ class _Data:
     fit: np.ndarray  # fit rows (the rest is the test part)
     fold: np.ndarray  # fold per row
     folds: int
+    protocol: Protocol
     weight: np.ndarray | None = None  # per-row training weight (``weights``), or none
 
     @property
+    def valid(self) -> np.ndarray:
+        """Rows with out-of-fold margins: every fit row, or the holdout's validation part
+        (the fit rows of the lowest fold, as :func:`fpi.model.crossfit.crossfit` holds out)."""
+        if self.protocol == "crossfit":
+            return self.fit
+        return self.fit & (self.fold == self.fold[self.fit].min())
+
+    @property
     def ev(self) -> np.ndarray:
-        """Rows the held-out metrics are on: the test part, or every fit row (OOF)."""
-        return ~self.fit if (~self.fit).any() else self.fit
+        """Rows the held-out metrics are on: the test part, or the out-of-fold rows."""
+        return ~self.fit if (~self.fit).any() else self.valid
 
 
 def turn_weights(lab_turns: pl.DataFrame, weights: pl.DataFrame) -> np.ndarray:
@@ -308,13 +339,15 @@ def _labelled_data(turns: pl.DataFrame, features: pl.DataFrame | None, options: 
     lab_mask = pl.Series(labelled)
     lab_turns = turns.filter(lab_mask)
     y = y_all[labelled]
+    protocol: Protocol = (default_protocol(len(y), options.holdout_min)
+                          if options.protocol == "auto" else options.protocol)
     folds = options.folds
-    if folds is None:  # large data: fewer folds keep training time sane
-        folds = default_folds(len(y))
+    if folds is None:  # large data: fewer folds (or one validation part) keep it sane
+        folds = HOLDOUT_PARTS if protocol == "holdout" else default_folds(len(y))
     fit, fold = _split_rows(lab_turns, options.split, options.test_size, options.seed, folds)
     _check_classes(y[fit], options.min_class_count)
     weight = None if weights is None else turn_weights(lab_turns, weights)
-    return _Data(lab_turns, features.filter(lab_mask), y, fit, fold, folds, weight)
+    return _Data(lab_turns, features.filter(lab_mask), y, fit, fold, folds, protocol, weight)
 
 
 def _split_rows(lab_turns: pl.DataFrame, split: Split, test_size: float, seed: int,
@@ -361,10 +394,12 @@ def _base_params(n_fit: int, seed: int, threads: int) -> dict[str, Any]:
 
 
 def _rules_oof(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
-               seed: int) -> tuple[RuleBaseline, np.ndarray]:
-    """The rule baseline fitted on all fit rows, and its out-of-fold predictions."""
+               seed: int, holdout: bool = False) -> tuple[RuleBaseline, np.ndarray]:
+    """The rule baseline fitted on all fit rows, and its out-of-fold predictions (on
+    the first fold only with ``holdout``; -1 where there is none)."""
     pred = np.full(len(y), -1)
-    for k in np.unique(folds[fit]):
+    ks = np.unique(folds[fit])
+    for k in ks[:1] if holdout else ks:
         held = fit & (folds == k)
         rule = fit_rule_baseline(feats.filter(pl.Series(fit & ~held)), y[fit & ~held],
                                  seed=seed)
@@ -385,32 +420,58 @@ class _Fitted:
     calibration: Calibration
     proba: np.ndarray  # on the evaluated rows (OOF fit rows, or the test part)
     cv: CrossFit
+    train_turns: int  # rows the shipped model trained on
+    refit: bool  # the shipped model was refitted (else: the validated model itself)
     #: what the manifest says of a model grown by lightgbm.dask (None: grown here)
     distributed: dict[str, Any] | None = None
 
 
-def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, fit: np.ndarray,
-               folds: np.ndarray, which: Sequence[Feature], base: dict[str, Any],
+def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
+               which: Sequence[Feature], base: dict[str, Any],
                cands: list[dict[str, Any]], rounds_cap: tuple[int, int],
                init: lgb.Booster | None, progress: Progress | None, stage: str,
+               keep: np.ndarray | None = None, refit: bool = True,
                grow: Callable[[dict[str, Any], int], DistributedFit] | None = None,
                turn_w: np.ndarray | None = None) -> _Fitted:
-    xf = x[fit]
-    ds = binned(xf, y[fit], w[fit], which, base, keep_raw=init is not None)
-    cv = crossfit(ds, xf, y[fit], folds[fit], base, cands, *rounds_cap, init, progress,
-                  f"cross-fitting{stage}")
+    """Cross-fit (or, by ``data.protocol``, hold out), calibrate and fit the shipped model.
+
+    ``keep`` (holdout only): the fit rows the models may train on, a sample; the
+    validation part is scored whole, so the metrics are on the same rows as without it.
+    ``refit=False`` (holdout only) ships the validated model itself instead of a refit.
+    ``grow`` grows the shipped model on a cluster instead (distributed training);
+    ``turn_w`` weighs the calibration's rows (per-turn weights).
+    """
+    holdout = data.protocol == "holdout"
+    rows = data.fit if keep is None else data.fit & (keep | data.valid)
+    trainable = None if keep is None else keep[rows]
+    xf, yf = x[rows], y[rows]
+    ds = binned(xf, yf, w[rows], which, base, keep_raw=init is not None)
+    refit = refit or not holdout
+    cv = crossfit(ds, xf, yf, data.fold[rows], base, cands, *rounds_cap, init, progress,
+                  f"cross-fitting{stage}", holdout, trainable, keep_model=not refit)
     if grow is not None:  # grown on the workers: held out of the whole sample
         report(progress, "boosting (lightgbm.dask)", 0, None)
         grown = grow(cv.params, cv.rounds)
         raw = np.asarray(grown.booster.predict(x, raw_score=True))
-        calib = fit_calibration(raw[fit], y[fit])
-        ev = ~fit if (~fit).any() else fit
-        return _Fitted(grown.booster, grown.text, calib, calib.apply(raw[ev]), cv, grown.info)
-    calib = fit_calibration(cv.oof_raw, y[fit], weight=None if turn_w is None else turn_w[fit])
-    booster, text = fit_final(ds, cv.params, cv.rounds, init, progress, f"boosting{stage}")
-    test = ~fit
-    raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else cv.oof_raw
-    return _Fitted(booster, text, calib, calib.apply(raw), cv)
+        calib = fit_calibration(raw[data.fit], y[data.fit])
+        ev = ~data.fit if (~data.fit).any() else data.fit
+        return _Fitted(grown.booster, grown.text, calib, calib.apply(raw[ev]), cv,
+                       int(data.fit.sum()), True, grown.info)
+    oof_raw = cv.oof_raw[cv.held]
+    calib = fit_calibration(oof_raw, yf[cv.held],
+                            weight=None if turn_w is None else turn_w[rows][cv.held])
+    if refit:
+        booster, text = fit_final(ds, cv.params, cv.rounds, init, progress,
+                                  f"boosting{stage}", trainable)
+    else:
+        assert cv.model is not None
+        booster, text = lgb.Booster(model_str=cv.model), cv.model
+    test = ~data.fit
+    raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else oof_raw
+    n_train = int(rows.sum() if trainable is None else trainable.sum())
+    if not refit:
+        n_train = int((~cv.held if trainable is None else trainable & ~cv.held).sum())
+    return _Fitted(booster, text, calib, calib.apply(raw), cv, n_train, refit)
 
 
 @dataclass(frozen=True)
@@ -421,6 +482,15 @@ class _Baselines:
     no_context_features: tuple[Feature, ...]
     rules: RuleBaseline
     heldout: dict[str, Any]
+
+
+def _no_context_rows(data: _Data, options: FitOptions) -> np.ndarray | None:
+    """Holdout protocol: a seeded, class-stratified sample of at most
+    ``no_context_max_turns`` fit rows (:func:`fpi.model.frame.sample_mask`), else None."""
+    if data.protocol != "holdout" or data.fit.sum() <= options.no_context_max_turns:
+        return None
+    y = np.where(data.fit, data.y, -1)
+    return sample_mask(data.turns, y, options.no_context_max_turns, options.seed)
 
 
 def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
@@ -434,14 +504,16 @@ def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
     if options.no_context:
         idx = [i for i, f in enumerate(fs.features) if f.group != "context"]
         nc_init = (init.no_context_booster if init is not None else None)
-        nc = _fit_model(x[:, idx], data.y, w, data.fit, data.fold, nc_feats, main.cv.params,
+        nc = _fit_model(x[:, idx], data.y, w, data, nc_feats, main.cv.params,
                         [{}], (options.num_boost_round, options.early_stopping_rounds),
-                        nc_init, progress, " (no context)", turn_w=data.weight)
+                        nc_init, progress, " (no context)", _no_context_rows(data, options),
+                        options.holdout_refit, turn_w=data.weight)
         heldout["no_context"] = brief_metrics(
             classification_metrics(y_ev, nc.proba.argmax(axis=1)))
         lap("no_context")
     report(progress, "rule baseline", 0, None)
-    rules, rule_pred = _rules_oof(data.feats, data.y, data.fit, data.fold, options.seed)
+    rules, rule_pred = _rules_oof(data.feats, data.y, data.fit, data.fold, options.seed,
+                                  data.protocol == "holdout")
     heldout["rules"] = brief_metrics(classification_metrics(y_ev, rule_pred[data.ev]))
     lap("rules")
     return _Baselines(nc, nc_feats, rules, heldout)
@@ -485,10 +557,10 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
         from fpi.model.distributed import MatrixSpec
 
         grow = partial(distributed, MatrixSpec(fs.features, fs.levels, fs.learned, cw))
-    main = _fit_model(x, data.y, w, data.fit, data.fold, fs.features, base, cands,
+    main = _fit_model(x, data.y, w, data, fs.features, base, cands,
                       (options.num_boost_round, options.early_stopping_rounds),
-                      init.booster if init is not None else None, progress, "", grow,
-                      data.weight)
+                      init.booster if init is not None else None, progress, "",
+                      refit=options.holdout_refit, grow=grow, turn_w=data.weight)
     lap("model")
     baselines = _fit_baselines(data, fs, x, w, main, init, options, progress, lap)
     files = {MODEL_FILE: main.text}
@@ -515,7 +587,8 @@ def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: Fi
                     init: ModelBundle | None) -> dict[str, Any]:
     """The manifest's ``training`` section: the data, the protocol and the counts."""
     y = data.y
-    heldout_is = "test part" if (~data.fit).any() else "out-of-fold"
+    heldout_is = "test part" if (~data.fit).any() else (
+        "out-of-fold" if data.protocol == "crossfit" else "validation part")
     if main.distributed is not None:
         heldout_is = ("test part" if (~data.fit).any()
                       else "driver sample (held out of distributed training)")
@@ -523,14 +596,17 @@ def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: Fi
         "fingerprint": _fingerprint(turns),
         "turns": turns.height,
         "labelled_turns": len(y),
-        "protocol": "crossfit", "folds": data.folds, "split": options.split,
+        "protocol": data.protocol, "folds": data.folds, "split": options.split,
         "seed": options.seed, "threads": options.threads, "test_size": options.test_size,
-        "fold_rounds": main.cv.fold_rounds, "rounds": main.cv.rounds,
+        "fold_rounds": main.cv.fold_rounds,
+        "rounds": main.cv.rounds if main.refit else main.cv.fold_rounds[0],
+        "shipped": "refit on all fit rows" if main.refit else "the validated model",
         "search": main.cv.search,
         "init_model": init.model_id if init is not None else None,
         "heldout_is": heldout_is,
-        "counts": {"train": _count(data, data.fit), "valid": _count(data, data.fit),
-                   "calibration": _count(data, data.fit), "test": _count(data, data.ev)},
+        "counts": {"train": _count(data, data.fit if main.refit else data.fit & ~data.valid),
+                   "valid": _count(data, data.valid),
+                   "calibration": _count(data, data.valid), "test": _count(data, data.ev)},
         **({} if data.weight is None else {"weights": _weight_block(data)}),
         "class_prior": {c: round(float(n) / len(y), 6) for c, n in
                         zip(CLASSES, np.bincount(y, minlength=len(CLASSES)), strict=True)},
@@ -584,7 +660,8 @@ def _manifest(turns: pl.DataFrame, data: _Data, fs: _FeatureSet, main: _Fitted,
         "no_context": None if nc is None else {
             "features": [f.name for f in baselines.no_context_features],
             "calibration": nc.calibration.to_dict(),
-            "best_iteration": nc.booster.current_iteration()},
+            "best_iteration": nc.booster.current_iteration(),
+            "train_turns": nc.train_turns},
         "baselines": {
             "rules": {"thresholds": baselines.rules.to_dict()},
             "heldout": baselines.heldout,
@@ -633,6 +710,10 @@ def train(
     distributed_training: bool = False,
     distributed_rounds: int | None = None,
     weights: pl.DataFrame | None = None,
+    protocol: ProtocolChoice = "auto",
+    holdout_min: int = HOLDOUT_MIN,
+    no_context_max_turns: int = NO_CONTEXT_MAX_TURNS,
+    holdout_refit: bool = True,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
@@ -668,6 +749,15 @@ def train(
     the calibration's log loss and the text models' counts; weight 0 is the same as no
     label for learning. The held-out metrics stay unweighted: every labelled turn counts
     once, with its label as given.
+    ``protocol="holdout"`` (``"auto"``: from ``holdout_min`` labelled turns on,
+    :func:`fpi.model.crossfit.default_protocol`) runs only the first of the folds
+    (``folds``, by default 5): its sessions are the validation part, which gives the
+    early-stopped rounds, the calibration and the held-out metrics (``heldout_is``
+    ``validation part``); the shipped model is still trained on all labelled turns.
+    Its no-context baseline trains on a seeded, class-stratified sample of at most
+    ``no_context_max_turns`` of them (scored on the whole validation part), and the
+    rule baseline is scored on the validation part. ``holdout_refit=False`` ships the
+    validated model itself instead of refitting on all labelled turns.
 
     Raises
     ------
@@ -682,7 +772,10 @@ def train(
                          early_stopping_rounds=early_stopping_rounds, params=params,
                          search=search, learn_features=learn_features,
                          class_weight_power=class_weight_power,
-                         min_class_count=min_class_count, no_context=no_context)
+                         min_class_count=min_class_count, no_context=no_context,
+                         protocol=protocol, holdout_min=holdout_min,
+                         no_context_max_turns=no_context_max_turns,
+                         holdout_refit=holdout_refit)
     check_bundle_out(out_dir)  # before the slow part
     trainer = None
     if distributed_training:

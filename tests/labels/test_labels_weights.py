@@ -123,7 +123,7 @@ def test_weights_of_one_train_the_same_trees(night, model_dir: Path, tmp_path: P
 
     ones = night.select(*KEY, pl.lit(1.0).alias("weight"))
     res = train(night, tmp_path / "m", seed=0, threads=1, no_context=False,
-                num_boost_round=60, weights=ones)
+                num_boost_round=60, folds=2, search=False, weights=ones)
     # the same Dataset weights as the conftest model's: the same trees
     assert (res.path / "model.txt").read_text() == (model_dir / "model.txt").read_text()
     assert res.manifest["training"]["weights"] == {"turns_not_1": 0, "turns_0": 0,

@@ -157,72 +157,90 @@ class ProtocolChoice(StrEnum):
     holdout = "holdout"
 
 
+#: The options of ``fpi train``, one alias each, so the command reads as its steps.
+_Inputs = Annotated[list[Path], typer.Argument(
+    help="Labelled trace files, directories or globs (any input form, or ingested Parquet).",
+    show_default=False)]
+_Out = Annotated[Path, typer.Option(
+    "--out", "-o", help="Model bundle directory to write.", show_default=False)]
+_Seed = Annotated[int, typer.Option(help="Random seed (folds, bagging).")]
+_Threads = Annotated[int, typer.Option(
+    min=1, help="LightGBM threads (part of the reproducibility key).")]
+_Folds = Annotated[int | None, typer.Option(
+    min=2, help="Cross-fitting folds (of whole sessions) for the out-of-fold metrics, "
+                "calibration and rounds (default 5, 3 above 20,000 labelled turns); "
+                "with the holdout protocol, 1/folds of the sessions is the validation "
+                "part (default 5).",
+    show_default=False)]
+_Protocol = Annotated[ProtocolChoice, typer.Option(
+    help="'crossfit' (k folds), 'holdout' (one validation part of 1/folds of the "
+         "sessions gives the rounds, calibration and metrics; the no-context baseline "
+         "trains on at most 200,000 turns) or 'auto': holdout from 300,000 labelled "
+         "turns on (docs/model.md).")]
+_Split = Annotated[SplitChoice, typer.Option(
+    help="With --test-size > 0, which sessions are set aside: 'session' (random) or "
+         "'time' (newest).")]
+_TestSize = Annotated[float, typer.Option(
+    help="Fraction of sessions set aside as a final test part (0: every label is used "
+         "and the metrics are out-of-fold).")]
+_InitModel = Annotated[Path | None, typer.Option(
+    "--init-model", help="Warm start: continue from this bundle (its features are kept; "
+                         "it must be a bundle this fpi computes every feature of).",
+    show_default=False)]
+_Json = Annotated[bool, typer.Option(
+    "--json", help="Print the held-out metrics as JSON on stdout.")]
+_Rejects = Annotated[Path | None, typer.Option(
+    "--rejects", help="Where to write the records set aside while reading (default: "
+                      "beside the bundle, models/m -> models/m.rejects.jsonl).")]
+_Labels = Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
+                                              show_default=False)]
+_LabelPolicy = Annotated[str, typer.Option(help=_POLICY_HELP)]
+_Weights = Annotated[Path | None, typer.Option(
+    "--weights", show_default=False,
+    help="Per-turn training weights: Parquet or CSV with session_id, turn_index, weight "
+         "(unlisted turns weigh 1; e.g. `fpi labels check --fix weight`) [default: the "
+         "--labels file's weight column, if it has one].")]
+_MaxTrainTurns = Annotated[int | None, typer.Option(
+    "--max-train-turns", min=1, show_default=False,
+    help="Train on a seeded, class-stratified sample of at most this many labelled "
+         "turns (by a hash of session id and --seed; see docs/scale.md).")]
+_DistributedTraining = Annotated[bool, typer.Option(
+    "--distributed-training",
+    help="With --engine dask and --max-train-turns: grow the shipped model with "
+         "lightgbm.dask on every labelled turn outside the driver's sample, for the "
+         "rounds cross-fitting on the sample picks (no early stopping); the sample "
+         "calibrates and measures it. Models differ from run to run (docs/scale.md).")]
+_Rounds = Annotated[int | None, typer.Option(
+    "--rounds", min=1, show_default=False,
+    help="With --distributed-training: grow the shipped model for exactly this many "
+         "rounds instead of the count cross-fitting on the driver's sample picks.")]
+
+
 @app.command()
 def train(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Labelled trace files, directories or globs (any input form, or ingested Parquet).",
-        show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Model bundle directory to write.",
-                                      show_default=False)],
-    seed: Annotated[int, typer.Option(help="Random seed (folds, bagging).")] = 0,
-    threads: Annotated[int, typer.Option(min=1, help="LightGBM threads (part of the "
-                                                     "reproducibility key).")] = 1,
-    folds: Annotated[int | None, typer.Option(
-        min=2, help="Cross-fitting folds (of whole sessions) for the out-of-fold metrics, "
-                    "calibration and rounds (default 5, 3 above 20,000 labelled turns); "
-                    "with the holdout protocol, 1/folds of the sessions is the validation "
-                    "part (default 5).",
-        show_default=False)] = None,
-    protocol: Annotated[ProtocolChoice, typer.Option(
-        help="'crossfit' (k folds), 'holdout' (one validation part of 1/folds of the "
-             "sessions gives the rounds, calibration and metrics; the no-context baseline "
-             "trains on at most 200,000 turns) or 'auto': holdout from 300,000 labelled "
-             "turns on (docs/model.md).")] = ProtocolChoice.auto,
-    split: Annotated[SplitChoice, typer.Option(help="With --test-size > 0, which sessions are set "
-                                            "aside: 'session' (random) or 'time' (newest).")
-                     ] = SplitChoice.session,
-    test_size: Annotated[float, typer.Option(help="Fraction of sessions set aside as a final "
-                                                  "test part (0: every label is used and the "
-                                                  "metrics are out-of-fold).")] = 0.0,
-    init_model: Annotated[Path | None, typer.Option(
-        "--init-model", help="Warm start: continue from this bundle (its features are kept; "
-                             "it must be a bundle this fpi computes every feature of).",
-        show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the held-out metrics as JSON "
-                                                        "on stdout.")] = False,
-    rejects: Annotated[Path | None, typer.Option(
-        "--rejects", help="Where to write the records set aside while reading (default: "
-                          "beside the bundle, models/m -> models/m.rejects.jsonl).")] = None,
+    inputs: _Inputs,
+    out: _Out,
+    seed: _Seed = 0,
+    threads: _Threads = 1,
+    folds: _Folds = None,
+    protocol: _Protocol = ProtocolChoice.auto,
+    split: _Split = SplitChoice.session,
+    test_size: _TestSize = 0.0,
+    init_model: _InitModel = None,
+    as_json: _Json = False,
+    rejects: _Rejects = None,
     strict: Strict = False,
     allow_truncated: AllowTruncated = False,
-    labels: Annotated[Path | None, typer.Option("--labels", help=_LABELS_HELP,
-                                                show_default=False)] = None,
-    label_policy: Annotated[str, typer.Option(help=_POLICY_HELP)] = "majority",
-    weights: Annotated[Path | None, typer.Option(
-        "--weights", show_default=False,
-        help="Per-turn training weights: Parquet or CSV with session_id, turn_index, weight "
-             "(unlisted turns weigh 1; e.g. `fpi labels check --fix weight`) [default: the "
-             "--labels file's weight column, if it has one].")] = None,
+    labels: _Labels = None,
+    label_policy: _LabelPolicy = "majority",
+    weights: _Weights = None,
     engine: EngineName = "local",
     workers: Workers = None,
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
-    max_train_turns: Annotated[int | None, typer.Option(
-        "--max-train-turns", min=1, show_default=False,
-        help="Train on a seeded, class-stratified sample of at most this many labelled "
-             "turns (by a hash of session id and --seed; see docs/scale.md).")] = None,
-    distributed_training: Annotated[bool, typer.Option(
-        "--distributed-training",
-        help="With --engine dask and --max-train-turns: grow the shipped model with "
-             "lightgbm.dask on every labelled turn outside the driver's sample, for the "
-             "rounds cross-fitting on the sample picks (no early stopping); the sample "
-             "calibrates and measures it. Models differ from run to run (docs/scale.md).")
-    ] = False,
-    rounds: Annotated[int | None, typer.Option(
-        "--rounds", min=1, show_default=False,
-        help="With --distributed-training: grow the shipped model for exactly this many "
-             "rounds instead of the count cross-fitting on the driver's sample picks.")
-    ] = None,
+    max_train_turns: _MaxTrainTurns = None,
+    distributed_training: _DistributedTraining = False,
+    rounds: _Rounds = None,
 ) -> None:
     """Train the failure-point model on labelled turns and write a model bundle.
 
@@ -274,10 +292,19 @@ def train(
                 result = train_model(str(inputs[0]), out, progress=progress, engine=runner,
                                      distributed_training=distributed_training,
                                      distributed_rounds=rounds, **options)
-    doc = result.to_dict()
+    _report(result.to_dict(), as_json)
+    if strict and report is not None and report.rejected:
+        from fpi.ingest import strict_error
+
+        raise strict_error(report, f"the bundle was written to {out}, the rejects to "
+                                   f"{report.rejects_path}")
+
+
+def _report(doc: dict[str, Any], as_json: bool) -> None:
+    """What training did, on stderr; the held-out metrics on stdout (JSON) or as a table."""
     counts = doc["training"]["counts"]
     err_console.print(
-        f"wrote {result.path}: trained on {counts['train']['turns']} turns; metrics "
+        f"wrote {doc['model']}: trained on {counts['train']['turns']} turns; metrics "
         f"{doc['training']['heldout_is']} on {counts['test']['turns']} turns in "
         f"{counts['test']['sessions']} sessions"
     )
@@ -290,11 +317,6 @@ def train(
         typer.echo(json.dumps(doc, indent=2))
     else:
         _render(doc, f"held-out metrics ({doc['training']['heldout_is']})")
-    if strict and report is not None and report.rejected:
-        from fpi.ingest import strict_error
-
-        raise strict_error(report, f"the bundle was written to {out}, the rejects to "
-                                   f"{report.rejects_path}")
 
 
 def _check_engine_flags(engine: str, inputs: list[Path], workers: int | None,

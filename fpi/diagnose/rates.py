@@ -385,6 +385,15 @@ def _spacc(strata: Strata, stratum_probs: np.ndarray, turns: int, sampling: np.n
     return _simplex(raw), _simplex(reps)
 
 
+def _points(turns: int, count_rate: np.ndarray, mean_prob: np.ndarray, em: np.ndarray,
+            conf: np.ndarray | None, soft: np.ndarray | None) -> dict[str, np.ndarray | None]:
+    """The point estimates every rate table has, from the night's argmax rate, mean
+    probability and EM prior (ACC and PACC ``None`` without their matrix or turns)."""
+    acc = acc_prior(count_rate, conf) if conf is not None and turns else None
+    pacc = acc_prior(mean_prob, soft) if soft is not None and turns else None
+    return {"cc": count_rate, "pcc": mean_prob, "acc": acc, "pacc": pacc, "em": em}
+
+
 def estimate_rates(
     probs: np.ndarray,
     *,
@@ -436,9 +445,8 @@ def estimate_rates(
     count_rate = count / max(n, 1)
     mean_prob = sums.probs.sum(axis=0) / max(n, 1)
     em = em_prior(p, base)
-    acc = acc_prior(count_rate, conf) if conf is not None and n else None
-    pacc = acc_prior(mean_prob, soft) if soft is not None and n else None
-    points = {"cc": count_rate, "pcc": mean_prob, "acc": acc, "pacc": pacc, "em": em}
+    points = _points(n, count_rate, mean_prob, em, conf, soft)
+    acc, pacc = points["acc"], points["pacc"]
     if n == 0:
         return RateTable(classes, 0, em, np.zeros(k), np.ones(k), count, count_rate, mean_prob,
                          em, acc, confidence, 0, method, pacc)
@@ -583,9 +591,8 @@ def rates_from_sums(
     count = np.asarray(counts).astype(np.int64)
     count_rate = count / max(n, 1)
     mean_prob = np.asarray(prob_sums, np.float64) / max(n, 1)
-    acc = acc_prior(count_rate, conf) if conf is not None and n else None
-    pacc = acc_prior(mean_prob, soft) if soft is not None and n else None
-    points = {"cc": count_rate, "pcc": mean_prob, "acc": acc, "pacc": pacc, "em": em}
+    points = _points(n, count_rate, mean_prob, em, conf, soft)
+    acc, pacc = points["acc"], points["pacc"]
     if n == 0:
         return RateTable(classes, 0, em, np.zeros(k), np.ones(k), count, count_rate, mean_prob,
                          em, acc, confidence, 0, method, pacc)

@@ -14,6 +14,8 @@ Two kinds of generic signal, fitted at training time and stored in the bundle
   ``asr.logit``) present in enough training turns become features
   ``extra_asr.score``, grouped by their stage prefix (fields without a stage prefix
   are not used, so every feature keeps one component group for attribution).
+* **Word and mention counts** of the training turns (:mod:`fpi.model.vocab`): how
+  usual a turn's ASR words and ER mention are, kept here as ``vocab``.
 
 The hashing is a fixed polynomial over Unicode code points in NumPy (no Python loop
 over rows, no dependence on a library's hash): the same text gives the same buckets

@@ -62,17 +62,32 @@ class VocabInputs:
             pl.col(RAW_MENTION).fill_null(""), pl.lit("\x1f"),
             pl.when(pl.col(RAW_RESOLVED).is_null()).then(pl.lit("\x1e"))
             .otherwise(pl.lit("=") + pl.col(RAW_RESOLVED)))).to_series()
+        texts, at = _distinct(text)
         return cls(
-            words=hashed_words(text.to_list()),
+            words=hashed_words(texts)[at],
             has_text=(text.fill_null("").str.strip_chars().str.len_chars() > 0).to_numpy(),
-            mention=string_keys(mention.to_list()),
-            pair=string_keys(pair.to_list()),
+            mention=_keys(mention),
+            pair=_keys(pair),
             has_mention=(mention.fill_null("").str.len_chars() > 0).to_numpy(),
         )
 
     def rows(self, mask: np.ndarray) -> VocabInputs:
         return VocabInputs(self.words[mask], self.has_text[mask], self.mention[mask],
                            self.pair[mask], self.has_mention[mask])
+
+
+def _distinct(values: pl.Series) -> tuple[list[str], np.ndarray]:
+    """The distinct values (a null as "") and each row's index into them: a night repeats
+    most texts, so each is hashed once (a row's hash depends on its own text alone)."""
+    frame = pl.DataFrame({"v": values.fill_null("")})
+    distinct = frame.unique(maintain_order=True).with_row_index("i")
+    at = frame.join(distinct, on="v", how="left", maintain_order="left")["i"].to_numpy()
+    return distinct["v"].to_list(), at
+
+
+def _keys(values: pl.Series) -> np.ndarray:
+    texts, at = _distinct(values)
+    return string_keys(texts)[at]
 
 
 def _increasing(a: np.ndarray) -> bool:

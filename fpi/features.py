@@ -482,9 +482,10 @@ FEATURES: Final[tuple[Feature, ...]] = (_WAKE_FEATURES + _ASR_FEATURES + _NLU_FE
                                         + _ER_FEATURES + _RESULT_FEATURES + _CONTEXT_FEATURES)
 
 #: Raw columns :func:`build_features` passes through after the features: the inputs of
-#: the features a bundle learns from the data (:mod:`fpi.model.learned`).
+#: the features a bundle learns from the data (:mod:`fpi.model.learned`,
+#: :mod:`fpi.model.vocab`: the first ER entity's mention and resolved id).
 RAW_COLUMNS: Final[tuple[str, ...]] = ("_raw_asr_text", "_raw_response", "_raw_next_text",
-                                       "_raw_extra")
+                                       "_raw_extra", "_raw_mention", "_raw_resolved")
 
 #: Names of the features in :data:`FEATURES`, in order.
 FEATURE_NAMES: Final[tuple[str, ...]] = tuple(f.name for f in FEATURES)
@@ -583,7 +584,9 @@ def feature_exprs_lazy(turns: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     # its text models read and the trace's extra fields; not model columns themselves
     out += [pl.col("_t").alias("_raw_asr_text"),
             pl.col("result").struct.field("response_text").alias("_raw_response"),
-            pl.col("_next_t").alias("_raw_next_text"), pl.col("extra").alias("_raw_extra")]
+            pl.col("_next_t").alias("_raw_next_text"), pl.col("extra").alias("_raw_extra"),
+            _norm_text(_ENTS.list.get(0, null_on_oob=True).struct.field("mention"))
+            .alias("_raw_mention"), pl.col("_res1").alias("_raw_resolved")]
     return lf.sort("_row").select(out)
 
 

@@ -19,6 +19,7 @@ from fpi.files import MARKER
 from fpi.model import FitOptions, TrainResult, fit, load_bundle, save, train
 from fpi.model.bundle import LEARNED_FILE, MODEL_FILE, NO_CONTEXT_FILE
 from fpi.model.manifest import MANIFEST_FILE, bundle_hash
+from fpi.model.vocab import VOCAB_FEATURES
 from fpi.schema import CLASSES, COMPONENTS
 
 FAST = {"num_boost_round": 25, "early_stopping_rounds": 5}
@@ -46,7 +47,9 @@ def test_bundle_files_and_manifest(trained: TrainResult) -> None:
     assert m["classes"] == list(CLASSES)
     names = [f["name"] for f in m["features"]]
     assert names[:len(FEATURES)] == [f.name for f in FEATURES]
-    assert all(n.startswith(("text_", "extra_")) for n in names[len(FEATURES):])
+    assert all(n.startswith(("text_", "extra_")) or n in VOCAB_FEATURES
+               for n in names[len(FEATURES):])
+    assert set(VOCAB_FEATURES) <= set(names)
     assert {f["group"] for f in m["features"]} == set(COMPONENTS)
     domain = next(f for f in m["features"] if f["name"] == "nlu_domain")
     assert domain["kind"] == "categorical" and "smart_home" in domain["levels"]

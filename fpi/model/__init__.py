@@ -8,6 +8,7 @@
     calibration.py  temperature plus per-class bias on the raw margins
     baselines.py    the first-bad-stage rule the model must beat
     learned.py      features learned from the data (text models, ``extra`` numbers)
+    vocab.py        learned counts of the training turns' words and ER mentions
     compiled.py     the compiled predictor (identical margins, faster than LightGBM)
 
 The metrics are :mod:`fpi.metrics`; measuring a bundle on labelled turns is

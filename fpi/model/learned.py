@@ -14,6 +14,8 @@ Two kinds of generic signal, fitted at training time and stored in the bundle
   ``asr.logit``) present in enough training turns become features
   ``extra_asr.score``, grouped by their stage prefix (fields without a stage prefix
   are not used, so every feature keeps one component group for attribution).
+* **Word and mention counts** of the training turns (:mod:`fpi.model.vocab`): how
+  usual a turn's ASR words and ER mention are, kept here as ``vocab``.
 
 The hashing is a fixed polynomial over Unicode code points in NumPy (no Python loop
 over rows, no dependence on a library's hash): the same text gives the same buckets
@@ -28,7 +30,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import polars as pl
@@ -36,6 +38,9 @@ import scipy.sparse as sp
 
 from fpi.errors import ModelError
 from fpi.schema import CLASSES
+
+if TYPE_CHECKING:
+    from fpi.model.vocab import Vocabulary
 
 #: Hash buckets per text field (a power of two).
 BUCKETS: Final = 1 << 16
@@ -104,22 +109,58 @@ def hashed_ngrams(texts: Sequence[str | None]) -> sp.csr_matrix:
             ok &= text
             rows.append(doc[:m][ok])
             cols.append(_bucket(h[ok]))
-        word = (cp > 127) | ((cp >= 48) & (cp <= 57)) | ((cp >= 97) & (cp <= 122)) | (cp == 39)
-        if word.any():
-            idx = np.flatnonzero(word)
-            start = np.r_[True, np.diff(idx) > 1]
-            seg = np.cumsum(start) - 1
-            pos = np.arange(len(idx)) - np.flatnonzero(start)[seg]
-            powers = np.cumprod(np.r_[np.uint64(1), np.full(63, _P)]).astype(np.uint64)
-            terms = cp[idx] * powers[np.minimum(pos, 63)]
-            h = np.add.reduceat(terms, np.flatnonzero(start)) + np.uint64(7)
-            rows.append(doc[idx[start]])
-            cols.append(_bucket(h))
+    word_rows, word_cols = _word_buckets(cp, doc)
+    rows.append(word_rows)
+    cols.append(word_cols)
+    return _presence(rows, cols, n)
+
+
+def _word_buckets(cp: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(doc id, bucket) of every word in :func:`_codepoints` output: runs of letters,
+    digits, apostrophes and non-ASCII characters."""
+    word = (cp > 127) | ((cp >= 48) & (cp <= 57)) | ((cp >= 97) & (cp <= 122)) | (cp == 39)
+    if not word.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    idx = np.flatnonzero(word)
+    start = np.r_[True, np.diff(idx) > 1]
+    seg = np.cumsum(start) - 1
+    pos = np.arange(len(idx)) - np.flatnonzero(start)[seg]
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.r_[np.uint64(1), np.full(63, _P)]).astype(np.uint64)
+        terms = cp[idx] * powers[np.minimum(pos, 63)]
+        h = np.add.reduceat(terms, np.flatnonzero(start)) + np.uint64(7)
+    return doc[idx[start]], _bucket(h)
+
+
+def _presence(rows: list[np.ndarray], cols: list[np.ndarray], n: int) -> sp.csr_matrix:
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     x = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, BUCKETS))
     x.data[:] = 1.0  # presence, not counts
     return x
+
+
+def hashed_words(texts: Sequence[str | None]) -> sp.csr_matrix:
+    """Binary (n_texts, BUCKETS) matrix of the hashed words of each text (the word
+    buckets of :func:`hashed_ngrams`)."""
+    cp, doc = _codepoints(texts)
+    rows, cols = _word_buckets(cp, doc)
+    return _presence([rows], [cols], len(texts))
+
+
+def string_keys(texts: Sequence[str | None]) -> np.ndarray:
+    """A 64-bit hash of each whole (lower-cased) text: equal texts, equal keys."""
+    cp, doc = _codepoints(texts)
+    keep = cp != 0
+    cp, doc = cp[keep], doc[keep]
+    start = np.flatnonzero(np.r_[True, np.diff(doc) > 0])
+    pos = np.arange(len(cp)) - np.repeat(start, np.diff(np.r_[start, len(cp)]))
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.r_[np.uint64(1), np.full(63, _P)]).astype(np.uint64)
+        h = np.add.reduceat(cp * powers[pos % 64], start)
+        h = (h ^ (h >> np.uint64(29))) * _MIX
+        h = h ^ (h >> np.uint64(32))
+    return h
 
 
 # ---------------------------------------------------------------------------
@@ -253,23 +294,35 @@ def extra_values(extra: pl.Series, keys: Sequence[str]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Learned:
-    """The learned features of a bundle: text models per field and ``extra`` keys."""
+    """The learned features of a bundle: text models per field, ``extra`` keys and the
+    training data's word and mention counts (:mod:`fpi.model.vocab`; None in bundles
+    made before them)."""
 
     text: dict[str, TextModel]
     extra: tuple[str, ...]
+    vocab: Vocabulary | None = None
 
     def names_groups(self) -> list[tuple[str, str]]:
         """(feature name, component group) of every learned feature, in column order."""
+        from fpi.model.vocab import VOCAB_FEATURES
+
         out = [(n, RAW_TEXT[f][1]) for f in self.text for n in text_feature_names(f)]
         out += [(extra_feature_name(k), EXTRA_GROUPS[k.split(".")[0]]) for k in self.extra]
+        if self.vocab is not None:
+            out += list(VOCAB_FEATURES.items())
         return out
 
     def columns(self, features: pl.DataFrame,
                 hashed: dict[str, sp.csr_matrix] | None = None) -> dict[str, np.ndarray]:
         """Feature name -> values for ``features`` (a frame from build_features);
         ``hashed`` are its text fields' :func:`text_matrices`, if already built."""
+        from fpi.model.vocab import RAW_COLUMNS as VOCAB_RAW
+        from fpi.model.vocab import VocabInputs
+
         missing = [c for c in (*(RAW_TEXT[f][0] for f in self.text),
-                               *([RAW_EXTRA] if self.extra else [])) if c not in features.columns]
+                               *([RAW_EXTRA] if self.extra else []),
+                               *(VOCAB_RAW if self.vocab is not None else ()))
+                   if c not in features.columns]
         if missing:
             raise ModelError(f"features frame lacks {', '.join(missing)}: build it with "
                              "fpi.features.build_features")
@@ -284,16 +337,22 @@ class Learned:
         for i, k in enumerate(self.extra):
             assert vals is not None
             out[extra_feature_name(k)] = vals[:, i]
+        if self.vocab is not None:
+            out.update(self.vocab.columns(VocabInputs.of(features)))
         return out
 
     def to_json(self) -> str:
         doc = {"format": 1, "buckets": BUCKETS, "alpha": ALPHA, "classes": list(CLASSES),
                "text": {f: m.to_dict() for f, m in self.text.items()},
                "extra": list(self.extra)}
+        if self.vocab is not None:  # absent in bundles made before the counts
+            doc["vocab"] = self.vocab.to_dict()
         return json.dumps(doc, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Learned:
+        from fpi.model.vocab import Vocabulary
+
         try:
             doc = json.loads(text)
             if doc["buckets"] != BUCKETS or doc["alpha"] != ALPHA or doc["format"] != 1:
@@ -306,9 +365,10 @@ class Learned:
             if bad or any(not _KEY_RE.fullmatch(k) or k.split(".")[0] not in EXTRA_GROUPS
                           for k in keys):
                 raise ValueError("unknown text field or extra key")
+            vocab = Vocabulary.from_dict(doc["vocab"]) if "vocab" in doc else None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{where} is damaged: {exc}") from None
-        return cls(models, keys)
+        return cls(models, keys, vocab)
 
 
 def text_matrices(features: pl.DataFrame, fields: Sequence[str] = tuple(RAW_TEXT)

@@ -81,6 +81,7 @@ from fpi.model.learned import (
     text_matrices,
 )
 from fpi.model.manifest import bundle_hash
+from fpi.model.vocab import VocabInputs, Vocabulary, oof_vocab_columns
 from fpi.progress import Progress, report
 from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS
 
@@ -238,22 +239,28 @@ def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.
         # the same columns, their text models refitted on this data: a text feature
         # means "log-posterior of a class given this field's text" whatever the language
         hashed = text_matrices(feats, tuple(init.learned.text))  # hashed once, sliced
+        vocab_in = VocabInputs.of(fit_feats) if init.learned.vocab is not None else None
         learned = Learned({f: TextModel.fit(hashed[f][fit], y[fit], weight=fw)
                            for f in init.learned.text},
-                          init.learned.extra)
+                          init.learned.extra,
+                          None if vocab_in is None else Vocabulary.fit(vocab_in))
         features, levels = init.features, init.levels
     elif not learn:
         return _FeatureSet(FEATURES, category_levels(fit_feats, FEATURES), None, {})
     else:
         hashed = text_matrices(feats)
+        vocab_in = VocabInputs.of(fit_feats)
         learned = Learned(fit_text_models(fit_feats, y[fit], _rows(hashed, fit), fw),
-                          tuple(discover_extra(fit_feats[RAW_EXTRA])))
+                          tuple(discover_extra(fit_feats[RAW_EXTRA])), Vocabulary.fit(vocab_in))
         extra = tuple(Feature(n, g) for n, g in learned.names_groups())
         features, levels = FEATURES + extra, category_levels(fit_feats, FEATURES)
     cols = learned.columns(feats, hashed)  # full-data models: right for a test part
     for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text),
                                      _rows(hashed, fit), fw).items():
         cols[name][fit] = oof  # fit rows: out-of-fold scores only
+    if vocab_in is not None:  # the same for the word and mention counts
+        for name, oof in oof_vocab_columns(vocab_in, folds[fit]).items():
+            cols[name][fit] = oof
     return _FeatureSet(features, levels, learned, cols)
 
 

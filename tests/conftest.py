@@ -72,10 +72,11 @@ def night_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[Any]:
     """A DaskEngine on a LocalCluster of two single-threaded worker processes, started
-    by the first test that asks for it and shared by the rest of the run."""
+    by the first test of a module that asks for it and stopped after that module (an
+    idle cluster still costs about 0.1 CPU-s per second)."""
     from fpi.engine.dask import DaskEngine
 
     with DaskEngine(workers=2, timeout=60) as engine:
@@ -91,14 +92,15 @@ def _written(path: Path) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``dask scheduler`` and ``dask worker`` as separate processes, as on a cluster,
-    started by the first test that asks for them; tests must not stop them."""
+    started by the first test of a module that asks for them and stopped after that
+    module (the worker without its statistical profiler); tests must not stop them."""
     where = tmp_path_factory.mktemp("dask")
     path = where / "scheduler.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get(
-        "PYTHONPATH", "")])}
+        "PYTHONPATH", "")]), "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
     dask = [sys.executable, "-m", "dask"]
     procs = [subprocess.Popen([*dask, "scheduler", "--scheduler-file", str(path), "--port",
                                "0", "--no-dashboard"], env=env, cwd=where,

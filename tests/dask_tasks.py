@@ -18,11 +18,12 @@ def plus_one(x: int) -> int:
     return x + 1
 
 
-def environment(_: object) -> tuple[str | None, str | None, int]:
+def environment(_: object) -> tuple[str | None, str | None, int, bool]:
+    import dask
     import polars as pl
 
     return (os.environ.get("POLARS_MAX_THREADS"), os.environ.get("OMP_NUM_THREADS"),
-            pl.thread_pool_size())
+            pl.thread_pool_size(), bool(dask.config.get("distributed.worker.profile.enabled")))
 
 
 def die_once(x: int, marker: str, victim: int) -> int:

@@ -47,6 +47,7 @@ def _shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _env(_shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(compiled.ENV_CACHE, str(_shared))
     monkeypatch.delenv(compiled.ENV_PREDICTOR, raising=False)
+    monkeypatch.setattr(compiled, "COMPILE_AFTER_ROWS", 0)  # compile at once (own test below)
     compiled.forget()
 
 
@@ -182,3 +183,20 @@ def test_cache_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert compiled.cache_dir() == tmp_path / "home" / ".cache" / "fpi"
+
+
+def test_small_batches_use_lightgbm_until_compiling_pays(booster: lgb.Booster, _cache: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled, "COMPILE_AFTER_ROWS", 250)
+    x, _ = _data(100, 9)
+    want = booster.predict(x, raw_score=True)
+    for _ in range(2):  # 100, then 200 rows scored: not worth a build yet
+        assert np.array_equal(compiled.raw_margins(booster, x), want)
+        assert booster not in compiled._CACHE and not _cache.exists()
+    assert np.array_equal(compiled.raw_margins(booster, x), want)  # 300 >= 250: built
+    assert compiled._CACHE[booster] is not None and len(list(_cache.iterdir())) == 1
+    # another process (forget) with the library cached uses it on its first, small batch
+    compiled.forget()
+    assert compiled.is_cached(booster.model_to_string())
+    assert np.array_equal(compiled.raw_margins(booster, x[:3]), want[:3])
+    assert compiled._CACHE[booster] is not None

@@ -151,11 +151,12 @@ def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path,
     make_turns(150, seed=0).write_ndjson(tmp_path / "t.jsonl")
     fpi = [sys.executable, "-m", "fpi"]
     ok = subprocess.run([*fpi, "train", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "m"),
-                         "--test-size", "0", "--folds", "3", "--json"],
+                         "--test-size", "0", "--folds", "3", "--no-search", "--json"],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     doc = json.loads(ok.stdout)
     assert doc["training"]["heldout_is"] == "out-of-fold" and doc["macro_f1"] > 0.8
+    assert len(doc["training"]["search"]) == 1  # --no-search: the default setting only
     bad = subprocess.run([*fpi, "train", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "n"),
                           "--init-model", str(tmp_path / "nowhere")],
                          capture_output=True, text=True)

@@ -9,7 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -114,14 +114,8 @@ def test_separate_scheduler_and_worker_give_the_same_summary(
     assert _comparable(json.loads((out / "summary.json").read_text())) == _comparable(local)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[DaskEngine]:
-    with DaskEngine(workers=2, timeout=60) as engine:
-        yield engine
-
-
 def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tmp_path: Path,
-                                                   cluster: DaskEngine) -> None:
+                                                   dask_cluster: DaskEngine) -> None:
     model = tmp_path / "model"
     shutil.copytree(small_bundle.path, model)
     bundle = fpi.load_bundle(model)  # what the driver holds
@@ -130,7 +124,7 @@ def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tm
     shutil.rmtree(model)
     shutil.copytree(other.path, model)  # the files changed under the run
     with pytest.raises(ModelError) as info:
-        fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out", engine=cluster,
+        fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out", engine=dask_cluster,
                      attribution="none")
     message = str(info.value)
     assert "\n" not in message

@@ -36,7 +36,8 @@ def data(small_bundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     make_turns(150, seed=0).write_ndjson(root / "train.jsonl")
     make_turns(40, seed=9).write_parquet(root / "test.parquet")
     result = runner.invoke(app, ["train", str(root / "train.jsonl"), "--out",
-                                 str(root / "trained"), "--folds", "2", "--json"])
+                                 str(root / "trained"), "--folds", "2", "--no-search",
+                                 "--json"])
     assert result.exit_code == 0, result.output
     assert (root / "trained" / "manifest.json").is_file()
     return {"root": root, "model": small_bundle.path, "train_doc": json.loads(result.stdout),

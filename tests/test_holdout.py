@@ -114,7 +114,7 @@ def test_cli_protocol_holdout(tmp_path: Path) -> None:
     write_simulation(data, turns=1200, seed=4, format="parquet")
     out = tmp_path / "m"
     run = subprocess.run([sys.executable, "-m", "fpi", "train", str(data), "-o", str(out),
-                          "--protocol", "holdout", "--json"],
+                          "--protocol", "holdout", "--no-search", "--json"],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)

@@ -89,11 +89,21 @@ def test_training_is_byte_identical(turns: pl.DataFrame, trained: TrainResult,
         assert (saved.path / name).read_bytes() == (trained.path / name).read_bytes(), name
 
 
-def test_training_does_not_import_its_judge() -> None:
-    code = "import sys, fpi.model; print('fpi.evaluate' in sys.modules)"
+def test_training_does_not_import_its_judge_nor_lightgbms_wrappers() -> None:
+    code = ("import sys, fpi.model\n"
+            "print(*(m in sys.modules for m in ('fpi.evaluate', 'sklearn', 'pandas')))\n"
+            "import sklearn, pandas  # hidden only while LightGBM was imported\n"
+            "from fpi.model.lightgbm_core import lgb, with_wrappers\n"
+            "print(lgb.compat.SKLEARN_INSTALLED, lgb.compat.PANDAS_INSTALLED)\n"
+            "with_wrappers(); with_wrappers()\n"
+            "from lightgbm.dask import DaskLGBMClassifier\n"
+            "from sklearn.base import BaseEstimator\n"
+            "print(lgb.compat.SKLEARN_INSTALLED, lgb.compat.PANDAS_INSTALLED,\n"
+            "      issubclass(DaskLGBMClassifier, BaseEstimator))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.split("\n")[:3] == ["False False False", "False False",
+                                           "True True True"]
 
 
 def test_counts_add_up(trained: TrainResult, turns: pl.DataFrame) -> None:

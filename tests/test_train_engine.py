@@ -169,7 +169,7 @@ def test_cli_dask_engine_trains_with_a_sample(dask_cluster: Any, parts: Path,
                                               tmp_path: Path) -> None:
     address = dask_cluster.client.scheduler.address  # the shared cluster: no second start
     run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
-               address, "--folds", "2", "--max-train-turns", "300", "--json")
+               address, "--folds", "2", "--no-search", "--max-train-turns", "300", "--json")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "m" / "model.txt").exists()
     assert '"labelled_turns": 300' in run.stdout
@@ -183,7 +183,8 @@ def test_distributed_training_grows_a_loadable_bundle(dask_cluster: Any, parts: 
     diagnoses."""
     address = dask_cluster.client.scheduler.address
     run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
-               address, "--folds", "2", "--max-train-turns", "1000", "--distributed-training",
+               address, "--folds", "2", "--no-search", "--max-train-turns", "1000",
+               "--distributed-training",
                "--rounds", "4", "--json")
     assert run.returncode == 0, run.stderr
     assert [line for line in run.stderr.splitlines() if line.startswith("warning:")] == [

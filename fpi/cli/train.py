@@ -177,6 +177,10 @@ _Protocol = Annotated[ProtocolChoice, typer.Option(
          "sessions gives the rounds, calibration and metrics; the no-context baseline "
          "trains on at most 200,000 turns) or 'auto': holdout from 300,000 labelled "
          "turns on (docs/model.md).")]
+_Search = Annotated[bool, typer.Option(
+    help="Up to 12,000 labelled turns, compare three parameter settings for the data size "
+         "on the first fold and keep the best (docs/model.md); --no-search trains with "
+         "the default setting, about a third of the time there.")]
 _Split = Annotated[SplitChoice, typer.Option(
     help="With --test-size > 0, which sessions are set aside: 'session' (random) or "
          "'time' (newest).")]
@@ -224,6 +228,7 @@ def train(
     threads: _Threads = 1,
     folds: _Folds = None,
     protocol: _Protocol = ProtocolChoice.auto,
+    search: _Search = True,
     split: _Split = SplitChoice.session,
     test_size: _TestSize = 0.0,
     init_model: _InitModel = None,
@@ -274,7 +279,7 @@ def train(
     options: dict[str, Any] = {
         "seed": seed, "threads": threads, "folds": folds, "split": split.value,
         "test_size": test_size, "init_model": init_model, "max_train_turns": max_train_turns,
-        "protocol": protocol.value}
+        "protocol": protocol.value, "search": search}
     options["weights"] = training_weights(weights, labels)
     report = None
     if engine == "local":

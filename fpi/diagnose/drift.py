@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy.stats import chi2_contingency
+from scipy.special import chdtrc
 
 from fpi.diagnose.rates import benjamini_hochberg
 from fpi.numbers import stable_round
@@ -112,8 +112,17 @@ def _divergences(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     if keep.sum() < 2 or a.sum() == 0 or b.sum() == 0:
         return max(jsd, 0.0), psi, 1.0
     table = np.vstack([a[keep], b[keep]])
-    p = float(chi2_contingency(table, correction=False)[1])
+    p = _chi2_p_value(table)
     return max(jsd, 0.0), psi, p if math.isfinite(p) else 1.0
+
+
+def _chi2_p_value(table: np.ndarray) -> float:
+    """Pearson's chi-square test of independence on a table with no empty row or column:
+    ``scipy.stats.chi2_contingency(table, correction=False)``'s p-value, bit for bit,
+    without importing ``scipy.stats`` (about 1 CPU-s per process)."""
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    statistic = float(np.sum((table - expected) ** 2 / expected))
+    return float(chdtrc((table.shape[0] - 1) * (table.shape[1] - 1), statistic))
 
 
 def _pairs(now: Mapping[str, Any], base: Mapping[str, Any]

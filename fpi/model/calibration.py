@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
 from fpi.errors import ModelError
 
@@ -106,6 +105,8 @@ def fit_calibration(raw: np.ndarray, y: np.ndarray, *, l2: float = 1e-3,
         g_bias = g.sum(axis=0) + 2 * l2 * bias
         g_log_t = float(-(g * raw * inv_t).sum())
         return nll, np.concatenate([[g_log_t], g_bias])
+
+    from scipy.optimize import minimize  # training only: keeps scoring's import light
 
     res = minimize(loss, np.zeros(k + 1), jac=True, method="L-BFGS-B",
                    bounds=[(-3.0, 3.0)] + [(-20.0, 20.0)] * k)

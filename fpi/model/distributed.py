@@ -40,7 +40,6 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 
@@ -52,6 +51,7 @@ from fpi.model.bundle import model_matrix
 from fpi.model.crossfit import test_mask
 from fpi.model.frame import TrainTask, TurnSample, partition_frame, train_sources, training_frame
 from fpi.model.learned import Learned
+from fpi.model.lightgbm_core import lgb, with_wrappers
 from fpi.schema import CLASSES
 
 if TYPE_CHECKING:
@@ -166,10 +166,14 @@ class DaskTrainer:
         :attr:`rounds` overrides it) on every partition's rows outside the sample."""
         rounds_from = "cross-fitting" if self.rounds is None else "--rounds"
         rounds = rounds if self.rounds is None else self.rounds
-        from lightgbm.dask import DaskLGBMClassifier
-
         log.warning(WARNING)
         client = self.engine.client  # type: ignore[attr-defined]
+        # lightgbm.dask is built on LightGBM's scikit-learn wrappers, which fpi's lean
+        # import leaves out: restore them here and on every worker
+        with_wrappers()
+        client.run(with_wrappers)
+        from lightgbm.dask import DaskLGBMClassifier
+
         spec = MatrixSpec(spec.features, spec.levels, spec.learned, spec.class_weights,
                           self.seed, self.test_size, self.bounds)
         mats = self.engine.map(partition_matrix, self.sources, spec)

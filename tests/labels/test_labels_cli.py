@@ -172,7 +172,8 @@ def test_train_on_imported_labels(night_file: Path, tmp_path: Path) -> None:
     assert_error(inproc("train", night_file, "-o", tmp_path / "m", "--weights",
                         tmp_path / "no.csv"), "no.csv")
     r = inproc("train", night_file, "-o", tmp_path / "m", "--labels", tmp_path / "l.parquet",
-               "--label-policy", "gold:ann", "--folds", "2", "--json", "--weights",
+               "--label-policy", "gold:ann", "--folds", "2", "--no-search", "--json",
+               "--weights",
                tmp_path / "w.csv")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())

@@ -46,7 +46,7 @@ from fpi.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: Bump when the generated code changes: part of the cache key.
-GENERATOR_VERSION: Final = "1"
+GENERATOR_VERSION: Final = "2"
 ENV_PREDICTOR: Final = "FPI_PREDICTOR"
 ENV_CACHE: Final = "FPI_CACHE_DIR"
 #: Rows per call of the compiled function when scoring on several threads.
@@ -161,10 +161,14 @@ def _condition(t: _Tree, node: int, tid: int, consts: list[str]) -> str:
     return f"!({v} > {thr})" if go_left_on_nan else f"({v} <= {thr})"
 
 
+#: A tree's function is inlined into its block function (one loop over a block's rows).
+_TREE_FN: Final = "static inline __attribute__((always_inline)) double"
+
+
 def _tree_c(t: _Tree, tid: int, consts: list[str]) -> str:
     if t.num_leaves <= 1:
         leaf = _lit(t.leaf_value[0])
-        return f"static double t{tid}(const double *x) {{ (void)x; return {leaf}; }}"
+        return f"{_TREE_FN} t{tid}(const double *x) {{ (void)x; return {leaf}; }}"
 
     def node(i: int, depth: int) -> str:
         pad = "  " * depth
@@ -174,21 +178,28 @@ def _tree_c(t: _Tree, tid: int, consts: list[str]) -> str:
                 f"{node(t.left[i], depth + 1)}{pad}}} else {{\n"
                 f"{node(t.right[i], depth + 1)}{pad}}}\n")
 
-    return f"static double t{tid}(const double *x) {{\n{node(0, 1)}}}"
+    return f"{_TREE_FN} t{tid}(const double *x) {{\n{node(0, 1)}}}"
+
+
+def _block_c(tid: int, k: int, nf: int) -> str:
+    """Tree ``tid`` added to the class sums ``o`` of ``m`` rows ``r`` (one call per block,
+    not per row)."""
+    return (f"static void b{tid}(const double *r, long m, double *o) {{\n"
+            f"  for (long i = 0; i < m; ++i) o[i * {k}] += t{tid}(r + i * {nf});\n}}")
 
 
 def generate_c(model_text: str) -> str:
     """C source of ``fpi_predict_raw(x, n, row_stride, col_stride, out)`` for a model."""
     m = _parse(model_text)
     consts: list[str] = []
-    funcs = [_tree_c(t, i, consts) for i, t in enumerate(m.trees)]
     k, nf, nt = m.num_class, m.num_feature, len(m.trees)
-    table = ", ".join(f"t{i}" for i in range(nt))
+    funcs = [f"{_tree_c(t, i, consts)}\n{_block_c(i, k, nf)}" for i, t in enumerate(m.trees)]
+    table = ", ".join(f"b{i}" for i in range(nt))
     # Tree-major over a block of rows: one tree's code stays in the instruction cache
     # while it scores the block. Each row's class sums still add trees in model order.
     main = f"""
-typedef double (*tree_fn)(const double *);
-static const tree_fn TREES[{nt}] = {{{table}}};
+typedef void (*block_fn)(const double *, long, double *);
+static const block_fn TREES[{nt}] = {{{table}}};
 #define BLOCK 64
 void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
   static __thread double r[BLOCK * {nf}];
@@ -202,11 +213,7 @@ void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
       }}
       for (int c = 0; c < {k}; ++c) out[(b + i) * {k} + c] = 0.0;
     }}
-    for (int t = 0; t < {nt}; ++t) {{
-      const tree_fn f = TREES[t];
-      double *o = out + b * {k} + t % {k};
-      for (long i = 0; i < m; ++i) o[i * {k}] += f(r + i * {nf});
-    }}
+    for (int t = 0; t < {nt}; ++t) TREES[t](r, m, out + b * {k} + t % {k});
   }}
 }}
 """

@@ -133,13 +133,15 @@ def _content_words(text: pl.Expr) -> pl.Expr:
     ).list.unique()
 
 
-def _with_content_words(lf: pl.LazyFrame, text: pl.Expr, out: str) -> pl.LazyFrame:
-    """``lf`` with column ``out``: the :func:`_content_words` of ``text``, found once per
-    distinct text (a batch repeats most texts) and joined back in ``lf``'s row order."""
-    key = f"{out}_text"
-    lf = lf.with_columns(text.alias(key))
-    words = lf.select(pl.col(key).unique()).with_columns(_content_words(pl.col(key)).alias(out))
-    return lf.join(words, on=key, how="left", nulls_equal=True, maintain_order="left").drop(key)
+def _distinct(lf: pl.LazyFrame, key: pl.Expr, name: str, **exprs: pl.Expr) -> pl.LazyFrame:
+    """One row per distinct value of ``key`` (column ``name``) with ``exprs`` of it: each
+    computed once per distinct value (a batch repeats most texts, and regular expressions
+    on them are the cost), to join back on ``name`` with :func:`_join_distinct`."""
+    return lf.select(key.alias(name)).unique().with_columns(**exprs)
+
+
+def _join_distinct(lf: pl.LazyFrame, table: pl.LazyFrame, name: str) -> pl.LazyFrame:
+    return lf.join(table, on=name, how="left", nulls_equal=True, maintain_order="left")
 
 
 def _flag(expr: pl.Expr) -> pl.Expr:
@@ -189,16 +191,30 @@ _ITEM = pl.col("_item")
 def _turn_prep(lf: pl.LazyFrame) -> pl.LazyFrame:
     """Helper columns (normalised texts, content words, ...) later stages share."""
     text = _ASR.struct.field("text")
+    ru = _norm_text(_NBEST.list.get(1, null_on_oob=True).struct.field("text"))
+    response = _RES.struct.field("response_text")
+    # the tables read the input frame, not each other's joins (each join would otherwise be
+    # computed again for every table after it)
+    texts = _distinct(lf, text, "_k_text", _cw=_content_words(pl.col("_k_text")),
+                      _n_words=_n_words(pl.col("_k_text")))
+    runner_up = _distinct(lf, ru, "_ru", _ru_cw=_content_words(pl.col("_ru")))
+    resp = pl.col("_k_resp")
+    responses = _distinct(lf, response, "_k_resp", _apology=resp.str.contains(_APOLOGY_RE),
+                          _clarify=resp.str.contains(_CLARIFY_RE),
+                          _cant=resp.str.contains(_CANT_RE), _resp_words=_n_words(resp))
     lf = lf.with_columns(
         _t=_norm_text(text),
-        _ru=_norm_text(_NBEST.list.get(1, null_on_oob=True).struct.field("text")),
+        _ru=ru,
         _dom=_NLU.struct.field("domain"),
         _alt_dom=_ALTS.list.eval(pl.element().struct.field("domain")),
         _alt_int=_ALTS.list.eval(pl.element().struct.field("intent")),
         _slot1=_norm_text(_SLOTS.list.get(0, null_on_oob=True).struct.field("value")),
         _res1=_ENTS.list.get(0, null_on_oob=True).struct.field("resolved_id"),
+        _k_text=text, _k_resp=response,
     )
-    return _with_content_words(_with_content_words(lf, text, "_cw"), pl.col("_ru"), "_ru_cw")
+    lf = _join_distinct(lf, texts, "_k_text")
+    lf = _join_distinct(lf, runner_up, "_ru")
+    return _join_distinct(lf, responses, "_k_resp").drop("_k_text", "_k_resp")
 
 
 def _explode(lf: pl.LazyFrame, items: pl.Expr, *context: str) -> pl.LazyFrame:
@@ -218,7 +234,10 @@ def _alternative_items(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 def _nbest_items(lf: pl.LazyFrame) -> pl.LazyFrame:
     items = _explode(lf, _NBEST.list.slice(1), "_cw")
-    return _with_content_words(items, _ITEM.struct.field("text"), "_item_cw")
+    item_text = _ITEM.struct.field("text")
+    items = items.with_columns(item_text.alias("_k_item"))
+    words = _distinct(items, item_text, "_k_item", _item_cw=_content_words(pl.col("_k_item")))
+    return _join_distinct(items, words, "_k_item").drop("_k_item")
 
 
 def _slot_items(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -340,7 +359,7 @@ _WAKE_FEATURES = (
     _n("device_has_screen", "wake", _flag(_DEVICE.struct.field("has_screen"))),
 )
 
-_N_WORDS = _n_words(_ASR.struct.field("text"))
+_N_WORDS = pl.col("_n_words")
 _NBEST_CONF = _NBEST.list.eval(pl.element().struct.field("confidence"))
 # an n-best alternative (over "nbest") whose content words differ from the top's
 _ALT_DIFFERS = pl.col("_cw").list.set_symmetric_difference(pl.col("_item_cw")).list.len() > 0
@@ -423,10 +442,11 @@ _RESULT_FEATURES = (
     _c("result_status", "result", _RES.struct.field("status")),
     _n("result_action_missing", "result", pl.when(_RES.is_not_null()).then(
         _flag(_RES.struct.field("action").is_null()))),
-    _n("result_apology", "result", _flag(_RESPONSE.str.contains(_APOLOGY_RE))),
-    _n("result_clarification", "result", _flag(_RESPONSE.str.contains(_CLARIFY_RE))),
-    _n("result_cant", "result", _flag(_RESPONSE.str.contains(_CANT_RE))),
-    _n("result_response_words", "result", _n_words(_RESPONSE).cast(pl.Float64)),
+    # the response cues and word count come from the helper columns (once per distinct text)
+    _n("result_apology", "result", _flag(pl.col("_apology"))),
+    _n("result_clarification", "result", _flag(pl.col("_clarify"))),
+    _n("result_cant", "result", _flag(pl.col("_cant"))),
+    _n("result_response_words", "result", pl.col("_resp_words").cast(pl.Float64)),
     _n("result_names_entity", "result", pl.col("_rr").max(), over="entities"),
     # the action names the entity ER resolved (the response may not: "OK.")
     _n("result_action_names_resolved", "result", pl.col("_ar").max(), over="entities"),

@@ -97,11 +97,13 @@ class ExamplePool:
     def _trim(self, cand: pl.DataFrame) -> pl.DataFrame:
         k = self.per_group
         keys = ["session_id", "turn_index"]
+        # each order once (the keys are unique, so it is total), then the head per group
+        orders = [cand.sort([by, *keys], descending=[desc, False, False])
+                  for by, desc in (("_prob", True), ("_margin", False))]
         parts: list[pl.DataFrame] = []
         for col in (c for c in cand.columns if c.startswith(_PREFIX)):
-            for by, desc in (("_prob", True), ("_margin", False)):
-                parts.append(cand.sort([by, *keys], descending=[desc, False, False])
-                             .group_by(["_pred", col], maintain_order=True).head(k)
+            for ordered in orders:
+                parts.append(ordered.group_by(["_pred", col], maintain_order=True).head(k)
                              .select(cand.columns))
         return pl.concat(parts).unique(keys, maintain_order=True).sort(keys)
 

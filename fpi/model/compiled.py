@@ -330,6 +330,7 @@ def probe_rows(model_text: str, n: int = 512, seed: int = 0) -> np.ndarray:
     m = _parse(model_text)
     cand: list[set[float]] = [{np.nan, 0.0, -0.0, 1e-40, -1e-40, 1.0, -1.0} for _ in
                               range(m.num_feature)]
+    numeric: list[list[float]] = [[] for _ in range(m.num_feature)]
     for t in m.trees:
         for i, f in enumerate(t.split_feature):
             if t.decision_type[i] & 1:
@@ -340,8 +341,10 @@ def probe_rows(model_text: str, n: int = 512, seed: int = 0) -> np.ndarray:
                 cand[f].update(float(c) for c in cats)
                 cand[f].update((float(32 * len(words) + 3), 0.5, -0.5))
             else:
-                thr = float(t.threshold[i])
-                cand[f].update((thr, np.nextafter(thr, np.inf), np.nextafter(thr, -np.inf)))
+                numeric[f].append(float(t.threshold[i]))
+    for f, thresholds in enumerate(numeric):  # each threshold and its neighbours
+        thr = np.array(thresholds)
+        cand[f].update([*thr, *np.nextafter(thr, np.inf), *np.nextafter(thr, -np.inf)])
     rng = np.random.default_rng(seed)
     x = np.empty((n, m.num_feature))
     for f, vals in enumerate(cand):
@@ -373,9 +376,9 @@ def compile_booster(booster: lgb.Booster) -> CompiledPredictor:
     Raises ``ModelError`` when it cannot be built or its margins differ from LightGBM's.
     """
     text = booster.model_to_string()
-    m = _parse(text)
-    pred = CompiledPredictor(build_library(text), m.num_class, m.num_feature)
-    probe = probe_rows(text)
+    probe = probe_rows(text)  # parses the model: ModelError for what is not compiled
+    pred = CompiledPredictor(build_library(text), booster.num_model_per_iteration(),
+                             booster.num_feature())
     want = np.asarray(booster.predict(probe, raw_score=True)).reshape(len(probe), -1)
     got = pred.predict_raw(probe)
     if not np.array_equal(got, want):

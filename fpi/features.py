@@ -305,15 +305,17 @@ def _prev(expr: pl.Expr) -> pl.Expr:
     return pl.when(_SID.shift(1) == _SID).then(expr.shift(1))
 
 
-def _context_frame(lf: pl.LazyFrame) -> pl.LazyFrame:
+def _context_frame(lf: pl.LazyFrame, in_order: bool = False) -> pl.LazyFrame:
     """The frame sorted by session and turn, with the neighbours' helper columns.
 
     Sorted once (stable; the caller restores the row order), so a neighbour is the next
     or previous row when it has the same session: one sort instead of a window per
-    column, the same values.
+    column, the same values. ``in_order``: the frame is already in that order.
     """
     intent = _NLU.struct.field("intent")
-    return lf.sort("session_id", "turn_index", maintain_order=True).with_columns(
+    if not in_order:
+        lf = lf.sort("session_id", "turn_index", maintain_order=True)
+    return lf.with_columns(
         _next_t=_next(pl.col("_t")),
         _next_cw=_next(pl.col("_cw")),
         _next_intent=_next(intent),
@@ -575,8 +577,15 @@ _ITEM_STAGES: Final = (
 )
 
 
-def _context_features(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return _context_frame(lf).with_columns(**_exprs("context"))
+def _context_features(lf: pl.LazyFrame, in_order: bool = False) -> pl.LazyFrame:
+    return _context_frame(lf, in_order).with_columns(**_exprs("context"))
+
+
+def _in_session_order(frame: pl.DataFrame) -> bool:
+    """Whether ``frame`` is sorted by session and turn (a sorted sort changes nothing)."""
+    sid, turn = pl.col("session_id"), pl.col("turn_index")
+    later = (sid.shift(1) < sid) | ((sid.shift(1) == sid) & (turn.shift(1) <= turn))
+    return bool(frame.select(later.slice(1).all()).item())
 
 
 def _groups(over: Over) -> str:
@@ -631,7 +640,11 @@ _STEPS: Final[tuple[Callable[[pl.LazyFrame], pl.LazyFrame], ...]] = (
 
 
 def feature_exprs_lazy(turns: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """The lazy query behind :func:`build_features` (for callers composing their own plan)."""
+    """The lazy query behind :func:`build_features` (for callers composing their own plan).
+
+    Collected with ``engine=ENGINE`` it gives :func:`build_features`' values; Polars'
+    streaming engine may add a turn's n-best confidences in another order (a difference
+    in the last bit of ``asr_alt_content_mass``)."""
     lf = turns.lazy()
     _check_columns(lf)
     for step in _STEPS:
@@ -669,5 +682,7 @@ def build_features(turns: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     # step by step: the same values as the one query of feature_exprs_lazy, for less CPU
     # (its joins read shared frames that the optimiser would partly compute twice)
     for step in _STEPS:
-        frame = step(frame.lazy()).collect(engine=ENGINE).rechunk()
+        lf = (_context_features(frame.lazy(), _in_session_order(frame))
+              if step is _context_features else step(frame.lazy()))
+        frame = lf.collect(engine=ENGINE).rechunk()
     return frame

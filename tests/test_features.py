@@ -128,3 +128,15 @@ def test_simulated_sessions_identical_alone_or_among_others() -> None:
     assert pl.concat(parts).equals(all_feats)
     for f in FEATURES:  # the simulator exercises every feature
         assert all_feats[f.name].null_count() < all_feats.height, f.name
+
+
+def test_context_the_same_in_session_order_or_shuffled() -> None:
+    # build_features skips the context window's sort when the turns are in session order
+    from fpi.features import _in_session_order
+
+    many = make_turns(60, seed=5)
+    ordered = many.sort("session_id", "turn_index")
+    shuffled = many.sample(fraction=1.0, shuffle=True, seed=9)
+    assert _in_session_order(ordered) and not _in_session_order(shuffled)
+    by_key = build_features(shuffled).sort("session_id", "turn_index")
+    assert build_features(ordered).equals(by_key)

@@ -51,6 +51,14 @@ def turn_view(turns: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def turn_view_rows(turns: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """``turn_view(turns)[rows]``, built from the turns of those rows' sessions only (the
+    next and previous texts come from the same session)."""
+    ids = turns["session_id"].gather(rows)
+    keep = np.flatnonzero(turns["session_id"].is_in(ids.unique()).to_numpy())
+    return turn_view(turns[keep])[np.searchsorted(keep, rows)]
+
+
 class ExamplePool:
     """Per (slice value, predicted class): the most confident and the most borderline turns."""
 
@@ -58,15 +66,15 @@ class ExamplePool:
         self.per_group = per_group
         self.pool: pl.DataFrame | None = None
 
-    def add(self, view: pl.DataFrame, feats: pl.DataFrame, probs: np.ndarray,
+    def add(self, turns: pl.DataFrame, feats: pl.DataFrame, probs: np.ndarray,
             slices: pl.DataFrame) -> None:
-        """One batch: ``view`` (turn columns), its features, probabilities and slice values."""
+        """One batch: its turns (whole sessions), features, probabilities and slice values."""
         if self.per_group <= 0:
             return
         pred = probs.argmax(axis=1)
         top2 = np.sort(probs, axis=1)[:, -2:]
         slim = pl.DataFrame({
-            "session_id": view["session_id"], "turn_index": view["turn_index"],
+            "session_id": turns["session_id"], "turn_index": turns["turn_index"],
             "_prob": top2[:, 1], "_margin": top2[:, 1] - top2[:, 0],
             "_pred": pred.astype(np.int64), "_i": np.arange(len(pred)),
         }).with_columns(*[slices[c].cast(pl.String).alias(_PREFIX + c)
@@ -74,7 +82,7 @@ class ExamplePool:
         # choose on the slim frame, then gather the few chosen rows' text and features
         chosen = self._trim(slim).sort("_i")
         idx = chosen["_i"].to_numpy()
-        cand = view[idx].with_columns(
+        cand = turn_view_rows(turns, idx).with_columns(
             feats[idx].drop(KEY_COLUMNS).to_struct("_feats"),
             *[chosen[c] for c in chosen.columns if c.startswith("_") and c != "_i"])
         self.pool = self._trim(cand if self.pool is None
@@ -89,11 +97,13 @@ class ExamplePool:
     def _trim(self, cand: pl.DataFrame) -> pl.DataFrame:
         k = self.per_group
         keys = ["session_id", "turn_index"]
+        # each order once (the keys are unique, so it is total), then the head per group
+        orders = [cand.sort([by, *keys], descending=[desc, False, False])
+                  for by, desc in (("_prob", True), ("_margin", False))]
         parts: list[pl.DataFrame] = []
         for col in (c for c in cand.columns if c.startswith(_PREFIX)):
-            for by, desc in (("_prob", True), ("_margin", False)):
-                parts.append(cand.sort([by, *keys], descending=[desc, False, False])
-                             .group_by(["_pred", col], maintain_order=True).head(k)
+            for ordered in orders:
+                parts.append(ordered.group_by(["_pred", col], maintain_order=True).head(k)
                              .select(cand.columns))
         return pl.concat(parts).unique(keys, maintain_order=True).sort(keys)
 

@@ -45,7 +45,7 @@ import zstandard
 from fpi import __version__, runmeta
 from fpi.diagnose import attribution as attr
 from fpi.diagnose.drift import TrafficCounts
-from fpi.diagnose.examples import ExamplePool, turn_view
+from fpi.diagnose.examples import ExamplePool, turn_view_rows
 from fpi.diagnose.rates import (
     RateTable,
     SliceSums,
@@ -272,15 +272,10 @@ def score_partition(task: PartitionTask) -> Scored:
         codes_s = strata.codes(strata_values(batch))
         scored.adjusted = strata.adjusted(probs, codes_s)
         scored.stratum_probs = stratum_sums(probs, codes_s, len(strata.sums))
-    view = turn_view(batch)
     if s.examples > 0:
-        cand = view.with_columns(
-            feats.drop(KEY_COLUMNS).to_struct("_feats"),
-            pl.Series("_prob", probs[np.arange(len(pred)), pred]),
-            pl.Series("_pred", pred.astype(np.int64)))
-        scored.examples = top_examples(cand.filter(pl.col("_pred") > 0), s.examples)
+        scored.examples = _top_examples(batch, feats, probs, pred, s.examples)
         pool = ExamplePool(2)
-        pool.add(view, feats, probs, sl)
+        pool.add(batch, feats, probs, sl)
         scored.pool = pool.pool
     if s.attribution == "sample":
         keys = turn_keys(hashes[codes], batch["turn_index"].to_numpy(), s.seed)
@@ -293,6 +288,19 @@ def score_partition(task: PartitionTask) -> Scored:
         scored.values = attr.for_class(attr.grouped(bundle.contributions(feats, pred),
                                                     bundle.features), pred)
     return scored
+
+
+def _top_examples(batch: pl.DataFrame, feats: pl.DataFrame, probs: np.ndarray,
+                  pred: np.ndarray, per_class: int) -> pl.DataFrame:
+    """:func:`top_examples` of the predicted failures (their turn view, features,
+    probability and class), chosen on the keys and built for the chosen rows only."""
+    slim = batch.select(KEY_COLUMNS).with_columns(
+        pl.Series("_prob", probs[np.arange(len(pred)), pred]),
+        pl.Series("_pred", pred.astype(np.int64)), pl.Series("_i", np.arange(len(pred))))
+    chosen = top_examples(slim.filter(pl.col("_pred") > 0), per_class)
+    idx = chosen["_i"].to_numpy()
+    return turn_view_rows(batch, idx).with_columns(
+        feats[idx].drop(KEY_COLUMNS).to_struct("_feats"), chosen["_prob"], chosen["_pred"])
 
 
 def top_examples(frame: pl.DataFrame, per_class: int) -> pl.DataFrame:
@@ -309,18 +317,31 @@ def top_examples(frame: pl.DataFrame, per_class: int) -> pl.DataFrame:
 # ---------------------------------------------------------------------------
 
 
-def poisson_one(u: np.ndarray) -> np.ndarray:
-    """Poisson(1) draws from uniforms on [0, 1) by the inverse CDF."""
-    u = np.asarray(u, dtype=np.float64)
-    k = np.zeros(u.shape, dtype=np.int64)
+def _poisson_cdf() -> np.ndarray:
+    """Poisson(1)'s CDF at 0, 1, ..., 38, each value summed from the last as floats."""
     p = cdf = math.exp(-1.0)
-    for i in range(1, 40):
-        more = u >= cdf
-        if not more.any():
-            break
-        k += more
+    out = [cdf]
+    for i in range(1, 39):
         p /= i
         cdf += p
+        out.append(cdf)
+    return np.array(out)
+
+
+_POISSON_CDF = _poisson_cdf()
+
+
+def poisson_one(u: np.ndarray) -> np.ndarray:
+    """Poisson(1) draws from uniforms on [0, 1) by the inverse CDF: how many of the CDF's
+    values each ``u`` reaches. Counted by comparison up to 3 (98% of draws), by binary
+    search above."""
+    u = np.asarray(u, dtype=np.float64)
+    small = np.zeros(u.shape, dtype=np.uint8)
+    for c in _POISSON_CDF[:3]:
+        small += u >= c
+    k = small.astype(np.int64)
+    tail = u >= _POISSON_CDF[2]
+    k[tail] = np.searchsorted(_POISSON_CDF, u[tail], side="right")
     return k
 
 
@@ -408,31 +429,43 @@ def _from_ipc(data: bytes) -> pl.DataFrame:
 _ZSTD_LEVEL = 6
 
 
+def _session_sums(scored: Scored, pred: np.ndarray) -> np.ndarray:
+    """(c, s) per-session sums, one row each: turns, argmax counts per class, probability
+    sums per class and (with strata) adjusted probability sums per class."""
+    codes, s, k = scored.session_codes, len(scored.session_hashes), scored.probs.shape[1]
+    counts = np.bincount(codes * k + pred, minlength=s * k).reshape(s, k).T
+    rows = [np.bincount(codes, minlength=s)[None], counts]
+    for values in (scored.probs, scored.adjusted):
+        if values is not None:
+            rows += [np.bincount(codes, values[:, j], minlength=s)[None] for j in range(k)]
+    return np.concatenate(rows).astype(np.float64)
+
+
+def _bootstrap_sums(scored: Scored, pred: np.ndarray, spec: StatsSpec) -> np.ndarray:
+    """(b, c) each replicate's Poisson-weighted sums of :func:`_session_sums`' rows.
+
+    numpy's own loops (``einsum``), not BLAS: the sums do not depend on how many threads
+    the BLAS library runs, and no BLAS worker threads spin between the small products.
+    """
+    sums = _session_sums(scored, pred)
+    out = np.zeros((spec.n_boot, len(sums)))
+    for start in range(0, spec.n_boot, _BOOT_CHUNK):
+        reps = np.arange(start, min(start + _BOOT_CHUNK, spec.n_boot))
+        w = session_weights(scored.session_hashes, spec.seed, reps)
+        out[reps] = np.einsum("rs,cs->rc", w, sums)
+    return out
+
+
 def partition_stats(scored: Scored, spec: StatsSpec) -> PartitionStats:
     """Everything the night's estimates need from one scored partition, as sums."""
     probs, codes = scored.probs, scored.session_codes
     n, k = probs.shape
     s = len(scored.session_hashes)
     pred = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
-    sess_turns = np.bincount(codes, minlength=s).astype(np.float64)
-    sess_counts = np.bincount(codes * k + pred, minlength=s * k).reshape(s, k).astype(np.float64)
-    sess_probs = (np.stack([np.bincount(codes, probs[:, j], minlength=s) for j in range(k)], 1)
-                  if n else np.zeros((0, k)))
     adj = scored.adjusted
-    sess_adj = None if adj is None else (
-        np.stack([np.bincount(codes, adj[:, j], minlength=s) for j in range(k)], 1)
-        if n else np.zeros((0, k)))
-    b = spec.n_boot
-    boot_turns, boot_counts, boot_probs = np.zeros(b), np.zeros((b, k)), np.zeros((b, k))
-    boot_adjusted = None if adj is None else np.zeros((b, k))
-    for start in range(0, b, _BOOT_CHUNK):
-        reps = np.arange(start, min(start + _BOOT_CHUNK, b))
-        w = session_weights(scored.session_hashes, spec.seed, reps)
-        boot_turns[reps] = w @ sess_turns
-        boot_counts[reps] = w @ sess_counts
-        boot_probs[reps] = w @ sess_probs
-        if boot_adjusted is not None and sess_adj is not None:
-            boot_adjusted[reps] = w @ sess_adj
+    boot = _bootstrap_sums(scored, pred, spec)
+    boot_turns, boot_counts, boot_probs = boot[:, 0], boot[:, 1:k + 1], boot[:, k + 1:2 * k + 1]
+    boot_adjusted = None if adj is None else boot[:, 2 * k + 1:]
     fp_keys = turn_keys(scored.session_hashes[codes], scored.keys["turn_index"].to_numpy(),
                         _FINGERPRINT_SEED)
     labelled = scored.labels >= 0

@@ -929,8 +929,12 @@ class SliceSums:
         v, k = len(cats), probs.shape[1]
         counts = np.bincount(codes * k + pred, minlength=v * k).reshape(v, k)
         psum = np.stack([np.bincount(codes, probs[:, j], minlength=v) for j in range(k)], 1)
-        outer = np.stack([np.bincount(codes, probs[:, i] * probs[:, j], minlength=v)
-                          for i in range(k) for j in range(k)], 1).reshape(v, k, k)
+        # symmetric (p_i * p_j == p_j * p_i exactly): the upper triangle, mirrored
+        outer = np.zeros((v, k, k))
+        for i in range(k):
+            for j in range(i, k):
+                outer[:, i, j] = outer[:, j, i] = np.bincount(codes, probs[:, i] * probs[:, j],
+                                                              minlength=v)
         return cls(tuple(str(c) for c in cats), np.bincount(codes, minlength=v),
                    counts.astype(np.int64), psum.reshape(v, k), outer)
 

@@ -59,7 +59,8 @@ def model_matrix(features: pl.DataFrame, which: Sequence[Feature],
     if learned:
         framed = [f for f in which if f.name not in learned]
         base = model_matrix(features, framed, levels)
-        out = np.empty((features.height, len(which)))
+        # column-major, as Polars' to_numpy gives ``base``: each column is one copy
+        out = np.empty((features.height, len(which)), order="F")
         j = 0
         for i, f in enumerate(which):
             if f.name in learned:

@@ -46,7 +46,7 @@ from fpi.model.lightgbm_core import lgb
 log = logging.getLogger(__name__)
 
 #: Bump when the generated code changes: part of the cache key.
-GENERATOR_VERSION: Final = "1"
+GENERATOR_VERSION: Final = "2"
 ENV_PREDICTOR: Final = "FPI_PREDICTOR"
 ENV_CACHE: Final = "FPI_CACHE_DIR"
 #: Rows a model scores with LightGBM in one process before its library is built, unless a
@@ -169,10 +169,14 @@ def _condition(t: _Tree, node: int, tid: int, consts: list[str]) -> str:
     return f"!({v} > {thr})" if go_left_on_nan else f"({v} <= {thr})"
 
 
+#: A tree's function is inlined into its block function (one loop over a block's rows).
+_TREE_FN: Final = "static inline __attribute__((always_inline)) double"
+
+
 def _tree_c(t: _Tree, tid: int, consts: list[str]) -> str:
     if t.num_leaves <= 1:
         leaf = _lit(t.leaf_value[0])
-        return f"static double t{tid}(const double *x) {{ (void)x; return {leaf}; }}"
+        return f"{_TREE_FN} t{tid}(const double *x) {{ (void)x; return {leaf}; }}"
 
     def node(i: int, depth: int) -> str:
         pad = "  " * depth
@@ -182,21 +186,28 @@ def _tree_c(t: _Tree, tid: int, consts: list[str]) -> str:
                 f"{node(t.left[i], depth + 1)}{pad}}} else {{\n"
                 f"{node(t.right[i], depth + 1)}{pad}}}\n")
 
-    return f"static double t{tid}(const double *x) {{\n{node(0, 1)}}}"
+    return f"{_TREE_FN} t{tid}(const double *x) {{\n{node(0, 1)}}}"
+
+
+def _block_c(tid: int, k: int, nf: int) -> str:
+    """Tree ``tid`` added to the class sums ``o`` of ``m`` rows ``r`` (one call per block,
+    not per row)."""
+    return (f"static void b{tid}(const double *r, long m, double *o) {{\n"
+            f"  for (long i = 0; i < m; ++i) o[i * {k}] += t{tid}(r + i * {nf});\n}}")
 
 
 def generate_c(model_text: str) -> str:
     """C source of ``fpi_predict_raw(x, n, row_stride, col_stride, out)`` for a model."""
     m = _parse(model_text)
     consts: list[str] = []
-    funcs = [_tree_c(t, i, consts) for i, t in enumerate(m.trees)]
     k, nf, nt = m.num_class, m.num_feature, len(m.trees)
-    table = ", ".join(f"t{i}" for i in range(nt))
+    funcs = [f"{_tree_c(t, i, consts)}\n{_block_c(i, k, nf)}" for i, t in enumerate(m.trees)]
+    table = ", ".join(f"b{i}" for i in range(nt))
     # Tree-major over a block of rows: one tree's code stays in the instruction cache
     # while it scores the block. Each row's class sums still add trees in model order.
     main = f"""
-typedef double (*tree_fn)(const double *);
-static const tree_fn TREES[{nt}] = {{{table}}};
+typedef void (*block_fn)(const double *, long, double *);
+static const block_fn TREES[{nt}] = {{{table}}};
 #define BLOCK 64
 void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
   static __thread double r[BLOCK * {nf}];
@@ -210,11 +221,7 @@ void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
       }}
       for (int c = 0; c < {k}; ++c) out[(b + i) * {k} + c] = 0.0;
     }}
-    for (int t = 0; t < {nt}; ++t) {{
-      const tree_fn f = TREES[t];
-      double *o = out + b * {k} + t % {k};
-      for (long i = 0; i < m; ++i) o[i * {k}] += f(r + i * {nf});
-    }}
+    for (int t = 0; t < {nt}; ++t) TREES[t](r, m, out + b * {k} + t % {k});
   }}
 }}
 """
@@ -344,6 +351,7 @@ def probe_rows(model_text: str, n: int = 512, seed: int = 0) -> np.ndarray:
     m = _parse(model_text)
     cand: list[set[float]] = [{np.nan, 0.0, -0.0, 1e-40, -1e-40, 1.0, -1.0} for _ in
                               range(m.num_feature)]
+    numeric: list[list[float]] = [[] for _ in range(m.num_feature)]
     for t in m.trees:
         for i, f in enumerate(t.split_feature):
             if t.decision_type[i] & 1:
@@ -354,8 +362,10 @@ def probe_rows(model_text: str, n: int = 512, seed: int = 0) -> np.ndarray:
                 cand[f].update(float(c) for c in cats)
                 cand[f].update((float(32 * len(words) + 3), 0.5, -0.5))
             else:
-                thr = float(t.threshold[i])
-                cand[f].update((thr, np.nextafter(thr, np.inf), np.nextafter(thr, -np.inf)))
+                numeric[f].append(float(t.threshold[i]))
+    for f, thresholds in enumerate(numeric):  # each threshold and its neighbours
+        thr = np.array(thresholds)
+        cand[f].update([*thr, *np.nextafter(thr, np.inf), *np.nextafter(thr, -np.inf)])
     rng = np.random.default_rng(seed)
     x = np.empty((n, m.num_feature))
     for f, vals in enumerate(cand):
@@ -389,9 +399,9 @@ def compile_booster(booster: lgb.Booster) -> CompiledPredictor:
     Raises ``ModelError`` when it cannot be built or its margins differ from LightGBM's.
     """
     text = booster.model_to_string()
-    m = _parse(text)
-    pred = CompiledPredictor(build_library(text), m.num_class, m.num_feature)
-    probe = probe_rows(text)
+    probe = probe_rows(text)  # parses the model: ModelError for what is not compiled
+    pred = CompiledPredictor(build_library(text), booster.num_model_per_iteration(),
+                             booster.num_feature())
     want = np.asarray(booster.predict(probe, raw_score=True)).reshape(len(probe), -1)
     got = pred.predict_raw(probe)
     if not np.array_equal(got, want):

@@ -3,8 +3,8 @@
 Usage (run by hand; not a test)::
 
     python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100]
-        [--only abc] [--seed-list 1,2] [--stop-at-target] [--train-seeds 2]
-        [--reannotate 100,200,400]
+        [--only abc] [--seed-list 1,2] [--stop-at-target] [--noise-replicates 6]
+        [--fixes weight:class,drop:confident] [--reannotate 100,200,400]
 
 (a) **Learning curve.** A pool of unlabelled simulated turns and a separate test night.
     For each seed and label budget, a model is trained (``fpi.model.train``) on the
@@ -13,13 +13,18 @@ Usage (run by hand; not a test)::
     each round queued with the model of the previous round). Macro-F1 on the test
     night against labels used; the full-pool model is the target (minus 0.01).
 (b) **Label noise.** 5% of a training night's labels are flipped to a plausible
-    neighbour class, at class-dependent rates (a tired annotator). ``check_labels``
-    ranks them: the share of flipped labels in its top 10%, and the test macro-F1 of
-    models trained on clean and noisy labels, the noisy ones without exactly the
-    flipped labels (oracle) or without the suspects, the cleaned sets of
-    ``LabelCheck.fixed`` (drop, relabel, weight: ``fpi labels check --fix``), and the
-    noisy labels with the top ``--reannotate`` k of the ranking set back to the truth
-    (annotators asked again), each averaged over ``--train-seeds`` training seeds.
+    neighbour class, at class-dependent rates (a tired annotator). In each of
+    ``--noise-replicates`` replicates ``r`` (flip seed ``7 + r``, check folds seeded ``r``,
+    training seed ``r``), ``check_labels`` ranks them (the share of flipped labels in its
+    top 10%, the precision and recall of each fix's picks) and models are trained on
+    the clean and the noisy labels, the noisy ones without exactly the flipped labels
+    (oracle), the cleaned sets ``--fixes`` (each ``fix:by`` of ``LabelCheck.fixed``, as
+    ``fpi labels check --fix FIX --fix-by BY``) and the noisy labels with the top
+    ``--reannotate`` k of the ranking set back to the truth (annotators asked again).
+    Each variant's test macro-F1 is compared with the noisy labels' of the same
+    replicate (paired): the mean gain and its standard error over replicates, and the
+    share of the loss (clean - noisy) recovered, mean(gain) / mean(loss), with a
+    delta-method standard error.
 (c) **Measurement coverage.** Over simulated nights (each a disjoint set of sessions),
     a queue with a random stratum is drawn, its random turns labelled with the gold
     labels, and ``measure`` run with each interval method: the share of nights whose

@@ -17,7 +17,8 @@
    from the top of the ranking removes fewer correct labels than dropping every
    suspect.
 5. **A cleaned label set** (:meth:`LabelCheck.fixed`): the turns :meth:`LabelCheck.prune`
-   picks are dropped, relabelled (to the suggested class where the out-of-fold
+   picks (by class, by rank, every suspect, or the suspects whose self-confidence is
+   below ``max_confidence``) are dropped, relabelled (to the suggested class where the out-of-fold
    model gives it at least ``relabel_min``, dropped otherwise: confident learning's
    prune/relabel) or down-weighted (weight ``p(label) / (p(label) + p(suggested))``,
    the given label's share of the two contested classes), for ``fpi train --labels``

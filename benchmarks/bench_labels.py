@@ -3,8 +3,8 @@
 Usage (run by hand; not a test)::
 
     python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100]
-        [--only abc] [--seed-list 1,2] [--stop-at-target] [--train-seeds 2]
-        [--reannotate 100,200,400]
+        [--only abc] [--seed-list 1,2] [--stop-at-target] [--noise-replicates 6]
+        [--fixes weight:class,drop:confident] [--reannotate 100,200,400]
 
 (a) **Learning curve.** A pool of unlabelled simulated turns and a separate test night.
     For each seed and label budget, a model is trained (``fpi.model.train``) on the
@@ -13,13 +13,18 @@ Usage (run by hand; not a test)::
     each round queued with the model of the previous round). Macro-F1 on the test
     night against labels used; the full-pool model is the target (minus 0.01).
 (b) **Label noise.** 5% of a training night's labels are flipped to a plausible
-    neighbour class, at class-dependent rates (a tired annotator). ``check_labels``
-    ranks them: the share of flipped labels in its top 10%, and the test macro-F1 of
-    models trained on clean and noisy labels, the noisy ones without exactly the
-    flipped labels (oracle) or without the suspects, the cleaned sets of
-    ``LabelCheck.fixed`` (drop, relabel, weight: ``fpi labels check --fix``), and the
-    noisy labels with the top ``--reannotate`` k of the ranking set back to the truth
-    (annotators asked again), each averaged over ``--train-seeds`` training seeds.
+    neighbour class, at class-dependent rates (a tired annotator). In each of
+    ``--noise-replicates`` replicates ``r`` (flip seed ``7 + r``, check folds seeded ``r``,
+    training seed ``r``), ``check_labels`` ranks them (the share of flipped labels in its
+    top 10%, the precision and recall of each fix's picks) and models are trained on
+    the clean and the noisy labels, the noisy ones without exactly the flipped labels
+    (oracle), the cleaned sets ``--fixes`` (each ``fix:by`` of ``LabelCheck.fixed``, as
+    ``fpi labels check --fix FIX --fix-by BY``) and the noisy labels with the top
+    ``--reannotate`` k of the ranking set back to the truth (annotators asked again).
+    Each variant's test macro-F1 is compared with the noisy labels' of the same
+    replicate (paired): the mean gain and its standard error over replicates, and the
+    share of the loss (clean - noisy) recovered, mean(gain) / mean(loss), with a
+    delta-method standard error.
 (c) **Measurement coverage.** Over simulated nights (each a disjoint set of sessions),
     a queue with a random stratum is drawn, its random turns labelled with the gold
     labels, and ``measure`` run with each interval method: the share of nights whose
@@ -42,7 +47,7 @@ import numpy as np
 import polars as pl
 
 from fpi.features import build_features
-from fpi.labels.check import CheckOptions, check_labels
+from fpi.labels.check import CheckOptions, LabelCheck, check_labels
 from fpi.labels.measure import METHODS, measure
 from fpi.labels.queue import QueueOptions, build_queue
 from fpi.metrics import labels_to_index, macro_f1_score
@@ -154,54 +159,89 @@ def _reannotate(noisy: pl.DataFrame, truth: pl.DataFrame, keys: pl.DataFrame) ->
                               .otherwise(pl.col("label")).alias("label")).drop("_re")
 
 
-def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFrame,
-                test_feats: pl.DataFrame, tmp: Path, train_seeds: int = 1,
-                reannotate: tuple[int, ...] = (100, 200, 400)) -> dict[str, Any]:
-    noisy, flipped = _flip(train_night, seed=7)
-    t0 = time.perf_counter()
-    result = check_labels(noisy, CheckOptions(folds=5, seed=0), features=feats)
-    check_s = time.perf_counter() - t0
+def _variants(train_night: pl.DataFrame, noisy: pl.DataFrame, flipped: np.ndarray,
+              result: LabelCheck, fixes: tuple[str, ...], reannotate: tuple[int, ...],
+              ) -> dict[str, tuple[pl.DataFrame, pl.DataFrame | None]]:
+    """The training label sets of one replicate: clean, noisy, the oracle drop, each
+    ``fix:by`` cleaned set and the top ``reannotate`` k set back to the truth."""
+    keys = train_night.select(KEY).with_columns(pl.Series("flipped", flipped))
+    out: dict[str, tuple[pl.DataFrame, pl.DataFrame | None]] = {
+        "clean": (train_night, None), "noisy": (noisy, None),
+        "drop_flipped_oracle": (_drop(noisy, keys.filter("flipped").select(KEY)), None)}
+    for spec in fixes:
+        fix, by = spec.split(":")
+        fixed = result.fixed(fix, by)
+        out[spec] = (_apply(noisy, fixed), fixed.select(*KEY, "weight")
+                     if fix == "weight" else None)
+    for k in reannotate:
+        out[f"reannotate_{k}"] = (_reannotate(noisy, train_night,
+                                              result.ranked.head(k).select(KEY)), None)
+    return out
+
+
+def _ranking_stats(result: LabelCheck, train_night: pl.DataFrame, flipped: np.ndarray,
+                   fixes: tuple[str, ...]) -> dict[str, float]:
+    """How well one replicate's check finds the flips: top 10%, suspects, each fix's picks."""
     keys = train_night.select(KEY).with_columns(pl.Series("flipped", flipped))
     ranked = result.ranked.join(keys, on=KEY, maintain_order="left")
-    top = ranked.head(len(flipped) // 10)
-    by_class = result.prune("class")
-    weighted = result.fixed("weight")
-    variants: dict[str, tuple[pl.DataFrame, pl.DataFrame | None]] = {
-        "clean": (train_night, None), "noisy": (noisy, None),
-        "drop_flipped_oracle": (_drop(noisy, keys.filter("flipped").select(KEY)), None),
-        "drop_suspects": (_drop(noisy, result.suspects.select(KEY)), None),
-        "drop": (_apply(noisy, result.fixed("drop")), None),
-        "relabel": (_apply(noisy, result.fixed("relabel")), None),
-        "weight": (noisy, weighted.select(*KEY, "weight"))}
-    for k in reannotate:
-        variants[f"reannotate_{k}"] = (_reannotate(noisy, train_night,
-                                                   ranked.head(k).select(KEY)), None)
-    f1_seeds: dict[str, list[float]] = {}
-    for name, (frame, weights) in variants.items():
-        f1_seeds[name] = [_score(_fit(frame, feats, s, tmp, weights), test, test_feats)
-                          for s in range(train_seeds)]
-        print(f"  {name}: " + ", ".join(f"{v:.4f}" for v in f1_seeds[name]), flush=True)
-    f1 = {name: float(np.mean(v)) for name, v in f1_seeds.items()}
-    fixes = {fix: result.fixed(fix) for fix in ("drop", "relabel", "weight")}
-    picked = by_class.join(keys, on=KEY)
-    relabelled = fixes["relabel"].filter(pl.col("fix").is_not_null()).join(
-        train_night.select(*KEY, pl.col("label").struct.field("failure_point").alias("_t")),
-        on=KEY)
-    return {"flipped": int(flipped.sum()), "share": float(flipped.mean()),
-            "found_top10": float(top["flipped"].sum() / flipped.sum()),
-            "suspects": result.suspects.height, "estimated_errors": result.estimated_errors,
-            "top_estimated_precision": float(ranked.head(result.estimated_errors)["flipped"]
-                                             .mean()),
-            "suspect_precision": float(ranked.filter("suspect")["flipped"].mean()),
-            "suspect_recall": float(ranked.filter("suspect")["flipped"].sum() / flipped.sum()),
-            "by_class": by_class.height, "by_class_precision": float(picked["flipped"].mean()),
-            "relabelled": relabelled.height, "relabel_right": int(
-                (relabelled["failure_point"] == relabelled["_t"]).sum()),
-            "weight_mean_picked": float(fixes["weight"].filter(pl.col("fix").is_not_null())
-                                        ["weight"].mean()),
-            "reannotated_flipped": {k: int(ranked.head(k)["flipped"].sum())
-                                    for k in reannotate},
-            "check_seconds": check_s, "macro_f1": f1, "macro_f1_seeds": f1_seeds}
+    n = int(flipped.sum())
+    stats = {"flipped": n, "found_top10": float(ranked.head(len(flipped) // 10)["flipped"]
+                                                 .sum() / n),
+             "suspects": result.suspects.height,
+             "suspect_precision": float(ranked.filter("suspect")["flipped"].mean()),
+             "estimated_errors": result.estimated_errors}
+    for by in sorted({spec.split(":")[1] for spec in fixes}):
+        picked = result.prune(by).join(keys, on=KEY)
+        stats[f"picked_{by}"] = picked.height
+        stats[f"picked_{by}_precision"] = float(picked["flipped"].mean())
+        stats[f"picked_{by}_recall"] = float(picked["flipped"].sum() / n)
+    return stats
+
+
+def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFrame,
+                test_feats: pl.DataFrame, tmp: Path, replicates: int = 1,
+                reannotate: tuple[int, ...] = (), fixes: tuple[str, ...] = ("drop:class",),
+                ) -> dict[str, Any]:
+    """Per replicate ``r`` (flip seed ``7 + r``, check seed ``r``, training seed ``r``):
+    the test macro-F1 of every variant, so each fix is compared with the noisy labels
+    of the same replicate (paired)."""
+    rows: list[tuple[int, str, float]] = []
+    stats: list[dict[str, float]] = []
+    for r in range(replicates):
+        c0, t0 = time.process_time(), time.perf_counter()
+        noisy, flipped = _flip(train_night, seed=7 + r)
+        result = check_labels(noisy, CheckOptions(folds=5, seed=r), features=feats)
+        stats.append({**_ranking_stats(result, train_night, flipped, fixes),
+                      "check_seconds": time.perf_counter() - t0})
+        for name, (frame, weights) in _variants(train_night, noisy, flipped, result, fixes,
+                                                reannotate).items():
+            rows.append((r, name, _score(_fit(frame, feats, r, tmp, weights), test,
+                                         test_feats)))
+        print(f"replicate {r} ({time.process_time() - c0:.0f} CPU-s, load "
+              f"{os.getloadavg()[0]:.1f}): " + ", ".join(
+                  f"{v} {f:.4f}" for r_, v, f in rows if r_ == r), flush=True)
+    return {"f1": pl.DataFrame(rows, schema=["replicate", "variant", "macro_f1"],
+                               orient="row"), "stats": pl.DataFrame(stats)}
+
+
+def recovery(f1: pl.DataFrame) -> pl.DataFrame:
+    """Per variant, paired against the noisy labels of the same replicate: the mean gain
+    ``d`` and its standard error, and the share of the loss (clean - noisy) recovered,
+    mean(d) / mean(loss), with a delta-method standard error."""
+    wide = f1.pivot("variant", index="replicate", values="macro_f1")
+    n = wide.height
+    loss = (wide["clean"] - wide["noisy"]).to_numpy()
+    rows = []
+    for v in wide.columns[1:]:
+        d = (wide[v] - wide["noisy"]).to_numpy()
+        share = d.mean() / loss.mean()
+        resid = d - share * loss  # delta method for a ratio of means
+        se = float(resid.std(ddof=1) / np.sqrt(n) / abs(loss.mean())) if n > 1 else float("nan")
+        rows.append((v, float(wide[v].mean()), float(d.mean()),
+                     float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+                     float(share), se))
+    return pl.DataFrame(rows, schema=["variant", "macro_f1", "gain", "gain_se", "recovered",
+                                      "recovered_se"], orient="row")
 
 
 def coverage(bundle: ModelBundle, nights: int, night_turns: int, budget: int,
@@ -249,10 +289,14 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=10_000)
     p.add_argument("--budgets", default="300,600,1200,2400")
     p.add_argument("--noise-turns", type=int, default=6_000)
-    p.add_argument("--train-seeds", type=int, default=1,
-                   help="(b) training seeds each variant's macro-F1 is averaged over")
-    p.add_argument("--reannotate", default="100,200,400",
-                   help="(b) how many of the top suspects are sent back to annotators")
+    p.add_argument("--noise-replicates", type=int, default=3,
+                   help="(b) replicates: flips, check folds and training seed of each")
+    p.add_argument("--fixes", default="weight:class,drop:class,drop:confident,"
+                   "relabel:confident",
+                   help="(b) the cleaned sets to train on, each fix:by of LabelCheck.fixed")
+    p.add_argument("--reannotate", default="400",
+                   help="(b) how many of the top suspects are sent back to annotators "
+                        "(comma-separated; empty: none)")
     p.add_argument("--nights", type=int, default=100)
     p.add_argument("--night-turns", type=int, default=2_000)
     p.add_argument("--night-budget", type=int, default=300)
@@ -303,34 +347,19 @@ def main() -> None:
             t0 = time.perf_counter()
             night = simulate_frame(args.noise_turns, seed=21, labels="gold")
             ln = label_noise(night, build_features(night), test, test_feats, tmp,
-                             args.train_seeds,
-                             tuple(int(k) for k in args.reannotate.split(",")))
-            print(f"\n(b) label noise: {args.noise_turns} turns, {ln['flipped']} flipped "
-                  f"({ln['share']:.1%}) ({time.perf_counter() - t0:.0f} s)")
-            print(f"flipped labels in the top 10% of the ranking: {ln['found_top10']:.1%}; "
-                  f"suspects {ln['suspects']} (precision {ln['suspect_precision']:.1%}, "
-                  f"recall {ln['suspect_recall']:.1%}); estimated wrong {ln['estimated_errors']}"
-                  f" (precision of that many from the top {ln['top_estimated_precision']:.1%});"
-                  f" check took {ln['check_seconds']:.0f} s; pruned by class {ln['by_class']}"
-                  f" (precision {ln['by_class_precision']:.1%})")
-            print(f"relabelled {ln['relabelled']} ({ln['relabel_right']} to the true class), "
-                  f"mean weight of the picked {ln['weight_mean_picked']:.3f}; flipped among "
-                  "the re-annotated: " + ", ".join(
-                      f"top {k}: {n}" for k, n in ln["reannotated_flipped"].items()))
-            f1 = ln["macro_f1"]
-            lost = f1["clean"] - f1["noisy"]
-            print(f"test macro-F1 (mean of {args.train_seeds} training seeds): clean "
-                  f"{f1['clean']:.4f}, noisy {f1['noisy']:.4f}, lost {lost:.4f}")
-            for k, v in f1.items():
-                if k in ("clean", "noisy"):
-                    continue
-                per = ""
-                if k.startswith("reannotate_"):
-                    n = int(k.split("_")[1])
-                    per = f", {(v - f1['noisy']) / n * 100:+.4f} per 100 annotations"
-                print(f"  {k:<22} {v:.4f}  recovered {v - f1['noisy']:+.4f} "
-                      f"({(v - f1['noisy']) / lost:.0%} of the loss{per})"
-                      f"  seeds {ln['macro_f1_seeds'][k]}")
+                             args.noise_replicates,
+                             tuple(int(k) for k in args.reannotate.split(",") if k),
+                             tuple(args.fixes.split(",")))
+            st = ln["stats"]
+            print(f"\n(b) label noise: {args.noise_turns} turns, {args.noise_replicates} "
+                  f"replicates ({time.perf_counter() - t0:.0f} s); flipped "
+                  f"{st['flipped'].mean():.0f} on average; per replicate:")
+            with pl.Config(tbl_rows=40, tbl_cols=30, tbl_hide_dataframe_shape=True,
+                           tbl_width_chars=200, float_precision=4):
+                print(st)
+                print(ln["f1"].pivot("variant", index="replicate", values="macro_f1"))
+                print("paired against the noisy labels of the same replicate (mean, s.e.):")
+                print(recovery(ln["f1"]))
         if "c" in args.only:
             t0 = time.perf_counter()
             full_bundle = full_bundle or _fit(pool, pool_feats, 0, tmp)

@@ -315,8 +315,30 @@ class PruneChoice(StrEnum):
     """Which labels ``--fix`` treats (:meth:`fpi.labels.check.LabelCheck.prune`)."""
 
     by_class = "class"
+    confident = "confident"
     rank = "rank"
     suspects = "suspects"
+
+
+_Fix = Annotated[FixChoice | None, typer.Option(
+    help="Write a cleaned label set (--fixed): drop the estimated wrong labels, relabel "
+         "them to the suggested class (those suggested with at least --relabel-min; the "
+         "rest dropped), or weight them down (p(label) / (p(label) + p(suggested))).",
+    show_default=False)]
+_Fixed = Annotated[Path | None, typer.Option(
+    help="With --fix: the cleaned labels Parquet to write (for `fpi train --labels`; "
+         "its weight column is used as the training weights).", show_default=False)]
+_FixBy = Annotated[PruneChoice, typer.Option(
+    help="Which labels --fix treats: 'class' (each label's estimated count of errors, "
+         "least confident first, as cleanlab prunes), 'confident' (suspects whose label "
+         "has out-of-fold probability below --max-confidence), 'rank' (the estimated count "
+         "from the top of the ranking) or 'suspects' (every suspect).")]
+_RelabelMin = Annotated[float, typer.Option(
+    min=0.0, max=1.0, help="--fix relabel: least out-of-fold probability of the "
+                           "suggested class to relabel.")]
+_MaxConfidence = Annotated[float, typer.Option(
+    min=0.0, max=1.0, help="--fix-by confident: a suspect is treated if the out-of-fold "
+                           "probability of its label is below this.")]
 
 
 def _write_fixed(frame: Any, path: Path) -> None:
@@ -347,21 +369,11 @@ def check_command(
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on "
                                                         "stdout.")] = False,
-    fix: Annotated[FixChoice | None, typer.Option(
-        help="Write a cleaned label set (--fixed): drop the estimated wrong labels, relabel "
-             "them to the suggested class (those suggested with at least --relabel-min; the "
-             "rest dropped), or weight them down (p(label) / (p(label) + p(suggested))).",
-        show_default=False)] = None,
-    fixed: Annotated[Path | None, typer.Option(
-        help="With --fix: the cleaned labels Parquet to write (for `fpi train --labels`; "
-             "its weight column is used as the training weights).", show_default=False)] = None,
-    fix_by: Annotated[PruneChoice, typer.Option(
-        help="Which labels --fix treats: 'class' (each label's estimated count of errors, "
-             "least confident first, as cleanlab prunes), 'rank' (that many from the top "
-             "of the ranking) or 'suspects' (every suspect).")] = PruneChoice.by_class,
-    relabel_min: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="--fix relabel: least out-of-fold probability of the "
-                               "suggested class to relabel.")] = 0.5,
+    fix: _Fix = None,
+    fixed: _Fixed = None,
+    fix_by: _FixBy = PruneChoice.by_class,
+    relabel_min: _RelabelMin = 0.5,
+    max_confidence: _MaxConfidence = 0.1,
 ) -> None:
     """Rank training labels that are probably wrong, and optionally write a cleaned set.
 
@@ -399,7 +411,8 @@ def check_command(
         except OSError as exc:
             raise InputError(f"cannot write the report to {report}: {exc}") from exc
     if fix is not None and fixed is not None:
-        _write_fixed(cleaned_labels(result, turns, fix.value, fix_by.value, relabel_min), fixed)
+        _write_fixed(cleaned_labels(result, turns, fix.value, fix_by.value, relabel_min,
+                                    max_confidence), fixed)
     err_console.print(f"{doc['suspects']} suspects among {doc['labelled_turns']} labelled turns"
                       + (f"; report in {escape(str(report))}" if report else "")
                       + (f"; cleaned labels ({fix.value}) in {escape(str(fixed))}"

@@ -17,7 +17,8 @@
    from the top of the ranking removes fewer correct labels than dropping every
    suspect.
 5. **A cleaned label set** (:meth:`LabelCheck.fixed`): the turns :meth:`LabelCheck.prune`
-   picks are dropped, relabelled (to the suggested class where the out-of-fold
+   picks (by class, by rank, every suspect, or the suspects whose self-confidence is
+   below ``max_confidence``) are dropped, relabelled (to the suggested class where the out-of-fold
    model gives it at least ``relabel_min``, dropped otherwise: confident learning's
    prune/relabel) or down-weighted (weight ``p(label) / (p(label) + p(suggested))``,
    the given label's share of the two contested classes), for ``fpi train --labels``
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 KEY = list(KEY_COLUMNS)
 #: What :meth:`LabelCheck.fixed` can do to the picked turns.
 FIXES = ("drop", "relabel", "weight")
+#: Which turns :meth:`LabelCheck.prune` picks.
+PRUNES = ("confident", "class", "rank", "suspects")
+#: ``prune("confident")``: the self-confidence below which a suspect is picked.
+MAX_CONFIDENCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -82,17 +87,21 @@ class LabelCheck:
     #: The same per given label (the rows of that joint).
     errors_by_label: dict[str, int] | None = None
 
-    def prune(self, by: str = "rank") -> pl.DataFrame:
+    def prune(self, by: str = "rank", max_confidence: float = MAX_CONFIDENCE) -> pl.DataFrame:
         """The ranked turns to drop or re-annotate: ``rank``, the top
         ``estimated_errors`` of the ranking; ``class``, for each given label its own
         estimated count, lowest self-confidence first (cleanlab's prune by class);
-        ``suspects``, every suspect."""
+        ``suspects``, every suspect; ``confident``, the suspects whose self-confidence
+        is below ``max_confidence`` (the out-of-fold model all but rules their label
+        out: a slip, not a hard case)."""
         if by == "rank":
             return self.ranked.head(self.estimated_errors)
         if by == "suspects":
             return self.suspects
+        if by == "confident":
+            return self.suspects.filter(pl.col("self_confidence") < max_confidence)
         if by != "class":
-            raise InputError(f"prune by 'rank', 'class' or 'suspects', not {by!r}")
+            raise InputError(f"prune by {', '.join(map(repr, PRUNES))}, not {by!r}")
         quota = pl.DataFrame({"label": list((self.errors_by_label or {}).keys()),
                               "_n": list((self.errors_by_label or {}).values())},
                              schema={"label": pl.String, "_n": pl.Int64})
@@ -100,7 +109,8 @@ class LabelCheck:
             quota, on="label", maintain_order="left").filter(
             pl.int_range(pl.len()).over("label") < pl.col("_n")).drop("_n").sort("rank")
 
-    def fixed(self, fix: str, by: str = "class", relabel_min: float = 0.5) -> pl.DataFrame:
+    def fixed(self, fix: str, by: str = "class", relabel_min: float = 0.5,
+              max_confidence: float = MAX_CONFIDENCE) -> pl.DataFrame:
         """Every labelled turn's label, ``fix`` applied to the turns :meth:`prune` picks
         (``by``): ``session_id, turn_index, failure_point, weight, fix`` (``fix``: what was
         done to the turn, or null), sorted by turn. ``drop`` leaves the picks out;
@@ -110,7 +120,7 @@ class LabelCheck:
         p(suggested))``. Every other turn keeps its label with weight 1."""
         if fix not in FIXES:
             raise InputError(f"--fix must be one of {', '.join(FIXES)}, not {fix!r}")
-        picked = self.prune(by).select(*KEY, pl.lit(True).alias("_pick"))
+        picked = self.prune(by, max_confidence).select(*KEY, pl.lit(True).alias("_pick"))
         rows = self.ranked.join(picked, on=KEY, how="left", maintain_order="left").with_columns(
             pl.col("_pick").fill_null(False))
         sure = pl.col("_pick") & (pl.col("suggested_probability") >= relabel_min)
@@ -267,7 +277,8 @@ def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
 
 
 def cleaned_labels(result: LabelCheck, turns: pl.DataFrame, fix: str, by: str = "class",
-                   relabel_min: float = 0.5) -> pl.DataFrame:
+                   relabel_min: float = 0.5, max_confidence: float = MAX_CONFIDENCE,
+                   ) -> pl.DataFrame:
     """The cleaned label set of :meth:`LabelCheck.fixed` as a labels file (the columns
     of ``fpi labels import`` plus ``weight``): kept labels keep their annotator,
     relabelled ones are by ``fpi-check``; ``source`` says what was done, ``extra``
@@ -275,7 +286,7 @@ def cleaned_labels(result: LabelCheck, turns: pl.DataFrame, fix: str, by: str = 
     from fpi.labels.importer import LABELS_SCHEMA
 
     who = turns.select(*KEY, pl.col("label").struct.field("annotator").alias("_by"))
-    fixed = result.fixed(fix, by, relabel_min).join(who, on=KEY, how="left",
+    fixed = result.fixed(fix, by, relabel_min, max_confidence).join(who, on=KEY, how="left",
                                                     maintain_order="left")
     changed = pl.col("fix").is_not_null()
     return fixed.select(

@@ -49,6 +49,21 @@ def test_fixed_drop_relabel_weight() -> None:
         check.fixed("vote")
 
 
+def test_prune_confident_picks_suspects_the_model_rules_out() -> None:
+    check = _check()  # suspects a (p(label) 0.1), b (0.3), c (0.2); d is no suspect
+    assert check.prune("confident").height == 0  # default 0.1: strictly below
+    assert check.prune("confident", 0.25)["session_id"].to_list() == ["a", "c"]
+    assert check.prune("confident", 0.95)["session_id"].to_list() == ["a", "b", "c"]
+    drop = check.fixed("drop", "confident", max_confidence=0.25)
+    assert drop["session_id"].to_list() == ["b", "d"]
+    relabel = check.fixed("relabel", "confident", max_confidence=0.25)
+    assert relabel["failure_point"].to_list() == ["nlu", "nlu", "er", "asr"]
+    weight = check.fixed("weight", "confident", max_confidence=0.25)
+    assert weight["weight"].to_list() == pytest.approx([0.1 / 0.9, 1.0, 0.2 / 0.9, 1.0])
+    with pytest.raises(InputError, match="'confident'"):
+        check.prune("vote")
+
+
 def test_cleaned_labels_is_a_labels_file(tmp_path: Path) -> None:
     turns = pl.DataFrame({"session_id": list("abcd"), "turn_index": [0] * 4}).with_columns(
         pl.struct(pl.lit("x").alias("failure_point"), pl.lit("ann").alias("annotator"),

@@ -1,6 +1,6 @@
 """``python -m fpi`` runs the CLI."""
 
-from fpi.cli import app
+from fpi.cli import main
 
 if __name__ == "__main__":  # pragma: no cover
-    app(prog_name="fpi")
+    main()

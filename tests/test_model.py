@@ -89,11 +89,19 @@ def test_training_is_byte_identical(turns: pl.DataFrame, trained: TrainResult,
         assert (saved.path / name).read_bytes() == (trained.path / name).read_bytes(), name
 
 
-def test_training_does_not_import_its_judge_nor_lightgbms_wrappers() -> None:
-    code = ("import sys, fpi.model\n"
-            "print(*(m in sys.modules for m in ('fpi.evaluate', 'sklearn', 'pandas')))\n"
+def test_training_does_not_import_its_judge() -> None:
+    code = "import sys, fpi.model; print('fpi.evaluate' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_lean_import_hides_lightgbms_wrappers_until_asked_for() -> None:
+    code = ("import sys\n"
+            "from fpi.lightgbm_import import import_lean, with_wrappers\n"
+            "lgb = import_lean(); import fpi.model\n"
+            "print(*(m in sys.modules for m in ('sklearn', 'pandas')))\n"
             "import sklearn, pandas  # hidden only while LightGBM was imported\n"
-            "from fpi.model.lightgbm_core import lgb, with_wrappers\n"
             "print(lgb.compat.SKLEARN_INSTALLED, lgb.compat.PANDAS_INSTALLED)\n"
             "with_wrappers(); with_wrappers()\n"
             "from lightgbm.dask import DaskLGBMClassifier\n"
@@ -102,8 +110,18 @@ def test_training_does_not_import_its_judge_nor_lightgbms_wrappers() -> None:
             "      issubclass(DaskLGBMClassifier, BaseEstimator))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split("\n")[:3] == ["False False False", "False False",
-                                           "True True True"]
+    assert out.stdout.split("\n")[:3] == ["False False", "False False", "True True True"]
+
+
+def test_the_fpi_executable_imports_lightgbm_lean(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fpi.cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(fpi.cli, "import_lean", lambda: calls.append("lean"))
+    monkeypatch.setattr(sys, "argv", ["fpi", "--version"])
+    with pytest.raises(SystemExit) as done:
+        fpi.cli.main()
+    assert done.value.code in (0, None) and calls == ["lean"]
 
 
 def test_counts_add_up(trained: TrainResult, turns: pl.DataFrame) -> None:

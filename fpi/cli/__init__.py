@@ -5,6 +5,7 @@ function and renders the result. Errors are caught once, in ``_app``.
 """
 
 from fpi.cli._app import app
+from fpi.lightgbm_import import import_lean
 
 # Importing the command modules registers their commands on ``app``.
 from fpi.cli import ingest as _ingest  # noqa: F401  isort: skip
@@ -14,4 +15,15 @@ from fpi.cli import diagnose as _diagnose  # noqa: F401  isort: skip
 from fpi.cli import trend as _trend  # noqa: F401  isort: skip
 from fpi.cli import labels as _labels  # noqa: F401  isort: skip
 
-__all__ = ["app"]
+
+
+def main() -> None:
+    """The ``fpi`` executable and ``python -m fpi``: LightGBM loaded lean, then the app.
+
+    (Programs and tests that call ``app`` themselves get LightGBM as usual.)
+    """
+    import_lean()
+    app(prog_name="fpi")
+
+
+__all__ = ["app", "main"]

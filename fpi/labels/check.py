@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 
@@ -37,7 +38,6 @@ from fpi.errors import InputError
 from fpi.features import FEATURES, Feature, build_features
 from fpi.metrics import labels_to_index
 from fpi.model.bundle import model_matrix
-from fpi.model.lightgbm_core import lgb
 from fpi.model.training import DEFAULT_PARAMS, category_levels, class_weights
 from fpi.schema import CLASSES, KEY_COLUMNS
 

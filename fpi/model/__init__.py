@@ -10,14 +10,21 @@
     learned.py      features learned from the data (text models, ``extra`` numbers)
     vocab.py        learned counts of the training turns' words and ER mentions
     compiled.py     the compiled predictor (identical margins, faster than LightGBM)
-    lightgbm_core.py  LightGBM loaded lean (no scikit-learn, no pandas) and OpenMP set
-                    to wait passively; every module takes ``lgb`` from it
 
 The metrics are :mod:`fpi.metrics`; measuring a bundle on labelled turns is
 :func:`fpi.evaluate.evaluate`.
 """
 
 from __future__ import annotations
+
+import os
+
+# LightGBM's OpenMP threads busy-wait between parallel regions by default; on a shared
+# machine (CI, several jobs on 2 cores) that spinning made training ~8x slower in our
+# measurements. Passive waiting costs nothing when the cores are free. It must be set
+# before libgomp loads (with lightgbm, imported by the modules below); a user's own
+# setting wins. (The fpi executable sets it too: fpi.lightgbm_import.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fpi.model.bundle import ModelBundle, load_bundle, save
 from fpi.model.training import FitOptions, TrainResult, fit, train

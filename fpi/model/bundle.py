@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 
@@ -39,7 +40,6 @@ from fpi.model.baselines import RuleBaseline
 from fpi.model.calibration import Calibration
 from fpi.model.compiled import raw_margins
 from fpi.model.learned import Learned
-from fpi.model.lightgbm_core import lgb
 from fpi.model.manifest import MANIFEST_FILE, check_bundle_files, validate_manifest
 from fpi.schema import CLASSES, TURN_SCHEMA
 

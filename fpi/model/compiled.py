@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import lightgbm as lgb
 import numpy as np
 
 from fpi.errors import ModelError
-from fpi.model.lightgbm_core import lgb
 
 log = logging.getLogger(__name__)
 

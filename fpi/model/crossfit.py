@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 
 from fpi.features import Feature
-from fpi.model.lightgbm_core import lgb
 from fpi.progress import Progress, boosting_callback, report
 from fpi.schema import CLASSES
 

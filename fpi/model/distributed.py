@@ -40,18 +40,19 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 
 from fpi.errors import EngineError, InputError
 from fpi.features import Feature
 from fpi.hashing import combine, hash_series
+from fpi.lightgbm_import import with_wrappers
 from fpi.metrics import labels_to_index
 from fpi.model.bundle import model_matrix
 from fpi.model.crossfit import test_mask
 from fpi.model.frame import TrainTask, TurnSample, partition_frame, train_sources, training_frame
 from fpi.model.learned import Learned
-from fpi.model.lightgbm_core import lgb, with_wrappers
 from fpi.schema import CLASSES
 
 if TYPE_CHECKING:

@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -79,7 +80,6 @@ from fpi.model.learned import (
     oof_text_scores,
     text_matrices,
 )
-from fpi.model.lightgbm_core import lgb
 from fpi.model.manifest import bundle_hash
 from fpi.model.vocab import VocabInputs, Vocabulary, oof_vocab_columns
 from fpi.progress import Progress, report

@@ -1,0 +1,72 @@
+"""How LightGBM is loaded: its OpenMP setting, and a lean import for the ``fpi`` command.
+
+Nothing heavy is imported here, so the ``fpi`` executable can call :func:`import_lean`
+before any module that uses LightGBM.
+
+- **Passive OpenMP waiting** (:func:`set_openmp_wait`; :mod:`fpi.model` sets it too).
+  LightGBM's OpenMP threads busy-wait between parallel regions by default; on a shared
+  machine (CI, several jobs on 2 cores) that spinning made training about 8 times
+  slower in our measurements. Passive waiting costs nothing when the cores are free.
+  It must be set before libgomp loads; a user's own setting wins.
+- **The lean import** (:func:`import_lean`, called by the ``fpi`` executable only).
+  ``import lightgbm`` imports scikit-learn and pandas when they are installed, for its
+  optional scikit-learn estimators and pandas input, which fpi does not use (it trains
+  with ``lgb.train`` on NumPy arrays). With ``fpi[dask]`` or ``fpi[shap]`` installed
+  they are, and they cost about 2 CPU-s per process (0.5 s without): every ``fpi``
+  command that loads a model paid it. The command hides them while LightGBM is
+  imported, so LightGBM sees them as absent; they import normally afterwards. A
+  program that imports :mod:`fpi` as a library gets LightGBM as usual.
+- :func:`with_wrappers` restores the scikit-learn wrappers where they are needed:
+  ``lightgbm.dask`` (distributed training) is built on them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+
+#: Modules LightGBM imports only for its optional wrappers.
+_WRAPPER_DEPENDENCIES = ("sklearn", "pandas")
+
+
+def set_openmp_wait() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set it (before LightGBM loads)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def import_lean() -> ModuleType:
+    """Import LightGBM with scikit-learn and pandas hidden (no-op if already imported)."""
+    set_openmp_wait()
+    if "lightgbm" in sys.modules:
+        return sys.modules["lightgbm"]
+    hidden = [name for name in _WRAPPER_DEPENDENCIES if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # "import name" fails
+    try:
+        return importlib.import_module("lightgbm")
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, ModuleType(name)) is None:
+                del sys.modules[name]
+
+
+def with_wrappers() -> ModuleType:
+    """LightGBM with its scikit-learn and pandas wrappers, as ``lightgbm.dask`` needs.
+
+    If the lean import left them out, ``lightgbm.compat`` and ``lightgbm.sklearn`` (and
+    ``lightgbm.dask``, if loaded) are read again now that scikit-learn and pandas can be
+    imported. Safe to call more than once, and on Dask workers (``client.run``).
+    """
+    lgb = importlib.import_module("lightgbm")
+    compat = importlib.import_module("lightgbm.compat")
+    if not (compat.SKLEARN_INSTALLED and compat.PANDAS_INSTALLED):
+        importlib.reload(compat)
+        for name in ("lightgbm.sklearn", "lightgbm.dask"):
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])
+    return lgb
+
+
+__all__ = ["import_lean", "set_openmp_wait", "with_wrappers"]

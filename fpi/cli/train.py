@@ -204,6 +204,12 @@ _MaxTrainTurns = Annotated[int | None, typer.Option(
     "--max-train-turns", min=1, show_default=False,
     help="Train on a seeded, class-stratified sample of at most this many labelled "
          "turns (by a hash of session id and --seed; see docs/scale.md).")]
+_MaxFitTurns = Annotated[int | None, typer.Option(
+    "--max-fit-turns", min=0, show_default=False,
+    help="With the holdout protocol: the boosted trees train on a seeded, "
+         "class-stratified sample of at most this many labelled turns (0: all); the "
+         "text models, calibration and metrics still use every label [default: "
+         "200,000] (docs/model.md).")]
 _DistributedTraining = Annotated[bool, typer.Option(
     "--distributed-training",
     help="With --engine dask and --max-train-turns: grow the shipped model with "
@@ -239,6 +245,7 @@ def train(
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
     max_train_turns: _MaxTrainTurns = None,
+    max_fit_turns: _MaxFitTurns = None,
     distributed_training: _DistributedTraining = False,
     rounds: _Rounds = None,
 ) -> None:
@@ -275,6 +282,8 @@ def train(
         "seed": seed, "threads": threads, "folds": folds, "split": split.value,
         "test_size": test_size, "init_model": init_model, "max_train_turns": max_train_turns,
         "protocol": protocol.value}
+    if max_fit_turns is not None:
+        options["max_fit_turns"] = max_fit_turns or None
     options["weights"] = training_weights(weights, labels)
     report = None
     if engine == "local":

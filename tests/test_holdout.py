@@ -80,7 +80,7 @@ def test_explicit_protocol_and_test_part(night: pl.DataFrame, tmp_path: Path) ->
     assert cf.manifest["training"]["protocol"] == "crossfit"
     assert cf.manifest["training"]["heldout_is"] == "out-of-fold"
     part = train(night, tmp_path / "p", seed=0, threads=1, protocol="holdout",
-                 test_size=0.25, no_context=False, **FAST)
+                 test_size=0.25, no_context=False, holdout_refit=True, **FAST)
     t = part.manifest["training"]
     assert t["heldout_is"] == "test part"
     assert t["counts"]["train"]["turns"] + t["counts"]["test"]["turns"] == night.height

@@ -174,8 +174,8 @@ _Folds = Annotated[int | None, typer.Option(
     show_default=False)]
 _Protocol = Annotated[ProtocolChoice, typer.Option(
     help="'crossfit' (k folds), 'holdout' (one validation part of 1/folds of the "
-         "sessions gives the rounds, calibration and metrics; the no-context baseline "
-         "trains on at most 200,000 turns) or 'auto': holdout from 300,000 labelled "
+         "sessions gives the rounds, calibration and metrics; the trees train on a "
+         "sample of at most --max-fit-turns turns) or 'auto': holdout from 300,000 labelled "
          "turns on (docs/model.md).")]
 _Split = Annotated[SplitChoice, typer.Option(
     help="With --test-size > 0, which sessions are set aside: 'session' (random) or "
@@ -208,8 +208,8 @@ _MaxFitTurns = Annotated[int | None, typer.Option(
     "--max-fit-turns", min=0, show_default=False,
     help="With the holdout protocol: the boosted trees train on a seeded, "
          "class-stratified sample of at most this many labelled turns (0: all); the "
-         "text models, calibration and metrics still use every label [default: "
-         "200,000] (docs/model.md).")]
+         "text models, calibration and metrics still use every label (default "
+         "400,000; docs/model.md).")]
 _DistributedTraining = Annotated[bool, typer.Option(
     "--distributed-training",
     help="With --engine dask and --max-train-turns: grow the shipped model with "
@@ -254,10 +254,11 @@ def train(
     Every labelled turn is used: k-fold cross-fitting by session gives out-of-fold
     predictions for calibration, early stopping and the held-out metrics, and the
     shipped model is trained on all labels. From 300,000 labelled turns on (--protocol
-    auto) one validation part of the sessions takes the folds' place, to keep training
-    time sane. The metrics are printed next to the two baselines
-    (the first-bad-stage rule and the model without dialogue context) and, where a
-    second annotator's labels exist, human agreement. Same data + seed + threads give
+    auto) one validation part of the sessions takes the folds' place and the trees
+    train on a sample of at most --max-fit-turns turns, to keep training time sane.
+    The metrics are printed next to the two baselines (the first-bad-stage rule and
+    the model without dialogue context) and, where a second annotator's labels exist,
+    human agreement. Same data + seed + threads give
     a byte-identical model. Records that break a rule of the trace format (e.g. an
     unknown label, bad_label) are set aside in the rejects file, as `fpi ingest` does.
 

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the bundle here (kept)")
     parser.add_argument("--protocol", default="auto", choices=("auto", "crossfit", "holdout"))
     parser.add_argument("--max-fit-turns", type=int, default=None,
-                        help="holdout: the trees' sample (0: all; default: fpi's)")
+                        help="holdout: the trees' sample (default: all)")
     parser.add_argument("--refit", action="store_true",
                         help="holdout: refit the shipped model (holdout_refit=True)")
     args = parser.parse_args()
@@ -73,8 +73,7 @@ def main() -> None:
         cpu_start = _cpu_s()
         turns, _ = read_traces(data)
         read_s = time.perf_counter() - start
-        cap = ({} if args.max_fit_turns is None
-               else {"max_fit_turns": args.max_fit_turns or None})
+        cap = {} if args.max_fit_turns is None else {"max_fit_turns": args.max_fit_turns}
         result = train(turns, args.out or Path(tmp) / "model", seed=args.seed,
                        threads=args.threads, protocol=args.protocol,
                        holdout_refit=args.refit, **cap)

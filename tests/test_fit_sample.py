@@ -54,6 +54,7 @@ def test_no_sample_when_cross_fitting_under_the_cap_or_uncapped() -> None:
     assert _sample_rows(holdout, None, seed=0) is None
     with pytest.raises(InputError, match="max fit turns"):
         FitOptions(max_fit_turns=0)
+    assert FitOptions().max_fit_turns is None  # no sample unless asked for
 
 
 def test_a_capped_holdout_records_its_sample_and_is_deterministic(tmp_path: Path) -> None:

@@ -788,12 +788,13 @@ def train(
     :func:`fpi.model.crossfit.default_protocol`) runs only the first of the folds
     (``folds``, by default 5): its sessions are the validation part, which gives the
     early-stopped rounds, the calibration and the held-out metrics (``heldout_is``
-    ``validation part``). Its trees train on a seeded, class-stratified sample of at
-    most ``max_fit_turns`` fit turns (the ``max_train_turns`` rule; ``None``: all) at
-    learning rate 0.25 (:data:`fpi.model.crossfit.HOLDOUT_LEARNING_RATE`, unless
-    ``params``); the text models still learn from every label and the whole validation
-    part is scored. The validated model itself is shipped; ``holdout_refit=True``
-    refits it on the sample (all fit turns, uncapped) for 1.1x its rounds instead.
+    ``validation part``). Its trees train at learning rate 0.25
+    (:data:`fpi.model.crossfit.HOLDOUT_LEARNING_RATE`, unless ``params``), on a
+    seeded, class-stratified sample of at most ``max_fit_turns`` fit turns if given
+    (the ``max_train_turns`` rule; the default ``None``: all); the text models still
+    learn from every label and the whole validation part is scored. The validated
+    model itself is shipped; ``holdout_refit=True`` refits it on all fit turns (or
+    the sample) for 1.1x its rounds instead.
     The no-context baseline trains on at most ``no_context_max_turns`` (and
     ``max_fit_turns``) of the fit turns, the same way, and the rule baseline is scored
     on the validation part.

@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_train.py [--turns 1000000] [--threads 2] [--seed 0]
         [--data FILE] [--out DIR] [--protocol auto|crossfit|holdout]
+        [--max-fit-turns N] [--refit]
 
 The turns are simulated first, in a separate process, into a canonical Parquet
 file (not timed). Then this process reads it (the ingest fast path), builds the
@@ -50,6 +51,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="reuse this simulated Parquet file")
     parser.add_argument("--out", type=Path, help="write the bundle here (kept)")
     parser.add_argument("--protocol", default="auto", choices=("auto", "crossfit", "holdout"))
+    parser.add_argument("--max-fit-turns", type=int, default=None,
+                        help="holdout: the trees' sample (default: all)")
+    parser.add_argument("--refit", action="store_true",
+                        help="holdout: refit the shipped model (holdout_refit=True)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="fpi-bench-train-") as tmp:
@@ -68,8 +73,10 @@ def main() -> None:
         cpu_start = _cpu_s()
         turns, _ = read_traces(data)
         read_s = time.perf_counter() - start
+        cap = {} if args.max_fit_turns is None else {"max_fit_turns": args.max_fit_turns}
         result = train(turns, args.out or Path(tmp) / "model", seed=args.seed,
-                       threads=args.threads, protocol=args.protocol)
+                       threads=args.threads, protocol=args.protocol,
+                       holdout_refit=args.refit, **cap)
         wall = time.perf_counter() - start
         cpu = _cpu_s() - cpu_start
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
@@ -83,8 +90,11 @@ def main() -> None:
               f"threads: {args.threads}")
         print(f"read: {read_s:.1f} s; " + "; ".join(f"{k}: {v:.1f} s"
                                                    for k, v in result.timings.items()))
+        t = result.manifest["training"]
         print(f"best iterations: model {result.manifest['params']['best_iteration']}, "
-              f"no-context {result.manifest['no_context']['best_iteration']}")
+              f"no-context {result.manifest['no_context']['best_iteration']}; trees "
+              f"trained on {t['counts']['train']['turns']} turns (max_fit_turns "
+              f"{t.get('max_fit_turns', '-')}, shipped: {t['shipped']})")
         print(f"wall time (read + features + train both models + rules + write): {wall:.1f} s "
               f"(target < 120 s at 1M turns)")
         print(f"CPU time (user + sys, all threads, getrusage): {cpu:.1f} s; load average at "

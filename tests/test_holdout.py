@@ -30,7 +30,7 @@ def holdout_model(night: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory
                   ) -> TrainResult:
     # 1,500 labelled turns >= holdout_min: "auto" picks the holdout protocol
     return train(night, tmp_path_factory.mktemp("ho") / "m", seed=0, threads=1,
-                 holdout_min=1000, no_context_max_turns=500, **FAST)
+                 holdout_min=1000, no_context_max_turns=500, holdout_refit=True, **FAST)
 
 
 def test_default_protocol_by_size() -> None:
@@ -80,7 +80,7 @@ def test_explicit_protocol_and_test_part(night: pl.DataFrame, tmp_path: Path) ->
     assert cf.manifest["training"]["protocol"] == "crossfit"
     assert cf.manifest["training"]["heldout_is"] == "out-of-fold"
     part = train(night, tmp_path / "p", seed=0, threads=1, protocol="holdout",
-                 test_size=0.25, no_context=False, **FAST)
+                 test_size=0.25, no_context=False, holdout_refit=True, **FAST)
     t = part.manifest["training"]
     assert t["heldout_is"] == "test part"
     assert t["counts"]["train"]["turns"] + t["counts"]["test"]["turns"] == night.height
@@ -91,7 +91,7 @@ def test_explicit_protocol_and_test_part(night: pl.DataFrame, tmp_path: Path) ->
 def test_holdout_is_deterministic(night: pl.DataFrame, holdout_model: TrainResult,
                                   tmp_path: Path) -> None:
     again = train(night, tmp_path / "m", seed=0, threads=1, holdout_min=1000,
-                  no_context_max_turns=500, **FAST)
+                  no_context_max_turns=500, holdout_refit=True, **FAST)
     for name in ("model.txt", "model_no_context.txt", "learned.json", "manifest.json"):
         assert (again.path / name).read_bytes() == (holdout_model.path / name).read_bytes()
 
@@ -114,12 +114,17 @@ def test_cli_protocol_holdout(tmp_path: Path) -> None:
     write_simulation(data, turns=1200, seed=4, format="parquet")
     out = tmp_path / "m"
     run = subprocess.run([sys.executable, "-m", "fpi", "train", str(data), "-o", str(out),
-                          "--protocol", "holdout", "--no-search", "--json"],
+                          "--protocol", "holdout", "--max-fit-turns", "700", "--no-search",
+                          "--json"],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     assert doc["training"]["protocol"] == "holdout"
     assert doc["training"]["heldout_is"] == "validation part"
+    assert doc["training"]["max_fit_turns"] == 700  # the trees' sample, recorded
+    # shipped by default: the validated model, trained on the sample outside the part
+    assert doc["training"]["shipped"] == "the validated model"
+    assert 0 < doc["training"]["counts"]["train"]["turns"] < 700
     assert "metrics validation part" in " ".join(run.stderr.split())
 
 

@@ -174,8 +174,8 @@ _Folds = Annotated[int | None, typer.Option(
     show_default=False)]
 _Protocol = Annotated[ProtocolChoice, typer.Option(
     help="'crossfit' (k folds), 'holdout' (one validation part of 1/folds of the "
-         "sessions gives the rounds, calibration and metrics; the no-context baseline "
-         "trains on at most 200,000 turns) or 'auto': holdout from 300,000 labelled "
+         "sessions gives the rounds, calibration and metrics, and its model is "
+         "shipped) or 'auto': holdout from 300,000 labelled "
          "turns on (docs/model.md).")]
 _Search = Annotated[bool, typer.Option(
     help="Up to 12,000 labelled turns, compare three parameter settings for the data size "
@@ -208,6 +208,12 @@ _MaxTrainTurns = Annotated[int | None, typer.Option(
     "--max-train-turns", min=1, show_default=False,
     help="Train on a seeded, class-stratified sample of at most this many labelled "
          "turns (by a hash of session id and --seed; see docs/scale.md).")]
+_MaxFitTurns = Annotated[int | None, typer.Option(
+    "--max-fit-turns", min=1, show_default=False,
+    help="With the holdout protocol: the boosted trees train on a seeded, "
+         "class-stratified sample of at most this many labelled turns (faster, a "
+         "little less accurate: docs/model.md); the text models, calibration and "
+         "metrics still use every label [default: all].")]
 _DistributedTraining = Annotated[bool, typer.Option(
     "--distributed-training",
     help="With --engine dask and --max-train-turns: grow the shipped model with "
@@ -244,6 +250,7 @@ def train(
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
     max_train_turns: _MaxTrainTurns = None,
+    max_fit_turns: _MaxFitTurns = None,
     distributed_training: _DistributedTraining = False,
     rounds: _Rounds = None,
 ) -> None:
@@ -252,10 +259,11 @@ def train(
     Every labelled turn is used: k-fold cross-fitting by session gives out-of-fold
     predictions for calibration, early stopping and the held-out metrics, and the
     shipped model is trained on all labels. From 300,000 labelled turns on (--protocol
-    auto) one validation part of the sessions takes the folds' place, to keep training
-    time sane. The metrics are printed next to the two baselines
-    (the first-bad-stage rule and the model without dialogue context) and, where a
-    second annotator's labels exist, human agreement. Same data + seed + threads give
+    auto) one validation part of the sessions takes the folds' place, to keep
+    training time sane.
+    The metrics are printed next to the two baselines (the first-bad-stage rule and
+    the model without dialogue context) and, where a second annotator's labels exist,
+    human agreement. Same data + seed + threads give
     a byte-identical model. Records that break a rule of the trace format (e.g. an
     unknown label, bad_label) are set aside in the rejects file, as `fpi ingest` does.
 
@@ -280,6 +288,8 @@ def train(
         "seed": seed, "threads": threads, "folds": folds, "split": split.value,
         "test_size": test_size, "init_model": init_model, "max_train_turns": max_train_turns,
         "protocol": protocol.value, "search": search}
+    if max_fit_turns is not None:
+        options["max_fit_turns"] = max_fit_turns
     options["weights"] = training_weights(weights, labels)
     report = None
     if engine == "local":

@@ -177,13 +177,16 @@ class TextModel:
 
     @classmethod
     def fit(cls, x: sp.csr_matrix, y: np.ndarray, k: int = len(CLASSES), *,
-            weight: np.ndarray | None = None) -> TextModel:
+            weight: np.ndarray | None = None, rows: np.ndarray | None = None) -> TextModel:
         """Fit on binary features ``x`` and class indices ``y`` (each class weighted 1/n_c;
-        each row also by ``weight``, if given)."""
+        each row also by ``weight``, if given). ``rows`` (increasing indices), if given,
+        are the rows of ``x`` that ``y`` and ``weight`` describe: the model is fitted on
+        them alone without copying them out of ``x`` (the same sums in the same order)."""
         n_c = np.bincount(y, minlength=k).astype(np.float64)
         w = 1.0 / np.maximum(n_c, 1.0)
         row = w[y] if weight is None else w[y] * weight
-        onehot = sp.csr_matrix((row, (np.arange(len(y)), y)), shape=(len(y), k))
+        at = np.arange(len(y)) if rows is None else rows
+        onehot = sp.csr_matrix((row, (at, y)), shape=(x.shape[0], k))
         counts = np.asarray((x.T @ onehot).todense(), dtype=np.float64)
         seen = np.flatnonzero(counts.sum(axis=1) > 0).astype(np.int32)
         c = counts[seen].astype(np.float32)
@@ -240,10 +243,17 @@ def _scores_by_text(model: TextModel, texts: pl.Series) -> np.ndarray:
     text (a null hashes as ``""``), so scoring the distinct texts and gathering gives the
     same values; a night repeats most texts (a few thousand distinct per 100k turns).
     """
+    distinct, at = _distinct_texts(texts)
+    return model.scores(hashed_ngrams(distinct))[at]
+
+
+def _distinct_texts(texts: pl.Series) -> tuple[list[str], np.ndarray]:
+    """The distinct texts of ``texts`` (a null as ``""``), in order of first appearance,
+    and the index of each row's text among them."""
     frame = pl.DataFrame({"t": texts.fill_null("")})
     distinct = frame.unique(maintain_order=True).with_row_index("i")
     at = frame.join(distinct, on="t", how="left", maintain_order="left")["i"].to_numpy()
-    return model.scores(hashed_ngrams(distinct["t"].to_list()))[at]
+    return distinct["t"].to_list(), at
 
 
 # ---------------------------------------------------------------------------
@@ -374,8 +384,16 @@ class Learned:
 def text_matrices(features: pl.DataFrame, fields: Sequence[str] = tuple(RAW_TEXT)
                   ) -> dict[str, sp.csr_matrix]:
     """:func:`hashed_ngrams` of each text field of ``features``: hash once, fit and score
-    from the same matrices (rows of the matrix of a frame are those of a slice of it)."""
-    return {f: hashed_ngrams(features[RAW_TEXT[f][0]].to_list()) for f in fields}
+    from the same matrices (rows of the matrix of a frame are those of a slice of it).
+
+    Each distinct text is hashed once and its row gathered to every turn that has it: a
+    row depends on its own text alone, so the matrix is the same, and labelled data
+    repeats most texts."""
+    out: dict[str, sp.csr_matrix] = {}
+    for f in fields:
+        distinct, at = _distinct_texts(features[RAW_TEXT[f][0]])
+        out[f] = hashed_ngrams(distinct)[at]
+    return out
 
 
 def fit_text_models(features: pl.DataFrame, y: np.ndarray,
@@ -399,7 +417,7 @@ def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
         s = np.full((len(y), len(CLASSES)), np.nan)
         for k in np.unique(folds):
             held = folds == k
-            s[held] = TextModel.fit(x[~held], y[~held],
+            s[held] = TextModel.fit(x, y[~held], rows=np.flatnonzero(~held),
                                     weight=None if weight is None else weight[~held]
                                     ).scores(x[held])
         s[~_has_text(texts)] = np.nan

@@ -56,8 +56,10 @@ from fpi.model.bundle import (
 )
 from fpi.model.calibration import Calibration, fit_calibration
 from fpi.model.crossfit import (
+    HOLDOUT_LEARNING_RATE,
     HOLDOUT_MIN,
     HOLDOUT_PARTS,
+    MAX_FIT_TURNS,
     NO_CONTEXT_MAX_TURNS,
     CrossFit,
     Protocol,
@@ -135,7 +137,8 @@ class FitOptions:
     protocol: ProtocolChoice = "auto"
     holdout_min: int = HOLDOUT_MIN
     no_context_max_turns: int = NO_CONTEXT_MAX_TURNS
-    holdout_refit: bool = True
+    holdout_refit: bool = False
+    max_fit_turns: int | None = MAX_FIT_TURNS
 
     def __post_init__(self) -> None:
         if not 0 <= self.test_size < 1:
@@ -146,6 +149,9 @@ class FitOptions:
         if self.no_context_max_turns < 1:
             raise InputError("no-context max turns must be at least 1, got "
                              f"{self.no_context_max_turns}")
+        if self.max_fit_turns is not None and self.max_fit_turns < 1:
+            raise InputError("max fit turns must be at least 1 (or none: no cap), got "
+                             f"{self.max_fit_turns}")
         if self.folds is not None and self.folds < 2:
             raise InputError(f"folds must be at least 2, got {self.folds}")
 
@@ -224,6 +230,8 @@ class _FeatureSet:
 
 
 def _rows(hashed: dict[str, sp.csr_matrix], mask: np.ndarray) -> dict[str, sp.csr_matrix]:
+    if mask.all():  # every row (no test part): no copy
+        return hashed
     return {f: m[mask] for f, m in hashed.items()}
 
 
@@ -431,6 +439,8 @@ class _Fitted:
     refit: bool  # the shipped model was refitted (else: the validated model itself)
     #: what the manifest says of a model grown by lightgbm.dask (None: grown here)
     distributed: dict[str, Any] | None = None
+    #: the labelled rows the shipped model trained on (None: every fit row)
+    trained: np.ndarray | None = None
 
 
 def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
@@ -475,10 +485,11 @@ def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
         booster, text = lgb.Booster(model_str=cv.model), cv.model
     test = ~data.fit
     raw = np.asarray(booster.predict(x[test], raw_score=True)) if test.any() else oof_raw
-    n_train = int(rows.sum() if trainable is None else trainable.sum())
+    trained = data.fit if keep is None else data.fit & keep
     if not refit:
-        n_train = int((~cv.held if trainable is None else trainable & ~cv.held).sum())
-    return _Fitted(booster, text, calib, calib.apply(raw), cv, n_train, refit)
+        trained = trained & ~data.valid
+    return _Fitted(booster, text, calib, calib.apply(raw), cv, int(trained.sum()), refit,
+                   trained=trained)
 
 
 @dataclass(frozen=True)
@@ -491,13 +502,20 @@ class _Baselines:
     heldout: dict[str, Any]
 
 
-def _no_context_rows(data: _Data, options: FitOptions) -> np.ndarray | None:
-    """Holdout protocol: a seeded, class-stratified sample of at most
-    ``no_context_max_turns`` fit rows (:func:`fpi.model.frame.sample_mask`), else None."""
-    if data.protocol != "holdout" or data.fit.sum() <= options.no_context_max_turns:
+def _sample_rows(data: _Data, most: int | None, seed: int) -> np.ndarray | None:
+    """Holdout protocol: a seeded, class-stratified sample of at most ``most`` fit rows
+    (:func:`fpi.model.frame.sample_mask`: whole sessions but at the cut), else None."""
+    if data.protocol != "holdout" or most is None or data.fit.sum() <= most:
         return None
     y = np.where(data.fit, data.y, -1)
-    return sample_mask(data.turns, y, options.no_context_max_turns, options.seed)
+    return sample_mask(data.turns, y, most, seed)
+
+
+def _no_context_rows(data: _Data, options: FitOptions) -> np.ndarray | None:
+    """Holdout protocol: at most ``no_context_max_turns`` (and ``max_fit_turns``) fit
+    rows (:func:`_sample_rows`), else None."""
+    most = min(options.no_context_max_turns, options.max_fit_turns or data.y.size)
+    return _sample_rows(data, most, options.seed)
 
 
 def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
@@ -553,9 +571,13 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     x = model_matrix(data.feats, fs.features, fs.levels, fs.columns)
     lap("learned")
     n_fit = int(data.fit.sum())
-    base = _base_params(n_fit, options.seed, options.threads)
+    keep = _sample_rows(data, options.max_fit_turns, options.seed)
+    n_trees = n_fit if keep is None else int(keep.sum())  # the rows the trees train on
+    base = _base_params(n_trees, options.seed, options.threads)
     cands = ([dict(options.params)] if options.params
-             else (candidates(n_fit) if options.search else [{}]))
+             else (candidates(n_trees) if options.search else [{}]))
+    if data.protocol == "holdout" and not options.params:  # bigger steps, fewer rounds
+        cands = [{**c, "learning_rate": HOLDOUT_LEARNING_RATE} for c in cands]
     cw = class_weights(data.y[data.fit], options.class_weight_power)
     w = cw[data.y] if data.weight is None else cw[data.y] * data.weight
     log.info("cross-fitting on %d turns (%d features)", n_fit, len(fs.features))
@@ -567,7 +589,8 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     main = _fit_model(x, data.y, w, data, fs.features, base, cands,
                       (options.num_boost_round, options.early_stopping_rounds),
                       init.booster if init is not None else None, progress, "",
-                      refit=options.holdout_refit, grow=grow, turn_w=data.weight)
+                      keep=keep, refit=options.holdout_refit, grow=grow,
+                      turn_w=data.weight)
     lap("model")
     baselines = _fit_baselines(data, fs, x, w, main, init, options, progress, lap)
     files = {MODEL_FILE: main.text}
@@ -607,20 +630,31 @@ def _training_block(turns: pl.DataFrame, data: _Data, main: _Fitted, options: Fi
         "seed": options.seed, "threads": options.threads, "test_size": options.test_size,
         "fold_rounds": main.cv.fold_rounds,
         "rounds": main.cv.rounds if main.refit else main.cv.fold_rounds[0],
-        "shipped": "refit on all fit rows" if main.refit else "the validated model",
+        "shipped": _shipped(data, main),
         "search": main.cv.search,
         "init_model": init.model_id if init is not None else None,
         "heldout_is": heldout_is,
-        "counts": {"train": _count(data, data.fit if main.refit else data.fit & ~data.valid),
+        "counts": {"train": _count(data, data.fit if main.trained is None else main.trained),
                    "valid": _count(data, data.valid),
                    "calibration": _count(data, data.valid), "test": _count(data, data.ev)},
         **({} if data.weight is None else {"weights": _weight_block(data)}),
         "class_prior": {c: round(float(n) / len(y), 6) for c, n in
                         zip(CLASSES, np.bincount(y, minlength=len(CLASSES)), strict=True)},
     }
+    if data.protocol == "holdout":  # only there: cross-fitted bundles keep their bytes
+        block["max_fit_turns"] = options.max_fit_turns
     if main.distributed is not None:  # only then: local bundles keep their bytes
         block["distributed"] = main.distributed
     return block
+
+
+def _shipped(data: _Data, main: _Fitted) -> str:
+    """What the shipped model is (``training.shipped``)."""
+    if not main.refit:
+        return "the validated model"
+    if main.trained is None or main.train_turns == int(data.fit.sum()):
+        return "refit on all fit rows"
+    return "refit on a sample of the fit rows (max_fit_turns)"
 
 
 def _weight_block(data: _Data) -> dict[str, Any]:
@@ -720,7 +754,8 @@ def train(
     protocol: ProtocolChoice = "auto",
     holdout_min: int = HOLDOUT_MIN,
     no_context_max_turns: int = NO_CONTEXT_MAX_TURNS,
-    holdout_refit: bool = True,
+    holdout_refit: bool = False,
+    max_fit_turns: int | None = MAX_FIT_TURNS,
 ) -> TrainResult:
     """Train the failure-point model on labelled canonical turns and write a bundle.
 
@@ -760,11 +795,16 @@ def train(
     :func:`fpi.model.crossfit.default_protocol`) runs only the first of the folds
     (``folds``, by default 5): its sessions are the validation part, which gives the
     early-stopped rounds, the calibration and the held-out metrics (``heldout_is``
-    ``validation part``); the shipped model is still trained on all labelled turns.
-    Its no-context baseline trains on a seeded, class-stratified sample of at most
-    ``no_context_max_turns`` of them (scored on the whole validation part), and the
-    rule baseline is scored on the validation part. ``holdout_refit=False`` ships the
-    validated model itself instead of refitting on all labelled turns.
+    ``validation part``). Its trees train at learning rate 0.25
+    (:data:`fpi.model.crossfit.HOLDOUT_LEARNING_RATE`, unless ``params``), on a
+    seeded, class-stratified sample of at most ``max_fit_turns`` fit turns if given
+    (the ``max_train_turns`` rule; the default ``None``: all); the text models still
+    learn from every label and the whole validation part is scored. The validated
+    model itself is shipped; ``holdout_refit=True`` refits it on all fit turns (or
+    the sample) for 1.1x its rounds instead.
+    The no-context baseline trains on at most ``no_context_max_turns`` (and
+    ``max_fit_turns``) of the fit turns, the same way, and the rule baseline is scored
+    on the validation part.
 
     Raises
     ------
@@ -782,7 +822,7 @@ def train(
                          min_class_count=min_class_count, no_context=no_context,
                          protocol=protocol, holdout_min=holdout_min,
                          no_context_max_turns=no_context_max_turns,
-                         holdout_refit=holdout_refit)
+                         holdout_refit=holdout_refit, max_fit_turns=max_fit_turns)
     check_bundle_out(out_dir)  # before the slow part
     trainer = None
     if distributed_training:

@@ -9,7 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -114,8 +114,16 @@ def test_separate_scheduler_and_worker_give_the_same_summary(
     assert _comparable(json.loads((out / "summary.json").read_text())) == _comparable(local)
 
 
+@pytest.fixture
+def fresh_cluster() -> Iterator[DaskEngine]:
+    """Workers that have loaded no model yet (a worker keeps the bundles it has read, so
+    the shared cluster may already hold the driver's model and never read the files)."""
+    with DaskEngine(workers=2, timeout=60) as engine:
+        yield engine
+
+
 def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tmp_path: Path,
-                                                   dask_cluster: DaskEngine) -> None:
+                                                   fresh_cluster: DaskEngine) -> None:
     model = tmp_path / "model"
     shutil.copytree(small_bundle.path, model)
     bundle = fpi.load_bundle(model)  # what the driver holds
@@ -124,7 +132,7 @@ def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tm
     shutil.rmtree(model)
     shutil.copytree(other.path, model)  # the files changed under the run
     with pytest.raises(ModelError) as info:
-        fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out", engine=dask_cluster,
+        fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out", engine=fresh_cluster,
                      attribution="none")
     message = str(info.value)
     assert "\n" not in message

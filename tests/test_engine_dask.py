@@ -53,6 +53,8 @@ def test_a_worker_dying_mid_run_has_its_task_rerun(cluster: DaskEngine,
     assert marker.exists()  # a worker really died
     assert got == [x * x for x in range(8)]
     cluster.client.wait_for_workers(2, timeout=60)  # its nanny restarts it (for other tests)
+    # the restarted worker runs as the others did: one thread, no profiler
+    assert set(cluster.gather(cluster.map(environment, range(4)))) == {("1", "1", 1, False)}
 
 
 def test_partitioned_ingest_on_the_cluster_equals_the_local_one(cluster: DaskEngine,

@@ -29,7 +29,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import dask
 import distributed
 from distributed import Client, LocalCluster
 
@@ -46,6 +45,8 @@ DEFAULT_TIMEOUT = 30.0
 #: N workers use N cores and results do not depend on thread scheduling.
 WORKER_ENV: dict[str, str] = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1",
                               "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+#: Dask configuration of every worker of a cluster fpi starts.
+WORKER_CONFIG: dict[str, object] = {"distributed.worker.profile.enabled": False}
 #: Libraries whose major version must match between the driver and the workers.
 _MAJOR_CHECKED = ("polars", "pyarrow", "numpy", "lightgbm")
 
@@ -114,10 +115,10 @@ class DaskEngine:
         # The workers' statistical profiler samples every thread every 10 ms for the
         # dashboard's profile page, about a quarter of an idle cluster's CPU (measured:
         # 3.7 against 2.8 CPU-s per 30 s for two workers): off for the clusters fpi starts.
-        with dask.config.set({"distributed.worker.profile.enabled": False}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", env=dict(WORKER_ENV),
-                                   silence_logs=logging.ERROR)
+        # Given to each nanny (``config``), so a worker it restarts has it off too.
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", env=dict(WORKER_ENV),
+                               silence_logs=logging.ERROR, config=dict(WORKER_CONFIG))
         self._cluster = cluster
         return Client(cluster, set_as_default=False)
 

@@ -65,6 +65,9 @@ _KEY_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,80}")
 _P: Final = np.uint64(0x100000001B3)
 _MIX: Final = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT: Final = np.uint64(64 - 16)
+with np.errstate(over="ignore"):
+    #: _P ** i (mod 2**64) for i < 64: the position weights of a word's or text's hash.
+    _POWERS: Final = np.cumprod(np.r_[np.uint64(1), np.full(63, _P)]).astype(np.uint64)
 
 
 # ---------------------------------------------------------------------------
@@ -126,8 +129,7 @@ def _word_buckets(cp: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarr
     seg = np.cumsum(start) - 1
     pos = np.arange(len(idx)) - np.flatnonzero(start)[seg]
     with np.errstate(over="ignore"):
-        powers = np.cumprod(np.r_[np.uint64(1), np.full(63, _P)]).astype(np.uint64)
-        terms = cp[idx] * powers[np.minimum(pos, 63)]
+        terms = cp[idx] * _POWERS[np.minimum(pos, 63)]
         h = np.add.reduceat(terms, np.flatnonzero(start)) + np.uint64(7)
     return doc[idx[start]], _bucket(h)
 
@@ -156,8 +158,7 @@ def string_keys(texts: Sequence[str | None]) -> np.ndarray:
     start = np.flatnonzero(np.r_[True, np.diff(doc) > 0])
     pos = np.arange(len(cp)) - np.repeat(start, np.diff(np.r_[start, len(cp)]))
     with np.errstate(over="ignore"):
-        powers = np.cumprod(np.r_[np.uint64(1), np.full(63, _P)]).astype(np.uint64)
-        h = np.add.reduceat(cp * powers[pos % 64], start)
+        h = np.add.reduceat(cp * _POWERS[pos % 64], start)
         h = (h ^ (h >> np.uint64(29))) * _MIX
         h = h ^ (h >> np.uint64(32))
     return h
@@ -243,13 +244,14 @@ def _scores_by_text(model: TextModel, texts: pl.Series) -> np.ndarray:
     text (a null hashes as ``""``), so scoring the distinct texts and gathering gives the
     same values; a night repeats most texts (a few thousand distinct per 100k turns).
     """
-    distinct, at = _distinct_texts(texts)
+    distinct, at = distinct_texts(texts)
     return model.scores(hashed_ngrams(distinct))[at]
 
 
-def _distinct_texts(texts: pl.Series) -> tuple[list[str], np.ndarray]:
+def distinct_texts(texts: pl.Series) -> tuple[list[str], np.ndarray]:
     """The distinct texts of ``texts`` (a null as ``""``), in order of first appearance,
-    and the index of each row's text among them."""
+    and the index of each row's text among them: a night repeats most texts, so each is
+    hashed once (a row's hash depends on its own text alone)."""
     frame = pl.DataFrame({"t": texts.fill_null("")})
     distinct = frame.unique(maintain_order=True).with_row_index("i")
     at = frame.join(distinct, on="t", how="left", maintain_order="left")["i"].to_numpy()
@@ -391,7 +393,7 @@ def text_matrices(features: pl.DataFrame, fields: Sequence[str] = tuple(RAW_TEXT
     repeats most texts."""
     out: dict[str, sp.csr_matrix] = {}
     for f in fields:
-        distinct, at = _distinct_texts(features[RAW_TEXT[f][0]])
+        distinct, at = distinct_texts(features[RAW_TEXT[f][0]])
         out[f] = hashed_ngrams(distinct)[at]
     return out
 

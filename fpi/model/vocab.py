@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from fpi.model.learned import BUCKETS, _b64, hashed_words, string_keys
+from fpi.model.learned import BUCKETS, _b64, distinct_texts, hashed_words, string_keys
 
 #: Feature name -> component group, in column order.
 VOCAB_FEATURES: Final[dict[str, str]] = {
@@ -62,7 +62,7 @@ class VocabInputs:
             pl.col(RAW_MENTION).fill_null(""), pl.lit("\x1f"),
             pl.when(pl.col(RAW_RESOLVED).is_null()).then(pl.lit("\x1e"))
             .otherwise(pl.lit("=") + pl.col(RAW_RESOLVED)))).to_series()
-        texts, at = _distinct(text)
+        texts, at = distinct_texts(text)
         return cls(
             words=hashed_words(texts)[at],
             has_text=(text.fill_null("").str.strip_chars().str.len_chars() > 0).to_numpy(),
@@ -76,17 +76,8 @@ class VocabInputs:
                            self.pair[mask], self.has_mention[mask])
 
 
-def _distinct(values: pl.Series) -> tuple[list[str], np.ndarray]:
-    """The distinct values (a null as "") and each row's index into them: a night repeats
-    most texts, so each is hashed once (a row's hash depends on its own text alone)."""
-    frame = pl.DataFrame({"v": values.fill_null("")})
-    distinct = frame.unique(maintain_order=True).with_row_index("i")
-    at = frame.join(distinct, on="v", how="left", maintain_order="left")["i"].to_numpy()
-    return distinct["v"].to_list(), at
-
-
 def _keys(values: pl.Series) -> np.ndarray:
-    texts, at = _distinct(values)
+    texts, at = distinct_texts(values)
     return string_keys(texts)[at]
 
 

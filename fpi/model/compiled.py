@@ -393,12 +393,13 @@ def mode() -> str:
     return value
 
 
-def compile_booster(booster: lgb.Booster) -> CompiledPredictor:
-    """Build (or fetch from the cache) and verify the compiled predictor of ``booster``.
+def compile_booster(booster: lgb.Booster, text: str | None = None) -> CompiledPredictor:
+    """Build (or fetch from the cache) and verify the compiled predictor of ``booster``
+    (``text``: its ``model_to_string()``, if the caller has it already).
 
     Raises ``ModelError`` when it cannot be built or its margins differ from LightGBM's.
     """
-    text = booster.model_to_string()
+    text = booster.model_to_string() if text is None else text
     probe = probe_rows(text)  # parses the model: ModelError for what is not compiled
     pred = CompiledPredictor(build_library(text), booster.num_model_per_iteration(),
                              booster.num_feature())
@@ -410,28 +411,33 @@ def compile_booster(booster: lgb.Booster) -> CompiledPredictor:
     return pred
 
 
-def _worth_compiling(booster: lgb.Booster, how: str, rows: int) -> bool:
-    """Rent or buy (:data:`COMPILE_AFTER_ROWS`): build once this process has scored enough
-    rows with ``booster``, at once when forced or when its library is already cached."""
+def _text_if_worth_compiling(booster: lgb.Booster, how: str, rows: int) -> str | None:
+    """Rent or buy (:data:`COMPILE_AFTER_ROWS`): the model text once this process has
+    scored enough rows with ``booster``, at once when forced or when its library is
+    already cached; None while LightGBM should go on scoring."""
     if how == "compiled":
-        return True
-    scored = _SCORED.get(booster)
+        return booster.model_to_string()
+    scored, text = _SCORED.get(booster), None
     if scored is None:  # first call: a cached library costs nothing to use
-        if is_cached(booster.model_to_string()):
-            return True
+        text = booster.model_to_string()
+        if is_cached(text):
+            return text
         scored = 0
     _SCORED[booster] = scored + rows
-    return scored + rows >= COMPILE_AFTER_ROWS
+    if scored + rows < COMPILE_AFTER_ROWS:
+        return None
+    return booster.model_to_string() if text is None else text
 
 
 def _predictor(booster: lgb.Booster, how: str, rows: int) -> CompiledPredictor | None:
     with _LOCK:
         if booster in _CACHE:
             return _CACHE[booster]
-        if not _worth_compiling(booster, how, rows):
+        text = _text_if_worth_compiling(booster, how, rows)
+        if text is None:
             return None
         try:
-            pred: CompiledPredictor | None = compile_booster(booster)
+            pred: CompiledPredictor | None = compile_booster(booster, text)
         except (ModelError, OSError, subprocess.SubprocessError, ValueError) as exc:
             if how == "compiled":
                 raise ModelError(f"compiled predictor unavailable: {exc}") from exc

@@ -44,7 +44,8 @@ def small_turns() -> pl.DataFrame:
 
 @pytest.fixture(scope="session")
 def small_bundle(small_turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory):
-    """The session's one trained model (few rounds, one thread, seed 0), on ``small_turns``.
+    """The session's one trained model (few rounds, one thread, one fit at a time, seed
+    0), on ``small_turns``.
 
     Tests that need "a model" use it; only tests of training itself train their own.
     Tests must not change it: copy it (``shutil.copytree``) before editing.
@@ -53,7 +54,7 @@ def small_bundle(small_turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFac
 
     out = tmp_path_factory.mktemp("small-bundle") / "model"
     return train(small_turns, out, seed=0, threads=1, num_boost_round=25,
-                 early_stopping_rounds=5)
+                 early_stopping_rounds=5, jobs=1)
 
 
 @pytest.fixture(scope="session")

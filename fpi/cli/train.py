@@ -166,6 +166,11 @@ _Out = Annotated[Path, typer.Option(
 _Seed = Annotated[int, typer.Option(help="Random seed (folds, bagging).")]
 _Threads = Annotated[int, typer.Option(
     min=1, help="LightGBM threads (part of the reproducibility key).")]
+_Jobs = Annotated[int | None, typer.Option(
+    min=1, help="Cores for fitting the fold models (and the no-context model) at once, "
+                "each with --threads threads [default: all available]. Not part of the "
+                "reproducibility key: the model is the same whatever it is.",
+    show_default=False)]
 _Folds = Annotated[int | None, typer.Option(
     min=2, help="Cross-fitting folds (of whole sessions) for the out-of-fold metrics, "
                 "calibration and rounds (default 5, 3 above 20,000 labelled turns); "
@@ -232,6 +237,7 @@ def train(
     out: _Out,
     seed: _Seed = 0,
     threads: _Threads = 1,
+    jobs: _Jobs = None,
     folds: _Folds = None,
     protocol: _Protocol = ProtocolChoice.auto,
     search: _Search = True,
@@ -285,7 +291,7 @@ def train(
                         distributed_training, labels, max_train_turns)
     check_bundle_out(out)  # refuse a foreign --out before reading any data
     options: dict[str, Any] = {
-        "seed": seed, "threads": threads, "folds": folds, "split": split.value,
+        "seed": seed, "threads": threads, "jobs": jobs, "folds": folds, "split": split.value,
         "test_size": test_size, "init_model": init_model, "max_train_turns": max_train_turns,
         "protocol": protocol.value, "search": search}
     if max_fit_turns is not None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, Literal
 
 import lightgbm as lgb
@@ -27,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from fpi.features import Feature
+from fpi.model.parallel import Fits
 from fpi.progress import Progress, boosting_callback, report
 from fpi.schema import CLASSES
 
@@ -160,14 +162,18 @@ def binned(x: np.ndarray, y: np.ndarray, w: np.ndarray, which: Sequence[Feature]
 
 def fit_fold(ds: lgb.Dataset, x: np.ndarray, train: np.ndarray, held: np.ndarray,
              params: dict[str, Any], num_boost_round: int, early_stopping_rounds: int,
-             init_model: lgb.Booster | None = None, keep_model: bool = False) -> FoldFit:
-    """Train on ``train`` rows of ``ds``, early-stop on ``held`` rows; margins on ``held``."""
+             init_model: lgb.Booster | None = None, keep_model: bool = False,
+             fits: Fits | None = None) -> FoldFit:
+    """Train on ``train`` rows of ``ds``, early-stop on ``held`` rows; margins on ``held``.
+    (``fits``: the fits this one runs beside, which may stop it.)"""
     clock = time.process_time()
+    stop = [] if fits is None else [fits.callback()]
     booster = lgb.train(params, ds.subset(np.flatnonzero(train).tolist()),
                         num_boost_round=num_boost_round,
                         valid_sets=[ds.subset(np.flatnonzero(held).tolist())],
                         valid_names=["valid"], init_model=init_model,
-                        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)])
+                        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False),
+                                   *stop])
     best = booster.best_iteration or booster.current_iteration()
     score = float(booster.best_score["valid"]["multi_logloss"])
     raw = np.asarray(booster.predict(x[held], raw_score=True, num_iteration=best))
@@ -197,7 +203,7 @@ def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
              num_boost_round: int, early_stopping_rounds: int,
              init: lgb.Booster | None, progress: Progress | None, stage: str,
              holdout: bool = False, trainable: np.ndarray | None = None,
-             keep_model: bool = False) -> CrossFit:
+             keep_model: bool = False, fits: Fits | None = None) -> CrossFit:
     """Search ``cands`` on the first fold (lowest held-out log loss wins), then fit the
     other folds with the winner; rounds = 1.1 x the mean early-stopped rounds.
 
@@ -205,28 +211,38 @@ def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
     ``holdout`` stops after the first fold (the validation part); ``trainable``, if
     given, are the only rows the fold models train on (every row is still scored);
     ``keep_model`` keeps the first fold's model text (:attr:`CrossFit.model`).
+    ``fits`` runs the fold fits (several at once, if it may; the same models): with one
+    candidate every fold fits at once, else the candidates and then the other folds.
     """
+    fits = fits or Fits()
     ks = [int(k) for k in np.unique(folds)]
-    total = len(cands) + (0 if holdout else len(ks) - 1)
+    rest = [] if holdout else ks[1:]
+    total = len(cands) + len(rest)
     report(progress, stage, 0, total)
 
-    def run(k: int, p: dict[str, Any]) -> FoldFit:
+    def run(k: int, p: dict[str, Any]) -> Callable[[], FoldFit]:
         train = folds != k if trainable is None else (folds != k) & trainable
-        return fit_fold(ds, x, train, folds == k, p, num_boost_round,
-                        early_stopping_rounds, init, keep_model and k == ks[0])
+        return partial(fit_fold, ds, x, train, folds == k, p, num_boost_round,
+                       early_stopping_rounds, init, keep_model and k == ks[0], fits)
 
-    tried = [(run(ks[0], {**base, **c}), c) for c in cands]
-    report(progress, stage, len(cands), total)
-    first, chosen = min(tried, key=lambda t: t[0].score)
-    params = {**base, **chosen}
+    def done(offset: int) -> Callable[[int], None]:
+        return lambda n: report(progress, stage, offset + n, total)
+
+    if len(cands) == 1:  # the parameters are known: every fold at once
+        params = {**base, **cands[0]}
+        fitted = fits.map([run(k, params) for k in ks[:1] + rest], done(0))
+        tried, others = [(fitted[0], cands[0])], fitted[1:]
+    else:  # the candidates on the first fold, then the other folds with the winner
+        tried = list(zip(fits.map([run(ks[0], {**base, **c}) for c in cands], done(0)),
+                         cands, strict=True))
+        params = {**base, **min(tried, key=lambda t: t[0].score)[1]}
+        others = fits.map([run(k, params) for k in rest], done(len(cands)))
+    first = min(tried, key=lambda t: t[0].score)[0]
     oof = np.zeros((len(y), len(CLASSES)))
     oof[folds == ks[0]] = first.raw
-    fold_rounds = [first.best_iteration]
-    for i, k in enumerate([] if holdout else ks[1:]):
-        r = run(k, params)
+    for k, r in zip(rest, others, strict=True):
         oof[folds == k] = r.raw
-        fold_rounds.append(r.best_iteration)
-        report(progress, stage, len(cands) + i + 1, total)
+    fold_rounds = [first.best_iteration, *(r.best_iteration for r in others)]
     rounds = max(1, round(1.1 * float(np.mean(fold_rounds))))
     search = [{**c, "fold0_logloss": round(f.score, 6), "rounds": f.best_iteration}
               for f, c in tried]
@@ -236,13 +252,15 @@ def crossfit(ds: lgb.Dataset, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
 
 def fit_final(ds: lgb.Dataset, params: dict[str, Any], rounds: int,
               init: lgb.Booster | None, progress: Progress | None,
-              stage: str, rows: np.ndarray | None = None) -> tuple[lgb.Booster, str]:
+              stage: str, rows: np.ndarray | None = None,
+              fits: Fits | None = None) -> tuple[lgb.Booster, str]:
     """The shipped model: all fit rows (``ds``, :func:`binned`; or its ``rows``, a mask),
-    the cross-fitted rounds."""
+    the cross-fitted rounds (``fits``: the fits this one runs beside)."""
     train = ds if rows is None else ds.subset(np.flatnonzero(rows).tolist())
     clock = time.process_time()
+    stop = None if fits is None else fits.callback()
     booster = lgb.train(params, train, num_boost_round=rounds, init_model=init,
-                        callbacks=[cb for cb in (boosting_callback(progress, stage),)
+                        callbacks=[cb for cb in (boosting_callback(progress, stage), stop)
                                    if cb is not None])
     text = booster.model_to_string()
     log.debug("shipped model: %d rows, %d rounds; %.1f CPU-s", train.num_data(), rounds,

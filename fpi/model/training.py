@@ -83,6 +83,7 @@ from fpi.model.learned import (
     text_matrices,
 )
 from fpi.model.manifest import bundle_hash
+from fpi.model.parallel import Fits, fits_at_once
 from fpi.model.vocab import VocabInputs, Vocabulary, oof_vocab_columns
 from fpi.progress import Progress, report
 from fpi.schema import CLASSES, COMPONENTS, KEY_COLUMNS
@@ -139,6 +140,9 @@ class FitOptions:
     no_context_max_turns: int = NO_CONTEXT_MAX_TURNS
     holdout_refit: bool = False
     max_fit_turns: int | None = MAX_FIT_TURNS
+    #: cores for fitting models at once (None: all available); not in the manifest,
+    #: since the models are the same whatever it is (:mod:`fpi.model.parallel`)
+    jobs: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.test_size < 1:
@@ -154,6 +158,8 @@ class FitOptions:
                              f"{self.max_fit_turns}")
         if self.folds is not None and self.folds < 2:
             raise InputError(f"folds must be at least 2, got {self.folds}")
+        if self.jobs is not None and self.jobs < 1:
+            raise InputError(f"jobs must be at least 1, got {self.jobs}")
 
 
 class _Laps:
@@ -449,14 +455,15 @@ def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
                init: lgb.Booster | None, progress: Progress | None, stage: str,
                keep: np.ndarray | None = None, refit: bool = True,
                grow: Callable[[dict[str, Any], int], DistributedFit] | None = None,
-               turn_w: np.ndarray | None = None) -> _Fitted:
+               turn_w: np.ndarray | None = None, fits: Fits | None = None) -> _Fitted:
     """Cross-fit (or, by ``data.protocol``, hold out), calibrate and fit the shipped model.
 
     ``keep`` (holdout only): the fit rows the models may train on, a sample; the
     validation part is scored whole, so the metrics are on the same rows as without it.
     ``refit=False`` (holdout only) ships the validated model itself instead of a refit.
     ``grow`` grows the shipped model on a cluster instead (distributed training);
-    ``turn_w`` weighs the calibration's rows (per-turn weights).
+    ``turn_w`` weighs the calibration's rows (per-turn weights); ``fits`` runs the
+    model fits (:mod:`fpi.model.parallel`).
     """
     holdout = data.protocol == "holdout"
     rows = data.fit if keep is None else data.fit & (keep | data.valid)
@@ -465,7 +472,8 @@ def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
     ds = binned(xf, yf, w[rows], which, base, keep_raw=init is not None)
     refit = refit or not holdout
     cv = crossfit(ds, xf, yf, data.fold[rows], base, cands, *rounds_cap, init, progress,
-                  f"cross-fitting{stage}", holdout, trainable, keep_model=not refit)
+                  f"cross-fitting{stage}", holdout, trainable, keep_model=not refit,
+                  fits=fits)
     if grow is not None:  # grown on the workers: held out of the whole sample
         report(progress, "boosting (lightgbm.dask)", 0, None)
         grown = grow(cv.params, cv.rounds)
@@ -478,8 +486,9 @@ def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
     calib = fit_calibration(oof_raw, yf[cv.held],
                             weight=None if turn_w is None else turn_w[rows][cv.held])
     if refit:
-        booster, text = fit_final(ds, cv.params, cv.rounds, init, progress,
-                                  f"boosting{stage}", trainable)
+        booster, text = (fits or Fits()).fit(partial(
+            fit_final, ds, cv.params, cv.rounds, init, progress, f"boosting{stage}",
+            trainable, fits))
     else:
         assert cv.model is not None
         booster, text = lgb.Booster(model_str=cv.model), cv.model
@@ -518,30 +527,63 @@ def _no_context_rows(data: _Data, options: FitOptions) -> np.ndarray | None:
     return _sample_rows(data, most, options.seed)
 
 
-def _fit_baselines(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
-                   main: _Fitted, init: ModelBundle | None, options: FitOptions,
-                   progress: Progress | None, lap: _Laps) -> _Baselines:
-    """The no-context model (the winner's parameters, no search) and the rule baseline."""
+def _fit_no_context(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
+                    params: dict[str, Any], init: ModelBundle | None, options: FitOptions,
+                    progress: Progress | None, fits: Fits) -> _Fitted:
+    """The no-context model: the main model's parameters (``params``, no search)."""
+    idx = [i for i, f in enumerate(fs.features) if f.group != "context"]
+    nc_init = (init.no_context_booster if init is not None else None)
+    return _fit_model(x[:, idx], data.y, w, data, context_free(fs.features), params,
+                      [{}], (options.num_boost_round, options.early_stopping_rounds),
+                      nc_init, progress, " (no context)", _no_context_rows(data, options),
+                      options.holdout_refit, turn_w=data.weight, fits=fits)
+
+
+def _fit_baselines(data: _Data, fs: _FeatureSet, nc: _Fitted | None,
+                   options: FitOptions, progress: Progress | None, lap: _Laps) -> _Baselines:
+    """The baselines' held-out metrics: the no-context model's (``nc``, if trained) and
+    the rule baseline's, fitted here."""
     y_ev = data.y[data.ev]
     heldout: dict[str, Any] = {}
-    nc: _Fitted | None = None
-    nc_feats = context_free(fs.features)
-    if options.no_context:
-        idx = [i for i, f in enumerate(fs.features) if f.group != "context"]
-        nc_init = (init.no_context_booster if init is not None else None)
-        nc = _fit_model(x[:, idx], data.y, w, data, nc_feats, main.cv.params,
-                        [{}], (options.num_boost_round, options.early_stopping_rounds),
-                        nc_init, progress, " (no context)", _no_context_rows(data, options),
-                        options.holdout_refit, turn_w=data.weight)
+    if nc is not None:
         heldout["no_context"] = brief_metrics(
             classification_metrics(y_ev, nc.proba.argmax(axis=1)))
-        lap("no_context")
     report(progress, "rule baseline", 0, None)
     rules, rule_pred = _rules_oof(data.feats, data.y, data.fit, data.fold, options.seed,
                                   data.protocol == "holdout")
     heldout["rules"] = brief_metrics(classification_metrics(y_ev, rule_pred[data.ev]))
     lap("rules")
-    return _Baselines(nc, nc_feats, rules, heldout)
+    return _Baselines(nc, context_free(fs.features), rules, heldout)
+
+
+def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: _FeatureSet,
+                base: dict[str, Any], cands: list[dict[str, Any]], keep: np.ndarray | None,
+                grow: Callable[[dict[str, Any], int], DistributedFit] | None,
+                init: ModelBundle | None, options: FitOptions, progress: Progress | None,
+                lap: _Laps) -> tuple[_Fitted, _Fitted | None]:
+    """The main model and (if asked for) the no-context one. With one candidate their
+    parameters are known at the start, so the two train side by side when several fits
+    may run at once (the same models either way)."""
+    fits = Fits(fits_at_once(options.jobs, options.threads))
+    fit_main = partial(_fit_model, x, data.y, w, data, fs.features, base, cands,
+                       (options.num_boost_round, options.early_stopping_rounds),
+                       init.booster if init is not None else None, progress, "",
+                       keep=keep, refit=options.holdout_refit, grow=grow,
+                       turn_w=data.weight, fits=fits)
+    if options.no_context and grow is None and len(cands) == 1 and fits.at_once > 1:
+        nc = partial(_fit_no_context, data, fs, x, w, {**base, **cands[0]}, init, options,
+                     None, fits)  # progress: the main model's stages only
+        main, no_context = fits.together([fit_main, nc])
+        lap("model")
+        return main, no_context
+    main = fit_main()
+    lap("model")
+    if not options.no_context:
+        return main, None
+    no_context = _fit_no_context(data, fs, x, w, main.cv.params, init, options, progress,
+                                 fits)
+    lap("no_context")
+    return main, no_context
 
 
 def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
@@ -586,13 +628,9 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
         from fpi.model.distributed import MatrixSpec
 
         grow = partial(distributed, MatrixSpec(fs.features, fs.levels, fs.learned, cw))
-    main = _fit_model(x, data.y, w, data, fs.features, base, cands,
-                      (options.num_boost_round, options.early_stopping_rounds),
-                      init.booster if init is not None else None, progress, "",
-                      keep=keep, refit=options.holdout_refit, grow=grow,
-                      turn_w=data.weight)
-    lap("model")
-    baselines = _fit_baselines(data, fs, x, w, main, init, options, progress, lap)
+    main, no_context = _fit_models(x, w, data, fs, base, cands, keep, grow, init, options,
+                                   progress, lap)
+    baselines = _fit_baselines(data, fs, no_context, options, progress, lap)
     files = {MODEL_FILE: main.text}
     if fs.learned is not None:
         files[LEARNED_FILE] = fs.learned.to_json()
@@ -732,6 +770,7 @@ def train(
     *,
     seed: int = 0,
     threads: int = 1,
+    jobs: int | None = None,
     folds: int | None = None,
     split: Split = "session",
     test_size: float = 0.0,
@@ -771,6 +810,9 @@ def train(
     ``split="time"``) is set aside first and the metrics are measured on it.
     ``learn_features`` adds the text models and ``extra`` numbers (:mod:`fpi.model.learned`);
     ``init_model`` continues from another bundle (same features; warm start).
+    ``jobs`` cores (``None``: all available) fit the fold models, and the no-context
+    model beside the main one, ``jobs // threads`` at a time (:mod:`fpi.model.parallel`):
+    the same bundle whatever ``jobs`` is.
 
     ``turns`` may instead be a path (or URL) the ``engine`` reads: a partitioned
     directory of ``fpi ingest --partitions`` or one canonical Parquet file; the
@@ -814,7 +856,7 @@ def train(
     ModelError
         ``init_model`` is not a bundle this fpi can continue from.
     """
-    options = FitOptions(seed=seed, threads=threads, folds=folds, split=split,
+    options = FitOptions(seed=seed, threads=threads, jobs=jobs, folds=folds, split=split,
                          test_size=test_size, num_boost_round=num_boost_round,
                          early_stopping_rounds=early_stopping_rounds, params=params,
                          search=search, learn_features=learn_features,

@@ -169,8 +169,8 @@ def _variants(train_night: pl.DataFrame, noisy: pl.DataFrame, flipped: np.ndarra
         "clean": (train_night, None), "noisy": (noisy, None),
         "drop_flipped_oracle": (_drop(noisy, keys.filter("flipped").select(KEY)), None)}
     for spec in fixes:
-        fix, by = spec.split(":")
-        fixed = result.fixed(fix, by)
+        fix, by, *quota = spec.split(":")
+        fixed = result.fixed(fix, by, quota=float(quota[0]) if quota else 1.0)
         out[spec] = (_apply(noisy, fixed), fixed.select(*KEY, "weight")
                      if fix == "weight" else None)
     for k in reannotate:
@@ -190,8 +190,9 @@ def _ranking_stats(result: LabelCheck, train_night: pl.DataFrame, flipped: np.nd
              "suspects": result.suspects.height,
              "suspect_precision": float(ranked.filter("suspect")["flipped"].mean()),
              "estimated_errors": result.estimated_errors}
-    for by in sorted({spec.split(":")[1] for spec in fixes}):
-        picked = result.prune(by).join(keys, on=KEY)
+    for by in sorted({spec.split(":", 1)[1] for spec in fixes}):
+        name, *quota = by.split(":")
+        picked = result.prune(name, quota=float(quota[0]) if quota else 1.0).join(keys, on=KEY)
         stats[f"picked_{by}"] = picked.height
         stats[f"picked_{by}_precision"] = float(picked["flipped"].mean())
         stats[f"picked_{by}_recall"] = float(picked["flipped"].sum() / n)
@@ -201,7 +202,7 @@ def _ranking_stats(result: LabelCheck, train_night: pl.DataFrame, flipped: np.nd
 def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFrame,
                 test_feats: pl.DataFrame, tmp: Path, replicates: int = 1,
                 reannotate: tuple[int, ...] = (), fixes: tuple[str, ...] = ("drop:class",),
-                ) -> dict[str, Any]:
+                repeats: int = 1) -> dict[str, Any]:
     """Per replicate ``r`` (flip seed ``7 + r``, check seed ``r``, training seed ``r``):
     the test macro-F1 of every variant, so each fix is compared with the noisy labels
     of the same replicate (paired)."""
@@ -210,7 +211,8 @@ def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFra
     for r in range(replicates):
         c0, t0 = time.process_time(), time.perf_counter()
         noisy, flipped = _flip(train_night, seed=7 + r)
-        result = check_labels(noisy, CheckOptions(folds=5, seed=r), features=feats)
+        result = check_labels(noisy, CheckOptions(folds=5, seed=r, repeats=repeats),
+                              features=feats)
         stats.append({**_ranking_stats(result, train_night, flipped, fixes),
                       "check_seconds": time.perf_counter() - t0})
         for name, (frame, weights) in _variants(train_night, noisy, flipped, result, fixes,
@@ -293,7 +295,10 @@ def main() -> None:
                    help="(b) replicates: flips, check folds and training seed of each")
     p.add_argument("--fixes", default="weight:class,drop:class,drop:confident,"
                    "relabel:confident",
-                   help="(b) the cleaned sets to train on, each fix:by of LabelCheck.fixed")
+                   help="(b) the cleaned sets to train on, each fix:by[:quota] of "
+                        "LabelCheck.fixed (quota: times the estimated count, default 1)")
+    p.add_argument("--check-repeats", type=int, default=1,
+                   help="(b) fold assignments the check averages (CheckOptions.repeats)")
     p.add_argument("--reannotate", default="400",
                    help="(b) how many of the top suspects are sent back to annotators "
                         "(comma-separated; empty: none)")
@@ -349,7 +354,7 @@ def main() -> None:
             ln = label_noise(night, build_features(night), test, test_feats, tmp,
                              args.noise_replicates,
                              tuple(int(k) for k in args.reannotate.split(",") if k),
-                             tuple(args.fixes.split(",")))
+                             tuple(args.fixes.split(",")), args.check_repeats)
             st = ln["stats"]
             print(f"\n(b) label noise: {args.noise_turns} turns, {args.noise_replicates} "
                   f"replicates ({time.perf_counter() - t0:.0f} s); flipped "

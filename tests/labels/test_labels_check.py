@@ -52,6 +52,24 @@ def test_prune_by_rank_and_by_class() -> None:
     assert check.prune("class")["session_id"].to_list() == ["a", "c", "e"]
     with pytest.raises(InputError, match="prune by"):
         check.prune("vote")
+    # a quota scales each count: rank 1.5 x 3 -> 4 (rounded half to even: 4.5 -> 4)
+    assert check.prune("rank", quota=1.5)["session_id"].to_list() == ["a", "b", "c", "d"]
+    # asr 2 x 1 = 2 (a, b), nlu 2 x 2 = 4 but only three nlu labels (e, c, f)
+    assert check.prune("class", quota=2.0)["session_id"].to_list() == list("abcef")
+    assert check.prune("class", quota=0.5)["session_id"].to_list() == ["e"]
+
+
+def test_fixed_weights_the_class_quota() -> None:
+    ranked = pl.DataFrame({
+        "rank": [1, 2, 3, 4], "session_id": list("abcd"), "turn_index": [0] * 4,
+        "label": ["asr", "asr", "nlu", "nlu"], "suggested": ["nlu", "nlu", "asr", "asr"],
+        "self_confidence": [0.1, 0.3, 0.2, 0.5], "suggested_probability": [0.9, 0.6, 0.6, 0.5]})
+    check = LabelCheck(ranked, {}, CheckOptions(), estimated_errors=2,
+                       errors_by_label={"asr": 1, "nlu": 1})
+    w = dict(check.fixed("weight").select("session_id", "weight").iter_rows())
+    assert w == pytest.approx({"a": 0.1, "b": 1.0, "c": 0.25, "d": 1.0})
+    w2 = dict(check.fixed("weight", quota=2.0).select("session_id", "weight").iter_rows())
+    assert w2 == pytest.approx({"a": 0.1, "b": 1 / 3, "c": 0.25, "d": 0.5})
 
 
 def test_folds_keep_sessions_whole(night) -> None:
@@ -110,3 +128,5 @@ def test_too_few_labels(night) -> None:
         check_labels(few, CheckOptions(folds=5))
     with pytest.raises(InputError, match="--folds"):
         check_labels(night, CheckOptions(folds=1))
+    with pytest.raises(InputError, match="--repeats"):
+        check_labels(night, CheckOptions(repeats=0))

@@ -161,6 +161,8 @@ def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> 
     assert 0 < dropped < json.loads(r.stdout)["suspects"]
     assert_error(inproc("labels", "check", night_file, "--max-confidence", 2),
                  "--max-confidence")
+    assert_error(inproc("labels", "check", night_file, "--quota", -1), "--quota")
+    assert_error(inproc("labels", "check", night_file, "--repeats", 0), "--repeats")
     assert_error(fpi("labels", "check", night_file, "--report", tmp_path / "r.html"), "r.html")
     assert_error(inproc("labels", "check", night_file, "--labels",
                         loop["dir"] / "nope.parquet"), "nope.parquet")

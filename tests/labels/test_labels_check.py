@@ -8,6 +8,7 @@ import pytest
 from gfm_check import triggers
 
 from fpi.errors import InputError
+from fpi.features import build_features
 from fpi.labels.check import (
     CheckOptions,
     LabelCheck,
@@ -15,6 +16,7 @@ from fpi.labels.check import (
     confident_learning,
     errors_by_label,
     estimated_errors,
+    out_of_fold_proba,
     session_folds,
 )
 from fpi.labels.report import render_markdown, suspects_with_context
@@ -77,6 +79,18 @@ def test_folds_keep_sessions_whole(night) -> None:
     per_session = pl.DataFrame({"s": night["session_id"], "f": folds}).group_by("s").agg(
         pl.col("f").n_unique())
     assert (per_session["f"] == 1).all() and set(folds) == {0, 1, 2, 3}
+
+
+def test_learned_features_are_fitted_without_the_scored_fold(night) -> None:
+    """Random labels and a unique text per turn: a text model that saw the scored rows
+    would recall their labels (mean p(label) about 0.31 when measured); fitted per fold,
+    the text tells nothing (chance, about 1/6)."""
+    part = night.head(600).with_columns(pl.col("asr").struct.with_fields(
+        pl.format("turn {} {}", "session_id", "turn_index").alias("text")))
+    y = np.random.default_rng(0).integers(0, len(CLASSES), part.height)
+    proba = out_of_fold_proba(np.empty((part.height, 0)), y, session_folds(part, 3, 0), [],
+                              CheckOptions().params(), 30, learn=build_features(part))
+    assert proba[np.arange(len(y)), y].mean() < 0.22
 
 
 def _flip(night: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, np.ndarray]:

@@ -202,7 +202,7 @@ def _ranking_stats(result: LabelCheck, train_night: pl.DataFrame, flipped: np.nd
 def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFrame,
                 test_feats: pl.DataFrame, tmp: Path, replicates: int = 1,
                 reannotate: tuple[int, ...] = (), fixes: tuple[str, ...] = ("drop:class",),
-                repeats: int = 1) -> dict[str, Any]:
+                repeats: int = CheckOptions().repeats) -> dict[str, Any]:
     """Per replicate ``r`` (flip seed ``7 + r``, check seed ``r``, training seed ``r``):
     the test macro-F1 of every variant, so each fix is compared with the noisy labels
     of the same replicate (paired)."""
@@ -297,7 +297,7 @@ def main() -> None:
                    "relabel:confident",
                    help="(b) the cleaned sets to train on, each fix:by[:quota] of "
                         "LabelCheck.fixed (quota: times the estimated count, default 1)")
-    p.add_argument("--check-repeats", type=int, default=1,
+    p.add_argument("--check-repeats", type=int, default=CheckOptions().repeats,
                    help="(b) fold assignments the check averages (CheckOptions.repeats)")
     p.add_argument("--reannotate", default="400",
                    help="(b) how many of the top suspects are sent back to annotators "

@@ -368,7 +368,7 @@ def check_command(
         "models.", show_default=False)] = None,
     folds: Annotated[int, typer.Option(help="Folds (whole sessions per fold).")] = 5,
     seed: Annotated[int, typer.Option(help="Fold assignment and model seed.")] = 0,
-    repeats: _Repeats = 1,
+    repeats: _Repeats = 3,
     threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 1,
     top: Annotated[int, typer.Option(min=1, help="Suspects shown and reported.")] = 20,
     report: Annotated[Path | None, typer.Option(

@@ -67,7 +67,7 @@ class CheckOptions:
     max_bin: int = 63
     #: Fold assignments averaged (seeds ``seed``, ``seed + 1``, ...): each turn's
     #: probabilities are the mean of ``repeats`` out-of-fold predictions.
-    repeats: int = 1
+    repeats: int = 3
     #: Give the fold models fpi's learned features too (text models and vocabulary,
     #: :mod:`fpi.model.learned`), each fitted on that fold's training rows alone.
     learn_features: bool = True

@@ -93,6 +93,17 @@ def test_learned_features_are_fitted_without_the_scored_fold(night) -> None:
     assert proba[np.arange(len(y)), y].mean() < 0.22
 
 
+def test_repeats_average_fold_assignments(night) -> None:
+    part = night.head(600)
+    def conf(**kw: int) -> np.ndarray:
+        opts = CheckOptions(folds=3, rounds=10, learn_features=False, **kw)
+        return check_labels(part, opts).ranked.sort("session_id", "turn_index")[
+            "self_confidence"].to_numpy()
+    one, other = conf(seed=4, repeats=1), conf(seed=5, repeats=1)
+    assert not np.allclose(one, other)  # another fold assignment, other probabilities
+    assert conf(seed=4, repeats=2) == pytest.approx((one + other) / 2)
+
+
 def _flip(night: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
     """Flip ``share`` of the labels to a plausible neighbour class (a tired annotator)."""
     rng = np.random.default_rng(seed)
@@ -108,7 +119,7 @@ def _flip(night: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, n
 
 def test_flipped_labels_rank_high(night) -> None:
     noisy, flipped = _flip(night, 0.05, seed=4)
-    result = check_labels(noisy, CheckOptions(folds=3, seed=0))
+    result = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1))
     ranked = result.ranked
     assert ranked.height == night.height and ranked["rank"].to_list()[:3] == [1, 2, 3]
     keys = night.select("session_id", "turn_index").with_columns(pl.Series("flipped", flipped))
@@ -121,7 +132,7 @@ def test_flipped_labels_rank_high(night) -> None:
     assert ranked.head(sus.height)["suspect"].all()
     assert sus["self_confidence"].is_sorted()
     assert set(result.thresholds) == set(CLASSES)
-    again = check_labels(noisy, CheckOptions(folds=3, seed=0))
+    again = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1))
     assert again.ranked.equals(ranked)
 
 
@@ -129,7 +140,7 @@ def test_markdown_report_neutralises_log_text(night) -> None:
     evil = night.with_columns(pl.col("asr").struct.with_fields(
         pl.lit("<script>x</script> see https://evil.example [x](http://a) www.b.com")
         .alias("text")))
-    result = check_labels(evil, CheckOptions(folds=2, seed=0))
+    result = check_labels(evil, CheckOptions(folds=2, seed=0, repeats=1))
     text = render_markdown(result, suspects_with_context(result, evil, 3))
     assert "<script>x</script>" in text  # shown, but only inside inert code spans
     assert triggers(text) == {}, triggers(text)

@@ -4,7 +4,7 @@ Usage (run by hand; not a test)::
 
     python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100]
         [--only abc] [--seed-list 1,2] [--stop-at-target] [--noise-replicates 6]
-        [--fixes weight:class,drop:confident] [--reannotate 100,200,400]
+        [--fixes weight:class,drop:class:1.5] [--check-repeats 3] [--reannotate 100,200,400]
 
 (a) **Learning curve.** A pool of unlabelled simulated turns and a separate test night.
     For each seed and label budget, a model is trained (``fpi.model.train``) on the
@@ -14,12 +14,13 @@ Usage (run by hand; not a test)::
     night against labels used; the full-pool model is the target (minus 0.01).
 (b) **Label noise.** 5% of a training night's labels are flipped to a plausible
     neighbour class, at class-dependent rates (a tired annotator). In each of
-    ``--noise-replicates`` replicates ``r`` (flip seed ``7 + r``, check folds seeded ``r``,
-    training seed ``r``), ``check_labels`` ranks them (the share of flipped labels in its
+    ``--noise-replicates`` replicates ``r`` (flip seed ``7 + r``, check folds seeded ``r``
+    and, with ``--check-repeats``, ``r + 1``, ...; training seed ``r``), ``check_labels``
+    ranks them (the share of flipped labels in its
     top 10%, the precision and recall of each fix's picks) and models are trained on
     the clean and the noisy labels, the noisy ones without exactly the flipped labels
-    (oracle), the cleaned sets ``--fixes`` (each ``fix:by`` of ``LabelCheck.fixed``, as
-    ``fpi labels check --fix FIX --fix-by BY``) and the noisy labels with the top
+    (oracle), the cleaned sets ``--fixes`` (each ``fix:by[:quota]`` of ``LabelCheck.fixed``,
+    as ``fpi labels check --fix FIX --fix-by BY --quota QUOTA``) and the noisy labels with the top
     ``--reannotate`` k of the ranking set back to the truth (annotators asked again).
     Each variant's test macro-F1 is compared with the noisy labels' of the same
     replicate (paired): the mean gain and its standard error over replicates, and the

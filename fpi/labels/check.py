@@ -1,9 +1,12 @@
 """Training labels that are probably wrong: out-of-fold probabilities + confident learning.
 
 1. **Out-of-fold probabilities.** Sessions are split into ``folds`` groups (seeded);
-   a small LightGBM model on fpi's features (:func:`fpi.features.build_features`) is
-   trained on the labels of the other folds and predicts each fold's turns, so no
-   turn is scored by a model that saw its label.
+   a small LightGBM model on fpi's features (:func:`fpi.features.build_features`,
+   plus the learned text and vocabulary features of :mod:`fpi.model.learned`, fitted
+   on that fold model's own training rows as ``fpi train`` fits them) is trained on
+   the labels of the other folds and predicts each fold's turns, so no turn is
+   scored by a model that saw its label. ``repeats`` fold assignments (seeds
+   ``seed``, ``seed + 1``, ...) are averaged: steadier probabilities.
 2. **Confident learning** (Northcutt et al., 2021; the rule cleanlab implements):
    each class ``j`` gets the threshold ``t_j`` = the mean out-of-fold probability of
    ``j`` over turns labelled ``j``. A turn's *confident class* is the most probable
@@ -17,12 +20,12 @@
    from the top of the ranking removes fewer correct labels than dropping every
    suspect.
 5. **A cleaned label set** (:meth:`LabelCheck.fixed`): the turns :meth:`LabelCheck.prune`
-   picks (by class, by rank, every suspect, or the suspects whose self-confidence is
-   below ``max_confidence``) are dropped, relabelled (to the suggested class where the out-of-fold
-   model gives it at least ``relabel_min``, dropped otherwise: confident learning's
-   prune/relabel) or down-weighted (weight ``p(label) / (p(label) + p(suggested))``,
-   the given label's share of the two contested classes), for ``fpi train --labels``
-   (``--weights``).
+   picks (by class or by rank, ``quota`` times the estimated count; every suspect; or
+   the suspects whose self-confidence is below ``max_confidence``) are dropped,
+   relabelled (to the suggested class where the out-of-fold model gives it at least
+   ``relabel_min``, dropped otherwise: confident learning's prune/relabel) or
+   down-weighted (weight ``p(label) / (p(label) + p(suggested))``, the given label's
+   share of the two contested classes), for ``fpi train --labels`` (``--weights``).
 """
 
 from __future__ import annotations
@@ -231,7 +234,8 @@ def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | 
     feats: tuple[Feature, ...]
     lab_feats = features.filter(pl.Series(labelled))
     if bundle is not None:
-        # not the bundle's learned features (fpi.model.learned): its text models saw the labels
+        # not the bundle's fitted learned features: its text models saw the labels
+        # (with options.learn_features they are refitted per fold instead)
         feats = tuple(f for f in bundle.features if f.name in lab_feats.columns)
         levels = bundle.levels
         p = bundle.manifest.get("params", {})

@@ -354,6 +354,19 @@ def _write_fixed(frame: Any, path: Path) -> None:
         frame.write_parquet(tmp)
 
 
+def _write_report(result: Any, turns: Any, doc: dict[str, Any], report: Path, top: int) -> None:
+    from fpi.errors import InputError
+    from fpi.files import write_text_atomic
+    from fpi.labels.report import render_markdown, suspects_with_context
+
+    text = (render_markdown(result, suspects_with_context(result, turns, top))
+            if report.suffix.lower() == ".md" else json.dumps(doc, indent=2) + "\n")
+    try:
+        write_text_atomic(report, text)
+    except OSError as exc:
+        raise InputError(f"cannot write the report to {report}: {exc}") from exc
+
+
 @labels_app.command("check")
 def check_command(
     inputs: Annotated[list[Path], typer.Argument(
@@ -393,9 +406,7 @@ def check_command(
     labels file for `fpi train --labels` (docs/labels.md says which works best).
     """
     from fpi.errors import InputError
-    from fpi.files import write_text_atomic
     from fpi.labels.check import CheckOptions, check_labels, cleaned_labels
-    from fpi.labels.report import render_markdown, suspects_with_context
     from fpi.labels.resolve import join_labels_file
     from fpi.model import load_bundle
 
@@ -412,12 +423,7 @@ def check_command(
                                               repeats=repeats), bundle=bundle)
     doc = result.to_dict(top=top)
     if report is not None:
-        text = (render_markdown(result, suspects_with_context(result, turns, top))
-                if report.suffix.lower() == ".md" else json.dumps(doc, indent=2) + "\n")
-        try:
-            write_text_atomic(report, text)
-        except OSError as exc:
-            raise InputError(f"cannot write the report to {report}: {exc}") from exc
+        _write_report(result, turns, doc, report, top)
     if fix is not None and fixed is not None:
         _write_fixed(cleaned_labels(result, turns, fix.value, fix_by.value, relabel_min,
                                     max_confidence, quota), fixed)

@@ -4,7 +4,7 @@ Usage (run by hand; not a test)::
 
     python benchmarks/bench_labels.py [--seeds 3] [--pool 10000] [--nights 100]
         [--only abc] [--seed-list 1,2] [--stop-at-target] [--noise-replicates 6]
-        [--fixes weight:class,drop:confident] [--reannotate 100,200,400]
+        [--fixes weight:class,drop:class:1.5] [--check-repeats 3] [--reannotate 100,200,400]
 
 (a) **Learning curve.** A pool of unlabelled simulated turns and a separate test night.
     For each seed and label budget, a model is trained (``fpi.model.train``) on the
@@ -14,12 +14,13 @@ Usage (run by hand; not a test)::
     night against labels used; the full-pool model is the target (minus 0.01).
 (b) **Label noise.** 5% of a training night's labels are flipped to a plausible
     neighbour class, at class-dependent rates (a tired annotator). In each of
-    ``--noise-replicates`` replicates ``r`` (flip seed ``7 + r``, check folds seeded ``r``,
-    training seed ``r``), ``check_labels`` ranks them (the share of flipped labels in its
+    ``--noise-replicates`` replicates ``r`` (flip seed ``7 + r``, check folds seeded ``r``
+    and, with ``--check-repeats``, ``r + 1``, ...; training seed ``r``), ``check_labels``
+    ranks them (the share of flipped labels in its
     top 10%, the precision and recall of each fix's picks) and models are trained on
     the clean and the noisy labels, the noisy ones without exactly the flipped labels
-    (oracle), the cleaned sets ``--fixes`` (each ``fix:by`` of ``LabelCheck.fixed``, as
-    ``fpi labels check --fix FIX --fix-by BY``) and the noisy labels with the top
+    (oracle), the cleaned sets ``--fixes`` (each ``fix:by[:quota]`` of ``LabelCheck.fixed``,
+    as ``fpi labels check --fix FIX --fix-by BY --quota QUOTA``) and the noisy labels with the top
     ``--reannotate`` k of the ranking set back to the truth (annotators asked again).
     Each variant's test macro-F1 is compared with the noisy labels' of the same
     replicate (paired): the mean gain and its standard error over replicates, and the
@@ -169,8 +170,8 @@ def _variants(train_night: pl.DataFrame, noisy: pl.DataFrame, flipped: np.ndarra
         "clean": (train_night, None), "noisy": (noisy, None),
         "drop_flipped_oracle": (_drop(noisy, keys.filter("flipped").select(KEY)), None)}
     for spec in fixes:
-        fix, by = spec.split(":")
-        fixed = result.fixed(fix, by)
+        fix, by, *quota = spec.split(":")
+        fixed = result.fixed(fix, by, quota=float(quota[0]) if quota else 1.0)
         out[spec] = (_apply(noisy, fixed), fixed.select(*KEY, "weight")
                      if fix == "weight" else None)
     for k in reannotate:
@@ -190,8 +191,9 @@ def _ranking_stats(result: LabelCheck, train_night: pl.DataFrame, flipped: np.nd
              "suspects": result.suspects.height,
              "suspect_precision": float(ranked.filter("suspect")["flipped"].mean()),
              "estimated_errors": result.estimated_errors}
-    for by in sorted({spec.split(":")[1] for spec in fixes}):
-        picked = result.prune(by).join(keys, on=KEY)
+    for by in sorted({spec.split(":", 1)[1] for spec in fixes}):
+        name, *quota = by.split(":")
+        picked = result.prune(name, quota=float(quota[0]) if quota else 1.0).join(keys, on=KEY)
         stats[f"picked_{by}"] = picked.height
         stats[f"picked_{by}_precision"] = float(picked["flipped"].mean())
         stats[f"picked_{by}_recall"] = float(picked["flipped"].sum() / n)
@@ -201,7 +203,7 @@ def _ranking_stats(result: LabelCheck, train_night: pl.DataFrame, flipped: np.nd
 def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFrame,
                 test_feats: pl.DataFrame, tmp: Path, replicates: int = 1,
                 reannotate: tuple[int, ...] = (), fixes: tuple[str, ...] = ("drop:class",),
-                ) -> dict[str, Any]:
+                repeats: int = CheckOptions().repeats) -> dict[str, Any]:
     """Per replicate ``r`` (flip seed ``7 + r``, check seed ``r``, training seed ``r``):
     the test macro-F1 of every variant, so each fix is compared with the noisy labels
     of the same replicate (paired)."""
@@ -210,7 +212,8 @@ def label_noise(train_night: pl.DataFrame, feats: pl.DataFrame, test: pl.DataFra
     for r in range(replicates):
         c0, t0 = time.process_time(), time.perf_counter()
         noisy, flipped = _flip(train_night, seed=7 + r)
-        result = check_labels(noisy, CheckOptions(folds=5, seed=r), features=feats)
+        result = check_labels(noisy, CheckOptions(folds=5, seed=r, repeats=repeats),
+                              features=feats)
         stats.append({**_ranking_stats(result, train_night, flipped, fixes),
                       "check_seconds": time.perf_counter() - t0})
         for name, (frame, weights) in _variants(train_night, noisy, flipped, result, fixes,
@@ -293,7 +296,10 @@ def main() -> None:
                    help="(b) replicates: flips, check folds and training seed of each")
     p.add_argument("--fixes", default="weight:class,drop:class,drop:confident,"
                    "relabel:confident",
-                   help="(b) the cleaned sets to train on, each fix:by of LabelCheck.fixed")
+                   help="(b) the cleaned sets to train on, each fix:by[:quota] of "
+                        "LabelCheck.fixed (quota: times the estimated count, default 1)")
+    p.add_argument("--check-repeats", type=int, default=CheckOptions().repeats,
+                   help="(b) fold assignments the check averages (CheckOptions.repeats)")
     p.add_argument("--reannotate", default="400",
                    help="(b) how many of the top suspects are sent back to annotators "
                         "(comma-separated; empty: none)")
@@ -349,7 +355,7 @@ def main() -> None:
             ln = label_noise(night, build_features(night), test, test_feats, tmp,
                              args.noise_replicates,
                              tuple(int(k) for k in args.reannotate.split(",") if k),
-                             tuple(args.fixes.split(",")))
+                             tuple(args.fixes.split(",")), args.check_repeats)
             st = ln["stats"]
             print(f"\n(b) label noise: {args.noise_turns} turns, {args.noise_replicates} "
                   f"replicates ({time.perf_counter() - t0:.0f} s); flipped "

@@ -339,6 +339,12 @@ _RelabelMin = Annotated[float, typer.Option(
 _MaxConfidence = Annotated[float, typer.Option(
     min=0.0, max=1.0, help="--fix-by confident: a suspect is treated if the out-of-fold "
                            "probability of its label is below this.")]
+_Quota = Annotated[float, typer.Option(
+    min=0.0, help="--fix-by class or rank: treat this many times the "
+                "estimated count of wrong labels.")]
+_Repeats = Annotated[int, typer.Option(
+    min=1, help="Fold assignments averaged (seeds --seed, --seed + 1, ...): steadier "
+                "out-of-fold probabilities for that many times the fold models.")]
 
 
 def _write_fixed(frame: Any, path: Path) -> None:
@@ -346,6 +352,19 @@ def _write_fixed(frame: Any, path: Path) -> None:
 
     with atomic_path(path) as tmp:  # OutputError (one line, exit 2) if it cannot
         frame.write_parquet(tmp)
+
+
+def _write_report(result: Any, turns: Any, doc: dict[str, Any], report: Path, top: int) -> None:
+    from fpi.errors import InputError
+    from fpi.files import write_text_atomic
+    from fpi.labels.report import render_markdown, suspects_with_context
+
+    text = (render_markdown(result, suspects_with_context(result, turns, top))
+            if report.suffix.lower() == ".md" else json.dumps(doc, indent=2) + "\n")
+    try:
+        write_text_atomic(report, text)
+    except OSError as exc:
+        raise InputError(f"cannot write the report to {report}: {exc}") from exc
 
 
 @labels_app.command("check")
@@ -362,6 +381,7 @@ def check_command(
         "models.", show_default=False)] = None,
     folds: Annotated[int, typer.Option(help="Folds (whole sessions per fold).")] = 5,
     seed: Annotated[int, typer.Option(help="Fold assignment and model seed.")] = 0,
+    repeats: _Repeats = 3,
     threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 1,
     top: Annotated[int, typer.Option(min=1, help="Suspects shown and reported.")] = 20,
     report: Annotated[Path | None, typer.Option(
@@ -374,6 +394,7 @@ def check_command(
     fix_by: _FixBy = PruneChoice.by_class,
     relabel_min: _RelabelMin = 0.5,
     max_confidence: _MaxConfidence = 0.1,
+    quota: _Quota = 1.0,
 ) -> None:
     """Rank training labels that are probably wrong, and optionally write a cleaned set.
 
@@ -385,9 +406,7 @@ def check_command(
     labels file for `fpi train --labels` (docs/labels.md says which works best).
     """
     from fpi.errors import InputError
-    from fpi.files import write_text_atomic
     from fpi.labels.check import CheckOptions, check_labels, cleaned_labels
-    from fpi.labels.report import render_markdown, suspects_with_context
     from fpi.labels.resolve import join_labels_file
     from fpi.model import load_bundle
 
@@ -400,19 +419,14 @@ def check_command(
     turns = _read_logs(inputs)
     if labels is not None:
         turns = join_labels_file(turns, labels, label_policy)
-    result = check_labels(turns, CheckOptions(folds=folds, seed=seed, threads=threads),
-                          bundle=bundle)
+    result = check_labels(turns, CheckOptions(folds=folds, seed=seed, threads=threads,
+                                              repeats=repeats), bundle=bundle)
     doc = result.to_dict(top=top)
     if report is not None:
-        text = (render_markdown(result, suspects_with_context(result, turns, top))
-                if report.suffix.lower() == ".md" else json.dumps(doc, indent=2) + "\n")
-        try:
-            write_text_atomic(report, text)
-        except OSError as exc:
-            raise InputError(f"cannot write the report to {report}: {exc}") from exc
+        _write_report(result, turns, doc, report, top)
     if fix is not None and fixed is not None:
         _write_fixed(cleaned_labels(result, turns, fix.value, fix_by.value, relabel_min,
-                                    max_confidence), fixed)
+                                    max_confidence, quota), fixed)
     err_console.print(f"{doc['suspects']} suspects among {doc['labelled_turns']} labelled turns"
                       + (f"; report in {escape(str(report))}" if report else "")
                       + (f"; cleaned labels ({fix.value}) in {escape(str(fixed))}"

@@ -1,9 +1,12 @@
 """Training labels that are probably wrong: out-of-fold probabilities + confident learning.
 
 1. **Out-of-fold probabilities.** Sessions are split into ``folds`` groups (seeded);
-   a small LightGBM model on fpi's features (:func:`fpi.features.build_features`) is
-   trained on the labels of the other folds and predicts each fold's turns, so no
-   turn is scored by a model that saw its label.
+   a small LightGBM model on fpi's features (:func:`fpi.features.build_features`,
+   plus the learned text and vocabulary features of :mod:`fpi.model.learned`, fitted
+   on that fold model's own training rows as ``fpi train`` fits them) is trained on
+   the labels of the other folds and predicts each fold's turns, so no turn is
+   scored by a model that saw its label. ``repeats`` fold assignments (seeds
+   ``seed``, ``seed + 1``, ...) are averaged: steadier probabilities.
 2. **Confident learning** (Northcutt et al., 2021; the rule cleanlab implements):
    each class ``j`` gets the threshold ``t_j`` = the mean out-of-fold probability of
    ``j`` over turns labelled ``j``. A turn's *confident class* is the most probable
@@ -17,12 +20,12 @@
    from the top of the ranking removes fewer correct labels than dropping every
    suspect.
 5. **A cleaned label set** (:meth:`LabelCheck.fixed`): the turns :meth:`LabelCheck.prune`
-   picks (by class, by rank, every suspect, or the suspects whose self-confidence is
-   below ``max_confidence``) are dropped, relabelled (to the suggested class where the out-of-fold
-   model gives it at least ``relabel_min``, dropped otherwise: confident learning's
-   prune/relabel) or down-weighted (weight ``p(label) / (p(label) + p(suggested))``,
-   the given label's share of the two contested classes), for ``fpi train --labels``
-   (``--weights``).
+   picks (by class or by rank, ``quota`` times the estimated count; every suspect; or
+   the suspects whose self-confidence is below ``max_confidence``) are dropped,
+   relabelled (to the suggested class where the out-of-fold model gives it at least
+   ``relabel_min``, dropped otherwise: confident learning's prune/relabel) or
+   down-weighted (weight ``p(label) / (p(label) + p(suggested))``, the given label's
+   share of the two contested classes), for ``fpi train --labels`` (``--weights``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from fpi.errors import InputError
 from fpi.features import FEATURES, Feature, build_features
 from fpi.metrics import labels_to_index
 from fpi.model.bundle import model_matrix
-from fpi.model.training import DEFAULT_PARAMS, category_levels, class_weights
+from fpi.model.training import DEFAULT_PARAMS, _feature_set, category_levels, class_weights
 from fpi.schema import CLASSES, KEY_COLUMNS
 
 if TYPE_CHECKING:
@@ -65,6 +68,12 @@ class CheckOptions:
     num_leaves: int = 15
     min_data_in_leaf: int = 20
     max_bin: int = 63
+    #: Fold assignments averaged (seeds ``seed``, ``seed + 1``, ...): each turn's
+    #: probabilities are the mean of ``repeats`` out-of-fold predictions.
+    repeats: int = 3
+    #: Give the fold models fpi's learned features too (text models and vocabulary,
+    #: :mod:`fpi.model.learned`), each fitted on that fold's training rows alone.
+    learn_features: bool = True
 
     def params(self) -> dict[str, Any]:
         """LightGBM parameters (deterministic, fpi's defaults otherwise)."""
@@ -87,7 +96,8 @@ class LabelCheck:
     #: The same per given label (the rows of that joint).
     errors_by_label: dict[str, int] | None = None
 
-    def prune(self, by: str = "rank", max_confidence: float = MAX_CONFIDENCE) -> pl.DataFrame:
+    def prune(self, by: str = "rank", max_confidence: float = MAX_CONFIDENCE,
+              quota: float = 1.0) -> pl.DataFrame:
         """The ranked turns to drop or re-annotate: ``rank``, the top
         ``estimated_errors`` of the ranking; ``class``, for each given label its own
         estimated count, lowest self-confidence first (cleanlab's prune by class);
@@ -95,22 +105,23 @@ class LabelCheck:
         is below ``max_confidence`` (the out-of-fold model all but rules their label
         out: a slip, not a hard case)."""
         if by == "rank":
-            return self.ranked.head(self.estimated_errors)
+            return self.ranked.head(round(quota * self.estimated_errors))
         if by == "suspects":
             return self.suspects
         if by == "confident":
             return self.suspects.filter(pl.col("self_confidence") < max_confidence)
         if by != "class":
             raise InputError(f"prune by {', '.join(map(repr, PRUNES))}, not {by!r}")
-        quota = pl.DataFrame({"label": list((self.errors_by_label or {}).keys()),
-                              "_n": list((self.errors_by_label or {}).values())},
-                             schema={"label": pl.String, "_n": pl.Int64})
+        counts = self.errors_by_label or {}
+        per_label = pl.DataFrame({"label": list(counts.keys()),
+                                  "_n": [round(quota * n) for n in counts.values()]},
+                                 schema={"label": pl.String, "_n": pl.Int64})
         return self.ranked.sort("self_confidence", *KEY).join(
-            quota, on="label", maintain_order="left").filter(
+            per_label, on="label", maintain_order="left").filter(
             pl.int_range(pl.len()).over("label") < pl.col("_n")).drop("_n").sort("rank")
 
     def fixed(self, fix: str, by: str = "class", relabel_min: float = 0.5,
-              max_confidence: float = MAX_CONFIDENCE) -> pl.DataFrame:
+              max_confidence: float = MAX_CONFIDENCE, quota: float = 1.0) -> pl.DataFrame:
         """Every labelled turn's label, ``fix`` applied to the turns :meth:`prune` picks
         (``by``): ``session_id, turn_index, failure_point, weight, fix`` (``fix``: what was
         done to the turn, or null), sorted by turn. ``drop`` leaves the picks out;
@@ -120,7 +131,7 @@ class LabelCheck:
         p(suggested))``. Every other turn keeps its label with weight 1."""
         if fix not in FIXES:
             raise InputError(f"--fix must be one of {', '.join(FIXES)}, not {fix!r}")
-        picked = self.prune(by, max_confidence).select(*KEY, pl.lit(True).alias("_pick"))
+        picked = self.prune(by, max_confidence, quota).select(*KEY, pl.lit(True).alias("_pick"))
         rows = self.ranked.join(picked, on=KEY, how="left", maintain_order="left").with_columns(
             pl.col("_pick").fill_null(False))
         sure = pl.col("_pick") & (pl.col("suggested_probability") >= relabel_min)
@@ -170,11 +181,20 @@ def session_folds(turns: pl.DataFrame, folds: int, seed: int) -> np.ndarray:
 
 
 def out_of_fold_proba(x: np.ndarray, y: np.ndarray, fold: np.ndarray, cat_idx: list[int],
-                      params: dict[str, Any], rounds: int) -> np.ndarray:
-    """``(n, k)`` probabilities, each row from the model trained without its fold."""
+                      params: dict[str, Any], rounds: int, *, learn: pl.DataFrame | None = None,
+                      init: ModelBundle | None = None) -> np.ndarray:
+    """``(n, k)`` probabilities, each row from the model trained without its fold.
+
+    With ``learn`` (the features of the ``y`` rows), each fold's matrix also has the
+    learned features (of ``init``, if given) fitted on that fold's training rows alone,
+    as ``fpi train`` fits them; ``x`` and ``cat_idx`` are then not used."""
     proba = np.zeros((len(y), len(CLASSES)))
     for f in np.unique(fold):
         fit, score = fold != f, fold == f
+        if learn is not None:
+            fs = _feature_set(learn, y, fit, fold, init, True)
+            x = model_matrix(learn, fs.features, fs.levels, fs.columns)
+            cat_idx = [i for i, c in enumerate(fs.features) if c.kind == "categorical"]
         w = class_weights(y[fit], 0.5)[y[fit]]
         data = lgb.Dataset(x[fit], label=y[fit], weight=w, categorical_feature=cat_idx or "auto",
                            params={"max_bin": params["max_bin"], "verbosity": -1})
@@ -214,7 +234,8 @@ def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | 
     feats: tuple[Feature, ...]
     lab_feats = features.filter(pl.Series(labelled))
     if bundle is not None:
-        # not the bundle's learned features (fpi.model.learned): its text models saw the labels
+        # not the bundle's fitted learned features: its text models saw the labels
+        # (with options.learn_features they are refitted per fold instead)
         feats = tuple(f for f in bundle.features if f.name in lab_feats.columns)
         levels = bundle.levels
         p = bundle.manifest.get("params", {})
@@ -245,6 +266,8 @@ def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
     opts = options or CheckOptions()
     if opts.folds < 2:
         raise InputError(f"--folds must be at least 2, not {opts.folds}")
+    if opts.repeats < 1:
+        raise InputError(f"--repeats must be at least 1, not {opts.repeats}")
     y_all = labels_to_index(turns["label"].struct.field("failure_point"))
     labelled = y_all >= 0
     lab = turns.filter(pl.Series(labelled))
@@ -256,8 +279,11 @@ def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
     feats = build_features(turns) if features is None else features
     x, cat_idx, params, rounds = _design(feats, labelled, bundle, opts)
     y = y_all[labelled]
-    proba = out_of_fold_proba(x, y, session_folds(lab, opts.folds, opts.seed), cat_idx,
-                              params, rounds)
+    learn = feats.filter(pl.Series(labelled)) if opts.learn_features else None
+    proba = np.mean([out_of_fold_proba(x, y, session_folds(lab, opts.folds, opts.seed + i),
+                                       cat_idx, {**params, "seed": opts.seed + i}, rounds,
+                                       learn=learn, init=bundle)
+                     for i in range(opts.repeats)], axis=0)
     thresholds, confident = confident_learning(proba, y)
     names = np.asarray(CLASSES, dtype=object)
     self_conf = proba[np.arange(len(y)), y]
@@ -278,7 +304,7 @@ def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
 
 def cleaned_labels(result: LabelCheck, turns: pl.DataFrame, fix: str, by: str = "class",
                    relabel_min: float = 0.5, max_confidence: float = MAX_CONFIDENCE,
-                   ) -> pl.DataFrame:
+                   quota: float = 1.0) -> pl.DataFrame:
     """The cleaned label set of :meth:`LabelCheck.fixed` as a labels file (the columns
     of ``fpi labels import`` plus ``weight``): kept labels keep their annotator,
     relabelled ones are by ``fpi-check``; ``source`` says what was done, ``extra``
@@ -286,7 +312,7 @@ def cleaned_labels(result: LabelCheck, turns: pl.DataFrame, fix: str, by: str = 
     from fpi.labels.importer import LABELS_SCHEMA
 
     who = turns.select(*KEY, pl.col("label").struct.field("annotator").alias("_by"))
-    fixed = result.fixed(fix, by, relabel_min, max_confidence).join(who, on=KEY, how="left",
+    fixed = result.fixed(fix, by, relabel_min, max_confidence, quota).join(who, on=KEY, how="left",
                                                     maintain_order="left")
     changed = pl.col("fix").is_not_null()
     return fixed.select(

@@ -8,6 +8,7 @@ import pytest
 from gfm_check import triggers
 
 from fpi.errors import InputError
+from fpi.features import build_features
 from fpi.labels.check import (
     CheckOptions,
     LabelCheck,
@@ -15,6 +16,7 @@ from fpi.labels.check import (
     confident_learning,
     errors_by_label,
     estimated_errors,
+    out_of_fold_proba,
     session_folds,
 )
 from fpi.labels.report import render_markdown, suspects_with_context
@@ -52,6 +54,24 @@ def test_prune_by_rank_and_by_class() -> None:
     assert check.prune("class")["session_id"].to_list() == ["a", "c", "e"]
     with pytest.raises(InputError, match="prune by"):
         check.prune("vote")
+    # a quota scales each count: rank 1.5 x 3 -> 4 (rounded half to even: 4.5 -> 4)
+    assert check.prune("rank", quota=1.5)["session_id"].to_list() == ["a", "b", "c", "d"]
+    # asr 2 x 1 = 2 (a, b), nlu 2 x 2 = 4 but only three nlu labels (e, c, f)
+    assert check.prune("class", quota=2.0)["session_id"].to_list() == list("abcef")
+    assert check.prune("class", quota=0.5)["session_id"].to_list() == ["e"]
+
+
+def test_fixed_weights_the_class_quota() -> None:
+    ranked = pl.DataFrame({
+        "rank": [1, 2, 3, 4], "session_id": list("abcd"), "turn_index": [0] * 4,
+        "label": ["asr", "asr", "nlu", "nlu"], "suggested": ["nlu", "nlu", "asr", "asr"],
+        "self_confidence": [0.1, 0.3, 0.2, 0.5], "suggested_probability": [0.9, 0.6, 0.6, 0.5]})
+    check = LabelCheck(ranked, {}, CheckOptions(), estimated_errors=2,
+                       errors_by_label={"asr": 1, "nlu": 1})
+    w = dict(check.fixed("weight").select("session_id", "weight").iter_rows())
+    assert w == pytest.approx({"a": 0.1, "b": 1.0, "c": 0.25, "d": 1.0})
+    w2 = dict(check.fixed("weight", quota=2.0).select("session_id", "weight").iter_rows())
+    assert w2 == pytest.approx({"a": 0.1, "b": 1 / 3, "c": 0.25, "d": 0.5})
 
 
 def test_folds_keep_sessions_whole(night) -> None:
@@ -59,6 +79,29 @@ def test_folds_keep_sessions_whole(night) -> None:
     per_session = pl.DataFrame({"s": night["session_id"], "f": folds}).group_by("s").agg(
         pl.col("f").n_unique())
     assert (per_session["f"] == 1).all() and set(folds) == {0, 1, 2, 3}
+
+
+def test_learned_features_are_fitted_without_the_scored_fold(night) -> None:
+    """Random labels and a unique text per turn: a text model that saw the scored rows
+    would recall their labels (mean p(label) about 0.31 when measured); fitted per fold,
+    the text tells nothing (chance, about 1/6)."""
+    part = night.head(600).with_columns(pl.col("asr").struct.with_fields(
+        pl.format("turn {} {}", "session_id", "turn_index").alias("text")))
+    y = np.random.default_rng(0).integers(0, len(CLASSES), part.height)
+    proba = out_of_fold_proba(np.empty((part.height, 0)), y, session_folds(part, 3, 0), [],
+                              CheckOptions().params(), 30, learn=build_features(part))
+    assert proba[np.arange(len(y)), y].mean() < 0.22
+
+
+def test_repeats_average_fold_assignments(night) -> None:
+    part = night.head(600)
+    def conf(**kw: int) -> np.ndarray:
+        opts = CheckOptions(folds=3, rounds=10, learn_features=False, **kw)
+        return check_labels(part, opts).ranked.sort("session_id", "turn_index")[
+            "self_confidence"].to_numpy()
+    one, other = conf(seed=4, repeats=1), conf(seed=5, repeats=1)
+    assert not np.allclose(one, other)  # another fold assignment, other probabilities
+    assert conf(seed=4, repeats=2) == pytest.approx((one + other) / 2)
 
 
 def _flip(night: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
@@ -76,7 +119,7 @@ def _flip(night: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, n
 
 def test_flipped_labels_rank_high(night) -> None:
     noisy, flipped = _flip(night, 0.05, seed=4)
-    result = check_labels(noisy, CheckOptions(folds=3, seed=0))
+    result = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1))
     ranked = result.ranked
     assert ranked.height == night.height and ranked["rank"].to_list()[:3] == [1, 2, 3]
     keys = night.select("session_id", "turn_index").with_columns(pl.Series("flipped", flipped))
@@ -89,7 +132,7 @@ def test_flipped_labels_rank_high(night) -> None:
     assert ranked.head(sus.height)["suspect"].all()
     assert sus["self_confidence"].is_sorted()
     assert set(result.thresholds) == set(CLASSES)
-    again = check_labels(noisy, CheckOptions(folds=3, seed=0))
+    again = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1))
     assert again.ranked.equals(ranked)
 
 
@@ -97,7 +140,7 @@ def test_markdown_report_neutralises_log_text(night) -> None:
     evil = night.with_columns(pl.col("asr").struct.with_fields(
         pl.lit("<script>x</script> see https://evil.example [x](http://a) www.b.com")
         .alias("text")))
-    result = check_labels(evil, CheckOptions(folds=2, seed=0))
+    result = check_labels(evil, CheckOptions(folds=2, seed=0, repeats=1))
     text = render_markdown(result, suspects_with_context(result, evil, 3))
     assert "<script>x</script>" in text  # shown, but only inside inert code spans
     assert triggers(text) == {}, triggers(text)
@@ -110,3 +153,5 @@ def test_too_few_labels(night) -> None:
         check_labels(few, CheckOptions(folds=5))
     with pytest.raises(InputError, match="--folds"):
         check_labels(night, CheckOptions(folds=1))
+    with pytest.raises(InputError, match="--repeats"):
+        check_labels(night, CheckOptions(repeats=0))

@@ -153,14 +153,16 @@ def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> 
     assert (fixed["weight"] < 1).sum() == fixed["extra"].is_not_null().sum() > 0
     assert_error(inproc("labels", "check", night_file, "--fix", "drop"), "--fixed")
     conf = tmp_path / "confident.parquet"
-    r = inproc("labels", "check", night_file, "--folds", 2, "--fix", "drop", "--fix-by",
-               "confident", "--max-confidence", 0.2, "--fixed", conf, "--json")
+    r = inproc("labels", "check", night_file, "--folds", 2, "--repeats", 1, "--fix", "drop",
+               "--fix-by", "confident", "--max-confidence", 0.2, "--fixed", conf, "--json")
     assert r.returncode == 0, r.stderr
     # every dropped turn is a suspect; suspects with p(label) >= 0.2 are kept
     dropped = 2000 - pl.read_parquet(conf).height
     assert 0 < dropped < json.loads(r.stdout)["suspects"]
     assert_error(inproc("labels", "check", night_file, "--max-confidence", 2),
                  "--max-confidence")
+    assert_error(inproc("labels", "check", night_file, "--quota", -1), "--quota")
+    assert_error(inproc("labels", "check", night_file, "--repeats", 0), "--repeats")
     assert_error(fpi("labels", "check", night_file, "--report", tmp_path / "r.html"), "r.html")
     assert_error(inproc("labels", "check", night_file, "--labels",
                         loop["dir"] / "nope.parquet"), "nope.parquet")

@@ -41,6 +41,14 @@ Strict = Annotated[bool, typer.Option(
     "--strict", help="Exit with status 3 if any record was rejected (the outputs are still "
                      "written).")]
 
+#: ``--jobs``: how many model fits run at once (fpi.model.parallel), shared by the
+#: commands that fit several models.
+Jobs = Annotated[int | None, typer.Option(
+    "--jobs", min=1, show_default=False,
+    help="Cores for fitting models at once (fold models), each with --threads threads "
+         "[default: all available]. Not part of the reproducibility key: the results are "
+         "the same whatever it is.")]
+
 #: ``--engine/--workers/--scheduler/--scheduler-file``: where per-partition work runs
 #: (fpi.engine.engine_from_options turns them into an engine).
 EngineName = Annotated[str, typer.Option(

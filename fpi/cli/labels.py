@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fpi.cli._app import app, err_console, out_console
+from fpi.cli._app import Jobs, app, err_console, out_console
 from fpi.errors import InputError
 
 labels_app = typer.Typer(
@@ -383,6 +383,7 @@ def check_command(
     seed: Annotated[int, typer.Option(help="Fold assignment and model seed.")] = 0,
     repeats: _Repeats = 3,
     threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 1,
+    jobs: Jobs = None,
     top: Annotated[int, typer.Option(min=1, help="Suspects shown and reported.")] = 20,
     report: Annotated[Path | None, typer.Option(
         help="Also write a report: Markdown (.md) or JSON (.json).",
@@ -420,7 +421,7 @@ def check_command(
     if labels is not None:
         turns = join_labels_file(turns, labels, label_policy)
     result = check_labels(turns, CheckOptions(folds=folds, seed=seed, threads=threads,
-                                              repeats=repeats), bundle=bundle)
+                                              repeats=repeats, jobs=jobs), bundle=bundle)
     doc = result.to_dict(top=top)
     if report is not None:
         _write_report(result, turns, doc, report, top)

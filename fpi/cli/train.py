@@ -14,6 +14,7 @@ from rich.table import Table
 from fpi.cli._app import (
     AllowTruncated,
     EngineName,
+    Jobs,
     Scheduler,
     SchedulerFile,
     Strict,
@@ -166,11 +167,6 @@ _Out = Annotated[Path, typer.Option(
 _Seed = Annotated[int, typer.Option(help="Random seed (folds, bagging).")]
 _Threads = Annotated[int, typer.Option(
     min=1, help="LightGBM threads (part of the reproducibility key).")]
-_Jobs = Annotated[int | None, typer.Option(
-    min=1, help="Cores for fitting the fold models (and the no-context model) at once, "
-                "each with --threads threads [default: all available]. Not part of the "
-                "reproducibility key: the model is the same whatever it is.",
-    show_default=False)]
 _Folds = Annotated[int | None, typer.Option(
     min=2, help="Cross-fitting folds (of whole sessions) for the out-of-fold metrics, "
                 "calibration and rounds (default 5, 3 above 20,000 labelled turns); "
@@ -237,7 +233,7 @@ def train(
     out: _Out,
     seed: _Seed = 0,
     threads: _Threads = 1,
-    jobs: _Jobs = None,
+    jobs: Jobs = None,
     folds: _Folds = None,
     protocol: _Protocol = ProtocolChoice.auto,
     search: _Search = True,

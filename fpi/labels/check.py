@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
@@ -41,6 +42,7 @@ from fpi.errors import InputError
 from fpi.features import FEATURES, Feature, build_features
 from fpi.metrics import labels_to_index
 from fpi.model.bundle import model_matrix
+from fpi.model.parallel import Fits, fits_at_once
 from fpi.model.training import DEFAULT_PARAMS, _feature_set, category_levels, class_weights
 from fpi.schema import CLASSES, KEY_COLUMNS
 
@@ -74,6 +76,9 @@ class CheckOptions:
     #: Give the fold models fpi's learned features too (text models and vocabulary,
     #: :mod:`fpi.model.learned`), each fitted on that fold's training rows alone.
     learn_features: bool = True
+    #: Cores for fitting fold models at once (None: all available); the same
+    #: probabilities whatever it is (:mod:`fpi.model.parallel`).
+    jobs: int | None = None
 
     def params(self) -> dict[str, Any]:
         """LightGBM parameters (deterministic, fpi's defaults otherwise)."""
@@ -182,25 +187,36 @@ def session_folds(turns: pl.DataFrame, folds: int, seed: int) -> np.ndarray:
 
 def out_of_fold_proba(x: np.ndarray, y: np.ndarray, fold: np.ndarray, cat_idx: list[int],
                       params: dict[str, Any], rounds: int, *, learn: pl.DataFrame | None = None,
-                      init: ModelBundle | None = None) -> np.ndarray:
+                      init: ModelBundle | None = None, fits: Fits | None = None) -> np.ndarray:
     """``(n, k)`` probabilities, each row from the model trained without its fold.
 
     With ``learn`` (the features of the ``y`` rows), each fold's matrix also has the
     learned features (of ``init``, if given) fitted on that fold's training rows alone,
-    as ``fpi train`` fits them; ``x`` and ``cat_idx`` are then not used."""
+    as ``fpi train`` fits them; ``x`` and ``cat_idx`` are then not used. ``fits`` runs
+    the fold models (several at once, if it may: the same probabilities)."""
+    ks = np.unique(fold)
+    parts = (fits or Fits()).map([partial(_fold_proba, x, y, fold == k, cat_idx, params,
+                                          rounds, learn, init, fold) for k in ks])
     proba = np.zeros((len(y), len(CLASSES)))
-    for f in np.unique(fold):
-        fit, score = fold != f, fold == f
-        if learn is not None:
-            fs = _feature_set(learn, y, fit, fold, init, True)
-            x = model_matrix(learn, fs.features, fs.levels, fs.columns)
-            cat_idx = [i for i, c in enumerate(fs.features) if c.kind == "categorical"]
-        w = class_weights(y[fit], 0.5)[y[fit]]
-        data = lgb.Dataset(x[fit], label=y[fit], weight=w, categorical_feature=cat_idx or "auto",
-                           params={"max_bin": params["max_bin"], "verbosity": -1})
-        booster = lgb.train(params, data, num_boost_round=rounds)
-        proba[score] = booster.predict(x[score])
+    for k, part in zip(ks, parts, strict=True):
+        proba[fold == k] = part
     return proba
+
+
+def _fold_proba(x: np.ndarray, y: np.ndarray, score: np.ndarray, cat_idx: list[int],
+                params: dict[str, Any], rounds: int, learn: pl.DataFrame | None,
+                init: ModelBundle | None, fold: np.ndarray) -> np.ndarray:
+    """The probabilities of the ``score`` rows from a model of the other rows."""
+    fit = ~score
+    if learn is not None:
+        fs = _feature_set(learn, y, fit, fold, init, True)
+        x = model_matrix(learn, fs.features, fs.levels, fs.columns)
+        cat_idx = [i for i, c in enumerate(fs.features) if c.kind == "categorical"]
+    w = class_weights(y[fit], 0.5)[y[fit]]
+    data = lgb.Dataset(x[fit], label=y[fit], weight=w, categorical_feature=cat_idx or "auto",
+                       params={"max_bin": params["max_bin"], "verbosity": -1})
+    booster = lgb.train(params, data, num_boost_round=rounds)
+    return np.asarray(booster.predict(x[score]))
 
 
 def confident_learning(proba: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,9 +296,10 @@ def check_labels(turns: pl.DataFrame, options: CheckOptions | None = None, *,
     x, cat_idx, params, rounds = _design(feats, labelled, bundle, opts)
     y = y_all[labelled]
     learn = feats.filter(pl.Series(labelled)) if opts.learn_features else None
+    fits = Fits(fits_at_once(opts.jobs, opts.threads))
     proba = np.mean([out_of_fold_proba(x, y, session_folds(lab, opts.folds, opts.seed + i),
                                        cat_idx, {**params, "seed": opts.seed + i}, rounds,
-                                       learn=learn, init=bundle)
+                                       learn=learn, init=bundle, fits=fits)
                      for i in range(opts.repeats)], axis=0)
     thresholds, confident = confident_learning(proba, y)
     names = np.asarray(CLASSES, dtype=object)

@@ -564,7 +564,8 @@ def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: _FeatureSet,
     """The main model and (if asked for) the no-context one. With one candidate their
     parameters are known at the start, so the two train side by side when several fits
     may run at once (the same models either way)."""
-    fits = Fits(fits_at_once(options.jobs, options.threads))
+    # a warm start's folds would all predict with the one init booster: one at a time
+    fits = Fits(1 if init is not None else fits_at_once(options.jobs, options.threads))
     fit_main = partial(_fit_model, x, data.y, w, data, fs.features, base, cands,
                        (options.num_boost_round, options.early_stopping_rounds),
                        init.booster if init is not None else None, progress, "",

@@ -5,6 +5,7 @@ signals to the main thread."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from tiny_turns import make_turns
 
 from fpi.diagnose import diagnose
-from fpi.engine import LocalEngine, default_threads, engine_from_options
+from fpi.engine import LocalEngine, default_threads, engine_from_options, task_threads
 from fpi.errors import EngineError
 
 FPI = [sys.executable, "-m", "fpi"]
@@ -119,6 +120,17 @@ def test_pool_threads_leave_signals_to_the_main_thread() -> None:
         for mask in engine.map(_blocked, range(4)):
             assert {signal.SIGINT, signal.SIGTERM} <= mask
     assert signal.SIGINT not in _blocked(0)
+
+
+def _share(_: int) -> int | None:
+    return task_threads()
+
+
+def test_a_task_gets_its_share_of_the_cores() -> None:
+    cores = len(os.sched_getaffinity(0))
+    with LocalEngine(2) as engine:
+        assert engine.map(_share, range(3)) == [max(1, cores // 2)] * 3
+    assert task_threads() is None  # elsewhere: the caller's own default
 
 
 def test_threads_options() -> None:

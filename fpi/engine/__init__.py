@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from fpi.errors import EngineError
 
 __all__ = ["ENGINES", "Engine", "LocalEngine", "default_threads", "engine_from_options",
-           "per_process"]
+           "per_process", "task_threads"]
 
 _T = TypeVar("_T")
 
@@ -77,14 +77,31 @@ MAX_DEFAULT_THREADS = 4
 def default_threads() -> int:
     """Tasks a :class:`LocalEngine` runs at a time by default: one per core this process
     may use, at most :data:`MAX_DEFAULT_THREADS`."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, MAX_DEFAULT_THREADS))
+    return max(1, min(_cores(), MAX_DEFAULT_THREADS))
 
 
-def _block_signals() -> None:
-    """A pool thread leaves SIGINT and SIGTERM to the main thread: it is the one that
-    handles them (staging clean-up), and it may hold them back during a swap
-    (``fpi.files``: the renames of an output set), which it can only do for itself."""
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+_TASK = threading.local()
+
+
+def task_threads() -> int | None:
+    """Threads a task may start for itself (e.g. the compiled predictor's row split): on a
+    :class:`LocalEngine`'s pool thread its share of the cores, else None (the caller's
+    own default)."""
+    share: int | None = getattr(_TASK, "threads", None)
+    return share
+
+
+def _pool_thread(share: int) -> None:
+    """Set up a pool thread: its share of the cores (:func:`task_threads`), and SIGINT and
+    SIGTERM left to the main thread: it is the one that handles them (staging clean-up),
+    and it may hold them back during a swap (``fpi.files``: the renames of an output
+    set), which it can only do for itself."""
+    _TASK.threads = share
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
@@ -127,8 +144,9 @@ class LocalEngine:
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fpi-local",
-                                                initializer=_block_signals)
+                self._pool = ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="fpi-local", initializer=_pool_thread,
+                    initargs=(max(1, _cores() // self.threads),))
             return self._pool
 
     def close(self) -> None:

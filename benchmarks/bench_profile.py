@@ -12,6 +12,10 @@ when it last ended; "other" is the rest of the run. Then, in the same child, the
 feature stages of :func:`fpi.features.profile_stages` are timed one by one over the
 same batches. CPU seconds are what to compare on a shared machine: wall time grows
 with the load of other jobs, CPU time much less.
+
+The profiled run scores one partition at a time (``LocalEngine(threads=1)``), so that
+the steps do not overlap and each step's CPU is its own; ``fpi diagnose`` scores one
+partition per core at a time by default (time the command itself for its wall time).
 """
 
 from __future__ import annotations
@@ -137,12 +141,14 @@ def _feature_groups(night: Path, batch_turns: int) -> dict[str, dict[str, float]
 
 def child(night: Path, model: Path, out: Path, attribution: str, groups: bool) -> None:
     from fpi.diagnose import diagnose
+    from fpi.engine import LocalEngine
 
     meter = Meter()
     _instrument(meter)
     w, c = time.perf_counter(), _cpu()
-    res = diagnose([night], model=model, out_dir=out, attribution=attribution,
-                   gates=["asr.estimate <= 0.5"])
+    with LocalEngine(threads=1) as engine:  # steps in turn: each step's CPU is its own
+        res = diagnose([night], model=model, out_dir=out, attribution=attribution,
+                       gates=["asr.estimate <= 0.5"], engine=engine)
     total = {"wall_s": time.perf_counter() - w, "cpu_s": _cpu() - c,
              "load1": os.getloadavg()[0]}
     timed_wall = sum(s["wall_s"] for s in meter.steps.values())

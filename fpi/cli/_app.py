@@ -59,6 +59,10 @@ Workers = Annotated[int | None, typer.Option(
     "--workers", min=1, show_default=False,
     help="With --engine dask: start a local cluster of this many single-threaded worker "
          "processes (default: one per core).")]
+Threads = Annotated[int | None, typer.Option(
+    "--threads", min=1, show_default=False,
+    help="With --engine local: partitions scored at a time, on threads of this process "
+         "(default: one per core, at most 4). The outputs are the same whatever the number.")]
 Scheduler = Annotated[str | None, typer.Option(
     "--scheduler", metavar="ADDRESS", show_default=False,
     help="With --engine dask: the address of a running Dask scheduler "

@@ -18,6 +18,7 @@ from fpi.cli._app import (
     EngineName,
     Scheduler,
     SchedulerFile,
+    Threads,
     Workers,
     app,
     err_console,
@@ -116,6 +117,7 @@ def diagnose(
     workers: Workers = None,
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
+    threads: Threads = None,
 ) -> None:
     """Diagnose a night of logs: failure rates with intervals, slices, attribution, gates.
 
@@ -136,7 +138,8 @@ def diagnose(
         examples=examples, min_support=min_support, seed=seed,
         allow_other_model=allow_other_model, format=input_format,
         allow_truncated=allow_truncated)
-    with (engine_from_options(engine, workers, scheduler, scheduler_file) as runner,
+    with (engine_from_options(engine, workers, scheduler, scheduler_file,
+                              threads=threads) as runner,
           progress_for(err_console) as progress):
         result = run(inputs, model=model, out_dir=out, options=replace(opts, progress=progress),
                      engine=runner)

@@ -60,16 +60,18 @@ def parse_gates(gates: Sequence[str | Gate], gates_file: str | os.PathLike[str] 
 
 def contributions_chunked(bundle: ModelBundle, feats: pl.DataFrame,
                           note: Callable[[str, int, int | None], None],
-                          chunk: int = 200, classes: np.ndarray | None = None) -> np.ndarray:
+                          chunk: int = 200, classes: np.ndarray | None = None,
+                          threads: int | None = None) -> np.ndarray:
     """Exact TreeSHAP in chunks (each row's values are independent), reporting progress;
-    with ``classes``, toward each row's class only (``ModelBundle.contributions``)."""
+    with ``classes``, toward each row's class only, on ``threads`` LightGBM threads
+    (``ModelBundle.contributions``)."""
     parts = []
     for start in range(0, feats.height, chunk):
         note("attribution", start, feats.height)
         parts.append(bundle.contributions(
             feats[start: start + chunk],
-            None if classes is None else classes[start: start + chunk]))
+            None if classes is None else classes[start: start + chunk], threads))
     note("attribution", feats.height, feats.height)
     if not parts:
-        return np.asarray(bundle.contributions(feats, classes))
+        return np.asarray(bundle.contributions(feats, classes, threads))
     return np.concatenate(parts, axis=0)

@@ -77,7 +77,7 @@ from fpi.diagnose.summary import (
     ModelInfo,
     Summary,
 )
-from fpi.engine import Engine, LocalEngine
+from fpi.engine import Engine, LocalEngine, default_threads
 from fpi.errors import ExitStatus, InputError, ModelError
 from fpi.files import check_output_dir, check_writable_file, staged_output_dir, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, overall_status
@@ -134,8 +134,9 @@ def diagnose(inputs: Inputs, *, model: str | os.PathLike[str] | ModelBundle,
     options : a :class:`~fpi.diagnose.options.DiagnoseOptions`; or give its fields as
         keywords (``baseline=``, ``gates=``, ``attribution=``, ``seed=``, ...).
     engine : where the partitions are scored: an :class:`~fpi.engine.Engine` (e.g.
-        ``fpi.engine.dask.DaskEngine(workers=4)``; the caller closes it), or ``None``:
-        this process. The summary is the same whatever the engine.
+        ``fpi.engine.dask.DaskEngine(workers=4)``, or ``fpi.engine.LocalEngine(threads=1)``;
+        the caller closes it), or ``None``: this process, a partition per core at a time
+        (:func:`fpi.engine.default_threads`). The outputs are the same whatever the engine.
 
     Returns
     -------
@@ -315,8 +316,10 @@ def _estimate(night: _Night, bundle: ModelBundle, opts: DiagnoseOptions
 
 
 def _attribute(stats: PartitionStats, bundle: ModelBundle, slice_top: list[dict[str, Any]],
-               opts: DiagnoseOptions) -> tuple[dict[str, Any], pl.DataFrame | None]:
-    """The attribution block, and the sampled turns' contributions (keys + contrib_*)."""
+               opts: DiagnoseOptions, threads: int | None = None
+               ) -> tuple[dict[str, Any], pl.DataFrame | None]:
+    """The attribution block, and the sampled turns' contributions (keys + contrib_*;
+    TreeSHAP on ``threads`` threads, default the model's training setting)."""
     predicted_counts = stats.counts
     z = z_value(opts.confidence)
     if opts.attribution == "all" and stats.attribution_moments is not None:
@@ -327,7 +330,7 @@ def _attribute(stats: PartitionStats, bundle: ModelBundle, slice_top: list[dict[
         feat_names = list(bundle.input_columns)
         rpred = res["_pred"].to_numpy()
         contrib = contributions_chunked(bundle, res.select([*KEY_COLUMNS, *feat_names]),
-                                        opts.note, classes=rpred)
+                                        opts.note, classes=rpred, threads=threads)
         values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
         slice_cols = [c.removeprefix("_slice_") for c in res.columns if c.startswith("_slice_")]
         doc = attr.summarize(values, rpred, predicted_counts, mode="sample",
@@ -399,7 +402,7 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         engine: Engine | None = None) -> DiagnoseResult:
     """:func:`diagnose` with its options as one record."""
     if engine is None:
-        with LocalEngine() as local:
+        with LocalEngine(default_threads()) as local:
             return run(inputs, model, out_dir, opts, local)
     plan = _plan(inputs, model, out_dir, opts)
     bundle, out, timings = plan.bundle, plan.out, {}
@@ -437,7 +440,9 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         timings["aggregate"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
-        attr_doc, contributions = _attribute(stats, bundle, slice_doc["top"], opts)
+        attr_doc, contributions = _attribute(
+            stats, bundle, slice_doc["top"], opts,
+            engine.threads if isinstance(engine, LocalEngine) else None)
         attr_doc.update(requested_sample=opts.attribution_sample, **timing_info)
         opts.note("examples", 0, None)
         example_doc = render_examples(stats.examples, bundle, plan.red)

@@ -3,8 +3,8 @@
 fpi's heavy steps are written as a pure function over one partition of whole
 sessions plus a merge on the driver. An engine runs the per-partition function:
 
-- ``LocalEngine`` runs it in this process, in order (the default, and what every
-  single-machine command uses);
+- ``LocalEngine`` runs it in this process (the default, and what every single-machine
+  command uses): in order, or a few tasks at a time on threads (``threads``);
 - ``fpi.engine.dask.DaskEngine`` (extra ``fpi[dask]``) runs it on a Dask cluster.
 
 Both give the same results; only where the work happens differs. A *handle* is
@@ -17,14 +17,17 @@ driver) and are turned into values by ``gather``.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from fpi.errors import EngineError
 
-__all__ = ["ENGINES", "Engine", "LocalEngine", "engine_from_options", "per_process"]
+__all__ = ["ENGINES", "Engine", "LocalEngine", "default_threads", "engine_from_options",
+           "per_process", "task_threads"]
 
 _T = TypeVar("_T")
 
@@ -65,23 +68,92 @@ class Engine(Protocol):
                  tb: TracebackType | None) -> None: ...
 
 
+#: The most threads :func:`default_threads` gives: a task holds a partition's features in
+#: memory, and the parts of a task that hold Python's GIL do not run side by side anyway
+#: (more cores: ``--engine dask``, whose workers are processes).
+MAX_DEFAULT_THREADS = 4
+
+
+def default_threads() -> int:
+    """Tasks a :class:`LocalEngine` runs at a time by default: one per core this process
+    may use, at most :data:`MAX_DEFAULT_THREADS`."""
+    return max(1, min(_cores(), MAX_DEFAULT_THREADS))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+_TASK = threading.local()
+
+
+def task_threads() -> int | None:
+    """Threads a task may start for itself (e.g. the compiled predictor's row split): on a
+    :class:`LocalEngine`'s pool thread its share of the cores, else None (the caller's
+    own default)."""
+    share: int | None = getattr(_TASK, "threads", None)
+    return share
+
+
+def _pool_thread(share: int) -> None:
+    """Set up a pool thread: its share of the cores (:func:`task_threads`), and SIGINT and
+    SIGTERM left to the main thread: it is the one that handles them (staging clean-up),
+    and it may hold them back during a swap (``fpi.files``: the renames of an output
+    set), which it can only do for itself."""
+    _TASK.threads = share
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 class LocalEngine:
-    """Runs every task here, now, in order: a handle is the result itself."""
+    """Runs every task in this process; a handle is the result itself.
+
+    ``threads=1`` (the default) runs the tasks in order on the calling thread. More runs
+    up to ``threads`` tasks at a time on a pool of threads (Polars, NumPy and the
+    compiled predictor release the GIL while they work). Either way ``map`` returns the
+    results in the order of the items, each computed from its item alone, so the results
+    do not depend on ``threads``. A failing task's exception is raised by ``map`` (the
+    first in item order) once the tasks already running have ended; those not started
+    are cancelled. :attr:`workers` stays 1: the engine is one process, so work is
+    partitioned as for one worker whatever ``threads`` is.
+    """
 
     name = "local"
+
+    def __init__(self, threads: int = 1) -> None:
+        if threads < 1:
+            raise EngineError(f"threads must be at least 1, not {threads}")
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     @property
     def workers(self) -> int:
         return 1
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any) -> list[Any]:
-        return [fn(item, *args) for item in items]
+        if self.threads == 1 or len(items) <= 1:
+            return [fn(item, *args) for item in items]
+        futures = [self._executor().submit(fn, item, *args) for item in items]
+        return _results(futures)
 
     def gather(self, handles: Sequence[Any]) -> list[Any]:
         return list(handles)
 
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="fpi-local", initializer=_pool_thread,
+                    initargs=(max(1, _cores() // self.threads),))
+            return self._pool
+
     def close(self) -> None:
-        return None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> LocalEngine:
         return self
@@ -91,15 +163,31 @@ class LocalEngine:
         self.close()
 
 
+def _results(futures: list[Future[Any]]) -> list[Any]:
+    """The futures' results in order. On the first failure (or Ctrl-C while waiting) the
+    tasks not started are cancelled and the running ones waited for, so none is still
+    working (e.g. writing into a staging directory) when the caller cleans up."""
+    try:
+        return [f.result() for f in futures]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        wait(futures)
+        raise
+
+
 def engine_from_options(engine: str = "local", workers: int | None = None,
                         scheduler: str | None = None,
                         scheduler_file: str | os.PathLike[str] | None = None,
-                        timeout: float | None = None) -> Engine:
-    """The engine the CLI options ``--engine/--workers/--scheduler/--scheduler-file`` name.
+                        timeout: float | None = None, threads: int | None = 1) -> Engine:
+    """The engine the CLI options ``--engine/--workers/--scheduler/--scheduler-file``
+    (and ``--threads``) name.
 
-    ``local`` takes none of the other options. ``dask`` imports Dask only now (so
-    ``import fpi`` never does) and raises :class:`~fpi.errors.EngineError` when the
-    extra ``fpi[dask]`` is missing or the cluster cannot be used.
+    ``local`` takes none of the Dask options; it runs ``threads`` tasks at a time
+    (``None``: :func:`default_threads`). ``dask`` takes no ``threads`` but 1 (its workers
+    are processes), imports Dask only now (so ``import fpi`` never does) and raises
+    :class:`~fpi.errors.EngineError` when the extra ``fpi[dask]`` is missing or the
+    cluster cannot be used.
     """
     if engine == "local":
         given = [flag for flag, value in (("--workers", workers), ("--scheduler", scheduler),
@@ -107,9 +195,12 @@ def engine_from_options(engine: str = "local", workers: int | None = None,
                  if value is not None]
         if given:
             raise EngineError(f"{given[0]} needs --engine dask")
-        return LocalEngine()
+        return LocalEngine(default_threads() if threads is None else threads)
     if engine != "dask":
         raise EngineError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if threads not in (None, 1):
+        raise EngineError("--threads needs --engine local (Dask workers are processes: "
+                          "use --workers)")
     try:
         from fpi.engine.dask import DEFAULT_TIMEOUT, DaskEngine
     except ImportError as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -226,31 +227,38 @@ class ModelBundle:
         return self.no_context_calibration.apply(raw)
 
     def contributions(self, features: pl.DataFrame,
-                      classes: np.ndarray | None = None) -> np.ndarray:
+                      classes: np.ndarray | None = None, threads: int | None = None
+                      ) -> np.ndarray:
         """Exact TreeSHAP contributions on the raw margin.
 
         Returns ``(n, n_classes, n_features + 1)``; the last column is the bias, and each
         class's row sums to its raw margin. With ``classes`` (one class index per row) only
         row ``i``'s class ``classes[i]`` is computed (the other classes' rows are 0): the
         same values, from that class's trees alone (a sixth of the work for six classes).
+        ``threads``: LightGBM's threads over the rows (each row's values are computed
+        alone, so they do not depend on it; default: LightGBM's for all classes, the
+        model's training setting for one class per row).
+        Calls from several threads take turns (LightGBM's ``pred_contrib`` on one booster
+        is not safe to run twice at once: LightGBM issue 5482).
         """
         k, m = len(self.classes), len(self.features)
         if features.height == 0:
             return np.zeros((0, k, m + 1))
         x = self.matrix(features)
-        per_class = None if classes is None else self._class_boosters()
-        if per_class is None:
-            contrib = np.asarray(self.booster.predict(x, pred_contrib=True))
-            return contrib.reshape(features.height, k, m + 1)
-        assert classes is not None
-        classes = np.asarray(classes, dtype=np.int64)
-        out = np.zeros((features.height, k, m + 1))
-        threads = self.booster.params.get("num_threads")
-        for c in np.unique(classes):
-            rows = np.flatnonzero(classes == c)
-            out[rows, c] = per_class[c].predict(x[rows], pred_contrib=True,
-                                                **({} if threads is None
-                                                   else {"num_threads": threads}))
+        with _TREESHAP:
+            per_class = None if classes is None else self._class_boosters()
+            extra: dict[str, Any] = {} if threads is None else {"num_threads": threads}
+            if per_class is None:
+                contrib = np.asarray(self.booster.predict(x, pred_contrib=True, **extra))
+                return contrib.reshape(features.height, k, m + 1)
+            assert classes is not None
+            classes = np.asarray(classes, dtype=np.int64)
+            out = np.zeros((features.height, k, m + 1))
+            trained = self.booster.params.get("num_threads")
+            extra = extra or ({} if trained is None else {"num_threads": trained})
+            for c in np.unique(classes):
+                rows = np.flatnonzero(classes == c)
+                out[rows, c] = per_class[c].predict(x[rows], pred_contrib=True, **extra)
         return out
 
     def _class_boosters(self) -> list[lgb.Booster] | None:
@@ -260,6 +268,10 @@ class ModelBundle:
             text = self.files.get(MODEL_FILE)
             self._per_class = None if text is None else class_boosters(text, len(self.classes))
         return self._per_class
+
+
+#: TreeSHAP calls take turns (:meth:`ModelBundle.contributions`).
+_TREESHAP = threading.Lock()
 
 
 def class_boosters(model_text: str, k: int) -> list[lgb.Booster] | None:

@@ -455,8 +455,11 @@ def raw_margins(booster: lgb.Booster, x: np.ndarray, threads: int | None = None)
     if pred is None:
         out = np.asarray(booster.predict(x, raw_score=True))
         return out.reshape(len(x), -1) if out.ndim == 1 else out
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if threads is None:  # a task on a pool thread: its share of the cores
+        from fpi.engine import task_threads
+
+        threads = task_threads() or (len(os.sched_getaffinity(0))
+                                     if hasattr(os, "sched_getaffinity") else 1)
     return pred.predict_raw(x, threads=threads)
 
 

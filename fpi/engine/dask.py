@@ -118,7 +118,8 @@ class DaskEngine:
         # Given to each nanny (``config``), so a worker it restarts has it off too.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0", env=dict(WORKER_ENV),
-                               silence_logs=logging.ERROR, config=dict(WORKER_CONFIG))
+                               silence_logs=logging.ERROR, config=dict(WORKER_CONFIG),
+                               preload=[__name__])
         self._cluster = cluster
         return Client(cluster, set_as_default=False)
 
@@ -197,6 +198,17 @@ class DaskEngine:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def dask_setup(worker: object) -> None:
+    """The preload of every worker of a cluster fpi starts (restarted ones too): LightGBM
+    imported lean, as by the ``fpi`` executable (:mod:`fpi.lightgbm_import`), before a task
+    imports it. Without it each worker process imported scikit-learn and pandas for
+    LightGBM's wrappers, about 2 CPU-s per worker; distributed training gets them back
+    (``with_wrappers``). Workers fpi does not start are left as they are."""
+    from fpi.lightgbm_import import import_lean
+
+    import_lean()
 
 
 def _cores() -> int:

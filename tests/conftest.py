@@ -97,11 +97,15 @@ def _written(path: Path) -> bool:
 def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``dask scheduler`` and ``dask worker`` as separate processes, as on a cluster,
     started by the first test of a module that asks for them and stopped after that
-    module (the worker without its statistical profiler); tests must not stop them."""
+    module (the worker without its statistical profiler, and both checking their event
+    loop and sampling CPU and memory as rarely as fpi's own clusters); tests must not stop
+    them."""
     where = tmp_path_factory.mktemp("dask")
     path = where / "scheduler.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get(
-        "PYTHONPATH", "")]), "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
+        "PYTHONPATH", "")]), "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+           "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+           "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s"}
     dask = [sys.executable, "-m", "dask"]
     procs = [subprocess.Popen([*dask, "scheduler", "--scheduler-file", str(path), "--port",
                                "0", "--no-dashboard"], env=env, cwd=where,

@@ -9,7 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,11 +55,9 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def local(night: Path, small_bundle, tmp_path_factory: pytest.TempPathFactory
           ) -> dict[str, Any]:
+    """The local engine's summary, in process (the tests below run ``fpi`` for the CLI)."""
     out = tmp_path_factory.mktemp("dask-local") / "out"
-    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
-               "local", *CLI_OPTS)
-    assert res.returncode == 0, res.stderr
-    return json.loads((out / "summary.json").read_text())
+    return fpi.diagnose(night, model=small_bundle.path, out_dir=out, **OPTS).summary
 
 
 def test_a_local_cluster_of_two_workers_gives_the_same_summary(night: Path, small_bundle,
@@ -114,25 +112,18 @@ def test_separate_scheduler_and_worker_give_the_same_summary(
     assert _comparable(json.loads((out / "summary.json").read_text())) == _comparable(local)
 
 
-@pytest.fixture
-def fresh_cluster() -> Iterator[DaskEngine]:
-    """Workers that have loaded no model yet (a worker keeps the bundles it has read, so
-    the shared cluster may already hold the driver's model and never read the files)."""
-    with DaskEngine(workers=2, timeout=60) as engine:
-        yield engine
-
-
 def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tmp_path: Path,
-                                                   fresh_cluster: DaskEngine) -> None:
+                                                   dask_cluster: DaskEngine) -> None:
+    """The driver holds a model trained here, which no worker can have kept from an earlier
+    test (a worker keeps the bundles it has read, by hash); the files now hold another."""
     model = tmp_path / "model"
-    shutil.copytree(small_bundle.path, model)
+    train(make_turns(200, seed=9), model, seed=0, threads=1, num_boost_round=5,
+          early_stopping_rounds=2, search=False, no_context=False)
     bundle = fpi.load_bundle(model)  # what the driver holds
-    other = train(make_turns(200, seed=9), tmp_path / "other", seed=0, threads=1,
-                      num_boost_round=5, early_stopping_rounds=2)
     shutil.rmtree(model)
-    shutil.copytree(other.path, model)  # the files changed under the run
+    shutil.copytree(small_bundle.path, model)  # the files changed under the run
     with pytest.raises(ModelError) as info:
-        fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out", engine=fresh_cluster,
+        fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out", engine=dask_cluster,
                      attribution="none")
     message = str(info.value)
     assert "\n" not in message
@@ -179,3 +170,9 @@ def test_a_worker_killed_inside_diagnose_gives_the_same_summary(
     assert _comparable(res.summary) == _comparable(local)
     # its nanny restarts it (a new process importing fpi: slow on a loaded machine)
     dask_cluster.client.wait_for_workers(2, timeout=300)
+    # every worker, the restarted one too, imports LightGBM lean (fpi's preload): without
+    # scikit-learn and pandas, which a worker that scored would otherwise hold
+    loaded = dask_cluster.client.run(lambda: ("lightgbm" in sys.modules, "sklearn" in sys.modules
+                                              or "pandas" in sys.modules)).values()
+    assert len(loaded) == 2 and any(lgb for lgb, _ in loaded)
+    assert not any(wrappers for _, wrappers in loaded)

@@ -113,11 +113,32 @@ def test_the_lean_import_hides_lightgbms_wrappers_until_asked_for() -> None:
     assert out.stdout.split("\n")[:3] == ["False False", "False False", "True True True"]
 
 
+def test_lightgbm_is_imported_lean_on_first_use_only() -> None:
+    """What the executable installs: no LightGBM until a module needs it, then lean; and
+    pyarrow converting Python objects without importing pandas."""
+    code = ("import sys\n"
+            "from fpi.lightgbm_import import lean_on_first_import\n"
+            "lean_on_first_import(); lean_on_first_import()\n"
+            "import fpi.cli, fpi.ingest, fpi.simulate\n"
+            "print('lightgbm' in sys.modules)\n"
+            "import fpi.model, lightgbm\n"
+            "print(*(m in sys.modules for m in ('lightgbm', 'sklearn', 'pandas')))\n"
+            "import pyarrow as pa; pa.array([1]); pa.table({'a': [1]})\n"
+            "print(type(lightgbm.__loader__).__name__, 'LeanFinder' in str(sys.meta_path),\n"
+            "      'pandas' in sys.modules)\n"
+            "import sklearn, pandas  # hidden only while LightGBM was imported\n"
+            "print(pa.table({'a': [2]}).to_pandas()['a'].tolist())  # pandas when asked\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split("\n")[:4] == ["False", "True False False",
+                                          "SourceFileLoader False False", "[2]"]
+
+
 def test_the_fpi_executable_imports_lightgbm_lean(monkeypatch: pytest.MonkeyPatch) -> None:
     import fpi.cli
 
     calls: list[str] = []
-    monkeypatch.setattr(fpi.cli, "import_lean", lambda: calls.append("lean"))
+    monkeypatch.setattr(fpi.cli, "lean_on_first_import", lambda: calls.append("lean"))
     monkeypatch.setattr(sys, "argv", ["fpi", "--version"])
     with pytest.raises(SystemExit) as done:
         fpi.cli.main()

@@ -5,7 +5,7 @@ function and renders the result. Errors are caught once, in ``_app``.
 """
 
 from fpi.cli._app import app
-from fpi.lightgbm_import import import_lean
+from fpi.lightgbm_import import lean_on_first_import
 
 # Importing the command modules registers their commands on ``app``.
 from fpi.cli import ingest as _ingest  # noqa: F401  isort: skip
@@ -18,11 +18,12 @@ from fpi.cli import labels as _labels  # noqa: F401  isort: skip
 
 
 def main() -> None:
-    """The ``fpi`` executable and ``python -m fpi``: LightGBM loaded lean, then the app.
+    """The ``fpi`` executable and ``python -m fpi``: LightGBM loaded lean if a command
+    needs it, then the app.
 
     (Programs and tests that call ``app`` themselves get LightGBM as usual.)
     """
-    import_lean()
+    lean_on_first_import()
     app(prog_name="fpi")
 
 

@@ -277,14 +277,15 @@ def train(
 
     Exit status: 0 ok, 2 bad input, 3 rejects under --strict.
     """
-    from fpi.labels.resolve import training_weights
-    from fpi.model import train as train_model
-    from fpi.model.bundle import check_bundle_out
-
     if rounds is not None and not distributed_training:
         raise typer.BadParameter("needs --distributed-training", param_hint="--rounds")
     _check_engine_flags(engine, inputs, workers, scheduler, scheduler_file,
                         distributed_training, labels, max_train_turns)
+    # after the usage checks: a usage error does not pay for importing LightGBM
+    from fpi.labels.resolve import training_weights
+    from fpi.model import train as train_model
+    from fpi.model.bundle import check_bundle_out
+
     check_bundle_out(out)  # refuse a foreign --out before reading any data
     options: dict[str, Any] = {
         "seed": seed, "threads": threads, "jobs": jobs, "folds": folds, "split": split.value,

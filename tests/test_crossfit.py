@@ -163,3 +163,28 @@ def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path,
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert bad.returncode == 2 and lines[-1].startswith("error:") and "nowhere" in lines[-1]
     assert "Traceback" not in bad.stderr and not (tmp_path / "n").exists()
+
+
+def test_holdout_margins_from_training_scores_match_a_second_prediction() -> None:
+    from fpi.features import Feature
+    from fpi.model.calibration import softmax
+    from fpi.model.crossfit import binned, fit_fold
+    from fpi.schema import CLASSES
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 5))
+    x[rng.random(x.shape) < 0.1] = np.nan  # missing values take the default branch
+    y = (np.nan_to_num(x[:, 0]) * 2 + rng.normal(size=3000) > 0).astype(int) * 2
+    y[::7] = rng.integers(0, len(CLASSES), len(y[::7]))
+    which = [Feature(f"f{i}", "asr") for i in range(5)]
+    params = {"objective": "multiclass", "num_class": len(CLASSES), "num_leaves": 7,
+              "learning_rate": 0.3, "verbosity": -1, "num_threads": 1, "seed": 0,
+              "deterministic": True}
+    ds = binned(x, y, np.ones(len(y)), which, params, keep_raw=False)
+    held = np.arange(len(y)) % 5 == 0
+    args = (ds, x, ~held, held, params, 200, 5)
+    again, inner = fit_fold(*args), fit_fold(*args, inner=True)
+    assert inner.best_iteration == again.best_iteration < 200  # it early-stopped
+    np.testing.assert_allclose(softmax(inner.raw), softmax(again.raw), rtol=0, atol=1e-12)
+    shift = inner.raw - again.raw  # the same margins less one constant per row
+    np.testing.assert_allclose(shift - shift[:, :1], 0.0, atol=1e-9)

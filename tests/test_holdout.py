@@ -141,3 +141,26 @@ def test_holdout_without_refit_ships_the_validated_model(night: pl.DataFrame,
     # the same validation margins (same fold model): the same held-out metrics
     assert res.heldout["macro_f1"] == pytest.approx(holdout_model.heldout["macro_f1"],
                                                     abs=1e-12)
+
+
+def test_holdout_tree_settings_and_patience_by_protocol(holdout_model: TrainResult) -> None:
+    from fpi.model.training import FitOptions
+
+    p = holdout_model.manifest["params"]
+    assert p["learning_rate"] == 0.25 and p["feature_fraction"] == 0.5
+    assert p["early_stopping_rounds"] == 5  # given: kept under either protocol
+    assert FitOptions().patience("holdout") == 10
+    assert FitOptions().patience("crossfit") == 20
+    assert FitOptions(early_stopping_rounds=7).patience("holdout") == 7
+
+
+def test_rule_baseline_on_a_second_thread_is_the_same(night: pl.DataFrame) -> None:
+    from fpi.model.training import FitOptions, _labelled_data, _Laps, _start_rules
+
+    opts = FitOptions(threads=2, protocol="holdout")
+    data = _labelled_data(night, None, opts, None, _Laps(None))
+    rules2, pred2 = _start_rules(data, opts)()  # begun on a thread
+    rules1, pred1 = _start_rules(data, FitOptions(threads=1, protocol="holdout"))()
+    assert rules2.to_dict() == rules1.to_dict()
+    np.testing.assert_array_equal(pred2, pred1)
+    assert (pred1[data.valid] >= 0).all() and (pred1[~data.valid] == -1).all()

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -56,9 +57,11 @@ from fpi.model.bundle import (
 )
 from fpi.model.calibration import Calibration, fit_calibration
 from fpi.model.crossfit import (
-    HOLDOUT_LEARNING_RATE,
+    CROSSFIT_PATIENCE,
     HOLDOUT_MIN,
+    HOLDOUT_PARAMS,
     HOLDOUT_PARTS,
+    HOLDOUT_PATIENCE,
     MAX_FIT_TURNS,
     NO_CONTEXT_MAX_TURNS,
     CrossFit,
@@ -128,7 +131,7 @@ class FitOptions:
     split: Split = "session"
     test_size: float = 0.0
     num_boost_round: int = 1000
-    early_stopping_rounds: int = 20
+    early_stopping_rounds: int | None = None  # None: by protocol (:meth:`patience`)
     params: dict[str, Any] | None = None
     search: bool = True
     learn_features: bool = True
@@ -160,6 +163,13 @@ class FitOptions:
             raise InputError(f"folds must be at least 2, got {self.folds}")
         if self.jobs is not None and self.jobs < 1:
             raise InputError(f"jobs must be at least 1, got {self.jobs}")
+
+    def patience(self, protocol: Protocol) -> int:
+        """Early stopping's rounds: as given, else 20 when cross-fitting and 10 under the
+        holdout protocol (:data:`fpi.model.crossfit.HOLDOUT_PATIENCE`)."""
+        if self.early_stopping_rounds is not None:
+            return self.early_stopping_rounds
+        return HOLDOUT_PATIENCE if protocol == "holdout" else CROSSFIT_PATIENCE
 
 
 class _Laps:
@@ -468,7 +478,7 @@ def _fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, data: _Data,
     holdout = data.protocol == "holdout"
     rows = data.fit if keep is None else data.fit & (keep | data.valid)
     trainable = None if keep is None else keep[rows]
-    xf, yf = x[rows], y[rows]
+    xf, yf = (x, y) if rows.all() else (x[rows], y[rows])  # all: no copy of the matrix
     ds = binned(xf, yf, w[rows], which, base, keep_raw=init is not None)
     refit = refit or not holdout
     cv = crossfit(ds, xf, yf, data.fold[rows], base, cands, *rounds_cap, init, progress,
@@ -527,6 +537,22 @@ def _no_context_rows(data: _Data, options: FitOptions) -> np.ndarray | None:
     return _sample_rows(data, most, options.seed)
 
 
+_RuleJob = Callable[[], tuple[RuleBaseline, np.ndarray]]
+
+
+def _start_rules(data: _Data, options: FitOptions) -> _RuleJob:
+    """The rule baseline and its held-out predictions (:func:`_rules_oof`), as a call that
+    returns them. With two threads or more they are begun now on a second thread: serial
+    NumPy and Polars work, overlapping the text models (also serial) and the trees."""
+    args = (data.feats, data.y, data.fit, data.fold, options.seed, data.protocol == "holdout")
+    if options.threads < 2:
+        return partial(_rules_oof, *args)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fpi-rules")
+    job = pool.submit(_rules_oof, *args)
+    pool.shutdown(wait=False)  # the thread ends with its job
+    return job.result
+
+
 def _fit_no_context(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
                     params: dict[str, Any], init: ModelBundle | None, options: FitOptions,
                     progress: Progress | None, fits: Fits) -> _Fitted:
@@ -534,23 +560,22 @@ def _fit_no_context(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
     idx = [i for i, f in enumerate(fs.features) if f.group != "context"]
     nc_init = (init.no_context_booster if init is not None else None)
     return _fit_model(x[:, idx], data.y, w, data, context_free(fs.features), params,
-                      [{}], (options.num_boost_round, options.early_stopping_rounds),
+                      [{}], (options.num_boost_round, options.patience(data.protocol)),
                       nc_init, progress, " (no context)", _no_context_rows(data, options),
                       options.holdout_refit, turn_w=data.weight, fits=fits)
 
 
-def _fit_baselines(data: _Data, fs: _FeatureSet, nc: _Fitted | None,
-                   options: FitOptions, progress: Progress | None, lap: _Laps) -> _Baselines:
+def _fit_baselines(data: _Data, fs: _FeatureSet, nc: _Fitted | None, options: FitOptions,
+                   progress: Progress | None, lap: _Laps, rules_job: _RuleJob) -> _Baselines:
     """The baselines' held-out metrics: the no-context model's (``nc``, if trained) and
-    the rule baseline's, fitted here."""
+    the rule baseline's (``rules_job``, :func:`_start_rules`)."""
     y_ev = data.y[data.ev]
     heldout: dict[str, Any] = {}
     if nc is not None:
         heldout["no_context"] = brief_metrics(
             classification_metrics(y_ev, nc.proba.argmax(axis=1)))
     report(progress, "rule baseline", 0, None)
-    rules, rule_pred = _rules_oof(data.feats, data.y, data.fit, data.fold, options.seed,
-                                  data.protocol == "holdout")
+    rules, rule_pred = rules_job()
     heldout["rules"] = brief_metrics(classification_metrics(y_ev, rule_pred[data.ev]))
     lap("rules")
     return _Baselines(nc, context_free(fs.features), rules, heldout)
@@ -567,7 +592,7 @@ def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: _FeatureSet,
     # a warm start's folds would all predict with the one init booster: one at a time
     fits = Fits(1 if init is not None else fits_at_once(options.jobs, options.threads))
     fit_main = partial(_fit_model, x, data.y, w, data, fs.features, base, cands,
-                       (options.num_boost_round, options.early_stopping_rounds),
+                       (options.num_boost_round, options.patience(data.protocol)),
                        init.booster if init is not None else None, progress, "",
                        keep=keep, refit=options.holdout_refit, grow=grow,
                        turn_w=data.weight, fits=fits)
@@ -609,6 +634,7 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     options = options or FitOptions()
     lap = _Laps(timings)
     data = _labelled_data(turns, features, options, progress, lap, weights)
+    rules_job = _start_rules(data, options)
     fs = _feature_set(data.feats, data.y, data.fit, data.fold, init, options.learn_features,
                       data.weight)
     x = model_matrix(data.feats, fs.features, fs.levels, fs.columns)
@@ -620,7 +646,7 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     cands = ([dict(options.params)] if options.params
              else (candidates(n_trees) if options.search else [{}]))
     if data.protocol == "holdout" and not options.params:  # bigger steps, fewer rounds
-        cands = [{**c, "learning_rate": HOLDOUT_LEARNING_RATE} for c in cands]
+        cands = [{**c, **HOLDOUT_PARAMS} for c in cands]
     cw = class_weights(data.y[data.fit], options.class_weight_power)
     w = cw[data.y] if data.weight is None else cw[data.y] * data.weight
     log.info("cross-fitting on %d turns (%d features)", n_fit, len(fs.features))
@@ -631,7 +657,7 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
         grow = partial(distributed, MatrixSpec(fs.features, fs.levels, fs.learned, cw))
     main, no_context = _fit_models(x, w, data, fs, base, cands, keep, grow, init, options,
                                    progress, lap)
-    baselines = _fit_baselines(data, fs, no_context, options, progress, lap)
+    baselines = _fit_baselines(data, fs, no_context, options, progress, lap, rules_job)
     files = {MODEL_FILE: main.text}
     if fs.learned is not None:
         files[LEARNED_FILE] = fs.learned.to_json()
@@ -725,7 +751,7 @@ def _manifest(turns: pl.DataFrame, data: _Data, fs: _FeatureSet, main: _Fitted,
             for f in fs.features
         ],
         "params": {**main.cv.params, "num_boost_round": options.num_boost_round,
-                   "early_stopping_rounds": options.early_stopping_rounds,
+                   "early_stopping_rounds": options.patience(data.protocol),
                    "best_iteration": main.booster.current_iteration(),
                    "class_weight_power": options.class_weight_power,
                    "class_weights": dict(zip(CLASSES, (round(float(v), 6) for v in cw),
@@ -776,7 +802,7 @@ def train(
     split: Split = "session",
     test_size: float = 0.0,
     num_boost_round: int = 1000,
-    early_stopping_rounds: int = 20,
+    early_stopping_rounds: int | None = None,
     params: dict[str, Any] | None = None,
     search: bool = True,
     learn_features: bool = True,
@@ -838,8 +864,10 @@ def train(
     :func:`fpi.model.crossfit.default_protocol`) runs only the first of the folds
     (``folds``, by default 5): its sessions are the validation part, which gives the
     early-stopped rounds, the calibration and the held-out metrics (``heldout_is``
-    ``validation part``). Its trees train at learning rate 0.25
-    (:data:`fpi.model.crossfit.HOLDOUT_LEARNING_RATE`, unless ``params``), on a
+    ``validation part``). Its trees train at learning rate 0.25 with half the features
+    per tree (:data:`fpi.model.crossfit.HOLDOUT_PARAMS`, unless ``params``) and stop
+    early after 10 rounds without a better validation loss (20 when cross-fitting;
+    ``early_stopping_rounds``, if given, either way), on a
     seeded, class-stratified sample of at most ``max_fit_turns`` fit turns if given
     (the ``max_train_turns`` rule; the default ``None``: all); the text models still
     learn from every label and the whole validation part is scored. The validated

@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fpi.diagnose.rates import value_codes
-from fpi.model.learned import TextModel, _scores_by_text, hashed_ngrams
+from fpi.model.learned import (
+    RAW_TEXT,
+    TextModel,
+    _has_text,
+    _scores_by_text,
+    hashed_ngrams,
+    oof_text_scores,
+    text_feature_names,
+)
 from fpi.schema import CLASSES
 
 _TEXTS = st.lists(st.one_of(st.none(), st.sampled_from(["", " ", "play jazz", "Play Jazz",
@@ -57,3 +65,23 @@ def test_a_nul_inside_a_text_reads_as_a_space(texts: list[str | None]) -> None:
     for i, text in enumerate(texts):
         alone = hashed_ngrams([text])
         assert (x[i] != alone[0]).nnz == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(_TEXTS.filter(lambda t: len(t) >= 6), st.integers(0, 2**32 - 1))
+def test_out_of_fold_text_scores_once_per_distinct_text_are_the_same(
+        texts: list[str | None], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(CLASSES), len(texts))
+    folds = rng.integers(0, 3, len(texts))
+    column = RAW_TEXT["text_asr"][0]
+    series = pl.Series(texts, dtype=pl.String)
+    got = oof_text_scores(pl.DataFrame({column: series}), y, folds, ("text_asr",))
+    x = hashed_ngrams(texts)  # every row scored, as before
+    want = np.full((len(texts), len(CLASSES)), np.nan)
+    for k in np.unique(folds):
+        held = folds == k
+        want[held] = TextModel.fit(x, y[~held], rows=np.flatnonzero(~held)).scores(x[held])
+    want[~_has_text(series)] = np.nan
+    for j, name in enumerate(text_feature_names("text_asr")):
+        np.testing.assert_array_equal(got[name], want[:, j])  # bit for bit

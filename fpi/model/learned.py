@@ -410,18 +410,25 @@ def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
                     fields: Sequence[str] = tuple(RAW_TEXT),
                     hashed: dict[str, sp.csr_matrix] | None = None,
                     weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Out-of-fold text-model features: rows of fold k scored by a model fitted without it."""
+    """Out-of-fold text-model features: rows of fold k scored by a model fitted without it.
+
+    Each fold's distinct texts are scored once and gathered to their rows: a row's
+    score depends on its own row of the matrix alone, which is the same for the same
+    text, so the values are the same as scoring every row."""
     out: dict[str, np.ndarray] = {}
     for field in fields:
         col = RAW_TEXT[field][0]
         texts = features[col]
         x = hashed[field] if hashed is not None else hashed_ngrams(texts.to_list())
+        _, text_of = distinct_texts(texts)
         s = np.full((len(y), len(CLASSES)), np.nan)
         for k in np.unique(folds):
             held = folds == k
-            s[held] = TextModel.fit(x, y[~held], rows=np.flatnonzero(~held),
-                                    weight=None if weight is None else weight[~held]
-                                    ).scores(x[held])
+            model = TextModel.fit(x, y[~held], rows=np.flatnonzero(~held),
+                                  weight=None if weight is None else weight[~held])
+            rows = np.flatnonzero(held)
+            _, first, back = np.unique(text_of[rows], return_index=True, return_inverse=True)
+            s[rows] = model.scores(x[rows[first]])[back]
         s[~_has_text(texts)] = np.nan
         out.update(zip(text_feature_names(field), s.T, strict=True))
     return out

@@ -43,7 +43,7 @@ from fpi.features import FEATURES, Feature, build_features
 from fpi.metrics import labels_to_index
 from fpi.model.bundle import model_matrix
 from fpi.model.parallel import Fits, fits_at_once
-from fpi.model.training import DEFAULT_PARAMS, _feature_set, category_levels, class_weights
+from fpi.model.training import DEFAULT_PARAMS, category_levels, class_weights, feature_set
 from fpi.schema import CLASSES, KEY_COLUMNS
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def _fold_proba(x: np.ndarray, y: np.ndarray, score: np.ndarray, cat_idx: list[i
     """The probabilities of the ``score`` rows from a model of the other rows."""
     fit = ~score
     if learn is not None:
-        fs = _feature_set(learn, y, fit, fold, init, True)
+        fs = feature_set(learn, y, fit, fold, init, True)
         x = model_matrix(learn, fs.features, fs.levels, fs.columns)
         cat_idx = [i for i, c in enumerate(fs.features) if c.kind == "categorical"]
     w = class_weights(y[fit], 0.5)[y[fit]]

@@ -7,7 +7,7 @@ byte-identical bundles.
 
 The steps of :func:`fit`: labelled rows and their features (:func:`_labelled_data`);
 sessions set aside and folds (:func:`_split_rows`); the model's columns, fixed and
-learned (:func:`_feature_set`); the model cross-fitted and calibrated
+learned (:func:`feature_set`); the model cross-fitted and calibrated
 (:func:`_fit_model`, :mod:`fpi.model.crossfit`); the no-context model and the rule
 baseline on the same folds; the manifest (:func:`_manifest`).
 """
@@ -236,7 +236,7 @@ def category_levels(features: pl.DataFrame, feats: Sequence[Feature]) -> dict[st
 
 
 @dataclass(frozen=True)
-class _FeatureSet:
+class FeatureSet:
     """The model's columns: fixed features plus those learned from the data."""
 
     features: tuple[Feature, ...]
@@ -251,15 +251,15 @@ def _rows(hashed: dict[str, sp.csr_matrix], mask: np.ndarray) -> dict[str, sp.cs
     return {f: m[mask] for f, m in hashed.items()}
 
 
-def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
-                 init: ModelBundle | None, learn: bool,
-                 weight: np.ndarray | None = None) -> _FeatureSet:
+def feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
+                init: ModelBundle | None, learn: bool,
+                weight: np.ndarray | None = None) -> FeatureSet:
     """Features of a new model: the init bundle's (warm start) or fixed + learned ones."""
     fit_feats = feats.filter(pl.Series(fit))
     fw = None if weight is None else weight[fit]
     if init is not None:
         if init.learned is None:
-            return _FeatureSet(init.features, init.levels, None, {})
+            return FeatureSet(init.features, init.levels, None, {})
         # the same columns, their text models refitted on this data: a text feature
         # means "log-posterior of a class given this field's text" whatever the language
         hashed = text_matrices(feats, tuple(init.learned.text))  # hashed once, sliced
@@ -270,7 +270,7 @@ def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.
                           None if vocab_in is None else Vocabulary.fit(vocab_in))
         features, levels = init.features, init.levels
     elif not learn:
-        return _FeatureSet(FEATURES, category_levels(fit_feats, FEATURES), None, {})
+        return FeatureSet(FEATURES, category_levels(fit_feats, FEATURES), None, {})
     else:
         hashed = text_matrices(feats)
         vocab_in = VocabInputs.of(fit_feats)
@@ -285,7 +285,7 @@ def _feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.
     if vocab_in is not None:  # the same for the word and mention counts
         for name, oof in oof_vocab_columns(vocab_in, folds[fit]).items():
             cols[name][fit] = oof
-    return _FeatureSet(features, levels, learned, cols)
+    return FeatureSet(features, levels, learned, cols)
 
 
 @dataclass(frozen=True)
@@ -553,7 +553,7 @@ def _start_rules(data: _Data, options: FitOptions) -> _RuleJob:
     return job.result
 
 
-def _fit_no_context(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
+def _fit_no_context(data: _Data, fs: FeatureSet, x: np.ndarray, w: np.ndarray,
                     params: dict[str, Any], init: ModelBundle | None, options: FitOptions,
                     progress: Progress | None, fits: Fits) -> _Fitted:
     """The no-context model: the main model's parameters (``params``, no search)."""
@@ -565,7 +565,7 @@ def _fit_no_context(data: _Data, fs: _FeatureSet, x: np.ndarray, w: np.ndarray,
                       options.holdout_refit, turn_w=data.weight, fits=fits)
 
 
-def _fit_baselines(data: _Data, fs: _FeatureSet, nc: _Fitted | None, options: FitOptions,
+def _fit_baselines(data: _Data, fs: FeatureSet, nc: _Fitted | None, options: FitOptions,
                    progress: Progress | None, lap: _Laps, rules_job: _RuleJob) -> _Baselines:
     """The baselines' held-out metrics: the no-context model's (``nc``, if trained) and
     the rule baseline's (``rules_job``, :func:`_start_rules`)."""
@@ -581,7 +581,7 @@ def _fit_baselines(data: _Data, fs: _FeatureSet, nc: _Fitted | None, options: Fi
     return _Baselines(nc, context_free(fs.features), rules, heldout)
 
 
-def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: _FeatureSet,
+def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: FeatureSet,
                 base: dict[str, Any], cands: list[dict[str, Any]], keep: np.ndarray | None,
                 grow: Callable[[dict[str, Any], int], DistributedFit] | None,
                 init: ModelBundle | None, options: FitOptions, progress: Progress | None,
@@ -635,8 +635,8 @@ def fit(turns: pl.DataFrame, options: FitOptions | None = None, *,
     lap = _Laps(timings)
     data = _labelled_data(turns, features, options, progress, lap, weights)
     rules_job = _start_rules(data, options)
-    fs = _feature_set(data.feats, data.y, data.fit, data.fold, init, options.learn_features,
-                      data.weight)
+    fs = feature_set(data.feats, data.y, data.fit, data.fold, init, options.learn_features,
+                     data.weight)
     x = model_matrix(data.feats, fs.features, fs.levels, fs.columns)
     lap("learned")
     n_fit = int(data.fit.sum())
@@ -730,7 +730,7 @@ def _weight_block(data: _Data) -> dict[str, Any]:
             "sum": round(float(w.sum()), 6)}
 
 
-def _manifest(turns: pl.DataFrame, data: _Data, fs: _FeatureSet, main: _Fitted,
+def _manifest(turns: pl.DataFrame, data: _Data, fs: FeatureSet, main: _Fitted,
               baselines: _Baselines, cw: np.ndarray, options: FitOptions,
               init: ModelBundle | None, files: dict[str, str]) -> dict[str, Any]:
     """The bundle's manifest (:mod:`fpi.model.manifest`), with file hashes and its own."""

@@ -26,8 +26,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from fpi.errors import EngineError
 
-__all__ = ["ENGINES", "Engine", "LocalEngine", "default_threads", "engine_from_options",
-           "per_process", "task_threads"]
+__all__ = ["ENGINES", "Engine", "LocalEngine", "available_cores", "default_threads",
+           "engine_from_options", "per_process", "task_threads"]
 
 _T = TypeVar("_T")
 
@@ -77,12 +77,14 @@ MAX_DEFAULT_THREADS = 4
 def default_threads() -> int:
     """Tasks a :class:`LocalEngine` runs at a time by default: one per core this process
     may use, at most :data:`MAX_DEFAULT_THREADS`."""
-    return max(1, min(_cores(), MAX_DEFAULT_THREADS))
+    return max(1, min(available_cores(), MAX_DEFAULT_THREADS))
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 _TASK = threading.local()
@@ -146,7 +148,7 @@ class LocalEngine:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     self.threads, thread_name_prefix="fpi-local", initializer=_pool_thread,
-                    initargs=(max(1, _cores() // self.threads),))
+                    initargs=(max(1, available_cores() // self.threads),))
             return self._pool
 
     def close(self) -> None:

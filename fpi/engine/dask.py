@@ -34,6 +34,7 @@ import distributed
 from distributed import Client, LocalCluster
 
 import fpi
+from fpi.engine import available_cores
 from fpi.errors import EngineError
 
 __all__ = ["DEFAULT_TIMEOUT", "WORKER_ENV", "DaskEngine", "worker_versions"]
@@ -104,7 +105,7 @@ class DaskEngine:
         self._checked: set[str] = set()
         if scheduler is None and scheduler_file is None:
             self.address = "a local cluster"
-            self._client = self._start_local(workers or _cores())
+            self._client = self._start_local(workers or available_cores())
         else:
             self.address = scheduler or _address_from_file(Path(scheduler_file or ""), timeout)
             self._client = self._connect(self.address)
@@ -218,13 +219,6 @@ def dask_setup(worker: object) -> None:
     from fpi.lightgbm_import import import_lean
 
     import_lean()
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _address_from_file(path: Path, timeout: float) -> str:

@@ -14,12 +14,13 @@ or a Ctrl-C, stops the others at their next boosting round.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any, TypeVar
+
+from fpi.engine import available_cores
 
 _T = TypeVar("_T")
 #: Seconds between the checks of a thread waiting for fits (see :meth:`Fits._watch`).
@@ -28,13 +29,6 @@ _WAKE_S = 0.25
 
 class FitsStopped(Exception):
     """Raised inside a fit when another fit failed or the run was interrupted."""
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def fits_at_once(jobs: int | None, threads: int) -> int:
@@ -118,4 +112,4 @@ class Fits:
         return check
 
 
-__all__ = ["Fits", "FitsStopped", "available_cores", "fits_at_once"]
+__all__ = ["Fits", "FitsStopped", "fits_at_once"]

@@ -74,7 +74,10 @@ def import_lean() -> ModuleType:
 
 
 class _Hidden(importlib.abc.MetaPathFinder):
-    """Makes ``import name`` fail for the given top-level modules (not yet imported)."""
+    """Makes ``import name`` fail for the given top-level modules (not yet imported).
+
+    Not :func:`_wrappers_hidden`'s ``None`` in ``sys.modules``: pyarrow reads
+    ``sys.modules["pandas"]`` itself and fails on a ``None`` there."""
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = frozenset(names)

@@ -10,7 +10,14 @@ import pytest
 
 from fpi.errors import ModelError
 from fpi.features import RAW_COLUMNS, build_features
-from fpi.model.learned import Learned, hashed_ngrams, hashed_words, string_keys
+from fpi.model.learned import (
+    Learned,
+    TextModel,
+    hashed_ngrams,
+    hashed_words,
+    string_keys,
+    text_matrices,
+)
 from fpi.model.vocab import VOCAB_FEATURES, VocabInputs, Vocabulary, oof_vocab_columns
 
 
@@ -101,3 +108,24 @@ def test_build_features_passes_mention_and_resolved_id(small_turns: pl.DataFrame
     mention = first.struct.field("mention").str.to_lowercase().str.strip_chars()
     assert feats["_raw_mention"].to_list() == mention.to_list()
     assert feats["_raw_mention"].drop_nulls().len() > 50
+
+
+@pytest.mark.parametrize("keep", [[True, False, True, False, True], [False] * 5, [True] * 5])
+def test_columns_on_some_rows_are_those_rows_of_all(keep: list[bool]) -> None:
+    """What training asks for (the rows it has no out-of-fold values for): the same
+    values on those rows, NaN on the others, and an empty choice works too."""
+    frame = _TRAIN.with_columns(pl.Series("_raw_response", ["ok", None, "done", "", "ok"]),
+                                pl.Series("_raw_next_text", [None] * 5, dtype=pl.String))
+    y = np.array([0, 0, 1, 2, 3])
+    learned = Learned({"text_asr": TextModel.fit(hashed_ngrams(frame["_raw_asr_text"]
+                                                               .to_list()), y)},
+                      (), Vocabulary.fit(VocabInputs.of(frame)))
+    rows = np.array(keep)
+    hashed = text_matrices(frame, ("text_asr",))  # as training passes them
+    every = learned.columns(frame)
+    for some in (learned.columns(frame, rows=rows), learned.columns(frame, hashed, rows)):
+        assert set(some) == set(every)
+        for name, values in every.items():
+            np.testing.assert_array_equal(some[name][rows], values[rows])
+            assert np.isnan(some[name][~rows]).all()
+    assert string_keys([]).shape == (0,)

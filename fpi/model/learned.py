@@ -152,6 +152,8 @@ def hashed_words(texts: Sequence[str | None]) -> sp.csr_matrix:
 
 def string_keys(texts: Sequence[str | None]) -> np.ndarray:
     """A 64-bit hash of each whole (lower-cased) text: equal texts, equal keys."""
+    if not len(texts):
+        return np.zeros(0, dtype=np.uint64)
     cp, doc = _codepoints(texts)
     keep = cp != 0
     cp, doc = cp[keep], doc[keep]
@@ -227,6 +229,15 @@ class TextModel:
                                                           or buckets.max() >= BUCKETS)):
             raise ValueError("text model buckets do not match its counts")
         return cls(buckets, counts.astype(np.float32), counts.astype(np.float64).sum(axis=0))
+
+
+def _spread(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """``values`` of the ``rows`` of a mask, placed in a NaN array of the mask's length."""
+    if rows is None:
+        return values
+    out = np.full((len(rows), *values.shape[1:]), np.nan)
+    out[rows] = values
+    return out
 
 
 def _b64(a: np.ndarray) -> str:
@@ -325,9 +336,13 @@ class Learned:
         return out
 
     def columns(self, features: pl.DataFrame,
-                hashed: dict[str, sp.csr_matrix] | None = None) -> dict[str, np.ndarray]:
+                hashed: dict[str, sp.csr_matrix] | None = None,
+                rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Feature name -> values for ``features`` (a frame from build_features);
-        ``hashed`` are its text fields' :func:`text_matrices`, if already built."""
+        ``hashed`` are its text fields' :func:`text_matrices`, if already built.
+        ``rows`` (a mask), if given: the text-model and vocabulary columns only on those
+        rows, NaN on the others (whose out-of-fold values the trainer has); every value
+        depends on its own row alone, so those rows' values are the same."""
         from fpi.model.vocab import RAW_COLUMNS as VOCAB_RAW
         from fpi.model.vocab import VocabInputs
 
@@ -339,18 +354,20 @@ class Learned:
             raise ModelError(f"features frame lacks {', '.join(missing)}: build it with "
                              "fpi.features.build_features")
         out: dict[str, np.ndarray] = {}
+        part = features if rows is None else features.filter(pl.Series(rows))
         for field, model in self.text.items():
-            texts = features[RAW_TEXT[field][0]]
-            s = (model.scores(hashed[field]) if hashed is not None
-                 else _scores_by_text(model, texts))
+            texts = part[RAW_TEXT[field][0]]
+            s = (_scores_by_text(model, texts) if hashed is None
+                 else model.scores(hashed[field] if rows is None else hashed[field][rows]))
             s[~_has_text(texts)] = np.nan
-            out.update(zip(text_feature_names(field), s.T, strict=True))
+            out.update(zip(text_feature_names(field), _spread(s, rows).T, strict=True))
         vals = extra_values(features[RAW_EXTRA], self.extra) if self.extra else None
         for i, k in enumerate(self.extra):
             assert vals is not None
             out[extra_feature_name(k)] = vals[:, i]
         if self.vocab is not None:
-            out.update(self.vocab.columns(VocabInputs.of(features)))
+            out.update((name, _spread(v, rows))
+                       for name, v in self.vocab.columns(VocabInputs.of(part)).items())
         return out
 
     def to_json(self) -> str:

@@ -278,7 +278,9 @@ def feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.n
                           tuple(discover_extra(fit_feats[RAW_EXTRA])), Vocabulary.fit(vocab_in))
         extra = tuple(Feature(n, g) for n, g in learned.names_groups())
         features, levels = FEATURES + extra, category_levels(fit_feats, FEATURES)
-    cols = learned.columns(feats, hashed)  # full-data models: right for a test part
+    # the full-data models on the rows outside the fit (a test part); fit rows get
+    # out-of-fold values below
+    cols = learned.columns(feats, hashed, rows=~fit)
     for name, oof in oof_text_scores(fit_feats, y[fit], folds[fit], tuple(learned.text),
                                      _rows(hashed, fit), fw).items():
         cols[name][fit] = oof  # fit rows: out-of-fold scores only

@@ -55,7 +55,7 @@ def turn_view_rows(turns: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     """``turn_view(turns)[rows]``, built from the turns of those rows' sessions only (the
     next and previous texts come from the same session)."""
     ids = turns["session_id"].gather(rows)
-    keep = np.flatnonzero(turns["session_id"].is_in(ids.unique()).to_numpy())
+    keep = np.flatnonzero(turns["session_id"].is_in(ids.unique().implode()).to_numpy())
     return turn_view(turns[keep])[np.searchsorted(keep, rows)]
 
 

@@ -46,7 +46,7 @@ from fpi.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: Bump when the generated code changes: part of the cache key.
-GENERATOR_VERSION: Final = "2"
+GENERATOR_VERSION: Final = "3"
 ENV_PREDICTOR: Final = "FPI_PREDICTOR"
 ENV_CACHE: Final = "FPI_CACHE_DIR"
 #: Rows a model scores with LightGBM in one process before its library is built, unless a
@@ -126,6 +126,7 @@ def _parse(text: str) -> _Model:
 _PRELUDE: Final = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 /* LightGBM: kZeroThreshold = 1e-35f; |v| <= it is read as 0 from dense input */
 #define ZT ((double)1e-35f)
 static inline int in_set(const uint32_t *bits, int n, double v) {
@@ -205,14 +206,22 @@ def generate_c(model_text: str) -> str:
     table = ", ".join(f"b{i}" for i in range(nt))
     # Tree-major over a block of rows: one tree's code stays in the instruction cache
     # while it scores the block. Each row's class sums still add trees in model order.
+    # The model's code is larger than the caches, so it is read from memory once per
+    # block: blocks of 1,024 rows (a heap buffer) score about a sixth faster than 64
+    # (measured on a 564-tree model; 4,096 no better, 16,384 much worse). The small
+    # thread-local block serves short inputs, or a failed allocation.
     main = f"""
 typedef void (*block_fn)(const double *, long, double *);
 static const block_fn TREES[{nt}] = {{{table}}};
-#define BLOCK 64
+#define SMALL 64
+#define BLOCK 1024
 void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
-  static __thread double r[BLOCK * {nf}];
-  for (long b = 0; b < n; b += BLOCK) {{
-    long m = n - b < BLOCK ? n - b : BLOCK;
+  static __thread double small[SMALL * {nf}];
+  double *heap = n > SMALL ? malloc(sizeof(double) * BLOCK * {nf}) : NULL;
+  double *r = heap ? heap : small;
+  long block = heap ? BLOCK : SMALL;
+  for (long b = 0; b < n; b += block) {{
+    long m = n - b < block ? n - b : block;
     for (long i = 0; i < m; ++i) {{
       const double *row = x + (b + i) * rs;
       for (int j = 0; j < {nf}; ++j) {{
@@ -223,6 +232,7 @@ void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
     }}
     for (int t = 0; t < {nt}; ++t) TREES[t](r, m, out + b * {k} + t % {k});
   }}
+  free(heap);
 }}
 """
     return "\n".join([_PRELUDE, *consts, *funcs, main])

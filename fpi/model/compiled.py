@@ -457,6 +457,19 @@ def _predictor(booster: lgb.Booster, how: str, rows: int) -> CompiledPredictor |
         return pred
 
 
+def prepare(booster: lgb.Booster) -> None:
+    """Fetch and verify ``booster``'s compiled predictor now when its first
+    :func:`raw_margins` call would (its library is cached, or ``FPI_PREDICTOR=compiled``):
+    for a caller that can do it beside other work (e.g. on a thread while it reads its
+    input). Anything that fails is left for that first call to meet again."""
+    try:
+        how = mode()
+        if how != "lightgbm":
+            _predictor(booster, how, 0)
+    except Exception as exc:  # the first raw_margins call meets it again
+        log.debug("compiled predictor not prepared: %s", exc)
+
+
 def raw_margins(booster: lgb.Booster, x: np.ndarray, threads: int | None = None) -> np.ndarray:
     """``booster.predict(x, raw_score=True)`` as ``(n, k)``, from the compiled predictor
     when it is available and verified (identical values), else from LightGBM."""

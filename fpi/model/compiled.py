@@ -34,7 +34,7 @@ import tempfile
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -46,7 +46,7 @@ from fpi.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: Bump when the generated code changes: part of the cache key.
-GENERATOR_VERSION: Final = "3"
+GENERATOR_VERSION: Final = "4"
 ENV_PREDICTOR: Final = "FPI_PREDICTOR"
 ENV_CACHE: Final = "FPI_CACHE_DIR"
 #: Rows a model scores with LightGBM in one process before its library is built, unless a
@@ -77,6 +77,18 @@ class _Tree:
     leaf_value: list[str]
     cat_boundaries: list[int]
     cat_threshold: list[int]
+    #: training rows that reached each internal node and leaf (empty when not written)
+    internal_count: list[float] = field(default_factory=list)
+    leaf_count: list[float] = field(default_factory=list)
+
+    def left_likely(self, node: int) -> bool | None:
+        """Whether more training rows went left than right at ``node`` (None: unknown)."""
+        def count(child: int) -> float | None:
+            counts, i = (self.internal_count, child) if child >= 0 else (self.leaf_count, ~child)
+            return counts[i] if i < len(counts) else None
+
+        left, right = count(self.left[node]), count(self.right[node])
+        return None if left is None or right is None else left >= right
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,8 @@ def _parse(text: str) -> _Model:
             leaf_value=kv["leaf_value"].split(),
             cat_boundaries=_ints(kv.get("cat_boundaries", "")),
             cat_threshold=_ints(kv.get("cat_threshold", "")),
+            internal_count=[float(v) for v in kv.get("internal_count", "").split()],
+            leaf_count=[float(v) for v in kv.get("leaf_count", "").split()],
         ))
     k = int(head.get("num_tree_per_iteration", head.get("num_class", "1")))
     if not trees or len(trees) % k:
@@ -183,7 +197,10 @@ def _tree_c(t: _Tree, tid: int, consts: list[str]) -> str:
         pad = "  " * depth
         if i < 0:
             return f"{pad}return {_lit(t.leaf_value[~i])};\n"
-        return (f"{pad}if ({_condition(t, i, tid, consts)}) {{\n"
+        cond, likely = _condition(t, i, tid, consts), t.left_likely(i)
+        if likely is not None:  # the more travelled branch laid out first (same values)
+            cond = f"__builtin_expect(!!({cond}), {int(likely)})"
+        return (f"{pad}if ({cond}) {{\n"
                 f"{node(t.left[i], depth + 1)}{pad}}} else {{\n"
                 f"{node(t.right[i], depth + 1)}{pad}}}\n")
 

@@ -11,13 +11,20 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from tiny_turns import make_turns
 
 from fpi.diagnose import diagnose
-from fpi.engine import LocalEngine, default_threads, engine_from_options, task_threads
+from fpi.engine import (
+    LocalEngine,
+    default_threads,
+    engine_from_options,
+    signals_to_main_thread,
+    task_threads,
+)
 from fpi.errors import EngineError
 
 FPI = [sys.executable, "-m", "fpi"]
@@ -115,11 +122,21 @@ def _blocked(_: int) -> set[int]:
     return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
 
+def _started_thread_blocked() -> set[int]:
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_blocked, 0).result()
+
+
 def test_pool_threads_leave_signals_to_the_main_thread() -> None:
     with LocalEngine(2) as engine:
         for mask in engine.map(_blocked, range(4)):
             assert {signal.SIGINT, signal.SIGTERM} <= mask
     assert signal.SIGINT not in _blocked(0)
+    # diagnose's side thread (the predictor's check, TreeSHAP) and the threads it starts
+    with ThreadPoolExecutor(1, initializer=signals_to_main_thread) as side:
+        inner = side.submit(_started_thread_blocked)
+        assert {signal.SIGINT, signal.SIGTERM} <= side.submit(_blocked, 0).result()
+        assert {signal.SIGINT, signal.SIGTERM} <= inner.result()
 
 
 def _share_together(barrier: threading.Barrier) -> int | None:

@@ -78,7 +78,7 @@ from fpi.diagnose.summary import (
     ModelInfo,
     Summary,
 )
-from fpi.engine import Engine, LocalEngine, default_threads
+from fpi.engine import Engine, LocalEngine, default_threads, signals_to_main_thread
 from fpi.errors import ExitStatus, InputError, ModelError
 from fpi.files import check_output_dir, check_writable_file, staged_output_dir, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, overall_status
@@ -439,7 +439,8 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
     # the end; scratch (the ingested copy of the turns) lives inside it, removed first.
     # Beside the main thread: the compiled predictor's check (while the input is read),
     # then the attribution sample's TreeSHAP (while EM is fitted).
-    with (ThreadPoolExecutor(1, thread_name_prefix="fpi-side") as side,
+    with (ThreadPoolExecutor(1, thread_name_prefix="fpi-side",
+                             initializer=signals_to_main_thread) as side,
           staged_output_dir(out, "diagnose", legacy=is_legacy_output) as stage,
           tempfile.TemporaryDirectory(prefix=".scratch-", dir=stage) as tmp_name):
         if isinstance(engine, LocalEngine):  # it scores in this process

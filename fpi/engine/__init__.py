@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from fpi.errors import EngineError
 
 __all__ = ["ENGINES", "Engine", "LocalEngine", "available_cores", "default_threads",
-           "engine_from_options", "per_process", "task_threads"]
+           "engine_from_options", "per_process", "signals_to_main_thread", "task_threads"]
 
 _T = TypeVar("_T")
 
@@ -100,11 +100,17 @@ def task_threads() -> int | None:
 
 
 def _pool_thread(share: Callable[[], int]) -> None:
-    """Set up a pool thread: its share of the cores (:func:`task_threads`), and SIGINT and
-    SIGTERM left to the main thread: it is the one that handles them (staging clean-up),
-    and it may hold them back during a swap (``fpi.files``: the renames of an output
-    set), which it can only do for itself."""
+    """Set up a pool thread: its share of the cores (:func:`task_threads`), and the
+    signals left to the main thread (:func:`signals_to_main_thread`)."""
     _TASK.share = share
+    signals_to_main_thread()
+
+
+def signals_to_main_thread() -> None:
+    """Block SIGINT and SIGTERM on the calling (worker) thread, and so on the threads it
+    starts: the main thread is the one that handles them (staging clean-up), and it may
+    hold them back during a swap (``fpi.files``: the renames of an output set), which it
+    can only do for itself."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 

@@ -200,3 +200,33 @@ def test_small_batches_use_lightgbm_until_compiling_pays(booster: lgb.Booster, _
     assert compiled.is_cached(booster.model_to_string())
     assert np.array_equal(compiled.raw_margins(booster, x[:3]), want[:3])
     assert compiled._CACHE[booster] is not None
+
+
+def test_branch_hints_follow_training_counts(booster: lgb.Booster) -> None:
+    text = booster.model_to_string()
+    tree = compiled._parse(text).trees[0]
+    df = booster.trees_to_dataframe()
+    root = df[(df["tree_index"] == 0) & (df["node_depth"] == 1)].iloc[0]
+    kids = df.set_index("node_index")["count"]
+    assert tree.left_likely(0) == (kids[root["left_child"]] >= kids[root["right_child"]])
+    assert "__builtin_expect" in compiled.generate_c(text)
+    # a model text without the counts: the same code, without hints
+    bare = "\n".join(line for line in text.splitlines()
+                     if not line.startswith(("internal_count=", "leaf_count=")))
+    assert compiled._parse(bare).trees[0].left_likely(0) is None
+    assert "__builtin_expect" not in compiled.generate_c(bare)
+
+
+def test_prepare_checks_a_cached_library_only(booster: lgb.Booster, _cache: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled, "COMPILE_AFTER_ROWS", 10**9)
+    compiled.prepare(booster)  # nothing cached: LightGBM scores first (rent or buy)
+    assert booster not in compiled._CACHE and not _cache.exists()
+    compiled.build_library(booster.model_to_string())
+    compiled.forget()
+    monkeypatch.setenv(compiled.ENV_PREDICTOR, "lightgbm")
+    compiled.prepare(booster)
+    assert booster not in compiled._CACHE
+    monkeypatch.delenv(compiled.ENV_PREDICTOR)
+    compiled.prepare(booster)  # cached: fetched and verified now
+    assert compiled._CACHE[booster] is not None

@@ -11,13 +11,20 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from tiny_turns import make_turns
 
 from fpi.diagnose import diagnose
-from fpi.engine import LocalEngine, default_threads, engine_from_options, task_threads
+from fpi.engine import (
+    LocalEngine,
+    default_threads,
+    engine_from_options,
+    signals_to_main_thread,
+    task_threads,
+)
 from fpi.errors import EngineError
 
 FPI = [sys.executable, "-m", "fpi"]
@@ -115,21 +122,49 @@ def _blocked(_: int) -> set[int]:
     return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
 
+def _started_thread_blocked() -> set[int]:
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_blocked, 0).result()
+
+
 def test_pool_threads_leave_signals_to_the_main_thread() -> None:
     with LocalEngine(2) as engine:
         for mask in engine.map(_blocked, range(4)):
             assert {signal.SIGINT, signal.SIGTERM} <= mask
     assert signal.SIGINT not in _blocked(0)
+    # diagnose's side thread (the predictor's check, TreeSHAP) and the threads it starts
+    with ThreadPoolExecutor(1, initializer=signals_to_main_thread) as side:
+        inner = side.submit(_started_thread_blocked)
+        assert {signal.SIGINT, signal.SIGTERM} <= side.submit(_blocked, 0).result()
+        assert {signal.SIGINT, signal.SIGTERM} <= inner.result()
 
 
-def _share(_: int) -> int | None:
+def _share_together(barrier: threading.Barrier) -> int | None:
+    barrier.wait(timeout=30)  # both tasks are running
+    share = task_threads()
+    barrier.wait(timeout=30)
+    return share
+
+
+def _share_alone(item: tuple[int, threading.Event]) -> int | None:
+    index, first_done = item
+    if index == 0:  # ends at once
+        first_done.set()
+        return None
+    first_done.wait(timeout=30)  # then the other: its share once it runs alone
+    deadline = time.monotonic() + 30
+    while task_threads() != len(os.sched_getaffinity(0)) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return task_threads()
 
 
 def test_a_task_gets_its_share_of_the_cores() -> None:
     cores = len(os.sched_getaffinity(0))
     with LocalEngine(2) as engine:
-        assert engine.map(_share, range(3)) == [max(1, cores // 2)] * 3
+        barrier = threading.Barrier(2)
+        assert engine.map(_share_together, [barrier, barrier]) == [max(1, cores // 2)] * 2
+        done = threading.Event()
+        assert engine.map(_share_alone, [(0, done), (1, done)]) == [None, cores]  # alone
     assert task_threads() is None  # elsewhere: the caller's own default
 
 

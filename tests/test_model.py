@@ -188,6 +188,8 @@ def test_contributions_toward_given_classes_are_the_same_values(
     part = load_bundle(trained.path).contributions(feats, classes)
     rows = np.arange(60)
     assert np.array_equal(part[rows, classes], full[rows, classes])
+    # the classes side by side on threads: the same values
+    assert np.array_equal(trained.bundle.contributions(feats, classes, threads=3), part)
     others = np.ones(full.shape[:2], bool)
     others[rows, classes] = False
     assert not part[others].any() and full[others].any()

@@ -671,24 +671,50 @@ def rates_from_stats(stats: PartitionStats, em: np.ndarray, *,
                            stratum_probs=stats.stratum_probs, boot_adjusted=stats.boot_adjusted)
 
 
+def score_with_stats(task: PartitionTask, spec: StatsSpec) -> tuple[Scored, PartitionStats]:
+    """:func:`score_partition` and its :func:`partition_stats` in one task (for an engine
+    whose handles are the values: this process), so no partition's statistics wait for
+    the last partition to be scored."""
+    scored = score_partition(task)
+    return scored, partition_stats(scored, spec)
+
+
 def score_night(engine: Engine, tasks: Sequence[PartitionTask], spec: StatsSpec,
                 train_prior: np.ndarray, progress: Progress | None = None,
-                total: int | None = None) -> tuple[list[object], PartitionStats, np.ndarray]:
+                total: int | None = None,
+                merged: Callable[[PartitionStats], None] | None = None
+                ) -> tuple[list[object], PartitionStats, np.ndarray]:
     """Score every partition on ``engine`` and merge: the handles (probabilities stay
     where they were scored), the night's statistics and its EM prior. ``progress``
     hears ``("predict", turns scored, total)`` as each partition's statistics arrive
-    (in partition order)."""
+    (in partition order). ``merged`` is called with the merged statistics (their samples
+    whole) before EM is fitted, e.g. to start work on them beside it.
+
+    On the local engine a partition's statistics are computed in its scoring task
+    (:func:`score_with_stats`); elsewhere (Dask) in a second round over the handles, so
+    the per-turn data stays on the workers. The statistics are the same."""
+    from fpi.engine import LocalEngine
+
     if not tasks:
         raise ValueError("no partitions to score")
     settings = tasks[0].settings
-    handles = engine.map(score_partition, tasks)
     parts: list[PartitionStats] = []
-    for pending in engine.map(partition_stats, handles, spec):
-        parts.extend(engine.gather([pending]))
-        report(progress, "predict", sum(p.turns for p in parts), total)
+    if isinstance(engine, LocalEngine):
+        pairs = engine.map(score_with_stats, tasks, spec)
+        handles: list[object] = [scored for scored, _ in pairs]
+        for _, part in pairs:
+            parts.append(part)
+            report(progress, "predict", sum(p.turns for p in parts), total)
+    else:
+        handles = engine.map(score_partition, tasks)
+        for pending in engine.map(partition_stats, handles, spec):
+            parts.extend(engine.gather([pending]))
+            report(progress, "predict", sum(p.turns for p in parts), total)
     stats = merge_stats(parts, examples=settings.examples,
                         attribution_quota=settings.attribution_quota)
     stats = fetch_chosen(engine, handles, stats)
+    if merged is not None:
+        merged(stats)
     return handles, stats, fit_em(engine, handles, train_prior)
 
 

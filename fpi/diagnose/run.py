@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +78,7 @@ from fpi.diagnose.summary import (
     ModelInfo,
     Summary,
 )
-from fpi.engine import Engine, LocalEngine, default_threads
+from fpi.engine import Engine, LocalEngine, default_threads, signals_to_main_thread
 from fpi.errors import ExitStatus, InputError, ModelError
 from fpi.files import check_output_dir, check_writable_file, staged_output_dir, write_text_atomic
 from fpi.gates import Gate, evaluate_gates, junit_xml, overall_status
@@ -315,22 +316,44 @@ def _estimate(night: _Night, bundle: ModelBundle, opts: DiagnoseOptions
     return rates, slice_doc, same_turns
 
 
+def _sample_contributions(stats: PartitionStats, bundle: ModelBundle, opts: DiagnoseOptions,
+                          threads: int | None = None) -> np.ndarray | None:
+    """TreeSHAP of the attribution sample toward each turn's predicted class (``sample``
+    mode; on ``threads`` threads, default the model's training setting), else None. It
+    reports no progress (so in one chunk): it may run on a thread beside the EM fit."""
+    res = stats.attribution
+    if opts.attribution != "sample" or res is None:
+        return None
+    feats = res.select([*KEY_COLUMNS, *bundle.input_columns])
+    return contributions_chunked(bundle, feats, lambda *_: None, chunk=max(feats.height, 1),
+                                 classes=res["_pred"].to_numpy(), threads=threads)
+
+
+def _await_contributions(shap: Future[np.ndarray | None], stats: PartitionStats,
+                         opts: DiagnoseOptions) -> np.ndarray | None:
+    """:func:`_sample_contributions`' result, with its progress (its start and end)."""
+    sample = stats.attribution if opts.attribution == "sample" else None
+    if sample is not None:
+        opts.note("attribution", 0, sample.height)
+    contrib = shap.result()
+    if sample is not None:
+        opts.note("attribution", sample.height, sample.height)
+    return contrib
+
+
 def _attribute(stats: PartitionStats, bundle: ModelBundle, slice_top: list[dict[str, Any]],
-               opts: DiagnoseOptions, threads: int | None = None
+               opts: DiagnoseOptions, contrib: np.ndarray | None
                ) -> tuple[dict[str, Any], pl.DataFrame | None]:
-    """The attribution block, and the sampled turns' contributions (keys + contrib_*;
-    TreeSHAP on ``threads`` threads, default the model's training setting)."""
+    """The attribution block, and the sampled turns' contributions (keys + contrib_*),
+    from the sample's TreeSHAP values ``contrib`` (:func:`_sample_contributions`)."""
     predicted_counts = stats.counts
     z = z_value(opts.confidence)
     if opts.attribution == "all" and stats.attribution_moments is not None:
         return attr.summarize_moments(stats.attribution_moments, predicted_counts,
                                   slice_targets=slice_top, z=z), None
     res = stats.attribution
-    if opts.attribution == "sample" and res is not None:
-        feat_names = list(bundle.input_columns)
+    if opts.attribution == "sample" and res is not None and contrib is not None:
         rpred = res["_pred"].to_numpy()
-        contrib = contributions_chunked(bundle, res.select([*KEY_COLUMNS, *feat_names]),
-                                        opts.note, classes=rpred, threads=threads)
         values = attr.for_class(attr.grouped(contrib, bundle.features), rpred)
         slice_cols = [c.removeprefix("_slice_") for c in res.columns if c.startswith("_slice_")]
         doc = attr.summarize(values, rpred, predicted_counts, mode="sample",
@@ -401,6 +424,8 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         out_dir: str | os.PathLike[str], opts: DiagnoseOptions,
         engine: Engine | None = None) -> DiagnoseResult:
     """:func:`diagnose` with its options as one record."""
+    from fpi.model import compiled
+
     if engine is None:
         with LocalEngine(default_threads()) as local:
             return run(inputs, model, out_dir, opts, local)
@@ -412,8 +437,14 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
                    else runmeta.input_files(plan.paths, opts.progress))
     # Every output is built in a staging directory beside --out and swapped in whole at
     # the end; scratch (the ingested copy of the turns) lives inside it, removed first.
-    with (staged_output_dir(out, "diagnose", legacy=is_legacy_output) as stage,
+    # Beside the main thread: the compiled predictor's check (while the input is read),
+    # then the attribution sample's TreeSHAP (while EM is fitted).
+    with (ThreadPoolExecutor(1, thread_name_prefix="fpi-side",
+                             initializer=signals_to_main_thread) as side,
+          staged_output_dir(out, "diagnose", legacy=is_legacy_output) as stage,
           tempfile.TemporaryDirectory(prefix=".scratch-", dir=stage) as tmp_name):
+        if isinstance(engine, LocalEngine):  # it scores in this process
+            side.submit(compiled.prepare, bundle.booster)
         scratch = Path(tmp_name)
         sources, ingest_info = _sources(plan, opts, stage, scratch, engine.workers)
         if not sources:
@@ -428,9 +459,12 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         keep_loaded(ref, bundle)
         tasks = [PartitionTask(i, src, ref, settings) for i, src in enumerate(sources)]
         opts.note("predict", 0, ingest_info.turns_kept)
-        handles, stats, em = score_night(engine, tasks, StatsSpec(opts.seed, opts.n_boot),
-                                         _held_out(bundle)[0], opts.note,
-                                         ingest_info.turns_kept)
+        shap: list[Future[np.ndarray | None]] = []
+        threads = engine.threads if isinstance(engine, LocalEngine) else None
+        handles, stats, em = score_night(
+            engine, tasks, StatsSpec(opts.seed, opts.n_boot), _held_out(bundle)[0], opts.note,
+            ingest_info.turns_kept, merged=lambda merged: shap.append(side.submit(
+                _sample_contributions, merged, bundle, opts, threads)))
         night = _Night(engine, handles, stats, em)
         timings["features_predict"] = time.perf_counter() - t1
 
@@ -440,9 +474,8 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         timings["aggregate"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
-        attr_doc, contributions = _attribute(
-            stats, bundle, slice_doc["top"], opts,
-            engine.threads if isinstance(engine, LocalEngine) else None)
+        contrib = _await_contributions(shap[0], stats, opts)
+        attr_doc, contributions = _attribute(stats, bundle, slice_doc["top"], opts, contrib)
         attr_doc.update(requested_sample=opts.attribution_sample, **timing_info)
         opts.note("examples", 0, None)
         example_doc = render_examples(stats.examples, bundle, plan.red)

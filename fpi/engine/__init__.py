@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from fpi.errors import EngineError
 
 __all__ = ["ENGINES", "Engine", "LocalEngine", "available_cores", "default_threads",
-           "engine_from_options", "per_process", "task_threads"]
+           "engine_from_options", "per_process", "signals_to_main_thread", "task_threads"]
 
 _T = TypeVar("_T")
 
@@ -92,18 +92,25 @@ _TASK = threading.local()
 
 def task_threads() -> int | None:
     """Threads a task may start for itself (e.g. the compiled predictor's row split): on a
-    :class:`LocalEngine`'s pool thread its share of the cores, else None (the caller's
+    :class:`LocalEngine`'s pool thread its share of the cores among the engine's tasks
+    running now (all of them for the last task left running), else None (the caller's
     own default)."""
-    share: int | None = getattr(_TASK, "threads", None)
-    return share
+    share: Callable[[], int] | None = getattr(_TASK, "share", None)
+    return None if share is None else share()
 
 
-def _pool_thread(share: int) -> None:
-    """Set up a pool thread: its share of the cores (:func:`task_threads`), and SIGINT and
-    SIGTERM left to the main thread: it is the one that handles them (staging clean-up),
-    and it may hold them back during a swap (``fpi.files``: the renames of an output
-    set), which it can only do for itself."""
-    _TASK.threads = share
+def _pool_thread(share: Callable[[], int]) -> None:
+    """Set up a pool thread: its share of the cores (:func:`task_threads`), and the
+    signals left to the main thread (:func:`signals_to_main_thread`)."""
+    _TASK.share = share
+    signals_to_main_thread()
+
+
+def signals_to_main_thread() -> None:
+    """Block SIGINT and SIGTERM on the calling (worker) thread, and so on the threads it
+    starts: the main thread is the one that handles them (staging clean-up), and it may
+    hold them back during a swap (``fpi.files``: the renames of an output set), which it
+    can only do for itself."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
@@ -129,6 +136,9 @@ class LocalEngine:
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._running = 0  # tasks running on the pool now
+        self._running_lock = threading.Lock()
+        self._cores = available_cores()
 
     @property
     def workers(self) -> int:
@@ -137,8 +147,24 @@ class LocalEngine:
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any) -> list[Any]:
         if self.threads == 1 or len(items) <= 1:
             return [fn(item, *args) for item in items]
-        futures = [self._executor().submit(fn, item, *args) for item in items]
+        futures = [self._executor().submit(self._task, fn, item, *args) for item in items]
         return _results(futures)
+
+    def _task(self, fn: Callable[..., Any], item: Any, *args: Any) -> Any:
+        with self._running_lock:
+            self._running += 1
+        try:
+            return fn(item, *args)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _share(self) -> int:
+        """A running task's share of the cores: split among the tasks running now, so the
+        last one left (its partition the last) gets them all."""
+        with self._running_lock:
+            running = self._running
+        return max(1, self._cores // max(running, 1))
 
     def gather(self, handles: Sequence[Any]) -> list[Any]:
         return list(handles)
@@ -148,7 +174,7 @@ class LocalEngine:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     self.threads, thread_name_prefix="fpi-local", initializer=_pool_thread,
-                    initargs=(max(1, available_cores() // self.threads),))
+                    initargs=(self._share,))
             return self._pool
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -237,9 +238,13 @@ class ModelBundle:
         same values, from that class's trees alone (a sixth of the work for six classes).
         ``threads``: LightGBM's threads over the rows (each row's values are computed
         alone, so they do not depend on it; default: LightGBM's for all classes, the
-        model's training setting for one class per row).
+        model's training setting for one class per row). With one class per row and
+        ``threads`` above 1, the classes are computed side by side on that many threads
+        instead, one LightGBM thread each: LightGBM's TreeSHAP hardly gains from its
+        own threads (measured here: 4.3 s wall for 4.8 CPU-s on two).
         Calls from several threads take turns (LightGBM's ``pred_contrib`` on one booster
-        is not safe to run twice at once: LightGBM issue 5482).
+        is not safe to run twice at once: LightGBM issue 5482; each class's booster is
+        used by one thread at a time).
         """
         k, m = len(self.classes), len(self.features)
         if features.height == 0:
@@ -256,9 +261,23 @@ class ModelBundle:
             out = np.zeros((features.height, k, m + 1))
             trained = self.booster.params.get("num_threads")
             extra = extra or ({} if trained is None else {"num_threads": trained})
-            for c in np.unique(classes):
+            found = np.unique(classes)
+            side = 1 if threads is None else min(threads, len(found))
+            if side > 1:
+                extra = {"num_threads": 1}
+
+            def one(c: int) -> None:
                 rows = np.flatnonzero(classes == c)
                 out[rows, c] = per_class[c].predict(x[rows], pred_contrib=True, **extra)
+
+            # the classes with the most rows first, so the threads end close together
+            order = [int(c) for c in sorted(found, key=lambda c: -int((classes == c).sum()))]
+            if side > 1:
+                with ThreadPoolExecutor(side, thread_name_prefix="fpi-treeshap") as pool:
+                    list(pool.map(one, order))
+            else:
+                for c in order:
+                    one(c)
         return out
 
     def _class_boosters(self) -> list[lgb.Booster] | None:

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -46,7 +46,7 @@ from fpi.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: Bump when the generated code changes: part of the cache key.
-GENERATOR_VERSION: Final = "2"
+GENERATOR_VERSION: Final = "4"
 ENV_PREDICTOR: Final = "FPI_PREDICTOR"
 ENV_CACHE: Final = "FPI_CACHE_DIR"
 #: Rows a model scores with LightGBM in one process before its library is built, unless a
@@ -77,6 +77,18 @@ class _Tree:
     leaf_value: list[str]
     cat_boundaries: list[int]
     cat_threshold: list[int]
+    #: training rows that reached each internal node and leaf (empty when not written)
+    internal_count: list[float] = field(default_factory=list)
+    leaf_count: list[float] = field(default_factory=list)
+
+    def left_likely(self, node: int) -> bool | None:
+        """Whether more training rows went left than right at ``node`` (None: unknown)."""
+        def count(child: int) -> float | None:
+            counts, i = (self.internal_count, child) if child >= 0 else (self.leaf_count, ~child)
+            return counts[i] if i < len(counts) else None
+
+        left, right = count(self.left[node]), count(self.right[node])
+        return None if left is None or right is None else left >= right
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,8 @@ def _parse(text: str) -> _Model:
             leaf_value=kv["leaf_value"].split(),
             cat_boundaries=_ints(kv.get("cat_boundaries", "")),
             cat_threshold=_ints(kv.get("cat_threshold", "")),
+            internal_count=[float(v) for v in kv.get("internal_count", "").split()],
+            leaf_count=[float(v) for v in kv.get("leaf_count", "").split()],
         ))
     k = int(head.get("num_tree_per_iteration", head.get("num_class", "1")))
     if not trees or len(trees) % k:
@@ -126,6 +140,7 @@ def _parse(text: str) -> _Model:
 _PRELUDE: Final = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 /* LightGBM: kZeroThreshold = 1e-35f; |v| <= it is read as 0 from dense input */
 #define ZT ((double)1e-35f)
 static inline int in_set(const uint32_t *bits, int n, double v) {
@@ -182,7 +197,10 @@ def _tree_c(t: _Tree, tid: int, consts: list[str]) -> str:
         pad = "  " * depth
         if i < 0:
             return f"{pad}return {_lit(t.leaf_value[~i])};\n"
-        return (f"{pad}if ({_condition(t, i, tid, consts)}) {{\n"
+        cond, likely = _condition(t, i, tid, consts), t.left_likely(i)
+        if likely is not None:  # the more travelled branch laid out first (same values)
+            cond = f"__builtin_expect(!!({cond}), {int(likely)})"
+        return (f"{pad}if ({cond}) {{\n"
                 f"{node(t.left[i], depth + 1)}{pad}}} else {{\n"
                 f"{node(t.right[i], depth + 1)}{pad}}}\n")
 
@@ -205,14 +223,22 @@ def generate_c(model_text: str) -> str:
     table = ", ".join(f"b{i}" for i in range(nt))
     # Tree-major over a block of rows: one tree's code stays in the instruction cache
     # while it scores the block. Each row's class sums still add trees in model order.
+    # The model's code is larger than the caches, so it is read from memory once per
+    # block: blocks of 1,024 rows (a heap buffer) score about a sixth faster than 64
+    # (measured on a 564-tree model; 4,096 no better, 16,384 much worse). The small
+    # thread-local block serves short inputs, or a failed allocation.
     main = f"""
 typedef void (*block_fn)(const double *, long, double *);
 static const block_fn TREES[{nt}] = {{{table}}};
-#define BLOCK 64
+#define SMALL 64
+#define BLOCK 1024
 void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
-  static __thread double r[BLOCK * {nf}];
-  for (long b = 0; b < n; b += BLOCK) {{
-    long m = n - b < BLOCK ? n - b : BLOCK;
+  static __thread double small[SMALL * {nf}];
+  double *heap = n > SMALL ? malloc(sizeof(double) * BLOCK * {nf}) : NULL;
+  double *r = heap ? heap : small;
+  long block = heap ? BLOCK : SMALL;
+  for (long b = 0; b < n; b += block) {{
+    long m = n - b < block ? n - b : block;
     for (long i = 0; i < m; ++i) {{
       const double *row = x + (b + i) * rs;
       for (int j = 0; j < {nf}; ++j) {{
@@ -223,6 +249,7 @@ void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
     }}
     for (int t = 0; t < {nt}; ++t) TREES[t](r, m, out + b * {k} + t % {k});
   }}
+  free(heap);
 }}
 """
     return "\n".join([_PRELUDE, *consts, *funcs, main])
@@ -445,6 +472,19 @@ def _predictor(booster: lgb.Booster, how: str, rows: int) -> CompiledPredictor |
             pred = None
         _CACHE[booster] = pred
         return pred
+
+
+def prepare(booster: lgb.Booster) -> None:
+    """Fetch and verify ``booster``'s compiled predictor now when its first
+    :func:`raw_margins` call would (its library is cached, or ``FPI_PREDICTOR=compiled``):
+    for a caller that can do it beside other work (e.g. on a thread while it reads its
+    input). Anything that fails is left for that first call to meet again."""
+    try:
+        how = mode()
+        if how != "lightgbm":
+            _predictor(booster, how, 0)
+    except Exception as exc:  # the first raw_margins call meets it again
+        log.debug("compiled predictor not prepared: %s", exc)
 
 
 def raw_margins(booster: lgb.Booster, x: np.ndarray, threads: int | None = None) -> np.ndarray:

@@ -589,8 +589,9 @@ def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: FeatureSet,
                 init: ModelBundle | None, options: FitOptions, progress: Progress | None,
                 lap: _Laps) -> tuple[_Fitted, _Fitted | None]:
     """The main model and (if asked for) the no-context one. With one candidate their
-    parameters are known at the start, so the two train side by side when several fits
-    may run at once (the same models either way)."""
+    parameters are known at the start, so the two are prepared in threads side by side
+    and train side by side when several fits may run at once; else one boosts while the
+    other's matrix is cut and binned, or calibrated (the same models either way)."""
     # a warm start's folds would all predict with the one init booster: one at a time
     fits = Fits(1 if init is not None else fits_at_once(options.jobs, options.threads))
     fit_main = partial(_fit_model, x, data.y, w, data, fs.features, base, cands,
@@ -598,7 +599,7 @@ def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: FeatureSet,
                        init.booster if init is not None else None, progress, "",
                        keep=keep, refit=options.holdout_refit, grow=grow,
                        turn_w=data.weight, fits=fits)
-    if options.no_context and grow is None and len(cands) == 1 and fits.at_once > 1:
+    if options.no_context and grow is None and len(cands) == 1 and init is None:
         nc = partial(_fit_no_context, data, fs, x, w, {**base, **cands[0]}, init, options,
                      None, fits)  # progress: the main model's stages only
         main, no_context = fits.together([fit_main, nc])

@@ -516,11 +516,13 @@ def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
     for field in fields:
         texts = features[RAW_TEXT[field][0]]
         h = hashed[field] if hashed is not None else HashedTexts.of(texts)
+        x = None if weight is None else h.rows()  # weighted: a row per turn, gathered once
         s = np.full((len(y), len(CLASSES)), np.nan)
         for k in np.unique(folds):
             held = folds == k
-            model = TextModel.fit_texts(h.take(~held), y[~held],
-                                        weight=None if weight is None else weight[~held])
+            model = (TextModel.fit_texts(h.take(~held), y[~held]) if x is None or weight is None
+                     else TextModel.fit(x, y[~held], rows=np.flatnonzero(~held),
+                                        weight=weight[~held]))
             rows = np.flatnonzero(held)
             which, back = np.unique(h.at[rows], return_inverse=True)
             s[rows] = model.scores(h.distinct[which])[back]

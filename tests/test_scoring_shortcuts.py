@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 from fpi.diagnose.rates import value_codes
 from fpi.model.learned import (
     RAW_TEXT,
+    HashedTexts,
     TextModel,
     _has_text,
+    _row_counts,
     _scores_by_text,
+    _text_counts,
     hashed_ngrams,
     oof_text_scores,
     text_feature_names,
@@ -85,3 +88,28 @@ def test_out_of_fold_text_scores_once_per_distinct_text_are_the_same(
     want[~_has_text(series)] = np.nan
     for j, name in enumerate(text_feature_names("text_asr")):
         np.testing.assert_array_equal(got[name], want[:, j])  # bit for bit
+
+
+@settings(max_examples=40, deadline=None)
+@given(_TEXTS.filter(len), st.integers(1, 20_000), st.integers(0, 2**32 - 1), st.booleans())
+def test_text_model_counted_once_per_distinct_text_is_the_same(
+        texts: list[str | None], n: int, seed: int, weighted: bool) -> None:
+    """Training fits the text models from each distinct text's row and exact per-class
+    counts (``fit_texts``): the same counts, bit for bit, as adding every row's weight
+    (thousands of rows, so a different order of the additions would show)."""
+    rng = np.random.default_rng(seed)
+    series = pl.Series(texts, dtype=pl.String)[rng.integers(0, len(texts), n)]
+    y = np.minimum(rng.geometric(0.4, n) - 1, len(CLASSES) - 1)
+    keep = rng.random(n) < 0.8
+    weight = rng.random(int(keep.sum())) if weighted else None
+    hashed = HashedTexts.of(series)
+    x = hashed_ngrams(series.to_list())
+    if not weighted:  # the float64 sums, before the model keeps them as float32
+        np.testing.assert_array_equal(_text_counts(hashed.take(keep), y[keep], len(CLASSES)),
+                                      _row_counts(x, y[keep], len(CLASSES), None,
+                                                  np.flatnonzero(keep)))
+    want = TextModel.fit(x, y[keep], rows=np.flatnonzero(keep), weight=weight)
+    got = TextModel.fit_texts(hashed.take(keep), y[keep], weight=weight)
+    np.testing.assert_array_equal(got.buckets, want.buckets)
+    np.testing.assert_array_equal(got.counts, want.counts)
+    np.testing.assert_array_equal(got.totals, want.totals)

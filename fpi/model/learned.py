@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -166,6 +166,66 @@ def string_keys(texts: Sequence[str | None]) -> np.ndarray:
     return h
 
 
+@dataclass(frozen=True)
+class HashedTexts:
+    """The :func:`hashed_ngrams` rows of a text column, kept once per distinct text:
+    row ``i`` is ``distinct[at[i]]`` (a row depends on its own text alone), without a
+    copy per turn."""
+
+    distinct: sp.csr_matrix
+    at: np.ndarray  # index of each row's text among ``distinct``'s rows
+
+    @classmethod
+    def of(cls, texts: pl.Series) -> HashedTexts:
+        distinct, at = distinct_texts(texts)
+        return cls(hashed_ngrams(distinct), at)
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def take(self, mask: np.ndarray) -> HashedTexts:
+        """The rows of ``mask`` (booleans or indices), still once per distinct text."""
+        return HashedTexts(self.distinct, self.at[mask])
+
+    def rows(self, mask: np.ndarray | None = None) -> sp.csr_matrix:
+        """The rows (of ``mask``, if given) as a matrix: one row per turn."""
+        return self.distinct[self.at if mask is None else self.at[mask]]
+
+
+def _class_weights(y: np.ndarray, k: int) -> np.ndarray:
+    """1 / (rows of each class) (1 for an absent class): every class weighs the same."""
+    n_c = np.bincount(y, minlength=k).astype(np.float64)
+    return 1.0 / np.maximum(n_c, 1.0)
+
+
+def _row_counts(x: sp.csr_matrix, y: np.ndarray, k: int, weight: np.ndarray | None,
+                rows: np.ndarray | None) -> np.ndarray:
+    """(BUCKETS, k) weighted presence counts of the ``rows`` of ``x`` (:meth:`TextModel.fit`)."""
+    w = _class_weights(y, k)
+    row = w[y] if weight is None else w[y] * weight
+    at = np.arange(len(y)) if rows is None else rows
+    onehot = sp.csr_matrix((row, (at, y)), shape=(x.shape[0], k))
+    return np.asarray((x.T @ onehot).todense(), dtype=np.float64)
+
+
+def _text_counts(texts: HashedTexts, y: np.ndarray, k: int) -> np.ndarray:
+    """:func:`_row_counts` of ``texts.rows()`` (no weights), bit for bit, from the
+    distinct texts' rows. The product with the one-hot matrix adds, per bucket and
+    class, ``w[c]`` once per row, from 0 and one at a time, so each count is the n-th
+    partial sum of ``w[c]`` (``np.cumsum`` also adds one at a time), for the n rows of
+    that class holding the bucket; n is counted exactly over the distinct texts."""
+    w = _class_weights(y, k)
+    per_text = np.bincount(texts.at * k + y, minlength=texts.distinct.shape[0] * k)
+    n = np.asarray(texts.distinct.T @ per_text.reshape(-1, k).astype(np.float64))
+    n = n.astype(np.int64)  # exact: integers below 2**53
+    counts = np.zeros(n.shape)
+    for c in range(k):
+        top = int(n[:, c].max(initial=0))
+        if top:
+            counts[:, c] = np.r_[0.0, np.cumsum(np.full(top, w[c]))][n[:, c]]
+    return counts
+
+
 # ---------------------------------------------------------------------------
 # Naive Bayes text model
 # ---------------------------------------------------------------------------
@@ -185,12 +245,21 @@ class TextModel:
         each row also by ``weight``, if given). ``rows`` (increasing indices), if given,
         are the rows of ``x`` that ``y`` and ``weight`` describe: the model is fitted on
         them alone without copying them out of ``x`` (the same sums in the same order)."""
-        n_c = np.bincount(y, minlength=k).astype(np.float64)
-        w = 1.0 / np.maximum(n_c, 1.0)
-        row = w[y] if weight is None else w[y] * weight
-        at = np.arange(len(y)) if rows is None else rows
-        onehot = sp.csr_matrix((row, (at, y)), shape=(x.shape[0], k))
-        counts = np.asarray((x.T @ onehot).todense(), dtype=np.float64)
+        return cls._of_counts(_row_counts(x, y, k, weight, rows))
+
+    @classmethod
+    def fit_texts(cls, texts: HashedTexts, y: np.ndarray, k: int = len(CLASSES), *,
+                  weight: np.ndarray | None = None) -> TextModel:
+        """:meth:`fit` on ``texts.rows()``, the same model bit for bit; without ``weight``
+        it counts each distinct text's row once (:func:`_text_counts`) instead of a row
+        per turn."""
+        if weight is not None:
+            return cls.fit(texts.rows(), y, k, weight=weight)
+        return cls._of_counts(_text_counts(texts, y, k))
+
+    @classmethod
+    def _of_counts(cls, counts: np.ndarray) -> TextModel:
+        """The model of (BUCKETS, k) weighted presence counts."""
         seen = np.flatnonzero(counts.sum(axis=1) > 0).astype(np.int32)
         c = counts[seen].astype(np.float32)
         return cls(seen, c, c.astype(np.float64).sum(axis=0))
@@ -238,6 +307,13 @@ def _spread(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     out = np.full((len(rows), *values.shape[1:]), np.nan)
     out[rows] = values
     return out
+
+
+def _take(x: sp.csr_matrix | HashedTexts, rows: np.ndarray | None) -> sp.csr_matrix:
+    """The ``rows`` (a mask; None: all) of a text field's hashed matrix, as a matrix."""
+    if isinstance(x, HashedTexts):
+        return x.rows(rows)
+    return x if rows is None else x[rows]
 
 
 def _b64(a: np.ndarray) -> str:
@@ -336,10 +412,11 @@ class Learned:
         return out
 
     def columns(self, features: pl.DataFrame,
-                hashed: dict[str, sp.csr_matrix] | None = None,
+                hashed: Mapping[str, sp.csr_matrix | HashedTexts] | None = None,
                 rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Feature name -> values for ``features`` (a frame from build_features);
-        ``hashed`` are its text fields' :func:`text_matrices`, if already built.
+        ``hashed`` are its text fields' :func:`text_matrices` (or :func:`hashed_texts`), if
+        already built.
         ``rows`` (a mask), if given: the text-model and vocabulary columns only on those
         rows, NaN on the others (whose out-of-fold values the trainer has); every value
         depends on its own row alone, so those rows' values are the same."""
@@ -358,7 +435,7 @@ class Learned:
         for field, model in self.text.items():
             texts = part[RAW_TEXT[field][0]]
             s = (_scores_by_text(model, texts) if hashed is None
-                 else model.scores(hashed[field] if rows is None else hashed[field][rows]))
+                 else model.scores(_take(hashed[field], rows)))
             s[~_has_text(texts)] = np.nan
             out.update(zip(text_feature_names(field), _spread(s, rows).T, strict=True))
         vals = extra_values(features[RAW_EXTRA], self.extra) if self.extra else None
@@ -408,24 +485,27 @@ def text_matrices(features: pl.DataFrame, fields: Sequence[str] = tuple(RAW_TEXT
     Each distinct text is hashed once and its row gathered to every turn that has it: a
     row depends on its own text alone, so the matrix is the same, and labelled data
     repeats most texts."""
-    out: dict[str, sp.csr_matrix] = {}
-    for f in fields:
-        distinct, at = distinct_texts(features[RAW_TEXT[f][0]])
-        out[f] = hashed_ngrams(distinct)[at]
-    return out
+    return {f: h.rows() for f, h in hashed_texts(features, fields).items()}
+
+
+def hashed_texts(features: pl.DataFrame, fields: Sequence[str] = tuple(RAW_TEXT)
+                 ) -> dict[str, HashedTexts]:
+    """:func:`text_matrices` without the row per turn (:class:`HashedTexts`): what the
+    trainer fits and scores from."""
+    return {f: HashedTexts.of(features[RAW_TEXT[f][0]]) for f in fields}
 
 
 def fit_text_models(features: pl.DataFrame, y: np.ndarray,
-                    hashed: dict[str, sp.csr_matrix] | None = None,
+                    hashed: dict[str, HashedTexts] | None = None,
                     weight: np.ndarray | None = None) -> dict[str, TextModel]:
     """One text model per field, fitted on all rows of ``features`` (labelled rows)."""
-    hashed = hashed if hashed is not None else text_matrices(features)
-    return {f: TextModel.fit(hashed[f], y, weight=weight) for f in RAW_TEXT}
+    hashed = hashed if hashed is not None else hashed_texts(features)
+    return {f: TextModel.fit_texts(hashed[f], y, weight=weight) for f in RAW_TEXT}
 
 
 def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
                     fields: Sequence[str] = tuple(RAW_TEXT),
-                    hashed: dict[str, sp.csr_matrix] | None = None,
+                    hashed: dict[str, HashedTexts] | None = None,
                     weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Out-of-fold text-model features: rows of fold k scored by a model fitted without it.
 
@@ -434,18 +514,18 @@ def oof_text_scores(features: pl.DataFrame, y: np.ndarray, folds: np.ndarray,
     text, so the values are the same as scoring every row."""
     out: dict[str, np.ndarray] = {}
     for field in fields:
-        col = RAW_TEXT[field][0]
-        texts = features[col]
-        x = hashed[field] if hashed is not None else hashed_ngrams(texts.to_list())
-        _, text_of = distinct_texts(texts)
+        texts = features[RAW_TEXT[field][0]]
+        h = hashed[field] if hashed is not None else HashedTexts.of(texts)
+        x = None if weight is None else h.rows()  # weighted: a row per turn, gathered once
         s = np.full((len(y), len(CLASSES)), np.nan)
         for k in np.unique(folds):
             held = folds == k
-            model = TextModel.fit(x, y[~held], rows=np.flatnonzero(~held),
-                                  weight=None if weight is None else weight[~held])
+            model = (TextModel.fit_texts(h.take(~held), y[~held]) if x is None or weight is None
+                     else TextModel.fit(x, y[~held], rows=np.flatnonzero(~held),
+                                        weight=weight[~held]))
             rows = np.flatnonzero(held)
-            _, first, back = np.unique(text_of[rows], return_index=True, return_inverse=True)
-            s[rows] = model.scores(x[rows[first]])[back]
+            which, back = np.unique(h.at[rows], return_inverse=True)
+            s[rows] = model.scores(h.distinct[which])[back]
         s[~_has_text(texts)] = np.nan
         out.update(zip(text_feature_names(field), s.T, strict=True))
     return out

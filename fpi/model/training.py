@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import lightgbm as lgb
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from fpi import __version__
 from fpi.errors import InputError, ModelError, SchemaError
@@ -78,12 +77,13 @@ from fpi.model.crossfit import (
 from fpi.model.frame import sample_mask, training_input
 from fpi.model.learned import (
     RAW_EXTRA,
+    HashedTexts,
     Learned,
     TextModel,
     discover_extra,
     fit_text_models,
+    hashed_texts,
     oof_text_scores,
-    text_matrices,
 )
 from fpi.model.manifest import bundle_hash
 from fpi.model.parallel import Fits, fits_at_once
@@ -245,10 +245,10 @@ class FeatureSet:
     columns: dict[str, np.ndarray]  # learned columns of the labelled rows (OOF on fit rows)
 
 
-def _rows(hashed: dict[str, sp.csr_matrix], mask: np.ndarray) -> dict[str, sp.csr_matrix]:
+def _rows(hashed: dict[str, HashedTexts], mask: np.ndarray) -> dict[str, HashedTexts]:
     if mask.all():  # every row (no test part): no copy
         return hashed
-    return {f: m[mask] for f, m in hashed.items()}
+    return {f: m.take(mask) for f, m in hashed.items()}
 
 
 def feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.ndarray,
@@ -262,9 +262,9 @@ def feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.n
             return FeatureSet(init.features, init.levels, None, {})
         # the same columns, their text models refitted on this data: a text feature
         # means "log-posterior of a class given this field's text" whatever the language
-        hashed = text_matrices(feats, tuple(init.learned.text))  # hashed once, sliced
+        hashed = hashed_texts(feats, tuple(init.learned.text))  # hashed once, sliced
         vocab_in = VocabInputs.of(fit_feats) if init.learned.vocab is not None else None
-        learned = Learned({f: TextModel.fit(hashed[f][fit], y[fit], weight=fw)
+        learned = Learned({f: TextModel.fit_texts(hashed[f].take(fit), y[fit], weight=fw)
                            for f in init.learned.text},
                           init.learned.extra,
                           None if vocab_in is None else Vocabulary.fit(vocab_in))
@@ -272,7 +272,7 @@ def feature_set(feats: pl.DataFrame, y: np.ndarray, fit: np.ndarray, folds: np.n
     elif not learn:
         return FeatureSet(FEATURES, category_levels(fit_feats, FEATURES), None, {})
     else:
-        hashed = text_matrices(feats)
+        hashed = hashed_texts(feats)
         vocab_in = VocabInputs.of(fit_feats)
         learned = Learned(fit_text_models(fit_feats, y[fit], _rows(hashed, fit), fw),
                           tuple(discover_extra(fit_feats[RAW_EXTRA])), Vocabulary.fit(vocab_in))
@@ -589,8 +589,9 @@ def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: FeatureSet,
                 init: ModelBundle | None, options: FitOptions, progress: Progress | None,
                 lap: _Laps) -> tuple[_Fitted, _Fitted | None]:
     """The main model and (if asked for) the no-context one. With one candidate their
-    parameters are known at the start, so the two train side by side when several fits
-    may run at once (the same models either way)."""
+    parameters are known at the start, so the two are prepared in threads side by side
+    and train side by side when several fits may run at once; else one boosts while the
+    other's matrix is cut and binned, or calibrated (the same models either way)."""
     # a warm start's folds would all predict with the one init booster: one at a time
     fits = Fits(1 if init is not None else fits_at_once(options.jobs, options.threads))
     fit_main = partial(_fit_model, x, data.y, w, data, fs.features, base, cands,
@@ -598,7 +599,7 @@ def _fit_models(x: np.ndarray, w: np.ndarray, data: _Data, fs: FeatureSet,
                        init.booster if init is not None else None, progress, "",
                        keep=keep, refit=options.holdout_refit, grow=grow,
                        turn_w=data.weight, fits=fits)
-    if options.no_context and grow is None and len(cands) == 1 and fits.at_once > 1:
+    if options.no_context and grow is None and len(cands) == 1 and init is None:
         nc = partial(_fit_no_context, data, fs, x, w, {**base, **cands[0]}, init, options,
                      None, fits)  # progress: the main model's stages only
         main, no_context = fits.together([fit_main, nc])

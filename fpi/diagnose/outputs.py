@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
-import polars as pl
 
 from fpi.errors import InputError
 from fpi.files import MARKER
 from fpi.gates import Gate, load_gates, parse_gate
-
-if TYPE_CHECKING:
-    from fpi.model import ModelBundle
-
 
 #: Names a diagnose output directory of an older fpi (before the marker) may hold.
 _LEGACY_NAMES = frozenset({"predictions.parquet", "summary.json", "report.md", "report.html",
@@ -57,21 +49,3 @@ def parse_gates(gates: Sequence[str | Gate], gates_file: str | os.PathLike[str] 
         out += load_gates(gates_file)
     return out
 
-
-def contributions_chunked(bundle: ModelBundle, feats: pl.DataFrame,
-                          note: Callable[[str, int, int | None], None],
-                          chunk: int = 200, classes: np.ndarray | None = None,
-                          threads: int | None = None) -> np.ndarray:
-    """Exact TreeSHAP in chunks (each row's values are independent), reporting progress;
-    with ``classes``, toward each row's class only, on ``threads`` LightGBM threads
-    (``ModelBundle.contributions``)."""
-    parts = []
-    for start in range(0, feats.height, chunk):
-        note("attribution", start, feats.height)
-        parts.append(bundle.contributions(
-            feats[start: start + chunk],
-            None if classes is None else classes[start: start + chunk], threads))
-    note("attribution", feats.height, feats.height)
-    if not parts:
-        return np.asarray(bundle.contributions(feats, classes, threads))
-    return np.concatenate(parts, axis=0)

@@ -42,7 +42,6 @@ from fpi.diagnose.examples import ExamplePool, pick, render_examples, render_foc
 from fpi.diagnose.inputs import as_list, canonical_parquet, load_model
 from fpi.diagnose.options import DiagnoseOptions
 from fpi.diagnose.outputs import (
-    contributions_chunked,
     is_legacy_output,
     parse_gates,
     path_inside,
@@ -320,13 +319,12 @@ def _sample_contributions(stats: PartitionStats, bundle: ModelBundle, opts: Diag
                           threads: int | None = None) -> np.ndarray | None:
     """TreeSHAP of the attribution sample toward each turn's predicted class (``sample``
     mode; on ``threads`` threads, default the model's training setting), else None. It
-    reports no progress (so in one chunk): it may run on a thread beside the EM fit."""
+    reports no progress (one call): it may run on a thread beside the EM fit."""
     res = stats.attribution
     if opts.attribution != "sample" or res is None:
         return None
     feats = res.select([*KEY_COLUMNS, *bundle.input_columns])
-    return contributions_chunked(bundle, feats, lambda *_: None, chunk=max(feats.height, 1),
-                                 classes=res["_pred"].to_numpy(), threads=threads)
+    return bundle.contributions(feats, res["_pred"].to_numpy(), threads)
 
 
 def _await_contributions(shap: Future[np.ndarray | None], stats: PartitionStats,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -698,18 +698,19 @@ def score_night(engine: Engine, tasks: Sequence[PartitionTask], spec: StatsSpec,
     if not tasks:
         raise ValueError("no partitions to score")
     settings = tasks[0].settings
-    parts: list[PartitionStats] = []
+    arriving: Iterable[PartitionStats]
     if isinstance(engine, LocalEngine):
         pairs = engine.map(score_with_stats, tasks, spec)
         handles: list[object] = [scored for scored, _ in pairs]
-        for _, part in pairs:
-            parts.append(part)
-            report(progress, "predict", sum(p.turns for p in parts), total)
+        arriving = (part for _, part in pairs)
     else:
         handles = engine.map(score_partition, tasks)
-        for pending in engine.map(partition_stats, handles, spec):
-            parts.extend(engine.gather([pending]))
-            report(progress, "predict", sum(p.turns for p in parts), total)
+        arriving = (engine.gather([pending])[0]
+                    for pending in engine.map(partition_stats, handles, spec))
+    parts: list[PartitionStats] = []
+    for part in arriving:
+        parts.append(part)
+        report(progress, "predict", sum(p.turns for p in parts), total)
     stats = merge_stats(parts, examples=settings.examples,
                         attribution_quota=settings.attribution_quota)
     stats = fetch_chosen(engine, handles, stats)

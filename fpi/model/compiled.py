@@ -496,10 +496,9 @@ def raw_margins(booster: lgb.Booster, x: np.ndarray, threads: int | None = None)
         out = np.asarray(booster.predict(x, raw_score=True))
         return out.reshape(len(x), -1) if out.ndim == 1 else out
     if threads is None:  # a task on a pool thread: its share of the cores
-        from fpi.engine import task_threads
+        from fpi.engine import available_cores, task_threads
 
-        threads = task_threads() or (len(os.sched_getaffinity(0))
-                                     if hasattr(os, "sched_getaffinity") else 1)
+        threads = task_threads() or available_cores()
     return pred.predict_raw(x, threads=threads)
 
 

@@ -14,7 +14,7 @@ import pytest
 from fpi.errors import InputError
 from fpi.model import TrainResult, train
 from fpi.model.crossfit import HOLDOUT_MIN, assign_folds, default_protocol
-from fpi.model.learned import hashed_ngrams, text_matrices
+from fpi.model.learned import hashed_ngrams, hashed_texts
 from fpi.simulate import simulate_frame, write_simulation
 
 FAST = {"num_boost_round": 40, "early_stopping_rounds": 5, "search": False}
@@ -100,7 +100,7 @@ def test_hashed_once_rows_equal_hashing_the_rows() -> None:
     texts = ["turn on the lights", None, "", "réveille-moi à sept heures", "明天天气",
              "play jazz", "play jazz please"]
     mask = np.array([True, False, True, True, False, True, True])
-    whole = text_matrices(pl.DataFrame({"_raw_asr_text": texts}), ("text_asr",))["text_asr"]
+    whole = hashed_texts(pl.DataFrame({"_raw_asr_text": texts}), ("text_asr",))["text_asr"].rows()
     part = hashed_ngrams([t for t, keep in zip(texts, mask, strict=True) if keep])
     sliced = whole[mask]
     assert sliced.shape == part.shape

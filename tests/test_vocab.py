@@ -14,9 +14,9 @@ from fpi.model.learned import (
     Learned,
     TextModel,
     hashed_ngrams,
+    hashed_texts,
     hashed_words,
     string_keys,
-    text_matrices,
 )
 from fpi.model.vocab import VOCAB_FEATURES, VocabInputs, Vocabulary, oof_vocab_columns
 
@@ -121,7 +121,7 @@ def test_columns_on_some_rows_are_those_rows_of_all(keep: list[bool]) -> None:
                                                                .to_list()), y)},
                       (), Vocabulary.fit(VocabInputs.of(frame)))
     rows = np.array(keep)
-    hashed = text_matrices(frame, ("text_asr",))  # as training passes them
+    hashed = hashed_texts(frame, ("text_asr",))  # as training passes them
     every = learned.columns(frame)
     for some in (learned.columns(frame, rows=rows), learned.columns(frame, hashed, rows)):
         assert set(some) == set(every)

@@ -309,13 +309,6 @@ def _spread(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _take(x: sp.csr_matrix | HashedTexts, rows: np.ndarray | None) -> sp.csr_matrix:
-    """The ``rows`` (a mask; None: all) of a text field's hashed matrix, as a matrix."""
-    if isinstance(x, HashedTexts):
-        return x.rows(rows)
-    return x if rows is None else x[rows]
-
-
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
 
@@ -412,11 +405,10 @@ class Learned:
         return out
 
     def columns(self, features: pl.DataFrame,
-                hashed: Mapping[str, sp.csr_matrix | HashedTexts] | None = None,
+                hashed: Mapping[str, HashedTexts] | None = None,
                 rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Feature name -> values for ``features`` (a frame from build_features);
-        ``hashed`` are its text fields' :func:`text_matrices` (or :func:`hashed_texts`), if
-        already built.
+        ``hashed`` are its text fields' :func:`hashed_texts`, if already built.
         ``rows`` (a mask), if given: the text-model and vocabulary columns only on those
         rows, NaN on the others (whose out-of-fold values the trainer has); every value
         depends on its own row alone, so those rows' values are the same."""
@@ -435,7 +427,7 @@ class Learned:
         for field, model in self.text.items():
             texts = part[RAW_TEXT[field][0]]
             s = (_scores_by_text(model, texts) if hashed is None
-                 else model.scores(_take(hashed[field], rows)))
+                 else model.scores(hashed[field].rows(rows)))
             s[~_has_text(texts)] = np.nan
             out.update(zip(text_feature_names(field), _spread(s, rows).T, strict=True))
         vals = extra_values(features[RAW_EXTRA], self.extra) if self.extra else None
@@ -477,21 +469,12 @@ class Learned:
         return cls(models, keys, vocab)
 
 
-def text_matrices(features: pl.DataFrame, fields: Sequence[str] = tuple(RAW_TEXT)
-                  ) -> dict[str, sp.csr_matrix]:
-    """:func:`hashed_ngrams` of each text field of ``features``: hash once, fit and score
-    from the same matrices (rows of the matrix of a frame are those of a slice of it).
-
-    Each distinct text is hashed once and its row gathered to every turn that has it: a
-    row depends on its own text alone, so the matrix is the same, and labelled data
-    repeats most texts."""
-    return {f: h.rows() for f, h in hashed_texts(features, fields).items()}
-
-
 def hashed_texts(features: pl.DataFrame, fields: Sequence[str] = tuple(RAW_TEXT)
                  ) -> dict[str, HashedTexts]:
-    """:func:`text_matrices` without the row per turn (:class:`HashedTexts`): what the
-    trainer fits and scores from."""
+    """:func:`hashed_ngrams` of each text field of ``features``, each distinct text hashed
+    once (:class:`HashedTexts`: a row depends on its own text alone, and labelled data
+    repeats most texts): hash once, then fit and score from the same rows, what the
+    trainer does."""
     return {f: HashedTexts.of(features[RAW_TEXT[f][0]]) for f in fields}
 
 

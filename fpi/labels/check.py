@@ -185,14 +185,14 @@ def session_folds(turns: pl.DataFrame, folds: int, seed: int) -> np.ndarray:
                                            maintain_order="left")["_fold"].to_numpy()
 
 
-def out_of_fold_proba(x: np.ndarray, y: np.ndarray, fold: np.ndarray, cat_idx: list[int],
+def out_of_fold_proba(x: np.ndarray | None, y: np.ndarray, fold: np.ndarray, cat_idx: list[int],
                       params: dict[str, Any], rounds: int, *, learn: pl.DataFrame | None = None,
                       init: ModelBundle | None = None, fits: Fits | None = None) -> np.ndarray:
     """``(n, k)`` probabilities, each row from the model trained without its fold.
 
     With ``learn`` (the features of the ``y`` rows), each fold's matrix also has the
     learned features (of ``init``, if given) fitted on that fold's training rows alone,
-    as ``fpi train`` fits them; ``x`` and ``cat_idx`` are then not used. ``fits`` runs
+    as ``fpi train`` fits them; ``x`` (may be None) and ``cat_idx`` are then not used. ``fits`` runs
     the fold models (several at once, if it may: the same probabilities)."""
     ks = np.unique(fold)
     parts = (fits or Fits()).map([partial(_fold_proba, x, y, fold == k, cat_idx, params,
@@ -203,7 +203,7 @@ def out_of_fold_proba(x: np.ndarray, y: np.ndarray, fold: np.ndarray, cat_idx: l
     return proba
 
 
-def _fold_proba(x: np.ndarray, y: np.ndarray, score: np.ndarray, cat_idx: list[int],
+def _fold_proba(x: np.ndarray | None, y: np.ndarray, score: np.ndarray, cat_idx: list[int],
                 params: dict[str, Any], rounds: int, learn: pl.DataFrame | None,
                 init: ModelBundle | None, fold: np.ndarray) -> np.ndarray:
     """The probabilities of the ``score`` rows from a model of the other rows."""
@@ -212,6 +212,7 @@ def _fold_proba(x: np.ndarray, y: np.ndarray, score: np.ndarray, cat_idx: list[i
         fs = feature_set(learn, y, fit, fold, init, True)
         x = model_matrix(learn, fs.features, fs.levels, fs.columns)
         cat_idx = [i for i, c in enumerate(fs.features) if c.kind == "categorical"]
+    assert x is not None, "the fixed features' matrix, or learn"
     w = class_weights(y[fit], 0.5)[y[fit]]
     data = lgb.Dataset(x[fit], label=y[fit], weight=w, categorical_feature=cat_idx or "auto",
                        params={"max_bin": params["max_bin"], "verbosity": -1})
@@ -246,7 +247,9 @@ def estimated_errors(y: np.ndarray, confident: np.ndarray, k: int = len(CLASSES)
 
 
 def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | None,
-            options: CheckOptions) -> tuple[np.ndarray, list[int], dict[str, Any], int]:
+            options: CheckOptions) -> tuple[np.ndarray | None, list[int], dict[str, Any], int]:
+    """The fold models' fixed matrix (None with ``learn_features``: each fold builds its
+    own, :func:`out_of_fold_proba`), its categorical columns, parameters and rounds."""
     feats: tuple[Feature, ...]
     lab_feats = features.filter(pl.Series(labelled))
     if bundle is not None:
@@ -261,6 +264,8 @@ def _design(features: pl.DataFrame, labelled: np.ndarray, bundle: ModelBundle | 
     else:
         feats, levels = FEATURES, category_levels(lab_feats, FEATURES)
         params, rounds = options.params(), options.rounds
+    if options.learn_features:
+        return None, [], params, rounds
     x = model_matrix(lab_feats, feats, levels)
     return x, [i for i, f in enumerate(feats) if f.kind == "categorical"], params, rounds
 

@@ -100,12 +100,15 @@ def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     module (the worker without its statistical profiler, and both checking their event
     loop and sampling CPU and memory as rarely as fpi's own clusters); tests must not stop
     them."""
+    from fpi.engine.dask import WORKER_CONFIG
+
     where = tmp_path_factory.mktemp("dask")
     path = where / "scheduler.json"
+    # fpi's worker configuration as Dask reads it from the environment
+    config = {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+              for key, value in WORKER_CONFIG.items()}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get(
-        "PYTHONPATH", "")]), "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
-           "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
-           "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s"}
+        "PYTHONPATH", "")]), **config}
     dask = [sys.executable, "-m", "dask"]
     procs = [subprocess.Popen([*dask, "scheduler", "--scheduler-file", str(path), "--port",
                                "0", "--no-dashboard"], env=env, cwd=where,

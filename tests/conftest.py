@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("POLARS_MAX_THREADS", "2")
 
+# The suite imports fpi and its own modules in about a hundred processes (each xdist
+# worker, every `fpi` and Dask process a test starts). Where the environment turns
+# bytecode caching off (PYTHONDONTWRITEBYTECODE), each of them compiles the same sources
+# again (and pytest rewrites every test module's asserts again on every run): about 7% of
+# the suite's CPU on a 2-core machine. The suite lets Python cache bytecode as it does by
+# default, in the git-ignored __pycache__ beside each source (a read-only checkout just
+# skips the write).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", default=False,

@@ -98,7 +98,7 @@ def test_csv_text(frame: pl.DataFrame, tmp_path) -> None:
 
 
 def test_streaming_equals_whole(tmp_path) -> None:
-    batches = list(simulate(3_000, seed=3, batch_size=800))
+    batches = list(simulate(1_600, seed=3, batch_size=400))
     assert len(batches) > 2
     for fmt in ("jsonl", "csv", "events", "jsonl.gz"):
         streamed = tmp_path / f"s.{SUFFIX[fmt]}"

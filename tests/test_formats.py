@@ -31,7 +31,7 @@ SUFFIX = {
 
 @pytest.fixture(scope="module")
 def frame() -> pl.DataFrame:
-    return simulate_frame(1_500, seed=12)
+    return simulate_frame(600, seed=12)
 
 
 @pytest.mark.parametrize("fmt", WRITE_FORMATS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import json
@@ -12,6 +13,7 @@ from types import ModuleType
 import pytest
 
 from fpi.ingest import read_traces
+from fpi.writers import TurnWriter
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "sample_logs"
 
@@ -35,8 +37,14 @@ def _content(path: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory) -> Path:
+    """Every sample made again, gzip at level 1 (the tests compare the decompressed
+    content, which is the same at any level; level 1 compresses the 57 MB in 0.4 CPU-s,
+    level 6 in 1.0)."""
     out = tmp_path_factory.mktemp("samples")
-    make_samples.make(out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TurnWriter, "__init__",
+                   functools.partialmethod(TurnWriter.__init__, compression_level=1))
+        make_samples.make(out)
     return out
 
 

@@ -61,10 +61,12 @@ timestamps = _opt(st.datetimes(min_value=dt.datetime(2000, 1, 1),
 
 
 @st.composite
-def turns(draw: st.DrawFn) -> list[dict[str, Any]]:
-    """A list of valid turns with unique (session_id, turn_index), in random order."""
+def turns(draw: st.DrawFn, max_size: int = 8) -> list[dict[str, Any]]:
+    """A list of 1 to ``max_size`` valid turns with unique (session_id, turn_index), in
+    random order."""
     keys = draw(st.lists(st.tuples(st.sampled_from(["s-1", "s-2", "a b", "ü-7", "S-10"]),
-                                   st.integers(0, 30)), min_size=1, max_size=8, unique=True))
+                                   st.integers(0, 30)), min_size=1, max_size=max_size,
+                         unique=True))
     out = []
     for sid, ti in keys:
         turn: dict[str, Any] = {

@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from fpi.classes import COMPONENTS
 from fpi.report import svg
 from fpi.report._fmt import (
     CLASS_TITLES,
@@ -32,7 +33,6 @@ from fpi.report._fmt import (
 )
 from fpi.report.runinfo import run_rows
 from fpi.report.story import headline_lines, slice_name
-from fpi.schema import COMPONENTS
 
 #: Chart width in SVG units (the page scales it to the full column).
 _W = 960

@@ -179,8 +179,25 @@ def _on_a_terminal(args: list[str], cwd: Path) -> str:
 
 
 def test_progress_is_drawn_on_a_terminal_unless_quiet(tmp_path: Path) -> None:
-    drawn = _on_a_terminal(["simulate", "-o", "s.jsonl", "-n", "3000"], tmp_path)
-    assert "simulating" in drawn and "3.0k of 3.0k turns" in drawn and "took" in drawn
-    quiet = _on_a_terminal(["--quiet", "simulate", "-o", "q.jsonl", "-n", "3000"], tmp_path)
-    assert "wrote 3,000 turns" in quiet
-    assert "simulating" not in quiet and "took" not in quiet
+    """On `fpi trend` over two summaries: the cheapest command that draws a stage (0.7
+    CPU-s a start; the counts' formatting is checked in process below)."""
+    golden = json.loads((Path(__file__).parent / "golden" / "diagnose_summary.json").read_text())
+    for day, night in enumerate(("a", "b"), start=1):
+        (tmp_path / "in" / night).mkdir(parents=True)
+        when = f"2026-01-0{day}T00:00:00Z"
+        doc = {**golden, "run": {"time_range": {"first": when, "last": when}}}
+        (tmp_path / "in" / night / "summary.json").write_text(json.dumps(doc))
+    drawn = _on_a_terminal(["trend", "in", "-o", "t"], tmp_path)
+    assert "summaries" in drawn and "2 of 2 files" in drawn and "took" in drawn
+    assert "2 nights, 2026-01-01 to 2026-01-02" in drawn
+    quiet = _on_a_terminal(["--quiet", "trend", "in", "-o", "q"], tmp_path)
+    assert "2 nights, 2026-01-01 to 2026-01-02" in quiet
+    assert "summaries" not in quiet and "took" not in quiet
+
+
+def test_progress_counts_read_as_amounts() -> None:
+    from fpi.cli._progress_bar import _amount
+
+    assert [_amount(x, "turns") for x in (3, 999, 3000, 1_234_567, 2e9)] == [
+        "3", "999", "3.0k", "1.2M", "2.0G"]
+    assert [_amount(x, "bytes") for x in (12, 45_000_000)] == ["12 B", "45.0 MB"]

@@ -350,3 +350,27 @@ def test_trend_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
         (old / name).write_text('{"kind": "fpi-trend"}' if name == "trend.json" else "x")
     assert _in_process("trend", str(tmp_path / "in"), "--out", str(old)).returncode == 0
     assert json.loads((old / "trend.json").read_text())["nights"]
+
+
+def test_compiled_templates_are_cached_and_a_bad_cache_is_a_miss(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report templates' compiled code is kept in fpi's cache directory (FPI_CACHE_DIR)
+    and read back; a damaged or unwritable cache is only a miss."""
+    import jinja2
+
+    from fpi.report._jinja import environment
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FPI_CACHE_DIR", str(cache))
+    page = environment(autoescape=True).get_template("trend.html.j2")
+    assert [p.suffix for p in cache.iterdir()] == [".cache"]
+    with monkeypatch.context() as m:  # a new environment reads it instead of compiling
+        m.setattr(jinja2.Environment, "compile", lambda *a, **k: pytest.fail("compiled"))
+        again = environment(autoescape=True).get_template("trend.html.j2")
+    assert again.filename == page.filename and again is not page
+    next(cache.iterdir()).write_bytes(b"j2 damaged")
+    assert environment(autoescape=True).get_template("trend.html.j2").filename == page.filename
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("FPI_CACHE_DIR", str(blocked / "cache"))
+    assert environment(autoescape=True).get_template("trend.html.j2").filename == page.filename

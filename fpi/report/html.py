@@ -31,6 +31,7 @@ from fpi.report._fmt import (
     redaction_note,
     signed,
 )
+from fpi.report._jinja import environment
 from fpi.report.runinfo import run_rows
 from fpi.report.story import headline_lines, slice_name
 
@@ -48,8 +49,7 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("fpi", "templates"),
+_ENV = environment(
     autoescape=True,
     finalize=_finalize,
     undefined=jinja2.StrictUndefined,

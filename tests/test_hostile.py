@@ -237,14 +237,18 @@ def test_unwritable_paths_raise_output_errors(tmp_path: Path, output: str,
 
 def test_missing_inputs_bad_junit_and_python_m(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("mine")
-    proc = subprocess.run([sys.executable, "-m", "fpi", "ingest", "missing.jsonl"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert_one_error(proc.returncode, proc.stderr, ExitStatus.ERROR, "missing.jsonl")
-    # an unwritable --junit is refused before any work: exit 2, never 1 (gate failed)
+    # in process: /dev/full above is the executable's `fpi ingest` error line
+    code, err = fpi_in_process("ingest", "missing.jsonl", cwd=tmp_path)
+    assert_one_error(code, err, ExitStatus.ERROR, "missing.jsonl")
+    # an unwritable --junit is refused before any work: exit 2, never 1 (gate failed);
+    # through `python -m fpi`
     (tmp_path / "n.jsonl").write_bytes(lines([good(0)]))
-    code, err = fpi("diagnose", "n.jsonl", "-m", "nomodel", "-o", "out", "--junit",
-                    "afile/j.xml", "--gate", "asr.estimate <= 1", cwd=tmp_path)
-    assert_one_error(code, err, ExitStatus.ERROR, "afile/j.xml", "not a directory")
+    proc = subprocess.run([sys.executable, "-m", "fpi", "diagnose", "n.jsonl", "-m", "nomodel",
+                           "-o", "out", "--junit", "afile/j.xml", "--gate",
+                           "asr.estimate <= 1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert_one_error(proc.returncode, proc.stderr, ExitStatus.ERROR, "afile/j.xml",
+                     "not a directory")
 
 
 # ---------------------------------------------------------------------------

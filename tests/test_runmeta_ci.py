@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from gfm_check import triggers
 from tiny_turns import make_turns
+from typer.testing import CliRunner
 
 from fpi.ci import (
     append_step_summary,
@@ -24,6 +25,7 @@ from fpi.ci import (
     gate_annotations,
     github_enabled,
 )
+from fpi.cli import app
 
 FPI = [sys.executable, "-m", "fpi"]
 #: A gate name with every character GitHub's workflow commands treat specially.
@@ -88,15 +90,18 @@ def test_run_metadata_keys_checksums_and_time_range(world: dict[str, Path], gith
 
 
 def test_baseline_id_and_time_range(world: dict[str, Path], github_run) -> None:
-    """Also: with --json under GitHub Actions, stdout is only the JSON, annotations on stderr."""
+    """Also: with --json under GitHub Actions, stdout is only the JSON, annotations on stderr.
+    In process (CliRunner keeps stdout and stderr apart); `github_run` is the executable's."""
     _, out, _ = github_run
     step = world["root"] / "step2.md"
-    res = subprocess.run(
-        [*FPI, "diagnose", str(world["night"]), "-m", str(world["model"]), "-o",
-         str(world["root"] / "out2"), "--baseline", str(out / "summary.json"),
-         "--gates", str(world["gates"]), "--attribution", "none", "--examples", "0", "--json"],
-        capture_output=True, text=True, timeout=300,
-        env=_env(GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(step)))
+    env: dict[str, str | None] = {var: None for var in CI_VARS}
+    env.update(GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(step))
+    result = CliRunner().invoke(app, [
+        "diagnose", str(world["night"]), "-m", str(world["model"]), "-o",
+        str(world["root"] / "out2"), "--baseline", str(out / "summary.json"),
+        "--gates", str(world["gates"]), "--attribution", "none", "--examples", "0", "--json"],
+        env=env)
+    res = subprocess.CompletedProcess([], result.exit_code, result.stdout, result.stderr)
     assert res.returncode == 1, res.stderr
     run = json.loads(res.stdout)["run"]  # nothing but the JSON on stdout
     assert "::error title=fpi gate failed" in res.stderr

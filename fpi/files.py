@@ -498,3 +498,12 @@ def file_sha256(path: Path, on_block: Callable[[int], None] | None = None) -> st
             if on_block is not None:
                 on_block(len(block))
     return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """fpi's cache (compiled models, compiled report templates): ``$FPI_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/fpi``, else ``~/.cache/fpi``."""
+    if os.environ.get("FPI_CACHE_DIR"):
+        return Path(os.environ["FPI_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fpi"

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
+from fpi.classes import CLASSES
 from fpi.errors import InputError
-from fpi.schema import CLASSES
 
 #: Fields of ``<class>.<field>`` keys (``change*`` need a baseline).
 FIELDS: tuple[str, ...] = (
@@ -397,6 +396,8 @@ def overall_status(results: Sequence[GateResult | Mapping[str, Any]]) -> str:
 
 def junit_xml(results: Sequence[Mapping[str, Any]], *, suite: str = "fpi.gates") -> str:
     """JUnit XML with one test case per gate (FAIL -> failure; WARN passes, noted in output)."""
+    from xml.sax.saxutils import escape, quoteattr  # only here: it loads urllib and email
+
     fails = sum(r["status"] == FAIL for r in results)
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              f'<testsuites name={quoteattr(suite)} tests="{len(results)}" failures="{fails}">',

@@ -25,6 +25,12 @@ before any module that uses LightGBM.
   imports pandas, when installed, the first time it converts Python objects, only to
   ask whether they are pandas objects; every ``fpi ingest``, ``diagnose`` and ``train``
   paid about 1 CPU-s for it. The hook asks that question once with pandas hidden.
+- **Without NumPy's test and Fortran tools** (also while LightGBM is imported): LightGBM
+  imports SciPy's sparse matrices, whose array-API layer copies every public name of
+  NumPy, so NumPy imports ``numpy.testing`` and ``numpy.f2py`` (unittest, argparse...)
+  for it: about 0.13 CPU-s of every command that loads a model. They are left out of
+  that copy (SciPy reads them only from CuPy and PyTorch namespaces); ``import
+  numpy.testing`` works as usual afterwards.
 - :func:`with_wrappers` restores the scikit-learn wrappers where they are needed:
   ``lightgbm.dask`` (distributed training) is built on them.
 """
@@ -40,6 +46,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
+from typing import Any
 
 #: Modules LightGBM imports only for its optional wrappers.
 _WRAPPER_DEPENDENCIES = ("sklearn", "pandas")
@@ -52,16 +59,52 @@ def set_openmp_wait() -> None:
 
 @contextlib.contextmanager
 def _wrappers_hidden() -> Iterator[None]:
-    """scikit-learn and pandas look absent inside (unless already imported)."""
+    """scikit-learn and pandas look absent inside (unless already imported), and NumPy
+    without its lazily imported test and Fortran tools (:func:`_numpy_tools_hidden`)."""
     hidden = [name for name in _WRAPPER_DEPENDENCIES if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # "import name" fails
     try:
-        yield
+        with _numpy_tools_hidden():
+            yield
     finally:
         for name in hidden:
             if sys.modules.get(name, ModuleType(name)) is None:
                 del sys.modules[name]
+
+
+#: NumPy submodules imported on first attribute access that SciPy's copy of NumPy's
+#: names (``scipy._lib.array_api_compat.numpy``) would import for nothing.
+_NUMPY_TOOLS = ("testing", "f2py")
+
+
+@contextlib.contextmanager
+def _numpy_tools_hidden() -> Iterator[None]:
+    """``numpy.testing`` and ``numpy.f2py`` (unless imported) are not NumPy attributes
+    inside: not in ``numpy.__all__``, ``dir(numpy)`` or its ``__getattr__``."""
+    import numpy
+
+    hidden = {name for name in _NUMPY_TOOLS if f"numpy.{name}" not in sys.modules}
+    saved: dict[str, Any] = {key: numpy.__dict__[key] for key in ("__all__", "__dir__",
+                                                                  "__getattr__")
+                             if key in numpy.__dict__}
+    if not hidden or len(saved) < 3:  # already there, or another NumPy: nothing to hide
+        yield
+        return
+    real_dir, real_getattr = saved["__dir__"], saved["__getattr__"]
+
+    def getattr_(name: str) -> object:
+        if name in hidden:
+            raise AttributeError(f"module 'numpy' has no attribute {name!r}")
+        return real_getattr(name)
+
+    numpy.__dict__.update(__all__=[n for n in saved["__all__"] if n not in hidden],
+                          __dir__=lambda: [n for n in real_dir() if n not in hidden],
+                          __getattr__=getattr_)
+    try:
+        yield
+    finally:
+        numpy.__dict__.update(saved)
 
 
 def import_lean() -> ModuleType:

@@ -13,14 +13,15 @@ import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from fpi import __version__
 from fpi.ci import ci_info
 from fpi.files import file_sha256
 from fpi.progress import Progress, report
+
+if TYPE_CHECKING:  # fpi trend reads model ids here without loading Polars
+    import polars as pl
 
 Span = tuple[datetime, datetime]
 

@@ -17,6 +17,15 @@ from typing import Final
 import polars as pl
 from polars.datatypes import DataTypeClass
 
+from fpi.classes import CLASSES as CLASSES
+from fpi.classes import COMPONENTS as COMPONENTS
+from fpi.classes import ENTITY_STATUSES as ENTITY_STATUSES
+from fpi.classes import EVENT_STAGES as EVENT_STAGES
+from fpi.classes import EXPLICIT_FEEDBACK as EXPLICIT_FEEDBACK
+from fpi.classes import LABEL_ALIASES as LABEL_ALIASES
+from fpi.classes import RESULT_STATUSES as RESULT_STATUSES
+from fpi.classes import STAGES as STAGES
+
 #: A Polars dtype as Polars hands it out: an instance (``pl.Struct({...})``) or a
 #: bare class (``pl.Int64``, as in struct fields and ``List.inner``).
 PolarsDType = pl.DataType | DataTypeClass
@@ -25,42 +34,8 @@ PolarsDType = pl.DataType | DataTypeClass
 FORMAT_VERSION: Final = 1
 
 # ---------------------------------------------------------------------------
-# Classes
+# Classes: the names are in fpi.classes (no Polars there), re-exported above
 # ---------------------------------------------------------------------------
-
-#: The failure-point classes, in pipeline order (``correct`` first).
-CLASSES: Final[tuple[str, ...]] = ("correct", "false_wake", "asr", "nlu", "er", "result")
-
-#: Accepted spellings of each class (compared after lower-casing and trimming;
-#: ``-`` and spaces count as ``_``).
-LABEL_ALIASES: Final[dict[str, str]] = {
-    "correct": "correct",
-    "ok": "correct",
-    "none": "correct",
-    "no_failure": "correct",
-    "false_wake": "false_wake",
-    "falsewake": "false_wake",
-    "wake": "false_wake",
-    "asr": "asr",
-    "nlu": "nlu",
-    "er": "er",
-    "entity": "er",
-    "entity_resolution": "er",
-    "result": "result",
-}
-
-#: The pipeline stages, in order.
-STAGES: Final[tuple[str, ...]] = ("wake", "asr", "nlu", "er", "result")
-
-#: The ``stage`` values a stage event may carry.
-EVENT_STAGES: Final[tuple[str, ...]] = (*STAGES, "feedback", "label", "device")
-
-#: Feature / attribution groups: one per pipeline stage plus dialogue context.
-COMPONENTS: Final[tuple[str, ...]] = ("wake", "asr", "nlu", "er", "result", "context")
-
-RESULT_STATUSES: Final[tuple[str, ...]] = ("success", "error", "no_action", "clarification")
-ENTITY_STATUSES: Final[tuple[str, ...]] = ("resolved", "unresolved", "ambiguous")
-EXPLICIT_FEEDBACK: Final[tuple[str, ...]] = ("positive", "negative")
 
 
 def normalize_label_expr(expr: pl.Expr) -> pl.Expr:

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from fpi import __version__
+from fpi.classes import CLASSES
 from fpi.errors import InputError
 from fpi.files import unique_paths
 from fpi.progress import Progress, report
-from fpi.schema import CLASSES
 
 log = logging.getLogger(__name__)
 

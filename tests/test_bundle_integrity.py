@@ -268,8 +268,8 @@ def test_cli_allow_other_model(small_bundle, night: Path, first_run, tmp_path: P
     refused = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and "--allow-other-model" in refused.stderr
-    allowed = subprocess.run([*args, "--allow-other-model"], capture_output=True, text=True,
-                             timeout=300)
+    # the flag accepted in process: the refusal above was the executable's part
+    allowed = _in_process(*args[len(FPI):], "--allow-other-model")
     assert allowed.returncode == 0, allowed.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["baseline"]["same_model"] is False

@@ -55,11 +55,12 @@ def test_python_dash_m() -> None:
 
 
 def test_error_message_is_not_read_as_markup(tmp_path) -> None:
-    # Brackets in a path (or in log text quoted by a message) must reach the user as they are.
-    missing = tmp_path / "[[gate]] [bold]x.jsonl"
+    # Brackets in a path (or in log text quoted by a message) must reach the user as they
+    # are, and so must emoji codes.
+    missing = tmp_path / "[[gate]] [bold]:thumbs_up: x.jsonl"
     result = runner.invoke(app, ["ingest", str(missing), "-o", str(tmp_path / "out.parquet")])
     assert result.exit_code == 2
-    assert "[[gate]] [bold]x.jsonl" in result.stderr
+    assert "[[gate]] [bold]:thumbs_up: x.jsonl" in result.stderr
 
 
 def test_installed_console_script() -> None:

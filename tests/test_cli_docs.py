@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _BOX = re.compile(r"[─│╭╮╰╯┌┐└┘├┤┬┴┼═║╔╗╚╝]")
@@ -16,23 +20,25 @@ def _words(text: str) -> list[str]:
     return _BOX.sub(" ", text).split()
 
 
-def _generator():
+@pytest.fixture(scope="module")
+def gen() -> Any:
+    """scripts/gen_cli_docs.py, each command's --help rendered once for both tests."""
     spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts/gen_cli_docs.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.help_text = functools.cache(module.help_text)
     return module
 
 
-def test_cli_reference_is_current() -> None:
+def test_cli_reference_is_current(gen: Any) -> None:
     committed = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    assert _words(_generator().render()) == _words(committed), (
+    assert _words(gen.render()) == _words(committed), (
         "docs/cli.md is out of date: run `python scripts/gen_cli_docs.py`"
     )
 
 
-def test_every_option_is_documented() -> None:
-    gen = _generator()
+def test_every_option_is_documented(gen: Any) -> None:
     committed = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     for command in gen.COMMANDS:
         options = set(re.findall(r"--[a-z][a-z0-9-]+", gen.help_text(command)))

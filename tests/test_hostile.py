@@ -2,8 +2,9 @@
 
 Classes: depth, size, encoding, truncation, types, paths/OS errors, gates, usage,
 internal errors. The CLI cases run the real ``fpi`` executable in subprocesses
-(about a second each, so records of many classes share one run); the parser and
-gate cases run in-process, under hypothesis.
+(about a second each, so records of many classes share one run; a case whose road
+from the error to the ``error:`` line another case takes in the executable runs in
+process); the parser and gate cases run in-process, under hypothesis.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def fpi(*args: str, cwd: Path) -> tuple[int, str]:
     proc = subprocess.run([FPI, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "200"})
     return proc.returncode, proc.stderr
+
+
+def fpi_in_process(*args: str, cwd: Path) -> tuple[int, str]:
+    """:func:`fpi` in this process (CliRunner), for a case whose road from the error to the
+    ``error:`` line another test takes in the executable (a start-up costs about 1 CPU-s)."""
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    finally:
+        os.chdir(old)
+    return result.exit_code, result.stderr
 
 
 def assert_one_error(code: int, stderr: str, expected: int, *words: str) -> str:
@@ -173,7 +186,8 @@ def test_corrupt_parquet_and_gzip_are_errors(tmp_path: Path) -> None:
                   "wake.detected": [True] * 50}).write_parquet(tmp_path / "p.parquet")
     data = (tmp_path / "p.parquet").read_bytes()
     (tmp_path / "p.parquet").write_bytes(data[: len(data) // 2])
-    code, err = fpi("ingest", "p.parquet", "-o", "o.parquet", cwd=tmp_path)
+    # in process: the truncated gzip above takes the same road from the executable
+    code, err = fpi_in_process("ingest", "p.parquet", "-o", "o.parquet", cwd=tmp_path)
     assert_one_error(code, err, ExitStatus.ERROR, "p.parquet", "unreadable Parquet")
     assert not (tmp_path / "o.parquet").exists()
 
@@ -191,8 +205,9 @@ def test_unwritable_outputs_are_one_error_line(tmp_path: Path) -> None:
         (["-o", "afile/t.parquet"], "afile is not a directory"),
         (["-o", "/dev/full"], "not a regular file"),
     ]
-    for args, words in cases:
-        code, err = fpi("ingest", "night.jsonl", *args, cwd=tmp_path)
+    for i, (args, words) in enumerate(cases):  # the executable once, the other in process
+        run = fpi if i else fpi_in_process
+        code, err = run("ingest", "night.jsonl", *args, cwd=tmp_path)
         assert_one_error(code, err, ExitStatus.ERROR, words)
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # never replaced by a file
     assert (tmp_path / "afile").read_text() == "mine"
@@ -222,14 +237,18 @@ def test_unwritable_paths_raise_output_errors(tmp_path: Path, output: str,
 
 def test_missing_inputs_bad_junit_and_python_m(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("mine")
-    proc = subprocess.run([sys.executable, "-m", "fpi", "ingest", "missing.jsonl"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert_one_error(proc.returncode, proc.stderr, ExitStatus.ERROR, "missing.jsonl")
-    # an unwritable --junit is refused before any work: exit 2, never 1 (gate failed)
+    # in process: /dev/full above is the executable's `fpi ingest` error line
+    code, err = fpi_in_process("ingest", "missing.jsonl", cwd=tmp_path)
+    assert_one_error(code, err, ExitStatus.ERROR, "missing.jsonl")
+    # an unwritable --junit is refused before any work: exit 2, never 1 (gate failed);
+    # through `python -m fpi`
     (tmp_path / "n.jsonl").write_bytes(lines([good(0)]))
-    code, err = fpi("diagnose", "n.jsonl", "-m", "nomodel", "-o", "out", "--junit",
-                    "afile/j.xml", "--gate", "asr.estimate <= 1", cwd=tmp_path)
-    assert_one_error(code, err, ExitStatus.ERROR, "afile/j.xml", "not a directory")
+    proc = subprocess.run([sys.executable, "-m", "fpi", "diagnose", "n.jsonl", "-m", "nomodel",
+                           "-o", "out", "--junit", "afile/j.xml", "--gate",
+                           "asr.estimate <= 1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert_one_error(proc.returncode, proc.stderr, ExitStatus.ERROR, "afile/j.xml",
+                     "not a directory")
 
 
 # ---------------------------------------------------------------------------
@@ -349,8 +368,9 @@ def test_bad_gate_files_raise_one_input_error(tmp_path: Path, data: bytes, words
 def test_gate_errors_end_the_cli_with_status_2(tmp_path: Path) -> None:
     (tmp_path / "gates.toml").write_bytes(BAD_GATE_FILES[0][0])
     (tmp_path / "n.jsonl").write_bytes(lines([good(0)]))
-    code, err = fpi("diagnose", "n.jsonl", "-m", "nomodel", "-o", "out", "--gates",
-                    "gates.toml", cwd=tmp_path)
+    # in process: the unwritable --junit run takes the same road from the executable
+    code, err = fpi_in_process("diagnose", "n.jsonl", "-m", "nomodel", "-o", "out", "--gates",
+                               "gates.toml", cwd=tmp_path)
     assert_one_error(code, err, ExitStatus.ERROR, "gates.toml", "name must be a string")
     assert not (tmp_path / "out").exists()
 
@@ -423,7 +443,7 @@ def test_parse_block_rejects_deep_lines_and_keeps_the_rest(kinds: list[str]) -> 
     assert {p.index for p in screened} <= {i for i, k in enumerate(kinds) if k == "deep"}
 
 
-@pytest.mark.parametrize("depth", [80, 3000])
+@pytest.mark.parametrize("depth", [80, 600])  # 600 lists: 1,200 schema levels
 def test_parquet_with_a_deep_column(tmp_path: Path, depth: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -437,7 +457,8 @@ def test_parquet_with_a_deep_column(tmp_path: Path, depth: int) -> None:
                       "wake": pa.array([{"detected": True}] * 2),
                       "junk": pa.array([value, None])})
     pq.write_table(table, tmp_path / "d.parquet")
-    if depth > 100:  # beyond pyarrow's own Parquet schema limit: an unreadable file
+    if depth > 100:  # beyond pyarrow's own Parquet schema limit (and Python's recursion
+        # limit): an unreadable file
         with pytest.raises(InputError, match="too deeply nested"):
             read_traces(tmp_path / "d.parquet")
         return

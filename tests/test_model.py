@@ -122,16 +122,20 @@ def test_lightgbm_is_imported_lean_on_first_use_only() -> None:
             "import fpi.cli, fpi.ingest, fpi.simulate\n"
             "print('lightgbm' in sys.modules)\n"
             "import fpi.model, lightgbm\n"
-            "print(*(m in sys.modules for m in ('lightgbm', 'sklearn', 'pandas')))\n"
+            "print(*(m in sys.modules for m in ('lightgbm', 'sklearn', 'pandas',\n"
+            "                                   'numpy.testing', 'numpy.f2py')))\n"
             "import pyarrow as pa; pa.array([1]); pa.table({'a': [1]})\n"
             "print(type(lightgbm.__loader__).__name__, 'LeanFinder' in str(sys.meta_path),\n"
             "      'pandas' in sys.modules)\n"
             "import sklearn, pandas  # hidden only while LightGBM was imported\n"
-            "print(pa.table({'a': [2]}).to_pandas()['a'].tolist())  # pandas when asked\n")
+            "print(pa.table({'a': [2]}).to_pandas()['a'].tolist())  # pandas when asked\n"
+            "import numpy  # its tools were hidden only while LightGBM was imported\n"
+            "print('testing' in dir(numpy), numpy.f2py.__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split("\n")[:4] == ["False", "True False False",
-                                          "SourceFileLoader False False", "[2]"]
+    assert out.stdout.split("\n")[:5] == ["False", "True False False False False",
+                                          "SourceFileLoader False False", "[2]",
+                                          "True numpy.f2py"]
 
 
 def test_the_fpi_executable_imports_lightgbm_lean(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,7 +176,9 @@ def test_cli_partitions_and_refusals(tmp_path: Path) -> None:
     assert usage.exit_code == 2 and "--workers" in usage.output
     assert "needs --partitions" in usage.output
     write_jsonl(tmp_path / "bad.jsonl", [{"turn_index": 1}])
-    nothing = fpi("ingest", "bad.jsonl", "-o", "empty", "--partitions", "2", cwd=tmp_path)
-    assert nothing.returncode == 2 and "no valid turns" in nothing.stderr
+    # in process: the refusal above is the executable's error line
+    nothing = CliRunner().invoke(app, ["ingest", str(tmp_path / "bad.jsonl"), "-o",
+                                       str(tmp_path / "empty"), "--partitions", "2"])
+    assert nothing.exit_code == 2 and "no valid turns" in nothing.stderr
     assert not (tmp_path / "empty").exists()
     shutil.rmtree(tmp_path / "turns")

@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from gfm_check import triggers
 from tiny_turns import make_turns
+from typer.testing import CliRunner
 
 from fpi.ci import (
     append_step_summary,
@@ -24,6 +25,7 @@ from fpi.ci import (
     gate_annotations,
     github_enabled,
 )
+from fpi.cli import app
 
 FPI = [sys.executable, "-m", "fpi"]
 #: A gate name with every character GitHub's workflow commands treat specially.
@@ -88,15 +90,18 @@ def test_run_metadata_keys_checksums_and_time_range(world: dict[str, Path], gith
 
 
 def test_baseline_id_and_time_range(world: dict[str, Path], github_run) -> None:
-    """Also: with --json under GitHub Actions, stdout is only the JSON, annotations on stderr."""
+    """Also: with --json under GitHub Actions, stdout is only the JSON, annotations on stderr.
+    In process (CliRunner keeps stdout and stderr apart); `github_run` is the executable's."""
     _, out, _ = github_run
     step = world["root"] / "step2.md"
-    res = subprocess.run(
-        [*FPI, "diagnose", str(world["night"]), "-m", str(world["model"]), "-o",
-         str(world["root"] / "out2"), "--baseline", str(out / "summary.json"),
-         "--gates", str(world["gates"]), "--attribution", "none", "--examples", "0", "--json"],
-        capture_output=True, text=True, timeout=300,
-        env=_env(GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(step)))
+    env: dict[str, str | None] = {var: None for var in CI_VARS}
+    env.update(GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(step))
+    result = CliRunner().invoke(app, [
+        "diagnose", str(world["night"]), "-m", str(world["model"]), "-o",
+        str(world["root"] / "out2"), "--baseline", str(out / "summary.json"),
+        "--gates", str(world["gates"]), "--attribution", "none", "--examples", "0", "--json"],
+        env=env)
+    res = subprocess.CompletedProcess([], result.exit_code, result.stdout, result.stderr)
     assert res.returncode == 1, res.stderr
     run = json.loads(res.stdout)["run"]  # nothing but the JSON on stdout
     assert "::error title=fpi gate failed" in res.stderr
@@ -179,8 +184,25 @@ def _on_a_terminal(args: list[str], cwd: Path) -> str:
 
 
 def test_progress_is_drawn_on_a_terminal_unless_quiet(tmp_path: Path) -> None:
-    drawn = _on_a_terminal(["simulate", "-o", "s.jsonl", "-n", "3000"], tmp_path)
-    assert "simulating" in drawn and "3.0k of 3.0k turns" in drawn and "took" in drawn
-    quiet = _on_a_terminal(["--quiet", "simulate", "-o", "q.jsonl", "-n", "3000"], tmp_path)
-    assert "wrote 3,000 turns" in quiet
-    assert "simulating" not in quiet and "took" not in quiet
+    """On `fpi trend` over two summaries: the cheapest command that draws a stage (0.7
+    CPU-s a start; the counts' formatting is checked in process below)."""
+    golden = json.loads((Path(__file__).parent / "golden" / "diagnose_summary.json").read_text())
+    for day, night in enumerate(("a", "b"), start=1):
+        (tmp_path / "in" / night).mkdir(parents=True)
+        when = f"2026-01-0{day}T00:00:00Z"
+        doc = {**golden, "run": {"time_range": {"first": when, "last": when}}}
+        (tmp_path / "in" / night / "summary.json").write_text(json.dumps(doc))
+    drawn = _on_a_terminal(["trend", "in", "-o", "t"], tmp_path)
+    assert "summaries" in drawn and "2 of 2 files" in drawn and "took" in drawn
+    assert "2 nights, 2026-01-01 to 2026-01-02" in drawn
+    quiet = _on_a_terminal(["--quiet", "trend", "in", "-o", "q"], tmp_path)
+    assert "2 nights, 2026-01-01 to 2026-01-02" in quiet
+    assert "summaries" not in quiet and "took" not in quiet
+
+
+def test_progress_counts_read_as_amounts() -> None:
+    from fpi.cli._progress_bar import _amount
+
+    assert [_amount(x, "turns") for x in (3, 999, 3000, 1_234_567, 2e9)] == [
+        "3", "999", "3.0k", "1.2M", "2.0G"]
+    assert [_amount(x, "bytes") for x in (12, 45_000_000)] == ["12 B", "45.0 MB"]

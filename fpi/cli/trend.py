@@ -49,9 +49,7 @@ def trend(
         result = build_trend(inputs, window=window, min_history=min_history,
                              skip_bad=skip_bad, progress=progress)
     doc = result.to_dict()
-    write_trend(doc, out)
-    for w in doc["warnings"]:
-        err_console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
+    write_trend(doc, out)  # its warnings were logged ("warning: ...") by build_trend
     nights = doc["nights"]
     err_console.print(f"[bold]fpi trend[/]: {len(nights)} nights, {escape(nights[0]['label'])} "
                       f"to {escape(nights[-1]['label'])}, {len(doc['models'])} model(s), "

@@ -187,12 +187,12 @@ def _plan(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         raise InputError(f"gate {g.expr!r} compares with the baseline: give --baseline "
                          "PREVIOUS/summary.json")
     red = redactor(opts.redact_salt) if opts.redact else None
+    out = check_output_dir(out_dir, "diagnose", legacy=is_legacy_output)  # before LightGBM
     bundle = load_model(model)
     classes = tuple(bundle.classes)
     if classes != CLASSES:
         raise ModelError(f"model classes {classes} are not {CLASSES}: retrain with fpi train")
     base_info = baseline_model(base, bundle, opts.allow_other_model, opts.baseline)
-    out = check_output_dir(out_dir, "diagnose", legacy=is_legacy_output)
     return _Plan(paths, gate_list, base, base_info, red, bundle, out,
                  path_inside(opts.junit, out))
 
@@ -422,12 +422,12 @@ def run(inputs: Inputs, model: str | os.PathLike[str] | ModelBundle,
         out_dir: str | os.PathLike[str], opts: DiagnoseOptions,
         engine: Engine | None = None) -> DiagnoseResult:
     """:func:`diagnose` with its options as one record."""
-    from fpi.model import compiled
-
     if engine is None:
         with LocalEngine(default_threads()) as local:
             return run(inputs, model, out_dir, opts, local)
     plan = _plan(inputs, model, out_dir, opts)
+    from fpi.model import compiled  # after the checks: a refused run loads no LightGBM
+
     bundle, out, timings = plan.bundle, plan.out, {}
     t0 = time.perf_counter()
     directory = _partitioned(plan.paths)

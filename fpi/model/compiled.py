@@ -41,6 +41,7 @@ from typing import Final
 import lightgbm as lgb
 import numpy as np
 
+from fpi import files
 from fpi.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -260,11 +261,9 @@ void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
 # ---------------------------------------------------------------------------
 
 def cache_dir() -> Path:
-    """Where compiled models live: ``$FPI_CACHE_DIR``, else ``$XDG_CACHE_HOME/fpi``."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fpi"
+    """Where compiled models live: ``$FPI_CACHE_DIR`` (:data:`ENV_CACHE`), else
+    ``$XDG_CACHE_HOME/fpi`` (:func:`fpi.files.cache_dir`)."""
+    return files.cache_dir()
 
 
 def _compiler() -> list[str] | None:

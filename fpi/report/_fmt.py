@@ -11,8 +11,8 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
+from fpi.classes import CLASSES
 from fpi.numbers import stable
-from fpi.schema import CLASSES
 
 #: Human names of the classes, for headings.
 CLASS_TITLES: dict[str, str] = {

@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from fpi.classes import COMPONENTS
 from fpi.report import svg
 from fpi.report._fmt import (
     CLASS_TITLES,
@@ -30,9 +31,9 @@ from fpi.report._fmt import (
     redaction_note,
     signed,
 )
+from fpi.report._jinja import environment
 from fpi.report.runinfo import run_rows
 from fpi.report.story import headline_lines, slice_name
-from fpi.schema import COMPONENTS
 
 #: Chart width in SVG units (the page scales it to the full column).
 _W = 960
@@ -48,8 +49,7 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("fpi", "templates"),
+_ENV = environment(
     autoescape=True,
     finalize=_finalize,
     undefined=jinja2.StrictUndefined,

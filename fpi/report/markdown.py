@@ -23,6 +23,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from fpi.classes import (
+    CLASSES,
+    COMPONENTS,
+    ENTITY_STATUSES,
+    EXPLICIT_FEEDBACK,
+    RESULT_STATUSES,
+)
 from fpi.report._fmt import (
     CLASS_TITLES,
     FAILURE_CLASSES,
@@ -39,13 +46,6 @@ from fpi.report._fmt import (
 )
 from fpi.report.runinfo import run_markdown
 from fpi.report.story import drift_markdown, headline_markdown, slice_name, vs_baseline_markdown
-from fpi.schema import (
-    CLASSES,
-    COMPONENTS,
-    ENTITY_STATUSES,
-    EXPLICIT_FEEDBACK,
-    RESULT_STATUSES,
-)
 
 _BACKTICKS = re.compile(r"`+")
 

@@ -20,11 +20,11 @@ from markupsafe import Markup
 from fpi.errors import os_error
 from fpi.files import staged_output_dir
 from fpi.report._fmt import CLASS_TITLES, STATUS_ICON, interval, pct
+from fpi.report._jinja import environment
 from fpi.report.markdown import md
 from fpi.report.trend_svg import Point, trend_chart
 
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("fpi", "templates"), autoescape=True,
-                          undefined=jinja2.StrictUndefined)
+_ENV = environment(autoescape=True, undefined=jinja2.StrictUndefined)
 _ARROW = {"up": "⬆️", "down": "⬇️"}
 #: The kind of a trend directory (its marker, :mod:`fpi.files`), and the files it holds.
 KIND: Final = "trend"

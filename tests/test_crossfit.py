@@ -30,7 +30,10 @@ def terse() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def terse_model(terse: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    return train(terse, tmp_path_factory.mktemp("terse") / "m", seed=0, threads=1, **FAST)
+    """Without the no-context model, which no test here reads (its bytes are compared run
+    to run by test_model, test_parallel_fits and test_holdout)."""
+    return train(terse, tmp_path_factory.mktemp("terse") / "m", seed=0, threads=1,
+                 no_context=False, **FAST)
 
 
 def test_folds_do_not_depend_on_row_order_or_partitioning() -> None:
@@ -105,7 +108,7 @@ def test_bundle_round_trips_the_text_model(terse: pl.DataFrame, terse_model: Tra
 
 def test_training_is_deterministic(terse: pl.DataFrame, terse_model: TrainResult,
                                    tmp_path: Path) -> None:
-    again = train(terse, tmp_path / "again", seed=0, threads=1, **FAST)
+    again = train(terse, tmp_path / "again", seed=0, threads=1, no_context=False, **FAST)
     for name in (MODEL_FILE, LEARNED_FILE, MANIFEST_FILE):
         assert (again.path / name).read_bytes() == (terse_model.path / name).read_bytes()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@functools.cache  # one booster of each kind per run: the fixtures and the kinds test share it
 def _booster(zero_as_missing: bool, rounds: int = 12) -> lgb.Booster:
     x, y = _data(3000, 1)
     params = {"objective": "multiclass", "num_class": 3, "num_leaves": 15, "verbosity": -1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -29,13 +30,14 @@ def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _booster(zero_as_missing: bool) -> lgb.Booster:
+@functools.cache  # one booster of each kind per run: the fixtures and the kinds test share it
+def _booster(zero_as_missing: bool, rounds: int = 12) -> lgb.Booster:
     x, y = _data(3000, 1)
     params = {"objective": "multiclass", "num_class": 3, "num_leaves": 15, "verbosity": -1,
               "min_data_in_leaf": 5, "max_cat_to_onehot": 4, "zero_as_missing": zero_as_missing,
               "num_threads": 1, "deterministic": True, "seed": 0}
     ds = lgb.Dataset(x, label=y, categorical_feature=[2, 3])
-    return lgb.Booster(model_str=lgb.train(params, ds, num_boost_round=12).model_to_string())
+    return lgb.Booster(model_str=lgb.train(params, ds, num_boost_round=rounds).model_to_string())
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,14 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module", params=[False, True], ids=["nan-none", "zero-as-missing"])
 def booster(request: pytest.FixtureRequest) -> lgb.Booster:
     return _booster(request.param)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["nan-none", "zero-as-missing"])
+def few_trees(request: pytest.FixtureRequest) -> lgb.Booster:
+    """Two rounds (6 trees): for the tests that build a library in an empty cache, which
+    test the cache and the fallbacks, not the code of each split kind (0.15 CPU-s a build
+    instead of 0.6)."""
+    return _booster(request.param, rounds=2)
 
 
 def _kinds(b: lgb.Booster) -> set[str]:
@@ -109,14 +119,14 @@ def test_fpi_model_margins(small_bundle, small_turns) -> None:
     assert compiled._CACHE.get(bundle.booster) is not None  # the compiled path ran
 
 
-def test_cache_miss_then_hit(booster: lgb.Booster, _cache: Path,
+def test_cache_miss_then_hit(few_trees: lgb.Booster, _cache: Path,
                              caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="fpi.model.compiled")
-    first = compiled.build_library(booster.model_to_string())
+    first = compiled.build_library(few_trees.model_to_string())
     assert first.parent == _cache and "built" in caplog.text
     caplog.clear()
     mtime = first.stat().st_mtime_ns
-    again = compiled.build_library(booster.model_to_string())
+    again = compiled.build_library(few_trees.model_to_string())
     assert again == first and again.stat().st_mtime_ns == mtime and "cache hit" in caplog.text
     assert [p.name for p in _cache.iterdir()] == [first.name]  # no temporary files left
 
@@ -149,14 +159,14 @@ def test_failing_compiler_falls_back(booster: lgb.Booster, monkeypatch: pytest.M
     assert "false failed" in caplog.text
 
 
-def test_wrong_margins_fall_back(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch,
+def test_wrong_margins_fall_back(few_trees: lgb.Booster, monkeypatch: pytest.MonkeyPatch,
                                  caplog: pytest.LogCaptureFixture, _cache: Path) -> None:
     caplog.set_level(logging.DEBUG, logger="fpi.model.compiled")
     real = compiled.generate_c
     monkeypatch.setattr(compiled, "generate_c",
                         lambda text: real(text).replace("+ c] = 0.0;", "+ c] = 1e-9;"))
     x, _ = _data(50, 6)
-    assert np.array_equal(compiled.raw_margins(booster, x), booster.predict(x, raw_score=True))
+    assert np.array_equal(compiled.raw_margins(few_trees, x), few_trees.predict(x, raw_score=True))
     assert "differ from LightGBM" in caplog.text
 
 
@@ -185,21 +195,21 @@ def test_cache_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert compiled.cache_dir() == tmp_path / "home" / ".cache" / "fpi"
 
 
-def test_small_batches_use_lightgbm_until_compiling_pays(booster: lgb.Booster, _cache: Path,
+def test_small_batches_use_lightgbm_until_compiling_pays(few_trees: lgb.Booster, _cache: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiled, "COMPILE_AFTER_ROWS", 250)
     x, _ = _data(100, 9)
-    want = booster.predict(x, raw_score=True)
+    want = few_trees.predict(x, raw_score=True)
     for _ in range(2):  # 100, then 200 rows scored: not worth a build yet
-        assert np.array_equal(compiled.raw_margins(booster, x), want)
-        assert booster not in compiled._CACHE and not _cache.exists()
-    assert np.array_equal(compiled.raw_margins(booster, x), want)  # 300 >= 250: built
-    assert compiled._CACHE[booster] is not None and len(list(_cache.iterdir())) == 1
+        assert np.array_equal(compiled.raw_margins(few_trees, x), want)
+        assert few_trees not in compiled._CACHE and not _cache.exists()
+    assert np.array_equal(compiled.raw_margins(few_trees, x), want)  # 300 >= 250: built
+    assert compiled._CACHE[few_trees] is not None and len(list(_cache.iterdir())) == 1
     # another process (forget) with the library cached uses it on its first, small batch
     compiled.forget()
-    assert compiled.is_cached(booster.model_to_string())
-    assert np.array_equal(compiled.raw_margins(booster, x[:3]), want[:3])
-    assert compiled._CACHE[booster] is not None
+    assert compiled.is_cached(few_trees.model_to_string())
+    assert np.array_equal(compiled.raw_margins(few_trees, x[:3]), want[:3])
+    assert compiled._CACHE[few_trees] is not None
 
 
 def test_branch_hints_follow_training_counts(booster: lgb.Booster) -> None:
@@ -217,16 +227,16 @@ def test_branch_hints_follow_training_counts(booster: lgb.Booster) -> None:
     assert "__builtin_expect" not in compiled.generate_c(bare)
 
 
-def test_prepare_checks_a_cached_library_only(booster: lgb.Booster, _cache: Path,
+def test_prepare_checks_a_cached_library_only(few_trees: lgb.Booster, _cache: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiled, "COMPILE_AFTER_ROWS", 10**9)
-    compiled.prepare(booster)  # nothing cached: LightGBM scores first (rent or buy)
-    assert booster not in compiled._CACHE and not _cache.exists()
-    compiled.build_library(booster.model_to_string())
+    compiled.prepare(few_trees)  # nothing cached: LightGBM scores first (rent or buy)
+    assert few_trees not in compiled._CACHE and not _cache.exists()
+    compiled.build_library(few_trees.model_to_string())
     compiled.forget()
     monkeypatch.setenv(compiled.ENV_PREDICTOR, "lightgbm")
-    compiled.prepare(booster)
-    assert booster not in compiled._CACHE
+    compiled.prepare(few_trees)
+    assert few_trees not in compiled._CACHE
     monkeypatch.delenv(compiled.ENV_PREDICTOR)
-    compiled.prepare(booster)  # cached: fetched and verified now
-    assert compiled._CACHE[booster] is not None
+    compiled.prepare(few_trees)  # cached: fetched and verified now
+    assert compiled._CACHE[few_trees] is not None

@@ -75,15 +75,16 @@ def test_holdout_metrics_are_out_of_sample(tmp_path: Path) -> None:
 
 
 def test_explicit_protocol_and_test_part(night: pl.DataFrame, tmp_path: Path) -> None:
-    cf = train(night, tmp_path / "cf", seed=0, threads=1, holdout_min=1000,
+    small = night.head(600)  # 600 labelled turns >= holdout_min: "auto" would pick holdout
+    cf = train(small, tmp_path / "cf", seed=0, threads=1, holdout_min=500,
                protocol="crossfit", folds=3, no_context=False, **FAST)
     assert cf.manifest["training"]["protocol"] == "crossfit"
     assert cf.manifest["training"]["heldout_is"] == "out-of-fold"
-    part = train(night, tmp_path / "p", seed=0, threads=1, protocol="holdout",
+    part = train(small, tmp_path / "p", seed=0, threads=1, protocol="holdout",
                  test_size=0.25, no_context=False, holdout_refit=True, **FAST)
     t = part.manifest["training"]
     assert t["heldout_is"] == "test part"
-    assert t["counts"]["train"]["turns"] + t["counts"]["test"]["turns"] == night.height
+    assert t["counts"]["train"]["turns"] + t["counts"]["test"]["turns"] == small.height
     with pytest.raises(InputError, match="protocol"):
         train(night, tmp_path / "x", protocol="bogus")  # type: ignore[arg-type]
 

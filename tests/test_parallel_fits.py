@@ -112,6 +112,8 @@ def test_one_at_a_time_runs_here_in_order() -> None:
 _INTERRUPTED = """
 import os, signal, sys, threading, time
 sys.path.insert(0, sys.argv[2])
+from fpi.lightgbm_import import import_lean
+import_lean()  # as the fpi executable: without scikit-learn and pandas (2 CPU-s)
 from tiny_turns import make_turns
 from fpi.model import train
 

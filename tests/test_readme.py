@@ -4,10 +4,14 @@ The quickstart's shell commands run in order through a real shell, each with the
 exit code the README announces for it; the Python example runs as a script.
 
 The quickstart runs in a copy of ``sample_logs/`` whose ``train.jsonl.gz`` holds only the
-first 3,000 of the 30,000 labelled turns (every other file is the shipped one): the
-commands are checked as written, and the gate still fails on the nightly file's ER outage,
-while training costs about 17 CPU-s instead of about 67. Training at full size is
-measured by ``benchmarks/`` and run by ``scripts/sample_run.sh``.
+first 1,000 of the 30,000 labelled turns (every other file is the shipped one): the
+commands are checked as written, and the gate still fails on the nightly file's ER outage
+(estimate 0.12, interval from 0.09, against a bound of 0.05), while training costs about
+11 CPU-s instead of about 67 (17 at 3,000 turns). Training at full size is measured by
+``benchmarks/`` and run by ``scripts/sample_run.sh``.
+
+The Python example runs on the shipped ``example.csv`` as it stands: on its first 500 turns
+the model's ER estimate of the nightly file (0.079) would pass the example's gate.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def test_quickstart_parser_reads_exit_codes() -> None:
 
 
 #: Labelled turns the quickstart test trains on (the first records of train.jsonl.gz).
-QUICKSTART_TRAIN_TURNS = 3000
+QUICKSTART_TRAIN_TURNS = 1000
 
 
 def _sample_logs_with_a_smaller_training_file(where: Path) -> None:

@@ -141,8 +141,9 @@ def test_import_and_agreement_errors(loop, tmp_path: Path) -> None:
 def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> None:
     report = tmp_path / "check.md"
     clean = tmp_path / "clean.parquet"
-    r = fpi("labels", "check", night_file, "--folds", 2, "--top", 5, "--report", report,
-            "--json", "--fix", "weight", "--fixed", clean)
+    # one fold assignment (--repeats 1): averaging repeats is test_labels_check's
+    r = fpi("labels", "check", night_file, "--folds", 2, "--repeats", 1, "--top", 5,
+            "--report", report, "--json", "--fix", "weight", "--fixed", clean)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["labelled_turns"] == 2000 and len(doc["top"]) == min(5, doc["suspects"])
@@ -174,7 +175,7 @@ def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> 
 def test_train_on_imported_labels(night_file: Path, tmp_path: Path) -> None:
     night = pl.read_parquet(night_file)
     labels = night.select("session_id", "turn_index",
-                          pl.col("label").struct.field("failure_point")).head(1500)
+                          pl.col("label").struct.field("failure_point")).head(600)
     labels.with_columns(pl.lit("ann").alias("annotator")).write_csv(tmp_path / "l.csv")
     assert inproc("labels", "import", tmp_path / "l.csv", "-o", tmp_path / "l.parquet"
                   ).returncode == 0
@@ -188,6 +189,6 @@ def test_train_on_imported_labels(night_file: Path, tmp_path: Path) -> None:
                tmp_path / "w.csv")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
-    assert manifest["training"]["labelled_turns"] == 1500
+    assert manifest["training"]["labelled_turns"] == 600
     assert manifest["training"]["weights"]["turns_not_1"] == 100
     assert manifest["training"]["turns"] == night.height

@@ -165,23 +165,14 @@ def test_the_sample_bounds_find_the_sample_again(turns: pl.DataFrame) -> None:
     assert in_sample(turns, y, sample_bounds(got, 6), 6).tolist() != mask.tolist()
 
 
-def test_cli_dask_engine_trains_with_a_sample(dask_cluster: Any, parts: Path,
-                                              tmp_path: Path) -> None:
-    address = dask_cluster.client.scheduler.address  # the shared cluster: no second start
-    run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
-               address, "--folds", "2", "--no-search", "--max-train-turns", "1000", "--json")
-    # (a sample of 1,000 early-stops in about 90 rounds; one of 300 took 600)
-    assert run.returncode == 0, run.stderr
-    assert (tmp_path / "m" / "model.txt").exists()
-    assert '"labelled_turns": 1000' in run.stdout
-
-
 def test_distributed_training_grows_a_loadable_bundle(dask_cluster: Any, parts: Path,
                                                       turns: pl.DataFrame,
                                                       tmp_path: Path) -> None:
-    """lightgbm.dask on the shared cluster: one warning line, JSON alone on stdout, and a
-    bundle that loads, says it was grown on every labelled turn outside the sample, and
-    diagnoses."""
+    """``fpi train --engine dask --scheduler`` with a sample (--max-train-turns) and
+    lightgbm.dask on the shared cluster: one warning line, JSON alone on stdout, and a
+    bundle that loads, says it was trained on the sample and grown on every labelled
+    turn outside it, and diagnoses. (The same flags without --distributed-training give
+    the local engine's model: test_dask_features_give_the_local_model[1500].)"""
     address = dask_cluster.client.scheduler.address
     run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
                address, "--folds", "2", "--no-search", "--max-train-turns", "1000",

@@ -54,11 +54,18 @@ def _concat_parts(parts: Path) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in paths])
 
 
+@pytest.fixture(scope="module")
+def local_model(parts: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The local engine's model of ``parts`` read into one frame, part after part."""
+    return train(_concat_parts(parts), tmp_path_factory.mktemp("local") / "model", **QUICK)
+
+
 @pytest.mark.parametrize("max_train_turns", [None, 1500])
 def test_dask_features_give_the_local_model(dask_cluster: Any, parts: Path, tmp_path: Path,
+                                            local_model: Any,
                                             max_train_turns: int | None) -> None:
-    local = train(_concat_parts(parts), tmp_path / "local", max_train_turns=max_train_turns,
-                  **QUICK)
+    local = local_model if max_train_turns is None else train(
+        _concat_parts(parts), tmp_path / "local", max_train_turns=max_train_turns, **QUICK)
     remote = train(str(parts), tmp_path / "dask", engine=dask_cluster,
                    max_train_turns=max_train_turns, **QUICK)
     assert _files(remote.path) == _files(local.path)
@@ -67,12 +74,14 @@ def test_dask_features_give_the_local_model(dask_cluster: Any, parts: Path, tmp_
     assert remote.manifest["training"]["labelled_turns"] == expected
 
 
-def test_one_parquet_file_is_cut_at_session_boundaries(dask_cluster: Any, turns: pl.DataFrame,
+def test_one_parquet_file_is_cut_at_session_boundaries(dask_cluster: Any, parts: Path,
+                                                       local_model: Any,
                                                        tmp_path: Path) -> None:
-    turns.write_parquet(tmp_path / "turns.parquet")
-    local = train(turns, tmp_path / "local", **QUICK)
+    """One file of the same frame (each session's turns together, as the parts hold
+    them) gives the same model."""
+    _concat_parts(parts).write_parquet(tmp_path / "turns.parquet")
     remote = train(tmp_path / "turns.parquet", tmp_path / "dask", engine=dask_cluster, **QUICK)
-    assert _files(remote.path) == _files(local.path)
+    assert _files(remote.path) == _files(local_model.path)
 
 
 def test_a_file_with_split_sessions_is_refused(turns: pl.DataFrame, tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ import numpy as np
 import polars as pl
 import pytest
 from tiny_turns import make_turns
+from typer.testing import CliRunner, Result
 
 import fpi
+from fpi.cli import app
 from fpi.errors import InputError
 from fpi.ingest.partition import ingest_partitioned, read_partitions
 from fpi.metrics import labels_to_index
@@ -144,19 +146,25 @@ def _fpi(*args: str | Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600)
 
 
+def _fpi_here(*args: str | Path) -> Result:
+    """``fpi`` run in this process (its app: the executable's error handling, without
+    starting Python again), for usage errors that stop it before any work."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 @pytest.mark.parametrize("flags", [["--scheduler", "tcp://x:1"], ["--distributed-training"]])
 def test_dask_flags_need_the_dask_engine(parts: Path, tmp_path: Path, flags: list[str]) -> None:
-    run = _fpi("train", parts, "--out", tmp_path / "m", *flags)
-    assert run.returncode == 2
+    run = _fpi_here("train", parts, "--out", tmp_path / "m", *flags)
+    assert run.exit_code == 2
     assert run.stderr.strip().startswith("error:") and len(run.stderr.strip().splitlines()) == 1
     assert "needs --engine dask" in run.stderr and flags[0] in run.stderr
     assert not (tmp_path / "m").exists()
 
 
 def test_distributed_training_needs_a_sample(parts: Path, tmp_path: Path) -> None:
-    run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask",
-               "--distributed-training")
-    assert run.returncode == 2
+    run = _fpi_here("train", parts, "--out", tmp_path / "m", "--engine", "dask",
+                    "--distributed-training")
+    assert run.exit_code == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "--distributed-training" in lines[0]
     assert "--max-train-turns" in lines[0]

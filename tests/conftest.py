@@ -110,7 +110,9 @@ def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     started by the first test of a module that asks for them and stopped after that
     module (the worker without its statistical profiler, and both checking their event
     loop and sampling CPU and memory as rarely as fpi's own clusters); tests must not stop
-    them."""
+    them. The worker runs without a nanny (``--no-nanny``: one process, not a nanny
+    process and the worker it spawns); the tests that kill a worker use ``dask_cluster``,
+    whose nannies restart it."""
     from fpi.engine.dask import WORKER_CONFIG
 
     where = tmp_path_factory.mktemp("dask")
@@ -126,7 +128,7 @@ def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         procs.append(subprocess.Popen(
-            [*dask, "worker", "--scheduler-file", str(path), "--nthreads", "1",
+            [*dask, "worker", "--scheduler-file", str(path), "--nthreads", "1", "--no-nanny",
              "--no-dashboard", "--local-directory", str(where)], env=env, cwd=where,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 60

@@ -50,3 +50,13 @@ def die_first(item: object, *args: object, fn: Callable[..., object], marker: st
     except FileExistsError:
         return fn(item, *args)
     os._exit(1)
+
+
+def lightgbm_is_lean() -> bool:
+    """Imports LightGBM (a no-op where a task did) and tells whether scikit-learn and
+    pandas stayed out of this process."""
+    import sys
+
+    import lightgbm  # noqa: F401
+
+    return not ({"sklearn", "pandas"} & set(sys.modules))

@@ -1,7 +1,10 @@
 """fpi diagnose on every engine and partitioning gives the same summary.json: the local
-engine over one file, a partitioned directory of 4 and of 7 parts, a LocalCluster of two
-worker processes (the real ``fpi`` executable), and a scheduler and a worker started as
-separate processes; a worker that reads another model than the driver is refused."""
+engine over one file, a partitioned directory of 4 and of 7 parts, and the module's
+LocalCluster of two worker processes (tests/conftest.py's ``dask_cluster``), run by the
+real ``fpi`` executable and, from here, with workers dying in it; a worker that reads
+another model than the driver is refused, also by a cluster the ``fpi`` executable starts
+itself (``--workers``). (A scheduler and a worker started as separate processes are
+tested on cheaper work in test_engine_dask.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from dask_tasks import die_first
+from dask_tasks import die_first, lightgbm_is_lean
 from tiny_turns import make_turns
 
 import fpi
@@ -45,9 +48,11 @@ def _comparable(summary: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 1,500 turns of 600 sessions: every block of the summary that OPTS asks for
+    has rows (as with 2.5 times as many; each scoring costs less)."""
     path = tmp_path_factory.mktemp("dask-night") / "night.parquet"
-    turns = make_turns(1500, seed=11)
-    assert 3000 <= turns.height <= 5000
+    turns = make_turns(600, seed=11)
+    assert 1000 <= turns.height <= 2000
     turns.write_parquet(path)
     return path
 
@@ -60,21 +65,32 @@ def local(night: Path, small_bundle, tmp_path_factory: pytest.TempPathFactory
     return fpi.diagnose(night, model=small_bundle.path, out_dir=out, **OPTS).summary
 
 
-def test_a_local_cluster_of_two_workers_gives_the_same_summary(night: Path, small_bundle,
-                                                                local: dict[str, Any],
-                                                                tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
-               "dask", "--workers", "2", *CLI_OPTS)
-    assert res.returncode == 0, res.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert _comparable(summary) == _comparable(local)
+def _predictions_are_complete(out: Path, summary: dict[str, Any], night: Path) -> None:
+    """One predictions part per worker, together every turn of the night once, with
+    contributions for the turns the summary says were attributed."""
     parts = sorted(p.name for p in (out / "predictions").iterdir())
     assert parts == ["part-00000.parquet", "part-00001.parquet"]  # one per worker
     pred = pl.read_parquet(out / "predictions" / "*.parquet")
     assert pred.height == summary["turns"] == pl.read_parquet(night).height
+    assert pred.select("session_id", "turn_index").is_unique().all()
     assert pred.filter(pl.col("contrib_bias").is_not_null()).height == (
         summary["attribution"]["turns_attributed"])
+
+
+def test_the_executable_on_a_cluster_of_two_workers_gives_the_same_summary(
+        night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
+        dask_cluster: DaskEngine) -> None:
+    """``fpi diagnose --engine dask --scheduler-file`` on the module's cluster (its file
+    written here: the address is all fpi reads from one)."""
+    scheduler = tmp_path / "scheduler.json"
+    scheduler.write_text(json.dumps({"address": dask_cluster.client.scheduler.address}))
+    out = tmp_path / "out"
+    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
+               "dask", "--scheduler-file", scheduler, *CLI_OPTS)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert _comparable(summary) == _comparable(local)
+    _predictions_are_complete(out, summary, night)
 
 
 @pytest.mark.parametrize("parts", [4, 7])
@@ -89,27 +105,22 @@ def test_a_partitioned_directory_gives_the_same_summary(night: Path, small_bundl
     assert written == [f"part-{i:05d}.parquet" for i in range(parts)]
 
 
-def test_a_part_holding_another_parts_session_is_refused(night: Path, small_bundle,
+def test_a_part_holding_another_parts_session_is_refused(small_bundle,
                                                           tmp_path: Path) -> None:
+    """On a cluster of one worker that the ``fpi`` executable starts itself (``--workers``;
+    the local engine's check is test_diagnose_partition's): the error the worker's task
+    raised is the run's one line, and the executable stops its cluster and exits."""
+    make_turns(120, seed=11).write_parquet(tmp_path / "small.parquet")  # little to score
     turns = tmp_path / "turns"
-    ingest_partitioned([night], turns, 3)
+    ingest_partitioned([tmp_path / "small.parquet"], turns, 3)
     shutil.copy(turns / "part-00001.parquet", turns / "part-00002.parquet")
-    res = _fpi("diagnose", turns, "--model", small_bundle.path, "--out", tmp_path / "out")
+    res = _fpi("diagnose", turns, "--model", small_bundle.path, "--out", tmp_path / "out",
+               "--engine", "dask", "--workers", "1")
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "part-00002.parquet: session" in lines[0] and "belongs to part 1 of 3" in lines[0]
     assert not (tmp_path / "out").exists()
-
-
-def test_separate_scheduler_and_worker_give_the_same_summary(
-        night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
-        scheduler_file: Path) -> None:
-    out = tmp_path / "out"
-    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
-               "dask", "--scheduler-file", scheduler_file, *CLI_OPTS)
-    assert res.returncode == 0, res.stderr
-    assert _comparable(json.loads((out / "summary.json").read_text())) == _comparable(local)
 
 
 def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tmp_path: Path,
@@ -132,20 +143,21 @@ def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tm
 
 
 class _Killing:
-    """The cluster, except that the first task of ``victim`` kills its worker process."""
+    """The cluster, except that the first task of each victim (a function, with the
+    marker file its death creates) kills its worker process."""
 
     name = "dask"
 
-    def __init__(self, engine: DaskEngine, victim: Callable[..., Any], marker: Path) -> None:
-        self.engine, self.victim, self.marker = engine, victim, marker
+    def __init__(self, engine: DaskEngine, victims: dict[Callable[..., Any], Path]) -> None:
+        self.engine, self.victims = engine, victims
 
     @property
     def workers(self) -> int:
         return self.engine.workers
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any) -> list[Any]:
-        if fn is self.victim:
-            fn = partial(die_first, fn=fn, marker=str(self.marker))
+        if fn in self.victims:
+            fn = partial(die_first, fn=fn, marker=str(self.victims[fn]))
         return self.engine.map(fn, items, *args)
 
     def gather(self, handles: Sequence[Any]) -> list[Any]:
@@ -155,24 +167,24 @@ class _Killing:
         return None
 
 
-@pytest.mark.parametrize("victim", [partition.score_partition, partition.em_step],
-                         ids=["while scoring", "after scoring"])
-def test_a_worker_killed_inside_diagnose_gives_the_same_summary(
+def test_workers_killed_inside_diagnose_give_the_same_summary(
         night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
-        dask_cluster: DaskEngine, victim: Callable[..., Any]) -> None:
-    """A worker dies in a scoring task, or later in an EM round, losing the scored
-    partitions it held: Dask runs their tasks again and the summary is the same."""
-    marker = tmp_path / "died"
-    killing = _Killing(dask_cluster, victim, marker)
-    res = fpi.diagnose(night, model=small_bundle.path, out_dir=tmp_path / "out",
-                       engine=killing, **OPTS)  # type: ignore[arg-type]
-    assert marker.exists()  # a worker really died
+        dask_cluster: DaskEngine) -> None:
+    """One run, two deaths: a worker dies in the first scoring task, and one (the other,
+    or the first one restarted) in the first EM round, losing the scored partitions it
+    held. Dask runs their tasks again and the summary and predictions are the same."""
+    died = {"while scoring": tmp_path / "died-scoring", "after scoring": tmp_path / "died-em"}
+    killing = _Killing(dask_cluster, {partition.score_partition: died["while scoring"],
+                                      partition.em_step: died["after scoring"]})
+    out = tmp_path / "out"
+    res = fpi.diagnose(night, model=small_bundle.path, out_dir=out, engine=killing,
+                       **OPTS)  # type: ignore[arg-type]
+    assert [when for when, marker in died.items() if not marker.exists()] == []  # both died
     assert _comparable(res.summary) == _comparable(local)
-    # its nanny restarts it (a new process importing fpi: slow on a loaded machine)
+    _predictions_are_complete(out, res.summary, night)
+    # the nannies restart them (a new process importing fpi: slow on a loaded machine)
     dask_cluster.client.wait_for_workers(2, timeout=300)
-    # every worker, the restarted one too, imports LightGBM lean (fpi's preload): without
+    # every worker, the restarted ones too, imports LightGBM lean (fpi's preload): without
     # scikit-learn and pandas, which a worker that scored would otherwise hold
-    loaded = dask_cluster.client.run(lambda: ("lightgbm" in sys.modules, "sklearn" in sys.modules
-                                              or "pandas" in sys.modules)).values()
-    assert len(loaded) == 2 and any(lgb for lgb, _ in loaded)
-    assert not any(wrappers for _, wrappers in loaded)
+    lean = dask_cluster.client.run(lightgbm_is_lean)
+    assert list(lean.values()) == [True, True]

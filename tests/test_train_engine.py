@@ -13,8 +13,10 @@ import numpy as np
 import polars as pl
 import pytest
 from tiny_turns import make_turns
+from typer.testing import CliRunner, Result
 
 import fpi
+from fpi.cli import app
 from fpi.errors import InputError
 from fpi.ingest.partition import ingest_partitioned, read_partitions
 from fpi.metrics import labels_to_index
@@ -54,11 +56,18 @@ def _concat_parts(parts: Path) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in paths])
 
 
+@pytest.fixture(scope="module")
+def local_model(parts: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The local engine's model of ``parts`` read into one frame, part after part."""
+    return train(_concat_parts(parts), tmp_path_factory.mktemp("local") / "model", **QUICK)
+
+
 @pytest.mark.parametrize("max_train_turns", [None, 1500])
 def test_dask_features_give_the_local_model(dask_cluster: Any, parts: Path, tmp_path: Path,
+                                            local_model: Any,
                                             max_train_turns: int | None) -> None:
-    local = train(_concat_parts(parts), tmp_path / "local", max_train_turns=max_train_turns,
-                  **QUICK)
+    local = local_model if max_train_turns is None else train(
+        _concat_parts(parts), tmp_path / "local", max_train_turns=max_train_turns, **QUICK)
     remote = train(str(parts), tmp_path / "dask", engine=dask_cluster,
                    max_train_turns=max_train_turns, **QUICK)
     assert _files(remote.path) == _files(local.path)
@@ -67,12 +76,14 @@ def test_dask_features_give_the_local_model(dask_cluster: Any, parts: Path, tmp_
     assert remote.manifest["training"]["labelled_turns"] == expected
 
 
-def test_one_parquet_file_is_cut_at_session_boundaries(dask_cluster: Any, turns: pl.DataFrame,
+def test_one_parquet_file_is_cut_at_session_boundaries(dask_cluster: Any, parts: Path,
+                                                       local_model: Any,
                                                        tmp_path: Path) -> None:
-    turns.write_parquet(tmp_path / "turns.parquet")
-    local = train(turns, tmp_path / "local", **QUICK)
+    """One file of the same frame (each session's turns together, as the parts hold
+    them) gives the same model."""
+    _concat_parts(parts).write_parquet(tmp_path / "turns.parquet")
     remote = train(tmp_path / "turns.parquet", tmp_path / "dask", engine=dask_cluster, **QUICK)
-    assert _files(remote.path) == _files(local.path)
+    assert _files(remote.path) == _files(local_model.path)
 
 
 def test_a_file_with_split_sessions_is_refused(turns: pl.DataFrame, tmp_path: Path) -> None:
@@ -135,19 +146,25 @@ def _fpi(*args: str | Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600)
 
 
+def _fpi_here(*args: str | Path) -> Result:
+    """``fpi`` run in this process (its app: the executable's error handling, without
+    starting Python again), for usage errors that stop it before any work."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 @pytest.mark.parametrize("flags", [["--scheduler", "tcp://x:1"], ["--distributed-training"]])
 def test_dask_flags_need_the_dask_engine(parts: Path, tmp_path: Path, flags: list[str]) -> None:
-    run = _fpi("train", parts, "--out", tmp_path / "m", *flags)
-    assert run.returncode == 2
+    run = _fpi_here("train", parts, "--out", tmp_path / "m", *flags)
+    assert run.exit_code == 2
     assert run.stderr.strip().startswith("error:") and len(run.stderr.strip().splitlines()) == 1
     assert "needs --engine dask" in run.stderr and flags[0] in run.stderr
     assert not (tmp_path / "m").exists()
 
 
 def test_distributed_training_needs_a_sample(parts: Path, tmp_path: Path) -> None:
-    run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask",
-               "--distributed-training")
-    assert run.returncode == 2
+    run = _fpi_here("train", parts, "--out", tmp_path / "m", "--engine", "dask",
+                    "--distributed-training")
+    assert run.exit_code == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "--distributed-training" in lines[0]
     assert "--max-train-turns" in lines[0]
@@ -165,23 +182,14 @@ def test_the_sample_bounds_find_the_sample_again(turns: pl.DataFrame) -> None:
     assert in_sample(turns, y, sample_bounds(got, 6), 6).tolist() != mask.tolist()
 
 
-def test_cli_dask_engine_trains_with_a_sample(dask_cluster: Any, parts: Path,
-                                              tmp_path: Path) -> None:
-    address = dask_cluster.client.scheduler.address  # the shared cluster: no second start
-    run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
-               address, "--folds", "2", "--no-search", "--max-train-turns", "1000", "--json")
-    # (a sample of 1,000 early-stops in about 90 rounds; one of 300 took 600)
-    assert run.returncode == 0, run.stderr
-    assert (tmp_path / "m" / "model.txt").exists()
-    assert '"labelled_turns": 1000' in run.stdout
-
-
 def test_distributed_training_grows_a_loadable_bundle(dask_cluster: Any, parts: Path,
                                                       turns: pl.DataFrame,
                                                       tmp_path: Path) -> None:
-    """lightgbm.dask on the shared cluster: one warning line, JSON alone on stdout, and a
-    bundle that loads, says it was grown on every labelled turn outside the sample, and
-    diagnoses."""
+    """``fpi train --engine dask --scheduler`` with a sample (--max-train-turns) and
+    lightgbm.dask on the shared cluster: one warning line, JSON alone on stdout, and a
+    bundle that loads, says it was trained on the sample and grown on every labelled
+    turn outside it, and diagnoses. (The same flags without --distributed-training give
+    the local engine's model: test_dask_features_give_the_local_model[1500].)"""
     address = dask_cluster.client.scheduler.address
     run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
                address, "--folds", "2", "--no-search", "--max-train-turns", "1000",

@@ -244,8 +244,11 @@ def _main(
     # errors: "warning: ..."; --debug adds the logger names and debug records.
     handler.setFormatter(_LevelFormatter("%(levelname)s %(name)s: %(message)s" if debug
                                          else "%(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler],
-                        force=True)
+    level = logging.DEBUG if debug else logging.WARNING
+    # The handler's own level too: a library that sets its loggers' level (Dask's
+    # distributed: info) would otherwise print its info records through it.
+    handler.setLevel(level)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 class _LevelFormatter(logging.Formatter):

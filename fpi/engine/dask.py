@@ -211,14 +211,30 @@ class DaskEngine:
 
 
 def dask_setup(worker: object) -> None:
-    """The preload of every worker of a cluster fpi starts (restarted ones too): LightGBM
-    imported lean, as by the ``fpi`` executable (:mod:`fpi.lightgbm_import`), before a task
-    imports it. Without it each worker process imported scikit-learn and pandas for
-    LightGBM's wrappers, about 2 CPU-s per worker; distributed training gets them back
-    (``with_wrappers``). Workers fpi does not start are left as they are."""
-    from fpi.lightgbm_import import import_lean
+    """The preload of every worker of a cluster fpi starts (restarted ones too): the first
+    ``import lightgbm`` of a task is lean, as in the ``fpi`` executable
+    (:func:`fpi.lightgbm_import.lean_on_first_import`), and pyarrow's first conversion does
+    not import pandas. Without it each worker process imported scikit-learn and pandas
+    for LightGBM's wrappers, about 2 CPU-s per worker; distributed training gets them back
+    (``with_wrappers``). A worker that never loads a model (``fpi ingest``) never imports
+    LightGBM (importing it at start cost each worker about 0.25 CPU-s). Workers fpi does
+    not start are left as they are.
 
-    import_lean()
+    Also: the worker does not log a task's exception ("Compute Failed", with its
+    traceback, at every retry). The driver raises it from ``gather`` and reports it (the
+    ``fpi`` executable as its one ``error:`` line); the worker's copy broke that contract
+    on stderr, which the workers fpi starts share with the executable."""
+    from fpi.lightgbm_import import lean_on_first_import
+
+    lean_on_first_import()
+    logging.getLogger("distributed.worker").addFilter(_TaskErrorsToTheDriver())
+
+
+class _TaskErrorsToTheDriver(logging.Filter):
+    """Drops the worker's record of a task that raised (the driver reports it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
 
 
 def _address_from_file(path: Path, timeout: float) -> str:

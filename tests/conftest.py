@@ -30,6 +30,64 @@ os.environ.setdefault("POLARS_MAX_THREADS", "2")
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
+# In-process tests load LightGBM as the `fpi` executable does (without scikit-learn and
+# pandas, which fpi does not use): about 3 CPU-s less per pytest process.
+from fpi.lightgbm_import import lean_on_first_import  # noqa: E402 (after the settings above)
+
+lean_on_first_import()
+
+#: Where the controller keeps each test file's seconds of the last run that ran it.
+_FILE_SECONDS = "fpi/file-seconds"
+
+
+def _test_file(nodeid: str) -> str:
+    """The file of a test id: the unit `--dist loadfile` hands to one worker."""
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, the slowest files of the last run go to the workers first, so that no
+    worker is left running one long file while the other is idle (xdist's own order, most
+    tests first, put the README's three long tests last). The controller reads the
+    seconds once and hands the same copy to every worker, which all order their
+    collection by it; without a record of a previous run the order is xdist's."""
+    cache = getattr(config, "cache", None)
+    worker = getattr(config, "workerinput", None)
+    seconds = (worker or {}).get(_FILE_SECONDS) if worker is not None else (
+        cache.get(_FILE_SECONDS, None) if cache is not None else None)
+    config.stash[_seconds_key] = seconds or {}
+    if seconds and worker is None and hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+_seconds_key = pytest.StashKey[dict[str, float]]()
+#: Seconds of each file this run (in the controller: of every worker's tests).
+_ran: dict[str, float] = {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """The controller's copy of the file seconds, for a worker."""
+    node.workerinput[_FILE_SECONDS] = node.config.stash[_seconds_key]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seconds = config.stash[_seconds_key]
+    if seconds:  # stable: each file's tests stay together, in pytest-randomly's order
+        items.sort(key=lambda item: -seconds.get(_test_file(item.nodeid), 0.0))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _ran[_test_file(report.nodeid)] = _ran.get(_test_file(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cache = getattr(session.config, "cache", None)
+    if cache is not None and _ran and not hasattr(session.config, "workerinput"):
+        cache.set(_FILE_SECONDS, {**session.config.stash[_seconds_key],
+                                  **{name: round(s, 2) for name, s in _ran.items()}})
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", default=False,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -72,9 +74,17 @@ def few_trees(request: pytest.FixtureRequest) -> lgb.Booster:
     return _booster(request.param, rounds=2)
 
 
+def _splits(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every split node under ``node`` of LightGBM's own dump (``Booster.dump_model``)."""
+    if "split_index" in node:
+        yield node
+        yield from _splits(node["left_child"])
+        yield from _splits(node["right_child"])
+
+
 def _kinds(b: lgb.Booster) -> set[str]:
-    df = b.trees_to_dataframe()
-    kinds = set(df["decision_type"].dropna())
+    kinds = {split["decision_type"] for tree in b.dump_model()["tree_info"]
+             for split in _splits(tree["tree_structure"])}
     text = b.model_to_string()
     kinds |= {f"missing{(int(d) >> 2) & 3}" for line in text.splitlines()
               if line.startswith("decision_type=") for d in line.split("=")[1].split()}
@@ -215,10 +225,10 @@ def test_small_batches_use_lightgbm_until_compiling_pays(few_trees: lgb.Booster,
 def test_branch_hints_follow_training_counts(booster: lgb.Booster) -> None:
     text = booster.model_to_string()
     tree = compiled._parse(text).trees[0]
-    df = booster.trees_to_dataframe()
-    root = df[(df["tree_index"] == 0) & (df["node_depth"] == 1)].iloc[0]
-    kids = df.set_index("node_index")["count"]
-    assert tree.left_likely(0) == (kids[root["left_child"]] >= kids[root["right_child"]])
+    root = booster.dump_model()["tree_info"][0]["tree_structure"]
+    left, right = (root[side].get("internal_count", root[side].get("leaf_count"))
+                   for side in ("left_child", "right_child"))
+    assert tree.left_likely(0) == (left >= right)
     assert "__builtin_expect" in compiled.generate_c(text)
     # a model text without the counts: the same code, without hints
     bare = "\n".join(line for line in text.splitlines()

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from fpi.errors import InputError, StrictRejects, TruncatedInput, os_error
 from fpi.files import atomic_path, check_writable_file, staged_files
 from fpi.ingest.events import EventCollector
-from fpi.ingest.parse import ParsedBlock, parse_block, parse_lines
+from fpi.ingest.parse import ParsedBlock, arrow_mask, parse_block, parse_lines
 from fpi.ingest.problems import RULES, Problem
 from fpi.ingest.sort import in_key_order, parquet_writer, sort_rewrite
 from fpi.ingest.sources import (
@@ -528,7 +528,7 @@ class _Run:
         if dup:
             mask = np.ones(good.num_rows, dtype=bool)
             mask[dup] = False
-            good, keys = good.filter(pa.array(mask)), keys.filter(pl.Series(mask))
+            good, keys = good.filter(arrow_mask(mask)), keys.filter(pl.Series(mask))
         if good.num_rows:
             self.sink.add(good, keys)
 

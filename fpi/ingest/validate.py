@@ -209,7 +209,9 @@ def extra_column(frame: pl.DataFrame) -> pl.Series:
     dotted path (null leaves left out), or null when it has none.
 
     Rows that carry every unknown field (the usual case: one logger's output)
-    are encoded in one pass; only the others are pieced together leaf by leaf.
+    are encoded in one pass, rows with none are null without encoding anything
+    (the usual case when a few loggers add fields), and only the others are
+    pieced together leaf by leaf.
     """
     parts, leaves, texts = _extra_parts(frame)
     nulls = pl.repeat(None, frame.height, dtype=pl.String, eager=True).alias("extra")
@@ -221,17 +223,18 @@ def extra_column(frame: pl.DataFrame) -> pl.Series:
     if texts:
         return frame.select(piecewise.alias("extra")).to_series()
     whole = pl.struct([v.alias(k) for k, v in leaves]).struct.json_encode()
-    complete = frame.select(pl.all_horizontal([v.is_not_null() for _, v in leaves])
-                            ).to_series()
-    n_complete = complete.sum()
-    if n_complete == frame.height:
+    present = frame.select(pl.sum_horizontal([v.is_not_null() for _, v in leaves])
+                           ).to_series()
+    complete = present == len(leaves)
+    if complete.all():
         return frame.select(whole.alias("extra")).to_series()
-    if n_complete < frame.height // 4:
-        return frame.select(piecewise.alias("extra")).to_series()
-    # Same text both ways: with no null leaf, the leaf-by-leaf join is the object.
-    out = nulls.scatter(complete.arg_true(), frame.filter(complete).select(whole).to_series())
-    rest = ~complete
-    return out.scatter(rest.arg_true(), frame.filter(rest).select(piecewise).to_series())
+    # Same text every way: with no null leaf, the leaf-by-leaf join is the object;
+    # with every leaf null, it is null.
+    out = nulls
+    for rows, expr in ((complete, whole), ((present > 0) & ~complete, piecewise)):
+        if rows.any():
+            out = out.scatter(rows.arg_true(), frame.filter(rows).select(expr).to_series())
+    return out
 
 
 # ---------------------------------------------------------------------------

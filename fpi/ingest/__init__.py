@@ -322,6 +322,11 @@ class _SeenKeys:
             self.runs.append((h[order], p[order]))
 
 
+def _key_hashes(keys: pl.DataFrame) -> np.ndarray:
+    """64-bit hashes of the (session_id, turn_index) of each row of ``keys``."""
+    return keys.select(pl.struct(*KEY_COLUMNS).hash(seed=7)).to_series().to_numpy()
+
+
 class _Run:
     def __init__(self, sources: list[Source], rejects: _Rejects, sink: _Sink,
                  progress: Progress | None, block_bytes: int,
@@ -337,6 +342,10 @@ class _Run:
         self.progress = progress
         self.stats = _Stats(0, 0, dict.fromkeys(PRESENCE_STAGES, 0.0), {})
         self.seen = _SeenKeys()
+        #: Every key kept so far came in strictly increasing order, ending at ``last_key``
+        #: (then :attr:`seen` stays empty until a block breaks the order).
+        self.in_order = True
+        self.last_key: tuple[str, int] | None = None
         self.first_seen: dict[tuple[Any, Any], str] = {}
         self.block_bytes = block_bytes
         self.records = 0
@@ -540,9 +549,12 @@ class _Run:
         and never written. Earlier blocks are searched through 64-bit key hashes
         (:class:`_SeenKeys`, vectorized); a hash hit is confirmed on the real key,
         so a collision never rejects a turn. Repeats inside the block are found
-        on the exact keys.
+        on the exact keys. While the keys come in order (:meth:`_continues_order`),
+        none can repeat and nothing is hashed.
         """
-        hashes = keys.select(pl.struct(*KEY_COLUMNS).hash(seed=7)).to_series().to_numpy()
+        if self._continues_order(keys):
+            return []
+        hashes = _key_hashes(keys)
         order = np.argsort(hashes, kind="stable")
         ordered = hashes[order]
         prior = np.empty(len(hashes), dtype=np.int64)
@@ -576,6 +588,27 @@ class _Run:
         kept_order = order[kept[order]]
         self.seen.add(hashes[kept_order], positions[kept_order])
         return np.nonzero(dup)[0].tolist()
+
+    def _continues_order(self, keys: pl.DataFrame) -> bool:
+        """Whether every key kept so far and then ``keys`` are in strictly increasing
+        order (logs written session by session): then no key of ``keys`` was read
+        before. At the first block that breaks the order, the keys kept so far go
+        into :attr:`seen`, and every block after it is searched there."""
+        if not self.in_order:
+            return False
+        if not keys.height:
+            return True
+        first = (keys[0, "session_id"], keys[0, "turn_index"])
+        if in_key_order(keys) and (self.last_key is None or first > self.last_key):
+            self.last_key = (keys[-1, "session_id"], keys[-1, "turn_index"])
+            return True
+        self.in_order = False
+        kept = self.sink.all_keys()
+        if kept.height:  # (row i of the sink's keys is written row i)
+            hashes = _key_hashes(kept)
+            order = np.argsort(hashes, kind="stable")
+            self.seen.add(hashes[order], order.astype(np.int64))
+        return False
 
     def _dup_message(self, keys: pl.DataFrame, i: int) -> str:
         sid, ti = keys[i, "session_id"], keys[i, "turn_index"]

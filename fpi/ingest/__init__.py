@@ -174,21 +174,25 @@ class _Rejects:
 
 class _Sink:
     """Receives validated canonical batches; keeps a small per-row summary (keys, where
-    the row came from, which stages are present, its label) for the global checks."""
+    the row came from, its label) for the global checks, and how many rows have each
+    stage (counted per batch: a stage's null count)."""
 
     def __init__(self) -> None:
         self.keys: list[pl.DataFrame] = []
         self.rows = 0
+        self.present = dict.fromkeys(PRESENCE_STAGES, 0)
 
     def add(self, table: pa.Table, keys: pl.DataFrame) -> None:
-        self.keys.append(
-            keys.with_columns(
-                *[pl.Series(f"has_{s}", pc.is_valid(table.column(s))) for s in PRESENCE_STAGES],
-                pl.Series("gold", pc.struct_field(table.column("label"), "failure_point")),
-            )
-        )
+        self.keys.append(keys.with_columns(
+            pl.Series("gold", pc.struct_field(table.column("label"), "failure_point"))))
+        for s in PRESENCE_STAGES:
+            self.present[s] += table.num_rows - table.column(s).null_count
         self.rows += table.num_rows
         self.write(table)
+
+    def stats(self) -> _Stats:
+        """The summary of every row added."""
+        return _Stats.of(self.all_keys(), self.present)
 
     def write(self, table: pa.Table) -> None:
         raise NotImplementedError
@@ -197,7 +201,6 @@ class _Sink:
         if not self.keys:
             return pl.DataFrame(schema={"session_id": pl.String, "turn_index": pl.Int64,
                                         "file_id": pl.Int64, "line": pl.Int64,
-                                        **{f"has_{s}": pl.Boolean for s in PRESENCE_STAGES},
                                         "gold": pl.String})
         if len(self.keys) > 1:
             self.keys = [pl.concat(self.keys, rechunk=True)]
@@ -617,9 +620,8 @@ class _Run:
 
     def finish(self) -> bool:
         """Summarize what was kept; return whether it is already sorted by key."""
-        kept = self.sink.all_keys()
-        self.stats = _Stats.of(kept)
-        return in_key_order(kept)
+        self.stats = self.sink.stats()
+        return in_key_order(self.sink.all_keys())
 
 
 @dataclass(frozen=True)
@@ -630,16 +632,14 @@ class _Stats:
     labels: dict[str, int]
 
     @staticmethod
-    def of(kept: pl.DataFrame) -> _Stats:
+    def of(kept: pl.DataFrame, present: dict[str, int]) -> _Stats:
+        """``kept``: keys and gold label of every row; ``present``: rows with each stage."""
         n = kept.height
-        row = kept.select(
-            *[pl.col(f"has_{s}").sum().alias(s) for s in PRESENCE_STAGES],
-            pl.col("session_id").n_unique().alias("__sessions"),
-        ).row(0, named=True)
+        sessions = kept.get_column("session_id").n_unique()
         counts = dict(kept.get_column("gold").fill_null("unlabeled").value_counts().iter_rows())
         labels = {c: int(counts.get(c, 0)) for c in (*CLASSES, "unlabeled")}
-        return _Stats(int(row["__sessions"]), n,
-                      {s: (row[s] / n if n else 0.0) for s in PRESENCE_STAGES}, labels)
+        return _Stats(int(sessions), n,
+                      {s: (present[s] / n if n else 0.0) for s in PRESENCE_STAGES}, labels)
 
 
 def _sources(paths: Any, format: str | None, exclude: Sequence[Path]) -> list[Source]:

@@ -621,7 +621,8 @@ class _Run:
     def finish(self) -> bool:
         """Summarize what was kept; return whether it is already sorted by key."""
         self.stats = self.sink.stats()
-        return in_key_order(self.sink.all_keys())
+        # (while :attr:`in_order` holds, every block kept was checked to continue it)
+        return self.in_order or in_key_order(self.sink.all_keys())
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,21 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from turn_strategies import record, turns
 
-from fpi.ingest.parse import parse_block
+from fpi.ingest.parse import arrow_int, arrow_ints, arrow_mask, arrow_strings, parse_block
 from fpi.ingest.validate import ROW_COL, extra_column, screen, to_arrow, validate
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_logs"
@@ -206,3 +210,34 @@ def test_extra_column_writes_the_same_text_every_way(
         if row not in alone:
             alone[row] = extra_column(frame.slice(i, 1)).item()
     assert got == [alone[row] for row in rows]
+
+
+@settings(max_examples=60, deadline=None)
+@given(ints=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=20),
+       mask=st.lists(st.booleans(), max_size=70),
+       texts=st.lists(st.text(max_size=8), max_size=10))
+def test_arrow_values_built_from_buffers_equal_pyarrows_own(
+        ints: list[int], mask: list[bool], texts: list[str]) -> None:
+    assert arrow_ints(np.array(ints, dtype=np.int64)).equals(pa.array(ints, pa.int64()))
+    assert arrow_mask(np.array(mask, dtype=bool)).equals(pa.array(mask, pa.bool_()))
+    assert arrow_strings(tuple(texts)).equals(pa.array(texts, pa.string()))
+    for value in ints[:3]:
+        assert arrow_int(value).equals(pa.scalar(value, pa.int64()))
+
+
+def test_an_ingest_never_imports_pandas(tmp_path: Path) -> None:
+    """pyarrow imports pandas (0.3 CPU-s) the first time it converts a Python value;
+    an ingest builds its Arrow values from buffers, through the fast screen, the
+    careful path, duplicate rejects and the sort (where pandas is installed, as with
+    the dask extra, this fails on any Python value handed to pyarrow)."""
+    with gzip.open(SAMPLES / "train.jsonl.gz", "rb") as fh:
+        lines = [next(fh) for _ in range(300)]
+    bad = b'{"session_id": "x", "turn_index": -1, "wake": {}}\n'
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(lines[150:] + lines[:150] + [lines[3], bad, b"not json\n"]))
+    code = ("import sys\nfrom fpi.ingest import ingest\n"
+            f"r = ingest({str(src)!r}, {str(tmp_path / 'out.parquet')!r})\n"
+            "print(r.turns_kept, r.rejected, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["300", "3", "False"]

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from fpi.errors import InputError, StrictRejects, TruncatedInput, os_error
 from fpi.files import atomic_path, check_writable_file, staged_files
 from fpi.ingest.events import EventCollector
-from fpi.ingest.parse import ParsedBlock, parse_block, parse_lines
+from fpi.ingest.parse import ParsedBlock, arrow_mask, parse_block, parse_lines
 from fpi.ingest.problems import RULES, Problem
 from fpi.ingest.sort import in_key_order, parquet_writer, sort_rewrite
 from fpi.ingest.sources import (
@@ -174,21 +174,25 @@ class _Rejects:
 
 class _Sink:
     """Receives validated canonical batches; keeps a small per-row summary (keys, where
-    the row came from, which stages are present, its label) for the global checks."""
+    the row came from, its label) for the global checks, and how many rows have each
+    stage (counted per batch: a stage's null count)."""
 
     def __init__(self) -> None:
         self.keys: list[pl.DataFrame] = []
         self.rows = 0
+        self.present = dict.fromkeys(PRESENCE_STAGES, 0)
 
     def add(self, table: pa.Table, keys: pl.DataFrame) -> None:
-        self.keys.append(
-            keys.with_columns(
-                *[pl.Series(f"has_{s}", pc.is_valid(table.column(s))) for s in PRESENCE_STAGES],
-                pl.Series("gold", pc.struct_field(table.column("label"), "failure_point")),
-            )
-        )
+        self.keys.append(keys.with_columns(
+            pl.Series("gold", pc.struct_field(table.column("label"), "failure_point"))))
+        for s in PRESENCE_STAGES:
+            self.present[s] += table.num_rows - table.column(s).null_count
         self.rows += table.num_rows
         self.write(table)
+
+    def stats(self) -> _Stats:
+        """The summary of every row added."""
+        return _Stats.of(self.all_keys(), self.present)
 
     def write(self, table: pa.Table) -> None:
         raise NotImplementedError
@@ -197,7 +201,6 @@ class _Sink:
         if not self.keys:
             return pl.DataFrame(schema={"session_id": pl.String, "turn_index": pl.Int64,
                                         "file_id": pl.Int64, "line": pl.Int64,
-                                        **{f"has_{s}": pl.Boolean for s in PRESENCE_STAGES},
                                         "gold": pl.String})
         if len(self.keys) > 1:
             self.keys = [pl.concat(self.keys, rechunk=True)]
@@ -322,6 +325,11 @@ class _SeenKeys:
             self.runs.append((h[order], p[order]))
 
 
+def _key_hashes(keys: pl.DataFrame) -> np.ndarray:
+    """64-bit hashes of the (session_id, turn_index) of each row of ``keys``."""
+    return keys.select(pl.struct(*KEY_COLUMNS).hash(seed=7)).to_series().to_numpy()
+
+
 class _Run:
     def __init__(self, sources: list[Source], rejects: _Rejects, sink: _Sink,
                  progress: Progress | None, block_bytes: int,
@@ -337,6 +345,10 @@ class _Run:
         self.progress = progress
         self.stats = _Stats(0, 0, dict.fromkeys(PRESENCE_STAGES, 0.0), {})
         self.seen = _SeenKeys()
+        #: Every key kept so far came in strictly increasing order, ending at ``last_key``
+        #: (then :attr:`seen` stays empty until a block breaks the order).
+        self.in_order = True
+        self.last_key: tuple[str, int] | None = None
         self.first_seen: dict[tuple[Any, Any], str] = {}
         self.block_bytes = block_bytes
         self.records = 0
@@ -528,7 +540,7 @@ class _Run:
         if dup:
             mask = np.ones(good.num_rows, dtype=bool)
             mask[dup] = False
-            good, keys = good.filter(pa.array(mask)), keys.filter(pl.Series(mask))
+            good, keys = good.filter(arrow_mask(mask)), keys.filter(pl.Series(mask))
         if good.num_rows:
             self.sink.add(good, keys)
 
@@ -540,9 +552,12 @@ class _Run:
         and never written. Earlier blocks are searched through 64-bit key hashes
         (:class:`_SeenKeys`, vectorized); a hash hit is confirmed on the real key,
         so a collision never rejects a turn. Repeats inside the block are found
-        on the exact keys.
+        on the exact keys. While the keys come in order (:meth:`_continues_order`),
+        none can repeat and nothing is hashed.
         """
-        hashes = keys.select(pl.struct(*KEY_COLUMNS).hash(seed=7)).to_series().to_numpy()
+        if self._continues_order(keys):
+            return []
+        hashes = _key_hashes(keys)
         order = np.argsort(hashes, kind="stable")
         ordered = hashes[order]
         prior = np.empty(len(hashes), dtype=np.int64)
@@ -577,6 +592,27 @@ class _Run:
         self.seen.add(hashes[kept_order], positions[kept_order])
         return np.nonzero(dup)[0].tolist()
 
+    def _continues_order(self, keys: pl.DataFrame) -> bool:
+        """Whether every key kept so far and then ``keys`` are in strictly increasing
+        order (logs written session by session): then no key of ``keys`` was read
+        before. At the first block that breaks the order, the keys kept so far go
+        into :attr:`seen`, and every block after it is searched there."""
+        if not self.in_order:
+            return False
+        if not keys.height:
+            return True
+        first = (keys[0, "session_id"], keys[0, "turn_index"])
+        if in_key_order(keys) and (self.last_key is None or first > self.last_key):
+            self.last_key = (keys[-1, "session_id"], keys[-1, "turn_index"])
+            return True
+        self.in_order = False
+        kept = self.sink.all_keys()
+        if kept.height:  # (row i of the sink's keys is written row i)
+            hashes = _key_hashes(kept)
+            order = np.argsort(hashes, kind="stable")
+            self.seen.add(hashes[order], order.astype(np.int64))
+        return False
+
     def _dup_message(self, keys: pl.DataFrame, i: int) -> str:
         sid, ti = keys[i, "session_id"], keys[i, "turn_index"]
         return (f"(session_id, turn_index) = ({sid!r}, {ti}) was already read at "
@@ -584,9 +620,9 @@ class _Run:
 
     def finish(self) -> bool:
         """Summarize what was kept; return whether it is already sorted by key."""
-        kept = self.sink.all_keys()
-        self.stats = _Stats.of(kept)
-        return in_key_order(kept)
+        self.stats = self.sink.stats()
+        # (while :attr:`in_order` holds, every block kept was checked to continue it)
+        return self.in_order or in_key_order(self.sink.all_keys())
 
 
 @dataclass(frozen=True)
@@ -597,16 +633,14 @@ class _Stats:
     labels: dict[str, int]
 
     @staticmethod
-    def of(kept: pl.DataFrame) -> _Stats:
+    def of(kept: pl.DataFrame, present: dict[str, int]) -> _Stats:
+        """``kept``: keys and gold label of every row; ``present``: rows with each stage."""
         n = kept.height
-        row = kept.select(
-            *[pl.col(f"has_{s}").sum().alias(s) for s in PRESENCE_STAGES],
-            pl.col("session_id").n_unique().alias("__sessions"),
-        ).row(0, named=True)
+        sessions = kept.get_column("session_id").n_unique()
         counts = dict(kept.get_column("gold").fill_null("unlabeled").value_counts().iter_rows())
         labels = {c: int(counts.get(c, 0)) for c in (*CLASSES, "unlabeled")}
-        return _Stats(int(row["__sessions"]), n,
-                      {s: (row[s] / n if n else 0.0) for s in PRESENCE_STAGES}, labels)
+        return _Stats(int(sessions), n,
+                      {s: (present[s] / n if n else 0.0) for s in PRESENCE_STAGES}, labels)
 
 
 def _sources(paths: Any, format: str | None, exclude: Sequence[Path]) -> list[Source]:

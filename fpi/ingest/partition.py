@@ -55,7 +55,6 @@ from fpi.ingest import (
     _Run,
     _Sink,
     _sources,
-    _Stats,
     rejects_path_for,
     strict_error,
 )
@@ -374,7 +373,7 @@ def _merge_bucket(task: _Bucket) -> _BucketResult:
         writer.write_table(table, row_group_size=max(table.num_rows, 1))
     summary = _MemorySink()  # ingest's own per-row summary (stages present, gold label)
     summary.add(table, keys.sort(list(KEY_COLUMNS)))
-    stats = _Stats.of(summary.all_keys())
+    stats = summary.stats()
     return _BucketResult(frame.height, file_sha256(Path(task.part)), stats.sessions,
                          {s: round(v * stats.turns) for s, v in stats.presence.items()},
                          stats.labels, tuple(rejects))

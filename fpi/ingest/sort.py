@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from fpi.ingest.parse import CANONICAL_ARROW
+from fpi.ingest.parse import CANONICAL_ARROW, arrow_ints, arrow_mask
 from fpi.schema import KEY_COLUMNS
 
 #: Rows sorted in memory at once (about 1.5 KB each in Arrow, twice while sorting).
@@ -109,11 +109,11 @@ def _spread(src: Path, place: np.ndarray, bucket_rows: int, paths: list[Path]) -
             group_place = place[offset : offset + table.num_rows]
             offset += table.num_rows
             bucket = group_place // bucket_rows
-            table = table.append_column(_PLACE, pa.array(group_place))
+            table = table.append_column(_PLACE, arrow_ints(group_place))
             for b in np.unique(bucket).tolist():
                 if b not in writers:
                     writers[b] = ipc.new_file(paths[b], schema, options=options)
-                writers[b].write_table(table.filter(pa.array(bucket == b)))
+                writers[b].write_table(table.filter(arrow_mask(bucket == b)))
     finally:
         for w in writers.values():
             w.close()

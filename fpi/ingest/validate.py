@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fpi.ingest.parse import CANONICAL_ARROW, EXTRA_COL, FAST_SCHEMA
+from fpi.ingest.parse import CANONICAL_ARROW, EXTRA_COL, FAST_SCHEMA, arrow_int, arrow_strings
 from fpi.ingest.problems import RULES, Problem, shown
 from fpi.schema import (
     BLOCKS,
@@ -209,7 +209,9 @@ def extra_column(frame: pl.DataFrame) -> pl.Series:
     dotted path (null leaves left out), or null when it has none.
 
     Rows that carry every unknown field (the usual case: one logger's output)
-    are encoded in one pass; only the others are pieced together leaf by leaf.
+    are encoded in one pass, rows with none are null without encoding anything
+    (the usual case when a few loggers add fields), and only the others are
+    pieced together leaf by leaf.
     """
     parts, leaves, texts = _extra_parts(frame)
     nulls = pl.repeat(None, frame.height, dtype=pl.String, eager=True).alias("extra")
@@ -221,17 +223,18 @@ def extra_column(frame: pl.DataFrame) -> pl.Series:
     if texts:
         return frame.select(piecewise.alias("extra")).to_series()
     whole = pl.struct([v.alias(k) for k, v in leaves]).struct.json_encode()
-    complete = frame.select(pl.all_horizontal([v.is_not_null() for _, v in leaves])
-                            ).to_series()
-    n_complete = complete.sum()
-    if n_complete == frame.height:
+    present = frame.select(pl.sum_horizontal([v.is_not_null() for _, v in leaves])
+                           ).to_series()
+    complete = present == len(leaves)
+    if complete.all():
         return frame.select(whole.alias("extra")).to_series()
-    if n_complete < frame.height // 4:
-        return frame.select(piecewise.alias("extra")).to_series()
-    # Same text both ways: with no null leaf, the leaf-by-leaf join is the object.
-    out = nulls.scatter(complete.arg_true(), frame.filter(complete).select(whole).to_series())
-    rest = ~complete
-    return out.scatter(rest.arg_true(), frame.filter(rest).select(piecewise).to_series())
+    # Same text every way: with no null leaf, the leaf-by-leaf join is the object;
+    # with every leaf null, it is null.
+    out = nulls
+    for rows, expr in ((complete, whole), ((present > 0) & ~complete, piecewise)):
+        if rows.any():
+            out = out.scatter(rows.arg_true(), frame.filter(rows).select(expr).to_series())
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -417,26 +420,32 @@ def _broken(table: pa.Table) -> bool:
             return True
     elif len(sid) and pc.min(pc.utf8_length(pc.utf8_trim_whitespace(sid))).as_py() == 0:
         return True
-    if _some(pc.not_equal(table.column("schema_version"), FORMAT_VERSION)):
+    if _some(pc.not_equal(table.column("schema_version"), _VERSION)):
         return True
-    if _some(pc.less(table.column("turn_index"), 0)):
+    if _some(pc.less(table.column("turn_index"), _ZERO)):
         return True
     for path in UNIT_INTERVAL_FIELDS:
         values = _arrow_values(table, path)
-        if _some(pc.or_kleene(pc.or_kleene(pc.less(values, 0), pc.greater(values, 1)),
+        if _some(pc.or_kleene(pc.or_kleene(pc.less(values, _ZERO), pc.greater(values, _ONE)),
                               pc.is_nan(values))):
             return True
     for path in NON_NEGATIVE_FIELDS:
-        if _some(pc.less(_arrow_values(table, path), 0)):
+        if _some(pc.less(_arrow_values(table, path), _ZERO)):
             return True
-    allowed_labels = {f"label.{name}": CLASSES for name in ("failure_point", "failure_point_2")}
-    for path, allowed in {**ENUM_FIELDS, **allowed_labels}.items():
+    for path, allowed in _ALLOWED.items():
         values = _arrow_values(table, path)
         # Labels must already be spelled canonically: aliases are rewritten by validate.
-        if _some(pc.and_(pc.is_valid(values),
-                         pc.invert(pc.is_in(values, value_set=pa.array(allowed))))):
+        if _some(pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=allowed)))):
             return True
     return False
+
+
+# Built once, from buffers (see fpi.ingest.parse.arrow_ints: no pandas question).
+_VERSION, _ZERO, _ONE = arrow_int(FORMAT_VERSION), arrow_int(0), arrow_int(1)
+_ALLOWED: dict[str, pa.StringArray] = {
+    path: arrow_strings(allowed) for path, allowed in
+    {**ENUM_FIELDS, **{f"label.{name}": CLASSES for name in ("failure_point", "failure_point_2")}
+     }.items()}
 
 
 def _split_block(column: pa.ChunkedArray, canonical: pa.StructType
@@ -507,7 +516,7 @@ def screen(table: pa.Table) -> pa.Table | None:
         extra = extra.cast(pa.string())
     else:
         extra = pa.nulls(table.num_rows, pa.string())
-    known.update(schema_version=pc.fill_null(known["schema_version"], FORMAT_VERSION),
+    known.update(schema_version=pc.fill_null(known["schema_version"], _VERSION),
                  timestamp=timestamp,
                  extra=extra)
     return pa.Table.from_arrays([known[n] for n in CANONICAL_ARROW.names],

@@ -374,3 +374,17 @@ def test_compiled_templates_are_cached_and_a_bad_cache_is_a_miss(
     blocked.write_text("not a directory")
     monkeypatch.setenv("FPI_CACHE_DIR", str(blocked / "cache"))
     assert environment(autoescape=True).get_template("trend.html.j2").filename == page.filename
+
+
+def test_compiled_templates_go_where_the_cache_is_when_loaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report environments are built when fpi.report is imported; a cache directory
+    set later (a program, a test's FPI_CACHE_DIR) is the one their templates use."""
+    from fpi.report._jinja import environment
+
+    monkeypatch.setenv("FPI_CACHE_DIR", str(tmp_path / "at-import"))
+    env = environment(autoescape=True)
+    monkeypatch.setenv("FPI_CACHE_DIR", str(tmp_path / "later"))
+    env.get_template("trend.html.j2")
+    assert not (tmp_path / "at-import").exists()
+    assert [p.suffix for p in (tmp_path / "later").iterdir()] == [".cache"]

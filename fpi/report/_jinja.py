@@ -8,6 +8,7 @@ cannot be read or written only costs that compile again.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -17,21 +18,24 @@ from fpi.files import cache_dir
 
 
 class _TemplateCache(jinja2.FileSystemBytecodeCache):
-    """Jinja's file cache in fpi's cache directory (created when first written), whose
-    read and write errors are misses."""
+    """Jinja's file cache in fpi's cache directory, as it is when a template is loaded
+    (the environments are built at import, before a program or test may set
+    ``$FPI_CACHE_DIR``); created when first written; read and write errors are misses."""
 
     def __init__(self) -> None:
         super().__init__(str(cache_dir()), "jinja-%s.cache")
 
     def load_bytecode(self, bucket: Bucket) -> None:
+        self.directory = str(cache_dir())
         try:
             super().load_bytecode(bucket)
         except (OSError, ValueError, EOFError):  # unreadable or damaged: compile again
             bucket.reset()
 
     def dump_bytecode(self, bucket: Bucket) -> None:
+        self.directory = str(cache_dir())
         try:
-            cache_dir().mkdir(parents=True, exist_ok=True)
+            Path(self.directory).mkdir(parents=True, exist_ok=True)
             super().dump_bytecode(bucket)
         except OSError:  # a read-only or full disk: the next run compiles again
             pass

@@ -500,10 +500,14 @@ def file_sha256(path: Path, on_block: Callable[[int], None] | None = None) -> st
     return digest.hexdigest()
 
 
+#: The environment variable that names fpi's cache directory (:func:`cache_dir`).
+CACHE_ENV: Final = "FPI_CACHE_DIR"
+
+
 def cache_dir() -> Path:
     """fpi's cache (compiled models, compiled report templates): ``$FPI_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/fpi``, else ``~/.cache/fpi``."""
-    if os.environ.get("FPI_CACHE_DIR"):
-        return Path(os.environ["FPI_CACHE_DIR"])
+    ``$XDG_CACHE_HOME/fpi``, else ``~/.cache/fpi``; read at each call."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fpi"

@@ -12,6 +12,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from fpi import files
 from fpi.errors import ModelError
 from fpi.model import compiled
 
@@ -196,13 +197,13 @@ def test_modes(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cache_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(compiled.ENV_CACHE, str(tmp_path / "mine"))
-    assert compiled.cache_dir() == tmp_path / "mine"
+    assert files.cache_dir() == tmp_path / "mine"
     monkeypatch.delenv(compiled.ENV_CACHE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert compiled.cache_dir() == tmp_path / "xdg" / "fpi"
+    assert files.cache_dir() == tmp_path / "xdg" / "fpi"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert compiled.cache_dir() == tmp_path / "home" / ".cache" / "fpi"
+    assert files.cache_dir() == tmp_path / "home" / ".cache" / "fpi"
 
 
 def test_small_batches_use_lightgbm_until_compiling_pays(few_trees: lgb.Booster, _cache: Path,

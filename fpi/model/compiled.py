@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 #: Bump when the generated code changes: part of the cache key.
 GENERATOR_VERSION: Final = "4"
 ENV_PREDICTOR: Final = "FPI_PREDICTOR"
-ENV_CACHE: Final = "FPI_CACHE_DIR"
+ENV_CACHE: Final = files.CACHE_ENV
 #: Rows a model scores with LightGBM in one process before its library is built, unless a
 #: built library is already cached (then it is used at once). Building costs about as much
 #: CPU as LightGBM scoring 150,000 to 400,000 rows (measured on 588- and 1,266-tree
@@ -260,12 +260,6 @@ void {_SYMBOL}(const double *x, long n, long rs, long cs, double *out) {{
 # Compiling and caching
 # ---------------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    """Where compiled models live: ``$FPI_CACHE_DIR`` (:data:`ENV_CACHE`), else
-    ``$XDG_CACHE_HOME/fpi`` (:func:`fpi.files.cache_dir`)."""
-    return files.cache_dir()
-
-
 def _compiler() -> list[str] | None:
     cc = os.environ.get("CC") or "cc"
     parts = cc.split()
@@ -289,7 +283,7 @@ def _library_path(model_text: str) -> tuple[list[str], Path]:
         raise ModelError("no C compiler (set CC or install cc)")
     key = hashlib.sha256("\0".join(
         (GENERATOR_VERSION, _compiler_id(cc), " ".join(_FLAGS), model_text)).encode()).hexdigest()
-    return cc, cache_dir() / f"lgbm-{key[:32]}.so"
+    return cc, files.cache_dir() / f"lgbm-{key[:32]}.so"
 
 
 def is_cached(model_text: str) -> bool:

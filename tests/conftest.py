@@ -53,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     collection by it; without a record of a previous run the order is xdist's."""
     cache = getattr(config, "cache", None)
     worker = getattr(config, "workerinput", None)
-    seconds = (worker or {}).get(_FILE_SECONDS) if worker is not None else (
+    seconds = worker.get(_FILE_SECONDS) if worker is not None else (
         cache.get(_FILE_SECONDS, None) if cache is not None else None)
     config.stash[_seconds_key] = seconds or {}
     if seconds and worker is None and hasattr(config.option, "loadscopereorder"):

@@ -10,11 +10,20 @@ The heavy modules are imported lazily, so ``import fpi`` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 from typing import Any
 
 __version__ = "0.1.0"
+
+# NumPy's OpenBLAS starts a thread per core as NumPy loads, and each of them spins for
+# 2**28 cycles (about 0.1 s) after it starts and after every BLAS call before it
+# sleeps: 0.12 CPU-s of spinning in every process that imports NumPy, for BLAS work fpi
+# hardly does. At the shortest timeout the threads sleep at once and wake for the next
+# call. Set before anything loads NumPy (every fpi module is imported through this
+# package); a user's own setting wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
 import subprocess
 import sys
@@ -53,3 +54,15 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
         assert "no_such_thing" in str(exc)
     else:  # pragma: no cover - the assertion is the test
         raise AssertionError("fpi.no_such_thing did not raise")
+
+
+def test_import_fpi_tells_openblas_to_sleep_between_calls_unless_told_otherwise() -> None:
+    # Set before NumPy loads (OpenBLAS reads it then); a user's own value is kept.
+    code = "import os, fpi, numpy; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.strip() == "4"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**env, "OPENBLAS_THREAD_TIMEOUT": "12"})
+    assert out.stdout.strip() == "12"

@@ -161,18 +161,30 @@ def simulated_records() -> list[dict[str, Any]]:
         return [json.loads(next(fh)) for _ in range(400)]
 
 
+@pytest.fixture(scope="module")
+def simulated_lines(simulated_records: list[dict[str, Any]]) -> list[bytes]:
+    """Those records as JSON Lines, written once (tests replace the line they change)."""
+    return [(json.dumps(r) + "\n").encode() for r in simulated_records]
+
+
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_each_mutation_on_simulated_logs(mutation: str,
-                                         simulated_records: list[dict[str, Any]]) -> None:
+                                         simulated_records: list[dict[str, Any]],
+                                         simulated_lines: list[bytes]) -> None:
     """Each mutation applies to a clean simulated block; a broken rule sends it the slow
     way, a rewrite gives the same rows either way."""
-    records = copy.deepcopy(simulated_records)
-    # (applied record by record until one has the field it changes)
-    hit = next((i for i, rec in enumerate(records) if MUTATIONS[mutation](rec) is not False),
-               None)
+    records = simulated_records
+    # (applied to a copy of each record in turn until one has the field it changes)
+    hit, changed = None, None
+    for i, rec in enumerate(records):
+        target = copy.deepcopy(rec)
+        if MUTATIONS[mutation](target) is not False:
+            hit, changed = i, target
+            break
     if hit is None:
         pytest.fail(f"{mutation} applies to no record")
-    lines = [(json.dumps(r) + "\n").encode() for r in records]
+    lines = [*simulated_lines[:hit], (json.dumps(changed) + "\n").encode(),
+             *simulated_lines[hit + 1:]]
     fast, slow, n_problems = _both_ways(lines)
     assert slow.height + n_problems == len(records)
     if mutation in BREAKING:

@@ -337,7 +337,7 @@ def _paired_ratio(base: pl.DataFrame, night: pl.DataFrame, cls: str,
     agree and the paired error is a fraction of two independent binomial ones: small
     enough that a profile which moved nothing would fail every documented range that
     leaves out 1, except er_outage_music's ASR rate (1.03 to 1.2), whose band reaches
-    0.996."""
+    0.98 at 10,000 turns."""
     inside, hit = _in_scope(cls, scope)
     keys = ["session_id", "turn_index"]
     pairs = base.select(*keys, inside.alias("b"), hit.alias("a")).join(

@@ -57,6 +57,15 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def first_set(small_bundle, night: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished ``diagnose`` output of ``night``: tests copy it as the previous run's set
+    (nothing in a set names where it lies)."""
+    out = tmp_path_factory.mktemp("first-set") / "out"
+    diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # The mechanism
 # ---------------------------------------------------------------------------
@@ -139,10 +148,10 @@ def test_recover_removes_week_old_staging_even_of_a_live_pid(tmp_path: Path) -> 
     assert not old.exists()
 
 
-def test_an_output_of_an_older_fpi_is_replaced_whole(small_bundle, night: Path,
+def test_an_output_of_an_older_fpi_is_replaced_whole(small_bundle, night: Path, first_set: Path,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "out"
-    diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
+    shutil.copytree(first_set, out)
     (out / MARKER).unlink()  # as an fpi before markers wrote it, with a killed run's scratch
     shutil.rmtree(out / "predictions")  # and its one predictions file
     (out / "predictions.parquet").write_bytes(b"PAR1")
@@ -201,10 +210,10 @@ def test_file_set_journal_is_rolled_forward(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 def test_diagnose_failing_mid_write_keeps_the_previous_set(small_bundle, night: Path,
-                                                          tmp_path: Path,
+                                                          first_set: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
+    shutil.copytree(first_set, out)
     assert (out / "rejects.jsonl").is_file() and (out / MARKER).is_file()
     before = snapshot(out)
     from fpi.diagnose import run as diagnosis
@@ -274,9 +283,10 @@ def _run_killed(night: Path, bundle: Path, out: Path, sig: str) -> subprocess.Co
 
 
 def test_sigkilled_diagnose_leaves_staging_that_the_next_run_removes(small_bundle, night: Path,
+                                                                     first_set: Path,
                                                                      tmp_path: Path) -> None:
     out = tmp_path / "out"
-    diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
+    shutil.copytree(first_set, out)
     before = snapshot(out)
     proc = _run_killed(night, small_bundle.path, out, "SIGKILL")
     assert proc.returncode == -signal.SIGKILL
@@ -289,9 +299,10 @@ def test_sigkilled_diagnose_leaves_staging_that_the_next_run_removes(small_bundl
     assert sorted(snapshot(out)) == sorted(before)
 
 
-def test_sigterm_during_diagnose_cleans_up(small_bundle, night: Path, tmp_path: Path) -> None:
+def test_sigterm_during_diagnose_cleans_up(small_bundle, night: Path, first_set: Path,
+                                           tmp_path: Path) -> None:
     out = tmp_path / "out"
-    diagnose([night], model=small_bundle.path, out_dir=out, **FAST_DIAG)
+    shutil.copytree(first_set, out)
     before = snapshot(out)
     proc = _run_killed(night, small_bundle.path, out, "SIGTERM")
     assert proc.returncode != 0 and "Terminated" in proc.stderr
@@ -345,6 +356,8 @@ def test_cli_train_refuses_a_user_folder(tmp_path: Path) -> None:
     folder = tmp_path / "precious"
     folder.mkdir()
     (folder / "thesis.tex").write_text("keep me")
-    _one_error(_fpi("train", str(labelled), "--out", str(folder)), "precious",
+    # in process: the refused --out of `fpi diagnose` (case "dot" above) takes the road
+    # from this error to its line through the executable
+    _one_error(_in_process("train", str(labelled), "--out", str(folder)), "precious",
                "not an fpi model")
     assert (folder / "thesis.tex").read_text() == "keep me"

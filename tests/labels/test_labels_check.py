@@ -132,13 +132,22 @@ def test_flipped_labels_rank_high(night) -> None:
     assert ranked.head(sus.height)["suspect"].all()
     assert sus["self_confidence"].is_sorted()
     assert set(result.thresholds) == set(CLASSES)
-    # the same ranking again, with the fold models fitted one at a time
-    again = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1, jobs=1))
-    assert again.ranked.equals(ranked)
+
+
+def test_fold_models_fitted_at_once_or_one_at_a_time_rank_the_same(night) -> None:
+    """Two fold models at a time (as above) or one: the same ranking (on a third of the
+    turns and fewer rounds: the fits, their learned features and the ranking are the
+    same code at any size)."""
+    noisy, _ = _flip(night.head(600), 0.05, seed=4)
+    at_once = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1, rounds=10, jobs=2))
+    one_by_one = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1, rounds=10,
+                                                  jobs=1))
+    assert at_once.ranked["suspect"].any()
+    assert one_by_one.ranked.equals(at_once.ranked)
 
 
 def test_markdown_report_neutralises_log_text(night) -> None:
-    evil = night.with_columns(pl.col("asr").struct.with_fields(
+    evil = night.head(600).with_columns(pl.col("asr").struct.with_fields(
         pl.lit("<script>x</script> see https://evil.example [x](http://a) www.b.com")
         .alias("text")))
     result = check_labels(evil, CheckOptions(folds=2, seed=0, repeats=1))

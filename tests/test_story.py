@@ -32,7 +32,10 @@ def nights(tmp_path_factory: pytest.TempPathFactory, night_model: Path) -> dict[
         write_simulation(root / f"{prof}.parquet", turns=NIGHT, seed=5, profile=prof)
     kw = {"model": night_model, "attribution": "sample", "attribution_sample": 600,
           "examples": 1, "n_boot": 100, "seed": 0}
-    diagnose([root / "baseline.parquet"], out_dir=root / "base", **kw)
+    # a comparison reads the baseline's rates, slices, traffic and model, not its
+    # attribution or examples
+    diagnose([root / "baseline.parquet"], out_dir=root / "base",
+             **{**kw, "attribution": "none", "examples": 0})
     out = {}
     for prof in PROFILES:
         r = diagnose([root / f"{prof}.parquet"], out_dir=root / prof,

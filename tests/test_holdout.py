@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +111,19 @@ def test_hashed_once_rows_equal_hashing_the_rows() -> None:
 
 
 def test_cli_protocol_holdout(tmp_path: Path) -> None:
+    """In process (the executable's `fpi train --json` runs in
+    tests/test_crossfit.py::test_cli_test_size_zero_and_a_refused_init_model)."""
+    from typer.testing import CliRunner
+
+    from fpi.cli import app
+
     data = tmp_path / "night.parquet"
     write_simulation(data, turns=600, seed=4, format="parquet")
     out = tmp_path / "m"
-    run = subprocess.run([sys.executable, "-m", "fpi", "train", str(data), "-o", str(out),
-                          "--protocol", "holdout", "--max-fit-turns", "300", "--no-search",
-                          "--json"],
-                         capture_output=True, text=True, check=False)
-    assert run.returncode == 0, run.stderr
+    run = CliRunner().invoke(app, ["train", str(data), "-o", str(out), "--protocol",
+                                   "holdout", "--max-fit-turns", "300", "--no-search",
+                                   "--json"])
+    assert run.exit_code == 0, run.output
     doc = json.loads(run.stdout)
     assert doc["training"]["protocol"] == "holdout"
     assert doc["training"]["heldout_is"] == "validation part"

@@ -15,8 +15,8 @@ from fpi.model.crossfit import HOLDOUT_MIN, assign_folds, default_protocol
 from fpi.model.learned import hashed_ngrams, hashed_texts
 from fpi.simulate import simulate_frame, write_simulation
 
-#: Twenty rounds: the validation part stops early or not, as with forty (the tests read
-#: the rows, counts and protocol, not how good the trees are).
+#: Twenty rounds (the tests read the rows, counts and protocol, and that the model learns:
+#: validation macro-F1 about 0.78 on the 800-turn night).
 FAST = {"num_boost_round": 20, "early_stopping_rounds": 5, "search": False}
 
 

@@ -262,14 +262,16 @@ def test_baseline_of_another_model_is_refused_unless_allowed(small_bundle, night
 
 
 def test_cli_allow_other_model(small_bundle, night: Path, first_run, tmp_path: Path) -> None:
+    """In process: the executable's part of a refusal (one error line, exit 2) is
+    test_cli_tampering_is_one_error_line_exit_2[edited_bias]'s."""
     other = _other_model_baseline(first_run, tmp_path)
-    args = [*FPI, "diagnose", str(night), "--model", str(small_bundle.path), "--out",
+    args = ["diagnose", str(night), "--model", str(small_bundle.path), "--out",
             str(tmp_path / "o"), "--baseline", str(other), "--attribution", "none"]
-    refused = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    refused = _in_process(*args)
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and "--allow-other-model" in refused.stderr
-    # the flag accepted in process: the refusal above was the executable's part
-    allowed = _in_process(*args[len(FPI):], "--allow-other-model")
+    assert not (tmp_path / "o").exists()
+    allowed = _in_process(*args, "--allow-other-model")
     assert allowed.returncode == 0, allowed.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["baseline"]["same_model"] is False

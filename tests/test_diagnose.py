@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -152,8 +154,10 @@ def test_attribution_all_matches_the_margin(night: Path, bundle_dir: Path, tmp_p
 
 def test_batches_of_whole_sessions_give_the_same_answer(night: Path, bundle_dir: Path,
                                                          tmp_path: Path, run) -> None:
+    # about 97 turns a batch: four or five batches of whole sessions from the night's 384
+    # turns (each batch beyond the first costs about 0.13 CPU-s)
     small = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="none",
-                     n_boot=50, min_support=20, batch_turns=37)
+                     n_boot=50, min_support=20, batch_turns=97)
     a = pl.read_parquet(tmp_path / "predictions" / "*.parquet").drop(
         pl.selectors.starts_with("contrib"))
     b = pl.read_parquet(run.out_dir / "predictions" / "*.parquet").drop(
@@ -237,16 +241,31 @@ def test_cli_bad_model_and_input_exit_2(night: Path, bundle_dir: Path, tmp_path:
     assert res.exit_code == 2 and "missing.jsonl" in res.stderr
 
 
-def test_explain(night: Path, bundle_dir: Path) -> None:
+class _ShapExplanation:
+    """What ``Explanation.to_shap`` hands ``shap.Explanation`` (its parameters by name).
+    Importing shap costs this process about 3 CPU-s; the real shap draws the documented
+    waterfall of such a call in tests/test_shap_extra.py."""
+
+    def __init__(self, values: np.ndarray, base_values: float, data: np.ndarray,
+                 feature_names: list[str]) -> None:
+        self.values, self.base_values, self.data = values, base_values, data
+        self.feature_names = feature_names
+
+
+def test_explain(night: Path, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sid = pl.read_parquet(night)["session_id"][0]
     e = explain([night], model=bundle_dir, session_id=sid, turn_index=0)
     assert e.predicted in CLASSES
     assert sum(e.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert set(e.components[e.predicted]) == set(GROUP_COLUMNS)
     assert e.features and e.features[0]["component"] in GROUP_COLUMNS
+    shap = types.ModuleType("shap")
+    shap.Explanation = _ShapExplanation  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "shap", shap)
     sx = e.to_shap()  # shap's Explanation: values + base value = the class's raw margin
     margin = sum(e.components[e.predicted].values())
     assert float(sx.values.sum() + sx.base_values) == pytest.approx(margin, abs=1e-3)
+    assert len(sx.values) == len(sx.data) == len(sx.feature_names) > 0
     res = _cli("explain", night, "--model", bundle_dir, "--session", sid, "--turn", "0")
     assert res.exit_code == 0, res.output
     assert e.predicted in res.stdout and "contributions" in res.stdout

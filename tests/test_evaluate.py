@@ -30,18 +30,13 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def data(small_bundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``fpi train`` through the CLI (its --json output), and a model to evaluate: the
-    session's (conftest.py; few rounds, so its compiled predictor builds quickly)."""
+    """A model to evaluate: the session's (conftest.py; few rounds, so its compiled
+    predictor builds quickly), and labelled turns to evaluate it on. (What `fpi train
+    --json` prints is checked through the executable by
+    tests/test_crossfit.py::test_cli_test_size_zero_and_a_refused_init_model.)"""
     root = tmp_path_factory.mktemp("cli")
-    make_turns(150, seed=0).write_ndjson(root / "train.jsonl")
     make_turns(40, seed=9).write_parquet(root / "test.parquet")
-    result = runner.invoke(app, ["train", str(root / "train.jsonl"), "--out",
-                                 str(root / "trained"), "--folds", "2", "--no-search",
-                                 "--json"])
-    assert result.exit_code == 0, result.output
-    assert (root / "trained" / "manifest.json").is_file()
-    return {"root": root, "model": small_bundle.path, "train_doc": json.loads(result.stdout),
-            "test": root / "test.parquet"}
+    return {"root": root, "model": small_bundle.path, "test": root / "test.parquet"}
 
 
 # ---------------------------------------------------------------------------
@@ -109,15 +104,6 @@ def test_evaluate_without_labels_is_an_input_error(data: dict[str, Path]) -> Non
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
-
-
-def test_train_json_has_heldout_metrics(data: dict[str, Path]) -> None:
-    doc = data["train_doc"]
-    assert doc["macro_f1"] > 0.9
-    assert set(doc["per_class"]) == set(CLASSES)
-    assert set(doc["baselines"]) == {"rules", "no_context"}
-    assert doc["training"]["counts"]["test"]["turns"] > 0
-    assert doc["training"]["folds"] == 2  # --folds reaches the trainer
 
 
 def test_evaluate_cli_json(data: dict[str, Path]) -> None:

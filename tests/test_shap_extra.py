@@ -20,8 +20,10 @@ import fpi
 from fpi.errors import ExitStatus, MissingExtra
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Run the CLI in a child with these imports made to fail: as if the extra were absent.
-_WITHOUT_EXTRA = ("import json, sys; sys.modules.update(shap=None, matplotlib=None, sklearn=None)\n"
+#: Run the CLI in a child with these imports made to fail: as if the extra were absent, in
+#: a plain install (``pip install .`` brings neither scikit-learn nor pandas either).
+_WITHOUT_EXTRA = ("import json, sys\n"
+                  "sys.modules.update(shap=None, matplotlib=None, sklearn=None, pandas=None)\n"
                   "from fpi.cli import app\n"
                   "for args in json.loads(sys.argv[1]):\n"
                   "    app(args, standalone_mode=False)\n")

@@ -1,4 +1,10 @@
-"""The labels loop through the real ``fpi`` executable: each command and its errors."""
+"""The labels loop through the real ``fpi`` executable: each command and its errors.
+
+Each command runs as its own ``fpi`` process; the first error of each command runs as the
+executable runs it (:func:`fpi_each`: ``fpi.cli.main`` with the command's own arguments,
+stdout and stderr), all five in one child process (:func:`executable_errors`), the
+further error cases in-process (:func:`inproc`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -34,6 +41,38 @@ def fpi(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[s
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([FPI, *map(str, args)], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=300)
+
+
+#: Runs each command of argv[1] (a JSON list of argument lists) as the ``fpi`` console
+#: script does (``fpi.cli.main`` under ``sys.argv``), with its own stdout and stderr, and
+#: prints ``[[status, stdout, stderr], ...]`` as JSON.
+_EACH = """\
+import contextlib, io, json, sys
+from fpi.cli import main
+done = []
+for args in json.loads(sys.argv[1]):
+    sys.argv, out, err = ["fpi", *args], io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    done.append([code, out.getvalue(), err.getvalue()])
+json.dump(done, sys.__stdout__)
+"""
+
+
+def fpi_each(*commands: Sequence[object]) -> list[subprocess.CompletedProcess[str]]:
+    """Several commands, each run as the executable runs it, in one child process: for
+    checks of one behaviour (the error contract), one interpreter start-up for all."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    argv = [[str(a) for a in command] for command in commands]
+    child = subprocess.run([sys.executable, "-c", _EACH, json.dumps(argv)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert child.returncode == 0 and not child.stderr, child.stderr
+    return [subprocess.CompletedProcess(["fpi", *args], code, out, err)
+            for args, (code, out, err) in zip(argv, json.loads(child.stdout), strict=True)]
 
 
 def assert_error(result: subprocess.CompletedProcess[str] | _Result, *needles: str) -> None:
@@ -70,6 +109,30 @@ def loop(night_file: Path, model_dir: Path, tmp_path_factory) -> dict[str, Path]
     return {"queue": queue, "ann": tmp / "ann.csv", "bob": tmp / "bob.csv", "dir": tmp}
 
 
+@pytest.fixture(scope="module")
+def executable_errors(night_file: Path, tmp_path_factory: pytest.TempPathFactory
+                      ) -> dict[str, object]:
+    """The first error of each command, as the executable runs it (one child process):
+    ``queue`` into a directory that holds a file of the user's, ``labels import`` of a
+    missing file, ``labels agreement`` of one annotator's labels, ``labels measure`` of a
+    missing queue and ``labels check --report`` to an unknown format."""
+    tmp = tmp_path_factory.mktemp("errors")
+    (tmp / "busy").mkdir()
+    (tmp / "busy" / "x").write_text("x")
+    single = tmp / "single.parquet"
+    pl.read_parquet(night_file).select("session_id", "turn_index").head(60).with_columns(
+        pl.lit("bob").alias("annotator"), pl.lit("asr").alias("failure_point")
+    ).write_csv(tmp / "bob.csv")
+    assert inproc("labels", "import", tmp / "bob.csv", "-o", single).returncode == 0
+    names = ("queue", "import", "agreement", "measure", "check")
+    done = fpi_each(("queue", night_file, "-n", 5, "-o", tmp / "busy"),
+                    ("labels", "import", tmp / "nope.csv", "-o", tmp / "l.parquet"),
+                    ("labels", "agreement", single),
+                    ("labels", "measure", tmp / "noqueue", "--labels", single),
+                    ("labels", "check", night_file, "--report", tmp / "r.html"))
+    return {"dir": tmp, **dict(zip(names, done, strict=True))}
+
+
 def test_queue_without_a_model_writes_every_file(night_file: Path, tmp_path: Path) -> None:
     r = fpi("queue", night_file, "-n", 30, "-o", tmp_path / "q")
     assert r.returncode == 0, r.stderr
@@ -77,11 +140,10 @@ def test_queue_without_a_model_writes_every_file(night_file: Path, tmp_path: Pat
     assert len(json.loads((tmp_path / "q" / "labelstudio_tasks.json").read_text())) == 30
 
 
-def test_queue_errors(night_file: Path, tmp_path: Path) -> None:
-    (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / "x").write_text("x")
-    assert_error(fpi("queue", night_file, "-n", 5, "-o", tmp_path / "busy"), "busy")
-    assert (tmp_path / "busy" / "x").read_text() == "x"
+def test_queue_errors(night_file: Path, executable_errors, tmp_path: Path) -> None:
+    busy = executable_errors["dir"] / "busy"
+    assert_error(executable_errors["queue"], str(busy))
+    assert (busy / "x").read_text() == "x" and [p.name for p in busy.iterdir()] == ["x"]
     assert_error(inproc("queue", night_file, "-n", 0, "-o", tmp_path / "q"), "--budget")
     assert_error(inproc("queue", night_file, "-n", 5, "-o", tmp_path / "q", "-m",
                         tmp_path / "nomodel"), "nomodel")
@@ -119,9 +181,9 @@ def test_import_agreement_measure_and_evaluate(loop, night_file, model_dir) -> N
     assert ev["n_turns"] == 120 and ev["human"]["n_turns"] == 60
 
 
-def test_import_and_agreement_errors(loop, tmp_path: Path) -> None:
-    assert_error(fpi("labels", "import", tmp_path / "nope.csv", "-o", tmp_path / "l.parquet"),
-                 "nope.csv")
+def test_import_and_agreement_errors(loop, executable_errors, tmp_path: Path) -> None:
+    assert_error(executable_errors["import"], "nope.csv")
+    assert not (executable_errors["dir"] / "l.parquet").exists()
     (tmp_path / "l.txt").write_text("x")
     assert_error(inproc("labels", "import", tmp_path / "l.txt", "-o", tmp_path / "l.parquet"),
                  "l.txt")
@@ -131,14 +193,15 @@ def test_import_and_agreement_errors(loop, tmp_path: Path) -> None:
     assert not (tmp_path / "l.parquet").exists()
     single = tmp_path / "single.parquet"
     assert inproc("labels", "import", loop["bob"], "-o", single).returncode == 0
-    assert_error(fpi("labels", "agreement", single), "two annotators")
+    assert_error(executable_errors["agreement"], "two annotators")
     assert_error(inproc("labels", "agreement", tmp_path / "missing.parquet"), "missing.parquet")
-    assert_error(fpi("labels", "measure", tmp_path / "noqueue", "--labels", single), "noqueue")
+    assert_error(executable_errors["measure"], "noqueue")
     assert_error(inproc("labels", "measure", loop["queue"], "--labels", single,
                         "--label-policy", "best"), "--label-policy")
 
 
-def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> None:
+def test_check_and_train_with_labels(night_file: Path, loop, executable_errors,
+                                     tmp_path: Path) -> None:
     report = tmp_path / "check.md"
     clean = tmp_path / "clean.parquet"
     # one fold assignment (--repeats 1): averaging repeats is test_labels_check's
@@ -164,7 +227,8 @@ def test_check_and_train_with_labels(night_file: Path, loop, tmp_path: Path) -> 
                  "--max-confidence")
     assert_error(inproc("labels", "check", night_file, "--quota", -1), "--quota")
     assert_error(inproc("labels", "check", night_file, "--repeats", 0), "--repeats")
-    assert_error(fpi("labels", "check", night_file, "--report", tmp_path / "r.html"), "r.html")
+    assert_error(executable_errors["check"], "r.html")
+    assert not (executable_errors["dir"] / "r.html").exists()
     assert_error(inproc("labels", "check", night_file, "--labels",
                         loop["dir"] / "nope.parquet"), "nope.parquet")
     assert_error(inproc("train", night_file, "-o", tmp_path / "m", "--labels", loop["ann"]),

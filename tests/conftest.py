@@ -194,13 +194,15 @@ def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             time.sleep(0.1)
         yield path
     finally:
+        # the worker first, then the scheduler: a worker told to stop while its scheduler
+        # closes could hang in its own shutdown (then the wait timed out after 20 s)
         for proc in reversed(procs):
             proc.terminate()
-        for proc in procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(autouse=True)

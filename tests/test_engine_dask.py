@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -102,11 +103,16 @@ def test_options_are_checked() -> None:
 
 
 def test_fpi_does_not_import_dask() -> None:
-    code = ("import sys, fpi, fpi.engine, fpi.cli; "
-            "print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))")
+    """Nor does the ``fpi`` executable's script import the CLI before it runs it: every
+    Dask worker that ``fpi --workers`` spawns runs that script again."""
+    pyproject = Path(__file__).parent.parent / "pyproject.toml"
+    module, name = tomllib.loads(pyproject.read_text())["project"]["scripts"]["fpi"].split(":")
+    code = (f"import sys; from {module} import {name}; cli = 'fpi.cli' in sys.modules; "
+            "import fpi, fpi.engine, fpi.cli; "
+            "print(cli, any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_separate_scheduler_and_worker_processes(scheduler_file: Path) -> None:

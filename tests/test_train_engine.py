@@ -37,8 +37,8 @@ def _files(bundle: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def turns() -> pl.DataFrame:
-    """About 3,000 labelled turns, sorted by session (as fpi ingest writes them)."""
-    return pl.concat([make_turns(600, seed=1), make_turns(600, seed=2)]).sort(
+    """About 1,500 labelled turns, sorted by session (as fpi ingest writes them)."""
+    return pl.concat([make_turns(300, seed=1), make_turns(300, seed=2)]).sort(
         "session_id", "turn_index")
 
 
@@ -62,7 +62,7 @@ def local_model(parts: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     return train(_concat_parts(parts), tmp_path_factory.mktemp("local") / "model", **QUICK)
 
 
-@pytest.mark.parametrize("max_train_turns", [None, 1500])
+@pytest.mark.parametrize("max_train_turns", [None, 750])
 def test_dask_features_give_the_local_model(dask_cluster: Any, parts: Path, tmp_path: Path,
                                             local_model: Any,
                                             max_train_turns: int | None) -> None:
@@ -72,7 +72,7 @@ def test_dask_features_give_the_local_model(dask_cluster: Any, parts: Path, tmp_
                    max_train_turns=max_train_turns, **QUICK)
     assert _files(remote.path) == _files(local.path)
     assert remote.manifest["bundle_hash"] == local.manifest["bundle_hash"]
-    expected = 1500 if max_train_turns else local.manifest["training"]["labelled_turns"]
+    expected = 750 if max_train_turns else local.manifest["training"]["labelled_turns"]
     assert remote.manifest["training"]["labelled_turns"] == expected
 
 
@@ -189,10 +189,10 @@ def test_distributed_training_grows_a_loadable_bundle(dask_cluster: Any, parts: 
     lightgbm.dask on the shared cluster: one warning line, JSON alone on stdout, and a
     bundle that loads, says it was trained on the sample and grown on every labelled
     turn outside it, and diagnoses. (The same flags without --distributed-training give
-    the local engine's model: test_dask_features_give_the_local_model[1500].)"""
+    the local engine's model: test_dask_features_give_the_local_model[750].)"""
     address = dask_cluster.client.scheduler.address
     run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
-               address, "--folds", "2", "--no-search", "--max-train-turns", "1000",
+               address, "--folds", "2", "--no-search", "--max-train-turns", "900",
                "--distributed-training",
                "--rounds", "4", "--json")
     assert run.returncode == 0, run.stderr
@@ -206,10 +206,10 @@ def test_distributed_training_grows_a_loadable_bundle(dask_cluster: Any, parts: 
     grown = training["distributed"]
     labelled = int((labels_to_index(turns["label"].struct.field("failure_point")) >= 0).sum())
     assert grown["library"] == "lightgbm.dask" and grown["early_stopping"] is False
-    assert grown["turns"] == labelled - 1000 == sum(grown["per_class"].values())
+    assert grown["turns"] == labelled - 900 == sum(grown["per_class"].values())
     assert grown["rounds"] == 4 == bundle.manifest["params"]["best_iteration"]
     assert grown["rounds_from"] == "--rounds"
-    assert training["labelled_turns"] == 1000 and "distributed" in training["heldout_is"]
+    assert training["labelled_turns"] == 900 and "distributed" in training["heldout_is"]
     night = tmp_path / "night.parquet"
     turns.head(800).write_parquet(night)
     diagnosed = fpi.diagnose(night, model=bundle, out_dir=tmp_path / "out")

@@ -195,3 +195,29 @@ def test_the_spec_example_reads_as_documented(tmp_path: Path) -> None:
     assert row["nlu"] is None and row["er"] is None
     assert report.stage_presence["asr"] == 1.0 and report.stage_presence["nlu"] == 0.0
     assert report.label_counts["er"] == 1
+
+
+def test_stage_events_carrying_other_stages_fields_keep_them_in_extra(tmp_path: Path) -> None:
+    # An event's data is read as every stage's fields at once: a field of another stage
+    # (a wake event with ASR's "text", an ASR event with NLU's "intent") is an unknown
+    # field of its own stage, kept in ``extra`` as the same turn record would keep it.
+    rows = [{"session_id": "s1", "turn_index": i, "timestamp": "2026-11-20T18:03:12Z",
+             "wake": {"detected": True, "score": 0.9},
+             "asr": {"text": "play jazz", "confidence": 0.8}} for i in range(3)]
+    rows[1]["wake"]["text"] = "stray words"
+    rows[2]["asr"]["intent"] = "play_music"
+    rows[2]["asr"]["nbest_note"] = [1, 2]
+    turns_path = tmp_path / "turns.jsonl"
+    turns_path.write_text("".join(json.dumps({"schema_version": 1, **r}) + "\n" for r in rows))
+    events_path = tmp_path / "t.events.jsonl"
+    events_path.write_text("".join(
+        json.dumps({"session_id": r["session_id"], "turn_index": r["turn_index"],
+                    "stage": stage, "timestamp": r["timestamp"], "data": r[stage]}) + "\n"
+        for r in rows for stage in ("asr", "wake")))
+    from_turns, _ = read_traces(turns_path)
+    from_events, report = read_traces(events_path)
+    assert report.rejected == 0 and report.turns_kept == 3
+    assert_frame_equal(_norm_extra(from_events), _norm_extra(from_turns))
+    extras = [json.loads(e) if e else None for e in from_events["extra"]]
+    assert extras == [None, {"wake.text": "stray words"},
+                      {"asr.intent": "play_music", "asr.nbest_note": [1, 2]}]

@@ -7,7 +7,8 @@ subprocess so that peak memory is the reader's alone:
 * ``polars.read_ndjson`` (bare, no validation),
 * ``pyarrow.json.read_json`` (bare, no validation),
 * orjson, one ``loads`` per line (parsing only, nothing kept),
-* ``fpi ingest`` (parsing, every rule, rejects, sorted canonical Parquet out).
+* ``fpi ingest`` (parsing, every rule, rejects, sorted canonical Parquet out),
+* ``fpi ingest --threads 1`` (``fpi1``: one block parsed at a time, the least CPU).
 
 Prints wall seconds, CPU seconds, peak RSS (GB) and the ratios to pyarrow, as
 medians over interleaved rounds (``--repeat``, default 3). Usage::
@@ -48,9 +49,9 @@ elif kind == "orjson":
         for line in fh:
             orjson.loads(line)
             n += 1
-elif kind == "fpi":
+elif kind in ("fpi", "fpi1"):
     from fpi.ingest import ingest
-    n = ingest(path, out).turns_kept
+    n = ingest(path, out, **({"threads": 1} if kind == "fpi1" else {})).turns_kept
 else:
     raise SystemExit(f"unknown reader {kind}")
 seconds = time.perf_counter() - t0
@@ -61,7 +62,7 @@ print(json.dumps({"rows": n, "seconds": seconds, "cpu_seconds": ru.ru_utime + ru
                   "peak_gb": peak_kb * 1024 / 1e9}))
 """
 
-READERS = ("polars", "pyarrow", "orjson", "fpi")
+READERS = ("polars", "pyarrow", "orjson", "fpi", "fpi1")
 
 
 def make_data(path: Path, turns: int) -> None:
@@ -139,7 +140,8 @@ def main() -> None:
     print(f"{'reader':<22}{'seconds':>10}{'x pyarrow':>11}{'CPU s':>8}{'x pyarrow':>11}"
           f"{'peak GB':>9}")
     labels = {"polars": "polars.read_ndjson", "pyarrow": "pyarrow.json.read_json",
-              "orjson": "orjson per line", "fpi": "fpi ingest"}
+              "orjson": "orjson per line", "fpi": "fpi ingest",
+              "fpi1": "fpi ingest --threads 1"}
     for kind in args.readers.split(","):
         runs = [rd[kind] for rd in rounds if "error" not in rd[kind]]
         if not runs:

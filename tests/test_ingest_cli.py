@@ -184,3 +184,36 @@ def test_invalid_utf8_and_truncated_gzip_are_rejects_not_crashes(tmp_path: Path)
     summary = json.loads(result.stdout)
     assert summary["rejects_by_rule"] == {"invalid_utf8": 1, "unreadable": 1}
     assert summary["turns_kept"] >= 150
+
+
+def test_threads_change_the_cost_not_the_result(tmp_path: Path, hundred: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    import fpi.ingest
+    from fpi.cli.ingest import ingest_command
+    from fpi.errors import InputError
+    from fpi.ingest import PARSE_WORKERS, read_traces
+
+    # blocks of a few lines: many blocks parsed one at a time or three at once
+    one, one_report = read_traces(hundred, block_bytes=512, threads=1)
+    three, three_report = read_traces(hundred, block_bytes=512, threads=3)
+    assert one.equals(three) and one.height == 95
+    assert [(r.line, r.rule) for r in one_report.rejects] == \
+        [(r.line, r.rule) for r in three_report.rejects]
+    with pytest.raises(InputError, match="threads 0"):
+        read_traces(hundred, threads=0)
+    # the command's default is the library's, and --threads reaches it
+    assert inspect.signature(ingest_command).parameters["threads"].default == PARSE_WORKERS
+    seen: list[int] = []
+    real = fpi.ingest.ingest
+
+    def ingest(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs["threads"])  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fpi.ingest, "ingest", ingest)
+    out = tmp_path / "turns.parquet"
+    result = runner.invoke(app, ["ingest", str(hundred), "-o", str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert seen == [1] and pl.read_parquet(out).equals(one)

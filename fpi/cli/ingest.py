@@ -61,6 +61,11 @@ _Partitions = Annotated[int | None, typer.Option(
     help="Write a directory of this many parts, part-NNNNN.parquet (each "
          "sorted, whole sessions chosen by a stable hash of session_id) "
          "plus a manifest, _partitions.json, for scoring on a cluster.")]
+_Threads = Annotated[int, typer.Option(
+    "--threads", min=1, max=64,
+    help="Blocks parsed and checked at once. 1 costs about 5% less CPU per turn on "
+         "2 cores (two parses at once slow each other) and takes about 1.5x the wall "
+         "time: for many files ingested side by side.")]
 
 
 @app.command("ingest")
@@ -74,6 +79,7 @@ def ingest_command(
     as_json: _Json = False,
     allow_truncated: AllowTruncated = False,
     partitions: _Partitions = None,
+    threads: _Threads = 2,
     engine: EngineName = "local",
     workers: Workers = None,
     scheduler: Scheduler = None,
@@ -100,7 +106,7 @@ def ingest_command(
     from fpi.redact import redact_reject
 
     common: dict[str, Any] = {"format": format, "rejects_path": rejects,
-                              "allow_truncated": allow_truncated,
+                              "allow_truncated": allow_truncated, "threads": threads,
                               "redact_rejects": redact_reject if redact else None}
     if partitions is None:
         _engine_needs_partitions(engine, workers, scheduler, scheduler_file)

@@ -47,6 +47,7 @@ from fpi.files import atomic_path, file_sha256, staged_output_dir
 from fpi.hashing import bucket_of, hash_series
 from fpi.ingest import (
     BLOCK_BYTES,
+    PARSE_WORKERS,
     REPORT_REJECT_SAMPLE,
     IngestReport,
     Problem,
@@ -222,6 +223,7 @@ class _Unit:
     block_bytes: int
     allow_truncated: bool
     redact: Callable[[Problem], Problem] | None
+    threads: int  #: blocks parsed at once
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ def _spread_unit(unit: _Unit) -> _UnitResult:
     with rejects_file.open("wb") as fh:
         rejects = _Rejects(fh, unit.redact)
         run = _Run(list(unit.sources), rejects, sink, None, unit.block_bytes,
-                   unit.allow_truncated)
+                   unit.allow_truncated, unit.threads)
         try:
             run.run()
         finally:
@@ -290,14 +292,15 @@ def _spread_unit(unit: _Unit) -> _UnitResult:
 
 
 def _units(sources: list[Source], partitions: int, scratch: Path, block_bytes: int,
-           allow_truncated: bool, redact: Callable[[Problem], Problem] | None) -> list[_Unit]:
+           allow_truncated: bool, redact: Callable[[Problem], Problem] | None,
+           threads: int) -> list[_Unit]:
     """One unit per input file, and one for all stage-event files (last: a single
     ingest assembles events after reading every other file)."""
     plain = [i for i, s in enumerate(sources) if s.format != "events"]
     events = [i for i, s in enumerate(sources) if s.format == "events"]
     groups = [[i] for i in plain] + ([events] if events else [])
     return [_Unit(k, tuple(sources[i] for i in g), tuple(g), partitions, str(scratch),
-                  block_bytes, allow_truncated, redact) for k, g in enumerate(groups)]
+                  block_bytes, allow_truncated, redact, threads) for k, g in enumerate(groups)]
 
 
 # ---------------------------------------------------------------------------
@@ -396,10 +399,12 @@ def ingest_partitioned(
     block_bytes: int = BLOCK_BYTES,
     redact_rejects: Callable[[Problem], Problem] | None = None,
     allow_truncated: bool = False,
+    threads: int = PARSE_WORKERS,
 ) -> IngestReport:
     """Ingest traces into directory ``output`` of ``partitions`` parts (see the module).
 
-    Same inputs, rules and rejects as :func:`fpi.ingest.ingest`; the rejects go to
+    Same inputs, rules, rejects and ``threads`` (for each file) as
+    :func:`fpi.ingest.ingest`; the rejects go to
     ``rejects_path`` (default beside the directory: ``turns/`` -> ``turns.rejects.jsonl``).
     ``engine`` runs the per-file and per-bucket tasks (default: here, in order);
     with a Dask engine every worker must read the inputs and write ``output``
@@ -418,7 +423,7 @@ def ingest_partitioned(
         scratch = stage / _SHUFFLE
         scratch.mkdir()
         units = _units(sources, partitions, scratch, block_bytes, allow_truncated,
-                       redact_rejects)
+                       redact_rejects, threads)
         unit_results: list[_UnitResult] = engine.gather(engine.map(_spread_unit, units))
         tasks = [_Bucket(b, partitions, len(units), str(scratch), str(stage / part_name(b)),
                          files, redact_rejects) for b in range(partitions)]

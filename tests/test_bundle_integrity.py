@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import in_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_turns import make_turns
-from typer.testing import CliRunner
 
-from fpi.cli import app
 from fpi.diagnose import diagnose
 from fpi.errors import InputError, ModelError
 from fpi.model import load_bundle
@@ -127,12 +126,6 @@ def test_every_tampering_is_refused(case: str, bundle: Path) -> None:
         assert w in message, (w, message)
 
 
-def _in_process(*args: str) -> subprocess.CompletedProcess[str]:
-    """``fpi`` run in this process (CliRunner), as a CompletedProcess."""
-    res = CliRunner().invoke(app, list(args))
-    return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
-
-
 @pytest.mark.parametrize("case", ["edited_bias", "escaping_entry", "extra_file", "wrong_type"])
 def test_cli_tampering_is_one_error_line_exit_2(case: str, bundle: Path, tmp_path: Path) -> None:
     """The real executable for one case; the others take the same path from the refusing
@@ -143,7 +136,7 @@ def test_cli_tampering_is_one_error_line_exit_2(case: str, bundle: Path, tmp_pat
     out = tmp_path / "out"
     args = ["diagnose", str(night), "--model", str(bundle), "--out", str(out)]
     proc = (subprocess.run([*FPI, *args], capture_output=True, text=True, timeout=300)
-            if case == "edited_bias" else _in_process(*args))
+            if case == "edited_bias" else in_process(*args))
     assert proc.returncode == 2, proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
@@ -267,11 +260,11 @@ def test_cli_allow_other_model(small_bundle, night: Path, first_run, tmp_path: P
     other = _other_model_baseline(first_run, tmp_path)
     args = ["diagnose", str(night), "--model", str(small_bundle.path), "--out",
             str(tmp_path / "o"), "--baseline", str(other), "--attribution", "none"]
-    refused = _in_process(*args)
+    refused = in_process(*args)
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and "--allow-other-model" in refused.stderr
     assert not (tmp_path / "o").exists()
-    allowed = _in_process(*args, "--allow-other-model")
+    allowed = in_process(*args, "--allow-other-model")
     assert allowed.returncode == 0, allowed.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["baseline"]["same_model"] is False

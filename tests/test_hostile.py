@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from cli_run import in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -51,15 +52,9 @@ def fpi(*args: str, cwd: Path) -> tuple[int, str]:
 
 
 def fpi_in_process(*args: str, cwd: Path) -> tuple[int, str]:
-    """:func:`fpi` in this process (CliRunner), for a case whose road from the error to the
-    ``error:`` line another test takes in the executable (a start-up costs about 1 CPU-s)."""
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
-    finally:
-        os.chdir(old)
-    return result.exit_code, result.stderr
+    """:func:`fpi` in this process (:func:`cli_run.in_process`)."""
+    result = in_process(*args, cwd=cwd, env={"COLUMNS": "200"})
+    return result.returncode, result.stderr
 
 
 def assert_one_error(code: int, stderr: str, expected: int, *words: str) -> str:

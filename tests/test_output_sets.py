@@ -13,10 +13,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from cli_run import in_process
 from tiny_turns import make_turns
-from typer.testing import CliRunner
 
-from fpi.cli import app
 from fpi.diagnose import diagnose
 from fpi.errors import InputError
 from fpi.files import JOURNAL, MARKER, check_output_dir, recover, staged_files, staged_output_dir
@@ -318,12 +317,6 @@ def _fpi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*FPI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def _in_process(*args: str) -> subprocess.CompletedProcess:
-    """``fpi`` run in this process (CliRunner), as a CompletedProcess."""
-    res = CliRunner().invoke(app, list(args))
-    return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
-
-
 def _one_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
@@ -344,7 +337,7 @@ def test_cli_refuses_foreign_out(case: str, small_bundle, night: Path, tmp_path:
             "--attribution", "none")
     # the real executable for ".", in process for the two paths (same error path; a
     # start-up costs 2 CPU-s)
-    proc = _fpi(*args, cwd=user) if case == "dot" else _in_process(*args)
+    proc = _fpi(*args, cwd=user) if case == "dot" else in_process(*args)
     _one_error(proc, "--out")
     assert snapshot(user) == before
     assert leftovers(tmp_path) == [] and leftovers(user) == []
@@ -358,6 +351,6 @@ def test_cli_train_refuses_a_user_folder(tmp_path: Path) -> None:
     (folder / "thesis.tex").write_text("keep me")
     # in process: the refused --out of `fpi diagnose` (case "dot" above) takes the road
     # from this error to its line through the executable
-    _one_error(_in_process("train", str(labelled), "--out", str(folder)), "precious",
+    _one_error(in_process("train", str(labelled), "--out", str(folder)), "precious",
                "not an fpi model")
     assert (folder / "thesis.tex").read_text() == "keep me"

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import in_process
 from gfm_check import triggers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 import fpi
-from fpi.cli import app
 from fpi.errors import InputError, OutputError
 from fpi.files import MARKER
 from fpi.report.trend import render_trend_html, render_trend_markdown
@@ -74,13 +73,6 @@ def _write(root: Path, name: str, doc: Any) -> Path:
 def _fpi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*FPI, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
-
-
-def _in_process(*args: str) -> subprocess.CompletedProcess[str]:
-    """:func:`_fpi` in this process (CliRunner), for a run whose road (a result, an error
-    line, a warning) another test takes in the executable (a start-up costs 0.7 CPU-s)."""
-    res = CliRunner().invoke(app, list(args))
-    return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
 
 
 # ---------------------------------------------------------------------------
@@ -176,7 +168,7 @@ def _self_contained(html: str) -> None:
 
 def test_one_night(tmp_path: Path) -> None:
     path = _write(tmp_path, "only", _summary(0)) / "summary.json"
-    res = _in_process("trend", str(path), "-o", str(tmp_path / "t"), "--json")
+    res = in_process("trend", str(path), "-o", str(tmp_path / "t"), "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert len(doc["nights"]) == 1 and doc["steps"] == []
@@ -247,7 +239,7 @@ def test_bad_input_is_one_error_line_exit_2(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0]
     assert str(bad) in lines[0] and "Traceback" not in res.stderr
     assert (tmp_path / "t" / "trend.md").read_bytes() == previous  # nothing half-written
-    skipped = _in_process("trend", str(good), str(bad), "-o", str(tmp_path / "t"),
+    skipped = in_process("trend", str(good), str(bad), "-o", str(tmp_path / "t"),
                           "--skip-bad")
     assert skipped.returncode == 0, skipped.stderr
     assert "warning: skipped" in skipped.stderr and why in skipped.stderr
@@ -255,7 +247,7 @@ def test_bad_input_is_one_error_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_missing_paths_and_nothing_usable(tmp_path: Path) -> None:
-    res = _in_process("trend", str(tmp_path / "nope"), "-o", str(tmp_path / "t"))
+    res = in_process("trend", str(tmp_path / "nope"), "-o", str(tmp_path / "t"))
     assert res.returncode == 2 and "no such file or directory" in res.stderr
     assert res.stderr.count("\n") == 1 and not (tmp_path / "t").exists()
     (tmp_path / "empty").mkdir()
@@ -348,7 +340,7 @@ def test_trend_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
     old.mkdir()
     for name in ("trend.json", "trend.md", "trend.html"):
         (old / name).write_text('{"kind": "fpi-trend"}' if name == "trend.json" else "x")
-    assert _in_process("trend", str(tmp_path / "in"), "--out", str(old)).returncode == 0
+    assert in_process("trend", str(tmp_path / "in"), "--out", str(old)).returncode == 0
     assert json.loads((old / "trend.json").read_text())["nights"]
 
 

@@ -17,24 +17,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from typer.testing import CliRunner
-
-from fpi.cli import app
+from cli_run import in_process
 
 FPI = str(Path(sys.executable).with_name("fpi"))
 
 
-class _Result:
-    """A CliRunner result with the attributes of a CompletedProcess."""
-
-    def __init__(self, args: tuple[object, ...]) -> None:
-        r = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-        self.returncode, self.stdout, self.stderr = r.exit_code, r.stdout, r.stderr
-
-
-def inproc(*args: object) -> _Result:
+def inproc(*args: object) -> subprocess.CompletedProcess[str]:
     """In-process run, for the further error cases (the executable's start-up is slow)."""
-    return _Result(args)
+    return in_process(*args, env={"COLUMNS": "200"})
 
 
 def fpi(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,7 +65,7 @@ def fpi_each(*commands: Sequence[object]) -> list[subprocess.CompletedProcess[st
             for args, (code, out, err) in zip(argv, json.loads(child.stdout), strict=True)]
 
 
-def assert_error(result: subprocess.CompletedProcess[str] | _Result, *needles: str) -> None:
+def assert_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr

@@ -53,6 +53,10 @@ def _union() -> pl.Struct:
 #: ``data`` as read: every field any stage has (the names never clash in type).
 DATA_UNION: pl.Struct = _union()
 _EVENT_KEYS = ("session_id", "turn_index", "stage", "timestamp", "data")
+#: Per stage, the fields of :data:`DATA_UNION` that are other stages' (unknown to it).
+_FOREIGN: dict[str, frozenset[str]] = {
+    stage: frozenset(DATA_UNION.to_schema()) - frozenset(block.to_schema())
+    for stage, block in BLOCKS.items()}
 _FAST = pa.schema([
     pa.field("session_id", pa.string()), pa.field("turn_index", pa.int64()),
     pa.field("stage", pa.string()), pa.field("timestamp", pa.string()),
@@ -393,14 +397,12 @@ def _strays_only(turns: pl.DataFrame) -> pl.DataFrame:
     turn into ``extra`` text, a fixed 0.15 CPU-s per batch for nothing.
     """
     stages = [s for s in BLOCKS if s in turns.columns]
-    foreign = {s: [f.name for f in DATA_UNION.fields if f.name not in BLOCKS[s].to_schema()]
-               for s in stages}
     held = turns.select([pl.col(s).struct.field(name).is_not_null().any().alias(f"{s}.{name}")
-                         for s in stages for name in foreign[s]]).row(0, named=True)
+                         for s in stages for name in _FOREIGN[s]]).row(0, named=True)
     return turns.with_columns([
         pl.when(pl.col(s).is_not_null()).then(pl.struct([
             pl.col(s).struct.field(f.name) for f in DATA_UNION.fields
-            if f.name not in foreign[s] or held[f"{s}.{f.name}"]])).alias(s)
+            if f.name not in _FOREIGN[s] or held[f"{s}.{f.name}"]])).alias(s)
         for s in stages])
 
 

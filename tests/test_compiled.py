@@ -50,7 +50,7 @@ def _shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _env(_shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(compiled.ENV_CACHE, str(_shared))
+    monkeypatch.setenv(files.CACHE_ENV, str(_shared))
     monkeypatch.delenv(compiled.ENV_PREDICTOR, raising=False)
     monkeypatch.setattr(compiled, "COMPILE_AFTER_ROWS", 0)  # compile at once (own test below)
     compiled.forget()
@@ -58,7 +58,7 @@ def _env(_shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(compiled.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -196,9 +196,9 @@ def test_modes(booster: lgb.Booster, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cache_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(compiled.ENV_CACHE, str(tmp_path / "mine"))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "mine"))
     assert files.cache_dir() == tmp_path / "mine"
-    monkeypatch.delenv(compiled.ENV_CACHE)
+    monkeypatch.delenv(files.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert files.cache_dir() == tmp_path / "xdg" / "fpi"
     monkeypatch.delenv("XDG_CACHE_HOME")

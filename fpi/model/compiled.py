@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 #: Bump when the generated code changes: part of the cache key.
 GENERATOR_VERSION: Final = "4"
 ENV_PREDICTOR: Final = "FPI_PREDICTOR"
-ENV_CACHE: Final = files.CACHE_ENV
 #: Rows a model scores with LightGBM in one process before its library is built, unless a
 #: built library is already cached (then it is used at once). Building costs about as much
 #: CPU as LightGBM scoring 150,000 to 400,000 rows (measured on 588- and 1,266-tree

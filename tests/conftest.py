@@ -55,7 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = getattr(config, "workerinput", None)
     seconds = worker.get(_FILE_SECONDS) if worker is not None else (
         cache.get(_FILE_SECONDS, None) if cache is not None else None) or _shipped_seconds()
-    config.stash[_seconds_key] = seconds or {}
+    config.stash[_seconds_key] = seconds
     if seconds and worker is None and hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 

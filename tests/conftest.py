@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+try:  # the session models are built once per run under a file lock (POSIX)
+    import fcntl
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import polars as pl
@@ -118,36 +124,63 @@ def small_turns() -> pl.DataFrame:
     return make_turns(300, seed=0)
 
 
+def _built_once(factory: pytest.TempPathFactory, name: str,
+                build: Callable[[Path], object]) -> Path:
+    """``build(where)`` once per run, ``where`` being returned: the first xdist worker that
+    asks builds it under a lock in the run's base directory (shared by the workers) and
+    the others wait for it and use the same files, so a session model is trained once
+    per run, not once per worker. Without ``fcntl`` (Windows) each worker builds its own."""
+    base = factory.getbasetemp()
+    shared = fcntl is not None and os.environ.get("PYTEST_XDIST_WORKER") is not None
+    root = (base.parent if shared else base) / "built-once"
+    root.mkdir(exist_ok=True)
+    where, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(where, ignore_errors=True)  # what a worker that died left
+            build(where)
+            done.touch()
+    return where
+
+
 @pytest.fixture(scope="session")
-def small_bundle(small_turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory):
+def small_bundle(tmp_path_factory: pytest.TempPathFactory):
     """The session's one trained model (few rounds, one thread, one fit at a time, seed
-    0), on ``small_turns``.
+    0), on ``small_turns``' data, loaded from its bundle directory (trained once per run).
 
     Tests that need "a model" use it; only tests of training itself train their own.
     Tests must not change it: copy it (``shutil.copytree``) before editing.
     """
-    from fpi.model import train
+    from tiny_turns import make_turns
 
-    out = tmp_path_factory.mktemp("small-bundle") / "model"
-    return train(small_turns, out, seed=0, threads=1, num_boost_round=25,
-                 early_stopping_rounds=5, jobs=1)
+    from fpi.model import load_bundle, train
+
+    def build(where: Path) -> None:
+        train(make_turns(300, seed=0), where / "model", seed=0, threads=1,
+              num_boost_round=25, early_stopping_rounds=5, jobs=1)
+
+    return load_bundle(_built_once(tmp_path_factory, "small-bundle", build) / "model")
 
 
 @pytest.fixture(scope="session")
 def night_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model of realistic nights: 4,000 simulated baseline turns (seed 0), 40 rounds,
     two folds and no parameter search or no-context model, so it trains in about two
-    CPU-seconds. The story and regression tests diagnose whole simulated nights with it
-    (at this size the true rate of every class still lies inside its interval on each of
-    their nights, as with 6,000 turns and 60 rounds); copy it before editing."""
+    CPU-seconds (once per run). The story and regression tests diagnose whole simulated
+    nights with it (at this size the true rate of every class still lies inside its
+    interval on each of their nights, as with 6,000 turns and 60 rounds); copy it before
+    editing."""
     from fpi.model import train
     from fpi.simulate import simulate_frame
 
-    out = tmp_path_factory.mktemp("night-model") / "model"
-    train(simulate_frame(4000, seed=0, profile="baseline"), out, seed=0, threads=1,
-          num_boost_round=40, early_stopping_rounds=10, folds=2, search=False,
-          no_context=False)
-    return out
+    def build(where: Path) -> None:
+        train(simulate_frame(4000, seed=0, profile="baseline"), where / "model", seed=0,
+              threads=1, num_boost_round=40, early_stopping_rounds=10, folds=2,
+              search=False, no_context=False)
+
+    return _built_once(tmp_path_factory, "night-model", build) / "model"
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("nightly.jsonl.gz", 10_000, 202, "er_outage_music", "none"),
     Sample("nightly.events.jsonl.gz", 10_000, 202, "er_outage_music", "none", "events"),
     Sample("baseline_night.jsonl.gz", 10_000, 303, "baseline", "none"),
-    Sample("example.csv", 1_000, 404, "baseline", "both"),
+    Sample("example.csv", 500, 404, "baseline", "both"),
 )
 
 #: broken.jsonl: 100 simulated turns (seed 505), with these lines (1-based) replaced

@@ -20,13 +20,23 @@ import fpi
 from fpi.errors import ExitStatus, MissingExtra
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Run the CLI in a child with these imports made to fail: as if the extra were absent, in
-#: a plain install (``pip install .`` brings neither scikit-learn nor pandas either).
-_WITHOUT_EXTRA = ("import json, sys\n"
-                  "sys.modules.update(shap=None, matplotlib=None, sklearn=None, pandas=None)\n"
-                  "from fpi.cli import app\n"
-                  "for args in json.loads(sys.argv[1]):\n"
-                  "    app(args, standalone_mode=False)\n")
+#: One child for both: first the CLI commands in ``sys.argv[1]`` (JSON) with these imports
+#: made to fail, as if the extra were absent, in a plain install (``pip install .`` brings
+#: neither scikit-learn nor pandas either); then, after a record separator line on stdout,
+#: the imports allowed again, the Python block ``sys.argv[2]``. (A second Python would cost
+#: about 1 CPU-s to start; the extra's own imports, about 4, are needed either way.)
+_WITHOUT_THEN_WITH_EXTRA = (
+    "import json, sys\n"
+    "absent = dict(shap=None, matplotlib=None, sklearn=None, pandas=None)\n"
+    "sys.modules.update(absent)\n"
+    "from fpi.cli import app\n"
+    "for args in json.loads(sys.argv[1]):\n"
+    "    app(args, standalone_mode=False)\n"
+    "print('\\036', flush=True)\n"
+    "for name in absent:\n"
+    "    del sys.modules[name]\n"
+    "exec(compile(sys.argv[2], 'waterfall example', 'exec'), {'__name__': '__main__'})\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +56,39 @@ def _waterfall_block() -> str:
     return blocks[0]
 
 
-def test_documented_waterfall_example_runs(night: tuple[Path, str], small_bundle,
-                                           tmp_path: Path) -> None:
+#: The child's outcome and the directory it ran in.
+Child = tuple[subprocess.CompletedProcess[str], Path]
+
+
+@pytest.fixture(scope="module")
+def child(night: tuple[Path, str], small_bundle,
+          tmp_path_factory: pytest.TempPathFactory) -> Child:
+    """The child of :data:`_WITHOUT_THEN_WITH_EXTRA` run in a directory of its own: ``fpi
+    explain`` and ``fpi diagnose`` (output in ``out/``) without the extra, then the
+    documented waterfall block, pointed at this module's night, model and session."""
     path, session = night
+    model = str(small_bundle.path)
+    where = tmp_path_factory.mktemp("shap-child")
+    commands = [["explain", str(path), "--model", model, "--session", session, "--turn", "1"],
+                ["diagnose", str(path), "--model", model, "--out", str(where / "out"),
+                 "--attribution", "all", "--examples", "1"]]
     block = _waterfall_block()
-    # the block as written, pointed at this test's night, model and session
     for old, new in (('"nightly.jsonl.gz"', repr(str(path))),
-                     ('"model/"', repr(str(small_bundle.path))),
+                     ('"model/"', repr(model)),
                      ('"s-7f3a"', repr(session))):
         assert old in block
         block = block.replace(old, new)
-    env = {**os.environ, "MPLBACKEND": "Agg", "MPLCONFIGDIR": str(tmp_path / "mpl")}
-    res = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "MPLBACKEND": "Agg", "MPLCONFIGDIR": str(where / "mpl")}
+    res = subprocess.run([sys.executable, "-c", _WITHOUT_THEN_WITH_EXTRA, json.dumps(commands),
+                          block], cwd=where, env=env, capture_output=True, text=True,
+                         timeout=300)
+    return res, where
+
+
+def test_documented_waterfall_example_runs(child: Child) -> None:
+    res, where = child
     assert res.returncode == 0, res.stderr
-    png = (tmp_path / "turn.png").read_bytes()
+    png = (where / "turn.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 2000
 
 
@@ -74,15 +102,9 @@ def test_to_shap_without_shap_names_the_extra(night: tuple[Path, str], small_bun
     assert info.value.exit_code == ExitStatus.ERROR
 
 
-def test_commands_run_without_the_extra(night: tuple[Path, str], small_bundle,
-                                        tmp_path: Path) -> None:
-    path, session = night
-    model = str(small_bundle.path)
-    commands = [["explain", str(path), "--model", model, "--session", session, "--turn", "1"],
-                ["diagnose", str(path), "--model", model, "--out", str(tmp_path / "out"),
-                 "--attribution", "all", "--examples", "1"]]
-    res = subprocess.run([sys.executable, "-c", _WITHOUT_EXTRA, json.dumps(commands)],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "contributions" in res.stdout
-    assert (tmp_path / "out" / "summary.json").is_file()
+def test_commands_run_without_the_extra(child: Child) -> None:
+    res, where = child
+    without_extra, marker, _ = res.stdout.partition("\036\n")
+    assert marker, res.stderr  # both commands returned
+    assert "contributions" in without_extra
+    assert (where / "out" / "summary.json").is_file()

@@ -1,4 +1,5 @@
-"""Fixtures of the labels-loop tests: one small simulated night and one model, per session."""
+"""Fixtures of the labels-loop tests: one small simulated night per session, and the
+session's night model (tests/conftest.py) to score it with."""
 
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def test_markdown_report_neutralises_log_text(night) -> None:
     evil = night.head(600).with_columns(pl.col("asr").struct.with_fields(
         pl.lit("<script>x</script> see https://evil.example [x](http://a) www.b.com")
         .alias("text")))
-    result = check_labels(evil, CheckOptions(folds=2, seed=0, repeats=1))
+    result = check_labels(evil, CheckOptions(folds=2, seed=0, repeats=1, rounds=10))
     text = render_markdown(result, suspects_with_context(result, evil, 3))
     assert "<script>x</script>" in text  # shown, but only inside inert code spans
     assert triggers(text) == {}, triggers(text)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 
+from fpi import writers
 from fpi.ingest import read_traces
-from fpi.writers import TurnWriter
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "sample_logs"
 
@@ -35,15 +35,26 @@ def _content(path: Path) -> bytes:
     return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
 
 
+def _stored_gzip_file(*args: Any, **kwargs: Any) -> gzip.GzipFile:
+    """A gzip stream that stores its data uncompressed (level 0)."""
+    return gzip.GzipFile(*args, **{**kwargs, "compresslevel": 0})
+
+
 @pytest.fixture(scope="module")
-def regenerated(tmp_path_factory) -> Path:
-    """Every sample made again, gzip at level 1 (the tests compare the decompressed
-    content, which is the same at any level; level 1 compresses the 57 MB in 0.4 CPU-s,
-    level 6 in 1.0)."""
+def broken() -> tuple[str, dict[int, str]]:
+    """broken.jsonl's text and rules, made once for the module."""
+    return make_samples.broken_jsonl()
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory, broken: tuple[str, dict[int, str]]) -> Path:
+    """Every sample made again, its gzip files stored at level 0 (the tests compare the
+    decompressed content, which is the same at any level; level 1 compressed the 57 MB in
+    0.4 CPU-s, level 6 in 1.0; TurnWriter takes 0 for its default)."""
     out = tmp_path_factory.mktemp("samples")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(TurnWriter, "__init__",
-                   functools.partialmethod(TurnWriter.__init__, compression_level=1))
+        mp.setattr(writers, "gzip", SimpleNamespace(GzipFile=_stored_gzip_file))
+        mp.setattr(make_samples, "broken_jsonl", lambda: broken)
         make_samples.make(out)
     return out
 
@@ -77,8 +88,8 @@ def test_sample_sizes_and_labels() -> None:
     assert specs["nightly.jsonl.gz"].profile != "baseline"
 
 
-def test_broken_sample_breaks_each_rule_once() -> None:
-    _, rules = make_samples.broken_jsonl()
+def test_broken_sample_breaks_each_rule_once(broken: tuple[str, dict[int, str]]) -> None:
+    _, rules = broken
     frame, report = read_traces(SAMPLES_DIR / "broken.jsonl")
     assert report.rejected == len(rules) == 12
     assert report.rejects_by_rule == {rule: 1 for rule in rules.values()}

@@ -203,7 +203,8 @@ def test_old_summaries_without_time_range_are_ordered_by_mtime(tmp_path: Path) -
     for i in range(3):
         paths.append(_write(tmp_path, f"night-{2 - i}", _summary(i, with_run=False)))
         os.utime(paths[-1] / "summary.json", (1_700_000_000 + i * 86400,) * 2)
-    res = _fpi("trend", *map(str, reversed(paths)), "-o", str(tmp_path / "t"))
+    # in-process (the executable's run is test_trend_orders_by_time_range_...'s)
+    res = in_process("trend", *map(str, reversed(paths)), "-o", str(tmp_path / "t"))
     assert res.returncode == 0, res.stderr
     assert "warning:" in res.stderr and res.stderr.count("modification time") == 1  # once
     doc = json.loads((tmp_path / "t" / "trend.json").read_text())
@@ -329,7 +330,8 @@ def test_trend_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.md").write_text("keep", encoding="utf-8")
-    res = _fpi("trend", str(tmp_path / "in"), "--out", str(mine))
+    # in-process (an error's exit through the executable is test_bad_input_...'s)
+    res = in_process("trend", str(tmp_path / "in"), "--out", str(mine))
     assert res.returncode == 2, res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "not an fpi trend output" in errors[0], res.stderr

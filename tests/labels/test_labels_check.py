@@ -118,8 +118,11 @@ def _flip(night: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, n
 
 
 def test_flipped_labels_rank_high(night) -> None:
+    """On the whole night, with fold models of 30 rounds, not the default 60 (0.9 CPU-s
+    less): 88% of the flipped labels in the top tenth (86% at 60), an estimate of 2.1
+    times the flipped count (2.2)."""
     noisy, flipped = _flip(night, 0.05, seed=4)
-    result = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1, jobs=2))
+    result = check_labels(noisy, CheckOptions(folds=3, seed=0, repeats=1, jobs=2, rounds=30))
     ranked = result.ranked
     assert ranked.height == night.height and ranked["rank"].to_list()[:3] == [1, 2, 3]
     keys = night.select("session_id", "turn_index").with_columns(pl.Series("flipped", flipped))
@@ -150,7 +153,7 @@ def test_markdown_report_neutralises_log_text(night) -> None:
     evil = night.head(600).with_columns(pl.col("asr").struct.with_fields(
         pl.lit("<script>x</script> see https://evil.example [x](http://a) www.b.com")
         .alias("text")))
-    result = check_labels(evil, CheckOptions(folds=2, seed=0, repeats=1))
+    result = check_labels(evil, CheckOptions(folds=2, seed=0, repeats=1, rounds=10))
     text = render_markdown(result, suspects_with_context(result, evil, 3))
     assert "<script>x</script>" in text  # shown, but only inside inert code spans
     assert triggers(text) == {}, triggers(text)

@@ -1,9 +1,13 @@
 """The labels loop through the real ``fpi`` executable: each command and its errors.
 
-Each command runs as its own ``fpi`` process; the first error of each command runs as the
-executable runs it (:func:`fpi_each`: ``fpi.cli.main`` with the command's own arguments,
-stdout and stderr), all five in one child process (:func:`executable_errors`), the
-further error cases in-process (:func:`inproc`).
+Each labels command (``queue``, ``labels import | agreement | measure | check``) runs once
+as its own ``fpi`` process; the first error of each command runs as the executable runs
+it (:func:`fpi_each`: ``fpi.cli.main`` with the command's own arguments, stdout and
+stderr), all five in one child process (:func:`executable_errors`). Further cases whose
+road through the CLI one of those processes already takes run in-process
+(:func:`inproc`): a queue without a model, ``evaluate`` with labels (``fpi evaluate``
+runs as an executable in tests/test_readme.py's quickstart), ``train`` on imported labels
+and the further errors.
 """
 
 from __future__ import annotations
@@ -74,6 +78,19 @@ def assert_error(result: subprocess.CompletedProcess[str], *needles: str) -> Non
         assert needle in lines[0], lines[0]
 
 
+#: Turns of the night that ``labels check`` and ``train`` read here: what they do with
+#: them is the same code at any size (test_labels_check ranks whole nights).
+PART = 600
+
+
+@pytest.fixture(scope="module")
+def part_file(night_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The night's first :data:`PART` turns (whole sessions but the last)."""
+    path = tmp_path_factory.mktemp("part") / "part.parquet"
+    pl.read_parquet(night_file).head(PART).write_parquet(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def loop(night_file: Path, model_dir: Path, tmp_path_factory) -> dict[str, Path]:
     """A queue from the model, and its CSV filled in by two annotators from the logs."""
@@ -124,7 +141,8 @@ def executable_errors(night_file: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_queue_without_a_model_writes_every_file(night_file: Path, tmp_path: Path) -> None:
-    r = fpi("queue", night_file, "-n", 30, "-o", tmp_path / "q")
+    # in-process: the `loop` fixture's queue (with a model) is the executable's
+    r = inproc("queue", night_file, "-n", 30, "-o", tmp_path / "q")
     assert r.returncode == 0, r.stderr
     assert "30 of 2,000 turns (stratified 30)" in " ".join(r.stderr.split())
     assert len(json.loads((tmp_path / "q" / "labelstudio_tasks.json").read_text())) == 30
@@ -164,8 +182,8 @@ def test_import_agreement_measure_and_evaluate(loop, night_file, model_dir) -> N
     assert r.returncode == 0, r.stderr
     measured = json.loads(r.stdout)
     assert measured["sampled"] == 30 and measured["labelled"] == 30
-    r = fpi("evaluate", night_file, "-m", model_dir, "--labels", out, "--label-policy",
-            "gold:ann", "--json")
+    r = inproc("evaluate", night_file, "-m", model_dir, "--labels", out, "--label-policy",
+               "gold:ann", "--json")
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["n_turns"] == 120 and ev["human"]["n_turns"] == 60
@@ -190,28 +208,28 @@ def test_import_and_agreement_errors(loop, executable_errors, tmp_path: Path) ->
                         "--label-policy", "best"), "--label-policy")
 
 
-def test_check_and_train_with_labels(night_file: Path, loop, executable_errors,
-                                     tmp_path: Path) -> None:
+def test_check_and_train_with_labels(night_file: Path, part_file: Path, loop,
+                                     executable_errors, tmp_path: Path) -> None:
     report = tmp_path / "check.md"
     clean = tmp_path / "clean.parquet"
     # one fold assignment (--repeats 1): averaging repeats is test_labels_check's
-    r = fpi("labels", "check", night_file, "--folds", 2, "--repeats", 1, "--top", 5,
+    r = fpi("labels", "check", part_file, "--folds", 2, "--repeats", 1, "--top", 5,
             "--report", report, "--json", "--fix", "weight", "--fixed", clean)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["labelled_turns"] == 2000 and len(doc["top"]) == min(5, doc["suspects"])
+    assert doc["labelled_turns"] == PART and len(doc["top"]) == min(5, doc["suspects"])
     assert report.read_text().startswith("# Probably wrong labels")
     fixed = pl.read_parquet(clean)
-    assert fixed.height == 2000 and "cleaned labels (weight)" in r.stderr
+    assert fixed.height == PART and "cleaned labels (weight)" in r.stderr
     # the estimated wrong labels, and only they, are weighted down
     assert (fixed["weight"] < 1).sum() == fixed["extra"].is_not_null().sum() > 0
     assert_error(inproc("labels", "check", night_file, "--fix", "drop"), "--fixed")
     conf = tmp_path / "confident.parquet"
-    r = inproc("labels", "check", night_file, "--folds", 2, "--repeats", 1, "--fix", "drop",
+    r = inproc("labels", "check", part_file, "--folds", 2, "--repeats", 1, "--fix", "drop",
                "--fix-by", "confident", "--max-confidence", 0.2, "--fixed", conf, "--json")
     assert r.returncode == 0, r.stderr
     # every dropped turn is a suspect; suspects with p(label) >= 0.2 are kept
-    dropped = 2000 - pl.read_parquet(conf).height
+    dropped = PART - pl.read_parquet(conf).height
     assert 0 < dropped < json.loads(r.stdout)["suspects"]
     assert_error(inproc("labels", "check", night_file, "--max-confidence", 2),
                  "--max-confidence")
@@ -227,22 +245,25 @@ def test_check_and_train_with_labels(night_file: Path, loop, executable_errors,
 
 
 def test_train_on_imported_labels(night_file: Path, tmp_path: Path) -> None:
-    night = pl.read_parquet(night_file)
+    # the night's first 1,000 turns, 400 of them labelled: trained on the 400 alone
+    night = pl.read_parquet(night_file).head(1_000)
+    logs = tmp_path / "night.parquet"
+    night.write_parquet(logs)
     labels = night.select("session_id", "turn_index",
-                          pl.col("label").struct.field("failure_point")).head(600)
+                          pl.col("label").struct.field("failure_point")).head(400)
     labels.with_columns(pl.lit("ann").alias("annotator")).write_csv(tmp_path / "l.csv")
     assert inproc("labels", "import", tmp_path / "l.csv", "-o", tmp_path / "l.parquet"
                   ).returncode == 0
     labels.head(100).select("session_id", "turn_index", pl.lit(0.25).alias("weight")
                             ).write_csv(tmp_path / "w.csv")
-    assert_error(inproc("train", night_file, "-o", tmp_path / "m", "--weights",
+    assert_error(inproc("train", logs, "-o", tmp_path / "m", "--weights",
                         tmp_path / "no.csv"), "no.csv")
-    r = inproc("train", night_file, "-o", tmp_path / "m", "--labels", tmp_path / "l.parquet",
+    r = inproc("train", logs, "-o", tmp_path / "m", "--labels", tmp_path / "l.parquet",
                "--label-policy", "gold:ann", "--folds", "2", "--no-search", "--json",
                "--weights",
                tmp_path / "w.csv")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
-    assert manifest["training"]["labelled_turns"] == 600
+    assert manifest["training"]["labelled_turns"] == 400
     assert manifest["training"]["weights"]["turns_not_1"] == 100
     assert manifest["training"]["turns"] == night.height

@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from dask_tasks import die_first, lightgbm_is_lean
+from dask_tasks import die_first, environment, lightgbm_is_lean
 from tiny_turns import make_turns
 
 import fpi
@@ -187,7 +187,8 @@ def test_workers_killed_inside_diagnose_give_the_same_summary(
     """One run of the 3 parts on one worker process, two deaths: the worker dies in the
     first scoring task, and the one its nanny started again in the first EM round, losing
     every scored partition it held. Dask runs their tasks again in the next new process
-    (which loads the model again) and the summary and predictions are the same."""
+    (which loads the model again) and the summary and predictions are the same. (Also the
+    test of DaskEngine with a dying worker: tasks in flight and results held run again.)"""
     died = {"while scoring": tmp_path / "died-scoring", "after scoring": tmp_path / "died-em"}
     killing = _Killing(dask_cluster, {partition.score_partition: died["while scoring"],
                                       partition.em_step: died["after scoring"]})
@@ -199,7 +200,11 @@ def test_workers_killed_inside_diagnose_give_the_same_summary(
     _predictions_are_complete(out, res.summary, night, 3)
     # the nanny restarts it (a new process importing fpi: slow on a loaded machine)
     dask_cluster.client.wait_for_workers(1, timeout=300)
-    # the twice restarted worker imports LightGBM lean (fpi's preload): without
-    # scikit-learn and pandas, which a worker that scored would otherwise hold
+    # the twice restarted worker runs as fpi starts its workers: one thread
+    # (POLARS_MAX_THREADS and OMP_NUM_THREADS 1), no profiler...
+    got = dask_cluster.gather(dask_cluster.map(environment, range(2)))
+    assert set(got) == {("1", "1", 1, False)}
+    # ...and it imports LightGBM lean (fpi's preload): without scikit-learn and pandas,
+    # which a worker that scored would otherwise hold
     lean = dask_cluster.client.run(lightgbm_is_lean)
     assert list(lean.values()) == [True]

@@ -1,13 +1,11 @@
 """fpi diagnose on every engine and partitioning gives the same summary.json: the local
-engine over one file and over a partitioned directory of 3 parts; the real ``fpi``
-executable as the driver of a cluster of two workers (tests/conftest.py's
-``dask_threads``: in this process, so the driver and its workers are separate processes
-and every task and result crosses between them); and, from here, fpi's LocalCluster of one
-worker process (``dask_cluster``) whose worker dies twice in the run. A worker that
-reads another model than the driver is refused, and a part holding another part's
-session is refused by a cluster the ``fpi`` executable starts itself (``--workers``).
-(A scheduler and a worker started as separate processes are tested on cheaper work in
-test_engine_dask.py.)"""
+engine over one file and over a partitioned directory of 3 parts; ``fpi diagnose`` on a
+cluster of two workers (tests/conftest.py's ``dask_threads``: threads of this process,
+every task and result pickled over TCP); and fpi's LocalCluster of one worker process
+(``dask_cluster``) whose worker dies twice in the run. A worker that reads another model
+than the driver is refused, and a part holding another part's session is refused by a
+cluster the ``fpi`` executable starts itself (``--workers``). (A scheduler and a worker
+started as separate processes are tested on cheaper work in test_engine_dask.py.)"""
 
 from __future__ import annotations
 
@@ -22,6 +20,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from cli_run import in_process
 from dask_tasks import die_first, environment, lightgbm_is_lean
 from tiny_turns import make_turns
 
@@ -91,17 +90,18 @@ def _predictions_are_complete(out: Path, summary: dict[str, Any], night: Path,
         summary["attribution"]["turns_attributed"])
 
 
-def test_the_executable_on_a_cluster_of_two_workers_gives_the_same_summary(
+def test_the_command_on_a_cluster_of_two_workers_gives_the_same_summary(
         night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
         dask_threads: DaskEngine) -> None:
     """``fpi diagnose --engine dask --scheduler-file`` on the module's two-worker cluster
     (its file written here: the address is all fpi reads from one): one night cut into
-    one partition per worker."""
+    one partition per worker. The command runs in this process (the executable's road on
+    a cluster, to its exit and error line, is the refused part's test below)."""
     scheduler = tmp_path / "scheduler.json"
     scheduler.write_text(json.dumps({"address": dask_threads.client.scheduler.address}))
     out = tmp_path / "out"
-    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
-               "dask", "--scheduler-file", scheduler, *CLI_OPTS)
+    res = in_process("diagnose", night, "--model", small_bundle.path, "--out", out,
+                     "--engine", "dask", "--scheduler-file", scheduler, *CLI_OPTS)
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert _comparable(summary) == _comparable(local)

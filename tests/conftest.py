@@ -185,7 +185,7 @@ def dask_threads() -> Iterator[Any]:
 
     with (dask.config.set(MONITOR_CONFIG),
           LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
-                       dashboard_address=None, silence_logs=logging.ERROR) as cluster,
+                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster,
           DaskEngine(scheduler=cluster.scheduler_address, timeout=60) as engine):
         yield engine
 

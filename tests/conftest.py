@@ -185,12 +185,41 @@ def night_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[Any]:
-    """A DaskEngine on a LocalCluster of two single-threaded worker processes, started
-    by the first test of a module that asks for it and stopped after that module (an
-    idle cluster still costs about 0.1 CPU-s per second)."""
+    """A DaskEngine on fpi's own LocalCluster of one single-threaded worker process,
+    started by the first test of a module that asks for it and stopped after that module
+    (an idle cluster still costs CPU). For what needs a real process: per-process values,
+    the environment, configuration and preload fpi gives the workers it starts, a worker
+    that dies (its nanny starts it again, so every rerun happens in a new process) and a
+    worker running another fpi than the driver. One worker: each worker process costs
+    about 1 CPU-s to start and 1 more to load LightGBM and a model; the tests that need
+    several workers use ``dask_threads``."""
     from fpi.engine.dask import DaskEngine
 
-    with DaskEngine(workers=2, timeout=60) as engine:
+    with DaskEngine(workers=1, timeout=60) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def dask_threads() -> Iterator[Any]:
+    """A DaskEngine on an in-process cluster: a scheduler and two single-threaded workers
+    on threads of this process, talking over TCP, so every task, argument and result is
+    pickled and sent as between processes (no process to start: about 0.1 CPU-s for the
+    cluster). For tests whose point is the same result on a cluster of several workers,
+    not process boundaries. Not for what a real worker process would show otherwise:
+    per-process values (shared with the driver here: a diagnose worker finds the
+    driver's bundle), the workers' environment and preload, a worker's death, another
+    fpi version: those use ``dask_cluster``."""
+    import logging
+
+    import dask
+    from distributed import LocalCluster
+
+    from fpi.engine.dask import MONITOR_CONFIG, DaskEngine
+
+    with (dask.config.set(MONITOR_CONFIG),
+          LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster,
+          DaskEngine(scheduler=cluster.scheduler_address, timeout=60) as engine):
         yield engine
 
 

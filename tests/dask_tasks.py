@@ -5,9 +5,7 @@ worker`` processes get PYTHONPATH)."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 
 def scaled(x: int, factor: int) -> int:
@@ -24,15 +22,6 @@ def environment(_: object) -> tuple[str | None, str | None, int, bool]:
 
     return (os.environ.get("POLARS_MAX_THREADS"), os.environ.get("OMP_NUM_THREADS"),
             pl.thread_pool_size(), bool(dask.config.get("distributed.worker.profile.enabled")))
-
-
-def die_once(x: int, marker: str, victim: int) -> int:
-    """``x * x``; the first time ``victim`` runs, its whole worker process dies mid-task."""
-    time.sleep(0.05)
-    if x == victim and not Path(marker).exists():
-        Path(marker).touch()
-        os._exit(1)
-    return x * x
 
 
 def loaded_once(_: object, key: str) -> tuple[int, int]:

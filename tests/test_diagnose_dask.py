@@ -1,10 +1,11 @@
 """fpi diagnose on every engine and partitioning gives the same summary.json: the local
-engine over one file, a partitioned directory of 7 parts, and the module's
-LocalCluster of two worker processes (tests/conftest.py's ``dask_cluster``), run by the
-real ``fpi`` executable and, from here, with workers dying in it; a worker that reads
-another model than the driver is refused, also by a cluster the ``fpi`` executable starts
-itself (``--workers``). (A scheduler and a worker started as separate processes are
-tested on cheaper work in test_engine_dask.py.)"""
+engine over one file and over a partitioned directory of 3 parts; ``fpi diagnose`` on a
+cluster of two workers (tests/conftest.py's ``dask_threads``: threads of this process,
+every task and result pickled over TCP); and fpi's LocalCluster of one worker process
+(``dask_cluster``) whose worker dies in the run. A worker that reads another model
+than the driver is refused, and a part holding another part's session is refused by a
+cluster the ``fpi`` executable starts itself (``--workers``). (A scheduler and a worker
+started as separate processes are tested on cheaper work in test_engine_dask.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import Any
 
 import polars as pl
 import pytest
-from dask_tasks import die_first, lightgbm_is_lean
+from cli_run import in_process
+from dask_tasks import die_first, environment, lightgbm_is_lean
 from tiny_turns import make_turns
 
 import fpi
@@ -65,11 +67,22 @@ def local(night: Path, small_bundle, tmp_path_factory: pytest.TempPathFactory
     return fpi.diagnose(night, model=small_bundle.path, out_dir=out, **OPTS).summary
 
 
-def _predictions_are_complete(out: Path, summary: dict[str, Any], night: Path) -> None:
-    """One predictions part per worker, together every turn of the night once, with
+@pytest.fixture(scope="module")
+def night_parts(night: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``night`` ingested into 3 parts (more than a cluster's workers and not a multiple
+    of 2; the merged blocks of 1, 4 and 7 parts are compared one by one in
+    test_diagnose_partition.py)."""
+    turns = tmp_path_factory.mktemp("dask-night-parts") / "turns"
+    ingest_partitioned([night], turns, 3)
+    return turns
+
+
+def _predictions_are_complete(out: Path, summary: dict[str, Any], night: Path,
+                              parts: int) -> None:
+    """One predictions part per partition, together every turn of the night once, with
     contributions for the turns the summary says were attributed."""
-    parts = sorted(p.name for p in (out / "predictions").iterdir())
-    assert parts == ["part-00000.parquet", "part-00001.parquet"]  # one per worker
+    written = sorted(p.name for p in (out / "predictions").iterdir())
+    assert written == [f"part-{i:05d}.parquet" for i in range(parts)]
     pred = pl.read_parquet(out / "predictions" / "*.parquet")
     assert pred.height == summary["turns"] == pl.read_parquet(night).height
     assert pred.select("session_id", "turn_index").is_unique().all()
@@ -77,34 +90,32 @@ def _predictions_are_complete(out: Path, summary: dict[str, Any], night: Path) -
         summary["attribution"]["turns_attributed"])
 
 
-def test_the_executable_on_a_cluster_of_two_workers_gives_the_same_summary(
+def test_the_command_on_a_cluster_of_two_workers_gives_the_same_summary(
         night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
-        dask_cluster: DaskEngine) -> None:
-    """``fpi diagnose --engine dask --scheduler-file`` on the module's cluster (its file
-    written here: the address is all fpi reads from one)."""
+        dask_threads: DaskEngine) -> None:
+    """``fpi diagnose --engine dask --scheduler-file`` on the module's two-worker cluster
+    (its file written here: the address is all fpi reads from one): one night cut into
+    one partition per worker. The command runs in this process (the executable's road on
+    a cluster, to its exit and error line, is the refused part's test below)."""
     scheduler = tmp_path / "scheduler.json"
-    scheduler.write_text(json.dumps({"address": dask_cluster.client.scheduler.address}))
+    scheduler.write_text(json.dumps({"address": dask_threads.client.scheduler.address}))
     out = tmp_path / "out"
-    res = _fpi("diagnose", night, "--model", small_bundle.path, "--out", out, "--engine",
-               "dask", "--scheduler-file", scheduler, *CLI_OPTS)
+    res = in_process("diagnose", night, "--model", small_bundle.path, "--out", out,
+                     "--engine", "dask", "--scheduler-file", scheduler, *CLI_OPTS)
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert _comparable(summary) == _comparable(local)
-    _predictions_are_complete(out, summary, night)
+    _predictions_are_complete(out, summary, night, dask_threads.workers)
 
 
-def test_a_partitioned_directory_gives_the_same_summary(night: Path, small_bundle,
+def test_a_partitioned_directory_gives_the_same_summary(night: Path, night_parts: Path,
+                                                         small_bundle,
                                                          local: dict[str, Any],
                                                          tmp_path: Path) -> None:
-    """7 parts, more than the cluster's 2 and not a multiple of them (the merged blocks of
-    1, 4 and 7 parts are compared one by one in test_diagnose_partition.py)."""
-    parts = 7
-    turns = tmp_path / "turns"
-    ingest_partitioned([night], turns, parts)
-    res = fpi.diagnose(turns, model=small_bundle.path, out_dir=tmp_path / "out", **OPTS)
+    """On the local engine (its parts as Dask workers would take them)."""
+    res = fpi.diagnose(night_parts, model=small_bundle.path, out_dir=tmp_path / "out", **OPTS)
     assert _comparable(res.summary) == _comparable(local)
-    written = sorted(p.name for p in (tmp_path / "out" / "predictions").iterdir())
-    assert written == [f"part-{i:05d}.parquet" for i in range(parts)]
+    _predictions_are_complete(tmp_path / "out", res.summary, night, 3)
 
 
 def test_a_part_holding_another_parts_session_is_refused(small_bundle,
@@ -128,7 +139,8 @@ def test_a_part_holding_another_parts_session_is_refused(small_bundle,
 def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tmp_path: Path,
                                                    dask_cluster: DaskEngine) -> None:
     """The driver holds a model trained here, which no worker can have kept from an earlier
-    test (a worker keeps the bundles it has read, by hash); the files now hold another."""
+    test (a worker keeps the bundles it has read, by hash); the files now hold another.
+    (A worker process: on threads of this process it would find the driver's bundle.)"""
     model = tmp_path / "model"
     train(make_turns(200, seed=9), model, seed=0, threads=1, num_boost_round=5,
           early_stopping_rounds=2, search=False, no_context=False)
@@ -170,23 +182,28 @@ class _Killing:
 
 
 def test_workers_killed_inside_diagnose_give_the_same_summary(
-        night: Path, small_bundle, local: dict[str, Any], tmp_path: Path,
-        dask_cluster: DaskEngine) -> None:
-    """One run, two deaths: a worker dies in the first scoring task, and one (the other,
-    or the first one restarted) in the first EM round, losing the scored partitions it
-    held. Dask runs their tasks again and the summary and predictions are the same."""
-    died = {"while scoring": tmp_path / "died-scoring", "after scoring": tmp_path / "died-em"}
-    killing = _Killing(dask_cluster, {partition.score_partition: died["while scoring"],
-                                      partition.em_step: died["after scoring"]})
+        night: Path, night_parts: Path, small_bundle, local: dict[str, Any],
+        tmp_path: Path, dask_cluster: DaskEngine) -> None:
+    """One run of the 3 parts on one worker process, which dies in the first EM round,
+    after scoring: the task in flight and every scored partition the worker held are
+    lost. Dask runs them again in the new process its nanny starts (which loads the model
+    again) and the summary and predictions are the same. (Also the test of DaskEngine
+    with a dying worker: a task in flight and the results held run again.)"""
+    died = tmp_path / "died-em"
+    killing = _Killing(dask_cluster, {partition.em_step: died})
     out = tmp_path / "out"
-    res = fpi.diagnose(night, model=small_bundle.path, out_dir=out, engine=killing,
+    res = fpi.diagnose(night_parts, model=small_bundle.path, out_dir=out, engine=killing,
                        **OPTS)  # type: ignore[arg-type]
-    assert [when for when, marker in died.items() if not marker.exists()] == []  # both died
+    assert died.exists()  # the worker really died
     assert _comparable(res.summary) == _comparable(local)
-    _predictions_are_complete(out, res.summary, night)
-    # the nannies restart them (a new process importing fpi: slow on a loaded machine)
-    dask_cluster.client.wait_for_workers(2, timeout=300)
-    # every worker, the restarted ones too, imports LightGBM lean (fpi's preload): without
-    # scikit-learn and pandas, which a worker that scored would otherwise hold
+    _predictions_are_complete(out, res.summary, night, 3)
+    # the nanny restarts it (a new process importing fpi: slow on a loaded machine)
+    dask_cluster.client.wait_for_workers(1, timeout=300)
+    # the restarted worker runs as fpi starts its workers: one thread
+    # (POLARS_MAX_THREADS and OMP_NUM_THREADS 1), no profiler...
+    got = dask_cluster.gather(dask_cluster.map(environment, range(2)))
+    assert set(got) == {("1", "1", 1, False)}
+    # ...and it imports LightGBM lean (fpi's preload): without scikit-learn and pandas,
+    # which a worker that scored would otherwise hold
     lean = dask_cluster.client.run(lightgbm_is_lean)
-    assert list(lean.values()) == [True, True]
+    assert list(lean.values()) == [True]

@@ -1,17 +1,23 @@
-"""The Dask engine on real process clusters: a LocalCluster of two workers (one per
-module), and a scheduler and a worker started as separate processes."""
+"""The Dask engine on clusters: handles and partitioned ingest on an in-process cluster of
+two workers (tests/conftest.py's ``dask_threads``: threads, but every task pickled over
+TCP); a scheduler and a worker started as separate processes (``scheduler_file``), which
+also show what takes a worker process (per-process values, another fpi version than the
+driver's). The workers fpi's own LocalCluster starts (their settings, one that dies and
+has its tasks run again) are tested in test_diagnose_dask.py, on a night's diagnosis."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dask_tasks import die_once, environment, loaded_once, plus_one, scaled
+from dask_tasks import loaded_once, plus_one, scaled
 
 import fpi
 from fpi.engine import Engine, LocalEngine, engine_from_options
@@ -20,12 +26,8 @@ from fpi.errors import EngineError
 from fpi.ingest.partition import MANIFEST, ingest_partitioned
 
 
-@pytest.fixture
-def cluster(dask_cluster: DaskEngine) -> DaskEngine:
-    return dask_cluster  # tests/conftest.py: one local cluster per test module
-
-
-def test_local_cluster_maps_and_chains_handles(cluster: DaskEngine) -> None:
+def test_a_cluster_maps_and_chains_handles(dask_threads: DaskEngine) -> None:
+    cluster = dask_threads
     assert isinstance(cluster, Engine)
     assert cluster.workers == 2
     handles = cluster.map(scaled, range(6), 10)
@@ -37,28 +39,21 @@ def test_local_cluster_maps_and_chains_handles(cluster: DaskEngine) -> None:
     assert cluster.map(plus_one, []) == []
 
 
-def test_per_process_values_are_made_once_per_worker(cluster: DaskEngine) -> None:
-    got = cluster.gather(cluster.map(loaded_once, range(8), "bundle"))
+@pytest.fixture(scope="module")
+def separate(scheduler_file: Path) -> Iterator[Engine]:
+    """The engine on tests/conftest.py's ``dask scheduler`` and ``dask worker`` processes."""
+    with engine_from_options("dask", scheduler_file=scheduler_file, timeout=60) as engine:
+        yield engine
+
+
+def test_per_process_values_are_made_once_per_worker(separate: Engine) -> None:
+    got = separate.gather(separate.map(loaded_once, range(8), "bundle"))
     assert all(pid == made for pid, made in got)  # made where used, never shipped
-    assert len(set(got)) <= cluster.workers
+    assert len(set(got)) == separate.workers == 1  # once per worker process
+    assert os.getpid() not in {pid for pid, _ in got}  # in the worker, not here
 
 
-def test_workers_are_single_threaded_without_the_profiler(cluster: DaskEngine) -> None:
-    assert set(cluster.gather(cluster.map(environment, range(4)))) == {("1", "1", 1, False)}
-
-
-def test_a_worker_dying_mid_run_has_its_task_rerun(cluster: DaskEngine,
-                                                   tmp_path: Path) -> None:
-    marker = tmp_path / "died"
-    got = cluster.gather(cluster.map(die_once, range(8), str(marker), 5))
-    assert marker.exists()  # a worker really died
-    assert got == [x * x for x in range(8)]
-    cluster.client.wait_for_workers(2, timeout=60)  # its nanny restarts it (for other tests)
-    # the restarted worker runs as the others did: one thread, no profiler
-    assert set(cluster.gather(cluster.map(environment, range(4)))) == {("1", "1", 1, False)}
-
-
-def test_partitioned_ingest_on_the_cluster_equals_the_local_one(cluster: DaskEngine,
+def test_partitioned_ingest_on_the_cluster_equals_the_local_one(dask_threads: DaskEngine,
                                                                 tmp_path: Path) -> None:
     records = [{"session_id": f"s-{k % 9}", "turn_index": k, "wake": {"detected": True}}
                for k in range(60)]
@@ -66,19 +61,20 @@ def test_partitioned_ingest_on_the_cluster_equals_the_local_one(cluster: DaskEng
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
     inputs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
     local = ingest_partitioned(inputs, tmp_path / "local", 3)
-    remote = ingest_partitioned(inputs, tmp_path / "remote", 3, engine=cluster)
+    remote = ingest_partitioned(inputs, tmp_path / "remote", 3, engine=dask_threads)
     assert remote.rejects_by_rule == local.rejects_by_rule == {"duplicate_turn": 15}
     manifests = [json.loads((tmp_path / d / MANIFEST).read_text()) for d in ("local", "remote")]
     assert manifests[0]["parts"] == manifests[1]["parts"]  # same bytes (sha256) per part
 
 
-def test_version_mismatch_is_refused(cluster: DaskEngine,
+def test_version_mismatch_is_refused(separate: Engine, scheduler_file: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    address = cluster.client.scheduler.address
+    """A worker process that runs fpi 0.1.0 while this process says another version
+    (``separate``: once the worker has joined)."""
     monkeypatch.setattr(fpi, "__version__", "0.0.0+elsewhere")
     with pytest.raises(EngineError, match=r"dask worker tcp://\S+ runs fpi 0\.1\.0.*this "
                                           r"process fpi 0\.0\.0\+elsewhere"):
-        DaskEngine(scheduler=address, timeout=10)
+        DaskEngine(scheduler_file=scheduler_file, timeout=10)
     monkeypatch.undo()
     assert worker_versions()["fpi"] == fpi.__version__
 
@@ -115,7 +111,6 @@ def test_fpi_does_not_import_dask() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_separate_scheduler_and_worker_processes(scheduler_file: Path) -> None:
-    with engine_from_options("dask", scheduler_file=scheduler_file, timeout=60) as engine:
-        assert engine.name == "dask" and engine.workers == 1
-        assert engine.gather(engine.map(plus_one, engine.map(scaled, [1, 2], 3))) == [4, 7]
+def test_separate_scheduler_and_worker_processes(separate: Engine) -> None:
+    assert separate.name == "dask" and separate.workers == 1
+    assert separate.gather(separate.map(plus_one, separate.map(scaled, [1, 2], 3))) == [4, 7]

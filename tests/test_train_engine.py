@@ -1,5 +1,8 @@
 """fpi train on an engine: features built per partition on a Dask cluster give the very
-model of the local engine; --max-train-turns samples; the CLI's engine flags."""
+model of the local engine; --max-train-turns samples; the CLI's engine flags; distributed
+training. The cluster is tests/conftest.py's ``dask_threads``: two workers on threads of
+this process, every task and result pickled over TCP (what takes a real worker process is
+tested in test_engine_dask.py and test_diagnose_dask.py)."""
 
 from __future__ import annotations
 
@@ -63,12 +66,12 @@ def local_model(parts: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.mark.parametrize("max_train_turns", [None, 750])
-def test_dask_features_give_the_local_model(dask_cluster: Any, parts: Path, tmp_path: Path,
+def test_dask_features_give_the_local_model(dask_threads: Any, parts: Path, tmp_path: Path,
                                             local_model: Any,
                                             max_train_turns: int | None) -> None:
     local = local_model if max_train_turns is None else train(
         _concat_parts(parts), tmp_path / "local", max_train_turns=max_train_turns, **QUICK)
-    remote = train(str(parts), tmp_path / "dask", engine=dask_cluster,
+    remote = train(str(parts), tmp_path / "dask", engine=dask_threads,
                    max_train_turns=max_train_turns, **QUICK)
     assert _files(remote.path) == _files(local.path)
     assert remote.manifest["bundle_hash"] == local.manifest["bundle_hash"]
@@ -76,13 +79,13 @@ def test_dask_features_give_the_local_model(dask_cluster: Any, parts: Path, tmp_
     assert remote.manifest["training"]["labelled_turns"] == expected
 
 
-def test_one_parquet_file_is_cut_at_session_boundaries(dask_cluster: Any, parts: Path,
+def test_one_parquet_file_is_cut_at_session_boundaries(dask_threads: Any, parts: Path,
                                                        local_model: Any,
                                                        tmp_path: Path) -> None:
     """One file of the same frame (each session's turns together, as the parts hold
     them) gives the same model."""
     _concat_parts(parts).write_parquet(tmp_path / "turns.parquet")
-    remote = train(tmp_path / "turns.parquet", tmp_path / "dask", engine=dask_cluster, **QUICK)
+    remote = train(tmp_path / "turns.parquet", tmp_path / "dask", engine=dask_threads, **QUICK)
     assert _files(remote.path) == _files(local_model.path)
 
 
@@ -182,15 +185,17 @@ def test_the_sample_bounds_find_the_sample_again(turns: pl.DataFrame) -> None:
     assert in_sample(turns, y, sample_bounds(got, 6), 6).tolist() != mask.tolist()
 
 
-def test_distributed_training_grows_a_loadable_bundle(dask_cluster: Any, parts: Path,
+def test_distributed_training_grows_a_loadable_bundle(dask_threads: Any, parts: Path,
                                                       turns: pl.DataFrame,
                                                       tmp_path: Path) -> None:
     """``fpi train --engine dask --scheduler`` with a sample (--max-train-turns) and
-    lightgbm.dask on the shared cluster: one warning line, JSON alone on stdout, and a
-    bundle that loads, says it was trained on the sample and grown on every labelled
-    turn outside it, and diagnoses. (The same flags without --distributed-training give
-    the local engine's model: test_dask_features_give_the_local_model[750].)"""
-    address = dask_cluster.client.scheduler.address
+    lightgbm.dask on the module's cluster (the executable is the driver; the workers,
+    threads of this process, train as two LightGBM machines over its sockets): one
+    warning line, JSON alone on stdout, and a bundle that loads, says it was trained on
+    the sample and grown on every labelled turn outside it, and diagnoses. (The same
+    flags without --distributed-training give the local engine's model:
+    test_dask_features_give_the_local_model[750].)"""
+    address = dask_threads.client.scheduler.address
     run = _fpi("train", parts, "--out", tmp_path / "m", "--engine", "dask", "--scheduler",
                address, "--folds", "2", "--no-search", "--max-train-turns", "900",
                "--distributed-training",

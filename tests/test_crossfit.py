@@ -64,7 +64,8 @@ def test_random_labels_give_chance_out_of_fold(tmp_path: Path) -> None:
     shuffled = pl.Series(fp.to_numpy()[rng.permutation(turns.height)])
     turns = turns.with_columns(pl.col("label").struct.with_fields(
         failure_point=pl.lit(shuffled)))
-    res = train(turns, tmp_path / "m", seed=0, threads=1, min_class_count=2, **FAST)
+    res = train(turns, tmp_path / "m", seed=0, threads=1, min_class_count=2,
+                no_context=False, **FAST)
     # in-sample a booster would fit the noise; out of fold it cannot
     assert res.heldout["macro_f1"] < 0.3
     assert res.manifest["training"]["heldout_is"] == "out-of-fold"
@@ -160,22 +161,16 @@ def _some_labels_moved(turns: pl.DataFrame, every: int) -> pl.DataFrame:
 
 
 def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path) -> None:
-    """`fpi train --json` through the executable (also what tests/test_evaluate.py once
-    trained in process for its held-out metrics); the refusal in process, which takes
-    the same path from the ModelError to the one error line (tests/test_output_sets.py
-    runs a refused `fpi train` through the executable)."""
-    import subprocess
-    import sys
-
+    """`fpi train --json` (also what tests/test_evaluate.py once trained in process for its
+    held-out metrics) and a refused init model, in process: the README's quickstart runs
+    `fpi train` through the executable (tests/test_readme.py), and tests/test_hostile.py
+    takes an error from the library to its one line and exit 2 in the executable."""
+    from cli_run import in_process
     from tiny_turns import make_turns
-    from typer.testing import CliRunner
-
-    from fpi.cli import app
 
     _some_labels_moved(make_turns(150, seed=0), 20).write_ndjson(tmp_path / "t.jsonl")
-    ok = subprocess.run([sys.executable, "-m", "fpi", "train", str(tmp_path / "t.jsonl"),
-                         "-o", str(tmp_path / "m"), "--test-size", "0", "--folds", "2",
-                         "--no-search", "--json"], capture_output=True, text=True)
+    ok = in_process("train", tmp_path / "t.jsonl", "-o", tmp_path / "m", "--test-size", "0",
+                    "--folds", "2", "--no-search", "--json")
     assert ok.returncode == 0, ok.stderr
     doc = json.loads(ok.stdout)
     assert doc["training"]["heldout_is"] == "out-of-fold" and doc["macro_f1"] > 0.9
@@ -185,11 +180,11 @@ def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path) -> None:
     assert set(doc["per_class"]) == set(CLASSES)
     assert set(doc["baselines"]) == {"rules", "no_context"}
     assert (tmp_path / "m" / MANIFEST_FILE).is_file()
-    bad = CliRunner().invoke(app, ["train", str(tmp_path / "t.jsonl"), "-o",
-                                   str(tmp_path / "n"), "--init-model", str(tmp_path / "nowhere")])
+    bad = in_process("train", tmp_path / "t.jsonl", "-o", tmp_path / "n", "--init-model",
+                     tmp_path / "nowhere")
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
-    assert bad.exit_code == 2 and lines[-1].startswith("error:") and "nowhere" in lines[-1]
-    assert "Traceback" not in bad.output and not (tmp_path / "n").exists()
+    assert bad.returncode == 2 and lines[-1].startswith("error:") and "nowhere" in lines[-1]
+    assert "Traceback" not in bad.stdout + bad.stderr and not (tmp_path / "n").exists()
 
 
 def test_holdout_margins_from_training_scores_match_a_second_prediction() -> None:

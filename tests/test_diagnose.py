@@ -197,14 +197,13 @@ def test_cli_exit_codes(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
     base = ["diagnose", night, "--model", bundle_dir, "--attribution", "none", "--examples", "0"]
     ok = _cli(*base, "--out", tmp_path / "a", "--gate", "turns >= 1")
     assert ok.exit_code == 0, ok.output
+    # a failing gate: JUnit and --json in one run (the message stays on stderr)
     fail = _cli(*base, "--out", tmp_path / "b", "--gate", "failure.estimate <= 0.01",
-                "--junit", tmp_path / "b" / "gates.xml")
+                "--junit", tmp_path / "b" / "gates.xml", "--json")
     assert fail.exit_code == 1, fail.output
     assert "gate failed: failure.estimate <= 0.01" in fail.stderr
     assert 'failures="1"' in (tmp_path / "b" / "gates.xml").read_text()
-    js = _cli(*base, "--out", tmp_path / "c", "--json", "--gate", "failure.estimate <= 0.01")
-    assert js.exit_code == 1
-    doc = json.loads(js.stdout)
+    doc = json.loads(fail.stdout)
     assert doc["gate_status"] == "fail" and doc["gates"][0]["status"] == "FAIL"
     # baseline comparison and a baseline gate
     cmp_ = _cli(*base, "--out", tmp_path / "d", "--baseline", tmp_path / "a" / "summary.json",

@@ -111,8 +111,8 @@ def test_hashed_once_rows_equal_hashing_the_rows() -> None:
 
 
 def test_cli_protocol_holdout(tmp_path: Path) -> None:
-    """In process (the executable's `fpi train --json` runs in
-    tests/test_crossfit.py::test_cli_test_size_zero_and_a_refused_init_model)."""
+    """In process (the executable's `fpi train` runs in tests/test_readme.py's
+    quickstart)."""
     from typer.testing import CliRunner
 
     from fpi.cli import app

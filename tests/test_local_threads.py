@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_run import in_process
 from tiny_turns import make_turns
 
 from fpi.diagnose import diagnose
@@ -27,7 +26,6 @@ from fpi.engine import (
 )
 from fpi.errors import EngineError
 
-FPI = [sys.executable, "-m", "fpi"]
 #: Three partitions of whole sessions (the night has about 900 turns).
 SMALL = {"batch_turns": 300, "n_boot": 30, "min_support": 20, "attribution_sample": 60,
          "seed": 4}
@@ -65,9 +63,9 @@ def test_the_command_takes_threads(small_bundle, night: Path, tmp_path: Path) ->
     with LocalEngine(1) as engine:
         diagnose([night], model=small_bundle.path, out_dir=tmp_path / "lib", engine=engine,
                  attribution="none", n_boot=20, min_support=20)
-    proc = subprocess.run([*FPI, "diagnose", str(night), "--model", str(small_bundle.path),
-                           "--out", str(tmp_path / "cli"), "--attribution", "none",
-                           "--threads", "2"], capture_output=True, text=True, timeout=300)
+    # in process: `fpi diagnose` runs through the executable in many other tests
+    proc = in_process("diagnose", night, "--model", small_bundle.path, "--out",
+                      tmp_path / "cli", "--attribution", "none", "--threads", "2")
     assert proc.returncode == 0, proc.stderr
     lib, cli = outputs(tmp_path / "lib"), outputs(tmp_path / "cli")
     assert cli.keys() == lib.keys()

@@ -313,3 +313,29 @@ def test_bundle_features_not_matching_the_data(trained: TrainResult, turns: pl.D
         bundle.predict_proba(build_features(turns.head(3)))
     with pytest.raises(SchemaError, match="lacks column"):
         trained.bundle.check_compatible(turns.drop("nlu"))
+
+
+def test_the_rules_fit_scores_every_value_as_macro_f1_of_the_rule() -> None:
+    """fit_rule_baseline scores all values of one threshold at once; each is the macro-F1
+    of the rule with that value (the same float), also with a class absent."""
+    from fpi.metrics import macro_f1_score
+    from fpi.model.baselines import _OPTIONS, _RESULT_BAD_SETS, _rule, _Scorer
+
+    rng = np.random.default_rng(1)
+    n = 400
+    cols = {c: np.where(rng.random(n) < 0.1, np.nan, rng.random(n))
+            for c in ("wake_min_score", "asr_confidence", "nlu_confidence", "er_score_min")}
+    cols |= {"wake_detected": rng.integers(0, 2, n).astype(float),
+             "er_n_unresolved": rng.integers(0, 2, n).astype(float),
+             "er_n_ambiguous": rng.integers(0, 2, n).astype(float),
+             "result_status": rng.choice(["ok", "error", "no_action", "clarification", ""], n)}
+    for y in (rng.integers(0, len(CLASSES), n), rng.integers(0, 3, n)):
+        scorer = _Scorer(cols, y, len(CLASSES))
+        for name in _OPTIONS:
+            p = {**{s: float(rng.choice(_OPTIONS[s])) for s in ("wake", "asr", "nlu", "er")},
+                 "er_status": bool(rng.integers(2)), "result_bad": _RESULT_BAD_SETS[1]}
+            for value, got in zip(_OPTIONS[name], scorer.scores(p, name), strict=True):
+                q = {**p, name: value}
+                bad = np.isin(cols["result_status"], np.asarray(q["result_bad"], dtype=object))
+                pred = _rule(cols, q["wake"], q["asr"], q["nlu"], q["er"], q["er_status"], bad)
+                assert got == macro_f1_score(y, pred, len(CLASSES)), (name, value)

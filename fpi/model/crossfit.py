@@ -219,6 +219,7 @@ def fit_fold(ds: lgb.Dataset, x: np.ndarray, train: np.ndarray, held: np.ndarray
                         num_boost_round=num_boost_round,
                         valid_sets=[ds.subset(np.flatnonzero(held).tolist())],
                         valid_names=["valid"], init_model=init_model,
+                        keep_training_booster=True,  # see fit_final
                         callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False),
                                    *more])
     best = booster.best_iteration or booster.current_iteration()
@@ -309,7 +310,10 @@ def fit_final(ds: lgb.Dataset, params: dict[str, Any], rounds: int,
     train = ds if rows is None else ds.subset(np.flatnonzero(rows).tolist())
     clock = time.process_time()
     stop = None if fits is None else fits.callback()
+    # keep_training_booster: no round trip through the model text inside lgb.train (the
+    # text below is the same either way; about a tenth of a fit's CPU on small data)
     booster = lgb.train(params, train, num_boost_round=rounds, init_model=init,
+                        keep_training_booster=True,
                         callbacks=[cb for cb in (boosting_callback(progress, stage), stop)
                                    if cb is not None])
     text = booster.model_to_string()

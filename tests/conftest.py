@@ -148,20 +148,24 @@ def _built_once(factory: pytest.TempPathFactory, name: str,
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory):
     """The session's one trained model (few rounds, one thread, one fit at a time, seed
-    0), on ``small_turns``' data, loaded from its bundle directory (trained once per run).
+    0), on ``small_turns``' data: a ``TrainResult`` whose bundle is loaded from its
+    directory (trained once per run; tests/test_model.py checks a bundle fitted in memory
+    against its saved copy).
 
     Tests that need "a model" use it; only tests of training itself train their own.
     Tests must not change it: copy it (``shutil.copytree``) before editing.
     """
     from tiny_turns import make_turns
 
-    from fpi.model import load_bundle, train
+    from fpi.model import TrainResult, load_bundle, train
 
     def build(where: Path) -> None:
         train(make_turns(300, seed=0), where / "model", seed=0, threads=1,
               num_boost_round=25, early_stopping_rounds=5, jobs=1)
 
-    return load_bundle(_built_once(tmp_path_factory, "small-bundle", build) / "model")
+    bundle = load_bundle(_built_once(tmp_path_factory, "small-bundle", build) / "model")
+    assert bundle.path is not None
+    return TrainResult(bundle.path, bundle.manifest, bundle)
 
 
 @pytest.fixture(scope="session")

@@ -158,21 +158,27 @@ def test_counts_add_up(trained: TrainResult, turns: pl.DataFrame) -> None:
 
 def test_round_trip_same_predictions(trained: TrainResult, turns: pl.DataFrame,
                                      tmp_path: Path) -> None:
+    """A bundle fitted in memory predicts exactly the same once saved and loaded from
+    another directory (the session's model, ``trained``, is itself a loaded copy)."""
     feats = build_features(turns)
+    fitted = fit(turns, FitOptions(seed=0, threads=1, jobs=1, num_boost_round=5,
+                                   early_stopping_rounds=5, search=False))
+    save(fitted, tmp_path / "model")
     moved = tmp_path / "moved"
-    shutil.copytree(trained.path, moved)
+    shutil.copytree(tmp_path / "model", moved)
     loaded = load_bundle(moved)
     p = loaded.predict_proba(feats)
     assert p.shape == (turns.height, len(CLASSES))
-    np.testing.assert_array_equal(p, trained.bundle.predict_proba(feats))
+    np.testing.assert_array_equal(p, fitted.predict_proba(feats))
+    assert loaded.features == fitted.features == trained.bundle.features
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
-    assert loaded.features == trained.bundle.features
     assert loaded.features[:len(FEATURES)] == FEATURES
     assert loaded.learned is not None and loaded.learned.text.keys() == {
         "text_asr", "text_response", "text_next"}
     assert loaded.predict(feats).dtype == pl.String
     nc = loaded.predict_proba_no_context(feats)
     assert nc.shape == p.shape and loaded.no_context_features == context_free(loaded.features)
+    np.testing.assert_array_equal(nc, fitted.predict_proba_no_context(feats))
 
 
 def test_contributions_sum_to_the_margin(trained: TrainResult, turns: pl.DataFrame) -> None:

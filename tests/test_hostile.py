@@ -202,9 +202,10 @@ def test_unwritable_outputs_are_one_error_line(tmp_path: Path) -> None:
         (["-o", "afile/t.parquet"], "afile is not a directory"),
         (["-o", "/dev/full"], "not a regular file"),
     ]
-    for i, (args, words) in enumerate(cases):  # the executable once, the other in process
-        run = fpi if i else fpi_in_process
-        code, err = run("ingest", "night.jsonl", *args, cwd=tmp_path)
+    # in process: the truncated gzip above is the executable's `fpi ingest` error line
+    # (an OutputError takes the same road to it as an InputError)
+    for args, words in cases:
+        code, err = fpi_in_process("ingest", "night.jsonl", *args, cwd=tmp_path)
         assert_one_error(code, err, ExitStatus.ERROR, words)
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # never replaced by a file
     assert (tmp_path / "afile").read_text() == "mine"
@@ -234,7 +235,7 @@ def test_unwritable_paths_raise_output_errors(tmp_path: Path, output: str,
 
 def test_missing_inputs_bad_junit_and_python_m(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("mine")
-    # in process: /dev/full above is the executable's `fpi ingest` error line
+    # in process: the truncated gzip above is the executable's `fpi ingest` error line
     code, err = fpi_in_process("ingest", "missing.jsonl", cwd=tmp_path)
     assert_one_error(code, err, ExitStatus.ERROR, "missing.jsonl")
     # an unwritable --junit is refused before any work: exit 2, never 1 (gate failed);

@@ -14,6 +14,7 @@ from pathlib import Path
 import fsspec
 import polars as pl
 import pytest
+from cli_run import in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -168,7 +169,10 @@ def test_cli_partitions_and_refusals(tmp_path: Path) -> None:
     assert len(read_partitions(tmp_path / "turns")[0]) == 2
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    refused = fpi("ingest", "a.jsonl", "-o", "mine", "--partitions", "2", cwd=tmp_path)
+    # in process: the run above is the executable (and test_hostile's refusals its
+    # error lines)
+    refused = in_process("ingest", "a.jsonl", "-o", "mine", "--partitions", "2", cwd=tmp_path,
+                         env={"COLUMNS": "200"})
     assert refused.returncode == 2
     assert refused.stderr.count("error:") == 1 and "refusing to replace it" in refused.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -324,9 +324,10 @@ def _typed(frame: pl.DataFrame) -> pl.DataFrame:
             frame = frame.with_columns(pl.lit(None, dtype=TURN_SCHEMA[name]).alias(name))
     ts = _timestamp(frame)
     extra = extra_column(frame)
+    schema = frame.schema  # (built anew, nested dtypes and all, on each access)
     conformed = [
-        _conform_struct(pl.col(name), frame.schema[name], dtype).alias(name)
-        if name in frame.columns
+        _conform_struct(pl.col(name), schema[name], dtype).alias(name)
+        if name in schema
         else pl.lit(None, dtype=dtype).alias(name)
         for name, dtype in BLOCKS.items()
     ]

@@ -330,8 +330,8 @@ def test_cli_refuses_foreign_out(case: str, small_bundle, night: Path, tmp_path:
     before = snapshot(user)
     args = ("diagnose", str(night), "--model", str(small_bundle.path), "--out", out,
             "--attribution", "none")
-    # in process (a start-up costs 1-2 CPU-s): test_hostile's refused --junit of `python -m
-    # fpi diagnose` takes the road from such an error to its line through the executable
+    # in process (a start-up costs 1-2 CPU-s): test_hostile's truncated gzip (`python -m
+    # fpi ingest`) takes the road from such an error to its line in a real process
     proc = in_process(*args, cwd=user if case == "dot" else None)
     _one_error(proc, "--out")
     assert snapshot(user) == before
@@ -344,8 +344,8 @@ def test_cli_train_refuses_a_user_folder(tmp_path: Path) -> None:
     folder = tmp_path / "precious"
     folder.mkdir()
     (folder / "thesis.tex").write_text("keep me")
-    # in process: test_hostile's refused --junit of `python -m fpi diagnose` takes the
-    # road from such an error to its line through the executable
+    # in process: test_hostile's truncated gzip (`python -m fpi ingest`) takes the road
+    # from such an error to its line in a real process
     _one_error(in_process("train", str(labelled), "--out", str(folder)), "precious",
                "not an fpi model")
     assert (folder / "thesis.tex").read_text() == "keep me"

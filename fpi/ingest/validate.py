@@ -366,8 +366,14 @@ def _problems(bad: pl.DataFrame, checks: Sequence[tuple[str, str, pl.Expr]]) -> 
 
 def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
     """Typed rows that passed, as a canonical frame (labels normalized) plus :data:`ROW_COL`."""
+    return frame.select(_canonical_columns())
+
+
+@functools.cache
+def _canonical_columns() -> tuple[pl.Expr | str, ...]:
+    """The columns of :func:`_canonical` (built once)."""
     label = pl.col("label")
-    return frame.select(
+    return (
         pl.col("schema_version").fill_null(FORMAT_VERSION),
         "session_id",
         "turn_index",

@@ -45,9 +45,11 @@ def lines(records: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(r).encode() + b"\n" for r in records)
 
 
-def fpi(*args: str, cwd: Path) -> tuple[int, str]:
-    proc = subprocess.run([FPI, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200"})
+def fpi(*args: str, cwd: Path, python_m: bool = False) -> tuple[int, str]:
+    """The ``fpi`` executable (or ``python -m fpi``) in ``cwd``: exit status and stderr."""
+    command = [sys.executable, "-m", "fpi"] if python_m else [FPI]
+    proc = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
     return proc.returncode, proc.stderr
 
 
@@ -153,7 +155,9 @@ def test_truncated_gzip_is_an_error_and_keeps_previous_output(tmp_path: Path) ->
     # a previous night's output (fpi only replaces what looks like its own Parquet)
     previous = b"PAR1 previous night"
     (tmp_path / "turns.parquet").write_bytes(previous)
-    code, err = fpi("ingest", "t.jsonl.gz", "-o", "turns.parquet", cwd=tmp_path)
+    # through `python -m fpi` (the console script runs in the tests above and below)
+    code, err = fpi("ingest", "t.jsonl.gz", "-o", "turns.parquet", cwd=tmp_path,
+                    python_m=True)
     line = assert_one_error(code, err, ExitStatus.ERROR, "t.jsonl.gz", "truncated gzip",
                             "records read before the break", "--allow-truncated")
     assert "bytes decompressed" in line
@@ -202,9 +206,10 @@ def test_unwritable_outputs_are_one_error_line(tmp_path: Path) -> None:
         (["-o", "afile/t.parquet"], "afile is not a directory"),
         (["-o", "/dev/full"], "not a regular file"),
     ]
-    for i, (args, words) in enumerate(cases):  # the executable once, the other in process
-        run = fpi if i else fpi_in_process
-        code, err = run("ingest", "night.jsonl", *args, cwd=tmp_path)
+    # in process: the truncated gzip above is the executable's `fpi ingest` error line
+    # (an OutputError takes the same road to it as an InputError)
+    for args, words in cases:
+        code, err = fpi_in_process("ingest", "night.jsonl", *args, cwd=tmp_path)
         assert_one_error(code, err, ExitStatus.ERROR, words)
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # never replaced by a file
     assert (tmp_path / "afile").read_text() == "mine"
@@ -232,20 +237,17 @@ def test_unwritable_paths_raise_output_errors(tmp_path: Path, output: str,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "night.jsonl"]
 
 
-def test_missing_inputs_bad_junit_and_python_m(tmp_path: Path) -> None:
+def test_missing_inputs_and_bad_junit(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("mine")
-    # in process: /dev/full above is the executable's `fpi ingest` error line
+    # in process: the truncated gzip above is the executable's error line (`python -m fpi`)
     code, err = fpi_in_process("ingest", "missing.jsonl", cwd=tmp_path)
     assert_one_error(code, err, ExitStatus.ERROR, "missing.jsonl")
-    # an unwritable --junit is refused before any work: exit 2, never 1 (gate failed);
-    # through `python -m fpi`
+    # an unwritable --junit is refused before any work: exit 2, never 1 (gate failed)
     (tmp_path / "n.jsonl").write_bytes(lines([good(0)]))
-    proc = subprocess.run([sys.executable, "-m", "fpi", "diagnose", "n.jsonl", "-m", "nomodel",
-                           "-o", "out", "--junit", "afile/j.xml", "--gate",
-                           "asr.estimate <= 1"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
-    assert_one_error(proc.returncode, proc.stderr, ExitStatus.ERROR, "afile/j.xml",
-                     "not a directory")
+    code, err = fpi_in_process("diagnose", "n.jsonl", "-m", "nomodel", "-o", "out", "--junit",
+                               "afile/j.xml", "--gate", "asr.estimate <= 1", cwd=tmp_path)
+    assert_one_error(code, err, ExitStatus.ERROR, "afile/j.xml", "not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "n.jsonl"]
 
 
 # ---------------------------------------------------------------------------
@@ -365,7 +367,8 @@ def test_bad_gate_files_raise_one_input_error(tmp_path: Path, data: bytes, words
 def test_gate_errors_end_the_cli_with_status_2(tmp_path: Path) -> None:
     (tmp_path / "gates.toml").write_bytes(BAD_GATE_FILES[0][0])
     (tmp_path / "n.jsonl").write_bytes(lines([good(0)]))
-    # in process: the unwritable --junit run takes the same road from the executable
+    # in process: the truncated gzip run takes the road from an error to its line in a
+    # real process (`python -m fpi`)
     code, err = fpi_in_process("diagnose", "n.jsonl", "-m", "nomodel", "-o", "out", "--gates",
                                "gates.toml", cwd=tmp_path)
     assert_one_error(code, err, ExitStatus.ERROR, "gates.toml", "name must be a string")

@@ -195,9 +195,9 @@ def test_threads_change_the_cost_not_the_result(tmp_path: Path, hundred: Path,
     from fpi.errors import InputError
     from fpi.ingest import PARSE_WORKERS, read_traces
 
-    # blocks of a few lines: many blocks parsed one at a time or three at once
-    one, one_report = read_traces(hundred, block_bytes=512, threads=1)
-    three, three_report = read_traces(hundred, block_bytes=512, threads=3)
+    # blocks of about ten lines: ten blocks parsed one at a time or three at once
+    one, one_report = read_traces(hundred, block_bytes=2048, threads=1)
+    three, three_report = read_traces(hundred, block_bytes=2048, threads=3)
     assert one.equals(three) and one.height == 95
     assert [(r.line, r.rule) for r in one_report.rejects] == \
         [(r.line, r.rule) for r in three_report.rejects]

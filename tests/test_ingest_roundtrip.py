@@ -103,72 +103,46 @@ def check(path_or_paths: Any, expected: pl.DataFrame, **kw: Any) -> None:
 
 
 # Reading costs about the same for 1 turn as for 16 (a fixed 0.02-0.2 CPU-s per
-# read_traces call), so each property draws 12 examples of up to 16 turns: about as many
-# turns per form as 25 examples of up to 8.
-SETTINGS = settings(max_examples=12, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
-ROWS = turns(max_size=16)
-
-
-@SETTINGS
-@given(rows=ROWS)
-def test_jsonl_plain_gz_zst(tmp_path: Path, rows: list[dict[str, Any]]) -> None:
+# read_traces call), so the property draws 12 examples of up to 16 turns: about as many
+# turns per form as 25 examples of up to 8. Each example goes through every form (one
+# draw of turns, nine reads: drawing the turns cost as much as two reads).
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=turns(max_size=16), seed=st.integers(0, 1000))
+def test_every_form_round_trips(tmp_path: Path, rows: list[dict[str, Any]], seed: int) -> None:
     expected = canonical(rows)
+    forms: dict[str, Any] = {}
+    # JSON Lines, plain and compressed
     for compress in (None, "gz", "zst"):
         path = tmp_path / f"t.jsonl{'.' + compress if compress else ''}"
         write_jsonl(rows, path, compress)
-        check(path, expected)
-
-
-@SETTINGS
-@given(rows=ROWS)
-def test_jsonl_small_blocks(tmp_path: Path, rows: list[dict[str, Any]]) -> None:
-    # Tiny blocks: records are split over many blocks, line numbers must still add up.
-    path = tmp_path / "t.jsonl"
-    write_jsonl(rows, path)
-    check(path, canonical(rows), block_bytes=64)
-
-
-@SETTINGS
-@given(rows=ROWS)
-def test_parquet_canonical_and_generic(tmp_path: Path, rows: list[dict[str, Any]]) -> None:
-    expected = canonical(rows)
-    path = tmp_path / "t.parquet"
-    expected.write_parquet(path)
-    check(path, expected)
-    # Not canonical: timestamps as text, columns in another order, a block missing.
-    generic = tmp_path / "g.parquet"
+        forms[path.name] = (path, {})
+    # tiny blocks: records are split over many blocks, line numbers must still add up
+    forms["t.jsonl, 64-byte blocks"] = (tmp_path / "t.jsonl", {"block_bytes": 64})
+    # canonical Parquet, and not canonical: timestamps as text, columns in another order
+    expected.write_parquet(tmp_path / "t.parquet")
+    forms["t.parquet"] = (tmp_path / "t.parquet", {})
     (expected.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
-     .select(reversed(expected.columns)).write_parquet(generic))
-    check(generic, expected)
-
-
-@SETTINGS
-@given(rows=ROWS)
-def test_csv_dotted_columns(tmp_path: Path, rows: list[dict[str, Any]]) -> None:
-    path = tmp_path / "t.csv"
-    write_csv(rows, path)
-    check(path, canonical(rows))
-
-
-@SETTINGS
-@given(rows=ROWS, seed=st.integers(0, 1000))
-def test_stage_events_shuffled_across_files(tmp_path: Path, rows: list[dict[str, Any]],
-                                            seed: int) -> None:
-    paths = [tmp_path / f"events-{i}.jsonl" for i in range(3)]
-    write_events(rows, paths, seed)
-    check(paths, canonical(rows))
-
-
-@SETTINGS
-@given(rows=ROWS)
-def test_directory_of_mixed_forms(tmp_path: Path, rows: list[dict[str, Any]]) -> None:
-    # Half the turns as JSON Lines, half as CSV, in one directory.
+     .select(reversed(expected.columns)).write_parquet(tmp_path / "g.parquet"))
+    forms["g.parquet"] = (tmp_path / "g.parquet", {})
+    # CSV with dotted columns
+    write_csv(rows, tmp_path / "t.csv")
+    forms["t.csv"] = (tmp_path / "t.csv", {})
+    # stage events shuffled across three files
+    events = [tmp_path / f"events-{i}.jsonl" for i in range(3)]
+    write_events(rows, events, seed)
+    forms["events"] = (events, {})
+    # a directory of mixed forms: half the turns as JSON Lines, half as CSV
     half = len(rows) // 2
     (tmp_path / "logs").mkdir(exist_ok=True)
     write_jsonl(rows[:half], tmp_path / "logs" / "a.jsonl.gz", "gz")
     write_csv(rows[half:], tmp_path / "logs" / "b.csv")
-    check(tmp_path / "logs", canonical(rows))
+    forms["logs/"] = (tmp_path / "logs", {})
+    for form, (path, kw) in forms.items():
+        try:
+            check(path, expected, **kw)
+        except AssertionError as exc:
+            raise AssertionError(f"{form}: {exc}") from exc
 
 
 def test_the_spec_example_reads_as_documented(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_time_ordered_logs_are_sorted_by_session_in_buckets(
     src = tmp_path / "live.jsonl"
     src.write_text("".join(json.dumps(t) + "\n" for t in turns_))
     expected, _ = read_traces(src)
-    monkeypatch.setattr(fpi.ingest.sort, "BUCKET_ROWS", 7)
+    monkeypatch.setattr(fpi.ingest.sort, "BUCKET_ROWS", 50)  # 5 buckets, sessions split
     out = tmp_path / "turns.parquet"
     report = ingest(src, out, block_bytes=2000)
     got = pl.read_parquet(out)

@@ -21,7 +21,6 @@ from fpi.errors import InputError
 from fpi.files import JOURNAL, MARKER, check_output_dir, recover, staged_files, staged_output_dir
 from fpi.ingest import ingest, rejects_path_for
 
-FPI = [sys.executable, "-m", "fpi"]
 FAST_DIAG = {"attribution": "none", "n_boot": 20, "min_support": 20}
 
 
@@ -313,10 +312,6 @@ def test_sigterm_during_diagnose_cleans_up(small_bundle, night: Path, first_set:
 # The CLI: --out refusals are one line, exit 2, nothing of the user's touched
 # ---------------------------------------------------------------------------
 
-def _fpi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*FPI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
 def _one_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
@@ -335,9 +330,9 @@ def test_cli_refuses_foreign_out(case: str, small_bundle, night: Path, tmp_path:
     before = snapshot(user)
     args = ("diagnose", str(night), "--model", str(small_bundle.path), "--out", out,
             "--attribution", "none")
-    # the real executable for ".", in process for the two paths (same error path; a
-    # start-up costs 2 CPU-s)
-    proc = _fpi(*args, cwd=user) if case == "dot" else in_process(*args)
+    # in process (a start-up costs 1-2 CPU-s): test_hostile's truncated gzip (`python -m
+    # fpi ingest`) takes the road from such an error to its line in a real process
+    proc = in_process(*args, cwd=user if case == "dot" else None)
     _one_error(proc, "--out")
     assert snapshot(user) == before
     assert leftovers(tmp_path) == [] and leftovers(user) == []
@@ -349,8 +344,8 @@ def test_cli_train_refuses_a_user_folder(tmp_path: Path) -> None:
     folder = tmp_path / "precious"
     folder.mkdir()
     (folder / "thesis.tex").write_text("keep me")
-    # in process: the refused --out of `fpi diagnose` (case "dot" above) takes the road
-    # from this error to its line through the executable
+    # in process: test_hostile's truncated gzip (`python -m fpi ingest`) takes the road
+    # from such an error to its line in a real process
     _one_error(in_process("train", str(labelled), "--out", str(folder)), "precious",
                "not an fpi model")
     assert (folder / "thesis.tex").read_text() == "keep me"

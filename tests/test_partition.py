@@ -4,16 +4,15 @@ reunites sessions split across files and keeps exactly the rows a single ingest 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import fsspec
 import polars as pl
 import pytest
+from cli_run import in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -149,9 +148,9 @@ def test_parts_read_from_fsspec_urls(tmp_path: Path) -> None:
 
 
 def fpi(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "fpi", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env)
+    """``fpi ARGS`` in process: test_hostile runs ``fpi ingest`` in real processes (exit
+    statuses, streams, error lines); what --partitions changes lies in the library."""
+    return in_process(*args, cwd=cwd, env={"COLUMNS": "200"})
 
 
 def test_cli_partitions_and_refusals(tmp_path: Path) -> None:
@@ -176,7 +175,6 @@ def test_cli_partitions_and_refusals(tmp_path: Path) -> None:
     assert usage.exit_code == 2 and "--workers" in usage.output
     assert "needs --partitions" in usage.output
     write_jsonl(tmp_path / "bad.jsonl", [{"turn_index": 1}])
-    # in process: the refusal above is the executable's error line
     nothing = CliRunner().invoke(app, ["ingest", str(tmp_path / "bad.jsonl"), "-o",
                                        str(tmp_path / "empty"), "--partitions", "2"])
     assert nothing.exit_code == 2 and "no valid turns" in nothing.stderr

@@ -5,6 +5,7 @@ test's diagnose run writes."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from tiny_turns import make_turns
 
 from fpi.diagnose import DiagnoseOptions, diagnose
-from fpi.diagnose.summary import Summary
+from fpi.diagnose.summary import Summary, _plain
 
 ROOT = Path(__file__).parent.parent
 SUMMARY_SCHEMA = ROOT / "docs" / "summary.schema.json"
@@ -47,7 +48,21 @@ def test_the_schema_refuses_a_broken_summary(validator) -> None:
 
 
 def test_a_run_with_baseline_labels_and_redaction_follows_the_schema(
-        small_bundle, tmp_path: Path, validator) -> None:
+        small_bundle, tmp_path: Path, validator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """... and each document the runs build from a Summary is ``dataclasses.asdict``'s,
+    made without its deep copies, and as independent of the Summary."""
+    built = []
+    real = Summary.to_dict
+
+    def to_dict(summary: Summary) -> dict:
+        doc, expected = _plain(summary), dataclasses.asdict(summary)
+        assert doc == expected
+        doc["rates"]["asr"]["changed"] = doc["slices"]["changed"] = doc["inputs"][:] = []
+        assert dataclasses.asdict(summary) == expected
+        built.append(summary)
+        return real(summary)
+
+    monkeypatch.setattr(Summary, "to_dict", to_dict)
     night = tmp_path / "night.parquet"
     make_turns(120, seed=3).write_parquet(night)
     opts = DiagnoseOptions(attribution="all", n_boot=20, min_support=10)
@@ -62,6 +77,7 @@ def test_a_run_with_baseline_labels_and_redaction_follows_the_schema(
     assert second.summary["baseline"]["same_model"] is True
     assert "drift" in second.summary and "drift" not in first.summary
     assert first.summary["labels"] is not None  # the simulated turns carry labels
+    assert len(built) >= 10
 
 
 def test_summary_fields_are_the_document_keys() -> None:

@@ -163,7 +163,9 @@ def _some_labels_moved(turns: pl.DataFrame, every: int) -> pl.DataFrame:
 def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path) -> None:
     """`fpi train --json` (also what tests/test_evaluate.py once trained in process for its
     held-out metrics) and a refused init model, in process: the README's quickstart runs
-    `fpi train` through the executable (tests/test_readme.py), and tests/test_hostile.py
+    `fpi train` through the executable's entry point in a child process
+    (tests/test_readme.py), the `fpi` script trains in tests/test_train_engine.py, and
+    tests/test_hostile.py
     takes an error from the library to its one line and exit 2 in the executable."""
     from cli_run import in_process
     from tiny_turns import make_turns

@@ -111,8 +111,8 @@ def test_hashed_once_rows_equal_hashing_the_rows() -> None:
 
 
 def test_cli_protocol_holdout(tmp_path: Path) -> None:
-    """In process (the executable's `fpi train` runs in tests/test_readme.py's
-    quickstart)."""
+    """In process (`fpi train` runs in a child process in tests/test_readme.py's
+    quickstart, and as the `fpi` script in tests/test_train_engine.py)."""
     from typer.testing import CliRunner
 
     from fpi.cli import app

@@ -6,7 +6,7 @@ it (:func:`fpi_each`: ``fpi.cli.main`` with the command's own arguments, stdout 
 stderr), all five in one child process (:func:`executable_errors`). Further cases whose
 road through the CLI one of those processes already takes run in-process
 (:func:`inproc`): a queue without a model, ``evaluate`` with labels (``fpi evaluate``
-runs as an executable in tests/test_readme.py's quickstart), ``train`` on imported labels
+runs in a child process in tests/test_readme.py's quickstart), ``train`` on imported labels
 and the further errors.
 """
 

@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import each_in_one_process
 
 from fpi.errors import ExitStatus
 
@@ -116,27 +117,6 @@ def shell_words(block: str, cwd: Path) -> list[list[str]]:
     return commands
 
 
-#: Each argument list in ``sys.argv[1]`` (JSON) through the ``fpi`` executable's own entry
-#: point, ``fpi.__main__:main`` (what the console script runs), one after the other in this
-#: one process, which exits with their statuses (JSON) in the file ``sys.argv[2]``; a
-#: record separator line on stderr opens each command's messages.
-_RUN_EACH = """\
-import json, sys
-from fpi.__main__ import main
-commands, statuses_file, statuses = json.loads(sys.argv[1]), sys.argv[2], []
-for args in commands:
-    print("\\036", file=sys.stderr, flush=True)
-    sys.argv = ["fpi", *args]
-    try:
-        main()
-        statuses.append("returned without exiting")
-    except SystemExit as done:
-        statuses.append(done.code)
-with open(statuses_file, "w", encoding="utf-8") as out:
-    json.dump(statuses, out)
-"""
-
-
 def test_readme_quickstart_runs_in_order(tmp_path: Path) -> None:
     """Every command as bash reads it, through the executable's entry point, all in one
     process: each exits with the status the executable would (``main`` ends in
@@ -148,17 +128,11 @@ def test_readme_quickstart_runs_in_order(tmp_path: Path) -> None:
     commands = quickstart_commands()
     words = shell_words(_section("Quickstart", "bash"), tmp_path)
     assert words == [shlex.split(command)[1:] for command, _ in commands]
-    statuses = tmp_path / "statuses.json"
-    done = subprocess.run([sys.executable, "-c", _RUN_EACH, json.dumps(words), str(statuses)],
-                          cwd=tmp_path, env={**os.environ, "COLUMNS": "120"},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    messages = done.stderr.split("\036\n")[1:]
-    got = json.loads(statuses.read_text(encoding="utf-8"))
-    assert len(got) == len(messages) == len(commands)
-    for (command, expected), status, stderr in zip(commands, got, messages, strict=True):
-        assert status == expected, (command, status, stderr[-2000:])
-        assert "Traceback" not in stderr, (command, stderr[-2000:])
+    results = each_in_one_process(*words, cwd=tmp_path, env={"COLUMNS": "120"})
+    for (command, expected), result in zip(commands, results, strict=True):
+        assert result.returncode == expected, (command, result.returncode,
+                                               result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, (command, result.stderr[-2000:])
     for made in ("turns.parquet", "model/manifest.json", "nightly/report.md",
                  "baseline/summary.json", "night.jsonl.gz"):
         assert (tmp_path / made).exists(), made

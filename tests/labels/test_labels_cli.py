@@ -2,9 +2,9 @@
 
 Each labels command (``queue``, ``labels import | agreement | measure | check``) runs once
 as its own ``fpi`` process; the first error of each command runs as the executable runs
-it (:func:`fpi_each`: ``fpi.cli.main`` with the command's own arguments, stdout and
-stderr), all five in one child process (:func:`executable_errors`). Further cases whose
-road through the CLI one of those processes already takes run in-process
+it (:func:`fpi_each`: the console script's ``fpi.__main__:main`` with the command's own
+arguments, stdout and stderr), all five in one child process (:func:`executable_errors`).
+Further cases whose road through the CLI one of those processes already takes run in-process
 (:func:`inproc`): a queue without a model, ``evaluate`` with labels (``fpi evaluate``
 runs in a child process in tests/test_readme.py's quickstart), ``train`` on imported labels
 and the further errors.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from cli_run import in_process
+from cli_run import each_in_one_process, in_process
 
 FPI = str(Path(sys.executable).with_name("fpi"))
 
@@ -37,36 +37,11 @@ def fpi(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[s
                           cwd=cwd, timeout=300)
 
 
-#: Runs each command of argv[1] (a JSON list of argument lists) as the ``fpi`` console
-#: script does (``fpi.cli.main`` under ``sys.argv``), with its own stdout and stderr, and
-#: prints ``[[status, stdout, stderr], ...]`` as JSON.
-_EACH = """\
-import contextlib, io, json, sys
-from fpi.cli import main
-done = []
-for args in json.loads(sys.argv[1]):
-    sys.argv, out, err = ["fpi", *args], io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    done.append([code, out.getvalue(), err.getvalue()])
-json.dump(done, sys.__stdout__)
-"""
-
-
 def fpi_each(*commands: Sequence[object]) -> list[subprocess.CompletedProcess[str]]:
     """Several commands, each run as the executable runs it, in one child process: for
     checks of one behaviour (the error contract), one interpreter start-up for all."""
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
-    argv = [[str(a) for a in command] for command in commands]
-    child = subprocess.run([sys.executable, "-c", _EACH, json.dumps(argv)],
-                           capture_output=True, text=True, env=env, timeout=300)
-    assert child.returncode == 0 and not child.stderr, child.stderr
-    return [subprocess.CompletedProcess(["fpi", *args], code, out, err)
-            for args, (code, out, err) in zip(argv, json.loads(child.stdout), strict=True)]
+    return each_in_one_process(*commands, env={"COLUMNS": "200", "NO_COLOR": "1",
+                                               "OMP_NUM_THREADS": "1"})
 
 
 def assert_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -113,17 +113,14 @@ def test_hashed_once_rows_equal_hashing_the_rows() -> None:
 def test_cli_protocol_holdout(tmp_path: Path) -> None:
     """In process (`fpi train` runs in a child process in tests/test_readme.py's
     quickstart, and as the `fpi` script in tests/test_train_engine.py)."""
-    from typer.testing import CliRunner
-
-    from fpi.cli import app
+    from cli_run import in_process
 
     data = tmp_path / "night.parquet"
     write_simulation(data, turns=600, seed=4, format="parquet")
     out = tmp_path / "m"
-    run = CliRunner().invoke(app, ["train", str(data), "-o", str(out), "--protocol",
-                                   "holdout", "--max-fit-turns", "300", "--no-search",
-                                   "--json"])
-    assert run.exit_code == 0, run.output
+    run = in_process("train", data, "-o", out, "--protocol", "holdout", "--max-fit-turns",
+                     300, "--no-search", "--json")
+    assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     assert doc["training"]["protocol"] == "holdout"
     assert doc["training"]["heldout_is"] == "validation part"

@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from fpi.errors import InputError
 from fpi.ingest import read_traces
 from fpi.schema import TURN_SCHEMA
-from fpi.simulate import simulate
+from fpi.simulate import simulate, simulate_frame
 from fpi.writers import WRITE_FORMATS, TurnWriter, infer_format, write_turns
 
 SUFFIX = {
@@ -31,9 +31,9 @@ SUFFIX = {
 
 @pytest.fixture(scope="module")
 def frame() -> pl.DataFrame:
-    # one batch of sessions for 600 turns (simulate_frame simulates a default batch, 20,000
-    # turns' worth, however few it keeps)
-    return pl.concat(list(simulate(600, seed=12, batch_size=660)))
+    # one batch of sessions for 600 turns (a default batch simulates 20,000 turns' worth,
+    # however few it keeps)
+    return simulate_frame(600, seed=12, batch_size=660)
 
 
 @pytest.mark.parametrize("fmt", WRITE_FORMATS)

@@ -32,13 +32,13 @@ NIGHT = 10_000
 
 
 def _frame(turns: int, **kwargs: Any) -> pl.DataFrame:
-    """:func:`simulate` in one frame, in one batch a tenth larger than ``turns``.
+    """:func:`simulate_frame` in one batch a tenth larger than ``turns``.
 
-    ``simulate_frame`` runs the engine on whole default batches (20,000 turns' worth of
-    sessions) however few turns it keeps; a batch sized to the run simulates only what
-    the test reads. Same seed and batch size: the same turns, as the tests compare.
+    A default batch runs the engine on 20,000 turns' worth of sessions however few turns
+    it keeps; a batch sized to the run simulates only what the test reads. Same seed and
+    batch size: the same turns, as the tests compare.
     """
-    return pl.concat(list(simulate(turns, batch_size=turns + turns // 10, **kwargs)))
+    return simulate_frame(turns, batch_size=turns + turns // 10, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,10 @@ def batches() -> list[pl.DataFrame]:
 
 
 def test_shorter_run_is_a_prefix(frame: pl.DataFrame, batches: list[pl.DataFrame]) -> None:
-    short = pl.concat(list(simulate(5_000, seed=3, batch_size=NIGHT + NIGHT // 10)))
+    short = simulate_frame(5_000, seed=3, batch_size=NIGHT + NIGHT // 10)
     assert_frame_equal(short, frame.head(5_000))
     # across batches too: batch b draws from (seed, b) only
-    shorter = pl.concat(list(simulate(5_000, seed=1, batch_size=2_000)))
+    shorter = simulate_frame(5_000, seed=1, batch_size=2_000)
     assert_frame_equal(shorter, pl.concat(batches).head(5_000))
 
 

@@ -32,8 +32,8 @@ NON_DEFAULT = [s for s in STYLES if s != "default"]
 
 
 def _frame(turns: int, **kwargs: Any) -> pl.DataFrame:
-    """:func:`simulate` in one frame, in batches of ``BATCH`` (as the frames below)."""
-    return pl.concat(list(simulate(turns, batch_size=BATCH, **kwargs)))
+    """:func:`simulate_frame` in batches of ``BATCH`` (as the frames below)."""
+    return simulate_frame(turns, batch_size=BATCH, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +276,7 @@ def _night(profile: str) -> pl.DataFrame:
     batch. Over seeds 4-8 device_mix's shift (a prior shift only) varies by about 0.0016
     (s.d.); on 10,000 turns by 0.003, and it would pass speaker_shift_mild's check
     (> 0.006) about one time in fifty."""
-    return pl.concat(list(simulate(20_000, seed=4, profile=profile, labels="gold",
-                                   batch_size=22_000)))
+    return simulate_frame(20_000, seed=4, profile=profile, labels="gold", batch_size=22_000)
 
 
 def _shift_at_fixed_confidence(profile: str) -> float:

@@ -163,10 +163,14 @@ def simulate_frame(
     profile: str | Profile = "baseline",
     labels: Labels = "both",
     assistant: str | AssistantStyle = "default",
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> pl.DataFrame:
-    """All of :func:`simulate` in one canonical frame."""
+    """All of :func:`simulate` in one canonical frame (the same arguments). Each batch
+    simulates about ``batch_size`` turns' worth of sessions however few turns it keeps:
+    a small frame is cheaper with a batch about the size of ``turns`` (other turns than
+    the default batch's, for the same seed)."""
     frames = list(simulate(turns, seed=seed, profile=profile, labels=labels,
-                           assistant=assistant))
+                           assistant=assistant, batch_size=batch_size))
     if not frames:
         return pl.DataFrame(schema=TURN_SCHEMA)
     return pl.concat(frames, how="vertical")

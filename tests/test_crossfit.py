@@ -165,8 +165,8 @@ def test_cli_test_size_zero_and_a_refused_init_model(tmp_path: Path) -> None:
     held-out metrics) and a refused init model, in process: the README's quickstart runs
     `fpi train` through the executable's entry point in a child process
     (tests/test_readme.py), the `fpi` script trains in tests/test_train_engine.py, and
-    tests/test_hostile.py
-    takes an error from the library to its one line and exit 2 in the executable."""
+    tests/test_hostile.py takes an error from the library to its one line and exit 2 in
+    the executable."""
     from cli_run import in_process
     from tiny_turns import make_turns
 

@@ -32,7 +32,7 @@ runner = CliRunner()
 def data(small_bundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A model to evaluate: the session's (conftest.py; few rounds, so its compiled
     predictor builds quickly), and labelled turns to evaluate it on. (What `fpi train
-    --json` prints is checked through the executable by
+    --json` prints is checked, in process, by
     tests/test_crossfit.py::test_cli_test_size_zero_and_a_refused_init_model.)"""
     root = tmp_path_factory.mktemp("cli")
     make_turns(40, seed=9).write_parquet(root / "test.parquet")

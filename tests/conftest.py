@@ -42,6 +42,9 @@ from fpi.lightgbm_import import lean_on_first_import  # noqa: E402 (after the se
 
 lean_on_first_import()
 
+#: The quick and slow tiers (tests/tiers.py: a bare run leaves the slow tier out).
+pytest_plugins = ("tiers",)
+
 #: Where the controller keeps each test file's seconds of the last run that ran it.
 _FILE_SECONDS = "fpi/file-seconds"
 

@@ -207,6 +207,7 @@ def test_session_sums_of_partitions_merge_to_the_whole() -> None:
     np.testing.assert_array_equal(np.concatenate([a.turns, b.turns]), whole.turns)
 
 
+@pytest.mark.slow
 def test_intervals_are_deterministic_and_shrink_with_n() -> None:
     _, small = _night(SHIFTED, 2_000, seed=5)
     # the big night 4x the bootstrap's row cap (its EM per replicate on the cap's rows

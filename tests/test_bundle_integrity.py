@@ -126,7 +126,8 @@ def test_every_tampering_is_refused(case: str, bundle: Path) -> None:
         assert w in message, (w, message)
 
 
-@pytest.mark.parametrize("case", ["edited_bias", "escaping_entry", "extra_file", "wrong_type"])
+@pytest.mark.parametrize("case", [pytest.param("edited_bias", marks=pytest.mark.slow),
+                                  "escaping_entry", "extra_file", "wrong_type"])
 def test_cli_tampering_is_one_error_line_exit_2(case: str, bundle: Path, tmp_path: Path) -> None:
     """The real executable for one case; the others take the same path from the refusing
     ModelError to the error line, so they run in process (a start-up costs 2 CPU-s)."""

@@ -118,6 +118,7 @@ def test_probe_rows_hit_the_edges(booster: lgb.Booster) -> None:
     assert np.array_equal(pred.predict_raw(x), booster.predict(x, raw_score=True))
 
 
+@pytest.mark.slow
 def test_fpi_model_margins(small_bundle, small_turns) -> None:
     from fpi.features import build_features
     from fpi.model import load_bundle

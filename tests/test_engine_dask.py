@@ -46,6 +46,7 @@ def separate(scheduler_file: Path) -> Iterator[Engine]:
         yield engine
 
 
+@pytest.mark.slow
 def test_per_process_values_are_made_once_per_worker(separate: Engine) -> None:
     got = separate.gather(separate.map(loaded_once, range(8), "bundle"))
     assert all(pid == made for pid, made in got)  # made where used, never shipped
@@ -67,6 +68,7 @@ def test_partitioned_ingest_on_the_cluster_equals_the_local_one(dask_threads: Da
     assert manifests[0]["parts"] == manifests[1]["parts"]  # same bytes (sha256) per part
 
 
+@pytest.mark.slow
 def test_version_mismatch_is_refused(separate: Engine, scheduler_file: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker process that runs fpi 0.1.0 while this process says another version
@@ -111,6 +113,7 @@ def test_fpi_does_not_import_dask() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.slow
 def test_separate_scheduler_and_worker_processes(separate: Engine) -> None:
     assert separate.name == "dask" and separate.workers == 1
     assert separate.gather(separate.map(plus_one, separate.map(scaled, [1, 2], 3))) == [4, 7]

@@ -86,6 +86,7 @@ def _with_raw(record: dict[str, Any], field: str, raw: str) -> bytes:
     return text.replace('"@@"', raw).encode()
 
 
+@pytest.mark.slow
 def test_hostile_records_are_rejected_and_good_ones_kept(tmp_path: Path) -> None:
     body = [json.dumps(good(i)).encode() for i in range(12)]
     hostile = {  # line (1-based) -> (bytes, rule)
@@ -149,6 +150,7 @@ def _night(n: int = 3000) -> bytes:
     return lines([{**good(i), "pad": "x" * 100} for i in range(n)])
 
 
+@pytest.mark.slow
 def test_truncated_gzip_is_an_error_and_keeps_previous_output(tmp_path: Path) -> None:
     data = gzip.compress(_night())
     (tmp_path / "t.jsonl.gz").write_bytes(data[: len(data) // 2])

@@ -242,6 +242,7 @@ def test_arrow_values_built_from_buffers_equal_pyarrows_own(
         assert arrow_int(value).equals(pa.scalar(value, pa.int64()))
 
 
+@pytest.mark.slow
 def test_an_ingest_never_imports_pandas(tmp_path: Path) -> None:
     """pyarrow imports pandas (0.3 CPU-s) the first time it converts a Python value;
     an ingest builds its Arrow values from buffers, through the fast screen, the

@@ -92,6 +92,7 @@ def test_training_is_byte_identical(turns: pl.DataFrame, trained: TrainResult,
         assert (saved.path / name).read_bytes() == (trained.path / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_the_lean_import_hides_lightgbms_wrappers_until_asked_for() -> None:
     code = ("import sys\n"
             "from fpi.lightgbm_import import import_lean, with_wrappers\n"
@@ -109,6 +110,7 @@ def test_the_lean_import_hides_lightgbms_wrappers_until_asked_for() -> None:
     assert out.stdout.split("\n")[:3] == ["False False", "False False", "True True True"]
 
 
+@pytest.mark.slow
 def test_lightgbm_is_imported_lean_on_first_use_only() -> None:
     """What the executable installs: no LightGBM until a module needs it, then lean; and
     pyarrow converting Python objects without importing pandas. Training does not import

@@ -280,6 +280,7 @@ def _run_killed(night: Path, bundle: Path, out: Path, sig: str) -> subprocess.Co
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_sigkilled_diagnose_leaves_staging_that_the_next_run_removes(small_bundle, night: Path,
                                                                      first_set: Path,
                                                                      tmp_path: Path) -> None:
@@ -297,6 +298,7 @@ def test_sigkilled_diagnose_leaves_staging_that_the_next_run_removes(small_bundl
     assert sorted(snapshot(out)) == sorted(before)
 
 
+@pytest.mark.slow
 def test_sigterm_during_diagnose_cleans_up(small_bundle, night: Path, first_set: Path,
                                            tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -127,6 +127,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_fits_running_side_by_side_at_once(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", _INTERRUPTED, str(tmp_path / "m"),
                            str(Path(__file__).parent)], capture_output=True, text=True,

@@ -117,6 +117,7 @@ def shell_words(block: str, cwd: Path) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs_in_order(tmp_path: Path) -> None:
     """Every command as bash reads it, through the executable's entry point, all in one
     process: each exits with the status the executable would (``main`` ends in
@@ -140,6 +141,7 @@ def test_readme_quickstart_runs_in_order(tmp_path: Path) -> None:
     assert manifest["training"]["labelled_turns"] == QUICKSTART_TRAIN_TURNS
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "sample_logs").symlink_to(ROOT / "sample_logs")
     script = tmp_path / "example.py"

@@ -134,6 +134,7 @@ def test_without_redact_the_secrets_show(secret_night: Path, model_dir: Path,
     assert "SECRETNAME" in md
 
 
+@pytest.mark.slow
 def test_redact_leaves_no_secret_anywhere(secret_night: Path, model_dir: Path,
                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                           ) -> None:

@@ -67,6 +67,7 @@ def github_run(world: dict[str, Path]) -> tuple[subprocess.CompletedProcess[str]
     return res, out, step
 
 
+@pytest.mark.slow
 def test_run_metadata_keys_checksums_and_time_range(world: dict[str, Path], github_run) -> None:
     res, out, _ = github_run
     assert res.returncode == 1, res.stderr  # the nasty gate fails
@@ -183,6 +184,7 @@ def _on_a_terminal(args: list[str], cwd: Path) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_progress_is_drawn_on_a_terminal_unless_quiet(tmp_path: Path) -> None:
     """On `fpi trend` over two summaries: the cheapest command that draws a stage (0.7
     CPU-s a start; the counts' formatting is checked in process below)."""

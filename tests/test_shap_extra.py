@@ -85,6 +85,7 @@ def child(night: tuple[Path, str], small_bundle,
     return res, where
 
 
+@pytest.mark.slow
 def test_documented_waterfall_example_runs(child: Child) -> None:
     res, where = child
     assert res.returncode == 0, res.stderr
@@ -102,6 +103,7 @@ def test_to_shap_without_shap_names_the_extra(night: tuple[Path, str], small_bun
     assert info.value.exit_code == ExitStatus.ERROR
 
 
+@pytest.mark.slow
 def test_commands_run_without_the_extra(child: Child) -> None:
     res, where = child
     without_extra, marker, _ = res.stdout.partition("\036\n")

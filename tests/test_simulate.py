@@ -349,6 +349,7 @@ def _paired_ratio(base: pl.DataFrame, night: pl.DataFrame, cls: str,
     return ratio, ratio * math.sqrt(float(influence.to_series().var()) / pairs.height)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [p for p in PROFILES if p != "baseline"])
 def test_profile_moves_its_rate_by_the_documented_amount(
     name: str, nights: dict[str, pl.DataFrame]

@@ -64,6 +64,7 @@ def test_samples_are_small() -> None:
     assert total < 15 * 1024 * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", [s.name for s in make_samples.SAMPLES] + ["broken.jsonl", "annotations.csv"]
 )

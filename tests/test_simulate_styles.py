@@ -312,6 +312,7 @@ def _fpi(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
+@pytest.mark.slow
 def test_cli_assistant(tmp_path: Path) -> None:
     out = tmp_path / "ja.jsonl"
     res = _fpi("simulate", "-o", str(out), "-n", "300", "--assistant", "ja",

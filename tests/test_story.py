@@ -69,6 +69,7 @@ def nights(world: dict[str, Path]) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_baseline_against_itself_flags_nothing_new(nights: dict[str, dict]) -> None:
     s = nights["baseline"]
     assert s["slices"]["vs_baseline"]["tests"] > 50
@@ -81,6 +82,7 @@ def test_baseline_against_itself_flags_nothing_new(nights: dict[str, dict]) -> N
     assert s["slices"]["top"]
 
 
+@pytest.mark.slow
 def test_traffic_mix_change_is_blamed_on_traffic(nights: dict[str, dict]) -> None:
     """device_mix: only the device mix moves; each device's rates stay as they were."""
     s = nights["device_mix"]
@@ -97,6 +99,7 @@ def test_traffic_mix_change_is_blamed_on_traffic(nights: dict[str, dict]) -> Non
     assert "traffic drifted in device_type" in h["story"]
 
 
+@pytest.mark.slow
 def test_component_regression_is_blamed_on_the_component(nights: dict[str, dict]) -> None:
     s = nights["er_outage_music"]
     h = s["headline"]
@@ -116,12 +119,14 @@ def test_component_regression_is_blamed_on_the_component(nights: dict[str, dict]
     assert "`domain` = `music` ≡ `intent` = `PlayMusicIntent`" in md
 
 
+@pytest.mark.slow
 def test_headline_is_written_from_the_summary_alone(nights: dict[str, dict]) -> None:
     for s in nights.values():
         doc = json.loads(render_json(s))
         assert headline(doc) == s["headline"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prof", ["er_outage_music", "device_mix"])
 def test_golden_story(nights: dict[str, dict], prof: str, update_golden: bool) -> None:
     s = nights[prof]
@@ -199,6 +204,7 @@ def regressed(world: dict[str, Path]) -> dict[str, tuple[int, str, dict]]:
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", list(REGRESSIONS))
 def test_regressed_component_gate_fails_others_pass(world: dict[str, Path],
                                                     regressed: dict[str, tuple[int, str, dict]],
@@ -227,6 +233,7 @@ def test_regressed_component_gate_fails_others_pass(world: dict[str, Path],
     assert max(comps, key=lambda g: comps[g]["mean"] or -1e9) == REGRESSIONS[profile]
 
 
+@pytest.mark.slow
 def test_baseline_night_passes_every_gate(world: dict[str, Path], nights: dict[str, dict]
                                           ) -> None:
     """The baseline night against itself, with the regression gates (its story run)."""
@@ -239,6 +246,7 @@ def test_baseline_night_passes_every_gate(world: dict[str, Path], nights: dict[s
     assert len(inside) >= 5
 
 
+@pytest.mark.slow
 def test_music_outage_is_found_in_its_slice(
         regressed: dict[str, tuple[int, str, dict]]) -> None:
     s = regressed["er_outage_music"][2]

@@ -185,6 +185,7 @@ def test_the_sample_bounds_find_the_sample_again(turns: pl.DataFrame) -> None:
     assert in_sample(turns, y, sample_bounds(got, 6), 6).tolist() != mask.tolist()
 
 
+@pytest.mark.slow
 def test_distributed_training_grows_a_loadable_bundle(dask_threads: Any, parts: Path,
                                                       turns: pl.DataFrame,
                                                       tmp_path: Path) -> None:

@@ -117,6 +117,7 @@ def _flip(night: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, n
     return frame, flip
 
 
+@pytest.mark.slow
 def test_flipped_labels_rank_high(night) -> None:
     """On the whole night, with fold models of 30 rounds, not the default 60 (0.9 CPU-s
     less): 88% of the flipped labels in the top tenth (86% at 60), an estimate of 2.1

@@ -23,6 +23,9 @@ import polars as pl
 import pytest
 from cli_run import each_in_one_process, in_process
 
+#: Real processes of every labels command: the slow tier (``-m slow``; CI runs it).
+pytestmark = pytest.mark.slow
+
 FPI = str(Path(sys.executable).with_name("fpi"))
 
 

@@ -87,6 +87,7 @@ def test_targeted_picks_are_left_out() -> None:
     assert a.per_class == b.per_class
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dirichlet", "bootstrap"])
 def test_intervals_cover_the_truth_over_many_nights(method: str) -> None:
     hits, total = 0, 0

@@ -113,9 +113,9 @@ def batches() -> list[pl.DataFrame]:
 def test_shorter_run_is_a_prefix(frame: pl.DataFrame, batches: list[pl.DataFrame]) -> None:
     short = simulate_frame(5_000, seed=3, batch_size=NIGHT + NIGHT // 10)
     assert_frame_equal(short, frame.head(5_000))
-    # across batches too: batch b draws from (seed, b) only
-    shorter = simulate_frame(5_000, seed=1, batch_size=2_000)
-    assert_frame_equal(shorter, pl.concat(batches).head(5_000))
+    # across batches too: batch b draws from (seed, b) only (2,500 turns: into a second batch)
+    shorter = simulate_frame(2_500, seed=1, batch_size=2_000)
+    assert_frame_equal(shorter, pl.concat(batches).head(2_500))
 
 
 def test_batches_hold_whole_sessions(batches: list[pl.DataFrame]) -> None:
@@ -310,12 +310,21 @@ def _rate(frame: pl.DataFrame, cls: str, scope: str) -> tuple[float, int]:
     return float((gold == cls).mean()), frame.height
 
 
+class _Nights(dict[str, pl.DataFrame]):
+    """Profile name -> its night, each simulated when a test first asks for it."""
+
+    def __missing__(self, name: str) -> pl.DataFrame:
+        self[name] = _frame(NIGHT, seed=3, profile=name)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def nights(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """Every profile's night, same seed as the baseline ``frame`` (common random numbers).
-    The rate checks take their tolerance from these sample sizes (binomial s.e.)."""
-    return {name: frame if name == "baseline" else _frame(NIGHT, seed=3, profile=name)
-            for name in PROFILES}
+    The rate checks take their tolerance from these sample sizes (binomial s.e.). Each
+    night (about 0.25 CPU-s) is simulated when a test first reads it: a test of two
+    profiles does not wait for the other eight."""
+    return _Nights(baseline=frame)
 
 
 def _in_scope(cls: str, scope: str) -> tuple[pl.Expr, pl.Expr]:

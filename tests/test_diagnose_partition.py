@@ -55,7 +55,7 @@ SPEC = StatsSpec(seed=3, n_boot=40)
 @pytest.fixture(scope="module")
 def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("partition") / "night.parquet"
-    make_turns(450, seed=5).write_parquet(path)
+    make_turns(250, seed=5).write_parquet(path)
     return path
 
 

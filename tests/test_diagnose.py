@@ -125,22 +125,31 @@ def test_markdown_neutralises_log_text(run) -> None:
     assert "## Failure rates" in md and "| ASR |" in md
 
 
-def test_redact_masks_text(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
-    res = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="none", n_boot=20,
-                   redact=True)
+@pytest.fixture(scope="module")
+def redacted_all(night: Path, bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One redacted run that attributes every turn (redaction masks the text the reports
+    show; the predictions and their contributions are the model's either way)."""
+    out = tmp_path_factory.mktemp("diag-redacted") / "out"
+    return diagnose([night], model=bundle_dir, out_dir=out, attribution="all", n_boot=20,
+                    redact=True)
+
+
+def test_redact_masks_text(redacted_all) -> None:
+    res = redacted_all
     for name in ("summary.json", "report.md", "report.html"):
-        text = (tmp_path / name).read_text()
+        text = (res.out_dir / name).read_text()
         assert "pwn" not in text, name
         assert "garbage store" not in text, name
     ex = next(e for c in CLASSES[1:] for e in res.summary["examples"][c])
     assert ex["answered"]["response"] == "[redacted]"
-    assert res.summary["attribution"]["mode"] == "none"
+    assert res.summary["redacted"] is True
 
 
-def test_attribution_all_matches_the_margin(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
-    res = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="all", n_boot=20)
-    pred = pl.read_parquet(tmp_path / "predictions" / "*.parquet")
+def test_attribution_all_matches_the_margin(night: Path, bundle_dir: Path, redacted_all) -> None:
+    res = redacted_all
+    pred = pl.read_parquet(res.out_dir / "predictions" / "*.parquet")
     assert pred["contrib_bias"].null_count() == 0
+    assert res.summary["attribution"]["mode"] == "all"
     assert res.summary["attribution"]["turns_attributed"] == pred.height
     # grouped contributions sum to the raw margin of the predicted class
     from fpi.features import build_features
@@ -154,10 +163,11 @@ def test_attribution_all_matches_the_margin(night: Path, bundle_dir: Path, tmp_p
 
 def test_batches_of_whole_sessions_give_the_same_answer(night: Path, bundle_dir: Path,
                                                          tmp_path: Path, run) -> None:
-    # about 97 turns a batch: four or five batches of whole sessions from the night's 384
-    # turns (each batch beyond the first costs about 0.13 CPU-s)
+    # about 130 turns a batch: three batches of whole sessions from the night's 384 turns
+    # (each batch beyond the first costs about 0.13 CPU-s)
     small = diagnose([night], model=bundle_dir, out_dir=tmp_path, attribution="none",
-                     n_boot=50, min_support=20, batch_turns=97)
+                     n_boot=50, min_support=20, batch_turns=130)
+    assert len(list((tmp_path / "predictions").iterdir())) == 3
     a = pl.read_parquet(tmp_path / "predictions" / "*.parquet").drop(
         pl.selectors.starts_with("contrib"))
     b = pl.read_parquet(run.out_dir / "predictions" / "*.parquet").drop(
@@ -193,10 +203,8 @@ def _cli(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_cli_exit_codes(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
+def test_cli_exit_codes(night: Path, bundle_dir: Path, tmp_path: Path, run) -> None:
     base = ["diagnose", night, "--model", bundle_dir, "--attribution", "none", "--examples", "0"]
-    ok = _cli(*base, "--out", tmp_path / "a", "--gate", "turns >= 1")
-    assert ok.exit_code == 0, ok.output
     # a failing gate: JUnit and --json in one run (the message stays on stderr)
     fail = _cli(*base, "--out", tmp_path / "b", "--gate", "failure.estimate <= 0.01",
                 "--junit", tmp_path / "b" / "gates.xml", "--json")
@@ -205,9 +213,10 @@ def test_cli_exit_codes(night: Path, bundle_dir: Path, tmp_path: Path) -> None:
     assert 'failures="1"' in (tmp_path / "b" / "gates.xml").read_text()
     doc = json.loads(fail.stdout)
     assert doc["gate_status"] == "fail" and doc["gates"][0]["status"] == "FAIL"
-    # baseline comparison and a baseline gate
-    cmp_ = _cli(*base, "--out", tmp_path / "d", "--baseline", tmp_path / "a" / "summary.json",
-                "--gate", "asr.estimate <= baseline + 0.01", "--json")
+    # passing gates, a baseline comparison and a baseline gate (the baseline: the session
+    # fixture's run of this night and model, whose other options change no point estimate)
+    cmp_ = _cli(*base, "--out", tmp_path / "d", "--baseline", run.out_dir / "summary.json",
+                "--gate", "turns >= 1", "--gate", "asr.estimate <= baseline + 0.01", "--json")
     assert cmp_.exit_code == 0, cmp_.output
     doc = json.loads(cmp_.stdout)
     assert doc["baseline"]["changes"]["asr"]["change"] == 0

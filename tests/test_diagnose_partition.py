@@ -55,11 +55,13 @@ SPEC = StatsSpec(seed=3, n_boot=40)
 @pytest.fixture(scope="module")
 def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("partition") / "night.parquet"
-    make_turns(450, seed=5).write_parquet(path)
+    make_turns(250, seed=5).write_parquet(path)
     return path
 
 
-def _score(night: Path, bundle, parts: int):
+def _score(night: Path, bundle, parts: int,
+           heard: list[tuple[str, int, int | None]] | None = None):
+    """The night scored as ``parts`` partitions (``heard`` gets score_night's progress)."""
     sources = split_sessions(str(night), parts)
     tasks = [PartitionTask(i, s, ModelRef.of(bundle), SETTINGS) for i, s in enumerate(sources)]
     prior = np.array([bundle.manifest["training"]["class_prior"][c] for c in CLASSES])
@@ -71,12 +73,20 @@ def _score(night: Path, bundle, parts: int):
                             attribution_quota=SETTINGS.attribution_quota)
         stats = fetch_chosen(engine, handles, stats)
         return sources, handles, stats, fit_em(engine, handles, prior), prior
-    return (sources, *score_night(LocalEngine(), tasks, SPEC, prior), prior)
+    progress = None if heard is None else (
+        lambda stage, done, of: heard.append((stage, done, of)))
+    total = sum(s.length or 0 for s in sources)
+    return (sources, *score_night(LocalEngine(), tasks, SPEC, prior, progress, total), prior)
+
+
+#: What score_night reported while ``scored`` scored the night as 4 partitions.
+HEARD: list[tuple[str, int, int | None]] = []
 
 
 @pytest.fixture(scope="module")
 def scored(night: Path, small_bundle):
-    return {n: _score(night, small_bundle, n) for n in (1, 4, 7)}
+    HEARD.clear()
+    return {n: _score(night, small_bundle, n, HEARD if n == 4 else None) for n in (1, 4, 7)}
 
 
 def test_partitions_are_whole_sessions(scored, night: Path) -> None:
@@ -312,14 +322,9 @@ def test_statistics_travel_compressed_and_unchanged(scored) -> None:
     assert len(pickle.dumps(part)) < 200_000
 
 
-def test_predict_progress_counts_turns(night: Path, small_bundle) -> None:
-    sources = split_sessions(str(night), 4)
-    tasks = [PartitionTask(i, s, ModelRef.of(small_bundle), SETTINGS)
-             for i, s in enumerate(sources)]
-    prior = np.full(len(CLASSES), 1 / len(CLASSES))
-    heard: list[tuple[str, int, int | None]] = []
+def test_predict_progress_counts_turns(scored, night: Path) -> None:
+    # scored[4] was scored with a progress callback (the night once more costs 0.7 CPU-s)
+    sources = scored[4][0]
     total = sum(s.length or 0 for s in sources)
-    score_night(LocalEngine(), tasks, SPEC, prior,
-                lambda stage, done, of: heard.append((stage, done, of)), total)
-    assert [h[1] for h in heard] == list(np.cumsum([s.length for s in sources]))
-    assert heard[-1] == ("predict", total, total) and total == pl.read_parquet(night).height
+    assert [h[1] for h in HEARD] == list(np.cumsum([s.length for s in sources]))
+    assert HEARD[-1] == ("predict", total, total) and total == pl.read_parquet(night).height

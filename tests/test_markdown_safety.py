@@ -7,7 +7,6 @@ and by rendering with cmark-gfm, GitHub's own Markdown library.
 
 from __future__ import annotations
 
-import copy
 import functools
 import html
 import json
@@ -101,8 +100,13 @@ def test_session_ids_copy_out_without_backslashes() -> None:
     assert "\\" not in line and html.unescape(line) == f"<code>{sid}</code>"
 
 
+@functools.cache
+def _golden_text() -> str:
+    return GOLDEN.read_text()
+
+
 def _hostile_summary() -> dict:
-    s = copy.deepcopy(json.loads(GOLDEN.read_text()))
+    s = json.loads(_golden_text())  # a new document each time, without a deep copy
     evil = " ".join(HOSTILE)
     s["inputs"] = [f"{HOSTILE[0]}.jsonl"]
     for turns in s["examples"].values():

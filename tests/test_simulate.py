@@ -97,25 +97,26 @@ def test_value_rules(frame: pl.DataFrame) -> None:
 
 
 def test_deterministic_and_seed_dependent() -> None:
-    a = _frame(3_000, seed=5)
-    b = _frame(3_000, seed=5)
-    c = _frame(3_000, seed=6)
+    a = _frame(1_000, seed=5)
+    b = _frame(1_000, seed=5)
+    c = _frame(1_000, seed=6)
     assert_frame_equal(a, b)
     assert not a.drop("session_id").equals(c.drop("session_id"))
 
 
 @pytest.fixture(scope="module")
 def batches() -> list[pl.DataFrame]:
-    """9,000 turns in batches of about 2,000."""
-    return list(simulate(9_000, seed=1, batch_size=2_000))
+    """4,500 turns in batches of about 1,000 (each batch costs about 0.07 CPU-s)."""
+    return list(simulate(4_500, seed=1, batch_size=1_000))
 
 
-def test_shorter_run_is_a_prefix(frame: pl.DataFrame, batches: list[pl.DataFrame]) -> None:
-    short = simulate_frame(5_000, seed=3, batch_size=NIGHT + NIGHT // 10)
-    assert_frame_equal(short, frame.head(5_000))
-    # across batches too: batch b draws from (seed, b) only
-    shorter = simulate_frame(5_000, seed=1, batch_size=2_000)
-    assert_frame_equal(shorter, pl.concat(batches).head(5_000))
+def test_shorter_run_is_a_prefix(batches: list[pl.DataFrame]) -> None:
+    # cut inside the first batch
+    short = simulate_frame(500, seed=1, batch_size=1_000)
+    assert_frame_equal(short, pl.concat(batches).head(500))
+    # across batches too: batch b draws from (seed, b) only (1,500 turns: into a second batch)
+    shorter = simulate_frame(1_500, seed=1, batch_size=1_000)
+    assert_frame_equal(shorter, pl.concat(batches).head(1_500))
 
 
 def test_batches_hold_whole_sessions(batches: list[pl.DataFrame]) -> None:
@@ -125,11 +126,11 @@ def test_batches_hold_whole_sessions(batches: list[pl.DataFrame]) -> None:
         ids = set(b["session_id"].unique())
         assert not ids & seen
         seen |= ids
-    assert sum(b.height for b in batches) == 9_000
+    assert sum(b.height for b in batches) == 4_500
 
 
 def test_labels_option() -> None:
-    none = simulate_frame(500, seed=1, labels="none")  # simulate_frame passes it on
+    none = _frame(500, seed=1, labels="none")  # simulate_frame passes it on
     assert none["label"].null_count() == 500
     gold = _frame(500, seed=1, labels="gold")
     assert gold["label"].struct.field("failure_point_2").null_count() == 500
@@ -310,12 +311,21 @@ def _rate(frame: pl.DataFrame, cls: str, scope: str) -> tuple[float, int]:
     return float((gold == cls).mean()), frame.height
 
 
+class _Nights(dict[str, pl.DataFrame]):
+    """Profile name -> its night, each simulated when a test first asks for it."""
+
+    def __missing__(self, name: str) -> pl.DataFrame:
+        self[name] = _frame(NIGHT, seed=3, profile=name)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def nights(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """Every profile's night, same seed as the baseline ``frame`` (common random numbers).
-    The rate checks take their tolerance from these sample sizes (binomial s.e.)."""
-    return {name: frame if name == "baseline" else _frame(NIGHT, seed=3, profile=name)
-            for name in PROFILES}
+    The rate checks take their tolerance from these sample sizes (binomial s.e.). Each
+    night (about 0.25 CPU-s) is simulated when a test first reads it: a test of two
+    profiles does not wait for the other eight."""
+    return _Nights(baseline=frame)
 
 
 def _in_scope(cls: str, scope: str) -> tuple[pl.Expr, pl.Expr]:

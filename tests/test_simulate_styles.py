@@ -61,8 +61,8 @@ def _share(texts: pl.Series, pattern: str) -> float:
 
 @pytest.mark.parametrize("name", NON_DEFAULT)
 def test_style_is_deterministic_for_a_seed(name: str, frames: dict[str, pl.DataFrame]) -> None:
-    again = _frame(TURNS, seed=21, assistant=name)
-    assert_frame_equal(frames[name], again)
+    # the same seed again gives the same turns: test_style_logs_ingest_without_rejects
+    # simulates each style's seed once more and reads back frames[name]'s first turns
     other = _frame(TURNS, seed=22, assistant=name)
     assert not frames[name].drop("session_id").equals(other.drop("session_id"))
 
@@ -115,12 +115,10 @@ def test_style_logs_ingest_without_rejects(name: str, tmp_path: Path,
     truth = json.loads(summary.truth_path.read_text())
     assert truth.get("assistant", "default") == name
     assert sum(truth["counts"].values()) == 600
-    # what the reader gives back is what was simulated (a shorter run with the same seed
-    # and batch size is a prefix of the longer one)
-    simulated = frames[name].head(600)
-    assert (_field(frame, "asr", "text") == _field(simulated, "asr", "text")).all()
-    assert (_field(frame, "label", "failure_point")
-            == _field(simulated, "label", "failure_point")).all()
+    # what the reader gives back is what was simulated, turn for turn: the same seed gives
+    # the same turns in another run (a shorter run with the same seed and batch size is a
+    # prefix of the longer one), and the logs lose nothing
+    assert_frame_equal(frame, frames[name].head(600))
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("ja", "events"), ("terse", "csv"),

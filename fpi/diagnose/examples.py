@@ -97,15 +97,13 @@ class ExamplePool:
     def _trim(self, cand: pl.DataFrame) -> pl.DataFrame:
         k = self.per_group
         keys = ["session_id", "turn_index"]
-        # each order once (the keys are unique, so it is total), then the head per group
-        orders = [cand.sort([by, *keys], descending=[desc, False, False])
-                  for by, desc in (("_prob", True), ("_margin", False))]
-        parts: list[pl.DataFrame] = []
-        for col in (c for c in cand.columns if c.startswith(_PREFIX)):
-            for ordered in orders:
-                parts.append(ordered.group_by(["_pred", col], maintain_order=True).head(k)
-                             .select(cand.columns))
-        return pl.concat(parts).unique(keys, maintain_order=True).sort(keys)
+        # each order once (the keys are unique, so it is total); in it, a row is kept if it
+        # is among the first k of its (class, value) group of any slice dimension
+        in_head = pl.any_horizontal(pl.int_range(pl.len()).over(["_pred", col]) < k
+                                    for col in cand.columns if col.startswith(_PREFIX))
+        heads = [cand.sort([by, *keys], descending=[desc, False, False]).filter(in_head)
+                 for by, desc in (("_prob", True), ("_margin", False))]
+        return pl.concat(heads).unique(keys, maintain_order=True).sort(keys)
 
 
 def _targets(summary: Mapping[str, Any], max_slices: int) -> list[dict[str, Any]]:

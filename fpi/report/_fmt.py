@@ -36,8 +36,12 @@ def plain(text: Any) -> str:
     space; control, format (bidi overrides, zero-width, ANSI escapes) and unassigned
     characters shown as ``\\uXXXX``."""
     flat = " ".join(str(text).split())
-    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in _INVISIBLE else c
-                   for c in flat)
+    if flat.isascii() and flat.isprintable():  # no control character: nothing to show
+        return flat
+    # each distinct character looked up once (a report prints the same log text often)
+    shown = {ord(c): f"\\u{ord(c):04x}" for c in set(flat)
+             if unicodedata.category(c) in _INVISIBLE}
+    return flat.translate(shown) if shown else flat
 
 
 def redaction_note(summary: Mapping[str, Any]) -> str:

@@ -370,6 +370,7 @@ def test_profile_moves_its_rate_by_the_documented_amount(
         assert low - 4 * se <= ratio <= high + 4 * se, (cls, scope, ratio, se)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [p for p in PROFILES if p != "baseline"])
 def test_profile_leaves_other_classes_alone(name: str, nights: dict[str, pl.DataFrame]) -> None:
     base, night = nights["baseline"], nights[name]

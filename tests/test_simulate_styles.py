@@ -286,6 +286,7 @@ def _shift_at_fixed_confidence(profile: str) -> float:
     return float((weight * (joined["rate_night"] - joined["rate"])).sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("profile", "least"), [("speaker_shift", 0.025),
                                                ("speaker_shift_mild", 0.006)])
 def test_speaker_shift_changes_asr_errors_at_fixed_confidence(profile: str, least: float) -> None:
@@ -293,6 +294,7 @@ def test_speaker_shift_changes_asr_errors_at_fixed_confidence(profile: str, leas
     assert _shift_at_fixed_confidence(profile) > least
 
 
+@pytest.mark.slow
 def test_device_mix_is_a_prior_shift_only() -> None:
     # the mix moves a lot, the error rate at a given device and confidence does not
     assert abs(_shift_at_fixed_confidence("device_mix")) < 0.012

@@ -166,3 +166,18 @@ def test_fast_and_careful_paths_agree(tmp_path: Path, lines: list[bytes]) -> Non
     rules_b = [(r.line, r.rule) for r in rb.rejects if r.rule != "invalid_json"
                or r.line != len(lines) + 1]
     assert rules_a == rules_b
+
+
+
+def test_a_value_beyond_64_bits_in_a_message_is_a_reject(tmp_path: Path) -> None:
+    # (found by test_fast_and_careful_paths_agree: the careful parser, where a broken
+    # line sends the block, keeps such an integer when the line also holds a non-finite
+    # number, and crashed quoting it in a reject's message)
+    big = {"": -(2**63) - 1, "0": float("inf")}
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(json.dumps(mutate(base(0), "session_id", big)).encode()
+                     + b"\n{oops\n" + json.dumps(base(1)).encode() + b"\n")
+    frame, report = read_traces(path)
+    assert frame.height == 1
+    assert report.rejects_by_rule == {"missing_session_id": 1, "invalid_json": 1}
+    assert '{"":-9223372036854775809,"0":Infinity}' in report.rejects[0].message

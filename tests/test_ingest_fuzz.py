@@ -166,3 +166,29 @@ def test_fast_and_careful_paths_agree(tmp_path: Path, lines: list[bytes]) -> Non
     rules_b = [(r.line, r.rule) for r in rb.rejects if r.rule != "invalid_json"
                or r.line != len(lines) + 1]
     assert rules_a == rules_b
+
+
+
+def test_a_value_beyond_64_bits_in_a_message_is_a_reject(tmp_path: Path) -> None:
+    # (found by test_fast_and_careful_paths_agree: the careful parser, where a broken
+    # line sends the block, keeps such an integer when the line also holds a non-finite
+    # number, and crashed quoting it in a reject's message)
+    big = {"": -(2**63) - 1, "0": float("inf")}
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(json.dumps(mutate(base(0), "session_id", big)).encode()
+                     + b"\n{oops\n" + json.dumps(base(1)).encode() + b"\n")
+    frame, report = read_traces(path)
+    assert frame.height == 1
+    assert report.rejects_by_rule == {"missing_session_id": 1, "invalid_json": 1}
+    assert '{"":-9223372036854775809,"0":Infinity}' in report.rejects[0].message
+
+
+def test_a_field_name_with_a_nul_character_keeps_it(tmp_path: Path) -> None:
+    # (found by test_fast_and_careful_paths_agree: Arrow's JSON reader keeps the name,
+    # Polars' import of it cut it at the NUL, so the fast path wrote "wake." in extra)
+    line = json.dumps(mutate(base(0), "wake", {"detected": True, "\x00": False, "a\x00b": 1}))
+    for lines in ([line], [line, "{oops"]):  # fast path, careful path
+        path = tmp_path / "nul.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        frame, _ = read_traces(path)
+        assert json.loads(frame["extra"][0]) == {"wake.\x00": False, "wake.a\x00b": 1}

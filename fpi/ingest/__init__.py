@@ -293,6 +293,18 @@ def _prepare(data: bytes | memoryview, n_lines: int | None,
     return _Prepared(parsed, good, rows, problems)
 
 
+#: A block's preparation: submitted to a worker, still to run (:func:`_prepare`'s
+#: arguments), or none (a problem, not a block).
+_Job = Future[_Prepared] | tuple[bytes | memoryview, int | None, ParsedBlock | None] | None
+
+
+def _done(job: _Job) -> _Prepared | None:
+    """The prepared block of ``job`` (run here if no worker took it)."""
+    if isinstance(job, Future):
+        return job.result()
+    return _prepare(*job) if job is not None else None
+
+
 class _SeenKeys:
     """Hashes of the keys written so far with their positions, as sorted runs.
 
@@ -438,29 +450,41 @@ class _Run:
 
         Parsing and validation are pure and release the GIL (pyarrow, Polars), so
         worker threads prepare the next blocks while this one is reported and written.
+        The workers start with a file's second block: a file of one block is prepared
+        here (the same pure call), which spares small inputs a thread's start and join.
         """
-        pending: deque[tuple[Any, Future[_Prepared] | None]] = deque()
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="fpi-parse"
-                                ) as pool:
-            try:
-                for item in items:
-                    fut: Future[_Prepared] | None = None
-                    if isinstance(item, Block):
-                        fut = pool.submit(_prepare, item.data, item.n_lines)
-                    elif isinstance(item, tuple):  # already parsed (CSV)
-                        fut = pool.submit(_prepare, b"", None, item[1])
-                        item = item[0]
-                    pending.append((item, fut))
-                    while len(pending) > PARSE_AHEAD:
-                        done, fut = pending.popleft()
-                        yield done, fut.result() if fut else None
-                while pending:
-                    done, fut = pending.popleft()
-                    yield done, fut.result() if fut else None
-            finally:
-                for _, fut in pending:
-                    if fut:
-                        fut.cancel()
+        pending: deque[tuple[Any, _Job]] = deque()
+        pool: ThreadPoolExecutor | None = None
+        blocks = 0
+        try:
+            for item in items:
+                job: _Job = None
+                if isinstance(item, Block):
+                    job = (item.data, item.n_lines, None)
+                elif isinstance(item, tuple):  # already parsed (CSV)
+                    job = (b"", None, item[1])
+                    item = item[0]
+                blocks += job is not None
+                if pool is None and blocks == 2:
+                    pool = ThreadPoolExecutor(max_workers=self.threads,
+                                              thread_name_prefix="fpi-parse")
+                    pending = deque((i, pool.submit(_prepare, *j) if isinstance(j, tuple)
+                                     else j) for i, j in pending)
+                if isinstance(job, tuple) and pool is not None:
+                    job = pool.submit(_prepare, *job)
+                pending.append((item, job))
+                while len(pending) > PARSE_AHEAD:
+                    done, job = pending.popleft()
+                    yield done, _done(job)
+            while pending:
+                done, job = pending.popleft()
+                yield done, _done(job)
+        finally:
+            if pool is not None:
+                for _, job in pending:
+                    if isinstance(job, Future):
+                        job.cancel()
+                pool.shutdown()
 
     def _block(self, block: Block, prepared: _Prepared, count: bool = True) -> None:
         """Report a prepared block's rejects, drop repeated turns, hand the rest on."""

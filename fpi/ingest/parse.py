@@ -224,6 +224,14 @@ def type_depth(dtype: pa.DataType, limit: int = MAX_DEPTH + 1) -> int:
     return 1 + max(type_depth(dtype.field(i).type, limit - 1) for i in range(dtype.num_fields))
 
 
+def has_nul_name(dtype: pa.DataType | pa.Schema) -> bool:
+    """Whether a field name anywhere in ``dtype`` holds a NUL character (lost on the way
+    to Polars, whose Arrow import reads names as C strings)."""
+    fields = list(dtype) if isinstance(dtype, pa.Schema) else [
+        dtype.field(i) for i in range(dtype.num_fields)]
+    return any("\x00" in f.name or has_nul_name(f.type) for f in fields)
+
+
 def schema_too_deep(schema: pa.Schema) -> bool:
     """Whether some record of a table of ``schema`` may be nested deeper than MAX_DEPTH."""
     return 1 + max((type_depth(f.type) for f in schema), default=0) > MAX_DEPTH
@@ -354,6 +362,8 @@ def fast_read(data: bytes | memoryview, n_lines: int,
     table = read(data)
     if schema_too_deep(table.schema):
         raise pa.ArrowInvalid("a record is nested too deeply")
+    if has_nul_name(table.schema):
+        raise pa.ArrowInvalid("a field name holds a NUL character")
     if has_null_line(table, data):  # the careful path rejects it as not an object
         raise pa.ArrowInvalid("a line is a bare null")
     row_lines: list[int] | None = None

@@ -15,6 +15,7 @@ the rules checked field by field, what a message says after the field's path.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -134,5 +135,8 @@ SHOWN_CHARS = 60
 
 def shown(value: Any) -> str:
     """A value as a message quotes it: its JSON, cut to :data:`SHOWN_CHARS` characters."""
-    text = orjson.dumps(value, default=str).decode()
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except TypeError:  # an integer beyond 64 bits, which orjson refuses
+        text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."

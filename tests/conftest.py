@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -280,6 +281,19 @@ def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _command_tree_built_once() -> Iterator[None]:
+    """Typer's test runner (``CliRunner.invoke``, tests/cli_run.py's ``in_process``) builds
+    fpi's whole Click command tree anew for each invocation: about 60 ms, half the cost of
+    a short command. Here each app's tree is built once per session (Click runs a command
+    object any number of times; a test that changes the app itself must build its own)."""
+    import typer.testing
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(typer.testing, "_get_command", functools.cache(typer.testing._get_command))
+        yield
 
 
 @pytest.fixture(autouse=True)

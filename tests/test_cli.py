@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-import typer.testing
 from typer.testing import CliRunner
 
 from fpi import __version__
@@ -17,15 +14,6 @@ from fpi.cli import app
 runner = CliRunner()
 
 COMMANDS = ("ingest", "simulate", "train", "evaluate", "diagnose", "explain")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _command_tree_built_once() -> Iterator[None]:
-    """Typer's test runner builds fpi's Click command tree anew for each invocation (half
-    the cost of a --help); here once for the module's invocations."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(typer.testing, "_get_command", functools.cache(typer.testing._get_command))
-        yield
 
 
 def test_version() -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer.testing
 
 ROOT = Path(__file__).resolve().parent.parent
 _BOX = re.compile(r"[─│╭╮╰╯┌┐└┘├┤┬┴┼═║╔╗╚╝]")
@@ -24,18 +23,13 @@ def _words(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def gen() -> Iterator[Any]:
-    """scripts/gen_cli_docs.py, each command's --help rendered once for both tests.
-
-    Typer's test runner builds the Click command tree of the whole app anew for each
-    invocation (half the cost of a --help); here it is built once for all fourteen."""
+    """scripts/gen_cli_docs.py, each command's --help rendered once for both tests."""
     spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts/gen_cli_docs.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.help_text = functools.cache(module.help_text)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(typer.testing, "_get_command", functools.cache(typer.testing._get_command))
-        yield module
+    yield module
 
 
 def test_cli_reference_is_current(gen: Any) -> None:

@@ -9,19 +9,16 @@ process); the parser and gate cases run in-process, under hypothesis.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import typer.testing
 import zstandard
 from cli_run import in_process
 from hypothesis import HealthCheck, given, settings
@@ -34,15 +31,6 @@ from fpi.gates import load_gates, parse_gate
 from fpi.ingest import ingest
 from fpi.ingest.parse import json_depth, parse_block, screen_bounds
 from fpi.schema import MAX_DEPTH, MAX_RECORD_BYTES
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _command_tree_built_once() -> Iterator[None]:
-    """Typer's test runner builds fpi's Click command tree anew for each invocation
-    (60 ms, half the cost of a short command); here once for the module's invocations."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(typer.testing, "_get_command", functools.cache(typer.testing._get_command))
-        yield
 
 FPI = str(Path(sys.executable).with_name("fpi"))
 

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-import typer.testing
 from typer.testing import CliRunner
 
 from fpi.cli import app
 from fpi.schema import TURN_SCHEMA
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _command_tree_built_once() -> Iterator[None]:
-    """Typer's test runner builds fpi's Click command tree anew for each invocation
-    (60 ms, half the cost of a short command); here once for the module's invocations."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(typer.testing, "_get_command", functools.cache(typer.testing._get_command))
-        yield
 
 
 def turn(i: int, session: str = "s-1") -> dict:

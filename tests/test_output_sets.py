@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -10,12 +9,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-import typer.testing
 from cli_run import in_process
 from tiny_turns import make_turns
 
@@ -25,15 +22,6 @@ from fpi.files import JOURNAL, MARKER, check_output_dir, recover, staged_files, 
 from fpi.ingest import ingest, rejects_path_for
 
 FAST_DIAG = {"attribution": "none", "n_boot": 20, "min_support": 20}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _command_tree_built_once() -> Iterator[None]:
-    """Typer's test runner builds fpi's Click command tree anew for each invocation
-    (60 ms, half the cost of a short command); here once for the module's invocations."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(typer.testing, "_get_command", functools.cache(typer.testing._get_command))
-        yield
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:

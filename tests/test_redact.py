@@ -10,19 +10,16 @@ the search can fail.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-import typer.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from tiny_turns import make_turns
@@ -35,15 +32,6 @@ from fpi.ingest import Problem
 from fpi.ingest.problems import RULES
 from fpi.redact import ID_PREFIX, REDACTED, SALT_ENV, redactor, safe_message
 from fpi.schema import TURN_SCHEMA
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _command_tree_built_once() -> Iterator[None]:
-    """Typer's test runner builds fpi's Click command tree anew for each invocation
-    (60 ms, half the cost of a short command); here once for the module's invocations."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(typer.testing, "_get_command", functools.cache(typer.testing._get_command))
-        yield
 
 SECRETS = ("hunter2", "SECRET")
 SALT = "test-salt-not-secret"

@@ -216,13 +216,15 @@ def _text_counts(texts: HashedTexts, y: np.ndarray, k: int) -> np.ndarray:
     that class holding the bucket; n is counted exactly over the distinct texts."""
     w = _class_weights(y, k)
     per_text = np.bincount(texts.at * k + y, minlength=texts.distinct.shape[0] * k)
-    n = np.asarray(texts.distinct.T @ per_text.reshape(-1, k).astype(np.float64))
-    n = n.astype(np.int64)  # exact: integers below 2**53
-    counts = np.zeros(n.shape)
-    for c in range(k):
-        top = int(n[:, c].max(initial=0))
-        if top:
-            counts[:, c] = np.r_[0.0, np.cumsum(np.full(top, w[c]))][n[:, c]]
+    # n as a sparse product: only the (bucket, class) pairs some row holds, not a dense
+    # (BUCKETS, k) pass per class
+    n = (texts.distinct.T @ sp.csr_matrix(per_text.reshape(-1, k).astype(np.float64))).tocoo()
+    held = n.data > 0
+    bucket, cls, times = n.row[held], n.col[held], n.data[held].astype(np.int64)  # exact
+    counts = np.zeros((texts.distinct.shape[1], k))
+    for c in np.unique(cls):
+        at = cls == c
+        counts[bucket[at], c] = np.cumsum(np.full(int(times[at].max()), w[c]))[times[at] - 1]
     return counts
 
 

@@ -262,7 +262,11 @@ class TextModel:
     @classmethod
     def _of_counts(cls, counts: np.ndarray) -> TextModel:
         """The model of (BUCKETS, k) weighted presence counts."""
-        seen = np.flatnonzero(counts.sum(axis=1) > 0).astype(np.int32)
+        held = np.zeros(len(counts), dtype=bool)  # a column at a time: k strided passes,
+        for j in range(counts.shape[1]):  # faster than one reduction over rows of k values
+            held |= counts[:, j] != 0
+        rows = np.flatnonzero(held)  # the sums of the other rows are 0
+        seen = rows[counts[rows].sum(axis=1) > 0].astype(np.int32)
         c = counts[seen].astype(np.float32)
         return cls(seen, c, c.astype(np.float64).sum(axis=0))
 

@@ -27,7 +27,7 @@ FAST = {"num_boost_round": 20, "early_stopping_rounds": 5, "folds": 3, "search":
 
 @pytest.fixture(scope="module")
 def terse() -> pl.DataFrame:
-    return simulate_frame(600, seed=5, assistant="terse")
+    return simulate_frame(600, seed=5, assistant="terse", batch_size=660)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_candidates_shrink_with_data() -> None:
 
 
 def test_random_labels_give_chance_out_of_fold(tmp_path: Path) -> None:
-    turns = simulate_frame(600, seed=3)
+    turns = simulate_frame(600, seed=3, batch_size=660)
     rng = np.random.default_rng(0)
     fp = turns["label"].struct.field("failure_point")
     shuffled = pl.Series(fp.to_numpy()[rng.permutation(turns.height)])
@@ -119,7 +119,7 @@ def test_training_is_deterministic(terse: pl.DataFrame, terse_model: TrainResult
 def test_warm_start_continues_and_refuses_incompatible(terse: pl.DataFrame,
                                                        terse_model: TrainResult,
                                                        tmp_path: Path) -> None:
-    small = simulate_frame(300, seed=9, assistant="terse")
+    small = simulate_frame(300, seed=9, assistant="terse", batch_size=330)
     warm = train(small, tmp_path / "w", seed=0, threads=1, min_class_count=2,
                  init_model=terse_model.path, no_context=False, **FAST)
     assert [f.name for f in warm.bundle.features] == [f.name for f in

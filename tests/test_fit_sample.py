@@ -59,7 +59,7 @@ def test_no_sample_when_cross_fitting_under_the_cap_or_uncapped() -> None:
 
 def test_a_capped_holdout_records_its_sample_and_is_deterministic(tmp_path: Path) -> None:
     # 800 turns: about 630 fit rows outside the validation part, twice the cap
-    night = simulate_frame(800, seed=11)
+    night = simulate_frame(800, seed=11, batch_size=880)
     kw = {"seed": 0, "threads": 1, "protocol": "holdout", "max_fit_turns": 300,
           "no_context_max_turns": 500, "holdout_refit": True, **FAST}
     res = train(night, tmp_path / "a", **kw)  # type: ignore[arg-type]

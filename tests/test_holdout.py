@@ -22,7 +22,9 @@ FAST = {"num_boost_round": 20, "early_stopping_rounds": 5, "search": False}
 
 @pytest.fixture(scope="module")
 def night() -> pl.DataFrame:
-    return simulate_frame(600, seed=11)  # about 480 fit rows: more than the caps below
+    # one batch of sessions (a default batch simulates 20,000 turns' worth); about 480 fit
+    # rows, more than the caps below
+    return simulate_frame(600, seed=11, batch_size=660)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_holdout_scores_the_validation_part_and_ships_all(night: pl.DataFrame,
 
 
 def test_holdout_metrics_are_out_of_sample(tmp_path: Path) -> None:
-    turns = simulate_frame(600, seed=3)
+    turns = simulate_frame(600, seed=3, batch_size=660)
     fp = turns["label"].struct.field("failure_point").to_numpy()
     shuffled = pl.Series(fp[np.random.default_rng(0).permutation(turns.height)])
     turns = turns.with_columns(pl.col("label").struct.with_fields(
@@ -116,7 +118,7 @@ def test_cli_protocol_holdout(tmp_path: Path) -> None:
     from cli_run import in_process
 
     data = tmp_path / "night.parquet"
-    write_simulation(data, turns=600, seed=4, format="parquet")
+    write_simulation(data, turns=600, seed=4, format="parquet", batch_size=660)
     out = tmp_path / "m"
     run = in_process("train", data, "-o", out, "--protocol", "holdout", "--max-fit-turns",
                      300, "--no-search", "--json")

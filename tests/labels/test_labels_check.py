@@ -94,7 +94,7 @@ def test_learned_features_are_fitted_without_the_scored_fold(night) -> None:
 
 
 def test_repeats_average_fold_assignments(night) -> None:
-    part = night.head(600)
+    part = night.head(300)  # any size: the two assignments' values differ by up to 0.5
     def conf(**kw: int) -> np.ndarray:
         opts = CheckOptions(folds=3, rounds=10, learn_features=False, **kw)
         return check_labels(part, opts).ranked.sort("session_id", "turn_index")[

@@ -116,7 +116,7 @@ def test_not_a_canonical_frame_is_a_schema_error() -> None:
 def test_simulated_sessions_identical_alone_or_among_others() -> None:
     from fpi.simulate import simulate_frame
 
-    many = simulate_frame(3000, seed=11)
+    many = simulate_frame(3000, seed=11, batch_size=3300)  # one batch, not 20,000 turns' worth
     all_feats = build_features(many)
     # in whole-session batches of varying size
     sessions = many["session_id"].unique(maintain_order=True)

@@ -58,17 +58,19 @@ def test_no_sample_when_cross_fitting_under_the_cap_or_uncapped() -> None:
 
 
 def test_a_capped_holdout_records_its_sample_and_is_deterministic(tmp_path: Path) -> None:
-    night = simulate_frame(1500, seed=11)
-    kw = {"seed": 0, "threads": 1, "protocol": "holdout", "max_fit_turns": 600,
-          "no_context_max_turns": 1000, "holdout_refit": True, **FAST}
+    # 800 turns: about 630 fit rows outside the validation part, twice the cap
+    night = simulate_frame(800, seed=11, batch_size=880)
+    kw = {"seed": 0, "threads": 1, "protocol": "holdout", "max_fit_turns": 300,
+          "no_context_max_turns": 500, "holdout_refit": True, **FAST}
     res = train(night, tmp_path / "a", **kw)  # type: ignore[arg-type]
     t = res.manifest["training"]
-    assert t["max_fit_turns"] == 600
-    assert t["counts"]["train"]["turns"] == 600  # the refit: the sample
+    assert t["max_fit_turns"] == 300
+    assert t["counts"]["train"]["turns"] == 300  # the refit: the sample
+    assert t["counts"]["train"]["turns"] < night.height - t["counts"]["valid"]["turns"]
     assert t["shipped"] == "refit on a sample of the fit rows (max_fit_turns)"
     n_valid = t["counts"]["valid"]["turns"]
     assert sum(c["support"] for c in res.heldout["per_class"].values()) == n_valid
-    assert res.manifest["no_context"]["train_turns"] == 600  # min of both caps
+    assert res.manifest["no_context"]["train_turns"] == 300  # min of both caps
     again = train(night, tmp_path / "b", **kw)  # type: ignore[arg-type]
     for name in ("model.txt", "model_no_context.txt", "manifest.json"):
         assert (again.path / name).read_bytes() == (res.path / name).read_bytes()

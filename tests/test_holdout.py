@@ -16,19 +16,21 @@ from fpi.model.learned import hashed_ngrams, hashed_texts
 from fpi.simulate import simulate_frame, write_simulation
 
 #: Twenty rounds (the tests read the rows, counts and protocol, and that the model learns:
-#: validation macro-F1 about 0.78 on the 800-turn night).
+#: validation macro-F1 about 0.79 on the 600-turn night).
 FAST = {"num_boost_round": 20, "early_stopping_rounds": 5, "search": False}
 
 
 @pytest.fixture(scope="module")
 def night() -> pl.DataFrame:
-    return simulate_frame(800, seed=11)
+    # one batch of sessions (a default batch simulates 20,000 turns' worth); about 480 fit
+    # rows, more than the caps below
+    return simulate_frame(600, seed=11, batch_size=660)
 
 
 @pytest.fixture(scope="module")
 def holdout_model(night: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory
                   ) -> TrainResult:
-    # 800 labelled turns >= holdout_min: "auto" picks the holdout protocol
+    # 600 labelled turns >= holdout_min: "auto" picks the holdout protocol
     return train(night, tmp_path_factory.mktemp("ho") / "m", seed=0, threads=1,
                  holdout_min=500, no_context_max_turns=300, holdout_refit=True, **FAST)
 
@@ -63,7 +65,7 @@ def test_holdout_scores_the_validation_part_and_ships_all(night: pl.DataFrame,
 
 
 def test_holdout_metrics_are_out_of_sample(tmp_path: Path) -> None:
-    turns = simulate_frame(600, seed=3)
+    turns = simulate_frame(600, seed=3, batch_size=660)
     fp = turns["label"].struct.field("failure_point").to_numpy()
     shuffled = pl.Series(fp[np.random.default_rng(0).permutation(turns.height)])
     turns = turns.with_columns(pl.col("label").struct.with_fields(
@@ -116,7 +118,7 @@ def test_cli_protocol_holdout(tmp_path: Path) -> None:
     from cli_run import in_process
 
     data = tmp_path / "night.parquet"
-    write_simulation(data, turns=600, seed=4, format="parquet")
+    write_simulation(data, turns=600, seed=4, format="parquet", batch_size=660)
     out = tmp_path / "m"
     run = in_process("train", data, "-o", out, "--protocol", "holdout", "--max-fit-turns",
                      300, "--no-search", "--json")

@@ -16,7 +16,7 @@ from tiny_turns import make_turns
 from fpi.errors import InputError, ModelError, SchemaError
 from fpi.features import FEATURES, build_features, context_free
 from fpi.files import MARKER
-from fpi.model import FitOptions, TrainResult, fit, load_bundle, save, train
+from fpi.model import FitOptions, ModelBundle, TrainResult, fit, load_bundle, save, train
 from fpi.model.bundle import LEARNED_FILE, MODEL_FILE, NO_CONTEXT_FILE
 from fpi.model.manifest import MANIFEST_FILE, bundle_hash
 from fpi.model.vocab import VOCAB_FEATURES
@@ -34,6 +34,20 @@ def turns(small_turns: pl.DataFrame) -> pl.DataFrame:
 def trained(small_bundle: TrainResult) -> TrainResult:
     """The session's model (conftest.py): ``train(turns, seed=0, threads=1, **FAST)``."""
     return small_bundle
+
+
+@pytest.fixture(scope="module")
+def fitted(turns: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory,
+           ) -> tuple[ModelBundle, Path]:
+    """The session model's training fitted in memory (``fit``, nothing saved), its search
+    candidates, other folds and no-context model two at a time (``jobs=2``), from an
+    empty working directory (returned with the bundle: fit wrote nothing there). Trained
+    once for the tests of the fit in memory: its bytes and its round trip."""
+    cwd = tmp_path_factory.mktemp("fit-cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        bundle = fit(turns, FitOptions(seed=0, threads=1, jobs=2, **FAST))
+    return bundle, cwd
 
 
 def test_bundle_files_and_manifest(trained: TrainResult) -> None:
@@ -77,14 +91,14 @@ def test_model_learns_the_fixture(trained: TrainResult) -> None:
     assert trained.heldout["macro_f1"] > 0.9
 
 
-def test_training_is_byte_identical(turns: pl.DataFrame, trained: TrainResult,
+def test_training_is_byte_identical(fitted: tuple[ModelBundle, Path], trained: TrainResult,
                                     tmp_path: Path) -> None:
     # fit in memory writes nothing; saving it gives the bytes train wrote. The session
     # model fitted one at a time (jobs=1); here its three search candidates, then its
     # other folds and the no-context model run two at a time (fpi.model.parallel): the
     # same bytes whatever jobs is
-    bundle = fit(turns, FitOptions(seed=0, threads=1, jobs=2, **FAST))
-    assert bundle.path is None and list(tmp_path.iterdir()) == []
+    bundle, cwd = fitted
+    assert bundle.path is None and list(cwd.iterdir()) == []
     assert bundle.model_id == trained.bundle.model_id
     saved = save(bundle, tmp_path / "again")
     assert saved.path == tmp_path / "again" and saved.booster is bundle.booster
@@ -159,20 +173,19 @@ def test_counts_add_up(trained: TrainResult, turns: pl.DataFrame) -> None:
 
 
 def test_round_trip_same_predictions(trained: TrainResult, turns: pl.DataFrame,
-                                     tmp_path: Path) -> None:
+                                     fitted: tuple[ModelBundle, Path], tmp_path: Path) -> None:
     """A bundle fitted in memory predicts exactly the same once saved and loaded from
     another directory (the session's model, ``trained``, is itself a loaded copy)."""
     feats = build_features(turns)
-    fitted = fit(turns, FitOptions(seed=0, threads=1, jobs=1, num_boost_round=5,
-                                   early_stopping_rounds=5, search=False))
-    save(fitted, tmp_path / "model")
+    bundle, _ = fitted
+    save(bundle, tmp_path / "model")
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "model", moved)
     loaded = load_bundle(moved)
     p = loaded.predict_proba(feats)
     assert p.shape == (turns.height, len(CLASSES))
-    np.testing.assert_array_equal(p, fitted.predict_proba(feats))
-    assert loaded.features == fitted.features == trained.bundle.features
+    np.testing.assert_array_equal(p, bundle.predict_proba(feats))
+    assert loaded.features == bundle.features == trained.bundle.features
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     assert loaded.features[:len(FEATURES)] == FEATURES
     assert loaded.learned is not None and loaded.learned.text.keys() == {
@@ -180,7 +193,7 @@ def test_round_trip_same_predictions(trained: TrainResult, turns: pl.DataFrame,
     assert loaded.predict(feats).dtype == pl.String
     nc = loaded.predict_proba_no_context(feats)
     assert nc.shape == p.shape and loaded.no_context_features == context_free(loaded.features)
-    np.testing.assert_array_equal(nc, fitted.predict_proba_no_context(feats))
+    np.testing.assert_array_equal(nc, bundle.predict_proba_no_context(feats))
 
 
 def test_contributions_sum_to_the_margin(trained: TrainResult, turns: pl.DataFrame) -> None:

@@ -8,14 +8,13 @@ import os
 import random
 import re
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_run import in_process
+from cli_run import each_in_one_process, in_process
 from gfm_check import triggers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,7 +28,6 @@ from fpi.trend import Rate, band, bands_and_steps, build_trend, order_nights, re
 
 GOLDEN = Path(__file__).parent / "golden" / "diagnose_summary.json"
 EVIL = "<script>alert(1)</script> | **b** [x](https://evil.example)"
-FPI = [sys.executable, "-m", "fpi"]
 DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -68,11 +66,6 @@ def _write(root: Path, name: str, doc: Any) -> Path:
     d.mkdir(parents=True)
     (d / "summary.json").write_text(json.dumps(doc), encoding="utf-8")
     return d
-
-
-def _fpi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FPI, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
 
 
 # ---------------------------------------------------------------------------
@@ -125,15 +118,46 @@ def test_steps_on_a_constructed_series(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_trend_orders_by_time_range_marks_steps_and_models(tmp_path: Path) -> None:
-    asr = [0.05, 0.051, 0.049, 0.05, 0.05, 0.09, 0.05, 0.05]
-    days = list(range(len(asr)))
-    random.Random(1).shuffle(days)  # written in any order, under unrelated names
+#: The ASR rate of each night of test_trend_orders_by_time_range_marks_steps_and_models.
+_ASR = [0.05, 0.051, 0.049, 0.05, 0.05, 0.09, 0.05, 0.05]
+_BAD_WHY = "summary schema 99 is not 1"
+
+
+def _ordered_case(tmp_path: Path) -> list[str]:
+    """Eight nights written in any order, under unrelated names: the `fpi trend` words."""
+    days = list(range(len(_ASR)))
+    random.Random(1).shuffle(days)
     for k, i in enumerate(days):
         _write(tmp_path / "in", f"run-{k}", _summary(
-            i, asr=asr[i], model="m1" if i < 6 else "m2",
-            gates={EVIL: "FAIL" if asr[i] > 0.06 else "PASS"}))
-    res = _fpi("trend", str(tmp_path / "in"), "--out", str(tmp_path / "t"))
+            i, asr=_ASR[i], model="m1" if i < 6 else "m2",
+            gates={EVIL: "FAIL" if _ASR[i] > 0.06 else "PASS"}))
+    return ["trend", str(tmp_path / "in"), "--out", str(tmp_path / "t")]
+
+
+def _bad_case(tmp_path: Path) -> list[str]:
+    """A good night and a bad one, over a previous trend set: the `fpi trend` words."""
+    good = _write(tmp_path, "good", _summary(0))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**_SLIM, "schema_version": 99}), encoding="utf-8")
+    fpi.write_trend(build_trend([str(good)]).to_dict(), tmp_path / "t")  # the previous set
+    (tmp_path / "previous.md").write_bytes((tmp_path / "t" / "trend.md").read_bytes())
+    return ["trend", str(good), str(bad), "-o", str(tmp_path / "t")]
+
+
+@pytest.fixture(scope="module")
+def executable(tmp_path_factory: pytest.TempPathFactory,
+               ) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """Each case's directory and its `fpi trend` run as the executable runs it, the two
+    one after the other in one child process (one interpreter start-up, not two)."""
+    roots = {name: tmp_path_factory.mktemp(name) for name in ("ordered", "bad")}
+    runs = each_in_one_process(_ordered_case(roots["ordered"]), _bad_case(roots["bad"]))
+    return dict(zip(roots, zip(roots.values(), runs, strict=True), strict=True))
+
+
+def test_trend_orders_by_time_range_marks_steps_and_models(
+        executable: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+    tmp_path, res = executable["ordered"]
+    asr = _ASR
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "t" / "trend.json").read_text())
     assert [n["label"] for n in doc["nights"]] == [f"2026-01-0{i + 1}" for i in range(8)]
@@ -228,13 +252,11 @@ def test_bad_summaries_are_named_with_the_reason(tmp_path: Path, content: str, w
     assert str(bad) in str(err.value)
 
 
-def test_bad_input_is_one_error_line_exit_2(tmp_path: Path) -> None:
-    good = _write(tmp_path, "good", _summary(0))
-    bad, why = tmp_path / "bad.json", "summary schema 99 is not 1"
-    bad.write_text(json.dumps({**_SLIM, "schema_version": 99}), encoding="utf-8")
-    fpi.write_trend(build_trend([str(good)]).to_dict(), tmp_path / "t")  # the previous set
-    previous = (tmp_path / "t" / "trend.md").read_bytes()
-    res = _fpi("trend", str(good), str(bad), "-o", str(tmp_path / "t"))
+def test_bad_input_is_one_error_line_exit_2(
+        executable: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+    tmp_path, res = executable["bad"]
+    good, bad, why = tmp_path / "good", tmp_path / "bad.json", _BAD_WHY
+    previous = (tmp_path / "previous.md").read_bytes()  # the set before the run
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0]

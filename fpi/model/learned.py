@@ -210,20 +210,31 @@ def _row_counts(x: sp.csr_matrix, y: np.ndarray, k: int, weight: np.ndarray | No
 
 def _text_counts(texts: HashedTexts, y: np.ndarray, k: int) -> np.ndarray:
     """:func:`_row_counts` of ``texts.rows()`` (no weights), bit for bit, from the
-    distinct texts' rows. The product with the one-hot matrix adds, per bucket and
+    distinct texts' rows (:func:`_text_entries`, zero elsewhere)."""
+    bucket, cls, count = _text_entries(texts, y, k)
+    counts = np.zeros((texts.distinct.shape[1], k))
+    counts[bucket, cls] = count
+    return counts
+
+
+def _text_entries(texts: HashedTexts, y: np.ndarray,
+                  k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzero entries of :func:`_text_counts` as (bucket, class, count) arrays.
+    The product with the one-hot matrix of :func:`_row_counts` adds, per bucket and
     class, ``w[c]`` once per row, from 0 and one at a time, so each count is the n-th
     partial sum of ``w[c]`` (``np.cumsum`` also adds one at a time), for the n rows of
-    that class holding the bucket; n is counted exactly over the distinct texts."""
+    that class holding the bucket; n is counted exactly over the distinct texts, as a
+    sparse product (only the pairs some row holds)."""
     w = _class_weights(y, k)
     per_text = np.bincount(texts.at * k + y, minlength=texts.distinct.shape[0] * k)
-    n = np.asarray(texts.distinct.T @ per_text.reshape(-1, k).astype(np.float64))
-    n = n.astype(np.int64)  # exact: integers below 2**53
-    counts = np.zeros(n.shape)
-    for c in range(k):
-        top = int(n[:, c].max(initial=0))
-        if top:
-            counts[:, c] = np.r_[0.0, np.cumsum(np.full(top, w[c]))][n[:, c]]
-    return counts
+    n = (texts.distinct.T @ sp.csr_matrix(per_text.reshape(-1, k).astype(np.float64))).tocoo()
+    held = n.data > 0
+    bucket, cls, times = n.row[held], n.col[held], n.data[held].astype(np.int64)  # exact
+    count = np.zeros(len(times))
+    for c in np.unique(cls):
+        at = cls == c
+        count[at] = np.cumsum(np.full(int(times[at].max()), w[c]))[times[at] - 1]
+    return bucket, cls, count
 
 
 # ---------------------------------------------------------------------------
@@ -255,14 +266,28 @@ class TextModel:
         per turn."""
         if weight is not None:
             return cls.fit(texts.rows(), y, k, weight=weight)
-        return cls._of_counts(_text_counts(texts, y, k))
+        bucket, classes, count = _text_entries(texts, y, k)
+        rows, at = np.unique(bucket, return_inverse=True)
+        held = np.zeros((len(rows), k))  # the rows of _text_counts with a nonzero count
+        held[at, classes] = count
+        return cls._of_rows(rows, held)
 
     @classmethod
     def _of_counts(cls, counts: np.ndarray) -> TextModel:
         """The model of (BUCKETS, k) weighted presence counts."""
-        seen = np.flatnonzero(counts.sum(axis=1) > 0).astype(np.int32)
-        c = counts[seen].astype(np.float32)
-        return cls(seen, c, c.astype(np.float64).sum(axis=0))
+        held = np.zeros(len(counts), dtype=bool)  # a column at a time: k strided passes,
+        for j in range(counts.shape[1]):  # faster than one reduction over rows of k values
+            held |= counts[:, j] != 0
+        rows = np.flatnonzero(held)  # the sums of the other rows are 0
+        return cls._of_rows(rows, counts[rows])
+
+    @classmethod
+    def _of_rows(cls, rows: np.ndarray, counts: np.ndarray) -> TextModel:
+        """The model of (BUCKETS, k) counts that are zero outside the increasing ``rows``,
+        given as their ``counts`` (one row each)."""
+        keep = counts.sum(axis=1) > 0
+        c = counts[keep].astype(np.float32)
+        return cls(rows[keep].astype(np.int32), c, c.astype(np.float64).sum(axis=0))
 
     def log_theta(self) -> np.ndarray:
         """(BUCKETS, n_classes) log-probabilities of each bucket per class.

@@ -31,6 +31,10 @@ from fpi.errors import ModelError
 from fpi.ingest.partition import ingest_partitioned
 from fpi.model import train
 
+#: Clusters and the executable's own: the slow tier (``-m slow``; CI runs it). The quick
+#: tier's Dask tests are test_engine_dask.py's and test_train_engine.py's.
+pytestmark = pytest.mark.slow
+
 #: Settings that exercise every mergeable block (sample attribution, examples, focus
 #: examples, slices), as API keywords and as CLI options.
 OPTS: dict[str, Any] = {"attribution_sample": 60, "min_support": 20, "seed": 3}
@@ -118,7 +122,6 @@ def test_a_partitioned_directory_gives_the_same_summary(night: Path, night_parts
     _predictions_are_complete(tmp_path / "out", res.summary, night, 3)
 
 
-@pytest.mark.slow
 def test_a_part_holding_another_parts_session_is_refused(small_bundle,
                                                           tmp_path: Path) -> None:
     """On a cluster of one worker that the ``fpi`` executable starts itself (``--workers``;
@@ -137,7 +140,6 @@ def test_a_part_holding_another_parts_session_is_refused(small_bundle,
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
 def test_a_worker_reading_another_model_is_refused(night: Path, small_bundle, tmp_path: Path,
                                                    dask_cluster: DaskEngine) -> None:
     """The driver holds a model trained here, which no worker can have kept from an earlier
@@ -183,7 +185,6 @@ class _Killing:
         return None
 
 
-@pytest.mark.slow
 def test_workers_killed_inside_diagnose_give_the_same_summary(
         night: Path, night_parts: Path, small_bundle, local: dict[str, Any],
         tmp_path: Path, dask_cluster: DaskEngine) -> None:

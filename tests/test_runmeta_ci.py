@@ -90,6 +90,7 @@ def test_run_metadata_keys_checksums_and_time_range(world: dict[str, Path], gith
     assert "<h2>Run</h2>" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_baseline_id_and_time_range(world: dict[str, Path], github_run) -> None:
     """Also: with --json under GitHub Actions, stdout is only the JSON, annotations on stderr.
     In process (CliRunner keeps stdout and stderr apart); `github_run` is the executable's."""
@@ -114,6 +115,7 @@ def test_baseline_id_and_time_range(world: dict[str, Path], github_run) -> None:
     assert run["ci"] == {"provider": "github", "url": None, "commit": None}
 
 
+@pytest.mark.slow
 def test_github_step_summary_is_appended_and_annotations_escaped(github_run) -> None:
     res, _, step = github_run
     text = step.read_text()
@@ -154,6 +156,7 @@ def test_ci_info_from_standard_variables(tmp_path: Path) -> None:
     assert target.read_text() == "one\ntwo\n"
 
 
+@pytest.mark.slow
 def test_no_progress_when_stderr_is_not_a_terminal(github_run) -> None:
     res, _, _ = github_run
     assert "\x1b[" not in res.stderr  # no cursor movement or colour

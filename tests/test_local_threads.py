@@ -16,6 +16,7 @@ import pytest
 from cli_run import in_process
 from tiny_turns import make_turns
 
+import fpi.engine
 from fpi.diagnose import diagnose
 from fpi.engine import (
     LocalEngine,
@@ -60,14 +61,25 @@ def test_threads_give_the_same_outputs(small_bundle, night: Path, tmp_path: Path
     assert got[3] == got[1]
 
 
-def test_the_command_takes_threads(small_bundle, night: Path, tmp_path: Path) -> None:
+def test_the_command_takes_threads(small_bundle, night: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--threads 2`` reaches the local engine, and gives the library's outputs."""
     with LocalEngine(1) as engine:
         diagnose([night], model=small_bundle.path, out_dir=tmp_path / "lib", engine=engine,
                  attribution="none", n_boot=20, min_support=20)
+    made: list[int] = []
+
+    class Recorded(LocalEngine):
+        def __init__(self, threads: int) -> None:
+            made.append(threads)
+            super().__init__(threads)
+
+    monkeypatch.setattr(fpi.engine, "LocalEngine", Recorded)
     # in process: `fpi diagnose` runs through the executable in many other tests
     proc = in_process("diagnose", night, "--model", small_bundle.path, "--out",
                       tmp_path / "cli", "--attribution", "none", "--threads", "2")
     assert proc.returncode == 0, proc.stderr
+    assert made == [2]
     lib, cli = outputs(tmp_path / "lib"), outputs(tmp_path / "cli")
     assert cli.keys() == lib.keys()
     assert [cli[k] for k in cli if k != "summary.json"] == [lib[k] for k in lib

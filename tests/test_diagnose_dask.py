@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pytest
@@ -26,10 +26,12 @@ from tiny_turns import make_turns
 
 import fpi
 from fpi.diagnose import partition
-from fpi.engine.dask import DaskEngine
 from fpi.errors import ModelError
 from fpi.ingest.partition import ingest_partitioned
 from fpi.model import train
+
+if TYPE_CHECKING:  # Dask is imported by the fixtures that start a cluster
+    from fpi.engine.dask import DaskEngine
 
 #: Clusters and the executable's own: the slow tier (``-m slow``; CI runs it). The quick
 #: tier's Dask tests are test_engine_dask.py's and test_train_engine.py's.

@@ -46,8 +46,8 @@ lean_on_first_import()
 #: The quick and slow tiers (tests/tiers.py: a bare run leaves the slow tier out).
 pytest_plugins = ("tiers",)
 
-#: Where the controller keeps each test file's seconds of the last run that ran it.
-_FILE_SECONDS = "fpi/file-seconds"
+#: Where the controller keeps each test's seconds of the last run that ran it.
+_TEST_SECONDS = "fpi/test-seconds"
 
 
 def _test_file(nodeid: str) -> str:
@@ -56,55 +56,64 @@ def _test_file(nodeid: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist, the slowest files of the last run go to the workers first, so that no
-    worker is left running one long file while the other is idle (xdist's own order, most
-    tests first, put the README's three long tests last). The controller reads the
-    seconds once and hands the same copy to every worker, which all order their
-    collection by it; without a record of a previous run the order is xdist's."""
+    """Under xdist, the files whose tests took longest in the last runs go to the workers
+    first, so that no worker is left running one long file while the other is idle
+    (xdist's own order, most tests first, put the README's three long tests last). A
+    file's seconds are those of its tests this run selected (the quick tier, the slow
+    tier or both). The controller reads the seconds once and hands the same copy to every
+    worker, which all order their collection by it; without a record of a previous run
+    the order is xdist's."""
     cache = getattr(config, "cache", None)
     worker = getattr(config, "workerinput", None)
-    seconds = worker.get(_FILE_SECONDS) if worker is not None else (
-        cache.get(_FILE_SECONDS, None) if cache is not None else None) or _shipped_seconds()
+    seconds = worker.get(_TEST_SECONDS) if worker is not None else (
+        cache.get(_TEST_SECONDS, None) if cache is not None else None) or _shipped_seconds()
     config.stash[_seconds_key] = seconds
     if seconds and worker is None and hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 
 
 def _shipped_seconds() -> dict[str, float]:
-    """Each file's seconds in a run on a 2-core machine (tests/file_seconds.json, copied
-    from a run's cache), so that a fresh checkout (CI) starts the longest files first
-    too; a run's own record replaces it. Only the order of the files depends on it."""
-    path = Path(__file__).with_name("file_seconds.json")
+    """Each test's seconds in runs of both tiers on a 2-core machine
+    (tests/test_seconds.json, copied from a run's cache), so that a fresh checkout (CI)
+    starts the longest files first too; a run's own record replaces it. Only the order of
+    the files depends on it."""
+    path = Path(__file__).with_name("test_seconds.json")
     return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 _seconds_key = pytest.StashKey[dict[str, float]]()
-#: Seconds of each file this run (in the controller: of every worker's tests).
+#: Seconds of each test this run (in the controller: of every worker's tests).
 _ran: dict[str, float] = {}
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """The controller's copy of the file seconds, for a worker."""
-    node.workerinput[_FILE_SECONDS] = node.config.stash[_seconds_key]
+    """The controller's copy of the test seconds, for a worker."""
+    node.workerinput[_TEST_SECONDS] = node.config.stash[_seconds_key]
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     seconds = config.stash[_seconds_key]
-    if seconds:  # stable: each file's tests stay together, in pytest-randomly's order
-        items.sort(key=lambda item: -seconds.get(_test_file(item.nodeid), 0.0))
+    if not seconds:
+        return
+    files: dict[str, float] = {}
+    for item in items:  # the selected tests (tests/tiers.py has deselected the others)
+        name = _test_file(item.nodeid)
+        files[name] = files.get(name, 0.0) + seconds.get(item.nodeid, 0.0)
+    # stable: each file's tests stay together, in pytest-randomly's order
+    items.sort(key=lambda item: -files[_test_file(item.nodeid)])
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _ran[_test_file(report.nodeid)] = _ran.get(_test_file(report.nodeid), 0.0) + report.duration
+    _ran[report.nodeid] = _ran.get(report.nodeid, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     cache = getattr(session.config, "cache", None)
     if cache is not None and _ran and not hasattr(session.config, "workerinput"):
-        cache.set(_FILE_SECONDS, {**session.config.stash[_seconds_key],
-                                  **{name: round(s, 2) for name, s in _ran.items()}})
+        cache.set(_TEST_SECONDS, {**session.config.stash[_seconds_key],
+                                  **{name: round(s, 3) for name, s in _ran.items()}})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,5 +1,5 @@
 """Fixtures of the labels-loop tests: one small simulated night per session, and the
-session's night model (tests/conftest.py) to score it with."""
+session's model (tests/conftest.py's ``small_bundle``) to score it with."""
 
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ def night_file(night: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def model_dir(night_model: Path) -> Path:
-    """The model the labels tests score ``night`` with: the session's ``night_model``
-    (tests/conftest.py: 4,000 simulated baseline turns of another seed, two folds, no
-    parameter search; trained once per session for the story and regression tests too,
-    where this module's own 2,000-turn model cost 2.2 CPU-s more). Tests must not change
-    it."""
-    return night_model
+def model_dir(small_bundle) -> Path:
+    """The model the labels tests score ``night`` with: the session's ``small_bundle``
+    (tests/conftest.py; the queue, export and check code is the same whatever the model's
+    quality, and with it the quick tier trains no ``night_model``, about 2.5 CPU-s, which
+    only the slow tier's story tests need). Tests must not change it."""
+    return small_bundle.path

@@ -65,6 +65,7 @@ def local_model(parts: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     return train(_concat_parts(parts), tmp_path_factory.mktemp("local") / "model", **QUICK)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_train_turns", [None, 750])
 def test_dask_features_give_the_local_model(dask_threads: Any, parts: Path, tmp_path: Path,
                                             local_model: Any,
@@ -79,6 +80,7 @@ def test_dask_features_give_the_local_model(dask_threads: Any, parts: Path, tmp_
     assert remote.manifest["training"]["labelled_turns"] == expected
 
 
+@pytest.mark.slow
 def test_one_parquet_file_is_cut_at_session_boundaries(dask_threads: Any, parts: Path,
                                                        local_model: Any,
                                                        tmp_path: Path) -> None:

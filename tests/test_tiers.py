@@ -33,8 +33,8 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     """A project with the plugin, the marker and ``testpaths``, as this repository (and
     no other plugin: loading the installed ones costs more than these runs)."""
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    pytester.makefile(".ini", pytest="[pytest]\ntestpaths = t\naddopts = -p no:cacheprovider"
-                      "\nmarkers =\n    slow: the slow tier\n")
+    pytester.makefile(".ini", pytest="[pytest]\ntestpaths = t\n"
+                      "markers =\n    slow: the slow tier\n")
     pytester.makeconftest('pytest_plugins = ("tiers",)\n')
     pytester.mkdir("t")
     for name, text in SUITE.items():
@@ -60,10 +60,20 @@ def test_a_bare_run_leaves_the_slow_tier_out(suite: pytest.Pytester) -> None:
     (["t/test_a.py::test_slow"], {"test_slow"}),
     (["-k", "param"], {"test_param[1]", "test_param[2]"}),
     (["-m", "not slow"], {"test_quick", "test_param[1]"}),
+    (["--lf"], {"test_quick", "test_slow", "test_param[1]", "test_param[2]"}),
 ])
 def test_asking_for_tests_keeps_the_slow_ones(suite: pytest.Pytester, args: list[str],
                                               ran: set[str]) -> None:
     assert _ran(suite.inline_run(*args)) == ran
+
+
+def test_a_failed_slow_test_runs_again_with_lf(suite: pytest.Pytester) -> None:
+    """``--lf`` after a run of both tiers in which a slow test failed runs that test."""
+    suite.path.joinpath("t/test_b.py").write_text(
+        "import pytest\n\n@pytest.mark.slow\ndef test_fails():\n    assert False\n")
+    assert "test_fails" not in _ran(suite.inline_run())  # (the bare run leaves it out)
+    suite.inline_run("--slow")
+    assert _ran(suite.inline_run("--lf")) == {"test_fails"}
 
 
 def test_the_summary_says_what_was_left_out(suite: pytest.Pytester) -> None:

@@ -5,7 +5,8 @@ tier: it leaves out the tests marked ``slow``. Those are the tests whose point i
 whole process or a big workload: the documented examples run whole, worker processes
 and clusters, signals, fresh interpreters, and statistics over many simulated nights.
 ``-m slow`` runs the slow tier alone and ``--slow`` runs both; naming tests (by path,
-``-k`` or ``-m``) keeps the slow ones too, so a test asked for by name always runs.
+``-k`` or ``-m``, or ``--lf``/``--ff``/``--sw``) keeps the slow ones too, so a test asked
+for always runs.
 ``.ci/run`` runs both tiers.
 
 Under xdist the controller decides and tells its workers (a worker is always started
@@ -35,11 +36,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def keeps_slow(config: pytest.Config) -> bool:
-    """Whether this run keeps the slow tier: ``--slow``, ``-m``, ``-k`` or test paths."""
+    """Whether this run keeps the slow tier: ``--slow``, ``-m``, ``-k``, test paths, or
+    the cache's own selections (``--lf``, ``--ff``, ``--sw``: a slow test that failed
+    last time is asked for again)."""
     worker = getattr(config, "workerinput", None)
     if worker is not None and _KEY in worker:
         return bool(worker[_KEY])
-    return bool(config.getoption("--slow") or config.option.markexpr or config.option.keyword
+    option = config.option
+    return bool(config.getoption("--slow") or option.markexpr or option.keyword
+                or getattr(option, "lf", False) or getattr(option, "failedfirst", False)
+                or getattr(option, "stepwise", False)
                 or config.args_source not in _BARE)
 
 

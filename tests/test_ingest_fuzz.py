@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fpi.errors import InputError
-from fpi.ingest import read_traces
+from fpi.ingest import ingest, read_traces
 from fpi.ingest.problems import RULES
 
 json_values = st.recursive(
@@ -181,6 +182,19 @@ def test_a_value_beyond_64_bits_in_a_message_is_a_reject(tmp_path: Path) -> None
     assert frame.height == 1
     assert report.rejects_by_rule == {"missing_session_id": 1, "invalid_json": 1}
     assert '{"":-9223372036854775809,"0":Infinity}' in report.rejects[0].message
+
+
+def test_a_lone_surrogate_in_a_message_is_shown_escaped(tmp_path: Path) -> None:
+    # (found in review: a "\ud800" escape decodes to a lone surrogate, which orjson
+    # refuses; quoting it in a message crashed writing the rejects file, exit 70)
+    line = json.dumps(mutate(base(0), "session_id", ["X"])).replace('"X"', '"\\ud800"')
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text(line + "\n" + json.dumps(base(1)) + "\n", encoding="utf-8")
+    report = ingest([path], tmp_path / "turns.parquet", rejects_path=tmp_path / "rejects.jsonl")
+    assert report.rejects_by_rule == {"missing_session_id": 1}
+    (reject,) = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert '["\\ud800"]' in reject["message"]
+    assert pl.read_parquet(tmp_path / "turns.parquet").height == 1
 
 
 def test_a_field_name_with_a_nul_character_keeps_it(tmp_path: Path) -> None:

@@ -137,6 +137,8 @@ def shown(value: Any) -> str:
     """A value as a message quotes it: its JSON, cut to :data:`SHOWN_CHARS` characters."""
     try:
         text = orjson.dumps(value, default=str).decode()
-    except TypeError:  # an integer beyond 64 bits, which orjson refuses
-        text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+    except TypeError:  # an integer beyond 64 bits or a lone surrogate (from a "\ud800"
+        # escape), which orjson refuses: the standard library's JSON, all in ASCII, so a
+        # lone surrogate is shown as its escape and the message stays writable anywhere
+        text = json.dumps(value, default=str, ensure_ascii=True, separators=(",", ":"))
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."

@@ -171,7 +171,7 @@ def test_allow_truncated_keeps_the_readable_part_with_a_warning(tmp_path: Path) 
     data = zstandard.ZstdCompressor().compress(_night())
     (tmp_path / "t.jsonl.zst").write_bytes(data[: len(data) // 2])
     # in process: a library warning reaches stderr as one "warning:" line through the
-    # executable in test_trend and test_train_engine (the same logging handler)
+    # executable in test_trend's --skip-bad run (the same logging handler)
     code, err = fpi_in_process("ingest", "t.jsonl.zst", "-o", "turns.parquet",
                                "--allow-truncated", cwd=tmp_path)
     assert code == 0, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,9 +96,22 @@ def _kinds(b: lgb.Booster) -> set[str]:
     return kinds
 
 
+def _bitset_words(b: lgb.Booster) -> list[int]:
+    """The 32-bit words of each categorical split's bitset (the model text's
+    ``cat_boundaries`` of each tree)."""
+    words: list[int] = []
+    for line in b.model_to_string().splitlines():
+        if line.startswith("cat_boundaries="):
+            bounds = [int(v) for v in line.split("=")[1].split()]
+            words += [hi - lo for lo, hi in itertools.pairwise(bounds)]
+    return words
+
+
 def test_the_fixture_reaches_every_split_kind() -> None:
     kinds = _kinds(_booster(False)) | _kinds(_booster(True))
     assert {"<=", "==", "missing0", "missing1", "missing2"} <= kinds, kinds
+    words = _bitset_words(_booster(False)) + _bitset_words(_booster(True))
+    assert 1 in words and max(words) >= 2, words  # one-word and multi-word bitsets
 
 
 def test_margins_identical_to_lightgbm(booster: lgb.Booster) -> None:

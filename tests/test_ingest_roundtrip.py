@@ -136,13 +136,14 @@ def test_every_form_round_trips(tmp_path: Path, rows: list[dict[str, Any]], seed
     events = [tmp_path / f"events-{i}.jsonl" for i in range(3)]
     write_events(rows, events, seed)
     forms["events"] = (events, {})
-    # a directory of mixed forms: a third of the turns each as gzipped JSON Lines, CSV
-    # and zstd JSON Lines
-    third, two_thirds = len(rows) // 3, 2 * len(rows) // 3
+    # a directory of mixed forms: a third of the turns each as gzipped JSON Lines, zstd
+    # JSON Lines and CSV (the compressed forms first: each holds a turn from 2 turns on)
+    gz = (len(rows) + 2) // 3
+    zst = gz + (len(rows) - gz + 1) // 2
     (tmp_path / "logs").mkdir(exist_ok=True)
-    write_jsonl(rows[:third], tmp_path / "logs" / "a.jsonl.gz", "gz")
-    write_csv(rows[third:two_thirds], tmp_path / "logs" / "b.csv")
-    write_jsonl(rows[two_thirds:], tmp_path / "logs" / "c.jsonl.zst", "zst")
+    write_jsonl(rows[:gz], tmp_path / "logs" / "a.jsonl.gz", "gz")
+    write_jsonl(rows[gz:zst], tmp_path / "logs" / "c.jsonl.zst", "zst")
+    write_csv(rows[zst:], tmp_path / "logs" / "b.csv")
     forms["logs/"] = (tmp_path / "logs", {})
     for form, (path, kw) in forms.items():
         try:

@@ -254,7 +254,7 @@ def test_baseline_of_another_model_is_refused_unless_allowed(small_bundle, night
 
 def test_cli_allow_other_model(small_bundle, night: Path, first_run, tmp_path: Path) -> None:
     """In process: the executable's part of a refusal (one error line, exit 2) is
-    test_cli_tampering_is_one_error_line_exit_2[edited_bias]'s."""
+    test_cli_tampering_is_one_error_line_exit_2[edited_bias]'s (in the slow tier)."""
     other = _other_model_baseline(first_run, tmp_path)
     args = ["diagnose", str(night), "--model", str(small_bundle.path), "--out",
             str(tmp_path / "o"), "--baseline", str(other), "--attribution", "none"]

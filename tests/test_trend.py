@@ -258,7 +258,7 @@ def test_bad_summaries_are_named_with_the_reason(tmp_path: Path, content: str, w
 def test_bad_input_is_one_error_line_exit_2(
         executable: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
     tmp_path, res = executable["bad"]
-    good, bad, why = tmp_path / "good", tmp_path / "bad.json", _BAD_WHY
+    bad, why = tmp_path / "bad.json", _BAD_WHY
     previous = (tmp_path / "previous.md").read_bytes()  # the set before the run
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from any_text import any_text
 from cli_run import in_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -153,7 +154,7 @@ def test_an_untouched_copy_loads_and_its_id_is_its_hash(small_bundle, bundle: Pa
     assert set(m["versions"]) == {"fpi", "lightgbm", "polars", "numpy", "python"}
 
 
-@given(st.text(max_size=30))
+@given(any_text(max_size=30))
 def test_entry_names_are_plain_names_or_refused(name: str) -> None:
     plain = SAFE_NAME.fullmatch(name) is not None and name != MANIFEST_FILE
     if plain:
@@ -168,9 +169,9 @@ def test_entry_names_are_plain_names_or_refused(name: str) -> None:
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-                    | st.text(max_size=5),
+                    | any_text(max_size=5),
                     lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+                    | st.dictionaries(any_text(max_size=5), inner, max_size=3), max_leaves=8)
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+from any_text import any_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,7 @@ def test_pinned_values() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(max_size=80), max_size=60))
+@given(st.lists(any_text(max_size=80), max_size=60))
 def test_matches_scalar_reference(values: list[str]) -> None:
     expected = mix64(np.array([_reference(v) for v in values], dtype=np.uint64))
     assert hash_strings(values).tolist() == expected.tolist()

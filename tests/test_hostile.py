@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from any_text import any_text
 from cli_run import in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -377,7 +378,7 @@ def test_gate_errors_end_the_cli_with_status_2(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-@given(st.text(max_size=80))
+@given(any_text(max_size=80))
 @settings(max_examples=150, deadline=None)
 def test_any_gate_text_parses_or_raises_input_error(text: str) -> None:
     try:
@@ -394,7 +395,7 @@ def test_any_gate_text_parses_or_raises_input_error(text: str) -> None:
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet="[]{}\"\\ab,:", max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text(max_size=3), inner,
                                                                 max_size=3),
     max_leaves=30,
 )

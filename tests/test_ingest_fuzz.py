@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from any_text import any_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +17,8 @@ from fpi.ingest.problems import RULES
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
-    | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+    | any_text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text(max_size=4), inner,
                                                                  max_size=3),
     max_leaves=6,
 )
@@ -97,7 +98,7 @@ def test_messy_stage_events(tmp_path: Path, events: list[tuple[int, Any, Any]],
 
 
 @SETTINGS
-@given(cells=st.lists(st.tuples(st.text(max_size=6), st.text(max_size=6), st.text(max_size=6)),
+@given(cells=st.lists(st.tuples(any_text(max_size=6), any_text(max_size=6), any_text(max_size=6)),
                       min_size=1, max_size=30))
 def test_messy_csv(tmp_path: Path, cells: list[tuple[str, str, str]]) -> None:
     import csv

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from any_text import any_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
@@ -204,7 +205,7 @@ def test_each_mutation_on_simulated_logs(mutation: str,
 # and empty ones (and repeats) in most examples; each kind is encoded again on its own
 # (about 2.5 ms a call: one call a kind, not one a distinct row).
 @settings(max_examples=80, deadline=None)
-@given(rows=st.lists(st.tuples(st.one_of(st.none(), st.text(max_size=6)),
+@given(rows=st.lists(st.tuples(st.one_of(st.none(), any_text(max_size=6)),
                                st.one_of(st.none(), st.integers(-5, 5)),
                                st.one_of(st.none(), st.booleans())), min_size=1, max_size=8))
 def test_extra_column_writes_the_same_text_every_way(
@@ -238,7 +239,7 @@ def test_extra_column_writes_the_same_text_every_way(
 @settings(max_examples=60, deadline=None)
 @given(ints=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=20),
        mask=st.lists(st.booleans(), max_size=70),
-       texts=st.lists(st.text(max_size=8), max_size=10))
+       texts=st.lists(any_text(max_size=8), max_size=10))
 def test_arrow_values_built_from_buffers_equal_pyarrows_own(
         ints: list[int], mask: list[bool], texts: list[str]) -> None:
     assert arrow_ints(np.array(ints, dtype=np.int64)).equals(pa.array(ints, pa.int64()))

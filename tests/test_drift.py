@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,7 @@ from fpi.diagnose.drift import _chi2_p_value
 counts = st.lists(st.integers(1, 10**7), min_size=2, max_size=14)
 
 
+@pytest.mark.slow  # scipy takes a second or more to import
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_chi2_p_value_is_scipys(data: st.DataObject) -> None:

@@ -3,7 +3,9 @@
 A bare run, ``python -m pytest -n auto --dist loadfile`` (the README's), is the quick
 tier: it leaves out the tests marked ``slow``. Those are the tests whose point is a
 whole process or a big workload: the documented examples run whole, worker processes
-and clusters, signals, fresh interpreters, and statistics over many simulated nights.
+and clusters, signals, fresh interpreters, the executable on whole workflows, statistics
+over many simulated nights, and checks against scipy and scikit-learn (each a second or
+more to import).
 ``-m slow`` runs the slow tier alone and ``--slow`` runs both; naming tests (by path,
 ``-k`` or ``-m``, or ``--lf``/``--ff``/``--sw``) keeps the slow ones too, so a test asked
 for always runs.

@@ -57,6 +57,7 @@ def test_agreement_on_a_small_hand_made_set() -> None:
         (1, "a=nlu; b=asr", None)]
 
 
+@pytest.mark.slow  # scikit-learn takes a second or more to import
 def test_kappa_matches_sklearn() -> None:
     # scikit-learn comes with shap (the fpi[shap] extra, in .[dev]); only a cross-check of
     # our own formula

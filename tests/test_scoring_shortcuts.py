@@ -17,7 +17,7 @@ from fpi.model.learned import (
     _has_text,
     _row_counts,
     _scores_by_text,
-    _text_counts,
+    _text_entries,
     hashed_ngrams,
     oof_text_scores,
     text_feature_names,
@@ -113,9 +113,11 @@ def test_text_model_counted_once_per_distinct_text_is_the_same(
     hashed = HashedTexts.of(series)
     x = hashed_ngrams(series.to_list())
     if not weighted:  # the float64 sums, before the model keeps them as float32
-        np.testing.assert_array_equal(_text_counts(hashed.take(keep), y[keep], len(CLASSES)),
-                                      _row_counts(x, y[keep], len(CLASSES), None,
-                                                  np.flatnonzero(keep)))
+        bucket, cls, count = _text_entries(hashed.take(keep), y[keep], len(CLASSES))
+        counts = np.zeros((x.shape[1], len(CLASSES)))  # zero but at the entries
+        counts[bucket, cls] = count
+        np.testing.assert_array_equal(counts, _row_counts(x, y[keep], len(CLASSES), None,
+                                                          np.flatnonzero(keep)))
     want = TextModel.fit(x, y[keep], rows=np.flatnonzero(keep), weight=weight)
     got = TextModel.fit_texts(hashed.take(keep), y[keep], weight=weight)
     np.testing.assert_array_equal(got.buckets, want.buckets)

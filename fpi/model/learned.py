@@ -208,23 +208,15 @@ def _row_counts(x: sp.csr_matrix, y: np.ndarray, k: int, weight: np.ndarray | No
     return np.asarray((x.T @ onehot).todense(), dtype=np.float64)
 
 
-def _text_counts(texts: HashedTexts, y: np.ndarray, k: int) -> np.ndarray:
-    """:func:`_row_counts` of ``texts.rows()`` (no weights), bit for bit, from the
-    distinct texts' rows (:func:`_text_entries`, zero elsewhere)."""
-    bucket, cls, count = _text_entries(texts, y, k)
-    counts = np.zeros((texts.distinct.shape[1], k))
-    counts[bucket, cls] = count
-    return counts
-
-
 def _text_entries(texts: HashedTexts, y: np.ndarray,
                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The nonzero entries of :func:`_text_counts` as (bucket, class, count) arrays.
-    The product with the one-hot matrix of :func:`_row_counts` adds, per bucket and
-    class, ``w[c]`` once per row, from 0 and one at a time, so each count is the n-th
-    partial sum of ``w[c]`` (``np.cumsum`` also adds one at a time), for the n rows of
-    that class holding the bucket; n is counted exactly over the distinct texts, as a
-    sparse product (only the pairs some row holds)."""
+    """The nonzero entries of :func:`_row_counts` of ``texts.rows()`` (no weights), bit
+    for bit, as (bucket, class, count) arrays, from the distinct texts' rows. The product
+    with the one-hot matrix of :func:`_row_counts` adds, per bucket and class, ``w[c]``
+    once per row, from 0 and one at a time, so each count is the n-th partial sum of
+    ``w[c]`` (``np.cumsum`` also adds one at a time), for the n rows of that class
+    holding the bucket; n is counted exactly over the distinct texts, as a sparse product
+    (only the pairs some row holds)."""
     w = _class_weights(y, k)
     per_text = np.bincount(texts.at * k + y, minlength=texts.distinct.shape[0] * k)
     n = (texts.distinct.T @ sp.csr_matrix(per_text.reshape(-1, k).astype(np.float64))).tocoo()
@@ -262,13 +254,13 @@ class TextModel:
     def fit_texts(cls, texts: HashedTexts, y: np.ndarray, k: int = len(CLASSES), *,
                   weight: np.ndarray | None = None) -> TextModel:
         """:meth:`fit` on ``texts.rows()``, the same model bit for bit; without ``weight``
-        it counts each distinct text's row once (:func:`_text_counts`) instead of a row
+        it counts each distinct text's row once (:func:`_text_entries`) instead of a row
         per turn."""
         if weight is not None:
             return cls.fit(texts.rows(), y, k, weight=weight)
         bucket, classes, count = _text_entries(texts, y, k)
         rows, at = np.unique(bucket, return_inverse=True)
-        held = np.zeros((len(rows), k))  # the rows of _text_counts with a nonzero count
+        held = np.zeros((len(rows), k))  # the rows of the counts with a nonzero count
         held[at, classes] = count
         return cls._of_rows(rows, held)
 

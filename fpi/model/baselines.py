@@ -177,7 +177,7 @@ def fit_rule_baseline(features: pl.DataFrame, y: np.ndarray, *, max_rows: int = 
     score = _Scorer(_columns(features), y, len(CLASSES))
     params: dict[str, Any] = {s: -1.0 for s in _STAGES}
     params.update(er_status=True, result_bad=_RESULT_BAD_SETS[0])
-    best = float(score.scores(params, "wake")[0])  # wake's first option: the start's
+    best = float(score.scores(params, "wake")[_OPTIONS["wake"].index(params["wake"])])
     for _ in range(passes):
         improved = False
         for name, options in _OPTIONS.items():  # each value with the others as they are

@@ -129,12 +129,17 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
         os.environ.get("FPI_UPDATE_GOLDEN") == "1")
 
 
-@pytest.fixture(scope="session")
-def small_turns() -> pl.DataFrame:
-    """The session model's training data: ``make_turns(300, seed=0)`` (763 labelled turns)."""
+def _small_turns() -> pl.DataFrame:
+    """``make_turns(300, seed=0)`` (763 labelled turns)."""
     from tiny_turns import make_turns  # after the thread settings above
 
     return make_turns(300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_turns() -> pl.DataFrame:
+    """The session model's training data (:func:`_small_turns`)."""
+    return _small_turns()
 
 
 def _built_once(factory: pytest.TempPathFactory, name: str,
@@ -168,12 +173,10 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory):
     Tests that need "a model" use it; only tests of training itself train their own.
     Tests must not change it: copy it (``shutil.copytree``) before editing.
     """
-    from tiny_turns import make_turns
-
     from fpi.model import TrainResult, load_bundle, train
 
     def build(where: Path) -> None:
-        train(make_turns(300, seed=0), where / "model", seed=0, threads=1,
+        train(_small_turns(), where / "model", seed=0, threads=1,
               num_boost_round=25, early_stopping_rounds=5, jobs=1)
 
     bundle = load_bundle(_built_once(tmp_path_factory, "small-bundle", build) / "model")
